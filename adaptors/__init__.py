@@ -1,0 +1,3 @@
+"""batchd's adaptors: one module per agent CLI, plus the shared adaptor runtime."""
+
+__all__: list[str] = []

@@ -1,0 +1,186 @@
+"""The on-disk contract: every name under state_dir, who writes it, and each record's format.
+
+This is the one place that knows the state directory's layout. Each record kind has a
+schema name and version; `read_record` tells a missing file from a corrupt one and
+quarantines the corrupt one (only the owner may: readers pass `owner=False`).
+
+    <state_dir>/
+      batchd.lock                 parent   never replaced; a held POSIX lock = batchd is alive
+      batchd.pid                  parent   record "pid": pid + start time of the running batchd
+      workers.json                parent   record "workers": each worker's process state
+      startup-log.json            parent   record "startup_log": the last 10 startups
+      control/inbox/<req>.json    batchctl request "control" (start/stop/restart/shutdown/reload)
+      control/replies/<req>.json  parent   record "reply" to one control request
+      ready/<worker>.json         worker   record "ready": recovery done (pid, found, did)
+      scheduler/inbox/            batchctl requests to the scheduler (submit, cancel)
+      scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
+      locks/inbox/, locks/state.json          locks worker
+      callbacks/inbox/, callbacks/outbox/     callbacks worker
+      reaper/inbox/, reaper/state.json        reaper worker
+      jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json
+      workspaces/<id>/            scheduler (created), the job (contents)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor._atomic import Corrupt, Missing, read_json, write_json
+from supervisor._fs import FS, REAL
+
+__all__ = [
+    "CONTROL",
+    "JOB",
+    "PID",
+    "READY",
+    "REPLY",
+    "STARTUP_LOG",
+    "WORKERS",
+    "WORKER_NAMES",
+    "Layout",
+    "RecordKind",
+    "read_record",
+    "write_record",
+]
+
+#: The four workers, in startup order (DESIGN.md: scheduler -> locks -> reaper, callbacks).
+WORKER_NAMES: tuple[str, ...] = ("scheduler", "locks", "reaper", "callbacks")
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """One kind of JSON record: its schema name, current version and required keys."""
+
+    schema: str
+    version: int
+    required: tuple[str, ...] = ()
+
+    def validate(self, obj: Any) -> str | None:
+        """None if `obj` is a well-formed record of this kind, else why it is not."""
+        if not isinstance(obj, dict):
+            return f"expected a JSON object, found {type(obj).__name__}"
+        if obj.get("schema") != self.schema:
+            return f"schema is {obj.get('schema')!r}, expected {self.schema!r}"
+        if obj.get("v") != self.version:
+            return f"schema version is {obj.get('v')!r}, this batchd reads {self.version}"
+        missing = [k for k in self.required if k not in obj]
+        if missing:
+            return f"missing keys: {', '.join(missing)}"
+        return None
+
+
+PID = RecordKind("batchd.pid", 1, ("pid", "start", "started_at"))
+WORKERS = RecordKind("batchd.workers", 1, ("workers",))
+STARTUP_LOG = RecordKind("batchd.startup_log", 1, ("startups",))
+READY = RecordKind("batchd.ready", 1, ("worker", "pid", "start", "ready_at"))
+CONTROL = RecordKind("batchd.control", 1, ("id", "op"))
+REPLY = RecordKind("batchd.reply", 1, ("id", "ok"))
+JOB = RecordKind("batchd.job", 1, ("id",))
+
+
+def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
+                 *, fs: FS = REAL) -> None:
+    """Atomically and durably write `data` as a record of `kind` (adds schema and v)."""
+    body = dict(data)
+    body["schema"] = kind.schema
+    body["v"] = kind.version
+    write_json(path, body, fs=fs)
+
+
+def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool = True,
+                fs: FS = REAL) -> dict[str, Any] | Missing | Corrupt:
+    """Read a record of `kind`: the dict, Missing, or Corrupt (quarantined if `owner`)."""
+    result = read_json(path, validate=kind.validate, fs=fs, move_corrupt=owner)
+    if isinstance(result, (Missing, Corrupt)):
+        return result
+    assert isinstance(result, dict)
+    return result
+
+
+class Layout:
+    """Paths under one state directory. Pure names: nothing here touches the disk."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.root = Path(state_dir)
+
+    # -- the parent ------------------------------------------------------------
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "batchd.lock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "batchd.pid"
+
+    @property
+    def workers_file(self) -> Path:
+        return self.root / "workers.json"
+
+    @property
+    def startup_log(self) -> Path:
+        return self.root / "startup-log.json"
+
+    @property
+    def control_inbox(self) -> Path:
+        return self.root / "control" / "inbox"
+
+    @property
+    def control_replies(self) -> Path:
+        return self.root / "control" / "replies"
+
+    def reply_file(self, request_id: str) -> Path:
+        return self.control_replies / f"{request_id}.json"
+
+    # -- the workers -----------------------------------------------------------
+    @property
+    def ready_dir(self) -> Path:
+        return self.root / "ready"
+
+    def ready_file(self, worker: str) -> Path:
+        return self.ready_dir / f"{worker}.json"
+
+    def worker_dir(self, worker: str) -> Path:
+        return self.root / worker
+
+    def inbox(self, worker: str) -> Path:
+        return self.root / worker / "inbox"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.root / "scheduler" / "wal"
+
+    def worker_state(self, worker: str) -> Path:
+        return self.root / worker / "state.json"
+
+    # -- jobs ------------------------------------------------------------------
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def job_output(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "output"
+
+    def job_events(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "events.jsonl"
+
+    def job_sentinel(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "sentinel.json"
+
+    def job_result(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "result.json"
+
+    def job_spec(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "spec.json"
+
+    def all_dirs(self) -> list[Path]:
+        """The folders batchd creates at start (each owner creates its own again if missing)."""
+        dirs = [self.root, self.control_inbox, self.control_replies, self.ready_dir,
+                self.jobs_dir, self.wal_dir]
+        dirs += [self.inbox(w) for w in WORKER_NAMES]
+        return dirs
