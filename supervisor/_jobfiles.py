@@ -1,0 +1,389 @@
+"""The scheduler's side of the job files: observe a job, write its spec and workspace, kill it.
+
+The glue between the disk / the process table and the pure `supervisor._lifecycle`:
+
+    observe(layout, entry, now, cfg) -> Observation
+        reads jobs/<id>/sentinel.json and result.json as a reader (`owner=False`: the
+        adaptor owns them, a corrupt one is reported, never moved), checks the adaptor's
+        pid with its start time (supervisor._proc.alive) and probes jobs/<id>/adaptor.lock
+        without taking it (`probe_lock`). Order: sentinel, liveness, lock, result: the
+        adaptor writes result.json before it exits, so "not alive, then no result" is final.
+    write_spec(layout, cfg, entry) -> Path          jobs/<id>/spec.json (JOB_SPEC)
+    prepare_workspace(cfg, entry, repositories=None) -> Path    <workspace_dir>/<id>
+    kill_group(pid, start, sig) -> bool             signal a job's process group, safely
+    probe_lock(path) -> LockProbe                   who holds an adaptor.lock, if anyone
+    job_timeout(cfg, entry) -> float                the job's timeout, agent's, or the default
+
+Errors the scheduler turns into `failed` (step LAUNCH_FAILED with str(exc)): PrepareError
+(unknown agent or repository, git clone failure with git's stderr, a file in the way).
+
+The lock probe. The adaptor holds an exclusive flock(2) on jobs/<id>/adaptor.lock for its
+whole life. flock locks are invisible to fcntl(F_GETLK), and taking the lock even for an
+instant (LOCK_SH|LOCK_NB, then unlock) could make a starting adaptor's own LOCK_NB attempt
+fail, so the probe never takes it: it asks F_GETLK first (covers POSIX and OFD locks, in
+case the adaptor uses lockf/fcntl), then reads /proc/locks for a FLOCK entry on the same
+device and inode (the line carries the holder's pid). A missing lock file is "not held".
+
+Crash safety, per file written here:
+- jobs/<id>/spec.json: scheduler-owned, write_record (temp + fsync + rename + fsync dir);
+  written before the launch, rewritten identically on a relaunch. A crash leaves it old,
+  new or absent, never partial.
+- jobs/<id>/ (folder): ensure_dir fsyncs the parent.
+- <workspace_dir>/<id>: built under `<workspace_dir>/.prep.<id>` and renamed into place
+  (then the parent is fsynced), so the final name exists only once the workspace is
+  complete; a job without repositories gets a plain mkdir (atomic by itself). A crash
+  mid-clone leaves only the `.prep.<id>` folder, which the next prepare_workspace of that
+  job removes and redoes; an existing final folder is complete and is reused as is (it
+  may already be in use by an adaptor that is slow to show itself, so it is never wiped).
+  git does not fsync working-tree files: after a power cut (not a process crash) a
+  renamed clone may hold incomplete files. The reaper removes `.prep.*` folders of jobs
+  that are no longer starting.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import struct
+import subprocess
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from supervisor._atomic import Corrupt, Missing, ensure_dir
+from supervisor._config import Config, RepoConfig
+from supervisor._fs import REAL
+from supervisor._layout import (
+    JOB_SPEC,
+    RESULT,
+    SENTINEL,
+    Layout,
+    RecordKind,
+    read_record,
+    write_record,
+)
+from supervisor._lifecycle import Observation
+from supervisor._proc import alive, start_time
+
+__all__ = [
+    "CLONE_TIMEOUT",
+    "PREP_PREFIX",
+    "LockProbe",
+    "PrepareError",
+    "build_spec",
+    "job_timeout",
+    "kill_group",
+    "observe",
+    "prepare_workspace",
+    "probe_lock",
+    "workspace_path",
+    "write_spec",
+]
+
+#: A workspace under construction is `<workspace_dir>/<PREP_PREFIX><id>`.
+PREP_PREFIX = ".prep."
+#: Seconds one `git clone` may take before it is killed and the job fails.
+CLONE_TIMEOUT = 1800.0
+
+# struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start, off_t l_len,
+# pid_t l_pid (native alignment, padded to sizeof(struct flock) == 32).
+_FLOCK = struct.Struct("@hhqqi4x")
+_PROC_LOCKS = "/proc/locks"
+_STDERR_TAIL = 2000
+
+
+class PrepareError(Exception):
+    """The job cannot be prepared; str() is the reason recorded on the failed job."""
+
+
+class LockProbe(NamedTuple):
+    """Whether a lock file is held, and by which pid when the kernel says (else None)."""
+
+    held: bool
+    pid: int | None
+
+
+# --------------------------------------------------------------------------- observe
+
+
+def _fcntl_holder(fd: int) -> LockProbe:
+    query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    l_type, _, _, _, l_pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    if l_type == fcntl.F_UNLCK:
+        return LockProbe(False, None)
+    return LockProbe(True, int(l_pid) if l_pid > 0 else None)   # OFD locks report -1
+
+
+def _flock_holder(st: os.stat_result, proc_locks: str) -> LockProbe:
+    """Scan /proc/locks for a FLOCK (or POSIX/OFD) lock on st's device and inode."""
+    try:
+        with open(proc_locks, encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return LockProbe(False, None)
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in text.splitlines():
+        # "7: FLOCK  ADVISORY  WRITE 1234 fe:00:2148294 0 EOF"; "7: -> FLOCK ..." = a waiter
+        parts = line.split()
+        if len(parts) < 6 or parts[1] == "->" or parts[1] not in ("FLOCK", "POSIX", "OFDLCK"):
+            continue
+        try:
+            major, minor, ino = parts[5].split(":")
+            found = (int(major, 16), int(minor, 16), int(ino))
+            pid = int(parts[4])
+        except ValueError:
+            continue
+        if found == want:
+            return LockProbe(True, pid if pid > 0 else None)
+    return LockProbe(False, None)
+
+
+def probe_lock(path: str | os.PathLike[str], *, proc_locks: str = _PROC_LOCKS) -> LockProbe:
+    """Who holds a lock on `path`, WITHOUT taking it or creating the file.
+
+    F_GETLK answers for POSIX/OFD locks; /proc/locks for flock locks (which F_GETLK does
+    not see). A missing file is not held.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return LockProbe(False, None)
+    try:
+        probe = _fcntl_holder(fd)
+        if probe.held:
+            return probe
+        return _flock_holder(os.fstat(fd), proc_locks)
+    finally:
+        os.close(fd)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _heartbeat(sentinel: Mapping[str, Any]) -> float | None:
+    ts = sentinel.get("heartbeat_ts")
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return float(ts)
+    text = sentinel.get("heartbeat_at")
+    if isinstance(text, str):
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def _record(kind: RecordKind, path: Path, job_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the record, None), (None, None) if missing, (None, why) if unusable."""
+    got = read_record(kind, path, owner=False)
+    if isinstance(got, Missing):
+        return None, None
+    if isinstance(got, Corrupt):
+        return None, got.reason
+    if got.get("id") != job_id:
+        return None, f"record is for job {got.get('id')!r}, not {job_id!r}"
+    return got, None
+
+
+def job_timeout(cfg: Config, entry: Mapping[str, Any]) -> float:
+    """The job's timeout: its own, else its agent's, else scheduler.job_timeout (seconds)."""
+    own = entry.get("timeout")
+    if isinstance(own, int | float) and not isinstance(own, bool) and own > 0:
+        return float(own)
+    agent = cfg.agents.get(str(entry.get("agent")))
+    if agent is not None and agent.timeout is not None:
+        return float(agent.timeout)
+    return float(cfg.scheduler.job_timeout)
+
+
+def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -> Observation:
+    """Look at one job's sentinel, adaptor process, lock and result (reads only).
+
+    `now` is accepted for symmetry with the lifecycle calls; nothing here compares times.
+    """
+    job_id = str(entry["id"])
+    sentinel, _ = _record(SENTINEL, layout.job_sentinel(job_id), job_id)
+    candidates: list[tuple[int, int | None]] = []
+    for source in (entry, sentinel or {}):
+        known = _int(source.get("pid"))
+        if known is not None and known > 0:
+            candidates.append((known, _int(source.get("start"))))
+    living = [(p, s) for p, s in candidates if s is not None and alive(p, s)]
+    lock = probe_lock(layout.job_lock(job_id))
+    result, result_error = _record(RESULT, layout.job_result(job_id), job_id)
+    pid: int | None
+    start: int | None
+    if living:
+        pid, start = living[0]
+    elif candidates:
+        pid, start = candidates[0]
+    elif lock.pid is not None:
+        pid, start = lock.pid, start_time(lock.pid)
+    else:
+        pid, start = None, None
+    return Observation(
+        sentinel=sentinel, result=result, result_error=result_error,
+        heartbeat_ts=_heartbeat(sentinel) if sentinel is not None else None,
+        pid=pid, start=start, alive=bool(living), lock_held=lock.held,
+        timeout=job_timeout(cfg, entry))
+
+
+# --------------------------------------------------------------------------- spec
+
+
+def workspace_path(cfg: Config, entry: Mapping[str, Any]) -> Path:
+    """The job's workspace: entry["workspace"] if set (the submit handler sets it), else
+    <workspace_dir>/<id>."""
+    given = entry.get("workspace")
+    return Path(given) if isinstance(given, str) and given else cfg.workspace_dir / str(entry["id"])
+
+
+def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The JOB_SPEC body for a queue entry (JOBFILES.md); PrepareError for an unknown agent."""
+    job_id = str(entry["id"])
+    name = str(entry.get("agent"))
+    agent = cfg.agents.get(name)
+    if agent is None:
+        raise PrepareError(f"unknown agent {name!r} (not in the configuration "
+                           f"{cfg.source}; known: {', '.join(sorted(cfg.agents))})")
+    resume = entry.get("resume_session")
+    return {
+        "id": job_id,
+        "agent": name,
+        "adaptor": agent.adaptor,
+        "command": agent.command,
+        "args": list(agent.args),
+        "env": dict(agent.env),
+        "prompt": str(entry.get("prompt") or ""),
+        "model": agent.model,
+        "workspace": str(workspace_path(cfg, entry)),
+        "job_dir": str(layout.job_dir(job_id)),
+        "timeout": job_timeout(cfg, entry),
+        "heartbeat_interval": cfg.scheduler.heartbeat_interval,
+        "kill_grace": cfg.scheduler.kill_grace,
+        "user": agent.user,
+        "resume_session": resume if isinstance(resume, str) else None,
+    }
+
+
+def write_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> Path:
+    """Write jobs/<id>/spec.json (atomically, durably) for the adaptor; return its path."""
+    spec = build_spec(layout, cfg, entry)
+    ensure_dir(layout.job_dir(spec["id"]))
+    path = layout.job_spec(spec["id"])
+    write_record(JOB_SPEC, path, spec)
+    return path
+
+
+# --------------------------------------------------------------------------- workspace
+
+
+def _git_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["GIT_TERMINAL_PROMPT"] = "0"           # never wait for a password on a tty
+    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    return env
+
+
+def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float) -> None:
+    cmd = ["git", "clone", "--quiet"]
+    if repo.branch:
+        cmd += ["--branch", repo.branch]
+    cmd += ["--", repo.url, str(dest)]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              errors="replace", env=_git_env(), timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise PrepareError("cannot clone: git is not installed (not found on PATH)") from None
+    except subprocess.TimeoutExpired:
+        raise PrepareError(f"git clone of repository {name!r} ({repo.url}) "
+                           f"timed out after {timeout:g}s") from None
+    if proc.returncode != 0:
+        err = proc.stderr.strip()[-_STDERR_TAIL:] or f"exit status {proc.returncode}"
+        branch = f" branch {repo.branch!r}" if repo.branch else ""
+        raise PrepareError(f"git clone of repository {name!r} ({repo.url}{branch}) failed: {err}")
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
+                      repositories: Mapping[str, RepoConfig] | None = None,
+                      clone_timeout: float = CLONE_TIMEOUT) -> Path:
+    """Make the job's workspace and return it: an empty folder, or fresh clones of its repos.
+
+    One repository: the workspace is the clone. Several: one subfolder each, named after
+    the repository. `git clone --branch B` when the repository names a branch, else the
+    remote's default branch. `repositories` (e.g. the config's plus those registered with
+    `repo add`) defaults to cfg.repositories. Idempotent: a complete workspace is returned
+    as is, a half-made one (a crash mid-clone) is removed and redone. PrepareError on
+    failure, carrying git's stderr; nothing half-made is left behind by a failure.
+    """
+    ws = workspace_path(cfg, entry)
+    if ws.is_dir():
+        return ws
+    if ws.exists() or ws.is_symlink():
+        raise PrepareError(f"workspace {ws} exists and is not a folder")
+    known = cfg.repositories if repositories is None else repositories
+    names = [str(r) for r in entry.get("repos") or []]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PrepareError(f"unknown repository {unknown[0]!r} (not in the configuration "
+                           "nor registered with `batchctl repo add`)")
+    if len(set(names)) != len(names):
+        raise PrepareError(f"repository listed twice: {', '.join(names)}")
+    ensure_dir(ws.parent)
+    if not names:
+        try:
+            os.mkdir(ws)
+        except FileExistsError:
+            pass
+        REAL.fsync_dir(str(ws.parent))
+        return ws
+    staging = ws.parent / f"{PREP_PREFIX}{ws.name}"
+    _remove_tree(staging)
+    try:
+        if len(names) == 1:
+            _clone(names[0], known[names[0]], staging, clone_timeout)
+        else:
+            os.mkdir(staging)
+            for name in names:
+                _clone(name, known[name], staging / name, clone_timeout)
+        os.rename(staging, ws)
+    except BaseException:
+        _remove_tree(staging)
+        raise
+    REAL.fsync_dir(str(ws.parent))
+    return ws
+
+
+# --------------------------------------------------------------------------- kill
+
+
+def kill_group(pid: int | None, start: int | None, sig: int = signal.SIGTERM) -> bool:
+    """Send `sig` to the process group led by the adaptor (pid, start); True if sent.
+
+    Refuses (False) unless `pid` is alive with exactly that start time, so a reused pid is
+    never signalled: no start time, no signal. The adaptor leads its own process group
+    (setsid); should it not, only the adaptor itself is signalled. Processes of a group
+    whose leader is already gone are the reaper's to find (their pgid may be reused).
+    """
+    if pid is None or start is None or pid <= 1 or not alive(pid, start):
+        return False
+    try:
+        leader = os.getpgid(pid) == pid
+        if leader:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
