@@ -167,7 +167,9 @@ def read_json(
         try:
             obj = json.loads(raw)
             reason = validate(obj) if validate is not None else None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers bad UTF-8 and bad JSON, and also integers longer than
+            # int()'s digit limit; RecursionError is nesting too deep for the parser.
             reason = f"not valid JSON: {exc}"
     if reason is None:
         return obj
@@ -176,29 +178,42 @@ def read_json(
 
 
 def ensure_dir(path: str | os.PathLike[str], *, fs: FS = REAL) -> None:
-    """Create `path` and missing parents, fsyncing each parent so the entries hold."""
+    """Create `path` and missing parents, fsyncing each parent so the entries hold.
+
+    An existing `path` gets its parent fsynced too: a process killed between its mkdir
+    and that fsync leaves a folder that exists but would vanish at a power cut, with
+    everything later written in it. (Creation goes top-down with an fsync per level, so
+    only the deepest level a killed process made can be in that state.)
+    """
     p = os.path.abspath(os.fspath(path))
-    if fs.exists(p):
-        return
     parent = os.path.dirname(p)
-    if parent != p:
-        ensure_dir(parent, fs=fs)
-    try:
-        fs.mkdir(p)
-    except FileExistsError:
+    if parent == p:
         return
+    if not fs.exists(p):
+        ensure_dir(parent, fs=fs)
+        try:
+            fs.mkdir(p)
+        except FileExistsError:
+            pass
     fs.fsync_dir(parent)
 
 
 def remove(path: str | os.PathLike[str], *, fs: FS = REAL) -> bool:
-    """Unlink `path` durably (fsync the folder). False if it was already gone."""
+    """Unlink `path` durably (fsync the folder). False if it was already gone.
+
+    The folder is fsynced even then: the file may be gone only because a process was
+    killed between its unlink and its fsync, and that removal could still revert.
+    """
     p = os.fspath(path)
+    folder = os.path.dirname(p) or "."
     try:
         fs.unlink(p)
+        removed = True
     except FileNotFoundError:
-        return False
-    fs.fsync_dir(os.path.dirname(p) or ".")
-    return True
+        removed = False
+    if removed or fs.exists(folder):
+        fs.fsync_dir(folder)
+    return removed
 
 
 def clean_tmp(folder: str | os.PathLike[str], grace_s: float, *, fs: FS = REAL,

@@ -9,6 +9,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       batchd.pid                  parent   record "pid": pid + start time of the running batchd
       workers.json                parent   record "workers": each worker's process state
       startup-log.json            parent   record "startup_log": the last 10 startups
+      repos.json                  (later)  record "repos": repositories added by `repo add`
       control/inbox/<req>.json    batchctl request "control" (start/stop/restart/shutdown/reload)
       control/replies/<req>.json  parent   record "reply" to one control request
       ready/<worker>.json         worker   record "ready": recovery done (pid, found, did)
@@ -17,7 +18,9 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       locks/inbox/, locks/state.json          locks worker
       callbacks/inbox/, callbacks/outbox/     callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
-      jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json
+      jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json,
+                                           adaptor.log (launcher-opened, adaptor-written),
+                                           adaptor.lock (flock held by the live adaptor)
       workspaces/<id>/            scheduler (created), the job (contents)
 """
 
@@ -33,13 +36,20 @@ from supervisor._fs import FS, REAL
 
 __all__ = [
     "CONTROL",
+    "DELIVERY",
     "JOB",
+    "JOB_SPEC",
     "PID",
     "READY",
     "REPLY",
+    "REPOS",
+    "REQUEST",
+    "RESULT",
+    "SENTINEL",
     "STARTUP_LOG",
     "WORKERS",
     "WORKER_NAMES",
+    "WORKER_STATE",
     "Layout",
     "RecordKind",
     "read_record",
@@ -79,6 +89,21 @@ READY = RecordKind("batchd.ready", 1, ("worker", "pid", "start", "ready_at"))
 CONTROL = RecordKind("batchd.control", 1, ("id", "op"))
 REPLY = RecordKind("batchd.reply", 1, ("id", "ok"))
 JOB = RecordKind("batchd.job", 1, ("id",))
+#: A request dropped into a worker's inbox (`<worker>/inbox/<id>.json`) by batchctl or a peer.
+REQUEST = RecordKind("batchd.request", 1, ("id", "kind"))
+#: A worker's own small state file (`<worker>/state.json`), e.g. the locks table.
+WORKER_STATE = RecordKind("batchd.worker_state", 1, ("worker",))
+#: What the scheduler hands an adaptor (`jobs/<id>/spec.json`), written before launch.
+JOB_SPEC = RecordKind("batchd.job_spec", 1, ("id", "adaptor", "prompt", "workspace"))
+#: The adaptor's heartbeat (`jobs/<id>/sentinel.json`), refreshed every heartbeat_interval.
+SENTINEL = RecordKind("batchd.sentinel", 1, ("id", "pid", "start", "heartbeat_at"))
+#: The adaptor's last word (`jobs/<id>/result.json`), written once, atomically, on exit.
+RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
+#: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
+#: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
+REPOS = RecordKind("batchd.repos", 1, ("repos",))
+#: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
+DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
 
 
 def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
@@ -124,6 +149,10 @@ class Layout:
         return self.root / "startup-log.json"
 
     @property
+    def repos_file(self) -> Path:
+        return self.root / "repos.json"
+
+    @property
     def control_inbox(self) -> Path:
         return self.root / "control" / "inbox"
 
@@ -155,6 +184,10 @@ class Layout:
     def worker_state(self, worker: str) -> Path:
         return self.root / worker / "state.json"
 
+    @property
+    def callbacks_outbox(self) -> Path:
+        return self.root / "callbacks" / "outbox"
+
     # -- jobs ------------------------------------------------------------------
     @property
     def jobs_dir(self) -> Path:
@@ -177,6 +210,14 @@ class Layout:
 
     def job_spec(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "spec.json"
+
+    def job_lock(self, job_id: str) -> Path:
+        """Held (flock, exclusive) by the job's adaptor for its whole life; never replaced."""
+        return self.job_dir(job_id) / "adaptor.lock"
+
+    def job_adaptor_log(self, job_id: str) -> Path:
+        """The adaptor's own stdout/stderr (diagnostics, not the job's output)."""
+        return self.job_dir(job_id) / "adaptor.log"
 
     def all_dirs(self) -> list[Path]:
         """The folders batchd creates at start (each owner creates its own again if missing)."""
