@@ -1,0 +1,415 @@
+"""Tests for supervisor._runtime: the Watcher (real inotify), run_loop, inboxes, readiness."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import _runtime
+from supervisor._atomic import CORRUPT_MARK, write_bytes
+from supervisor._jobs import iso_now
+from supervisor._layout import READY, REQUEST, Layout, read_record, write_record
+from supervisor._proc import start_time
+from supervisor._runtime import BadRequest, Watcher, handle_inbox, inbox_requests, run_loop
+
+WAKE = 30.0  # generous: a hint must arrive long before this under any load
+
+
+@pytest.fixture(autouse=True)
+def _no_stop() -> Iterator[None]:
+    """Each test starts and ends without a pending stop request."""
+    _runtime._state.stop = False
+    yield
+    _runtime._state.stop = False
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def request(folder: Path, name: str, kind: str = "submit", **extra: Any) -> Path:
+    path = folder / f"{name}.json"
+    write_record(REQUEST, path, {"id": name, "kind": kind, "created_at": iso_now(), **extra})
+    return path
+
+
+def set_mtime_ns(path: Path, ns: int) -> None:
+    os.utime(path, ns=(ns, ns))
+
+
+def quarantined(folder: Path) -> list[str]:
+    return sorted(n.split(CORRUPT_MARK)[0] for n in os.listdir(folder) if CORRUPT_MARK in n)
+
+
+# -- Watcher -------------------------------------------------------------------------------
+
+def test_first_wait_is_the_start_rescan(tmp_path: Path) -> None:
+    """A pass is due at once after start (nothing was seen while the worker was down)."""
+    with Watcher([tmp_path / "inbox"], rescan_interval=3600) as w:
+        assert w.wait(0) is True
+        assert w.wait(0) is False
+
+
+def test_start_creates_missing_folders(tmp_path: Path) -> None:
+    """Watching a folder that does not exist yet creates it."""
+    with Watcher([tmp_path / "a" / "inbox"], rescan_interval=3600):
+        assert (tmp_path / "a" / "inbox").is_dir()
+
+
+def test_atomic_write_wakes_wait(tmp_path: Path) -> None:
+    """A write-then-rename (an atomic write) into the folder wakes wait() as a hint."""
+    folder = tmp_path / "inbox"
+    with Watcher([folder], rescan_interval=3600) as w:
+        assert w.wait(0) is True
+        write_bytes(folder / "r1.json", b"{}")
+        assert w.wait(WAKE) is True
+
+
+def test_rename_from_outside_wakes_wait(tmp_path: Path) -> None:
+    """A file moved in from another folder (a moved event's destination) is a hint."""
+    folder = tmp_path / "inbox"
+    outside = tmp_path / "r2.json"
+    outside.write_bytes(b"{}")
+    with Watcher([folder], rescan_interval=3600) as w:
+        w.wait(0)
+        os.rename(outside, folder / "r2.json")
+        assert w.wait(WAKE) is True
+
+
+def test_delete_wakes_wait(tmp_path: Path) -> None:
+    """Deleting a file in a watched folder is a hint."""
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    (folder / "r3.json").write_bytes(b"{}")
+    with Watcher([folder], rescan_interval=3600) as w:
+        w.wait(0)
+        os.unlink(folder / "r3.json")
+        assert w.wait(WAKE) is True
+
+
+def test_every_folder_is_watched(tmp_path: Path) -> None:
+    """A Watcher over several folders wakes for a write in any of them."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    with Watcher([a, b], rescan_interval=3600) as w:
+        w.wait(0)
+        write_bytes(b / "x.json", b"{}")
+        assert w.wait(WAKE) is True
+
+
+def test_temp_files_are_not_hints(tmp_path: Path) -> None:
+    """Creating and writing a temp file (a write in progress) does not wake wait()."""
+    folder = tmp_path / "inbox"
+    with Watcher([folder], rescan_interval=3600) as w:
+        w.wait(0)
+        (folder / ".tmp.r.json.1.ab").write_bytes(b"partial")
+        assert w.wait(0.5) is False
+
+
+def test_no_hint_returns_false_after_the_timeout(tmp_path: Path) -> None:
+    """With nothing happening, wait(timeout) returns False once the timeout ran out."""
+    with Watcher([tmp_path], rescan_interval=3600) as w:
+        w.wait(0)
+        assert w.wait(0.05) is False
+
+
+def test_rescan_reports_with_the_observer_stopped(tmp_path: Path) -> None:
+    """With no events at all (observer stopped), the periodic rescan still makes wait() True."""
+    clock = FakeClock()
+    w = Watcher([tmp_path], rescan_interval=5.0, clock=clock)
+    w.start()
+    w.stop()
+    try:
+        assert w.wait(0) is True
+        write_bytes(tmp_path / "lost.json", b"{}")
+        clock.now += 4.9
+        assert w.wait(0) is False
+        clock.now += 0.2
+        assert w.wait(0) is True
+        assert w.wait(0) is False
+    finally:
+        w.close()
+
+
+def test_a_hint_pushes_the_next_rescan_back(tmp_path: Path) -> None:
+    """A pass run for a hint counts as a rescan: the next one is due an interval later."""
+    clock = FakeClock()
+    with Watcher([tmp_path], rescan_interval=5.0, clock=clock) as w:
+        w.wait(0)
+        clock.now += 3.0
+        w.wake()
+        assert w.wait(0) is True
+        clock.now += 3.0
+        assert w.wait(0) is False
+
+
+def test_request_stop_wakes_every_watcher(tmp_path: Path) -> None:
+    """request_stop() (what SIGTERM calls) sets the flag and wakes a waiting watcher."""
+    with Watcher([tmp_path], rescan_interval=3600) as w:
+        w.wait(0)
+        _runtime.request_stop()
+        assert _runtime.stop_requested() is True
+        assert w.wait(WAKE) is True
+
+
+def test_fileno_becomes_readable_on_a_hint(tmp_path: Path) -> None:
+    """The wake-up pipe is exposed for select()-based loops."""
+    import select
+
+    with Watcher([tmp_path], rescan_interval=3600) as w:
+        w.wait(0)
+        write_bytes(tmp_path / "x.json", b"{}")
+        assert [w.fileno()] == select.select([w.fileno()], [], [], WAKE)[0]
+        assert w.wait(0) is True
+
+
+# -- run_loop ------------------------------------------------------------------------------
+
+class Done(Exception):
+    """The scripted waiter ran out of answers: the test's way out of run_loop."""
+
+
+class ScriptedWaiter:
+    """A Waiter that replays answers and advances a fake clock by each timeout it is given."""
+
+    def __init__(self, clock: FakeClock, answers: list[bool]) -> None:
+        self.clock, self.answers = clock, answers
+        self.timeouts: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self.answers:
+            raise Done
+        self.timeouts.append(timeout)
+        if timeout is not None and not self.answers[0]:
+            self.clock.now += timeout
+        return self.answers.pop(0)
+
+
+def test_run_loop_runs_a_pass_per_hint() -> None:
+    """Each True from the waiter runs one pass, each False none."""
+    clock = FakeClock()
+    passes: list[int] = []
+    with pytest.raises(Done):
+        run_loop(ScriptedWaiter(clock, [True, False, True, True]), lambda: passes.append(1),
+                 clock=clock)
+    assert 3 == len(passes)
+
+
+def test_run_loop_runs_the_periodic_job_on_schedule() -> None:
+    """periodic=(interval, fn) runs fn every interval, woken by the waiter's timeout."""
+    clock = FakeClock()
+    ticks: list[float] = []
+    waiter = ScriptedWaiter(clock, [False, False, False])
+    with pytest.raises(Done):
+        run_loop(waiter, lambda: None, periodic=(60.0, lambda: ticks.append(clock.now)),
+                 clock=clock)
+    assert [1060.0, 1120.0, 1180.0] == ticks
+    assert [60.0, 60.0, 60.0] == waiter.timeouts
+
+
+def test_run_loop_keeps_the_period_across_hints() -> None:
+    """Passes run for hints between periodic runs do not shift the periodic schedule."""
+    clock = FakeClock()
+    ticks: list[float] = []
+
+    class HintAt10s:
+        calls = 0
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.calls += 1
+            if self.calls > 2:
+                raise Done
+            assert timeout is not None
+            step = min(10.0, timeout)
+            clock.now += step
+            return step == 10.0
+
+    with pytest.raises(Done):
+        run_loop(HintAt10s(), lambda: None, periodic=(15.0, lambda: ticks.append(clock.now)),
+                 clock=clock)
+    assert [1015.0] == ticks
+
+
+def test_run_loop_skips_the_pass_once_stop_is_requested() -> None:
+    """A stop that arrives while waiting ends the loop without another pass."""
+    clock = FakeClock()
+    passes: list[int] = []
+
+    class StopWhileWaiting:
+        def wait(self, timeout: float | None = None) -> bool:
+            _runtime.request_stop()
+            return True
+
+    run_loop(StopWhileWaiting(), lambda: passes.append(1), clock=clock)
+    assert [] == passes
+
+
+# -- inboxes -------------------------------------------------------------------------------
+
+def test_inbox_requests_come_in_creation_order(tmp_path: Path) -> None:
+    """Requests are ordered by mtime_ns, ties broken by name; temp files are skipped."""
+    for name, ns in (("c", 3), ("a", 2), ("b", 2), ("d", 1)):
+        set_mtime_ns(request(tmp_path, name), ns * 10**9)
+    (tmp_path / ".tmp.e.json.1.aa").write_bytes(b"{")
+    assert ["d", "a", "b", "c"] == [req["id"] for _, req in inbox_requests(tmp_path)]
+    assert [] == quarantined(tmp_path)
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"", "empty"),
+    (b"{not json", "unparseable"),
+    (b'{"schema": "batchd.control", "v": 1, "id": "x", "kind": "submit"}', "wrong schema"),
+    (b'{"schema": "batchd.request", "v": 1, "kind": "submit"}', "no id"),
+    (b'{"schema": "batchd.request", "v": 1, "id": 7, "kind": "submit"}', "id not a string"),
+    (b'{"schema": "batchd.request", "v": 1, "id": "x", "kind": ["submit"]}', "bad kind"),
+    (b"[1, 2]", "not an object"),
+])
+def test_malformed_requests_are_quarantined(tmp_path: Path, raw: bytes, why: str) -> None:
+    """A malformed request file is moved aside as NAME.corrupted.<ts>; the good ones remain."""
+    (tmp_path / "bad.json").write_bytes(raw)
+    request(tmp_path, "good")
+    assert ["good"] == [req["id"] for _, req in inbox_requests(tmp_path)], why
+    assert ["bad.json"] == quarantined(tmp_path)
+    assert ["good"] == [req["id"] for _, req in inbox_requests(tmp_path)]
+
+
+def test_a_folder_in_the_inbox_is_quarantined(tmp_path: Path) -> None:
+    """Something that is not a regular file is no request: moved aside, not crashed on."""
+    (tmp_path / "odd.json").mkdir()
+    assert [] == inbox_requests(tmp_path)
+    assert ["odd.json"] == quarantined(tmp_path)
+
+
+def test_missing_inbox_has_no_requests(tmp_path: Path) -> None:
+    """An inbox folder that does not exist simply holds nothing."""
+    assert [] == inbox_requests(tmp_path / "nope")
+
+
+def _double(ctx: list[int], req: dict[str, Any]) -> None:
+    if not isinstance(req.get("n"), int):
+        raise BadRequest("'n' must be an integer")
+    ctx.append(2 * req["n"])
+
+
+def _disk_full(ctx: list[int], req: dict[str, Any]) -> None:
+    raise OSError(28, "No space left on device")
+
+
+HANDLERS = {"double": _double, "fail": _disk_full}
+
+
+def test_handle_inbox_runs_handlers_and_removes_requests(tmp_path: Path) -> None:
+    """A handled request's effect happens, then its file is removed."""
+    log = _runtime._log.get("test")
+    set_mtime_ns(request(tmp_path, "one", "double", n=1), 10**9)
+    set_mtime_ns(request(tmp_path, "two", "double", n=5), 2 * 10**9)
+    out: list[int] = []
+    assert 2 == handle_inbox(tmp_path, HANDLERS, out, log)
+    assert [2, 10] == out
+    assert [] == os.listdir(tmp_path)
+
+
+def test_handle_inbox_quarantines_unknown_kinds_and_bad_requests(tmp_path: Path) -> None:
+    """Unknown kinds and requests a handler refuses are quarantined; the rest go on."""
+    log = _runtime._log.get("test")
+    request(tmp_path, "what", "frobnicate")
+    request(tmp_path, "bad", "double", n="x")
+    request(tmp_path, "ok", "double", n=3)
+    out: list[int] = []
+    assert 1 == handle_inbox(tmp_path, HANDLERS, out, log)
+    assert [6] == out
+    assert ["bad.json", "what.json"] == quarantined(tmp_path)
+
+
+def test_a_failing_handler_leaves_its_request_for_the_replay(tmp_path: Path) -> None:
+    """An error that is not the request's fault propagates and the request stays in place."""
+    log = _runtime._log.get("test")
+    request(tmp_path, "later", "fail")
+    with pytest.raises(OSError):
+        handle_inbox(tmp_path, HANDLERS, [], log)
+    assert ["later.json"] == os.listdir(tmp_path)
+
+
+def test_handle_inbox_stops_between_requests_when_asked(tmp_path: Path) -> None:
+    """After a stop request no further request is taken; they stay for the next start."""
+    log = _runtime._log.get("test")
+    request(tmp_path, "a", "double", n=1)
+    _runtime.request_stop()
+    assert 0 == handle_inbox(tmp_path, HANDLERS, [], log)
+    assert ["a.json"] == os.listdir(tmp_path)
+
+
+# -- readiness -----------------------------------------------------------------------------
+
+def test_report_ready_writes_the_ready_record(tmp_path: Path) -> None:
+    """The READY record names the worker, this process (pid + start) and what recovery did."""
+    layout = Layout(tmp_path)
+    _runtime.report_ready(layout, "locks", found={"held": 2}, did={"state": "read"},
+                          degraded=["x"], started_monotonic=0.0, started_at="2026-01-01T00:00Z")
+    rec = read_record(READY, layout.ready_file("locks"), owner=False)
+    assert isinstance(rec, dict)
+    assert {"worker": "locks", "pid": os.getpid(), "start": start_time(os.getpid()),
+            "started_at": "2026-01-01T00:00Z", "found": {"held": 2}, "did": {"state": "read"},
+            "degraded": ["x"]} == {k: rec[k] for k in
+                                   ("worker", "pid", "start", "started_at", "found", "did",
+                                    "degraded")}
+    assert isinstance(rec["duration_ms"], float) and isinstance(rec["ready_at"], str)
+
+
+def test_die_with_parent_keeps_a_process_whose_parent_lives() -> None:
+    """Arming the death signal in a process whose parent is alive returns normally."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _runtime.die_with_parent()
+            os._exit(0)
+        finally:
+            os._exit(9)
+    _, status = os.waitpid(pid, 0)
+    assert 0 == os.waitstatus_to_exitcode(status)
+
+
+def test_a_fork_child_knows_the_pid_that_forked_it() -> None:
+    """The at-fork hook gives the child its forker's pid (what die_with_parent compares)."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if parent == _runtime._state.parent else 1)
+    _, status = os.waitpid(pid, 0)
+    assert 0 == os.waitstatus_to_exitcode(status)
+
+
+def test_die_with_parent_exits_when_the_parent_is_already_gone() -> None:
+    """A child whose forker is no longer its parent (it died before prctl) exits with code 4."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _runtime._state.parent = 1 if os.getppid() != 1 else 2  # as if re-parented
+            _runtime.die_with_parent()
+            os._exit(0)
+        finally:
+            os._exit(9)
+    _, status = os.waitpid(pid, 0)
+    assert _runtime.EXIT_ORPHANED == os.waitstatus_to_exitcode(status)
+
+
+def test_without_inotify_the_watcher_still_rescans(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """inotify at its limit (EMFILE): start() still works and wait() reports the rescans."""
+    def no_inotify() -> None:
+        raise OSError(24, "inotify instance limit reached")
+
+    monkeypatch.setattr(_runtime, "Observer", no_inotify)
+    clock = FakeClock()
+    with Watcher([tmp_path / "inbox"], rescan_interval=5.0, clock=clock) as w:
+        assert (tmp_path / "inbox").is_dir()
+        assert w.wait(0) is True
+        clock.now += 5.0
+        assert w.wait(0) is True

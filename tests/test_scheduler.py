@@ -1,0 +1,234 @@
+"""Tests for supervisor.scheduler: queue recovery, submit and cancel through the inbox."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import _log, _runtime, scheduler
+from supervisor._atomic import CORRUPT_MARK
+from supervisor._config import Config
+from supervisor._jobs import cancel_request, iso_now, submit_request
+from supervisor._layout import REQUEST, Layout, write_record
+from supervisor._queue import JobQueue, MemoryStorage
+
+
+@pytest.fixture(autouse=True)
+def _no_stop() -> Iterator[None]:
+    """Each test starts and ends without a pending stop request."""
+    _runtime._state.stop = False
+    yield
+    _runtime._state.stop = False
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws")
+
+
+@pytest.fixture
+def sched(cfg: Config) -> Iterator[scheduler.Scheduler]:
+    """A scheduler over the real disk (its WAL under the tmp state dir)."""
+    s, _, _ = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
+    yield s
+    s.queue.close()
+
+
+@pytest.fixture
+def mem(cfg: Config) -> scheduler.Scheduler:
+    """A scheduler over the queue's in-memory twin (handler logic only)."""
+    return scheduler.Scheduler(cfg, Layout(cfg.state_dir), JobQueue.over(MemoryStorage()),
+                               _log.get("test"))
+
+
+def job(job_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": job_id, "agent": "shell", "prompt": "echo hi", "repos": [], "callback": None,
+            "timeout": None, "batch": None, "exclusive": False, "created_at": iso_now(),
+            **extra}
+
+
+def drop(s: scheduler.Scheduler, body: dict[str, Any]) -> Path:
+    """Write a request into the scheduler's inbox exactly as batchctl does."""
+    inbox = s.layout.inbox("scheduler")
+    inbox.mkdir(parents=True, exist_ok=True)
+    path = inbox / f"{body['id']}.json"
+    write_record(REQUEST, path, body)
+    return path
+
+
+def inbox_names(s: scheduler.Scheduler) -> list[str]:
+    return sorted(os.listdir(s.layout.inbox("scheduler")))
+
+
+def test_recovery_of_a_fresh_state_dir(cfg: Config) -> None:
+    """No WAL yet: an empty queue, nothing replayed, nothing degraded."""
+    s, found, degraded = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
+    s.queue.close()
+    assert ({"jobs": {}, "records_replayed": 0, "torn_bytes": 0, "quarantined": []}, []) \
+        == (found, degraded)
+
+
+def test_submit_request_is_ingested_and_removed(sched: scheduler.Scheduler, cfg: Config) -> None:
+    """A submit request's jobs are queued in order with workspace and output_path; the
+    request file is removed and `submitted` counts them."""
+    path = drop(sched, submit_request([job("a"), job("b", batch="n1")], request_id="s1"))
+    scheduler.one_pass(sched)
+    assert not path.exists()
+    assert ["a", "b"] == sched.queue.ids()
+    b = sched.queue.get("b")
+    assert b is not None
+    assert ("queued", "n1", 0) == (b["state"], b["batch"], b["attempts"])
+    assert str(cfg.workspace_dir / "b") == b["workspace"]
+    assert str(cfg.state_dir / "jobs" / "b" / "output") == b["output_path"]
+    assert 2 == sched.queue.stats()["submitted"]
+
+
+def test_jobs_survive_a_restart(cfg: Config, sched: scheduler.Scheduler) -> None:
+    """What was ingested is found again by the next start's recovery."""
+    drop(sched, submit_request([job("a"), job("b")], request_id="s1"))
+    scheduler.one_pass(sched)
+    sched.queue.close()
+    s2, found, _ = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
+    try:
+        assert (["a", "b"], {"queued": 2}) == (s2.queue.ids(), found["jobs"])
+        assert found["records_replayed"] >= 2
+    finally:
+        s2.queue.close()
+
+
+def test_crash_replay_of_a_submit_adds_no_duplicate(cfg: Config,
+                                                    sched: scheduler.Scheduler) -> None:
+    """Request handled but its file not removed (crash): after a restart it is handled
+    again, and every job is still there exactly once."""
+    body = submit_request([job("a"), job("b")], request_id="s1")
+    path = drop(sched, body)
+    scheduler.submit(sched, {**body, "schema": REQUEST.schema, "v": REQUEST.version})
+    sched.queue.close()                          # the crash: the file is still there
+    s2, _, _ = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
+    try:
+        scheduler.one_pass(s2)
+        assert not path.exists()
+        assert ["a", "b"] == s2.queue.ids()
+        assert 2 == s2.queue.stats()["submitted"]
+    finally:
+        s2.queue.close()
+
+
+def test_a_job_already_known_is_skipped_and_the_rest_queued(mem: scheduler.Scheduler) -> None:
+    """A submit naming a known id queues only the new ones (idempotent by job id)."""
+    drop(mem, submit_request([job("a")], request_id="s1"))
+    scheduler.one_pass(mem)
+    mem.queue.update("a", state="running")
+    drop(mem, submit_request([job("a"), job("c")], request_id="s2"))
+    scheduler.one_pass(mem)
+    assert (["a", "c"], "running", 2) == (mem.queue.ids(), mem.queue.state("a"),
+                                          mem.queue.stats()["submitted"])
+
+
+@pytest.mark.parametrize(("jobs", "why"), [
+    ([], "no jobs"),
+    ("a", "jobs not a list"),
+    ([job("a"), "b"], "a job not an object"),
+    ([job("a"), job("../etc")], "bad id"),
+    ([job("a"), job("a")], "id twice"),
+    ([job("a", state="completed")], "forges the state"),
+    ([job("a", agent=None)], "no agent"),
+])
+def test_a_bad_submit_is_quarantined_and_queues_nothing(mem: scheduler.Scheduler,
+                                                        jobs: Any, why: str) -> None:
+    """All or nothing: one bad job quarantines the whole request; no job is queued."""
+    drop(mem, {"id": "s1", "kind": "submit", "created_at": iso_now(), "jobs": jobs})
+    scheduler.one_pass(mem)
+    assert [] == mem.queue.ids(), why
+    assert [True] == [n.startswith("s1.json" + CORRUPT_MARK) for n in inbox_names(mem)]
+
+
+def test_unknown_request_kinds_are_quarantined(mem: scheduler.Scheduler) -> None:
+    """A request of a kind the scheduler has no handler for is moved aside, not dropped."""
+    drop(mem, {"id": "r1", "kind": "pause", "created_at": iso_now()})
+    scheduler.one_pass(mem)
+    assert [True] == [n.startswith("r1.json" + CORRUPT_MARK) for n in inbox_names(mem)]
+
+
+def test_cancel_of_a_queued_job(mem: scheduler.Scheduler) -> None:
+    """A queued job is cancelled at once: state, finished_at, reason and the counter."""
+    drop(mem, submit_request([job("a"), job("b")], request_id="s1"))
+    scheduler.one_pass(mem)
+    drop(mem, cancel_request("a"))
+    scheduler.one_pass(mem)
+    a = mem.queue.get("a")
+    assert a is not None
+    assert ("cancelled", "cancelled by operator") == (a["state"], a["reason"])
+    assert isinstance(a["finished_at"], str)
+    assert ("queued", 1, []) == (mem.queue.state("b"), mem.queue.stats()["cancelled"],
+                                 inbox_names(mem))
+
+
+def test_cancel_replayed_changes_nothing(mem: scheduler.Scheduler) -> None:
+    """A second cancel of the same job (a replay) leaves it and the counter as they were."""
+    drop(mem, submit_request([job("a")], request_id="s1"))
+    scheduler.one_pass(mem)
+    req = {**cancel_request("a"), "schema": REQUEST.schema, "v": REQUEST.version}
+    scheduler.cancel(mem, req)
+    first = mem.queue.get("a")
+    scheduler.cancel(mem, req)
+    assert (first, 1) == (mem.queue.get("a"), mem.queue.stats()["cancelled"])
+
+
+@pytest.mark.parametrize("state", ["starting", "running"])
+def test_cancel_of_a_started_job_is_recorded(mem: scheduler.Scheduler, state: str) -> None:
+    """A starting/running job keeps its state and gets cancel_requested (killed later)."""
+    drop(mem, submit_request([job("a")], request_id="s1"))
+    scheduler.one_pass(mem)
+    mem.queue.update("a", state=state)
+    drop(mem, cancel_request("a"))
+    scheduler.one_pass(mem)
+    a = mem.queue.get("a")
+    assert a is not None
+    assert (state, True, 0) == (a["state"], a["cancel_requested"],
+                                mem.queue.stats()["cancelled"])
+
+
+def test_cancel_of_an_unknown_job_is_logged_and_removed(mem: scheduler.Scheduler) -> None:
+    """A cancel naming no job changes nothing and is not kept around."""
+    drop(mem, cancel_request("ghost"))
+    scheduler.one_pass(mem)
+    assert ([], []) == (mem.queue.ids(), inbox_names(mem))
+
+
+def test_every_job_state_has_a_cancel_action() -> None:
+    """The cancel table covers each of the queue's job states."""
+    from supervisor._queue import JOB_STATES
+
+    assert sorted(JOB_STATES) == sorted(scheduler.CANCEL)
+
+
+def test_main_exits_3_when_the_queue_cannot_be_opened(cfg: Config) -> None:
+    """The WAL folder being a file is a failed recovery: exit 3, no ready record."""
+    layout = Layout(cfg.state_dir)
+    layout.wal_dir.parent.mkdir(parents=True)
+    layout.wal_dir.write_bytes(b"")
+    assert _runtime.EXIT_RECOVERY_FAILED == scheduler.main(cfg)
+    assert not layout.ready_file("scheduler").exists()
+
+
+def test_recovery_reports_a_torn_tail(cfg: Config, sched: scheduler.Scheduler) -> None:
+    """A record cut short by a crash is truncated at start; the ready data says how much,
+    and every job acknowledged before it is there."""
+    drop(sched, submit_request([job("a"), job("b")], request_id="s1"))
+    scheduler.one_pass(sched)
+    sched.queue.close()
+    wal = Layout(cfg.state_dir).wal_dir
+    segment = max(wal.glob("*.wal"))
+    with open(segment, "ab") as f:
+        f.write(b"\xfeREC\x00\x01\x00\x00\x12\x34\x56\x78partial")
+    s2, found, degraded = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
+    try:
+        assert (["a", "b"], 19) == (s2.queue.ids(), found["torn_bytes"])
+        assert [] == degraded
+    finally:
+        s2.queue.close()
