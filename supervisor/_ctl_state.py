@@ -1,0 +1,241 @@
+"""batchctl's read-only view of the state directory: daemon, workers, startups and jobs.
+
+batchctl never writes what it reads here. Jobs are the union of the scheduler's job queue
+(opened with readonly=True, so it never truncates, quarantines or writes while the
+scheduler appends) and the submissions still waiting in `scheduler/inbox/` (the scheduler
+has not enqueued them yet; they are shown as `queued`). A request file that is half
+written cannot be seen (files arrive by rename); one that cannot be parsed is skipped
+here and left for its owner, the scheduler, to quarantine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from supervisor._atomic import is_tmp_name
+from supervisor._config import Config
+from supervisor._instance import probe
+from supervisor._layout import (
+    REPOS,
+    REQUEST,
+    STARTUP_LOG,
+    WORKERS,
+    Layout,
+    read_record,
+)
+from supervisor._queue import JOB_STATES, TERMINAL_STATES, JobQueue
+
+__all__ = [
+    "JOB_STATES",
+    "STAT_KEYS",
+    "TERMINAL",
+    "JobView",
+    "Pending",
+    "QueueReader",
+    "batchd_pid",
+    "open_view",
+    "read_pending",
+    "read_registered_repos",
+    "read_startups",
+    "read_workers",
+]
+
+#: Terminal job states (CONTRACT.md).
+TERMINAL: frozenset[str] = TERMINAL_STATES
+
+#: The counters of `stats` (CONTRACT.md), zero when the queue has none.
+STAT_KEYS: tuple[str, ...] = (
+    "submitted", "completed", "failed", "cancelled", "timed_out", "lost", "recovered")
+
+
+def batchd_pid(layout: Layout) -> int | None:
+    """The pid of the running batchd (it holds the lock), or None; never takes the lock."""
+    return probe(layout)
+
+
+def read_workers(layout: Layout) -> list[dict[str, Any]]:
+    """The worker entries of workers.json in startup order ([] if missing or unreadable)."""
+    rec = read_record(WORKERS, layout.workers_file, owner=False)
+    if not isinstance(rec, dict) or not isinstance(rec.get("workers"), list):
+        return []
+    return [w for w in rec["workers"] if isinstance(w, dict)]
+
+
+def read_startups(layout: Layout) -> list[dict[str, Any]]:
+    """The startup log's entries, oldest first ([] if missing or unreadable)."""
+    rec = read_record(STARTUP_LOG, layout.startup_log, owner=False)
+    if not isinstance(rec, dict) or not isinstance(rec.get("startups"), list):
+        return []
+    return [s for s in rec["startups"] if isinstance(s, dict)]
+
+
+def read_registered_repos(layout: Layout) -> frozenset[str]:
+    """Names of repositories registered with `repo add` (none if there is no registry)."""
+    rec = read_record(REPOS, layout.repos_file, owner=False)
+    if not isinstance(rec, dict):
+        return frozenset()
+    repos = rec.get("repos")
+    if isinstance(repos, dict):
+        return frozenset(k for k in repos if isinstance(k, str))
+    if isinstance(repos, list):
+        return frozenset(r["name"] for r in repos
+                         if isinstance(r, dict) and isinstance(r.get("name"), str))
+    return frozenset()
+
+
+class QueueReader(Protocol):
+    """What batchctl reads from supervisor._queue.JobQueue (an in-memory twin fits too)."""
+
+    def get(self, job_id: str) -> dict[str, Any] | None: ...
+    def ids(self, state: str | None = None) -> list[str]: ...
+    def counts(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Pending:
+    """Submissions and cancels waiting in the scheduler's inbox, in request order."""
+
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cancels: set[str] = field(default_factory=set)
+
+
+def read_pending(layout: Layout) -> Pending:
+    """Parse every request in `scheduler/inbox/`, oldest first (by mtime, as the scheduler)."""
+    folder = layout.inbox("scheduler")
+    stamped: list[tuple[int, str]] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".json") or is_tmp_name(entry.name):
+                    continue
+                try:
+                    stamped.append((entry.stat().st_mtime_ns, entry.name))
+                except FileNotFoundError:   # taken by the scheduler meanwhile
+                    continue
+    except FileNotFoundError:
+        return Pending()
+    pending = Pending()
+    for _, name in sorted(stamped):
+        rec = read_record(REQUEST, folder / name, owner=False)
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("kind") == "submit" and isinstance(rec.get("jobs"), list):
+            for job in rec["jobs"]:
+                if isinstance(job, dict) and isinstance(job.get("id"), str):
+                    pending.jobs.setdefault(job["id"], job)
+        elif rec.get("kind") == "cancel" and isinstance(rec.get("job"), str):
+            pending.cancels.add(rec["job"])
+    return pending
+
+
+class JobView:
+    """Jobs as batchctl shows them: queue entries first, then pending submissions."""
+
+    def __init__(self, cfg: Config, layout: Layout, queue: QueueReader | None,
+                 pending: Pending) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self.queue = queue
+        self.pending = pending
+        self._queue_ids: list[str] | None = None
+
+    def close(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
+            self.queue = None
+
+    def __enter__(self) -> JobView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def queue_ids(self) -> list[str]:
+        """Ids in the queue, submission order (read once per view)."""
+        if self._queue_ids is None:
+            self._queue_ids = [] if self.queue is None else list(self.queue.ids())
+        return self._queue_ids
+
+    def pending_ids(self) -> list[str]:
+        """Ids only in the inbox (not yet enqueued), request order."""
+        in_queue = set(self.queue_ids()) if self.pending.jobs else set()
+        return [i for i in self.pending.jobs if i not in in_queue]
+
+    def ids(self) -> list[str]:
+        """Every known job id: queue order, then pending submissions."""
+        return self.queue_ids() + self.pending_ids()
+
+    def known_ids(self) -> set[str]:
+        """Every id in use (queue or pending), for duplicate checks."""
+        return set(self.queue_ids()) | set(self.pending.jobs)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The entry of `job_id` (a pending one as state 'queued'), or None if unknown."""
+        entry = self.queue.get(job_id) if self.queue is not None else None
+        if entry is not None:
+            return entry
+        job = self.pending.jobs.get(job_id)
+        if job is None:
+            return None
+        return {
+            **job,
+            "state": "queued",
+            "attempts": 0,
+            "workspace": str(self.cfg.workspace_dir / job_id),
+            "output_path": str(self.layout.job_output(job_id)),
+        }
+
+    def entries(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Every entry (or those in `state`) in listing order."""
+        if state is None:
+            ids = self.ids()
+        else:
+            ids = [] if self.queue is None else list(self.queue.ids(state))
+            if state == "queued":
+                ids += self.pending_ids()
+        out = []
+        for job_id in ids:
+            entry = self.get(job_id)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    def state(self, job_id: str) -> str | None:
+        entry = self.get(job_id)
+        return None if entry is None else str(entry.get("state"))
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state (only states that have jobs), pending ones as 'queued'."""
+        counts: Counter[str] = Counter()
+        if self.queue is not None:
+            counts.update({s: int(n) for s, n in self.queue.counts().items() if n})
+        pending = len(self.pending_ids())
+        if pending:
+            counts["queued"] += pending
+        return dict(counts)
+
+    def stats(self) -> dict[str, int]:
+        """The queue's counters; every key of STAT_KEYS present."""
+        raw = self.queue.stats() if self.queue is not None else {}
+        out = {k: int(raw.get(k, 0)) for k in STAT_KEYS}
+        for k, v in raw.items():
+            out.setdefault(k, int(v))
+        return out
+
+
+def open_view(cfg: Config, layout: Layout) -> JobView:
+    """Read the pending submissions, then open the job queue read-only (none yet: empty).
+
+    The inbox is read FIRST: the scheduler enqueues a job before it removes its request,
+    so a job cannot slip between the two reads and look unknown.
+    """
+    pending = read_pending(layout)
+    queue: QueueReader | None = None
+    if layout.wal_dir.is_dir():
+        queue = JobQueue.open(layout.wal_dir, readonly=True)
+    return JobView(cfg, layout, queue, pending)

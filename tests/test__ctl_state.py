@@ -1,0 +1,144 @@
+"""Tests for supervisor._ctl_state: batchctl's read-only view of workers, startups and jobs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from supervisor._atomic import ensure_dir
+from supervisor._config import Config
+from supervisor._ctl_state import (
+    STAT_KEYS,
+    JobView,
+    Pending,
+    batchd_pid,
+    open_view,
+    read_pending,
+    read_registered_repos,
+    read_startups,
+    read_workers,
+)
+from supervisor._jobs import cancel_request, submit_request
+from supervisor._layout import REPOS, REQUEST, WORKERS, Layout, write_record
+
+
+class MemQueue:
+    """The in-memory twin of the read side of supervisor._queue.JobQueue."""
+
+    def __init__(self, entries: dict[str, dict[str, Any]], stats: dict[str, int]) -> None:
+        self.entries = entries
+        self._stats = stats
+        self.closed = False
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return self.entries.get(job_id)
+
+    def ids(self, state: str | None = None) -> list[str]:
+        return [i for i, e in self.entries.items() if state in (None, e["state"])]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.entries.values():
+            out[e["state"]] = out.get(e["state"], 0) + 1
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _layout(tmp_path: Path) -> Layout:
+    layout = Layout(tmp_path / "state")
+    ensure_dir(layout.inbox("scheduler"))
+    return layout
+
+
+def _cfg(layout: Layout) -> Config:
+    return Config(state_dir=layout.root, workspace_dir=layout.root / "ws")
+
+
+def _drop(layout: Layout, req: dict[str, Any], mtime_ns: int | None = None) -> Path:
+    path = layout.inbox("scheduler") / f"{req['id']}.json"
+    write_record(REQUEST, path, req)
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+def test_read_workers_and_startups_tolerate_missing_and_corrupt(tmp_path: Path) -> None:
+    """Missing or corrupt files read as empty, and a reader never moves them."""
+    layout = _layout(tmp_path)
+    assert ([], []) == (read_workers(layout), read_startups(layout))
+    layout.workers_file.write_text("{not json")
+    assert [] == read_workers(layout)
+    assert layout.workers_file.exists()
+    write_record(WORKERS, layout.workers_file, {"workers": [{"name": "locks"}, "junk"]})
+    assert [{"name": "locks"}] == read_workers(layout)
+
+
+def test_batchd_pid_is_none_without_a_lock_holder(tmp_path: Path) -> None:
+    """No batchd.lock, or nobody holding it: not running."""
+    layout = _layout(tmp_path)
+    assert batchd_pid(layout) is None
+    layout.lock_file.write_bytes(b"")
+    assert batchd_pid(layout) is None
+
+
+def test_read_pending_orders_by_mtime_and_skips_junk(tmp_path: Path) -> None:
+    """Submits oldest first, cancels collected; temp and corrupt files ignored, not moved."""
+    layout = _layout(tmp_path)
+    _drop(layout, submit_request([{"id": "b2"}], request_id="zzz"), 2_000_000_000)
+    _drop(layout, submit_request([{"id": "a1"}, {"id": "b2"}], request_id="aaa"), 1_000_000_000)
+    _drop(layout, cancel_request("a1"))
+    (layout.inbox("scheduler") / ".tmp.x.json.1.ab").write_text("{")
+    (layout.inbox("scheduler") / "broken.json").write_text("{")
+    pending = read_pending(layout)
+    assert (["a1", "b2"], {"a1"}) == (list(pending.jobs), pending.cancels)
+    assert (layout.inbox("scheduler") / "broken.json").exists()
+
+
+def test_read_registered_repos_reads_dict_or_list(tmp_path: Path) -> None:
+    """The registry's names, in either shape; none without a registry."""
+    layout = _layout(tmp_path)
+    assert frozenset() == read_registered_repos(layout)
+    write_record(REPOS, layout.repos_file, {"repos": {"a": {}, "b": {}}})
+    assert frozenset({"a", "b"}) == read_registered_repos(layout)
+    write_record(REPOS, layout.repos_file, {"repos": [{"name": "c"}, {"url": "x"}]})
+    assert frozenset({"c"}) == read_registered_repos(layout)
+
+
+def test_job_view_merges_queue_then_pending(tmp_path: Path) -> None:
+    """Queue entries first in queue order, then submissions the queue does not have yet."""
+    layout = _layout(tmp_path)
+    queue = MemQueue({"q1": {"id": "q1", "state": "running"},
+                      "q2": {"id": "q2", "state": "completed"}}, {"submitted": 2})
+    pending = Pending(jobs={"q2": {"id": "q2"}, "p1": {"id": "p1", "agent": "shell"}})
+    view = JobView(_cfg(layout), layout, queue, pending)
+    assert (["q1", "q2", "p1"], {"q1", "q2", "p1"}) == (view.ids(), view.known_ids())
+    assert "completed" == view.state("q2")
+    assert {"id": "p1", "agent": "shell", "state": "queued", "attempts": 0,
+            "workspace": str(layout.root / "ws" / "p1"),
+            "output_path": str(layout.job_output("p1"))} == view.get("p1")
+    assert view.get("nope") is None
+    assert {"running": 1, "completed": 1, "queued": 1} == view.counts()
+    view.close()
+    assert queue.closed
+
+
+def test_job_view_stats_has_every_counter(tmp_path: Path) -> None:
+    """Every stats key present, zero when the queue has none (or no queue at all)."""
+    layout = _layout(tmp_path)
+    view = JobView(_cfg(layout), layout, MemQueue({}, {"completed": 3}), Pending())
+    assert {**dict.fromkeys(STAT_KEYS, 0), "completed": 3} == view.stats()
+    assert dict.fromkeys(STAT_KEYS, 0) == JobView(_cfg(layout), layout, None, Pending()).stats()
+
+
+def test_open_view_without_a_queue_shows_pending_jobs(tmp_path: Path) -> None:
+    """Before batchd ever ran (no WAL folder) the view is the inbox alone."""
+    layout = _layout(tmp_path)
+    _drop(layout, submit_request([{"id": "x1", "agent": "shell"}]))
+    with open_view(_cfg(layout), layout) as view:
+        assert (None, ["x1"], {"queued": 1}) == (view.queue, view.ids(), view.counts())
