@@ -1,0 +1,910 @@
+"""The shared adaptor runtime: runs one job's agent CLI and writes its output, heartbeat and result.
+
+An adaptor process (`python -m adaptors.run JOB_DIR`) is started by supervisor._launch as the
+leader of its own session and process group, parented by no batchd worker. It reads
+`jobs/<id>/spec.json`, runs the agent CLI as a child in its own process group (so the adaptor's
+pid is the job's process-group id), and is the ONLY writer of these files in `jobs/<id>/`:
+
+  output          The readable output, appended as it arrives with write() on an O_APPEND fd
+                  (no user-space buffer: a byte the agent wrote is in the file before the
+                  adaptor reads its next chunk). fdatasync'ed at every heartbeat and before the
+                  result. Raw adaptors (command, aider, q): the agent's stdout AND stderr point
+                  straight at this fd, so it holds exactly the bytes the agent wrote, in order,
+                  with no pipe at all: no reader that can die and SIGPIPE the agent, no copy,
+                  nothing lost if the adaptor itself is killed. Structured adaptors (claude,
+                  gemini, codex, opencode): stdout comes through a pipe, each line is rendered to
+                  readable text by the adaptor's parser; stderr is a second pipe copied verbatim
+                  a whole line at a time (two pipes, so a long JSON line is never cut by stderr
+                  bytes; whole lines, so stderr text never runs into a rendered event; the
+                  order between the two streams is the order the adaptor read them in).
+                  Crash: a torn tail is at worst a partial last chunk; nothing earlier changes.
+  events.jsonl    Structured adaptors only: every raw stdout line as received, appended, each
+                  ending in "\\n" (one is added if the agent's last line had none), so a line
+                  without its newline is recognisably a torn tail.
+  sentinel.json   SENTINEL record, the heartbeat: {id, pid, start, heartbeat_at, heartbeat_ts,
+                  agent_pid, agent_start, output_bytes}. Written first thing (before the spec is
+                  read), then every heartbeat_interval by a thread, atomically (temp + fsync +
+                  rename + fsync dir): a crash leaves the previous heartbeat, never half of one.
+  result.json     RESULT record, written ONCE, atomically, after the agent and every process of
+                  its group are gone and the output is synced: {id, exit_code, signal,
+                  duration_s, started_at, finished_at, session_id, reason, timed_out, pid,
+                  agent_pid, output_bytes}. Its existence means "finished".
+  adaptor.lock    Never written or replaced: the adaptor takes an exclusive flock(2) on it
+                  FIRST THING (before the sentinel) on a close-on-exec fd and holds it until it
+                  exits, so the kernel releases it exactly when the adaptor dies, however it
+                  dies. An adaptor that cannot take it (another one runs this job), or that
+                  then finds result.json (the job has finished), exits 3 without touching any
+                  other file: a double launch never runs an agent twice.
+
+reason: null (normal exit), "timed_out" (the adaptor's own timer fired: it holds while batchd
+is down), "terminated" (SIGTERM or SIGINT reached the adaptor: cancel), "agent_not_found:
+<path>", "spawn_failed: <why>", "user_switch_failed: <why>", "bad_spec: <why>".
+exit_code: the agent's exit status, null when a signal killed it (then `signal` says which);
+before any agent ran: 2 bad_spec, 126 spawn/user-switch failure, 127 agent_not_found.
+The adaptor exits with the agent's exit code, 128+N if signal N killed it.
+
+Stopping (a table, `_TRANSITIONS`): on SIGTERM or the timeout the whole process group gets
+SIGTERM (killpg, the adaptor's own handler just notes it), and `kill_grace` later every other
+member gets SIGKILL. When the agent has exited, any process left in the group is SIGKILLed and
+reaped (the adaptor is a child subreaper, so orphaned descendants are its children) before the
+result is written: when a job is terminal no process of its group remains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import errno
+import fcntl
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from supervisor._atomic import Corrupt, Missing
+from supervisor._layout import JOB_SPEC, RESULT, SENTINEL, Layout, read_record, write_record
+from supervisor._proc import start_time
+
+__all__ = [
+    "EXIT_BAD_SPEC",
+    "EXIT_NOT_FOUND",
+    "EXIT_REFUSED",
+    "EXIT_SPAWN_FAILED",
+    "Action",
+    "Adaptor",
+    "Event",
+    "JobFiles",
+    "JobSpec",
+    "ParseState",
+    "Phase",
+    "RunAs",
+    "SpecError",
+    "block",
+    "event_of",
+    "group_members",
+    "iso",
+    "one_line",
+    "parse_spec",
+    "plain",
+    "resolve_binary",
+    "resolve_user",
+    "run_job",
+    "step",
+    "sub",
+    "tool_call",
+]
+
+EXIT_BAD_SPEC = 2
+EXIT_REFUSED = 3
+EXIT_SPAWN_FAILED = 126
+EXIT_NOT_FOUND = 127
+
+REASON_TERMINATED = "terminated"
+REASON_TIMED_OUT = "timed_out"
+
+_READ_CHUNK = 65536
+_MAX_LINE = 64 * 1024 * 1024   # a "line" longer than this is cut and handled as one
+_DRAIN_TIMEOUT_S = 5.0          # pipe readers after the group is gone (an escaped writer)
+_CLEANUP_TIMEOUT_S = 10.0       # SIGKILL + reap loop over the group
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+# --------------------------------------------------------------------------------------------
+# The spec and the adaptor interface
+# --------------------------------------------------------------------------------------------
+
+class SpecError(ValueError):
+    """spec.json is missing, corrupt, or a field has the wrong type (the message says which)."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the scheduler asks for (`jobs/<id>/spec.json`), validated."""
+
+    id: str
+    agent: str
+    adaptor: str
+    command: str | None
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    prompt: str
+    model: str | None
+    workspace: str
+    job_dir: str
+    timeout: float | None
+    heartbeat_interval: float
+    kill_grace: float
+    user: str | None
+    resume_session: str | None
+
+
+@dataclass
+class ParseState:
+    """What a structured adaptor's parser keeps between lines."""
+
+    session_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _state_session(state: ParseState) -> str | None:
+    return state.session_id
+
+
+@dataclass(frozen=True)
+class Adaptor:
+    """One agent CLI: how to call it and how to read what it prints.
+
+    `build_argv(spec, binary)` returns the full argv (binary first). `parse_line(line, state)`
+    turns one raw stdout line (no trailing newline) into text to append to the output (each
+    string is appended as is, so it carries its own newlines); None means the CLI prints plain
+    text, which then goes straight to the output file with no pipe.
+    """
+
+    name: str
+    default_binary: str
+    build_argv: Callable[[JobSpec, str], list[str]]
+    parse_line: Callable[[bytes, ParseState], list[str]] | None = None
+    session_id: Callable[[ParseState], str | None] = _state_session
+
+
+def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise SpecError(f"{key}: expected a string or null, found {type(value).__name__}")
+
+
+def _req_str(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise SpecError(f"{key}: expected a string, found {type(value).__name__}")
+    return value
+
+
+def _number(obj: Mapping[str, Any], key: str, default: float | None, *,
+            positive: bool) -> float | None:
+    value = obj.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{key}: expected a number of seconds, found {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise SpecError(f"{key}: must be {'> 0' if positive else '>= 0'}, found {value!r}")
+    return float(value)
+
+
+def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
+    """Validate a JOB_SPEC record for the job folder `job_dir`; SpecError names the bad key."""
+    job_id = _req_str(obj, "id")
+    if job_id != job_dir.name:
+        raise SpecError(f"id: {job_id!r} does not match the job folder {job_dir.name!r}")
+    args = obj.get("args") or []
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise SpecError("args: expected a list of strings")
+    env = obj.get("env") or {}
+    if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise SpecError("env: expected an object of string values")
+    workspace = _req_str(obj, "workspace")
+    if not os.path.isabs(workspace):
+        raise SpecError(f"workspace: expected an absolute path, found {workspace!r}")
+    command = _opt_str(obj, "command")
+    if command == "":
+        raise SpecError("command: empty string (use null for the adaptor's default binary)")
+    adaptor = _req_str(obj, "adaptor")
+    return JobSpec(
+        id=job_id,
+        agent=_opt_str(obj, "agent") or adaptor,
+        adaptor=adaptor,
+        command=command,
+        args=tuple(args),
+        env=dict(env),
+        prompt=_req_str(obj, "prompt"),
+        model=_opt_str(obj, "model"),
+        workspace=workspace,
+        job_dir=str(job_dir),
+        timeout=_number(obj, "timeout", None, positive=True),
+        heartbeat_interval=_number(obj, "heartbeat_interval", 5.0, positive=True) or 5.0,
+        kill_grace=_number(obj, "kill_grace", 10.0, positive=False) or 0.0,
+        user=_opt_str(obj, "user"),
+        resume_session=_opt_str(obj, "resume_session"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering helpers shared by the structured adaptors
+# --------------------------------------------------------------------------------------------
+
+def event_of(line: bytes) -> dict[str, Any] | None:
+    """The JSON object on `line`, or None if it is not one (a warning, a blank line)."""
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def sub(obj: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """`obj[key]` when it is a JSON object, else {} (events are untrusted input)."""
+    value = obj.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def plain(line: bytes) -> list[str]:
+    """A line that is not an event, rendered as itself (blank lines dropped)."""
+    text = line.decode("utf-8", errors="replace").rstrip("\r")
+    return [text + "\n"] if text.strip() else []
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """`text` on one line (whitespace runs collapsed), cut to `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def block(prefix: str, text: str, *, max_lines: int = 8, max_chars: int = 1200) -> str:
+    """`prefix` + the first lines of `text` (continuations indented), truncation noted."""
+    lines = text.rstrip("\n").splitlines() or [""]
+    shown = lines[:max_lines]
+    body = "\n  ".join(shown)
+    if len(body) > max_chars:
+        body = body[: max_chars - 1] + "…"
+    more = len(lines) - len(shown)
+    tail = f"\n  … ({more} more lines)" if more > 0 else ""
+    return f"{prefix} {body}{tail}\n"
+
+
+_PRIMARY_KEYS = ("command", "cmd", "file_path", "filePath", "path", "absolute_path", "pattern",
+                 "url", "query", "prompt", "description")
+
+
+def tool_call(name: str, arguments: Any) -> str:
+    """A one-line summary of a tool call: `[tool] Bash: ls -la`."""
+    summary = ""
+    if isinstance(arguments, str):
+        summary = arguments
+    elif isinstance(arguments, Mapping):
+        for key in _PRIMARY_KEYS:
+            value = arguments.get(key)
+            if isinstance(value, str) and value:
+                summary = value
+                break
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                summary = " ".join(value)
+                break
+        else:
+            if arguments:
+                summary = json.dumps(arguments, ensure_ascii=False, sort_keys=True)
+    return f"[tool] {name}: {one_line(summary)}\n" if summary else f"[tool] {name}\n"
+
+
+def iso(ts: float) -> str:
+    """ISO-8601 UTC with milliseconds and a Z: 2026-11-28T11:45:02.123Z."""
+    t = datetime.fromtimestamp(ts, tz=UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+# --------------------------------------------------------------------------------------------
+# Binaries, users, process groups
+# --------------------------------------------------------------------------------------------
+
+def resolve_binary(command: str, *, path: str | None, cwd: str) -> str | None:
+    """The executable `command` names (a name looked up on `path`, or a path relative to
+    `cwd`), or None when there is none."""
+    if "/" in command:
+        full = command if os.path.isabs(command) else os.path.join(cwd, command)
+        return full if os.path.isfile(full) and os.access(full, os.X_OK) else None
+    return shutil.which(command, path=path)
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The account an agent runs as (`user` in the agent's config)."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    switch: bool   # False: it is the adaptor's own account, nothing to change
+
+
+def resolve_user(name: str, *, euid: int) -> RunAs | str:
+    """The account `name`, or why the agent cannot be run as it (never falls back to ours)."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return f"user_switch_failed: no such user {name!r}"
+    if entry.pw_uid == euid:
+        return RunAs(name, entry.pw_uid, entry.pw_gid, (), entry.pw_dir, switch=False)
+    if euid != 0:
+        return (f"user_switch_failed: cannot run as {name!r}: this adaptor runs as uid {euid}, "
+                "and only root can switch users (run batchd as root, or drop `user`)")
+    groups = tuple(os.getgrouplist(name, entry.pw_gid))
+    return RunAs(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, switch=True)
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2:].split()
+
+
+def group_members(pgid: int, *, include_zombies: bool = False) -> list[int]:
+    """Pids whose process group is `pgid` (zombies left out unless asked for)."""
+    found: list[int] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is None or len(fields) < 3:
+            continue
+        if fields[2] == str(pgid).encode() and (include_zombies or fields[0] not in (b"Z", b"X")):
+            found.append(int(name))
+    return found
+
+
+def _reap_children() -> None:
+    """Collect every exited child (orphans re-parented to us as subreaper included)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _sigkill_group_but(pgid: int, me: int) -> list[int]:
+    """SIGKILL every live process of group `pgid` except `me`; return the pids signalled.
+
+    The adaptor is in the group it kills, so killpg(SIGKILL) is not an option."""
+    members = [p for p in group_members(pgid) if p != me]
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return members
+
+
+def _kill_rest_of_group(pgid: int, me: int) -> list[int]:
+    """SIGKILL every process of the group but us and reap them; return any that would not die."""
+    deadline = time.monotonic() + _CLEANUP_TIMEOUT_S
+    while True:
+        _reap_children()
+        if not _sigkill_group_but(pgid, me):
+            return []
+        if time.monotonic() > deadline:
+            return [p for p in group_members(pgid) if p != me]
+        time.sleep(0.02)
+
+
+def _become_group_leader() -> None:
+    """Make our pid the process-group id (the launcher already did; a manual run may not)."""
+    if os.getpgrp() == os.getpid():
+        return
+    try:
+        os.setsid()
+    except OSError:
+        os.setpgid(0, 0)
+
+
+def _become_subreaper() -> bool:
+    """Ask the kernel to re-parent our orphaned descendants to us, so we can reap them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Stopping: a table of phase x event -> (next phase, action, reason)
+# --------------------------------------------------------------------------------------------
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"   # SIGTERM sent to the group, waiting kill_grace
+    KILLING = "killing"     # SIGKILL sent to the group
+
+
+class Event(enum.Enum):
+    TERM = "term"               # SIGTERM/SIGINT reached the adaptor
+    DEADLINE = "deadline"       # the job's timeout elapsed
+    GRACE_OVER = "grace_over"   # kill_grace elapsed since SIGTERM
+
+
+class Action(enum.Enum):
+    NONE = "none"
+    TERM_GROUP = "term_group"
+    KILL_GROUP = "kill_group"
+
+
+_TRANSITIONS: dict[tuple[Phase, Event], tuple[Phase, Action, str | None]] = {
+    (Phase.RUNNING, Event.TERM): (Phase.STOPPING, Action.TERM_GROUP, REASON_TERMINATED),
+    (Phase.RUNNING, Event.DEADLINE): (Phase.STOPPING, Action.TERM_GROUP, REASON_TIMED_OUT),
+    (Phase.STOPPING, Event.TERM): (Phase.STOPPING, Action.NONE, None),
+    (Phase.STOPPING, Event.GRACE_OVER): (Phase.KILLING, Action.KILL_GROUP, None),
+    (Phase.KILLING, Event.TERM): (Phase.KILLING, Action.NONE, None),
+}
+
+
+def step(phase: Phase, event: Event) -> tuple[Phase, Action, str | None]:
+    """The transition for `event` in `phase` (unlisted pairs change nothing)."""
+    return _TRANSITIONS.get((phase, event), (phase, Action.NONE, None))
+
+
+# --------------------------------------------------------------------------------------------
+# Files of one job
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JobFiles:
+    """The paths of one job folder, named by supervisor._layout."""
+
+    job_id: str
+    job_dir: Path
+    spec: Path
+    output: Path
+    events: Path
+    sentinel: Path
+    result: Path
+    lock: Path
+
+    @classmethod
+    def at(cls, job_dir: Path) -> JobFiles:
+        job_id = job_dir.name
+        layout = Layout(job_dir.parent.parent)
+        return cls(job_id, job_dir, layout.job_spec(job_id), layout.job_output(job_id),
+                   layout.job_events(job_id), layout.job_sentinel(job_id),
+                   layout.job_result(job_id), layout.job_lock(job_id))
+
+
+def _open_append(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def _append(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _say(job_id: str, message: str) -> None:
+    """A diagnostic line on the adaptor's stderr (the launcher points it at adaptor.log).
+
+    Best effort: a closed or full stderr (a reader that went away, a full disk) must never
+    stop the job, so the line is then dropped."""
+    line = f"{iso(time.time())} batchd-adaptor[{job_id}] pid={os.getpid()}: {message}\n"
+    try:
+        _append(2, line.encode(errors="replace"))
+    except OSError:
+        return
+
+
+class _Heartbeat:
+    """Writes the sentinel now and then every interval from a thread, syncing output first."""
+
+    def __init__(self, files: JobFiles, pid: int, start: int | None, sync_fds: Sequence[int]):
+        self._files = files
+        self._base: dict[str, Any] = {"id": files.job_id, "pid": pid, "start": start,
+                                      "agent_pid": None, "agent_start": None}
+        self._sync_fds = list(sync_fds)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add_sync_fd(self, fd: int) -> None:
+        with self._lock:
+            self._sync_fds.append(fd)
+
+    def set_agent(self, pid: int, start: int | None) -> None:
+        with self._lock:
+            self._base.update(agent_pid=pid, agent_start=start)
+
+    def output_bytes(self) -> int:
+        return os.fstat(self._sync_fds[0]).st_size
+
+    def beat(self) -> None:
+        with self._lock:
+            for fd in self._sync_fds:
+                os.fdatasync(fd)
+            now = time.time()
+            record = dict(self._base, heartbeat_at=iso(now), heartbeat_ts=now,
+                          output_bytes=os.fstat(self._sync_fds[0]).st_size)
+            write_record(SENTINEL, self._files.sentinel, record)
+
+    def start(self, interval: float) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.beat()
+                except OSError as exc:
+                    _say(self._files.job_id, f"heartbeat not written: {exc}")
+        self._thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class _Terminal:
+    """Copies what reaches the output file to our stdout when that is a terminal."""
+
+    def __init__(self, output: Path) -> None:
+        self._fd = os.open(output, os.O_RDONLY | os.O_CLOEXEC)
+        os.lseek(self._fd, 0, os.SEEK_END)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tty", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> bool:
+        while True:
+            chunk = os.read(self._fd, _READ_CHUNK)
+            if not chunk:
+                return True
+            try:
+                _append(sys.stdout.fileno(), chunk)
+            except OSError:
+                return False
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            if not self._copy():
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._copy()
+        os.close(self._fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Pumps: pipe -> files
+# --------------------------------------------------------------------------------------------
+
+def _render(adaptor: Adaptor, line: bytes, state: ParseState) -> list[str]:
+    assert adaptor.parse_line is not None
+    try:
+        return adaptor.parse_line(line, state)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        return [f"[adaptor] an event could not be rendered ({type(exc).__name__}: {exc}); "
+                "its raw line is in events.jsonl\n"]
+
+
+def _pump_lines(read_fd: int, handle: Callable[[bytes], None]) -> None:
+    """Call `handle` with each line read from `read_fd` (without its newline) until EOF."""
+    pending = b""
+    with contextlib.closing(_FdCloser(read_fd)):
+        while chunk := os.read(read_fd, _READ_CHUNK):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                handle(line)
+            if len(pending) > _MAX_LINE:
+                handle(pending)
+                pending = b""
+        if pending:
+            handle(pending)
+
+
+def _pump_events(read_fd: int, adaptor: Adaptor, state: ParseState, output_fd: int,
+                 events_fd: int) -> None:
+    """stdout of a structured CLI: raw lines to events.jsonl, rendered text to the output."""
+    def handle(line: bytes) -> None:
+        _append(events_fd, line + b"\n")
+        texts = _render(adaptor, line.rstrip(b"\r"), state)
+        if texts:
+            _append(output_fd, "".join(texts).encode("utf-8", errors="replace"))
+
+    _pump_lines(read_fd, handle)
+
+
+def _pump_stderr(read_fd: int, output_fd: int) -> None:
+    """stderr of a structured CLI: copied to the output verbatim, whole lines at a time (so a
+    partial line never runs into a rendered event written by the stdout pump)."""
+    _pump_lines(read_fd, lambda line: _append(output_fd, line + b"\n"))
+
+
+class _FdCloser:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Outcome:
+    exit_code: int | None
+    signal: int | None = None
+    reason: str | None = None
+    agent_pid: int | None = None
+
+    @property
+    def adaptor_exit(self) -> int:
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.exit_code if self.exit_code is not None else 1
+
+
+class _Signals:
+    """SIGTERM/SIGINT set a flag and wake the main loop through a pipe (set_wakeup_fd)."""
+
+    def __init__(self) -> None:
+        self.received = threading.Event()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.received.set()
+
+    def pending(self) -> bool:
+        """Whether SIGTERM/SIGINT arrived since the last call. The wakeup bytes (written by
+        the C-level handler) count too, so a signal that raced the agent's exit is not missed
+        even if its Python-level handler has not run yet."""
+        got = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.wake_r, 512):
+                got += chunk
+        seen = self.received.is_set() or any(b in (signal.SIGTERM, signal.SIGINT) for b in got)
+        self.received.clear()
+        return seen
+
+
+def _take_job_lock(files: JobFiles) -> int | str:
+    """The fd holding the job's exclusive flock, or why this adaptor must not run the job
+    (another adaptor holds the lock, or the job has a result already)."""
+    try:
+        fd = os.open(files.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        return f"cannot open {files.lock}: {exc}"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return "another adaptor holds the job's lock (it runs this job); refusing a second one"
+        return f"cannot lock {files.lock}: {exc}"
+    if files.result.exists():
+        os.close(fd)
+        return f"{files.result} exists: the job has finished; refusing to run it again"
+    return fd
+
+
+def _child_env(spec: JobSpec, run_as: RunAs | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if run_as is not None and run_as.switch:
+        env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+    env.update(spec.env)
+    env.update(BATCHD_JOB_ID=spec.id, BATCHD_JOB_DIR=spec.job_dir,
+               BATCHD_WORKSPACE=spec.workspace)
+    return env
+
+
+def _wait_agent(proc: subprocess.Popen[bytes], spec: JobSpec, signals: _Signals,
+                started_mono: float) -> str | None:
+    """Wait for the agent to exit, applying the stop table; return the stop reason if any."""
+    pgid = os.getpgrp()
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)
+    except (OSError, AttributeError):
+        pidfd = None
+    deadline = None if spec.timeout is None else started_mono + spec.timeout
+    phase, reason, grace_end = Phase.RUNNING, None, 0.0
+    try:
+        while proc.poll() is None:
+            now = time.monotonic()
+            due: list[Event] = []
+            if signals.pending():
+                due.append(Event.TERM)
+            if phase is Phase.RUNNING and deadline is not None and now >= deadline:
+                due.append(Event.DEADLINE)
+            if phase is Phase.STOPPING and now >= grace_end:
+                due.append(Event.GRACE_OVER)
+            for event in due:
+                phase, action, why = step(phase, event)
+                reason = reason or why
+                if action is Action.TERM_GROUP:
+                    grace_end = time.monotonic() + spec.kill_grace
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pgid, signal.SIGTERM)   # our own handler only notes it
+                elif action is Action.KILL_GROUP:
+                    _sigkill_group_but(pgid, os.getpid())
+            wake_at = [t for t in (deadline if phase is Phase.RUNNING else None,
+                                   grace_end if phase is Phase.STOPPING else None)
+                       if t is not None]
+            timeout = max(0.0, min(wake_at) - time.monotonic()) if wake_at else None
+            if pidfd is None:
+                timeout = 0.1 if timeout is None else min(timeout, 0.1)
+            fds = [signals.wake_r] + ([pidfd] if pidfd is not None else [])
+            select.select(fds, [], [], timeout)
+        if phase is Phase.RUNNING and signals.pending():
+            reason = REASON_TERMINATED   # the cancel and the agent's death crossed
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return reason
+
+
+def _spawn(spec: JobSpec, adaptor: Adaptor, output_fd: int, binary: str,
+           run_as: RunAs | None) -> subprocess.Popen[bytes] | _Outcome:
+    argv = adaptor.build_argv(spec, binary)
+    raw = adaptor.parse_line is None
+    user_kw: dict[str, Any] = {}
+    if run_as is not None and run_as.switch:
+        user_kw = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
+    try:
+        return subprocess.Popen(
+            argv, cwd=spec.workspace, env=_child_env(spec, run_as), stdin=subprocess.DEVNULL,
+            stdout=output_fd if raw else subprocess.PIPE,
+            stderr=output_fd if raw else subprocess.PIPE,
+            close_fds=True, **user_kw)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        as_user = f" (as user {run_as.name})" if user_kw and run_as is not None else ""
+        return _Outcome(EXIT_SPAWN_FAILED, reason=f"spawn_failed: {argv[0]}{as_user}: {exc}")
+
+
+def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobFiles, output_fd: int,
+               beat: _Heartbeat, signals: _Signals,
+               started_mono: float) -> tuple[_Outcome, str | None]:
+    """Spawn the agent, pump its output, stop it on signal/timeout, clean its group."""
+    if signals.pending():
+        return _Outcome(None, reason=REASON_TERMINATED), None
+    if not os.path.isdir(spec.workspace):
+        return _Outcome(EXIT_SPAWN_FAILED,
+                        reason=f"spawn_failed: workspace {spec.workspace} is not a folder"), None
+    run_as: RunAs | None = None
+    if spec.user is not None:
+        resolved = resolve_user(spec.user, euid=os.geteuid())
+        if isinstance(resolved, str):
+            return _Outcome(EXIT_SPAWN_FAILED, reason=resolved), None
+        run_as = resolved
+    command = spec.command or adaptor.default_binary
+    binary = resolve_binary(command, path=_child_env(spec, run_as).get("PATH"),
+                            cwd=spec.workspace)
+    if binary is None:
+        return _Outcome(EXIT_NOT_FOUND, reason=f"agent_not_found: {command}"), None
+
+    proc = _spawn(spec, adaptor, output_fd, binary, run_as)
+    if isinstance(proc, _Outcome):
+        return proc, None
+    beat.set_agent(proc.pid, start_time(proc.pid))
+    _say(spec.id, f"agent pid {proc.pid}: {binary}")
+    state = ParseState()
+    pumps: list[threading.Thread] = []
+    if proc.stdout is not None and proc.stderr is not None:
+        events_fd = _open_append(files.events)
+        beat.add_sync_fd(events_fd)
+        out_fd, err_fd = os.dup(proc.stdout.fileno()), os.dup(proc.stderr.fileno())
+        proc.stdout.close()
+        proc.stderr.close()
+        pumps = [
+            threading.Thread(target=_pump_events, name="stdout", daemon=True,
+                             args=(out_fd, adaptor, state, output_fd, events_fd)),
+            threading.Thread(target=_pump_stderr, name="stderr", daemon=True,
+                             args=(err_fd, output_fd)),
+        ]
+        for pump in pumps:
+            pump.start()
+    beat.beat()
+    reason = _wait_agent(proc, spec, signals, started_mono)
+    left = _kill_rest_of_group(os.getpgrp(), os.getpid())
+    if left:
+        _say(spec.id, f"processes of the group would not die: {left}")
+    drain_end = time.monotonic() + _DRAIN_TIMEOUT_S
+    for pump in pumps:
+        pump.join(max(0.0, drain_end - time.monotonic()))
+        if pump.is_alive():
+            _say(spec.id, f"{pump.name} still open after the group died (an escaped writer)")
+    rc = proc.returncode
+    outcome = _Outcome(rc if rc >= 0 else None, -rc if rc < 0 else None, reason, proc.pid)
+    return outcome, adaptor.session_id(state)
+
+
+def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
+    """Run the job in `job_dir` to its end; return the adaptor's exit code."""
+    job_dir = job_dir.absolute()
+    files = JobFiles.at(job_dir)
+    if not job_dir.is_dir():
+        _say(files.job_id, f"{job_dir} is not a job folder")
+        return EXIT_REFUSED
+    _become_group_leader()
+    me = os.getpid()
+    lock_fd = _take_job_lock(files)   # held (never closed) until this process exits
+    if isinstance(lock_fd, str):
+        _say(files.job_id, lock_fd)
+        return EXIT_REFUSED
+    started, started_mono = time.time(), time.monotonic()
+    signals = _Signals()
+    _become_subreaper()
+    output_fd = _open_append(files.output)
+    beat = _Heartbeat(files, me, start_time(me), [output_fd])
+    beat.beat()
+    terminal = _Terminal(files.output) if sys.stdout.isatty() else None
+    session: str | None = None
+    try:
+        record = read_record(JOB_SPEC, files.spec, owner=False)
+        if isinstance(record, (Missing, Corrupt)):
+            why = "missing" if isinstance(record, Missing) else record.reason
+            raise SpecError(f"{files.spec}: {why}")
+        spec = parse_spec(record, job_dir)
+        adaptor = adaptors.get(spec.adaptor)
+        if adaptor is None:
+            raise SpecError(f"adaptor: unknown {spec.adaptor!r} (known: "
+                            f"{', '.join(sorted(adaptors))})")
+    except SpecError as exc:
+        outcome = _Outcome(EXIT_BAD_SPEC, reason=f"bad_spec: {exc}")
+    else:
+        beat.start(spec.heartbeat_interval)
+        outcome, session = _run_agent(spec, adaptor, files=files, output_fd=output_fd,
+                                      beat=beat, signals=signals, started_mono=started_mono)
+    beat.stop()
+    if terminal is not None:
+        terminal.close()
+    beat.beat()
+    finished = time.time()
+    write_record(RESULT, files.result, {
+        "id": files.job_id,
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "duration_s": round(time.monotonic() - started_mono, 3),
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "session_id": session,
+        "reason": outcome.reason,
+        "timed_out": outcome.reason == REASON_TIMED_OUT,
+        "pid": me,
+        "agent_pid": outcome.agent_pid,
+        "output_bytes": beat.output_bytes(),
+    })
+    _say(files.job_id, f"finished: exit_code={outcome.exit_code} signal={outcome.signal} "
+                       f"reason={outcome.reason}")
+    os.close(output_fd)
+    return outcome.adaptor_exit
