@@ -75,7 +75,15 @@ from types import FrameType
 from typing import Any
 
 from supervisor._atomic import Corrupt, Missing
-from supervisor._layout import JOB_SPEC, RESULT, SENTINEL, Layout, read_record, write_record
+from supervisor._layout import (
+    JOB_SPEC,
+    REQUEST,
+    RESULT,
+    SENTINEL,
+    Layout,
+    read_record,
+    write_record,
+)
 from supervisor._proc import start_time
 
 __all__ = [
@@ -485,6 +493,7 @@ class JobFiles:
     sentinel: Path
     result: Path
     lock: Path
+    exited_hint: Path
 
     @classmethod
     def at(cls, job_dir: Path) -> JobFiles:
@@ -492,7 +501,24 @@ class JobFiles:
         layout = Layout(job_dir.parent.parent)
         return cls(job_id, job_dir, layout.job_spec(job_id), layout.job_output(job_id),
                    layout.job_events(job_id), layout.job_sentinel(job_id),
-                   layout.job_result(job_id), layout.job_lock(job_id))
+                   layout.job_result(job_id), layout.job_lock(job_id),
+                   layout.inbox("scheduler") / f"exited-{job_id}.json")
+
+
+def _hint_exited(files: JobFiles) -> None:
+    """Drop a `job_exited` request into the scheduler's inbox so it finalizes the job now.
+
+    Only a hint (law 1: the inbox is the scheduler's door): result.json is the truth, and
+    the scheduler's periodic tick finds it if this file never arrives (batchd down, disk
+    full). A crash before or during the write leaves no file or a temp file the reaper
+    removes; the name is fixed per job, so a replay rewrites the same request.
+    """
+    try:
+        write_record(REQUEST, files.exited_hint, {
+            "id": f"exited-{files.job_id}", "kind": "job_exited", "job": files.job_id,
+            "created_at": iso(time.time())})
+    except OSError as exc:
+        _say(files.job_id, f"could not drop the job_exited hint: {exc}")
 
 
 def _open_append(path: Path) -> int:
@@ -904,6 +930,7 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
         "agent_pid": outcome.agent_pid,
         "output_bytes": beat.output_bytes(),
     })
+    _hint_exited(files)
     _say(files.job_id, f"finished: exit_code={outcome.exit_code} signal={outcome.signal} "
                        f"reason={outcome.reason}")
     os.close(output_fd)

@@ -35,6 +35,8 @@ from adaptors._runtime import (
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
 import fakekit
 
+from supervisor._layout import REQUEST, Layout, read_record
+
 
 @pytest.fixture
 def start() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
@@ -181,6 +183,27 @@ def test_unknown_adaptor_is_a_bad_spec_result(tmp_path: Path) -> None:
     fakekit.run_adaptor(job)
     assert ("bad_spec: adaptor: unknown 'cursor' (known: aider, claude, codex, command, "
             "gemini, opencode, q)") == fakekit.result(job)["reason"]
+
+
+def test_exit_drops_a_job_exited_hint_into_the_scheduler_inbox(tmp_path: Path) -> None:
+    """After result.json, the adaptor drops a `job_exited` request so the scheduler wakes."""
+    state = tmp_path / "state"
+    inbox = Layout(state).inbox("scheduler")
+    inbox.mkdir(parents=True)
+    job = fakekit.make_job(state, "hinted", adaptor="command", prompt="true")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    hint = read_record(REQUEST, inbox / "exited-hinted.json", owner=False)
+    assert isinstance(hint, dict)
+    assert ("job_exited", "hinted") == (hint["kind"], hint["job"])
+
+
+def test_exit_without_a_scheduler_inbox_still_writes_the_result(tmp_path: Path) -> None:
+    """No inbox folder (the hint cannot be dropped): the result is written all the same."""
+    job = fakekit.make_job(tmp_path / "state", "nohint", adaptor="command", prompt="true")
+    done = fakekit.run_adaptor(job)
+    assert 0 == done.returncode
+    assert 0 == fakekit.result(job)["exit_code"]
+    assert b"could not drop the job_exited hint" in done.stderr
 
 
 def test_finished_job_is_never_run_again(tmp_path: Path) -> None:
