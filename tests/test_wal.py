@@ -1,0 +1,485 @@
+"""Tests of supervisor/_wal.py: framing, group commit, torn tails, corruption, epochs,
+snapshots, read-only opens; all on the real disk (tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from supervisor._fs import OsFS
+from supervisor._wal import (
+    GROW,
+    MORE,
+    REC_MAGIC,
+    SEG_HEADER,
+    SNAPSHOT_NAME,
+    Wal,
+    WalError,
+    WalFailed,
+    frame,
+    segment_name,
+)
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+class ListLog:
+    """A minimal owner: a list of strings; the snapshot image is the list as JSON."""
+
+    def __init__(self, directory: Path, fs: OsFS | None = None, *, readonly: bool = False,
+                 compact_records: int = 8192) -> None:
+        self.wal = Wal.open(directory, fs=fs or OsFS(), readonly=readonly,
+                            compact_records=compact_records)
+        got = self.wal.take_recovered()
+        self.report = got.report
+        base = json.loads(bytes(got.snapshot)) if got.snapshot is not None else []
+        self.items: list[str] = base + [r.decode() for r in got.records]
+        self.compact()
+
+    def append(self, *items: str) -> None:
+        self.wal.append([i.encode() for i in items])
+        self.items += items
+        self.compact()
+
+    def compact(self) -> None:
+        if self.wal.compaction_due():
+            epoch = self.wal.rotate()
+            self.wal.install_snapshot(json.dumps(self.items).encode(), epoch)
+
+    def close(self) -> None:
+        self.wal.close()
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def seg(root: Path, epoch: int = 1) -> Path:
+    return root / segment_name(epoch)
+
+
+def make_log(root: Path, items: list[str]) -> None:
+    log = ListLog(root)
+    for item in items:
+        log.append(item)
+    log.close()
+
+
+def test_frame_layout() -> None:
+    """Each record is magic, length, CRC32 of the payload, then the payload; every record
+    of one write but the last has the MORE bit set in its length."""
+    data = frame([b"hello", b"x"])
+    magic, length, crc = struct.unpack_from("<4sII", data, 0)
+    assert (REC_MAGIC, 5 | MORE, zlib.crc32(b"hello")) == (magic, length, crc)
+    assert b"hello" == data[12:17]
+    assert (REC_MAGIC, 1, zlib.crc32(b"x")) == struct.unpack_from("<4sII", data, 17)
+    assert 30 == len(data)
+
+
+def test_empty_payload_refused(tmp_path: Path) -> None:
+    """An empty payload is refused (it could not be told from a zeroed tail)."""
+    wal = Wal.open(tmp_path)
+    with pytest.raises(WalError):
+        wal.append([b""])
+    wal.close()
+
+
+def test_segment_header_carries_epoch(tmp_path: Path) -> None:
+    """A new log starts segment 1 whose header names epoch 1."""
+    make_log(tmp_path, ["a"])
+    data = seg(tmp_path).read_bytes()
+    magic, version, _flags, epoch, crc, _ = SEG_HEADER.unpack_from(data)
+    assert (b"BATCHWAL", 1, 1, zlib.crc32(data[:24])) == (magic, version, epoch, crc)
+
+
+def test_append_and_reopen(tmp_path: Path) -> None:
+    """Appended records come back in order after a reopen, with a clean report."""
+    make_log(tmp_path, ["a", "b", "c"])
+    log = ListLog(tmp_path)
+    assert ["a", "b", "c"] == log.items
+    assert [] == log.report.errors
+    assert 3 == log.report.records_replayed
+    log.close()
+
+
+class SlowCountingFS(OsFS):
+    """Counts fdatasyncs and makes each take 5 ms, so that appends overlap a sync."""
+
+    def __init__(self) -> None:
+        self.syncs = 0
+
+    def fdatasync(self, fd: int) -> None:
+        self.syncs += 1
+        time.sleep(0.005)
+        os.fdatasync(fd)
+
+
+def test_group_commit_shares_fdatasyncs(tmp_path: Path) -> None:
+    """N appends from concurrent threads cost far fewer than N fdatasyncs, all durable."""
+    fs = SlowCountingFS()
+    wal = Wal.open(tmp_path, fs=fs)
+    start = fs.syncs
+    threads, per = 16, 10
+    barrier = threading.Barrier(threads)
+
+    def worker(k: int) -> None:
+        barrier.wait()
+        for i in range(per):
+            wal.append([f"{k}-{i}".encode()])
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    used = fs.syncs - start
+    wal.close()
+    assert used <= threads * per // 4, used
+    got = Wal.open(tmp_path, readonly=True).take_recovered().records
+    assert sorted(f"{k}-{i}".encode() for k in range(threads) for i in range(per)) == sorted(got)
+
+
+def test_torn_tail_truncated_then_appends_continue(tmp_path: Path) -> None:
+    """A cut final record is truncated at open; later appends follow the valid prefix."""
+    make_log(tmp_path, ["a", "b"])
+    whole = used(seg(tmp_path))
+    torn = frame([b"never acknowledged"])[:15]
+    seg(tmp_path).write_bytes(whole + torn)
+    log = ListLog(tmp_path)
+    assert ["a", "b"] == log.items
+    assert 15 == log.report.torn_bytes_truncated
+    assert [] == log.report.errors
+    assert whole == seg(tmp_path).read_bytes()    # truncated to the last record
+    log.append("c")
+    log.close()
+    assert ["a", "b", "c"] == ListLog(tmp_path).items
+
+
+def _records_of(data: bytes, start: int) -> list[int]:
+    """End offsets of each whole record in a segment image (zeros after them are free)."""
+    ends, pos = [], start
+    while pos + 12 <= len(data) and data[pos:pos + 4] == REC_MAGIC:
+        (length,) = struct.unpack_from("<I", data, pos + 4)
+        pos += 12 + (length & 0x7FFFFFFF)
+        ends.append(pos)
+    return ends
+
+
+def used(path: Path) -> bytes:
+    """A segment's bytes up to its last record (without the zeros of free space)."""
+    data = path.read_bytes()
+    return data[:_records_of(data, SEG_HEADER.size)[-1]]
+
+
+def test_truncated_at_every_byte_recovers_a_prefix(tmp_path: Path) -> None:
+    """A log cut at every byte offset recovers, silently, exactly the whole records."""
+    items = ["first", "second record", "3", "fourth, a little longer"]
+    src = tmp_path / "src"
+    make_log(src, items)
+    data = used(seg(src))
+    ends = _records_of(data, SEG_HEADER.size)
+    for cut in range(len(data) + 1):
+        d = tmp_path / f"cut{cut}"
+        d.mkdir()
+        (d / segment_name(1)).write_bytes(data[:cut])
+        log = ListLog(d)
+        expect = items[:sum(1 for e in ends if e <= cut)]
+        assert expect == log.items, cut
+        assert [] == log.report.errors, (cut, log.report.errors)
+        log.append("after")
+        log.close()
+        assert [*expect, "after"] == ListLog(d).items, cut
+        shutil.rmtree(d)
+
+
+def test_a_write_is_atomic_at_every_cut(tmp_path: Path) -> None:
+    """A multi-record write cut anywhere comes back whole or not at all."""
+    src = tmp_path / "src"
+    log = ListLog(src)
+    log.append("solo")
+    log.append("g1", "g2", "g3")
+    log.append("last")
+    log.close()
+    data = used(seg(src))
+    ends = _records_of(data, SEG_HEADER.size)     # solo, g1, g2, g3, last
+    for cut in range(ends[0], len(data) + 1):
+        d = tmp_path / f"cut{cut}"
+        d.mkdir()
+        (d / segment_name(1)).write_bytes(data[:cut])
+        got = ListLog(d)
+        expect = (["solo"] if cut < ends[3] else ["solo", "g1", "g2", "g3"]
+                  if cut < ends[4] else ["solo", "g1", "g2", "g3", "last"])
+        assert expect == got.items, cut
+        assert [] == got.report.errors, cut
+        got.close()
+        shutil.rmtree(d)
+
+
+@SETTINGS
+@given(garbage=st.binary(min_size=1, max_size=300), zeros=st.booleans())
+def test_garbage_tail_recovers_everything_acknowledged(tmp_path: Path, garbage: bytes,
+                                                       zeros: bool) -> None:
+    """Garbage (or zeros) after the last record is a torn tail: truncated, nothing lost."""
+    d = tmp_path / f"g{os.urandom(4).hex()}"
+    make_log(d, ["a", "b", "c"])
+    tail = bytes(len(garbage)) if zeros else garbage
+    seg(d).write_bytes(used(seg(d)) + tail)
+    log = ListLog(d)
+    assert ["a", "b", "c"] == log.items
+    assert [] == log.report.errors
+    torn = 0 if not tail.strip(b"\0") else len(tail)      # zeros are free space
+    assert torn == log.report.torn_bytes_truncated
+    log.close()
+
+
+def test_zeros_after_the_last_record_are_free_space(tmp_path: Path) -> None:
+    """A segment grows in GROW steps of zeros; they are not a torn tail, nor lost."""
+    make_log(tmp_path, ["a", "b"])
+    assert GROW == seg(tmp_path).stat().st_size
+    before = seg(tmp_path).read_bytes()
+    log = ListLog(tmp_path)
+    assert (["a", "b"], 0, []) == (log.items, log.report.torn_bytes_truncated,
+                                   log.report.errors)
+    assert before == seg(tmp_path).read_bytes()
+    log.append("x" * GROW)                            # grows past the first step
+    log.close()
+    assert 0 == seg(tmp_path).stat().st_size % GROW
+    assert ["a", "b", "x" * GROW] == ListLog(tmp_path).items
+
+
+def test_mid_file_corruption_quarantined_loudly(tmp_path: Path) -> None:
+    """A bad record followed by valid ones: prefix kept, segment quarantined, error loud."""
+    make_log(tmp_path, ["aaaa", "bbbb", "cccc", "dddd"])
+    data = bytearray(used(seg(tmp_path)))
+    ends = _records_of(bytes(data), SEG_HEADER.size)
+    data[ends[1] + 12] ^= 0xFF           # first payload byte of record 3 ("cccc")
+    seg(tmp_path).write_bytes(bytes(data))
+    log = ListLog(tmp_path)
+    assert ["aaaa", "bbbb"] == log.items
+    assert any("corrupt" in e for e in log.report.errors), log.report.errors
+    assert 1 == len(log.report.quarantined)
+    moved = Path(log.report.quarantined[0])
+    assert moved.name.startswith(segment_name(1) + ".corrupted.")
+    assert bytes(data) == moved.read_bytes()
+    log.append("eeee")
+    log.close()
+    again = ListLog(tmp_path)
+    assert ["aaaa", "bbbb", "eeee"] == again.items
+    assert [] == again.report.errors
+    again.close()
+
+
+def test_damage_in_a_segment_that_is_not_last_is_corruption(tmp_path: Path) -> None:
+    """A torn-looking end of a segment followed by another segment is corruption."""
+    log = ListLog(tmp_path)
+    log.append("a", "b")
+    log.wal.rotate()                      # segment 2 starts; no snapshot (crash here)
+    log.append("c")
+    log.close()
+    seg(tmp_path, 1).write_bytes(used(seg(tmp_path, 1)) + b"\x01" * 7)
+    again = ListLog(tmp_path)
+    assert ["a", "b", "c"] == again.items
+    assert again.report.errors
+    assert any(".corrupted." in q for q in again.report.quarantined)
+    again.close()
+
+
+def test_crash_between_rotate_and_snapshot_replays_both_segments(tmp_path: Path) -> None:
+    """rotate() without the snapshot (a crash): old and new segments both replay."""
+    log = ListLog(tmp_path)
+    log.append("a", "b")
+    log.wal.rotate()
+    log.append("c")
+    log.close()
+    again = ListLog(tmp_path)
+    assert ["a", "b", "c"] == again.items
+    assert [] == again.report.errors
+    assert [segment_name(1), segment_name(2)] == again.report.segments_replayed
+
+
+def test_snapshot_plus_tail_replay(tmp_path: Path) -> None:
+    """Past the threshold a snapshot is taken; recovery = snapshot + a short tail."""
+    log = ListLog(tmp_path, compact_records=3)
+    for i in range(10):
+        log.append(str(i))
+    log.close()
+    names = sorted(os.listdir(tmp_path))
+    assert SNAPSHOT_NAME in names
+    assert 1 == sum(n.endswith(".wal") for n in names)
+    again = ListLog(tmp_path, compact_records=3)
+    assert [str(i) for i in range(10)] == again.items
+    assert again.report.snapshot_loaded
+    assert again.report.records_replayed < 3
+
+
+def test_stale_segment_from_an_earlier_life_is_rejected(tmp_path: Path) -> None:
+    """A segment older than the snapshot's epoch is never replayed and is removed."""
+    log = ListLog(tmp_path, compact_records=1000)
+    log.append("a", "b")
+    old = seg(tmp_path).read_bytes()
+    epoch = log.wal.rotate()
+    log.wal.install_snapshot(json.dumps(log.items).encode(), epoch)
+    log.append("c")
+    log.close()
+    seg(tmp_path, 1).write_bytes(old)      # e.g. a crash halfway through the deletions
+    again = ListLog(tmp_path)
+    assert ["a", "b", "c"] == again.items
+    assert [str(seg(tmp_path, 1))] == again.report.stale_removed
+    assert not seg(tmp_path, 1).exists()
+    assert [] == again.report.errors
+
+
+def test_segment_whose_header_disagrees_with_its_name_is_rejected(tmp_path: Path) -> None:
+    """A header epoch that is not the name's epoch: not replayed, quarantined, loud."""
+    make_log(tmp_path, ["a"])
+    shutil.copy(seg(tmp_path, 1), seg(tmp_path, 2))   # header says 1, name says 2
+    log = ListLog(tmp_path)
+    assert ["a"] == log.items
+    assert any("epoch" in e for e in log.report.errors), log.report.errors
+    assert not seg(tmp_path, 2).exists()
+    assert 1 == len(log.report.quarantined)
+    log.close()
+
+
+def test_corrupt_snapshot_quarantined_segments_replayed(tmp_path: Path) -> None:
+    """A snapshot with a bad CRC is moved aside loudly; the segments still replay."""
+    log = ListLog(tmp_path, compact_records=1000)
+    log.append("a")
+    epoch = log.wal.rotate()
+    log.wal.install_snapshot(json.dumps(log.items).encode(), epoch)
+    log.append("b")
+    log.close()
+    snap = tmp_path / SNAPSHOT_NAME
+    data = bytearray(snap.read_bytes())
+    data[-2] ^= 0x01
+    snap.write_bytes(bytes(data))
+    again = ListLog(tmp_path)
+    assert ["b"] == again.items            # only what the snapshot held is lost
+    assert any("CRC" in e for e in again.report.errors)
+    assert [f"{SNAPSHOT_NAME}.corrupted."] == [
+        os.path.basename(q)[:len(SNAPSHOT_NAME) + 11] for q in again.report.quarantined]
+    again.close()
+    third = ListLog(tmp_path)
+    assert ["b"] == third.items
+    assert [] == third.report.errors
+
+
+def test_cut_segment_creation_removed_quietly(tmp_path: Path) -> None:
+    """A last segment holding only a short or unsynced header is a cut creation."""
+    make_log(tmp_path, ["a"])
+    for junk in (b"BATCH", bytes(SEG_HEADER.size)):
+        seg(tmp_path, 2).write_bytes(junk)
+        log = ListLog(tmp_path)
+        assert ["a"] == log.items
+        assert [] == log.report.errors
+        assert not seg(tmp_path, 2).exists()
+        log.close()
+
+
+def test_readonly_open_changes_nothing(tmp_path: Path) -> None:
+    """Read-only sees the same records and leaves every byte and name as it was."""
+    log = ListLog(tmp_path, compact_records=4)
+    for i in range(6):
+        log.append(str(i))
+    log.close()
+    seg(tmp_path, 2).write_bytes(used(seg(tmp_path, 2)) + b"\xfeREC torn")
+    (tmp_path / ".tmp.snapshot.1.abcd").write_bytes(b"leftover")
+    shutil.copy(seg(tmp_path, 2), seg(tmp_path, 1))   # a stale segment too
+    before = tree(tmp_path)
+    ro = ListLog(tmp_path, readonly=True)
+    assert [str(i) for i in range(6)] == ro.items
+    with pytest.raises(WalError):
+        ro.wal.append([b"x"])
+    ro.close()
+    assert before == tree(tmp_path)
+
+
+def test_readonly_of_a_missing_folder_is_empty(tmp_path: Path) -> None:
+    """A read-only open of a log that does not exist yet is empty and creates nothing."""
+    ro = ListLog(tmp_path / "nope", readonly=True)
+    assert [] == ro.items
+    assert not (tmp_path / "nope").exists()
+
+
+class CompactingReaderFS(OsFS):
+    """A reader's FS: right after its first listing, the writer compacts (a race)."""
+
+    def __init__(self, writer: ListLog) -> None:
+        self.writer = writer
+        self.fired = False
+
+    def listdir(self, path: str) -> list[str]:
+        names = os.listdir(path)
+        if not self.fired:
+            self.fired = True
+            self.writer.append("late")
+            epoch = self.writer.wal.rotate()
+            self.writer.wal.install_snapshot(json.dumps(self.writer.items).encode(), epoch)
+        return names
+
+
+def test_readonly_retries_when_a_compaction_races_it(tmp_path: Path) -> None:
+    """A segment vanishing under a read-only open makes it read again, consistently."""
+    writer = ListLog(tmp_path, compact_records=1000)
+    writer.append("a", "b")
+    ro = ListLog(tmp_path, CompactingReaderFS(writer), readonly=True)
+    assert ["a", "b", "late"] == ro.items
+    writer.close()
+
+
+class FailingSyncFS(OsFS):
+    def fdatasync(self, fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+
+def test_failed_fdatasync_poisons_the_log(tmp_path: Path) -> None:
+    """After a failed fdatasync every append raises WalFailed (never a silent retry)."""
+    make_log(tmp_path, ["a"])
+    wal = Wal.open(tmp_path, fs=FailingSyncFS())
+    with pytest.raises(OSError):
+        wal.append([b"b"])
+    with pytest.raises(WalFailed):
+        wal.append([b"c"])
+    wal.close()
+
+
+class HalfWriteFS(OsFS):
+    """pwrite writes half the bytes, then fails (a full disk), once."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        if self.armed:
+            self.armed = False
+            os.pwrite(fd, data[:len(data) // 2], offset)
+            raise OSError(28, "No space left on device")
+        super().pwrite(fd, data, offset)
+
+
+def test_failed_write_is_undone(tmp_path: Path) -> None:
+    """A write that fails halfway is truncated away; the next append follows cleanly."""
+    fs = HalfWriteFS()
+    log = ListLog(tmp_path, fs)
+    log.append("a")
+    fs.armed = True
+    with pytest.raises(OSError):
+        log.wal.append([b"lost"])
+    log.append("b")
+    log.close()
+    again = ListLog(tmp_path)
+    assert ["a", "b"] == again.items
+    assert [] == again.report.errors
