@@ -213,8 +213,8 @@ def _reset_signals(*, standalone: bool) -> None:
     worker into a restart loop. The launcher resets every disposition to default in a job
     before its exec, so jobs never inherit the ignored SIGPIPE.
     """
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(-1)   # first: a signal arriving once unblocked must not reach
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())   # the parent's wakeup pipe
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue

@@ -1,5 +1,4 @@
 """Tests for supervisor._config: the YAML schema, its defaults, lookup order and error messages."""
-# ruff: noqa: SIM300  (the project asserts `expected == actual`; ruff reads that as Yoda)
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
 """Tests for supervisor._log: JSON and console lines, level filtering, file output, forks."""
-# ruff: noqa: SIM300  (the project asserts `expected == actual`; ruff reads that as Yoda)
 
 from __future__ import annotations
 
