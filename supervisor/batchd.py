@@ -128,8 +128,15 @@ def changed_workers(old: Config, new: Config) -> list[str]:
             or worker_settings(old, name) != worker_settings(new, name)]
 
 
-def workers_record(batchd_pid: int, procs: list[Proc], now: float) -> dict[str, Any]:
-    """The body of workers.json (kind WORKERS) for `procs` in startup order."""
+def workers_record(batchd_pid: int, procs: list[Proc], now: float,
+                   restarts_before: dict[str, int] | None = None) -> dict[str, Any]:
+    """The body of workers.json (kind WORKERS) for `procs` in startup order.
+
+    `restarts` counts this batchd's restarts of a worker (supervisord's view);
+    `restarts_total` adds those of earlier batchd lives (`restarts_before`), so the
+    counter `batchctl stats` shows survives a restart of batchd itself.
+    """
+    before = restarts_before or {}
     return {
         "batchd_pid": batchd_pid,
         "updated_at": iso_now(now),
@@ -140,6 +147,7 @@ def workers_record(batchd_pid: int, procs: list[Proc], now: float) -> dict[str, 
             "start": p.start,
             "since": iso_now(p.since) if p.since else None,
             "restarts": p.restarts,
+            "restarts_total": before.get(p.name, 0) + p.restarts,
             "critical": p.critical,
             "exitstatus": p.exitstatus,
             "message": p.message,
@@ -148,12 +156,16 @@ def workers_record(batchd_pid: int, procs: list[Proc], now: float) -> dict[str, 
 
 
 def append_startup(layout: Layout, entry: dict[str, Any],
-                   keep: int = STARTUP_LOG_KEEP) -> list[dict[str, Any]]:
+                   keep: int = STARTUP_LOG_KEEP,
+                   log: FilteringBoundLogger | None = None) -> list[dict[str, Any]]:
     """Add one startup to startup-log.json (newest last, at most `keep`); return the list.
 
-    A corrupt log is quarantined by read_record (we own it) and a new one begun.
+    A corrupt log is quarantined by read_record (we own it), logged, and a new one begun.
     """
     current = read_record(STARTUP_LOG, layout.startup_log, owner=True)
+    if isinstance(current, Corrupt) and log is not None:
+        log.warning("startup-log.json was corrupt: moved aside, a new log begins",
+                    reason=current.reason, moved_to=current.moved_to)
     startups: list[dict[str, Any]] = []
     if isinstance(current, dict) and isinstance(current.get("startups"), list):
         startups = [s for s in current["startups"] if isinstance(s, dict)]
@@ -337,6 +349,27 @@ class Batchd:
         self.exit_code: int | None = None
         self.done = False
         self.signals: list[int] = []
+        self.restarts_before: dict[str, int] = {}
+
+    def read_previous_restarts(self) -> None:
+        """Seed the cumulative restart counters from the workers.json of the last batchd.
+
+        Called once the instance lock is held (we own the file): a corrupt one is
+        quarantined and logged, and the counters start again from zero.
+        """
+        rec = read_record(WORKERS, self.layout.workers_file, owner=True)
+        if isinstance(rec, Corrupt):
+            self.log.warning("workers.json was corrupt: moved aside; restart counters restart",
+                             reason=rec.reason, moved_to=rec.moved_to)
+            return
+        if not isinstance(rec, dict) or not isinstance(rec.get("workers"), list):
+            return
+        for w in rec["workers"]:
+            if not isinstance(w, dict) or w.get("name") not in self.procs:
+                continue
+            total = w.get("restarts_total", w.get("restarts"))
+            if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+                self.restarts_before[w["name"]] = total
 
     # -- events into the table -----------------------------------------------------------
 
@@ -558,7 +591,7 @@ class Batchd:
 
     def _write_startup(self, outcome: str) -> None:
         try:
-            append_startup(self.layout, self._startup_entry(outcome))
+            append_startup(self.layout, self._startup_entry(outcome), log=self.log)
         except OSError as exc:
             self.log.error("cannot write the startup log", error=str(exc))
 
@@ -852,7 +885,7 @@ class Batchd:
         procs = [self.procs[n] for n in WORKER_NAMES]
         try:
             write_record(WORKERS, self.layout.workers_file,
-                         workers_record(self.pid, procs, self.wall()))
+                         workers_record(self.pid, procs, self.wall(), self.restarts_before))
         except OSError as exc:
             self.log.error("cannot write workers.json", error=str(exc))
         if not self.starting_up and not self.stopping:
@@ -890,6 +923,7 @@ class Batchd:
                 for folder in (self.layout.root, self.layout.control_inbox):
                     clean_tmp(folder, 60.0)
                 self.gc_replies()
+                self.read_previous_restarts()
             except OSError as exc:
                 print(f"batchd: cannot prepare state dir {self.layout.root}: {exc}",
                       file=sys.stderr)
@@ -908,6 +942,7 @@ class Batchd:
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in _CHILD_SIGNALS}
         old_fd = signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+        self.signals.extend(_take_early_signals())   # arrived while we were starting
         watcher = Watcher([self.layout.ready_dir, self.layout.control_inbox],
                           rescan_interval=RESCAN_INTERVAL).start()
         sel = selectors.DefaultSelector()
@@ -987,8 +1022,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_EARLY_SIGNALS: list[int] = []
+
+
+def _catch_early_signals() -> None:
+    """From the first instruction on, SIGTERM/SIGINT/SIGHUP are recorded, not fatal.
+
+    Python's defaults would kill batchd (exit 143) for a SIGTERM that arrives while it
+    loads its config and takes its lock; the loop handles recorded ones once it runs.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _record_early_signal)
+
+
+def _record_early_signal(signum: int, frame: object) -> None:
+    _EARLY_SIGNALS.append(signum)
+
+
+def _take_early_signals() -> list[int]:
+    taken = list(_EARLY_SIGNALS)
+    _EARLY_SIGNALS.clear()
+    return taken
+
+
 def main(argv: list[str] | None = None) -> int:
     """`batchd [-c CONFIG] [--check]`; returns the exit code (see the module docstring)."""
+    _catch_early_signals()
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -1008,6 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
 def serve(cfg: Config, *, config_path: str | None) -> int:
     """Run batchd on `cfg` in the foreground until stopped (SIGHUP re-reads `config_path`,
     or the lookup of supervisor._config.load when None); the exit code."""
+    _catch_early_signals()
     try:
         log = _log.setup(cfg.log, name="batchd")
     except ConfigError as exc:

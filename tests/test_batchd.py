@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from supervisor import batchd
 from supervisor._atomic import ensure_dir
@@ -382,11 +384,14 @@ def test_describe_exit() -> None:
 
 
 def test_startup_log_keeps_the_last_ten(tmp_path: Path) -> None:
-    """Newest last, at most 10; a corrupt log is quarantined and a new one begun."""
+    """Newest last, at most 10; a corrupt log is quarantined, logged, and a new one begun."""
     layout = Layout(tmp_path)
     layout.startup_log.write_text("{not json")
-    for i in range(12):
-        startups = append_startup(layout, {"id": str(i)})
+    with structlog.testing.capture_logs() as logs:
+        for i in range(12):
+            startups = append_startup(layout, {"id": str(i)}, log=structlog.get_logger())
+    assert ["startup-log.json was corrupt: moved aside, a new log begins"] == [
+        e["event"] for e in logs]
     assert [str(i) for i in range(2, 12)] == [s["id"] for s in startups]
     assert 1 == len(list(tmp_path.glob("startup-log.json.corrupted.*")))
 

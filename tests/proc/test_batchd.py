@@ -304,6 +304,57 @@ def test_sigterm_stops_workers_in_reverse_order_and_exits_0(
     assert {"STOPPED"} == {w["state"] for w in workers_file(d).values()}
 
 
+def _catches_sigterm(pid: int) -> bool:
+    """True once the process has a handler for SIGTERM (SigCgt in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.1])
+def test_sigterm_during_startup_still_exits_0(
+        tmp_path: Path, daemons: list[Daemon], delay: float) -> None:
+    """SIGTERM from the moment batchd's code runs (config load, lock, recovery): exit 0.
+
+    Only the interpreter's own start-up, before batchd's first line, takes the default
+    action; the test waits for the handler to be installed, then for `delay`."""
+    d = launch(tmp_path, daemons)
+    wait_for(lambda: _catches_sigterm(d.pid), "batchd to install its signal handlers")
+    time.sleep(delay)
+    assert d.p is not None
+    d.p.send_signal(signal.SIGTERM)
+    assert 0 == d.wait()
+
+
+def test_restart_totals_survive_a_restart_of_batchd(
+        tmp_path: Path, daemons: list[Daemon]) -> None:
+    """`restarts` is per batchd life (supervisord's); `restarts_total` carries on across it."""
+    d = launch(tmp_path, daemons)
+    _kill_loop(d, "locks", 2)
+    assert d.p is not None
+    d.p.send_signal(signal.SIGTERM)
+    assert 0 == d.wait()
+    d2 = launch(tmp_path, daemons)
+    d2.running()
+    _kill_loop(d2, "locks", 1)
+    locks = d2.workers()["locks"]
+    assert (1, 3) == (locks["restarts"], locks["restarts_total"])
+
+
+def test_corrupt_workers_json_is_quarantined_and_logged(
+        tmp_path: Path, daemons: list[Daemon]) -> None:
+    """Garbage in workers.json at start: moved aside as .corrupted.<ts>, a warning logged."""
+    layout = Layout(tmp_path / "state")
+    layout.root.mkdir(parents=True)
+    layout.workers_file.write_bytes(b"{garbage")
+    d = launch(tmp_path, daemons)
+    d.running()
+    assert 1 == len(list(layout.root.glob("workers.json.corrupted.*")))
+    assert any("workers.json was corrupt" in str(e.get("event")) for e in d.log_events())
+
+
 def workers_file(d: Daemon) -> dict[str, dict[str, Any]]:
     rec = read_record(WORKERS, d.layout.workers_file, owner=False)
     assert isinstance(rec, dict)
