@@ -84,7 +84,7 @@ from supervisor._layout import (
     read_record,
     write_record,
 )
-from supervisor._proc import start_time
+from supervisor._proc import job_processes, start_time
 
 __all__ = [
     "EXIT_BAD_SPEC",
@@ -410,15 +410,28 @@ def _sigkill_group_but(pgid: int, me: int) -> list[int]:
     return members
 
 
-def _kill_rest_of_group(pgid: int, me: int) -> list[int]:
-    """SIGKILL every process of the group but us and reap them; return any that would not die."""
+def _sigkill_job_stragglers(job_dir: str, me: int) -> list[int]:
+    """SIGKILL processes of this job that left its process group (setsid, daemonized),
+    found by the BATCHD_JOB_DIR they inherited; return the pids signalled."""
+    stray = job_processes(job_dir, exclude=frozenset({me}))
+    for pid in stray:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return stray
+
+
+def _kill_rest_of_group(pgid: int, me: int, job_dir: str) -> list[int]:
+    """SIGKILL every process of the job but us (its process group, and any that escaped it
+    but carry its BATCHD_JOB_DIR) and reap them; return any that would not die."""
     deadline = time.monotonic() + _CLEANUP_TIMEOUT_S
     while True:
         _reap_children()
-        if not _sigkill_group_but(pgid, me):
+        signalled = _sigkill_group_but(pgid, me) + _sigkill_job_stragglers(job_dir, me)
+        if not signalled:
             return []
         if time.monotonic() > deadline:
-            return [p for p in group_members(pgid) if p != me]
+            return [p for p in group_members(pgid) if p != me] + \
+                job_processes(job_dir, exclude=frozenset({me}))
         time.sleep(0.02)
 
 
@@ -861,7 +874,7 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobFiles, output_fd: i
             pump.start()
     beat.beat()
     reason = _wait_agent(proc, spec, signals, started_mono)
-    left = _kill_rest_of_group(os.getpgrp(), os.getpid())
+    left = _kill_rest_of_group(os.getpgrp(), os.getpid(), spec.job_dir)
     if left:
         _say(spec.id, f"processes of the group would not die: {left}")
     drain_end = time.monotonic() + _DRAIN_TIMEOUT_S

@@ -7,7 +7,9 @@ its whole life. Every pid batchd records is stored with it.
 
 from __future__ import annotations
 
-__all__ = ["alive", "start_time"]
+import os
+
+__all__ = ["alive", "job_processes", "start_time"]
 
 
 def start_time(pid: int) -> int | None:
@@ -46,3 +48,27 @@ def alive(pid: int | None, start: int | None) -> bool:
     except (IndexError, ValueError):
         return False
 
+
+def job_processes(job_dir: str, *, exclude: frozenset[int] = frozenset()) -> list[int]:
+    """Live (non-zombie) pids whose environment carries BATCHD_JOB_DIR=`job_dir`.
+
+    Every process of a job inherits that variable from its adaptor, including those that
+    left the job's process group (setsid, double fork), so this finds what killpg misses.
+    The job folder is an absolute path under one state dir, so two batchd instances with
+    a job of the same id never match each other's processes (BATCHD_JOB_ID would).
+    Processes whose environment cannot be read (another user's, when not root) are skipped:
+    a process batchd cannot tie to the job is never signalled.
+    """
+    needle = b"\0BATCHD_JOB_DIR=" + os.fsencode(job_dir) + b"\0"
+    found: list[int] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in exclude:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = b"\0" + f.read()
+        except OSError:
+            continue
+        if needle in env and alive(int(name), None):
+            found.append(int(name))
+    return found

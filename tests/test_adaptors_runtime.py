@@ -354,6 +354,17 @@ def test_leftover_background_processes_are_killed_before_the_result(tmp_path: Pa
     assert False is fakekit.pid_alive(int(pidfile.read_text()))
 
 
+def test_processes_that_left_the_group_are_killed_before_the_result(tmp_path: Path) -> None:
+    """`setsid sleep 60 &` escapes the process group, not BATCHD_JOB_ID: killed all the same."""
+    pidfile = tmp_path / "escaped.pid"
+    job = fakekit.make_job(tmp_path / "state", "esc", adaptor="command",
+                           prompt=f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & "
+                                  f"while [ ! -s {pidfile} ]; do sleep 0.01; done; echo done")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    escaped = int(pidfile.read_text())
+    assert False is fakekit.pid_alive(escaped)
+
+
 def test_sigterm_to_adaptor_alone_is_forwarded_to_the_agent(
         tmp_path: Path, start: Callable[[Path], subprocess.Popen[bytes]]) -> None:
     """SIGTERM to the adaptor pid only: the agent's group gets it, result 'terminated'."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor._proc import alive, start_time
+from supervisor._proc import alive, job_processes, start_time
 
 
 def _state(pid: int) -> str:
@@ -123,3 +123,20 @@ def test_command_names_with_parentheses_and_spaces_parse(tmp_path: Path) -> None
 def test_a_process_of_another_user_is_seen() -> None:
     """pid 1 (usually another user's) is readable in /proc: alive with its start time."""
     assert alive(1, start_time(1)) is True
+
+
+def test_job_processes_finds_a_job_by_its_folder_even_outside_its_group(tmp_path: Path) -> None:
+    """A process carrying BATCHD_JOB_DIR=<dir> is found whatever its session; a job of
+    another state dir (same id, another folder) is not."""
+    mine, theirs = str(tmp_path / "a" / "jobs" / "j1"), str(tmp_path / "b" / "jobs" / "j1")
+    tied = subprocess.Popen(["sleep", "30"], env={**os.environ, "BATCHD_JOB_DIR": mine},
+                            start_new_session=True)
+    other = subprocess.Popen(["sleep", "30"], env={**os.environ, "BATCHD_JOB_DIR": theirs})
+    try:
+        assert [tied.pid] == job_processes(mine)
+        assert [] == job_processes(mine, exclude=frozenset({tied.pid}))
+    finally:
+        for p in (tied, other):
+            p.kill()
+            p.wait()
+    assert [] == job_processes(mine)
