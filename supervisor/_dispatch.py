@@ -1,0 +1,455 @@
+"""Running jobs for the scheduler: dispatch, tick, cancel, re-attach (executing _lifecycle).
+
+The scheduler worker (supervisor/scheduler.py) owns the loop and the inbox; this module
+owns what happens to a job once it leaves `queued`. Every decision is made by the pure
+table of supervisor._lifecycle; the facts come from supervisor._jobfiles (sentinel,
+result, adaptor pid + start time, adaptor.lock); this module only carries out the actions
+(`Update`, `Launch`, `KillGroup`, `WarnStale`, `Finalize`) in the order given:
+
+    dispatch(jobs)        FIFO: while fewer than scheduler.max_concurrent_jobs jobs are
+                          starting/running, take the oldest queued job: step DISPATCHED
+                          (state starting, attempts+1, dispatched_ts), then prepare_workspace
+                          -> write_spec -> launch(job_dir, mode=cfg.launcher) -> step
+                          LAUNCHED (state running, pid, start, started_at, started_ts) or
+                          LAUNCH_FAILED (failed, with the reason). The systemd launcher gives
+                          no pid: the job stays `starting` and a later tick attaches it from
+                          the sentinel.
+    tick_all(jobs)        every starting/running job: observe -> lifecycle.tick -> execute.
+    tick_job(jobs, id)    the same for one job (the `job_exited` request).
+    cancel(jobs, id)      queued/waiting: cancelled now. starting/running: the intent
+                          (`cancel_requested: true`) is written first, then the tick signals
+                          SIGTERM to the verified process group; the result finalizes it as
+                          cancelled, the lifecycle's cancel_overdue row SIGKILLs it.
+    reattach(jobs)        at scheduler start: tick every starting/running job once and say
+                          what came of it (reattached, stale, finalized, lost, ...).
+
+`Jobs.active` (the ids of starting/running jobs) is the one piece of memory: it is rebuilt
+from the queue at start (`Jobs.over`), so a restart loses nothing (DESIGN law 4).
+
+A finalized job leaves no process behind, at the moment its terminal record is written.
+With a result, the adaptor has emptied its group already; finalizing waits (up to
+ADAPTOR_EXIT_WAIT) for the adaptor itself to exit. Without one (lost, cancelled or timed
+out by the scheduler's backstop, result.json unreadable), or if the adaptor lingers, the
+adaptor did not clean up: `kill_leftovers(pgid, job_id)` SIGKILLs every process whose
+process group is the adaptor's pid AND whose /proc/<pid>/environ carries
+BATCHD_JOB_ID=<id>; a process that cannot be tied to the job that way is never signalled
+(the pgid alone may be reused).
+
+Crash safety. This module writes only WAL records (through the queue) and, via
+_jobfiles, the job's spec and workspace (their own arguments are in that module). The
+order of side effects is the lifecycle's: within one pass the WAL writes are collected
+(`_Batch`) and made durable with ONE update_many, but always BEFORE the next launch (so
+`starting` is durable before the fork: a crash after the fork finds it and re-attaches or
+relaunches by the lifecycle's `starting` rule) and before the pass returns (before an
+inbox request is removed). A signal or a kill therefore precedes its WAL record; a crash
+in between re-sends the signal on the next tick, which is harmless. Counters are separate
+records written after the state they count: a crash in between loses that increment,
+never counts twice. An adaptor holds jobs/<id>/adaptor.lock for its life and refuses to
+run a job that has a result, so a relaunch never runs an agent twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisor import _jobfiles
+from supervisor import _lifecycle as lc
+from supervisor._config import Config
+from supervisor._jobs import iso_now
+from supervisor._launch import Launched, LaunchError, launch
+from supervisor._layout import Layout
+from supervisor._proc import alive, job_processes
+from supervisor._queue import JobQueue
+from supervisor._runtime import Log, stop_requested
+
+__all__ = [
+    "ADAPTOR_EXIT_WAIT",
+    "STALE_WARN_EVERY",
+    "Jobs",
+    "Launcher",
+    "cancel",
+    "dispatch",
+    "kill_leftovers",
+    "reattach",
+    "tick_all",
+    "tick_interval",
+    "tick_job",
+]
+
+#: A job whose heartbeat is stale is warned about at most once per this many seconds.
+STALE_WARN_EVERY = 60.0
+#: How long finalizing waits for the leftovers it SIGKILLed to be gone.
+_LEFTOVER_WAIT = 1.0
+#: How long finalizing waits for an adaptor that wrote its result to exit before killing it.
+ADAPTOR_EXIT_WAIT = 2.0
+
+Launcher = Callable[[Path, str], Launched]
+
+
+def _launch(job_dir: Path, mode: str) -> Launched:
+    return launch(job_dir, mode=mode)
+
+
+def tick_interval(cfg: Config) -> float:
+    """How often the scheduler ticks its starting/running jobs: min(1 s, heartbeat / 2)."""
+    return min(1.0, cfg.scheduler.heartbeat_interval / 2.0)
+
+
+@dataclass
+class Jobs:
+    """What running jobs needs: the queue, where files go, the seams, and the active ids.
+
+    `launcher(job_dir, mode)` starts an adaptor (supervisor._launch.launch in production);
+    `clock` is the epoch clock the adaptors' heartbeats use.
+    """
+
+    cfg: Config
+    layout: Layout
+    queue: JobQueue
+    log: Log
+    timing: lc.Timing
+    launcher: Launcher = _launch
+    clock: Callable[[], float] = time.time
+    active: set[str] = field(default_factory=set)       # starting/running job ids
+    warned: dict[str, float] = field(default_factory=dict)   # id -> last stale warning
+
+    @classmethod
+    def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
+             launcher: Launcher | None = None,
+             clock: Callable[[], float] = time.time) -> Jobs:
+        """Jobs over an open queue; the active set is rebuilt from it."""
+        active = {*queue.ids(lc.State.STARTING.value), *queue.ids(lc.State.RUNNING.value)}
+        return cls(cfg, layout, queue, log, lc.Timing.from_config(cfg.scheduler),
+                   launcher=launcher or _launch, clock=clock, active=active)
+
+
+# -- the WAL writes of one pass ----------------------------------------------------------------
+
+@dataclass
+class _Batch:
+    """WAL updates and counter increments collected during a pass, written with one fsync."""
+
+    updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def flush(self, queue: JobQueue) -> None:
+        """The updates (one update_many: durable together), then the counters."""
+        if self.updates:
+            queue.update_many(self.updates)
+            self.updates = []
+        for name, n in sorted(self.counters.items()):
+            queue.incr(name, n)
+        self.counters.clear()
+
+
+@dataclass
+class _Job:
+    """One job being acted on: its queue entry (kept current) and what was observed."""
+
+    entry: dict[str, Any]
+    obs: lc.Observation | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.entry["id"])
+
+
+# -- executing actions -------------------------------------------------------------------------
+
+def _do_update(j: Jobs, job: _Job, action: lc.Update, batch: _Batch) -> None:
+    job.entry.update(action.fields)
+    batch.updates.append((job.id, dict(action.fields)))
+
+
+def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
+    batch.flush(j.queue)        # `starting` is durable before anything of the launch exists
+    try:
+        _jobfiles.prepare_workspace(j.cfg, job.entry)
+        _jobfiles.write_spec(j.layout, j.cfg, job.entry)
+        launched = j.launcher(j.layout.job_dir(job.id), j.cfg.launcher)
+    except (_jobfiles.PrepareError, LaunchError, OSError) as exc:
+        j.log.warning("job launch failed", job=job.id, error=str(exc))
+        d = lc.step(job.entry, lc.Event.LAUNCH_FAILED,
+                    lc.Facts(now=j.clock(), timing=j.timing, error=str(exc)))
+    else:
+        if launched.pid is None:
+            j.log.info("job launched; its pid comes with its sentinel", job=job.id,
+                       unit=launched.unit, relaunch=action.relaunch)
+            return
+        d = lc.step(job.entry, lc.Event.LAUNCHED,
+                    lc.Facts(now=j.clock(), timing=j.timing, pid=launched.pid,
+                             start=launched.start))
+        j.log.info("job running", job=job.id, adaptor=launched.pid, relaunch=action.relaunch)
+    _execute(j, job, d, batch)
+
+
+def _do_kill(j: Jobs, job: _Job, action: lc.KillGroup, batch: _Batch) -> None:
+    sent = _jobfiles.kill_group(action.pid, action.start, action.signal)
+    j.log.info("job signalled" if sent else "job not signalled: its adaptor is gone",
+               job=job.id, adaptor=action.pid, signal=signal.Signals(action.signal).name)
+
+
+def _do_warn(j: Jobs, job: _Job, action: lc.WarnStale, batch: _Batch) -> None:
+    now = j.clock()
+    last = j.warned.get(job.id)
+    if last is not None and now - last < STALE_WARN_EVERY:
+        return
+    j.warned[job.id] = now
+    j.log.warning("job heartbeat is stale; keeping it", job=job.id, age_s=round(action.age_s, 1),
+                  adaptor=action.pid, stale_after=j.timing.stale_after,
+                  dead_after=j.timing.dead_after)
+
+
+def _no_process_left(j: Jobs, job: _Job) -> None:
+    """Before a job is written terminal: none of its processes may remain.
+
+    With a result, the adaptor has already emptied its process group and is exiting: wait
+    for it (up to ADAPTOR_EXIT_WAIT). Without one (lost, scheduler-decided ends, unreadable
+    result) or if it lingers, whatever is left of the group is killed (`kill_leftovers`).
+    """
+    obs = job.obs
+    pid = obs.pid if obs is not None and obs.pid else job.entry.get("pid")
+    if not isinstance(pid, int) or pid <= 1:
+        return
+    if obs is not None and obs.result is not None:
+        deadline = time.monotonic() + ADAPTOR_EXIT_WAIT
+        while alive(pid, obs.start) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not alive(pid, obs.start):
+            return
+    killed = kill_leftovers(pid, job.id, job_dir=str(j.layout.job_dir(job.id)))
+    if killed:
+        j.log.warning("killed what was left of the job", job=job.id, pids=killed)
+
+
+def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None:
+    fields = {**action.fields, "pid": None}
+    _no_process_left(j, job)
+    job.entry.update(fields)
+    batch.updates.append((job.id, fields))
+    batch.counters[str(fields["state"])] += 1
+    j.active.discard(job.id)
+    j.warned.pop(job.id, None)
+    j.log.info("job finished", job=job.id, state=fields["state"],
+               exit_code=fields.get("exit_code"), reason=fields.get("reason"))
+
+
+_Executor = Callable[[Jobs, _Job, Any, _Batch], None]
+
+#: Action type -> what carries it out.
+_EXECUTORS: dict[type, _Executor] = {
+    lc.Update: _do_update,
+    lc.Launch: _do_launch,
+    lc.KillGroup: _do_kill,
+    lc.WarnStale: _do_warn,
+    lc.Finalize: _do_finalize,
+}
+
+
+def _execute(j: Jobs, job: _Job, d: lc.Decision, batch: _Batch) -> None:
+    for action in d.actions:
+        _EXECUTORS[type(action)](j, job, action, batch)
+
+
+# -- leftovers -----------------------------------------------------------------------------------
+
+def _stat(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2:].split()
+
+
+def _tied_to(pid: int, tag: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return tag in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _members(pgid: int, tag: bytes) -> list[int]:
+    me = os.getpid()
+    found = []
+    want = str(pgid).encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        fields = _stat(int(name))
+        if (fields is not None and len(fields) > 2 and fields[2] == want
+                and fields[0] not in (b"Z", b"X") and _tied_to(int(name), tag)):
+            found.append(int(name))
+    return found
+
+
+def kill_leftovers(pgid: int, job_id: str, *, job_dir: str | None = None,
+                   wait: float = _LEFTOVER_WAIT) -> list[int]:
+    """SIGKILL the live processes of group `pgid` that carry BATCHD_JOB_ID=<job_id>, and
+    (given `job_dir`) those anywhere that carry BATCHD_JOB_DIR=<job_dir>: a child that
+    left the group with setsid is still the job's.
+
+    Returns the pids signalled, after waiting up to `wait` seconds for them to be gone.
+    """
+    tag = f"BATCHD_JOB_ID={job_id}".encode()
+    me = frozenset({os.getpid()})
+
+    def members() -> list[int]:
+        found = _members(pgid, tag)
+        if job_dir is not None:
+            found += [p for p in job_processes(job_dir, exclude=me) if p not in found]
+        return found
+
+    killed = members()
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+    deadline = time.monotonic() + wait
+    while killed and members() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return killed
+
+
+# -- ticking ---------------------------------------------------------------------------------------
+
+def _tick(j: Jobs, job_id: str, batch: _Batch) -> tuple[_Job, lc.Decision] | None:
+    entry = j.queue.get(job_id)
+    if entry is None or entry["state"] not in lc.ACTIVE:
+        j.active.discard(job_id)
+        return None
+    now = j.clock()
+    job = _Job(entry, _jobfiles.observe(j.layout, entry, now, j.cfg))
+    assert job.obs is not None
+    d = lc.tick(entry, job.obs, now, j.timing)
+    if d.event is lc.Event.SENTINEL_FRESH and j.warned.pop(job_id, None) is not None:
+        j.log.info("job heartbeat is fresh again", job=job_id)
+    _execute(j, job, d, batch)
+    return job, d
+
+
+def tick_job(j: Jobs, job_id: str) -> lc.Decision | None:
+    """Observe one job and act on it now (durable on return); None if it is not active."""
+    batch = _Batch()
+    try:
+        done = _tick(j, job_id, batch)
+    finally:
+        batch.flush(j.queue)
+    return None if done is None else done[1]
+
+
+def tick_all(j: Jobs) -> list[lc.Decision]:
+    """Observe every starting/running job and act on it (durable on return)."""
+    batch = _Batch()
+    decisions = []
+    try:
+        for job_id in sorted(j.active):
+            if stop_requested():
+                break
+            done = _tick(j, job_id, batch)
+            if done is not None:
+                decisions.append(done[1])
+    finally:
+        batch.flush(j.queue)
+    return decisions
+
+
+#: What a recovery tick amounts to, by event (when the decision does not end the job).
+_REATTACH_KIND: dict[lc.Event, str] = {
+    lc.Event.SENTINEL_STALE: "stale",
+    lc.Event.LAUNCH_PENDING: "pending",
+    lc.Event.NOT_LAUNCHED: "relaunched",
+}
+
+
+def reattach(j: Jobs) -> dict[str, int]:
+    """Tick every starting/running job once at scheduler start; what came of them.
+
+    Keys: reattached (alive with a fresh heartbeat: counted in `recovered`, and the job
+    gets `reattached` (a count) and `reattached_at`), stale (kept, warned), finalized (a
+    result or an end the scheduler decided), lost, pending/relaunched (a `starting` job
+    with no sign of its adaptor yet).
+    """
+    did: Counter[str] = Counter()
+    batch = _Batch()
+    try:
+        for job_id in sorted(j.active):
+            done = _tick(j, job_id, batch)
+            if done is None:
+                continue
+            job, d = done
+            if d.terminal:
+                did["lost" if d.next_state is lc.State.LOST else "finalized"] += 1
+                continue
+            kind = _REATTACH_KIND.get(d.event, "reattached") if d.event else "reattached"
+            did[kind] += 1
+            if kind == "reattached":
+                n = int(job.entry.get("reattached") or 0) + 1
+                batch.updates.append((job_id, {"reattached": n, "reattached_at": iso_now()}))
+        if did["reattached"]:
+            batch.counters["recovered"] += did["reattached"]
+    finally:
+        batch.flush(j.queue)
+    return {k: did[k] for k in ("reattached", "stale", "finalized", "lost", "pending",
+                                "relaunched")}
+
+
+# -- dispatching and cancelling ----------------------------------------------------------------
+
+def dispatch(j: Jobs) -> int:
+    """Start queued jobs, oldest first, while a slot is free; how many were dispatched."""
+    batch = _Batch()
+    started = 0
+    try:
+        while len(j.active) < j.cfg.scheduler.max_concurrent_jobs and not stop_requested():
+            job_id = j.queue.first_queued()
+            entry = None if job_id is None else j.queue.get(job_id)
+            if job_id is None or entry is None:
+                break
+            d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock(), timing=j.timing))
+            if d.ignored:      # cannot happen for a queued job; never loop on it
+                j.log.error("queued job not dispatchable", job=job_id, state=entry["state"])
+                break
+            j.active.add(job_id)
+            _execute(j, _Job(entry), d, batch)
+            started += 1
+    finally:
+        batch.flush(j.queue)
+    return started
+
+
+def cancel(j: Jobs, job_id: str) -> str | None:
+    """Cancel `job_id` by its state (idempotent); its state before, None if unknown.
+
+    queued/waiting: cancelled at once. starting/running: `cancel_requested` is made
+    durable first, then the job is ticked, which sends SIGTERM to its process group
+    (once); the result (or the overdue rule) finishes it. Terminal: nothing.
+    """
+    entry = j.queue.get(job_id)
+    if entry is None:
+        return None
+    state = str(entry["state"])
+    if state in lc.ACTIVE:
+        if not entry.get("cancel_requested"):
+            j.queue.update(job_id, cancel_requested=True)
+        j.log.info("cancel requested", job=job_id, state=state)
+        tick_job(j, job_id)
+        return state
+    batch = _Batch()
+    try:
+        d = lc.step(entry, lc.Event.CANCEL_REQUESTED, lc.Facts(now=j.clock(), timing=j.timing))
+        if d.ignored:
+            j.log.info("cancel: job already finished, nothing to do", job=job_id, state=state)
+        _execute(j, _Job(entry), d, batch)
+    finally:
+        batch.flush(j.queue)
+    return state

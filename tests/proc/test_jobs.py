@@ -1,0 +1,386 @@
+"""Process-level proof of the jobs promise: jobs outlive batchd and are found again.
+
+A real batchd (`python -m supervisor.batchd`), the real batchctl, real adaptors running
+`shell` jobs (the command adaptor) and real SIGKILLs. Small timings: heartbeat 0.2 s,
+stale_after 1 s, dead_after 3 s, kill_grace 1 s. Every wait is a condition polled with a
+generous deadline; fixed sleeps never prove anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor._layout import READY, RESULT, SENTINEL, Layout, read_record
+from supervisor._proc import alive
+from supervisor._queue import JobQueue
+
+ROOT = Path(__file__).resolve().parents[2]
+DEADLINE = 60.0
+DEAD_AFTER = 3.0
+
+CONFIG = """\
+state_dir: {state}
+log: {{level: info, format: json, file: {log}}}
+launcher: direct
+scheduler: {{max_concurrent_jobs: 8, heartbeat_interval: 0.2, stale_after: 1,
+            dead_after: {dead_after}, kill_grace: 1}}
+workers:
+  scheduler: {{startsecs: 0.1, stopwaitsecs: 5}}
+  locks: {{startsecs: 0.1, stopwaitsecs: 5}}
+  reaper: {{startsecs: 0.1, stopwaitsecs: 5}}
+  callbacks: {{startsecs: 0.1, stopwaitsecs: 5}}
+"""
+
+#: 100 numbered lines over about 5 s.
+LINES_5S = 'for i in $(seq 1 100); do echo "line $i"; sleep 0.05; done'
+EXPECTED = "".join(f"line {i}\n" for i in range(1, 101))
+
+
+def until(what: str, check: Callable[[], Any], deadline: float = DEADLINE) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `deadline`."""
+    end = time.monotonic() + deadline
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+class Env:
+    """A state dir and config, a batchd to start and SIGKILL, batchctl, the job files."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.state = tmp_path / "state"
+        self.log = tmp_path / "batchd.log"
+        self.config = tmp_path / "batchd.yaml"
+        self.config.write_text(CONFIG.format(state=self.state, log=self.log,
+                                             dead_after=DEAD_AFTER))
+        self.layout = Layout(self.state)
+        self.batchd: subprocess.Popen[bytes] | None = None
+        self.scheduler_pid = 0
+
+    # -- batchd ---------------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        """Start batchd; return the scheduler's ready record once this batchd's is there."""
+        assert self.batchd is None or self.batchd.poll() is not None
+        self.batchd = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.batchd", "-c", str(self.config)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self.wait_scheduler()
+
+    def wait_scheduler(self) -> dict[str, Any]:
+        """The ready record of a scheduler newer than the last one seen, child of our batchd."""
+        assert self.batchd is not None
+        batchd = self.batchd
+
+        def ready() -> dict[str, Any] | None:
+            assert batchd.poll() is None, f"batchd exited {batchd.returncode}"
+            rec = read_record(READY, self.layout.ready_file("scheduler"), owner=False)
+            if (isinstance(rec, dict) and rec["pid"] != self.scheduler_pid
+                    and alive(rec["pid"], rec["start"]) and _ppid(rec["pid"]) == batchd.pid):
+                return rec
+            return None
+
+        rec: dict[str, Any] = until("the scheduler's ready record", ready)
+        self.scheduler_pid = rec["pid"]
+        return rec
+
+    def kill9(self) -> None:
+        """SIGKILL batchd (its workers die with it); jobs must live on."""
+        assert self.batchd is not None
+        self.batchd.kill()
+        self.batchd.wait(DEADLINE)
+        until("the scheduler to die with batchd", lambda: not alive(self.scheduler_pid, None))
+
+    def close(self) -> None:
+        if self.batchd is not None and self.batchd.poll() is None:
+            self.batchd.kill()
+            self.batchd.wait(DEADLINE)
+        for pid in self.job_pids():
+            os.kill(pid, signal.SIGKILL)
+
+    # -- batchctl and the state ---------------------------------------------------------------
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        run = subprocess.run(
+            [sys.executable, "-m", "supervisor.batchctl", "-c", str(self.config), *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE, check=False)
+        if check:
+            assert 0 == run.returncode, f"batchctl {' '.join(args)}: {run.stderr}"
+        return run
+
+    def submit(self, job_id: str, prompt: str, *extra: str) -> None:
+        self.ctl("submit", "--agent", "shell", "--id", job_id, "--prompt", prompt, *extra)
+
+    def record(self, job_id: str) -> dict[str, Any]:
+        rec: dict[str, Any] = json.loads(self.ctl("status", job_id, "--json").stdout)
+        return rec
+
+    def entry(self, job_id: str) -> dict[str, Any] | None:
+        """The job's WAL entry (every field the scheduler wrote), read-only."""
+        if not self.layout.wal_dir.is_dir():
+            return None
+        queue = JobQueue.open(self.layout.wal_dir, readonly=True)
+        try:
+            return queue.get(job_id)
+        finally:
+            queue.close()
+
+    def state_of(self, job_id: str) -> str | None:
+        entry = self.entry(job_id)
+        return None if entry is None else str(entry["state"])
+
+    def wait_state(self, job_id: str, *states: str, deadline: float = DEADLINE) -> None:
+        until(f"job {job_id} to be {'/'.join(states)}",
+              lambda: self.state_of(job_id) in states, deadline)
+
+    def stats(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.ctl("stats", "--json").stdout)
+        return doc
+
+    def output(self, job_id: str) -> str:
+        try:
+            return self.layout.job_output(job_id).read_text()
+        except FileNotFoundError:
+            return ""
+
+    def lines(self, job_id: str) -> int:
+        return self.output(job_id).count("\n")
+
+    def sentinel(self, job_id: str) -> dict[str, Any] | None:
+        rec = read_record(SENTINEL, self.layout.job_sentinel(job_id), owner=False)
+        return rec if isinstance(rec, dict) else None
+
+    def job_pids(self, job_id: str | None = None) -> list[int]:
+        """Live processes of this state dir's jobs (of one job): their env says so."""
+        jobs = str(self.layout.jobs_dir).encode()
+        want = (b"BATCHD_JOB_DIR=" + jobs + b"/" + job_id.encode()) if job_id else None
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or not alive(int(name), None):
+                continue
+            for var in _environ(int(name)):
+                if (var == want) if want else var.startswith(b"BATCHD_JOB_DIR=" + jobs + b"/"):
+                    found.append(int(name))
+                    break
+        return found
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(raw[raw.rfind(b")") + 2:].split()[1])
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.close()
+
+
+def _five_jobs(env: Env) -> list[str]:
+    ids = [f"five-{i}" for i in range(5)]
+    jsonl = env.state.parent / "five.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "agent": "shell", "prompt": LINES_5S}) + "\n"
+                             for i in ids))
+    env.ctl("submit", "--from", str(jsonl))
+    until("five running jobs", lambda: all(env.state_of(i) == "running" for i in ids))
+    return ids
+
+
+def _assert_five_done(env: Env, ids: list[str]) -> None:
+    for job_id in ids:
+        env.wait_state(job_id, "completed", "failed", "lost", "timed_out", "cancelled")
+    for job_id in ids:
+        rec, entry = env.record(job_id), env.entry(job_id)
+        assert entry is not None
+        assert ("completed", 1, None) == (rec["state"], rec["attempts"], rec["pid"])
+        assert EXPECTED == env.output(job_id)
+        assert entry.get("reattached", 0) >= 1, f"{job_id} was never re-attached"
+    assert env.stats()["recovered"] >= 5
+    until("no process of any job", lambda: [] == env.job_pids())
+
+
+def test_jobs_survive_batchd_sigkilled_twice(env: Env) -> None:
+    """Five 5-second jobs; batchd SIGKILLed twice and restarted: all complete, each output
+    has every line once and in order, each job was started once and re-attached."""
+    env.start()
+    ids = _five_jobs(env)
+    for at_least in (20, 50):
+        until(f"{at_least} lines of output", lambda n=at_least: all(  # type: ignore[misc]
+            env.lines(i) >= n for i in ids))
+        env.kill9()
+        did = env.start()["did"]
+        assert (5, 0) == (did["reattached"] + did["stale"] + did["finalized"], did["lost"])
+    _assert_five_done(env, ids)
+
+
+def test_jobs_survive_the_scheduler_sigkilled(env: Env) -> None:
+    """The same with the scheduler worker alone SIGKILLed (batchd restarts it) twice."""
+    env.start()
+    ids = _five_jobs(env)
+    for at_least in (20, 50):
+        until(f"{at_least} lines of output", lambda n=at_least: all(  # type: ignore[misc]
+            env.lines(i) >= n for i in ids))
+        os.kill(env.scheduler_pid, signal.SIGKILL)
+        env.wait_scheduler()
+    _assert_five_done(env, ids)
+
+
+LOOP = "while true; do sleep 0.2; done"
+
+
+def test_a_killed_adaptor_is_lost_and_leaves_no_process(env: Env) -> None:
+    """SIGKILL of a job's adaptor: the job is `lost` within dead_after (plus slack), and
+    its agent (the sh and its sleep, left in the group) is killed too."""
+    env.start()
+    env.submit("orphan", LOOP)
+    env.wait_state("orphan", "running")
+    sentinel = until("the agent's pid", lambda: (s := env.sentinel("orphan")) and
+                     s["agent_pid"] and s)
+    os.kill(sentinel["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    env.wait_state("orphan", "lost", deadline=DEAD_AFTER + 30)
+    assert time.monotonic() - killed >= DEAD_AFTER - 1.0
+    rec = env.record("orphan")
+    assert ("lost", None) == (rec["state"], rec["pid"])
+    assert rec["reason"].startswith("lost: no heartbeat")
+    until("no process of the lost job", lambda: [] == env.job_pids("orphan"))
+    assert 1 == env.stats()["lost"]
+
+
+def test_a_killed_agent_fails_the_job_naming_signal_9(env: Env) -> None:
+    """SIGKILL of the agent (the sh): failed, reason "killed by signal 9"."""
+    env.start()
+    env.submit("agentkill", LOOP)
+    sentinel = until("the agent's pid", lambda: (s := env.sentinel("agentkill")) and
+                     s["agent_pid"] and s)
+    os.kill(sentinel["agent_pid"], signal.SIGKILL)
+    env.wait_state("agentkill", "failed")
+    rec = env.record("agentkill")
+    assert ("failed", "killed by signal 9", None) == (rec["state"], rec["reason"],
+                                                     rec["exit_code"])
+    until("no process of the job", lambda: [] == env.job_pids("agentkill"))
+
+
+def test_cancel_running_and_cancel_while_the_scheduler_is_stopped(env: Env) -> None:
+    """cancel of a running job -> cancelled, no process left; a cancel written while the
+    scheduler is stopped is carried out when it is started again."""
+    env.start()
+    env.submit("c1", LOOP)
+    env.submit("c2", LOOP)
+    env.wait_state("c1", "running")
+    env.wait_state("c2", "running")
+    env.ctl("cancel", "c1")
+    env.wait_state("c1", "cancelled")
+    rec = env.record("c1")
+    assert ("cancelled", "cancelled by operator") == (rec["state"], rec["reason"])
+    until("no process of c1", lambda: [] == env.job_pids("c1"))
+
+    env.ctl("stop", "scheduler")
+    env.ctl("cancel", "c2")
+    assert env.job_pids("c2") and "running" == env.state_of("c2")
+    env.ctl("start", "scheduler")
+    env.wait_state("c2", "cancelled")
+    until("no process of c2", lambda: [] == env.job_pids("c2"))
+    assert 2 == env.stats()["cancelled"]
+
+
+def test_timeout_is_kept_while_batchd_is_down(env: Env) -> None:
+    """--timeout 1s on `sleep 30`, batchd SIGKILLed as soon as the job runs: the adaptor
+    ends the job on time by itself; the restarted batchd records it timed_out."""
+    env.start()
+    env.submit("late", "sleep 30", "--timeout", "1s")
+    env.wait_state("late", "running")
+    env.kill9()
+    result = until("the adaptor's result", lambda: isinstance(
+        r := read_record(RESULT, env.layout.job_result("late"), owner=False), dict) and r,
+        deadline=20)
+    assert ("timed_out", True) == (result["reason"], result["timed_out"])
+    assert result["duration_s"] < 10
+    until("no process of the job", lambda: [] == env.job_pids("late"))
+    ready = env.start()
+    assert 1 == ready["did"]["finalized"]
+    rec = env.record("late")
+    assert ("timed_out", "timed out after 1s") == (rec["state"], rec["reason"])
+
+
+def test_tail_follow_across_a_batchd_restart(env: Env) -> None:
+    """`batchctl tail -f` started with the job and kept across a batchd SIGKILL + restart
+    prints every line exactly once and ends with the job."""
+    env.start()
+    env.submit("tailed", LOOP.replace("while true", "for i in $(seq 1 60)").replace(
+        "sleep 0.2", 'echo "line $i"; sleep 0.05'))
+    env.wait_state("tailed", "running")
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.batchctl", "-c", str(env.config),
+         "tail", "tailed", "-n", "1000", "-f"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        until("some output", lambda: env.lines("tailed") >= 15)
+        env.kill9()
+        until("more output with batchd down", lambda: env.lines("tailed") >= 30)
+        env.start()
+        out, err = tail.communicate(timeout=DEADLINE)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()
+    assert 0 == tail.returncode, err
+    assert "".join(f"line {i}\n" for i in range(1, 61)) == out
+    assert "completed" == env.record("tailed")["state"]
+
+
+@pytest.mark.chaos
+def test_chaos_random_kills_during_dispatch_and_run(env: Env) -> None:
+    """Twenty 1-second jobs through four slots while batchd or the scheduler is SIGKILLed at
+    random moments a dozen times (mid-dispatch included): every job completes with its
+    output exactly once (no agent ever ran twice), and nothing is left running."""
+    import random
+
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", "7")))
+    env.config.write_text(env.config.read_text().replace("max_concurrent_jobs: 8",
+                                                         "max_concurrent_jobs: 4"))
+    env.start()
+    ids = [f"chaos-{i:02d}" for i in range(20)]
+    prompt = 'for i in $(seq 1 40); do echo "line $i"; sleep 0.025; done'
+    jsonl = env.state.parent / "chaos.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "agent": "shell", "prompt": prompt}) + "\n"
+                             for i in ids))
+    env.ctl("submit", "--from", str(jsonl))
+    for _ in range(12):
+        time.sleep(rng.uniform(0.0, 0.6))
+        if rng.random() < 0.5:
+            env.kill9()
+            env.start()
+        else:
+            os.kill(env.scheduler_pid, signal.SIGKILL)
+            env.wait_scheduler()
+    for job_id in ids:
+        env.wait_state(job_id, "completed", "failed", "lost", "timed_out", "cancelled",
+                       deadline=120)
+    expected = "".join(f"line {i}\n" for i in range(1, 41))
+    assert {i: ("completed", expected) for i in ids} \
+        == {i: (env.record(i)["state"], env.output(i)) for i in ids}
+    until("no process of any job", lambda: [] == env.job_pids())
