@@ -18,7 +18,13 @@ from typing import Any
 
 from supervisor._atomic import ensure_dir
 from supervisor._ctl_out import EXIT_FAILED, EXIT_OK, CtlError, Ctx, age, cell, table
-from supervisor._ctl_state import batchd_pid, open_view, read_startups, read_workers
+from supervisor._ctl_state import (
+    Unreadable,
+    batchd_pid,
+    open_view,
+    read_startups,
+    read_workers,
+)
 from supervisor._jobs import iso_now
 from supervisor._layout import CONTROL, REPLY, Layout, read_record, write_record
 
@@ -119,11 +125,11 @@ def cmd_control(ctx: Ctx, op: str, worker: str | None) -> int:
     if ctx.json:
         ctx.emit(shown)
         if not ok:
-            ctx.note(text)
+            ctx.error(text)
     elif ok:
         ctx.say(text)
     else:
-        ctx.note(text)
+        ctx.error(text)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -189,14 +195,28 @@ def _degraded(workers: list[dict[str, Any]], startups: list[dict[str, Any]]) -> 
 
 
 def summary(ctx: Ctx) -> dict[str, Any]:
-    """The `status` document: daemon, workers (if running), job counts, degraded notes."""
+    """The `status` document: daemon, workers (if running), job counts, degraded notes.
+
+    What cannot be read (the job queue, a corrupt startup log) is one more degraded note,
+    never an error: `status` always answers.
+    """
     pid = batchd_pid(ctx.layout)
     running = pid is not None
     workers = [_worker_entry(w) for w in read_workers(ctx.layout)] if running else []
-    startups = read_startups(ctx.layout) if running else []
-    degraded = _degraded(workers, startups)
-    with open_view(ctx.cfg, ctx.layout) as view:
-        jobs = view.counts()
+    unreadable: list[str] = []
+    startups: list[dict[str, Any]] = []
+    if running:
+        try:
+            startups = read_startups(ctx.layout)
+        except Unreadable as exc:
+            unreadable.append(str(exc))
+    jobs: dict[str, int] = {}
+    try:
+        with open_view(ctx.cfg, ctx.layout) as view:
+            jobs = view.counts()
+    except Unreadable as exc:
+        unreadable.append(str(exc))
+    degraded = _degraded(workers, startups) + unreadable
     return {"batchd": {"running": running, "pid": pid}, "workers": workers,
             "jobs": jobs, "degraded": degraded}
 
@@ -228,7 +248,7 @@ def _kv(d: object) -> str:
 
 
 def cmd_startup_log(ctx: Ctx) -> int:
-    """`startup-log`: the last startups (oldest first), phase by phase with durations."""
+    """`startup-log`: the last startups (oldest first), phase by phase; corrupt log: exit 1."""
     startups = read_startups(ctx.layout)
     if ctx.json:
         ctx.emit(startups)

@@ -6,6 +6,11 @@ has. `tail -f` reads from that offset to the end of the file on every poll and a
 it by exactly what it printed, so no byte is printed twice or skipped, whatever restarts
 around it: it reads only files. It stops when the job is terminal (its result file
 exists, or the queue says so), after one last read to the end.
+
+Without --json the bytes go out as they are. With --json each command prints ONE
+document, built from the same bytes decoded as UTF-8 (invalid bytes become U+FFFD):
+`output` {"job", "output", "bytes"} (bytes = the raw byte count), `tail` {"job", "lines"}
+(lines without their newline); `tail -f --json` collects until the job ends, then prints.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ __all__ = [
     "cmd_tail",
     "follow",
     "read_from",
+    "split_lines",
     "tail_offset",
 ]
 
@@ -107,10 +113,29 @@ def _output_path(ctx: Ctx, job_id: str) -> Path:
     return Path(record["output_path"] or ctx.layout.job_output(job_id))
 
 
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def split_lines(data: bytes) -> list[str]:
+    """Output bytes as text lines without their newline (a final newline ends the last one)."""
+    if not data:
+        return []
+    lines = _decode(data).split("\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    return lines
+
+
 def cmd_output(ctx: Ctx, job_id: str) -> int:
     """`output JOB`: the whole output so far, bytes as they are (none yet: nothing, exit 0)."""
     path = _output_path(ctx, job_id)
-    read_from(path, 0, ctx.write_bytes)
+    if not ctx.json:
+        read_from(path, 0, ctx.write_bytes)
+        return EXIT_OK
+    chunks: list[bytes] = []
+    size = read_from(path, 0, chunks.append)
+    ctx.emit({"job": job_id, "output": _decode(b"".join(chunks)), "bytes": size})
     return EXIT_OK
 
 
@@ -139,12 +164,16 @@ def cmd_tail(ctx: Ctx, job_id: str, lines: int, follow_: bool) -> int:
     if lines < 0:
         raise CtlError(f"-n must be >= 0, got {lines}", EXIT_USAGE)
     path = _output_path(ctx, job_id)
+    chunks: list[bytes] = []
+    write = chunks.append if ctx.json else ctx.write_bytes
     start, end = tail_offset(path, lines)
     offset = start
     if end > start:
-        offset = _read_range(path, start, end, ctx.write_bytes)
+        offset = _read_range(path, start, end, write)
     if follow_:
-        follow(path, offset, ctx.write_bytes, _Ended(ctx, job_id))
+        follow(path, offset, write, _Ended(ctx, job_id))
+    if ctx.json:
+        ctx.emit({"job": job_id, "lines": split_lines(b"".join(chunks))})
     return EXIT_OK
 
 

@@ -131,8 +131,9 @@ def cmd_cancel(ctx: Ctx, job_id: str) -> int:
 
 def wait_for(ctx: Ctx, job_ids: list[str], timeout: float | None, *,
              clock: Callable[[], float] = time.monotonic,
-             sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]] | None:
-    """The records of `job_ids` once all are terminal; None if `timeout` passed first.
+             sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
+    """The records of `job_ids` once all are terminal, or as they were when `timeout` passed
+    (then some are not terminal: that is how the caller tells a timeout).
 
     An unknown job id raises CtlError (exit 1). Polls the files with a growing interval
     (50 ms to 500 ms), so it keeps working across batchd restarts.
@@ -144,30 +145,35 @@ def wait_for(ctx: Ctx, job_ids: list[str], timeout: float | None, *,
     while True:
         with open_view(ctx.cfg, ctx.layout) as view:
             records = [lookup(view, j) for j in job_ids]
-        if all(r["state"] in TERMINAL for r in records):
+        if _all_ended(records) or (deadline is not None and clock() >= deadline):
             return records
-        if deadline is not None and clock() >= deadline:
-            return None
         pause = interval if deadline is None else min(interval, max(0.0, deadline - clock()))
         sleep(pause)
         interval = min(interval * 1.5, 0.5)
 
 
+def _all_ended(records: list[dict[str, Any]]) -> bool:
+    return all(r["state"] in TERMINAL for r in records)
+
+
 def cmd_wait(ctx: Ctx, job_ids: list[str], timeout: str | None) -> int:
-    """`wait JOB... [--timeout D]`: 0 all completed, 1 any other end, 124 timed out."""
+    """`wait JOB... [--timeout D]`: 0 all completed, 1 any other end, 124 timed out.
+
+    --json prints the records (their current state) in every outcome, timeout included.
+    """
     limit = None if timeout is None else duration_arg(timeout, "--timeout")
     records = wait_for(ctx, job_ids, limit)
-    if records is None:
-        with open_view(ctx.cfg, ctx.layout) as view:
-            left = [r for r in (lookup(view, j) for j in job_ids) if r["state"] not in TERMINAL]
-        ctx.note(f"timed out after {limit:g}s waiting for: "
-                 + ", ".join(f"{r['id']} ({r['state']})" for r in left))
-        return EXIT_TIMEOUT
+    ended = _all_ended(records)
     if ctx.json:
         ctx.emit(records)
-    else:
+    elif ended:
         for line in table((r["id"], r["state"], r["reason"] or "") for r in records):
             ctx.say(line)
+    if not ended:
+        left = ", ".join(f"{r['id']} ({r['state']})" for r in records
+                         if r["state"] not in TERMINAL)
+        ctx.error(f"timed out after {limit:g}s waiting for: {left}")
+        return EXIT_TIMEOUT
     return EXIT_OK if all(r["state"] == "completed" for r in records) else EXIT_FAILED
 
 

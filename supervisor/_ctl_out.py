@@ -20,6 +20,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
+    "PROG",
     "CtlError",
     "Ctx",
     "age",
@@ -33,6 +34,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
+
+#: The prefix of every error message on stderr ("batchctl: no such job: x"), as Unix tools do.
+PROG = "batchctl"
 
 
 class CtlError(Exception):
@@ -60,6 +64,10 @@ class Ctx:
     def note(self, line: str) -> None:
         """One line for the operator on stderr (never part of a --json document)."""
         self.err.write(line + "\n")
+
+    def error(self, line: str) -> None:
+        """One error line on stderr, prefixed with the program name ("batchctl: ...")."""
+        self.err.write(f"{PROG}: {line}\n")
 
     def emit(self, doc: Any) -> None:
         """The one JSON document of a --json command."""

@@ -6,17 +6,25 @@ scheduler appends) and the submissions still waiting in `scheduler/inbox/` (the 
 has not enqueued them yet; they are shown as `queued`). A request file that is half
 written cannot be seen (files arrive by rename); one that cannot be parsed is skipped
 here and left for its owner, the scheduler, to quarantine.
+
+What cannot be read is never shown as empty: a job queue or inbox that exists but cannot
+be opened (not a directory, unreadable, not understood) and a corrupt startup log raise
+`Unreadable` (exit 1) naming the file and why; batchctl leaves the file where it is (its
+owner quarantines it).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from supervisor._atomic import is_tmp_name
+from supervisor._atomic import Corrupt, Missing, is_tmp_name
 from supervisor._config import Config
+from supervisor._ctl_out import CtlError
 from supervisor._instance import probe
 from supervisor._layout import (
     REPOS,
@@ -26,7 +34,8 @@ from supervisor._layout import (
     Layout,
     read_record,
 )
-from supervisor._queue import JOB_STATES, TERMINAL_STATES, JobQueue
+from supervisor._queue import JOB_STATES, TERMINAL_STATES, JobQueue, QueueError
+from supervisor._wal import WalError
 
 __all__ = [
     "JOB_STATES",
@@ -35,7 +44,9 @@ __all__ = [
     "JobView",
     "Pending",
     "QueueReader",
+    "Unreadable",
     "batchd_pid",
+    "open_queue",
     "open_view",
     "read_pending",
     "read_registered_repos",
@@ -49,6 +60,15 @@ TERMINAL: frozenset[str] = TERMINAL_STATES
 #: The counters of `stats` (CONTRACT.md), zero when the queue has none.
 STAT_KEYS: tuple[str, ...] = (
     "submitted", "completed", "failed", "cancelled", "timed_out", "lost", "recovered")
+
+
+class Unreadable(CtlError):
+    """State that exists but that batchctl cannot read (exit 1); the message says which, why."""
+
+
+def _why(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def batchd_pid(layout: Layout) -> int | None:
@@ -65,11 +85,22 @@ def read_workers(layout: Layout) -> list[dict[str, Any]]:
 
 
 def read_startups(layout: Layout) -> list[dict[str, Any]]:
-    """The startup log's entries, oldest first ([] if missing or unreadable)."""
+    """The startup log's entries, oldest first ([] if there is none yet).
+
+    A corrupt log raises Unreadable: batchctl is not its owner, so it leaves the file in
+    place; batchd (the owner) moves it aside at its next start.
+    """
     rec = read_record(STARTUP_LOG, layout.startup_log, owner=False)
-    if not isinstance(rec, dict) or not isinstance(rec.get("startups"), list):
+    if isinstance(rec, Missing):
         return []
-    return [s for s in rec["startups"] if isinstance(s, dict)]
+    if isinstance(rec, Corrupt):
+        reason = rec.reason
+    elif not isinstance(rec["startups"], list):
+        reason = "startups is not a list"
+    else:
+        return [s for s in rec["startups"] if isinstance(s, dict)]
+    raise Unreadable(f"{layout.startup_log.name} is corrupt ({reason}); "
+                     "batchd moves it aside at its next start")
 
 
 def read_registered_repos(layout: Layout) -> frozenset[str]:
@@ -105,7 +136,10 @@ class Pending:
 
 
 def read_pending(layout: Layout) -> Pending:
-    """Parse every request in `scheduler/inbox/`, oldest first (by mtime, as the scheduler)."""
+    """Parse every request in `scheduler/inbox/`, oldest first (by mtime, as the scheduler).
+
+    No inbox yet: nothing pending. An inbox that cannot be listed raises Unreadable.
+    """
     folder = layout.inbox("scheduler")
     stamped: list[tuple[int, str]] = []
     try:
@@ -119,6 +153,8 @@ def read_pending(layout: Layout) -> Pending:
                     continue
     except FileNotFoundError:
         return Pending()
+    except OSError as exc:
+        raise Unreadable(f"cannot read the scheduler's inbox at {folder}: {_why(exc)}") from None
     pending = Pending()
     for _, name in sorted(stamped):
         rec = read_record(REQUEST, folder / name, owner=False)
@@ -228,14 +264,37 @@ class JobView:
         return out
 
 
+def open_queue(path: Path) -> QueueReader | None:
+    """The job queue at `path` opened read-only; None if batchd never created it.
+
+    Anything else that stops the read (not a directory, no permission, a log the queue
+    cannot understand) raises Unreadable: an unreadable queue is never shown as empty.
+    """
+    def unreadable(why: str) -> Unreadable:
+        return Unreadable(f"cannot read the job queue at {path}: {why}")
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise unreadable(_why(exc)) from None
+    if not stat.S_ISDIR(mode):
+        raise unreadable("it is not a directory")
+    try:
+        return JobQueue.open(path, readonly=True)
+    except OSError as exc:
+        raise unreadable(_why(exc)) from None
+    except (QueueError, WalError) as exc:
+        raise unreadable(str(exc)) from None
+
+
 def open_view(cfg: Config, layout: Layout) -> JobView:
     """Read the pending submissions, then open the job queue read-only (none yet: empty).
 
     The inbox is read FIRST: the scheduler enqueues a job before it removes its request,
-    so a job cannot slip between the two reads and look unknown.
+    so a job cannot slip between the two reads and look unknown. Unreadable if either
+    cannot be read.
     """
     pending = read_pending(layout)
-    queue: QueueReader | None = None
-    if layout.wal_dir.is_dir():
-        queue = JobQueue.open(layout.wal_dir, readonly=True)
-    return JobView(cfg, layout, queue, pending)
+    return JobView(cfg, layout, open_queue(layout.wal_dir), pending)

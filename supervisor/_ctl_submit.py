@@ -1,10 +1,21 @@
 """`batchctl submit`: validate jobs at the door, then hand them to the scheduler in one file.
 
 Everything is checked before anything is written: agent known, repositories known (config
-plus the `repo add` registry), callback http(s) with a host, non-empty prompt, timeout a
-positive duration, id well formed and not in use (in the file, the queue, or a submission
-still pending in the inbox), no unknown keys, right types. A bad `--from` line names the
-file and line ("jobs.jsonl:7: unknown agent 'cluade'") and queues nothing (exit 2).
+plus the `repo add` registry), callback an http(s) URL with a host, a valid port and no
+whitespace or control character, non-empty prompt, timeout a positive duration, id well
+formed and not in use (in the file, the queue, or a submission still pending in the
+inbox), no unknown or duplicate keys, right types. A bad `--from` line names the file and
+line ("jobs.jsonl:7: unknown agent 'cluade'") and queues nothing (exit 2). A job queue
+that cannot be read is exit 1: duplicates could not be checked.
+
+Duplicate ids across concurrent submitters: the check ("read the ids in use: inbox first,
+then queue") and the write of the request happen under an exclusive flock on
+`scheduler/submit.lock`, so two submitters cannot both see an id free and both write it.
+The scheduler enqueues a request's jobs before it removes the request, so under the lock
+every id in use is in the inbox or in the queue when it is read. The lock file is created
+empty (O_CREAT) and never written, replaced or removed; the kernel drops the flock when
+the submitter exits, however it exits, so a crash cannot leave it held; a lock file lost
+to a power cut is simply created again.
 
 Durability: all jobs of one invocation go into ONE request file
 `scheduler/inbox/<request id>.json`, written by write_record (temp file, fsync, rename,
@@ -17,12 +28,18 @@ checked with cached URL and duration checks, and there is a single fsync per sub
 
 from __future__ import annotations
 
+import codecs
+import fcntl
 import json
+import os
+import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +59,7 @@ __all__ = [
     "cmd_submit",
     "known_repos",
     "parse_jsonl",
+    "submit_lock",
     "write_submission",
 ]
 
@@ -72,15 +90,31 @@ def _expect(key: str, value: object, kinds: tuple[type, ...], what: str) -> None
         raise JobError(f"{key} must be {what}, found {_tname(value)}")
 
 
+#: Whitespace (Unicode too) and C0/C1 control characters: never part of a callback URL.
+_URL_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
 def _url_problem(url: str) -> str | None:
-    """Why `url` cannot be a callback (only http/https with a host can), or None."""
+    """Why `url` cannot be a callback, or None.
+
+    A callback is http:// or https:// with a non-empty host, a port in 1..65535 if one
+    is given, and no whitespace or control character anywhere.
+    """
+    if _URL_BAD_CHAR.search(url):
+        return f"callback URL {url!r} contains whitespace or a control character"
     try:
         parts = urlsplit(url)
     except ValueError as exc:
         return f"callback URL {url!r} is not a valid URL: {exc}"
-    if parts.scheme in ("http", "https") and parts.hostname:
-        return None
-    return f"callback URL {url!r} must be http:// or https:// with a host"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"callback URL {url!r} must be http:// or https:// with a host"
+    try:
+        port = parts.port
+    except ValueError as exc:
+        return f"callback URL {url!r} has an invalid port: {exc}"
+    if port == 0:
+        return f"callback URL {url!r} has an invalid port: 0"
+    return None
 
 
 class Checker:
@@ -172,17 +206,39 @@ class Checker:
                 "exclusive": exclusive}
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: the object as a dict, or JobError naming a key given twice."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JobError(f"duplicate key {key!r}")
+            seen.add(key)
+    return obj
+
+
+_decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode
+
+
 def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]]:
-    """Every job of a JSONL file, in order; CtlError(exit 2) naming `name:line` otherwise."""
+    """Every job of a JSONL file, in order; CtlError(exit 2) naming `name:line` otherwise.
+
+    A key given twice in one object is refused (JSON would silently keep the last one).
+    Lines are strict UTF-8; a UTF-8 byte order mark at the start of the file is skipped.
+    """
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     jobs: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     check = checker.check
+    decode = _decode_line
     for lineno, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
         try:
             try:
-                obj = json.loads(line)
+                obj = decode(line.decode())
             except UnicodeDecodeError as exc:
                 raise JobError(f"not UTF-8: {exc}") from None
             except json.JSONDecodeError as exc:
@@ -213,6 +269,22 @@ def assign_ids(jobs: list[dict[str, Any]], in_use: frozenset[str], *,
             job_id = f"{prefix}-{token()}"
         taken.add(job_id)
         job["id"] = job_id
+
+
+@contextmanager
+def submit_lock(layout: Layout) -> Iterator[None]:
+    """Hold the exclusive flock on `scheduler/submit.lock` (created empty if missing).
+
+    Blocks while another submitter holds it; released when the block ends (or the
+    process dies).
+    """
+    ensure_dir(layout.submit_lock.parent)
+    fd = os.open(layout.submit_lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
@@ -273,7 +345,11 @@ def _single_job(args: Any) -> dict[str, Any]:
 
 
 def cmd_submit(ctx: Ctx, args: Any) -> int:
-    """`submit ...` or `submit --from FILE.jsonl`: validate all, write one request, print ids."""
+    """`submit ...` or `submit --from FILE.jsonl`: validate all, write one request, print ids.
+
+    Everything but "is the id in use" is checked first, before anything touches the disk.
+    Then, under submit_lock, the ids in use are read and checked and the request written.
+    """
     single: dict[str, Any] | None = None
     data = b""
     if args.from_file is not None:
@@ -284,29 +360,59 @@ def cmd_submit(ctx: Ctx, args: Any) -> int:
         data = _read_input(args.from_file, "jobs file")
     else:
         single = _single_job(args)
-    with open_view(ctx.cfg, ctx.layout) as view:
-        in_use = frozenset(view.known_ids())
-    known = Known(agents=frozenset(ctx.cfg.agents), repos=known_repos(ctx.cfg, ctx.layout),
-                  ids=in_use)
-    checker = Checker(known)
-    if single is not None:
-        try:
-            jobs = [checker.check(single)]
-        except JobError as exc:
-            raise CtlError(str(exc), EXIT_USAGE) from None
-    else:
-        name = "<stdin>" if args.from_file == "-" else args.from_file
-        jobs = parse_jsonl(data, name, checker)
-        if not jobs:
-            ctx.note(f"{name}: no jobs; nothing submitted")
-            if ctx.json:
-                ctx.emit([])
-            return EXIT_OK
-    assign_ids(jobs, in_use)
-    write_submission(ctx.layout, jobs)
+    name = "<stdin>" if args.from_file == "-" else str(args.from_file)
+    jobs = _check_all(ctx, single, name, data)
+    if not jobs:
+        ctx.note(f"{name}: no jobs; nothing submitted")
+        if ctx.json:
+            ctx.emit([])
+        return EXIT_OK
+    with submit_lock(ctx.layout):
+        with open_view(ctx.cfg, ctx.layout) as view:
+            in_use = frozenset(view.known_ids())
+        _refuse_ids_in_use(jobs, in_use, None if single is not None else (name, data))
+        assign_ids(jobs, in_use)
+        write_submission(ctx.layout, jobs)
     ids = [j["id"] for j in jobs]
-    if ctx.json:
-        ctx.emit(ids)
-    else:
+    if not ctx.json:
         ctx.out.write("".join(i + "\n" for i in ids))
+    elif single is not None:
+        ctx.emit({"id": ids[0]})
+    else:
+        ctx.emit(ids)
     return EXIT_OK
+
+
+def _check_all(ctx: Ctx, single: dict[str, Any] | None, name: str,
+               data: bytes) -> list[dict[str, Any]]:
+    """The checked jobs (`single`, or those of `data`, the file `name`), ids not yet given.
+
+    Ids in use are not checked here (see _refuse_ids_in_use): that needs submit_lock.
+    """
+    known = Known(agents=frozenset(ctx.cfg.agents), repos=known_repos(ctx.cfg, ctx.layout),
+                  ids=frozenset())
+    checker = Checker(known)
+    if single is None:
+        return parse_jsonl(data, name, checker)
+    try:
+        return [checker.check(single)]
+    except JobError as exc:
+        raise CtlError(str(exc), EXIT_USAGE) from None
+
+
+def _refuse_ids_in_use(jobs: list[dict[str, Any]], in_use: frozenset[str],
+                       source: tuple[str, bytes] | None) -> None:
+    """CtlError (exit 2) for the first job whose given id is in use; with `source` (the
+    --from file's name and bytes) the message names its line."""
+    if not in_use.intersection(j["id"] for j in jobs if j["id"] is not None):
+        return
+    for index, job in enumerate(jobs):
+        if job["id"] in in_use:
+            where = "" if source is None else f"{source[0]}:{_line_of(source[1], index)}: "
+            raise CtlError(f"{where}job id {job['id']!r} is already in use", EXIT_USAGE)
+
+
+def _line_of(data: bytes, index: int) -> int:
+    """The line number of the job at `index` of a JSONL file (blank lines hold no job)."""
+    job_lines = (n for n, line in enumerate(data.split(b"\n"), 1) if line.strip())
+    return next(islice(job_lines, index, None))

@@ -15,6 +15,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       ready/<worker>.json         worker   record "ready": recovery done (pid, found, did)
       scheduler/inbox/            batchctl requests to the scheduler (submit, cancel)
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
+      scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
       locks/inbox/, locks/state.json          locks worker
       callbacks/inbox/, callbacks/outbox/     callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
@@ -180,6 +181,14 @@ class Layout:
     @property
     def wal_dir(self) -> Path:
         return self.root / "scheduler" / "wal"
+
+    @property
+    def submit_lock(self) -> Path:
+        """flock'ed (exclusive) by `batchctl submit` around its duplicate check and write.
+
+        Created empty with O_CREAT by the first submit; never written, replaced or removed.
+        """
+        return self.root / "scheduler" / "submit.lock"
 
     def worker_state(self, worker: str) -> Path:
         return self.root / worker / "state.json"

@@ -4,7 +4,8 @@
 state directory (see supervisor/_ctl_*.py for what each command reads and writes).
 Exit codes: 0 done, 1 failed or not found (control commands and `workers` when batchd is
 not running), 2 usage or configuration error, 124 `wait` timed out. An operator mistake is
-a message on stderr, never a traceback.
+a message on stderr prefixed with the program name ("batchctl: no such job: x"), never a
+traceback.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from supervisor._ctl_jobs import (
     cmd_status_job,
     cmd_wait,
 )
-from supervisor._ctl_out import EXIT_FAILED, EXIT_USAGE, CtlError, Ctx
+from supervisor._ctl_out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor._ctl_state import JOB_STATES
 from supervisor._ctl_submit import cmd_submit
 from supervisor._layout import WORKER_NAMES, Layout
 from supervisor._queue import QueueError
+from supervisor._wal import WalError
 
 __all__ = ["build_parser", "main"]
 
@@ -166,14 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load(args.config)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     ctx = Ctx(cfg=cfg, layout=Layout(cfg.state_dir), json=args.json)
     try:
         code: int = args.run(ctx, args)
         sys.stdout.flush()
     except CtlError as exc:
-        print(exc, file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
@@ -183,10 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"batchctl: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"{PROG}: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILED
-    except QueueError as exc:
-        print(f"batchctl: cannot read the job queue in {ctx.layout.wal_dir}: {exc}",
+    except (QueueError, WalError) as exc:   # a read after the queue opened fine
+        print(f"{PROG}: cannot read the job queue at {ctx.layout.wal_dir}: {exc}",
               file=sys.stderr)
         return EXIT_FAILED
     return code

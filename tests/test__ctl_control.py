@@ -168,7 +168,7 @@ def test_control_refused_exits_1_with_message(ctx: Ctx, holder: Holder) -> None:
         assert EXIT_FAILED == cmd_control(ctx, "start", "locks")
     finally:
         parent.stop()
-    assert ("", "locks: no such worker\n") == (_out(ctx), _err(ctx))
+    assert ("", "batchctl: locks: no such worker\n") == (_out(ctx), _err(ctx))
 
 
 def test_control_json_prints_the_reply(ctx: Ctx, holder: Holder) -> None:
@@ -307,3 +307,37 @@ def test_startup_log_json_is_the_list_of_startups(ctx: Ctx) -> None:
     human = Ctx(cfg=ctx.cfg, layout=ctx.layout, out=io.StringIO(), err=io.StringIO())
     cmd_startup_log(human)
     assert "scheduler  ok  3 ms  found jobs=2" in _out(human)
+
+
+def test_startup_log_corrupt_is_exit_1_and_not_moved(ctx: Ctx) -> None:
+    """A corrupt startup log is an error naming it; batchctl (not the owner) leaves it."""
+    ctx.layout.startup_log.write_text("{garbage")
+    with pytest.raises(CtlError) as info:
+        cmd_startup_log(ctx)
+    message = str(info.value)
+    assert (EXIT_FAILED, True, True, ["startup-log.json"]) == (
+        info.value.code, message.startswith("startup-log.json is corrupt (not valid JSON: "),
+        message.endswith("); batchd moves it aside at its next start"),
+        os.listdir(ctx.layout.root))
+
+
+def test_startup_log_of_another_schema_is_corrupt(ctx: Ctx) -> None:
+    """Valid JSON that is no startup log (wrong schema, startups not a list) is corrupt too."""
+    ctx.layout.startup_log.write_text('{"startups": []}')
+    with pytest.raises(CtlError) as info:
+        cmd_startup_log(ctx)
+    assert "startup-log.json is corrupt (schema is None, expected 'batchd.startup_log'); " \
+        "batchd moves it aside at its next start" == str(info.value)
+    write_record(STARTUP_LOG, ctx.layout.startup_log, {"startups": {"a": 1}})
+    with pytest.raises(CtlError) as info:
+        cmd_startup_log(ctx)
+    assert str(info.value).startswith("startup-log.json is corrupt (startups is not a list)")
+
+
+def test_status_summary_reports_a_corrupt_startup_log_as_degraded(ctx: Ctx,
+                                                                  holder: Holder) -> None:
+    """status still answers while batchd runs; the corrupt startup log is a degraded note."""
+    ctx.layout.startup_log.write_text("{garbage")
+    [note] = summary(ctx)["degraded"]
+    assert (True, True) == (note.startswith("startup-log.json is corrupt ("),
+                            ctx.layout.startup_log.exists())

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import io
+import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from supervisor._atomic import ensure_dir
 from supervisor._config import Config
-from supervisor._ctl_follow import cmd_output, cmd_tail, follow, read_from, tail_offset
+from supervisor._ctl_follow import (
+    cmd_output,
+    cmd_tail,
+    follow,
+    read_from,
+    split_lines,
+    tail_offset,
+)
 from supervisor._ctl_out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor._ctl_submit import write_submission
 from supervisor._layout import RESULT, Layout, write_record
@@ -31,6 +41,12 @@ def _ctx(tmp_path: Path) -> tuple[Ctx, io.BytesIO]:
     out = io.TextIOWrapper(raw, encoding="utf-8")
     cfg = Config(state_dir=state, workspace_dir=state / "ws")
     return Ctx(cfg=cfg, layout=Layout(state), out=out, err=io.StringIO()), raw
+
+
+def _doc(ctx: Ctx, raw: io.BytesIO) -> Any:
+    """The one JSON document the command printed."""
+    ctx.out.flush()
+    return json.loads(raw.getvalue())
 
 
 def _pending_job(ctx: Ctx, job_id: str) -> Path:
@@ -145,3 +161,58 @@ def test_cmd_tail_refuses_negative_count(tmp_path: Path) -> None:
     with pytest.raises(CtlError) as info:
         cmd_tail(ctx, "j1", -1, False)
     assert EXIT_USAGE == info.value.code
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"", []),
+    (b"a\nb\n", ["a", "b"]),
+    (b"a\n\nb", ["a", "", "b"]),
+    (b"\n", [""]),
+    (b"caf\xc3\xa9 \xff\r\n", ["caf\u00e9 \ufffd\r"]),
+])
+def test_split_lines_keeps_line_count_and_replaces_bad_bytes(data: bytes,
+                                                             expected: list[str]) -> None:
+    """Lines split on newline only (as tail counts them); invalid UTF-8 becomes U+FFFD."""
+    assert expected == split_lines(data)
+
+
+def test_cmd_output_json_is_one_object(tmp_path: Path) -> None:
+    """output --json: {"job", "output" (decoded, bad bytes replaced), "bytes" (raw count)}."""
+    ctx, raw = _ctx(tmp_path)
+    ctx.json = True
+    _pending_job(ctx, "j1").write_bytes(b"hello\n\xff\x00 bin")
+    assert EXIT_OK == cmd_output(ctx, "j1")
+    assert {"job": "j1", "output": "hello\n\ufffd\x00 bin", "bytes": 12} == _doc(ctx, raw)
+
+
+def test_cmd_tail_json_is_one_object(tmp_path: Path) -> None:
+    """tail --json: {"job", "lines"} with the last N lines, without newlines."""
+    ctx, raw = _ctx(tmp_path)
+    ctx.json = True
+    _pending_job(ctx, "j1").write_bytes(_lines(30))
+    assert EXIT_OK == cmd_tail(ctx, "j1", 3, False)
+    assert {"job": "j1", "lines": ["line 28", "line 29", "line 30"]} == _doc(ctx, raw)
+
+
+def test_cmd_tail_follow_json_prints_one_document_when_the_job_ends(tmp_path: Path) -> None:
+    """tail -f --json: the last lines plus all appended ones, in ONE document at the end."""
+    ctx, raw = _ctx(tmp_path)
+    ctx.json = True
+    out = _pending_job(ctx, "j1")
+    out.write_bytes(_lines(5))
+
+    def finish() -> None:
+        with open(out, "ab") as f:
+            f.write(b"more \xe2\x82")      # a character that may reach a poll split in two
+            f.flush()
+            f.write(b"\xac\nend")
+        write_record(RESULT, ctx.layout.job_result("j1"),
+                     {"id": "j1", "exit_code": 0, "finished_at": "2026-01-01T00:00:00Z"})
+
+    timer = threading.Timer(0.3, finish)
+    timer.start()
+    try:
+        assert EXIT_OK == cmd_tail(ctx, "j1", 2, True)
+    finally:
+        timer.cancel()
+    assert {"job": "j1", "lines": ["line 4", "line 5", "more \u20ac", "end"]} == _doc(ctx, raw)

@@ -173,7 +173,7 @@ def test_wait_exit_codes(ctx: Ctx) -> None:
     assert EXIT_FAILED == cmd_wait(ctx, ["a", "b"], None)
     assert EXIT_TIMEOUT == cmd_wait(ctx, ["a", "c"], "100ms")
     assert isinstance(ctx.err, io.StringIO)
-    assert "timed out after 0.1s waiting for: c (running)\n" == ctx.err.getvalue()
+    assert "batchctl: timed out after 0.1s waiting for: c (running)\n" == ctx.err.getvalue()
 
 
 def test_wait_sees_a_job_finish_while_it_waits(ctx: Ctx) -> None:
@@ -228,3 +228,39 @@ def test_stats_reads_queue_counters_and_restarts(ctx: Ctx) -> None:
     assert EXIT_OK == cmd_stats(ctx)
     assert {"submitted", "completed", "failed", "cancelled", "timed_out", "lost", "recovered",
             "restarts"} <= set(_json(ctx))
+
+
+def test_wait_json_prints_records_in_every_outcome(ctx: Ctx) -> None:
+    """--json: the records (current state) on success, failure and timeout alike."""
+    _queue(ctx.layout, (_job("a"), DONE), (_job("b"), FAILED), (_job("c"), RUNNING))
+    ctx.json = True
+    got = []
+    for ids, timeout in ((["a"], None), (["a", "b"], None), (["a", "c"], "50ms")):
+        ctx.out = io.StringIO()
+        code = cmd_wait(ctx, ids, timeout)
+        got.append((code, [(r["id"], r["state"]) for r in _json(ctx)]))
+    assert [(EXIT_OK, [("a", "completed")]),
+            (EXIT_FAILED, [("a", "completed"), ("b", "failed")]),
+            (EXIT_TIMEOUT, [("a", "completed"), ("c", "running")])] == got
+
+
+def test_wait_for_returns_current_records_at_the_deadline(ctx: Ctx) -> None:
+    """At the deadline wait_for returns the records as they are (some not terminal)."""
+    _queue(ctx.layout, (_job("c"), RUNNING))
+    ticks = iter([0.0, 0.0, 5.0, 5.0])
+    records = wait_for(ctx, ["c"], 1.0, clock=lambda: next(ticks), sleep=lambda s: None)
+    assert ["running"] == [r["state"] for r in records]
+
+
+def test_unreadable_queue_fails_job_commands(ctx: Ctx) -> None:
+    """jobs, stats, batches: a queue that cannot be read is exit 1, never an empty answer."""
+    ensure_dir(ctx.layout.wal_dir.parent)
+    ctx.layout.wal_dir.write_text("x")
+    codes = []
+    for run in (lambda: cmd_jobs(ctx, None, None), lambda: cmd_stats(ctx),
+                lambda: cmd_batch(ctx, "b")):
+        with pytest.raises(CtlError) as info:
+            run()
+        codes.append((info.value.code, str(info.value)))
+    why = f"cannot read the job queue at {ctx.layout.wal_dir}: it is not a directory"
+    assert [(EXIT_FAILED, why)] * 3 == codes

@@ -11,6 +11,7 @@ from supervisor._config import Config
 from supervisor._ctl_out import (
     EXIT_FAILED,
     EXIT_USAGE,
+    PROG,
     CtlError,
     Ctx,
     age,
@@ -92,3 +93,11 @@ def test_note_goes_to_stderr_and_emit_to_stdout(tmp_path: Path) -> None:
     ctx.emit({"k": 1})
     assert isinstance(ctx.out, io.StringIO) and isinstance(ctx.err, io.StringIO)
     assert ({"k": 1}, "careful\n") == (json.loads(ctx.out.getvalue()), ctx.err.getvalue())
+
+
+def test_error_is_prefixed_with_the_program_name(tmp_path: Path) -> None:
+    """Ctx.error writes 'batchctl: <message>' on stderr, like other Unix tools."""
+    ctx = _ctx(tmp_path)
+    ctx.error("no such job: x")
+    assert isinstance(ctx.err, io.StringIO)
+    assert ("batchctl: no such job: x\n", "batchctl") == (ctx.err.getvalue(), PROG)

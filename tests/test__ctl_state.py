@@ -6,13 +6,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from supervisor._atomic import ensure_dir
 from supervisor._config import Config
 from supervisor._ctl_state import (
     STAT_KEYS,
     JobView,
     Pending,
+    Unreadable,
     batchd_pid,
+    open_queue,
     open_view,
     read_pending,
     read_registered_repos,
@@ -20,7 +24,7 @@ from supervisor._ctl_state import (
     read_workers,
 )
 from supervisor._jobs import cancel_request, submit_request
-from supervisor._layout import REPOS, REQUEST, WORKERS, Layout, write_record
+from supervisor._layout import REPOS, REQUEST, STARTUP_LOG, WORKERS, Layout, write_record
 
 
 class MemQueue:
@@ -68,10 +72,10 @@ def _drop(layout: Layout, req: dict[str, Any], mtime_ns: int | None = None) -> P
     return path
 
 
-def test_read_workers_and_startups_tolerate_missing_and_corrupt(tmp_path: Path) -> None:
-    """Missing or corrupt files read as empty, and a reader never moves them."""
+def test_read_workers_tolerates_missing_and_corrupt(tmp_path: Path) -> None:
+    """A missing or corrupt workers.json reads as empty, and a reader never moves it."""
     layout = _layout(tmp_path)
-    assert ([], []) == (read_workers(layout), read_startups(layout))
+    assert [] == read_workers(layout)
     layout.workers_file.write_text("{not json")
     assert [] == read_workers(layout)
     assert layout.workers_file.exists()
@@ -142,3 +146,41 @@ def test_open_view_without_a_queue_shows_pending_jobs(tmp_path: Path) -> None:
     _drop(layout, submit_request([{"id": "x1", "agent": "shell"}]))
     with open_view(_cfg(layout), layout) as view:
         assert (None, ["x1"], {"queued": 1}) == (view.queue, view.ids(), view.counts())
+
+
+def test_open_queue_missing_is_none_and_a_plain_file_is_unreadable(tmp_path: Path) -> None:
+    """No WAL folder yet: no queue. A plain file in its place: Unreadable naming path and why."""
+    layout = _layout(tmp_path)
+    assert open_queue(layout.wal_dir) is None
+    layout.wal_dir.write_bytes(b"junk")
+    with pytest.raises(Unreadable) as info:
+        open_queue(layout.wal_dir)
+    assert (1, f"cannot read the job queue at {layout.wal_dir}: it is not a directory") == (
+        info.value.code, str(info.value))
+
+
+def test_open_queue_under_a_plain_file_is_unreadable(tmp_path: Path) -> None:
+    """scheduler/ itself a plain file: the OS error is named, not hidden as 'no queue'."""
+    layout = Layout(tmp_path / "state")
+    ensure_dir(layout.root)
+    layout.worker_dir("scheduler").write_bytes(b"junk")
+    with pytest.raises(Unreadable) as info:
+        open_view(_cfg(layout), layout)
+    assert (f"cannot read the scheduler's inbox at {layout.inbox('scheduler')}: "
+            f"Not a directory ({layout.inbox('scheduler')})") == str(info.value)
+    with pytest.raises(Unreadable) as info:
+        open_queue(layout.wal_dir)
+    assert (f"cannot read the job queue at {layout.wal_dir}: "
+            f"Not a directory ({layout.wal_dir})") == str(info.value)
+
+
+def test_read_startups_missing_is_empty_and_corrupt_raises(tmp_path: Path) -> None:
+    """No log yet: []. A corrupt one: Unreadable, and the file stays where it is."""
+    layout = _layout(tmp_path)
+    assert [] == read_startups(layout)
+    write_record(STARTUP_LOG, layout.startup_log, {"startups": [{"id": "s1"}, 3]})
+    assert [{"id": "s1"}] == read_startups(layout)
+    layout.startup_log.write_text("[1,")
+    with pytest.raises(Unreadable):
+        read_startups(layout)
+    assert "[1," == layout.startup_log.read_text()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from supervisor._ctl_submit import (
     cmd_submit,
     known_repos,
     parse_jsonl,
+    submit_lock,
     write_submission,
 )
 from supervisor._jobs import submit_request
@@ -92,6 +95,22 @@ def test_check_converts_timeout_to_seconds() -> None:
      "callback URL 'ftp://h/x' must be http:// or https:// with a host"),
     ({"agent": "shell", "prompt": "x", "callback": "http:///x"},
      "callback URL 'http:///x' must be http:// or https:// with a host"),
+    ({"agent": "shell", "prompt": "x", "callback": "https://exa mple.com/"},
+     "callback URL 'https://exa mple.com/' contains whitespace or a control character"),
+    ({"agent": "shell", "prompt": "x", "callback": "https://h.example/a\tb"},
+     "callback URL 'https://h.example/a\\tb' contains whitespace or a control character"),
+    ({"agent": "shell", "prompt": "x", "callback": "https://h.example/\x7f"},
+     "callback URL 'https://h.example/\\x7f' contains whitespace or a control character"),
+    ({"agent": "shell", "prompt": "x", "callback": "https://h.example/\u00a0"},
+     "callback URL 'https://h.example/\\xa0' contains whitespace or a control character"),
+    ({"agent": "shell", "prompt": "x", "callback": "http://x:99999/"},
+     "callback URL 'http://x:99999/' has an invalid port: Port out of range 0-65535"),
+    ({"agent": "shell", "prompt": "x", "callback": "http://x:http/"},
+     "callback URL 'http://x:http/' has an invalid port: Port could not be cast"),
+    ({"agent": "shell", "prompt": "x", "callback": "http://x:0/"},
+     "callback URL 'http://x:0/' has an invalid port: 0"),
+    ({"agent": "shell", "prompt": "x", "callback": "http://[::1/"},
+     "callback URL 'http://[::1/' is not a valid URL: Invalid IPv6 URL"),
     ({"agent": "shell", "prompt": "x", "timeout": "5 parsecs"}, "timeout: expected a duration"),
     ({"agent": "shell", "prompt": "x", "timeout": 0}, "timeout 0 must be positive"),
     ({"agent": "shell", "prompt": "x", "timeout": True},
@@ -299,3 +318,85 @@ def test_parse_jsonl_refuses_non_utf8_with_line() -> None:
     with pytest.raises(CtlError) as info:
         parse_jsonl(b'{"agent":"shell","prompt":"\xff"}\n', "j.jsonl", Checker(KNOWN))
     assert str(info.value).startswith("j.jsonl:1: not UTF-8: ")
+
+
+@pytest.mark.parametrize("url", ["http://h.example/cb", "https://h.example:8443/a?b=c#d",
+                                 "http://127.0.0.1:65535/", "http://[::1]:80/x"])
+def test_check_accepts_good_callback_urls(url: str) -> None:
+    """http(s) URLs with a host and a port in range pass as they are."""
+    assert url == Checker(KNOWN).check({"agent": "shell", "prompt": "x", "callback": url})[
+        "callback"]
+
+
+def test_parse_jsonl_refuses_duplicate_keys_with_line() -> None:
+    """A key given twice in one line is refused naming it and the line (not last-wins)."""
+    data = (b'{"agent":"shell","prompt":"a"}\n'
+            b'{"agent":"shell","prompt":"a","id":"x","id":"y"}\n')
+    with pytest.raises(CtlError) as info:
+        parse_jsonl(data, "j.jsonl", Checker(KNOWN))
+    assert (EXIT_USAGE, "j.jsonl:2: duplicate key 'id'") == (info.value.code, str(info.value))
+
+
+def test_parse_jsonl_skips_a_utf8_bom_at_the_start() -> None:
+    """A file saved with a UTF-8 byte order mark still parses from its first line."""
+    data = b'\xef\xbb\xbf{"agent":"shell","prompt":"a"}\n'
+    assert ["a"] == [j["prompt"] for j in parse_jsonl(data, "f", Checker(KNOWN))]
+
+
+def test_cmd_submit_single_json_is_one_object(tmp_path: Path) -> None:
+    """submit --json of one job: {"id": ...}, not an array."""
+    ctx = Ctx(cfg=_ctx(tmp_path).cfg, layout=_ctx(tmp_path).layout, json=True,
+              out=io.StringIO(), err=io.StringIO())
+    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "one")
+    assert {"id": "one"} == json.loads(ctx.out.getvalue())  # type: ignore[attr-defined]
+
+
+def test_submit_lock_file_is_created_empty_and_never_written(tmp_path: Path) -> None:
+    """submit leaves scheduler/submit.lock in place, empty (law 1: nothing is written)."""
+    ctx = _ctx(tmp_path)
+    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "a")
+    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "b")
+    assert (True, 0) == (ctx.layout.submit_lock.is_file(), ctx.layout.submit_lock.stat().st_size)
+
+
+def test_submit_lock_is_exclusive_between_processes(tmp_path: Path) -> None:
+    """While one holder has the lock, another process cannot take it (flock LOCK_NB fails)."""
+    layout = _ctx(tmp_path).layout
+    probe = ("import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+             "try:\n"
+             "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "except BlockingIOError:\n"
+             "    print('busy')\n"
+             "else:\n"
+             "    print('free')\n")
+
+    def other() -> str:
+        done = subprocess.run([sys.executable, "-c", probe, str(layout.submit_lock)],
+                              capture_output=True, text=True, check=True, timeout=60)
+        return done.stdout.strip()
+
+    with submit_lock(layout):
+        inside = other()
+    assert ("busy", "free") == (inside, other())
+
+
+def test_refused_submit_on_a_fresh_state_dir_writes_nothing_at_all(tmp_path: Path) -> None:
+    """Bad input is refused before the submit lock is taken: no state dir, no lock file."""
+    ctx = _ctx(tmp_path)
+    with pytest.raises(CtlError) as info:
+        _submit(ctx, "--agent", "cluade", "--prompt", "x")
+    assert (EXIT_USAGE, False) == (info.value.code, ctx.layout.root.exists())
+
+
+def test_id_in_use_is_named_by_its_physical_line(tmp_path: Path) -> None:
+    """An id found in use under the lock names its line, blank lines counted."""
+    ctx = _ctx(tmp_path)
+    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "old")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('\n{"agent":"shell","prompt":"a"}\n\n\n'
+                    '{"agent":"shell","prompt":"b","id":"old"}\n')
+    with pytest.raises(CtlError) as info:
+        _submit(ctx, "--from", str(jobs))
+    assert (EXIT_USAGE, f"{jobs}:5: job id 'old' is already in use") == (
+        info.value.code, str(info.value))

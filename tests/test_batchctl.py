@@ -80,7 +80,8 @@ def test_bad_config_exits_2_naming_the_file(cli: Cli, tmp_path: Path) -> None:
     bad.write_text("state_dir: [1, 2\n")
     assert 2 == main(["-c", str(bad), "status"])
     err = cli.capsys.readouterr().err
-    assert str(bad) in err and "Traceback" not in err
+    assert (True, True, False) == (err.startswith("batchctl: "), str(bad) in err,
+                                   "Traceback" in err)
     assert 2 == main(["-c", str(tmp_path / "missing.yaml"), "status"])
 
 
@@ -97,7 +98,7 @@ def test_status_while_down_exits_0_with_exact_shape(cli: Cli) -> None:
 def test_control_commands_exit_1_when_down(cli: Cli, argv: tuple[str, ...]) -> None:
     """Control commands and `workers` need batchd: exit 1, the message, nothing written."""
     assert 1 == cli(*argv)
-    assert f"batchd is not running (state dir {cli.state})\n" == cli.err
+    assert f"batchctl: batchd is not running (state dir {cli.state})\n" == cli.err
     assert not (cli.state / "control" / "inbox").exists() or not os.listdir(
         cli.state / "control" / "inbox")
 
@@ -124,9 +125,17 @@ def test_submit_then_status_jobs_while_down(cli: Cli) -> None:
     assert {"queued": 1} == cli.json("status")["jobs"]
 
 
-def test_submit_json_prints_an_array_of_ids(cli: Cli) -> None:
-    """submit --json: a JSON array (one id for a single submit)."""
-    assert ["x1"] == cli.json("submit", "--agent", "shell", "--prompt", "x", "--id", "x1")
+def test_submit_json_of_one_job_prints_one_object(cli: Cli) -> None:
+    """submit --json of a single job: one object {"id": ...} (one thing is one object)."""
+    assert {"id": "x1"} == cli.json("submit", "--agent", "shell", "--prompt", "x", "--id", "x1")
+
+
+def test_submit_from_json_prints_an_array_of_ids(cli: Cli, tmp_path: Path) -> None:
+    """submit --from F --json: a listing, the JSON array of the ids in file order."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"agent":"shell","prompt":"a","id":"b2"}\n'
+                    '{"agent":"shell","prompt":"b","id":"a1"}\n')
+    assert ["b2", "a1"] == cli.json("submit", "--from", str(jobs))
 
 
 def test_submit_refusal_exits_2_with_message_and_no_file(cli: Cli, tmp_path: Path) -> None:
@@ -134,7 +143,8 @@ def test_submit_refusal_exits_2_with_message_and_no_file(cli: Cli, tmp_path: Pat
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"agent":"shell","prompt":"a"}\n{"agent":"cluade","prompt":"b"}\n')
     assert 2 == cli("submit", "--from", str(jobs))
-    assert (f"{jobs}:2: unknown agent 'cluade'\n", "", []) == (cli.err, cli.out, cli.inbox())
+    assert (f"batchctl: {jobs}:2: unknown agent 'cluade'\n", "", []) == (
+        cli.err, cli.out, cli.inbox())
 
 
 def test_submit_prompt_options_are_exclusive(cli: Cli) -> None:
@@ -151,7 +161,7 @@ def test_batch_and_batches_shapes(cli: Cli) -> None:
     assert expected == cli.json("batch", "n")
     assert [expected] == cli.json("batches")
     assert 1 == cli("batch", "other")
-    assert "no such batch: other\n" == cli.err
+    assert "batchctl: no such batch: other\n" == cli.err
 
 
 def test_stats_shape_with_no_queue(cli: Cli) -> None:
@@ -167,7 +177,7 @@ def test_job_commands_on_unknown_job_exit_1(cli: Cli) -> None:
     for argv in (("status", "ghost"), ("output", "ghost"), ("tail", "ghost"),
                  ("wait", "ghost"), ("cancel", "ghost")):
         assert 1 == cli(*argv), argv
-        assert "no such job: ghost\n" == cli.err
+        assert "batchctl: no such job: ghost\n" == cli.err
 
 
 def test_job_commands_refuse_malformed_ids_with_2(cli: Cli) -> None:
@@ -184,6 +194,19 @@ def test_output_and_tail_of_a_queued_job_print_nothing(cli: Cli) -> None:
     assert (0, "") == (cli("tail", "q", "-n", "5"), cli.out)
 
 
+def test_output_and_tail_json_print_one_document(cli: Cli) -> None:
+    """output/tail --json: one object each, the text decoded, invalid bytes replaced."""
+    cli("submit", "--agent", "shell", "--prompt", "x", "--id", "q")
+    assert {"job": "q", "output": "", "bytes": 0} == cli.json("output", "q")
+    assert {"job": "q", "lines": []} == cli.json("tail", "q")
+    out = cli.state / "jobs" / "q" / "output"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"one\ntwo \xff\nthree\n")
+    assert {"job": "q", "output": "one\ntwo \ufffd\nthree\n", "bytes": 16} == (
+        cli.json("output", "q"))
+    assert {"job": "q", "lines": ["two \ufffd", "three"]} == cli.json("tail", "q", "-n", "2")
+
+
 def test_tail_count_must_be_a_number(cli: Cli) -> None:
     """-n takes an integer (argparse: exit 2)."""
     assert 2 == cli("tail", "q", "-n", "many")
@@ -193,7 +216,16 @@ def test_wait_times_out_with_124(cli: Cli) -> None:
     """A job that never ends (batchd down): wait --timeout exits 124 naming it."""
     cli("submit", "--agent", "shell", "--prompt", "x", "--id", "slow")
     assert 124 == cli("wait", "slow", "--timeout", "200ms")
-    assert "slow (queued)" in cli.err
+    assert "batchctl: timed out after 0.2s waiting for: slow (queued)\n" == cli.err
+
+
+def test_wait_json_prints_the_records_when_it_times_out(cli: Cli) -> None:
+    """wait --json exits 124 on timeout and still prints the records' current state."""
+    cli("submit", "--agent", "shell", "--prompt", "x", "--id", "slow")
+    assert 124 == cli("wait", "slow", "--timeout", "100ms", "--json")
+    records = json.loads(cli.out)
+    assert (["slow"], ["queued"], list(RECORD_FIELDS)) == (
+        [r["id"] for r in records], [r["state"] for r in records], list(records[0]))
 
 
 def test_wait_bad_timeout_is_a_usage_error(cli: Cli) -> None:
@@ -218,3 +250,62 @@ def test_startup_log_without_any_startup(cli: Cli) -> None:
 def test_jobs_state_must_be_a_job_state(cli: Cli) -> None:
     """--state takes only the contract's states."""
     assert 2 == cli("jobs", "--state", "sleeping")
+
+
+def _break_queue(cli: Cli) -> Path:
+    """Replace scheduler/wal by a plain file (after one submission); its path."""
+    assert 0 == cli("submit", "--agent", "shell", "--prompt", "x", "--id", "j1")
+    wal = cli.state / "scheduler" / "wal"
+    wal.parent.mkdir(parents=True, exist_ok=True)
+    wal.write_bytes(b"not a directory")
+    return wal
+
+
+@pytest.mark.parametrize("argv", [("jobs",), ("status", "j1"), ("wait", "j1"), ("batches",),
+                                  ("stats",), ("output", "j1"), ("cancel", "j1")])
+def test_unreadable_queue_is_an_error_not_an_empty_list(cli: Cli, argv: tuple[str, ...]) -> None:
+    """A job queue that cannot be read: exit 1 naming it and why, never 'no jobs'."""
+    wal = _break_queue(cli)
+    assert (1, "", f"batchctl: cannot read the job queue at {wal}: it is not a directory\n") == (
+        cli(*argv), cli.out, cli.err)
+
+
+def test_unreadable_queue_is_degraded_in_status(cli: Cli) -> None:
+    """status (no JOB) still answers, exit 0, and names the unreadable queue in degraded."""
+    wal = _break_queue(cli)
+    assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
+            "degraded": [f"cannot read the job queue at {wal}: it is not a directory"]} == (
+        cli.json("status"))
+
+
+def test_submit_refuses_when_the_queue_is_unreadable(cli: Cli) -> None:
+    """submit cannot check duplicates against an unreadable queue: exit 1, nothing written."""
+    wal = _break_queue(cli)
+    before = cli.inbox()
+    assert (1, f"batchctl: cannot read the job queue at {wal}: it is not a directory\n",
+            before) == (cli("submit", "--agent", "shell", "--prompt", "y"), cli.err, cli.inbox())
+
+
+def test_corrupt_startup_log_is_reported_and_left_in_place(cli: Cli) -> None:
+    """A garbage startup-log.json: exit 1 with the documented message; batchctl moves nothing."""
+    cli.state.mkdir(parents=True)
+    log = cli.state / "startup-log.json"
+    log.write_bytes(b"\x00garbage")
+    assert 1 == cli("startup-log")
+    assert cli.err.startswith("batchctl: startup-log.json is corrupt (not valid JSON: ")
+    assert cli.err.endswith("); batchd moves it aside at its next start\n")
+    assert (["startup-log.json"], b"\x00garbage") == (os.listdir(cli.state), log.read_bytes())
+
+
+def test_callback_url_refusals_name_the_url_and_line(cli: Cli, tmp_path: Path) -> None:
+    """A bad callback URL is exit 2 naming it (and, in a JSONL file, the line)."""
+    assert 2 == cli("submit", "--agent", "shell", "--prompt", "x",
+                    "--callback", "http://x:99999/")
+    assert ("batchctl: callback URL 'http://x:99999/' has an invalid port: "
+            "Port out of range 0-65535\n") == cli.err
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"agent":"shell","prompt":"a"}\n'
+                    '{"agent":"shell","prompt":"b","callback":"https://exa mple.com/"}\n')
+    assert 2 == cli("submit", "--from", str(jobs))
+    assert (f"batchctl: {jobs}:2: callback URL 'https://exa mple.com/' contains whitespace "
+            "or a control character\n", []) == (cli.err, cli.inbox())

@@ -134,7 +134,8 @@ def test_worker_control_round_trips(env: Env) -> None:
     assert 0 == env.batchd.wait(timeout=DEADLINE)
     assert {"running": False, "pid": None} == env.json("status")["batchd"]
     done = env.ctl("workers")
-    assert (1, "batchd is not running") == (done.returncode, done.stderr.split(" (")[0])
+    assert (1, "batchctl: batchd is not running") == (done.returncode,
+                                                      done.stderr.split(" (")[0])
 
 
 def test_unknown_worker_is_refused_before_anything_is_written(env: Env) -> None:
@@ -158,3 +159,46 @@ def test_submit_while_down_is_queued_when_batchd_starts(env: Env) -> None:
         record["id"], record["output_path"])
     assert record["state"] in ("queued", "waiting", "starting", "running")
     assert ["early"] == [r["id"] for r in env.json("jobs")]
+
+
+#: batchctl with its imports done, held at a start line (a file appearing) so that all
+#: submitters run their check-then-write at the same instant.
+_AT_START_LINE = ("import os, sys, time\n"
+                  "from supervisor.batchctl import main\n"
+                  "go = sys.argv[1]\n"
+                  "while not os.path.exists(go):\n"
+                  "    time.sleep(0.001)\n"
+                  "sys.exit(main(sys.argv[2:]))\n")
+
+
+def test_concurrent_submits_of_one_id_admit_exactly_one(env: Env, tmp_path: Path) -> None:
+    """8 concurrent submits of one id: exactly one exits 0, seven exit 2 naming the duplicate."""
+    # Each submitter is released at once with a --from file whose last job has --id same;
+    # its 2,000 lines keep it busy between reading the ids in use and writing its request,
+    # so without the submit lock they would all see 'same' free (and all exit 0).
+    go = tmp_path / "go"
+    lines = 2000
+    body = "".join(json.dumps({"agent": "shell", "prompt": f"echo {n}"}) + "\n"
+                   for n in range(lines - 1))
+    files = []
+    for i in range(8):
+        path = tmp_path / f"jobs{i}.jsonl"
+        path.write_text(body + json.dumps({"agent": "shell", "prompt": "x", "id": "same"}) + "\n")
+        files.append(path)
+    procs = [subprocess.Popen([sys.executable, "-c", _AT_START_LINE, str(go), "-c",
+                               str(env.config), "submit", "--from", str(path)], env=_env(),
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for path in files]
+    time.sleep(1.0)         # let the interpreters reach the start line (not the proof)
+    go.write_bytes(b"")
+    results = [(p.wait(timeout=DEADLINE), *p.communicate(timeout=DEADLINE)) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    refusals = sorted(err for code, _, err in results if code == 2)
+    refused_files = [f for f, (code, _, _) in zip(files, results, strict=True) if code == 2]
+    inbox = env.state / "scheduler" / "inbox"
+    ids = [j["id"] for n in os.listdir(inbox)
+           for j in json.loads((inbox / n).read_text())["jobs"]]
+    assert ([0] + [2] * 7,
+            sorted(f"batchctl: {f}:{lines}: job id 'same' is already in use\n"
+                   for f in refused_files),
+            1, lines) == (codes, refusals, ids.count("same"), len(ids))
