@@ -5,7 +5,8 @@ API (what the scheduler and batchctl code against)
     q = JobQueue.open(directory, fs=REAL, readonly=False)   # over supervisor._wal.Wal
     q = JobQueue.over(MemoryStorage())                       # the in-memory twin (tests)
     q.recovery                      # RecoveryReport: records replayed, torn bytes truncated,
-                                    # quarantined files, errors, jobs, duration_ms (.as_dict())
+                                    # damaged ranges skipped, groups/records dropped, orphan
+                                    # updates, quarantined files, errors, jobs, duration_ms
     q.enqueue(job_id, body) -> bool         # False: duplicate id, nothing changed
     q.enqueue_many([(id, body), ...]) -> list[bool]      # one atomic write, one fsync
     q.update(job_id, **fields) / q.update_many([(id, {fields}), ...])   # durable; KeyError
@@ -31,6 +32,12 @@ written to the log, in log order, with the same function recovery uses to replay
 what a restart rebuilds is exactly what was acknowledged (plus, possibly, records that
 were written but whose caller never got the answer). The queue adds no file of its own:
 segments, snapshots and their crash windows are argued in supervisor._wal.
+
+A damaged log (supervisor._wal, "Recovery") loses only the groups of records that held a
+damaged record; the records after the damage are replayed. An update whose job's enqueue
+was in a lost group has nothing to apply to: it is skipped, counted in
+`recovery.orphan_updates` and reported loudly; the surviving jobs keep their FIFO order.
+The queue snapshots what survived before the log quarantines the damaged segment.
 
 Record payloads (the WAL's opaque payloads; ids are ASCII, JSON is compact UTF-8 and never
 holds a raw newline):
@@ -436,6 +443,7 @@ class _Jobs:
         self.pending: dict[int, list[bytes]] = {}   # field deltas not merged yet
         self.queued_from = 0                        # no queued job below this position
         self.anomalies: list[str] = []
+        self.orphans: list[str] = []                # replayed updates of unknown jobs
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -499,9 +507,10 @@ class _Jobs:
 
     def _apply_update(self, p: bytes) -> None:
         name_b, delta = p[2:].split(b"\n", 1)
-        i = self.find(name_b.decode("ascii"))
-        if i is None:
-            self.anomalies.append(f"update of unknown job {name_b!r} ignored")
+        name = name_b.decode("ascii")
+        i = self.find(name)
+        if i is None:           # its enqueue was lost with a damaged group of the log
+            self.orphans.append(name)
             return
         code = p[1]
         if code != _NO_CHANGE:
@@ -601,9 +610,23 @@ class JobQueue:
         for anomaly in self._jobs.anomalies:
             self.recovery.error(anomaly)
         self._jobs.anomalies.clear()
+        self._report_orphans()
         self.recovery.jobs = len(self._jobs)
         self.recovery.duration_ms += (time.monotonic() - t0) * 1000.0
         self._compact()
+
+    def _report_orphans(self) -> None:
+        """Count and name the replayed updates whose job is unknown (skipped): after a
+        damaged log lost an enqueue, the job's later updates have nothing to apply to."""
+        orphans, self._jobs.orphans = self._jobs.orphans, []
+        if not orphans:
+            return
+        self.recovery.orphan_updates = len(orphans)
+        names = sorted(set(orphans))
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10
+                                         else "")
+        self.recovery.error(f"orphan updates: {len(orphans)} (updates of jobs whose enqueue "
+                            f"was lost) skipped, for job(s) {shown}")
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, fs: FS = REAL,

@@ -76,22 +76,49 @@ Recovery ("hybrid": snapshot + tail replay)
 2. List segments. Those below `next_epoch` are stale: deleted (or quarantined if they do
    not read clean: evidence is kept). A header whose epoch disagrees with the name:
    rejected and quarantined (a stale file from an earlier life of the log).
-3. Replay the remaining segments in epoch order, each up to its last valid record. What
-   follows the last valid record is classified:
+3. Replay the remaining segments in epoch order, each up to its last valid record (the
+   fast path: one pass, no search). What follows the last valid record is classified:
    - nothing, or only zeros: clean (free space);
    - no valid record anywhere after it, in the LAST segment: a torn tail (a write cut by
-     the crash, never acknowledged); truncated before appending again;
+     the crash, never acknowledged); truncated before appending again. ("Last" means no
+     later segment file exists at all, not even a rejected one.) A damaged final record
+     cannot be told from a torn one: it is truncated the same way;
    - a valid record after it, or any damage in a segment that is not the last (a segment
-     is fully synced before its successor is created, so it cannot be torn): corruption.
-     The valid prefix is replayed, the error is logged and reported, and once a snapshot
-     holding that prefix is durable, the segment is quarantined. Only the records after
-     the damage are lost (they are in the quarantined file).
+     is fully synced before its successor is created, so it cannot be torn): corruption,
+     see "Damage" below;
    - a last segment holding nothing but an incomplete or unreadable header (at most 32
      bytes: no record was ever appended, since appends wait for the header's fdatasync):
-     its creation was cut; removed quietly. A damaged header with more behind it is
-     corruption (quarantined, loud).
+     its creation was cut; removed quietly. Not so when the snapshot's next_epoch names
+     it: a snapshot is written only after `rotate` made that segment's header durable, so
+     a short file there is damage. (Earlier segments prove nothing here: a cut creation
+     leaves exactly a complete predecessor and a short last file.) A short segment that
+     is not the last, or named by the snapshot, is corruption: loud, quarantined.
 4. A gap in the epochs (a segment missing) is reported loudly; what exists is replayed.
 The tail to replay is bounded by the compaction thresholds (plus one batch).
+
+Damage (the slow path, run only for a segment that does not read clean)
+-----------------------------------------------------------------------
+Only the damaged records' groups are lost. From the first bad frame, recovery searches
+forward for the next record magic whose length and CRC check out (the magic's 0xFE never
+occurs in UTF-8 payloads), skips the bytes in between and replays on from there, as many
+times as there are damaged regions. A write is atomic, so a group that lost a member is
+dropped whole: the members read before the damage and those read after it, up to the
+record without MORE. Whether the record found after a damaged region opens a new group is
+read from the damaged records' own MORE flags when their length fields still chain across
+the region (the damage hit a magic, a CRC or a payload), or when a single record spans it
+whose payload still matches its CRC (only its length field was hit, below the top byte
+that holds MORE); otherwise the boundary is unknown and that next group is dropped too,
+as possibly the rest of the damaged one. A segment header that fails its CRC but whose
+epoch field agrees with the name is our segment: its 32 bytes are skipped and its records
+salvaged (a header whose epoch disagrees is rejected, as from elsewhere).
+
+The report says exactly what was lost: `skipped` (segment, start, end) byte ranges,
+`groups_dropped`, `records_dropped` (intact records that went with a damaged group), and
+one error per segment naming the ranges and the records kept before and after the damage.
+Every record replayed is made durable in a snapshot (the open forces a compaction) before
+the damaged segment is quarantined, so the next recovery no longer depends on it and
+reads clean. The one limit of the format: the CRC covers the payload, not the length
+field, so a flip of the MORE bit alone passes as valid (groups merged or split).
 
 Crash windows, and what recovery makes of each
 ----------------------------------------------
@@ -111,8 +138,10 @@ Crash windows, and what recovery makes of each
 - During recovery's own repairs (truncate, remove, quarantine, snapshot after
   corruption): each step is idempotent and leaves a state the same recovery reads the
   same way again; the corrupt segment is quarantined only after the snapshot holding its
-  valid prefix is durable (a crash before leaves it stale: quarantined next time, since
-  it does not read clean).
+  valid records is durable (a crash before leaves it stale: quarantined next time, since
+  it does not read clean). A crash while recovery re-creates the writer's segment at the
+  snapshot's next_epoch (only when that segment was missing or rejected: damage already
+  reported) leaves a short file the next open reports as damage too; nothing more is lost.
 """
 
 from __future__ import annotations
@@ -192,6 +221,14 @@ class RecoveryReport:
     segments_replayed: list[str] = field(default_factory=list)
     records_replayed: int = 0
     torn_bytes_truncated: int = 0
+    # Damage (see "Damage"): byte ranges not replayed, as (segment, start, end); groups
+    # that lost a member (the records after a damaged region whose end is unknown count
+    # as one more); the intact records dropped with them; (the queue's) updates of a job
+    # whose enqueue was lost.
+    skipped: list[tuple[str, int, int]] = field(default_factory=list)
+    groups_dropped: int = 0
+    records_dropped: int = 0
+    orphan_updates: int = 0
     quarantined: list[str] = field(default_factory=list)
     stale_removed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -246,9 +283,9 @@ def _segment_header(epoch: int) -> bytes:
     return head + struct.pack("<II", zlib.crc32(head), 0)
 
 
-def _scan_records(data: bytes, pos: int) -> tuple[list[bytes], int, int]:
-    """Payloads of the whole valid groups from `pos` on, where they end, and where the
-    first invalid frame starts (== len(data) if every frame is valid)."""
+def _scan_records(data: bytes, pos: int) -> tuple[list[bytes], int]:
+    """Payloads of the whole valid groups from `pos` up to the first invalid frame, and
+    where they end (the fast path: no search, no copy beyond the payloads)."""
     out: list[bytes] = []
     add, unpack, crc32 = out.append, FRAME.unpack_from, zlib.crc32
     n = len(data)
@@ -270,27 +307,134 @@ def _scan_records(data: bytes, pos: int) -> tuple[list[bytes], int, int]:
         if not more:
             kept, kept_end = len(out), pos
     del out[kept:]
-    return out, kept_end, pos if pos + hsize <= n else n
+    return out, kept_end
 
 
-def _valid_frame_at(data: bytes, pos: int) -> bool:
+def _frame_end(data: bytes, pos: int) -> int:
+    """Where the valid frame at `pos` ends, or 0 if there is none (slow path only)."""
     if pos + FRAME.size > len(data):
-        return False
+        return 0
     magic, length, crc = FRAME.unpack_from(data, pos)
     length &= ~MORE
     start = pos + FRAME.size
-    return bool(magic == REC_MAGIC and 0 < length <= len(data) - start
-                and zlib.crc32(data[start:start + length]) == crc)
+    end: int = start + length
+    if (magic != REC_MAGIC or length == 0 or end > len(data)
+            or zlib.crc32(memoryview(data)[start:end]) != crc):
+        return 0
+    return end
 
 
-def _valid_record_after(data: bytes, pos: int) -> bool:
-    """True if a whole valid record starts anywhere after `pos` (then it is corruption)."""
+def _next_frame(data: bytes, pos: int) -> int:
+    """Where the first whole valid record after `pos` starts, or -1 (the resync search)."""
     q = data.find(REC_MAGIC, pos + 1)
-    while q != -1:
-        if _valid_frame_at(data, q):
-            return True
+    while q != -1 and not _frame_end(data, q):
         q = data.find(REC_MAGIC, q + 1)
-    return False
+    return q
+
+
+def _damaged_frames(data: bytes, pos: int, stop: int) -> list[bool] | None:
+    """The MORE flags of the damaged records filling [pos, stop), or None if their
+    boundaries are lost.
+
+    Known when the length fields still chain from `pos` exactly to `stop` (the damage hit
+    magics, CRCs or payloads), or when a single record spans the range and its payload
+    still matches its CRC, so that only its length field was hit, below the top byte
+    (the one holding the MORE bit).
+    """
+    flags: list[bool] = []
+    p = pos
+    while p + FRAME.size <= stop:
+        length = FRAME.unpack_from(data, p)[1]
+        if length & ~MORE == 0:
+            break
+        p += FRAME.size + (length & ~MORE)
+        flags.append(bool(length & MORE))
+    if p == stop and flags:
+        return flags
+    magic, length, crc = FRAME.unpack_from(data, pos)
+    actual = stop - pos - FRAME.size
+    if (magic == REC_MAGIC and actual > 0 and (length ^ actual) & 0x7F000000 == 0
+            and zlib.crc32(memoryview(data)[pos + FRAME.size:stop]) == crc):
+        return [bool(length & MORE)]
+    return None
+
+
+@dataclass
+class _Salvage:
+    """What a scan of a damaged segment kept and lost (the slow path, never run on a
+    clean segment)."""
+
+    records: list[bytes]
+    valid_end: int                   # end of the last whole group kept
+    kept_before: int                 # records kept before the first damage
+    skipped: list[tuple[int, int, str]] = field(default_factory=list)  # [start, end), what
+    resynced: bool = False           # a valid record follows some damage
+    groups_dropped: int = 0          # groups with a damaged (or unknown) member
+    records_dropped: int = 0         # intact records dropped with such a group
+
+    def drop(self, group: list[bytes]) -> None:
+        self.groups_dropped += 1
+        self.records_dropped += len(group)
+
+
+def _salvage(data: bytes, pos: int, kept: list[bytes], skipped: list[tuple[int, int, str]]
+             ) -> _Salvage:
+    """Replay from `pos` (a group boundary; `kept` is everything before it) past any
+    damage: resynchronise at the next whole valid record after it and go on.
+
+    A group that lost a member is dropped whole (its write was atomic). Whether the
+    record found after the damage opens a new group is read from the damaged records'
+    MORE flags when their frames still chain (`_damaged_frames`); when they do not, its
+    group is dropped too, as possibly the rest of the damaged one (counted as one more).
+    """
+    s = _Salvage(list(kept), pos, 0 if skipped else len(kept), list(skipped))
+    used = len(data.rstrip(b"\0"))  # zeros after this are free space
+    group: list[bytes] = []
+    tainted = False                  # the open group already lost a member
+    while True:
+        end = _frame_end(data, pos)
+        if end:
+            group.append(data[pos + FRAME.size:end])
+            more = FRAME.unpack_from(data, pos)[1] & MORE
+            pos = end
+            if not more:
+                if tainted:
+                    s.drop(group)
+                else:
+                    s.records += group
+                    s.valid_end = pos
+                group, tainted = [], False
+            continue
+        if pos >= used:              # only zeros (free space) from here on
+            break
+        if not s.skipped and not s.resynced:
+            s.kept_before = len(s.records)
+        q = _next_frame(data, pos)
+        if q < 0:                    # damage (or a torn write) runs to the end
+            s.skipped.append((pos, used, "to the end of the data"))
+            s.drop(group)
+            group, tainted = [], False
+            break
+        s.resynced = True
+        flags = _damaged_frames(data, pos, q)
+        if flags is None:
+            s.skipped.append((pos, q, "record boundaries lost: the group after it is "
+                                      "dropped too"))
+            s.drop(group)
+            group, tainted = [], True
+        else:
+            s.skipped.append((pos, q, f"{len(flags)} damaged record"
+                                      f"{'s' if len(flags) > 1 else ''}"))
+            ends = flags.count(False)      # groups that end inside the damage
+            if ends:
+                s.drop(group)
+                s.groups_dropped += ends - 1
+                group = []
+            tainted = flags[-1]            # the last damaged record's group goes on
+        pos = q
+    if group or tainted:             # a group still open at the end is incomplete
+        s.drop(group)
+    return s
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -306,27 +450,48 @@ class _Segment:
     valid_end: int
     tail: str     # clean | torn | corrupt | partial (header cut) | foreign | badheader
     detail: str = ""
+    loss: _Salvage | None = None     # torn or corrupt: what was skipped and dropped
+
+
+def _loss_detail(s: _Salvage) -> str:
+    """The loud account of a damaged segment: every range skipped, what was dropped."""
+    ranges = ", ".join(f"bytes {a}..{b} ({what})" for a, b, what in s.skipped)
+    after = len(s.records) - s.kept_before
+    return (f"skipped {ranges}; {s.groups_dropped} group(s) dropped with "
+            f"{s.records_dropped} intact record(s) in them; {s.kept_before} record(s) "
+            f"kept before the damage and {after} after")
 
 
 def _scan_segment(path: str, epoch: int, data: bytes) -> _Segment:
     size = len(data)
     if size < SEG_HEADER.size:
-        return _Segment(epoch, path, size, [], 0, "partial", f"{size}-byte header")
+        return _Segment(epoch, path, size, [], 0, "partial",
+                        f"{size} bytes, shorter than its {SEG_HEADER.size}-byte header")
     magic, version, _flags, head_epoch, crc, _rsv = SEG_HEADER.unpack_from(data, 0)
-    if magic != SEG_MAGIC or version != VERSION or crc != zlib.crc32(data[:24]):
+    skipped: list[tuple[int, int, str]] = []
+    if crc != zlib.crc32(data[:24]):
         if size == SEG_HEADER.size:   # header written, never synced: a cut creation
             return _Segment(epoch, path, size, [], 0, "partial", "unsynced header")
-        return _Segment(epoch, path, size, [], 0, "badheader", "segment header is damaged")
-    if head_epoch != epoch:
+        if head_epoch != epoch:
+            return _Segment(epoch, path, size, [], 0, "badheader",
+                            "segment header is damaged")
+        # the epoch field agrees with the name: our segment; its records can be salvaged
+        skipped.append((0, SEG_HEADER.size, "segment header damaged"))
+    elif magic != SEG_MAGIC or version != VERSION:
+        return _Segment(epoch, path, size, [], 0, "badheader",
+                        "not a batchd segment of this version")
+    elif head_epoch != epoch:
         return _Segment(epoch, path, size, [], 0, "foreign",
                         f"header says epoch {head_epoch}, name says {epoch}")
-    records, end, bad = _scan_records(data, SEG_HEADER.size)
-    if end == size or data.count(0, end) == size - end:
+    records, end = _scan_records(data, SEG_HEADER.size)
+    if not skipped and (end == size or data.count(0, end) == size - end):
         return _Segment(epoch, path, size, records, end, "clean")
-    if bad < size and _valid_record_after(data, bad):
-        return _Segment(epoch, path, size, records, end, "corrupt",
-                        f"bad record at offset {bad} followed by valid records")
-    return _Segment(epoch, path, size, records, end, "torn", f"{size - end} bytes")
+    loss = _salvage(data, end, records, skipped)
+    if not loss.resynced and not skipped:
+        return _Segment(epoch, path, size, records, end, "torn", f"{size - end} bytes",
+                        loss)
+    return _Segment(epoch, path, size, loss.records, loss.valid_end, "corrupt",
+                    _loss_detail(loss), loss)
 
 
 @dataclass
@@ -451,20 +616,45 @@ def _plan(image: _LogImage, report: RecoveryReport) -> _Plan:
             plan.stale.append(seg)
         else:
             live.append(seg)
-    for i, seg in enumerate(live):
-        last = i == len(live) - 1
-        if last and seg.tail == "partial":
+    # Any later segment file, even a rejected one, proves this one was complete.
+    newest = max((s.epoch for s in image.segments if s.epoch >= next_epoch), default=-1)
+    for seg in live:
+        last = seg.epoch == newest
+        if seg.tail == "partial" and last and (image.snapshot is None
+                                               or seg.epoch != next_epoch):
             plan.cut = seg
             continue
         if last and seg.tail == "torn":
             plan.torn = seg
         elif seg.tail != "clean":
             plan.corrupt.append(seg)
-            report.error(f"{seg.path}: corrupt ({seg.tail}: {seg.detail}); "
-                         f"{len(seg.records)} valid records before the damage kept")
+            _report_corrupt(seg, last, report)
         plan.replay.append(seg)
     _check_gaps(plan.replay, next_epoch if image.snapshot else None, report)
     return plan
+
+
+def _report_corrupt(seg: _Segment, last: bool, report: RecoveryReport) -> None:
+    """The loud account of one damaged segment that is replayed (and will be quarantined):
+    why it is corruption, the byte ranges skipped, the groups and records dropped."""
+    name = os.path.basename(seg.path)
+    if seg.tail == "partial":
+        why = ("a later segment exists (a segment is complete before its successor is "
+               "created)" if not last else "the snapshot names it as its next epoch, so "
+               "its header was durable before")
+        report.skipped.append((name, 0, seg.size))
+        report.error(f"{seg.path}: corrupt: {seg.detail}, but {why}; whatever it held is "
+                     "lost")
+        return
+    loss = seg.loss
+    assert loss is not None
+    report.skipped += [(name, a, b) for a, b, _what in loss.skipped]
+    report.groups_dropped += loss.groups_dropped
+    report.records_dropped += loss.records_dropped
+    where = ("at the end of a segment that is not the last (it was complete before its "
+             "successor was created)" if seg.tail == "torn" else
+             "followed by valid records" if loss.resynced else "in the segment header")
+    report.error(f"{seg.path}: corrupt: damage {where}; {_loss_detail(loss)}")
 
 
 def _check_gaps(replay: list[_Segment], first: int | None, report: RecoveryReport) -> None:

@@ -18,7 +18,7 @@ from supervisor._queue import (
     MemoryStorage,
     ReadOnly,
 )
-from supervisor._wal import SEG_HEADER, Wal, segment_name
+from supervisor._wal import FRAME, MORE, REC_MAGIC, SEG_HEADER, Wal, segment_name
 
 
 def mem(**kw: Any) -> tuple[JobQueue, MemoryStorage]:
@@ -300,25 +300,148 @@ def test_tail_updates_of_snapshot_jobs(tmp_path: Path, touched: int) -> None:
     q.close()
 
 
-def test_corrupt_segment_via_queue_is_quarantined_and_snapshotted(tmp_path: Path) -> None:
-    """The queue snapshots what survived a corrupt segment, then moves the segment aside."""
+def _frames(data: bytes) -> list[tuple[int, int, bytes, bool]]:
+    """Each record of a segment image: (start, end, payload, MORE flag)."""
+    out, pos = [], SEG_HEADER.size
+    while data[pos:pos + 4] == REC_MAGIC:
+        length = FRAME.unpack_from(data, pos)[1]
+        end = pos + FRAME.size + (length & ~MORE)
+        out.append((pos, end, data[pos + FRAME.size:end], bool(length & MORE)))
+        pos = end
+    return out
+
+
+def _picture(q: JobQueue) -> dict[str, Any]:
+    """What a reader of the queue observes: jobs in FIFO order, first queued, counts."""
+    return {"jobs": [q.get(i) for i in q.ids()], "first_queued": q.first_queued(),
+            "counts": q.counts(), "stats": q.stats()}
+
+
+def _flip(path: Path, record: int) -> None:
+    """Flip one payload byte of the record-th record of a segment."""
+    data = bytearray(path.read_bytes())
+    start, end, _, _ = _frames(bytes(data))[record]
+    data[(start + FRAME.size + end) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_segment_via_queue_loses_only_the_damaged_job(tmp_path: Path) -> None:
+    """The queue snapshots every job that survived a damaged record (before and after
+    it), then the segment is moved aside; the next open is clean."""
     q = JobQueue.open(tmp_path)
     for i in range(4):
         q.enqueue(f"j{i}", {"n": i})
     q.close()
-    path = tmp_path / segment_name(1)
-    data = bytearray(path.read_bytes())
-    first_end = SEG_HEADER.size + 12 + int.from_bytes(data[SEG_HEADER.size + 4:][:4], "little")
-    data[first_end + 20] ^= 0xFF                        # inside record 2's payload
-    path.write_bytes(bytes(data))
+    _flip(tmp_path / segment_name(1), 1)                # j1's enqueue
     q = JobQueue.open(tmp_path)
-    assert ["j0"] == q.ids()
-    assert q.recovery.errors
+    assert ["j0", "j2", "j3"] == q.ids()
+    assert "corrupt" in q.recovery.errors[0]
     assert any(".corrupted." in p for p in q.recovery.quarantined)
     q.close()
     q = JobQueue.open(tmp_path)
-    assert ["j0"] == q.ids()
-    assert [] == q.recovery.errors
+    assert (["j0", "j2", "j3"], [], 0) == (q.ids(), q.recovery.errors,
+                                           q.recovery.orphan_updates)
+    q.close()
+
+
+def test_running_job_after_a_lost_enqueue_stays_tracked(tmp_path: Path) -> None:
+    """A running job recorded after the damage keeps its state and pid; the update of
+    the job whose enqueue was lost is an orphan: skipped, counted, reported."""
+    q = JobQueue.open(tmp_path)
+    for i in range(4):
+        q.enqueue(f"j{i}", {"n": i})
+    q.update("j1", state="running", pid=11, start=1)
+    q.update("j2", state="running", pid=4242, start=7)
+    q.close()
+    _flip(tmp_path / segment_name(1), 1)                # j1's enqueue
+    q = JobQueue.open(tmp_path)
+    picture = _picture(q)
+    assert ["j0", "j2", "j3"] == q.ids()
+    assert {"n": 2, "state": "running", "attempts": 0, "pid": 4242, "start": 7,
+            "id": "j2"} == q.get("j2")
+    assert ("j0", ["j2"]) == (q.first_queued(), q.ids("running"))
+    assert 1 == q.recovery.orphan_updates
+    assert any(e.startswith("orphan updates: 1") and "j1" in e for e in q.recovery.errors)
+    q.close()
+    q = JobQueue.open(tmp_path)
+    assert (picture, [], 0) == (_picture(q), q.recovery.errors, q.recovery.orphan_updates)
+    q.close()
+
+
+def test_orphan_updates_in_the_twin_are_counted_not_fatal() -> None:
+    """Replayed updates of a job that was never enqueued are skipped and counted; the
+    other jobs keep their order and fields."""
+    q, storage = mem()
+    q.enqueue_many([("a", {}), ("b", {})])
+    q.update("a", state="running")
+    q.update("a", reason="x")
+    q.update("b", state="waiting")
+    del storage.records[0]                      # a's enqueue
+    again = reopen(storage)
+    assert (["b"], "waiting", 2) == (again.ids(), again.state("b"),
+                                     again.recovery.orphan_updates)
+    assert ["orphan updates: 2 (updates of jobs whose enqueue was lost) skipped, for "
+            "job(s) a"] == again.recovery.errors
+
+
+QUEUE_OPS: list[Any] = [
+    lambda q: q.enqueue_many([("a", {"n": 1}), ("b", {"n": 2})]),
+    lambda q: q.enqueue("c", {"n": 3}),
+    lambda q: q.update("a", state="running", pid=11, start=22),
+    lambda q: q.update_many([("b", {"state": "running"}), ("c", {"reason": "r"})]),
+    lambda q: q.enqueue("d", {"n": 4}),
+    lambda q: q.incr("submitted", 4),
+    lambda q: q.update("d", state="waiting"),
+    lambda q: q.enqueue("e", {"n": 5}),
+]
+N_QUEUE_RECORDS = 10
+
+
+@pytest.mark.parametrize("k", range(N_QUEUE_RECORDS - 1))
+def test_one_damaged_record_costs_only_its_group(tmp_path: Path, k: int) -> None:
+    """For each record k (the last one would be a torn tail): the recovered queue is
+    exactly the twin replaying every group but k's (orphan updates included), loudly;
+    then a second recovery shows the same with no error."""
+    q = JobQueue.open(tmp_path)
+    for op in QUEUE_OPS:
+        op(q)
+    q.close()
+    path = tmp_path / segment_name(1)
+    frames = _frames(path.read_bytes())
+    assert N_QUEUE_RECORDS == len(frames)
+    group_of, g = [], 0
+    for _, _, _, more in frames:
+        group_of.append(g)
+        g += 0 if more else 1
+    twin = MemoryStorage()
+    twin.records = [p for i, (_, _, p, _) in enumerate(frames) if group_of[i] != group_of[k]]
+    expected = JobQueue.over(twin)
+    _flip(path, k)
+    q = JobQueue.open(tmp_path)
+    assert _picture(expected) == _picture(q)
+    assert expected.recovery.orphan_updates == q.recovery.orphan_updates
+    assert 1 == q.recovery.groups_dropped
+    assert [(segment_name(1), frames[k][0], frames[k][1])] == q.recovery.skipped
+    assert "corrupt" in q.recovery.errors[0]
+    q.close()
+    q = JobQueue.open(tmp_path)
+    assert (_picture(expected), [], []) == (_picture(q), q.recovery.errors,
+                                            q.recovery.quarantined)
+    q.close()
+
+
+def test_damaged_batch_enqueue_leaves_orphans(tmp_path: Path) -> None:
+    """The case the per-record test relies on: losing enqueue_many's group orphans the
+    later updates of both its jobs."""
+    q = JobQueue.open(tmp_path)
+    for op in QUEUE_OPS:
+        op(q)
+    q.close()
+    _flip(tmp_path / segment_name(1), 1)                 # "b", second of the batch
+    q = JobQueue.open(tmp_path)
+    assert (["c", "d", "e"], 2, 1) == (q.ids(), q.recovery.orphan_updates,
+                                       q.recovery.records_dropped)
+    assert {"n": 3, "reason": "r", "state": "queued", "attempts": 0, "id": "c"} == q.get("c")
     q.close()
 
 

@@ -260,16 +260,21 @@ def test_zeros_after_the_last_record_are_free_space(tmp_path: Path) -> None:
     assert ["a", "b", "x" * GROW] == ListLog(tmp_path).items
 
 
-def test_mid_file_corruption_quarantined_loudly(tmp_path: Path) -> None:
-    """A bad record followed by valid ones: prefix kept, segment quarantined, error loud."""
+def test_mid_file_corruption_loses_only_the_damaged_record(tmp_path: Path) -> None:
+    """A bad record followed by valid ones: only it is lost, the records before and after
+    it are kept, the segment is quarantined and the loss is reported loudly."""
     make_log(tmp_path, ["aaaa", "bbbb", "cccc", "dddd"])
     data = bytearray(used(seg(tmp_path)))
     ends = _records_of(bytes(data), SEG_HEADER.size)
     data[ends[1] + 12] ^= 0xFF           # first payload byte of record 3 ("cccc")
     seg(tmp_path).write_bytes(bytes(data))
     log = ListLog(tmp_path)
-    assert ["aaaa", "bbbb"] == log.items
-    assert any("corrupt" in e for e in log.report.errors), log.report.errors
+    assert ["aaaa", "bbbb", "dddd"] == log.items
+    assert 1 == len(log.report.errors)
+    assert "corrupt" in log.report.errors[0]
+    assert f"bytes {ends[1]}..{ends[2]}" in log.report.errors[0]
+    assert [(segment_name(1), ends[1], ends[2])] == log.report.skipped
+    assert (1, 0) == (log.report.groups_dropped, log.report.records_dropped)
     assert 1 == len(log.report.quarantined)
     moved = Path(log.report.quarantined[0])
     assert moved.name.startswith(segment_name(1) + ".corrupted.")
@@ -277,9 +282,163 @@ def test_mid_file_corruption_quarantined_loudly(tmp_path: Path) -> None:
     log.append("eeee")
     log.close()
     again = ListLog(tmp_path)
-    assert ["aaaa", "bbbb", "eeee"] == again.items
-    assert [] == again.report.errors
+    assert ["aaaa", "bbbb", "dddd", "eeee"] == again.items
+    assert ([], [], []) == (again.report.errors, again.report.quarantined,
+                            again.report.skipped)
     again.close()
+
+
+GROUPS = [["a"], ["b1", "b2", "b3"], ["c"], ["d1", "d2"], ["e"], ["f"]]
+FLAT = [(g, item) for g, items in enumerate(GROUPS) for item in items]
+TOP_LENGTH_BYTE = 7                      # offset in a frame of the byte holding MORE
+
+
+def _grouped_log(root: Path) -> tuple[bytes, list[int], list[int]]:
+    """GROUPS appended one write each; (segment bytes in use, record starts, ends)."""
+    log = ListLog(root)
+    for group in GROUPS:
+        log.append(*group)
+    log.close()
+    data = used(seg(root))
+    ends = _records_of(data, SEG_HEADER.size)
+    return data, [SEG_HEADER.size, *ends[:-1]], ends
+
+
+def _flip_lost_groups(k: int, offset: int) -> tuple[list[int], int]:
+    """The groups a flip at `offset` of record k must cost, and the groups_dropped figure
+    (see _wal, "Damage"): with the top length byte hit, where the damaged record ends is
+    unknown, so the records after it up to the next group end go too, counted apart."""
+    g = FLAT[k][0]
+    if offset != TOP_LENGTH_BYTE:
+        return [g], 1
+    ends_group = k + 1 == len(FLAT) or FLAT[k + 1][0] != g
+    return ([g, g + 1] if ends_group else [g]), 2
+
+
+@pytest.mark.parametrize("k", range(len(FLAT)))
+def test_one_flipped_byte_in_record_k_loses_only_its_group(tmp_path: Path, k: int) -> None:
+    """A byte flipped anywhere in record k (header or payload) loses k's group (an
+    atomic write) and nothing else, in order, loudly, with the segment quarantined; a
+    second recovery gives the same records with no error. The final record is the one
+    exception: a damaged last record cannot be told from a torn write (truncated)."""
+    data, starts, ends = _grouped_log(tmp_path / "src")
+    for offset in range(ends[k] - starts[k]):
+        d = tmp_path / f"o{offset}"
+        d.mkdir()
+        damaged = bytearray(data)
+        damaged[starts[k] + offset] ^= 0xFF
+        seg(d).write_bytes(bytes(damaged))
+        log = ListLog(d)
+        log.close()
+        if k == len(FLAT) - 1:
+            assert ([item for _, item in FLAT[:-1]], [], [], ends[k] - starts[k]) == (
+                log.items, log.report.errors, log.report.quarantined,
+                log.report.torn_bytes_truncated), offset
+            continue
+        lost, groups_dropped = _flip_lost_groups(k, offset)
+        assert [item for g, item in FLAT if g not in lost] == log.items, offset
+        assert 1 == len(log.report.errors), (offset, log.report.errors)
+        assert [(segment_name(1), starts[k], ends[k])] == log.report.skipped, offset
+        assert groups_dropped == log.report.groups_dropped, offset
+        intact_lost = sum(1 for g, _ in FLAT if g in lost) - 1
+        assert intact_lost == log.report.records_dropped, offset
+        assert [f"{segment_name(1)}.corrupted."] == [
+            os.path.basename(q)[:len(segment_name(1)) + 11] for q in log.report.quarantined]
+        assert not seg(d).exists()
+        again = ListLog(d)
+        assert (log.items, [], []) == (again.items, again.report.errors,
+                                       again.report.quarantined), offset
+        again.close()
+        shutil.rmtree(d)
+
+
+def test_damage_spanning_two_records_loses_both_groups(tmp_path: Path) -> None:
+    """Damage from the middle of one record into the next record's header loses both
+    records' groups (the intact rest of the second group with them), nothing else."""
+    data, starts, ends = _grouped_log(tmp_path / "src")
+    c, d1 = 4, 5                                   # "c", then "d1" of ("d1", "d2")
+    damaged = bytearray(data)
+    for i in range(ends[c] - 1, starts[d1] + 4):   # c's last byte, d1's magic
+        damaged[i] ^= 0x55
+    seg(tmp_path).write_bytes(bytes(damaged))
+    log = ListLog(tmp_path)
+    assert ["a", "b1", "b2", "b3", "e", "f"] == log.items
+    assert [(segment_name(1), starts[c], ends[d1])] == log.report.skipped
+    assert (2, 1) == (log.report.groups_dropped, log.report.records_dropped)
+    assert "2 damaged records" in log.report.errors[0]
+    log.close()
+    assert (log.items, []) == (ListLog(tmp_path).items, ListLog(tmp_path).report.errors)
+
+
+def test_a_zeroed_block_over_two_records_loses_their_groups_only(tmp_path: Path) -> None:
+    """Two records wiped to zeros (their lengths lost): the groups they were in are lost,
+    the records after them kept; the skipped range is reported."""
+    data, starts, ends = _grouped_log(tmp_path / "src")
+    damaged = bytearray(data)
+    damaged[starts[4]:ends[5]] = bytes(ends[5] - starts[4])      # "c" and "d1"
+    seg(tmp_path).write_bytes(bytes(damaged))
+    log = ListLog(tmp_path)
+    assert ["a", "b1", "b2", "b3", "e", "f"] == log.items
+    assert [(segment_name(1), starts[4], ends[5])] == log.report.skipped
+    assert "record boundaries lost" in log.report.errors[0]
+    log.close()
+    again = ListLog(tmp_path)
+    assert (log.items, []) == (again.items, again.report.errors)
+
+
+def test_two_damaged_regions_in_one_segment(tmp_path: Path) -> None:
+    """Each damaged region is skipped on its own; replay resumes after each one."""
+    data, starts, ends = _grouped_log(tmp_path / "src")
+    damaged = bytearray(data)
+    damaged[starts[0] + 12] ^= 0xFF                  # "a"
+    damaged[starts[4] + 1] ^= 0xFF                   # "c" (its magic)
+    seg(tmp_path).write_bytes(bytes(damaged))
+    log = ListLog(tmp_path)
+    assert ["b1", "b2", "b3", "d1", "d2", "e", "f"] == log.items
+    assert [(segment_name(1), starts[0], ends[0]),
+            (segment_name(1), starts[4], ends[4])] == log.report.skipped
+    assert (2, 0) == (log.report.groups_dropped, log.report.records_dropped)
+    log.close()
+
+
+def test_damaged_segment_header_keeps_the_records(tmp_path: Path) -> None:
+    """A header that fails its CRC but names the right epoch: its 32 bytes are skipped,
+    every record salvaged; loud and quarantined. A header whose epoch field is hit is
+    rejected (it could be a file from elsewhere)."""
+    make_log(tmp_path, ["a", "b"])
+    good = seg(tmp_path).read_bytes()
+    seg(tmp_path).write_bytes(good[:2] + b"X" + good[3:])        # the magic
+    log = ListLog(tmp_path)
+    assert ["a", "b"] == log.items
+    assert [(segment_name(1), 0, SEG_HEADER.size)] == log.report.skipped
+    assert (0, 0, 1) == (log.report.groups_dropped, log.report.records_dropped,
+                         len(log.report.quarantined))
+    log.close()
+    assert (["a", "b"], []) == (ListLog(tmp_path).items, ListLog(tmp_path).report.errors)
+    other = tmp_path / "other"
+    make_log(other, ["a", "b"])
+    seg(other).write_bytes(good[:16] + b"\x09" + good[17:])      # the epoch field
+    log = ListLog(other)
+    assert ([], 1) == (log.items, len(log.report.quarantined))
+    assert any("rejected" in e for e in log.report.errors), log.report.errors
+
+
+def test_readonly_open_of_a_damaged_log_sees_the_same_and_changes_nothing(
+        tmp_path: Path) -> None:
+    """batchctl's read-only open salvages the same records and reports the same loss,
+    without quarantining or writing anything."""
+    data, starts, _ends = _grouped_log(tmp_path / "src")
+    damaged = bytearray(data)
+    damaged[starts[2] + 13] ^= 0xFF                  # "b2"
+    seg(tmp_path).write_bytes(bytes(damaged))
+    before = tree(tmp_path)
+    ro = ListLog(tmp_path, readonly=True)
+    ro.close()
+    assert before == tree(tmp_path)
+    log = ListLog(tmp_path)
+    assert (["a", "c", "d1", "d2", "e", "f"], 1) == (ro.items, len(ro.report.errors))
+    assert (ro.items, ro.report.skipped) == (log.items, log.report.skipped)
+    log.close()
 
 
 def test_damage_in_a_segment_that_is_not_last_is_corruption(tmp_path: Path) -> None:
@@ -295,6 +454,99 @@ def test_damage_in_a_segment_that_is_not_last_is_corruption(tmp_path: Path) -> N
     assert again.report.errors
     assert any(".corrupted." in q for q in again.report.quarantined)
     again.close()
+
+
+def _three_segments(root: Path) -> ListLog:
+    """Segments 1, 2 and 3 with two records each, no snapshot (rotations whose
+    compaction a crash cut)."""
+    log = ListLog(root)
+    log.append("a1")
+    log.append("a2")
+    log.wal.rotate()
+    log.append("b1")
+    log.append("b2")
+    log.wal.rotate()
+    log.append("c1")
+    log.append("c2")
+    log.close()
+    return log
+
+
+def test_record_damage_in_a_segment_that_is_not_last(tmp_path: Path) -> None:
+    """A flipped byte in a middle segment loses that record only: the records after it
+    in that segment and in the later segments are kept; then a clean reopen."""
+    _three_segments(tmp_path)
+    data = bytearray(seg(tmp_path, 2).read_bytes())
+    first_end = _records_of(bytes(data), SEG_HEADER.size)[0]
+    data[SEG_HEADER.size + 13] ^= 0xFF                     # "b1"'s payload
+    seg(tmp_path, 2).write_bytes(bytes(data))
+    log = ListLog(tmp_path)
+    assert ["a1", "a2", "b2", "c1", "c2"] == log.items
+    assert [(segment_name(2), SEG_HEADER.size, first_end)] == log.report.skipped
+    assert 1 == len(log.report.errors)
+    assert [segment_name(2)] == [os.path.basename(q).split(".corrupted.")[0]
+                                 for q in log.report.quarantined]
+    log.append("d")
+    log.close()
+    again = ListLog(tmp_path)
+    assert (["a1", "a2", "b2", "c1", "c2", "d"], []) == (again.items, again.report.errors)
+    again.close()
+
+
+@pytest.mark.parametrize("junk", [b"", b"BATCH", bytes(SEG_HEADER.size)])
+def test_short_segment_that_is_not_last_is_loud(tmp_path: Path, junk: bytes) -> None:
+    """A 0-byte or short segment with a later one behind it cannot be a cut creation (a
+    segment is complete before its successor exists): corruption, reported and
+    quarantined, never dropped silently; the other segments replay."""
+    _three_segments(tmp_path)
+    seg(tmp_path, 2).write_bytes(junk)
+    log = ListLog(tmp_path)
+    assert ["a1", "a2", "c1", "c2"] == log.items
+    assert 1 == len(log.report.errors)
+    assert segment_name(2) in log.report.errors[0]
+    assert "later segment exists" in log.report.errors[0]
+    assert [(segment_name(2), 0, len(junk))] == log.report.skipped
+    assert [segment_name(2)] == [os.path.basename(q).split(".corrupted.")[0]
+                                 for q in log.report.quarantined]
+    assert junk == Path(log.report.quarantined[0]).read_bytes()
+    log.close()
+    again = ListLog(tmp_path)
+    assert (["a1", "a2", "c1", "c2"], [], []) == (again.items, again.report.errors,
+                                                  again.report.quarantined)
+    again.close()
+
+
+def test_short_segment_behind_a_rejected_one_is_not_a_cut_creation(tmp_path: Path) -> None:
+    """A later segment file, even one rejected for its header, proves the short one was
+    complete once: it is loud corruption, not removed quietly."""
+    make_log(tmp_path, ["a"])
+    seg(tmp_path, 2).write_bytes(b"")
+    shutil.copy(seg(tmp_path, 1), seg(tmp_path, 3))    # header says 1: rejected
+    log = ListLog(tmp_path)
+    assert ["a"] == log.items
+    assert any(segment_name(2) in e and "later segment exists" in e
+               for e in log.report.errors), log.report.errors
+    log.close()
+
+
+def test_short_segment_named_by_the_snapshot_is_loud(tmp_path: Path) -> None:
+    """A snapshot is written only after its next segment's header was durable: that
+    segment found empty is damage (its records are lost), reported and quarantined."""
+    log = ListLog(tmp_path, compact_records=3)
+    for i in range(5):                    # a snapshot after 3; "3", "4" in segment 2
+        log.append(str(i))
+    log.close()
+    assert [segment_name(2)] == sorted(n for n in os.listdir(tmp_path) if n.endswith(".wal"))
+    seg(tmp_path, 2).write_bytes(b"")
+    again = ListLog(tmp_path, compact_records=3)
+    assert ["0", "1", "2"] == again.items
+    assert 1 == len(again.report.errors)
+    assert "snapshot names it" in again.report.errors[0]
+    assert 1 == len(again.report.quarantined)
+    again.close()
+    third = ListLog(tmp_path, compact_records=3)
+    assert (["0", "1", "2"], []) == (third.items, third.report.errors)
+    third.close()
 
 
 def test_crash_between_rotate_and_snapshot_replays_both_segments(tmp_path: Path) -> None:
