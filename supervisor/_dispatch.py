@@ -62,6 +62,7 @@ from typing import Any
 from supervisor import _jobfiles
 from supervisor import _lifecycle as lc
 from supervisor._config import Config
+from supervisor._events import BatchIndex, emit_job_end
 from supervisor._jobs import iso_now
 from supervisor._launch import Launched, LaunchError, launch
 from supervisor._layout import Layout
@@ -119,6 +120,7 @@ class Jobs:
     clock: Callable[[], float] = time.time
     active: set[str] = field(default_factory=set)       # starting/running job ids
     warned: dict[str, float] = field(default_factory=dict)   # id -> last stale warning
+    batches: BatchIndex = field(default_factory=BatchIndex)  # cache for batch events
 
     @classmethod
     def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
@@ -138,6 +140,13 @@ class _Batch:
 
     updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
+
+    def state_of(self, job_id: str, queue: JobQueue) -> str | None:
+        """A job's state counting updates of this pass not yet flushed (latest wins)."""
+        for other, fields in reversed(self.updates):
+            if other == job_id and "state" in fields:
+                return str(fields["state"])
+        return queue.state(job_id)
 
     def flush(self, queue: JobQueue) -> None:
         """The updates (one update_many: durable together), then the counters."""
@@ -234,6 +243,10 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     _no_process_left(j, job)
     job.entry.update(fields)
     batch.updates.append((job.id, fields))
+    # The webhook events are durable before the pass flushes the terminal state to the
+    # WAL (see supervisor._events); state_of sees this pass's unflushed states.
+    emit_job_end(j.layout, j.queue, j.batches, {**job.entry, "id": job.id},
+                 lambda other: batch.state_of(other, j.queue))
     batch.counters[str(fields["state"])] += 1
     j.active.discard(job.id)
     j.warned.pop(job.id, None)

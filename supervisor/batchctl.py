@@ -18,6 +18,7 @@ from typing import Any
 
 from supervisor import __version__
 from supervisor._config import ConfigError, load
+from supervisor._ctl_callbacks import run_callbacks, setup_callbacks
 from supervisor._ctl_control import (
     cmd_control,
     cmd_startup_log,
@@ -124,6 +125,8 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "batches": ("every batch and its state counts", _none, lambda c, a: cmd_batches(c)),
     "batch": ("one batch: counts, done, job ids", _batch, lambda c, a: cmd_batch(c, a.batch)),
     "stats": ("job counters and worker restarts", _none, lambda c, a: cmd_stats(c)),
+    "callbacks": ("webhook deliveries; `callbacks retry ID` asks for one more try",
+                  setup_callbacks, run_callbacks),
     "workers": ("each worker's state (batchd must run)", _none, lambda c, a: cmd_workers(c)),
     "start": ("start a worker", _worker, _control("start")),
     "stop": ("stop a worker", _worker, _control("stop")),

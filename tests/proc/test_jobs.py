@@ -8,11 +8,13 @@ generous deadline; fixed sleeps never prove anything.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -384,3 +386,59 @@ def test_chaos_random_kills_during_dispatch_and_run(env: Env) -> None:
     assert {i: ("completed", expected) for i in ids} \
         == {i: (env.record(i)["state"], env.output(i)) for i in ids}
     until("no process of any job", lambda: [] == env.job_pids())
+
+
+# -- webhooks: the scheduler's events reach a real receiver through the callbacks worker -------
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    hits: list[tuple[str, dict[str, str], bytes]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.hits.append((self.path, dict(self.headers.items()), body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[tuple[str, dict[str, str], bytes]]]]:
+    """A real HTTP server on 127.0.0.1 (port 0) recording every POST."""
+    hits: list[tuple[str, dict[str, str], bytes]] = []
+    handler = type("Hook", (_Hook,), {"hits": hits})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_job_and_batch_webhooks_survive_a_sigkill_of_batchd(
+        env: Env, receiver: tuple[str, list[tuple[str, dict[str, str], bytes]]]) -> None:
+    """Two jobs of one batch with callbacks; batchd SIGKILLed while they run: after the
+    restart each job's event arrives (Idempotency-Key = event_id) and the batch's event
+    once both are terminal (at least once: replays carry the same key)."""
+    url, hits = receiver
+    env.start()
+    env.submit("hook-a", "sleep 1; echo a", "--batch", "nightly", "--callback", f"{url}/a")
+    env.submit("hook-b", "sleep 1; echo b", "--batch", "nightly", "--callback", f"{url}/b")
+    env.wait_state("hook-a", "running")
+    env.kill9()
+    env.start()
+    until("both job events and both batch events", lambda: {
+        (p, json.loads(b).get("job", {}).get("id") or "batch") for p, _, b in hits}
+        >= {("/a", "hook-a"), ("/b", "hook-b"), ("/a", "batch"), ("/b", "batch")})
+    for path, headers, body in hits:
+        doc = json.loads(body)
+        assert (path, "application/json", doc["event_id"]) == (
+            path, headers["Content-Type"], headers["Idempotency-Key"])
+        if "batch" in doc:
+            assert ({"batch": "nightly", "counts": {"completed": 2}, "done": True,
+                     "jobs": ["hook-a", "hook-b"]}) == doc["batch"]
+        else:
+            assert "completed" == doc["job"]["state"]
