@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml setup.cfg | $(BIN)/python
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m 'not chaos' -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m 'not chaos' -p no:cacheprovider
 
 chaos: $(STAMP)
-	$(BIN)/python -m pytest -m chaos -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m chaos -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
