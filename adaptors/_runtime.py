@@ -365,6 +365,21 @@ def resolve_user(name: str, *, euid: int) -> RunAs | str:
     return RunAs(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, switch=True)
 
 
+def _hand_over_workspace(workspace: str, run_as: RunAs) -> str | None:
+    """Make the workspace (and everything in it) owned by the account the agent runs as;
+    None when done, else the reason the job cannot run (CONTRACT: with `user` set, the job
+    runs as that account, its workspace owned by it). Symlinks are not followed."""
+    try:
+        os.chown(workspace, run_as.uid, run_as.gid, follow_symlinks=False)
+        for root, dirs, files in os.walk(workspace):
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), run_as.uid, run_as.gid,
+                         follow_symlinks=False)
+    except OSError as exc:
+        return f"user_switch_failed: cannot give the workspace to {run_as.name!r}: {exc}"
+    return None
+
+
 def _stat_fields(pid: int) -> list[bytes] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -845,6 +860,10 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobFiles, output_fd: i
         if isinstance(resolved, str):
             return _Outcome(EXIT_SPAWN_FAILED, reason=resolved), None
         run_as = resolved
+        if run_as.switch:
+            failed = _hand_over_workspace(spec.workspace, run_as)
+            if failed is not None:
+                return _Outcome(EXIT_SPAWN_FAILED, reason=failed), None
     command = spec.command or adaptor.default_binary
     binary = resolve_binary(command, path=_child_env(spec, run_as).get("PATH"),
                             cwd=spec.workspace)

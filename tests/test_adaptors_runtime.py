@@ -274,6 +274,21 @@ def test_agent_runs_as_configured_user(tmp_path: Path) -> None:
     assert b"65534 65534 nobody /nonexistent\n" == fakekit.output(job)
 
 
+def test_workspace_is_handed_to_the_configured_user(tmp_path: Path) -> None:
+    """user: nobody -> the workspace and what is in it belong to nobody; the agent can write."""
+    ws = tmp_path / "ws"
+    (ws / "sub").mkdir(parents=True)
+    (ws / "sub" / "f").write_text("x")
+    ws.chmod(0o755)
+    job = fakekit.make_job(tmp_path / "state", "wsown", adaptor="command", user="nobody",
+                           workspace=ws, prompt="echo made > new && echo ok")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    assert b"ok\n" == fakekit.output(job)
+    owners = {(p.stat().st_uid, p.stat().st_gid) for p in (ws, ws / "sub", ws / "sub" / "f",
+                                                            ws / "new")}
+    assert {(65534, 65534)} == owners
+
+
 def test_unknown_user_fails_without_running(tmp_path: Path) -> None:
     """user names no account: user_switch_failed and the agent never ran."""
     marker = tmp_path / "ran"
