@@ -368,13 +368,21 @@ def resolve_user(name: str, *, euid: int) -> RunAs | str:
 def _hand_over_workspace(workspace: str, run_as: RunAs) -> str | None:
     """Make the workspace (and everything in it) owned by the account the agent runs as;
     None when done, else the reason the job cannot run (CONTRACT: with `user` set, the job
-    runs as that account, its workspace owned by it). Symlinks are not followed."""
+    runs as that account, its workspace owned by it). Symlinks are not followed.
+
+    A file with more than one link is left as it is: a clone from a local mirror shares
+    git's (read-only, immutable) object files with the mirror by hard links, and handing
+    those inodes over would give the mirror's objects to the agent. The agent owns every
+    folder, so it can still replace or remove them."""
     try:
         os.chown(workspace, run_as.uid, run_as.gid, follow_symlinks=False)
         for root, dirs, files in os.walk(workspace):
             for name in dirs + files:
-                os.chown(os.path.join(root, name), run_as.uid, run_as.gid,
-                         follow_symlinks=False)
+                path = os.path.join(root, name)
+                st = os.lstat(path)
+                if not os.path.isdir(path) and st.st_nlink > 1:
+                    continue
+                os.chown(path, run_as.uid, run_as.gid, follow_symlinks=False)
     except OSError as exc:
         return f"user_switch_failed: cannot give the workspace to {run_as.name!r}: {exc}"
     return None

@@ -53,6 +53,8 @@ __all__ = [
     "SchedulerConfig",
     "WorkerConfig",
     "as_dict",
+    "check_branch",
+    "check_repo_url",
     "default_config",
     "default_state_dir",
     "load",
@@ -556,7 +558,24 @@ _URL_SCHEMES = ("http", "https", "ssh", "git", "file")
 
 def _repo_url(ctx: _Ctx, node: Node, key: str) -> str:
     """A git URL (http/https/ssh/git/file, or scp-like [user@]host:path) or a local path."""
-    text = _string(ctx, node, key)
+    return _repo_url_text(ctx, _string(ctx, node, key))
+
+
+def check_repo_url(text: str, base: Path, home: str | None = None) -> str:
+    """The config's rule for a repository URL, for other doors (`batchctl repo add`).
+
+    Returns the URL as stored (a local path made absolute from `base`, ~ expanded with
+    `home`); ValueError saying what is wrong otherwise.
+    """
+    if not text.strip():
+        raise ValueError("expected a non-empty URL or path")
+    try:
+        return _repo_url_text(_Ctx(source="", base=base, home=home), text)
+    except _Invalid as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _repo_url_text(ctx: _Ctx, text: str) -> str:
     if "://" in text:
         scheme, rest = text.split("://", 1)
         if scheme.lower() not in _URL_SCHEMES:
@@ -574,9 +593,16 @@ _BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|^[-/.]|[/.]$|\.lock$|//")
 
 
 def _branch(ctx: _Ctx, node: Node, key: str) -> str:
-    text = _string(ctx, node, key)
-    if _BAD_REF.search(text):
-        raise _Invalid(f"not a valid git branch name: {text!r}")
+    try:
+        return check_branch(_string(ctx, node, key))
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def check_branch(text: str) -> str:
+    """`text` if it is a valid git branch name (the config's rule), else ValueError."""
+    if not text or _BAD_REF.search(text):
+        raise ValueError(f"not a valid git branch name: {text!r}")
     return text
 
 

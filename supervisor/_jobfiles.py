@@ -9,13 +9,23 @@ The glue between the disk / the process table and the pure `supervisor._lifecycl
         without taking it (`probe_lock`). Order: sentinel, liveness, lock, result: the
         adaptor writes result.json before it exits, so "not alive, then no result" is final.
     write_spec(layout, cfg, entry) -> Path          jobs/<id>/spec.json (JOB_SPEC)
-    prepare_workspace(cfg, entry, repositories=None) -> Path    <workspace_dir>/<id>
+    prepare_workspace(cfg, entry, repositories=None, mirrors_dir=None) -> Path
+                                                    <workspace_dir>/<id>
     kill_group(pid, start, sig) -> bool             signal a job's process group, safely
     probe_lock(path) -> LockProbe                   who holds an adaptor.lock, if anyone
     job_timeout(cfg, entry) -> float                the job's timeout, agent's, or the default
 
 Errors the scheduler turns into `failed` (step LAUNCH_FAILED with str(exc)): PrepareError
-(unknown agent or repository, git clone failure with git's stderr, a file in the way).
+(unknown agent or repository, git clone or mirror fetch failure with git's stderr, a file
+in the way).
+
+Workspaces from mirrors. With `mirrors_dir` (the scheduler passes `layout.mirrors_dir`,
+holding the job's repository locks), each repository's mirror is created or fetched first
+(supervisor._repos.ensure_mirror: the only contact with the remote, once per job), then
+the workspace is cloned from the mirror (`--branch B` when the repository names one, else
+the mirror's HEAD, which follows the remote's default) and its `origin` set to the real
+URL, so the job sees an ordinary clone of the remote. Without `mirrors_dir` each
+workspace is cloned straight from the URL.
 
 The lock probe. The adaptor holds an exclusive flock(2) on jobs/<id>/adaptor.lock for its
 whole life. flock locks are invisible to fcntl(F_GETLK), and taking the lock even for an
@@ -67,6 +77,7 @@ from supervisor._layout import (
 )
 from supervisor._lifecycle import Observation
 from supervisor._proc import alive, start_time
+from supervisor._repos import FETCH_TIMEOUT, MirrorError, ensure_mirror, git_env
 
 __all__ = [
     "CLONE_TIMEOUT",
@@ -282,30 +293,45 @@ def write_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> Path:
 # --------------------------------------------------------------------------- workspace
 
 
-def _git_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["GIT_TERMINAL_PROMPT"] = "0"           # never wait for a password on a tty
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-    return env
-
-
-def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float) -> None:
-    cmd = ["git", "clone", "--quiet"]
-    if repo.branch:
-        cmd += ["--branch", repo.branch]
-    cmd += ["--", repo.url, str(dest)]
+def _run_git(cmd: list[str], timeout: float, what: str) -> None:
+    """Run a git command; PrepareError("<what> failed: <git's stderr>") if it fails."""
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              errors="replace", env=_git_env(), timeout=timeout, check=False)
+                              errors="replace", env=git_env(), timeout=timeout, check=False)
     except FileNotFoundError:
         raise PrepareError("cannot clone: git is not installed (not found on PATH)") from None
     except subprocess.TimeoutExpired:
-        raise PrepareError(f"git clone of repository {name!r} ({repo.url}) "
-                           f"timed out after {timeout:g}s") from None
+        raise PrepareError(f"{what} timed out after {timeout:g}s") from None
     if proc.returncode != 0:
         err = proc.stderr.strip()[-_STDERR_TAIL:] or f"exit status {proc.returncode}"
-        branch = f" branch {repo.branch!r}" if repo.branch else ""
-        raise PrepareError(f"git clone of repository {name!r} ({repo.url}{branch}) failed: {err}")
+        raise PrepareError(f"{what} failed: {err}")
+
+
+def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
+           mirror: Path | None = None) -> None:
+    """Clone `repo` (from its mirror when given, then origin = the real URL) into dest."""
+    cmd = ["git", "clone", "--quiet"]
+    if repo.branch:
+        cmd += ["--branch", repo.branch]
+    cmd += ["--", str(mirror) if mirror is not None else repo.url, str(dest)]
+    branch = f" branch {repo.branch!r}" if repo.branch else ""
+    _run_git(cmd, timeout, f"git clone of repository {name!r} ({repo.url}{branch})")
+    if mirror is not None:
+        _run_git(["git", "-C", str(dest), "remote", "set-url", "origin", repo.url], timeout,
+                 f"setting origin of repository {name!r} to {repo.url}")
+
+
+def _mirrors(names: list[str], known: Mapping[str, RepoConfig],
+             mirrors_dir: str | os.PathLike[str] | None,
+             timeout: float) -> dict[str, Path | None]:
+    """Each repository's freshly fetched mirror (None each when there are no mirrors)."""
+    if mirrors_dir is None:
+        return dict.fromkeys(names)
+    try:
+        return {name: ensure_mirror(name, known[name], mirrors_dir, timeout=timeout)
+                for name in names}
+    except MirrorError as exc:
+        raise PrepareError(str(exc)) from None
 
 
 def _remove_tree(path: Path) -> None:
@@ -317,15 +343,20 @@ def _remove_tree(path: Path) -> None:
 
 def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
                       repositories: Mapping[str, RepoConfig] | None = None,
-                      clone_timeout: float = CLONE_TIMEOUT) -> Path:
+                      mirrors_dir: str | os.PathLike[str] | None = None,
+                      clone_timeout: float = CLONE_TIMEOUT,
+                      fetch_timeout: float = FETCH_TIMEOUT) -> Path:
     """Make the job's workspace and return it: an empty folder, or fresh clones of its repos.
 
     One repository: the workspace is the clone. Several: one subfolder each, named after
     the repository. `git clone --branch B` when the repository names a branch, else the
     remote's default branch. `repositories` (e.g. the config's plus those registered with
-    `repo add`) defaults to cfg.repositories. Idempotent: a complete workspace is returned
-    as is, a half-made one (a crash mid-clone) is removed and redone. PrepareError on
-    failure, carrying git's stderr; nothing half-made is left behind by a failure.
+    `repo add`) defaults to cfg.repositories. With `mirrors_dir` the repositories' mirrors
+    there are created or fetched first and the workspace is cloned from them, origin set to
+    the real URL (the caller holds the repositories' locks); None clones from the URLs.
+    Idempotent: a complete workspace is returned as is (nothing is fetched), a half-made
+    one (a crash mid-clone) is removed and redone. PrepareError on failure, carrying git's
+    stderr; nothing half-made is left behind by a failure.
     """
     ws = workspace_path(cfg, entry)
     if ws.is_dir():
@@ -348,15 +379,16 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
             pass
         REAL.fsync_dir(str(ws.parent))
         return ws
+    mirrors = _mirrors(names, known, mirrors_dir, fetch_timeout)
     staging = ws.parent / f"{PREP_PREFIX}{ws.name}"
     _remove_tree(staging)
     try:
         if len(names) == 1:
-            _clone(names[0], known[names[0]], staging, clone_timeout)
+            _clone(names[0], known[names[0]], staging, clone_timeout, mirrors[names[0]])
         else:
             os.mkdir(staging)
             for name in names:
-                _clone(name, known[name], staging / name, clone_timeout)
+                _clone(name, known[name], staging / name, clone_timeout, mirrors[name])
         os.rename(staging, ws)
     except BaseException:
         _remove_tree(staging)

@@ -9,7 +9,10 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       batchd.pid                  parent   record "pid": pid + start time of the running batchd
       workers.json                parent   record "workers": each worker's process state
       startup-log.json            parent   record "startup_log": the last 10 startups
-      repos.json                  (later)  record "repos": repositories added by `repo add`
+      repos.json                  batchctl record "repos": repositories added by `repo add`
+      repos.lock                  batchctl empty, never written: flock serializes `repo add/remove`
+      mirrors/<name>.git          scheduler bare `git clone --mirror` of each repository, fetched
+                                           under the repository's lock (supervisor._repos)
       control/inbox/<req>.json    batchctl request "control" (start/stop/restart/shutdown/reload)
       control/replies/<req>.json  parent   record "reply" to one control request
       ready/<worker>.json         worker   record "ready": recovery done (pid, found, did)
@@ -53,6 +56,7 @@ __all__ = [
     "WORKER_STATE",
     "Layout",
     "RecordKind",
+    "mirror_path",
     "read_record",
     "write_record",
 ]
@@ -126,6 +130,11 @@ def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool =
     return result
 
 
+def mirror_path(mirrors_dir: str | os.PathLike[str], name: str) -> Path:
+    """`<mirrors_dir>/<name>.git`: where repository `name` is mirrored (Layout.mirror)."""
+    return Path(mirrors_dir) / f"{name}.git"
+
+
 class Layout:
     """Paths under one state directory. Pure names: nothing here touches the disk."""
 
@@ -152,6 +161,20 @@ class Layout:
     @property
     def repos_file(self) -> Path:
         return self.root / "repos.json"
+
+    @property
+    def repos_lock(self) -> Path:
+        """flock'ed (exclusive) by `batchctl repo add/remove` around its read and write of
+        repos.json. Created empty with O_CREAT; never written, replaced or removed."""
+        return self.root / "repos.lock"
+
+    @property
+    def mirrors_dir(self) -> Path:
+        return self.root / "mirrors"
+
+    def mirror(self, name: str) -> Path:
+        """The bare mirror of repository `name`."""
+        return mirror_path(self.mirrors_dir, name)
 
     @property
     def control_inbox(self) -> Path:

@@ -36,6 +36,7 @@ from supervisor._ctl_jobs import (
     cmd_wait,
 )
 from supervisor._ctl_out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
+from supervisor._ctl_repos import run_repo, setup_repo
 from supervisor._ctl_state import JOB_STATES
 from supervisor._ctl_submit import cmd_submit
 from supervisor._layout import WORKER_NAMES, Layout
@@ -127,6 +128,8 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "stats": ("job counters and worker restarts", _none, lambda c, a: cmd_stats(c)),
     "callbacks": ("webhook deliveries; `callbacks retry ID` asks for one more try",
                   setup_callbacks, run_callbacks),
+    "repo": ("registered repositories: `repo add NAME URL [--branch B] [--exclusive]`, "
+             "`repo list`, `repo remove NAME`", setup_repo, run_repo),
     "workers": ("each worker's state (batchd must run)", _none, lambda c, a: cmd_workers(c)),
     "start": ("start a worker", _worker, _control("start")),
     "stop": ("stop a worker", _worker, _control("stop")),

@@ -289,6 +289,20 @@ def test_workspace_is_handed_to_the_configured_user(tmp_path: Path) -> None:
     assert {(65534, 65534)} == owners
 
 
+def test_hard_linked_files_in_the_workspace_keep_their_owner(tmp_path: Path) -> None:
+    """A file shared by hard link with another tree (a mirror's git object) is not handed
+    over: the other tree keeps owning it."""
+    ws, mirror = tmp_path / "ws", tmp_path / "mirror"
+    ws.mkdir()
+    mirror.mkdir()
+    (mirror / "obj").write_text("object")
+    os.link(mirror / "obj", ws / "obj")
+    job = fakekit.make_job(tmp_path / "state", "wslink", adaptor="command", user="nobody",
+                           workspace=ws, prompt="true")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    assert (0, 65534) == ((mirror / "obj").stat().st_uid, ws.stat().st_uid)
+
+
 def test_unknown_user_fails_without_running(tmp_path: Path) -> None:
     """user names no account: user_switch_failed and the agent never ran."""
     marker = tmp_path / "ran"

@@ -396,6 +396,114 @@ def test_a_file_in_the_way_is_refused(tmp_path: Path) -> None:
         prepare_workspace(cfg, entry())
 
 
+# --------------------------------------------------------------------------- from mirrors
+
+
+def bare_remote(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """(bare remote whose HEAD is trunk, a work tree that pushes to it)."""
+    work = make_repo(tmp_path / "remotes" / f"{name}-work", name)
+    bare = tmp_path / "remotes" / f"{name}.git"
+    git("clone", "-q", "--bare", str(work), str(bare))
+    git("remote", "add", "origin", str(bare), cwd=work)
+    return bare, work
+
+
+@pytest.fixture
+def remotes(tmp_path: Path) -> dict[str, RepoConfig]:
+    app, _ = bare_remote(tmp_path, "app")
+    lib, _ = bare_remote(tmp_path, "lib")
+    return {"app": RepoConfig(url=str(app)), "lib": RepoConfig(url=str(lib)),
+            "app-main": RepoConfig(url=str(app), branch="main"),
+            "app-nope": RepoConfig(url=str(app), branch="nope")}
+
+
+def test_from_a_mirror_the_workspace_is_an_ordinary_clone(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """One repo via mirrors_dir: mirror made, workspace on the remote's default branch,
+    its origin the real URL (not the mirror), no staging left."""
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "state" / "mirrors"
+    ws = prepare_workspace(cfg, entry(repos=["app"]), repositories=remotes,
+                           mirrors_dir=mirrors)
+    assert ("app trunk\n", "trunk", remotes["app"].url, ["app.git"]) == (
+        (ws / "which").read_text(), git("rev-parse", "--abbrev-ref", "HEAD", cwd=ws),
+        git("remote", "get-url", "origin", cwd=ws), os.listdir(mirrors))
+    assert [] == [n for n in os.listdir(tmp_path / "ws") if n.startswith(PREP_PREFIX)]
+
+
+def test_from_mirrors_several_repos_and_a_named_branch(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """Several repos via mirrors: one subfolder each; a named branch is checked out."""
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "mirrors"
+    ws = prepare_workspace(cfg, entry(repos=["app-main", "lib"]), repositories=remotes,
+                           mirrors_dir=mirrors)
+    assert (["app-main", "lib"], "app main\n", "lib trunk\n", remotes["lib"].url) == (
+        sorted(os.listdir(ws)), (ws / "app-main" / "which").read_text(),
+        (ws / "lib" / "which").read_text(), git("remote", "get-url", "origin", cwd=ws / "lib"))
+
+
+def test_the_mirror_is_fetched_for_the_next_job(tmp_path: Path) -> None:
+    """The mirror is created once, then fetched: a commit pushed after job 1 is in job 2's
+    workspace, and the mirror folder is the same one."""
+    bare, work = bare_remote(tmp_path, "app")
+    cfg = make_cfg(tmp_path)
+    known = {"app": RepoConfig(url=str(bare))}
+    mirrors = tmp_path / "mirrors"
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=known,
+                      mirrors_dir=mirrors)
+    inode = (mirrors / "app.git").stat().st_ino
+    (work / "which").write_text("app trunk 2\n")
+    git("commit", "-q", "-am", "second", cwd=work)
+    git("push", "-q", "origin", "trunk", cwd=work)
+    ws2 = prepare_workspace(cfg, entry(id="j2", repos=["app"]), repositories=known,
+                            mirrors_dir=mirrors)
+    assert ("app trunk 2\n", inode, "app trunk\n") == (
+        (ws2 / "which").read_text(), (mirrors / "app.git").stat().st_ino,
+        (tmp_path / "ws" / "j1" / "which").read_text())
+
+
+def test_a_fetch_failure_fails_the_job_with_git_stderr(tmp_path: Path) -> None:
+    """The remote is gone when its mirror is fetched: PrepareError carrying git's stderr,
+    no workspace and no staging left."""
+    bare, _ = bare_remote(tmp_path, "app")
+    cfg = make_cfg(tmp_path)
+    known = {"app": RepoConfig(url=str(bare))}
+    mirrors = tmp_path / "mirrors"
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=known,
+                      mirrors_dir=mirrors)
+    bare.rename(tmp_path / "moved.git")
+    with pytest.raises(PrepareError, match="does not appear to be a git repository") as info:
+        prepare_workspace(cfg, entry(id="j2", repos=["app"]), repositories=known,
+                          mirrors_dir=mirrors)
+    assert str(info.value).startswith("git fetch of repository 'app'")
+    assert ["j1"] == os.listdir(tmp_path / "ws")
+
+
+def test_a_missing_branch_in_the_mirror_fails_with_git_stderr(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """A branch the remote lacks: the clone from the mirror fails naming the real URL."""
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(PrepareError, match="Remote branch nope not found") as info:
+        prepare_workspace(cfg, entry(repos=["app-nope"]), repositories=remotes,
+                          mirrors_dir=tmp_path / "mirrors")
+    assert str(info.value).startswith(
+        f"git clone of repository 'app-nope' ({remotes['app'].url} branch 'nope') failed: ")
+    assert [] == os.listdir(tmp_path / "ws")
+
+
+def test_a_complete_workspace_is_reused_without_a_fetch(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """A relaunch with the workspace already made touches neither remote nor mirror."""
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "mirrors"
+    ws = prepare_workspace(cfg, entry(repos=["app"]), repositories=remotes,
+                           mirrors_dir=mirrors)
+    Path(remotes["app"].url).rename(tmp_path / "moved.git")
+    assert ws == prepare_workspace(cfg, entry(repos=["app"]), repositories=remotes,
+                                   mirrors_dir=mirrors)
+
+
 # --------------------------------------------------------------------------- kill_group
 
 
