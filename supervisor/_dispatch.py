@@ -6,14 +6,23 @@ table of supervisor._lifecycle; the facts come from supervisor._jobfiles (sentin
 result, adaptor pid + start time, adaptor.lock); this module only carries out the actions
 (`Update`, `Launch`, `KillGroup`, `WarnStale`, `Finalize`) in the order given:
 
-    dispatch(jobs)        FIFO: while fewer than scheduler.max_concurrent_jobs jobs are
-                          starting/running, take the oldest queued job: step DISPATCHED
-                          (state starting, attempts+1, dispatched_ts), then prepare_workspace
-                          -> write_spec -> launch(job_dir, mode=cfg.launcher) -> step
+    dispatch(jobs)        First the waiting jobs that locks/state.json shows holding ALL
+                          their repositories (grant order), then the queued ones, FIFO:
+                          a queued job with repositories steps WAIT_LOCK (state waiting,
+                          with `lock_exclusive` and `lock_seq`; durable) and only then gets
+                          its acquire request; one without steps DISPATCHED. A dispatch
+                          needs a free slot: fewer than scheduler.max_concurrent_jobs jobs
+                          starting/running (waiting ones do not count). DISPATCHED (state
+                          starting, attempts+1, dispatched_ts), then prepare_workspace
+                          (mirrors fetched and workspace cloned under the locks) -> release
+                          of the locks unless the job holds them for its whole run ->
+                          write_spec -> launch(job_dir, mode=cfg.launcher) -> step
                           LAUNCHED (state running, pid, start, started_at, started_ts) or
                           LAUNCH_FAILED (failed, with the reason). The systemd launcher gives
                           no pid: the job stays `starting` and a later tick attaches it from
-                          the sentinel.
+                          the sentinel. A waiting job naming a repository that is no longer
+                          configured nor registered is dispatched at once to fail ("repository
+                          'X' is no longer known"), releasing its place in the queues.
     tick_all(jobs)        every starting/running job: observe -> lifecycle.tick -> execute.
     tick_job(jobs, id)    the same for one job (the `job_exited` request).
     cancel(jobs, id)      queued/waiting: cancelled now. starting/running: the intent
@@ -22,6 +31,21 @@ result, adaptor pid + start time, adaptor.lock); this module only carries out th
                           cancelled, the lifecycle's cancel_overdue row SIGKILLs it.
     reattach(jobs)        at scheduler start: tick every starting/running job once and say
                           what came of it (reattached, stale, finalized, lost, ...).
+    resume_waiting(jobs)  at scheduler start: acquire again for every waiting job the lock
+                          table does not know (the crash between the WAL's `waiting` and
+                          the acquire request), with its recorded lock_seq and exclusivity.
+
+Repository locks (LOCKS.md; the locks worker's side is argued in supervisor/locks.py).
+Requests go into locks/inbox/ as REQUEST files written atomically: `acquire-<job>` after
+the WAL says waiting, `release-<job>` (the same name each time: a replay is the same file)
+right after the clone of a job that does not hold its locks for its whole run, when a
+starting job is seen running (attach) or a running one is re-attached at start, and at
+every terminal finalize of a job with repositories, BEFORE its terminal WAL record (as the
+webhook events are), so a crash in between finalizes it and releases again. A job holds
+its locks for its whole run when it was submitted `--exclusive` or names an `exclusive`
+repository; that decision is recorded in its entry (`lock_exclusive`) when it starts to
+wait and used from then on. The grant is read from locks/state.json (owner=False), never
+from the hint `scheduler/inbox/granted-<job>.json`, which only wakes the loop.
 
 `Jobs.active` (the ids of starting/running jobs) is the one piece of memory: it is rebuilt
 from the queue at start (`Jobs.over`), so a restart loses nothing (DESIGN law 4).
@@ -61,13 +85,22 @@ from typing import Any
 
 from supervisor import _jobfiles
 from supervisor import _lifecycle as lc
-from supervisor._config import Config
+from supervisor._atomic import ensure_dir
+from supervisor._config import Config, RepoConfig
 from supervisor._events import BatchIndex, emit_job_end
 from supervisor._jobs import iso_now
 from supervisor._launch import Launched, LaunchError, launch
-from supervisor._layout import Layout
+from supervisor._layout import REQUEST, WORKER_STATE, Layout, read_record, write_record
+from supervisor._locktable import (
+    Table,
+    acquire_request,
+    exclusive_for,
+    from_record,
+    release_request,
+)
 from supervisor._proc import alive, job_processes
 from supervisor._queue import JobQueue
+from supervisor._repos import all_repositories
 from supervisor._runtime import Log, stop_requested
 
 __all__ = [
@@ -79,6 +112,7 @@ __all__ = [
     "dispatch",
     "kill_leftovers",
     "reattach",
+    "resume_waiting",
     "tick_all",
     "tick_interval",
     "tick_job",
@@ -90,6 +124,10 @@ STALE_WARN_EVERY = 60.0
 _LEFTOVER_WAIT = 1.0
 #: How long finalizing waits for an adaptor that wrote its result to exit before killing it.
 ADAPTOR_EXIT_WAIT = 2.0
+#: At most this many queued jobs start waiting for locks in one pass (each is a WAL write
+#: and an acquire file): a large submission never stalls ticks and the inbox for long; the
+#: loop runs the next pass at once while `Jobs.backlog` says more are left.
+WAIT_BATCH = 64
 
 Launcher = Callable[[Path, str], Launched]
 
@@ -121,6 +159,8 @@ class Jobs:
     active: set[str] = field(default_factory=set)       # starting/running job ids
     warned: dict[str, float] = field(default_factory=dict)   # id -> last stale warning
     batches: BatchIndex = field(default_factory=BatchIndex)  # cache for batch events
+    lock_seq: int = 0            # the last acquire's seq (increasing: FIFO across passes)
+    backlog: bool = False        # the last dispatch left queued jobs it could have moved
 
     @classmethod
     def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
@@ -170,6 +210,104 @@ class _Job:
         return str(self.entry["id"])
 
 
+# -- repository locks ----------------------------------------------------------------------------
+
+def _repositories(j: Jobs) -> dict[str, RepoConfig]:
+    """Every repository a job may name now: the config's plus those registered."""
+    return all_repositories(j.cfg, j.layout)
+
+
+def _repos_of(entry: dict[str, Any]) -> list[str]:
+    return [str(r) for r in entry.get("repos") or []]
+
+
+def _send(j: Jobs, worker: str, body: dict[str, Any]) -> bool:
+    """Drop a request into `worker`'s inbox (atomic, durable); False (logged) if it failed."""
+    inbox = j.layout.inbox(worker)
+    try:
+        ensure_dir(inbox)
+        write_record(REQUEST, inbox / f"{body['id']}.json", body)
+    except OSError as exc:
+        j.log.error("cannot write a request", worker=worker, request=body["id"],
+                    error=str(exc))
+        return False
+    return True
+
+
+def _release(j: Jobs, job_id: str, why: str) -> None:
+    """Ask the locks worker to free what `job_id` holds or waits for (idempotent)."""
+    if _send(j, "locks", release_request(job_id, created_at=iso_now())):
+        j.log.info("lock release requested", job=job_id, why=why)
+
+
+def _release_if_shared(j: Jobs, entry: dict[str, Any], why: str) -> None:
+    """Release the locks of a job with repositories that does not hold them all run."""
+    if _repos_of(entry) and not exclusive_for(entry, _repositories(j)):
+        _release(j, str(entry["id"]), why)
+
+
+def _lock_table(j: Jobs) -> Table | None:
+    """locks/state.json as the locks worker last wrote it; None if absent or unreadable."""
+    rec = read_record(WORKER_STATE, j.layout.worker_state("locks"), owner=False)
+    if not isinstance(rec, dict):
+        return None
+    table = from_record(rec)
+    if isinstance(table, str):
+        j.log.warning("locks state unreadable; waiting jobs wait", reason=table)
+        return None
+    return table
+
+
+def _next_seq(j: Jobs) -> int:
+    j.lock_seq = max(time.time_ns(), j.lock_seq + 1)
+    return j.lock_seq
+
+
+def _acquire(j: Jobs, entry: dict[str, Any]) -> None:
+    """The acquire request of a job the WAL already says is waiting."""
+    seq = entry.get("lock_seq")
+    _send(j, "locks", acquire_request(
+        str(entry["id"]), _repos_of(entry),
+        exclusive=exclusive_for(entry, _repositories(j)),
+        seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else _next_seq(j),
+        created_at=iso_now()))
+
+
+def _wait_for_locks(j: Jobs, entry: dict[str, Any], repositories: dict[str, RepoConfig]
+                    ) -> None:
+    """queued -> waiting (durable, with lock_exclusive and lock_seq), then the acquire."""
+    batch = _Batch()
+    d = lc.step(entry, lc.Event.WAIT_LOCK, lc.Facts(now=j.clock(), timing=j.timing))
+    job = _Job(entry)
+    _execute(j, job, d, batch)
+    extra = {"lock_exclusive": exclusive_for(entry, repositories), "lock_seq": _next_seq(j)}
+    entry.update(extra)
+    batch.updates.append((job.id, extra))
+    batch.flush(j.queue)          # the WAL says waiting before the request exists
+    _acquire(j, entry)
+    j.log.info("job waiting for repository locks", job=job.id, repos=_repos_of(entry),
+               exclusive=extra["lock_exclusive"])
+
+
+def resume_waiting(j: Jobs) -> int:
+    """At scheduler start: acquire again for every waiting job the lock table does not
+    know (none readable: all of them); how many requests were sent."""
+    waiting = j.queue.ids(lc.State.WAITING.value)
+    if not waiting:
+        return 0
+    table = _lock_table(j)
+    sent = 0
+    for job_id in waiting:
+        entry = j.queue.get(job_id)
+        if entry is None or (table is not None and table.knows(job_id)):
+            continue
+        _acquire(j, entry)
+        sent += 1
+    if sent:
+        j.log.info("lock requests sent again for waiting jobs", jobs=sent)
+    return sent
+
+
 # -- executing actions -------------------------------------------------------------------------
 
 def _do_update(j: Jobs, job: _Job, action: lc.Update, batch: _Batch) -> None:
@@ -177,10 +315,27 @@ def _do_update(j: Jobs, job: _Job, action: lc.Update, batch: _Batch) -> None:
     batch.updates.append((job.id, dict(action.fields)))
 
 
+def _prepare(j: Jobs, entry: dict[str, Any]) -> None:
+    """The workspace (mirrors fetched, clones made: the job holds its repositories' locks),
+    then the release of those locks unless the job holds them for its whole run."""
+    names = _repos_of(entry)
+    if not names:
+        _jobfiles.prepare_workspace(j.cfg, entry)
+        return
+    known = _repositories(j)
+    gone = [name for name in names if name not in known]
+    if gone and not _jobfiles.workspace_path(j.cfg, entry).is_dir():
+        raise _jobfiles.PrepareError(f"repository {gone[0]!r} is no longer known")
+    _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
+                                mirrors_dir=j.layout.mirrors_dir)
+    if not exclusive_for(entry, known):
+        _release(j, str(entry["id"]), "workspace cloned")
+
+
 def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
     batch.flush(j.queue)        # `starting` is durable before anything of the launch exists
     try:
-        _jobfiles.prepare_workspace(j.cfg, job.entry)
+        _prepare(j, job.entry)
         _jobfiles.write_spec(j.layout, j.cfg, job.entry)
         launched = j.launcher(j.layout.job_dir(job.id), j.cfg.launcher)
     except (_jobfiles.PrepareError, LaunchError, OSError) as exc:
@@ -247,6 +402,8 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     # WAL (see supervisor._events); state_of sees this pass's unflushed states.
     emit_job_end(j.layout, j.queue, j.batches, {**job.entry, "id": job.id},
                  lambda other: batch.state_of(other, j.queue))
+    if _repos_of(job.entry):     # before the terminal WAL record, as the events above
+        _release(j, job.id, f"job {fields['state']}")
     batch.counters[str(fields["state"])] += 1
     j.active.discard(job.id)
     j.warned.pop(job.id, None)
@@ -347,6 +504,8 @@ def _tick(j: Jobs, job_id: str, batch: _Batch) -> tuple[_Job, lc.Decision] | Non
     if d.event is lc.Event.SENTINEL_FRESH and j.warned.pop(job_id, None) is not None:
         j.log.info("job heartbeat is fresh again", job=job_id)
     _execute(j, job, d, batch)
+    if d.state is lc.State.STARTING and d.next_state is lc.State.RUNNING:
+        _release_if_shared(j, entry, "job seen running")    # its clone is done
     return job, d
 
 
@@ -405,6 +564,8 @@ def reattach(j: Jobs) -> dict[str, int]:
                 continue
             kind = _REATTACH_KIND.get(d.event, "reattached") if d.event else "reattached"
             did[kind] += 1
+            if d.state is lc.State.RUNNING:     # (starting -> running: _tick released)
+                _release_if_shared(j, job.entry, "running job re-attached")
             if kind == "reattached":
                 n = int(job.entry.get("reattached") or 0) + 1
                 batch.updates.append((job_id, {"reattached": n, "reattached_at": iso_now()}))
@@ -418,26 +579,84 @@ def reattach(j: Jobs) -> dict[str, int]:
 
 # -- dispatching and cancelling ----------------------------------------------------------------
 
-def dispatch(j: Jobs) -> int:
-    """Start queued jobs, oldest first, while a slot is free; how many were dispatched."""
-    batch = _Batch()
+def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
+    """Step DISPATCHED and carry it out (the launch included); False if it does not apply."""
+    d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock(), timing=j.timing))
+    if d.ignored:      # cannot happen for a queued/waiting job; never loop on it
+        j.log.error("job not dispatchable", job=entry.get("id"), state=entry["state"])
+        return False
+    j.active.add(str(entry["id"]))
+    _execute(j, _Job(entry), d, batch)
+    return True
+
+
+def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
+    """Waiting jobs that hold all their locks (slots permitting, in grant order), and those
+    naming a repository that no longer exists (at once: their launch fails saying so)."""
+    if not j.queue.counts().get(lc.State.WAITING.value):
+        return 0
+    table = _lock_table(j)
+    if table is None:
+        return 0
+    known = _repositories(j)
+    gone = [job for repo, queue in table.waiting.items() if repo not in known for job in queue]
+    granted = [job for job in dict.fromkeys(lock.job for lock in table.held.values())
+               if job not in gone]
     started = 0
+    for job_id in dict.fromkeys(gone + granted):
+        if stop_requested():
+            break
+        entry = j.queue.get(job_id)
+        if entry is None or entry["state"] != lc.State.WAITING.value:
+            continue
+        if job_id not in gone:
+            if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs:
+                break
+            if any(table.holder(repo) != job_id for repo in _repos_of(entry)):
+                continue
+        started += _dispatch_one(j, entry, batch)
+    return started
+
+
+def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
+    """Queued jobs, oldest first: with repositories -> waiting (no slot needed, at most
+    WAIT_BATCH per pass); without -> dispatched while a slot is free."""
+    started = waited = 0
+    known: dict[str, RepoConfig] | None = None
+    while not stop_requested():
+        job_id = j.queue.first_queued()
+        entry = None if job_id is None else j.queue.get(job_id)
+        if job_id is None or entry is None:
+            break
+        names = _repos_of(entry)
+        if names:
+            if waited >= WAIT_BATCH:
+                j.backlog = True
+                break
+            known = _repositories(j) if known is None else known
+            if all(name in known for name in names):
+                batch.flush(j.queue)
+                _wait_for_locks(j, entry, known)
+                waited += 1
+                continue
+            # a repository it names is gone: no lock to wait for, its launch fails
+        if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs:
+            break
+        if not _dispatch_one(j, entry, batch):
+            break
+        started += 1
+    return started
+
+
+def dispatch(j: Jobs) -> int:
+    """Start what may start now (granted waiting jobs, then queued ones, FIFO), and move
+    queued jobs with repositories to waiting; how many were dispatched."""
+    batch = _Batch()
+    j.backlog = False
     try:
-        while len(j.active) < j.cfg.scheduler.max_concurrent_jobs and not stop_requested():
-            job_id = j.queue.first_queued()
-            entry = None if job_id is None else j.queue.get(job_id)
-            if job_id is None or entry is None:
-                break
-            d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock(), timing=j.timing))
-            if d.ignored:      # cannot happen for a queued job; never loop on it
-                j.log.error("queued job not dispatchable", job=job_id, state=entry["state"])
-                break
-            j.active.add(job_id)
-            _execute(j, _Job(entry), d, batch)
-            started += 1
+        return _dispatch_waiting(j, batch) + _dispatch_queued(j, batch)
     finally:
         batch.flush(j.queue)
-    return started
 
 
 def cancel(j: Jobs, job_id: str) -> str | None:

@@ -35,6 +35,7 @@ from supervisor._ctl_jobs import (
     cmd_status_job,
     cmd_wait,
 )
+from supervisor._ctl_locks import run_locks, setup_locks
 from supervisor._ctl_out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor._ctl_repos import run_repo, setup_repo
 from supervisor._ctl_state import JOB_STATES
@@ -128,6 +129,8 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "stats": ("job counters and worker restarts", _none, lambda c, a: cmd_stats(c)),
     "callbacks": ("webhook deliveries; `callbacks retry ID` asks for one more try",
                   setup_callbacks, run_callbacks),
+    "locks": ("repository locks: holders, and waiting jobs in FIFO order", setup_locks,
+              run_locks),
     "repo": ("registered repositories: `repo add NAME URL [--branch B] [--exclusive]`, "
              "`repo list`, `repo remove NAME`", setup_repo, run_repo),
     "workers": ("each worker's state (batchd must run)", _none, lambda c, a: cmd_workers(c)),

@@ -1,109 +1,388 @@
 """The locks worker: repository locks and their FIFO waiting queues, kept in locks/state.json.
 
-Recovery (its start-up): read `locks/state.json`, a WORKER_STATE record
-{worker: "locks", held: [{repo, job, since}], waiting: {repo: [job ids in order]}}.
-Missing (first start) -> an empty table, written at once so the file exists from then on.
-Corrupt (unparseable, wrong schema or a wrong shape) -> moved aside as
-`state.json.corrupted.<UTC ts>`, the worker starts with an empty table and says so in its
-ready record's `degraded`; no other worker is affected.
+The protocol (LOCKS.md; the table's rules are in supervisor._locktable):
 
-Crash safety: this worker is the file's only writer, and every write replaces it
-atomically (temp file, fsync, rename, fsync of the folder): a crash leaves the old table
-or the new one. Recovery only reads it, quarantines it or writes the empty table, so a
-crash during recovery is recovered again by the next start.
+    scheduler                          locks worker                      scheduler
+    WAL: queued -> waiting   --->  locks/inbox/acquire-<job>.json
+                                   apply, grant, save state.json  --->  scheduler/inbox/
+                                   (held by <job>), remove request      granted-<job>.json
+    sees state.json: holds all its repos -> starting, fetch mirrors, clone workspace
+    non-exclusive: locks/inbox/release-<job>.json right after the clone (before the launch)
+    exclusive (repo config or --exclusive): release-<job> when the job is terminal
+    every terminal finalize of a job with repos: release-<job> again (idempotent)
 
-Inbox `locks/inbox/`: acquire and release arrive with the locks issue; until then the
-handler table is empty, so every request is quarantined as of an unknown kind (logged,
-never silently dropped).
+Files. `locks/state.json` (kind WORKER_STATE, `_locktable.to_record`): written only by
+this worker, atomically (temp, fsync, rename, fsync folder), so it is always the old or
+the new table. Requests `locks/inbox/<id>.json` (kind REQUEST) are written atomically by
+their senders (the scheduler; later the reaper: the lock of a vanished job). This worker
+writes one kind of file elsewhere: the hint `scheduler/inbox/granted-<job>.json` (kind
+REQUEST "lock_granted"), dropped into the scheduler's inbox as any sender does; the hint
+only wakes the scheduler, the truth is state.json.
+
+One pass (on an inbox hint, or the rescan every few seconds): read every request, apply
+all acquires (in the order of their `seq`, so two requests written within one timestamp
+tick still queue in the scheduler's order), then all releases (a job never asks again
+after its release, so this order is right even when both of one job are in the same
+pass); a malformed request or an unknown kind is quarantined (`BadRequest`, logged).
+Then grant what is free, recompute `unavailable` (repositories named by the table that
+are no longer configured nor registered: they are never granted, and the scheduler fails
+the jobs waiting on them), write state.json once if anything changed, drop the hints, and
+only then remove the requests: acquires first, then releases.
+
+Crash windows (every one recovers; handlers are idempotent by job, so replays are no-ops):
+- The scheduler dies after the WAL says `waiting` but before the acquire exists (it
+  writes the WAL first): at its restart it re-sends acquire-<job> for every waiting job
+  the table does not know (`_dispatch.resume_waiting`), with the `lock_seq` it recorded
+  in the WAL, so the job takes its old place in line.
+- This worker dies after saving state.json but before removing the requests: they are
+  replayed at the next start; acquire of a known job and release of an unknown one
+  change nothing. Removal is acquires-before-releases, so no replay can ever see a job's
+  acquire without its release after having applied that release.
+- ... after the grant (state.json saved) but before the hint: at its restart, recovery
+  hints every held job the WAL still says is `waiting`; and independently the scheduler
+  reads state.json on every pass while jobs wait (at least every watcher rescan), so a
+  lost hint costs seconds at most.
+- The scheduler dies after the clone but before the release: at its restart the job is
+  `starting` (relaunched: the workspace is complete, so nothing is fetched again, then
+  released before the launch) or `running` (re-attached: a non-exclusive running job
+  sends release again). A scheduler dying mid-clone still holds the lock, so the
+  relaunch clones under it.
+- The scheduler dies after a release was sent for a finished job but before its terminal
+  WAL record (the release is written first, like the webhook events): at restart the job
+  is finalized again and the release sent again: a no-op.
+- This worker is down while jobs finish: their releases wait in locks/inbox; at start,
+  recovery reconciles the table with the scheduler's WAL (opened read-only, never
+  written), dropping the locks and queue places of jobs that are terminal or unknown
+  there and the locks of running jobs that did not ask to hold them for their whole run
+  (their clone is done), then grants what is free and serves the inbox (the releases of
+  dropped jobs are no-ops).
+
+Recovery (its start-up): read state.json. Missing (first start) or corrupt (unparseable,
+wrong schema, wrong shape, queues and requests disagreeing: moved aside as
+`state.json.corrupted.<UTC ts>`, said in `degraded`) -> rebuilt from the WAL: every
+`starting` job with repositories holds them (it may be cloning now: the lock must stay),
+every `running` one that holds for its whole run (`lock_exclusive`) holds them, and every
+`waiting` job is queued again in WAL FIFO order with its recorded `lock_seq`. Then the
+reconciliation above, the grants, state.json written, the hints. If the WAL cannot be
+read the table is kept as read (or empty), not reconciled, and `degraded` says so; the
+scheduler starts before this worker, so the WAL normally exists (none at all: no jobs).
+A crash during recovery leaves state.json old or new, and the next start does it again.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from supervisor import _log
-from supervisor._atomic import Corrupt, Missing, ensure_dir, quarantine
+from supervisor._atomic import Corrupt, Missing, ensure_dir, quarantine, remove
 from supervisor._config import Config
-from supervisor._jobs import iso_now
-from supervisor._layout import WORKER_STATE, Layout, read_record, write_record
+from supervisor._jobs import iso_now, valid_job_id
+from supervisor._layout import REQUEST, WORKER_STATE, Layout, read_record, write_record
+from supervisor._locktable import (
+    ACQUIRE,
+    RELEASE,
+    Lock,
+    Table,
+    Want,
+    acquire,
+    drop,
+    exclusive_for,
+    from_record,
+    grant,
+    granted_hint,
+    release,
+    to_record,
+    unavailable,
+)
+from supervisor._queue import TERMINAL_STATES, JobQueue, QueueError
+from supervisor._repos import all_repositories
 from supervisor._runtime import (
     EXIT_OK,
     EXIT_RECOVERY_FAILED,
+    BadRequest,
     Log,
     Watcher,
-    handle_inbox,
+    inbox_requests,
     report_ready,
     run_loop,
     run_standalone,
+    stop_requested,
 )
+from supervisor._wal import WalError
 
-__all__ = ["HANDLERS", "NAME", "Locks", "main", "recover", "save"]
+__all__ = [
+    "HANDLERS",
+    "NAME",
+    "Locks",
+    "acquire_handler",
+    "main",
+    "one_pass",
+    "rebuild",
+    "reconcile",
+    "recover",
+    "release_handler",
+    "save",
+    "settle",
+]
 
 NAME = "locks"
 
 
 @dataclass
 class Locks:
-    """The lock table as the worker holds it: rebuilt from state.json at every start."""
+    """What the worker holds: the table (rebuilt from state.json at every start) and the
+    record last written (a pass that changes nothing writes nothing)."""
 
+    cfg: Config
     layout: Layout
     log: Log
-    held: list[dict[str, Any]] = field(default_factory=list)
-    waiting: dict[str, list[str]] = field(default_factory=dict)
+    table: Table = field(default_factory=Table)
+    saved: dict[str, Any] | None = None
+    now: Callable[[], str] = iso_now
+
+    def known(self) -> dict[str, Any]:
+        """The repositories that exist now: the config's plus the registered ones."""
+        return dict(all_repositories(self.cfg, self.layout))
 
 
-#: request kind -> handler (acquire and release arrive with the locks issue).
-HANDLERS: dict[str, Callable[[Locks, dict[str, Any]], None]] = {}
+# -- the handlers (apply to the table in memory; validate everything first) ----------------
+
+def _job_of(req: dict[str, Any]) -> str:
+    job = req.get("job")
+    if not isinstance(job, str) or not valid_job_id(job):
+        raise BadRequest(f"'job' {job!r} is not a valid job id")
+    return job
 
 
-def _shape_problem(rec: dict[str, Any]) -> str | None:
-    """None if the record's held/waiting have the documented shape, else what is wrong."""
-    held, waiting = rec.get("held"), rec.get("waiting")
-    if not isinstance(held, list):
-        return "'held' must be a list"
-    for i, lock in enumerate(held):
-        if not (isinstance(lock, dict)
-                and all(isinstance(lock.get(k), str) for k in ("repo", "job", "since"))):
-            return f"held[{i}] must be an object with string repo, job and since"
-    if not isinstance(waiting, dict):
-        return "'waiting' must be an object"
-    for repo, ids in waiting.items():
-        if not (isinstance(ids, list) and all(isinstance(j, str) for j in ids)):
-            return f"waiting[{repo!r}] must be a list of job ids"
-    return None
+def acquire_handler(lk: Locks, req: dict[str, Any]) -> None:
+    """acquire {job, repos, exclusive, seq, created_at}: queue the job (no-op if known)."""
+    job = _job_of(req)
+    repos, exclusive, seq = req.get("repos"), req.get("exclusive", False), req.get("seq")
+    if (not isinstance(repos, list) or not repos
+            or not all(isinstance(r, str) and r for r in repos) or len(set(repos)) != len(repos)):
+        raise BadRequest("'repos' must be a non-empty list of distinct repository names")
+    if not isinstance(exclusive, bool):
+        raise BadRequest("'exclusive' must be true or false")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise BadRequest("'seq' must be an integer")
+    created = req.get("created_at")
+    want = Want(tuple(repos), exclusive, seq, created if isinstance(created, str) else None)
+    if acquire(lk.table, job, want):
+        lk.log.info("lock requested", job=job, repos=repos, exclusive=exclusive)
 
 
-def save(locks: Locks) -> None:
-    """Replace locks/state.json with the table (atomic, durable)."""
-    write_record(WORKER_STATE, locks.layout.worker_state(NAME),
-                 {"worker": NAME, "held": locks.held, "waiting": locks.waiting})
+def release_handler(lk: Locks, req: dict[str, Any]) -> None:
+    """release {job}: free what the job holds, leave its queues (no-op if unknown)."""
+    job = _job_of(req)
+    held = lk.table.holds(job)
+    if release(lk.table, job):
+        lk.log.info("locks released", job=job, repos=held, request=req["id"])
 
 
-def recover(layout: Layout, log: Log) -> tuple[Locks, dict[str, Any], dict[str, Any], list[str]]:
-    """Rebuild the table from state.json: (locks, found, did, degraded). OSError: cannot."""
+#: request kind -> handler.
+HANDLERS: dict[str, Callable[[Locks, dict[str, Any]], None]] = {
+    ACQUIRE: acquire_handler,
+    RELEASE: release_handler,
+}
+
+
+# -- saving, granting, hinting --------------------------------------------------------------
+
+def save(lk: Locks, unavailable_repos: Iterable[str] = ()) -> bool:
+    """Replace locks/state.json with the table unless it says that already; True if written."""
+    rec = to_record(lk.table, unavailable_repos)
+    if rec == lk.saved:
+        return False
+    write_record(WORKER_STATE, lk.layout.worker_state(NAME), rec)
+    lk.saved = rec
+    return True
+
+
+def _hint(lk: Locks, jobs: Iterable[str]) -> int:
+    """Drop `granted-<job>` into the scheduler's inbox for each job; how many."""
+    inbox = lk.layout.inbox("scheduler")
+    n = 0
+    for job in jobs:
+        if n == 0:
+            ensure_dir(inbox)
+        write_record(REQUEST, inbox / f"granted-{job}.json",
+                     granted_hint(job, created_at=iso_now()))
+        n += 1
+    return n
+
+
+def settle(lk: Locks, *, hint: bool = True) -> list[str]:
+    """Grant what is free, save the table (if changed), then hint the granted jobs."""
+    known = lk.known()
+    granted = grant(lk.table, lk.now(), lambda repo: repo in known)
+    save(lk, unavailable(lk.table, known))
+    for job in granted:
+        lk.log.info("locks granted", job=job, repos=lk.table.holds(job))
+    if hint:
+        _hint(lk, granted)
+    return granted
+
+
+def _order(item: tuple[int, tuple[Path, dict[str, Any]]]) -> tuple[int, int, int]:
+    """Acquires first, by seq; then everything else in arrival order."""
+    i, (_, req) = item
+    seq = req.get("seq")
+    if req.get("kind") == ACQUIRE and isinstance(seq, int) and not isinstance(seq, bool):
+        return (0, seq, i)
+    return (0, 0, i) if req.get("kind") == ACQUIRE else (1, 0, i)
+
+
+def _reject(path: Path, why: str, log: Log) -> None:
+    log.warning("malformed request quarantined", path=str(path), moved_to=quarantine(path),
+                reason=why)
+
+
+def one_pass(lk: Locks) -> int:
+    """Apply every request in the inbox, grant, save, hint, then remove them; how many."""
+    if stop_requested():
+        return 0
+    taken: list[Path] = []
+    requests = sorted(enumerate(inbox_requests(lk.layout.inbox(NAME), lk.log)), key=_order)
+    for _, (path, req) in requests:
+        handler = HANDLERS.get(req["kind"])
+        if handler is None:
+            _reject(path, f"unknown request kind {req['kind']!r}", lk.log)
+            continue
+        try:
+            handler(lk, req)
+        except BadRequest as exc:
+            _reject(path, str(exc), lk.log)
+            continue
+        taken.append(path)
+    settle(lk)            # state.json is durable before any request that changed it goes
+    for path in taken:    # acquires before releases (the sort order)
+        remove(path)
+    return len(taken)
+
+
+# -- recovery ----------------------------------------------------------------------------------
+
+def rebuild(queue: JobQueue, repositories: dict[str, Any], log: Log, now: str) -> Table:
+    """The table the WAL implies (state.json lost): starting jobs and running ones that
+    hold for their whole run hold their repos; waiting jobs queue again in FIFO order."""
+    table = Table()
+    for state in ("starting", "running"):
+        for job in queue.ids(state):
+            entry = queue.get(job)
+            repos = [str(r) for r in (entry or {}).get("repos") or []]
+            if entry is None or not repos:
+                continue
+            whole_run = exclusive_for(entry, repositories)
+            if state == "running" and not whole_run:
+                continue
+            dispatched = entry.get("dispatched_at")
+            since = dispatched if isinstance(dispatched, str) else now
+            for repo in repos:
+                other = table.holder(repo)
+                if other is None:
+                    table.held[repo] = Lock(job, since, whole_run)
+                else:
+                    log.warning("two active jobs claim one repository lock; the first keeps it",
+                                repo=repo, holder=other, job=job)
+    seq = 0
+    for job in queue.ids("waiting"):
+        entry = queue.get(job)
+        repos = [str(r) for r in (entry or {}).get("repos") or []]
+        if entry is None or not repos:
+            continue
+        recorded = entry.get("lock_seq")
+        seq = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) \
+            else seq + 1
+        created = entry.get("created_at")
+        acquire(table, job, Want(tuple(repos), exclusive_for(entry, repositories), seq,
+                                 created if isinstance(created, str) else None))
+    return table
+
+
+def reconcile(table: Table, state_of: Callable[[str], str | None]) -> list[str]:
+    """Drop the jobs the WAL says are terminal or does not know, and the non-exclusive
+    locks of running jobs (their clone is done); the jobs dropped, sorted."""
+    stale = {job for job in table.jobs()
+             if (state := state_of(job)) is None or state in TERMINAL_STATES}
+    stale |= {lock.job for lock in table.held.values()
+              if not lock.exclusive and state_of(lock.job) == "running"}
+    return drop(table, sorted(stale))
+
+
+def _open_queue(layout: Layout) -> JobQueue | None:
+    """The scheduler's WAL, read-only; None when it was never created (no jobs yet)."""
+    if not layout.wal_dir.exists():
+        return None
+    return JobQueue.open(layout.wal_dir, readonly=True)
+
+
+def _read_table(path: Path) -> tuple[Table | None, Missing | Corrupt | None]:
+    rec = read_record(WORKER_STATE, path, owner=True)
+    if isinstance(rec, dict):
+        table = from_record(rec)
+        if isinstance(table, Table):
+            return table, None
+        rec = Corrupt(str(path), quarantine(path), table)
+    return None, rec
+
+
+def _waiting_holders(table: Table, state_of: Callable[[str], str | None] | None
+                     ) -> list[str]:
+    holders = list(dict.fromkeys(lock.job for lock in table.held.values()))
+    return [job for job in holders if state_of is None or state_of(job) == "waiting"]
+
+
+def recover(cfg: Config, layout: Layout, log: Log, *, now: Callable[[], str] = iso_now
+            ) -> tuple[Locks, dict[str, Any], dict[str, Any], list[str]]:
+    """Rebuild the table from state.json and the WAL: (locks, found, did, degraded).
+
+    OSError: the state folder cannot be used.
+    """
     ensure_dir(layout.worker_dir(NAME))
     path = layout.worker_state(NAME)
-    rec = read_record(WORKER_STATE, path, owner=True)
-    if isinstance(rec, dict) and (problem := _shape_problem(rec)) is not None:
-        rec = Corrupt(str(path), quarantine(path), problem)
-    locks = Locks(layout, log)
+    table, problem = _read_table(path)
+    lk = Locks(cfg, layout, log, now=now)
     degraded: list[str] = []
-    if isinstance(rec, dict):
-        locks.held, locks.waiting = rec["held"], rec["waiting"]
-    else:
-        if isinstance(rec, Corrupt):
-            log.warning("locks state corrupt, starting empty", path=str(path),
-                        moved_to=rec.moved_to, reason=rec.reason)
-            degraded.append(f"locks state was corrupt: moved to {rec.moved_to}")
-        save(locks)
-    found = {"held": len(locks.held), "waiting": sum(len(v) for v in locks.waiting.values())}
-    did = {"state": "read" if isinstance(rec, dict)
-           else "created" if isinstance(rec, Missing) else "reset"}
-    return locks, found, did, degraded
+    if isinstance(problem, Corrupt):
+        log.warning("locks state corrupt, rebuilding it from the job queue", path=str(path),
+                    moved_to=problem.moved_to, reason=problem.reason)
+        degraded.append(f"locks state was corrupt: moved to {problem.moved_to}; "
+                        "rebuilt from the job queue")
+    found = {"state": "read" if table is not None
+             else "missing" if isinstance(problem, Missing) else "corrupt",
+             "held": 0 if table is None else len(table.held),
+             "waiting": 0 if table is None else len(table.wants)}
+    queue: JobQueue | None = None
+    readable = True
+    try:
+        queue = _open_queue(layout)
+    except (OSError, WalError, QueueError) as exc:
+        readable = False
+        log.error("cannot read the job queue: locks not reconciled", error=str(exc))
+        degraded.append(f"job queue unreadable ({exc}): locks not reconciled")
+    try:
+        state_of: Callable[[str], str | None] = (
+            queue.state if queue is not None else lambda job: None)   # no WAL: no jobs
+        if table is None:
+            table = Table() if queue is None else rebuild(queue, lk.known(), log, now())
+        lk.table = table
+        dropped = reconcile(table, state_of) if readable else []
+        granted = settle(lk, hint=False)
+        hinted = _hint(lk, _waiting_holders(table, state_of if readable else None))
+    finally:
+        if queue is not None:
+            queue.close()
+    for job in dropped:
+        log.info("locks of a finished or unknown job dropped", job=job)
+    did = {"state": "read" if found["state"] == "read" else "rebuilt", "dropped": dropped,
+           "granted": granted, "hinted": hinted, "held": len(table.held),
+           "waiting": len(table.wants)}
+    return lk, found, did, degraded
 
 
 def main(cfg: Config) -> int:
@@ -112,7 +391,7 @@ def main(cfg: Config) -> int:
     layout = Layout(cfg.state_dir)
     log = _log.get(NAME)
     try:
-        locks, found, did, degraded = recover(layout, log)
+        lk, found, did, degraded = recover(cfg, layout, log)
     except OSError as exc:
         log.error("recovery failed", error=str(exc))
         return EXIT_RECOVERY_FAILED
@@ -120,8 +399,9 @@ def main(cfg: Config) -> int:
     with Watcher([inbox], log=log) as watcher:
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)
-        log.info("ready", **found)
-        run_loop(watcher, lambda: handle_inbox(inbox, HANDLERS, locks, log))
+        log.info("ready", held=did["held"], waiting=did["waiting"], dropped=len(did["dropped"]),
+                 granted=len(did["granted"]))
+        run_loop(watcher, lambda: one_pass(lk))
     return EXIT_OK
 
 

@@ -27,6 +27,17 @@ Inbox `scheduler/inbox/`: batchctl drops one REQUEST file per `submit` (all jobs
   nothing.
 - job_exited {job}: an adaptor says its job has written its result: tick that job now
   (idempotent; an unknown or finished job is logged and the request removed).
+- lock_granted {job} (`granted-<job>`, from the locks worker): a hint that the job now
+  holds its repository locks. It only wakes the loop; the pass after the inbox reads the
+  grant from locks/state.json (`_dispatch.dispatch`), so a lost hint costs a rescan.
+
+Repository locks (LOCKS.md, and supervisor/locks.py for the crash windows): a queued job
+with repositories becomes `waiting` and asks the locks worker for them; once state.json
+shows it holding all of them it is dispatched, fetches and clones under them, and
+releases them after the clone unless it holds them for its whole run (exclusive). At
+start, after the re-attachment, every waiting job the lock table does not know asks
+again (`_dispatch.resume_waiting`: the crash between its `waiting` record and its
+acquire request), and every re-attached running non-exclusive job releases again.
 
 Crash safety: the queue is durable when enqueue_many/update return; the request file is
 removed only after that, so a crash in between leaves it and the next pass replays it.
@@ -37,8 +48,10 @@ prefix of an enqueue_many batch: the replay queues and counts only the rest).
 
 The loop (`serve`): on an inbox hint (or the watcher's rescan) and, while any job is
 starting/running, every `_dispatch.tick_interval` (min(1 s, heartbeat/2)), one pass: take
-the inbox (on a hint), tick every starting/running job, dispatch queued jobs while slots
-are free (`_dispatch.dispatch`). With no active job the worker sleeps until a hint.
+the inbox (on a hint), tick every starting/running job, dispatch granted waiting jobs and
+queued jobs while slots are free (`_dispatch.dispatch`). When that pass left queued jobs
+it could have moved to waiting (`Jobs.backlog`: at most WAIT_BATCH per pass), the next
+pass follows at once. With no active job the worker sleeps until a hint.
 SIGTERM ends the loop after the current step; the jobs keep running and the next start
 re-attaches them.
 
@@ -61,6 +74,7 @@ from supervisor._config import Config
 from supervisor._dispatch import Jobs, Launcher
 from supervisor._jobs import JOB_ID_RE, SUBMIT_KEYS, iso_now, valid_job_id
 from supervisor._layout import Layout
+from supervisor._locktable import GRANTED
 from supervisor._queue import JobQueue, QueueError
 from supervisor._runtime import (
     EXIT_OK,
@@ -76,7 +90,8 @@ from supervisor._runtime import (
 from supervisor._wal import WalError
 
 __all__ = ["CANCEL_REASON", "HANDLERS", "JOB_KEYS", "NAME", "Scheduler", "cancel",
-           "job_exited", "main", "one_pass", "recover", "serve", "submit", "take_inbox"]
+           "job_exited", "lock_granted", "main", "one_pass", "recover", "serve", "submit",
+           "take_inbox"]
 
 NAME = "scheduler"
 CANCEL_REASON = "cancelled by operator"
@@ -185,11 +200,19 @@ def job_exited(s: Scheduler, req: dict[str, Any]) -> None:
     _dispatch.tick_job(s.jobs, job_id)
 
 
+def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
+    """The locks worker granted a job its locks: nothing to do here, the pass's dispatch
+    reads the grant from locks/state.json (the hint only woke the loop)."""
+    job_id = _job_of(req)
+    s.log.info("lock granted", job=job_id, state=s.queue.state(job_id))
+
+
 #: request kind -> handler.
 HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
     "submit": submit,
     "cancel": cancel,
     "job_exited": job_exited,
+    GRANTED: lock_granted,
 }
 
 
@@ -217,12 +240,13 @@ def serve(s: Scheduler, watcher: Watcher, *,
     interval = _dispatch.tick_interval(s.cfg)
     next_tick = clock() + interval
     while not stop_requested():
-        timeout = max(0.0, next_tick - clock()) if s.jobs.active else None
+        timeout = (0.0 if s.jobs.backlog else max(0.0, next_tick - clock()) if s.jobs.active
+                   else None)
         hinted = watcher.wait(timeout)
         if stop_requested():
             break
         due = clock() >= next_tick
-        if hinted or due:
+        if hinted or due or s.jobs.backlog:
             one_pass(s, inbox=hinted)
         if due or not s.jobs.active:
             next_tick = clock() + interval
@@ -249,7 +273,8 @@ def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None 
     try:
         did: dict[str, Any] = {"truncated_bytes": report.torn_bytes_truncated,
                                "quarantined": len(report.quarantined),
-                               **_dispatch.reattach(jobs)}
+                               **_dispatch.reattach(jobs),
+                               "lock_requests_resent": _dispatch.resume_waiting(jobs)}
     except BaseException:
         queue.close()
         raise

@@ -20,10 +20,19 @@ from typing import Any
 import pytest
 
 from supervisor import _dispatch
-from supervisor._config import Config, SchedulerConfig
+from supervisor._config import Config, RepoConfig, SchedulerConfig
 from supervisor._jobs import iso_now
 from supervisor._launch import Launched, LaunchError
-from supervisor._layout import RESULT, SENTINEL, Layout, write_record
+from supervisor._layout import (
+    REQUEST,
+    RESULT,
+    SENTINEL,
+    WORKER_STATE,
+    Layout,
+    read_record,
+    write_record,
+)
+from supervisor._locktable import Lock, Table, Want, acquire, to_record
 from supervisor._proc import alive, start_time
 from supervisor._queue import JobQueue, MemoryStorage
 
@@ -503,3 +512,188 @@ def test_tick_interval_is_half_the_heartbeat_at_most_a_second(cfg: Config) -> No
     """min(1 s, heartbeat_interval / 2)."""
     slow = replace(cfg, scheduler=replace(cfg.scheduler, heartbeat_interval=5.0))
     assert (0.1, 1.0) == (_dispatch.tick_interval(cfg), _dispatch.tick_interval(slow))
+
+
+# -- repository locks ------------------------------------------------------------------------------
+
+def _git(*args: str, cwd: Path | None = None) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                   check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def bare_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bare repository with one commit on main (README)."""
+    root = tmp_path_factory.mktemp("git")
+    src = root / "src"
+    _git("init", "-q", "-b", "main", str(src))
+    (src / "README").write_text("hello\n")
+    _git("add", "README", cwd=src)
+    _git("commit", "-q", "-m", "first", cwd=src)
+    _git("clone", "-q", "--bare", str(src), str(root / "app.git"))
+    return root / "app.git"
+
+
+@pytest.fixture
+def rjobs(jobs: _dispatch.Jobs, bare_repo: Path) -> _dispatch.Jobs:
+    """Jobs with two configured repositories over one real bare repo: app is exclusive."""
+    jobs.cfg = replace(jobs.cfg, repositories={
+        "app": RepoConfig(url=str(bare_repo), exclusive=True),
+        "lib": RepoConfig(url=str(bare_repo))})
+    return jobs
+
+
+def lock_requests(j: _dispatch.Jobs) -> dict[str, dict[str, Any]]:
+    """The requests waiting in locks/inbox, by file name (without .json)."""
+    inbox = j.layout.inbox("locks")
+    out = {}
+    for name in sorted(os.listdir(inbox)) if inbox.is_dir() else []:
+        rec = read_record(REQUEST, inbox / name, owner=False)
+        assert isinstance(rec, dict)
+        out[name.removesuffix(".json")] = rec
+    return out
+
+
+def grant_table(j: _dispatch.Jobs, *holders: tuple[str, str],
+                waiting: dict[str, list[str]] | None = None) -> None:
+    """Write locks/state.json as the locks worker would: (repo, job) held, queues."""
+    t = Table(held={repo: Lock(job, iso_now()) for repo, job in holders})
+    seq = 0
+    for repo, queue in (waiting or {}).items():
+        for job in queue:
+            seq += 1
+            acquire(t, job, Want((repo,), False, seq, None))
+    j.layout.worker_dir("locks").mkdir(parents=True, exist_ok=True)
+    write_record(WORKER_STATE, j.layout.worker_state("locks"), to_record(t))
+
+
+def test_a_job_with_repos_waits_and_asks_without_taking_a_slot(rjobs: _dispatch.Jobs,
+                                                                procs: Procs) -> None:
+    """queued -> waiting (lock_exclusive, lock_seq in the WAL), then acquire-<job>; the
+    job without repos behind it runs although the limit is 2 and one slot is used."""
+    enqueue(rjobs, "busy")
+    _dispatch.dispatch(rjobs)
+    enqueue(rjobs, "r", repos=["app"])
+    enqueue(rjobs, "s", repos=["lib"], exclusive=True)
+    enqueue(rjobs, "n")
+    assert 1 == _dispatch.dispatch(rjobs)
+    r, s = get(rjobs, "r"), get(rjobs, "s")
+    assert ("waiting", True, "waiting", True) == (r["state"], r["lock_exclusive"],
+                                                  s["state"], s["lock_exclusive"])
+    assert r["lock_seq"] < s["lock_seq"]
+    assert ("running", ["busy", "n"]) == (get(rjobs, "n")["state"], procs.launched)
+    reqs = lock_requests(rjobs)
+    assert ["acquire-r", "acquire-s"] == list(reqs)
+    assert (["app"], True, r["lock_seq"]) == (reqs["acquire-r"]["repos"],
+                                              reqs["acquire-r"]["exclusive"],
+                                              reqs["acquire-r"]["seq"])
+
+
+def test_a_granted_job_clones_releases_then_launches(rjobs: _dispatch.Jobs,
+                                                     procs: Procs) -> None:
+    """state.json shows the job holding its repo: dispatched; the workspace is a clone;
+    a non-exclusive job asks release-<job> after the clone."""
+    enqueue(rjobs, "r", repos=["lib"])
+    _dispatch.dispatch(rjobs)
+    assert [] == procs.launched
+    grant_table(rjobs, ("lib", "r"))
+    assert 1 == _dispatch.dispatch(rjobs)
+    assert ("running", ["r"]) == (get(rjobs, "r")["state"], procs.launched)
+    assert "hello\n" == (rjobs.cfg.workspace_dir / "r" / "README").read_text()
+    assert ["acquire-r", "release-r"] == list(lock_requests(rjobs))
+    assert (rjobs.layout.mirrors_dir / "lib.git").is_dir()
+
+
+def test_an_exclusive_job_keeps_its_lock_until_it_ends(rjobs: _dispatch.Jobs,
+                                                       procs: Procs) -> None:
+    """On an exclusive repo no release follows the clone; the terminal finalize sends it."""
+    enqueue(rjobs, "x", repos=["app"])
+    _dispatch.dispatch(rjobs)
+    grant_table(rjobs, ("app", "x"))
+    _dispatch.dispatch(rjobs)
+    assert ["acquire-x"] == list(lock_requests(rjobs))
+    procs.exit("x")
+    result(rjobs, "x")
+    _dispatch.tick_all(rjobs)
+    assert ("completed", ["acquire-x", "release-x"]) == (get(rjobs, "x")["state"],
+                                                         list(lock_requests(rjobs)))
+
+
+def test_a_job_not_holding_all_its_repos_keeps_waiting(rjobs: _dispatch.Jobs,
+                                                       procs: Procs) -> None:
+    """Held by another job, or no slot free: the waiting job stays waiting."""
+    enqueue(rjobs, "r", repos=["app"])
+    _dispatch.dispatch(rjobs)
+    grant_table(rjobs, ("app", "other"), waiting={"app": ["r"]})
+    assert (0, "waiting") == (_dispatch.dispatch(rjobs), get(rjobs, "r")["state"])
+    enqueue(rjobs, "n1", "n2")
+    _dispatch.dispatch(rjobs)
+    grant_table(rjobs, ("app", "r"))
+    assert (0, "waiting") == (_dispatch.dispatch(rjobs), get(rjobs, "r")["state"])
+
+
+def test_cancel_of_a_waiting_job_releases_its_place(rjobs: _dispatch.Jobs) -> None:
+    """cancelled at once, and release-<job> leaves the queues."""
+    enqueue(rjobs, "r", repos=["app"])
+    _dispatch.dispatch(rjobs)
+    assert "waiting" == _dispatch.cancel(rjobs, "r")
+    assert ("cancelled", ["acquire-r", "release-r"]) == (get(rjobs, "r")["state"],
+                                                         list(lock_requests(rjobs)))
+
+
+def test_a_waiting_job_on_a_repo_no_longer_known_fails(rjobs: _dispatch.Jobs,
+                                                       procs: Procs) -> None:
+    """Its repository was removed while it waited: failed with the reason, released."""
+    enqueue(rjobs, "r", repos=["lib"])
+    _dispatch.dispatch(rjobs)
+    grant_table(rjobs, waiting={"lib": ["r"]})
+    rjobs.cfg = replace(rjobs.cfg, repositories={})
+    _dispatch.dispatch(rjobs)
+    r = get(rjobs, "r")
+    assert ("failed", "launch failed: repository 'lib' is no longer known", []) == (
+        r["state"], r["reason"], procs.launched)
+    assert "release-r" in lock_requests(rjobs)
+
+
+def test_resume_waiting_asks_again_for_jobs_the_table_lacks(rjobs: _dispatch.Jobs) -> None:
+    """Crash between the WAL's waiting and the acquire: at start, acquire again with the
+    recorded seq; a job the table knows is not asked for again."""
+    enqueue(rjobs, "lost", repos=["app"])
+    enqueue(rjobs, "known", repos=["lib"])
+    rjobs.queue.update("lost", state="waiting", lock_seq=5, lock_exclusive=True)
+    rjobs.queue.update("known", state="waiting", lock_seq=6, lock_exclusive=False)
+    grant_table(rjobs, waiting={"lib": ["known"]})
+    assert 1 == _dispatch.resume_waiting(rjobs)
+    reqs = lock_requests(rjobs)
+    assert (["acquire-lost"], 5, True) == (list(reqs), reqs["acquire-lost"]["seq"],
+                                           reqs["acquire-lost"]["exclusive"])
+
+
+def test_reattach_of_a_running_shared_job_releases_again(rjobs: _dispatch.Jobs,
+                                                         procs: Procs) -> None:
+    """Scheduler restart: a running non-exclusive job's clone is done, so release again;
+    a running exclusive one keeps its locks."""
+    for job_id, repo in (("shared", "lib"), ("excl", "app")):
+        enqueue(rjobs, job_id, repos=[repo])
+        _dispatch.dispatch(rjobs)
+        grant_table(rjobs, (repo, job_id))
+        _dispatch.dispatch(rjobs)
+        sentinel(rjobs, job_id, get(rjobs, job_id)["pid"])
+    for name in lock_requests(rjobs):
+        (rjobs.layout.inbox("locks") / f"{name}.json").unlink()
+    again = _dispatch.Jobs.over(rjobs.cfg, rjobs.layout, rjobs.queue, RecLog(),  # type: ignore[arg-type]
+                                launcher=procs, clock=rjobs.clock)
+    assert 2 == _dispatch.reattach(again)["reattached"]
+    assert ["release-shared"] == list(lock_requests(again))
+
+
+def test_a_large_submission_waits_in_batches(rjobs: _dispatch.Jobs,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most WAIT_BATCH jobs start waiting per pass; backlog says a next pass is due."""
+    monkeypatch.setattr(_dispatch, "WAIT_BATCH", 2)
+    enqueue(rjobs, "a", "b", "c", repos=["app"])
+    _dispatch.dispatch(rjobs)
+    assert (True, "queued") == (rjobs.backlog, get(rjobs, "c")["state"])
+    _dispatch.dispatch(rjobs)
+    assert (False, "waiting") == (rjobs.backlog, get(rjobs, "c")["state"])
+    assert ["a", "b", "c"] == rjobs.queue.ids("waiting")

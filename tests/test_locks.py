@@ -1,22 +1,28 @@
-"""Tests for supervisor.locks: recovering locks/state.json (missing, good, corrupt), the loop."""
+"""Tests for supervisor.locks: the worker on a real state dir — handlers, one pass, recovery
+reconciled with a real (read-only) JobQueue, a corrupt state.json rebuilt from the WAL."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from supervisor import _log, _runtime, locks
 from supervisor._atomic import CORRUPT_MARK
-from supervisor._config import Config
+from supervisor._config import Config, RepoConfig
 from supervisor._jobs import iso_now
 from supervisor._layout import READY, REQUEST, WORKER_STATE, Layout, read_record, write_record
+from supervisor._locktable import acquire_request, release_request
+from supervisor._queue import JobQueue
 
 DEADLINE = 30.0
+T0 = "2026-01-01T00:00:00.000Z"
 
 
 @pytest.fixture(autouse=True)
@@ -28,33 +34,94 @@ def _no_stop() -> Iterator[None]:
 
 
 @pytest.fixture
-def layout(tmp_path: Path) -> Layout:
-    return Layout(tmp_path / "state")
+def cfg(tmp_path: Path) -> Config:
+    return Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws",
+                  repositories={"app": RepoConfig(url="/srv/app.git", exclusive=True),
+                                "lib": RepoConfig(url="/srv/lib.git"),
+                                "doc": RepoConfig(url="/srv/doc.git")})
 
 
-def state_file(layout: Layout) -> Path:
-    return layout.worker_state("locks")
+@pytest.fixture
+def layout(cfg: Config) -> Layout:
+    return Layout(cfg.state_dir)
 
 
-def test_missing_state_starts_empty_and_writes_the_file(layout: Layout) -> None:
-    """First start: an empty table, written at once; nothing degraded."""
-    _, found, did, degraded = locks.recover(layout, _log.get("test"))
-    assert ({"held": 0, "waiting": 0}, {"state": "created"}, []) == (found, did, degraded)
-    rec = read_record(WORKER_STATE, state_file(layout), owner=False)
+def recover(cfg: Config) -> tuple[locks.Locks, dict[str, Any], dict[str, Any], list[str]]:
+    return locks.recover(cfg, Layout(cfg.state_dir), _log.get("test"), now=lambda: T0)
+
+
+def state(layout: Layout) -> dict[str, Any]:
+    rec = read_record(WORKER_STATE, layout.worker_state("locks"), owner=False)
     assert isinstance(rec, dict)
-    assert ("locks", [], {}) == (rec["worker"], rec["held"], rec["waiting"])
+    return rec
 
 
-def test_good_state_is_read_back(layout: Layout) -> None:
-    """The held locks and waiting queues come back exactly as saved."""
-    held = [{"repo": "app", "job": "j1", "since": "2026-01-01T00:00:00.000Z"}]
-    waiting = {"app": ["j2", "j3"], "lib": ["j4"]}
+def held(layout: Layout) -> list[tuple[str, str]]:
+    return [(h["repo"], h["job"]) for h in state(layout)["held"]]
+
+
+def ask(layout: Layout, job: str, *repos: str, seq: int, exclusive: bool = False) -> Path:
+    """Drop an acquire into locks/inbox as the scheduler does."""
+    return drop(layout, acquire_request(job, repos, exclusive=exclusive, seq=seq,
+                                        created_at=iso_now()))
+
+
+def drop(layout: Layout, body: dict[str, Any]) -> Path:
+    inbox = layout.inbox("locks")
+    inbox.mkdir(parents=True, exist_ok=True)
+    path = inbox / f"{body['id']}.json"
+    write_record(REQUEST, path, body)
+    return path
+
+
+def hints(layout: Layout) -> list[str]:
+    inbox = layout.inbox("scheduler")
+    return sorted(os.listdir(inbox)) if inbox.is_dir() else []
+
+
+def inbox(layout: Layout) -> list[str]:
+    return sorted(os.listdir(layout.inbox("locks")))
+
+
+def jobs_in_wal(layout: Layout, *jobs: tuple[str, str, list[str], dict[str, Any]]) -> None:
+    """Write jobs (id, state, repos, extra fields) into a real WAL, as the scheduler would."""
+    queue = JobQueue.open(layout.wal_dir)
+    try:
+        for job_id, st, repos, extra in jobs:
+            queue.enqueue(job_id, {"agent": "shell", "prompt": "true", "repos": repos,
+                                   "created_at": T0, "exclusive": False})
+            queue.update(job_id, state=st, **extra)
+    finally:
+        queue.close()
+
+
+# -- first start, good and corrupt state -------------------------------------------------------
+
+def test_missing_state_starts_empty_and_writes_the_file(cfg: Config, layout: Layout) -> None:
+    """First start: an empty table, written at once; nothing degraded."""
+    _, found, did, degraded = recover(cfg)
+    assert ({"state": "missing", "held": 0, "waiting": 0}, []) == (found, degraded)
+    assert ("rebuilt", [], []) == (did["state"], did["dropped"], did["granted"])
+    rec = state(layout)
+    assert ("locks", [], {}, [], {}) == (rec["worker"], rec["held"], rec["waiting"],
+                                         rec["unavailable"], rec["wants"])
+
+
+def test_good_state_is_read_back_and_reconciled_with_the_wal(cfg: Config, layout: Layout) -> None:
+    """Locks and queues of live jobs come back exactly; the holder's waiting jobs stay."""
+    jobs_in_wal(layout, ("a", "running", ["app"], {"lock_exclusive": True}),
+                ("b", "waiting", ["app"], {}), ("c", "waiting", ["app"], {}))
     os.makedirs(layout.worker_dir("locks"))
-    write_record(WORKER_STATE, state_file(layout),
-                 {"worker": "locks", "held": held, "waiting": waiting})
-    table, found, did, degraded = locks.recover(layout, _log.get("test"))
-    assert (held, waiting) == (table.held, table.waiting)
-    assert ({"held": 1, "waiting": 3}, {"state": "read"}, []) == (found, did, degraded)
+    rec = {"worker": "locks",
+           "held": [{"repo": "app", "job": "a", "since": T0, "exclusive": True}],
+           "waiting": {"app": ["b", "c"]},
+           "wants": {j: {"repos": ["app"], "exclusive": True, "seq": n, "created_at": T0}
+                     for n, j in enumerate(["b", "c"])}}
+    write_record(WORKER_STATE, layout.worker_state("locks"), rec)
+    _, found, did, degraded = recover(cfg)
+    assert ({"state": "read", "held": 1, "waiting": 2}, []) == (found, degraded)
+    assert ("read", [], []) == (did["state"], did["dropped"], did["granted"])
+    assert ([("app", "a")], {"app": ["b", "c"]}) == (held(layout), state(layout)["waiting"])
 
 
 @pytest.mark.parametrize(("raw", "why"), [
@@ -65,49 +132,229 @@ def test_good_state_is_read_back(layout: Layout) -> None:
     (b'{"schema": "batchd.worker_state", "v": 1, "worker": "locks", "held": [{"repo": "a"}],'
      b' "waiting": {}}', "lock without job"),
     (b'{"schema": "batchd.worker_state", "v": 1, "worker": "locks", "held": [],'
-     b' "waiting": {"a": "j1"}}', "queue not a list"),
+     b' "waiting": {"a": ["j1"]}}', "queue without the request"),
 ])
-def test_corrupt_state_is_quarantined_and_degraded(layout: Layout, raw: bytes, why: str) -> None:
-    """A corrupt table is moved aside, the worker starts empty and says so in degraded."""
+def test_corrupt_state_is_quarantined_and_rebuilt_from_the_wal(cfg: Config, layout: Layout,
+                                                                raw: bytes, why: str) -> None:
+    """A corrupt table is moved aside and rebuilt from the WAL: starting jobs and running
+    exclusive ones hold their repos, a running non-exclusive one does not, waiting jobs
+    queue again in WAL FIFO order by their lock_seq; degraded says what happened."""
+    jobs_in_wal(layout,
+                ("s", "starting", ["lib"], {"lock_exclusive": False, "dispatched_at": T0}),
+                ("r", "running", ["app"], {"lock_exclusive": True}),
+                ("n", "running", ["doc"], {"lock_exclusive": False}),
+                ("w1", "waiting", ["app", "doc"], {"lock_exclusive": True, "lock_seq": 10}),
+                ("w2", "waiting", ["lib"], {"lock_exclusive": False, "lock_seq": 11}),
+                ("q", "queued", ["doc"], {}),
+                ("done", "completed", ["app"], {}))
     os.makedirs(layout.worker_dir("locks"))
-    state_file(layout).write_bytes(raw)
-    table, _, did, degraded = locks.recover(layout, _log.get("test"))
+    layout.worker_state("locks").write_bytes(raw)
+    _, found, did, degraded = recover(cfg)
     moved = [n for n in os.listdir(layout.worker_dir("locks")) if CORRUPT_MARK in n]
     assert 1 == len(moved), why
     assert raw == (layout.worker_dir("locks") / moved[0]).read_bytes()
-    assert [f"locks state was corrupt: moved to {layout.worker_dir('locks') / moved[0]}"] \
-        == degraded
-    assert ([], {}, {"state": "reset"}) == (table.held, table.waiting, did)
-    assert isinstance(read_record(WORKER_STATE, state_file(layout), owner=False), dict)
+    assert [f"locks state was corrupt: moved to {layout.worker_dir('locks') / moved[0]}; "
+            "rebuilt from the job queue"] == degraded
+    assert ("corrupt", "rebuilt") == (found["state"], did["state"])
+    assert [("lib", "s"), ("app", "r")] == held(layout)
+    assert {"app": ["w1"], "doc": ["w1"], "lib": ["w2"]} == state(layout)["waiting"]
+    assert [10, 11] == [state(layout)["wants"][j]["seq"] for j in ("w1", "w2")]
 
 
-def test_recovery_touches_only_its_own_folder(layout: Layout) -> None:
-    """Recovery writes under locks/ only (one writer per file; others stay unaffected)."""
-    locks.recover(layout, _log.get("test"))
+def test_recovery_drops_finished_and_unknown_jobs_then_grants(cfg: Config,
+                                                              layout: Layout) -> None:
+    """Locks and places of terminal/unknown jobs go, as do the non-exclusive locks of
+    running jobs (cloned already); the freed repos go to the next in line, who is hinted."""
+    jobs_in_wal(layout, ("a", "completed", ["app"], {}), ("n", "running", ["lib"], {}),
+                ("x", "cancelled", ["doc"], {}), ("b", "waiting", ["app"], {}),
+                ("c", "waiting", ["lib"], {}))
+    os.makedirs(layout.worker_dir("locks"))
+    write_record(WORKER_STATE, layout.worker_state("locks"), {
+        "worker": "locks",
+        "held": [{"repo": "app", "job": "a", "since": T0, "exclusive": True},
+                 {"repo": "lib", "job": "n", "since": T0, "exclusive": False}],
+        "waiting": {"app": ["b"], "doc": ["x", "ghost"], "lib": ["c"]},
+        "wants": {"b": {"repos": ["app"], "exclusive": True, "seq": 1, "created_at": T0},
+                  "x": {"repos": ["doc"], "exclusive": False, "seq": 2, "created_at": T0},
+                  "ghost": {"repos": ["doc"], "exclusive": False, "seq": 3, "created_at": T0},
+                  "c": {"repos": ["lib"], "exclusive": False, "seq": 4, "created_at": T0}}})
+    _, _, did, degraded = recover(cfg)
+    assert (["a", "ghost", "n", "x"], ["b", "c"], 2, []) == (
+        did["dropped"], did["granted"], did["hinted"], degraded)
+    assert ([("app", "b"), ("lib", "c")], {}) == (held(layout), state(layout)["waiting"])
+    assert ["granted-b.json", "granted-c.json"] == hints(layout)
+
+
+def test_recovery_hints_a_grant_whose_hint_was_lost(cfg: Config, layout: Layout) -> None:
+    """Crash after the grant was saved, before its hint: recovery hints the holder still
+    waiting in the WAL (and not a holder that is already running)."""
+    jobs_in_wal(layout, ("w", "waiting", ["app"], {}), ("r", "running", ["lib"],
+                                                        {"lock_exclusive": True}))
+    os.makedirs(layout.worker_dir("locks"))
+    write_record(WORKER_STATE, layout.worker_state("locks"), {
+        "worker": "locks", "waiting": {},
+        "held": [{"repo": "app", "job": "w", "since": T0, "exclusive": True},
+                 {"repo": "lib", "job": "r", "since": T0, "exclusive": True}]})
+    recover(cfg)
+    assert ["granted-w.json"] == hints(layout)
+
+
+def test_an_unreadable_wal_keeps_the_table_and_degrades(cfg: Config, layout: Layout) -> None:
+    """The WAL cannot be opened: the table is kept as read, unreconciled, and says so."""
+    layout.wal_dir.parent.mkdir(parents=True)
+    layout.wal_dir.write_bytes(b"not a folder")
+    os.makedirs(layout.worker_dir("locks"))
+    write_record(WORKER_STATE, layout.worker_state("locks"), {
+        "worker": "locks", "waiting": {},
+        "held": [{"repo": "app", "job": "a", "since": T0, "exclusive": True}]})
+    _, _, did, degraded = recover(cfg)
+    assert ([], [("app", "a")]) == (did["dropped"], held(layout))
+    assert 1 == len(degraded) and degraded[0].startswith("job queue unreadable")
+
+
+def test_recovery_touches_only_its_own_folder(cfg: Config, layout: Layout) -> None:
+    """With nothing to hint, recovery writes under locks/ only."""
+    recover(cfg)
     assert ["locks"] == os.listdir(layout.root)
 
 
-def test_main_reports_ready_and_quarantines_unknown_requests(tmp_path: Path) -> None:
-    """The running worker reports ready, quarantines a request of a kind it has no handler
-    for, and returns 0 once a stop is requested."""
-    cfg = Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws")
-    layout = Layout(cfg.state_dir)
+# -- one pass: the handlers ------------------------------------------------------------------------
+
+def test_acquire_grants_saves_hints_and_removes_the_request(cfg: Config, layout: Layout) -> None:
+    """An acquire of a free repo: held in state.json, granted-<job> hinted, request gone."""
+    lk, _, _, _ = recover(cfg)
+    ask(layout, "a", "app", seq=1, exclusive=True)
+    assert 1 == locks.one_pass(lk)
+    assert ([{"repo": "app", "job": "a", "since": T0, "exclusive": True}], [], []) == (
+        state(layout)["held"], inbox(layout), [])
+    assert ["granted-a.json"] == hints(layout)
+    hint = read_record(REQUEST, layout.inbox("scheduler") / "granted-a.json", owner=False)
+    assert isinstance(hint, dict)
+    assert ("lock_granted", "a") == (hint["kind"], hint["job"])
+
+
+def test_acquires_queue_by_seq_whatever_the_file_order(cfg: Config, layout: Layout) -> None:
+    """Requests seen in one pass queue by their seq (files within one mtime tick come back
+    in name order, not the scheduler's)."""
+    lk, _, _, _ = recover(cfg)
+    for job, seq in (("zz", 1), ("mm", 2), ("aa", 3)):
+        ask(layout, job, "app", seq=seq)
+    locks.one_pass(lk)
+    assert ([("app", "zz")], {"app": ["mm", "aa"]}) == (held(layout), state(layout)["waiting"])
+
+
+def test_release_hands_the_lock_to_the_next_in_line(cfg: Config, layout: Layout) -> None:
+    """release-<holder> frees the repo; the next waiting job gets it and is hinted."""
+    lk, _, _, _ = recover(cfg)
+    ask(layout, "a", "app", seq=1)
+    ask(layout, "b", "app", seq=2)
+    locks.one_pass(lk)
+    drop(layout, release_request("a", created_at=iso_now()))
+    locks.one_pass(lk)
+    assert ([("app", "b")], {}, []) == (held(layout), state(layout)["waiting"], inbox(layout))
+    assert ["granted-a.json", "granted-b.json"] == hints(layout)
+
+
+def test_acquire_and_release_of_one_job_in_one_pass_leave_nothing(cfg: Config,
+                                                                  layout: Layout) -> None:
+    """Both of a job's requests in one pass: acquires are applied first, so nothing stays."""
+    lk, _, _, _ = recover(cfg)
+    drop(layout, release_request("a", created_at=iso_now()))
+    ask(layout, "a", "app", seq=1)
+    locks.one_pass(lk)
+    assert ([], {}, []) == (held(layout), state(layout)["waiting"], inbox(layout))
+
+
+def test_replayed_requests_change_nothing(cfg: Config, layout: Layout, tmp_path: Path) -> None:
+    """Crash after state.json was saved but before the requests were removed: the restarted
+    worker replays them and the table is the same (and the same as without the crash)."""
+    lk, _, _, _ = recover(cfg)
+    ask(layout, "a", "app", seq=1)
+    ask(layout, "b", "app", "lib", seq=2)
+    ask(layout, "c", "lib", seq=3)
+    drop(layout, release_request("a", created_at=iso_now()))
+    saved = tmp_path / "saved"
+    shutil.copytree(layout.inbox("locks"), saved)
+    locks.one_pass(lk)
+    after = state(layout)
+    for name in os.listdir(saved):          # as if the removals never happened
+        shutil.copy2(saved / name, layout.inbox("locks") / name)
+    lk, _, _, _ = recover(cfg)
+    locks.one_pass(lk)
+    assert (after["held"], after["waiting"], []) == (state(layout)["held"],
+                                                     state(layout)["waiting"], inbox(layout))
+    assert [("app", "b"), ("lib", "b")] == held(layout)
+
+
+def test_a_pass_that_changes_nothing_writes_nothing(cfg: Config, layout: Layout) -> None:
+    """A replayed acquire of a known job does not rewrite state.json."""
+    lk, _, _, _ = recover(cfg)
+    ask(layout, "a", "app", seq=1)
+    locks.one_pass(lk)
+    before = os.stat(layout.worker_state("locks")).st_ino
+    ask(layout, "a", "app", seq=1)
+    assert 1 == locks.one_pass(lk)
+    assert before == os.stat(layout.worker_state("locks")).st_ino
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ({"id": "acquire-a", "kind": "acquire", "job": "a", "repos": [], "exclusive": False,
+      "seq": 1}, "'repos' must be a non-empty list"),
+    ({"id": "acquire-a", "kind": "acquire", "job": "a", "repos": ["app"], "exclusive": "no",
+      "seq": 1}, "'exclusive' must be true or false"),
+    ({"id": "acquire-a", "kind": "acquire", "job": "a", "repos": ["app"], "exclusive": False},
+     "'seq' must be an integer"),
+    ({"id": "release-x", "kind": "release", "job": "../x"}, "not a valid job id"),
+    ({"id": "r1", "kind": "steal", "job": "a"}, "unknown request kind"),
+])
+def test_bad_requests_are_quarantined_without_effect(cfg: Config, layout: Layout,
+                                                     body: dict[str, Any], why: str) -> None:
+    """A malformed request or an unknown kind is moved aside; the table does not change."""
+    lk, _, _, _ = recover(cfg)
+    drop(layout, body)
+    assert 0 == locks.one_pass(lk)
+    names = inbox(layout)
+    assert 1 == len(names) and CORRUPT_MARK in names[0], why
+    assert ([], {}) == (held(layout), state(layout)["waiting"])
+
+
+def test_a_repository_no_longer_known_is_unavailable_and_never_granted(
+        cfg: Config, layout: Layout) -> None:
+    """A job waiting on a repo that is neither configured nor registered waits; the repo is
+    listed as unavailable."""
+    lk, _, _, _ = recover(cfg)
+    ask(layout, "a", "gone", "app", seq=1)
+    locks.one_pass(lk)
+    assert ([], {"gone": ["a"], "app": ["a"]}, ["gone"]) == (
+        held(layout), state(layout)["waiting"], state(layout)["unavailable"])
+
+
+# -- the running worker ------------------------------------------------------------------------
+
+def test_main_reports_ready_and_serves_acquire_and_release(cfg: Config, layout: Layout) -> None:
+    """The running worker reports ready, grants an acquire dropped into its inbox, hands
+    the lock on at the release, and returns 0 once a stop is requested."""
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(locks.main(cfg)))
     worker.start()
-    try:
+
+    def until(what: str, check: Any) -> None:
         deadline = time.monotonic() + DEADLINE
-        while not layout.ready_file("locks").exists() and time.monotonic() < deadline:
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.01)
+
+    try:
+        until("ready", layout.ready_file("locks").exists)
         rec = read_record(READY, layout.ready_file("locks"), owner=False)
         assert isinstance(rec, dict)
-        assert ("locks", {"held": 0, "waiting": 0}) == (rec["worker"], rec["found"])
-        inbox = layout.inbox("locks")
-        write_record(REQUEST, inbox / "r1.json",
-                     {"id": "r1", "kind": "acquire", "created_at": iso_now()})
-        while "r1.json" in os.listdir(inbox) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert [True] == [n.startswith("r1.json" + CORRUPT_MARK) for n in os.listdir(inbox)]
+        assert ("locks", {"state": "missing", "held": 0, "waiting": 0}) == (rec["worker"],
+                                                                            rec["found"])
+        ask(layout, "a", "app", seq=1)
+        ask(layout, "b", "app", seq=2)
+        until("a granted", lambda: [("app", "a")] == held(layout) and not inbox(layout))
+        drop(layout, release_request("a", created_at=iso_now()))
+        until("b granted", lambda: [("app", "b")] == held(layout) and not inbox(layout))
     finally:
         _runtime.request_stop()
         worker.join(DEADLINE)

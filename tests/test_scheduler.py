@@ -85,7 +85,8 @@ def test_recovery_of_a_fresh_state_dir(cfg: Config) -> None:
     assert ({"jobs": {}, "records_replayed": 0, "torn_bytes": 0, "quarantined": [],
              "active": 0}, []) == (found, degraded)
     assert {"truncated_bytes": 0, "quarantined": 0, "reattached": 0, "stale": 0,
-            "finalized": 0, "lost": 0, "pending": 0, "relaunched": 0} == did
+            "finalized": 0, "lost": 0, "pending": 0, "relaunched": 0,
+            "lock_requests_resent": 0} == did
 
 
 def test_submit_request_is_ingested_and_removed(sched: scheduler.Scheduler, cfg: Config) -> None:
