@@ -4,8 +4,9 @@ A writer killed between creating its temp file (`.tmp.<name>.<pid>.<rand>`) and 
 it leaves the temp file behind. The reaper removes those older than `reaper.grace` (a
 younger one may belong to a write in progress) in every folder of the state directory,
 at its start (its recovery) and then every `reaper.interval`. It walks the state
-directory without following symlinks, never enters the workspaces folder (job content),
-and under `jobs/` looks only in `jobs/` and each `jobs/<id>/` itself, never deeper
+directory without following symlinks, never enters the workspaces folder (job content)
+nor the repository mirrors (git's own object stores), and under `jobs/` looks only in
+`jobs/` and each `jobs/<id>/` itself, never deeper
 (a job's own files are the job's). Orphaned processes, workspaces and stale sentinels
 arrive with their issues.
 
@@ -74,14 +75,14 @@ def _subdirs(folder: Path) -> list[Path]:
 
 def folders(layout: Layout, workspace_dir: Path) -> Iterator[Path]:
     """Every folder of the state dir the reaper may clean (see the module docstring)."""
-    skip = os.path.abspath(workspace_dir)
+    skip = {os.path.abspath(workspace_dir), os.path.abspath(layout.mirrors_dir)}
     jobs = layout.jobs_dir
     stack = [layout.root]
     while stack:
         folder = stack.pop()
         yield folder
         for sub in reversed(_subdirs(folder)):
-            if os.path.abspath(sub) == skip:
+            if os.path.abspath(sub) in skip:
                 continue
             if folder == jobs:
                 yield sub          # jobs/<id>/ itself, never what the job put below it

@@ -69,6 +69,14 @@ def test_workspaces_and_job_content_are_never_entered(tmp_path: Path) -> None:
     assert [True, True, True, False] == [p.exists() for p in [*kept, gone]]
 
 
+def test_repository_mirrors_are_never_entered(tmp_path: Path) -> None:
+    """mirrors/<name>.git is git's own store: the sweep does not walk into it."""
+    cfg = make_cfg(tmp_path)
+    kept = touch(cfg.state_dir / "mirrors" / "app.git" / "objects" / ".tmp.o.1.aa", GRACE * 10)
+    reaper.sweep(Layout(cfg.state_dir), cfg.workspace_dir, GRACE)
+    assert kept.exists()
+
+
 def test_a_configured_workspace_dir_inside_the_state_dir_is_skipped(tmp_path: Path) -> None:
     """workspace_dir is skipped wherever the config puts it under the state dir."""
     cfg = make_cfg(tmp_path, workspace=tmp_path / "state" / "ws")
