@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,13 @@ from supervisor._instance import probe
 from supervisor._layout import (
     REPOS,
     REQUEST,
+    RESULT,
     STARTUP_LOG,
     WORKERS,
     Layout,
     read_record,
 )
+from supervisor._lifecycle import settled_by_result
 from supervisor._queue import JOB_STATES, TERMINAL_STATES, JobQueue, QueueError
 from supervisor._wal import WalError
 
@@ -214,7 +217,7 @@ class JobView:
         """The entry of `job_id` (a pending one as state 'queued'), or None if unknown."""
         entry = self.queue.get(job_id) if self.queue is not None else None
         if entry is not None:
-            return entry
+            return self._settled(entry)
         job = self.pending.jobs.get(job_id)
         if job is None:
             return None
@@ -226,6 +229,19 @@ class JobView:
             "output_path": str(self.layout.job_output(job_id)),
         }
 
+    def _settled(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """An active entry whose adaptor already wrote result.json, shown as it will be
+        recorded (the scheduler has not done it yet: batchd down, or a tick away)."""
+        if entry.get("state") not in ("starting", "running"):
+            return entry
+        result = read_record(RESULT, self.layout.job_result(str(entry["id"])), owner=False)
+        if not isinstance(result, dict):
+            return entry
+        timeout = entry.get("timeout")
+        fields = settled_by_result(entry, result, time.time(),
+                                   timeout if isinstance(timeout, (int, float)) else None)
+        return entry if fields is None else {**entry, **fields, "pid": None}
+
     def entries(self, state: str | None = None) -> list[dict[str, Any]]:
         """Every entry (or those in `state`) in listing order."""
         if state is None:
@@ -234,12 +250,19 @@ class JobView:
             ids = [] if self.queue is None else list(self.queue.ids(state))
             if state == "queued":
                 ids += self.pending_ids()
+            if state in TERMINAL_STATES and self.queue is not None:
+                ids += self._active_ids()     # those whose result settles them to it
         out = []
         for job_id in ids:
             entry = self.get(job_id)
-            if entry is not None:
+            if entry is not None and (state is None or entry.get("state") == state):
                 out.append(entry)
         return out
+
+    def _active_ids(self) -> list[str]:
+        if self.queue is None:
+            return []
+        return [*self.queue.ids("starting"), *self.queue.ids("running")]
 
     def state(self, job_id: str) -> str | None:
         entry = self.get(job_id)
@@ -250,6 +273,13 @@ class JobView:
         counts: Counter[str] = Counter()
         if self.queue is not None:
             counts.update({s: int(n) for s, n in self.queue.counts().items() if n})
+            for state in ("starting", "running"):     # a written result settles the job
+                for job_id in self.queue.ids(state):
+                    entry = self.get(job_id)
+                    if entry is not None and entry["state"] != state:
+                        counts[state] -= 1
+                        counts[str(entry["state"])] += 1
+            counts = Counter({k: n for k, n in counts.items() if n > 0})
         pending = len(self.pending_ids())
         if pending:
             counts["queued"] += pending

@@ -46,8 +46,8 @@ Crash safety, per file written here:
   job removes and redoes; an existing final folder is complete and is reused as is (it
   may already be in use by an adaptor that is slow to show itself, so it is never wiped).
   git does not fsync working-tree files: after a power cut (not a process crash) a
-  renamed clone may hold incomplete files. The reaper removes `.prep.*` folders of jobs
-  that are no longer starting.
+  renamed clone may hold incomplete files. A `.prep.*` folder of a job that never starts
+  again stays until removed by hand (the reaper does not clean workspaces yet).
 """
 
 from __future__ import annotations
@@ -406,7 +406,8 @@ def kill_group(pid: int | None, start: int | None, sig: int = signal.SIGTERM) ->
     Refuses (False) unless `pid` is alive with exactly that start time, so a reused pid is
     never signalled: no start time, no signal. The adaptor leads its own process group
     (setsid); should it not, only the adaptor itself is signalled. Processes of a group
-    whose leader is already gone are the reaper's to find (their pgid may be reused).
+    whose leader is already gone are found by their BATCHD_JOB_DIR instead
+    (supervisor._proc.job_processes; their pgid may be reused).
     """
     if pid is None or start is None or pid <= 1 or not alive(pid, start):
         return False

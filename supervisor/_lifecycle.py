@@ -157,6 +157,7 @@ __all__ = [
     "Update",
     "WarnStale",
     "classify",
+    "settled_by_result",
     "step",
     "tick",
 ]
@@ -620,6 +621,24 @@ def _result_event(entry: Mapping[str, Any], obs: Observation) -> Event:
     if entry.get("cancel_requested"):
         return Event.RESULT_CANCELLED
     return Event.RESULT_FAILED
+
+
+def settled_by_result(entry: Mapping[str, Any], result: Mapping[str, Any], now: float,
+                      timeout: float | None = None) -> dict[str, Any] | None:
+    """The terminal fields the scheduler will record for a starting/running `entry` whose
+    adaptor wrote `result` (the same table rows); None if the entry is not active.
+
+    For readers (batchctl) while the scheduler has not yet recorded the end, e.g. with
+    batchd down: a finished job shows as finished, and `wait` returns.
+    """
+    if _state(entry) not in ACTIVE:
+        return None
+    obs = Observation(result=result, timeout=timeout)
+    decision = step(entry, _result_event(entry, obs), Facts(now=now, obs=obs))
+    for action in decision.actions:
+        if isinstance(action, Finalize):
+            return dict(action.fields)
+    return None
 
 
 def _launch_seen(entry: Mapping[str, Any], obs: Observation) -> bool:

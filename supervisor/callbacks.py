@@ -14,7 +14,7 @@ wrong schema, or fields that make no sense) is moved aside as `NAME.corrupted.<U
 counted and named in the ready record's `degraded`: only that webhook is affected. An
 "in_flight" record is a try the previous incarnation died in: it goes back to "pending",
 due at once (written before ready is reported). Temp files are left to the reaper.
-Delivered and failed records stay for `batchctl callbacks` (the reaper prunes old ones).
+Delivered and failed records stay for `batchctl callbacks`; nothing prunes them yet.
 
 Serving: one thread. Each turn takes the inbox when a hint (or the periodic rescan)
 arrived, then makes at most ONE due try, then sleeps until the earliest next try or the

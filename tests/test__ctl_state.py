@@ -24,7 +24,15 @@ from supervisor._ctl_state import (
     read_workers,
 )
 from supervisor._jobs import cancel_request, submit_request
-from supervisor._layout import REPOS, REQUEST, STARTUP_LOG, WORKERS, Layout, write_record
+from supervisor._layout import (
+    REPOS,
+    REQUEST,
+    RESULT,
+    STARTUP_LOG,
+    WORKERS,
+    Layout,
+    write_record,
+)
 
 
 class MemQueue:
@@ -184,3 +192,24 @@ def test_read_startups_missing_is_empty_and_corrupt_raises(tmp_path: Path) -> No
     with pytest.raises(Unreadable):
         read_startups(layout)
     assert "[1," == layout.startup_log.read_text()
+
+
+def test_a_running_job_with_a_result_shows_as_it_will_be_recorded(tmp_path: Path) -> None:
+    """batchd down, the adaptor wrote result.json: the job shows its end (state, exit code,
+    no pid) in get, in the state filters and in the counts; the WAL is untouched."""
+    layout = _layout(tmp_path)
+    queue = MemQueue({"r1": {"id": "r1", "state": "running", "pid": 4242, "started_at": "x"},
+                      "r2": {"id": "r2", "state": "running", "pid": 4343}}, {})
+    ensure_dir(layout.job_dir("r1"))
+    write_record(RESULT, layout.job_result("r1"), {
+        "id": "r1", "exit_code": 3, "signal": None, "reason": None, "timed_out": False,
+        "finished_at": "2026-11-28T12:00:00.000Z"})
+    view = JobView(_cfg(layout), layout, queue, Pending())
+    r1 = view.get("r1")
+    assert r1 is not None
+    assert ("failed", 3, None, "exit 3", "2026-11-28T12:00:00.000Z") == (
+        r1["state"], r1["exit_code"], r1["pid"], r1["reason"], r1["finished_at"])
+    assert (["r1"], ["r2"]) == ([e["id"] for e in view.entries("failed")],
+                                [e["id"] for e in view.entries("running")])
+    assert {"failed": 1, "running": 1} == view.counts()
+    assert "running" == queue.entries["r1"]["state"]

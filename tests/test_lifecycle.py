@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from supervisor import _lifecycle as lc
 from supervisor._config import SchedulerConfig
 from supervisor._lifecycle import (
     ACTIVE,
@@ -560,3 +561,16 @@ def test_never_started_twice(obs: Observation, since: float, attempts: int, canc
         assert attempts < T.max_launch_attempts
     if d.terminal:
         assert d.next_state.value == finalize_fields(d)["state"]
+
+
+def test_settled_by_result_gives_the_fields_the_scheduler_will_record() -> None:
+    """An active job's result maps through the table's result rows; a queued job: None."""
+    ok = lc.settled_by_result({"id": "a", "state": "running"},
+                              {"exit_code": 0, "reason": None, "finished_at": "T"}, now=0.0)
+    assert ok is not None
+    assert ("completed", 0, "T") == (ok["state"], ok["exit_code"], ok["finished_at"])
+    cancelled = lc.settled_by_result({"id": "b", "state": "running", "cancel_requested": True},
+                                     {"exit_code": None, "signal": 15, "reason": "terminated"},
+                                     now=0.0)
+    assert cancelled is not None and "cancelled" == cancelled["state"]
+    assert lc.settled_by_result({"id": "c", "state": "queued"}, {"exit_code": 0}, now=0.0) is None
