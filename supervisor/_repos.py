@@ -119,10 +119,15 @@ class Registry:
 
 
 def git_env() -> dict[str, str]:
-    """The environment of every git batchd runs: never prompt for a password."""
+    """The environment of every git batchd runs: never prompt for a password, and give up
+    on a remote that stalls (under 1 KiB/s for 60 s over http(s); no answer to 4 keepalives
+    15 s apart over ssh) instead of holding the scheduler until the command's timeout."""
     env = dict(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"           # never wait for a password on a tty
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    env.setdefault("GIT_SSH_COMMAND",
+                   "ssh -o BatchMode=yes -o ServerAliveInterval=15 -o ServerAliveCountMax=4")
+    env.setdefault("GIT_HTTP_LOW_SPEED_LIMIT", "1024")
+    env.setdefault("GIT_HTTP_LOW_SPEED_TIME", "60")
     return env
 
 

@@ -21,6 +21,7 @@ from supervisor._repos import (
     all_repositories,
     default_branch,
     ensure_mirror,
+    git_env,
     read_registry,
     registered,
     registry_lock,
@@ -388,3 +389,17 @@ def test_the_mirror_head_follows_the_remote_default(tmp_path: Path) -> None:
     git("--git-dir", str(bare), "symbolic-ref", "HEAD", "refs/heads/trunk")
     ensure_mirror("app", RepoConfig(str(bare), branch="trunk"), mirrors)
     assert "refs/heads/main" == git("--git-dir", str(path), "symbolic-ref", "HEAD")
+
+
+def test_git_gives_up_on_a_stalled_remote_rather_than_waiting_for_the_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every git batchd runs never prompts, and aborts a transfer that stalls (http, ssh);
+    an operator's own settings of those variables are kept."""
+    for var in ("GIT_SSH_COMMAND", "GIT_HTTP_LOW_SPEED_LIMIT", "GIT_HTTP_LOW_SPEED_TIME"):
+        monkeypatch.delenv(var, raising=False)
+    env = git_env()
+    assert ("0", "1024", "60") == (env["GIT_TERMINAL_PROMPT"], env["GIT_HTTP_LOW_SPEED_LIMIT"],
+                                   env["GIT_HTTP_LOW_SPEED_TIME"])
+    assert "ServerAliveInterval=15" in env["GIT_SSH_COMMAND"]
+    monkeypatch.setenv("GIT_HTTP_LOW_SPEED_TIME", "600")
+    assert "600" == git_env()["GIT_HTTP_LOW_SPEED_TIME"]
