@@ -79,6 +79,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,17 @@ class Jobs:
     active: set[str] = field(default_factory=set)       # starting/running job ids
     warned: dict[str, float] = field(default_factory=dict)   # id -> last stale warning
     batches: BatchIndex = field(default_factory=BatchIndex)  # cache for batch events
+    #: Workspaces being cloned off the loop: job id -> the clone's future (see _do_launch).
+    preparing: dict[str, Future[None]] = field(default_factory=dict)
+    _pool: ThreadPoolExecutor | None = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads that clone workspaces (git waits off the scheduler's loop)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=max(1, self.cfg.scheduler.max_concurrent_jobs),
+                thread_name_prefix="prepare")
+        return self._pool
     lock_seq: int = 0            # the last acquire's seq (increasing: FIFO across passes)
     backlog: bool = False        # the last dispatch left queued jobs it could have moved
 
@@ -315,42 +327,79 @@ def _do_update(j: Jobs, job: _Job, action: lc.Update, batch: _Batch) -> None:
     batch.updates.append((job.id, dict(action.fields)))
 
 
-def _prepare(j: Jobs, entry: dict[str, Any]) -> None:
-    """The workspace (mirrors fetched, clones made: the job holds its repositories' locks),
-    then the release of those locks unless the job holds them for its whole run."""
-    names = _repos_of(entry)
-    if not names:
-        _jobfiles.prepare_workspace(j.cfg, entry)
-        return
-    known = _repositories(j)
-    gone = [name for name in names if name not in known]
-    if gone and not _jobfiles.workspace_path(j.cfg, entry).is_dir():
-        raise _jobfiles.PrepareError(f"repository {gone[0]!r} is no longer known")
+def _clone(j: Jobs, entry: dict[str, Any], known: dict[str, Any]) -> None:
+    """Fetch the mirrors and clone the workspace (the job holds its repositories' locks).
+    Runs on a `prepare` thread: it touches only the job's workspace and the mirrors."""
     _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
                                 mirrors_dir=j.layout.mirrors_dir)
-    if not exclusive_for(entry, known):
-        _release(j, str(entry["id"]), "workspace cloned")
 
 
 def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
+    """Launch a dispatched job. A job without repositories gets its (empty) workspace and
+    is launched at once. A job with repositories has its clone started on a `prepare`
+    thread and stays `starting`; `_finish_prepared` launches it on a later pass, so a long
+    clone or a stalled remote never holds the loop (cancels, timeouts, other dispatches).
+    """
     batch.flush(j.queue)        # `starting` is durable before anything of the launch exists
+    names = _repos_of(job.entry)
+    if not names:
+        try:
+            _jobfiles.prepare_workspace(j.cfg, job.entry)
+        except (_jobfiles.PrepareError, OSError) as exc:
+            _launch_failed(j, job, exc, batch)
+            return
+        _launch_now(j, job, action.relaunch, batch)
+        return
+    known = _repositories(j)
+    gone = [name for name in names if name not in known]
+    if gone and not _jobfiles.workspace_path(j.cfg, job.entry).is_dir():
+        _launch_failed(j, job, _jobfiles.PrepareError(
+            f"repository {gone[0]!r} is no longer known"), batch)
+        return
+    if job.id not in j.preparing:
+        j.log.info("cloning the workspace", job=job.id, repos=names)
+        j.preparing[job.id] = j.pool().submit(_clone, j, dict(job.entry), known)
+
+
+def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
+    """The clone of `job` ended: release shared locks, then launch (or fail, or, when a
+    cancel came meanwhile, launch nothing: the next tick settles it as cancelled)."""
+    future = j.preparing.pop(job.id)
+    exc = future.exception()
+    if exc is not None:
+        _launch_failed(j, job, exc, batch)
+        return
+    known = _repositories(j)
+    if not exclusive_for(job.entry, known):
+        _release(j, job.id, "workspace cloned")
+    if job.entry.get("cancel_requested"):
+        j.log.info("job cancelled while its workspace was cloned: not launched", job=job.id)
+        return
+    _launch_now(j, job, bool(job.entry.get("attempts", 1) > 1), batch)
+
+
+def _launch_failed(j: Jobs, job: _Job, exc: BaseException, batch: _Batch) -> None:
+    j.log.warning("job launch failed", job=job.id, error=str(exc))
+    d = lc.step(job.entry, lc.Event.LAUNCH_FAILED,
+                lc.Facts(now=j.clock(), timing=j.timing, error=str(exc)))
+    _execute(j, job, d, batch)
+
+
+def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:
     try:
-        _prepare(j, job.entry)
         _jobfiles.write_spec(j.layout, j.cfg, job.entry)
         launched = j.launcher(j.layout.job_dir(job.id), j.cfg.launcher)
     except (_jobfiles.PrepareError, LaunchError, OSError) as exc:
-        j.log.warning("job launch failed", job=job.id, error=str(exc))
-        d = lc.step(job.entry, lc.Event.LAUNCH_FAILED,
-                    lc.Facts(now=j.clock(), timing=j.timing, error=str(exc)))
-    else:
-        if launched.pid is None:
-            j.log.info("job launched; its pid comes with its sentinel", job=job.id,
-                       unit=launched.unit, relaunch=action.relaunch)
-            return
-        d = lc.step(job.entry, lc.Event.LAUNCHED,
-                    lc.Facts(now=j.clock(), timing=j.timing, pid=launched.pid,
-                             start=launched.start))
-        j.log.info("job running", job=job.id, adaptor=launched.pid, relaunch=action.relaunch)
+        _launch_failed(j, job, exc, batch)
+        return
+    if launched.pid is None:
+        j.log.info("job launched; its pid comes with its sentinel", job=job.id,
+                   unit=launched.unit, relaunch=relaunch)
+        return
+    d = lc.step(job.entry, lc.Event.LAUNCHED,
+                lc.Facts(now=j.clock(), timing=j.timing, pid=launched.pid,
+                         start=launched.start))
+    j.log.info("job running", job=job.id, adaptor=launched.pid, relaunch=relaunch)
     _execute(j, job, d, batch)
 
 
@@ -497,6 +546,19 @@ def _tick(j: Jobs, job_id: str, batch: _Batch) -> tuple[_Job, lc.Decision] | Non
     if entry is None or entry["state"] not in lc.ACTIVE:
         j.active.discard(job_id)
         return None
+    future = j.preparing.get(job_id)
+    if future is not None:
+        # Its clone runs off the loop: no tick may judge it (the launch grace would
+        # relaunch it); once the clone is done, the launch goes on here.
+        if not future.done():
+            return None
+        _finish_prepared(j, _Job(entry), batch)
+        entry = j.queue.get(job_id) or entry
+        for other, fields in batch.updates:
+            if other == job_id:
+                entry = {**entry, **fields}
+        if entry["state"] not in lc.ACTIVE:
+            return None
     now = j.clock()
     job = _Job(entry, _jobfiles.observe(j.layout, entry, now, j.cfg))
     assert job.obs is not None

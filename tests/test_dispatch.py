@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -543,6 +545,12 @@ def rjobs(jobs: _dispatch.Jobs, bare_repo: Path) -> _dispatch.Jobs:
     return jobs
 
 
+def finish_clones(j: _dispatch.Jobs) -> None:
+    """Wait for the workspaces being cloned off the loop, then run the pass that launches."""
+    futures.wait(list(j.preparing.values()), timeout=60)
+    _dispatch.tick_all(j)
+
+
 def lock_requests(j: _dispatch.Jobs) -> dict[str, dict[str, Any]]:
     """The requests waiting in locks/inbox, by file name (without .json)."""
     inbox = j.layout.inbox("locks")
@@ -598,6 +606,9 @@ def test_a_granted_job_clones_releases_then_launches(rjobs: _dispatch.Jobs,
     assert [] == procs.launched
     grant_table(rjobs, ("lib", "r"))
     assert 1 == _dispatch.dispatch(rjobs)
+    # The clone runs on a prepare thread: the loop returns with the job still starting.
+    assert ("starting", []) == (get(rjobs, "r")["state"], procs.launched)
+    finish_clones(rjobs)
     assert ("running", ["r"]) == (get(rjobs, "r")["state"], procs.launched)
     assert "hello\n" == (rjobs.cfg.workspace_dir / "r" / "README").read_text()
     assert ["acquire-r", "release-r"] == list(lock_requests(rjobs))
@@ -611,6 +622,7 @@ def test_an_exclusive_job_keeps_its_lock_until_it_ends(rjobs: _dispatch.Jobs,
     _dispatch.dispatch(rjobs)
     grant_table(rjobs, ("app", "x"))
     _dispatch.dispatch(rjobs)
+    finish_clones(rjobs)
     assert ["acquire-x"] == list(lock_requests(rjobs))
     procs.exit("x")
     result(rjobs, "x")
@@ -678,6 +690,7 @@ def test_reattach_of_a_running_shared_job_releases_again(rjobs: _dispatch.Jobs,
         _dispatch.dispatch(rjobs)
         grant_table(rjobs, (repo, job_id))
         _dispatch.dispatch(rjobs)
+        finish_clones(rjobs)
         sentinel(rjobs, job_id, get(rjobs, job_id)["pid"])
     for name in lock_requests(rjobs):
         (rjobs.layout.inbox("locks") / f"{name}.json").unlink()
@@ -685,6 +698,40 @@ def test_reattach_of_a_running_shared_job_releases_again(rjobs: _dispatch.Jobs,
                                 launcher=procs, clock=rjobs.clock)
     assert 2 == _dispatch.reattach(again)["reattached"]
     assert ["release-shared"] == list(lock_requests(again))
+
+
+def test_a_stalled_clone_holds_neither_other_jobs_nor_cancels(
+        rjobs: _dispatch.Jobs, procs: Procs) -> None:
+    """A repository whose remote accepts and never answers (a real socket on 127.0.0.1):
+    while that job's clone hangs, a job without repositories is launched and a cancel of
+    a running job is carried out; the stalled job is not ticked (no relaunch) and fails
+    with git's error once the remote goes away."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/stalled.git"
+    rjobs.cfg = replace(rjobs.cfg, repositories={
+        **rjobs.cfg.repositories, "stall": RepoConfig(url=url, branch="main")},
+        scheduler=replace(rjobs.cfg.scheduler, max_concurrent_jobs=4))
+    try:
+        enqueue(rjobs, "run")
+        _dispatch.dispatch(rjobs)
+        enqueue(rjobs, "slow", repos=["stall"])
+        _dispatch.dispatch(rjobs)
+        grant_table(rjobs, ("stall", "slow"))
+        _dispatch.dispatch(rjobs)
+        enqueue(rjobs, "quick")
+        _dispatch.dispatch(rjobs)
+        _dispatch.cancel(rjobs, "run")
+        _dispatch.tick_all(rjobs)
+        assert (["run", "quick"], "starting", True) == (
+            procs.launched, get(rjobs, "slow")["state"], "slow" in rjobs.preparing)
+    finally:
+        server.close()                       # the clone fails: connection gone
+    finish_clones(rjobs)
+    slow = get(rjobs, "slow")
+    assert ("failed", ["run", "quick"]) == (slow["state"], procs.launched)
+    assert "stalled.git" in str(slow["reason"])
 
 
 def test_a_large_submission_waits_in_batches(rjobs: _dispatch.Jobs,
