@@ -77,7 +77,7 @@ from supervisor._layout import (
 )
 from supervisor._lifecycle import Observation
 from supervisor._proc import alive, start_time
-from supervisor._repos import FETCH_TIMEOUT, MirrorError, ensure_mirror, git_env
+from supervisor._repos import FETCH_TIMEOUT, MirrorError, ensure_mirror, git_command, git_env
 
 __all__ = [
     "CLONE_TIMEOUT",
@@ -293,10 +293,12 @@ def write_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> Path:
 # --------------------------------------------------------------------------- workspace
 
 
-def _run_git(cmd: list[str], timeout: float, what: str) -> None:
-    """Run a git command; PrepareError("<what> failed: <git's stderr>") if it fails."""
+def _run_git(args: list[str], timeout: float, what: str) -> None:
+    """Run `git ARGS` (dying with us); PrepareError("<what> failed: <git's stderr>") if it
+    fails."""
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        proc = subprocess.run(git_command(args), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True,
                               errors="replace", env=git_env(), timeout=timeout, check=False)
     except FileNotFoundError:
         raise PrepareError("cannot clone: git is not installed (not found on PATH)") from None
@@ -310,14 +312,14 @@ def _run_git(cmd: list[str], timeout: float, what: str) -> None:
 def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
            mirror: Path | None = None) -> None:
     """Clone `repo` (from its mirror when given, then origin = the real URL) into dest."""
-    cmd = ["git", "clone", "--quiet"]
+    cmd = ["clone", "--quiet"]
     if repo.branch:
         cmd += ["--branch", repo.branch]
     cmd += ["--", str(mirror) if mirror is not None else repo.url, str(dest)]
     branch = f" branch {repo.branch!r}" if repo.branch else ""
     _run_git(cmd, timeout, f"git clone of repository {name!r} ({repo.url}{branch})")
     if mirror is not None:
-        _run_git(["git", "-C", str(dest), "remote", "set-url", "origin", repo.url], timeout,
+        _run_git(["-C", str(dest), "remote", "set-url", "origin", repo.url], timeout,
                  f"setting origin of repository {name!r} to {repo.url}")
 
 

@@ -42,6 +42,7 @@ holds that repository's lock (so one process at a time touches one mirror). ensu
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
@@ -74,6 +75,7 @@ __all__ = [
     "all_repositories",
     "default_branch",
     "ensure_mirror",
+    "git_command",
     "git_env",
     "read_registry",
     "registered",
@@ -131,10 +133,26 @@ def git_env() -> dict[str, str]:
     return env
 
 
+@functools.cache
+def _setpriv() -> str | None:
+    return shutil.which("setpriv")
+
+
+def git_command(args: list[str]) -> list[str]:
+    """The argv that runs `git ARGS` so that it dies with the process (thread) that started
+    it: util-linux's `setpriv --pdeathsig KILL` (preexec_fn is not safe beside threads).
+    A scheduler killed mid-clone then leaves no git writing into a mirror or workspace that
+    its successor is about to redo. Without setpriv, plain git."""
+    setpriv = _setpriv()
+    if setpriv is None:
+        return ["git", *args]
+    return [setpriv, "--pdeathsig", "KILL", "--", "git", *args]
+
+
 def _git(args: list[str], *, timeout: float, what: str) -> str:
     """Run git; its stdout, or MirrorError("<what> failed: <stderr>") / timed out."""
     try:
-        proc = subprocess.run(["git", *args], stdin=subprocess.DEVNULL, capture_output=True,
+        proc = subprocess.run(git_command(args), stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, errors="replace", env=git_env(), timeout=timeout,
                               check=False)
     except FileNotFoundError:

@@ -13,6 +13,7 @@ import pytest
 
 from supervisor._config import Config, RepoConfig
 from supervisor._layout import REPOS, Layout, read_record, write_record
+from supervisor._proc import alive
 from supervisor._repos import (
     MIRROR_PREP_PREFIX,
     MirrorError,
@@ -403,3 +404,32 @@ def test_git_gives_up_on_a_stalled_remote_rather_than_waiting_for_the_timeout(
     assert "ServerAliveInterval=15" in env["GIT_SSH_COMMAND"]
     monkeypatch.setenv("GIT_HTTP_LOW_SPEED_TIME", "600")
     assert "600" == git_env()["GIT_HTTP_LOW_SPEED_TIME"]
+
+
+def test_git_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """A git started through git_command is SIGKILLed when its starter dies (a scheduler
+    killed mid-clone leaves no git writing into the mirror its successor redoes)."""
+    pid_file = tmp_path / "git.pid"
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from supervisor._repos import git_command\n"
+        "p = subprocess.Popen(git_command(['-c', 'alias.wait=!sleep 30', 'wait']))\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n")])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert time.monotonic() < deadline, "the starter never started git"
+            time.sleep(0.01)
+        git_pid = int(pid_file.read_text())
+        comm = Path(f"/proc/{git_pid}/comm")
+        while comm.read_text().strip() != "git":    # past setpriv's prctl and exec
+            assert time.monotonic() < deadline, "git never started"
+            time.sleep(0.01)
+    finally:
+        starter.kill()
+        starter.wait()
+    deadline = time.monotonic() + 10
+    while alive(git_pid, None):
+        assert time.monotonic() < deadline, "git outlived the process that started it"
+        time.sleep(0.01)
