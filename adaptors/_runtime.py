@@ -84,7 +84,7 @@ from supervisor._layout import (
     read_record,
     write_record,
 )
-from supervisor._proc import job_processes, start_time
+from supervisor._proc import group_members, job_processes, start_time
 
 __all__ = [
     "EXIT_BAD_SPEC",
@@ -102,7 +102,6 @@ __all__ = [
     "SpecError",
     "block",
     "event_of",
-    "group_members",
     "iso",
     "one_line",
     "parse_spec",
@@ -386,29 +385,6 @@ def _hand_over_workspace(workspace: str, run_as: RunAs) -> str | None:
     except OSError as exc:
         return f"user_switch_failed: cannot give the workspace to {run_as.name!r}: {exc}"
     return None
-
-
-def _stat_fields(pid: int) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2:].split()
-
-
-def group_members(pgid: int, *, include_zombies: bool = False) -> list[int]:
-    """Pids whose process group is `pgid` (zombies left out unless asked for)."""
-    found: list[int] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        fields = _stat_fields(int(name))
-        if fields is None or len(fields) < 3:
-            continue
-        if fields[2] == str(pgid).encode() and (include_zombies or fields[0] not in (b"Z", b"X")):
-            found.append(int(name))
-    return found
 
 
 def _reap_children() -> None:

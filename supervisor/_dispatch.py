@@ -99,7 +99,7 @@ from supervisor._locktable import (
     from_record,
     release_request,
 )
-from supervisor._proc import alive, job_processes
+from supervisor._proc import alive, group_members, has_env, job_processes
 from supervisor._queue import JobQueue
 from supervisor._repos import all_repositories
 from supervisor._runtime import Log, stop_requested
@@ -479,35 +479,10 @@ def _execute(j: Jobs, job: _Job, d: lc.Decision, batch: _Batch) -> None:
 
 # -- leftovers -----------------------------------------------------------------------------------
 
-def _stat(pid: int) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2:].split()
-
-
-def _tied_to(pid: int, tag: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return tag in f.read().split(b"\0")
-    except OSError:
-        return False
-
-
 def _members(pgid: int, tag: bytes) -> list[int]:
+    """Live processes of group `pgid` (not us) whose environment carries `tag`."""
     me = os.getpid()
-    found = []
-    want = str(pgid).encode()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        fields = _stat(int(name))
-        if (fields is not None and len(fields) > 2 and fields[2] == want
-                and fields[0] not in (b"Z", b"X") and _tied_to(int(name), tag)):
-            found.append(int(name))
-    return found
+    return [pid for pid in group_members(pgid) if pid != me and has_env(pid, tag)]
 
 
 def kill_leftovers(pgid: int, job_id: str, *, job_dir: str | None = None,

@@ -59,13 +59,13 @@ import signal
 import struct
 import subprocess
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from supervisor._atomic import Corrupt, Missing, ensure_dir
 from supervisor._config import Config, RepoConfig
 from supervisor._fs import REAL
+from supervisor._jobs import epoch_of
 from supervisor._layout import (
     JOB_SPEC,
     RESULT,
@@ -175,19 +175,6 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _heartbeat(sentinel: Mapping[str, Any]) -> float | None:
-    ts = sentinel.get("heartbeat_ts")
-    if isinstance(ts, int | float) and not isinstance(ts, bool):
-        return float(ts)
-    text = sentinel.get("heartbeat_at")
-    if isinstance(text, str):
-        try:
-            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
-
-
 def _record(kind: RecordKind, path: Path, job_id: str) -> tuple[dict[str, Any] | None, str | None]:
     """(the record, None), (None, None) if missing, (None, why) if unusable."""
     got = read_record(kind, path, owner=False)
@@ -238,7 +225,8 @@ def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -
         pid, start = None, None
     return Observation(
         sentinel=sentinel, result=result, result_error=result_error,
-        heartbeat_ts=_heartbeat(sentinel) if sentinel is not None else None,
+        heartbeat_ts=(epoch_of(sentinel, "heartbeat_ts", "heartbeat_at")
+                      if sentinel is not None else None),
         pid=pid, start=start, alive=bool(living), lock_held=lock.held,
         timeout=job_timeout(cfg, entry))
 

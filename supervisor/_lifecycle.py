@@ -131,12 +131,11 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from supervisor._config import SchedulerConfig
-from supervisor._jobs import iso_now
+from supervisor._jobs import epoch_of, iso_now
 
 __all__ = [
     "ACTIVE",
@@ -398,16 +397,7 @@ def _num(value: object) -> float | None:
 
 def _epoch(entry: Mapping[str, Any], ts_key: str, iso_key: str) -> float | None:
     """entry[ts_key] (epoch seconds), else entry[iso_key] (ISO-8601) parsed, else None."""
-    ts = _num(entry.get(ts_key))
-    if ts is not None:
-        return ts
-    text = entry.get(iso_key)
-    if isinstance(text, str):
-        try:
-            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
+    return epoch_of(entry, ts_key, iso_key)
 
 
 def _launch_ref(entry: Mapping[str, Any]) -> float:

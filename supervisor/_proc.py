@@ -9,43 +9,68 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["alive", "job_processes", "start_time"]
+__all__ = ["alive", "group_members", "has_env", "job_processes", "start_time"]
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields 3.. of /proc/<pid>/stat (state first), or None if there is no such process.
+
+    The command name (field 2) is in parentheses and may hold spaces or ')': split after
+    the last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2 :].split()
+
+
+def _start_of(fields: list[bytes]) -> int | None:
+    try:
+        return int(fields[19])  # field 22 overall; fields start at field 3
+    except (IndexError, ValueError):
+        return None
 
 
 def start_time(pid: int) -> int | None:
     """The start time of `pid` in clock ticks since boot, or None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may contain spaces or ')'.
-    rest = raw[raw.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[19])  # field 22 overall; rest starts at field 3
-    except (IndexError, ValueError):
-        return None
+    fields = _stat(pid)
+    return None if fields is None else _start_of(fields)
 
 
 def alive(pid: int | None, start: int | None) -> bool:
     """True if the process `pid` exists, is not a zombie, and started at `start`."""
     if not pid or pid <= 0:
         return False
+    fields = _stat(pid)
+    if not fields or fields[0] in (b"Z", b"X"):
+        return False
+    return start is None or _start_of(fields) == start
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def group_members(pgid: int, *, include_zombies: bool = False) -> list[int]:
+    """Pids whose process group is `pgid` (zombies left out unless asked for)."""
+    want = str(pgid).encode()
+    found: list[int] = []
+    for pid in _pids():
+        fields = _stat(pid)
+        if (fields is not None and len(fields) > 2 and fields[2] == want
+                and (include_zombies or fields[0] not in (b"Z", b"X"))):
+            found.append(pid)
+    return found
+
+
+def has_env(pid: int, assignment: bytes) -> bool:
+    """True if the environment `pid` started with holds `assignment` (b"NAME=value");
+    False when it cannot be read (another user's process, or gone)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return assignment in f.read().split(b"\0")
     except OSError:
-        return False
-    rest = raw[raw.rfind(b")") + 2 :].split()
-    if not rest or rest[0] in (b"Z", b"X"):
-        return False
-    if start is None:
-        return True
-    try:
-        return int(rest[19]) == start
-    except (IndexError, ValueError):
         return False
 
 
@@ -59,16 +84,6 @@ def job_processes(job_dir: str, *, exclude: frozenset[int] = frozenset()) -> lis
     Processes whose environment cannot be read (another user's, when not root) are skipped:
     a process batchd cannot tie to the job is never signalled.
     """
-    needle = b"\0BATCHD_JOB_DIR=" + os.fsencode(job_dir) + b"\0"
-    found: list[int] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in exclude:
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = b"\0" + f.read()
-        except OSError:
-            continue
-        if needle in env and alive(int(name), None):
-            found.append(int(name))
-    return found
+    tag = b"BATCHD_JOB_DIR=" + os.fsencode(job_dir)
+    return [pid for pid in _pids()
+            if pid not in exclude and has_env(pid, tag) and alive(pid, None)]

@@ -23,7 +23,6 @@ from adaptors._runtime import (
     RunAs,
     SpecError,
     block,
-    group_members,
     one_line,
     parse_spec,
     resolve_binary,
@@ -150,18 +149,6 @@ def test_resolve_user_as_root_and_as_oneself() -> None:
     assert (65534, True) == (target.uid, target.switch)
     assert target.gid in target.groups
     assert False is resolve_user("root", euid=0).switch  # type: ignore[union-attr]
-
-
-def test_group_members_lists_a_whole_process_group() -> None:
-    """A shell in a new session and its child are both found under the shell's pgid."""
-    proc = subprocess.Popen(["/bin/sh", "-c", "sleep 30 & wait"], start_new_session=True)
-    try:
-        members = fakekit.wait_for(lambda: (m := group_members(proc.pid)) and len(m) == 2 and m,
-                                   what="shell and its sleep")
-        assert proc.pid in members
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 # -- real runs --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor._proc import alive, job_processes, start_time
+from supervisor._proc import alive, group_members, has_env, job_processes, start_time
 
 
 def _state(pid: int) -> str:
@@ -140,3 +141,30 @@ def test_job_processes_finds_a_job_by_its_folder_even_outside_its_group(tmp_path
             p.kill()
             p.wait()
     assert [] == job_processes(mine)
+
+
+def test_group_members_lists_a_whole_process_group() -> None:
+    """A shell in a new session and its child are both found under the shell's pgid."""
+    proc = subprocess.Popen(["/bin/sh", "-c", "sleep 30 & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(members := group_members(proc.pid)) != 2:
+            assert time.monotonic() < deadline, f"group of {proc.pid}: {members}"
+            time.sleep(0.01)
+        assert proc.pid in members
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_has_env_reads_the_environment_a_process_started_with() -> None:
+    """NAME=value is matched whole; a process that is gone reads as False."""
+    proc = subprocess.Popen(["sleep", "30"], env={**os.environ, "BATCHD_PROBE": "x1"})
+    try:
+        assert (True, False) == (has_env(proc.pid, b"BATCHD_PROBE=x1"),
+                                 has_env(proc.pid, b"BATCHD_PROBE=x"))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert False is has_env(proc.pid, b"BATCHD_PROBE=x1")
+
