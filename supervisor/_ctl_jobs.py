@@ -26,7 +26,7 @@ from supervisor._ctl_out import (
     table,
 )
 from supervisor._ctl_state import TERMINAL, JobView, open_view, read_workers
-from supervisor._jobs import cancel_request, job_record, valid_job_id
+from supervisor._jobs import batch_record, cancel_request, job_record, valid_job_id
 from supervisor._layout import REQUEST, WORKER_NAMES, write_record
 
 __all__ = [
@@ -184,15 +184,7 @@ def batch_records(view: JobView) -> list[dict[str, Any]]:
         name = entry.get("batch")
         if isinstance(name, str):
             groups.setdefault(name, []).append((str(entry["id"]), str(entry.get("state"))))
-    out = []
-    for name, jobs in groups.items():
-        counts: dict[str, int] = {}
-        for _, state in jobs:
-            counts[state] = counts.get(state, 0) + 1
-        out.append({"batch": name, "counts": counts,
-                    "done": all(state in TERMINAL for _, state in jobs),
-                    "jobs": [job_id for job_id, _ in jobs]})
-    return out
+    return [batch_record(name, jobs) for name, jobs in groups.items()]
 
 
 def _batch_line(rec: dict[str, Any]) -> tuple[str, str, str, str]:

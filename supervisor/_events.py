@@ -19,13 +19,13 @@ enqueued since it last looked.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor._jobs import job_record
+from supervisor._jobs import batch_record, job_record
 from supervisor._layout import Layout
-from supervisor._queue import TERMINAL_STATES, JobQueue
+from supervisor._queue import JobQueue
 from supervisor._webhook import (
     batch_event_id,
     batch_payload,
@@ -35,7 +35,7 @@ from supervisor._webhook import (
     job_payload,
 )
 
-__all__ = ["BatchIndex", "batch_record", "emit_job_end"]
+__all__ = ["BatchIndex", "emit_job_end"]
 
 
 @dataclass
@@ -55,17 +55,6 @@ class BatchIndex:
                 self.members.setdefault(name, []).append(job_id)
         self.seen = len(ids)
         return list(self.members.get(batch, []))
-
-
-def batch_record(batch: str, states: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """The contract's batch record from (job id, state) pairs in submission order."""
-    pairs = list(states)
-    counts: dict[str, int] = {}
-    for _, state in pairs:
-        counts[state] = counts.get(state, 0) + 1
-    return {"batch": batch, "counts": counts,
-            "done": all(state in TERMINAL_STATES for _, state in pairs),
-            "jobs": [job_id for job_id, _ in pairs]}
 
 
 def emit_job_end(layout: Layout, queue: JobQueue, index: BatchIndex,

@@ -11,14 +11,17 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from supervisor._queue import TERMINAL_STATES
 
 __all__ = [
     "JOB_ID_RE",
     "RECORD_FIELDS",
     "SUBMIT_KEYS",
+    "batch_record",
     "cancel_request",
     "epoch_of",
     "iso_now",
@@ -40,6 +43,18 @@ RECORD_FIELDS: tuple[str, ...] = (
 #: Keys a submission (a `--from` JSONL line, or the flags of `submit`) may carry.
 SUBMIT_KEYS: frozenset[str] = frozenset(
     {"agent", "prompt", "repos", "callback", "timeout", "batch", "id", "exclusive"})
+
+
+def batch_record(batch: str, states: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """The contract's batch record, {batch, counts, done, jobs}, from (job id, state)
+    pairs in submission order (`batchctl batch`, and the body of a batch webhook)."""
+    pairs = list(states)
+    counts: dict[str, int] = {}
+    for _, state in pairs:
+        counts[state] = counts.get(state, 0) + 1
+    return {"batch": batch, "counts": counts,
+            "done": all(state in TERMINAL_STATES for _, state in pairs),
+            "jobs": [job_id for job_id, _ in pairs]}
 
 
 def valid_job_id(job_id: object) -> bool:

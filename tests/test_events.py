@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from supervisor._events import BatchIndex, batch_record, emit_job_end
+from supervisor._events import BatchIndex, emit_job_end
 from supervisor._layout import REQUEST, Layout, read_record
 from supervisor._queue import JobQueue
 from supervisor._webhook import batch_event_id, job_event_id
@@ -100,10 +100,3 @@ def test_batch_index_catches_up_with_jobs_enqueued_later(env: tuple[Layout, JobQ
     q.enqueue("b", _job("b", batch="B"))
     assert 1 == _end(layout, q, index, "a", "completed")   # the job event only
     assert ["a", "b"] == index.jobs(q, "B")
-
-
-def test_batch_record_shape() -> None:
-    """{batch, counts, done, jobs}: done only when every state is terminal."""
-    assert {"batch": "B", "counts": {"running": 1, "completed": 1}, "done": False,
-            "jobs": ["a", "b"]} == batch_record("B", [("a", "running"), ("b", "completed")])
-    assert batch_record("B", [("a", "lost")])["done"]

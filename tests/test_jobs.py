@@ -6,6 +6,7 @@ import pytest
 
 from supervisor._jobs import (
     RECORD_FIELDS,
+    batch_record,
     cancel_request,
     epoch_of,
     iso_now,
@@ -57,3 +58,10 @@ def test_request_bodies() -> None:
     can = cancel_request("j", now=T)
     assert ("r1", "submit", [{"id": "j"}]) == (sub["id"], sub["kind"], sub["jobs"])
     assert ("cancel", "j", True) == (can["kind"], can["job"], can["id"].startswith("cancel-j-"))
+
+
+def test_batch_record_counts_states_and_is_done_only_when_all_are_terminal() -> None:
+    """{batch, counts, done, jobs}: the shape `batchctl batch` and batch webhooks share."""
+    assert {"batch": "B", "counts": {"running": 1, "completed": 1}, "done": False,
+            "jobs": ["a", "b"]} == batch_record("B", [("a", "running"), ("b", "completed")])
+    assert batch_record("B", [("a", "lost"), ("b", "cancelled")])["done"]
