@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from supervisor._atomic import ensure_dir
 from supervisor._config import parse_duration
 from supervisor._ctl_out import (
     EXIT_FAILED,
@@ -27,7 +26,7 @@ from supervisor._ctl_out import (
 )
 from supervisor._ctl_state import TERMINAL, JobView, open_view, read_workers
 from supervisor._jobs import batch_record, cancel_request, job_record, valid_job_id
-from supervisor._layout import REQUEST, WORKER_NAMES, write_record
+from supervisor._layout import WORKER_NAMES, send_request
 
 __all__ = [
     "batch_records",
@@ -117,9 +116,7 @@ def cmd_cancel(ctx: Ctx, job_id: str) -> int:
         message = f"job {job_id} is already {state}: nothing to cancel"
     else:
         request = cancel_request(job_id)
-        inbox = ctx.layout.inbox("scheduler")
-        ensure_dir(inbox)
-        write_record(REQUEST, inbox / f"{request['id']}.json", request)
+        send_request(ctx.layout, "scheduler", request)
         doc = {"job": job_id, "state": state, "requested": True, "request": request["id"]}
         message = f"cancel requested for job {job_id} (state {state})"
     if ctx.json:

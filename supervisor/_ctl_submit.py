@@ -49,7 +49,7 @@ from supervisor._config import Config, parse_duration
 from supervisor._ctl_out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor._ctl_state import open_view, read_registered_repos
 from supervisor._jobs import SUBMIT_KEYS, iso_now, new_job_id, submit_request, valid_job_id
-from supervisor._layout import REQUEST, Layout, write_record
+from supervisor._layout import Layout, send_request
 
 __all__ = [
     "Checker",
@@ -294,12 +294,7 @@ def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
     created = iso_now(t)
     for job in jobs:
         job["created_at"] = created
-    request = submit_request(jobs, now=t)
-    inbox = layout.inbox("scheduler")
-    ensure_dir(inbox)
-    path = inbox / f"{request['id']}.json"
-    write_record(REQUEST, path, request)
-    return path
+    return send_request(layout, "scheduler", submit_request(jobs, now=t))
 
 
 def known_repos(cfg: Config, layout: Layout) -> frozenset[str]:

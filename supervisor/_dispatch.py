@@ -86,12 +86,16 @@ from typing import Any
 
 from supervisor import _jobfiles
 from supervisor import _lifecycle as lc
-from supervisor._atomic import ensure_dir
 from supervisor._config import Config, RepoConfig
 from supervisor._events import BatchIndex, emit_job_end
 from supervisor._jobs import iso_now
 from supervisor._launch import Launched, LaunchError, launch
-from supervisor._layout import REQUEST, WORKER_STATE, Layout, read_record, write_record
+from supervisor._layout import (
+    WORKER_STATE,
+    Layout,
+    read_record,
+    send_request,
+)
 from supervisor._locktable import (
     Table,
     acquire_request,
@@ -235,10 +239,8 @@ def _repos_of(entry: dict[str, Any]) -> list[str]:
 
 def _send(j: Jobs, worker: str, body: dict[str, Any]) -> bool:
     """Drop a request into `worker`'s inbox (atomic, durable); False (logged) if it failed."""
-    inbox = j.layout.inbox(worker)
     try:
-        ensure_dir(inbox)
-        write_record(REQUEST, inbox / f"{body['id']}.json", body)
+        send_request(j.layout, worker, body)
     except OSError as exc:
         j.log.error("cannot write a request", worker=worker, request=body["id"],
                     error=str(exc))

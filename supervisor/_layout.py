@@ -31,11 +31,12 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor._atomic import Corrupt, Missing, read_json, write_json
+from supervisor._atomic import Corrupt, Missing, ensure_dir, read_json, write_json
 from supervisor._fs import FS, REAL
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "RecordKind",
     "mirror_path",
     "read_record",
+    "send_request",
     "write_record",
 ]
 
@@ -257,3 +259,35 @@ class Layout:
                 self.jobs_dir, self.wal_dir]
         dirs += [self.inbox(w) for w in WORKER_NAMES]
         return dirs
+
+
+#: Inbox folders this process has made durable (see send_request).
+_ENSURED: set[str] = set()
+
+
+def send_request(layout: Layout, worker: str, request: Mapping[str, Any], *,
+                 fs: FS = REAL) -> Path:
+    """Drop `request` (a REQUEST body with an "id") into `worker`'s inbox as
+    `<inbox>/<id>.json`, atomically and durably; its path. The one way any process hands
+    a worker a request (law 1: the inbox is the owner's door).
+
+    The inbox folder is created and its parent fsynced once per process (a process killed
+    between a mkdir and that fsync is covered by the next process's first call), not on
+    every request. A crash before the rename leaves a temp file that is never read as a
+    request; after it the request is whole, and its id names it, so a replay rewrites the
+    same file and the owner handles it once.
+    """
+    inbox = layout.inbox(worker)
+    key = os.fspath(inbox)
+    path = inbox / f"{request['id']}.json"
+    if key not in _ENSURED:
+        ensure_dir(inbox, fs=fs)
+        _ENSURED.add(key)
+    try:
+        write_record(REQUEST, path, dict(request), fs=fs)
+    except FileNotFoundError:            # the folder went away since: make it again
+        _ENSURED.discard(key)
+        ensure_dir(inbox, fs=fs)
+        _ENSURED.add(key)
+        write_record(REQUEST, path, dict(request), fs=fs)
+    return path

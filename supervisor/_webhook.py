@@ -61,10 +61,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from supervisor import __version__
-from supervisor._atomic import dump_json, ensure_dir
+from supervisor._atomic import dump_json
 from supervisor._fs import FS, REAL
 from supervisor._jobs import iso_now
-from supervisor._layout import REQUEST, Layout, write_record
+from supervisor._layout import Layout, send_request
 
 if TYPE_CHECKING:
     import requests
@@ -212,16 +212,9 @@ def retry_request(event_id: str, *, now: float | None = None) -> dict[str, Any]:
 
 
 def drop_request(layout: Layout, request: Mapping[str, Any], *, fs: FS = REAL) -> Path:
-    """Write `request` as `callbacks/inbox/<its id>.json` atomically and durably.
-
-    A crash before the rename leaves a temp file that is never read as a request; after
-    it, the request is whole and the worker handles it once (its handlers are idempotent).
-    """
-    inbox = layout.inbox("callbacks")
-    ensure_dir(inbox, fs=fs)
-    path = inbox / f"{request['id']}.json"
-    write_record(REQUEST, path, dict(request), fs=fs)
-    return path
+    """Write `request` as `callbacks/inbox/<its id>.json` (supervisor._layout.send_request:
+    atomic and durable; the worker's handlers are idempotent under a replay)."""
+    return send_request(layout, "callbacks", request, fs=fs)
 
 
 # -- HTTP ---------------------------------------------------------------------------------

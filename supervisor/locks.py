@@ -82,7 +82,13 @@ from supervisor import _log
 from supervisor._atomic import Corrupt, Missing, ensure_dir, quarantine, remove
 from supervisor._config import Config
 from supervisor._jobs import iso_now, valid_job_id
-from supervisor._layout import REQUEST, WORKER_STATE, Layout, read_record, write_record
+from supervisor._layout import (
+    WORKER_STATE,
+    Layout,
+    read_record,
+    send_request,
+    write_record,
+)
 from supervisor._locktable import (
     ACQUIRE,
     RELEASE,
@@ -205,13 +211,9 @@ def save(lk: Locks, unavailable_repos: Iterable[str] = ()) -> bool:
 
 def _hint(lk: Locks, jobs: Iterable[str]) -> int:
     """Drop `granted-<job>` into the scheduler's inbox for each job; how many."""
-    inbox = lk.layout.inbox("scheduler")
     n = 0
     for job in jobs:
-        if n == 0:
-            ensure_dir(inbox)
-        write_record(REQUEST, inbox / f"granted-{job}.json",
-                     granted_hint(job, created_at=iso_now()))
+        send_request(lk.layout, "scheduler", granted_hint(job, created_at=iso_now()))
         n += 1
     return n
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ from supervisor._layout import (
     JOB,
     PID,
     READY,
+    REQUEST,
     WORKER_NAMES,
     Layout,
     RecordKind,
     read_record,
+    send_request,
     write_record,
 )
 from tests.crashfs import CrashFS, explore
@@ -187,3 +190,19 @@ def test_all_dirs_covers_every_inbox_and_the_wal(tmp_path: Path) -> None:
     want = {lay.root, lay.control_inbox, lay.control_replies, lay.ready_dir, lay.jobs_dir,
             lay.wal_dir, *(lay.inbox(w) for w in WORKER_NAMES)}
     assert want <= set(lay.all_dirs())
+
+
+def test_send_request_drops_a_whole_request_named_by_its_id(tmp_path: Path) -> None:
+    """The request lands as <inbox>/<id>.json (a REQUEST record); a replay rewrites the same
+    file; an inbox removed meanwhile is made again."""
+    layout = Layout(tmp_path / "state")
+    body = {"id": "r1", "kind": "cancel", "job": "j"}
+    path = send_request(layout, "scheduler", body)
+    assert layout.inbox("scheduler") / "r1.json" == path
+    assert {**body, "schema": REQUEST.schema, "v": REQUEST.version} == read_record(
+        REQUEST, path, owner=False)
+    send_request(layout, "scheduler", body)
+    assert ["r1.json"] == sorted(os.listdir(layout.inbox("scheduler")))
+    shutil.rmtree(layout.inbox("scheduler"))
+    send_request(layout, "scheduler", {**body, "id": "r2"})
+    assert ["r2.json"] == sorted(os.listdir(layout.inbox("scheduler")))

@@ -126,6 +126,14 @@ def test_a_process_of_another_user_is_seen() -> None:
     assert alive(1, start_time(1)) is True
 
 
+def _until_execed(pid: int, comm: str) -> None:
+    """Wait until `pid` runs `comm`: before its exec, /proc shows the parent's environment."""
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/comm").read_text().strip() != comm:
+        assert time.monotonic() < deadline, f"{pid} never became {comm}"
+        time.sleep(0.005)
+
+
 def test_job_processes_finds_a_job_by_its_folder_even_outside_its_group(tmp_path: Path) -> None:
     """A process carrying BATCHD_JOB_DIR=<dir> is found whatever its session; a job of
     another state dir (same id, another folder) is not."""
@@ -134,6 +142,8 @@ def test_job_processes_finds_a_job_by_its_folder_even_outside_its_group(tmp_path
                             start_new_session=True)
     other = subprocess.Popen(["sleep", "30"], env={**os.environ, "BATCHD_JOB_DIR": theirs})
     try:
+        _until_execed(tied.pid, "sleep")
+        _until_execed(other.pid, "sleep")
         assert [tied.pid] == job_processes(mine)
         assert [] == job_processes(mine, exclude=frozenset({tied.pid}))
     finally:
@@ -161,6 +171,7 @@ def test_has_env_reads_the_environment_a_process_started_with() -> None:
     """NAME=value is matched whole; a process that is gone reads as False."""
     proc = subprocess.Popen(["sleep", "30"], env={**os.environ, "BATCHD_PROBE": "x1"})
     try:
+        _until_execed(proc.pid, "sleep")
         assert (True, False) == (has_env(proc.pid, b"BATCHD_PROBE=x1"),
                                  has_env(proc.pid, b"BATCHD_PROBE=x"))
     finally:
