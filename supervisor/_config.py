@@ -243,6 +243,8 @@ def parse(text: str, source: str, *, env: Mapping[str, str] | None = None) -> Co
         char = exc.character if isinstance(exc.character, int) else ord(exc.character)
         raise ConfigError(f"{source}:{lineno}: invalid YAML: {exc.reason} (U+{char:04X})"
                           ) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     base = Path(os.path.abspath(os.path.dirname(source) or "."))
     ctx = _Ctx(source=source, base=base, home=e.get("HOME"))
     values: dict[str, Any] = {}
@@ -464,6 +466,8 @@ def _section(ctx: _Ctx, node: Node, key: str, schema: Mapping[str, _Conv]) -> di
             values[name] = conv(ctx, vnode, path)
         except _Invalid as exc:
             ctx.error(vnode, path, str(exc))
+        except (ValueError, OverflowError, RecursionError) as exc:   # YAML's own constructors
+            ctx.error(vnode, path, f"unusable value: {str(exc)[:120]}")
     return values
 
 

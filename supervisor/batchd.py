@@ -836,7 +836,8 @@ class Batchd:
                                   f"-> {new.state_dir}); restart batchd to move it")
             if new.log != self.cfg.log:
                 self.log = _log.setup(new.log, name="batchd")
-        except ConfigError as exc:
+        except (ConfigError, OSError, ValueError, RecursionError) as exc:
+            # Whatever the new file holds, a running batchd keeps running on the old one.
             self.log.error("reload refused; keeping the running configuration", error=str(exc))
             self.status(f"reload refused: {exc}")
             if rid is not None:

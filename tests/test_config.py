@@ -479,3 +479,19 @@ def test_any_text_is_a_config_or_a_config_error(text: str) -> None:
         assert str(exc).startswith(f"{SRC}:")
     else:
         assert SRC == cfg.source
+
+
+def test_an_integer_too_long_to_convert_is_a_named_error() -> None:
+    """YAML's int constructor raises on 5,000 digits: reported on its key and line, no
+    traceback (and so a SIGHUP with such a file is refused, not fatal)."""
+    with pytest.raises(ConfigError) as info:
+        parse("scheduler:\n  max_concurrent_jobs: " + "9" * 5000 + "\n", "/etc/b.yaml")
+    assert str(info.value).startswith("/etc/b.yaml:2: scheduler.max_concurrent_jobs: "
+                                      "unusable value: ")
+
+
+def test_yaml_nested_too_deeply_is_a_named_error() -> None:
+    """3,000 nested lists exhaust the parser's recursion: a ConfigError naming the file."""
+    with pytest.raises(ConfigError) as info:
+        parse("agents: " + "[" * 3000 + "]" * 3000 + "\n", "/etc/b.yaml")
+    assert "/etc/b.yaml: invalid YAML: nested too deeply" == str(info.value)
