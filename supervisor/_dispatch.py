@@ -364,9 +364,15 @@ def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
 
 
 def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
-    """The clone of `job` ended: release shared locks, then launch (or fail, or, when a
-    cancel came meanwhile, launch nothing: the next tick settles it as cancelled)."""
+    """The clone of `job` ended: release shared locks, then launch, or fail it, or, when a
+    cancel came meanwhile, settle it as cancelled (the table's cancel_settled row: no
+    process of it ever ran)."""
     future = j.preparing.pop(job.id)
+    if job.entry.get("cancel_requested"):       # its finalize releases the locks
+        j.log.info("job cancelled while its workspace was cloned: not launched", job=job.id)
+        _execute(j, job, lc.step(job.entry, lc.Event.CANCEL_SETTLED,
+                                 lc.Facts(now=j.clock(), timing=j.timing)), batch)
+        return
     exc = future.exception()
     if exc is not None:
         _launch_failed(j, job, exc, batch)
@@ -374,9 +380,6 @@ def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
     known = _repositories(j)
     if not exclusive_for(job.entry, known):
         _release(j, job.id, "workspace cloned")
-    if job.entry.get("cancel_requested"):
-        j.log.info("job cancelled while its workspace was cloned: not launched", job=job.id)
-        return
     _launch_now(j, job, bool(job.entry.get("attempts", 1) > 1), batch)
 
 
@@ -529,11 +532,9 @@ def _tick(j: Jobs, job_id: str, batch: _Batch) -> tuple[_Job, lc.Decision] | Non
         # relaunch it); once the clone is done, the launch goes on here.
         if not future.done():
             return None
-        _finish_prepared(j, _Job(entry), batch)
-        entry = j.queue.get(job_id) or entry
-        for other, fields in batch.updates:
-            if other == job_id:
-                entry = {**entry, **fields}
+        prepared = _Job(entry)
+        _finish_prepared(j, prepared, batch)      # its actions update prepared.entry
+        entry = prepared.entry
         if entry["state"] not in lc.ACTIVE:
             return None
     now = j.clock()

@@ -734,6 +734,31 @@ def test_a_stalled_clone_holds_neither_other_jobs_nor_cancels(
     assert "stalled.git" in str(slow["reason"])
 
 
+def test_a_cancel_during_a_clone_ends_the_job_cancelled_when_the_clone_ends(
+        rjobs: _dispatch.Jobs, procs: Procs) -> None:
+    """Cancelled while its clone hangs on a stalled remote: never launched, and recorded
+    cancelled by the operator (not failed by the clone, not 'killed after SIGTERM')."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/stalled.git"
+    rjobs.cfg = replace(rjobs.cfg, repositories={"stall": RepoConfig(url=url, branch="main")})
+    try:
+        enqueue(rjobs, "c", repos=["stall"])
+        _dispatch.dispatch(rjobs)
+        grant_table(rjobs, ("stall", "c"))
+        _dispatch.dispatch(rjobs)
+        assert "c" in rjobs.preparing
+        _dispatch.cancel(rjobs, "c")
+        assert "starting" == get(rjobs, "c")["state"]
+    finally:
+        server.close()
+    finish_clones(rjobs)
+    c = get(rjobs, "c")
+    assert ("cancelled", "cancelled by operator", []) == (c["state"], c["reason"],
+                                                          procs.launched)
+
+
 def test_a_large_submission_waits_in_batches(rjobs: _dispatch.Jobs,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """At most WAIT_BATCH jobs start waiting per pass; backlog says a next pass is due."""
