@@ -237,21 +237,18 @@ def _repos_of(entry: dict[str, Any]) -> list[str]:
     return [str(r) for r in entry.get("repos") or []]
 
 
-def _send(j: Jobs, worker: str, body: dict[str, Any]) -> bool:
-    """Drop a request into `worker`'s inbox (atomic, durable); False (logged) if it failed."""
-    try:
-        send_request(j.layout, worker, body)
-    except OSError as exc:
-        j.log.error("cannot write a request", worker=worker, request=body["id"],
-                    error=str(exc))
-        return False
-    return True
+def _send(j: Jobs, worker: str, body: dict[str, Any]) -> None:
+    """Drop a request into `worker`'s inbox (atomic, durable). A failure is not swallowed:
+    like a webhook event's, it ends the pass before the WAL records what the request was
+    for, so the restarted scheduler's replay sends it again (a lost release would keep a
+    finished job's repositories locked)."""
+    send_request(j.layout, worker, body)
 
 
 def _release(j: Jobs, job_id: str, why: str) -> None:
     """Ask the locks worker to free what `job_id` holds or waits for (idempotent)."""
-    if _send(j, "locks", release_request(job_id, created_at=iso_now())):
-        j.log.info("lock release requested", job=job_id, why=why)
+    _send(j, "locks", release_request(job_id, created_at=iso_now()))
+    j.log.info("lock release requested", job=job_id, why=why)
 
 
 def _release_if_shared(j: Jobs, entry: dict[str, Any], why: str) -> None:
