@@ -211,7 +211,9 @@ def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -
         if known is not None and known > 0:
             candidates.append((known, _int(source.get("start"))))
     living = [(p, s) for p, s in candidates if s is not None and alive(p, s)]
-    lock = probe_lock(layout.job_lock(job_id))
+    # The lock only matters when no known pid is alive (the table reads lock_held OR'ed
+    # with alive): skip the probe, which reads all of /proc/locks, for a live adaptor.
+    lock = LockProbe(held=False, pid=None) if living else probe_lock(layout.job_lock(job_id))
     result, result_error = _record(RESULT, layout.job_result(job_id), job_id)
     pid: int | None
     start: int | None

@@ -241,7 +241,7 @@ class Observation:
     pid: int | None = None                      # best-known adaptor pid (entry, sentinel, lock)
     start: int | None = None                    # ... and its start time
     alive: bool = False                         # a known adaptor pid is alive with its start
-    lock_held: bool = False                     # jobs/<id>/adaptor.lock is held by someone
+    lock_held: bool = False                     # adaptor.lock held (probed only if not alive)
     timeout: float | None = None                # the job's effective timeout (seconds)
 
 
