@@ -25,7 +25,7 @@ from typing import Any
 
 from supervisor._jobs import batch_record, job_record
 from supervisor._layout import Layout
-from supervisor._queue import JobQueue
+from supervisor._queue import TERMINAL_STATES, JobQueue
 from supervisor._webhook import (
     batch_event_id,
     batch_payload,
@@ -46,15 +46,18 @@ class BatchIndex:
     seen: int = 0        # how many of queue.ids() have been indexed
 
     def jobs(self, queue: JobQueue, batch: str) -> list[str]:
-        """The ids of `batch`'s jobs (reads only jobs enqueued since the last call)."""
-        ids = queue.ids()
-        for job_id in ids[self.seen:]:
-            entry = queue.get(job_id)
-            name = entry.get("batch") if entry is not None else None
-            if isinstance(name, str):
-                self.members.setdefault(name, []).append(job_id)
-        self.seen = len(ids)
-        return list(self.members.get(batch, []))
+        """The ids of `batch`'s jobs, in submission order (read-only: the index's own list).
+
+        Only jobs enqueued since the last call are read; with none, nothing is copied."""
+        if len(queue) > self.seen:
+            ids = queue.ids()
+            for job_id in ids[self.seen:]:
+                entry = queue.get(job_id)
+                name = entry.get("batch") if entry is not None else None
+                if isinstance(name, str):
+                    self.members.setdefault(name, []).append(job_id)
+            self.seen = len(ids)
+        return self.members.get(batch, [])
 
 
 def emit_job_end(layout: Layout, queue: JobQueue, index: BatchIndex,
@@ -77,6 +80,11 @@ def emit_job_end(layout: Layout, queue: JobQueue, index: BatchIndex,
     if not isinstance(batch, str) or not batch:
         return written
     members = index.jobs(queue, batch)
+    # Most ends leave the batch unfinished, and its newest jobs are the likeliest to still
+    # run: look from the newest and stop at the first that is not terminal.
+    if any((state_of(job_id) or "queued") not in TERMINAL_STATES
+           for job_id in reversed(members)):
+        return written
     states = [(job_id, state_of(job_id) or "queued") for job_id in members]
     record = batch_record(batch, states)
     if not record["done"]:
