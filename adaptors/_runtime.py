@@ -69,12 +69,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from supervisor._atomic import Corrupt, Missing
+from supervisor._clock import iso_now
 from supervisor._layout import (
     JOB_SPEC,
     REQUEST,
@@ -102,7 +102,6 @@ __all__ = [
     "SpecError",
     "block",
     "event_of",
-    "iso",
     "one_line",
     "parse_spec",
     "plain",
@@ -318,12 +317,6 @@ def tool_call(name: str, arguments: Any) -> str:
     return f"[tool] {name}: {one_line(summary)}\n" if summary else f"[tool] {name}\n"
 
 
-def iso(ts: float) -> str:
-    """ISO-8601 UTC with milliseconds and a Z: 2026-11-28T11:45:02.123Z."""
-    t = datetime.fromtimestamp(ts, tz=UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
 # --------------------------------------------------------------------------------------------
 # Binaries, users, process groups
 # --------------------------------------------------------------------------------------------
@@ -528,7 +521,7 @@ def _hint_exited(files: JobFiles) -> None:
     try:
         write_record(REQUEST, files.exited_hint, {
             "id": f"exited-{files.job_id}", "kind": "job_exited", "job": files.job_id,
-            "created_at": iso(time.time())})
+            "created_at": iso_now(time.time())})
     except OSError as exc:
         _say(files.job_id, f"could not drop the job_exited hint: {exc}")
 
@@ -549,7 +542,7 @@ def _say(job_id: str, message: str) -> None:
 
     Best effort: a closed or full stderr (a reader that went away, a full disk) must never
     stop the job, so the line is then dropped."""
-    line = f"{iso(time.time())} batchd-adaptor[{job_id}] pid={os.getpid()}: {message}\n"
+    line = f"{iso_now(time.time())} batchd-adaptor[{job_id}] pid={os.getpid()}: {message}\n"
     try:
         _append(2, line.encode(errors="replace"))
     except OSError:
@@ -584,7 +577,7 @@ class _Heartbeat:
             for fd in self._sync_fds:
                 os.fdatasync(fd)
             now = time.time()
-            record = dict(self._base, heartbeat_at=iso(now), heartbeat_ts=now,
+            record = dict(self._base, heartbeat_at=iso_now(now), heartbeat_ts=now,
                           output_bytes=os.fstat(self._sync_fds[0]).st_size)
             write_record(SENTINEL, self._files.sentinel, record)
 
@@ -937,8 +930,8 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,
         "duration_s": round(time.monotonic() - started_mono, 3),
-        "started_at": iso(started),
-        "finished_at": iso(finished),
+        "started_at": iso_now(started),
+        "finished_at": iso_now(finished),
         "session_id": session,
         "reason": outcome.reason,
         "timed_out": outcome.reason == REASON_TIMED_OUT,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from supervisor._atomic import ensure_dir
+from supervisor._clock import iso_now
 from supervisor._ctl_out import EXIT_FAILED, EXIT_OK, CtlError, Ctx, age, cell, table
 from supervisor._ctl_state import (
     Unreadable,
@@ -25,7 +26,6 @@ from supervisor._ctl_state import (
     read_startups,
     read_workers,
 )
-from supervisor._jobs import iso_now
 from supervisor._layout import CONTROL, REPLY, Layout, read_record, write_record
 
 __all__ = [

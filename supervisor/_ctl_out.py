@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from supervisor._clock import parse_iso
 from supervisor._config import Config
 from supervisor._layout import Layout
 
@@ -26,7 +27,6 @@ __all__ = [
     "age",
     "cell",
     "emit_json",
-    "parse_iso",
     "table",
 ]
 
@@ -125,24 +125,13 @@ def table(rows: Iterable[Sequence[Any]], *, header: Sequence[str] | None = None,
     return lines
 
 
-def parse_iso(text: object) -> datetime | None:
-    """An ISO-8601 UTC timestamp (as batchd writes them), or None if it is not one."""
-    if not isinstance(text, str):
-        return None
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
 def age(since: object, now: datetime | None = None) -> str:
     """How long ago `since` (ISO) was, as H:MM:SS (or D days, H:MM:SS); '-' if unknown."""
     t = parse_iso(since)
     if t is None:
         return "-"
     ref = datetime.now(UTC) if now is None else now
-    secs = max(0, int((ref - t).total_seconds()))
+    secs = max(0, int(ref.timestamp() - t))
     days, rem = divmod(secs, 86400)
     h, rem = divmod(rem, 3600)
     m, s = divmod(rem, 60)

@@ -45,10 +45,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor._atomic import ensure_dir
+from supervisor._clock import iso_now
 from supervisor._config import Config, parse_duration
 from supervisor._ctl_out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor._ctl_state import open_view, read_registered_repos
-from supervisor._jobs import SUBMIT_KEYS, iso_now, new_job_id, submit_request, valid_job_id
+from supervisor._jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor._layout import Layout, send_request
 
 __all__ = [

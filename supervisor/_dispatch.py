@@ -86,9 +86,9 @@ from typing import Any
 
 from supervisor import _jobfiles
 from supervisor import _lifecycle as lc
+from supervisor._clock import iso_now
 from supervisor._config import Config, RepoConfig
 from supervisor._events import BatchIndex, emit_job_end
-from supervisor._jobs import iso_now
 from supervisor._launch import Launched, LaunchError, launch
 from supervisor._layout import (
     WORKER_STATE,

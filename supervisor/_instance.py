@@ -24,9 +24,9 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from supervisor._atomic import ensure_dir, remove
+from supervisor._clock import iso_now
 from supervisor._layout import PID, Layout, write_record
 from supervisor._proc import start_time
 
@@ -99,8 +99,7 @@ def acquire(layout: Layout, *, config: str | None = None) -> Instance | int:
         write_record(PID, layout.pid_file, {
             "pid": pid,
             "start": start_time(pid),
-            "started_at": datetime.now(UTC).isoformat(timespec="milliseconds")
-                          .replace("+00:00", "Z"),
+            "started_at": iso_now(),
             "state_dir": str(layout.root),
             "config": config,
         })

@@ -63,9 +63,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from supervisor._atomic import Corrupt, Missing, ensure_dir
+from supervisor._clock import epoch_of
 from supervisor._config import Config, RepoConfig
 from supervisor._fs import REAL
-from supervisor._jobs import epoch_of
 from supervisor._layout import (
     JOB_SPEC,
     RESULT,

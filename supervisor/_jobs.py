@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from supervisor._clock import iso_now
 from supervisor._queue import TERMINAL_STATES
 
 __all__ = [
@@ -23,8 +24,6 @@ __all__ = [
     "SUBMIT_KEYS",
     "batch_record",
     "cancel_request",
-    "epoch_of",
-    "iso_now",
     "job_record",
     "new_job_id",
     "submit_request",
@@ -60,27 +59,6 @@ def batch_record(batch: str, states: Iterable[tuple[str, str]]) -> dict[str, Any
 def valid_job_id(job_id: object) -> bool:
     """True for ids matching [A-Za-z0-9][A-Za-z0-9._-]{0,63} (no path tricks possible)."""
     return isinstance(job_id, str) and JOB_ID_RE.fullmatch(job_id) is not None
-
-
-def iso_now(now: float | None = None) -> str:
-    """ISO-8601 UTC with milliseconds and a Z: 2026-11-28T11:45:02.123Z."""
-    t = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
-def epoch_of(record: Mapping[str, Any], ts_key: str, iso_key: str) -> float | None:
-    """record[ts_key] (epoch seconds), else record[iso_key] (ISO-8601, as iso_now writes
-    it) parsed, else None: the instant a record states, whichever form it carries."""
-    ts = record.get(ts_key)
-    if isinstance(ts, int | float) and not isinstance(ts, bool):
-        return float(ts)
-    text = record.get(iso_key)
-    if isinstance(text, str):
-        try:
-            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
 
 
 def new_job_id(now: float | None = None) -> str:

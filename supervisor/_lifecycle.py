@@ -134,8 +134,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from supervisor._clock import epoch_of, iso_now
 from supervisor._config import SchedulerConfig
-from supervisor._jobs import epoch_of, iso_now
 
 __all__ = [
     "ACTIVE",

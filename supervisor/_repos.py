@@ -46,7 +46,6 @@ import functools
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor._atomic import Corrupt, Missing, ensure_dir, read_json
+from supervisor._clock import iso_now
 from supervisor._config import (
     NAME_PATTERN,
     Config,
@@ -263,10 +263,6 @@ def registry_lock(layout: Layout) -> Iterator[None]:
         os.close(fd)
 
 
-def _iso(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-
-
 def _check_name(name: str) -> None:
     if not NAME_PATTERN.fullmatch(name):
         raise RepoError(f"invalid repository name {name!r} ({_NAME_HELP})", usage=True)
@@ -305,7 +301,7 @@ def add(cfg: Config, layout: Layout, name: str, url: str, *, branch: str | None 
     if branch is None:
         branch = resolve(url)
     entry = {"url": url, "branch": branch, "exclusive": bool(exclusive),
-             "added_at": _iso(time.time() if now is None else now)}
+             "added_at": iso_now(now)}
     with registry_lock(layout):
         reg = read_registry(layout, owner=True)
         _refuse_taken(cfg, reg, name)

@@ -78,8 +78,8 @@ from supervisor._atomic import (
     quarantine,
     remove,
 )
+from supervisor._clock import iso_now
 from supervisor._config import Config, ConfigError, load
-from supervisor._jobs import iso_now
 from supervisor._layout import READY, REQUEST, WORKER_NAMES, Layout, read_record, write_record
 from supervisor._proc import start_time
 

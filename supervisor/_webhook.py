@@ -62,8 +62,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from supervisor import __version__
 from supervisor._atomic import dump_json
+from supervisor._clock import iso_now
 from supervisor._fs import FS, REAL
-from supervisor._jobs import iso_now
 from supervisor._layout import Layout, send_request
 
 if TYPE_CHECKING:

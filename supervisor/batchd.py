@@ -48,6 +48,7 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor import _log
 from supervisor._atomic import Corrupt, Missing, clean_tmp, ensure_dir, is_tmp_name, remove
+from supervisor._clock import iso_now
 from supervisor._config import (
     Config,
     ConfigError,
@@ -57,7 +58,6 @@ from supervisor._config import (
     worker_settings,
 )
 from supervisor._instance import acquire
-from supervisor._jobs import iso_now
 from supervisor._layout import (
     CONTROL,
     READY,

@@ -45,9 +45,9 @@ from typing import Any, Protocol
 
 from supervisor import _log
 from supervisor._atomic import CORRUPT_MARK, Corrupt, ensure_dir, is_tmp_name, quarantine
+from supervisor._clock import iso_now
 from supervisor._config import CallbacksConfig, Config
 from supervisor._fs import FS, REAL
-from supervisor._jobs import iso_now
 from supervisor._layout import DELIVERY, Layout, read_record, write_record
 from supervisor._runtime import (
     EXIT_OK,

@@ -80,8 +80,9 @@ from typing import Any
 
 from supervisor import _log
 from supervisor._atomic import Corrupt, Missing, ensure_dir, quarantine, remove
+from supervisor._clock import iso_now
 from supervisor._config import Config
-from supervisor._jobs import iso_now, valid_job_id
+from supervisor._jobs import valid_job_id
 from supervisor._layout import (
     WORKER_STATE,
     Layout,

@@ -32,8 +32,8 @@ from typing import Any
 
 from supervisor import _log
 from supervisor._atomic import Corrupt, clean_tmp, ensure_dir, is_tmp_name, quarantine
+from supervisor._clock import iso_now
 from supervisor._config import Config
-from supervisor._jobs import iso_now
 from supervisor._layout import WORKER_STATE, Layout, read_record, write_record
 from supervisor._runtime import (
     EXIT_OK,

@@ -70,9 +70,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor import _dispatch, _log
+from supervisor._clock import iso_now
 from supervisor._config import Config
 from supervisor._dispatch import Jobs, Launcher
-from supervisor._jobs import JOB_ID_RE, SUBMIT_KEYS, iso_now, valid_job_id
+from supervisor._jobs import JOB_ID_RE, SUBMIT_KEYS, valid_job_id
 from supervisor._layout import Layout
 from supervisor._locktable import GRANTED
 from supervisor._queue import JobQueue, QueueError

@@ -17,7 +17,6 @@ from supervisor._ctl_out import (
     age,
     cell,
     emit_json,
-    parse_iso,
     table,
 )
 from supervisor._layout import Layout
@@ -45,14 +44,6 @@ def test_cell_renders_null_lists_and_bools() -> None:
     """None is '-', lists are comma-joined, bools yes/no."""
     assert ["-", "a,b", "-", "yes", "no", "3"] == [
         cell(None), cell(["a", "b"]), cell([]), cell(True), cell(False), cell(3)]
-
-
-def test_parse_iso_accepts_z_and_refuses_garbage() -> None:
-    """batchd's timestamps parse as UTC; anything else is None."""
-    assert datetime(2026, 11, 28, 11, 45, 2, 123000, tzinfo=UTC) == parse_iso(
-        "2026-11-28T11:45:02.123Z")
-    assert parse_iso("yesterday") is None
-    assert parse_iso(None) is None
 
 
 def test_age_formats_clock_and_days() -> None:

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from supervisor import _dispatch
+from supervisor._clock import iso_now
 from supervisor._config import Config, RepoConfig, SchedulerConfig
-from supervisor._jobs import iso_now
 from supervisor._launch import Launched, LaunchError
 from supervisor._layout import (
     REQUEST,

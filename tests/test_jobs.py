@@ -1,15 +1,14 @@
-"""supervisor._jobs: job ids, timestamps, the contract's job record, the request bodies."""
+"""supervisor._jobs and _clock: job ids, timestamps, job records, the request bodies."""
 
 from __future__ import annotations
 
 import pytest
 
+from supervisor._clock import epoch_of, iso_now
 from supervisor._jobs import (
     RECORD_FIELDS,
     batch_record,
     cancel_request,
-    epoch_of,
-    iso_now,
     job_record,
     new_job_id,
     submit_request,

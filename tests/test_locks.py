@@ -15,8 +15,8 @@ import pytest
 
 from supervisor import _log, _runtime, locks
 from supervisor._atomic import CORRUPT_MARK
+from supervisor._clock import iso_now
 from supervisor._config import Config, RepoConfig
-from supervisor._jobs import iso_now
 from supervisor._layout import READY, REQUEST, WORKER_STATE, Layout, read_record, write_record
 from supervisor._locktable import acquire_request, release_request
 from supervisor._queue import JobQueue

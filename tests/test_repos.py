@@ -118,7 +118,7 @@ def test_add_registers_with_the_resolved_default_branch(tmp_path: Path) -> None:
     layout = Layout(cfg.state_dir)
     entry = add(cfg, layout, "app", str(bare), now=T0)
     expected = {"url": str(bare), "branch": "trunk", "exclusive": False,
-                "added_at": "2027-01-15T08:00:00Z"}
+                "added_at": "2027-01-15T08:00:00.000Z"}
     assert expected == entry
     rec = read_record(REPOS, layout.repos_file, owner=False)
     assert isinstance(rec, dict)

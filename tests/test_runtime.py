@@ -11,7 +11,7 @@ import pytest
 
 from supervisor import _runtime
 from supervisor._atomic import CORRUPT_MARK, write_bytes
-from supervisor._jobs import iso_now
+from supervisor._clock import iso_now
 from supervisor._layout import READY, REQUEST, Layout, read_record, write_record
 from supervisor._proc import start_time
 from supervisor._runtime import BadRequest, Watcher, handle_inbox, inbox_requests, run_loop

@@ -13,9 +13,10 @@ import pytest
 
 from supervisor import _log, _runtime, scheduler
 from supervisor._atomic import CORRUPT_MARK
+from supervisor._clock import iso_now
 from supervisor._config import Config
 from supervisor._dispatch import Jobs
-from supervisor._jobs import cancel_request, iso_now, submit_request
+from supervisor._jobs import cancel_request, submit_request
 from supervisor._launch import Launched
 from supervisor._layout import REQUEST, RESULT, Layout, write_record
 from supervisor._proc import start_time

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from supervisor._atomic import write_json
-from supervisor._jobs import iso_now, submit_request
+from supervisor._clock import iso_now
+from supervisor._jobs import submit_request
 from supervisor._layout import READY, REQUEST, Layout, read_record, write_record
 from supervisor._proc import alive
 
