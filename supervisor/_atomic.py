@@ -132,14 +132,13 @@ def quarantine(path: str | os.PathLike[str], *, fs: FS = REAL,
 
 
 def read_bytes(path: str | os.PathLike[str], *, fs: FS = REAL) -> bytes | Missing:
-    """The file's bytes, or Missing."""
+    """The file's bytes, or Missing. A folder where the file should be raises
+    IsADirectoryError (read_json reports it as Corrupt, without moving it)."""
     p = os.fspath(path)
     try:
         return fs.read_file(p)
     except FileNotFoundError:
         return Missing(p)
-    except IsADirectoryError:
-        return b""
 
 
 def read_json(
@@ -156,7 +155,12 @@ def read_json(
     False: readers that do not own the file must not move it) and reported as Corrupt.
     """
     p = os.fspath(path)
-    raw = read_bytes(p, fs=fs)
+    try:
+        raw = read_bytes(p, fs=fs)
+    except IsADirectoryError:
+        # Not a damaged record but something else in its place: say so, move nothing
+        # (quarantining would rename a whole folder, maybe somebody else's).
+        return Corrupt(p, None, "a folder, not a file")
     if isinstance(raw, Missing):
         return raw
     reason: str | None

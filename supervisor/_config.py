@@ -320,7 +320,7 @@ WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
     "scheduler": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
                   "launcher"),
     "locks": ("state_dir", "log", "repositories"),
-    "reaper": ("state_dir", "workspace_dir", "log", "scheduler", "reaper"),
+    "reaper": ("state_dir", "workspace_dir", "log", "reaper"),
     "callbacks": ("state_dir", "log", "callbacks"),
 }
 

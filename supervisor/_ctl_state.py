@@ -27,6 +27,7 @@ from supervisor._atomic import Corrupt, Missing, is_tmp_name
 from supervisor._config import Config
 from supervisor._ctl_out import CtlError
 from supervisor._instance import probe
+from supervisor._jobfiles import job_timeout
 from supervisor._layout import (
     REPOS,
     REQUEST,
@@ -37,7 +38,7 @@ from supervisor._layout import (
     read_record,
 )
 from supervisor._lifecycle import settled_by_result
-from supervisor._queue import JOB_STATES, TERMINAL_STATES, JobQueue, QueueError
+from supervisor._queue import COUNTERS, JOB_STATES, TERMINAL_STATES, JobQueue, QueueError
 from supervisor._wal import WalError
 
 __all__ = [
@@ -61,8 +62,7 @@ __all__ = [
 TERMINAL: frozenset[str] = TERMINAL_STATES
 
 #: The counters of `stats` (CONTRACT.md), zero when the queue has none.
-STAT_KEYS: tuple[str, ...] = (
-    "submitted", "completed", "failed", "cancelled", "timed_out", "lost", "recovered")
+STAT_KEYS: tuple[str, ...] = COUNTERS
 
 
 class Unreadable(CtlError):
@@ -237,9 +237,7 @@ class JobView:
         result = read_record(RESULT, self.layout.job_result(str(entry["id"])), owner=False)
         if not isinstance(result, dict):
             return entry
-        timeout = entry.get("timeout")
-        fields = settled_by_result(entry, result, time.time(),
-                                   timeout if isinstance(timeout, (int, float)) else None)
+        fields = settled_by_result(entry, result, time.time(), job_timeout(self.cfg, entry))
         return entry if fields is None else {**entry, **fields, "pid": None}
 
     def entries(self, state: str | None = None) -> list[dict[str, Any]]:

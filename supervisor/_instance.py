@@ -19,6 +19,7 @@ workers hold nothing.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -88,7 +89,10 @@ def acquire(layout: Layout, *, config: str | None = None) -> Instance | int:
     for _ in range(50):
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)       # e.g. ENOLCK on NFS: a failure, not another batchd
+                raise
             holder = _holder(fd)
             if holder is not None:
                 os.close(fd)

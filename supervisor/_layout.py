@@ -42,7 +42,6 @@ from supervisor._fs import FS, REAL
 __all__ = [
     "CONTROL",
     "DELIVERY",
-    "JOB",
     "JOB_SPEC",
     "PID",
     "READY",
@@ -95,7 +94,6 @@ STARTUP_LOG = RecordKind("batchd.startup_log", 1, ("startups",))
 READY = RecordKind("batchd.ready", 1, ("worker", "pid", "start", "ready_at"))
 CONTROL = RecordKind("batchd.control", 1, ("id", "op"))
 REPLY = RecordKind("batchd.reply", 1, ("id", "ok"))
-JOB = RecordKind("batchd.job", 1, ("id",))
 #: A request dropped into a worker's inbox (`<worker>/inbox/<id>.json`) by batchctl or a peer.
 REQUEST = RecordKind("batchd.request", 1, ("id", "kind"))
 #: A worker's own small state file (`<worker>/state.json`), e.g. the locks table.

@@ -395,22 +395,17 @@ def _num(value: object) -> float | None:
     return float(value)
 
 
-def _epoch(entry: Mapping[str, Any], ts_key: str, iso_key: str) -> float | None:
-    """entry[ts_key] (epoch seconds), else entry[iso_key] (ISO-8601) parsed, else None."""
-    return epoch_of(entry, ts_key, iso_key)
-
-
 def _launch_ref(entry: Mapping[str, Any]) -> float:
     """When the job's current launch began: started_ts, else dispatched_ts, else long ago."""
     for ts_key, iso_key in (("started_ts", "started_at"), ("dispatched_ts", "dispatched_at")):
-        t = _epoch(entry, ts_key, iso_key)
+        t = epoch_of(entry, ts_key, iso_key)
         if t is not None:
             return t
     return 0.0
 
 
 def _dispatch_ref(entry: Mapping[str, Any]) -> float:
-    t = _epoch(entry, "dispatched_ts", "dispatched_at")
+    t = epoch_of(entry, "dispatched_ts", "dispatched_at")
     return _launch_ref(entry) if t is None else t
 
 

@@ -71,6 +71,7 @@ from supervisor._layout import (
 )
 from supervisor._proc import start_time
 from supervisor._procstate import Action, Cause, Event, Proc, State, Transition, step
+from supervisor._runtime import EXIT_ORPHANED, EXIT_RECOVERY_FAILED
 from supervisor._sdnotify import Notifier
 
 __all__ = [
@@ -115,9 +116,9 @@ def describe_exit(status: int) -> tuple[int, str]:
         except ValueError:
             name = f"signal {-code}"
         return code, f"killed by {name}"
-    if code == 3:
-        return code, "exited with status 3 (recovery failed)"
-    return code, f"exited with status {code}"
+    why = {EXIT_RECOVERY_FAILED: " (recovery failed)",
+           EXIT_ORPHANED: " (its parent died before it could watch for that)"}
+    return code, f"exited with status {code}{why.get(code, '')}"
 
 
 def changed_workers(old: Config, new: Config) -> list[str]:

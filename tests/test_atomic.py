@@ -356,3 +356,11 @@ def test_clean_tmp_survives_every_crash(tmp_path: Path) -> None:
     report = explore(tmp_path, setup=setup, workload=workload, recover=recover,
                      expected=["temps left", "clean"])
     assert report.points == 3  # unlink, unlink, fsync_dir
+
+
+def test_a_folder_where_a_record_belongs_is_corrupt_and_not_moved(tmp_path: Path) -> None:
+    """read_json of a folder: Corrupt ("a folder, not a file"), nothing renamed."""
+    (tmp_path / "state.json").mkdir()
+    got = read_json(tmp_path / "state.json")
+    assert Corrupt(str(tmp_path / "state.json"), None, "a folder, not a file") == got
+    assert ["state.json"] == sorted(os.listdir(tmp_path))

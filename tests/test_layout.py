@@ -15,7 +15,6 @@ import pytest
 from supervisor import _layout
 from supervisor._atomic import Corrupt, Missing, dump_json
 from supervisor._layout import (
-    JOB,
     PID,
     READY,
     REQUEST,
