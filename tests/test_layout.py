@@ -54,11 +54,11 @@ def test_every_kind_round_trips(tmp_path: Path, kind: RecordKind) -> None:
 
 def test_write_record_sets_schema_and_version_and_keeps_the_input(tmp_path: Path) -> None:
     """write_record stamps schema and v (over any caller value) without mutating the dict."""
-    data = {"id": "j1", "schema": "wrong", "v": 99}
-    write_record(JOB, tmp_path / "j.json", data)
-    assert data == {"id": "j1", "schema": "wrong", "v": 99}
-    assert (tmp_path / "j.json").read_bytes() == dump_json(
-        {"id": "j1", "schema": "batchd.job", "v": 1})
+    data = {"id": "r1", "kind": "cancel", "schema": "wrong", "v": 99}
+    write_record(REQUEST, tmp_path / "r.json", data)
+    assert data == {"id": "r1", "kind": "cancel", "schema": "wrong", "v": 99}
+    assert (tmp_path / "r.json").read_bytes() == dump_json(
+        {"id": "r1", "kind": "cancel", "schema": "batchd.request", "v": 1})
 
 
 def test_validate_names_what_is_wrong() -> None:
