@@ -54,10 +54,11 @@ A finalized job leaves no process behind, at the moment its terminal record is w
 With a result, the adaptor has emptied its group already; finalizing waits (up to
 ADAPTOR_EXIT_WAIT) for the adaptor itself to exit. Without one (lost, cancelled or timed
 out by the scheduler's backstop, result.json unreadable), or if the adaptor lingers, the
-adaptor did not clean up: `kill_leftovers(pgid, job_id)` SIGKILLs every process whose
-process group is the adaptor's pid AND whose /proc/<pid>/environ carries
-BATCHD_JOB_ID=<id>; a process that cannot be tied to the job that way is never signalled
-(the pgid alone may be reused).
+adaptor did not clean up: `kill_leftovers(pgid, job_id, job_dir=)` SIGKILLs every
+process whose process group is the adaptor's pid AND whose /proc/<pid>/environ carries
+BATCHD_JOB_ID=<id>, and every process anywhere carrying BATCHD_JOB_DIR=<job dir> (a child
+that left the group with setsid); a process that cannot be tied to the job that way is
+never signalled (the pgid alone may be reused).
 
 Crash safety. This module writes only WAL records (through the queue) and, via
 _jobfiles, the job's spec and workspace (their own arguments are in that module). The

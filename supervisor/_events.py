@@ -3,9 +3,11 @@
 Order (CONTRACT "Callbacks": at-least-once across any crash): a job's events are dropped
 into `callbacks/inbox/` (atomic, durable, named by their deterministic event id) BEFORE
 the scheduler records the job's terminal state in its WAL. A crash in between finds the
-job still active at restart; it is finalized again from the same result file and the
-same requests are written again under the same names, which the callbacks worker treats
-as replays. A crash after the WAL record cannot lose them: they were durable first.
+job still active at restart; it is finalized again and its requests are written again
+under the same names, which the callbacks worker treats as replays: the first copy is
+the one delivered. (For an end the scheduler decides itself, lost or a backstop, the
+replayed copy's finished_at can differ from the one finally recorded.) A crash after
+the WAL record cannot lose them: they were durable first.
 
 A batch is done when every one of its jobs is terminal; then each distinct callback URL
 among its jobs gets one `{"event_id", "batch": {batch, counts, done, jobs}}` event. The
