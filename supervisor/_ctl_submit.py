@@ -29,9 +29,7 @@ checked with cached URL and duration checks, and there is a single fsync per sub
 from __future__ import annotations
 
 import codecs
-import fcntl
 import json
-import os
 import re
 import secrets
 import sys
@@ -49,6 +47,7 @@ from supervisor._clock import iso_now
 from supervisor._config import Config, parse_duration
 from supervisor._ctl_out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor._ctl_state import open_view, read_registered_repos
+from supervisor._flock import exclusive
 from supervisor._jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor._layout import Layout, send_request
 
@@ -280,12 +279,8 @@ def submit_lock(layout: Layout) -> Iterator[None]:
     process dies).
     """
     ensure_dir(layout.submit_lock.parent)
-    fd = os.open(layout.submit_lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive(layout.submit_lock):
         yield
-    finally:
-        os.close(fd)
 
 
 def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,

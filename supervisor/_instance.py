@@ -22,21 +22,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import struct
 import time
 from dataclasses import dataclass
 
 from supervisor._atomic import ensure_dir, remove
 from supervisor._clock import iso_now
+from supervisor._flock import fcntl_holder
 from supervisor._layout import PID, Layout, write_record
 from supervisor._proc import start_time
 
 __all__ = ["Instance", "acquire", "probe"]
-
-# struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start, off_t l_len,
-# pid_t l_pid (native alignment; the trailing pad makes it sizeof(struct flock) == 32).
-_FLOCK = struct.Struct("@hhqqi4x")
-
 
 @dataclass
 class Instance:
@@ -57,12 +52,7 @@ class Instance:
 
 def _holder(fd: int) -> int | None:
     """The pid holding a conflicting lock on the file open at `fd`, or None."""
-    query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-    answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
-    l_type, _, _, _, l_pid = _FLOCK.unpack(answer)
-    if l_type == fcntl.F_UNLCK:
-        return None
-    return int(l_pid)
+    return fcntl_holder(fd).pid
 
 
 def probe(layout: Layout) -> int | None:

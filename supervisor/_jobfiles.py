@@ -52,19 +52,18 @@ Crash safety, per file written here:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
-import struct
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from supervisor._atomic import Corrupt, Missing, ensure_dir
 from supervisor._clock import epoch_of
 from supervisor._config import Config, RepoConfig
+from supervisor._flock import LockProbe, probe_lock
 from supervisor._fs import REAL
 from supervisor._layout import (
     JOB_SPEC,
@@ -82,14 +81,12 @@ from supervisor._repos import FETCH_TIMEOUT, MirrorError, ensure_mirror, git_com
 __all__ = [
     "CLONE_TIMEOUT",
     "PREP_PREFIX",
-    "LockProbe",
     "PrepareError",
     "build_spec",
     "job_timeout",
     "kill_group",
     "observe",
     "prepare_workspace",
-    "probe_lock",
     "workspace_path",
     "write_spec",
 ]
@@ -99,10 +96,6 @@ PREP_PREFIX = ".prep."
 #: Seconds one `git clone` may take before it is killed and the job fails.
 CLONE_TIMEOUT = 1800.0
 
-# struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start, off_t l_len,
-# pid_t l_pid (native alignment, padded to sizeof(struct flock) == 32).
-_FLOCK = struct.Struct("@hhqqi4x")
-_PROC_LOCKS = "/proc/locks"
 _STDERR_TAIL = 2000
 
 
@@ -110,65 +103,7 @@ class PrepareError(Exception):
     """The job cannot be prepared; str() is the reason recorded on the failed job."""
 
 
-class LockProbe(NamedTuple):
-    """Whether a lock file is held, and by which pid when the kernel says (else None)."""
-
-    held: bool
-    pid: int | None
-
-
 # --------------------------------------------------------------------------- observe
-
-
-def _fcntl_holder(fd: int) -> LockProbe:
-    query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-    l_type, _, _, _, l_pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_GETLK, query))
-    if l_type == fcntl.F_UNLCK:
-        return LockProbe(False, None)
-    return LockProbe(True, int(l_pid) if l_pid > 0 else None)   # OFD locks report -1
-
-
-def _flock_holder(st: os.stat_result, proc_locks: str) -> LockProbe:
-    """Scan /proc/locks for a FLOCK (or POSIX/OFD) lock on st's device and inode."""
-    try:
-        with open(proc_locks, encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return LockProbe(False, None)
-    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    for line in text.splitlines():
-        # "7: FLOCK  ADVISORY  WRITE 1234 fe:00:2148294 0 EOF"; "7: -> FLOCK ..." = a waiter
-        parts = line.split()
-        if len(parts) < 6 or parts[1] == "->" or parts[1] not in ("FLOCK", "POSIX", "OFDLCK"):
-            continue
-        try:
-            major, minor, ino = parts[5].split(":")
-            found = (int(major, 16), int(minor, 16), int(ino))
-            pid = int(parts[4])
-        except ValueError:
-            continue
-        if found == want:
-            return LockProbe(True, pid if pid > 0 else None)
-    return LockProbe(False, None)
-
-
-def probe_lock(path: str | os.PathLike[str], *, proc_locks: str = _PROC_LOCKS) -> LockProbe:
-    """Who holds a lock on `path`, WITHOUT taking it or creating the file.
-
-    F_GETLK answers for POSIX/OFD locks; /proc/locks for flock locks (which F_GETLK does
-    not see). A missing file is not held.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
-        return LockProbe(False, None)
-    try:
-        probe = _fcntl_holder(fd)
-        if probe.held:
-            return probe
-        return _flock_holder(os.fstat(fd), proc_locks)
-    finally:
-        os.close(fd)
 
 
 def _int(value: object) -> int | None:

@@ -41,7 +41,6 @@ holds that repository's lock (so one process at a time touches one mirror). ensu
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import shutil
@@ -61,6 +60,7 @@ from supervisor._config import (
     check_branch,
     check_repo_url,
 )
+from supervisor._flock import exclusive
 from supervisor._fs import REAL
 from supervisor._layout import REPOS, Layout, mirror_path, write_record
 
@@ -255,12 +255,8 @@ def all_repositories(cfg: Config, layout: Layout) -> dict[str, RepoConfig]:
 def registry_lock(layout: Layout) -> Iterator[None]:
     """Hold the exclusive flock on repos.lock (created empty if missing) for the block."""
     ensure_dir(layout.root)
-    fd = os.open(layout.repos_lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive(layout.repos_lock):
         yield
-    finally:
-        os.close(fd)
 
 
 def _check_name(name: str) -> None:

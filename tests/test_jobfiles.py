@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -22,7 +21,6 @@ from supervisor._jobfiles import (
     kill_group,
     observe,
     prepare_workspace,
-    probe_lock,
     write_spec,
 )
 from supervisor._layout import (
@@ -83,46 +81,6 @@ def hold_lock(path: Path, how: str) -> subprocess.Popen[str]:
 def stop(p: subprocess.Popen[Any]) -> None:
     p.kill()
     p.wait()
-
-
-# --------------------------------------------------------------------------- lock probe
-
-
-@pytest.mark.parametrize("how", ["flock", "lockf"])
-def test_probe_lock_sees_a_held_lock_and_its_pid(tmp_path: Path, how: str) -> None:
-    """flock (via /proc/locks) and POSIX locks (via F_GETLK) are both seen, with the holder."""
-    path = tmp_path / "adaptor.lock"
-    p = hold_lock(path, how)
-    try:
-        assert (True, p.pid) == probe_lock(path)
-    finally:
-        stop(p)
-    assert (False, None) == probe_lock(path)
-
-
-def test_probe_lock_does_not_take_or_create_the_lock(tmp_path: Path) -> None:
-    """Probing a missing file creates nothing; probing a free lock leaves it free to take."""
-    path = tmp_path / "adaptor.lock"
-    assert (False, None) == probe_lock(path)
-    assert not path.exists()
-    path.write_bytes(b"")
-    assert (False, None) == probe_lock(path)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # would raise if the probe held it
-    finally:
-        os.close(fd)
-
-
-def test_probe_lock_matches_device_and_inode_only(tmp_path: Path) -> None:
-    """A lock on another file is not this file's lock."""
-    other, mine = tmp_path / "other.lock", tmp_path / "mine.lock"
-    mine.write_bytes(b"")
-    p = hold_lock(other, "flock")
-    try:
-        assert (False, None) == probe_lock(mine)
-    finally:
-        stop(p)
 
 
 # --------------------------------------------------------------------------- observe
