@@ -120,9 +120,12 @@ def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str,
     write_json(path, body, fs=fs)
 
 
-def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool = True,
+def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
                 fs: FS = REAL) -> dict[str, Any] | Missing | Corrupt:
-    """Read a record of `kind`: the dict, Missing, or Corrupt (quarantined if `owner`)."""
+    """Read a record of `kind`: the dict, Missing, or Corrupt (quarantined if `owner`).
+
+    `owner` has no default: every reader says whether it owns the file (law 1), so one
+    that forgets cannot move aside a file it does not own."""
     result = read_json(path, validate=kind.validate, fs=fs, move_corrupt=owner)
     if isinstance(result, (Missing, Corrupt)):
         return result

@@ -144,7 +144,7 @@ def test_startup_runs_in_dependency_order(tmp_path: Path) -> None:
     h.tick(1.0)
     assert {"scheduler": "RUNNING", "locks": "RUNNING", "reaper": "RUNNING",
             "callbacks": "RUNNING"} == h.states()
-    log = read_record(STARTUP_LOG, h.layout.startup_log)
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
     assert isinstance(log, dict)
     entry = log["startups"][-1]
     assert "ok" == entry["outcome"]
@@ -177,7 +177,7 @@ def test_critical_worker_failing_recovery_aborts_startup(tmp_path: Path) -> None
     assert h.d.done
     assert EXIT_FAILURE == h.d.exit_code
     assert ["scheduler", "scheduler"] == [n for n, _ in h.spawned]
-    log = read_record(STARTUP_LOG, h.layout.startup_log)
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
     assert isinstance(log, dict)
     assert "failed" == log["startups"][-1]["outcome"]
     assert "recovery failed" in log["startups"][-1]["phases"][0]["error"]
@@ -194,7 +194,7 @@ def test_failing_non_critical_worker_leaves_batchd_degraded(tmp_path: Path) -> N
     assert ["scheduler", "locks", "locks", "reaper", "callbacks"] == [n for n, _ in h.spawned]
     h.up("reaper", "callbacks")
     assert not h.d.done
-    log = read_record(STARTUP_LOG, h.layout.startup_log)
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
     assert isinstance(log, dict)
     assert "degraded" == log["startups"][-1]["outcome"]
     assert h.d.status_text().startswith("degraded: locks FATAL")
@@ -208,7 +208,7 @@ def test_crash_in_running_restarts_and_is_counted_in_workers_json(tmp_path: Path
     h.exit("reaper", KILLED)
     assert ("reaper", h.d.procs["reaper"].pid) == h.spawned[-1]
     assert old != h.d.procs["reaper"].pid
-    rec = read_record(WORKERS, h.layout.workers_file)
+    rec = read_record(WORKERS, h.layout.workers_file, owner=False)
     assert isinstance(rec, dict)
     reaper = next(w for w in rec["workers"] if w["name"] == "reaper")
     assert ("STARTING", 1, -9, "killed by SIGKILL") == (
@@ -449,6 +449,6 @@ def test_critical_worker_dying_after_its_phase_still_aborts_startup(tmp_path: Pa
     h.exit("scheduler", KILLED)
     assert "FATAL" == h.states()["scheduler"]
     assert h.d.stopping and EXIT_FAILURE == h.d.exit_code
-    log = read_record(STARTUP_LOG, h.layout.startup_log)
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
     assert isinstance(log, dict)
     assert "failed" == log["startups"][-1]["outcome"]

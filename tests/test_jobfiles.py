@@ -194,7 +194,7 @@ def test_write_spec_builds_the_job_spec(tmp_path: Path) -> None:
     layout = Layout(cfg.state_dir)
     path = write_spec(layout, cfg, entry(agent="claude", prompt="fix it",
                                          resume_session="s-9"))
-    spec = read_record(JOB_SPEC, path)
+    spec = read_record(JOB_SPEC, path, owner=False)
     assert isinstance(spec, dict)
     del spec["schema"], spec["v"]
     assert {"id": "j1", "agent": "claude", "adaptor": "claude", "command": "/opt/claude",

@@ -49,7 +49,8 @@ def test_every_kind_round_trips(tmp_path: Path, kind: RecordKind) -> None:
     """write_record then read_record gives the data back with schema and v added."""
     p = tmp_path / "r.json"
     write_record(kind, p, _full(kind))
-    assert {**_full(kind), "schema": kind.schema, "v": kind.version} == read_record(kind, p)
+    assert {**_full(kind), "schema": kind.schema, "v": kind.version} == read_record(
+        kind, p, owner=True)
 
 
 def test_write_record_sets_schema_and_version_and_keeps_the_input(tmp_path: Path) -> None:
@@ -73,7 +74,8 @@ def test_validate_names_what_is_wrong() -> None:
 
 def test_missing_record_is_missing(tmp_path: Path) -> None:
     """No file: Missing (a normal state), and nothing created or quarantined."""
-    assert Missing(str(tmp_path / "batchd.pid")) == read_record(PID, tmp_path / "batchd.pid")
+    pid_file = tmp_path / "batchd.pid"
+    assert Missing(str(pid_file)) == read_record(PID, pid_file, owner=True)
     assert os.listdir(tmp_path) == []
 
 
@@ -102,13 +104,13 @@ def test_owner_quarantines_a_bad_record(tmp_path: Path, raw: bytes, why: str) ->
     record returns Corrupt with the reason and moves the bytes to NAME.corrupted.<ts>."""
     p = tmp_path / "scheduler.json"
     p.write_bytes(raw)
-    got = read_record(READY, p)
+    got = read_record(READY, p, owner=True)
     assert isinstance(got, Corrupt)
     assert why in got.reason
     assert got.moved_to is not None
     assert os.path.dirname(got.moved_to) == str(tmp_path)
     assert [("scheduler.json", raw)] == _quarantined(tmp_path)
-    assert Missing(str(p)) == read_record(READY, p)
+    assert Missing(str(p)) == read_record(READY, p, owner=True)
 
 
 def test_a_reader_that_is_not_the_owner_moves_nothing(tmp_path: Path) -> None:
@@ -126,7 +128,7 @@ def test_repeated_quarantines_keep_every_copy(tmp_path: Path) -> None:
     p = tmp_path / "batchd.pid"
     for raw in (b"one", b"two"):
         p.write_bytes(raw)
-        assert isinstance(read_record(PID, p), Corrupt)
+        assert isinstance(read_record(PID, p, owner=True), Corrupt)
     assert sorted([("batchd.pid", b"one"), ("batchd.pid", b"two")]) == sorted(
         _quarantined(tmp_path))
 
@@ -143,7 +145,7 @@ def test_write_record_over_an_existing_record_survives_every_crash(tmp_path: Pat
         yield
 
     def recover(root: str) -> Any:
-        got = read_record(PID, os.path.join(root, "batchd.pid"))
+        got = read_record(PID, os.path.join(root, "batchd.pid"), owner=True)
         assert isinstance(got, dict), got
         return got["pid"]
 
