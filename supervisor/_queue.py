@@ -724,7 +724,13 @@ class JobQueue:
                 if not self._storage.compaction_due():
                     return
                 image = self._jobs.image()
-                epoch = self._storage.rotate()
+                try:
+                    epoch = self._storage.rotate()
+                except OSError as exc:
+                    # The caller's records are durable already: do not report them as
+                    # failed. The log is poisoned (WalFailed) and says so on the next call.
+                    log.error("job queue: could not start a new segment (%s)", exc)
+                    return
             try:
                 self._storage.install_snapshot(image, epoch)
             except OSError as exc:

@@ -932,7 +932,14 @@ class Wal:
         if self.readonly:
             raise WalError("the log is open read-only")
         path = os.path.join(self.directory, SNAPSHOT_NAME)
-        write_bytes(path, _snapshot_bytes(image, next_epoch), fs=self._fs)
+        try:
+            write_bytes(path, _snapshot_bytes(image, next_epoch), fs=self._fs)
+        except BaseException:
+            # rotate() reset the tail counters; without this the retry would wait for a
+            # whole new threshold, and a compaction forced by damage would never come.
+            with self._cond:
+                self._force_compaction = True
+            raise
         removed = False
         for epoch in _segment_epochs(self.directory, self._fs):
             if epoch >= next_epoch:

@@ -735,3 +735,34 @@ def test_failed_write_is_undone(tmp_path: Path) -> None:
     again = ListLog(tmp_path)
     assert ["a", "b"] == again.items
     assert [] == again.report.errors
+
+
+class _SnapshotFailsOnce(OsFS):
+    """The real disk, but the next snapshot write fails (ENOSPC) once."""
+
+    def __init__(self) -> None:
+        self.fail_next = False
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        if self.fail_next and ".tmp.snapshot" in os.path.basename(path):
+            self.fail_next = False
+            raise OSError(28, "No space left on device")
+        return super().open(path, flags, mode)
+
+
+def test_a_failed_snapshot_leaves_compaction_due(tmp_path: Path) -> None:
+    """rotate() reset the tail counters; a snapshot that then fails must not postpone the
+    next compaction by a whole threshold: it is due again at once, and then succeeds."""
+    fs = _SnapshotFailsOnce()
+    wal = Wal.open(tmp_path / "wal", fs=fs, compact_records=2)
+    wal.take_recovered()
+    wal.append([b"a", b"b"])
+    assert wal.compaction_due()
+    epoch = wal.rotate()
+    fs.fail_next = True
+    with pytest.raises(OSError):
+        wal.install_snapshot(b"image", epoch)
+    assert wal.compaction_due()
+    wal.install_snapshot(b"image", wal.rotate())
+    assert not wal.compaction_due()
+    wal.close()
