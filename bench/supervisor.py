@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor._layout import READY, WORKERS, Layout, read_record
+from supervisor._layout import READY, WORKER_NAMES, WORKERS, Layout, read_record
 from supervisor._proc import alive
 
-NAMES = ("scheduler", "locks", "reaper", "callbacks")
+NAMES = WORKER_NAMES
 POLL = 0.001
 DEADLINE = 60.0
 

@@ -34,6 +34,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from supervisor._layout import WORKER_NAMES
+
 __all__ = [
     "ADAPTORS",
     "DURATION_HELP",
@@ -152,7 +154,7 @@ class ReaperConfig:
 
 
 def _default_workers() -> dict[str, WorkerConfig]:
-    return {name: WorkerConfig() for name in ("scheduler", "locks", "reaper", "callbacks")}
+    return {name: WorkerConfig() for name in WORKER_NAMES}
 
 
 def _default_agents() -> dict[str, AgentConfig]:

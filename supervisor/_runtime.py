@@ -80,6 +80,7 @@ from supervisor._atomic import (
 )
 from supervisor._clock import iso_now
 from supervisor._config import Config, ConfigError, load
+from supervisor._jobs import valid_job_id
 from supervisor._layout import READY, REQUEST, WORKER_NAMES, Layout, read_record, write_record
 from supervisor._proc import start_time
 
@@ -95,6 +96,7 @@ __all__ = [
     "die_with_parent",
     "handle_inbox",
     "inbox_requests",
+    "job_of",
     "report_ready",
     "request_stop",
     "run_loop",
@@ -117,6 +119,14 @@ Ctx = TypeVar("Ctx")
 
 class BadRequest(Exception):
     """A request a handler refuses as malformed (raised before any effect); str() says why."""
+
+
+def job_of(req: Mapping[str, Any]) -> str:
+    """The request's "job": a valid job id, else BadRequest (the request is quarantined)."""
+    job = req.get("job")
+    if not isinstance(job, str) or not valid_job_id(job):
+        raise BadRequest(f"'job' {job!r} is not a valid job id")
+    return job
 
 
 # -- process-wide state --------------------------------------------------------------------

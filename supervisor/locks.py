@@ -82,7 +82,6 @@ from supervisor import _log
 from supervisor._atomic import Corrupt, Missing, ensure_dir, quarantine, remove
 from supervisor._clock import iso_now
 from supervisor._config import Config
-from supervisor._jobs import valid_job_id
 from supervisor._layout import (
     WORKER_STATE,
     Layout,
@@ -115,6 +114,7 @@ from supervisor._runtime import (
     Log,
     Watcher,
     inbox_requests,
+    job_of,
     report_ready,
     run_loop,
     run_standalone,
@@ -159,16 +159,9 @@ class Locks:
 
 # -- the handlers (apply to the table in memory; validate everything first) ----------------
 
-def _job_of(req: dict[str, Any]) -> str:
-    job = req.get("job")
-    if not isinstance(job, str) or not valid_job_id(job):
-        raise BadRequest(f"'job' {job!r} is not a valid job id")
-    return job
-
-
 def acquire_handler(lk: Locks, req: dict[str, Any]) -> None:
     """acquire {job, repos, exclusive, seq, created_at}: queue the job (no-op if known)."""
-    job = _job_of(req)
+    job = job_of(req)
     repos, exclusive, seq = req.get("repos"), req.get("exclusive", False), req.get("seq")
     if (not isinstance(repos, list) or not repos
             or not all(isinstance(r, str) and r for r in repos) or len(set(repos)) != len(repos)):
@@ -185,7 +178,7 @@ def acquire_handler(lk: Locks, req: dict[str, Any]) -> None:
 
 def release_handler(lk: Locks, req: dict[str, Any]) -> None:
     """release {job}: free what the job holds, leave its queues (no-op if unknown)."""
-    job = _job_of(req)
+    job = job_of(req)
     held = lk.table.holds(job)
     if release(lk.table, job):
         lk.log.info("locks released", job=job, repos=held, request=req["id"])

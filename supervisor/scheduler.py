@@ -73,7 +73,7 @@ from supervisor import _dispatch, _log
 from supervisor._clock import iso_now
 from supervisor._config import Config
 from supervisor._dispatch import Jobs, Launcher
-from supervisor._jobs import JOB_ID_RE, SUBMIT_KEYS, valid_job_id
+from supervisor._jobs import JOB_ID_RE, SUBMIT_KEYS
 from supervisor._layout import Layout
 from supervisor._locktable import GRANTED
 from supervisor._queue import JobQueue, QueueError
@@ -84,6 +84,7 @@ from supervisor._runtime import (
     Log,
     Watcher,
     handle_inbox,
+    job_of,
     report_ready,
     run_standalone,
     stop_requested,
@@ -176,23 +177,16 @@ def submit(s: Scheduler, req: dict[str, Any]) -> None:
 
 # -- cancel, job_exited ---------------------------------------------------------------------
 
-def _job_of(req: dict[str, Any]) -> str:
-    job_id = req.get("job")
-    if not isinstance(job_id, str) or not valid_job_id(job_id):
-        raise BadRequest(f"'job' {job_id!r} is not a valid job id")
-    return job_id
-
-
 def cancel(s: Scheduler, req: dict[str, Any]) -> None:
     """Cancel one job according to its current state (idempotent)."""
-    job_id = _job_of(req)
+    job_id = job_of(req)
     if _dispatch.cancel(s.jobs, job_id) is None:
         s.log.warning("cancel: no such job", job=job_id, request=req["id"])
 
 
 def job_exited(s: Scheduler, req: dict[str, Any]) -> None:
     """An adaptor wrote its result: tick that job now rather than at the next tick."""
-    job_id = _job_of(req)
+    job_id = job_of(req)
     if job_id not in s.jobs.active:
         state = s.queue.state(job_id)
         s.log.info("job_exited: job not starting/running, nothing to do", job=job_id,
@@ -204,7 +198,7 @@ def job_exited(s: Scheduler, req: dict[str, Any]) -> None:
 def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
     """The locks worker granted a job its locks: nothing to do here, the pass's dispatch
     reads the grant from locks/state.json (the hint only woke the loop)."""
-    job_id = _job_of(req)
+    job_id = job_of(req)
     s.log.info("lock granted", job=job_id, state=s.queue.state(job_id))
 
 
