@@ -96,10 +96,12 @@ def sweep(layout: Layout, workspace_dir: Path, grace: float,
     seen = removed = 0
     for folder in folders(layout, workspace_dir):
         try:
-            seen += sum(1 for name in os.listdir(folder) if is_tmp_name(name))
+            found = sum(1 for name in os.listdir(folder) if is_tmp_name(name))
         except FileNotFoundError:
             continue               # removed by its owner meanwhile
-        removed += len(clean_tmp(folder, grace, now=now))
+        seen += found
+        if found:                  # most folders hold none: one listing, not two
+            removed += len(clean_tmp(folder, grace, now=now))
     return seen, removed
 
 
