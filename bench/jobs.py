@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import signal
@@ -40,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench._common import percentile, stop, until
 from supervisor import _log
 from supervisor._config import Config, LogConfig, SchedulerConfig
 from supervisor._ctl_submit import Checker, Known, assign_ids, write_submission
@@ -57,24 +57,6 @@ launcher: direct
 scheduler: {{max_concurrent_jobs: {slots}, heartbeat_interval: 1, stale_after: 10,
             dead_after: 30, kill_grace: 1}}
 """
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
-    return round(ordered[rank - 1], 2)
-
-
-def _until(what: str, cond: Callable[[], Any], poll: float = 0.002) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(poll)
 
 
 class Daemon:
@@ -105,7 +87,7 @@ class Daemon:
             if isinstance(rec, dict) and rec["pid"] != self.scheduler_pid and done(rec):
                 return rec
             return None
-        rec: dict[str, Any] = _until("the scheduler's ready record", ready, poll)
+        rec: dict[str, Any] = until("the scheduler's ready record", ready, poll=poll)
         self.scheduler_pid = rec["pid"]
         return rec
 
@@ -113,12 +95,11 @@ class Daemon:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
-        _until("the scheduler to die", lambda: not alive(self.scheduler_pid, None))
+        until("the scheduler to die", lambda: not alive(self.scheduler_pid, None))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(DEADLINE)
+        if self.proc is not None:
+            stop(self.proc, DEADLINE)
 
     def queue(self) -> JobQueue:
         return JobQueue.open(self.layout.wal_dir, readonly=True)
@@ -161,7 +142,7 @@ def bench_latency(root: Path, n: int) -> dict[str, Any]:
                     return q.state(job_id) in TERMINAL_STATES
                 finally:
                     q.close()
-            _until(f"job {jobs[0]['id']} to end", over, poll=0.005)
+            until(f"job {jobs[0]['id']} to end", over, poll=0.005)
         q = d.queue()
         try:
             entries = {job_id: q.get(job_id) or {} for job_id in durable}
@@ -204,7 +185,7 @@ def bench_reattach(root: Path, n: int) -> dict[str, Any]:
                 return q.counts()["running"] == n
             finally:
                 q.close()
-        _until("every sleeper running", all_running, poll=0.05)
+        until("every sleeper running", all_running, poll=0.05)
         d.kill9()
         t0 = time.monotonic()
         d.proc = subprocess.Popen([sys.executable, "-m", "supervisor.batchd",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -31,30 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench._common import percentile, stop, until
 from supervisor._layout import READY, WORKER_NAMES, WORKERS, Layout, read_record
 from supervisor._proc import alive
 
 NAMES = WORKER_NAMES
 POLL = 0.001
 DEADLINE = 60.0
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
-    return round(ordered[rank - 1], 2)
-
-
-def _wait(cond: Any, what: str, timeout: float = DEADLINE, poll: float = POLL) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(poll)
 
 
 # --------------------------------------------------------------------------- batchd
@@ -98,21 +80,25 @@ def bench_batchd(kills: int, idle_s: float, work: Path) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, "-m", "supervisor.batchd", "-c", str(cfg)],
                             stdout=log, stderr=log)
     try:
-        _wait(lambda: _all_running(layout, proc.pid), "batchd running", poll=0.01)
+        until("batchd running", lambda: _all_running(layout, proc.pid), timeout=DEADLINE,
+              poll=0.01)
         samples: list[float] = []
         per_worker: dict[str, list[float]] = {n: [] for n in NAMES}
         for i in range(kills):
             name = NAMES[i % len(NAMES)]
-            before = _wait(lambda: _all_running(layout, proc.pid), "all RUNNING", poll=0.005)
+            before = until("all RUNNING", lambda: _all_running(layout, proc.pid),
+                           timeout=DEADLINE, poll=0.005)
             old = before[name]["pid"]
             t0 = time.perf_counter()
             os.kill(old, signal.SIGKILL)
-            _wait(lambda n=name, o=old: (p := _ready_pid(layout, n)) is not None and p != o,
-                  f"{name} ready again")
+            until(f"{name} ready again",
+                  lambda n=name, o=old: (p := _ready_pid(layout, n)) is not None and p != o,
+                  timeout=DEADLINE, poll=POLL)
             ms = (time.perf_counter() - t0) * 1000.0
             samples.append(ms)
             per_worker[name].append(ms)
-        workers = _wait(lambda: _all_running(layout, proc.pid), "all RUNNING", poll=0.01)
+        workers = until("all RUNNING", lambda: _all_running(layout, proc.pid),
+                        timeout=DEADLINE, poll=0.01)
         time.sleep(1.0)                       # let the last restart's follow-up settle
         pids = [proc.pid] + [workers[n]["pid"] for n in NAMES]
         t0, ticks0 = time.monotonic(), sum(_cpu_ticks(p) for p in pids)
@@ -132,12 +118,7 @@ def bench_batchd(kills: int, idle_s: float, work: Path) -> dict[str, Any]:
             "idle_workers_restarted": restarted,
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 
@@ -199,12 +180,14 @@ def bench_supervisord(kills: int, venv: Path, work: Path) -> dict[str, Any]:
     try:
         samples: list[float] = []
         for _ in range(kills):
-            old = _wait(lambda: _children(proc.pid), "supervisord's child", poll=0.01)[0]
+            old = until("supervisord's child", lambda: _children(proc.pid), timeout=DEADLINE,
+                        poll=0.01)[0]
             time.sleep(0.05)
             t0 = time.perf_counter()
             os.kill(old, signal.SIGKILL)
-            _wait(lambda o=old: [c for c in _children(proc.pid) if c != o],
-                  "supervisord's new child")
+            until("supervisord's new child",
+                  lambda o=old: [c for c in _children(proc.pid) if c != o],
+                  timeout=DEADLINE, poll=POLL)
             samples.append((time.perf_counter() - t0) * 1000.0)
         return {
             "supervisord_restart_ms_p50": percentile(samples, 50),
@@ -212,12 +195,7 @@ def bench_supervisord(kills: int, venv: Path, work: Path) -> dict[str, Any]:
             "supervisord_kills": kills,
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def main(argv: list[str] | None = None) -> int:
