@@ -29,7 +29,7 @@ lint: $(STAMP)
 typecheck: lint
 
 run: $(STAMP)
-	$(BIN)/python -m supervisor.devrun
+	$(BIN)/python -m supervisor.batchd.devrun
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'

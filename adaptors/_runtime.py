@@ -1,7 +1,7 @@
 """The shared adaptor runtime: runs one job's agent CLI and writes its output, heartbeat and result.
 
-An adaptor process (`python -m adaptors.run JOB_DIR`) is started by supervisor._launch as the
-leader of its own session and process group, parented by no batchd worker. It reads
+An adaptor process (`python -m adaptors.run JOB_DIR`) is started by supervisor.scheduler.launch
+as the leader of its own session and process group, parented by no batchd worker. It reads
 `jobs/<id>/spec.json`, runs the agent CLI as a child in its own process group (so the adaptor's
 pid is the job's process-group id), and is the ONLY writer of these files in `jobs/<id>/`:
 
@@ -73,9 +73,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from supervisor._atomic import Corrupt, Missing
-from supervisor._clock import iso_now
-from supervisor._layout import (
+from supervisor.state.atomic import Corrupt, Missing
+from supervisor.state.clock import iso_now
+from supervisor.state.layout import (
     JOB_SPEC,
     REQUEST,
     RESULT,
@@ -84,7 +84,7 @@ from supervisor._layout import (
     read_record,
     write_record,
 )
-from supervisor._proc import group_members, job_processes, start_time
+from supervisor.state.proc import group_members, job_processes, start_time
 
 __all__ = [
     "EXIT_BAD_SPEC",
@@ -488,7 +488,7 @@ def step(phase: Phase, event: Event) -> tuple[Phase, Action, str | None]:
 
 @dataclass(frozen=True)
 class JobFiles:
-    """The paths of one job folder, named by supervisor._layout."""
+    """The paths of one job folder, named by supervisor.state.layout."""
 
     job_id: str
     job_dir: Path

@@ -1,6 +1,6 @@
 """The adaptor entry point: `python -m adaptors.run JOB_DIR` runs one job to its end.
 
-Started by supervisor._launch (as `sys.executable -m adaptors.run`, never a console-script
+Started by supervisor.scheduler.launch (as `sys.executable -m adaptors.run`, never a console-script
 name) in a session of its own; the spec's `adaptor` picks the module from `ADAPTORS`.
 Exit status: the agent's (128+N if signal N killed it); 2 bad spec or usage; 3 refused (the
 job has a result already, or another adaptor runs it); 126/127 the agent could not start.

@@ -7,7 +7,7 @@ fresh state directory under DIR (default: a temp dir), with real adaptors runnin
 jobs. Printed as ONE JSON object:
 
 - submit_to_running_ms_p50/p99: 200 jobs of `true` (--quick: 50) submitted one at a time
-  through batchctl's code path (supervisor._ctl_submit: Checker.check, assign_ids,
+  through batchctl's code path (supervisor.ctl.submit: Checker.check, assign_ids,
   write_submission) on an otherwise idle batchd; each is timed from the moment
   write_submission returned (the request is durable) to the `started_ts` of the job's
   running record in the WAL (the scheduler's clock right after the adaptor exists). The
@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import percentile, stop, until
-from supervisor import _log
-from supervisor._config import Config, LogConfig, SchedulerConfig
-from supervisor._ctl_submit import Checker, Known, assign_ids, write_submission
-from supervisor._layout import READY, Layout, read_record
-from supervisor._proc import alive
-from supervisor._queue import TERMINAL_STATES, JobQueue
+from supervisor import log as _log
+from supervisor.config import Config, LogConfig, SchedulerConfig
+from supervisor.ctl.submit import Checker, Known, assign_ids, write_submission
+from supervisor.state.layout import READY, Layout, read_record
+from supervisor.state.proc import alive
+from supervisor.state.queue import TERMINAL_STATES, JobQueue
 
 DEADLINE = 120.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,7 +175,7 @@ def bench_reattach(root: Path, n: int) -> dict[str, Any]:
     jsonl.write_text("".join(json.dumps({"agent": "shell", "prompt": "sleep 600",
                                          "id": f"sleep-{i}"}) + "\n" for i in range(n)))
     try:
-        subprocess.run([sys.executable, "-m", "supervisor.batchctl", "-c", str(d.config),
+        subprocess.run([sys.executable, "-m", "supervisor.ctl", "-c", str(d.config),
                         "submit", "--from", str(jsonl)], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, timeout=DEADLINE)
 
@@ -209,13 +209,13 @@ def bench_submit_cli(root: Path, n: int) -> dict[str, Any]:
     jsonl.write_text("".join(json.dumps({"agent": "shell", "prompt": "true", "batch": "b"})
                              + "\n" for _ in range(n)))
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "supervisor.batchctl", "-c", str(d.config),
+    subprocess.run([sys.executable, "-m", "supervisor.ctl", "-c", str(d.config),
                     "submit", "--from", str(jsonl)], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, timeout=DEADLINE)
     cli_s = time.monotonic() - t0
 
     from supervisor import scheduler
-    from supervisor._runtime import handle_inbox
+    from supervisor.runtime import handle_inbox
 
     cfg = _cfg(root)
     s, _, _, _ = scheduler.recover(cfg, d.layout, _log.get("bench"))

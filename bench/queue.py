@@ -38,9 +38,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from supervisor._fs import OsFS
-from supervisor._queue import JobQueue
-from supervisor._wal import DEFAULT_COMPACT_RECORDS, Wal
+from supervisor.state.fs import OsFS
+from supervisor.state.queue import JobQueue
+from supervisor.state.wal import DEFAULT_COMPACT_RECORDS, Wal
 
 N_RECOVER = 100_000
 BATCH = 1000
@@ -203,7 +203,7 @@ def add_update_tail(folder: str, n: int) -> None:
 
 _OUR_PROBE = """
 import sys, time
-from supervisor._queue import JobQueue
+from supervisor.state.queue import JobQueue
 t0 = time.perf_counter()
 q = JobQueue.open(sys.argv[1])
 first = q.first_queued()

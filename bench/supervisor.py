@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import percentile, stop, until
-from supervisor._layout import READY, WORKER_NAMES, WORKERS, Layout, read_record
-from supervisor._proc import alive
+from supervisor.state.layout import READY, WORKER_NAMES, WORKERS, Layout, read_record
+from supervisor.state.proc import alive
 
 NAMES = WORKER_NAMES
 POLL = 0.001

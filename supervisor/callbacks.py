@@ -43,13 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from supervisor import _log
-from supervisor._atomic import CORRUPT_MARK, Corrupt, ensure_dir, is_tmp_name, quarantine
-from supervisor._clock import iso_now
-from supervisor._config import CallbacksConfig, Config
-from supervisor._fs import FS, REAL
-from supervisor._layout import DELIVERY, Layout, read_record, write_record
-from supervisor._runtime import (
+from supervisor import log as _log
+from supervisor.config import CallbacksConfig, Config
+from supervisor.runtime import (
     EXIT_OK,
     EXIT_RECOVERY_FAILED,
     BadRequest,
@@ -61,7 +57,11 @@ from supervisor._runtime import (
     run_standalone,
     stop_requested,
 )
-from supervisor._webhook import (
+from supervisor.state.atomic import CORRUPT_MARK, Corrupt, ensure_dir, is_tmp_name, quarantine
+from supervisor.state.clock import iso_now
+from supervisor.state.fs import FS, REAL
+from supervisor.state.layout import DELIVERY, Layout, read_record, write_record
+from supervisor.state.webhook import (
     DELIVERY_STATES,
     InvalidTransition,
     RequestsTransport,

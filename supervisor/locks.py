@@ -1,6 +1,6 @@
 """The locks worker: repository locks and their FIFO waiting queues, kept in locks/state.json.
 
-The protocol (LOCKS.md; the table's rules are in supervisor._locktable):
+The protocol (LOCKS.md; the table's rules are in supervisor.state.locktable):
 
     scheduler                          locks worker                      scheduler
     WAL: queued -> waiting   --->  locks/inbox/acquire-<job>.json
@@ -78,18 +78,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor import _log
-from supervisor._atomic import Corrupt, Missing, ensure_dir, quarantine, remove
-from supervisor._clock import iso_now
-from supervisor._config import Config
-from supervisor._layout import (
+from supervisor import log as _log
+from supervisor.config import Config
+from supervisor.runtime import (
+    EXIT_OK,
+    EXIT_RECOVERY_FAILED,
+    BadRequest,
+    Log,
+    Watcher,
+    inbox_requests,
+    job_of,
+    report_ready,
+    run_loop,
+    run_standalone,
+    stop_requested,
+)
+from supervisor.state.atomic import Corrupt, Missing, ensure_dir, quarantine, remove
+from supervisor.state.clock import iso_now
+from supervisor.state.layout import (
     WORKER_STATE,
     Layout,
     read_record,
     send_request,
     write_record,
 )
-from supervisor._locktable import (
+from supervisor.state.locktable import (
     ACQUIRE,
     RELEASE,
     Lock,
@@ -105,22 +118,9 @@ from supervisor._locktable import (
     to_record,
     unavailable,
 )
-from supervisor._queue import TERMINAL_STATES, JobQueue, QueueError
-from supervisor._repos import all_repositories
-from supervisor._runtime import (
-    EXIT_OK,
-    EXIT_RECOVERY_FAILED,
-    BadRequest,
-    Log,
-    Watcher,
-    inbox_requests,
-    job_of,
-    report_ready,
-    run_loop,
-    run_standalone,
-    stop_requested,
-)
-from supervisor._wal import WalError
+from supervisor.state.queue import TERMINAL_STATES, JobQueue, QueueError
+from supervisor.state.repos import all_repositories
+from supervisor.state.wal import WalError
 
 __all__ = [
     "HANDLERS",

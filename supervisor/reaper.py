@@ -30,12 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor import _log
-from supervisor._atomic import Corrupt, clean_tmp, ensure_dir, is_tmp_name, quarantine
-from supervisor._clock import iso_now
-from supervisor._config import Config
-from supervisor._layout import WORKER_STATE, Layout, read_record, write_record
-from supervisor._runtime import (
+from supervisor import log as _log
+from supervisor.config import Config
+from supervisor.runtime import (
     EXIT_OK,
     EXIT_RECOVERY_FAILED,
     Log,
@@ -45,6 +42,9 @@ from supervisor._runtime import (
     run_loop,
     run_standalone,
 )
+from supervisor.state.atomic import Corrupt, clean_tmp, ensure_dir, is_tmp_name, quarantine
+from supervisor.state.clock import iso_now
+from supervisor.state.layout import WORKER_STATE, Layout, read_record, write_record
 
 __all__ = ["HANDLERS", "NAME", "Reaper", "folders", "main", "recover", "sweep", "sweep_and_record"]
 

@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor._fs import OsFS
+from supervisor.state.fs import OsFS
 
 __all__ = [
     "DATA_VARIANTS",

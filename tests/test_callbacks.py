@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from supervisor import _log, callbacks
-from supervisor._atomic import CORRUPT_MARK
-from supervisor._config import CallbacksConfig
-from supervisor._layout import DELIVERY, REQUEST, Layout, read_record, write_record
-from supervisor._runtime import handle_inbox
-from supervisor._webhook import (
+from supervisor import callbacks
+from supervisor import log as _log
+from supervisor.config import CallbacksConfig
+from supervisor.runtime import handle_inbox
+from supervisor.state.atomic import CORRUPT_MARK
+from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, write_record
+from supervisor.state.webhook import (
     MockTransport,
     Sent,
     TransportError,

@@ -1,4 +1,4 @@
-"""Tests for supervisor._config: the YAML schema, its defaults, lookup order and error messages."""
+"""Tests for supervisor.config: the YAML schema, its defaults, lookup order and error messages."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor import _config
-from supervisor._config import (
+from supervisor import config as _config
+from supervisor.config import (
     AgentConfig,
     CallbacksConfig,
     Config,

@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
-from supervisor import _log, _runtime, locks
-from supervisor._atomic import CORRUPT_MARK
-from supervisor._clock import iso_now
-from supervisor._config import Config, RepoConfig
-from supervisor._layout import READY, REQUEST, WORKER_STATE, Layout, read_record, write_record
-from supervisor._locktable import acquire_request, release_request
-from supervisor._queue import JobQueue
+from supervisor import locks
+from supervisor import log as _log
+from supervisor import runtime as _runtime
+from supervisor.config import Config, RepoConfig
+from supervisor.state.atomic import CORRUPT_MARK
+from supervisor.state.clock import iso_now
+from supervisor.state.layout import READY, REQUEST, WORKER_STATE, Layout, read_record, write_record
+from supervisor.state.locktable import acquire_request, release_request
+from supervisor.state.queue import JobQueue
 
 DEADLINE = 30.0
 T0 = "2026-01-01T00:00:00.000Z"

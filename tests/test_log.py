@@ -1,4 +1,4 @@
-"""Tests for supervisor._log: JSON and console lines, level filtering, file output, forks."""
+"""Tests for supervisor.log: JSON and console lines, level filtering, file output, forks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import _log
-from supervisor._config import ConfigError, LogConfig
+from supervisor import log as _log
+from supervisor.config import ConfigError, LogConfig
 
 
 @pytest.fixture(autouse=True)

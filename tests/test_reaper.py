@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import _log, _runtime, reaper
-from supervisor._atomic import CORRUPT_MARK
-from supervisor._config import Config, ReaperConfig
-from supervisor._layout import READY, WORKER_STATE, Layout, read_record
+from supervisor import log as _log
+from supervisor import reaper
+from supervisor import runtime as _runtime
+from supervisor.config import Config, ReaperConfig
+from supervisor.state.atomic import CORRUPT_MARK
+from supervisor.state.layout import READY, WORKER_STATE, Layout, read_record
 
 GRACE = 600.0
 DEADLINE = 30.0

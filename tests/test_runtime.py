@@ -1,4 +1,4 @@
-"""Tests for supervisor._runtime: the Watcher (real inotify), run_loop, inboxes, readiness."""
+"""Tests for supervisor.runtime: the Watcher (real inotify), run_loop, inboxes, readiness."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from supervisor import _runtime
-from supervisor._atomic import CORRUPT_MARK, write_bytes
-from supervisor._clock import iso_now
-from supervisor._layout import READY, REQUEST, Layout, read_record, write_record
-from supervisor._proc import start_time
-from supervisor._runtime import BadRequest, Watcher, handle_inbox, inbox_requests, run_loop
+from supervisor import runtime as _runtime
+from supervisor.runtime import BadRequest, Watcher, handle_inbox, inbox_requests, run_loop
+from supervisor.state.atomic import CORRUPT_MARK, write_bytes
+from supervisor.state.clock import iso_now
+from supervisor.state.layout import READY, REQUEST, Layout, read_record, write_record
+from supervisor.state.proc import start_time
 
 WAKE = 30.0  # generous: a hint must arrive long before this under any load
 

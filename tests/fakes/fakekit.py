@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from adaptors._runtime import JobSpec, parse_spec
-from supervisor._layout import JOB_SPEC, RESULT, SENTINEL, Layout, read_record, write_record
+from supervisor.state.layout import JOB_SPEC, RESULT, SENTINEL, Layout, read_record, write_record
 
 FAKES = Path(__file__).resolve().parent
 REPO = FAKES.parent.parent

@@ -1,6 +1,6 @@
 """Process tests of batchctl: the real program against a real, running batchd.
 
-batchctl runs as `python -m supervisor.batchctl` (the console script's code) in a
+batchctl runs as `python -m supervisor.ctl` (the console script's code) in a
 subprocess; batchd as `python -m supervisor.batchd`. Every wait is a condition polled
 with a generous deadline, never a fixed sleep.
 """
@@ -61,7 +61,7 @@ class Env:
         self.log = tmp_path / "batchd.log"
 
     def ctl(self, *argv: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "supervisor.batchctl", "-c",
+        return subprocess.run([sys.executable, "-m", "supervisor.ctl", "-c",
                                str(self.config), *argv], env=_env(), capture_output=True,
                               text=True, timeout=timeout, check=False)
 
@@ -163,7 +163,7 @@ def test_submit_while_down_is_queued_when_batchd_starts(env: Env) -> None:
 #: batchctl with its imports done, held at a start line (a file appearing) so that all
 #: submitters run their check-then-write at the same instant.
 _AT_START_LINE = ("import os, sys, time\n"
-                  "from supervisor.batchctl import main\n"
+                  "from supervisor.ctl import main\n"
                   "go = sys.argv[1]\n"
                   "while not os.path.exists(go):\n"
                   "    time.sleep(0.001)\n"

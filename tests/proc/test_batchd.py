@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from supervisor._layout import (
+from supervisor.state.layout import (
     CONTROL,
     REPLY,
     STARTUP_LOG,
@@ -26,7 +26,7 @@ from supervisor._layout import (
     read_record,
     write_record,
 )
-from supervisor._proc import alive
+from supervisor.state.proc import alive
 
 DEADLINE = 60.0
 NAMES = ("scheduler", "locks", "reaper", "callbacks")
@@ -165,7 +165,7 @@ def _kill_loop(d: Daemon, name: str, times: int) -> None:
 
 def _job_ids(d: Daemon) -> list[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "supervisor.batchctl", "-c", str(d.cfg), "jobs", "--json"],
+        [sys.executable, "-m", "supervisor.ctl", "-c", str(d.cfg), "jobs", "--json"],
         capture_output=True, text=True, timeout=60, check=True)
     return sorted(j["id"] for j in json.loads(out.stdout))
 
@@ -173,7 +173,7 @@ def _job_ids(d: Daemon) -> list[str]:
 def _submit(d: Daemon, ids: list[str]) -> None:
     for job in ids:
         subprocess.run(
-            [sys.executable, "-m", "supervisor.batchctl", "-c", str(d.cfg), "submit",
+            [sys.executable, "-m", "supervisor.ctl", "-c", str(d.cfg), "submit",
              "--agent", "shell", "--prompt", "exit 0", "--id", job],
             capture_output=True, text=True, timeout=60, check=True)
 

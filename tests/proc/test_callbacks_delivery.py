@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from supervisor._layout import DELIVERY, READY, Layout, read_record
-from supervisor._webhook import (
+from supervisor.state.layout import DELIVERY, READY, Layout, read_record
+from supervisor.state.webhook import (
     body_of,
     delivery_request,
     drop_request,

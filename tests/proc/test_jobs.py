@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from supervisor._layout import READY, RESULT, SENTINEL, Layout, read_record
-from supervisor._proc import alive
-from supervisor._queue import JobQueue
+from supervisor.state.layout import READY, RESULT, SENTINEL, Layout, read_record
+from supervisor.state.proc import alive
+from supervisor.state.queue import JobQueue
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
@@ -123,7 +123,7 @@ class Env:
     # -- batchctl and the state ---------------------------------------------------------------
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         run = subprocess.run(
-            [sys.executable, "-m", "supervisor.batchctl", "-c", str(self.config), *args],
+            [sys.executable, "-m", "supervisor.ctl", "-c", str(self.config), *args],
             cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE, check=False)
         if check:
             assert 0 == run.returncode, f"batchctl {' '.join(args)}: {run.stderr}"
@@ -336,7 +336,7 @@ def test_tail_follow_across_a_batchd_restart(env: Env) -> None:
         "sleep 0.2", 'echo "line $i"; sleep 0.05'))
     env.wait_state("tailed", "running")
     tail = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.batchctl", "-c", str(env.config),
+        [sys.executable, "-m", "supervisor.ctl", "-c", str(env.config),
          "tail", "tailed", "-n", "1000", "-f"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

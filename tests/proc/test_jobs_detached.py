@@ -1,6 +1,6 @@
 """Process-level proof: a launched job outlives its launcher and ends cleanly in every way.
 
-Each job runs through the real supervisor._launch (direct mode) and the real adaptor; the
+Each job runs through the real supervisor.scheduler.launch (direct mode) and the real adaptor; the
 launcher is a separate Python process that is SIGKILLed right after the launch, the way a
 crashing scheduler would die.
 """
@@ -24,7 +24,7 @@ import fakekit
 LAUNCHER = """
 import json, sys, time
 from pathlib import Path
-from supervisor._launch import launch
+from supervisor.scheduler.launch import launch
 launched = launch(Path(sys.argv[1]), mode="direct")
 print(json.dumps({"pid": launched.pid, "start": launched.start}), flush=True)
 time.sleep(300)

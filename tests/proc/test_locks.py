@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from supervisor._layout import READY, Layout, read_record
-from supervisor._proc import alive
-from supervisor._queue import JobQueue
+from supervisor.state.layout import READY, Layout, read_record
+from supervisor.state.proc import alive
+from supervisor.state.queue import JobQueue
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
@@ -138,7 +138,7 @@ class Env:
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         run = subprocess.run(
-            [sys.executable, "-m", "supervisor.batchctl", "-c", str(self.config), *args],
+            [sys.executable, "-m", "supervisor.ctl", "-c", str(self.config), *args],
             cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE, check=False)
         assert 0 == run.returncode, f"batchctl {' '.join(args)}: {run.stderr}"
         return run

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor._queue import JobQueue
+from supervisor.state.queue import JobQueue
 
 WRITER = Path(__file__).with_name("wal_writer.py")
 ROOT = Path(__file__).resolve().parents[2]

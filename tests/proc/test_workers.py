@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from supervisor._atomic import write_json
-from supervisor._clock import iso_now
-from supervisor._jobs import submit_request
-from supervisor._layout import READY, REQUEST, Layout, read_record, write_record
-from supervisor._proc import alive
+from supervisor.state.atomic import write_json
+from supervisor.state.clock import iso_now
+from supervisor.state.jobs import submit_request
+from supervisor.state.layout import READY, REQUEST, Layout, read_record, write_record
+from supervisor.state.proc import alive
 
 DEADLINE = 60.0
 WORKERS = ("scheduler", "locks", "reaper", "callbacks")
@@ -132,7 +132,7 @@ def test_scheduler_ingests_and_cancels_through_its_inbox(
         cfg_file: Path, tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     """A running scheduler takes a submit request, then a cancel of one of its queued jobs
     (one job slot: j0 runs, j1 and j2 wait; j1 is cancelled before it ever starts)."""
-    from supervisor._queue import JobQueue
+    from supervisor.state.queue import JobQueue
 
     layout = Layout(tmp_path / "state")
     cfg_file.write_text(cfg_file.read_text() + "scheduler: {max_concurrent_jobs: 1}\n")
@@ -165,8 +165,8 @@ def test_scheduler_ingests_and_cancels_through_its_inbox(
 PARENT = r"""
 import os, sys
 from pathlib import Path
-from supervisor._config import Config
-from supervisor._runtime import worker_entry
+from supervisor.config import Config
+from supervisor.runtime import worker_entry
 
 state, name, leak_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 leak = os.open(leak_path, os.O_RDONLY)
@@ -236,7 +236,7 @@ def test_sigint_and_sighup_do_not_stop_a_forked_worker(tmp_path: Path) -> None:
 
 def _kill_mid_ingest(tmp_path: Path, cfg_file: Path, procs: list[subprocess.Popen[bytes]],
                      n_jobs: int, kills: int) -> None:
-    from supervisor._queue import JobQueue
+    from supervisor.state.queue import JobQueue
 
     layout = Layout(tmp_path / "state")
     ids = [f"job-{i:05d}" for i in range(n_jobs)]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from supervisor._queue import JobQueue
-from supervisor._wal import Wal
+from supervisor.state.queue import JobQueue
+from supervisor.state.wal import Wal
 
 
 def main() -> None:

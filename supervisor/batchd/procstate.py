@@ -1,0 +1,224 @@
+"""The worker process state machine (supervisord's states), as one table; pure, clock injected.
+
+Each worker's life is a `Proc` record driven by `step(proc, event, now=, wall=)`. The
+event is first refined by a guard (`classify`: is it ready yet? retries left? restart
+intensity exceeded?) into a `Cause`; the table `TABLE[(state, cause)]` then gives the new
+state and the `Action`s the caller (batchd's main loop) must perform. Nothing here forks,
+signals, sleeps or reads a clock: `now` is a monotonic reading, `wall` an epoch time.
+
+States (supervisord's): STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL.
+RUNNING = the worker reported ready AND has been up `startsecs`. An exit before that is
+a failed start: BACKOFF, retried after 1 s, 2 s, 3 s ... until `startretries` retries
+failed, then FATAL. An exit in RUNNING restarts the worker at once (autorestart=true; a
+worker is stateless, its files hold everything) unless that would be more than
+`max_restarts` restarts within `restart_window` seconds (OTP's restart intensity): then
+FATAL with ESCALATE, and the caller escalates (for a critical worker, batchd exits 1).
+EXITED is never entered with autorestart=true; it is kept so START from it is defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from supervisor.config import WorkerConfig
+
+__all__ = [
+    "TABLE",
+    "Action",
+    "Cause",
+    "Event",
+    "Proc",
+    "State",
+    "Transition",
+    "classify",
+    "step",
+]
+
+
+class State(StrEnum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+
+class Event(StrEnum):
+    """What happened to a worker, as the main loop sees it."""
+
+    START = "start"          # startup, operator `start`, or the start half of `restart`
+    READY = "ready"          # its ready file, with this process's pid and start time, appeared
+    UP = "up"                # `startsecs` elapsed since the spawn
+    EXIT = "exit"            # the process was reaped (or the fork failed)
+    RETRY = "retry"          # the BACKOFF delay elapsed
+    STOP = "stop"            # shutdown, operator `stop`, or the stop half of `restart`
+    STOPWAIT = "stopwait"    # `stopwaitsecs` elapsed in STOPPING without an exit
+
+
+class Cause(StrEnum):
+    """An event refined by its guard: the table's column."""
+
+    START = "start"
+    READY_EARLY = "ready_early"    # ready before startsecs elapsed: keep STARTING
+    READY_LATE = "ready_late"      # ready after startsecs elapsed: RUNNING
+    UP_UNREADY = "up_unready"      # startsecs elapsed, not ready yet: keep STARTING
+    UP_READY = "up_ready"          # startsecs elapsed and ready: RUNNING
+    EXIT_RETRY = "exit_retry"      # STARTING: retries left; RUNNING: intensity not exceeded
+    EXIT_GIVEUP = "exit_giveup"    # STARTING: startretries used up; RUNNING: too many restarts
+    EXIT_STOPPED = "exit_stopped"  # STOPPING: the stop is done
+    RETRY = "retry"
+    STOP = "stop"
+    STOPWAIT = "stopwait"
+
+
+class Action(StrEnum):
+    """What the caller must do, in the order given."""
+
+    CANCEL_TIMERS = "cancel_timers"  # forget this worker's pending startsecs/backoff/stopwait timer
+    SPAWN = "spawn"                  # fork a new process, then arm the UP timer (startsecs)
+    ARM_BACKOFF = "arm_backoff"      # arm the RETRY timer `proc.backoff` seconds from now
+    TERM = "term"                    # SIGTERM the process, arm the STOPWAIT timer (stopwaitsecs)
+    KILL = "kill"                    # SIGKILL the process
+    ESCALATE = "escalate"            # it went FATAL: a critical worker takes batchd down (exit 1)
+
+
+S, C, A = State, Cause, Action
+
+#: (state, cause) -> (new state, actions). A pair not listed is ignored (no change).
+TABLE: dict[tuple[State, Cause], tuple[State, tuple[Action, ...]]] = {
+    (S.STOPPED, C.START): (S.STARTING, (A.SPAWN,)),
+    (S.EXITED, C.START): (S.STARTING, (A.SPAWN,)),
+    (S.FATAL, C.START): (S.STARTING, (A.SPAWN,)),
+    (S.BACKOFF, C.START): (S.STARTING, (A.CANCEL_TIMERS, A.SPAWN)),
+    (S.BACKOFF, C.RETRY): (S.STARTING, (A.SPAWN,)),
+    (S.BACKOFF, C.STOP): (S.STOPPED, (A.CANCEL_TIMERS,)),
+    (S.STARTING, C.READY_EARLY): (S.STARTING, ()),
+    (S.STARTING, C.READY_LATE): (S.RUNNING, ()),
+    (S.STARTING, C.UP_UNREADY): (S.STARTING, ()),
+    (S.STARTING, C.UP_READY): (S.RUNNING, ()),
+    (S.STARTING, C.EXIT_RETRY): (S.BACKOFF, (A.CANCEL_TIMERS, A.ARM_BACKOFF)),
+    (S.STARTING, C.EXIT_GIVEUP): (S.FATAL, (A.CANCEL_TIMERS, A.ESCALATE)),
+    (S.STARTING, C.STOP): (S.STOPPING, (A.CANCEL_TIMERS, A.TERM)),
+    (S.RUNNING, C.EXIT_RETRY): (S.STARTING, (A.CANCEL_TIMERS, A.SPAWN)),
+    (S.RUNNING, C.EXIT_GIVEUP): (S.FATAL, (A.CANCEL_TIMERS, A.ESCALATE)),
+    (S.RUNNING, C.STOP): (S.STOPPING, (A.CANCEL_TIMERS, A.TERM)),
+    (S.STOPPING, C.STOPWAIT): (S.STOPPING, (A.KILL,)),
+    (S.STOPPING, C.EXIT_STOPPED): (S.STOPPED, (A.CANCEL_TIMERS,)),
+}
+
+del S, C, A
+
+
+@dataclass
+class Proc:
+    """One worker's supervision record (what workers.json shows, plus the guards' inputs)."""
+
+    name: str
+    config: WorkerConfig
+    critical: bool = False
+    state: State = State.STOPPED
+    since: float = 0.0                 # wall time of the last state change
+    pid: int | None = None
+    start: int | None = None           # the process's start time (supervisor.state.proc)
+    ready: bool = False                # its ready file was accepted for this pid
+    up: bool = False                   # startsecs elapsed for this pid
+    backoff: int = 0                   # failed starts in a row (the next delay, in seconds)
+    restarts: int = 0                  # crashes in RUNNING restarted since batchd started
+    restart_times: list[float] = field(default_factory=list)   # monotonic, within the window
+    exitstatus: int | None = None      # exit code, or -signal, of the last exit
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What `step` did: for logging and for the caller to perform `actions`."""
+
+    name: str
+    old: State
+    new: State
+    cause: Cause
+    actions: tuple[Action, ...]
+
+
+def _recent(proc: Proc, now: float) -> list[float]:
+    window = proc.config.restart_window
+    return [t for t in proc.restart_times if now - t < window]
+
+
+def classify(proc: Proc, event: Event, now: float) -> Cause:
+    """Resolve the event's guard against the record: the table column to look up."""
+    if event is Event.READY:
+        return Cause.READY_LATE if proc.up else Cause.READY_EARLY
+    if event is Event.UP:
+        return Cause.UP_READY if proc.ready else Cause.UP_UNREADY
+    if event is Event.EXIT:
+        if proc.state is State.RUNNING:
+            exceeded = len(_recent(proc, now)) + 1 > proc.config.max_restarts
+            return Cause.EXIT_GIVEUP if exceeded else Cause.EXIT_RETRY
+        if proc.state is State.STARTING:
+            exhausted = proc.backoff >= proc.config.startretries
+            return Cause.EXIT_GIVEUP if exhausted else Cause.EXIT_RETRY
+        return Cause.EXIT_STOPPED
+    return Cause(event.value)
+
+
+def step(proc: Proc, event: Event, *, now: float, wall: float,
+         exitstatus: int | None = None, message: str | None = None) -> Transition | None:
+    """Apply `event` to `proc` (mutating it); None if the table ignores it in this state.
+
+    `now` is monotonic seconds, `wall` epoch seconds (for `since`); `exitstatus` and
+    `message` describe an EXIT (exit code or -signal, and a human phrase).
+    """
+    cause = classify(proc, event, now)
+    row = TABLE.get((proc.state, cause))
+    if row is None:
+        return None
+    new, actions = row
+    old = proc.state
+    _bookkeep(proc, cause, actions, now, exitstatus=exitstatus, message=message)
+    if new is not old:
+        proc.state = new
+        proc.since = wall
+    return Transition(proc.name, old, new, cause, actions)
+
+
+def _bookkeep(proc: Proc, cause: Cause, actions: tuple[Action, ...], now: float, *,
+              exitstatus: int | None, message: str | None) -> None:
+    """The counters and flags that go with a transition (read before the state changes)."""
+    if cause in (Cause.READY_EARLY, Cause.READY_LATE):
+        proc.ready = True
+    elif cause in (Cause.UP_UNREADY, Cause.UP_READY):
+        proc.up = True
+    if cause in (Cause.READY_LATE, Cause.UP_READY, Cause.START):
+        proc.backoff = 0
+        proc.message = None
+    if cause in (Cause.EXIT_RETRY, Cause.EXIT_GIVEUP, Cause.EXIT_STOPPED):
+        _count_exit(proc, cause, now, exitstatus, message)
+        proc.pid = proc.start = None
+        proc.ready = proc.up = False
+    if Action.SPAWN in actions:
+        proc.ready = proc.up = False
+
+
+def _count_exit(proc: Proc, cause: Cause, now: float, exitstatus: int | None,
+                message: str | None) -> None:
+    """A failed start feeds the backoff; a crash in RUNNING feeds the restart intensity."""
+    proc.exitstatus = exitstatus
+    proc.message = message
+    if proc.state is State.STARTING:
+        proc.backoff += 1
+        if cause is Cause.EXIT_GIVEUP:
+            proc.message = f"{message}; gave up after {proc.backoff} failed starts"
+    elif proc.state is State.RUNNING:
+        recent = _recent(proc, now)
+        if cause is Cause.EXIT_RETRY:
+            proc.restarts += 1
+            recent.append(now)
+        else:
+            proc.message = (f"{message}; restart intensity exceeded: more than "
+                            f"{proc.config.max_restarts} restarts in "
+                            f"{proc.config.restart_window:g}s")
+        proc.restart_times = recent

@@ -1,0 +1,797 @@
+"""batchd's configuration: the YAML schema of CONTRACT.md, its defaults and its validation.
+
+`load()` finds the file (`-c PATH`, then $BATCHD_CONFIG, then /etc/batchd/batchd.yaml if it
+exists, then the built-in default) and `parse()` checks it. Parsing walks PyYAML's node tree
+(`compose()`), so every problem names the file, the line and the dotted key:
+
+    /etc/batchd/batchd.yaml:12: scheduler.max_concurrent_jobs: expected a positive integer,
+    got 'four'    (on one line)
+
+Every problem of a file is reported at once, one per line of the ConfigError's message.
+Unknown keys (with a did-you-mean), duplicate keys, wrong types, bad values, booleans where
+numbers belong, bad durations and YAML syntax errors are all refused.
+
+Paths (state_dir, workspace_dir, log.file, local repository URLs) expand `~` and are
+taken relative to the folder of the config file when relative.
+
+Crash safety: this module writes nothing. It reads one file and builds frozen dataclasses;
+a failing load leaves the disk exactly as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from supervisor.state.layout import WORKER_NAMES
+
+__all__ = [
+    "ADAPTORS",
+    "DURATION_HELP",
+    "LAUNCHERS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "NAME_PATTERN",
+    "SYSTEM_CONFIG",
+    "WORKER_SECTIONS",
+    "AgentConfig",
+    "CallbacksConfig",
+    "Config",
+    "ConfigError",
+    "LogConfig",
+    "ReaperConfig",
+    "RepoConfig",
+    "SchedulerConfig",
+    "WorkerConfig",
+    "as_dict",
+    "check_branch",
+    "check_repo_url",
+    "default_config",
+    "default_state_dir",
+    "load",
+    "parse",
+    "parse_duration",
+    "resolve_path",
+    "worker_settings",
+]
+
+ADAPTORS = ("claude", "gemini", "codex", "aider", "opencode", "q", "command")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("console", "json")
+LAUNCHERS = ("auto", "direct", "systemd")
+
+#: The system-wide config file, used when neither -c nor $BATCHD_CONFIG names one.
+SYSTEM_CONFIG = Path("/etc/batchd/batchd.yaml")
+
+#: Agent and repository names (the same rule as job ids).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+DURATION_HELP = "seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s"
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() names the file, line and key (one problem per line)."""
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """$BATCHD_STATE_DIR, else /var/lib/batchd as root, else ~/.local/state/batchd."""
+    e = os.environ if env is None else env
+    if e.get("BATCHD_STATE_DIR"):
+        return Path(e["BATCHD_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/batchd")
+    return Path(e.get("HOME", os.path.expanduser("~"))) / ".local" / "state" / "batchd"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"          # debug | info | warning | error
+    format: str = "console"      # console | json
+    file: Path | None = None     # None: stderr
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_concurrent_jobs: int = 4
+    heartbeat_interval: float = 5.0
+    stale_after: float = 30.0
+    dead_after: float = 120.0
+    job_timeout: float = 86400.0
+    kill_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    startsecs: float = 1.0
+    startretries: int = 3
+    stopwaitsecs: float = 10.0
+    # OTP-style restart intensity: more than max_restarts crashes within
+    # restart_window seconds escalates (FATAL; batchd exits if the worker is critical).
+    max_restarts: int = 30
+    restart_window: float = 60.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    adaptor: str
+    command: str | None = None           # the CLI binary; None: the adaptor's default name
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    timeout: float | None = None         # None: scheduler.job_timeout
+    user: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    url: str
+    branch: str | None = None            # None: the remote's default branch
+    exclusive: bool = False
+
+
+@dataclass(frozen=True)
+class CallbacksConfig:
+    retry_schedule: tuple[float, ...] = (30.0, 120.0, 600.0)
+    timeout: float = 30.0
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
+class ReaperConfig:
+    interval: float = 60.0
+    grace: float = 600.0
+
+
+def _default_workers() -> dict[str, WorkerConfig]:
+    return {name: WorkerConfig() for name in WORKER_NAMES}
+
+
+def _default_agents() -> dict[str, AgentConfig]:
+    agents = {"shell": AgentConfig(adaptor="command")}
+    for name in ("claude", "gemini", "codex", "aider", "opencode", "q"):
+        agents[name] = AgentConfig(adaptor=name)
+    return agents
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path
+    workspace_dir: Path
+    log: LogConfig = field(default_factory=LogConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    workers: dict[str, WorkerConfig] = field(default_factory=_default_workers)
+    agents: dict[str, AgentConfig] = field(default_factory=_default_agents)
+    repositories: dict[str, RepoConfig] = field(default_factory=dict)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    reaper: ReaperConfig = field(default_factory=ReaperConfig)
+    launcher: str = "auto"               # auto | direct | systemd
+    source: str = "<built-in>"           # the file this came from
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def default_config(env: Mapping[str, str] | None = None) -> Config:
+    """The built-in configuration: every default, state under default_state_dir(env)."""
+    state_dir = default_state_dir(env)
+    return Config(state_dir=state_dir, workspace_dir=state_dir / "workspaces")
+
+
+def resolve_path(path: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The config file load() reads: path, $BATCHD_CONFIG, SYSTEM_CONFIG if it exists, or None."""
+    e = os.environ if env is None else env
+    if path is not None:
+        return path
+    if e.get("BATCHD_CONFIG"):
+        return e["BATCHD_CONFIG"]
+    if SYSTEM_CONFIG.exists():
+        return str(SYSTEM_CONFIG)
+    return None
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read and check the configuration found by resolve_path(); ConfigError if it is bad.
+
+    An explicitly named file (path or $BATCHD_CONFIG) that cannot be read is an error naming
+    it; with no file at all the built-in default is returned.
+    """
+    e = os.environ if env is None else env
+    chosen = resolve_path(path, e)
+    if chosen is None:
+        return default_config(e)
+    via = " (named by $BATCHD_CONFIG)" if path is None and chosen == e.get("BATCHD_CONFIG") else ""
+    try:
+        with open(chosen, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read the configuration{via}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{chosen}:{line}: not UTF-8 text (byte {exc.start})") from None
+    return parse(text, chosen, env=e)
+
+
+def parse(text: str, source: str, *, env: Mapping[str, str] | None = None) -> Config:
+    """Check YAML text (from file `source`) and build its Config; ConfigError if it is bad.
+
+    An empty document means all defaults. Relative paths are taken from source's folder.
+    """
+    e = os.environ if env is None else env
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem, context = exc.problem or "", exc.context or ""
+        if problem.startswith("but "):      # "expected X, but found Y"
+            problem, context = f"{context}, {problem}", ""
+        what = f"{problem} ({context})" if context else problem
+        raise ConfigError(f"{source}{line}: invalid YAML: {what}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
+        lineno = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(f"{source}:{lineno}: invalid YAML: {exc.reason} (U+{char:04X})"
+                          ) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
+    base = Path(os.path.abspath(os.path.dirname(source) or "."))
+    ctx = _Ctx(source=source, base=base, home=e.get("HOME"))
+    values: dict[str, Any] = {}
+    if root is not None:
+        if isinstance(root, MappingNode) or _kind(root) == "null":
+            values = _section(ctx, root, "", _TOP)
+        else:
+            ctx.error(root, "", f"expected a mapping of keys at the top level, got {_got(root)}")
+    _check_order(ctx, values.get("scheduler", SchedulerConfig()))
+    if ctx.errors:
+        raise ConfigError(ctx.message())
+    state_dir = values.pop("state_dir", None) or default_state_dir(e)
+    workspace_dir = values.pop("workspace_dir", None) or state_dir / "workspaces"
+    return Config(state_dir=state_dir, workspace_dir=workspace_dir, source=source, **values)
+
+
+# --------------------------------------------------------------------------- durations
+
+_UNITS: dict[str, float] = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_UNIT_ORDER = tuple(_UNITS)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+
+
+def _seconds(value: object) -> float:
+    """Seconds of a duration; ValueError(what was expected) if it is not one."""
+    expected = f"expected a duration ({DURATION_HELP})"
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, int | float):
+        seconds = float(value) if abs(value) < 1e300 else math.inf   # no OverflowError
+    elif isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.fullmatch(text):
+            seconds = float(text)
+        else:
+            seconds, pos, last = 0.0, 0, -1
+            while pos < len(text):
+                m = _PART.match(text, pos)
+                if m is None or _UNIT_ORDER.index(m.group(2)) <= last:
+                    raise ValueError(expected)
+                last = _UNIT_ORDER.index(m.group(2))
+                seconds += float(m.group(1)) * _UNITS[m.group(2)]
+                pos = m.end()
+            if not text:
+                raise ValueError(expected)
+    else:
+        raise ValueError(expected)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("expected a duration >= 0")
+    return seconds
+
+
+def parse_duration(value: object) -> float:
+    """Seconds of a duration: a number >= 0, or `500ms`, `30s`, `2m`, `1h`, `1d`, `1m30s`, `1.5s`.
+
+    Units (d, h, m, s, ms) combine largest first, each at most once; a numeric string is
+    seconds. Raises ValueError naming what was given.
+    """
+    try:
+        return _seconds(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, got {value!r}") from None
+
+
+# --------------------------------------------------------------------------- plain dicts
+
+#: The sections each worker process reads: when one of them changes on reload, that worker
+#: must be restarted to see it. (Its own process settings, cfg.workers[name], are the
+#: parent's business and need no restart.) A worker that starts reading another section
+#: adds it here.
+WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
+    "scheduler": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
+                  "launcher"),
+    "locks": ("state_dir", "log", "repositories"),
+    "reaper": ("state_dir", "workspace_dir", "log", "reaper"),
+    "callbacks": ("state_dir", "log", "callbacks"),
+}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """The config as JSON-ready plain data (paths as strings, tuples as lists, agent env a dict)."""
+    out: dict[str, Any] = _plain(cfg)
+    for agent in out["agents"].values():
+        agent["env"] = dict(agent["env"])
+    return out
+
+
+def worker_settings(cfg: Config, name: str) -> dict[str, Any]:
+    """What worker `name` reads of the config (WORKER_SECTIONS): compare old and new on reload."""
+    plain = as_dict(cfg)
+    return {key: plain[key] for key in WORKER_SECTIONS[name]}
+
+
+# --------------------------------------------------------------------------- the node walker
+
+
+class _Invalid(Exception):
+    """A value node that does not fit its key; the message says what was expected."""
+
+
+@dataclass
+class _Ctx:
+    source: str
+    base: Path                  # relative paths are taken from here
+    home: str | None            # for ~ expansion
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    nodes: dict[str, Node] = field(default_factory=dict)    # dotted key -> its value node
+    bad: set[str] = field(default_factory=set)               # dotted keys that had errors
+
+    def error(self, node: Node, key: str, message: str) -> None:
+        line = node.start_mark.line + 1
+        where = f"{self.source}:{line}"
+        self.errors.append((line, f"{where}: {key}: {message}" if key else f"{where}: {message}"))
+        self.bad.add(key)
+
+    def message(self) -> str:
+        """Every error, in line order (stable: the walk's order within a line)."""
+        return "\n".join(text for _, text in sorted(self.errors, key=lambda e: e[0]))
+
+
+_Conv = Callable[[_Ctx, Node, str], Any]
+
+_TAGS = {
+    "tag:yaml.org,2002:int": "int",
+    "tag:yaml.org,2002:float": "float",
+    "tag:yaml.org,2002:bool": "bool",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:str": "str",
+    "tag:yaml.org,2002:timestamp": "timestamp",     # 2025-01-01: text where text is wanted
+}
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "mapping"
+    if isinstance(node, SequenceNode):
+        return "list"
+    return _TAGS.get(node.tag, "other")
+
+
+def _value(node: Node) -> Any:
+    """The Python value of a scalar node (str, int, float, bool or None)."""
+    if _kind(node) == "str":
+        return node.value
+    return SafeConstructor().construct_object(node)
+
+
+def _got(node: Node) -> str:
+    kind = _kind(node)
+    if kind in ("mapping", "list"):
+        return f"a {kind}"
+    if kind == "null":
+        return "null"
+    if kind == "bool":
+        return f"{node.value} (a boolean)"
+    if kind in ("int", "float", "timestamp"):
+        return str(node.value)
+    if kind == "other":
+        return f"{node.value!r} (tagged {node.tag})"
+    return repr(node.value)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _suggest(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _pairs(ctx: _Ctx, node: Node, key: str) -> list[tuple[str, Node, Node]]:
+    """A mapping's (name, key node, value node); null is empty; duplicates are reported."""
+    if _kind(node) == "null":
+        return []
+    if not isinstance(node, MappingNode):
+        ctx.error(node, key, f"expected a mapping, got {_got(node)}")
+        return []
+    seen: dict[str, int] = {}
+    out: list[tuple[str, Node, Node]] = []
+    for knode, vnode in node.value:
+        if not isinstance(knode, ScalarNode):
+            ctx.error(knode, key, f"expected a plain key, got {_got(knode)}")
+            continue
+        name = str(knode.value)
+        if name in seen:
+            ctx.error(knode, _join(key, name), f"duplicate key (first at line {seen[name]})")
+            continue
+        seen[name] = knode.start_mark.line + 1
+        out.append((name, knode, vnode))
+    return out
+
+
+def _section(ctx: _Ctx, node: Node, key: str, schema: Mapping[str, _Conv]) -> dict[str, Any]:
+    """Convert each key of a mapping with its schema entry; unknown keys are reported."""
+    values: dict[str, Any] = {}
+    for name, knode, vnode in _pairs(ctx, node, key):
+        path = _join(key, name)
+        conv = schema.get(name)
+        if conv is None:
+            known = ", ".join(sorted(schema))
+            ctx.error(knode, path, f"unknown key '{name}' ({_suggest(name, schema)}known: {known})")
+            continue
+        ctx.nodes[path] = vnode
+        try:
+            values[name] = conv(ctx, vnode, path)
+        except _Invalid as exc:
+            ctx.error(vnode, path, str(exc))
+        except (ValueError, OverflowError, RecursionError) as exc:   # YAML's own constructors
+            ctx.error(vnode, path, f"unusable value: {str(exc)[:120]}")
+    return values
+
+
+def _dataclass(cls: Callable[..., Any], schema: Mapping[str, _Conv]) -> _Conv:
+    def conv(ctx: _Ctx, node: Node, key: str) -> Any:
+        return cls(**_section(ctx, node, key, schema))
+    return conv
+
+
+def _int(minimum: int, what: str) -> _Conv:
+    def conv(ctx: _Ctx, node: Node, key: str) -> int:
+        if _kind(node) == "int":
+            value: int = _value(node)
+            if value >= minimum:
+                return value
+        raise _Invalid(f"expected {what}, got {_got(node)}")
+    return conv
+
+
+def _duration(*, positive: bool = False, nullable: bool = False) -> _Conv:
+    def conv(ctx: _Ctx, node: Node, key: str) -> float | None:
+        kind = _kind(node)
+        if nullable and kind == "null":
+            return None
+        try:
+            if kind not in ("int", "float", "str"):
+                raise ValueError(f"expected a duration ({DURATION_HELP})")
+            seconds = _seconds(_value(node))
+        except ValueError as exc:
+            raise _Invalid(f"{exc}, got {_got(node)}") from None
+        if positive and seconds <= 0:
+            raise _Invalid(f"expected a duration > 0, got {_got(node)}")
+        return seconds
+    return conv
+
+
+def _string(ctx: _Ctx, node: Node, key: str) -> str:
+    """A non-empty string; numbers are taken as written (args: [--max-turns, 5])."""
+    kind = _kind(node)
+    if kind in ("str", "int", "float", "timestamp") and node.value != "":
+        return str(node.value)
+    if kind == "bool":
+        raise _Invalid(f"expected a string, got {_got(node)}; quote it to mean the text")
+    if kind == "str":
+        raise _Invalid("expected a non-empty string, got ''")
+    raise _Invalid(f"expected a string, got {_got(node)}")
+
+
+def _optional(conv: _Conv) -> _Conv:
+    def optional(ctx: _Ctx, node: Node, key: str) -> Any:
+        return None if _kind(node) == "null" else conv(ctx, node, key)
+    return optional
+
+
+def _bool(ctx: _Ctx, node: Node, key: str) -> bool:
+    if _kind(node) == "bool":
+        value: bool = _value(node)
+        return value
+    raise _Invalid(f"expected true or false, got {_got(node)}")
+
+
+def _choice(choices: tuple[str, ...]) -> _Conv:
+    def conv(ctx: _Ctx, node: Node, key: str) -> str:
+        if _kind(node) == "str" and node.value.lower() in choices:
+            return str(node.value.lower())
+        hint = _suggest(str(node.value), choices) if _kind(node) == "str" else ""
+        raise _Invalid(f"expected one of {', '.join(choices)}, got {_got(node)}"
+                       + (f"; {hint.strip()}" if hint else ""))
+    return conv
+
+
+def _expand(ctx: _Ctx, text: str) -> Path:
+    """~ expanded ($HOME of env), relative paths taken from the config file's folder."""
+    if text == "~" or text.startswith("~/"):
+        text = (ctx.home or os.path.expanduser("~")) + text[1:]
+    elif text.startswith("~"):
+        expanded = os.path.expanduser(text)
+        if expanded == text:
+            raise _Invalid(f"unknown user in path {text!r}")
+        text = expanded
+    path = Path(text)
+    return path if path.is_absolute() else ctx.base / path
+
+
+def _path(ctx: _Ctx, node: Node, key: str) -> Path:
+    return _expand(ctx, _string(ctx, node, key))
+
+
+_SCP_LIKE = re.compile(r"(?:[^@/:]+@)?[^@/:]+:.*")
+_URL_SCHEMES = ("http", "https", "ssh", "git", "file")
+
+
+def _repo_url(ctx: _Ctx, node: Node, key: str) -> str:
+    """A git URL (http/https/ssh/git/file, or scp-like [user@]host:path) or a local path."""
+    return _repo_url_text(ctx, _string(ctx, node, key))
+
+
+def check_repo_url(text: str, base: Path, home: str | None = None) -> str:
+    """The config's rule for a repository URL, for other doors (`batchctl repo add`).
+
+    Returns the URL as stored (a local path made absolute from `base`, ~ expanded with
+    `home`); ValueError saying what is wrong otherwise.
+    """
+    if not text.strip():
+        raise ValueError("expected a non-empty URL or path")
+    try:
+        return _repo_url_text(_Ctx(source="", base=base, home=home), text)
+    except _Invalid as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _repo_url_text(ctx: _Ctx, text: str) -> str:
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        if scheme.lower() not in _URL_SCHEMES:
+            raise _Invalid(f"unsupported URL scheme '{scheme}' in {text!r} "
+                           "(a local path or an http, https, ssh, git or file URL)")
+        if not rest:
+            raise _Invalid(f"incomplete URL {text!r}")
+        return text
+    if _SCP_LIKE.fullmatch(text) and not text.startswith(("/", ".", "~")):
+        return text
+    return str(_expand(ctx, text))
+
+
+_BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|^[-/.]|[/.]$|\.lock$|//")
+
+
+def _branch(ctx: _Ctx, node: Node, key: str) -> str:
+    try:
+        return check_branch(_string(ctx, node, key))
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def check_branch(text: str) -> str:
+    """`text` if it is a valid git branch name (the config's rule), else ValueError."""
+    if not text or _BAD_REF.search(text):
+        raise ValueError(f"not a valid git branch name: {text!r}")
+    return text
+
+
+def _durations(ctx: _Ctx, node: Node, key: str) -> tuple[float, ...]:
+    if not isinstance(node, SequenceNode):
+        raise _Invalid(f"expected a list of durations, got {_got(node)}")
+    out: list[float] = []
+    item = _duration()
+    for i, child in enumerate(node.value):
+        try:
+            out.append(item(ctx, child, f"{key}[{i}]"))
+        except _Invalid as exc:
+            ctx.error(child, f"{key}[{i}]", str(exc))
+    return tuple(out)
+
+
+def _strings(ctx: _Ctx, node: Node, key: str) -> tuple[str, ...]:
+    if _kind(node) == "null":
+        return ()
+    if not isinstance(node, SequenceNode):
+        raise _Invalid(f"expected a list of strings, got {_got(node)}")
+    out: list[str] = []
+    for i, child in enumerate(node.value):
+        try:
+            out.append(_string(ctx, child, f"{key}[{i}]"))
+        except _Invalid as exc:
+            ctx.error(child, f"{key}[{i}]", str(exc))
+    return tuple(out)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env(ctx: _Ctx, node: Node, key: str) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for name, knode, vnode in _pairs(ctx, node, key):
+        path = _join(key, name)
+        if not _ENV_NAME.fullmatch(name):
+            ctx.error(knode, path, f"not an environment variable name: {name!r}")
+            continue
+        try:   # an empty string is a fine value for a variable
+            out.append((name, vnode.value if _kind(vnode) == "str" else _string(ctx, vnode, path)))
+        except _Invalid as exc:
+            ctx.error(vnode, path, str(exc))
+    return tuple(out)
+
+
+def _valid_name(ctx: _Ctx, knode: Node, path: str, what: str, name: str) -> bool:
+    if NAME_PATTERN.fullmatch(name):
+        return True
+    ctx.error(knode, path, f"invalid {what} name {name!r} (1-64 letters, digits, '.', '_', '-', "
+                           "starting with a letter or digit)")
+    return False
+
+
+_AGENT: dict[str, _Conv] = {
+    "adaptor": _choice(ADAPTORS),
+    "command": _optional(_string),
+    "args": _strings,
+    "env": _env,
+    "timeout": _duration(positive=True, nullable=True),
+    "user": _optional(_string),
+    "model": _optional(_string),
+}
+
+
+def _agents(ctx: _Ctx, node: Node, key: str) -> dict[str, AgentConfig]:
+    """The built-in agents, each overridden by a config entry of its name, plus new ones."""
+    builtin = _default_agents()
+    agents = dict(builtin)
+    for name, knode, vnode in _pairs(ctx, node, key):
+        path = _join(key, name)
+        if not _valid_name(ctx, knode, path, "agent", name):
+            continue
+        values = _section(ctx, vnode, path, _AGENT)
+        if "adaptor" not in values:
+            if name not in builtin:
+                if not ctx.bad & {path, f"{path}.adaptor"}:
+                    ctx.error(knode, path, f"missing key 'adaptor' (one of {', '.join(ADAPTORS)})")
+                continue
+            values["adaptor"] = builtin[name].adaptor
+        agents[name] = AgentConfig(**values)
+    return agents
+
+
+_REPO: dict[str, _Conv] = {
+    "url": _repo_url,
+    "branch": _optional(_branch),
+    "exclusive": _bool,
+}
+
+
+def _repositories(ctx: _Ctx, node: Node, key: str) -> dict[str, RepoConfig]:
+    repos: dict[str, RepoConfig] = {}
+    for name, knode, vnode in _pairs(ctx, node, key):
+        path = _join(key, name)
+        if not _valid_name(ctx, knode, path, "repository", name):
+            continue
+        values = _section(ctx, vnode, path, _REPO)
+        if "url" not in values:
+            if not ctx.bad & {path, f"{path}.url"}:
+                ctx.error(knode, path, "missing key 'url' (a local path or a git URL)")
+            continue
+        repos[name] = RepoConfig(**values)
+    return repos
+
+
+_WORKER: dict[str, _Conv] = {
+    "startsecs": _duration(),
+    "startretries": _int(0, "a non-negative integer"),
+    "stopwaitsecs": _duration(),
+    "max_restarts": _int(0, "a non-negative integer"),
+    "restart_window": _duration(positive=True),
+}
+
+
+def _workers(ctx: _Ctx, node: Node, key: str) -> dict[str, WorkerConfig]:
+    """The four workers' process settings; a worker left out keeps the defaults."""
+    workers = _default_workers()
+    schema = {name: _dataclass(WorkerConfig, _WORKER) for name in workers}
+    workers.update(_section(ctx, node, key, schema))
+    return workers
+
+
+_LOG: dict[str, _Conv] = {
+    "level": _choice(LOG_LEVELS),
+    "format": _choice(LOG_FORMATS),
+    "file": _optional(_path),
+}
+
+_SCHEDULER: dict[str, _Conv] = {
+    "max_concurrent_jobs": _int(1, "a positive integer"),
+    "heartbeat_interval": _duration(positive=True),
+    "stale_after": _duration(positive=True),
+    "dead_after": _duration(positive=True),
+    "job_timeout": _duration(positive=True),
+    "kill_grace": _duration(),
+}
+
+_CALLBACKS: dict[str, _Conv] = {
+    "retry_schedule": _durations,
+    "timeout": _duration(positive=True),
+    "secret": _optional(_string),
+}
+
+_REAPER: dict[str, _Conv] = {
+    "interval": _duration(positive=True),
+    "grace": _duration(),
+}
+
+_TOP: dict[str, _Conv] = {
+    "state_dir": _optional(_path),
+    "workspace_dir": _optional(_path),
+    "log": _dataclass(LogConfig, _LOG),
+    "scheduler": _dataclass(SchedulerConfig, _SCHEDULER),
+    "workers": _workers,
+    "agents": _agents,
+    "repositories": _repositories,
+    "callbacks": _dataclass(CallbacksConfig, _CALLBACKS),
+    "reaper": _dataclass(ReaperConfig, _REAPER),
+    "launcher": _choice(LAUNCHERS),
+}
+
+#: (smaller, larger): each pair must be strictly increasing.
+_ORDERED = (("heartbeat_interval", "stale_after"), ("stale_after", "dead_after"))
+
+
+def _check_order(ctx: _Ctx, sched: SchedulerConfig) -> None:
+    """heartbeat_interval < stale_after < dead_after; the error names both keys."""
+    for low, high in _ORDERED:
+        lo_key, hi_key = f"scheduler.{low}", f"scheduler.{high}"
+        if ctx.bad & {lo_key, hi_key}:
+            continue
+        lo, hi = getattr(sched, low), getattr(sched, high)
+        if lo < hi:
+            continue
+        if lo_key in ctx.nodes:
+            ctx.error(ctx.nodes[lo_key], lo_key,
+                      f"must be less than {hi_key} ({_secs(lo)} >= {_secs(hi)})")
+        else:
+            ctx.error(ctx.nodes[hi_key], hi_key,
+                      f"must be greater than {lo_key} ({_secs(hi)} <= {_secs(lo)})")
+
+
+def _secs(seconds: float) -> str:
+    return f"{int(seconds)}s" if seconds.is_integer() else f"{seconds}s"

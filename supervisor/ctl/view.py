@@ -1,0 +1,328 @@
+"""batchctl's read-only view of the state directory: daemon, workers, startups and jobs.
+
+batchctl never writes what it reads here. Jobs are the union of the scheduler's job queue
+(opened with readonly=True, so it never truncates, quarantines or writes while the
+scheduler appends) and the submissions still waiting in `scheduler/inbox/` (the scheduler
+has not enqueued them yet; they are shown as `queued`). A request file that is half
+written cannot be seen (files arrive by rename); one that cannot be parsed is skipped
+here and left for its owner, the scheduler, to quarantine.
+
+What cannot be read is never shown as empty: a job queue or inbox that exists but cannot
+be opened (not a directory, unreadable, not understood) and a corrupt startup log raise
+`Unreadable` (exit 1) naming the file and why; batchctl leaves the file where it is (its
+owner quarantines it).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from supervisor.config import Config
+from supervisor.ctl.out import CtlError
+from supervisor.scheduler.jobfiles import job_timeout
+from supervisor.scheduler.lifecycle import settled_by_result
+from supervisor.state.atomic import Corrupt, Missing, is_tmp_name
+from supervisor.state.instance import probe
+from supervisor.state.layout import (
+    REPOS,
+    REQUEST,
+    RESULT,
+    STARTUP_LOG,
+    WORKERS,
+    Layout,
+    read_record,
+)
+from supervisor.state.queue import COUNTERS, JOB_STATES, TERMINAL_STATES, JobQueue, QueueError
+from supervisor.state.wal import WalError
+
+__all__ = [
+    "JOB_STATES",
+    "STAT_KEYS",
+    "TERMINAL",
+    "JobView",
+    "Pending",
+    "QueueReader",
+    "Unreadable",
+    "batchd_pid",
+    "open_queue",
+    "open_view",
+    "read_pending",
+    "read_registered_repos",
+    "read_startups",
+    "read_workers",
+]
+
+#: Terminal job states (CONTRACT.md).
+TERMINAL: frozenset[str] = TERMINAL_STATES
+
+#: The counters of `stats` (CONTRACT.md), zero when the queue has none.
+STAT_KEYS: tuple[str, ...] = COUNTERS
+
+
+class Unreadable(CtlError):
+    """State that exists but that batchctl cannot read (exit 1); the message says which, why."""
+
+
+def _why(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def batchd_pid(layout: Layout) -> int | None:
+    """The pid of the running batchd (it holds the lock), or None; never takes the lock."""
+    return probe(layout)
+
+
+def read_workers(layout: Layout) -> list[dict[str, Any]]:
+    """The worker entries of workers.json in startup order ([] if missing or unreadable)."""
+    rec = read_record(WORKERS, layout.workers_file, owner=False)
+    if not isinstance(rec, dict) or not isinstance(rec.get("workers"), list):
+        return []
+    return [w for w in rec["workers"] if isinstance(w, dict)]
+
+
+def read_startups(layout: Layout) -> list[dict[str, Any]]:
+    """The startup log's entries, oldest first ([] if there is none yet).
+
+    A corrupt log raises Unreadable: batchctl is not its owner, so it leaves the file in
+    place; batchd (the owner) moves it aside at its next start.
+    """
+    rec = read_record(STARTUP_LOG, layout.startup_log, owner=False)
+    if isinstance(rec, Missing):
+        return []
+    if isinstance(rec, Corrupt):
+        reason = rec.reason
+    elif not isinstance(rec["startups"], list):
+        reason = "startups is not a list"
+    else:
+        return [s for s in rec["startups"] if isinstance(s, dict)]
+    raise Unreadable(f"{layout.startup_log.name} is corrupt ({reason}); "
+                     "batchd moves it aside at its next start")
+
+
+def read_registered_repos(layout: Layout) -> frozenset[str]:
+    """Names of repositories registered with `repo add` (none if there is no registry)."""
+    rec = read_record(REPOS, layout.repos_file, owner=False)
+    if not isinstance(rec, dict):
+        return frozenset()
+    repos = rec.get("repos")
+    if isinstance(repos, dict):
+        return frozenset(k for k in repos if isinstance(k, str))
+    if isinstance(repos, list):
+        return frozenset(r["name"] for r in repos
+                         if isinstance(r, dict) and isinstance(r.get("name"), str))
+    return frozenset()
+
+
+class QueueReader(Protocol):
+    """What batchctl reads from supervisor.state.queue.JobQueue (an in-memory twin fits too)."""
+
+    def get(self, job_id: str) -> dict[str, Any] | None: ...
+    def ids(self, state: str | None = None) -> list[str]: ...
+    def counts(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Pending:
+    """Submissions and cancels waiting in the scheduler's inbox, in request order."""
+
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cancels: set[str] = field(default_factory=set)
+
+
+def read_pending(layout: Layout) -> Pending:
+    """Parse every request in `scheduler/inbox/`, oldest first (by mtime, as the scheduler).
+
+    No inbox yet: nothing pending. An inbox that cannot be listed raises Unreadable.
+    """
+    folder = layout.inbox("scheduler")
+    stamped: list[tuple[int, str]] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".json") or is_tmp_name(entry.name):
+                    continue
+                try:
+                    stamped.append((entry.stat().st_mtime_ns, entry.name))
+                except FileNotFoundError:   # taken by the scheduler meanwhile
+                    continue
+    except FileNotFoundError:
+        return Pending()
+    except OSError as exc:
+        raise Unreadable(f"cannot read the scheduler's inbox at {folder}: {_why(exc)}") from None
+    pending = Pending()
+    for _, name in sorted(stamped):
+        rec = read_record(REQUEST, folder / name, owner=False)
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("kind") == "submit" and isinstance(rec.get("jobs"), list):
+            for job in rec["jobs"]:
+                if isinstance(job, dict) and isinstance(job.get("id"), str):
+                    pending.jobs.setdefault(job["id"], job)
+        elif rec.get("kind") == "cancel" and isinstance(rec.get("job"), str):
+            pending.cancels.add(rec["job"])
+    return pending
+
+
+class JobView:
+    """Jobs as batchctl shows them: queue entries first, then pending submissions."""
+
+    def __init__(self, cfg: Config, layout: Layout, queue: QueueReader | None,
+                 pending: Pending) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self.queue = queue
+        self.pending = pending
+        self._queue_ids: list[str] | None = None
+
+    def close(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
+            self.queue = None
+
+    def __enter__(self) -> JobView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def queue_ids(self) -> list[str]:
+        """Ids in the queue, submission order (read once per view)."""
+        if self._queue_ids is None:
+            self._queue_ids = [] if self.queue is None else list(self.queue.ids())
+        return self._queue_ids
+
+    def pending_ids(self) -> list[str]:
+        """Ids only in the inbox (not yet enqueued), request order."""
+        in_queue = set(self.queue_ids()) if self.pending.jobs else set()
+        return [i for i in self.pending.jobs if i not in in_queue]
+
+    def ids(self) -> list[str]:
+        """Every known job id: queue order, then pending submissions."""
+        return self.queue_ids() + self.pending_ids()
+
+    def known_ids(self) -> set[str]:
+        """Every id in use (queue or pending), for duplicate checks."""
+        return set(self.queue_ids()) | set(self.pending.jobs)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The entry of `job_id` (a pending one as state 'queued'), or None if unknown."""
+        entry = self.queue.get(job_id) if self.queue is not None else None
+        if entry is not None:
+            return self._settled(entry)
+        job = self.pending.jobs.get(job_id)
+        if job is None:
+            return None
+        return {
+            **job,
+            "state": "queued",
+            "attempts": 0,
+            "workspace": str(self.cfg.workspace_dir / job_id),
+            "output_path": str(self.layout.job_output(job_id)),
+        }
+
+    def _settled(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """An active entry whose adaptor already wrote result.json, shown as it will be
+        recorded (the scheduler has not done it yet: batchd down, or a tick away)."""
+        if entry.get("state") not in ("starting", "running"):
+            return entry
+        result = read_record(RESULT, self.layout.job_result(str(entry["id"])), owner=False)
+        if not isinstance(result, dict):
+            return entry
+        fields = settled_by_result(entry, result, time.time(), job_timeout(self.cfg, entry))
+        return entry if fields is None else {**entry, **fields, "pid": None}
+
+    def entries(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Every entry (or those in `state`) in listing order."""
+        if state is None:
+            ids = self.ids()
+        else:
+            ids = [] if self.queue is None else list(self.queue.ids(state))
+            if state == "queued":
+                ids += self.pending_ids()
+            if state in TERMINAL_STATES and self.queue is not None:
+                ids += self._active_ids()     # those whose result settles them to it
+        out = []
+        for job_id in ids:
+            entry = self.get(job_id)
+            if entry is not None and (state is None or entry.get("state") == state):
+                out.append(entry)
+        return out
+
+    def _active_ids(self) -> list[str]:
+        if self.queue is None:
+            return []
+        return [*self.queue.ids("starting"), *self.queue.ids("running")]
+
+    def state(self, job_id: str) -> str | None:
+        entry = self.get(job_id)
+        return None if entry is None else str(entry.get("state"))
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state (only states that have jobs), pending ones as 'queued'."""
+        counts: Counter[str] = Counter()
+        if self.queue is not None:
+            counts.update({s: int(n) for s, n in self.queue.counts().items() if n})
+            for state in ("starting", "running"):     # a written result settles the job
+                for job_id in self.queue.ids(state):
+                    entry = self.get(job_id)
+                    if entry is not None and entry["state"] != state:
+                        counts[state] -= 1
+                        counts[str(entry["state"])] += 1
+            counts = Counter({k: n for k, n in counts.items() if n > 0})
+        pending = len(self.pending_ids())
+        if pending:
+            counts["queued"] += pending
+        return dict(counts)
+
+    def stats(self) -> dict[str, int]:
+        """The queue's counters; every key of STAT_KEYS present."""
+        raw = self.queue.stats() if self.queue is not None else {}
+        out = {k: int(raw.get(k, 0)) for k in STAT_KEYS}
+        for k, v in raw.items():
+            out.setdefault(k, int(v))
+        return out
+
+
+def open_queue(path: Path) -> QueueReader | None:
+    """The job queue at `path` opened read-only; None if batchd never created it.
+
+    Anything else that stops the read (not a directory, no permission, a log the queue
+    cannot understand) raises Unreadable: an unreadable queue is never shown as empty.
+    """
+    def unreadable(why: str) -> Unreadable:
+        return Unreadable(f"cannot read the job queue at {path}: {why}")
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise unreadable(_why(exc)) from None
+    if not stat.S_ISDIR(mode):
+        raise unreadable("it is not a directory")
+    try:
+        return JobQueue.open(path, readonly=True)
+    except OSError as exc:
+        raise unreadable(_why(exc)) from None
+    except (QueueError, WalError) as exc:
+        raise unreadable(str(exc)) from None
+
+
+def open_view(cfg: Config, layout: Layout) -> JobView:
+    """Read the pending submissions, then open the job queue read-only (none yet: empty).
+
+    The inbox is read FIRST: the scheduler enqueues a job before it removes its request,
+    so a job cannot slip between the two reads and look unknown. Unreadable if either
+    cannot be read.
+    """
+    pending = read_pending(layout)
+    return JobView(cfg, layout, open_queue(layout.wal_dir), pending)

@@ -1,0 +1,597 @@
+"""The small worker runtime: the forked child's entry, signals, inbox watching, readiness.
+
+Shared by the four workers (scheduler, locks, callbacks, reaper); it holds no worker's duty.
+
+Process entry. batchd forks each worker (no exec) and the child calls `worker_entry(name,
+cfg)`, which never returns into the parent's code: it arms PR_SET_PDEATHSIG=SIGKILL and
+exits at once if the parent is already gone (`die_with_parent`), resets the signal state
+the parent left behind, sets up logging for its own name and pid, closes every descriptor
+it inherited except stdio and its log file, runs `supervisor.<name>.main(cfg)` and ends
+with `os._exit(code)`. Exit codes (what batchd sees in waitpid):
+
+    0  EXIT_OK               stopped on request (SIGTERM) after finishing the current pass
+    1  EXIT_CRASHED          an unexpected error (logged with its traceback)
+    3  EXIT_RECOVERY_FAILED  the worker could not rebuild itself from its files; no ready record
+    4  EXIT_ORPHANED         the parent died before the death signal was armed
+
+Watching. `Watcher` turns inotify events (via watchdog) in a set of folders into hints:
+create, modify, move (atomic renames arrive as moves: the destination counts) and delete
+of a non-temporary file wake `wait()`. Events are only hints: inotify drops events when its
+queue overflows, and nothing at all is seen while a worker is down, so `wait()` also
+reports a full rescan at start and every `rescan_interval`; each pass reads the files.
+Idle is asleep: `wait()` blocks in select() on a self-pipe, with no polling.
+
+Inboxes. Requests are REQUEST records `<worker>/inbox/<id>.json`, written atomically by
+their sender (tmp + rename, so a visible name is complete). `handle_inbox` takes them in
+creation order, runs the handler of the request's kind and removes the file (durably)
+only AFTER the handler returned, i.e. after its effect is durable. A crash in between
+leaves the file, and the next pass replays it: handlers are idempotent by request/job id.
+A file that is not a well-formed request, of a kind with no handler, or whose handler
+raises `BadRequest` (handlers validate everything before any effect) is quarantined as
+`NAME.corrupted.<UTC ts>` in the inbox and logged; it never stops the worker.
+
+Readiness. `report_ready` writes `ready/<worker>.json` (kind READY) atomically once the
+worker's recovery is done. The file carries pid and process start time, so the parent
+tells this incarnation's record from a stale one. A crash before the rename leaves the
+previous record (stale: wrong pid/start) or none; the parent waits for the right one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import importlib
+import logging
+import os
+import select
+import signal
+import sys
+import time
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, Protocol, TypeVar
+
+from structlog.typing import FilteringBoundLogger
+from watchdog.events import (
+    EVENT_TYPE_MOVED,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from supervisor import log as _log
+from supervisor.config import Config, ConfigError, load
+from supervisor.state.atomic import (
+    CORRUPT_MARK,
+    Corrupt,
+    Missing,
+    ensure_dir,
+    is_tmp_name,
+    quarantine,
+    remove,
+)
+from supervisor.state.clock import iso_now
+from supervisor.state.jobs import valid_job_id
+from supervisor.state.layout import READY, REQUEST, WORKER_NAMES, Layout, read_record, write_record
+from supervisor.state.proc import start_time
+
+__all__ = [
+    "EXIT_CRASHED",
+    "EXIT_OK",
+    "EXIT_ORPHANED",
+    "EXIT_RECOVERY_FAILED",
+    "BadRequest",
+    "Log",
+    "Waiter",
+    "Watcher",
+    "die_with_parent",
+    "handle_inbox",
+    "inbox_requests",
+    "job_of",
+    "report_ready",
+    "request_stop",
+    "run_loop",
+    "run_standalone",
+    "stop_requested",
+    "worker_entry",
+]
+
+EXIT_OK = 0
+EXIT_CRASHED = 1
+EXIT_RECOVERY_FAILED = 3
+EXIT_ORPHANED = 4
+
+_PR_SET_PDEATHSIG = 1
+
+#: The logger type workers pass around (what supervisor.log.get returns).
+Log = FilteringBoundLogger
+Ctx = TypeVar("Ctx")
+
+
+class BadRequest(Exception):
+    """A request a handler refuses as malformed (raised before any effect); str() says why."""
+
+
+def job_of(req: Mapping[str, Any]) -> str:
+    """The request's "job": a valid job id, else BadRequest (the request is quarantined)."""
+    job = req.get("job")
+    if not isinstance(job, str) or not valid_job_id(job):
+        raise BadRequest(f"'job' {job!r} is not a valid job id")
+    return job
+
+
+# -- process-wide state --------------------------------------------------------------------
+
+@dataclass
+class _State:
+    """What the signal handler and the at-fork hooks share with the rest of this module.
+
+    Only plain attribute stores happen in the signal handler (no locks: a handler runs on
+    the main thread between bytecodes, and taking a lock the interrupted code holds would
+    deadlock), plus non-blocking one-byte writes to the watchers' pipes.
+    """
+
+    stop: bool = False
+    forking_pid: int = 0          # set in the parent just before each fork
+    parent: int = 0               # in a fork child: the pid that forked it; 0 otherwise
+    wake_fds: set[int] = field(default_factory=set)
+
+
+_state = _State()
+
+
+def _before_fork() -> None:
+    _state.forking_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    _state.parent = _state.forking_pid
+    _state.stop = False
+    # The parent's watchers and their pipes are the parent's: never wake them from here.
+    _state.wake_fds = set()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def stop_requested() -> bool:
+    """True once SIGTERM (or request_stop) asked this worker to finish its pass and exit."""
+    return _state.stop
+
+
+def request_stop() -> None:
+    """Ask the loop to stop after the current pass and wake every watcher (signal-safe)."""
+    _state.stop = True
+    for fd in list(_state.wake_fds):
+        _poke(fd)
+
+
+def _on_stop_signal(signum: int, frame: types.FrameType | None) -> None:
+    request_stop()
+
+
+def _poke(fd: int) -> None:
+    try:
+        os.write(fd, b"!")
+    except BlockingIOError:
+        pass  # the pipe is full: a wake-up is already pending, which is all a poke means
+
+
+# -- the child side of the fork ---------------------------------------------------------------
+
+def die_with_parent() -> None:
+    """Arm PR_SET_PDEATHSIG=SIGKILL; exit at once (code 4) if the parent is already gone.
+
+    The race this closes: if the parent dies between fork() and prctl(), the child has
+    already been re-parented (to init or a subreaper), so the death signal, armed too
+    late, would never fire and the worker would live on unsupervised. An at-fork hook
+    records the forking process's pid in the parent just before fork(); after arming,
+    the child compares getppid() with it: different means the parent died in the window.
+    If it dies after the check, the armed signal kills the child.
+
+    The kernel ties the death signal to the parent THREAD that forked: batchd must fork
+    its workers from a thread that lives as long as batchd (its main thread).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if _state.parent and os.getppid() != _state.parent:
+        os.write(2, f"batchd worker {os.getpid()}: parent {_state.parent} is gone, exiting\n"
+                 .encode())
+        os._exit(EXIT_ORPHANED)
+
+
+def _reset_signals(*, standalone: bool) -> None:
+    """Give the process a worker's signal state, whatever the parent had set.
+
+    Blocked signals and the wakeup fd survive fork: unblock everything and drop the
+    parent's wakeup fd (its pipe). Any Python handler inherited from the parent would run
+    the parent's code: back to default. Then: SIGTERM -> graceful stop; SIGINT and SIGHUP
+    ignored (the terminal's ^C and batchd's reload are the parent's business; standalone,
+    ^C stops like SIGTERM); SIGCHLD default; SIGPIPE stays ignored, as Python sets it: a
+    log reader that died (batchd's stderr pipe) must cost a dropped log line, not kill the
+    worker into a restart loop. The launcher resets every disposition to default in a job
+    before its exec, so jobs never inherit the ignored SIGPIPE.
+    """
+    signal.set_wakeup_fd(-1)   # first: a signal arriving once unblocked must not reach
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())   # the parent's wakeup pipe
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            continue  # a signal Python cannot handle (e.g. a real-time one in use by libc)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal if standalone else signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+def _close_inherited_fds(keep: set[int]) -> None:
+    """Close every descriptor above stderr except `keep` (the fresh log file).
+
+    Whatever the parent had open (its lock file, its watchers' inotify fds and pipes,
+    sockets) is closed: the worker needs none of it. The parent's Python objects that own
+    such descriptors must never be finalized here, or they would close a number the
+    worker has since reused (or run the parent's cleanup code): the reachable ones stay
+    referenced (the parent's frames and modules live on until os._exit), and gc.freeze()
+    moves everything, including garbage not yet collected, out of the collector's reach.
+    """
+    gc.freeze()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                continue  # the descriptor listdir itself used, already closed
+
+
+def _log_fds(cfg: Config) -> set[int]:
+    """The descriptors open on the configured log file (after _log.setup opened it)."""
+    if cfg.log.file is None:
+        return set()
+    try:
+        st = os.stat(cfg.log.file)
+    except OSError:
+        return set()
+    keep = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fst = os.fstat(int(name))
+        except OSError:
+            continue
+        if (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino):
+            keep.add(int(name))
+    return keep
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            continue
+    logging.shutdown()
+
+
+def _run_main(name: str, cfg: Config, log: Log) -> int:
+    """Import supervisor.<name> and run its main(cfg); an escaping error is a crash (code 1)."""
+    try:
+        module = importlib.import_module(f"supervisor.{name}")
+        main: Callable[[Config], int] = module.main
+        return int(main(cfg))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_CRASHED
+    except Exception:
+        log.exception("worker crashed")
+        return EXIT_CRASHED
+
+
+def worker_entry(name: str, cfg: Config) -> NoReturn:
+    """The child's side of batchd's fork: become worker `name`, run it, os._exit its code."""
+    code = EXIT_CRASHED
+    try:
+        die_with_parent()
+        _reset_signals(standalone=False)
+        if name not in WORKER_NAMES:
+            os.write(2, f"batchd: no worker named {name!r}\n".encode())
+        else:
+            log = _log.setup(cfg.log, name=name)
+            _close_inherited_fds(_log_fds(cfg))
+            log.info("worker starting", ppid=os.getppid())
+            code = _run_main(name, cfg, log)
+            log.info("worker exiting", code=code)
+    except BaseException as exc:  # noqa: BLE001 - nothing may unwind into the parent's code
+        with contextlib.suppress(OSError):
+            os.write(2, f"batchd worker {name}: {type(exc).__name__}: {exc}\n".encode())
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def run_standalone(name: str, main: Callable[[Config], int],
+                   argv: Sequence[str] | None = None) -> int:
+    """`python -m supervisor.<name> [-c CONFIG]`: run one worker in the foreground (debugging).
+
+    No parent to die with and no inherited descriptors; SIGTERM and ^C stop it gracefully.
+    Exit 2 with the message on a bad configuration.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m supervisor.{name}",
+                                     description=f"Run batchd's {name} worker alone.")
+    parser.add_argument("-c", "--config", metavar="CONFIG", help="the batchd YAML file")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load(args.config)
+        log = _log.setup(cfg.log, name=name)
+    except ConfigError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
+    _reset_signals(standalone=True)
+    log.info("worker starting (standalone)")
+    try:
+        return int(main(cfg))
+    except Exception:
+        log.exception("worker crashed")
+        return EXIT_CRASHED
+
+
+# -- readiness ------------------------------------------------------------------------------------
+
+def report_ready(layout: Layout, worker: str, *, found: Mapping[str, Any],
+                 did: Mapping[str, Any], degraded: Sequence[str], started_monotonic: float,
+                 started_at: str) -> None:
+    """Write `ready/<worker>.json` (kind READY): recovery is done, with what it found and did.
+
+    `started_monotonic` is time.monotonic() and `started_at` the ISO time at recovery start.
+    """
+    pid = os.getpid()
+    ensure_dir(layout.ready_dir)
+    write_record(READY, layout.ready_file(worker), {
+        "worker": worker,
+        "pid": pid,
+        "start": start_time(pid),
+        "started_at": started_at,
+        "ready_at": iso_now(),
+        "duration_ms": round((time.monotonic() - started_monotonic) * 1000.0, 1),
+        "found": dict(found),
+        "did": dict(did),
+        "degraded": list(degraded),
+    })
+
+
+# -- watching -------------------------------------------------------------------------------------
+
+_HINT_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent]
+
+
+class _Hints(FileSystemEventHandler):
+    """Runs on watchdog's thread: any event on a non-temporary file pokes the pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        path = event.dest_path if event.event_type == EVENT_TYPE_MOVED else event.src_path
+        if is_tmp_name(os.path.basename(os.fsdecode(path))):
+            return  # the write in progress; its rename to the real name is the hint
+        _poke(self._fd)
+
+
+class Waiter(Protocol):
+    """What run_loop needs of a Watcher."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class Watcher:
+    """inotify hints (watchdog) plus a periodic rescan for a set of folders.
+
+    `wait(timeout)` returns True when a pass is due: a hint arrived, or the rescan came
+    round (at the first call, then `rescan_interval` after the last True); False when
+    `timeout` ran out first. `fileno()` is the read end of the wake-up pipe, for callers
+    that select() on several things; `request_stop()` (SIGTERM) wakes every watcher.
+    """
+
+    def __init__(self, folders: Sequence[Path], rescan_interval: float = 5.0, *,
+                 clock: Callable[[], float] = time.monotonic, log: Log | None = None) -> None:
+        self.folders = [Path(f) for f in folders]
+        self.rescan_interval = rescan_interval
+        self._clock = clock
+        self._log = log if log is not None else _log.get("watcher")
+        self._rescan_at: float | None = None          # None: due now (start)
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._observer: BaseObserver | None = None
+        _state.wake_fds.add(self._w)
+
+    def fileno(self) -> int:
+        return self._r
+
+    def wake(self) -> None:
+        """Make the next (or the current) wait() return True."""
+        _poke(self._w)
+
+    def start(self) -> Watcher:
+        """Create missing folders and start watching them.
+
+        If inotify cannot be had (the per-user instance or watch limit is reached), the
+        watcher logs it and carries on with the periodic rescan alone: slower, still correct.
+        """
+        for folder in self.folders:
+            ensure_dir(folder)
+        handler = _Hints(self._w)
+        observer: BaseObserver | None = None
+        try:
+            observer = Observer()
+            for folder in self.folders:
+                observer.schedule(handler, str(folder), event_filter=_HINT_EVENTS)
+            observer.start()
+        except OSError as exc:
+            self._log.warning("inotify unavailable: watching by rescan only", error=str(exc),
+                              rescan_interval=self.rescan_interval)
+            if observer is not None:
+                observer.stop()
+            return self
+        self._observer = observer
+        return self
+
+    def stop(self) -> None:
+        """Stop watching (wait() still reports rescans until close())."""
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join()
+
+    def close(self) -> None:
+        """Stop watching and release the pipe."""
+        self.stop()
+        if self._w < 0:
+            return
+        _state.wake_fds.discard(self._w)
+        os.close(self._r)
+        os.close(self._w)
+        self._r = self._w = -1
+
+    def __enter__(self) -> Watcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _drain(self) -> None:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except BlockingIOError:
+            return
+
+    def _due(self) -> bool:
+        self._drain()
+        self._rescan_at = self._clock() + self.rescan_interval
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a hint or the rescan (True) or until `timeout` seconds pass (False)."""
+        now = self._clock()
+        if self._rescan_at is None or now >= self._rescan_at:
+            return self._due()
+        limit = self._rescan_at - now
+        if timeout is not None:
+            limit = min(limit, max(0.0, timeout))
+        readable, _, _ = select.select([self._r], [], [], limit)
+        if readable or self._clock() >= self._rescan_at:
+            return self._due()
+        return False
+
+
+def run_loop(waiter: Waiter, handle_pass: Callable[[], object], *,
+             periodic: tuple[float, Callable[[], object]] | None = None,
+             stop: Callable[[], bool] = stop_requested,
+             clock: Callable[[], float] = time.monotonic) -> None:
+    """Wait for a hint or rescan, run one pass, repeat until `stop()`; also run
+    `periodic = (interval, fn)` every `interval` seconds (first one interval from now)."""
+    next_at = None if periodic is None else clock() + periodic[0]
+    while not stop():
+        timeout = None if next_at is None else max(0.0, next_at - clock())
+        if waiter.wait(timeout) and not stop():
+            handle_pass()
+        if periodic is not None and next_at is not None and clock() >= next_at and not stop():
+            periodic[1]()
+            next_at = clock() + periodic[0]
+
+
+# -- inboxes --------------------------------------------------------------------------------------
+
+def _request_problem(rec: dict[str, Any]) -> str | None:
+    if not isinstance(rec.get("id"), str) or not rec["id"]:
+        return "'id' must be a non-empty string"
+    if not isinstance(rec.get("kind"), str):
+        return "'kind' must be a string"
+    return None
+
+
+def inbox_requests(folder: Path, log: Log | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """The well-formed REQUEST records in `folder`, oldest first (by mtime_ns, then name).
+
+    Temp files (a write in progress) and already quarantined files are skipped; anything
+    else that is not a well-formed request is quarantined and logged.
+    """
+    logger = log if log is not None else _log.get("runtime")
+    stamped: list[tuple[int, str, bool]] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if is_tmp_name(entry.name) or CORRUPT_MARK in entry.name:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    regular = entry.is_file(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                stamped.append((st.st_mtime_ns, entry.name, regular))
+    except FileNotFoundError:
+        return []
+    found: list[tuple[Path, dict[str, Any]]] = []
+    for _, name, regular in sorted(stamped):
+        path = folder / name
+        if not regular:
+            _quarantine_request(path, "not a regular file", logger)
+            continue
+        rec = read_record(REQUEST, path, owner=True)
+        if isinstance(rec, Missing):
+            continue
+        if isinstance(rec, Corrupt):
+            logger.warning("malformed request quarantined", path=str(path),
+                           moved_to=rec.moved_to, reason=rec.reason)
+            continue
+        problem = _request_problem(rec)
+        if problem is not None:
+            _quarantine_request(path, problem, logger)
+            continue
+        found.append((path, rec))
+    return found
+
+
+def _quarantine_request(path: Path, reason: str, log: Log) -> None:
+    moved = quarantine(path)
+    log.warning("malformed request quarantined", path=str(path), moved_to=moved, reason=reason)
+
+
+def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, Any]], None]],
+                 ctx: Ctx, log: Log) -> int:
+    """Run each request in `folder` through `handlers[kind]`, then remove it; return how many.
+
+    Stops between requests once a stop is requested (the rest wait for the next start).
+    """
+    done = 0
+    for path, req in inbox_requests(folder, log):
+        if stop_requested():
+            break
+        handler = handlers.get(req["kind"])
+        if handler is None:
+            _quarantine_request(path, f"unknown request kind {req['kind']!r}", log)
+            continue
+        try:
+            handler(ctx, req)
+        except BadRequest as exc:
+            _quarantine_request(path, str(exc), log)
+            continue
+        remove(path)
+        done += 1
+    return done

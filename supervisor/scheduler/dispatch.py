@@ -1,0 +1,725 @@
+"""Running jobs for the scheduler: dispatch, tick, cancel, re-attach (executing _lifecycle).
+
+The scheduler worker (supervisor/scheduler.py) owns the loop and the inbox; this module
+owns what happens to a job once it leaves `queued`. Every decision is made by the pure
+table of scheduler.lifecycle; the facts come from scheduler.jobfiles (sentinel, result,
+adaptor pid + start time, adaptor.lock); this module only carries out the actions
+(`Update`, `Launch`, `KillGroup`, `WarnStale`, `Finalize`) in the order given:
+
+    dispatch(jobs)        First the waiting jobs that locks/state.json shows holding ALL
+                          their repositories (grant order), then the queued ones, FIFO:
+                          a queued job with repositories steps WAIT_LOCK (state waiting,
+                          with `lock_exclusive` and `lock_seq`; durable) and only then gets
+                          its acquire request; one without steps DISPATCHED. A dispatch
+                          needs a free slot: fewer than scheduler.max_concurrent_jobs jobs
+                          starting/running (waiting ones do not count). DISPATCHED (state
+                          starting, attempts+1, dispatched_ts), then prepare_workspace
+                          (mirrors fetched and workspace cloned under the locks) -> release
+                          of the locks unless the job holds them for its whole run ->
+                          write_spec -> launch(job_dir, mode=cfg.launcher) -> step
+                          LAUNCHED (state running, pid, start, started_at, started_ts) or
+                          LAUNCH_FAILED (failed, with the reason). The systemd launcher gives
+                          no pid: the job stays `starting` and a later tick attaches it from
+                          the sentinel. A waiting job naming a repository that is no longer
+                          configured nor registered is dispatched at once to fail ("repository
+                          'X' is no longer known"), releasing its place in the queues.
+    tick_all(jobs)        every starting/running job: observe -> lifecycle.tick -> execute.
+    tick_job(jobs, id)    the same for one job (the `job_exited` request).
+    cancel(jobs, id)      queued/waiting: cancelled now. starting/running: the intent
+                          (`cancel_requested: true`) is written first, then the tick signals
+                          SIGTERM to the verified process group; the result finalizes it as
+                          cancelled, the lifecycle's cancel_overdue row SIGKILLs it.
+    reattach(jobs)        at scheduler start: tick every starting/running job once and say
+                          what came of it (reattached, stale, finalized, lost, ...).
+    resume_waiting(jobs)  at scheduler start: acquire again for every waiting job the lock
+                          table does not know (the crash between the WAL's `waiting` and
+                          the acquire request), with its recorded lock_seq and exclusivity.
+
+Repository locks (LOCKS.md; the locks worker's side is argued in supervisor/locks.py).
+Requests go into locks/inbox/ as REQUEST files written atomically: `acquire-<job>` after
+the WAL says waiting, `release-<job>` (the same name each time: a replay is the same file)
+right after the clone of a job that does not hold its locks for its whole run, when a
+starting job is seen running (attach) or a running one is re-attached at start, and at
+every terminal finalize of a job with repositories, BEFORE its terminal WAL record (as the
+webhook events are), so a crash in between finalizes it and releases again. A job holds
+its locks for its whole run when it was submitted `--exclusive` or names an `exclusive`
+repository; that decision is recorded in its entry (`lock_exclusive`) when it starts to
+wait and used from then on. The grant is read from locks/state.json (owner=False), never
+from the hint `scheduler/inbox/granted-<job>.json`, which only wakes the loop.
+
+`Jobs.active` (the ids of starting/running jobs) is the one piece of memory: it is rebuilt
+from the queue at start (`Jobs.over`), so a restart loses nothing (DESIGN law 4).
+
+A finalized job leaves no process behind, at the moment its terminal record is written.
+With a result, the adaptor has emptied its group already; finalizing waits (up to
+ADAPTOR_EXIT_WAIT) for the adaptor itself to exit. Without one (lost, cancelled or timed
+out by the scheduler's backstop, result.json unreadable), or if the adaptor lingers, the
+adaptor did not clean up: `kill_leftovers(pgid, job_id, job_dir=)` SIGKILLs every
+process whose process group is the adaptor's pid AND whose /proc/<pid>/environ carries
+BATCHD_JOB_ID=<id>, and every process anywhere carrying BATCHD_JOB_DIR=<job dir> (a child
+that left the group with setsid); a process that cannot be tied to the job that way is
+never signalled (the pgid alone may be reused).
+
+Crash safety. This module writes only WAL records (through the queue) and, via
+_jobfiles, the job's spec and workspace (their own arguments are in that module). The
+order of side effects is the lifecycle's: within one pass the WAL writes are collected
+(`_Batch`) and made durable with ONE update_many, but always BEFORE the next launch (so
+`starting` is durable before the fork: a crash after the fork finds it and re-attaches or
+relaunches by the lifecycle's `starting` rule) and before the pass returns (before an
+inbox request is removed). A signal or a kill therefore precedes its WAL record; a crash
+in between re-sends the signal on the next tick, which is harmless. Counters are separate
+records written after the state they count: a crash in between loses that increment,
+never counts twice. An adaptor holds jobs/<id>/adaptor.lock for its life and refuses to
+run a job that has a result, so a relaunch never runs an agent twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisor.config import Config, RepoConfig
+from supervisor.runtime import Log, stop_requested
+from supervisor.scheduler import jobfiles as _jobfiles
+from supervisor.scheduler import lifecycle as lc
+from supervisor.scheduler.events import BatchIndex, emit_job_end
+from supervisor.scheduler.launch import Launched, LaunchError, launch
+from supervisor.state.clock import iso_now
+from supervisor.state.layout import (
+    WORKER_STATE,
+    Layout,
+    read_record,
+    send_request,
+)
+from supervisor.state.locktable import (
+    Table,
+    acquire_request,
+    exclusive_for,
+    from_record,
+    release_request,
+)
+from supervisor.state.proc import alive, group_members, has_env, job_processes
+from supervisor.state.queue import JobQueue
+from supervisor.state.repos import all_repositories
+
+__all__ = [
+    "ADAPTOR_EXIT_WAIT",
+    "STALE_WARN_EVERY",
+    "Jobs",
+    "Launcher",
+    "cancel",
+    "dispatch",
+    "kill_leftovers",
+    "reattach",
+    "resume_waiting",
+    "tick_all",
+    "tick_interval",
+    "tick_job",
+]
+
+#: A job whose heartbeat is stale is warned about at most once per this many seconds.
+STALE_WARN_EVERY = 60.0
+#: How long finalizing waits for the leftovers it SIGKILLed to be gone.
+_LEFTOVER_WAIT = 1.0
+#: How long finalizing waits for an adaptor that wrote its result to exit before killing it.
+ADAPTOR_EXIT_WAIT = 2.0
+#: At most this many queued jobs start waiting for locks in one pass (each is a WAL write
+#: and an acquire file): a large submission never stalls ticks and the inbox for long; the
+#: loop runs the next pass at once while `Jobs.backlog` says more are left.
+WAIT_BATCH = 64
+
+Launcher = Callable[[Path, str], Launched]
+
+
+def _launch(job_dir: Path, mode: str) -> Launched:
+    return launch(job_dir, mode=mode)
+
+
+def tick_interval(cfg: Config) -> float:
+    """How often the scheduler ticks its starting/running jobs: min(1 s, heartbeat / 2)."""
+    return min(1.0, cfg.scheduler.heartbeat_interval / 2.0)
+
+
+@dataclass
+class Jobs:
+    """What running jobs needs: the queue, where files go, the seams, and the active ids.
+
+    `launcher(job_dir, mode)` starts an adaptor (supervisor.scheduler.launch.launch in production);
+    `clock` is the epoch clock the adaptors' heartbeats use.
+    """
+
+    cfg: Config
+    layout: Layout
+    queue: JobQueue
+    log: Log
+    timing: lc.Timing
+    launcher: Launcher = _launch
+    clock: Callable[[], float] = time.time
+    active: set[str] = field(default_factory=set)       # starting/running job ids
+    warned: dict[str, float] = field(default_factory=dict)   # id -> last stale warning
+    batches: BatchIndex = field(default_factory=BatchIndex)  # cache for batch events
+    #: Workspaces being cloned off the loop: job id -> the clone's future (see _do_launch).
+    preparing: dict[str, Future[None]] = field(default_factory=dict)
+    _pool: ThreadPoolExecutor | None = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads that clone workspaces (git waits off the scheduler's loop)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=max(1, self.cfg.scheduler.max_concurrent_jobs),
+                thread_name_prefix="prepare")
+        return self._pool
+    lock_seq: int = 0            # the last acquire's seq (increasing: FIFO across passes)
+    backlog: bool = False        # the last dispatch left queued jobs it could have moved
+
+    @classmethod
+    def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
+             launcher: Launcher | None = None,
+             clock: Callable[[], float] = time.time) -> Jobs:
+        """Jobs over an open queue; the active set is rebuilt from it."""
+        active = {*queue.ids(lc.State.STARTING.value), *queue.ids(lc.State.RUNNING.value)}
+        return cls(cfg, layout, queue, log, lc.Timing.from_config(cfg.scheduler),
+                   launcher=launcher or _launch, clock=clock, active=active)
+
+
+# -- the WAL writes of one pass ----------------------------------------------------------------
+
+@dataclass
+class _Batch:
+    """WAL updates and counter increments collected during a pass, written with one fsync."""
+
+    updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def state_of(self, job_id: str, queue: JobQueue) -> str | None:
+        """A job's state counting updates of this pass not yet flushed (latest wins)."""
+        for other, fields in reversed(self.updates):
+            if other == job_id and "state" in fields:
+                return str(fields["state"])
+        return queue.state(job_id)
+
+    def flush(self, queue: JobQueue) -> None:
+        """The updates (one update_many: durable together), then the counters."""
+        if self.updates:
+            queue.update_many(self.updates)
+            self.updates = []
+        for name, n in sorted(self.counters.items()):
+            queue.incr(name, n)
+        self.counters.clear()
+
+
+@dataclass
+class _Job:
+    """One job being acted on: its queue entry (kept current) and what was observed."""
+
+    entry: dict[str, Any]
+    obs: lc.Observation | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.entry["id"])
+
+
+# -- repository locks ----------------------------------------------------------------------------
+
+def _repositories(j: Jobs) -> dict[str, RepoConfig]:
+    """Every repository a job may name now: the config's plus those registered."""
+    return all_repositories(j.cfg, j.layout)
+
+
+def _repos_of(entry: dict[str, Any]) -> list[str]:
+    return [str(r) for r in entry.get("repos") or []]
+
+
+def _send(j: Jobs, worker: str, body: dict[str, Any]) -> None:
+    """Drop a request into `worker`'s inbox (atomic, durable). A failure is not swallowed:
+    like a webhook event's, it ends the pass before the WAL records what the request was
+    for, so the restarted scheduler's replay sends it again (a lost release would keep a
+    finished job's repositories locked)."""
+    send_request(j.layout, worker, body)
+
+
+def _release(j: Jobs, job_id: str, why: str) -> None:
+    """Ask the locks worker to free what `job_id` holds or waits for (idempotent)."""
+    _send(j, "locks", release_request(job_id, created_at=iso_now()))
+    j.log.info("lock release requested", job=job_id, why=why)
+
+
+def _release_if_shared(j: Jobs, entry: dict[str, Any], why: str) -> None:
+    """Release the locks of a job with repositories that does not hold them all run."""
+    if _repos_of(entry) and not exclusive_for(entry, _repositories(j)):
+        _release(j, str(entry["id"]), why)
+
+
+def _lock_table(j: Jobs) -> Table | None:
+    """locks/state.json as the locks worker last wrote it; None if absent or unreadable."""
+    rec = read_record(WORKER_STATE, j.layout.worker_state("locks"), owner=False)
+    if not isinstance(rec, dict):
+        return None
+    table = from_record(rec)
+    if isinstance(table, str):
+        j.log.warning("locks state unreadable; waiting jobs wait", reason=table)
+        return None
+    return table
+
+
+def _next_seq(j: Jobs) -> int:
+    j.lock_seq = max(time.time_ns(), j.lock_seq + 1)
+    return j.lock_seq
+
+
+def _acquire(j: Jobs, entry: dict[str, Any]) -> None:
+    """The acquire request of a job the WAL already says is waiting."""
+    seq = entry.get("lock_seq")
+    _send(j, "locks", acquire_request(
+        str(entry["id"]), _repos_of(entry),
+        exclusive=exclusive_for(entry, _repositories(j)),
+        seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else _next_seq(j),
+        created_at=iso_now()))
+
+
+def _wait_for_locks(j: Jobs, entry: dict[str, Any], repositories: dict[str, RepoConfig]
+                    ) -> None:
+    """queued -> waiting (durable, with lock_exclusive and lock_seq), then the acquire."""
+    batch = _Batch()
+    d = lc.step(entry, lc.Event.WAIT_LOCK, lc.Facts(now=j.clock(), timing=j.timing))
+    job = _Job(entry)
+    _execute(j, job, d, batch)
+    extra = {"lock_exclusive": exclusive_for(entry, repositories), "lock_seq": _next_seq(j)}
+    entry.update(extra)
+    batch.updates.append((job.id, extra))
+    batch.flush(j.queue)          # the WAL says waiting before the request exists
+    _acquire(j, entry)
+    j.log.info("job waiting for repository locks", job=job.id, repos=_repos_of(entry),
+               exclusive=extra["lock_exclusive"])
+
+
+def resume_waiting(j: Jobs) -> int:
+    """At scheduler start: acquire again for every waiting job the lock table does not
+    know (none readable: all of them); how many requests were sent."""
+    waiting = j.queue.ids(lc.State.WAITING.value)
+    if not waiting:
+        return 0
+    table = _lock_table(j)
+    sent = 0
+    for job_id in waiting:
+        entry = j.queue.get(job_id)
+        if entry is None or (table is not None and table.knows(job_id)):
+            continue
+        _acquire(j, entry)
+        sent += 1
+    if sent:
+        j.log.info("lock requests sent again for waiting jobs", jobs=sent)
+    return sent
+
+
+# -- executing actions -------------------------------------------------------------------------
+
+def _do_update(j: Jobs, job: _Job, action: lc.Update, batch: _Batch) -> None:
+    job.entry.update(action.fields)
+    batch.updates.append((job.id, dict(action.fields)))
+
+
+def _clone(j: Jobs, entry: dict[str, Any], known: dict[str, Any]) -> None:
+    """Fetch the mirrors and clone the workspace (the job holds its repositories' locks).
+    Runs on a `prepare` thread: it touches only the job's workspace and the mirrors."""
+    _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
+                                mirrors_dir=j.layout.mirrors_dir)
+
+
+def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
+    """Launch a dispatched job. A job without repositories gets its (empty) workspace and
+    is launched at once. A job with repositories has its clone started on a `prepare`
+    thread and stays `starting`; `_finish_prepared` launches it on a later pass, so a long
+    clone or a stalled remote never holds the loop (cancels, timeouts, other dispatches).
+    """
+    batch.flush(j.queue)        # `starting` is durable before anything of the launch exists
+    names = _repos_of(job.entry)
+    if not names:
+        try:
+            _jobfiles.prepare_workspace(j.cfg, job.entry)
+        except (_jobfiles.PrepareError, OSError) as exc:
+            _launch_failed(j, job, exc, batch)
+            return
+        _launch_now(j, job, action.relaunch, batch)
+        return
+    known = _repositories(j)
+    gone = [name for name in names if name not in known]
+    if gone and not _jobfiles.workspace_path(j.cfg, job.entry).is_dir():
+        _launch_failed(j, job, _jobfiles.PrepareError(
+            f"repository {gone[0]!r} is no longer known"), batch)
+        return
+    if job.id not in j.preparing:
+        j.log.info("cloning the workspace", job=job.id, repos=names)
+        j.preparing[job.id] = j.pool().submit(_clone, j, dict(job.entry), known)
+
+
+def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
+    """The clone of `job` ended: release shared locks, then launch, or fail it, or, when a
+    cancel came meanwhile, settle it as cancelled (the table's cancel_settled row: no
+    process of it ever ran)."""
+    future = j.preparing.pop(job.id)
+    if job.entry.get("cancel_requested"):       # its finalize releases the locks
+        j.log.info("job cancelled while its workspace was cloned: not launched", job=job.id)
+        _execute(j, job, lc.step(job.entry, lc.Event.CANCEL_SETTLED,
+                                 lc.Facts(now=j.clock(), timing=j.timing)), batch)
+        return
+    exc = future.exception()
+    if exc is not None:
+        _launch_failed(j, job, exc, batch)
+        return
+    known = _repositories(j)
+    if not exclusive_for(job.entry, known):
+        _release(j, job.id, "workspace cloned")
+    _launch_now(j, job, bool(job.entry.get("attempts", 1) > 1), batch)
+
+
+def _launch_failed(j: Jobs, job: _Job, exc: BaseException, batch: _Batch) -> None:
+    j.log.warning("job launch failed", job=job.id, error=str(exc))
+    d = lc.step(job.entry, lc.Event.LAUNCH_FAILED,
+                lc.Facts(now=j.clock(), timing=j.timing, error=str(exc)))
+    _execute(j, job, d, batch)
+
+
+def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:
+    try:
+        _jobfiles.write_spec(j.layout, j.cfg, job.entry)
+        launched = j.launcher(j.layout.job_dir(job.id), j.cfg.launcher)
+    except (_jobfiles.PrepareError, LaunchError, OSError) as exc:
+        _launch_failed(j, job, exc, batch)
+        return
+    if launched.pid is None:
+        j.log.info("job launched; its pid comes with its sentinel", job=job.id,
+                   unit=launched.unit, relaunch=relaunch)
+        return
+    d = lc.step(job.entry, lc.Event.LAUNCHED,
+                lc.Facts(now=j.clock(), timing=j.timing, pid=launched.pid,
+                         start=launched.start))
+    j.log.info("job running", job=job.id, adaptor=launched.pid, relaunch=relaunch)
+    _execute(j, job, d, batch)
+
+
+def _do_kill(j: Jobs, job: _Job, action: lc.KillGroup, batch: _Batch) -> None:
+    sent = _jobfiles.kill_group(action.pid, action.start, action.signal)
+    j.log.info("job signalled" if sent else "job not signalled: its adaptor is gone",
+               job=job.id, adaptor=action.pid, signal=signal.Signals(action.signal).name)
+
+
+def _do_warn(j: Jobs, job: _Job, action: lc.WarnStale, batch: _Batch) -> None:
+    now = j.clock()
+    last = j.warned.get(job.id)
+    if last is not None and now - last < STALE_WARN_EVERY:
+        return
+    j.warned[job.id] = now
+    j.log.warning("job heartbeat is stale; keeping it", job=job.id, age_s=round(action.age_s, 1),
+                  adaptor=action.pid, stale_after=j.timing.stale_after,
+                  dead_after=j.timing.dead_after)
+
+
+def _no_process_left(j: Jobs, job: _Job) -> None:
+    """Before a job is written terminal: none of its processes may remain.
+
+    With a result, the adaptor has already emptied its process group and is exiting: wait
+    for it (up to ADAPTOR_EXIT_WAIT). Without one (lost, scheduler-decided ends, unreadable
+    result) or if it lingers, whatever is left of the group is killed (`kill_leftovers`).
+    """
+    obs = job.obs
+    pid = obs.pid if obs is not None and obs.pid else job.entry.get("pid")
+    if not isinstance(pid, int) or pid <= 1:
+        return
+    if obs is not None and obs.result is not None:
+        deadline = time.monotonic() + ADAPTOR_EXIT_WAIT
+        while alive(pid, obs.start) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not alive(pid, obs.start):
+            return
+    killed = kill_leftovers(pid, job.id, job_dir=str(j.layout.job_dir(job.id)))
+    if killed:
+        j.log.warning("killed what was left of the job", job=job.id, pids=killed)
+
+
+def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None:
+    fields = {**action.fields, "pid": None}
+    _no_process_left(j, job)
+    job.entry.update(fields)
+    batch.updates.append((job.id, fields))
+    # The webhook events are durable before the pass flushes the terminal state to the
+    # WAL (see supervisor.scheduler.events); state_of sees this pass's unflushed states.
+    emit_job_end(j.layout, j.queue, j.batches, {**job.entry, "id": job.id},
+                 lambda other: batch.state_of(other, j.queue))
+    if _repos_of(job.entry):     # before the terminal WAL record, as the events above
+        _release(j, job.id, f"job {fields['state']}")
+    batch.counters[str(fields["state"])] += 1
+    j.active.discard(job.id)
+    j.warned.pop(job.id, None)
+    j.log.info("job finished", job=job.id, state=fields["state"],
+               exit_code=fields.get("exit_code"), reason=fields.get("reason"))
+
+
+_Executor = Callable[[Jobs, _Job, Any, _Batch], None]
+
+#: Action type -> what carries it out.
+_EXECUTORS: dict[type, _Executor] = {
+    lc.Update: _do_update,
+    lc.Launch: _do_launch,
+    lc.KillGroup: _do_kill,
+    lc.WarnStale: _do_warn,
+    lc.Finalize: _do_finalize,
+}
+
+
+def _execute(j: Jobs, job: _Job, d: lc.Decision, batch: _Batch) -> None:
+    for action in d.actions:
+        _EXECUTORS[type(action)](j, job, action, batch)
+
+
+# -- leftovers -----------------------------------------------------------------------------------
+
+def _members(pgid: int, tag: bytes) -> list[int]:
+    """Live processes of group `pgid` (not us) whose environment carries `tag`."""
+    me = os.getpid()
+    return [pid for pid in group_members(pgid) if pid != me and has_env(pid, tag)]
+
+
+def kill_leftovers(pgid: int, job_id: str, *, job_dir: str | None = None,
+                   wait: float = _LEFTOVER_WAIT) -> list[int]:
+    """SIGKILL the live processes of group `pgid` that carry BATCHD_JOB_ID=<job_id>, and
+    (given `job_dir`) those anywhere that carry BATCHD_JOB_DIR=<job_dir>: a child that
+    left the group with setsid is still the job's.
+
+    Returns the pids signalled, after waiting up to `wait` seconds for them to be gone.
+    """
+    tag = f"BATCHD_JOB_ID={job_id}".encode()
+    me = frozenset({os.getpid()})
+
+    def members() -> list[int]:
+        found = _members(pgid, tag)
+        if job_dir is not None:
+            found += [p for p in job_processes(job_dir, exclude=me) if p not in found]
+        return found
+
+    killed = members()
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+    deadline = time.monotonic() + wait
+    while killed and members() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return killed
+
+
+# -- ticking ---------------------------------------------------------------------------------------
+
+def _tick(j: Jobs, job_id: str, batch: _Batch) -> tuple[_Job, lc.Decision] | None:
+    entry = j.queue.get(job_id)
+    if entry is None or entry["state"] not in lc.ACTIVE:
+        j.active.discard(job_id)
+        return None
+    future = j.preparing.get(job_id)
+    if future is not None:
+        # Its clone runs off the loop: no tick may judge it (the launch grace would
+        # relaunch it); once the clone is done, the launch goes on here.
+        if not future.done():
+            return None
+        prepared = _Job(entry)
+        _finish_prepared(j, prepared, batch)      # its actions update prepared.entry
+        entry = prepared.entry
+        if entry["state"] not in lc.ACTIVE:
+            return None
+    now = j.clock()
+    job = _Job(entry, _jobfiles.observe(j.layout, entry, now, j.cfg))
+    assert job.obs is not None
+    d = lc.tick(entry, job.obs, now, j.timing)
+    if d.event is lc.Event.SENTINEL_FRESH and j.warned.pop(job_id, None) is not None:
+        j.log.info("job heartbeat is fresh again", job=job_id)
+    _execute(j, job, d, batch)
+    if d.state is lc.State.STARTING and d.next_state is lc.State.RUNNING:
+        _release_if_shared(j, entry, "job seen running")    # its clone is done
+    return job, d
+
+
+def tick_job(j: Jobs, job_id: str) -> lc.Decision | None:
+    """Observe one job and act on it now (durable on return); None if it is not active."""
+    batch = _Batch()
+    try:
+        done = _tick(j, job_id, batch)
+    finally:
+        batch.flush(j.queue)
+    return None if done is None else done[1]
+
+
+def tick_all(j: Jobs) -> list[lc.Decision]:
+    """Observe every starting/running job and act on it (durable on return)."""
+    batch = _Batch()
+    decisions = []
+    try:
+        for job_id in sorted(j.active):
+            if stop_requested():
+                break
+            done = _tick(j, job_id, batch)
+            if done is not None:
+                decisions.append(done[1])
+    finally:
+        batch.flush(j.queue)
+    return decisions
+
+
+#: What a recovery tick amounts to, by event (when the decision does not end the job).
+_REATTACH_KIND: dict[lc.Event, str] = {
+    lc.Event.SENTINEL_STALE: "stale",
+    lc.Event.LAUNCH_PENDING: "pending",
+    lc.Event.NOT_LAUNCHED: "relaunched",
+}
+
+
+def reattach(j: Jobs) -> dict[str, int]:
+    """Tick every starting/running job once at scheduler start; what came of them.
+
+    Keys: reattached (alive with a fresh heartbeat: counted in `recovered`, and the job
+    gets `reattached` (a count) and `reattached_at`), stale (kept, warned), finalized (a
+    result or an end the scheduler decided), lost, pending/relaunched (a `starting` job
+    with no sign of its adaptor yet).
+    """
+    did: Counter[str] = Counter()
+    batch = _Batch()
+    try:
+        for job_id in sorted(j.active):
+            done = _tick(j, job_id, batch)
+            if done is None:
+                continue
+            job, d = done
+            if d.terminal:
+                did["lost" if d.next_state is lc.State.LOST else "finalized"] += 1
+                continue
+            kind = _REATTACH_KIND.get(d.event, "reattached") if d.event else "reattached"
+            did[kind] += 1
+            if d.state is lc.State.RUNNING:     # (starting -> running: _tick released)
+                _release_if_shared(j, job.entry, "running job re-attached")
+            if kind == "reattached":
+                n = int(job.entry.get("reattached") or 0) + 1
+                batch.updates.append((job_id, {"reattached": n, "reattached_at": iso_now()}))
+        if did["reattached"]:
+            batch.counters["recovered"] += did["reattached"]
+    finally:
+        batch.flush(j.queue)
+    return {k: did[k] for k in ("reattached", "stale", "finalized", "lost", "pending",
+                                "relaunched")}
+
+
+# -- dispatching and cancelling ----------------------------------------------------------------
+
+def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
+    """Step DISPATCHED and carry it out (the launch included); False if it does not apply."""
+    d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock(), timing=j.timing))
+    if d.ignored:      # cannot happen for a queued/waiting job; never loop on it
+        j.log.error("job not dispatchable", job=entry.get("id"), state=entry["state"])
+        return False
+    j.active.add(str(entry["id"]))
+    _execute(j, _Job(entry), d, batch)
+    return True
+
+
+def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
+    """Waiting jobs that hold all their locks (slots permitting, in grant order), and those
+    naming a repository that no longer exists (at once: their launch fails saying so)."""
+    if not j.queue.counts().get(lc.State.WAITING.value):
+        return 0
+    table = _lock_table(j)
+    if table is None:
+        return 0
+    known = _repositories(j)
+    gone = [job for repo, queue in table.waiting.items() if repo not in known for job in queue]
+    granted = [job for job in dict.fromkeys(lock.job for lock in table.held.values())
+               if job not in gone]
+    started = 0
+    for job_id in dict.fromkeys(gone + granted):
+        if stop_requested():
+            break
+        entry = j.queue.get(job_id)
+        if entry is None or entry["state"] != lc.State.WAITING.value:
+            continue
+        if job_id not in gone:
+            if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs:
+                break
+            if any(table.holder(repo) != job_id for repo in _repos_of(entry)):
+                continue
+        started += _dispatch_one(j, entry, batch)
+    return started
+
+
+def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
+    """Queued jobs, oldest first: with repositories -> waiting (no slot needed, at most
+    WAIT_BATCH per pass); without -> dispatched while a slot is free."""
+    started = waited = 0
+    known: dict[str, RepoConfig] | None = None
+    while not stop_requested():
+        job_id = j.queue.first_queued()
+        entry = None if job_id is None else j.queue.get(job_id)
+        if job_id is None or entry is None:
+            break
+        names = _repos_of(entry)
+        if names:
+            if waited >= WAIT_BATCH:
+                j.backlog = True
+                break
+            known = _repositories(j) if known is None else known
+            if all(name in known for name in names):
+                batch.flush(j.queue)
+                _wait_for_locks(j, entry, known)
+                waited += 1
+                continue
+            # a repository it names is gone: no lock to wait for, its launch fails
+        if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs:
+            break
+        if not _dispatch_one(j, entry, batch):
+            break
+        started += 1
+    return started
+
+
+def dispatch(j: Jobs) -> int:
+    """Start what may start now (granted waiting jobs, then queued ones, FIFO), and move
+    queued jobs with repositories to waiting; how many were dispatched."""
+    batch = _Batch()
+    j.backlog = False
+    try:
+        return _dispatch_waiting(j, batch) + _dispatch_queued(j, batch)
+    finally:
+        batch.flush(j.queue)
+
+
+def cancel(j: Jobs, job_id: str) -> str | None:
+    """Cancel `job_id` by its state (idempotent); its state before, None if unknown.
+
+    queued/waiting: cancelled at once. starting/running: `cancel_requested` is made
+    durable first, then the job is ticked, which sends SIGTERM to its process group
+    (once); the result (or the overdue rule) finishes it. Terminal: nothing.
+    """
+    entry = j.queue.get(job_id)
+    if entry is None:
+        return None
+    state = str(entry["state"])
+    if state in lc.ACTIVE:
+        if not entry.get("cancel_requested"):
+            j.queue.update(job_id, cancel_requested=True)
+        j.log.info("cancel requested", job=job_id, state=state)
+        tick_job(j, job_id)
+        return state
+    batch = _Batch()
+    try:
+        d = lc.step(entry, lc.Event.CANCEL_REQUESTED, lc.Facts(now=j.clock(), timing=j.timing))
+        if d.ignored:
+            j.log.info("cancel: job already finished, nothing to do", job=job_id, state=state)
+        _execute(j, _Job(entry), d, batch)
+    finally:
+        batch.flush(j.queue)
+    return state

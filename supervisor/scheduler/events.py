@@ -1,0 +1,104 @@
+"""The webhook events the scheduler emits when a job ends: its job event, and batch events.
+
+Order (CONTRACT "Callbacks": at-least-once across any crash): a job's events are dropped
+into `callbacks/inbox/` (atomic, durable, named by their deterministic event id) BEFORE
+the scheduler records the job's terminal state in its WAL. A crash in between finds the
+job still active at restart; it is finalized again and its requests are written again
+under the same names, which the callbacks worker treats as replays: the first copy is
+the one delivered. (For an end the scheduler decides itself, lost or a backstop, the
+replayed copy's finished_at can differ from the one finally recorded.) A crash after
+the WAL record cannot lose them: they were durable first.
+
+A batch is done when every one of its jobs is terminal; then each distinct callback URL
+among its jobs gets one `{"event_id", "batch": {batch, counts, done, jobs}}` event. The
+event id covers the batch's job ids, so a batch name reused after it completed is a new
+event, and a replay of the same completion is the same one.
+
+`BatchIndex` maps batch -> job ids. It is a cache rebuilt from the queue (law 4): the
+queue is append-only in FIFO order, so the index catches up by reading only the ids
+enqueued since it last looked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.state.jobs import batch_record, job_record
+from supervisor.state.layout import Layout
+from supervisor.state.queue import TERMINAL_STATES, JobQueue
+from supervisor.state.webhook import (
+    batch_event_id,
+    batch_payload,
+    delivery_request,
+    drop_request,
+    job_event_id,
+    job_payload,
+)
+
+__all__ = ["BatchIndex", "emit_job_end"]
+
+
+@dataclass
+class BatchIndex:
+    """batch name -> job ids in submission order, caught up incrementally from the queue."""
+
+    members: dict[str, list[str]] = field(default_factory=dict)
+    seen: int = 0        # how many of queue.ids() have been indexed
+
+    def jobs(self, queue: JobQueue, batch: str) -> list[str]:
+        """The ids of `batch`'s jobs, in submission order (read-only: the index's own list).
+
+        Only jobs enqueued since the last call are read; with none, nothing is copied."""
+        if len(queue) > self.seen:
+            ids = queue.ids()
+            for job_id in ids[self.seen:]:
+                entry = queue.get(job_id)
+                name = entry.get("batch") if entry is not None else None
+                if isinstance(name, str):
+                    self.members.setdefault(name, []).append(job_id)
+            self.seen = len(ids)
+        return self.members.get(batch, [])
+
+
+def emit_job_end(layout: Layout, queue: JobQueue, index: BatchIndex,
+                 entry: Mapping[str, Any], state_of: Callable[[str], str | None]) -> int:
+    """Drop the webhook events due now that the job `entry` (already holding its terminal
+    fields) has ended; return how many requests were written.
+
+    `state_of(id)` gives each job's current state, including terminal states decided in
+    this pass but not yet flushed to the WAL.
+    """
+    written = 0
+    url = entry.get("callback")
+    if isinstance(url, str) and url:
+        record = job_record(dict(entry))
+        eid = job_event_id(str(entry["id"]), entry.get("created_at"))
+        drop_request(layout, delivery_request(eid, url, job_payload(eid, record),
+                                              job=str(entry["id"])))
+        written += 1
+    batch = entry.get("batch")
+    if not isinstance(batch, str) or not batch:
+        return written
+    members = index.jobs(queue, batch)
+    # Most ends leave the batch unfinished, and its newest jobs are the likeliest to still
+    # run: look from the newest and stop at the first that is not terminal.
+    if any((state_of(job_id) or "queued") not in TERMINAL_STATES
+           for job_id in reversed(members)):
+        return written
+    states = [(job_id, state_of(job_id) or "queued") for job_id in members]
+    record = batch_record(batch, states)
+    if not record["done"]:
+        return written
+    urls: list[str] = []
+    for job_id in members:
+        other = entry if job_id == entry["id"] else queue.get(job_id)
+        cb = other.get("callback") if other is not None else None
+        if isinstance(cb, str) and cb and cb not in urls:
+            urls.append(cb)
+    for cb in urls:
+        eid = batch_event_id(batch, cb, members)
+        drop_request(layout, delivery_request(eid, cb, batch_payload(eid, record)))
+        written += 1
+    return written

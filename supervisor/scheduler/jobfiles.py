@@ -1,0 +1,349 @@
+"""The scheduler's side of the job files: observe a job, write its spec and workspace, kill it.
+
+The glue between the disk / the process table and the pure `supervisor.scheduler.lifecycle`:
+
+    observe(layout, entry, now, cfg) -> Observation
+        reads jobs/<id>/sentinel.json and result.json as a reader (`owner=False`: the
+        adaptor owns them, a corrupt one is reported, never moved), checks the adaptor's
+        pid with its start time (supervisor.state.proc.alive) and probes jobs/<id>/adaptor.lock
+        without taking it (`probe_lock`). Order: sentinel, liveness, lock, result: the
+        adaptor writes result.json before it exits, so "not alive, then no result" is final.
+    write_spec(layout, cfg, entry) -> Path          jobs/<id>/spec.json (JOB_SPEC)
+    prepare_workspace(cfg, entry, repositories=None, mirrors_dir=None) -> Path
+                                                    <workspace_dir>/<id>
+    kill_group(pid, start, sig) -> bool             signal a job's process group, safely
+    probe_lock(path) -> LockProbe                   who holds an adaptor.lock, if anyone
+    job_timeout(cfg, entry) -> float                the job's timeout, agent's, or the default
+
+Errors the scheduler turns into `failed` (step LAUNCH_FAILED with str(exc)): PrepareError
+(unknown agent or repository, git clone or mirror fetch failure with git's stderr, a file
+in the way).
+
+Workspaces from mirrors. With `mirrors_dir` (the scheduler passes `layout.mirrors_dir`,
+holding the job's repository locks), each repository's mirror is created or fetched first
+(supervisor.state.repos.ensure_mirror: the only contact with the remote, once per job), then
+the workspace is cloned from the mirror (`--branch B` when the repository names one, else
+the mirror's HEAD, which follows the remote's default) and its `origin` set to the real
+URL, so the job sees an ordinary clone of the remote. Without `mirrors_dir` each
+workspace is cloned straight from the URL.
+
+The lock probe. The adaptor holds an exclusive flock(2) on jobs/<id>/adaptor.lock for its
+whole life. flock locks are invisible to fcntl(F_GETLK), and taking the lock even for an
+instant (LOCK_SH|LOCK_NB, then unlock) could make a starting adaptor's own LOCK_NB attempt
+fail, so the probe never takes it: it asks F_GETLK first (covers POSIX and OFD locks, in
+case the adaptor uses lockf/fcntl), then reads /proc/locks for a FLOCK entry on the same
+device and inode (the line carries the holder's pid). A missing lock file is "not held".
+
+Crash safety, per file written here:
+- jobs/<id>/spec.json: scheduler-owned, write_record (temp + fsync + rename + fsync dir);
+  written before the launch, rewritten identically on a relaunch. A crash leaves it old,
+  new or absent, never partial.
+- jobs/<id>/ (folder): ensure_dir fsyncs the parent.
+- <workspace_dir>/<id>: built under `<workspace_dir>/.prep.<id>` and renamed into place
+  (then the parent is fsynced), so the final name exists only once the workspace is
+  complete; a job without repositories gets a plain mkdir (atomic by itself). A crash
+  mid-clone leaves only the `.prep.<id>` folder, which the next prepare_workspace of that
+  job removes and redoes; an existing final folder is complete and is reused as is (it
+  may already be in use by an adaptor that is slow to show itself, so it is never wiped).
+  git does not fsync working-tree files: after a power cut (not a process crash) a
+  renamed clone may hold incomplete files. A `.prep.*` folder of a job that never starts
+  again stays until removed by hand (the reaper does not clean workspaces yet).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from supervisor.config import Config, RepoConfig
+from supervisor.scheduler.lifecycle import Observation
+from supervisor.state.atomic import Corrupt, Missing, ensure_dir
+from supervisor.state.clock import epoch_of
+from supervisor.state.flock import LockProbe, probe_lock
+from supervisor.state.fs import REAL
+from supervisor.state.layout import (
+    JOB_SPEC,
+    RESULT,
+    SENTINEL,
+    Layout,
+    RecordKind,
+    read_record,
+    write_record,
+)
+from supervisor.state.proc import alive, start_time
+from supervisor.state.repos import FETCH_TIMEOUT, MirrorError, ensure_mirror, git_command, git_env
+
+__all__ = [
+    "CLONE_TIMEOUT",
+    "PREP_PREFIX",
+    "PrepareError",
+    "build_spec",
+    "job_timeout",
+    "kill_group",
+    "observe",
+    "prepare_workspace",
+    "workspace_path",
+    "write_spec",
+]
+
+#: A workspace under construction is `<workspace_dir>/<PREP_PREFIX><id>`.
+PREP_PREFIX = ".prep."
+#: Seconds one `git clone` may take before it is killed and the job fails.
+CLONE_TIMEOUT = 1800.0
+
+_STDERR_TAIL = 2000
+
+
+class PrepareError(Exception):
+    """The job cannot be prepared; str() is the reason recorded on the failed job."""
+
+
+# --------------------------------------------------------------------------- observe
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _record(kind: RecordKind, path: Path, job_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the record, None), (None, None) if missing, (None, why) if unusable."""
+    got = read_record(kind, path, owner=False)
+    if isinstance(got, Missing):
+        return None, None
+    if isinstance(got, Corrupt):
+        return None, got.reason
+    if got.get("id") != job_id:
+        return None, f"record is for job {got.get('id')!r}, not {job_id!r}"
+    return got, None
+
+
+def job_timeout(cfg: Config, entry: Mapping[str, Any]) -> float:
+    """The job's timeout: its own, else its agent's, else scheduler.job_timeout (seconds)."""
+    own = entry.get("timeout")
+    if isinstance(own, int | float) and not isinstance(own, bool) and own > 0:
+        return float(own)
+    agent = cfg.agents.get(str(entry.get("agent")))
+    if agent is not None and agent.timeout is not None:
+        return float(agent.timeout)
+    return float(cfg.scheduler.job_timeout)
+
+
+def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -> Observation:
+    """Look at one job's sentinel, adaptor process, lock and result (reads only).
+
+    `now` is accepted for symmetry with the lifecycle calls; nothing here compares times.
+    """
+    job_id = str(entry["id"])
+    sentinel, _ = _record(SENTINEL, layout.job_sentinel(job_id), job_id)
+    candidates: list[tuple[int, int | None]] = []
+    for source in (entry, sentinel or {}):
+        known = _int(source.get("pid"))
+        if known is not None and known > 0:
+            candidates.append((known, _int(source.get("start"))))
+    living = [(p, s) for p, s in candidates if s is not None and alive(p, s)]
+    # The lock only matters when no known pid is alive (the table reads lock_held OR'ed
+    # with alive): skip the probe, which reads all of /proc/locks, for a live adaptor.
+    lock = LockProbe(held=False, pid=None) if living else probe_lock(layout.job_lock(job_id))
+    result, result_error = _record(RESULT, layout.job_result(job_id), job_id)
+    pid: int | None
+    start: int | None
+    if living:
+        pid, start = living[0]
+    elif candidates:
+        pid, start = candidates[0]
+    elif lock.pid is not None:
+        pid, start = lock.pid, start_time(lock.pid)
+    else:
+        pid, start = None, None
+    return Observation(
+        sentinel=sentinel, result=result, result_error=result_error,
+        heartbeat_ts=(epoch_of(sentinel, "heartbeat_ts", "heartbeat_at")
+                      if sentinel is not None else None),
+        pid=pid, start=start, alive=bool(living), lock_held=lock.held,
+        timeout=job_timeout(cfg, entry))
+
+
+# --------------------------------------------------------------------------- spec
+
+
+def workspace_path(cfg: Config, entry: Mapping[str, Any]) -> Path:
+    """The job's workspace: entry["workspace"] if set (the submit handler sets it), else
+    <workspace_dir>/<id>."""
+    given = entry.get("workspace")
+    return Path(given) if isinstance(given, str) and given else cfg.workspace_dir / str(entry["id"])
+
+
+def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The JOB_SPEC body for a queue entry (JOBFILES.md); PrepareError for an unknown agent."""
+    job_id = str(entry["id"])
+    name = str(entry.get("agent"))
+    agent = cfg.agents.get(name)
+    if agent is None:
+        raise PrepareError(f"unknown agent {name!r} (not in the configuration "
+                           f"{cfg.source}; known: {', '.join(sorted(cfg.agents))})")
+    resume = entry.get("resume_session")
+    return {
+        "id": job_id,
+        "agent": name,
+        "adaptor": agent.adaptor,
+        "command": agent.command,
+        "args": list(agent.args),
+        "env": dict(agent.env),
+        "prompt": str(entry.get("prompt") or ""),
+        "model": agent.model,
+        "workspace": str(workspace_path(cfg, entry)),
+        "job_dir": str(layout.job_dir(job_id)),
+        "timeout": job_timeout(cfg, entry),
+        "heartbeat_interval": cfg.scheduler.heartbeat_interval,
+        "kill_grace": cfg.scheduler.kill_grace,
+        "user": agent.user,
+        "resume_session": resume if isinstance(resume, str) else None,
+    }
+
+
+def write_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> Path:
+    """Write jobs/<id>/spec.json (atomically, durably) for the adaptor; return its path."""
+    spec = build_spec(layout, cfg, entry)
+    ensure_dir(layout.job_dir(spec["id"]))
+    path = layout.job_spec(spec["id"])
+    write_record(JOB_SPEC, path, spec)
+    return path
+
+
+# --------------------------------------------------------------------------- workspace
+
+
+def _run_git(args: list[str], timeout: float, what: str) -> None:
+    """Run `git ARGS` (dying with us); PrepareError("<what> failed: <git's stderr>") if it
+    fails."""
+    try:
+        proc = subprocess.run(git_command(args), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True,
+                              errors="replace", env=git_env(), timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise PrepareError("cannot clone: git is not installed (not found on PATH)") from None
+    except subprocess.TimeoutExpired:
+        raise PrepareError(f"{what} timed out after {timeout:g}s") from None
+    if proc.returncode != 0:
+        err = proc.stderr.strip()[-_STDERR_TAIL:] or f"exit status {proc.returncode}"
+        raise PrepareError(f"{what} failed: {err}")
+
+
+def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
+           mirror: Path | None = None) -> None:
+    """Clone `repo` (from its mirror when given, then origin = the real URL) into dest."""
+    cmd = ["clone", "--quiet"]
+    if repo.branch:
+        cmd += ["--branch", repo.branch]
+    cmd += ["--", str(mirror) if mirror is not None else repo.url, str(dest)]
+    branch = f" branch {repo.branch!r}" if repo.branch else ""
+    _run_git(cmd, timeout, f"git clone of repository {name!r} ({repo.url}{branch})")
+    if mirror is not None:
+        _run_git(["-C", str(dest), "remote", "set-url", "origin", repo.url], timeout,
+                 f"setting origin of repository {name!r} to {repo.url}")
+
+
+def _mirrors(names: list[str], known: Mapping[str, RepoConfig],
+             mirrors_dir: str | os.PathLike[str] | None,
+             timeout: float) -> dict[str, Path | None]:
+    """Each repository's freshly fetched mirror (None each when there are no mirrors)."""
+    if mirrors_dir is None:
+        return dict.fromkeys(names)
+    try:
+        return {name: ensure_mirror(name, known[name], mirrors_dir, timeout=timeout)
+                for name in names}
+    except MirrorError as exc:
+        raise PrepareError(str(exc)) from None
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
+                      repositories: Mapping[str, RepoConfig] | None = None,
+                      mirrors_dir: str | os.PathLike[str] | None = None,
+                      clone_timeout: float = CLONE_TIMEOUT,
+                      fetch_timeout: float = FETCH_TIMEOUT) -> Path:
+    """Make the job's workspace and return it: an empty folder, or fresh clones of its repos.
+
+    One repository: the workspace is the clone. Several: one subfolder each, named after
+    the repository. `git clone --branch B` when the repository names a branch, else the
+    remote's default branch. `repositories` (e.g. the config's plus those registered with
+    `repo add`) defaults to cfg.repositories. With `mirrors_dir` the repositories' mirrors
+    there are created or fetched first and the workspace is cloned from them, origin set to
+    the real URL (the caller holds the repositories' locks); None clones from the URLs.
+    Idempotent: a complete workspace is returned as is (nothing is fetched), a half-made
+    one (a crash mid-clone) is removed and redone. PrepareError on failure, carrying git's
+    stderr; nothing half-made is left behind by a failure.
+    """
+    ws = workspace_path(cfg, entry)
+    if ws.is_dir():
+        return ws
+    if ws.exists() or ws.is_symlink():
+        raise PrepareError(f"workspace {ws} exists and is not a folder")
+    known = cfg.repositories if repositories is None else repositories
+    names = [str(r) for r in entry.get("repos") or []]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PrepareError(f"unknown repository {unknown[0]!r} (not in the configuration "
+                           "nor registered with `batchctl repo add`)")
+    if len(set(names)) != len(names):
+        raise PrepareError(f"repository listed twice: {', '.join(names)}")
+    ensure_dir(ws.parent)
+    if not names:
+        try:
+            os.mkdir(ws)
+        except FileExistsError:
+            pass
+        REAL.fsync_dir(str(ws.parent))
+        return ws
+    mirrors = _mirrors(names, known, mirrors_dir, fetch_timeout)
+    staging = ws.parent / f"{PREP_PREFIX}{ws.name}"
+    _remove_tree(staging)
+    try:
+        if len(names) == 1:
+            _clone(names[0], known[names[0]], staging, clone_timeout, mirrors[names[0]])
+        else:
+            os.mkdir(staging)
+            for name in names:
+                _clone(name, known[name], staging / name, clone_timeout, mirrors[name])
+        os.rename(staging, ws)
+    except BaseException:
+        _remove_tree(staging)
+        raise
+    REAL.fsync_dir(str(ws.parent))
+    return ws
+
+
+# --------------------------------------------------------------------------- kill
+
+
+def kill_group(pid: int | None, start: int | None, sig: int = signal.SIGTERM) -> bool:
+    """Send `sig` to the process group led by the adaptor (pid, start); True if sent.
+
+    Refuses (False) unless `pid` is alive with exactly that start time, so a reused pid is
+    never signalled: no start time, no signal. The adaptor leads its own process group
+    (setsid); should it not, only the adaptor itself is signalled. Processes of a group
+    whose leader is already gone are found by their BATCHD_JOB_DIR instead
+    (supervisor.state.proc.job_processes; their pgid may be reused).
+    """
+    if pid is None or start is None or pid <= 1 or not alive(pid, start):
+        return False
+    try:
+        leader = os.getpgid(pid) == pid
+        if leader:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True

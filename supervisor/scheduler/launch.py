@@ -1,0 +1,288 @@
+"""Starting a job's adaptor so that it outlives batchd: double fork + setsid, or a systemd unit.
+
+`launch(job_dir)` starts `<sys.executable> -m adaptors.run <job_dir>` (the interpreter batchd
+runs on, never a console-script name, so it works with the venv's bin/ off PATH) and returns at
+once; it never waits for the job. The scheduler has written `jobs/<id>/spec.json` before.
+
+direct (the fallback): fork; the child forks again and exits at once (the parent reaps it, no
+zombie), so the adaptor is re-parented to init or the nearest subreaper and is the child of no
+worker. The grandchild calls setsid() (leader of its own session and process group: pid ==
+pgid == sid, so one killpg reaches the whole job), resets signal dispositions and mask, puts
+/dev/null on stdin and `jobs/<id>/adaptor.log` (O_APPEND) on stdout/stderr, closes every other
+fd, chdirs to / and execs. Its pid and start time travel back over a pipe whose write end is
+close-on-exec: the exec itself closes it (EOF = started), or an exec error is written on it
+before _exit(127). So no pipe, socket or fd links the job to batchd afterwards (DESIGN law 5).
+
+systemd (`mode="systemd"`, or `"auto"` when $INVOCATION_ID says we run under systemd and
+`systemd-run` is on PATH): under the default KillMode=control-group of batchd.service every
+process in batchd's cgroup dies with it, a double fork does not help; so the job gets a
+transient unit of its own:
+    systemd-run --unit batchd-job-<id> --collect --quiet --property=KillMode=mixed
+        --property=TimeoutStopSec=<kill_grace + 30s> --property=StandardOutput=append:<log>
+        --property=StandardError=append:<log> --setenv=K=V... -- <python> -m adaptors.run <dir>
+KillMode=mixed (rather than control-group or process): `systemctl stop` sends SIGTERM to the
+adaptor only, which forwards it to the job's process group, waits kill_grace, SIGKILLs the
+group and writes result.json ("terminated"); after TimeoutStopSec systemd SIGKILLs whatever is
+still in the unit's cgroup, which also catches processes that escaped the process group (a
+cgroup cannot be left). control-group would SIGTERM every process at once, racing the adaptor's
+own orderly stop; `process` would leave escaped processes behind. --collect unloads the unit
+even when it failed, so the name can be used again. systemd-run does not pass our environment,
+so it is passed with --setenv. The pid is not known here: it comes from the job's sentinel
+(Launched.pid is None).
+
+In both modes the adaptor's environment is ours plus BATCHD_JOB_ID and BATCHD_JOB_DIR, minus
+the variables that describe batchd's own systemd service (NOTIFY_SOCKET, WATCHDOG_*, LISTEN_*,
+INVOCATION_ID, ...): a job must never notify or claim sockets as batchd.
+
+Crash safety: launch writes nothing but adaptor.log (opened O_APPEND, created if missing).
+If batchd dies between fork and the return, the adaptor runs anyway and writes its sentinel
+first thing; the scheduler's recovery finds it there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.state.layout import JOB_SPEC, Layout, read_record
+
+__all__ = [
+    "SYSTEMD_ENV_VARS",
+    "LaunchError",
+    "Launched",
+    "adaptor_argv",
+    "job_environ",
+    "launch",
+    "systemd_run_argv",
+    "unit_name",
+    "use_systemd",
+]
+
+#: Variables describing batchd's own systemd service, never passed to a job.
+SYSTEMD_ENV_VARS: frozenset[str] = frozenset({
+    "INVOCATION_ID", "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS",
+    "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "MAINPID", "MANAGERPID",
+    "SYSTEMD_EXEC_PID", "TRIGGER_UNIT", "TRIGGER_PATH", "MONITOR_SERVICE_RESULT",
+})
+
+_MODES = ("auto", "direct", "systemd")
+_SYSTEMD_RUN_TIMEOUT_S = 30.0
+_STOP_MARGIN_S = 30.0
+_DEFAULT_KILL_GRACE_S = 10.0
+
+
+class LaunchError(Exception):
+    """The job could not be started (the message says why); nothing of it runs."""
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A started job: the adaptor's pid and start time (direct), or its unit (systemd)."""
+
+    pid: int | None
+    start: int | None
+    unit: str | None
+
+
+def unit_name(job_id: str) -> str:
+    """The transient unit of a job: batchd-job-<id>.service (job ids are unit-name safe)."""
+    return f"batchd-job-{job_id}.service"
+
+
+def adaptor_argv(job_dir: Path, python: str | None = None) -> list[str]:
+    """`<python> -m adaptors.run <job_dir>`."""
+    return [python or sys.executable, "-m", "adaptors.run", str(job_dir)]
+
+
+def job_environ(job_dir: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The adaptor's environment: ours, minus batchd's systemd variables, plus BATCHD_JOB_*."""
+    base = os.environ if environ is None else environ
+    env = {k: v for k, v in base.items() if k not in SYSTEMD_ENV_VARS}
+    env["BATCHD_JOB_ID"] = job_dir.name
+    env["BATCHD_JOB_DIR"] = str(job_dir)
+    return env
+
+
+def use_systemd(mode: str, environ: Mapping[str, str]) -> bool:
+    """Whether `mode` means a transient systemd unit here."""
+    if mode not in _MODES:
+        raise LaunchError(f"launcher mode {mode!r} is not one of {', '.join(_MODES)}")
+    if mode == "auto":
+        return bool(environ.get("INVOCATION_ID")) and shutil.which(
+            "systemd-run", path=environ.get("PATH")) is not None
+    return mode == "systemd"
+
+
+def systemd_run_argv(job_dir: Path, log_path: Path, env: Mapping[str, str], *,
+                     python: str | None = None,
+                     kill_grace: float = _DEFAULT_KILL_GRACE_S) -> list[str]:
+    """The systemd-run command line that starts the job in a transient unit."""
+    argv = [
+        "systemd-run", "--unit", unit_name(job_dir.name), "--collect", "--quiet",
+        "--property=KillMode=mixed",
+        f"--property=TimeoutStopSec={int(kill_grace + _STOP_MARGIN_S)}",
+        f"--property=StandardOutput=append:{log_path}",
+        f"--property=StandardError=append:{log_path}",
+    ]
+    argv += [f"--setenv={k}={v}" for k, v in sorted(env.items())]
+    return [*argv, "--", *adaptor_argv(job_dir, python)]
+
+
+def _check(job_dir: Path, python: str) -> None:
+    if not job_dir.is_absolute():
+        raise LaunchError(f"job folder {job_dir} must be an absolute path")
+    spec = Layout(job_dir.parent.parent).job_spec(job_dir.name)
+    if not spec.is_file():
+        raise LaunchError(f"{spec} does not exist: write the spec before launching")
+    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise LaunchError(f"python interpreter {python!r} is missing or not executable")
+
+
+def _spec_kill_grace(job_dir: Path) -> float:
+    record = read_record(JOB_SPEC, Layout(job_dir.parent.parent).job_spec(job_dir.name),
+                         owner=False)
+    grace = record.get("kill_grace") if isinstance(record, dict) else None
+    if isinstance(grace, (int, float)) and not isinstance(grace, bool) and grace >= 0:
+        return float(grace)
+    return _DEFAULT_KILL_GRACE_S
+
+
+def _launch_systemd(job_dir: Path, log_path: Path, env: Mapping[str, str],
+                    python: str) -> Launched:
+    argv = systemd_run_argv(job_dir, log_path, env, python=python,
+                            kill_grace=_spec_kill_grace(job_dir))
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=_SYSTEMD_RUN_TIMEOUT_S, check=False, env=dict(env))
+    except FileNotFoundError as exc:
+        raise LaunchError(f"systemd-run not found: {exc}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise LaunchError(f"systemd-run did not answer within {_SYSTEMD_RUN_TIMEOUT_S}s") from exc
+    if done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+        raise LaunchError(f"systemd-run failed for {unit_name(job_dir.name)}: {why}")
+    return Launched(pid=None, start=None, unit=unit_name(job_dir.name))
+
+
+def _start_time_of_self() -> int:
+    """Our start time from /proc/self/stat, read with plain syscalls (safe after fork)."""
+    fd = os.open("/proc/self/stat", os.O_RDONLY)
+    try:
+        raw = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    return int(raw[raw.rfind(b")") + 2:].split()[19])
+
+
+def _grandchild(argv: list[str], env: dict[str, str], log_fd: int, null_fd: int,
+                report_fd: int) -> None:
+    """In the adaptor-to-be: new session, clean fds and signals, report pid, exec. Never returns."""
+    try:
+        os.setsid()
+        os.write(report_fd, f"{os.getpid()} {_start_time_of_self()}\n".encode())
+        for sig in range(1, signal.NSIG):
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                try:
+                    signal.signal(sig, signal.SIG_DFL)
+                except (OSError, ValueError):
+                    continue
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.closerange(3, report_fd)
+        os.closerange(report_fd + 1, 1 << 20)
+        os.chdir("/")
+        os.execve(argv[0], argv, env)
+    except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then _exit
+        try:
+            os.write(report_fd, f"ERR {type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(127)
+
+
+def _launch_direct(job_dir: Path, log_path: Path, env: dict[str, str], python: str) -> Launched:
+    argv = adaptor_argv(job_dir, python)
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise LaunchError(f"cannot open {log_path}: {exc}") from exc
+    null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            child = os.fork()
+        except OSError as exc:
+            raise LaunchError(f"fork failed: {exc}") from exc
+        if child == 0:
+            try:
+                os.close(report_r)
+                if os.fork() == 0:
+                    _grandchild(argv, env, log_fd, null_fd, report_w)
+            finally:
+                os._exit(0)
+        os.close(report_w)
+        report_w = -1
+        _reap(child)
+        report = _read_all(report_r)
+    finally:
+        for fd in (log_fd, null_fd, report_r, report_w):
+            if fd >= 0:
+                os.close(fd)
+    return _parse_report(report, argv)
+
+
+def _reap(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def _read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+    return data
+
+
+def _parse_report(report: bytes, argv: list[str]) -> Launched:
+    lines = report.decode(errors="replace").splitlines()
+    if not lines:
+        raise LaunchError(f"the adaptor process died before it could start: {argv}")
+    errors = [ln[4:] for ln in lines if ln.startswith("ERR ")]
+    if errors:
+        raise LaunchError(f"cannot exec {argv[0]}: {errors[-1]}")
+    try:
+        pid_text, start_text = lines[0].split()
+        return Launched(pid=int(pid_text), start=int(start_text), unit=None)
+    except ValueError as exc:
+        raise LaunchError(f"unreadable launch report {report!r}") from exc
+
+
+def launch(job_dir: Path, *, mode: str = "auto", log_path: Path | None = None,
+           environ: Mapping[str, str] | None = None, python: str | None = None) -> Launched:
+    """Start the adaptor for `job_dir` detached from us; raise LaunchError if it cannot start.
+
+    `environ` (default os.environ) is the environment the job inherits and where
+    $INVOCATION_ID / $PATH are looked up for mode "auto"; `python` defaults to sys.executable.
+    """
+    base = os.environ if environ is None else environ
+    interpreter = python or sys.executable
+    systemd = use_systemd(mode, base)
+    _check(job_dir, interpreter)
+    log = log_path or Layout(job_dir.parent.parent).job_adaptor_log(job_dir.name)
+    env = job_environ(job_dir, base)
+    if systemd:
+        return _launch_systemd(job_dir, log, env, interpreter)
+    return _launch_direct(job_dir, log, env, interpreter)

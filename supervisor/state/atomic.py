@@ -1,0 +1,251 @@
+"""Atomic, durable files: the one module through which state files reach the disk.
+
+Write: a temp file in the same folder (named `.tmp.<name>.<pid>.<rand>`), write, fsync,
+rename over the target, fsync the folder. A crash at any step leaves the target either
+old or new; the temp file left behind is recognisable by name and removed by
+`clean_tmp` once older than a grace period.
+
+Read: a file that cannot be used (empty, unparseable, wrong schema or version) is
+moved aside as `NAME.corrupted.<UTC timestamp>` and reported as `Corrupt`; a file
+that is not there is `Missing`. Evidence is never deleted and nothing raises a bare
+traceback at the caller.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from supervisor.state.fs import FS, REAL
+
+__all__ = [
+    "CORRUPT_MARK",
+    "TMP_PREFIX",
+    "Corrupt",
+    "Missing",
+    "clean_tmp",
+    "dump_json",
+    "ensure_dir",
+    "is_tmp_name",
+    "quarantine",
+    "read_bytes",
+    "read_json",
+    "remove",
+    "utc_stamp",
+    "write_bytes",
+    "write_json",
+]
+
+TMP_PREFIX = ".tmp."
+CORRUPT_MARK = ".corrupted."
+
+
+@dataclass(frozen=True)
+class Missing:
+    """The file does not exist (a normal state: nothing was ever written)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Corrupt:
+    """The file existed but could not be used; it now lives at `moved_to`."""
+
+    path: str
+    moved_to: str | None
+    reason: str
+
+
+def utc_stamp(now: float | None = None) -> str:
+    """A UTC timestamp usable in a file name: 20261128T114502.123456Z."""
+    t = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+    return t.strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def is_tmp_name(name: str) -> bool:
+    """True for the names `write_bytes` gives its temp files."""
+    return name.startswith(TMP_PREFIX)
+
+
+def _tmp_path(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{TMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes, *, fs: FS = REAL,
+                mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically and durably (temp, fsync, rename, fsync dir)."""
+    target = os.fspath(path)
+    tmp = _tmp_path(target)
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        fs.write(fd, data)
+        fs.fsync(fd)
+    except BaseException:
+        fs.close(fd)
+        try:
+            fs.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fs.close(fd)
+    fs.rename(tmp, target)
+    fs.fsync_dir(os.path.dirname(target) or ".")
+
+
+def dump_json(obj: Any) -> bytes:
+    """The canonical JSON encoding of state records (UTF-8, sorted keys, one trailing newline)."""
+    return (json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            + "\n").encode()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, fs: FS = REAL) -> None:
+    """Atomically and durably replace `path` with `obj` as JSON."""
+    write_bytes(path, dump_json(obj), fs=fs)
+
+
+def quarantine(path: str | os.PathLike[str], *, fs: FS = REAL,
+               now: float | None = None) -> str | None:
+    """Move a corrupt file aside as `NAME.corrupted.<UTC timestamp>`; return the new path.
+
+    Returns None if the file vanished meanwhile. The folder is fsynced so the move holds.
+    """
+    src = os.fspath(path)
+    dst = f"{src}{CORRUPT_MARK}{utc_stamp(now)}"
+    n = 1
+    while fs.exists(dst):
+        dst = f"{src}{CORRUPT_MARK}{utc_stamp(now)}.{n}"
+        n += 1
+    try:
+        fs.rename(src, dst)
+    except FileNotFoundError:
+        return None
+    fs.fsync_dir(os.path.dirname(src) or ".")
+    return dst
+
+
+def read_bytes(path: str | os.PathLike[str], *, fs: FS = REAL) -> bytes | Missing:
+    """The file's bytes, or Missing. A folder where the file should be raises
+    IsADirectoryError (read_json reports it as Corrupt, without moving it)."""
+    p = os.fspath(path)
+    try:
+        return fs.read_file(p)
+    except FileNotFoundError:
+        return Missing(p)
+
+
+def read_json(
+    path: str | os.PathLike[str],
+    *,
+    validate: Callable[[Any], str | None] | None = None,
+    fs: FS = REAL,
+    move_corrupt: bool = True,
+) -> Any | Missing | Corrupt:
+    """Parse a JSON state file.
+
+    `validate(obj)` returns None when the object is usable, else the reason it is not.
+    Empty, unparseable or invalid content is quarantined (unless `move_corrupt` is
+    False: readers that do not own the file must not move it) and reported as Corrupt.
+    """
+    p = os.fspath(path)
+    try:
+        raw = read_bytes(p, fs=fs)
+    except IsADirectoryError:
+        # Not a damaged record but something else in its place: say so, move nothing
+        # (quarantining would rename a whole folder, maybe somebody else's).
+        return Corrupt(p, None, "a folder, not a file")
+    if isinstance(raw, Missing):
+        return raw
+    reason: str | None
+    obj: Any = None
+    if not raw.strip():
+        reason = "empty file"
+    else:
+        try:
+            obj = json.loads(raw)
+            reason = validate(obj) if validate is not None else None
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers bad UTF-8 and bad JSON, and also integers longer than
+            # int()'s digit limit; RecursionError is nesting too deep for the parser.
+            reason = f"not valid JSON: {exc}"
+    if reason is None:
+        return obj
+    moved = quarantine(p, fs=fs) if move_corrupt else None
+    return Corrupt(p, moved, reason)
+
+
+def ensure_dir(path: str | os.PathLike[str], *, fs: FS = REAL) -> None:
+    """Create `path` and missing parents, fsyncing each parent so the entries hold.
+
+    An existing `path` gets its parent fsynced too: a process killed between its mkdir
+    and that fsync leaves a folder that exists but would vanish at a power cut, with
+    everything later written in it. (Creation goes top-down with an fsync per level, so
+    only the deepest level a killed process made can be in that state.)
+    """
+    p = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(p)
+    if parent == p:
+        return
+    if not fs.exists(p):
+        ensure_dir(parent, fs=fs)
+        try:
+            fs.mkdir(p)
+        except FileExistsError:
+            pass
+    fs.fsync_dir(parent)
+
+
+def remove(path: str | os.PathLike[str], *, fs: FS = REAL) -> bool:
+    """Unlink `path` durably (fsync the folder). False if it was already gone.
+
+    The folder is fsynced even then: the file may be gone only because a process was
+    killed between its unlink and its fsync, and that removal could still revert.
+    """
+    p = os.fspath(path)
+    folder = os.path.dirname(p) or "."
+    try:
+        fs.unlink(p)
+        removed = True
+    except FileNotFoundError:
+        removed = False
+    if removed or fs.exists(folder):
+        fs.fsync_dir(folder)
+    return removed
+
+
+def clean_tmp(folder: str | os.PathLike[str], grace_s: float, *, fs: FS = REAL,
+              now: float | None = None) -> list[str]:
+    """Remove temp files in `folder` older than `grace_s` seconds; return what was removed.
+
+    A temp file younger than the grace may belong to a write in progress and is kept.
+    """
+    d = os.fspath(folder)
+    t = time.time() if now is None else now
+    removed: list[str] = []
+    try:
+        names = fs.listdir(d)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not is_tmp_name(name):
+            continue
+        p = os.path.join(d, name)
+        try:
+            if t - fs.mtime(p) < grace_s:
+                continue
+            fs.unlink(p)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            continue
+        removed.append(p)
+    if removed:
+        fs.fsync_dir(d)
+    return removed

@@ -1,0 +1,102 @@
+"""The job record's outside shape, job ids, and the requests that carry jobs to the scheduler.
+
+A job travels: batchctl validates it, drops a `submit` REQUEST into `scheduler/inbox/`
+(one file per `submit`, all jobs of a `--from` file in one, so it is all or nothing), the
+scheduler enqueues it into its WAL (idempotent by job id) and only then removes the file.
+`job_record` turns what the queue holds into the record of CONTRACT.md, every key present.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from supervisor.state.clock import iso_now
+from supervisor.state.queue import TERMINAL_STATES
+
+__all__ = [
+    "JOB_ID_RE",
+    "RECORD_FIELDS",
+    "SUBMIT_KEYS",
+    "batch_record",
+    "cancel_request",
+    "job_record",
+    "new_job_id",
+    "submit_request",
+    "valid_job_id",
+]
+
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+#: The keys of a job record (`status JOB --json`, `jobs --json`, webhook bodies), in order.
+RECORD_FIELDS: tuple[str, ...] = (
+    "id", "state", "agent", "repos", "batch", "created_at", "started_at", "finished_at",
+    "exit_code", "reason", "attempts", "pid", "workspace", "output_path",
+    "callback", "timeout", "exclusive",
+)
+
+#: Keys a submission (a `--from` JSONL line, or the flags of `submit`) may carry.
+SUBMIT_KEYS: frozenset[str] = frozenset(
+    {"agent", "prompt", "repos", "callback", "timeout", "batch", "id", "exclusive"})
+
+
+def batch_record(batch: str, states: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """The contract's batch record, {batch, counts, done, jobs}, from (job id, state)
+    pairs in submission order (`batchctl batch`, and the body of a batch webhook)."""
+    pairs = list(states)
+    counts: dict[str, int] = {}
+    for _, state in pairs:
+        counts[state] = counts.get(state, 0) + 1
+    return {"batch": batch, "counts": counts,
+            "done": all(state in TERMINAL_STATES for _, state in pairs),
+            "jobs": [job_id for job_id, _ in pairs]}
+
+
+def valid_job_id(job_id: object) -> bool:
+    """True for ids matching [A-Za-z0-9][A-Za-z0-9._-]{0,63} (no path tricks possible)."""
+    return isinstance(job_id, str) and JOB_ID_RE.fullmatch(job_id) is not None
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A fresh, time-sortable job id: 20261128T114502-3fa9c1d2."""
+    t = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+    return f"{t.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def submit_request(jobs: list[dict[str, Any]], *, request_id: str | None = None,
+                   now: float | None = None) -> dict[str, Any]:
+    """The REQUEST body that hands `jobs` (already validated, each with an id) to the scheduler."""
+    return {
+        "id": request_id or f"submit-{secrets.token_hex(8)}",
+        "kind": "submit",
+        "created_at": iso_now(now),
+        "jobs": jobs,
+    }
+
+
+def cancel_request(job_id: str, *, now: float | None = None) -> dict[str, Any]:
+    """The REQUEST body asking the scheduler to cancel `job_id`."""
+    return {
+        "id": f"cancel-{job_id}-{secrets.token_hex(4)}",
+        "kind": "cancel",
+        "job": job_id,
+        "created_at": iso_now(now),
+    }
+
+
+def job_record(entry: dict[str, Any]) -> dict[str, Any]:
+    """The contract's job record from a queue entry: every field present, null when unknown.
+
+    `pid` is shown only while the job is starting or running.
+    """
+    rec: dict[str, Any] = {k: entry.get(k) for k in RECORD_FIELDS}
+    rec["repos"] = list(entry.get("repos") or [])
+    rec["attempts"] = int(entry.get("attempts") or 0)
+    rec["exclusive"] = bool(entry.get("exclusive") or False)
+    if rec["state"] not in ("starting", "running"):
+        rec["pid"] = None
+    return rec

@@ -1,0 +1,294 @@
+"""The on-disk contract: every name under state_dir, who writes it, and each record's format.
+
+This is the one place that knows the state directory's layout. Each record kind has a
+schema name and version; `read_record` tells a missing file from a corrupt one and
+quarantines the corrupt one (only the owner may: readers pass `owner=False`).
+
+    <state_dir>/
+      batchd.lock                 parent   never replaced; a held POSIX lock = batchd is alive
+      batchd.pid                  parent   record "pid": pid + start time of the running batchd
+      workers.json                parent   record "workers": each worker's process state
+      startup-log.json            parent   record "startup_log": the last 10 startups
+      repos.json                  batchctl record "repos": repositories added by `repo add`
+      repos.lock                  batchctl empty, never written: flock serializes `repo add/remove`
+      mirrors/<name>.git          scheduler bare `git clone --mirror` of each repository, fetched
+                                           under the repository's lock (supervisor.state.repos)
+      control/inbox/<req>.json    batchctl request "control" (start/stop/restart/shutdown/reload)
+      control/replies/<req>.json  parent   record "reply" to one control request
+      ready/<worker>.json         worker   record "ready": recovery done (pid, found, did)
+      scheduler/inbox/            batchctl requests to the scheduler (submit, cancel)
+      scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
+      scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
+      locks/inbox/, locks/state.json          locks worker
+      callbacks/inbox/, callbacks/outbox/     callbacks worker
+      reaper/inbox/, reaper/state.json        reaper worker
+      jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json,
+                                           adaptor.log (launcher-opened, adaptor-written),
+                                           adaptor.lock (flock held by the live adaptor)
+      workspaces/<id>/            scheduler (created), the job (contents)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor.state.atomic import Corrupt, Missing, ensure_dir, read_json, write_json
+from supervisor.state.fs import FS, REAL
+
+__all__ = [
+    "CONTROL",
+    "DELIVERY",
+    "JOB_SPEC",
+    "PID",
+    "READY",
+    "REPLY",
+    "REPOS",
+    "REQUEST",
+    "RESULT",
+    "SENTINEL",
+    "STARTUP_LOG",
+    "WORKERS",
+    "WORKER_NAMES",
+    "WORKER_STATE",
+    "Layout",
+    "RecordKind",
+    "mirror_path",
+    "read_record",
+    "send_request",
+    "write_record",
+]
+
+#: The four workers, in startup order (DESIGN.md: scheduler -> locks -> reaper, callbacks).
+WORKER_NAMES: tuple[str, ...] = ("scheduler", "locks", "reaper", "callbacks")
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """One kind of JSON record: its schema name, current version and required keys."""
+
+    schema: str
+    version: int
+    required: tuple[str, ...] = ()
+
+    def validate(self, obj: Any) -> str | None:
+        """None if `obj` is a well-formed record of this kind, else why it is not."""
+        if not isinstance(obj, dict):
+            return f"expected a JSON object, found {type(obj).__name__}"
+        if obj.get("schema") != self.schema:
+            return f"schema is {obj.get('schema')!r}, expected {self.schema!r}"
+        if obj.get("v") != self.version:
+            return f"schema version is {obj.get('v')!r}, this batchd reads {self.version}"
+        missing = [k for k in self.required if k not in obj]
+        if missing:
+            return f"missing keys: {', '.join(missing)}"
+        return None
+
+
+PID = RecordKind("batchd.pid", 1, ("pid", "start", "started_at"))
+WORKERS = RecordKind("batchd.workers", 1, ("workers",))
+STARTUP_LOG = RecordKind("batchd.startup_log", 1, ("startups",))
+READY = RecordKind("batchd.ready", 1, ("worker", "pid", "start", "ready_at"))
+CONTROL = RecordKind("batchd.control", 1, ("id", "op"))
+REPLY = RecordKind("batchd.reply", 1, ("id", "ok"))
+#: A request dropped into a worker's inbox (`<worker>/inbox/<id>.json`) by batchctl or a peer.
+REQUEST = RecordKind("batchd.request", 1, ("id", "kind"))
+#: A worker's own small state file (`<worker>/state.json`), e.g. the locks table.
+WORKER_STATE = RecordKind("batchd.worker_state", 1, ("worker",))
+#: What the scheduler hands an adaptor (`jobs/<id>/spec.json`), written before launch.
+JOB_SPEC = RecordKind("batchd.job_spec", 1, ("id", "adaptor", "prompt", "workspace"))
+#: The adaptor's heartbeat (`jobs/<id>/sentinel.json`), refreshed every heartbeat_interval.
+SENTINEL = RecordKind("batchd.sentinel", 1, ("id", "pid", "start", "heartbeat_at"))
+#: The adaptor's last word (`jobs/<id>/result.json`), written once, atomically, on exit.
+RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
+#: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
+#: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
+REPOS = RecordKind("batchd.repos", 1, ("repos",))
+#: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
+DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
+
+
+def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
+                 *, fs: FS = REAL) -> None:
+    """Atomically and durably write `data` as a record of `kind` (adds schema and v)."""
+    body = dict(data)
+    body["schema"] = kind.schema
+    body["v"] = kind.version
+    write_json(path, body, fs=fs)
+
+
+def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
+                fs: FS = REAL) -> dict[str, Any] | Missing | Corrupt:
+    """Read a record of `kind`: the dict, Missing, or Corrupt (quarantined if `owner`).
+
+    `owner` has no default: every reader says whether it owns the file (law 1), so one
+    that forgets cannot move aside a file it does not own."""
+    result = read_json(path, validate=kind.validate, fs=fs, move_corrupt=owner)
+    if isinstance(result, (Missing, Corrupt)):
+        return result
+    assert isinstance(result, dict)
+    return result
+
+
+def mirror_path(mirrors_dir: str | os.PathLike[str], name: str) -> Path:
+    """`<mirrors_dir>/<name>.git`: where repository `name` is mirrored (Layout.mirror)."""
+    return Path(mirrors_dir) / f"{name}.git"
+
+
+class Layout:
+    """Paths under one state directory. Pure names: nothing here touches the disk."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.root = Path(state_dir)
+
+    # -- the parent ------------------------------------------------------------
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "batchd.lock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "batchd.pid"
+
+    @property
+    def workers_file(self) -> Path:
+        return self.root / "workers.json"
+
+    @property
+    def startup_log(self) -> Path:
+        return self.root / "startup-log.json"
+
+    @property
+    def repos_file(self) -> Path:
+        return self.root / "repos.json"
+
+    @property
+    def repos_lock(self) -> Path:
+        """flock'ed (exclusive) by `batchctl repo add/remove` around its read and write of
+        repos.json. Created empty with O_CREAT; never written, replaced or removed."""
+        return self.root / "repos.lock"
+
+    @property
+    def mirrors_dir(self) -> Path:
+        return self.root / "mirrors"
+
+    def mirror(self, name: str) -> Path:
+        """The bare mirror of repository `name`."""
+        return mirror_path(self.mirrors_dir, name)
+
+    @property
+    def control_inbox(self) -> Path:
+        return self.root / "control" / "inbox"
+
+    @property
+    def control_replies(self) -> Path:
+        return self.root / "control" / "replies"
+
+    def reply_file(self, request_id: str) -> Path:
+        return self.control_replies / f"{request_id}.json"
+
+    # -- the workers -----------------------------------------------------------
+    @property
+    def ready_dir(self) -> Path:
+        return self.root / "ready"
+
+    def ready_file(self, worker: str) -> Path:
+        return self.ready_dir / f"{worker}.json"
+
+    def worker_dir(self, worker: str) -> Path:
+        return self.root / worker
+
+    def inbox(self, worker: str) -> Path:
+        return self.root / worker / "inbox"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.root / "scheduler" / "wal"
+
+    @property
+    def submit_lock(self) -> Path:
+        """flock'ed (exclusive) by `batchctl submit` around its duplicate check and write.
+
+        Created empty with O_CREAT by the first submit; never written, replaced or removed.
+        """
+        return self.root / "scheduler" / "submit.lock"
+
+    def worker_state(self, worker: str) -> Path:
+        return self.root / worker / "state.json"
+
+    @property
+    def callbacks_outbox(self) -> Path:
+        return self.root / "callbacks" / "outbox"
+
+    # -- jobs ------------------------------------------------------------------
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def job_output(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "output"
+
+    def job_events(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "events.jsonl"
+
+    def job_sentinel(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "sentinel.json"
+
+    def job_result(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "result.json"
+
+    def job_spec(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "spec.json"
+
+    def job_lock(self, job_id: str) -> Path:
+        """Held (flock, exclusive) by the job's adaptor for its whole life; never replaced."""
+        return self.job_dir(job_id) / "adaptor.lock"
+
+    def job_adaptor_log(self, job_id: str) -> Path:
+        """The adaptor's own stdout/stderr (diagnostics, not the job's output)."""
+        return self.job_dir(job_id) / "adaptor.log"
+
+    def all_dirs(self) -> list[Path]:
+        """The folders batchd creates at start (each owner creates its own again if missing)."""
+        dirs = [self.root, self.control_inbox, self.control_replies, self.ready_dir,
+                self.jobs_dir, self.wal_dir]
+        dirs += [self.inbox(w) for w in WORKER_NAMES]
+        return dirs
+
+
+#: Inbox folders this process has made durable (see send_request).
+_ENSURED: set[str] = set()
+
+
+def send_request(layout: Layout, worker: str, request: Mapping[str, Any], *,
+                 fs: FS = REAL) -> Path:
+    """Drop `request` (a REQUEST body with an "id") into `worker`'s inbox as
+    `<inbox>/<id>.json`, atomically and durably; its path. The one way any process hands
+    a worker a request (law 1: the inbox is the owner's door).
+
+    The inbox folder is created and its parent fsynced once per process (a process killed
+    between a mkdir and that fsync is covered by the next process's first call), not on
+    every request. A crash before the rename leaves a temp file that is never read as a
+    request; after it the request is whole, and its id names it, so a replay rewrites the
+    same file and the owner handles it once.
+    """
+    inbox = layout.inbox(worker)
+    key = os.fspath(inbox)
+    path = inbox / f"{request['id']}.json"
+    if key not in _ENSURED:
+        ensure_dir(inbox, fs=fs)
+        _ENSURED.add(key)
+    try:
+        write_record(REQUEST, path, dict(request), fs=fs)
+    except FileNotFoundError:            # the folder went away since: make it again
+        _ENSURED.discard(key)
+        ensure_dir(inbox, fs=fs)
+        _ENSURED.add(key)
+        write_record(REQUEST, path, dict(request), fs=fs)
+    return path

@@ -1,0 +1,329 @@
+"""The repository lock table: FIFO queues and all-or-nothing grants, as functions over plain data.
+
+Pure: no file, no clock, no process. The locks worker (supervisor/locks.py) keeps a
+`Table` in memory, applies requests to it with `acquire` / `release` / `drop`, then
+`grant`s and saves `to_record(table)` as locks/state.json; batchctl and the scheduler read
+that file back with `from_record`. The request bodies of the protocol are built here too
+(`acquire_request`, `release_request`, `granted_hint`), so sender and receiver share one
+definition of them.
+
+The rules (LOCKS.md):
+- Every lock is exclusive per repository: a repository is held by at most one job.
+- A job asks for all its repositories at once. It is queued in each one's FIFO queue,
+  ordered by the `seq` its acquire carries (the scheduler hands them out increasing in
+  the order jobs leave `queued`), so a request that is seen late still takes its place.
+- A job is granted when, for EACH of its repositories, the repository is free, available
+  (still configured or registered) and the job is first in its queue: all or nothing, so
+  no job ever holds part of what it needs (no deadlock: the waiting job with the lowest
+  seq is first in all of its queues), and no job overtakes an older one in any queue.
+- Acquire and release are idempotent by job: an acquire of a job that already waits or
+  holds changes nothing; a release of a job the table does not know changes nothing.
+- Release (or drop) of a job frees everything it holds and takes it out of every queue.
+
+The state record (kind WORKER_STATE) `to_record` makes:
+
+    {"worker": "locks",
+     "held": [{"repo", "job", "since", "exclusive"}, ...],      # in grant order
+     "waiting": {"<repo>": [job ids, first in line first]},
+     "unavailable": [repos named by held/waiting jobs, no longer known],
+     "wants": {"<job>": {"repos": [...], "exclusive", "seq", "created_at"}}}   # waiting jobs
+
+`wants` is what the worker needs to rebuild the queues exactly (which repositories a
+waiting job needs, its place in line); `from_record` checks the whole shape and that
+`waiting` and `wants` agree, and says what is wrong otherwise.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.state.jobs import valid_job_id
+
+__all__ = [
+    "ACQUIRE",
+    "GRANTED",
+    "RELEASE",
+    "Lock",
+    "Table",
+    "Want",
+    "acquire",
+    "acquire_request",
+    "drop",
+    "exclusive_for",
+    "from_record",
+    "grant",
+    "granted_hint",
+    "release",
+    "release_request",
+    "to_record",
+    "unavailable",
+]
+
+#: Request kinds: into locks/inbox (acquire, release) and scheduler/inbox (the grant hint).
+ACQUIRE = "acquire"
+RELEASE = "release"
+GRANTED = "lock_granted"
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A held repository lock: who holds it, since when (ISO), and whether for its whole run."""
+
+    job: str
+    since: str
+    exclusive: bool = False
+
+
+@dataclass(frozen=True)
+class Want:
+    """A waiting job's request: its repositories, exclusivity, place in line, submit time."""
+
+    repos: tuple[str, ...]
+    exclusive: bool = False
+    seq: int = 0
+    created_at: str | None = None
+
+
+@dataclass
+class Table:
+    """The whole lock state: held locks (repo -> Lock, grant order), FIFO queues, requests."""
+
+    held: dict[str, Lock] = field(default_factory=dict)
+    waiting: dict[str, list[str]] = field(default_factory=dict)
+    wants: dict[str, Want] = field(default_factory=dict)
+
+    def holder(self, repo: str) -> str | None:
+        """The job holding `repo`, or None when it is free."""
+        lock = self.held.get(repo)
+        return None if lock is None else lock.job
+
+    def holds(self, job: str) -> list[str]:
+        """The repositories `job` holds, in grant order."""
+        return [repo for repo, lock in self.held.items() if lock.job == job]
+
+    def knows(self, job: str) -> bool:
+        """True if `job` holds a lock or waits for one."""
+        return job in self.wants or any(lock.job == job for lock in self.held.values())
+
+    def jobs(self) -> set[str]:
+        """Every job the table mentions (holding or waiting)."""
+        return {lock.job for lock in self.held.values()} | set(self.wants)
+
+
+# -- the operations ---------------------------------------------------------------------------
+
+def _key(table: Table, job: str) -> tuple[int, str]:
+    return (table.wants[job].seq, job)
+
+
+def acquire(table: Table, job: str, want: Want) -> bool:
+    """Queue `job` for `want.repos` in seq order; False (nothing changed) if it is known."""
+    if table.knows(job) or not want.repos:
+        return False
+    table.wants[job] = want
+    mine = (want.seq, job)
+    for repo in want.repos:
+        queue = table.waiting.setdefault(repo, [])
+        if not queue or _key(table, queue[-1]) <= mine:
+            queue.append(job)            # the usual case: the newest request
+        else:
+            bisect.insort(queue, job, key=lambda other: _key(table, other))
+    return True
+
+
+def release(table: Table, job: str) -> bool:
+    """Free every lock `job` holds and take it out of every queue; False if it was unknown."""
+    changed = False
+    for repo in table.holds(job):
+        del table.held[repo]
+        changed = True
+    want = table.wants.pop(job, None)
+    if want is not None:
+        changed = True
+        for repo in want.repos:
+            queue = table.waiting.get(repo, [])
+            if job in queue:
+                queue.remove(job)
+            if not queue:
+                table.waiting.pop(repo, None)
+    return changed
+
+
+def drop(table: Table, jobs: Iterable[str]) -> list[str]:
+    """Release each of `jobs` (terminal or vanished ones); those that were in the table."""
+    return [job for job in jobs if release(table, job)]
+
+
+def _first(table: Table, repo: str) -> str | None:
+    queue = table.waiting.get(repo)
+    return queue[0] if queue else None
+
+
+def grant(table: Table, now: str, available: Callable[[str], bool] = lambda repo: True
+          ) -> list[str]:
+    """Give every job that can have ALL its repositories now their locks; the jobs granted.
+
+    Only a job first in a queue can be granted, so only the heads are looked at, oldest
+    request first. One pass finds every grant: a job that becomes first in a queue during
+    the pass became so because the job before it was granted that very repository.
+    """
+    heads = sorted({queue[0] for queue in table.waiting.values() if queue},
+                   key=lambda job: _key(table, job))
+    granted = []
+    for job in heads:
+        want = table.wants[job]
+        if not all(available(repo) and repo not in table.held and _first(table, repo) == job
+                   for repo in want.repos):
+            continue
+        for repo in want.repos:
+            table.held[repo] = Lock(job, now, want.exclusive)
+            queue = table.waiting[repo]
+            queue.pop(0)
+            if not queue:
+                del table.waiting[repo]
+        del table.wants[job]
+        granted.append(job)
+    return granted
+
+
+def exclusive_for(entry: Mapping[str, Any], repositories: Mapping[str, Any]) -> bool:
+    """Whether a job holds its locks for its whole run: the scheduler's decision recorded
+    in its entry (`lock_exclusive`), else its own `exclusive` or any of its repositories'
+    (`repositories`: name -> RepoConfig; an unknown name counts as not exclusive)."""
+    decided = entry.get("lock_exclusive")
+    if isinstance(decided, bool):
+        return decided
+    if entry.get("exclusive") is True:
+        return True
+    return any(getattr(repositories.get(str(name)), "exclusive", False) is True
+               for name in entry.get("repos") or [])
+
+
+def unavailable(table: Table, known: Container[str]) -> list[str]:
+    """Repositories named by held locks or queues that are not in `known`, sorted."""
+    return sorted({repo for repo in [*table.held, *table.waiting] if repo not in known})
+
+
+# -- the record (locks/state.json) ------------------------------------------------------------
+
+def to_record(table: Table, unavailable_repos: Iterable[str] = ()) -> dict[str, Any]:
+    """The table as the WORKER_STATE record's body (see the module docstring)."""
+    return {
+        "worker": "locks",
+        "held": [{"repo": repo, "job": lock.job, "since": lock.since,
+                  "exclusive": lock.exclusive} for repo, lock in table.held.items()],
+        "waiting": {repo: list(queue) for repo, queue in table.waiting.items()},
+        "unavailable": list(unavailable_repos),
+        "wants": {job: {"repos": list(w.repos), "exclusive": w.exclusive, "seq": w.seq,
+                        "created_at": w.created_at} for job, w in table.wants.items()},
+    }
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _held(raw: object) -> dict[str, Lock] | str:
+    if not isinstance(raw, list):
+        return "'held' must be a list"
+    held: dict[str, Lock] = {}
+    for i, lock in enumerate(raw):
+        if not (isinstance(lock, dict)
+                and all(isinstance(lock.get(k), str) for k in ("repo", "job", "since"))):
+            return f"held[{i}] must be an object with string repo, job and since"
+        if not isinstance(lock.get("exclusive", False), bool):
+            return f"held[{i}].exclusive must be true or false"
+        if lock["repo"] in held:
+            return f"held[{i}]: repository {lock['repo']!r} is held twice"
+        held[lock["repo"]] = Lock(lock["job"], lock["since"], lock.get("exclusive", False))
+    return held
+
+
+def _want(job: str, raw: object) -> Want | str:
+    if not isinstance(raw, dict):
+        return f"wants[{job!r}] must be an object"
+    repos, seq, created = raw.get("repos"), raw.get("seq"), raw.get("created_at")
+    if not _is_str_list(repos) or not repos or len(set(repos)) != len(repos):
+        return f"wants[{job!r}].repos must be a non-empty list of distinct names"
+    if not isinstance(raw.get("exclusive"), bool):
+        return f"wants[{job!r}].exclusive must be true or false"
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return f"wants[{job!r}].seq must be an integer"
+    if created is not None and not isinstance(created, str):
+        return f"wants[{job!r}].created_at must be a string or null"
+    return Want(tuple(repos), raw["exclusive"], seq, created)
+
+
+def _consistent(table: Table) -> str | None:
+    """None if queues and wants describe the same waiting jobs, else the first mismatch."""
+    for repo, queue in table.waiting.items():
+        if not queue:
+            return f"waiting[{repo!r}] is empty"
+        if len(set(queue)) != len(queue):
+            return f"waiting[{repo!r}] lists a job twice"
+        for job in queue:
+            want = table.wants.get(job)
+            if want is None or repo not in want.repos:
+                return f"waiting[{repo!r}]: job {job!r} has no matching entry in 'wants'"
+    for job, want in table.wants.items():
+        if any(job not in table.waiting.get(repo, []) for repo in want.repos):
+            return f"wants[{job!r}]: the job is missing from a queue it asks for"
+        if any(lock.job == job for lock in table.held.values()):
+            return f"job {job!r} both holds locks and waits"
+    return None
+
+
+def from_record(rec: Mapping[str, Any]) -> Table | str:
+    """The table a state record holds, or a sentence saying what is wrong with it.
+
+    `wants` may be absent only when nothing waits (a record of the first version).
+    """
+    held = _held(rec.get("held"))
+    if isinstance(held, str):
+        return held
+    raw_waiting = rec.get("waiting")
+    if not isinstance(raw_waiting, dict):
+        return "'waiting' must be an object"
+    waiting: dict[str, list[str]] = {}
+    for repo, ids in raw_waiting.items():
+        if not (_is_str_list(ids) and all(valid_job_id(j) for j in ids)):
+            return f"waiting[{repo!r}] must be a list of job ids"
+        waiting[repo] = list(ids)
+    unavail = rec.get("unavailable", [])
+    if not _is_str_list(unavail):
+        return "'unavailable' must be a list of repository names"
+    raw_wants = rec.get("wants", {})
+    if not isinstance(raw_wants, dict):
+        return "'wants' must be an object"
+    wants: dict[str, Want] = {}
+    for job, raw in raw_wants.items():
+        want = _want(job, raw)
+        if isinstance(want, str):
+            return want
+        wants[job] = want
+    table = Table(held, waiting, wants)
+    problem = _consistent(table)
+    return table if problem is None else problem
+
+
+# -- the requests --------------------------------------------------------------------------------
+
+def acquire_request(job: str, repos: Iterable[str], *, exclusive: bool, seq: int,
+                    created_at: str) -> dict[str, Any]:
+    """The REQUEST body asking the locks worker for `repos` (id acquire-<job>: a replay is
+    the same file)."""
+    return {"id": f"acquire-{job}", "kind": ACQUIRE, "job": job, "repos": list(repos),
+            "exclusive": exclusive, "seq": seq, "created_at": created_at}
+
+
+def release_request(job: str, *, created_at: str) -> dict[str, Any]:
+    """The REQUEST body freeing everything `job` holds or waits for (id release-<job>)."""
+    return {"id": f"release-{job}", "kind": RELEASE, "job": job, "created_at": created_at}
+
+
+def granted_hint(job: str, *, created_at: str) -> dict[str, Any]:
+    """The hint into scheduler/inbox that `job` now holds its locks (id granted-<job>)."""
+    return {"id": f"granted-{job}", "kind": GRANTED, "job": job, "created_at": created_at}

@@ -1,0 +1,455 @@
+"""Webhooks, the shared half: event ids, delivery requests, the delivery record's state
+machine, status classification, signatures, and the HTTP transport (injectable).
+
+The scheduler and batchctl import this module to hand events to the callbacks worker; the
+worker imports it to deliver them. It imports only the state layer (never a worker), and
+`requests` only when a `RequestsTransport` is made, so the scheduler does not load it.
+
+The path of one event (at-least-once across any crash):
+
+1. The scheduler, BEFORE it records a job's terminal state in its WAL, drops a REQUEST
+   `callbacks/inbox/<event id>.json` (`delivery_request` + `drop_request`: temp file,
+   fsync, rename, fsync folder). The event id is deterministic (`job_event_id`,
+   `batch_event_id`: uuid5), so a replay after a crash rewrites the same file name.
+2. The callbacks worker turns the request into a DELIVERY record
+   `callbacks/outbox/<event id>.json` (state "pending") unless that record exists (a
+   replay), and only then removes the request: a crash in between replays the request,
+   which finds the record and does nothing.
+3. Each try: the record is rewritten "in_flight" (attempts + 1) BEFORE the POST, and
+   rewritten with the outcome after it. A crash during the POST leaves "in_flight", which
+   the worker's recovery turns back into "pending" (due at once): the receiver may see the
+   event twice and dedupes by `Idempotency-Key` (the event id, identical on every try).
+
+Delivery state machine (`TRANSITIONS`, state x event -> state):
+
+    pending   --send-->            in_flight   (attempts + 1, written before the POST)
+    in_flight --delivered-->       delivered   (2xx)
+    in_flight --retry-->           pending     (408, 429, 5xx, timeout, connection error;
+                                                due after the next retry_schedule delay)
+    in_flight --exhausted-->       failed      (a retriable outcome, no delay left)
+    in_flight --failed-->          failed      (other 4xx, any 3xx, a malformed URL)
+    in_flight --interrupted-->     pending     (recovery: the worker died during the POST)
+    pending   --operator_retry-->  pending     (`batchctl callbacks retry`: due now)
+    failed    --operator_retry-->  pending     (due now, with a fresh retry schedule)
+
+A delivered record is final: `operator_retry` on it is refused (InvalidTransition).
+
+Classification: 2xx delivered; 408, 429 and 5xx retried; any other 4xx failed at once;
+3xx failed at once as well: redirects are never followed (the URL was validated at submit,
+a redirect would send the body somewhere that was not, and a POST redirect changes meaning
+between 301/302/303 and 307/308), so a 3xx means the configured URL is wrong. A status
+outside 200-599 (a broken proxy, a stray 1xx) is not an answer: retried like a connection
+error. Transport errors are retried, except a URL `requests` cannot use at all (failed).
+
+Retry schedule: `next_delay(n, schedule)` is the pause after the n-th try of the current
+round: schedule[n-1], or None when the schedule is exhausted. [30s, 2m, 10m] gives tries
+at t0, t0+30s, t0+150s, t0+750s, then failed. An operator retry starts a new round
+(`retry_base` = the attempts so far); `attempts` keeps counting every try ever made, and
+a try cut short by a crash counts (the receiver may have got it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+
+from supervisor import __version__
+from supervisor.state.atomic import dump_json
+from supervisor.state.clock import iso_now
+from supervisor.state.fs import FS, REAL
+from supervisor.state.layout import Layout, send_request
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = [
+    "DELIVERED",
+    "DELIVERY_STATES",
+    "EVENT_NAMESPACE",
+    "FAILED",
+    "RETRY",
+    "STATUS_CLASS_OUTCOME",
+    "STATUS_OUTCOME",
+    "TRANSITIONS",
+    "InvalidTransition",
+    "MockTransport",
+    "RequestsTransport",
+    "Result",
+    "Sent",
+    "Transport",
+    "TransportError",
+    "attempt",
+    "batch_event_id",
+    "batch_payload",
+    "begin",
+    "body_of",
+    "classify",
+    "delivery_problem",
+    "delivery_request",
+    "drop_request",
+    "earliest",
+    "finish",
+    "interrupted",
+    "job_event_id",
+    "job_payload",
+    "new_delivery",
+    "next_delay",
+    "operator_retry",
+    "request_headers",
+    "retry_request",
+    "sign",
+    "transition",
+    "valid_event_id",
+    "valid_url",
+]
+
+#: The namespace of every event id (uuid5). Fixed forever: changing it re-keys every event.
+EVENT_NAMESPACE = uuid.UUID("7ca2426c-a75e-44ca-b0f1-1b853f0c5499")
+
+_EVENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+DELIVERED = "delivered"
+RETRY = "retry"
+FAILED = "failed"
+
+#: Delivery record states (CONTRACT.md: pending, in_flight, delivered, failed).
+DELIVERY_STATES: tuple[str, ...] = ("pending", "in_flight", "delivered", "failed")
+
+#: Statuses whose outcome is not their class's.
+STATUS_OUTCOME: dict[int, str] = {408: RETRY, 429: RETRY}
+#: status // 100 -> outcome; a class not listed (1xx, >= 6xx) is retried.
+STATUS_CLASS_OUTCOME: dict[int, str] = {2: DELIVERED, 3: FAILED, 4: FAILED, 5: RETRY}
+
+#: (state, event) -> new state. A pair not listed is an invalid transition.
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("pending", "send"): "in_flight",
+    ("in_flight", "delivered"): "delivered",
+    ("in_flight", "retry"): "pending",
+    ("in_flight", "exhausted"): "failed",
+    ("in_flight", "failed"): "failed",
+    ("in_flight", "interrupted"): "pending",
+    ("pending", "operator_retry"): "pending",
+    ("failed", "operator_retry"): "pending",
+}
+
+
+class InvalidTransition(Exception):
+    """An event the record's state does not accept (e.g. a retry of a delivered event)."""
+
+
+def transition(state: str, event: str) -> str:
+    """The state after `event` in `state` (TRANSITIONS); InvalidTransition if none."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise InvalidTransition(f"a {state} delivery does not take {event!r}") from None
+
+
+# -- event ids and requests ---------------------------------------------------------------
+
+def valid_event_id(event_id: object) -> TypeGuard[str]:
+    """True for ids usable as a file name: [A-Za-z0-9][A-Za-z0-9._-]{0,127} (uuids are)."""
+    return isinstance(event_id, str) and _EVENT_ID_RE.fullmatch(event_id) is not None
+
+
+def valid_url(url: object) -> TypeGuard[str]:
+    """True for an http:// or https:// URL with something after the scheme."""
+    return (isinstance(url, str) and url.lower().startswith(("http://", "https://"))
+            and len(url.split("://", 1)[1]) > 0)
+
+
+def job_event_id(job_id: str, created_at: str | None = None) -> str:
+    """The id of the event "job `job_id` reached a terminal state" (the same on a replay).
+
+    Pass the job's `created_at` (fixed at submit) so that two state directories posting
+    the same job id to one receiver do not share a key the receiver would dedupe.
+    """
+    name = f"job\0{job_id}" if created_at is None else f"job\0{job_id}\0{created_at}"
+    return str(uuid.uuid5(EVENT_NAMESPACE, name))
+
+
+def batch_event_id(batch: str, url: str, jobs: Iterable[str] = ()) -> str:
+    """The id of the event "every job of `batch` is terminal", for one callback URL.
+
+    Pass the batch's job ids: a batch name reused later (more jobs joining a done batch)
+    then completes again as a new event instead of replaying the old one.
+    """
+    members = ",".join(sorted(jobs))
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"batch\0{batch}\0{url}\0{members}"))
+
+
+def job_payload(event_id: str, job: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of a job event: {"event_id", "job": the job record (supervisor.state.jobs)}."""
+    return {"event_id": event_id, "job": dict(job)}
+
+
+def batch_payload(event_id: str, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of a batch event: {"event_id", "batch": {batch, counts, done, jobs}}."""
+    return {"event_id": event_id, "batch": dict(batch)}
+
+
+def delivery_request(event_id: str, url: str, payload: Mapping[str, Any],
+                     job: str | None = None, *, now: float | None = None) -> dict[str, Any]:
+    """The REQUEST (kind "deliver") that hands one event to the callbacks worker.
+
+    Its id is the event id, so the file `callbacks/inbox/<event id>.json` dedupes replays.
+    """
+    return {"id": event_id, "kind": "deliver", "event_id": event_id, "url": url,
+            "job": job, "payload": dict(payload), "created_at": iso_now(now)}
+
+
+def retry_request(event_id: str, *, now: float | None = None) -> dict[str, Any]:
+    """The REQUEST (kind "retry") asking the worker to try `event_id` again, now."""
+    return {"id": f"retry-{event_id}-{secrets.token_hex(4)}", "kind": "retry",
+            "event_id": event_id, "created_at": iso_now(now)}
+
+
+def drop_request(layout: Layout, request: Mapping[str, Any], *, fs: FS = REAL) -> Path:
+    """Write `request` as `callbacks/inbox/<its id>.json` (supervisor.state.layout.send_request:
+    atomic and durable; the worker's handlers are idempotent under a replay)."""
+    return send_request(layout, "callbacks", request, fs=fs)
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+def classify(status: int) -> str:
+    """DELIVERED, RETRY or FAILED for an HTTP status (see the module docstring)."""
+    return STATUS_OUTCOME.get(status) or STATUS_CLASS_OUTCOME.get(status // 100, RETRY)
+
+
+def next_delay(attempts: int, schedule: Sequence[float]) -> float | None:
+    """Seconds to wait after the `attempts`-th try of a round; None: no retry left."""
+    if 1 <= attempts <= len(schedule):
+        return float(schedule[attempts - 1])
+    return None
+
+
+def sign(body: bytes, secret: str) -> str:
+    """`sha256=<hex HMAC-SHA256 of body keyed with secret (UTF-8)>`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def body_of(payload: Mapping[str, Any]) -> bytes:
+    """The exact bytes POSTed for `payload` (dump_json: UTF-8, sorted keys, newline)."""
+    return dump_json(dict(payload))
+
+
+def request_headers(event_id: str, body: bytes, secret: str | None) -> dict[str, str]:
+    """The headers of every try of `event_id`; signed when `secret` is set."""
+    headers = {"Content-Type": "application/json", "Idempotency-Key": event_id,
+               "User-Agent": f"batchd/{__version__}"}
+    if secret is not None:
+        headers["X-Batchd-Signature"] = sign(body, secret)
+    return headers
+
+
+class TransportError(Exception):
+    """A try that got no HTTP status; str() is the error text, `permanent` = never retry."""
+
+    def __init__(self, text: str, *, permanent: bool = False) -> None:
+        super().__init__(text)
+        self.permanent = permanent
+
+
+class Transport(Protocol):
+    """POSTs one body; returns the HTTP status or raises TransportError."""
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        ...
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost OS-level reason in an exception chain ("[Errno 111] Connection refused")."""
+    seen: set[int] = set()
+    best: BaseException = exc
+    todo: list[BaseException] = [exc]
+    while todo:
+        cur = todo.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.strerror:
+            best = cur
+        nxt = [cur.__cause__, cur.__context__, getattr(cur, "reason", None),
+               *[a for a in cur.args if isinstance(a, BaseException)]]
+        todo.extend(e for e in nxt if isinstance(e, BaseException))
+    if isinstance(best, OSError) and best.strerror:
+        return f"[Errno {best.errno}] {best.strerror}" if best.errno else best.strerror
+    return str(best)[:200]
+
+
+class RequestsTransport:
+    """The real transport: one `requests.Session`, redirects never followed.
+
+    `stream=True` returns at the response headers: the body is never read, so a receiver
+    cannot hold the worker beyond `timeout` (connect, then between bytes) with a slow body.
+    Proxies come from the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as for curl.
+    `requests` is imported at the first POST, not before: a (re)started worker reports
+    ready without paying for it, and modules that only build requests never load it.
+    """
+
+    def __init__(self, session: requests.Session | None = None) -> None:
+        self.session = session
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        import requests as rq
+
+        if self.session is None:
+            self.session = rq.Session()
+        try:
+            resp = self.session.post(url, data=body, headers=dict(headers), timeout=timeout,
+                                     allow_redirects=False, stream=True)
+        except rq.Timeout:
+            raise TransportError(f"timed out after {timeout:g}s") from None
+        except (rq.exceptions.InvalidURL, rq.exceptions.InvalidSchema,
+                rq.exceptions.MissingSchema) as exc:
+            raise TransportError(f"unusable URL: {exc}", permanent=True) from None
+        except rq.ConnectionError as exc:
+            raise TransportError(f"connection failed: {_root_cause(exc)}") from None
+        except rq.RequestException as exc:
+            raise TransportError(f"request failed: {_root_cause(exc)}") from None
+        except ValueError as exc:   # a URL or header urllib3 cannot even parse
+            raise TransportError(f"unusable request: {exc}", permanent=True) from None
+        status = int(resp.status_code)
+        resp.close()
+        return status
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One POST a MockTransport received."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    timeout: float
+
+
+@dataclass
+class MockTransport:
+    """A transport for unit tests (httpx.MockTransport style): `handler(sent)` answers
+    each POST with a status or raises TransportError; every POST is kept in `sent`."""
+
+    handler: Callable[[Sent], int]
+    sent: list[Sent] = field(default_factory=list)
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        sent = Sent(url, body, dict(headers), timeout)
+        self.sent.append(sent)
+        return self.handler(sent)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one try came to: DELIVERED, RETRY or FAILED, and the error ("HTTP 503")."""
+
+    outcome: str
+    error: str | None
+
+
+def attempt(transport: Transport, rec: Mapping[str, Any], *, secret: str | None,
+            timeout: float) -> Result:
+    """POST the record's payload once (body computed once, headers per the contract)."""
+    body = body_of(rec["payload"])
+    headers = request_headers(rec["id"], body, secret)
+    try:
+        status = transport.post(rec["url"], body, headers, timeout)
+    except TransportError as exc:
+        return Result(FAILED if exc.permanent else RETRY, str(exc))
+    outcome = classify(status)
+    return Result(outcome, None if outcome == DELIVERED else f"HTTP {status}")
+
+
+# -- the delivery record -------------------------------------------------------------------
+
+def _at(ts: float | None) -> str | None:
+    return None if ts is None else iso_now(ts)
+
+
+def _moved(rec: Mapping[str, Any], event: str, now: float, **fields: Any) -> dict[str, Any]:
+    out = dict(rec)
+    out["state"] = transition(str(rec["state"]), event)
+    out["updated_at"] = iso_now(now)
+    out.update(fields)
+    return out
+
+
+def new_delivery(request: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """The DELIVERY record for a "deliver" request: pending, due now, no try yet."""
+    return {"id": request["event_id"], "job": request.get("job"), "url": request["url"],
+            "payload": dict(request["payload"]), "state": "pending", "attempts": 0,
+            "retry_base": 0, "next_attempt_at": iso_now(now), "next_attempt_ts": now,
+            "last_error": None, "created_at": iso_now(now), "updated_at": iso_now(now)}
+
+
+def begin(rec: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """pending -> in_flight, one more try counted (write it before the POST)."""
+    return _moved(rec, "send", now, attempts=int(rec["attempts"]) + 1)
+
+
+def finish(rec: Mapping[str, Any], result: Result, now: float,
+           schedule: Sequence[float]) -> dict[str, Any]:
+    """in_flight -> delivered | pending (next retry due) | failed, after one try."""
+    delay = None
+    event = result.outcome
+    if event == RETRY:
+        delay = next_delay(int(rec["attempts"]) - int(rec.get("retry_base") or 0), schedule)
+        event = "exhausted" if delay is None else RETRY
+    ts = None if delay is None else now + delay
+    error = result.error if result.error is not None else rec.get("last_error")
+    return _moved(rec, event, now, next_attempt_ts=ts, next_attempt_at=_at(ts),
+                  last_error=error)
+
+
+def interrupted(rec: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """in_flight found at recovery -> pending, due now (the try may or may not have landed)."""
+    return _moved(rec, "interrupted", now, next_attempt_ts=now, next_attempt_at=iso_now(now),
+                  last_error=f"interrupted: the callbacks worker stopped during try "
+                             f"{rec['attempts']}")
+
+
+def operator_retry(rec: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """failed | pending -> pending, due now, with a fresh retry schedule; attempts kept."""
+    return _moved(rec, "operator_retry", now, next_attempt_ts=now,
+                  next_attempt_at=iso_now(now), retry_base=int(rec["attempts"]))
+
+
+def earliest(records: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The pending record whose next try comes first (ties: oldest, then id); None if none.
+
+    One pass (no sort): it is asked before every try, with any number of records pending.
+    """
+    return min((r for r in records if r["state"] == "pending"), default=None,
+               key=lambda r: (r["next_attempt_ts"], r["created_at"], r["id"]))
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "job": (str, type(None)), "payload": (dict,), "attempts": (int,), "retry_base": (int,),
+    "next_attempt_ts": (int, float, type(None)), "next_attempt_at": (str, type(None)),
+    "last_error": (str, type(None)), "created_at": (str,),
+}
+
+
+def delivery_problem(rec: Mapping[str, Any]) -> str | None:
+    """None if `rec` is a usable DELIVERY record, else what is wrong with it."""
+    if not valid_event_id(rec.get("id")):
+        return f"id {rec.get('id')!r} is not an event id"
+    if not valid_url(rec.get("url")):
+        return f"url {rec.get('url')!r} is not an http(s) URL"
+    if rec.get("state") not in DELIVERY_STATES:
+        return f"state {rec.get('state')!r} is not one of {', '.join(DELIVERY_STATES)}"
+    for key, types in _FIELD_TYPES.items():
+        value = rec.get(key)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"{key} is {value!r}"
+    if rec["state"] == "pending" and rec["next_attempt_ts"] is None:
+        return "a pending delivery without next_attempt_ts"
+    return None
+

@@ -1,0 +1,453 @@
+"""The shared adaptor runtime: spec checks, the stop table, users, groups, and real runs."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from adaptors._runtime import (
+    Action,
+    Event,
+    Phase,
+    RunAs,
+    SpecError,
+    block,
+    one_line,
+    parse_spec,
+    resolve_binary,
+    resolve_user,
+    step,
+    tool_call,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fakes"))
+import fakekit
+
+from supervisor.state.layout import REQUEST, Layout, read_record
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
+    """Start adaptors for a test; whatever is left of their groups is killed afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(job: Path) -> subprocess.Popen[bytes]:
+        started.append(fakekit.start_adaptor(job))
+        return started[-1]
+
+    yield run
+    for proc in started:
+        fakekit.kill_group(proc.pid)
+        proc.wait()
+
+
+MINIMAL = {"id": "j1", "adaptor": "command", "prompt": "true", "workspace": "/ws"}
+JOB = Path("/state/jobs/j1")
+
+
+# -- the spec ---------------------------------------------------------------------------------
+
+def test_minimal_spec_gets_documented_defaults() -> None:
+    """Only id/adaptor/prompt/workspace given: heartbeat 5s, grace 10s, no timeout, no user."""
+    spec = parse_spec(MINIMAL, JOB)
+    assert ("command", None, (), {}, None, 5.0, 10.0, None, None, str(JOB)) == (
+        spec.agent, spec.command, spec.args, spec.env, spec.timeout, spec.heartbeat_interval,
+        spec.kill_grace, spec.user, spec.resume_session, spec.job_dir)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("id", "other", "id: 'other' does not match the job folder 'j1'"),
+    ("args", "ls", "args: expected a list of strings"),
+    ("env", {"A": 1}, "env: expected an object of string values"),
+    ("workspace", "rel/ws", "workspace: expected an absolute path, found 'rel/ws'"),
+    ("timeout", -1, "timeout: must be > 0, found -1"),
+    ("timeout", "1h", "timeout: expected a number of seconds, found '1h'"),
+    ("prompt", None, "prompt: expected a string, found NoneType"),
+    ("command", "", "command: empty string (use null for the adaptor's default binary)"),
+])
+def test_bad_spec_fields_are_named(field: str, value: object, message: str) -> None:
+    """Each malformed field is refused with a message naming the key and the problem."""
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**MINIMAL, field: value}, JOB)
+    assert message == str(caught.value)
+
+
+# -- the stop table ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("phase", "event", "expected"), [
+    (Phase.RUNNING, Event.TERM, (Phase.STOPPING, Action.TERM_GROUP, "terminated")),
+    (Phase.RUNNING, Event.DEADLINE, (Phase.STOPPING, Action.TERM_GROUP, "timed_out")),
+    (Phase.STOPPING, Event.GRACE_OVER, (Phase.KILLING, Action.KILL_GROUP, None)),
+    (Phase.STOPPING, Event.TERM, (Phase.STOPPING, Action.NONE, None)),
+    (Phase.STOPPING, Event.DEADLINE, (Phase.STOPPING, Action.NONE, None)),
+    (Phase.KILLING, Event.TERM, (Phase.KILLING, Action.NONE, None)),
+])
+def test_stop_table(phase: Phase, event: Event, expected: tuple[Phase, Action, str | None]) -> None:
+    """SIGTERM/timeout start a graceful stop once; grace over escalates to SIGKILL."""
+    assert expected == step(phase, event)
+
+
+# -- rendering helpers ------------------------------------------------------------------------
+
+def test_one_line_collapses_and_truncates() -> None:
+    """Whitespace runs collapse; long text is cut with an ellipsis."""
+    assert "a b c" == one_line("a\n  b\tc")
+    assert "abcd…" == one_line("abcdefgh", limit=5)
+
+
+def test_tool_call_picks_the_meaningful_argument() -> None:
+    """command/file_path/... is shown; otherwise compact JSON; nothing: just the name."""
+    assert "[tool] Read: /a.py\n" == tool_call("Read", {"file_path": "/a.py", "limit": 5})
+    assert '[tool] X: {"n": 1}\n' == tool_call("X", {"n": 1})
+    assert "[tool] Y\n" == tool_call("Y", {})
+
+
+def test_block_indents_and_notes_truncation() -> None:
+    """Continuation lines are indented; lines beyond max_lines are counted."""
+    assert "[r] 1\n  2\n  … (1 more lines)\n" == block("[r]", "1\n2\n3", max_lines=2)
+
+
+# -- binaries, users, groups ------------------------------------------------------------------
+
+def test_resolve_binary(tmp_path: Path) -> None:
+    """Names are looked up on PATH; relative paths against the workspace; missing is None."""
+    exe = tmp_path / "bin" / "tool"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    assert str(exe) == resolve_binary("tool", path=str(exe.parent), cwd="/")
+    assert str(exe) == resolve_binary("bin/tool", path="", cwd=str(tmp_path))
+    assert None is resolve_binary("nope", path=str(exe.parent), cwd="/")
+    assert None is resolve_binary("/no/such/tool", path=None, cwd="/")
+
+
+def test_resolve_user_refusals() -> None:
+    """Unknown user, or a switch without root: a reason, never a fallback to our account."""
+    assert "user_switch_failed: no such user 'no-such-user-x'" \
+        == resolve_user("no-such-user-x", euid=0)
+    refused = resolve_user("nobody", euid=1000)
+    assert isinstance(refused, str)
+    assert refused.startswith("user_switch_failed: cannot run as 'nobody': this adaptor runs "
+                              "as uid 1000, and only root can switch users")
+
+
+def test_resolve_user_as_root_and_as_oneself() -> None:
+    """Root switching to nobody gets its uid/gid/groups; one's own account needs no switch."""
+    target = resolve_user("nobody", euid=0)
+    assert isinstance(target, RunAs)
+    assert (65534, True) == (target.uid, target.switch)
+    assert target.gid in target.groups
+    assert False is resolve_user("root", euid=0).switch  # type: ignore[union-attr]
+
+
+# -- real runs --------------------------------------------------------------------------------
+
+def test_missing_spec_is_a_bad_spec_result(tmp_path: Path) -> None:
+    """No spec.json: result reason bad_spec naming the file, exit 2, a sentinel was written."""
+    job = tmp_path / "state" / "jobs" / "nospec"
+    job.mkdir(parents=True)
+    assert 2 == fakekit.run_adaptor(job).returncode
+    result = fakekit.result(job)
+    assert f"bad_spec: {job / 'spec.json'}: missing" == result["reason"]
+    assert 2 == result["exit_code"]
+    assert fakekit.sentinel(job) is not None
+
+
+def test_unknown_adaptor_is_a_bad_spec_result(tmp_path: Path) -> None:
+    """An adaptor name not in the table is refused, listing the known ones."""
+    job = fakekit.make_job(tmp_path / "state", "ua", adaptor="cursor", prompt="x")
+    fakekit.run_adaptor(job)
+    assert ("bad_spec: adaptor: unknown 'cursor' (known: aider, claude, codex, command, "
+            "gemini, opencode, q)") == fakekit.result(job)["reason"]
+
+
+def test_exit_drops_a_job_exited_hint_into_the_scheduler_inbox(tmp_path: Path) -> None:
+    """After result.json, the adaptor drops a `job_exited` request so the scheduler wakes."""
+    state = tmp_path / "state"
+    inbox = Layout(state).inbox("scheduler")
+    inbox.mkdir(parents=True)
+    job = fakekit.make_job(state, "hinted", adaptor="command", prompt="true")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    hint = read_record(REQUEST, inbox / "exited-hinted.json", owner=False)
+    assert isinstance(hint, dict)
+    assert ("job_exited", "hinted") == (hint["kind"], hint["job"])
+
+
+def test_exit_without_a_scheduler_inbox_still_writes_the_result(tmp_path: Path) -> None:
+    """No inbox folder (the hint cannot be dropped): the result is written all the same."""
+    job = fakekit.make_job(tmp_path / "state", "nohint", adaptor="command", prompt="true")
+    done = fakekit.run_adaptor(job)
+    assert 0 == done.returncode
+    assert 0 == fakekit.result(job)["exit_code"]
+    assert b"could not drop the job_exited hint" in done.stderr
+
+
+def test_finished_job_is_never_run_again(tmp_path: Path) -> None:
+    """result.json exists: exit 3, the agent does not run, no file changes."""
+    marker = tmp_path / "ran"
+    job = fakekit.make_job(tmp_path / "state", "done", adaptor="command",
+                           prompt=f"touch {marker}")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    marker.unlink()
+    before = {p.name: p.read_bytes() for p in job.iterdir()}
+    done = fakekit.run_adaptor(job)
+    assert 3 == done.returncode
+    assert b"the job has finished; refusing to run it again" in done.stderr
+    assert not marker.exists()
+    assert before == {p.name: p.read_bytes() for p in job.iterdir()}
+
+
+def test_second_adaptor_refuses_while_the_job_lock_is_held(tmp_path: Path) -> None:
+    """adaptor.lock flocked by someone (the first adaptor): exit 3, no other file touched."""
+    job = fakekit.make_job(tmp_path / "state", "twice", adaptor="command", prompt="true")
+    with open(job / "adaptor.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = fakekit.run_adaptor(job)
+    assert 3 == done.returncode
+    assert b"another adaptor holds the job's lock" in done.stderr
+    assert ["adaptor.lock", "spec.json"] == sorted(p.name for p in job.iterdir())
+
+
+def test_adaptor_holds_the_job_lock_while_it_runs(
+        tmp_path: Path, start: Callable[[Path], subprocess.Popen[bytes]]) -> None:
+    """While the job runs its adaptor.lock cannot be taken; after the exit it can."""
+    job = fakekit.make_job(tmp_path / "state", "locked", adaptor="command",
+                           prompt="echo up; sleep 30")
+    proc = start(job)
+    fakekit.wait_for(lambda: fakekit.output(job) == b"up\n", what="the job to start")
+    with open(job / "adaptor.lock") as probe:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_missing_binary_is_agent_not_found(tmp_path: Path) -> None:
+    """A command that does not exist: reason agent_not_found: <path>, exit 127."""
+    job = fakekit.make_job(tmp_path / "state", "nf", adaptor="claude", prompt="x",
+                           command="/opt/none/claude")
+    assert 127 == fakekit.run_adaptor(job).returncode
+    assert ("agent_not_found: /opt/none/claude", 127) \
+        == (fakekit.result(job)["reason"], fakekit.result(job)["exit_code"])
+
+
+def test_missing_workspace_is_spawn_failed(tmp_path: Path) -> None:
+    """The workspace folder is gone: spawn_failed naming it."""
+    job = fakekit.make_job(tmp_path / "state", "nows", adaptor="command", prompt="true",
+                           workspace=tmp_path / "ws")
+    (tmp_path / "ws").rmdir()
+    assert 126 == fakekit.run_adaptor(job).returncode
+    assert f"spawn_failed: workspace {tmp_path / 'ws'} is not a folder" \
+        == fakekit.result(job)["reason"]
+
+
+def test_agent_runs_as_configured_user(tmp_path: Path) -> None:
+    """user: nobody -> the agent's uid/gid are nobody's and HOME/USER follow (we are root)."""
+    job = fakekit.make_job(tmp_path / "state", "asnobody", adaptor="command", user="nobody",
+                           prompt='echo "$(id -u) $(id -g) $USER $HOME"')
+    assert 0 == fakekit.run_adaptor(job).returncode
+    assert b"65534 65534 nobody /nonexistent\n" == fakekit.output(job)
+
+
+def test_workspace_is_handed_to_the_configured_user(tmp_path: Path) -> None:
+    """user: nobody -> the workspace and what is in it belong to nobody; the agent can write."""
+    ws = tmp_path / "ws"
+    (ws / "sub").mkdir(parents=True)
+    (ws / "sub" / "f").write_text("x")
+    ws.chmod(0o755)
+    job = fakekit.make_job(tmp_path / "state", "wsown", adaptor="command", user="nobody",
+                           workspace=ws, prompt="echo made > new && echo ok")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    assert b"ok\n" == fakekit.output(job)
+    owners = {(p.stat().st_uid, p.stat().st_gid) for p in (ws, ws / "sub", ws / "sub" / "f",
+                                                            ws / "new")}
+    assert {(65534, 65534)} == owners
+
+
+def test_hard_linked_files_in_the_workspace_keep_their_owner(tmp_path: Path) -> None:
+    """A file shared by hard link with another tree (a mirror's git object) is not handed
+    over: the other tree keeps owning it."""
+    ws, mirror = tmp_path / "ws", tmp_path / "mirror"
+    ws.mkdir()
+    mirror.mkdir()
+    (mirror / "obj").write_text("object")
+    os.link(mirror / "obj", ws / "obj")
+    job = fakekit.make_job(tmp_path / "state", "wslink", adaptor="command", user="nobody",
+                           workspace=ws, prompt="true")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    assert (0, 65534) == ((mirror / "obj").stat().st_uid, ws.stat().st_uid)
+
+
+def test_unknown_user_fails_without_running(tmp_path: Path) -> None:
+    """user names no account: user_switch_failed and the agent never ran."""
+    marker = tmp_path / "ran"
+    job = fakekit.make_job(tmp_path / "state", "nouser", adaptor="command",
+                           user="no-such-user-x", prompt=f"touch {marker}")
+    assert 126 == fakekit.run_adaptor(job).returncode
+    assert "user_switch_failed: no such user 'no-such-user-x'" == fakekit.result(job)["reason"]
+    assert not marker.exists()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder under /tmp that an unprivileged account can enter (tmp_path's parents cannot)."""
+    folder = Path(tempfile.mkdtemp(prefix="batchd-adaptor-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def _python_nobody_can_run() -> str:
+    """An interpreter the nobody account can execute (the venv may live under /root)."""
+    for candidate in (sys.executable, shutil.which("python3") or "", "/usr/bin/python3"):
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; assert sys.version_info >= (3, 11)"],
+                user=65534, group=65534, extra_groups=[], capture_output=True, check=False)
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return candidate
+    raise AssertionError("no Python >= 3.11 that the nobody account can run")
+
+
+def test_non_root_adaptor_refuses_to_switch_user(open_dir: Path) -> None:
+    """An adaptor running as nobody asked to run the agent as daemon: refused, never run."""
+    marker = open_dir / "ran"
+    job = fakekit.make_job(open_dir / "state", "nr", adaptor="command", user="daemon",
+                           prompt=f"touch {marker}")
+    for path in [open_dir, *open_dir.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    python = _python_nobody_can_run()
+    done = subprocess.run([python, "-m", "adaptors.run", str(job)], user=65534, group=65534,
+                          extra_groups=[], capture_output=True, timeout=60, cwd="/", check=False,
+                          env={"PYTHONPATH": str(fakekit.REPO), "PATH": "/usr/bin:/bin"})
+    assert 126 == done.returncode, done.stderr
+    assert fakekit.result(job)["reason"].startswith(
+        "user_switch_failed: cannot run as 'daemon': this adaptor runs as uid 65534")
+    assert not marker.exists()
+
+
+def test_heartbeat_refreshes_sentinel_while_running(
+        tmp_path: Path, start: Callable[[Path], subprocess.Popen[bytes]]) -> None:
+    """The sentinel names adaptor and agent (pid + start) and its heartbeat advances."""
+    job = fakekit.make_job(tmp_path / "state", "hb", adaptor="command",
+                           prompt="echo started; sleep 30", heartbeat_interval=0.1)
+    proc = start(job)
+    try:
+        first = fakekit.wait_for(lambda: (s := fakekit.sentinel(job)) and s["agent_pid"] and s,
+                                 what="a sentinel with the agent")
+        later = fakekit.wait_for(
+            lambda: (s := fakekit.sentinel(job)) and s["heartbeat_ts"] > first["heartbeat_ts"]
+            and s, what="a newer heartbeat")
+        assert (proc.pid, 8) == (later["pid"], later["output_bytes"])
+        assert later["agent_start"] is not None and later["start"] is not None
+        assert os.getpgid(later["agent_pid"]) == proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_leftover_background_processes_are_killed_before_the_result(tmp_path: Path) -> None:
+    """The agent exits leaving `sleep 60 &` in its group: killed and reaped before result."""
+    pidfile = tmp_path / "bg.pid"
+    job = fakekit.make_job(tmp_path / "state", "bg", adaptor="command",
+                           prompt=f"sleep 60 & echo $! > {pidfile}; echo done")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    assert 0 == fakekit.result(job)["exit_code"]
+    assert False is fakekit.pid_alive(int(pidfile.read_text()))
+
+
+def test_processes_that_left_the_group_are_killed_before_the_result(tmp_path: Path) -> None:
+    """`setsid sleep 60 &` escapes the process group, not BATCHD_JOB_ID: killed all the same."""
+    pidfile = tmp_path / "escaped.pid"
+    job = fakekit.make_job(tmp_path / "state", "esc", adaptor="command",
+                           prompt=f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & "
+                                  f"while [ ! -s {pidfile} ]; do sleep 0.01; done; echo done")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    escaped = int(pidfile.read_text())
+    assert False is fakekit.pid_alive(escaped)
+
+
+def test_sigterm_to_adaptor_alone_is_forwarded_to_the_agent(
+        tmp_path: Path, start: Callable[[Path], subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to the adaptor pid only: the agent's group gets it, result 'terminated'."""
+    job = fakekit.make_job(tmp_path / "state", "term", adaptor="command",
+                           prompt="echo up; sleep 30")
+    proc = start(job)
+    fakekit.wait_for(lambda: fakekit.output(job) == b"up\n", what="the job to start")
+    os.kill(proc.pid, signal.SIGTERM)
+    assert 128 + signal.SIGTERM == proc.wait(timeout=30)
+    result = fakekit.result(job)
+    assert ("terminated", None, signal.SIGTERM, False) \
+        == (result["reason"], result["exit_code"], result["signal"], result["timed_out"])
+    assert [] == fakekit.process_group(proc.pid)
+
+
+def test_agent_ignoring_sigterm_is_killed_after_grace(
+        tmp_path: Path, start: Callable[[Path], subprocess.Popen[bytes]]) -> None:
+    """An agent that traps SIGTERM gets SIGKILL kill_grace later: signal 9, 'terminated'."""
+    job = fakekit.make_job(tmp_path / "state", "stubborn", adaptor="command", kill_grace=0.3,
+                           prompt="trap '' TERM; echo up; while :; do sleep 0.05; done")
+    proc = start(job)
+    fakekit.wait_for(lambda: fakekit.output(job) == b"up\n", what="the job to start")
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    result = fakekit.result(job)
+    assert ("terminated", signal.SIGKILL) == (result["reason"], result["signal"])
+    assert [] == fakekit.process_group(proc.pid)
+
+
+def test_structured_timeout_keeps_output_and_events(tmp_path: Path) -> None:
+    """A hanging claude fake times out: reason timed_out, the init event is in both files."""
+    cli = fakekit.install_cli(tmp_path / "bin", "claude")
+    job = fakekit.make_job(tmp_path / "state", "to", adaptor="claude", prompt="x",
+                           command=str(cli), timeout=1.0, kill_grace=0.5,
+                           env={"FAKE_HANG": "30"})
+    done = fakekit.run_adaptor(job)
+    result = fakekit.result(job)
+    assert ("timed_out", True, signal.SIGTERM) \
+        == (result["reason"], result["timed_out"], result["signal"])
+    assert 128 + signal.SIGTERM == done.returncode
+    assert "3f9f74a6-6b7c-4a3e-9e1d-2f1f0a9b8c7d" == result["session_id"]
+    assert fakekit.output(job).startswith(b"[session] 3f9f74a6")
+    assert 1 == len(fakekit.events(job))
+    assert result["duration_s"] >= 1.0
+
+
+def test_output_is_duplexed_to_a_terminal_stdout(tmp_path: Path) -> None:
+    """Run by hand on a terminal, the adaptor also shows the output there."""
+    job = fakekit.make_job(tmp_path / "state", "tty", adaptor="command",
+                           prompt="echo to-the-file-and-the-tty")
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(fakekit.adaptor_cmd(job), stdin=subprocess.DEVNULL, stdout=slave,
+                                stderr=subprocess.DEVNULL, start_new_session=True,
+                                cwd=fakekit.REPO)
+        os.close(slave)
+        assert 0 == proc.wait(timeout=60)
+        seen = b""
+        while select.select([master], [], [], 1)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert b"to-the-file-and-the-tty" in seen
+    assert b"to-the-file-and-the-tty\n" == fakekit.output(job)

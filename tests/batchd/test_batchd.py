@@ -1,0 +1,454 @@
+"""batchd's supervisor logic (supervisor.batchd), driven without forking: fake spawn/kill/clock."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import structlog.testing
+
+from supervisor import batchd
+from supervisor.batchd import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Batchd,
+    Timers,
+    append_startup,
+    changed_workers,
+    describe_exit,
+    main,
+)
+from supervisor.config import Config, WorkerConfig, load
+from supervisor.state.atomic import ensure_dir
+from supervisor.state.layout import (
+    CONTROL,
+    READY,
+    REPLY,
+    STARTUP_LOG,
+    WORKERS,
+    Layout,
+    read_record,
+    write_record,
+)
+
+_YAML = """\
+state_dir: {state}
+workers:
+  scheduler: {{startsecs: 0.5, startretries: 1, stopwaitsecs: 2}}
+  locks: {{startsecs: 0.5, startretries: 1, stopwaitsecs: 2}}
+  reaper: {{startsecs: 0.5, startretries: 1, stopwaitsecs: 2}}
+  callbacks: {{startsecs: 0.5, startretries: 1, stopwaitsecs: 2}}
+"""
+
+
+class Harness:
+    """A Batchd whose processes are fake: spawn hands out pids, kill records signals."""
+
+    def __init__(self, tmp_path: Path, extra: str = "") -> None:
+        self.cfgfile = tmp_path / "batchd.yaml"
+        self.cfgfile.write_text(_YAML.format(state=tmp_path / "state") + extra)
+        cfg = load(str(self.cfgfile))
+        self.layout = Layout(cfg.state_dir)
+        for d in self.layout.all_dirs():
+            ensure_dir(d)
+        self.now = 1000.0
+        self.next_pid = 500
+        self.spawned: list[tuple[str, int]] = []
+        self.killed: list[tuple[int, int]] = []
+        self.d = Batchd(cfg, config_path=str(self.cfgfile), spawn=self.spawn, kill=self.kill,
+                        proc_start=lambda pid: pid * 7, clock=lambda: self.now,
+                        wall=time.time)
+
+    def spawn(self, name: str, cfg: Config) -> int:
+        self.next_pid += 1
+        self.spawned.append((name, self.next_pid))
+        return self.next_pid
+
+    def kill(self, pid: int, sig: int) -> None:
+        self.killed.append((pid, sig))
+
+    def ready(self, name: str, **extra: Any) -> None:
+        """The worker writes its ready record; inotify hints; the parent scans."""
+        pid = self.d.procs[name].pid
+        assert pid is not None
+        write_record(READY, self.layout.ready_file(name), {
+            "worker": name, "pid": pid, "start": pid * 7, "ready_at": "x",
+            "found": extra.get("found", {}), "did": extra.get("did", {}),
+            "degraded": extra.get("degraded", [])})
+        self.d.scan()
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for key in self.d.timers.pop_due(self.now):
+            self.d.timer_fired(key)
+        self.d.publish()
+
+    def exit(self, name: str, status: int) -> None:
+        pid = self.d.procs[name].pid
+        assert pid is not None
+        self.d.reaped(pid, status)
+        self.d.publish()
+
+    def up(self, *names: str) -> None:
+        for n in names:
+            self.ready(n)
+        self.tick(1.0)
+
+    def startup(self) -> None:
+        self.d.begin()
+        self.up("scheduler")
+        self.up("locks")
+        self.up("reaper", "callbacks")
+        assert not self.d.starting_up
+
+    def control(self, op: str, worker: str | None = None, *, ts: float | None = None) -> str:
+        rid = uuid.uuid4().hex
+        write_record(CONTROL, self.layout.control_inbox / f"{rid}.json", {
+            "id": rid, "op": op, "worker": worker, "created_at": "now",
+            "created_ts": time.time() if ts is None else ts})
+        self.d.scan()
+        return rid
+
+    def reply(self, rid: str) -> dict[str, Any] | None:
+        rec = read_record(REPLY, self.layout.reply_file(rid), owner=False)
+        return rec if isinstance(rec, dict) else None
+
+    def states(self) -> dict[str, str]:
+        return {n: p.state.value for n, p in self.d.procs.items()}
+
+
+KILLED = signal.SIGKILL          # a waitpid status for "killed by SIGKILL"
+EXIT3 = 3 << 8                   # a waitpid status for "exited with status 3"
+
+
+def test_startup_runs_in_dependency_order(tmp_path: Path) -> None:
+    """locks waits for the scheduler's ready record; reaper and callbacks start together."""
+    h = Harness(tmp_path)
+    h.d.begin()
+    assert ["scheduler"] == [n for n, _ in h.spawned]
+    h.tick(1.0)                       # startsecs passes, but no ready record yet
+    assert ["scheduler"] == [n for n, _ in h.spawned]
+    h.ready("scheduler", found={"jobs": 2}, did={"reattached": 1})
+    assert ["scheduler", "locks"] == [n for n, _ in h.spawned]
+    h.ready("locks")
+    assert ["scheduler", "locks", "reaper", "callbacks"] == [n for n, _ in h.spawned]
+    h.ready("reaper")
+    h.ready("callbacks")
+    h.tick(1.0)
+    assert {"scheduler": "RUNNING", "locks": "RUNNING", "reaper": "RUNNING",
+            "callbacks": "RUNNING"} == h.states()
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
+    assert isinstance(log, dict)
+    entry = log["startups"][-1]
+    assert "ok" == entry["outcome"]
+    assert ["scheduler", "locks", "reaper", "callbacks"] == [p["worker"] for p in entry["phases"]]
+    assert {"jobs": 2} == entry["phases"][0]["found"]
+    assert {"reattached": 1} == entry["phases"][0]["did"]
+
+
+def test_a_stale_ready_record_is_ignored(tmp_path: Path) -> None:
+    """A ready file of another pid/start (a previous incarnation) does not count."""
+    h = Harness(tmp_path)
+    h.d.begin()
+    write_record(READY, h.layout.ready_file("scheduler"),
+                 {"worker": "scheduler", "pid": 1, "start": 2, "ready_at": "x"})
+    h.d.scan()
+    h.tick(1.0)
+    assert "STARTING" == h.states()["scheduler"]
+    assert ["scheduler"] == [n for n, _ in h.spawned]
+
+
+def test_critical_worker_failing_recovery_aborts_startup(tmp_path: Path) -> None:
+    """The scheduler going FATAL at startup: log 'failed', stop, exit 1, nothing else started."""
+    h = Harness(tmp_path)
+    h.d.begin()
+    h.exit("scheduler", EXIT3)
+    assert "BACKOFF" == h.states()["scheduler"]
+    h.tick(1.0)
+    h.exit("scheduler", EXIT3)
+    assert "FATAL" == h.states()["scheduler"]
+    assert h.d.done
+    assert EXIT_FAILURE == h.d.exit_code
+    assert ["scheduler", "scheduler"] == [n for n, _ in h.spawned]
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
+    assert isinstance(log, dict)
+    assert "failed" == log["startups"][-1]["outcome"]
+    assert "recovery failed" in log["startups"][-1]["phases"][0]["error"]
+
+
+def test_failing_non_critical_worker_leaves_batchd_degraded(tmp_path: Path) -> None:
+    """locks FATAL at startup: the rest start, outcome 'degraded', STATUS says so."""
+    h = Harness(tmp_path)
+    h.d.begin()
+    h.up("scheduler")
+    h.exit("locks", EXIT3)
+    h.tick(1.0)
+    h.exit("locks", EXIT3)
+    assert ["scheduler", "locks", "locks", "reaper", "callbacks"] == [n for n, _ in h.spawned]
+    h.up("reaper", "callbacks")
+    assert not h.d.done
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
+    assert isinstance(log, dict)
+    assert "degraded" == log["startups"][-1]["outcome"]
+    assert h.d.status_text().startswith("degraded: locks FATAL")
+
+
+def test_crash_in_running_restarts_and_is_counted_in_workers_json(tmp_path: Path) -> None:
+    """SIGKILL of a RUNNING worker: a new pid at once, restarts=1 in workers.json."""
+    h = Harness(tmp_path)
+    h.startup()
+    old = h.d.procs["reaper"].pid
+    h.exit("reaper", KILLED)
+    assert ("reaper", h.d.procs["reaper"].pid) == h.spawned[-1]
+    assert old != h.d.procs["reaper"].pid
+    rec = read_record(WORKERS, h.layout.workers_file, owner=False)
+    assert isinstance(rec, dict)
+    reaper = next(w for w in rec["workers"] if w["name"] == "reaper")
+    assert ("STARTING", 1, -9, "killed by SIGKILL") == (
+        reaper["state"], reaper["restarts"], reaper["exitstatus"], reaper["message"])
+
+
+def test_critical_restart_intensity_exceeded_takes_batchd_down(tmp_path: Path) -> None:
+    """More than max_restarts scheduler crashes in the window: others stopped, exit 1."""
+    h = Harness(tmp_path)
+    cfg = h.d.cfg
+    workers = dict(cfg.workers)
+    workers["scheduler"] = WorkerConfig(startsecs=0.5, max_restarts=2, restart_window=60)
+    h.d.cfg = dataclasses.replace(cfg, workers=workers)
+    h.d.procs["scheduler"].config = workers["scheduler"]
+    h.startup()
+    for _ in range(2):
+        h.exit("scheduler", KILLED)
+        h.up("scheduler")
+    h.exit("scheduler", KILLED)
+    assert "FATAL" == h.states()["scheduler"]
+    assert h.d.stopping and EXIT_FAILURE == h.d.exit_code
+    assert (h.d.procs["callbacks"].pid, signal.SIGTERM) == h.killed[0]
+
+
+def test_shutdown_stops_in_reverse_order_one_at_a_time(tmp_path: Path) -> None:
+    """SIGTERM: callbacks, reaper, locks, scheduler; each SIGKILLed after stopwaitsecs."""
+    h = Harness(tmp_path)
+    h.startup()
+    pids = {n: p.pid for n, p in h.d.procs.items()}
+    h.d.handle_signal(signal.SIGTERM)
+    order = []
+    for name in ("callbacks", "reaper", "locks", "scheduler"):
+        assert (pids[name], signal.SIGTERM) == h.killed[-1]
+        order.append(name)
+        if name == "reaper":
+            h.tick(2.5)                # ignores SIGTERM: SIGKILL after stopwaitsecs
+            assert (pids[name], signal.SIGKILL) == h.killed[-1]
+        h.exit(name, 0 if name != "reaper" else KILLED)
+    assert h.d.done and EXIT_OK == h.d.exit_code
+    assert {"STOPPED"} == set(h.states().values())
+
+
+def test_control_stop_and_start_a_worker(tmp_path: Path) -> None:
+    """stop W replies once STOPPED; start W replies once RUNNING; requests are removed."""
+    h = Harness(tmp_path)
+    h.startup()
+    rid = h.control("stop", "callbacks")
+    assert h.reply(rid) is None
+    h.exit("callbacks", 0)
+    rep = h.reply(rid)
+    assert rep is not None and rep["ok"]
+    assert not (h.layout.control_inbox / f"{rid}.json").exists()
+    rid = h.control("start", "callbacks")
+    h.up("callbacks")
+    rep = h.reply(rid)
+    assert rep is not None and rep["ok"]
+    assert "RUNNING" == h.states()["callbacks"]
+
+
+def test_control_restart_replies_when_running_again(tmp_path: Path) -> None:
+    """restart W: SIGTERM, STOPPED, a new process, reply when RUNNING."""
+    h = Harness(tmp_path)
+    h.startup()
+    old = h.d.procs["locks"].pid
+    rid = h.control("restart", "locks")
+    assert (old, signal.SIGTERM) == h.killed[-1]
+    h.exit("locks", 0)
+    assert old != h.d.procs["locks"].pid
+    assert h.reply(rid) is None
+    h.up("locks")
+    rep = h.reply(rid)
+    assert rep is not None and rep["ok"]
+    assert 0 == h.d.procs["locks"].restarts
+
+
+def test_control_refuses_unknown_ops_workers_and_expired_requests(tmp_path: Path) -> None:
+    """Bad requests get ok:false naming the problem; nothing changes."""
+    h = Harness(tmp_path)
+    h.startup()
+    r1 = h.control("dance", "locks")
+    r2 = h.control("stop", "nobody")
+    r3 = h.control("stop", "locks", ts=h.d.started_wall - 60)
+    msgs = [h.reply(r) for r in (r1, r2, r3)]
+    assert [False, False, False] == [m["ok"] for m in msgs if m is not None]
+    assert "'dance'" in msgs[0]["message"]    # type: ignore[index]
+    assert "'nobody'" in msgs[1]["message"]   # type: ignore[index]
+    assert msgs[2]["message"].startswith("expired")  # type: ignore[index]
+    assert "RUNNING" == h.states()["locks"]
+
+
+def test_an_answered_request_is_only_removed_on_replay(tmp_path: Path) -> None:
+    """Crash between reply and removal: the next scan removes the request, acts on nothing."""
+    h = Harness(tmp_path)
+    h.startup()
+    rid = uuid.uuid4().hex
+    write_record(REPLY, h.layout.reply_file(rid), {"id": rid, "ok": True, "message": "done"})
+    write_record(CONTROL, h.layout.control_inbox / f"{rid}.json",
+                 {"id": rid, "op": "stop", "worker": "locks", "created_ts": time.time()})
+    h.d.scan()
+    assert not (h.layout.control_inbox / f"{rid}.json").exists()
+    assert "RUNNING" == h.states()["locks"]
+
+
+def test_control_requests_wait_for_startup_to_finish(tmp_path: Path) -> None:
+    """A stop written during recovery is answered after it, not lost nor acted on early."""
+    h = Harness(tmp_path)
+    h.d.begin()
+    rid = h.control("stop", "scheduler")
+    assert h.reply(rid) is None
+    h.up("scheduler")
+    h.up("locks")
+    h.up("reaper", "callbacks")
+    assert "STOPPING" == h.states()["scheduler"]
+
+
+def test_reload_restarts_only_the_changed_worker(tmp_path: Path) -> None:
+    """SIGHUP with a changed workers.reaper entry restarts the reaper alone."""
+    h = Harness(tmp_path)
+    h.startup()
+    pids = {n: p.pid for n, p in h.d.procs.items()}
+    h.cfgfile.write_text(h.cfgfile.read_text().replace(
+        "reaper: {startsecs: 0.5", "reaper: {startsecs: 0.25"))
+    h.d.handle_signal(signal.SIGHUP)
+    assert [(pids["reaper"], signal.SIGTERM)] == h.killed
+    h.exit("reaper", 0)
+    h.up("reaper")
+    assert all(pids[n] == h.d.procs[n].pid for n in ("scheduler", "locks", "callbacks"))
+    assert 0.25 == h.d.procs["reaper"].config.startsecs
+
+
+def test_reload_with_a_bad_config_keeps_the_old_one(tmp_path: Path) -> None:
+    """A broken file on reload: refused with the error in the reply; nothing restarted."""
+    h = Harness(tmp_path)
+    h.startup()
+    h.cfgfile.write_text(h.cfgfile.read_text() + "bogus_key: 1\n")
+    rid = h.control("reload")
+    rep = h.reply(rid)
+    assert rep is not None and not rep["ok"]
+    assert "bogus_key" in rep["message"]
+    assert [] == h.killed
+    assert h.d.last_status.startswith("reload refused")
+
+
+def test_reload_refuses_a_changed_state_dir(tmp_path: Path) -> None:
+    """state_dir cannot move under a running batchd."""
+    h = Harness(tmp_path)
+    h.startup()
+    h.cfgfile.write_text(_YAML.format(state=tmp_path / "elsewhere"))
+    rid = h.control("reload")
+    rep = h.reply(rid)
+    assert rep is not None and not rep["ok"]
+    assert "state_dir cannot change" in rep["message"]
+
+
+def test_changed_workers_follows_the_sections_each_reads(tmp_path: Path) -> None:
+    """repositories -> scheduler and locks; callbacks -> callbacks; log -> all four."""
+    base = Config(state_dir=tmp_path, workspace_dir=tmp_path / "ws")
+    from supervisor.config import CallbacksConfig, LogConfig, RepoConfig
+    assert ["scheduler", "locks"] == changed_workers(
+        base, dataclasses.replace(base, repositories={"a": RepoConfig(url="/x")}))
+    assert ["callbacks"] == changed_workers(
+        base, dataclasses.replace(base, callbacks=CallbacksConfig(timeout=5.0)))
+    assert ["scheduler", "locks", "reaper", "callbacks"] == changed_workers(
+        base, dataclasses.replace(base, log=LogConfig(level="debug")))
+    assert [] == changed_workers(base, dataclasses.replace(base))
+
+
+def test_describe_exit() -> None:
+    """waitpid statuses become (exitstatus, message)."""
+    assert (-9, "killed by SIGKILL") == describe_exit(signal.SIGKILL)
+    assert (3, "exited with status 3 (recovery failed)") == describe_exit(3 << 8)
+    assert (0, "exited with status 0") == describe_exit(0)
+
+
+def test_startup_log_keeps_the_last_ten(tmp_path: Path) -> None:
+    """Newest last, at most 10; a corrupt log is quarantined, logged, and a new one begun."""
+    layout = Layout(tmp_path)
+    layout.startup_log.write_text("{not json")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(12):
+            startups = append_startup(layout, {"id": str(i)}, log=structlog.get_logger())
+    assert ["startup-log.json was corrupt: moved aside, a new log begins"] == [
+        e["event"] for e in logs]
+    assert [str(i) for i in range(2, 12)] == [s["id"] for s in startups]
+    assert 1 == len(list(tmp_path.glob("startup-log.json.corrupted.*")))
+
+
+def test_timers_replace_and_cancel() -> None:
+    """Setting a key again replaces it; cancelled timers never fire; earliest first."""
+    t = Timers()
+    t.set("a", 5.0)
+    t.set("b", 3.0)
+    t.set("a", 1.0)
+    t.set("c", 2.0)
+    t.cancel("c")
+    assert 1.0 == t.next_due()
+    assert ["a", "b"] == list(t.pop_due(10.0))
+    assert t.next_due() is None
+
+
+def test_check_exit_codes_and_no_state_written(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """--check: 0 and a summary for a good file; 2 and the error for a bad one; bad usage 2."""
+    good = tmp_path / "good.yaml"
+    good.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    assert 0 == main(["-c", str(good), "--check"])
+    assert "configuration OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"state_dir: {tmp_path / 'state'}\nworkers: {{locks: {{startsecs: x}}}}\n")
+    assert 2 == main(["-c", str(bad), "--check"])
+    err = capsys.readouterr().err
+    assert "bad.yaml:2" in err and "startsecs" in err
+    assert 2 == main(["-c", str(bad)])
+    assert 2 == main(["--frobnicate"])
+    assert not (tmp_path / "state").exists()
+
+
+def test_replies_older_than_ten_minutes_are_removed(tmp_path: Path) -> None:
+    """gc_replies drops replies past REPLY_TTL, keeps newer ones, and re-arms its timer."""
+    h = Harness(tmp_path)
+    old, new = h.layout.reply_file("old"), h.layout.reply_file("new")
+    for path in (old, new):
+        write_record(REPLY, path, {"id": path.stem, "ok": True, "message": "x"})
+    stale = time.time() - batchd.REPLY_TTL - 5
+    os.utime(old, (stale, stale))
+    h.d.gc_replies()
+    assert (False, True) == (old.exists(), new.exists())
+    assert h.d.timers.pending("reply-gc")
+
+
+def test_critical_worker_dying_after_its_phase_still_aborts_startup(tmp_path: Path) -> None:
+    """The scheduler ready, then FATAL while locks recovers: startup fails, exit 1."""
+    h = Harness(tmp_path)
+    h.d.begin()
+    h.ready("scheduler")              # ready, but not yet up startsecs: still STARTING
+    h.exit("scheduler", KILLED)
+    h.tick(1.0)
+    h.exit("scheduler", KILLED)
+    assert "FATAL" == h.states()["scheduler"]
+    assert h.d.stopping and EXIT_FAILURE == h.d.exit_code
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
+    assert isinstance(log, dict)
+    assert "failed" == log["startups"][-1]["outcome"]

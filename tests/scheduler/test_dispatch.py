@@ -1,0 +1,771 @@
+"""scheduler.dispatch: dispatch, ticks, cancel, re-attachment and leftover killing.
+
+The "adaptor" a test launches is a real process (`sleep`, in a session of its own, with
+BATCHD_JOB_ID in its env) started by a fake launcher; the test writes the sentinel and
+result files the real adaptor would, and moves an injected clock. The queue is the
+in-memory twin; spec, workspace and process checks are real.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.config import Config, RepoConfig, SchedulerConfig
+from supervisor.scheduler import dispatch as _dispatch
+from supervisor.scheduler.launch import Launched, LaunchError
+from supervisor.state.clock import iso_now
+from supervisor.state.layout import (
+    REQUEST,
+    RESULT,
+    SENTINEL,
+    WORKER_STATE,
+    Layout,
+    read_record,
+    write_record,
+)
+from supervisor.state.locktable import Lock, Table, Want, acquire, to_record
+from supervisor.state.proc import alive, start_time
+from supervisor.state.queue import JobQueue, MemoryStorage
+
+DEADLINE = 30.0
+
+
+class RecLog:
+    """A logger that records (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _rec(self, level: str, event: str, **kw: Any) -> None:
+        self.lines.append((level, event, kw))
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._rec("info", event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._rec("warning", event, **kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._rec("error", event, **kw)
+
+    def levels(self, level: str) -> list[str]:
+        return [e for lv, e, _ in self.lines if lv == level]
+
+
+class Clock:
+    """An epoch clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Procs:
+    """Fake adaptors: real processes leading their own session, tagged with their job id."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[subprocess.Popen[bytes]] = []
+        self.strays: list[int] = []
+        self.launched: list[str] = []
+        self.jobs: dict[str, subprocess.Popen[bytes]] = {}
+        self.fail: str | None = None
+        self.systemd = False
+        self.argv = ["sleep", "60"]
+
+    def spawn(self, job_id: str, argv: list[str] | None = None) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(argv or self.argv, env={**os.environ, "BATCHD_JOB_ID": job_id},
+                             start_new_session=True)
+        self.started.append(p)
+        return p
+
+    def spawn_group(self, job_id: str, members: list[str | None]
+                    ) -> tuple[subprocess.Popen[bytes], list[int]]:
+        """A leader (tagged `job_id`) whose group also holds one `sleep` per member,
+        tagged BATCHD_JOB_ID=<member> (None: untagged); (leader, member pids)."""
+        script = []
+        for i, tag in enumerate(members):
+            env = "env -u BATCHD_JOB_ID" if tag is None else f"env BATCHD_JOB_ID={tag}"
+            script.append(f"{env} sleep 60 & echo $! > {self.tmp}/m{i}")
+        leader = self.spawn(job_id, ["sh", "-c", "; ".join(script) + "; wait"])
+        pids = []
+        for i in range(len(members)):
+            path = self.tmp / f"m{i}"
+            deadline = time.monotonic() + DEADLINE
+            while not (path.exists() and path.read_text().endswith("\n")):
+                assert time.monotonic() < deadline, "group member never started"
+                time.sleep(0.01)
+            pid = int(path.read_text())
+            while not _cmdline(pid).startswith(b"sleep\0"):    # exec'd, with its own env
+                assert time.monotonic() < deadline, "group member never exec'd sleep"
+                time.sleep(0.01)
+            pids.append(pid)
+            path.unlink()
+        self.strays += pids
+        return leader, pids
+
+    def __call__(self, job_dir: Path, mode: str) -> Launched:
+        self.launched.append(job_dir.name)
+        if self.fail is not None:
+            raise LaunchError(self.fail)
+        p = self.spawn(job_dir.name)
+        self.jobs[job_dir.name] = p
+        if self.systemd:
+            return Launched(None, None, f"batchd-job-{job_dir.name}.service")
+        return Launched(p.pid, start_time(p.pid), None)
+
+    def exit(self, job_id: str) -> None:
+        """End the job's fake adaptor, as a real one does right after writing its result."""
+        p = self.jobs[job_id]
+        p.terminate()
+        p.wait()
+
+    def by_pid(self, pid: int) -> subprocess.Popen[bytes]:
+        return next(p for p in self.started if p.pid == pid)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    ps = Procs(tmp_path)
+    yield ps
+    for p in ps.started:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    for pid in ps.strays:
+        if alive(pid, None) and pid_tagged(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def pid_tagged(pid: int) -> bool:
+    try:
+        return b"BATCHD_JOB_ID=" in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
+def wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while alive(pid, None):
+        assert time.monotonic() < deadline, f"pid {pid} still alive"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws",
+                  scheduler=SchedulerConfig(max_concurrent_jobs=2, heartbeat_interval=0.2,
+                                            stale_after=1.0, dead_after=3.0, kill_grace=1.0),
+                  launcher="direct")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def jobs(cfg: Config, procs: Procs, clock: Clock) -> _dispatch.Jobs:
+    return _dispatch.Jobs.over(cfg, Layout(cfg.state_dir), JobQueue.over(MemoryStorage()),
+                               RecLog(), launcher=procs, clock=clock)  # type: ignore[arg-type]
+
+
+def log_of(j: _dispatch.Jobs) -> RecLog:
+    assert isinstance(j.log, RecLog)
+    return j.log
+
+
+def enqueue(j: _dispatch.Jobs, *ids: str, **extra: Any) -> None:
+    for job_id in ids:
+        j.queue.enqueue(job_id, {"agent": "shell", "prompt": "sleep 60", "repos": [],
+                                 "timeout": None, "created_at": iso_now(),
+                                 "workspace": str(j.cfg.workspace_dir / job_id), **extra})
+
+
+def get(j: _dispatch.Jobs, job_id: str) -> dict[str, Any]:
+    entry = j.queue.get(job_id)
+    assert entry is not None
+    return entry
+
+
+def sentinel(j: _dispatch.Jobs, job_id: str, pid: int, *, age: float = 0.0) -> None:
+    ts = j.clock() - age
+    j.layout.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+    write_record(SENTINEL, j.layout.job_sentinel(job_id), {
+        "id": job_id, "pid": pid, "start": start_time(pid), "heartbeat_at": iso_now(ts),
+        "heartbeat_ts": ts, "agent_pid": None, "agent_start": None, "output_bytes": 0})
+
+
+def result(j: _dispatch.Jobs, job_id: str, *, exit_code: int | None = 0,
+           sig: int | None = None, reason: str | None = None) -> None:
+    j.layout.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+    write_record(RESULT, j.layout.job_result(job_id), {
+        "id": job_id, "exit_code": exit_code, "signal": sig, "duration_s": 1.0,
+        "started_at": iso_now(), "finished_at": iso_now(), "session_id": None,
+        "reason": reason, "timed_out": reason == "timed_out"})
+
+
+def wait_dead(p: subprocess.Popen[bytes]) -> int:
+    return p.wait(DEADLINE)
+
+
+def run_one(j: _dispatch.Jobs, procs: Procs, job_id: str = "a") -> subprocess.Popen[bytes]:
+    """Enqueue and dispatch one job; its fake adaptor process."""
+    enqueue(j, job_id)
+    assert 1 == _dispatch.dispatch(j)
+    return procs.by_pid(get(j, job_id)["pid"])
+
+
+# -- dispatch ----------------------------------------------------------------------------------
+
+def test_dispatch_is_fifo_up_to_the_limit(jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """Three queued, two slots: the two oldest start (running, pid + start, attempts 1,
+    started_at/started_ts, spec and workspace written); the third waits queued."""
+    enqueue(jobs, "a", "b", "c")
+    assert 2 == _dispatch.dispatch(jobs)
+    assert ["a", "b"] == procs.launched
+    a = get(jobs, "a")
+    assert ("running", 1, True) == (a["state"], a["attempts"], alive(a["pid"], a["start"]))
+    assert isinstance(a["started_at"], str) and isinstance(a["started_ts"], float)
+    assert ({"a", "b"}, "queued") == (jobs.active, get(jobs, "c")["state"])
+    assert jobs.layout.job_spec("a").is_file()
+    assert (jobs.cfg.workspace_dir / "a").is_dir()
+    assert 0 == _dispatch.dispatch(jobs)
+
+
+def test_a_finished_job_frees_its_slot(jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """When a running job's result arrives, the next dispatch starts the queued one."""
+    enqueue(jobs, "a", "b", "c")
+    _dispatch.dispatch(jobs)
+    procs.exit("a")
+    result(jobs, "a")
+    _dispatch.tick_all(jobs)
+    assert 1 == _dispatch.dispatch(jobs)
+    assert ("completed", "running") == (get(jobs, "a")["state"], get(jobs, "c")["state"])
+
+
+def test_launch_error_fails_the_job_and_moves_on(jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """LaunchError: failed with the reason, counted, slot free for the next job."""
+    procs.fail = "fork failed: no memory"
+    enqueue(jobs, "a")
+    _dispatch.dispatch(jobs)
+    a = get(jobs, "a")
+    assert ("failed", "launch failed: fork failed: no memory", None, 1) \
+        == (a["state"], a["reason"], a["pid"], jobs.queue.stats()["failed"])
+    assert set() == jobs.active
+
+
+def test_unknown_agent_fails_before_any_launch(jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """A job whose agent is not configured fails at prepare time; nothing is launched."""
+    enqueue(jobs, "a", agent="nosuch")
+    _dispatch.dispatch(jobs)
+    a = get(jobs, "a")
+    assert ("failed", [], 1) == (a["state"], procs.launched, a["attempts"])
+    assert "unknown agent 'nosuch'" in a["reason"]
+
+
+def test_systemd_launch_stays_starting_until_the_sentinel(jobs: _dispatch.Jobs,
+                                                          procs: Procs) -> None:
+    """No pid from the launcher: starting; the tick that sees a fresh sentinel of a live
+    adaptor makes it running with that pid."""
+    procs.systemd = True
+    enqueue(jobs, "a")
+    _dispatch.dispatch(jobs)
+    assert ("starting", None) == (get(jobs, "a")["state"], get(jobs, "a").get("pid"))
+    _dispatch.tick_all(jobs)
+    assert "starting" == get(jobs, "a")["state"]         # within the launch grace
+    pid = procs.started[0].pid
+    sentinel(jobs, "a", pid)
+    _dispatch.tick_all(jobs)
+    a = get(jobs, "a")
+    assert ("running", pid, start_time(pid)) == (a["state"], a["pid"], a["start"])
+
+
+# -- results -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("res", "state", "reason"), [
+    ({"exit_code": 0}, "completed", None),
+    ({"exit_code": 3}, "failed", "exit 3"),
+    ({"exit_code": None, "sig": 9}, "failed", "killed by signal 9"),
+    ({"exit_code": None, "sig": 15, "reason": "timed_out"}, "timed_out", "timed out after 60s"),
+])
+def test_a_result_finalizes_the_job(jobs: _dispatch.Jobs, procs: Procs, res: dict[str, Any],
+                                    state: str, reason: str | None) -> None:
+    """The result decides the terminal state and reason; pid cleared, the state's counter
+    incremented, the job no longer active."""
+    enqueue(jobs, "a", timeout=60)
+    _dispatch.dispatch(jobs)
+    procs.exit("a")
+    result(jobs, "a", **res)
+    _dispatch.tick_job(jobs, "a")
+    a = get(jobs, "a")
+    assert (state, reason, None, 1, set()) \
+        == (a["state"], a["reason"], a["pid"], jobs.queue.stats()[state], jobs.active)
+
+
+def test_an_adaptor_lingering_after_its_result_is_killed(
+        jobs: _dispatch.Jobs, procs: Procs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Terminal means no process left: an adaptor still alive ADAPTOR_EXIT_WAIT after its
+    result is SIGKILLed before the job is written completed."""
+    monkeypatch.setattr(_dispatch, "ADAPTOR_EXIT_WAIT", 0.2)
+    adaptor = run_one(jobs, procs)
+    result(jobs, "a")
+    _dispatch.tick_all(jobs)
+    assert ("completed", -signal.SIGKILL) == (get(jobs, "a")["state"], adaptor.wait(0))
+
+
+def test_a_finished_job_is_ticked_no_more(jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """tick_job on a terminal job does nothing (idempotent job_exited)."""
+    run_one(jobs, procs)
+    procs.exit("a")
+    result(jobs, "a")
+    _dispatch.tick_job(jobs, "a")
+    assert None is _dispatch.tick_job(jobs, "a")
+    assert 1 == jobs.queue.stats()["completed"]
+
+
+# -- liveness ------------------------------------------------------------------------------------
+
+def test_dead_adaptor_is_lost_and_its_group_killed(jobs: _dispatch.Jobs, procs: Procs,
+                                                   clock: Clock) -> None:
+    """Adaptor SIGKILLed, heartbeat older than dead_after, no result: lost; the job's
+    process left in its group (tagged BATCHD_JOB_ID=a) is killed; an untagged process in
+    the same group is not touched."""
+    enqueue(jobs, "a")
+    adaptor, (agent, stranger) = procs.spawn_group("a", ["a", None])
+    jobs.launcher = lambda job_dir, mode: Launched(adaptor.pid, start_time(adaptor.pid), None)
+    _dispatch.dispatch(jobs)
+    sentinel(jobs, "a", adaptor.pid)
+    adaptor.kill()
+    wait_dead(adaptor)
+    _dispatch.tick_all(jobs)
+    assert "running" == get(jobs, "a")["state"]          # stale, not yet dead
+    clock.now += 3.5
+    _dispatch.tick_all(jobs)
+    a = get(jobs, "a")
+    assert ("lost", 1) == (a["state"], jobs.queue.stats()["lost"])
+    assert a["reason"].startswith("lost: no heartbeat for")
+    wait_gone(agent)
+    assert alive(stranger, None)
+
+
+def test_stale_heartbeat_warns_once_and_keeps(jobs: _dispatch.Jobs, procs: Procs,
+                                              clock: Clock) -> None:
+    """A live adaptor whose heartbeat is stale is kept; the warning is rate-limited."""
+    adaptor = run_one(jobs, procs)
+    sentinel(jobs, "a", adaptor.pid, age=2.0)
+    for _ in range(3):
+        _dispatch.tick_all(jobs)
+    assert ("running", ["job heartbeat is stale; keeping it"]) \
+        == (get(jobs, "a")["state"], log_of(jobs).levels("warning"))
+    assert None is adaptor.poll()
+
+
+def test_timeout_backstop_kills_and_times_out(jobs: _dispatch.Jobs, procs: Procs,
+                                              clock: Clock) -> None:
+    """An adaptor still running long past its timeout + kill_grace + margin is SIGKILLed
+    (its whole group) and the job is timed_out."""
+    enqueue(jobs, "a", timeout=1.0)
+    _dispatch.dispatch(jobs)
+    adaptor = procs.by_pid(get(jobs, "a")["pid"])
+    clock.now += 1.0 + 1.0 + 15.0 + 1.0
+    sentinel(jobs, "a", adaptor.pid)
+    _dispatch.tick_all(jobs)
+    assert ("timed_out", -signal.SIGKILL) == (get(jobs, "a")["state"], wait_dead(adaptor))
+
+
+# -- cancel --------------------------------------------------------------------------------------
+
+def test_cancel_of_a_queued_job_is_immediate(jobs: _dispatch.Jobs) -> None:
+    """queued -> cancelled at once, with the operator reason and the counter."""
+    enqueue(jobs, "a")
+    assert "queued" == _dispatch.cancel(jobs, "a")
+    a = get(jobs, "a")
+    assert ("cancelled", "cancelled by operator", 1) \
+        == (a["state"], a["reason"], jobs.queue.stats()["cancelled"])
+
+
+def test_cancel_of_a_running_job(jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """running: the intent is recorded, SIGTERM reaches the group once; the result then
+    makes it cancelled (not failed), reason "cancelled by operator"."""
+    adaptor = run_one(jobs, procs)
+    sentinel(jobs, "a", adaptor.pid)
+    assert "running" == _dispatch.cancel(jobs, "a")
+    a = get(jobs, "a")
+    assert ("running", True, -signal.SIGTERM) \
+        == (a["state"], a["cancel_requested"], wait_dead(adaptor))
+    assert isinstance(a["cancel_sent_ts"], float)
+    result(jobs, "a", exit_code=None, sig=15, reason="terminated")
+    _dispatch.tick_all(jobs)
+    a = get(jobs, "a")
+    assert ("cancelled", "cancelled by operator", 1) \
+        == (a["state"], a["reason"], jobs.queue.stats()["cancelled"])
+
+
+def test_cancel_overdue_is_killed(jobs: _dispatch.Jobs, procs: Procs, clock: Clock) -> None:
+    """An adaptor that ignores SIGTERM past kill_grace + margin is SIGKILLed; cancelled."""
+    procs.argv = ["sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"]
+    adaptor = run_one(jobs, procs)
+    sentinel(jobs, "a", adaptor.pid)
+    _dispatch.cancel(jobs, "a")
+    time.sleep(0.1)
+    assert None is adaptor.poll()
+    clock.now += 1.0 + 15.0 + 1.0
+    sentinel(jobs, "a", adaptor.pid)
+    _dispatch.tick_all(jobs)
+    a = get(jobs, "a")
+    assert ("cancelled", -signal.SIGKILL) == (a["state"], wait_dead(adaptor))
+    assert "killed" in a["reason"]
+
+
+def test_cancel_of_a_finished_job_changes_nothing(jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """A replayed cancel of a terminal job: same record, same counters."""
+    run_one(jobs, procs)
+    procs.exit("a")
+    result(jobs, "a")
+    _dispatch.tick_all(jobs)
+    before = (get(jobs, "a"), jobs.queue.stats())
+    assert "completed" == _dispatch.cancel(jobs, "a")
+    assert before == (get(jobs, "a"), jobs.queue.stats())
+
+
+def test_cancel_of_an_unknown_job(jobs: _dispatch.Jobs) -> None:
+    """No such job: None, nothing written."""
+    assert None is _dispatch.cancel(jobs, "ghost")
+
+
+# -- re-attachment ---------------------------------------------------------------------------------
+
+def test_reattach_sorts_every_active_job(cfg: Config, jobs: _dispatch.Jobs, procs: Procs,
+                                         clock: Clock) -> None:
+    """A restarted scheduler's view: alive + fresh -> reattached (recovered, marked on the
+    job), result -> finalized, dead past dead_after -> lost, stale -> kept."""
+    enqueue(jobs, "fresh", "done", "dead", "stale")
+    jobs.cfg = replace(cfg, scheduler=replace(cfg.scheduler, max_concurrent_jobs=4))
+    _dispatch.dispatch(jobs)
+    pids = {k: get(jobs, k)["pid"] for k in ("fresh", "done", "dead", "stale")}
+    for k in ("fresh", "done", "dead"):
+        sentinel(jobs, k, pids[k])
+    sentinel(jobs, "stale", pids["stale"], age=2.0)
+    procs.exit("done")
+    result(jobs, "done")
+    procs.by_pid(pids["dead"]).kill()
+    wait_dead(procs.by_pid(pids["dead"]))
+    clock.now += 0.5
+    sentinel(jobs, "fresh", pids["fresh"])
+    sentinel(jobs, "dead", pids["dead"], age=4.0)
+    again = _dispatch.Jobs.over(jobs.cfg, jobs.layout, jobs.queue, RecLog(),  # type: ignore[arg-type]
+                                launcher=procs, clock=clock)
+    assert {"fresh", "done", "dead", "stale"} == again.active
+    did = _dispatch.reattach(again)
+    assert {"reattached": 1, "stale": 1, "finalized": 1, "lost": 1, "pending": 0,
+            "relaunched": 0} == did
+    assert (1, "completed", "lost", "running") == (
+        get(again, "fresh")["reattached"], get(again, "done")["state"],
+        get(again, "dead")["state"], get(again, "stale")["state"])
+    assert 1 == again.queue.stats()["recovered"]
+
+
+def test_reattach_of_a_starting_job_learns_its_pid(jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """Scheduler died between the fork and the running record: the adaptor's sentinel
+    makes the job running with the adaptor's pid (never a second launch)."""
+    enqueue(jobs, "a")
+    jobs.queue.update("a", state="starting", attempts=1, dispatched_ts=jobs.clock())
+    adaptor = procs.spawn("a")
+    sentinel(jobs, "a", adaptor.pid)
+    again = _dispatch.Jobs.over(jobs.cfg, jobs.layout, jobs.queue, RecLog(),  # type: ignore[arg-type]
+                                launcher=procs, clock=jobs.clock)
+    assert 1 == _dispatch.reattach(again)["reattached"]
+    a = get(again, "a")
+    assert ("running", adaptor.pid, []) == (a["state"], a["pid"], procs.launched)
+
+
+# -- leftovers and timing --------------------------------------------------------------------------
+
+def test_kill_leftovers_needs_the_job_tag(procs: Procs) -> None:
+    """Only processes of the group carrying BATCHD_JOB_ID=<job> are killed."""
+    leader, (other_job, mine) = procs.spawn_group("x", ["y", "x"])
+    assert sorted([leader.pid, mine]) == sorted(_dispatch.kill_leftovers(leader.pid, "x"))
+    wait_gone(mine)
+    assert (-signal.SIGKILL, True) == (wait_dead(leader), alive(other_job, None))
+
+
+def test_tick_interval_is_half_the_heartbeat_at_most_a_second(cfg: Config) -> None:
+    """min(1 s, heartbeat_interval / 2)."""
+    slow = replace(cfg, scheduler=replace(cfg.scheduler, heartbeat_interval=5.0))
+    assert (0.1, 1.0) == (_dispatch.tick_interval(cfg), _dispatch.tick_interval(slow))
+
+
+# -- repository locks ------------------------------------------------------------------------------
+
+def _git(*args: str, cwd: Path | None = None) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                   check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def bare_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bare repository with one commit on main (README)."""
+    root = tmp_path_factory.mktemp("git")
+    src = root / "src"
+    _git("init", "-q", "-b", "main", str(src))
+    (src / "README").write_text("hello\n")
+    _git("add", "README", cwd=src)
+    _git("commit", "-q", "-m", "first", cwd=src)
+    _git("clone", "-q", "--bare", str(src), str(root / "app.git"))
+    return root / "app.git"
+
+
+@pytest.fixture
+def rjobs(jobs: _dispatch.Jobs, bare_repo: Path) -> _dispatch.Jobs:
+    """Jobs with two configured repositories over one real bare repo: app is exclusive."""
+    jobs.cfg = replace(jobs.cfg, repositories={
+        "app": RepoConfig(url=str(bare_repo), exclusive=True),
+        "lib": RepoConfig(url=str(bare_repo))})
+    return jobs
+
+
+def finish_clones(j: _dispatch.Jobs) -> None:
+    """Wait for the workspaces being cloned off the loop, then run the pass that launches."""
+    futures.wait(list(j.preparing.values()), timeout=60)
+    _dispatch.tick_all(j)
+
+
+def lock_requests(j: _dispatch.Jobs) -> dict[str, dict[str, Any]]:
+    """The requests waiting in locks/inbox, by file name (without .json)."""
+    inbox = j.layout.inbox("locks")
+    out = {}
+    for name in sorted(os.listdir(inbox)) if inbox.is_dir() else []:
+        rec = read_record(REQUEST, inbox / name, owner=False)
+        assert isinstance(rec, dict)
+        out[name.removesuffix(".json")] = rec
+    return out
+
+
+def grant_table(j: _dispatch.Jobs, *holders: tuple[str, str],
+                waiting: dict[str, list[str]] | None = None) -> None:
+    """Write locks/state.json as the locks worker would: (repo, job) held, queues."""
+    t = Table(held={repo: Lock(job, iso_now()) for repo, job in holders})
+    seq = 0
+    for repo, queue in (waiting or {}).items():
+        for job in queue:
+            seq += 1
+            acquire(t, job, Want((repo,), False, seq, None))
+    j.layout.worker_dir("locks").mkdir(parents=True, exist_ok=True)
+    write_record(WORKER_STATE, j.layout.worker_state("locks"), to_record(t))
+
+
+def test_a_job_with_repos_waits_and_asks_without_taking_a_slot(rjobs: _dispatch.Jobs,
+                                                                procs: Procs) -> None:
+    """queued -> waiting (lock_exclusive, lock_seq in the WAL), then acquire-<job>; the
+    job without repos behind it runs although the limit is 2 and one slot is used."""
+    enqueue(rjobs, "busy")
+    _dispatch.dispatch(rjobs)
+    enqueue(rjobs, "r", repos=["app"])
+    enqueue(rjobs, "s", repos=["lib"], exclusive=True)
+    enqueue(rjobs, "n")
+    assert 1 == _dispatch.dispatch(rjobs)
+    r, s = get(rjobs, "r"), get(rjobs, "s")
+    assert ("waiting", True, "waiting", True) == (r["state"], r["lock_exclusive"],
+                                                  s["state"], s["lock_exclusive"])
+    assert r["lock_seq"] < s["lock_seq"]
+    assert ("running", ["busy", "n"]) == (get(rjobs, "n")["state"], procs.launched)
+    reqs = lock_requests(rjobs)
+    assert ["acquire-r", "acquire-s"] == list(reqs)
+    assert (["app"], True, r["lock_seq"]) == (reqs["acquire-r"]["repos"],
+                                              reqs["acquire-r"]["exclusive"],
+                                              reqs["acquire-r"]["seq"])
+
+
+def test_a_granted_job_clones_releases_then_launches(rjobs: _dispatch.Jobs,
+                                                     procs: Procs) -> None:
+    """state.json shows the job holding its repo: dispatched; the workspace is a clone;
+    a non-exclusive job asks release-<job> after the clone."""
+    enqueue(rjobs, "r", repos=["lib"])
+    _dispatch.dispatch(rjobs)
+    assert [] == procs.launched
+    grant_table(rjobs, ("lib", "r"))
+    assert 1 == _dispatch.dispatch(rjobs)
+    # The clone runs on a prepare thread: the loop returns with the job still starting.
+    assert ("starting", []) == (get(rjobs, "r")["state"], procs.launched)
+    finish_clones(rjobs)
+    assert ("running", ["r"]) == (get(rjobs, "r")["state"], procs.launched)
+    assert "hello\n" == (rjobs.cfg.workspace_dir / "r" / "README").read_text()
+    assert ["acquire-r", "release-r"] == list(lock_requests(rjobs))
+    assert (rjobs.layout.mirrors_dir / "lib.git").is_dir()
+
+
+def test_an_exclusive_job_keeps_its_lock_until_it_ends(rjobs: _dispatch.Jobs,
+                                                       procs: Procs) -> None:
+    """On an exclusive repo no release follows the clone; the terminal finalize sends it."""
+    enqueue(rjobs, "x", repos=["app"])
+    _dispatch.dispatch(rjobs)
+    grant_table(rjobs, ("app", "x"))
+    _dispatch.dispatch(rjobs)
+    finish_clones(rjobs)
+    assert ["acquire-x"] == list(lock_requests(rjobs))
+    procs.exit("x")
+    result(rjobs, "x")
+    _dispatch.tick_all(rjobs)
+    assert ("completed", ["acquire-x", "release-x"]) == (get(rjobs, "x")["state"],
+                                                         list(lock_requests(rjobs)))
+
+
+def test_a_job_not_holding_all_its_repos_keeps_waiting(rjobs: _dispatch.Jobs,
+                                                       procs: Procs) -> None:
+    """Held by another job, or no slot free: the waiting job stays waiting."""
+    enqueue(rjobs, "r", repos=["app"])
+    _dispatch.dispatch(rjobs)
+    grant_table(rjobs, ("app", "other"), waiting={"app": ["r"]})
+    assert (0, "waiting") == (_dispatch.dispatch(rjobs), get(rjobs, "r")["state"])
+    enqueue(rjobs, "n1", "n2")
+    _dispatch.dispatch(rjobs)
+    grant_table(rjobs, ("app", "r"))
+    assert (0, "waiting") == (_dispatch.dispatch(rjobs), get(rjobs, "r")["state"])
+
+
+def test_cancel_of_a_waiting_job_releases_its_place(rjobs: _dispatch.Jobs) -> None:
+    """cancelled at once, and release-<job> leaves the queues."""
+    enqueue(rjobs, "r", repos=["app"])
+    _dispatch.dispatch(rjobs)
+    assert "waiting" == _dispatch.cancel(rjobs, "r")
+    assert ("cancelled", ["acquire-r", "release-r"]) == (get(rjobs, "r")["state"],
+                                                         list(lock_requests(rjobs)))
+
+
+def test_a_waiting_job_on_a_repo_no_longer_known_fails(rjobs: _dispatch.Jobs,
+                                                       procs: Procs) -> None:
+    """Its repository was removed while it waited: failed with the reason, released."""
+    enqueue(rjobs, "r", repos=["lib"])
+    _dispatch.dispatch(rjobs)
+    grant_table(rjobs, waiting={"lib": ["r"]})
+    rjobs.cfg = replace(rjobs.cfg, repositories={})
+    _dispatch.dispatch(rjobs)
+    r = get(rjobs, "r")
+    assert ("failed", "launch failed: repository 'lib' is no longer known", []) == (
+        r["state"], r["reason"], procs.launched)
+    assert "release-r" in lock_requests(rjobs)
+
+
+def test_resume_waiting_asks_again_for_jobs_the_table_lacks(rjobs: _dispatch.Jobs) -> None:
+    """Crash between the WAL's waiting and the acquire: at start, acquire again with the
+    recorded seq; a job the table knows is not asked for again."""
+    enqueue(rjobs, "lost", repos=["app"])
+    enqueue(rjobs, "known", repos=["lib"])
+    rjobs.queue.update("lost", state="waiting", lock_seq=5, lock_exclusive=True)
+    rjobs.queue.update("known", state="waiting", lock_seq=6, lock_exclusive=False)
+    grant_table(rjobs, waiting={"lib": ["known"]})
+    assert 1 == _dispatch.resume_waiting(rjobs)
+    reqs = lock_requests(rjobs)
+    assert (["acquire-lost"], 5, True) == (list(reqs), reqs["acquire-lost"]["seq"],
+                                           reqs["acquire-lost"]["exclusive"])
+
+
+def test_reattach_of_a_running_shared_job_releases_again(rjobs: _dispatch.Jobs,
+                                                         procs: Procs) -> None:
+    """Scheduler restart: a running non-exclusive job's clone is done, so release again;
+    a running exclusive one keeps its locks."""
+    for job_id, repo in (("shared", "lib"), ("excl", "app")):
+        enqueue(rjobs, job_id, repos=[repo])
+        _dispatch.dispatch(rjobs)
+        grant_table(rjobs, (repo, job_id))
+        _dispatch.dispatch(rjobs)
+        finish_clones(rjobs)
+        sentinel(rjobs, job_id, get(rjobs, job_id)["pid"])
+    for name in lock_requests(rjobs):
+        (rjobs.layout.inbox("locks") / f"{name}.json").unlink()
+    again = _dispatch.Jobs.over(rjobs.cfg, rjobs.layout, rjobs.queue, RecLog(),  # type: ignore[arg-type]
+                                launcher=procs, clock=rjobs.clock)
+    assert 2 == _dispatch.reattach(again)["reattached"]
+    assert ["release-shared"] == list(lock_requests(again))
+
+
+def test_a_stalled_clone_holds_neither_other_jobs_nor_cancels(
+        rjobs: _dispatch.Jobs, procs: Procs) -> None:
+    """A repository whose remote accepts and never answers (a real socket on 127.0.0.1):
+    while that job's clone hangs, a job without repositories is launched and a cancel of
+    a running job is carried out; the stalled job is not ticked (no relaunch) and fails
+    with git's error once the remote goes away."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/stalled.git"
+    rjobs.cfg = replace(rjobs.cfg, repositories={
+        **rjobs.cfg.repositories, "stall": RepoConfig(url=url, branch="main")},
+        scheduler=replace(rjobs.cfg.scheduler, max_concurrent_jobs=4))
+    try:
+        enqueue(rjobs, "run")
+        _dispatch.dispatch(rjobs)
+        enqueue(rjobs, "slow", repos=["stall"])
+        _dispatch.dispatch(rjobs)
+        grant_table(rjobs, ("stall", "slow"))
+        _dispatch.dispatch(rjobs)
+        enqueue(rjobs, "quick")
+        _dispatch.dispatch(rjobs)
+        _dispatch.cancel(rjobs, "run")
+        _dispatch.tick_all(rjobs)
+        assert (["run", "quick"], "starting", True) == (
+            procs.launched, get(rjobs, "slow")["state"], "slow" in rjobs.preparing)
+    finally:
+        server.close()                       # the clone fails: connection gone
+    finish_clones(rjobs)
+    slow = get(rjobs, "slow")
+    assert ("failed", ["run", "quick"]) == (slow["state"], procs.launched)
+    assert "stalled.git" in str(slow["reason"])
+
+
+def test_a_cancel_during_a_clone_ends_the_job_cancelled_when_the_clone_ends(
+        rjobs: _dispatch.Jobs, procs: Procs) -> None:
+    """Cancelled while its clone hangs on a stalled remote: never launched, and recorded
+    cancelled by the operator (not failed by the clone, not 'killed after SIGTERM')."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/stalled.git"
+    rjobs.cfg = replace(rjobs.cfg, repositories={"stall": RepoConfig(url=url, branch="main")})
+    try:
+        enqueue(rjobs, "c", repos=["stall"])
+        _dispatch.dispatch(rjobs)
+        grant_table(rjobs, ("stall", "c"))
+        _dispatch.dispatch(rjobs)
+        assert "c" in rjobs.preparing
+        _dispatch.cancel(rjobs, "c")
+        assert "starting" == get(rjobs, "c")["state"]
+    finally:
+        server.close()
+    finish_clones(rjobs)
+    c = get(rjobs, "c")
+    assert ("cancelled", "cancelled by operator", []) == (c["state"], c["reason"],
+                                                          procs.launched)
+
+
+def test_a_large_submission_waits_in_batches(rjobs: _dispatch.Jobs,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most WAIT_BATCH jobs start waiting per pass; backlog says a next pass is due."""
+    monkeypatch.setattr(_dispatch, "WAIT_BATCH", 2)
+    enqueue(rjobs, "a", "b", "c", repos=["app"])
+    _dispatch.dispatch(rjobs)
+    assert (True, "queued") == (rjobs.backlog, get(rjobs, "c")["state"])
+    _dispatch.dispatch(rjobs)
+    assert (False, "waiting") == (rjobs.backlog, get(rjobs, "c")["state"])
+    assert ["a", "b", "c"] == rjobs.queue.ids("waiting")

@@ -1,0 +1,513 @@
+"""The scheduler's job-file glue (scheduler.jobfiles): real files, real git, real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.config import AgentConfig, Config, RepoConfig, SchedulerConfig
+from supervisor.scheduler.jobfiles import (
+    PREP_PREFIX,
+    PrepareError,
+    job_timeout,
+    kill_group,
+    observe,
+    prepare_workspace,
+    write_spec,
+)
+from supervisor.scheduler.lifecycle import Event, Timing, classify
+from supervisor.state.layout import (
+    JOB_SPEC,
+    RESULT,
+    SENTINEL,
+    Layout,
+    read_record,
+    write_record,
+)
+from supervisor.state.proc import alive, start_time
+
+NOW = 1_800_000_000.0
+
+
+def make_cfg(tmp_path: Path, **kw: Any) -> Config:
+    return Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws", **kw)
+
+
+def entry(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"id": "j1", "state": "running", "agent": "shell",
+                            "prompt": "echo hi", "repos": [], "timeout": None}
+    base.update(fields)
+    return base
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A real process leading its own session (like an adaptor), killed afterwards."""
+    p = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    yield p
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+
+
+def wait_for(cond: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return bool(cond())
+
+
+def hold_lock(path: Path, how: str) -> subprocess.Popen[str]:
+    """A child process that takes an exclusive lock on `path` (flock or lockf) and keeps it."""
+    call = {"flock": "fcntl.flock(fd, fcntl.LOCK_EX)", "lockf": "fcntl.lockf(fd, fcntl.LOCK_EX)"}
+    code = (f"import fcntl, os, sys, time\nfd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
+            f"{call[how]}\nprint('locked', flush=True)\ntime.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    assert "locked\n" == p.stdout.readline()
+    return p
+
+
+def stop(p: subprocess.Popen[Any]) -> None:
+    p.kill()
+    p.wait()
+
+
+# --------------------------------------------------------------------------- observe
+
+
+def test_observe_a_job_with_no_files(tmp_path: Path) -> None:
+    """No sentinel, no result, no lock, no pid: an empty observation with the job's timeout."""
+    cfg = make_cfg(tmp_path)
+    obs = observe(Layout(cfg.state_dir), entry(state="starting"), NOW, cfg)
+    assert (None, None, None, None, False, False, 86400.0) == (
+        obs.sentinel, obs.result, obs.result_error, obs.pid, obs.alive, obs.lock_held,
+        obs.timeout)
+
+
+def test_observe_a_live_adaptor_then_its_death(tmp_path: Path,
+                                               sleeper: subprocess.Popen[bytes]) -> None:
+    """A sentinel naming a live pid + start is alive; after SIGKILL it is not."""
+    cfg = make_cfg(tmp_path)
+    layout = Layout(cfg.state_dir)
+    start = start_time(sleeper.pid)
+    layout.job_dir("j1").mkdir(parents=True)
+    write_record(SENTINEL, layout.job_sentinel("j1"), {
+        "id": "j1", "pid": sleeper.pid, "start": start, "heartbeat_at": "2027-01-15T08:00:00Z",
+        "heartbeat_ts": NOW - 3.0, "agent_pid": None, "agent_start": None, "output_bytes": 0})
+    obs = observe(layout, entry(state="starting"), NOW, cfg)
+    assert (sleeper.pid, start, True, NOW - 3.0) == (obs.pid, obs.start, obs.alive,
+                                                     obs.heartbeat_ts)
+    sleeper.kill()
+    sleeper.wait()
+    obs = observe(layout, entry(state="starting"), NOW, cfg)
+    assert (sleeper.pid, False) == (obs.pid, obs.alive)
+
+
+def test_observe_never_trusts_a_reused_pid(tmp_path: Path,
+                                           sleeper: subprocess.Popen[bytes]) -> None:
+    """A live pid with another start time is not our adaptor."""
+    cfg = make_cfg(tmp_path)
+    start = start_time(sleeper.pid)
+    assert start is not None
+    obs = observe(Layout(cfg.state_dir), entry(pid=sleeper.pid, start=start + 1), NOW, cfg)
+    assert (False, sleeper.pid) == (obs.alive, obs.pid)
+
+
+def test_observe_learns_the_pid_from_the_lock_holder(tmp_path: Path) -> None:
+    """No pid in the WAL nor a sentinel yet: the flock holder names the adaptor."""
+    cfg = make_cfg(tmp_path)
+    layout = Layout(cfg.state_dir)
+    layout.job_dir("j1").mkdir(parents=True)
+    p = hold_lock(layout.job_lock("j1"), "flock")
+    try:
+        obs = observe(layout, entry(state="starting"), NOW, cfg)
+        assert (True, p.pid, start_time(p.pid)) == (obs.lock_held, obs.pid, obs.start)
+    finally:
+        stop(p)
+
+
+def test_observe_reads_the_result_without_moving_a_corrupt_one(tmp_path: Path) -> None:
+    """A result is returned; a corrupt one is reported and left in place (adaptor-owned)."""
+    cfg = make_cfg(tmp_path)
+    layout = Layout(cfg.state_dir)
+    layout.job_dir("j1").mkdir(parents=True)
+    body = {"id": "j1", "exit_code": 0, "signal": None, "finished_at": "2027-01-15T08:00:00Z"}
+    write_record(RESULT, layout.job_result("j1"), body)
+    obs = observe(layout, entry(), NOW, cfg)
+    assert (0, None) == (obs.result["exit_code"] if obs.result else None, obs.result_error)
+    layout.job_result("j1").write_bytes(b"{not json")
+    obs = observe(layout, entry(), NOW, cfg)
+    assert (None, True, True) == (obs.result, (obs.result_error or "").startswith("not valid"),
+                                  layout.job_result("j1").exists())
+    assert ["result.json"] == sorted(os.listdir(layout.job_dir("j1")))
+
+
+def test_observe_ignores_records_of_another_job(tmp_path: Path) -> None:
+    """A sentinel whose id is another job's is not this job's heartbeat."""
+    cfg = make_cfg(tmp_path)
+    layout = Layout(cfg.state_dir)
+    layout.job_dir("j1").mkdir(parents=True)
+    write_record(SENTINEL, layout.job_sentinel("j1"), {
+        "id": "j2", "pid": 1, "start": 1, "heartbeat_at": "2027-01-15T08:00:00Z"})
+    assert None is observe(layout, entry(), NOW, cfg).sentinel
+
+
+def test_observe_then_classify_a_dead_job_is_lost(tmp_path: Path,
+                                                  sleeper: subprocess.Popen[bytes]) -> None:
+    """End to end with real files: a killed adaptor with an old heartbeat classifies as dead."""
+    cfg = make_cfg(tmp_path)
+    layout = Layout(cfg.state_dir)
+    start = start_time(sleeper.pid)
+    layout.job_dir("j1").mkdir(parents=True)
+    write_record(SENTINEL, layout.job_sentinel("j1"), {
+        "id": "j1", "pid": sleeper.pid, "start": start, "heartbeat_at": "x",
+        "heartbeat_ts": NOW - 500.0})
+    e = entry(pid=sleeper.pid, start=start, started_ts=NOW - 600.0)
+    timing = Timing.from_config(cfg.scheduler)
+    assert Event.SENTINEL_STALE == classify(e, observe(layout, e, NOW, cfg), NOW, timing)
+    sleeper.kill()
+    sleeper.wait()
+    assert Event.SENTINEL_DEAD == classify(e, observe(layout, e, NOW, cfg), NOW, timing)
+
+
+# --------------------------------------------------------------------------- spec
+
+
+def test_write_spec_builds_the_job_spec(tmp_path: Path) -> None:
+    """spec.json holds JOBFILES.md's keys from the entry, the agent and scheduler:."""
+    agents = {"claude": AgentConfig(adaptor="claude", command="/opt/claude", args=("-p",),
+                                    env=(("A", "1"),), timeout=3600.0, user="bot",
+                                    model="opus")}
+    cfg = make_cfg(tmp_path, agents=agents,
+                   scheduler=SchedulerConfig(heartbeat_interval=2.0, kill_grace=3.0))
+    layout = Layout(cfg.state_dir)
+    path = write_spec(layout, cfg, entry(agent="claude", prompt="fix it",
+                                         resume_session="s-9"))
+    spec = read_record(JOB_SPEC, path, owner=False)
+    assert isinstance(spec, dict)
+    del spec["schema"], spec["v"]
+    assert {"id": "j1", "agent": "claude", "adaptor": "claude", "command": "/opt/claude",
+            "args": ["-p"], "env": {"A": "1"}, "prompt": "fix it", "model": "opus",
+            "workspace": str(tmp_path / "ws" / "j1"), "job_dir": str(layout.job_dir("j1")),
+            "timeout": 3600.0, "heartbeat_interval": 2.0, "kill_grace": 3.0, "user": "bot",
+            "resume_session": "s-9"} == spec
+
+
+def test_timeout_chain(tmp_path: Path) -> None:
+    """timeout = the job's, else the agent's, else scheduler.job_timeout."""
+    agents = {"a": AgentConfig(adaptor="command", timeout=60.0),
+              "b": AgentConfig(adaptor="command")}
+    cfg = make_cfg(tmp_path, agents=agents, scheduler=SchedulerConfig(job_timeout=999.0))
+    assert (5.0, 60.0, 999.0) == (job_timeout(cfg, entry(agent="a", timeout=5)),
+                                  job_timeout(cfg, entry(agent="a")),
+                                  job_timeout(cfg, entry(agent="b")))
+
+
+def test_write_spec_refuses_an_unknown_agent(tmp_path: Path) -> None:
+    """An agent gone from the config is a PrepareError naming it; nothing is written."""
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(PrepareError, match="unknown agent 'ghost'"):
+        write_spec(Layout(cfg.state_dir), cfg, entry(agent="ghost"))
+    assert not (cfg.state_dir / "jobs").exists()
+
+
+def test_workspace_from_the_entry_wins(tmp_path: Path) -> None:
+    """The submit handler's entry["workspace"] is the spec's workspace and the folder made."""
+    cfg = make_cfg(tmp_path)
+    ws = prepare_workspace(cfg, entry(workspace=str(tmp_path / "elsewhere")))
+    assert (tmp_path / "elsewhere", []) == (ws, os.listdir(ws))
+
+
+# --------------------------------------------------------------------------- workspace
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    out = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
+                          "-c", "init.defaultBranch=main", *args],
+                         cwd=cwd, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def make_repo(path: Path, name: str) -> Path:
+    """A repository whose default branch (HEAD) is `trunk`; `main` holds other content."""
+    path.mkdir(parents=True)
+    git("init", "-q", "-b", "main", cwd=path)
+    (path / "which").write_text(f"{name} main\n")
+    git("add", "which", cwd=path)
+    git("commit", "-q", "-m", "on main", cwd=path)
+    git("checkout", "-q", "-b", "trunk", cwd=path)
+    (path / "which").write_text(f"{name} trunk\n")
+    git("commit", "-q", "-am", "on trunk", cwd=path)
+    return path
+
+
+@pytest.fixture
+def repos(tmp_path: Path) -> dict[str, RepoConfig]:
+    app = make_repo(tmp_path / "remotes" / "app", "app")
+    lib = make_repo(tmp_path / "remotes" / "lib", "lib")
+    return {"app": RepoConfig(url=str(app)), "lib": RepoConfig(url=str(lib)),
+            "app-main": RepoConfig(url=str(app), branch="main"),
+            "app-nope": RepoConfig(url=str(app), branch="nope"),
+            "missing": RepoConfig(url=str(tmp_path / "remotes" / "missing"))}
+
+
+def test_a_job_without_repos_gets_an_empty_folder(tmp_path: Path) -> None:
+    """No repositories: <workspace_dir>/<id>, empty."""
+    cfg = make_cfg(tmp_path)
+    ws = prepare_workspace(cfg, entry())
+    assert (tmp_path / "ws" / "j1", []) == (ws, os.listdir(ws))
+
+
+def test_one_repo_the_workspace_is_the_clone_on_the_remote_default(
+        tmp_path: Path, repos: dict[str, RepoConfig]) -> None:
+    """One repo, no branch named: the clone IS the workspace, on the remote's HEAD (trunk)."""
+    cfg = make_cfg(tmp_path, repositories=repos)
+    ws = prepare_workspace(cfg, entry(repos=["app"]))
+    assert ("app trunk\n", "trunk") == ((ws / "which").read_text(),
+                                        git("rev-parse", "--abbrev-ref", "HEAD", cwd=ws))
+    assert [] == [n for n in os.listdir(tmp_path / "ws") if n.startswith(PREP_PREFIX)]
+
+
+def test_a_named_branch_is_cloned(tmp_path: Path, repos: dict[str, RepoConfig]) -> None:
+    """branch: main in the repository config -> git clone --branch main."""
+    cfg = make_cfg(tmp_path, repositories=repos)
+    ws = prepare_workspace(cfg, entry(repos=["app-main"]))
+    assert "app main\n" == (ws / "which").read_text()
+
+
+def test_several_repos_one_subfolder_each(tmp_path: Path,
+                                          repos: dict[str, RepoConfig]) -> None:
+    """Several repos: one subfolder each, named after the repository."""
+    cfg = make_cfg(tmp_path, repositories=repos)
+    ws = prepare_workspace(cfg, entry(repos=["app", "lib"]))
+    assert (["app", "lib"], "app trunk\n", "lib trunk\n") == (
+        sorted(os.listdir(ws)), (ws / "app" / "which").read_text(),
+        (ws / "lib" / "which").read_text())
+
+
+def test_registered_repositories_can_be_passed_in(tmp_path: Path,
+                                                  repos: dict[str, RepoConfig]) -> None:
+    """`repositories=` (config + `repo add`) replaces cfg.repositories for the lookup."""
+    cfg = make_cfg(tmp_path)
+    ws = prepare_workspace(cfg, entry(repos=["lib"]), repositories=repos)
+    assert "lib trunk\n" == (ws / "which").read_text()
+
+
+def test_a_half_made_workspace_is_redone(tmp_path: Path, repos: dict[str, RepoConfig]) -> None:
+    """A crash mid-clone leaves .prep.<id>; the next prepare removes it and clones afresh."""
+    cfg = make_cfg(tmp_path, repositories=repos)
+    staging = tmp_path / "ws" / f"{PREP_PREFIX}j1"
+    (staging / "app" / "half").mkdir(parents=True)
+    ws = prepare_workspace(cfg, entry(repos=["app", "lib"]))
+    assert (False, ["app", "lib"], False) == (staging.exists(), sorted(os.listdir(ws)),
+                                              (ws / "app" / "half").exists())
+
+
+def test_a_complete_workspace_is_reused_untouched(tmp_path: Path,
+                                                  repos: dict[str, RepoConfig]) -> None:
+    """prepare_workspace twice (a relaunch) keeps the first workspace and its contents."""
+    cfg = make_cfg(tmp_path, repositories=repos)
+    ws = prepare_workspace(cfg, entry(repos=["app"]))
+    (ws / "work-in-progress").write_text("keep me")
+    assert ws == prepare_workspace(cfg, entry(repos=["app"]))
+    assert "keep me" == (ws / "work-in-progress").read_text()
+
+
+@pytest.mark.parametrize(("repo", "needle"), [
+    ("app-nope", "Remote branch nope not found"),
+    ("missing", "does not exist"),
+])
+def test_git_errors_carry_git_stderr_and_leave_nothing(
+        tmp_path: Path, repos: dict[str, RepoConfig], repo: str, needle: str) -> None:
+    """A failing clone raises PrepareError with git's stderr; no workspace, no staging left."""
+    cfg = make_cfg(tmp_path, repositories=repos)
+    with pytest.raises(PrepareError, match=needle) as info:
+        prepare_workspace(cfg, entry(repos=["lib", repo]))
+    assert f"git clone of repository {repo!r}" in str(info.value)
+    assert [] == os.listdir(tmp_path / "ws")
+
+
+def test_unknown_repository_is_refused(tmp_path: Path) -> None:
+    """A repository neither configured nor registered is a PrepareError naming it."""
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(PrepareError, match="unknown repository 'ghost'"):
+        prepare_workspace(cfg, entry(repos=["ghost"]))
+
+
+def test_a_file_in_the_way_is_refused(tmp_path: Path) -> None:
+    """A non-folder at the workspace path is an error, not silently replaced."""
+    cfg = make_cfg(tmp_path)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "j1").write_text("x")
+    with pytest.raises(PrepareError, match="exists and is not a folder"):
+        prepare_workspace(cfg, entry())
+
+
+# --------------------------------------------------------------------------- from mirrors
+
+
+def bare_remote(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """(bare remote whose HEAD is trunk, a work tree that pushes to it)."""
+    work = make_repo(tmp_path / "remotes" / f"{name}-work", name)
+    bare = tmp_path / "remotes" / f"{name}.git"
+    git("clone", "-q", "--bare", str(work), str(bare))
+    git("remote", "add", "origin", str(bare), cwd=work)
+    return bare, work
+
+
+@pytest.fixture
+def remotes(tmp_path: Path) -> dict[str, RepoConfig]:
+    app, _ = bare_remote(tmp_path, "app")
+    lib, _ = bare_remote(tmp_path, "lib")
+    return {"app": RepoConfig(url=str(app)), "lib": RepoConfig(url=str(lib)),
+            "app-main": RepoConfig(url=str(app), branch="main"),
+            "app-nope": RepoConfig(url=str(app), branch="nope")}
+
+
+def test_from_a_mirror_the_workspace_is_an_ordinary_clone(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """One repo via mirrors_dir: mirror made, workspace on the remote's default branch,
+    its origin the real URL (not the mirror), no staging left."""
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "state" / "mirrors"
+    ws = prepare_workspace(cfg, entry(repos=["app"]), repositories=remotes,
+                           mirrors_dir=mirrors)
+    assert ("app trunk\n", "trunk", remotes["app"].url, ["app.git"]) == (
+        (ws / "which").read_text(), git("rev-parse", "--abbrev-ref", "HEAD", cwd=ws),
+        git("remote", "get-url", "origin", cwd=ws), os.listdir(mirrors))
+    assert [] == [n for n in os.listdir(tmp_path / "ws") if n.startswith(PREP_PREFIX)]
+
+
+def test_from_mirrors_several_repos_and_a_named_branch(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """Several repos via mirrors: one subfolder each; a named branch is checked out."""
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "mirrors"
+    ws = prepare_workspace(cfg, entry(repos=["app-main", "lib"]), repositories=remotes,
+                           mirrors_dir=mirrors)
+    assert (["app-main", "lib"], "app main\n", "lib trunk\n", remotes["lib"].url) == (
+        sorted(os.listdir(ws)), (ws / "app-main" / "which").read_text(),
+        (ws / "lib" / "which").read_text(), git("remote", "get-url", "origin", cwd=ws / "lib"))
+
+
+def test_the_mirror_is_fetched_for_the_next_job(tmp_path: Path) -> None:
+    """The mirror is created once, then fetched: a commit pushed after job 1 is in job 2's
+    workspace, and the mirror folder is the same one."""
+    bare, work = bare_remote(tmp_path, "app")
+    cfg = make_cfg(tmp_path)
+    known = {"app": RepoConfig(url=str(bare))}
+    mirrors = tmp_path / "mirrors"
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=known,
+                      mirrors_dir=mirrors)
+    inode = (mirrors / "app.git").stat().st_ino
+    (work / "which").write_text("app trunk 2\n")
+    git("commit", "-q", "-am", "second", cwd=work)
+    git("push", "-q", "origin", "trunk", cwd=work)
+    ws2 = prepare_workspace(cfg, entry(id="j2", repos=["app"]), repositories=known,
+                            mirrors_dir=mirrors)
+    assert ("app trunk 2\n", inode, "app trunk\n") == (
+        (ws2 / "which").read_text(), (mirrors / "app.git").stat().st_ino,
+        (tmp_path / "ws" / "j1" / "which").read_text())
+
+
+def test_a_fetch_failure_fails_the_job_with_git_stderr(tmp_path: Path) -> None:
+    """The remote is gone when its mirror is fetched: PrepareError carrying git's stderr,
+    no workspace and no staging left."""
+    bare, _ = bare_remote(tmp_path, "app")
+    cfg = make_cfg(tmp_path)
+    known = {"app": RepoConfig(url=str(bare))}
+    mirrors = tmp_path / "mirrors"
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=known,
+                      mirrors_dir=mirrors)
+    bare.rename(tmp_path / "moved.git")
+    with pytest.raises(PrepareError, match="does not appear to be a git repository") as info:
+        prepare_workspace(cfg, entry(id="j2", repos=["app"]), repositories=known,
+                          mirrors_dir=mirrors)
+    assert str(info.value).startswith("git fetch of repository 'app'")
+    assert ["j1"] == os.listdir(tmp_path / "ws")
+
+
+def test_a_missing_branch_in_the_mirror_fails_with_git_stderr(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """A branch the remote lacks: the clone from the mirror fails naming the real URL."""
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(PrepareError, match="Remote branch nope not found") as info:
+        prepare_workspace(cfg, entry(repos=["app-nope"]), repositories=remotes,
+                          mirrors_dir=tmp_path / "mirrors")
+    assert str(info.value).startswith(
+        f"git clone of repository 'app-nope' ({remotes['app'].url} branch 'nope') failed: ")
+    assert [] == os.listdir(tmp_path / "ws")
+
+
+def test_a_complete_workspace_is_reused_without_a_fetch(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """A relaunch with the workspace already made touches neither remote nor mirror."""
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "mirrors"
+    ws = prepare_workspace(cfg, entry(repos=["app"]), repositories=remotes,
+                           mirrors_dir=mirrors)
+    Path(remotes["app"].url).rename(tmp_path / "moved.git")
+    assert ws == prepare_workspace(cfg, entry(repos=["app"]), repositories=remotes,
+                                   mirrors_dir=mirrors)
+
+
+# --------------------------------------------------------------------------- kill_group
+
+
+def test_kill_group_signals_the_whole_group() -> None:
+    """The adaptor (session leader) and its child both get the signal."""
+    leader = subprocess.Popen(["sh", "-c", "sleep 120 & echo $!; wait"], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert leader.stdout is not None
+        child = int(leader.stdout.readline())
+        child_start = start_time(child)
+        assert kill_group(leader.pid, start_time(leader.pid), signal.SIGTERM)
+        leader.wait(timeout=20)
+        assert wait_for(lambda: not alive(child, child_start))
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()
+
+
+def test_kill_group_refuses_a_wrong_start_time(sleeper: subprocess.Popen[bytes]) -> None:
+    """pid alive but another start time (a reused pid): no signal, False."""
+    start = start_time(sleeper.pid)
+    assert start is not None
+    assert not kill_group(sleeper.pid, start + 1, signal.SIGKILL)
+    assert not kill_group(sleeper.pid, None, signal.SIGKILL)
+    time.sleep(0.05)
+    assert None is sleeper.poll()
+
+
+def test_kill_group_of_a_dead_process_is_false(sleeper: subprocess.Popen[bytes]) -> None:
+    """A process already gone is not signalled."""
+    start = start_time(sleeper.pid)
+    sleeper.kill()
+    sleeper.wait()
+    assert not kill_group(sleeper.pid, start, signal.SIGTERM)
+    assert not kill_group(None, None, signal.SIGTERM)
+
+
+def test_kill_group_of_a_non_leader_signals_only_it() -> None:
+    """A pid that does not lead its group gets the signal alone (our own group is spared)."""
+    p = subprocess.Popen(["sleep", "120"])     # in the test runner's group
+    try:
+        assert kill_group(p.pid, start_time(p.pid), signal.SIGKILL)
+        assert -signal.SIGKILL == p.wait(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

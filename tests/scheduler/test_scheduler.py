@@ -1,0 +1,337 @@
+"""Tests for supervisor.scheduler: recovery, the inbox (submit, cancel, job_exited) and the loop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import log as _log
+from supervisor import runtime as _runtime
+from supervisor import scheduler
+from supervisor.config import Config
+from supervisor.scheduler.dispatch import Jobs
+from supervisor.scheduler.launch import Launched
+from supervisor.state.atomic import CORRUPT_MARK
+from supervisor.state.clock import iso_now
+from supervisor.state.jobs import cancel_request, submit_request
+from supervisor.state.layout import REQUEST, RESULT, Layout, write_record
+from supervisor.state.proc import start_time
+from supervisor.state.queue import JobQueue, MemoryStorage
+
+
+@pytest.fixture(autouse=True)
+def _no_stop() -> Iterator[None]:
+    """Each test starts and ends without a pending stop request."""
+    _runtime._state.stop = False
+    yield
+    _runtime._state.stop = False
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws")
+
+
+@pytest.fixture
+def sched(cfg: Config) -> Iterator[scheduler.Scheduler]:
+    """A scheduler over the real disk (its WAL under the tmp state dir)."""
+    s, _, _, _ = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"),
+                                   launcher=no_launch)
+    yield s
+    s.queue.close()
+
+
+@pytest.fixture
+def mem(cfg: Config) -> scheduler.Scheduler:
+    """A scheduler over the queue's in-memory twin (handler logic only)."""
+    queue = JobQueue.over(MemoryStorage())
+    layout = Layout(cfg.state_dir)
+    return scheduler.Scheduler(cfg, layout, queue, _log.get("test"),
+                               Jobs.over(cfg, layout, queue, _log.get("test"),
+                                         launcher=no_launch))
+
+
+def no_launch(job_dir: Path, mode: str) -> Launched:
+    """A launcher that must not be reached by the ingestion tests."""
+    raise AssertionError(f"unexpected launch of {job_dir}")
+
+
+def job(job_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": job_id, "agent": "shell", "prompt": "echo hi", "repos": [], "callback": None,
+            "timeout": None, "batch": None, "exclusive": False, "created_at": iso_now(),
+            **extra}
+
+
+def drop(s: scheduler.Scheduler, body: dict[str, Any]) -> Path:
+    """Write a request into the scheduler's inbox exactly as batchctl does."""
+    inbox = s.layout.inbox("scheduler")
+    inbox.mkdir(parents=True, exist_ok=True)
+    path = inbox / f"{body['id']}.json"
+    write_record(REQUEST, path, body)
+    return path
+
+
+def inbox_names(s: scheduler.Scheduler) -> list[str]:
+    return sorted(os.listdir(s.layout.inbox("scheduler")))
+
+
+def test_recovery_of_a_fresh_state_dir(cfg: Config) -> None:
+    """No WAL yet: an empty queue, nothing replayed, nothing degraded."""
+    s, found, did, degraded = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
+    s.queue.close()
+    assert ({"jobs": {}, "records_replayed": 0, "torn_bytes": 0, "quarantined": [],
+             "active": 0}, []) == (found, degraded)
+    assert {"truncated_bytes": 0, "quarantined": 0, "reattached": 0, "stale": 0,
+            "finalized": 0, "lost": 0, "pending": 0, "relaunched": 0,
+            "lock_requests_resent": 0} == did
+
+
+def test_submit_request_is_ingested_and_removed(sched: scheduler.Scheduler, cfg: Config) -> None:
+    """A submit request's jobs are queued in order with workspace and output_path; the
+    request file is removed and `submitted` counts them."""
+    path = drop(sched, submit_request([job("a"), job("b", batch="n1")], request_id="s1"))
+    scheduler.take_inbox(sched)
+    assert not path.exists()
+    assert ["a", "b"] == sched.queue.ids()
+    b = sched.queue.get("b")
+    assert b is not None
+    assert ("queued", "n1", 0) == (b["state"], b["batch"], b["attempts"])
+    assert str(cfg.workspace_dir / "b") == b["workspace"]
+    assert str(cfg.state_dir / "jobs" / "b" / "output") == b["output_path"]
+    assert 2 == sched.queue.stats()["submitted"]
+
+
+def test_jobs_survive_a_restart(cfg: Config, sched: scheduler.Scheduler) -> None:
+    """What was ingested is found again by the next start's recovery."""
+    drop(sched, submit_request([job("a"), job("b")], request_id="s1"))
+    scheduler.take_inbox(sched)
+    sched.queue.close()
+    s2, found, _, _ = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
+    try:
+        assert (["a", "b"], {"queued": 2}) == (s2.queue.ids(), found["jobs"])
+        assert found["records_replayed"] >= 2
+    finally:
+        s2.queue.close()
+
+
+def test_crash_replay_of_a_submit_adds_no_duplicate(cfg: Config,
+                                                    sched: scheduler.Scheduler) -> None:
+    """Request handled but its file not removed (crash): after a restart it is handled
+    again, and every job is still there exactly once."""
+    body = submit_request([job("a"), job("b")], request_id="s1")
+    path = drop(sched, body)
+    scheduler.submit(sched, {**body, "schema": REQUEST.schema, "v": REQUEST.version})
+    sched.queue.close()                          # the crash: the file is still there
+    s2, _, _, _ = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"),
+                                    launcher=no_launch)
+    try:
+        scheduler.take_inbox(s2)
+        assert not path.exists()
+        assert ["a", "b"] == s2.queue.ids()
+        assert 2 == s2.queue.stats()["submitted"]
+    finally:
+        s2.queue.close()
+
+
+def test_a_job_already_known_is_skipped_and_the_rest_queued(mem: scheduler.Scheduler) -> None:
+    """A submit naming a known id queues only the new ones (idempotent by job id)."""
+    drop(mem, submit_request([job("a")], request_id="s1"))
+    scheduler.take_inbox(mem)
+    mem.queue.update("a", state="running")
+    drop(mem, submit_request([job("a"), job("c")], request_id="s2"))
+    scheduler.take_inbox(mem)
+    assert (["a", "c"], "running", 2) == (mem.queue.ids(), mem.queue.state("a"),
+                                          mem.queue.stats()["submitted"])
+
+
+@pytest.mark.parametrize(("jobs", "why"), [
+    ([], "no jobs"),
+    ("a", "jobs not a list"),
+    ([job("a"), "b"], "a job not an object"),
+    ([job("a"), job("../etc")], "bad id"),
+    ([job("a"), job("a")], "id twice"),
+    ([job("a", state="completed")], "forges the state"),
+    ([job("a", agent=None)], "no agent"),
+])
+def test_a_bad_submit_is_quarantined_and_queues_nothing(mem: scheduler.Scheduler,
+                                                        jobs: Any, why: str) -> None:
+    """All or nothing: one bad job quarantines the whole request; no job is queued."""
+    drop(mem, {"id": "s1", "kind": "submit", "created_at": iso_now(), "jobs": jobs})
+    scheduler.take_inbox(mem)
+    assert [] == mem.queue.ids(), why
+    assert [True] == [n.startswith("s1.json" + CORRUPT_MARK) for n in inbox_names(mem)]
+
+
+def test_unknown_request_kinds_are_quarantined(mem: scheduler.Scheduler) -> None:
+    """A request of a kind the scheduler has no handler for is moved aside, not dropped."""
+    drop(mem, {"id": "r1", "kind": "pause", "created_at": iso_now()})
+    scheduler.take_inbox(mem)
+    assert [True] == [n.startswith("r1.json" + CORRUPT_MARK) for n in inbox_names(mem)]
+
+
+def test_cancel_of_a_queued_job(mem: scheduler.Scheduler) -> None:
+    """A queued job is cancelled at once: state, finished_at, reason and the counter."""
+    drop(mem, submit_request([job("a"), job("b")], request_id="s1"))
+    scheduler.take_inbox(mem)
+    drop(mem, cancel_request("a"))
+    scheduler.take_inbox(mem)
+    a = mem.queue.get("a")
+    assert a is not None
+    assert ("cancelled", "cancelled by operator") == (a["state"], a["reason"])
+    assert isinstance(a["finished_at"], str)
+    assert ("queued", 1, []) == (mem.queue.state("b"), mem.queue.stats()["cancelled"],
+                                 inbox_names(mem))
+
+
+def test_cancel_replayed_changes_nothing(mem: scheduler.Scheduler) -> None:
+    """A second cancel of the same job (a replay) leaves it and the counter as they were."""
+    drop(mem, submit_request([job("a")], request_id="s1"))
+    scheduler.take_inbox(mem)
+    req = {**cancel_request("a"), "schema": REQUEST.schema, "v": REQUEST.version}
+    scheduler.cancel(mem, req)
+    first = mem.queue.get("a")
+    scheduler.cancel(mem, req)
+    assert (first, 1) == (mem.queue.get("a"), mem.queue.stats()["cancelled"])
+
+
+def test_cancel_and_job_exited_of_a_running_job(cfg: Config, tmp_path: Path) -> None:
+    """cancel of a running job: intent recorded, SIGTERM to its group (the request is
+    removed); the adaptor's job_exited request after its result finalizes it cancelled."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    got_term = tmp_path / "got-term"
+
+    def launcher(job_dir: Path, mode: str) -> Launched:
+        """An adaptor stand-in that notes SIGTERM and runs on (until the test ends it)."""
+        p = subprocess.Popen(["sh", "-c", f"trap 'touch {got_term}' TERM; "
+                              "while :; do sleep 0.05; done"], start_new_session=True)
+        started.append(p)
+        return Launched(p.pid, start_time(p.pid), None)
+
+    s = scheduler.Scheduler(cfg, Layout(cfg.state_dir), JobQueue.over(MemoryStorage()),
+                            _log.get("test"), None)  # type: ignore[arg-type]
+    s.jobs = Jobs.over(cfg, s.layout, s.queue, s.log, launcher=launcher)
+    try:
+        drop(s, submit_request([job("a")], request_id="s1"))
+        scheduler.one_pass(s)
+        assert "running" == s.queue.state("a")
+        drop(s, cancel_request("a"))
+        scheduler.one_pass(s)
+        a = s.queue.get("a")
+        assert a is not None
+        assert ("running", True, []) == (a["state"], a["cancel_requested"], inbox_names(s))
+        deadline = time.monotonic() + 30
+        while not got_term.exists():
+            assert time.monotonic() < deadline, "the adaptor never got SIGTERM"
+            time.sleep(0.01)
+        started[0].kill()          # the adaptor writes its result and exits
+        started[0].wait()
+        write_record(RESULT, s.layout.job_result("a"), {
+            "id": "a", "exit_code": None, "signal": 15, "finished_at": iso_now(),
+            "reason": "terminated"})
+        drop(s, {"id": "exited-a", "kind": "job_exited", "job": "a", "created_at": iso_now()})
+        scheduler.one_pass(s)
+        a = s.queue.get("a")
+        assert a is not None
+        assert ("cancelled", "cancelled by operator", None, []) \
+            == (a["state"], a["reason"], a["pid"], inbox_names(s))
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()
+
+
+def test_job_exited_for_an_unknown_or_finished_job_is_removed(mem: scheduler.Scheduler) -> None:
+    """job_exited naming no active job changes nothing and is not kept around."""
+    drop(mem, {"id": "e1", "kind": "job_exited", "job": "ghost", "created_at": iso_now()})
+    scheduler.take_inbox(mem)
+    assert ([], []) == (mem.queue.ids(), inbox_names(mem))
+
+
+def test_job_exited_with_a_bad_job_id_is_quarantined(mem: scheduler.Scheduler) -> None:
+    """A malformed job_exited request is moved aside, not dropped."""
+    drop(mem, {"id": "e1", "kind": "job_exited", "job": "../x", "created_at": iso_now()})
+    scheduler.take_inbox(mem)
+    assert [True] == [n.startswith("e1.json" + CORRUPT_MARK) for n in inbox_names(mem)]
+
+
+class FakeWatcher:
+    """Records wait() timeouts and lets them run out on the clock (5 s for None); requests
+    a stop after `passes` waits."""
+
+    def __init__(self, passes: int, clock: list[float]) -> None:
+        self.timeouts: list[float | None] = []
+        self.passes, self.clock = passes, clock
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        self.clock[0] += 5.0 if timeout is None else timeout
+        if len(self.timeouts) >= self.passes:
+            _runtime.request_stop()
+        return False
+
+
+def test_serve_sleeps_without_timeout_when_no_job_is_active(mem: scheduler.Scheduler) -> None:
+    """Idle is asleep: with no starting/running job the loop waits for a hint only."""
+    now = [0.0]
+    watcher = FakeWatcher(3, now)
+    scheduler.serve(mem, watcher, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert [None, None, None] == watcher.timeouts
+
+
+def test_serve_ticks_active_jobs_every_interval(mem: scheduler.Scheduler) -> None:
+    """With an active job the loop wakes after the tick interval (min(1 s, 5 s / 2)) and
+    ticks it; its result had arrived, so it is finalized and the loop sleeps again."""
+    mem.queue.enqueue("a", {"agent": "shell", "prompt": "true", "created_at": iso_now()})
+    mem.queue.update("a", state="running", pid=None, started_ts=time.time())
+    mem.jobs.active.add("a")
+    mem.layout.job_dir("a").mkdir(parents=True)
+    write_record(RESULT, mem.layout.job_result("a"), {
+        "id": "a", "exit_code": 0, "signal": None, "finished_at": iso_now(), "reason": None})
+    now = [0.0]
+    watcher = FakeWatcher(3, now)
+    scheduler.serve(mem, watcher, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert ("completed", [1.0, None, None]) == (mem.queue.state("a"), watcher.timeouts)
+
+
+def test_cancel_of_an_unknown_job_is_logged_and_removed(mem: scheduler.Scheduler) -> None:
+    """A cancel naming no job changes nothing and is not kept around."""
+    drop(mem, cancel_request("ghost"))
+    scheduler.take_inbox(mem)
+    assert ([], []) == (mem.queue.ids(), inbox_names(mem))
+
+
+def test_main_exits_3_when_the_queue_cannot_be_opened(cfg: Config) -> None:
+    """The WAL folder being a file is a failed recovery: exit 3, no ready record."""
+    layout = Layout(cfg.state_dir)
+    layout.wal_dir.parent.mkdir(parents=True)
+    layout.wal_dir.write_bytes(b"")
+    assert _runtime.EXIT_RECOVERY_FAILED == scheduler.main(cfg)
+    assert not layout.ready_file("scheduler").exists()
+
+
+def test_recovery_reports_a_torn_tail(cfg: Config, sched: scheduler.Scheduler) -> None:
+    """A record cut short by a crash is truncated at start; the ready data says how much,
+    and every job acknowledged before it is there."""
+    drop(sched, submit_request([job("a"), job("b")], request_id="s1"))
+    scheduler.take_inbox(sched)
+    sched.queue.close()
+    wal = Layout(cfg.state_dir).wal_dir
+    segment = max(wal.glob("*.wal"))
+    with open(segment, "ab") as f:
+        f.write(b"\xfeREC\x00\x01\x00\x00\x12\x34\x56\x78partial")
+    s2, found, _, degraded = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
+    try:
+        # Segments are pre-zeroed in 64 KiB steps, so the torn tail runs from the last
+        # valid record to the end of the file: at least the 19 bytes appended.
+        assert ["a", "b"] == s2.queue.ids()
+        assert found["torn_bytes"] >= 19
+        assert [] == degraded
+    finally:
+        s2.queue.close()
