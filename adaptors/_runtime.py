@@ -21,7 +21,7 @@ pid is the job's process-group id), and is the ONLY writer of these files in `jo
   events.jsonl    Structured adaptors only: every raw stdout line as received, appended, each
                   ending in "\\n" (one is added if the agent's last line had none), so a line
                   without its newline is recognisably a torn tail.
-  sentinel.json   SENTINEL record, the heartbeat: {id, pid, start, heartbeat_at, heartbeat_ts,
+  sentinel.json   SENTINEL record, the heartbeat: {id, pid, start, heartbeat_at,
                   agent_pid, agent_start, output_bytes}. Written first thing (before the spec is
                   read), then every heartbeat_interval by a thread, atomically (temp + fsync +
                   rename + fsync dir): a crash leaves the previous heartbeat, never half of one.
@@ -577,7 +577,7 @@ class _Heartbeat:
             for fd in self._sync_fds:
                 os.fdatasync(fd)
             now = time.time()
-            record = dict(self._base, heartbeat_at=iso_now(now), heartbeat_ts=now,
+            record = dict(self._base, heartbeat_at=iso_now(now),
                           output_bytes=os.fstat(self._sync_fds[0]).st_size)
             write_record(SENTINEL, self._files.sentinel, record)
 

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import percentile, stop, until
-from supervisor.state.layout import READY, WORKER_NAMES, WORKERS, Layout, read_record
+from supervisor.config import WORKER_NAMES
+from supervisor.state.layout import READY, WORKERS, Layout, read_record
 from supervisor.state.proc import alive
 
 NAMES = WORKER_NAMES

@@ -6,7 +6,7 @@ record's state machine, the classification and the retry schedule):
     callbacks/inbox/<id>.json        REQUEST  "deliver" (from the scheduler), "retry"
                                               (from `batchctl callbacks retry`)
     callbacks/outbox/<event id>.json DELIVERY {id, job, url, payload, state, attempts,
-                                              retry_base, next_attempt_at, next_attempt_ts,
+                                              retry_base, next_attempt_at,
                                               last_error, created_at, updated_at}
 
 Recovery (its start-up): read every outbox record. One that cannot be used (unparseable,
@@ -69,6 +69,7 @@ from supervisor.state.webhook import (
     attempt,
     begin,
     delivery_problem,
+    due_at,
     earliest,
     finish,
     interrupted,
@@ -251,7 +252,7 @@ HANDLERS: dict[str, Callable[[Callbacks, dict[str, Any]], None]] = {
 def deliver_next(state: Callbacks) -> bool:
     """Make one try of the earliest due delivery; False if none is due."""
     first = earliest(state.pending.values())
-    if first is None or first["next_attempt_ts"] > state.now():
+    if first is None or due_at(first) > state.now():
         return False
     rec = begin(first, state.now())
     state.store(rec)                     # durable "in_flight" before the POST
@@ -270,7 +271,7 @@ def sleep_for(state: Callbacks) -> float | None:
     first = earliest(state.pending.values())
     if first is None:
         return None
-    return max(0.0, float(first["next_attempt_ts"]) - state.now())
+    return max(0.0, due_at(first) - state.now())
 
 
 def serve(state: Callbacks, waiter: Waiter, inbox: Path, *,

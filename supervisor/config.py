@@ -34,8 +34,6 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from supervisor.state.layout import WORKER_NAMES
-
 __all__ = [
     "ADAPTORS",
     "DURATION_HELP",
@@ -44,6 +42,7 @@ __all__ = [
     "LOG_LEVELS",
     "NAME_PATTERN",
     "SYSTEM_CONFIG",
+    "WORKER_NAMES",
     "WORKER_SECTIONS",
     "AgentConfig",
     "CallbacksConfig",
@@ -78,6 +77,10 @@ SYSTEM_CONFIG = Path("/etc/batchd/batchd.yaml")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 DURATION_HELP = "seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s"
+
+#: The workers batchd forks, in startup order (DESIGN.md: scheduler -> locks -> reaper,
+#: callbacks); `workers:` takes one section per name.
+WORKER_NAMES: tuple[str, ...] = ("scheduler", "locks", "reaper", "callbacks")
 
 
 class ConfigError(Exception):

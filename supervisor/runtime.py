@@ -69,7 +69,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from supervisor import log as _log
-from supervisor.config import Config, ConfigError, load
+from supervisor.config import WORKER_NAMES, Config, ConfigError, load
 from supervisor.state.atomic import (
     CORRUPT_MARK,
     Corrupt,
@@ -81,7 +81,7 @@ from supervisor.state.atomic import (
 )
 from supervisor.state.clock import iso_now
 from supervisor.state.jobs import valid_job_id
-from supervisor.state.layout import READY, REQUEST, WORKER_NAMES, Layout, read_record, write_record
+from supervisor.state.layout import READY, REQUEST, Layout, read_record, write_record
 from supervisor.state.proc import start_time
 
 __all__ = [

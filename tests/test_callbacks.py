@@ -24,6 +24,7 @@ from supervisor.state.webhook import (
     begin,
     delivery_request,
     drop_request,
+    due_at,
     job_event_id,
     new_delivery,
     retry_request,
@@ -125,7 +126,7 @@ def test_recovery_counts_states_and_quarantines_corrupt_records(tmp_path: Path) 
     aside and named; a temp file (a write in progress) is left alone."""
     outbox = Layout(tmp_path).callbacks_outbox
     stored(tmp_path, fresh("e1"))
-    stored(tmp_path, {**fresh("e2"), "state": "delivered", "next_attempt_ts": None})
+    stored(tmp_path, {**fresh("e2"), "state": "delivered", "next_attempt_at": None})
     (outbox / "e3.json").write_bytes(b'{"id": "e3", "url"')
     write_record(DELIVERY, outbox / "e4.json", {**fresh("e4"), "attempts": "many"})
     write_record(DELIVERY, outbox / "e5.json", fresh("other"))
@@ -158,7 +159,7 @@ def test_in_flight_at_recovery_goes_back_to_pending_and_is_sent_again(tmp_path: 
     found, did, _ = callbacks.recover(state)
     rec = on_disk(tmp_path, "e1")
     assert (1, 1, "pending", T0, 1) == (found["in_flight"], did["requeued"], rec["state"],
-                                        rec["next_attempt_ts"], rec["attempts"])
+                                        due_at(rec), rec["attempts"])
     assert callbacks.deliver_next(state)
     rec = on_disk(tmp_path, "e1")
     assert ("delivered", 2, 1) == (rec["state"], rec["attempts"], len(sent(state)))
@@ -176,7 +177,7 @@ def test_deliver_request_becomes_a_pending_record(tmp_path: Path) -> None:
     rec = on_disk(tmp_path, eid)
     assert ((eid, "j1", URL, "pending", 0, T0, None), [], [eid]) == (
         (rec["id"], rec["job"], rec["url"], rec["state"], rec["attempts"],
-         rec["next_attempt_ts"], rec["last_error"]), inbox_names(tmp_path), list(state.pending))
+         due_at(rec), rec["last_error"]), inbox_names(tmp_path), list(state.pending))
     assert {"event_id": eid, "job": {"id": "j1"}} == rec["payload"]
 
 
@@ -296,7 +297,7 @@ def test_retry_request_makes_a_failed_delivery_pending_now(tmp_path: Path) -> No
     drop_request(Layout(tmp_path), retry_request("e1"))
     assert 1 == take_inbox(tmp_path, state)
     rec = on_disk(tmp_path, "e1")
-    assert ("pending", T0 + 100, 1, []) == (rec["state"], rec["next_attempt_ts"],
+    assert ("pending", T0 + 100, 1, []) == (rec["state"], due_at(rec),
                                             rec["retry_base"], inbox_names(tmp_path))
     assert callbacks.deliver_next(state)
     rec = on_disk(tmp_path, "e1")
@@ -392,8 +393,7 @@ def test_a_power_cut_during_a_try_never_loses_the_delivery(tmp_path: Path) -> No
         rec = begin(rec, T0)
         outbox.put(rec)
         yield
-        outbox.put({**rec, "state": "delivered", "next_attempt_ts": None,
-                    "next_attempt_at": None})
+        outbox.put({**rec, "state": "delivered", "next_attempt_at": None})
         yield
 
     report = explore(tmp_path, setup=lambda root: None, workload=workload, recover=_picture,

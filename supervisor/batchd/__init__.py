@@ -50,6 +50,7 @@ from supervisor import log as _log
 from supervisor.batchd.procstate import Action, Cause, Event, Proc, State, Transition, step
 from supervisor.batchd.sdnotify import Notifier
 from supervisor.config import (
+    WORKER_NAMES,
     Config,
     ConfigError,
     WorkerConfig,
@@ -59,14 +60,13 @@ from supervisor.config import (
 )
 from supervisor.runtime import EXIT_ORPHANED, EXIT_RECOVERY_FAILED
 from supervisor.state.atomic import Corrupt, Missing, clean_tmp, ensure_dir, is_tmp_name, remove
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.instance import acquire
 from supervisor.state.layout import (
     CONTROL,
     READY,
     REPLY,
     STARTUP_LOG,
-    WORKER_NAMES,
     WORKERS,
     Layout,
     read_record,
@@ -693,9 +693,9 @@ class Batchd:
 
     def _control(self, rid: str, rec: dict[str, Any]) -> None:
         op, worker = rec.get("op"), rec.get("worker")
-        created = rec.get("created_ts")
+        created = parse_iso(rec.get("created_at"))
         self.log.info("control request", request=rid, op=op, worker=worker)
-        if not isinstance(created, int | float) or created < self.started_wall:
+        if not isinstance(created, int | float) or created < self.started_wall - 0.001:
             self.reply(rid, False, "expired: written before this batchd started")
             return
         if op not in CONTROL_OPS:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from supervisor import __version__
-from supervisor.config import ConfigError, load
+from supervisor.config import WORKER_NAMES, ConfigError, load
 from supervisor.ctl.callbacks import run_callbacks, setup_callbacks
 from supervisor.ctl.control import (
     cmd_control,
@@ -40,7 +40,7 @@ from supervisor.ctl.out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor.ctl.repos import run_repo, setup_repo
 from supervisor.ctl.submit import cmd_submit
 from supervisor.ctl.view import JOB_STATES
-from supervisor.state.layout import WORKER_NAMES, Layout
+from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
 from supervisor.state.wal import WalError
 

@@ -95,7 +95,7 @@ def send_control(ctx: Ctx, op: str, worker: str | None) -> dict[str, Any]:
     ensure_dir(layout.control_inbox)
     write_record(CONTROL, layout.control_inbox / f"{request_id}.json", {
         "id": request_id, "op": op, "worker": worker,
-        "created_at": iso_now(now), "created_ts": now,
+        "created_at": iso_now(now),
     })
     return wait_reply(layout, request_id, reply_timeout(ctx, op, worker))
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from supervisor.config import parse_duration
+from supervisor.config import WORKER_NAMES, parse_duration
 from supervisor.ctl.out import (
     EXIT_FAILED,
     EXIT_OK,
@@ -26,7 +26,7 @@ from supervisor.ctl.out import (
 )
 from supervisor.ctl.view import TERMINAL, JobView, open_view, read_workers
 from supervisor.state.jobs import batch_record, cancel_request, job_record, valid_job_id
-from supervisor.state.layout import WORKER_NAMES, send_request
+from supervisor.state.layout import send_request
 
 __all__ = [
     "batch_records",

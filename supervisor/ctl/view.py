@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,10 @@ from typing import Any, Protocol
 
 from supervisor.config import Config
 from supervisor.ctl.out import CtlError
-from supervisor.scheduler.jobfiles import job_timeout
-from supervisor.scheduler.lifecycle import settled_by_result
 from supervisor.state.atomic import Corrupt, Missing, is_tmp_name
+from supervisor.state.clock import iso_now
 from supervisor.state.instance import probe
+from supervisor.state.jobs import job_timeout, settled_fields
 from supervisor.state.layout import (
     REPOS,
     REQUEST,
@@ -237,8 +236,8 @@ class JobView:
         result = read_record(RESULT, self.layout.job_result(str(entry["id"])), owner=False)
         if not isinstance(result, dict):
             return entry
-        fields = settled_by_result(entry, result, time.time(), job_timeout(self.cfg, entry))
-        return entry if fields is None else {**entry, **fields, "pid": None}
+        fields = settled_fields(entry, result, job_timeout(self.cfg, entry), iso_now())
+        return {**entry, **fields, "pid": None}
 
     def entries(self, state: str | None = None) -> list[dict[str, Any]]:
         """Every entry (or those in `state`) in listing order."""

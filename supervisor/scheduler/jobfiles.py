@@ -63,9 +63,10 @@ from typing import Any
 from supervisor.config import Config, RepoConfig
 from supervisor.scheduler.lifecycle import Observation
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir
-from supervisor.state.clock import epoch_of
+from supervisor.state.clock import parse_iso
 from supervisor.state.flock import LockProbe, probe_lock
 from supervisor.state.fs import REAL
+from supervisor.state.jobs import job_timeout
 from supervisor.state.layout import (
     JOB_SPEC,
     RESULT,
@@ -83,7 +84,6 @@ __all__ = [
     "PREP_PREFIX",
     "PrepareError",
     "build_spec",
-    "job_timeout",
     "kill_group",
     "observe",
     "prepare_workspace",
@@ -122,17 +122,6 @@ def _record(kind: RecordKind, path: Path, job_id: str) -> tuple[dict[str, Any] |
     return got, None
 
 
-def job_timeout(cfg: Config, entry: Mapping[str, Any]) -> float:
-    """The job's timeout: its own, else its agent's, else scheduler.job_timeout (seconds)."""
-    own = entry.get("timeout")
-    if isinstance(own, int | float) and not isinstance(own, bool) and own > 0:
-        return float(own)
-    agent = cfg.agents.get(str(entry.get("agent")))
-    if agent is not None and agent.timeout is not None:
-        return float(agent.timeout)
-    return float(cfg.scheduler.job_timeout)
-
-
 def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -> Observation:
     """Look at one job's sentinel, adaptor process, lock and result (reads only).
 
@@ -162,8 +151,7 @@ def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -
         pid, start = None, None
     return Observation(
         sentinel=sentinel, result=result, result_error=result_error,
-        heartbeat_ts=(epoch_of(sentinel, "heartbeat_ts", "heartbeat_at")
-                      if sentinel is not None else None),
+        heartbeat=parse_iso(sentinel.get("heartbeat_at")) if sentinel is not None else None,
         pid=pid, start=start, alive=bool(living), lock_held=lock.held,
         timeout=job_timeout(cfg, entry))
 

@@ -1,129 +1,12 @@
 """The job state machine: the scheduler's decisions about one job, as a table; pure, clock injected.
 
 Nothing here reads a file, a clock or /proc, forks or signals. The scheduler gathers the
-facts (`supervisor.scheduler.jobfiles.observe` turns the job's files and processes into an
-`Observation`), this module turns them into an `Event` (`classify`), looks the event up in
-`TABLE[(state, event)]` and returns a `Decision`: the next state and the `Action`s, as
-data, that the scheduler executes in the order given.
-
-States (CONTRACT.md): queued, waiting, starting, running; terminal: completed, failed,
-cancelled, timed_out, lost. A pair of `(state, event)` that is not in `TABLE` is listed in
-`IGNORED` (the event means nothing there: e.g. anything at all for a terminal job, so a
-late result, a replayed cancel or a second dispatch change nothing).
-
-The table (state, event -> next state: actions; "=" keeps the state):
-
-    queued    wait_lock        -> waiting    : update
-    queued    dispatched       -> starting   : dispatch, launch
-    queued    cancel_requested -> cancelled  : finalize
-    waiting   dispatched       -> starting   : dispatch, launch
-    waiting   cancel_requested -> cancelled  : finalize
-    starting  launched         -> running    : attach
-    starting  launch_failed    -> failed     : finalize
-    starting  launch_pending   =             : (nothing: within the launch grace)
-    starting  not_launched     =             : dispatch, launch          (the relaunch row)
-    starting  launch_gave_up   -> failed     : finalize
-    starting  sentinel_fresh   -> running    : attach                    (re-attach)
-    starting  sentinel_stale   -> running    : attach, warn_stale
-    running   sentinel_fresh   =             : adopt
-    running   sentinel_stale   =             : warn_stale
-    st./run.  sentinel_dead    -> lost       : finalize
-    st./run.  result_ok        -> completed  : finalize
-    st./run.  result_failed    -> failed     : finalize
-    st./run.  result_timed_out -> timed_out  : finalize
-    st./run.  result_cancelled -> cancelled  : finalize
-    st./run.  cancel_requested =             : kill_term, note_cancel
-    st./run.  cancel_settled   -> cancelled  : finalize
-    st./run.  cancel_overdue   -> cancelled  : kill_hard, finalize
-    st./run.  timeout_backstop -> timed_out  : kill_hard, finalize
-
-Action kinds (`Action` is the union of these dataclasses):
-    Update(fields)          write fields to the job's WAL entry (queue.update(id, **fields))
-    Launch(relaunch)        prepare_workspace -> write_spec -> launch; then feed the outcome
-                            back as `launched` (pid, start) or `launch_failed` (error)
-    KillGroup(pid, start, signal)   supervisor.scheduler.jobfiles.kill_group(pid, start, signal)
-    WarnStale(age_s, pid)   log a warning (the job is kept); rate-limit it per job
-    Finalize(fields)        the terminal WAL update (fields hold "state", "finished_at",
-                            "exit_code", "reason", ...); then count it (queue.incr(state)),
-                            release its repository locks and emit its callback event
-
-How events are derived from an Observation (`classify`, first match wins; only for
-starting/running jobs; `age` = now - last heartbeat, or - launch time if no sentinel yet;
-"healthy" = the adaptor pid is alive with its start time, or its adaptor.lock is held;
-"gone" = not healthy, no result, and either the adaptor left a sentinel/pid (so it did
-start) or the launch grace has passed):
-
-    1. a result (or an unreadable result.json) -> result_ok (exit 0, no reason) /
-       result_timed_out (reason timed_out) / result_cancelled (a cancel was requested) /
-       result_failed (anything else: reason = the adaptor's, else "exit N" /
-       "killed by signal N")
-    2. a cancel was requested: gone -> cancel_settled; not yet signalled -> cancel_requested;
-       signalled more than kill_grace + margin ago -> cancel_overdue
-    3. now > launch + timeout + kill_grace + margin -> timeout_backstop (alive or not: if the
-       scheduler died between its SIGKILL and the WAL write, the retry must still say
-       timed_out; a job that died by itself that late also overran its time)
-    4. starting, and no sign of a launch at all (no sentinel, no result, lock not held, no
-       pid alive): within launch_grace of the dispatch -> launch_pending; after it ->
-       not_launched (relaunch) while attempts < max_launch_attempts, else launch_gave_up
-    5. age <= stale_after and healthy -> sentinel_fresh
-    6. age > dead_after and not healthy (and no result) -> sentinel_dead
-    7. otherwise -> sentinel_stale (warn, keep: a stale job is never killed for it)
-
-Re-attachment at scheduler start is the same function applied to every job the WAL says
-is starting or running: result -> finalize; alive + fresh heartbeat -> re-attach (a
-`starting` job becomes `running`, its pid learned from the sentinel); stale -> warn and
-keep; dead -> lost. A job is never started twice:
-
-The `starting` rule. `starting` is written to the WAL BEFORE the workspace is made and the
-adaptor forked, so a scheduler that died in between leaves a `starting` job whose launch
-may or may not have happened. The adaptor takes an exclusive flock on jobs/<id>/adaptor.lock
-first thing, holds it for its whole life, writes its sentinel only after that, and refuses
-to run if result.json exists. The scheduler therefore relaunches a `starting` job
-(`not_launched`) only when there is no sentinel, no result, the lock is not held, no
-recorded pid is alive, AND more than `launch_grace` has passed since the (re)dispatch
-(the time an adaptor may take between the fork and its flock). If a slow adaptor from the
-earlier attempt is still on its way, the two race for the flock and the loser exits
-without touching any file; a winner that finds result.json exits too: at most one adaptor
-ever runs the agent. Each relaunch counts an attempt; after `max_launch_attempts`
-interrupted launches (a scheduler that dies while launching this job) the job fails
-(`launch_gave_up`) instead of looping.
-
-Call sequence for the scheduler (`jobs` = supervisor.scheduler.jobfiles, `lc` = this module):
-
-    timing = lc.Timing.from_config(cfg.scheduler)
-    # dispatch a queued job (its repository locks are held):
-    d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=time.time(), timing=timing))
-    execute(d)   # Update(state=starting, attempts, dispatched_ts) first: durable before
-                 # the fork; then Launch: ws = jobs.prepare_workspace(cfg, entry);
-                 # jobs.write_spec(layout, cfg, entry); launched = _launch.launch(job_dir)
-    d = lc.step(entry, lc.Event.LAUNCHED, lc.Facts(now=..., pid=launched.pid,
-                                                   start=launched.start, timing=timing))
-    #   or, on PrepareError / LaunchError:
-    d = lc.step(entry, lc.Event.LAUNCH_FAILED, lc.Facts(now=..., error=str(exc)))
-    execute(d)   # Update(state=running, pid, start, started_at, started_ts) / Finalize
-    # each tick (and once for every starting/running job at scheduler start):
-    for entry in active jobs:
-        obs = jobs.observe(layout, entry, time.time(), cfg)
-        d = lc.tick(entry, obs, now, timing)
-        execute(d)   # actions in order; Update/Finalize -> queue.update(id, **fields)
-    # a cancel request for any job:
-    d = lc.step(entry, lc.Event.CANCEL_REQUESTED, lc.Facts(now=..., obs=obs_or_None))
-
-`entry` is the queue's dict for the job (`JobQueue.get(id)`). The fields this module
-reads and writes there: state, attempts, dispatched_ts, started_at, started_ts, pid,
-start, cancel_requested, cancel_sent_ts, timeout; Finalize adds finished_at, exit_code,
-reason, signal, session_id. Times ending in `_ts` are epoch seconds, `_at` ISO-8601 UTC.
-`now` is always epoch seconds (time.time()): the clock of the adaptor's heartbeat_ts.
-The cancel handler may also just record `cancel_requested: true` in the WAL: the next
-tick classifies the unsignalled intent as cancel_requested and signals then. `tick` is
-for jobs the scheduler is not launching at this moment (after a restart: all of them).
-
-Crash safety: this module writes nothing. The scheduler executes the actions in order;
-every row is written so that a crash after any action and a re-run of `tick` on the
-files converges: the intent (state=starting, cancel_requested) is durable before its
-side effect, a signal is re-sent rather than lost, and a kill is followed by the terminal
-WAL write that a re-run reaches again (rules 2 and 3 do not depend on the process still
-being alive).
+facts (`scheduler.jobfiles.observe` makes an `Observation`), `classify` turns them into an
+`Event`, `TABLE` gives the `Row` (next state, `Do` kinds) and `step` builds the concrete
+actions (`Update`, `Launch`, `KillGroup`, `WarnStale`, `Finalize`) that
+`scheduler.dispatch` carries out in order. The table, the classification rules, the
+`starting` rule that keeps a job from ever running twice, and the crash argument are in
+docs/JOBS.md. Instants in an entry are ISO-8601 text (`*_at`); `now` is epoch seconds.
 """
 
 from __future__ import annotations
@@ -135,7 +18,9 @@ from enum import StrEnum
 from typing import Any
 
 from supervisor.config import SchedulerConfig
-from supervisor.state.clock import epoch_of, iso_now
+from supervisor.state.clock import iso_now, parse_iso
+from supervisor.state.jobs import result_state, settled_fields
+from supervisor.state.machine import Row, Table
 
 __all__ = [
     "ACTIVE",
@@ -144,6 +29,7 @@ __all__ = [
     "TERMINAL",
     "Action",
     "Decision",
+    "Do",
     "Event",
     "Facts",
     "Finalize",
@@ -156,7 +42,6 @@ __all__ = [
     "Update",
     "WarnStale",
     "classify",
-    "settled_by_result",
     "step",
     "tick",
 ]
@@ -237,7 +122,7 @@ class Observation:
     sentinel: Mapping[str, Any] | None = None   # the SENTINEL record, or None
     result: Mapping[str, Any] | None = None     # the RESULT record, or None
     result_error: str | None = None             # result.json exists but is unreadable: why
-    heartbeat_ts: float | None = None           # the sentinel's heartbeat (epoch seconds)
+    heartbeat: float | None = None              # the sentinel's heartbeat (epoch seconds)
     pid: int | None = None                      # best-known adaptor pid (entry, sentinel, lock)
     start: int | None = None                    # ... and its start time
     alive: bool = False                         # a known adaptor pid is alive with its start
@@ -325,63 +210,72 @@ class Decision:
 # --------------------------------------------------------------------------- the table
 
 
-@dataclass(frozen=True)
-class Row:
-    """One table cell: the next state (None keeps it) and the action kinds, in order."""
+class Do(StrEnum):
+    """The action kinds a row names; `step` builds each into concrete actions (_BUILDERS)."""
 
-    next: State | None
-    does: tuple[str, ...] = ()
+    UPDATE = "update"            # write the new state
+    DISPATCH = "dispatch"        # state starting, attempts + 1, dispatched_at (before the fork)
+    LAUNCH = "launch"            # workspace, spec, fork (Launch)
+    ATTACH = "attach"            # state running with the adaptor's pid and start time
+    ADOPT = "adopt"              # learn a pid the WAL lacks
+    WARN_STALE = "warn_stale"    # log a stale heartbeat (the job is kept)
+    KILL_TERM = "kill_term"      # SIGTERM the job's process group
+    KILL_HARD = "kill_hard"      # SIGKILL the job's process group
+    NOTE_CANCEL = "note_cancel"  # record when the cancel's SIGTERM was sent
+    FINALIZE = "finalize"        # the terminal WAL write
 
 
 S, E = State, Event
-_FIN = ("finalize",)
+_FIN = (Do.FINALIZE,)
 
-_BOTH: dict[Event, Row] = {       # rows shared by starting and running
+_BOTH: dict[Event, Row[State, Do]] = {       # rows shared by starting and running
     E.SENTINEL_DEAD: Row(S.LOST, _FIN),
     E.RESULT_OK: Row(S.COMPLETED, _FIN),
     E.RESULT_FAILED: Row(S.FAILED, _FIN),
     E.RESULT_TIMED_OUT: Row(S.TIMED_OUT, _FIN),
     E.RESULT_CANCELLED: Row(S.CANCELLED, _FIN),
-    E.CANCEL_REQUESTED: Row(None, ("kill_term", "note_cancel")),
+    E.CANCEL_REQUESTED: Row(None, (Do.KILL_TERM, Do.NOTE_CANCEL)),
     E.CANCEL_SETTLED: Row(S.CANCELLED, _FIN),
-    E.CANCEL_OVERDUE: Row(S.CANCELLED, ("kill_hard", "finalize")),
-    E.TIMEOUT_BACKSTOP: Row(S.TIMED_OUT, ("kill_hard", "finalize")),
+    E.CANCEL_OVERDUE: Row(S.CANCELLED, (Do.KILL_HARD, Do.FINALIZE)),
+    E.TIMEOUT_BACKSTOP: Row(S.TIMED_OUT, (Do.KILL_HARD, Do.FINALIZE)),
 }
 
-#: (state, event) -> Row. Every other pair is in IGNORED.
-TABLE: dict[tuple[State, Event], Row] = {
-    (S.QUEUED, E.WAIT_LOCK): Row(S.WAITING, ("update",)),
-    (S.QUEUED, E.DISPATCHED): Row(S.STARTING, ("dispatch", "launch")),
-    (S.QUEUED, E.CANCEL_REQUESTED): Row(S.CANCELLED, _FIN),
-    (S.WAITING, E.DISPATCHED): Row(S.STARTING, ("dispatch", "launch")),
-    (S.WAITING, E.CANCEL_REQUESTED): Row(S.CANCELLED, _FIN),
-    (S.STARTING, E.LAUNCHED): Row(S.RUNNING, ("attach",)),
-    (S.STARTING, E.LAUNCH_FAILED): Row(S.FAILED, _FIN),
-    (S.STARTING, E.LAUNCH_PENDING): Row(None),
-    (S.STARTING, E.NOT_LAUNCHED): Row(None, ("dispatch", "launch")),
-    (S.STARTING, E.LAUNCH_GAVE_UP): Row(S.FAILED, _FIN),
-    (S.STARTING, E.SENTINEL_FRESH): Row(S.RUNNING, ("attach",)),
-    (S.STARTING, E.SENTINEL_STALE): Row(S.RUNNING, ("attach", "warn_stale")),
-    (S.RUNNING, E.SENTINEL_FRESH): Row(None, ("adopt",)),
-    (S.RUNNING, E.SENTINEL_STALE): Row(None, ("warn_stale",)),
-    **{(S.STARTING, e): row for e, row in _BOTH.items()},
-    **{(S.RUNNING, e): row for e, row in _BOTH.items()},
-}
-
-#: (state, event) pairs that change nothing, each for a reason:
-IGNORED: frozenset[tuple[State, Event]] = frozenset(
-    # a terminal job is final: late results, replayed cancels, stray ticks
-    {(s, e) for s in TERMINAL for e in Event}
-    # queued/waiting jobs have no process: only wait_lock, dispatch and cancel apply
-    | {(s, e) for s in (S.QUEUED, S.WAITING) for e in Event}
-    - {(S.QUEUED, E.WAIT_LOCK), (S.QUEUED, E.DISPATCHED), (S.QUEUED, E.CANCEL_REQUESTED),
-       (S.WAITING, E.DISPATCHED), (S.WAITING, E.CANCEL_REQUESTED)}
-    # a dispatched job is never dispatched again, nor sent back to wait for a lock
-    | {(s, e) for s in (S.STARTING, S.RUNNING) for e in (E.DISPATCHED, E.WAIT_LOCK)}
-    # a running job was launched: launch outcomes and relaunch guards are moot
-    | {(S.RUNNING, e) for e in (E.LAUNCHED, E.LAUNCH_FAILED, E.LAUNCH_PENDING,
-                                E.NOT_LAUNCHED, E.LAUNCH_GAVE_UP)}
+#: (state, event) -> Row; every other pair is ignored, each for the reason given.
+TABLE: Table[State, Event, Do] = Table(
+    {
+        (S.QUEUED, E.WAIT_LOCK): Row(S.WAITING, (Do.UPDATE,)),
+        (S.QUEUED, E.DISPATCHED): Row(S.STARTING, (Do.DISPATCH, Do.LAUNCH)),
+        (S.QUEUED, E.CANCEL_REQUESTED): Row(S.CANCELLED, _FIN),
+        (S.WAITING, E.DISPATCHED): Row(S.STARTING, (Do.DISPATCH, Do.LAUNCH)),
+        (S.WAITING, E.CANCEL_REQUESTED): Row(S.CANCELLED, _FIN),
+        (S.STARTING, E.LAUNCHED): Row(S.RUNNING, (Do.ATTACH,)),
+        (S.STARTING, E.LAUNCH_FAILED): Row(S.FAILED, _FIN),
+        (S.STARTING, E.LAUNCH_PENDING): Row(None),
+        (S.STARTING, E.NOT_LAUNCHED): Row(None, (Do.DISPATCH, Do.LAUNCH)),
+        (S.STARTING, E.LAUNCH_GAVE_UP): Row(S.FAILED, _FIN),
+        (S.STARTING, E.SENTINEL_FRESH): Row(S.RUNNING, (Do.ATTACH,)),
+        (S.STARTING, E.SENTINEL_STALE): Row(S.RUNNING, (Do.ATTACH, Do.WARN_STALE)),
+        (S.RUNNING, E.SENTINEL_FRESH): Row(None, (Do.ADOPT,)),
+        (S.RUNNING, E.SENTINEL_STALE): Row(None, (Do.WARN_STALE,)),
+        **{(S.STARTING, e): row for e, row in _BOTH.items()},
+        **{(S.RUNNING, e): row for e, row in _BOTH.items()},
+    },
+    ignored=(
+        # a terminal job is final: late results, replayed cancels, stray ticks
+        {(s, e) for s in TERMINAL for e in Event}
+        # queued/waiting jobs have no process: only wait_lock, dispatch and cancel apply
+        | {(s, e) for s in (S.QUEUED, S.WAITING) for e in Event}
+        - {(S.QUEUED, E.WAIT_LOCK), (S.QUEUED, E.DISPATCHED), (S.QUEUED, E.CANCEL_REQUESTED),
+           (S.WAITING, E.DISPATCHED), (S.WAITING, E.CANCEL_REQUESTED)}
+        # a dispatched job is never dispatched again, nor sent back to wait for a lock
+        | {(s, e) for s in (S.STARTING, S.RUNNING) for e in (E.DISPATCHED, E.WAIT_LOCK)}
+        # a running job was launched: launch outcomes and relaunch guards are moot
+        | {(S.RUNNING, e) for e in (E.LAUNCHED, E.LAUNCH_FAILED, E.LAUNCH_PENDING,
+                                    E.NOT_LAUNCHED, E.LAUNCH_GAVE_UP)}
+    ),
 )
+#: The pairs that change nothing (kept under this name for readers of the table).
+IGNORED = TABLE.ignored
 
 del S, E
 
@@ -396,21 +290,21 @@ def _num(value: object) -> float | None:
 
 
 def _launch_ref(entry: Mapping[str, Any]) -> float:
-    """When the job's current launch began: started_ts, else dispatched_ts, else long ago."""
-    for ts_key, iso_key in (("started_ts", "started_at"), ("dispatched_ts", "dispatched_at")):
-        t = epoch_of(entry, ts_key, iso_key)
+    """When the job's current launch began: started_at, else dispatched_at, else long ago."""
+    for key in ("started_at", "dispatched_at"):
+        t = parse_iso(entry.get(key))
         if t is not None:
             return t
     return 0.0
 
 
 def _dispatch_ref(entry: Mapping[str, Any]) -> float:
-    t = epoch_of(entry, "dispatched_ts", "dispatched_at")
+    t = parse_iso(entry.get("dispatched_at"))
     return _launch_ref(entry) if t is None else t
 
 
 def _age(entry: Mapping[str, Any], obs: Observation, now: float) -> float:
-    ref = obs.heartbeat_ts if obs.heartbeat_ts is not None else _launch_ref(entry)
+    ref = obs.heartbeat if obs.heartbeat is not None else _launch_ref(entry)
     return max(0.0, now - ref)
 
 
@@ -426,40 +320,17 @@ def _secs(value: float | None) -> str:
     return "?" if value is None else f"{value:g}s"
 
 
-def _result_reason(result: Mapping[str, Any]) -> str:
-    reason, code, sig = result.get("reason"), result.get("exit_code"), result.get("signal")
-    if isinstance(reason, str) and reason:
-        return reason
-    if isinstance(sig, int) and sig:
-        return f"killed by signal {sig}"
-    if isinstance(code, int):
-        return f"exit {code}"
-    return "ended without an exit status"
-
-
 def _finalize(entry: Mapping[str, Any], event: Event, nxt: State, facts: Facts) -> Action:
     now, obs, t = facts.now, facts.obs, facts.timing
+    timeout = obs.timeout if obs is not None else None
+    result = obs.result if obs is not None else None
+    if result is not None and event in _RESULT_EVENTS:
+        return Finalize(settled_fields(entry, result, timeout, iso_now(now)))
     fields: dict[str, Any] = {"state": nxt.value, "finished_at": iso_now(now),
                               "exit_code": None, "reason": None}
-    result = obs.result if obs is not None else None
-    if result is not None:
-        code = result.get("exit_code")
-        fields["exit_code"] = code if isinstance(code, int) and not isinstance(code, bool) else None
-        for key in ("signal", "session_id"):
-            fields[key] = result.get(key)
-        if isinstance(result.get("finished_at"), str):
-            fields["finished_at"] = result["finished_at"]
-        if not entry.get("started_at") and isinstance(result.get("started_at"), str):
-            fields["started_at"] = result["started_at"]
-    timeout = obs.timeout if obs is not None else None
     if event is Event.RESULT_FAILED:
-        if result is None:
-            why = obs.result_error if obs is not None else None
-            fields["reason"] = f"result.json unreadable: {why}"
-        else:
-            fields["reason"] = _result_reason(result)
-    elif event is Event.RESULT_TIMED_OUT:
-        fields["reason"] = f"timed out after {_secs(timeout)}"
+        why = obs.result_error if obs is not None else None
+        fields["reason"] = f"result.json unreadable: {why}"
     elif nxt is State.CANCELLED:
         fields["reason"] = "cancelled by operator"
         if event is Event.CANCEL_OVERDUE:
@@ -488,7 +359,6 @@ def _attach(entry: Mapping[str, Any], facts: Facts) -> dict[str, Any]:
     fields: dict[str, Any] = {"state": State.RUNNING.value, "pid": pid, "start": start}
     if not entry.get("started_at"):
         fields["started_at"] = iso_now(facts.now)
-        fields["started_ts"] = facts.now
     return fields
 
 
@@ -513,7 +383,7 @@ def _b_dispatch(entry: Mapping[str, Any], event: Event, nxt: State,
                 facts: Facts) -> list[Action]:
     return [Update({"state": State.STARTING.value,
                     "attempts": int(entry.get("attempts") or 0) + 1,
-                    "dispatched_ts": facts.now, "dispatched_at": iso_now(facts.now)})]
+                    "dispatched_at": iso_now(facts.now)})]
 
 
 def _b_launch(entry: Mapping[str, Any], event: Event, nxt: State, facts: Facts) -> list[Action]:
@@ -543,7 +413,7 @@ def _b_kill(sig: int) -> _Builder:
 
 def _b_note_cancel(entry: Mapping[str, Any], event: Event, nxt: State,
                    facts: Facts) -> list[Action]:
-    return [Update({"cancel_requested": True, "cancel_sent_ts": facts.now})]
+    return [Update({"cancel_requested": True, "cancel_sent_at": iso_now(facts.now)})]
 
 
 def _b_finalize(entry: Mapping[str, Any], event: Event, nxt: State,
@@ -552,17 +422,17 @@ def _b_finalize(entry: Mapping[str, Any], event: Event, nxt: State,
 
 
 #: Action kind (as named in TABLE) -> the function that makes the concrete actions.
-_BUILDERS: dict[str, _Builder] = {
-    "update": _b_update,
-    "dispatch": _b_dispatch,
-    "launch": _b_launch,
-    "attach": _b_attach,
-    "adopt": _b_adopt,
-    "warn_stale": _b_warn,
-    "kill_term": _b_kill(signal.SIGTERM),
-    "kill_hard": _b_kill(signal.SIGKILL),
-    "note_cancel": _b_note_cancel,
-    "finalize": _b_finalize,
+_BUILDERS: dict[Do, _Builder] = {
+    Do.UPDATE: _b_update,
+    Do.DISPATCH: _b_dispatch,
+    Do.LAUNCH: _b_launch,
+    Do.ATTACH: _b_attach,
+    Do.ADOPT: _b_adopt,
+    Do.WARN_STALE: _b_warn,
+    Do.KILL_TERM: _b_kill(signal.SIGTERM),
+    Do.KILL_HARD: _b_kill(signal.SIGKILL),
+    Do.NOTE_CANCEL: _b_note_cancel,
+    Do.FINALIZE: _b_finalize,
 }
 
 
@@ -581,12 +451,12 @@ def step(entry: Mapping[str, Any], event: Event, facts: Facts) -> Decision:
     """
     state = _state(entry)
     job_id = str(entry.get("id"))
-    row = TABLE.get((state, event))
+    row = TABLE.lookup(state, event)
     if row is None:
         return Decision(job_id, state, event, state)
     nxt = row.next if row.next is not None else state
     actions: list[Action] = []
-    for kind in row.does:
+    for kind in row.actions:
         actions += _BUILDERS[kind](entry, event, nxt, facts)
     return Decision(job_id, state, event, nxt, tuple(actions))
 
@@ -594,36 +464,16 @@ def step(entry: Mapping[str, Any], event: Event, facts: Facts) -> Decision:
 # --------------------------------------------------------------------------- guards
 
 
+_RESULT_EVENTS = frozenset({Event.RESULT_OK, Event.RESULT_FAILED, Event.RESULT_TIMED_OUT,
+                            Event.RESULT_CANCELLED})
+_RESULT_EVENT_OF = {"completed": Event.RESULT_OK, "failed": Event.RESULT_FAILED,
+                    "timed_out": Event.RESULT_TIMED_OUT, "cancelled": Event.RESULT_CANCELLED}
+
+
 def _result_event(entry: Mapping[str, Any], obs: Observation) -> Event:
-    result = obs.result
-    if result is None:
+    if obs.result is None:
         return Event.RESULT_FAILED                    # unreadable result.json
-    reason = result.get("reason")
-    if result.get("exit_code") == 0 and not reason and not result.get("signal"):
-        return Event.RESULT_OK
-    if reason == "timed_out" or result.get("timed_out") is True:
-        return Event.RESULT_TIMED_OUT
-    if entry.get("cancel_requested"):
-        return Event.RESULT_CANCELLED
-    return Event.RESULT_FAILED
-
-
-def settled_by_result(entry: Mapping[str, Any], result: Mapping[str, Any], now: float,
-                      timeout: float | None = None) -> dict[str, Any] | None:
-    """The terminal fields the scheduler will record for a starting/running `entry` whose
-    adaptor wrote `result` (the same table rows); None if the entry is not active.
-
-    For readers (batchctl) while the scheduler has not yet recorded the end, e.g. with
-    batchd down: a finished job shows as finished, and `wait` returns.
-    """
-    if _state(entry) not in ACTIVE:
-        return None
-    obs = Observation(result=result, timeout=timeout)
-    decision = step(entry, _result_event(entry, obs), Facts(now=now, obs=obs))
-    for action in decision.actions:
-        if isinstance(action, Finalize):
-            return dict(action.fields)
-    return None
+    return _RESULT_EVENT_OF[result_state(entry, obs.result)]
 
 
 def _launch_seen(entry: Mapping[str, Any], obs: Observation) -> bool:
@@ -647,7 +497,7 @@ def classify(entry: Mapping[str, Any], obs: Observation, now: float,
     did_start = obs.sentinel is not None or entry.get("pid") is not None
     gone = not healthy and (did_start or since_dispatch > timing.launch_grace)
     if entry.get("cancel_requested"):
-        sent = _num(entry.get("cancel_sent_ts"))
+        sent = parse_iso(entry.get("cancel_sent_at"))
         if gone:
             return Event.CANCEL_SETTLED
         if sent is None:

@@ -1,18 +1,19 @@
-"""Timestamps as batchd writes and reads them: ISO-8601 UTC with milliseconds and a Z.
+"""Time: the injectable clock every loop reads, and timestamps in batchd's one written form.
 
-One writer of the format (`iso_now`) and one reader (`parse_iso`, and `epoch_of` for
-records that carry an instant as epoch seconds or as ISO text); no other module formats
-or parses a timestamp. Quarantine file names use `_atomic.utc_stamp` (a file-name form).
+`Clock` is the time of day (`time`), a monotonic reading (`monotonic`), `sleep` and
+`iso_now`, behind one object passed to whatever waits or dates anything; `MockClock`
+(modelled on trio's) is the twin tests use: time stands still until the test advances it,
+and a sleep advances it instead of waiting. Timestamps: one writer of the format
+(`iso_now`) and one reader (`parse_iso`); every record carries an instant in this one
+form, ISO-8601 UTC with milliseconds and a Z. Quarantine file names use `atomic.utc_stamp`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
-__all__ = ["epoch_of", "iso_now", "parse_iso"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "MockClock", "iso_now", "parse_iso"]
 
 
 def iso_now(now: float | None = None) -> str:
@@ -33,10 +34,58 @@ def parse_iso(text: object) -> float | None:
     return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
 
 
-def epoch_of(record: Mapping[str, Any], ts_key: str, iso_key: str) -> float | None:
-    """record[ts_key] (epoch seconds), else record[iso_key] (ISO-8601) parsed, else None:
-    the instant a record states, whichever form it carries."""
-    ts = record.get(ts_key)
-    if isinstance(ts, int | float) and not isinstance(ts, bool):
-        return float(ts)
-    return parse_iso(record.get(iso_key))
+class Clock:
+    """The real clocks: epoch seconds, a monotonic reading, sleeping."""
+
+    def time(self) -> float:
+        """Seconds since the epoch (what records date things by)."""
+        return time.time()
+
+    def monotonic(self) -> float:
+        """A reading that never goes back (what timers and timeouts measure with)."""
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds` (no-op for <= 0)."""
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def iso_now(self) -> str:
+        """`time()` as batchd writes an instant."""
+        return iso_now(self.time())
+
+
+#: The clock of production code.
+SYSTEM_CLOCK = Clock()
+
+
+class MockClock(Clock):
+    """A clock tests move: it stands still until `advance`, and `sleep` advances it.
+
+    Both readings move together; the wall clock starts at `start` (epoch seconds), the
+    monotonic one at `monotonic_start`. `jump` moves only the wall clock (a clock step)."""
+
+    def __init__(self, start: float = 1_800_000_000.0, *, monotonic_start: float = 1000.0
+                 ) -> None:
+        self._wall = start
+        self._mono = monotonic_start
+        self.slept: list[float] = []
+
+    def time(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(max(0.0, seconds))
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward by `seconds`."""
+        self._wall += seconds
+        self._mono += seconds
+
+    def jump(self, seconds: float) -> None:
+        """Step the wall clock alone (by NTP or an operator), forward or back."""
+        self._wall += seconds

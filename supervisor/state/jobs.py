@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from supervisor.config import Config
 from supervisor.state.clock import iso_now
 from supervisor.state.queue import TERMINAL_STATES
 
@@ -25,7 +26,11 @@ __all__ = [
     "batch_record",
     "cancel_request",
     "job_record",
+    "job_timeout",
     "new_job_id",
+    "result_reason",
+    "result_state",
+    "settled_fields",
     "submit_request",
     "valid_job_id",
 ]
@@ -100,3 +105,74 @@ def job_record(entry: dict[str, Any]) -> dict[str, Any]:
     if rec["state"] not in ("starting", "running"):
         rec["pid"] = None
     return rec
+
+
+def job_timeout(cfg: Config, entry: Mapping[str, Any]) -> float:
+    """The job's timeout: its own, else its agent's, else scheduler.job_timeout (seconds)."""
+    own = entry.get("timeout")
+    if isinstance(own, int | float) and not isinstance(own, bool) and own > 0:
+        return float(own)
+    agent = cfg.agents.get(str(entry.get("agent")))
+    if agent is not None and agent.timeout is not None:
+        return float(agent.timeout)
+    return float(cfg.scheduler.job_timeout)
+
+
+# -- what a result means --------------------------------------------------------------------
+# The adaptor's result.json is its last word; these functions are the one reading of it,
+# used by the scheduler's job table (when it records the end) and by batchctl (which shows
+# a finished job as it will be recorded while the scheduler has not done it yet).
+
+def result_state(entry: Mapping[str, Any], result: Mapping[str, Any]) -> str:
+    """The terminal state a result record means for its job: completed (exit 0 and no
+    reason), timed_out (the adaptor's timer), cancelled (a cancel was asked), else failed."""
+    reason = result.get("reason")
+    if result.get("exit_code") == 0 and not reason and not result.get("signal"):
+        return "completed"
+    if reason == "timed_out" or result.get("timed_out") is True:
+        return "timed_out"
+    if entry.get("cancel_requested"):
+        return "cancelled"
+    return "failed"
+
+
+def result_reason(result: Mapping[str, Any]) -> str:
+    """Why a job failed, from its result: the adaptor's reason, else the signal or exit."""
+    reason, code, sig = result.get("reason"), result.get("exit_code"), result.get("signal")
+    if isinstance(reason, str) and reason:
+        return reason
+    if isinstance(sig, int) and sig:
+        return f"killed by signal {sig}"
+    if isinstance(code, int):
+        return f"exit {code}"
+    return "ended without an exit status"
+
+
+def _secs(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}s"
+
+
+def settled_fields(entry: Mapping[str, Any], result: Mapping[str, Any],
+                   timeout: float | None, now: str) -> dict[str, Any]:
+    """The terminal fields recorded for a job whose adaptor wrote `result`: state,
+    finished_at, exit_code, reason, signal, session_id (and started_at if unknown).
+    `now` (ISO) is the finish time when the result does not say."""
+    state = result_state(entry, result)
+    code = result.get("exit_code")
+    fields: dict[str, Any] = {
+        "state": state,
+        "finished_at": result["finished_at"] if isinstance(result.get("finished_at"), str)
+        else now,
+        "exit_code": code if isinstance(code, int) and not isinstance(code, bool) else None,
+        "reason": {"completed": None,
+                   "timed_out": f"timed out after {_secs(timeout)}",
+                   "cancelled": "cancelled by operator",
+                   "failed": None}[state],
+        "signal": result.get("signal"),
+        "session_id": result.get("session_id"),
+    }
+    if state == "failed":
+        fields["reason"] = result_reason(result)
+    if not entry.get("started_at") and isinstance(result.get("started_at"), str):
+        fields["started_at"] = result["started_at"]
+    return fields

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supervisor.config import WORKER_NAMES
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, read_json, write_json
 from supervisor.state.fs import FS, REAL
 
@@ -52,7 +53,6 @@ __all__ = [
     "SENTINEL",
     "STARTUP_LOG",
     "WORKERS",
-    "WORKER_NAMES",
     "WORKER_STATE",
     "Layout",
     "RecordKind",
@@ -61,10 +61,6 @@ __all__ = [
     "send_request",
     "write_record",
 ]
-
-#: The four workers, in startup order (DESIGN.md: scheduler -> locks -> reaper, callbacks).
-WORKER_NAMES: tuple[str, ...] = ("scheduler", "locks", "reaper", "callbacks")
-
 
 @dataclass(frozen=True)
 class RecordKind:

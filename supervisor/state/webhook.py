@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from supervisor import __version__
 from supervisor.state.atomic import dump_json
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.fs import FS, REAL
 from supervisor.state.layout import Layout, send_request
 
@@ -94,6 +94,7 @@ __all__ = [
     "delivery_problem",
     "delivery_request",
     "drop_request",
+    "due_at",
     "earliest",
     "finish",
     "interrupted",
@@ -385,7 +386,7 @@ def new_delivery(request: Mapping[str, Any], now: float) -> dict[str, Any]:
     """The DELIVERY record for a "deliver" request: pending, due now, no try yet."""
     return {"id": request["event_id"], "job": request.get("job"), "url": request["url"],
             "payload": dict(request["payload"]), "state": "pending", "attempts": 0,
-            "retry_base": 0, "next_attempt_at": iso_now(now), "next_attempt_ts": now,
+            "retry_base": 0, "next_attempt_at": iso_now(now),
             "last_error": None, "created_at": iso_now(now), "updated_at": iso_now(now)}
 
 
@@ -404,21 +405,20 @@ def finish(rec: Mapping[str, Any], result: Result, now: float,
         event = "exhausted" if delay is None else RETRY
     ts = None if delay is None else now + delay
     error = result.error if result.error is not None else rec.get("last_error")
-    return _moved(rec, event, now, next_attempt_ts=ts, next_attempt_at=_at(ts),
-                  last_error=error)
+    return _moved(rec, event, now, next_attempt_at=_at(ts), last_error=error)
 
 
 def interrupted(rec: Mapping[str, Any], now: float) -> dict[str, Any]:
     """in_flight found at recovery -> pending, due now (the try may or may not have landed)."""
-    return _moved(rec, "interrupted", now, next_attempt_ts=now, next_attempt_at=iso_now(now),
+    return _moved(rec, "interrupted", now, next_attempt_at=iso_now(now),
                   last_error=f"interrupted: the callbacks worker stopped during try "
                              f"{rec['attempts']}")
 
 
 def operator_retry(rec: Mapping[str, Any], now: float) -> dict[str, Any]:
     """failed | pending -> pending, due now, with a fresh retry schedule; attempts kept."""
-    return _moved(rec, "operator_retry", now, next_attempt_ts=now,
-                  next_attempt_at=iso_now(now), retry_base=int(rec["attempts"]))
+    return _moved(rec, "operator_retry", now, next_attempt_at=iso_now(now),
+                  retry_base=int(rec["attempts"]))
 
 
 def earliest(records: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -427,12 +427,18 @@ def earliest(records: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     One pass (no sort): it is asked before every try, with any number of records pending.
     """
     return min((r for r in records if r["state"] == "pending"), default=None,
-               key=lambda r: (r["next_attempt_ts"], r["created_at"], r["id"]))
+               key=lambda r: (due_at(r), r["created_at"], r["id"]))
+
+
+def due_at(rec: Mapping[str, Any]) -> float:
+    """When a pending delivery's next try is due (epoch seconds; unreadable: now)."""
+    due = parse_iso(rec.get("next_attempt_at"))
+    return 0.0 if due is None else due
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "job": (str, type(None)), "payload": (dict,), "attempts": (int,), "retry_base": (int,),
-    "next_attempt_ts": (int, float, type(None)), "next_attempt_at": (str, type(None)),
+    "next_attempt_at": (str, type(None)),
     "last_error": (str, type(None)), "created_at": (str,),
 }
 
@@ -449,7 +455,7 @@ def delivery_problem(rec: Mapping[str, Any]) -> str | None:
         value = rec.get(key)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             return f"{key} is {value!r}"
-    if rec["state"] == "pending" and rec["next_attempt_ts"] is None:
-        return "a pending delivery without next_attempt_ts"
+    if rec["state"] == "pending" and parse_iso(rec["next_attempt_at"]) is None:
+        return "a pending delivery without a valid next_attempt_at"
     return None
 

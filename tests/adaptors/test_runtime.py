@@ -350,7 +350,7 @@ def test_heartbeat_refreshes_sentinel_while_running(
         first = fakekit.wait_for(lambda: (s := fakekit.sentinel(job)) and s["agent_pid"] and s,
                                  what="a sentinel with the agent")
         later = fakekit.wait_for(
-            lambda: (s := fakekit.sentinel(job)) and s["heartbeat_ts"] > first["heartbeat_ts"]
+            lambda: (s := fakekit.sentinel(job)) and s["heartbeat_at"] > first["heartbeat_at"]
             and s, what="a newer heartbeat")
         assert (proc.pid, 8) == (later["pid"], later["output_bytes"])
         assert later["agent_start"] is not None and later["start"] is not None

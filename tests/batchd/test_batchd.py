@@ -27,6 +27,7 @@ from supervisor.batchd import (
 )
 from supervisor.config import Config, WorkerConfig, load
 from supervisor.state.atomic import ensure_dir
+from supervisor.state.clock import iso_now
 from supervisor.state.layout import (
     CONTROL,
     READY,
@@ -111,8 +112,8 @@ class Harness:
     def control(self, op: str, worker: str | None = None, *, ts: float | None = None) -> str:
         rid = uuid.uuid4().hex
         write_record(CONTROL, self.layout.control_inbox / f"{rid}.json", {
-            "id": rid, "op": op, "worker": worker, "created_at": "now",
-            "created_ts": time.time() if ts is None else ts})
+            "id": rid, "op": op, "worker": worker,
+            "created_at": iso_now(time.time() if ts is None else ts)})
         self.d.scan()
         return rid
 
@@ -306,7 +307,7 @@ def test_an_answered_request_is_only_removed_on_replay(tmp_path: Path) -> None:
     rid = uuid.uuid4().hex
     write_record(REPLY, h.layout.reply_file(rid), {"id": rid, "ok": True, "message": "done"})
     write_record(CONTROL, h.layout.control_inbox / f"{rid}.json",
-                 {"id": rid, "op": "stop", "worker": "locks", "created_ts": time.time()})
+                 {"id": rid, "op": "stop", "worker": "locks", "created_at": iso_now()})
     h.d.scan()
     assert not (h.layout.control_inbox / f"{rid}.json").exists()
     assert "RUNNING" == h.states()["locks"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from supervisor.state.clock import iso_now
 from supervisor.state.layout import (
     CONTROL,
     REPLY,
@@ -114,7 +115,7 @@ class Daemon:
         rid = uuid.uuid4().hex
         write_record(CONTROL, self.layout.control_inbox / f"{rid}.json", {
             "id": rid, "op": op, "worker": worker,
-            "created_at": "2025-01-01T00:00:00Z", "created_ts": time.time()})
+            "created_at": iso_now()})
 
         def reply() -> dict[str, Any] | None:
             rec = read_record(REPLY, self.layout.reply_file(rid), owner=False)

@@ -213,7 +213,7 @@ def sentinel(j: _dispatch.Jobs, job_id: str, pid: int, *, age: float = 0.0) -> N
     j.layout.job_dir(job_id).mkdir(parents=True, exist_ok=True)
     write_record(SENTINEL, j.layout.job_sentinel(job_id), {
         "id": job_id, "pid": pid, "start": start_time(pid), "heartbeat_at": iso_now(ts),
-        "heartbeat_ts": ts, "agent_pid": None, "agent_start": None, "output_bytes": 0})
+        "agent_pid": None, "agent_start": None, "output_bytes": 0})
 
 
 def result(j: _dispatch.Jobs, job_id: str, *, exit_code: int | None = 0,
@@ -240,13 +240,13 @@ def run_one(j: _dispatch.Jobs, procs: Procs, job_id: str = "a") -> subprocess.Po
 
 def test_dispatch_is_fifo_up_to_the_limit(jobs: _dispatch.Jobs, procs: Procs) -> None:
     """Three queued, two slots: the two oldest start (running, pid + start, attempts 1,
-    started_at/started_ts, spec and workspace written); the third waits queued."""
+    started_at, spec and workspace written); the third waits queued."""
     enqueue(jobs, "a", "b", "c")
     assert 2 == _dispatch.dispatch(jobs)
     assert ["a", "b"] == procs.launched
     a = get(jobs, "a")
     assert ("running", 1, True) == (a["state"], a["attempts"], alive(a["pid"], a["start"]))
-    assert isinstance(a["started_at"], str) and isinstance(a["started_ts"], float)
+    assert isinstance(a["started_at"], str) and "started_ts" not in a
     assert ({"a", "b"}, "queued") == (jobs.active, get(jobs, "c")["state"])
     assert jobs.layout.job_spec("a").is_file()
     assert (jobs.cfg.workspace_dir / "a").is_dir()
@@ -414,7 +414,7 @@ def test_cancel_of_a_running_job(jobs: _dispatch.Jobs, procs: Procs) -> None:
     a = get(jobs, "a")
     assert ("running", True, -signal.SIGTERM) \
         == (a["state"], a["cancel_requested"], wait_dead(adaptor))
-    assert isinstance(a["cancel_sent_ts"], float)
+    assert isinstance(a["cancel_sent_at"], str)
     result(jobs, "a", exit_code=None, sig=15, reason="terminated")
     _dispatch.tick_all(jobs)
     a = get(jobs, "a")
@@ -490,7 +490,7 @@ def test_reattach_of_a_starting_job_learns_its_pid(jobs: _dispatch.Jobs, procs: 
     """Scheduler died between the fork and the running record: the adaptor's sentinel
     makes the job running with the adaptor's pid (never a second launch)."""
     enqueue(jobs, "a")
-    jobs.queue.update("a", state="starting", attempts=1, dispatched_ts=jobs.clock())
+    jobs.queue.update("a", state="starting", attempts=1, dispatched_at=iso_now(jobs.clock()))
     adaptor = procs.spawn("a")
     sentinel(jobs, "a", adaptor.pid)
     again = _dispatch.Jobs.over(jobs.cfg, jobs.layout, jobs.queue, RecLog(),  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from supervisor.scheduler.jobfiles import (
     write_spec,
 )
 from supervisor.scheduler.lifecycle import Event, Timing, classify
+from supervisor.state.clock import iso_now
 from supervisor.state.layout import (
     JOB_SPEC,
     RESULT,
@@ -103,11 +104,11 @@ def test_observe_a_live_adaptor_then_its_death(tmp_path: Path,
     start = start_time(sleeper.pid)
     layout.job_dir("j1").mkdir(parents=True)
     write_record(SENTINEL, layout.job_sentinel("j1"), {
-        "id": "j1", "pid": sleeper.pid, "start": start, "heartbeat_at": "2027-01-15T08:00:00Z",
-        "heartbeat_ts": NOW - 3.0, "agent_pid": None, "agent_start": None, "output_bytes": 0})
+        "id": "j1", "pid": sleeper.pid, "start": start, "heartbeat_at": iso_now(NOW - 3.0),
+        "agent_pid": None, "agent_start": None, "output_bytes": 0})
     obs = observe(layout, entry(state="starting"), NOW, cfg)
     assert (sleeper.pid, start, True, NOW - 3.0) == (obs.pid, obs.start, obs.alive,
-                                                     obs.heartbeat_ts)
+                                                     obs.heartbeat)
     sleeper.kill()
     sleeper.wait()
     obs = observe(layout, entry(state="starting"), NOW, cfg)
@@ -171,9 +172,8 @@ def test_observe_then_classify_a_dead_job_is_lost(tmp_path: Path,
     start = start_time(sleeper.pid)
     layout.job_dir("j1").mkdir(parents=True)
     write_record(SENTINEL, layout.job_sentinel("j1"), {
-        "id": "j1", "pid": sleeper.pid, "start": start, "heartbeat_at": "x",
-        "heartbeat_ts": NOW - 500.0})
-    e = entry(pid=sleeper.pid, start=start, started_ts=NOW - 600.0)
+        "id": "j1", "pid": sleeper.pid, "start": start, "heartbeat_at": iso_now(NOW - 500.0)})
+    e = entry(pid=sleeper.pid, start=start, started_at=iso_now(NOW - 600.0))
     timing = Timing.from_config(cfg.scheduler)
     assert Event.SENTINEL_STALE == classify(e, observe(layout, e, NOW, cfg), NOW, timing)
     sleeper.kill()

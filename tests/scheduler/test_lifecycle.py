@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor.config import SchedulerConfig
-from supervisor.scheduler import lifecycle as lc
 from supervisor.scheduler.lifecycle import (
     ACTIVE,
     IGNORED,
@@ -31,6 +30,7 @@ from supervisor.scheduler.lifecycle import (
     step,
     tick,
 )
+from supervisor.state.clock import iso_now
 
 NOW = 1_800_000_000.0
 T = Timing(stale_after=30.0, dead_after=120.0, kill_grace=10.0, launch_grace=30.0,
@@ -43,10 +43,9 @@ def job(state: State, **fields: Any) -> dict[str, Any]:
     """A queue entry as JobQueue.get returns it."""
     entry: dict[str, Any] = {"id": "j1", "state": state.value, "agent": "shell", "attempts": 0}
     if state in ACTIVE:
-        entry.update(attempts=1, dispatched_ts=NOW - 300.0)
+        entry.update(attempts=1, dispatched_at=iso_now(NOW - 300.0))
     if state is S.RUNNING:
-        entry.update(pid=PID, start=START, started_at="2027-01-15T08:00:00.000Z",
-                     started_ts=NOW - 290.0)
+        entry.update(pid=PID, start=START, started_at=iso_now(NOW - 290.0))
     entry.update(fields)
     return entry
 
@@ -55,7 +54,7 @@ def healthy(**kw: Any) -> Observation:
     """A live adaptor with a heartbeat `hb_age` seconds old (default 1)."""
     age = kw.pop("hb_age", 1.0)
     base: dict[str, Any] = {
-        "sentinel": {"id": "j1", "pid": PID, "start": START}, "heartbeat_ts": NOW - age,
+        "sentinel": {"id": "j1", "pid": PID, "start": START}, "heartbeat": NOW - age,
         "pid": PID, "start": START, "alive": True, "lock_held": True, "timeout": 3600.0}
     base.update(kw)
     return Observation(**base)
@@ -104,8 +103,8 @@ def apply(entry: dict[str, Any], decision: Decision) -> dict[str, Any]:
 def test_every_pair_is_a_row_or_explicitly_ignored() -> None:
     """Completeness: each (state, event) is in TABLE or IGNORED, never both, never neither."""
     pairs = {(s, e) for s in State for e in Event}
-    assert set() == set(TABLE) & IGNORED
-    assert pairs == set(TABLE) | IGNORED
+    assert set() == set(TABLE.rows) & IGNORED
+    assert pairs == set(TABLE.rows) | IGNORED
 
 
 def test_every_terminal_state_ignores_every_event() -> None:
@@ -118,7 +117,7 @@ def test_every_terminal_state_ignores_every_event() -> None:
 
 def test_row_kinds_are_all_buildable() -> None:
     """Every action kind a row names has a builder (step never raises KeyError)."""
-    for (s, e) in TABLE:
+    for (s, e) in TABLE.rows:
         step(job(s), e, Facts(now=NOW, timing=T, obs=healthy(), pid=PID, start=START))
 
 
@@ -131,8 +130,8 @@ ROWS: dict[tuple[State, Event], tuple[dict[str, Any], Facts, State, list[str]]] 
     (S.WAITING, E.CANCEL_REQUESTED): ({}, Facts(NOW, T), S.CANCELLED, ["Finalize"]),
     (S.STARTING, E.LAUNCHED): ({}, Facts(NOW, T, pid=PID, start=START), S.RUNNING, ["Update"]),
     (S.STARTING, E.LAUNCH_FAILED): ({}, Facts(NOW, T, error="boom"), S.FAILED, ["Finalize"]),
-    (S.STARTING, E.LAUNCH_PENDING): ({"dispatched_ts": NOW - 5.0}, Facts(NOW, T, obs=NOTHING),
-                                     S.STARTING, []),
+    (S.STARTING, E.LAUNCH_PENDING): ({"dispatched_at": iso_now(NOW - 5.0)},
+                                     Facts(NOW, T, obs=NOTHING), S.STARTING, []),
     (S.STARTING, E.NOT_LAUNCHED): ({}, Facts(NOW, T, obs=NOTHING), S.STARTING,
                                    ["Update", "Launch"]),
     (S.STARTING, E.LAUNCH_GAVE_UP): ({"attempts": 3}, Facts(NOW, T, obs=NOTHING), S.FAILED,
@@ -162,7 +161,7 @@ for _s in (S.STARTING, S.RUNNING):
                                    ["KillGroup", "Update"]),
         (_s, E.CANCEL_SETTLED): ({"cancel_requested": True}, Facts(NOW, T, obs=dead()),
                                  S.CANCELLED, ["Finalize"]),
-        (_s, E.CANCEL_OVERDUE): ({"cancel_requested": True, "cancel_sent_ts": NOW - 100},
+        (_s, E.CANCEL_OVERDUE): ({"cancel_requested": True, "cancel_sent_at": iso_now(NOW - 100)},
                                  Facts(NOW, T, obs=healthy()), S.CANCELLED,
                                  ["KillGroup", "Finalize"]),
         (_s, E.TIMEOUT_BACKSTOP): ({}, Facts(NOW, T, obs=healthy(timeout=60.0)), S.TIMED_OUT,
@@ -172,7 +171,7 @@ for _s in (S.STARTING, S.RUNNING):
 
 def test_the_row_cases_cover_the_table_exactly() -> None:
     """The parametrized cases below exercise every row of TABLE and nothing else."""
-    assert set(TABLE) == set(ROWS)
+    assert set(TABLE.rows) == set(ROWS)
 
 
 @pytest.mark.parametrize(("state", "event"), sorted(ROWS), ids=str)
@@ -200,7 +199,7 @@ def test_guards_lead_to_the_row_case(state: State, event: Event) -> None:
 def test_dispatch_records_the_attempt_before_the_launch() -> None:
     """dispatched: starting + attempts+1 + dispatched_ts written first, then Launch."""
     d = step(job(S.QUEUED, attempts=0), E.DISPATCHED, Facts(NOW, T))
-    assert (Update({"state": "starting", "attempts": 1, "dispatched_ts": NOW,
+    assert (Update({"state": "starting", "attempts": 1,
                     "dispatched_at": "2027-01-15T08:00:00.000Z"}), Launch(relaunch=False)) \
         == d.actions
 
@@ -209,7 +208,7 @@ def test_launched_records_pid_start_and_started_at() -> None:
     """launched: running with the launcher's pid and start time, started_at = now."""
     d = step(job(S.STARTING), E.LAUNCHED, Facts(NOW, T, pid=PID, start=START))
     assert (Update({"state": "running", "pid": PID, "start": START,
-                    "started_at": "2027-01-15T08:00:00.000Z", "started_ts": NOW}),) == d.actions
+                    "started_at": "2027-01-15T08:00:00.000Z"}),) == d.actions
 
 
 def test_launched_under_systemd_has_no_pid_yet() -> None:
@@ -247,7 +246,7 @@ def test_cancel_of_running_job_signals_then_remembers() -> None:
     """cancel_requested on running: SIGTERM the group (pid + start) then record the intent."""
     d = step(job(S.RUNNING), E.CANCEL_REQUESTED, Facts(NOW, T))
     assert (KillGroup(PID, START, signal.SIGTERM),
-            Update({"cancel_requested": True, "cancel_sent_ts": NOW})) == d.actions
+            Update({"cancel_requested": True, "cancel_sent_at": iso_now(NOW)})) == d.actions
 
 
 def test_cancel_signals_the_observed_adaptor_when_the_wal_has_no_pid() -> None:
@@ -258,7 +257,7 @@ def test_cancel_signals_the_observed_adaptor_when_the_wal_has_no_pid() -> None:
 
 def test_overdue_cancel_kills_hard_then_finalizes() -> None:
     """cancel_overdue: SIGKILL the group first, then the terminal write (cancelled)."""
-    entry = job(S.RUNNING, cancel_requested=True, cancel_sent_ts=NOW - 26.0)
+    entry = job(S.RUNNING, cancel_requested=True, cancel_sent_at=iso_now(NOW - 26.0))
     d = tick(entry, healthy(), NOW, T)
     assert E.CANCEL_OVERDUE == d.event
     assert KillGroup(PID, START, signal.SIGKILL) == d.actions[0]
@@ -295,7 +294,7 @@ def test_result_outcomes(res: dict[str, Any], state: str, reason: str | None,
 
 def test_result_after_cancel_is_cancelled_unless_it_completed() -> None:
     """With a cancel requested: terminated -> cancelled; exit 0 -> still completed."""
-    entry = job(S.RUNNING, cancel_requested=True, cancel_sent_ts=NOW - 1)
+    entry = job(S.RUNNING, cancel_requested=True, cancel_sent_at=iso_now(NOW - 1))
     term = tick(entry, dead(result=result(exit_code=None, signal=15, reason="terminated")),
                 NOW, T)
     ok = tick(entry, dead(result=result()), NOW, T)
@@ -356,7 +355,7 @@ def test_a_fresh_heartbeat_of_a_dead_pid_is_stale() -> None:
 
 def test_no_sentinel_counts_from_the_launch() -> None:
     """Without a sentinel the age is measured from started_ts: fresh, then lost."""
-    entry = job(S.RUNNING, started_ts=NOW - 10.0)
+    entry = job(S.RUNNING, started_at=iso_now(NOW - 10.0))
     alive = Observation(pid=PID, start=START, alive=True, timeout=3600.0)
     gone = Observation(pid=PID, start=START, alive=False, timeout=3600.0)
     assert E.SENTINEL_FRESH == classify(entry, alive, NOW, T)
@@ -364,20 +363,9 @@ def test_no_sentinel_counts_from_the_launch() -> None:
     assert E.SENTINEL_DEAD == classify(entry, gone, NOW + 111.0, T)
 
 
-def test_iso_timestamps_are_understood_when_epochs_are_missing() -> None:
-    """An entry with only started_at (ISO) still dates its launch."""
-    entry = job(S.RUNNING)
-    del entry["started_ts"], entry["dispatched_ts"]
-    gone = Observation(pid=PID, start=START, timeout=3600.0)
-    started = 1_800_000_000.0 - 290.0           # 2027-01-15T07:55:10Z
-    entry["started_at"] = "2027-01-15T07:55:10.000Z"
-    assert E.SENTINEL_STALE == classify(entry, gone, started + 100.0, T)
-    assert E.SENTINEL_DEAD == classify(entry, gone, started + 121.0, T)
-
-
 def test_timeout_backstop_only_past_timeout_plus_grace_plus_margin() -> None:
     """The adaptor enforces the timeout; the scheduler acts only after timeout+grace+margin."""
-    entry = job(S.RUNNING, started_ts=NOW - 1000.0)
+    entry = job(S.RUNNING, started_at=iso_now(NOW - 1000.0))
     deadline = NOW - 1000.0 + 900.0 + T.kill_grace + T.margin
     assert E.SENTINEL_FRESH == classify(entry, healthy(timeout=900.0), deadline, T)
     assert E.TIMEOUT_BACKSTOP == classify(entry, healthy(timeout=900.0), deadline + 0.1, T)
@@ -385,7 +373,7 @@ def test_timeout_backstop_only_past_timeout_plus_grace_plus_margin() -> None:
 
 def test_timeout_backstop_survives_a_crash_between_kill_and_finalize() -> None:
     """After the SIGKILL the process is gone; a re-run still says timed_out (not lost)."""
-    entry = job(S.RUNNING, started_ts=NOW - 1000.0)
+    entry = job(S.RUNNING, started_at=iso_now(NOW - 1000.0))
     d = tick(entry, dead(hb_age=5.0, timeout=60.0), NOW, T)
     assert (E.TIMEOUT_BACKSTOP, "timed_out") == (d.event, finalize_fields(d)["state"])
     assert KillGroup(PID, START, signal.SIGKILL) == d.actions[0]
@@ -394,7 +382,7 @@ def test_timeout_backstop_survives_a_crash_between_kill_and_finalize() -> None:
 def test_cancel_guards() -> None:
     """Cancel intent: unsignalled -> signal; gone -> settled; in grace -> wait; late -> kill."""
     fresh = job(S.RUNNING, cancel_requested=True)
-    sent = job(S.RUNNING, cancel_requested=True, cancel_sent_ts=NOW - 5.0)
+    sent = job(S.RUNNING, cancel_requested=True, cancel_sent_at=iso_now(NOW - 5.0))
     assert E.CANCEL_REQUESTED == classify(fresh, healthy(), NOW, T)
     assert E.CANCEL_SETTLED == classify(fresh, dead(hb_age=1.0), NOW, T)
     assert E.SENTINEL_FRESH == classify(sent, healthy(), NOW, T)
@@ -406,18 +394,18 @@ def test_cancel_guards() -> None:
 
 def test_cancel_overdue_survives_a_crash_between_kill_and_finalize() -> None:
     """After the SIGKILL, the dead job with a cancel intent is finalized cancelled."""
-    entry = job(S.RUNNING, cancel_requested=True, cancel_sent_ts=NOW - 100.0)
+    entry = job(S.RUNNING, cancel_requested=True, cancel_sent_at=iso_now(NOW - 100.0))
     d = tick(entry, dead(hb_age=2.0), NOW, T)
     assert (E.CANCEL_SETTLED, "cancelled") == (d.event, finalize_fields(d)["state"])
 
 
 def test_starting_job_not_launched_is_relaunched_after_the_grace() -> None:
     """starting, no sign of an adaptor: wait launch_grace, then relaunch (attempt counted)."""
-    entry = job(S.STARTING, dispatched_ts=NOW, attempts=1)
+    entry = job(S.STARTING, dispatched_at=iso_now(NOW), attempts=1)
     assert E.LAUNCH_PENDING == tick(entry, NOTHING, NOW + 30.0, T).event
     d = tick(entry, NOTHING, NOW + 30.5, T)
     assert (E.NOT_LAUNCHED, S.STARTING) == (d.event, d.next_state)
-    assert (Update({"state": "starting", "attempts": 2, "dispatched_ts": NOW + 30.5,
+    assert (Update({"state": "starting", "attempts": 2,
                     "dispatched_at": "2027-01-15T08:00:30.500Z"}), Launch(relaunch=True)) \
         == d.actions
     again = apply(entry, d)
@@ -434,7 +422,7 @@ def test_starting_job_gives_up_after_max_launch_attempts() -> None:
 
 @pytest.mark.parametrize("obs", [
     Observation(lock_held=True, timeout=3600.0),
-    Observation(sentinel={"id": "j1"}, heartbeat_ts=NOW - 500.0, timeout=3600.0),
+    Observation(sentinel={"id": "j1"}, heartbeat=NOW - 500.0, timeout=3600.0),
     Observation(pid=PID, start=START, alive=True, timeout=3600.0),
 ], ids=["lock-held", "sentinel-exists", "pid-alive"])
 def test_starting_job_with_any_sign_of_launch_is_not_relaunched(obs: Observation) -> None:
@@ -445,9 +433,9 @@ def test_starting_job_with_any_sign_of_launch_is_not_relaunched(obs: Observation
 
 def test_cancel_of_a_never_launched_starting_job_settles_without_relaunch() -> None:
     """A cancelled starting job that never launched is cancelled, not relaunched."""
-    entry = job(S.STARTING, cancel_requested=True, cancel_sent_ts=NOW - 1.0)
-    within = job(S.STARTING, cancel_requested=True, cancel_sent_ts=NOW - 1.0,
-                 dispatched_ts=NOW - 5.0)
+    entry = job(S.STARTING, cancel_requested=True, cancel_sent_at=iso_now(NOW - 1.0))
+    within = job(S.STARTING, cancel_requested=True, cancel_sent_at=iso_now(NOW - 1.0),
+                 dispatched_at=iso_now(NOW - 5.0))
     assert E.CANCEL_SETTLED == classify(entry, NOTHING, NOW, T)
     assert E.LAUNCH_PENDING == classify(within, NOTHING, NOW, T)
 
@@ -532,7 +520,7 @@ _obs = st.builds(
     sentinel=st.sampled_from([None, {"id": "j1", "pid": PID, "start": START}]),
     result=st.sampled_from([None, result(), result(exit_code=1)]),
     result_error=st.sampled_from([None, None, "bad"]),
-    heartbeat_ts=st.one_of(st.none(), st.floats(NOW - 1000.0, NOW)),
+    heartbeat=st.one_of(st.none(), st.floats(NOW - 1000.0, NOW)),
     pid=st.sampled_from([None, PID]),
     start=st.sampled_from([None, START]),
     alive=st.booleans(),
@@ -548,7 +536,7 @@ def test_never_started_twice(obs: Observation, since: float, attempts: int, canc
                              state: State) -> None:
     """Launch is only ever decided for a starting job with no trace of an adaptor, after the
     launch grace, with attempts left and no cancel; a terminal decision always has a state."""
-    entry = job(state, dispatched_ts=NOW - since, attempts=attempts)
+    entry = job(state, dispatched_at=iso_now(NOW - since), attempts=attempts)
     entry.pop("started_ts", None)
     if cancel:
         entry["cancel_requested"] = True
@@ -561,16 +549,3 @@ def test_never_started_twice(obs: Observation, since: float, attempts: int, canc
         assert attempts < T.max_launch_attempts
     if d.terminal:
         assert d.next_state.value == finalize_fields(d)["state"]
-
-
-def test_settled_by_result_gives_the_fields_the_scheduler_will_record() -> None:
-    """An active job's result maps through the table's result rows; a queued job: None."""
-    ok = lc.settled_by_result({"id": "a", "state": "running"},
-                              {"exit_code": 0, "reason": None, "finished_at": "T"}, now=0.0)
-    assert ok is not None
-    assert ("completed", 0, "T") == (ok["state"], ok["exit_code"], ok["finished_at"])
-    cancelled = lc.settled_by_result({"id": "b", "state": "running", "cancel_requested": True},
-                                     {"exit_code": None, "signal": 15, "reason": "terminated"},
-                                     now=0.0)
-    assert cancelled is not None and "cancelled" == cancelled["state"]
-    assert lc.settled_by_result({"id": "c", "state": "queued"}, {"exit_code": 0}, now=0.0) is None

@@ -206,10 +206,11 @@ def test_cancel_and_job_exited_of_a_running_job(cfg: Config, tmp_path: Path) -> 
     started: list[subprocess.Popen[bytes]] = []
 
     got_term = tmp_path / "got-term"
+    trapped = tmp_path / "trapped"
 
     def launcher(job_dir: Path, mode: str) -> Launched:
         """An adaptor stand-in that notes SIGTERM and runs on (until the test ends it)."""
-        p = subprocess.Popen(["sh", "-c", f"trap 'touch {got_term}' TERM; "
+        p = subprocess.Popen(["sh", "-c", f"trap 'touch {got_term}' TERM; touch {trapped}; "
                               "while :; do sleep 0.05; done"], start_new_session=True)
         started.append(p)
         return Launched(p.pid, start_time(p.pid), None)
@@ -221,6 +222,10 @@ def test_cancel_and_job_exited_of_a_running_job(cfg: Config, tmp_path: Path) -> 
         drop(s, submit_request([job("a")], request_id="s1"))
         scheduler.one_pass(s)
         assert "running" == s.queue.state("a")
+        deadline = time.monotonic() + 30
+        while not trapped.exists():       # SIGTERM before the trap would just kill it
+            assert time.monotonic() < deadline, "the adaptor stand-in never started"
+            time.sleep(0.01)
         drop(s, cancel_request("a"))
         scheduler.one_pass(s)
         a = s.queue.get("a")
@@ -289,7 +294,7 @@ def test_serve_ticks_active_jobs_every_interval(mem: scheduler.Scheduler) -> Non
     """With an active job the loop wakes after the tick interval (min(1 s, 5 s / 2)) and
     ticks it; its result had arrived, so it is finalized and the loop sleeps again."""
     mem.queue.enqueue("a", {"agent": "shell", "prompt": "true", "created_at": iso_now()})
-    mem.queue.update("a", state="running", pid=None, started_ts=time.time())
+    mem.queue.update("a", state="running", pid=None, started_at=iso_now(time.time()))
     mem.jobs.active.add("a")
     mem.layout.job_dir("a").mkdir(parents=True)
     write_record(RESULT, mem.layout.job_result("a"), {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from supervisor.state.clock import epoch_of, iso_now, parse_iso
+from supervisor.state.clock import MockClock, iso_now, parse_iso
 
 T = datetime(2026, 11, 28, 11, 45, 2, 123000, tzinfo=UTC).timestamp()
 
@@ -22,8 +22,13 @@ def test_parse_iso_reads_ours_and_offsets_and_refuses_garbage() -> None:
     assert [None, None] == [parse_iso("yesterday"), parse_iso(None)]
 
 
-def test_epoch_of_prefers_the_epoch_field() -> None:
-    """The ts field when it is a number (not a bool), else the ISO field, else None."""
-    assert [5.0, T, None] == [epoch_of({"ts": 5, "at": "x"}, "ts", "at"),
-                              epoch_of({"ts": True, "at": iso_now(T)}, "ts", "at"),
-                              epoch_of({}, "ts", "at")]
+def test_mock_clock_stands_still_until_advanced_and_sleep_advances_it() -> None:
+    """Both readings move only when told; a sleep moves them by its length; a jump moves
+    the wall clock alone."""
+    c = MockClock(T, monotonic_start=5.0)
+    assert (T, 5.0) == (c.time(), c.monotonic())
+    c.sleep(2.5)
+    c.advance(0.5)
+    assert (T + 3.0, 8.0, [2.5]) == (c.time(), c.monotonic(), c.slept)
+    c.jump(-60.0)
+    assert (T - 57.0, 8.0, iso_now(T - 57.0)) == (c.time(), c.monotonic(), c.iso_now())

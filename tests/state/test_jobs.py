@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.state.clock import epoch_of, iso_now
 from supervisor.state.jobs import (
     RECORD_FIELDS,
     batch_record,
     cancel_request,
     job_record,
     new_job_id,
+    settled_fields,
     submit_request,
     valid_job_id,
 )
@@ -27,15 +27,29 @@ def test_valid_job_id(job_id: object, ok: bool) -> None:
     assert ok == valid_job_id(job_id)
 
 
-def test_iso_now_and_epoch_of_round_trip() -> None:
-    """iso_now writes milliseconds and Z; epoch_of reads it back, or prefers the ts field."""
-    text = iso_now(T)
-    assert "2027-01-15T08:00:00.250Z" == text
-    assert T == epoch_of({"at": text}, "ts", "at")
-    assert 5.0 == epoch_of({"ts": 5, "at": text}, "ts", "at")
-    assert (None, None) == (epoch_of({"ts": True, "at": "soon"}, "ts", "at"),
-                            epoch_of({}, "ts", "at"))
-
+def test_settled_fields_read_a_result_as_the_scheduler_records_it() -> None:
+    """exit 0 and no reason: completed with the result's times; a killed job that was
+    cancelled: cancelled by operator; the adaptor's timeout: timed_out naming the limit;
+    anything else: failed with the adaptor's reason, the signal or the exit status."""
+    ok = settled_fields({"id": "a", "state": "running"},
+                        {"exit_code": 0, "reason": None, "finished_at": "T",
+                         "started_at": "S", "session_id": "s1"}, 60.0, "NOW")
+    assert ("completed", 0, "T", "S", "s1", None) == (
+        ok["state"], ok["exit_code"], ok["finished_at"], ok["started_at"], ok["session_id"],
+        ok["reason"])
+    cancelled = settled_fields({"id": "b", "state": "running", "cancel_requested": True},
+                               {"exit_code": None, "signal": 15, "reason": "terminated"},
+                               None, "NOW")
+    assert ("cancelled", "cancelled by operator", "NOW") == (
+        cancelled["state"], cancelled["reason"], cancelled["finished_at"])
+    timed = settled_fields({"id": "c"}, {"exit_code": None, "reason": "timed_out"}, 90.0, "N")
+    assert ("timed_out", "timed out after 90s") == (timed["state"], timed["reason"])
+    assert [("failed", "agent_not_found: x"), ("failed", "killed by signal 9"),
+            ("failed", "exit 3")] == [
+        (f["state"], f["reason"]) for f in (
+            settled_fields({}, {"exit_code": 127, "reason": "agent_not_found: x"}, None, "N"),
+            settled_fields({}, {"exit_code": None, "signal": 9}, None, "N"),
+            settled_fields({}, {"exit_code": 3}, None, "N"))]
 
 def test_new_job_ids_are_valid_time_sortable_and_distinct() -> None:
     """A fresh id is a valid id starting with the UTC second; two are never equal."""

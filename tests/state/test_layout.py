@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from supervisor.config import WORKER_NAMES
 from supervisor.state import layout as _layout
 from supervisor.state.atomic import Corrupt, Missing, dump_json
 from supervisor.state.layout import (
     PID,
     READY,
     REQUEST,
-    WORKER_NAMES,
     Layout,
     RecordKind,
     read_record,

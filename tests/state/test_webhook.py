@@ -36,6 +36,7 @@ from supervisor.state.webhook import (
     delivery_problem,
     delivery_request,
     drop_request,
+    due_at,
     earliest,
     finish,
     interrupted,
@@ -75,7 +76,7 @@ def run_until_settled(rec: dict[str, Any], transport: MockTransport, clock: Cloc
                       schedule: tuple[float, ...]) -> dict[str, Any]:
     """Drive one record as the worker does, jumping the clock to each next try."""
     while rec["state"] == "pending":
-        clock.t = rec["next_attempt_ts"]
+        clock.t = due_at(rec)
         rec = begin(rec, clock())
         result = attempt(transport, rec, secret=None, timeout=5.0)
         rec = finish(rec, result, clock(), schedule)
@@ -224,9 +225,8 @@ def test_retry_schedule_with_a_fake_clock() -> None:
     transport = MockTransport(answers(503, clock=clock, times=times))
     rec = run_until_settled(record(), transport, clock, (30.0, 120.0, 600.0))
     assert [T0, T0 + 30, T0 + 150, T0 + 750] == times
-    assert ("failed", 4, "HTTP 503", None, None) == (
-        rec["state"], rec["attempts"], rec["last_error"], rec["next_attempt_at"],
-        rec["next_attempt_ts"])
+    assert ("failed", 4, "HTTP 503", None) == (
+        rec["state"], rec["attempts"], rec["last_error"], rec["next_attempt_at"])
 
 
 def test_retry_then_delivered_keeps_the_idempotency_key() -> None:
@@ -257,7 +257,7 @@ def test_operator_retry_starts_a_fresh_round() -> None:
     rec = run_until_settled(record(), MockTransport(answers(503)), clock, (10.0,))
     clock.t += 1000
     rec = operator_retry(rec, clock())
-    assert ("pending", clock.t, 2) == (rec["state"], rec["next_attempt_ts"], rec["retry_base"])
+    assert ("pending", clock.t, 2) == (rec["state"], due_at(rec), rec["retry_base"])
     times: list[float] = []
     again = MockTransport(answers(503, clock=clock, times=times))
     rec = run_until_settled(rec, again, clock, (10.0,))
@@ -274,7 +274,7 @@ def test_a_delivered_record_refuses_a_retry() -> None:
 def test_interrupted_try_is_pending_and_due_now() -> None:
     """An in_flight record found at recovery is due at once; its try stays counted."""
     rec = interrupted(begin(record(), T0), T0 + 5)
-    assert ("pending", T0 + 5, 1) == (rec["state"], rec["next_attempt_ts"], rec["attempts"])
+    assert ("pending", T0 + 5, 1) == (rec["state"], due_at(rec), rec["attempts"])
     assert rec["last_error"].startswith("interrupted")
 
 
@@ -303,7 +303,7 @@ def test_earliest_is_the_first_pending_try() -> None:
 @pytest.mark.parametrize(("change", "problem"), [
     ({}, None), ({"state": "sent"}, "state"), ({"attempts": True}, "attempts"),
     ({"url": "ftp://x"}, "url"), ({"id": "../x"}, "id"), ({"payload": []}, "payload"),
-    ({"next_attempt_ts": None}, "pending delivery without")])
+    ({"next_attempt_at": None}, "pending delivery without")])
 def test_delivery_problem(change: dict[str, Any], problem: str | None) -> None:
     """A well-formed record passes; each kind of damage is named."""
     found = delivery_problem({**record(), **change})
