@@ -79,9 +79,16 @@ from supervisor.state.atomic import (
     quarantine,
     remove,
 )
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now, parse_iso
 from supervisor.state.jobs import valid_job_id
-from supervisor.state.layout import READY, REQUEST, Layout, read_record, write_record
+from supervisor.state.layout import (
+    READY,
+    REQUEST,
+    Layout,
+    RecordKind,
+    read_record,
+    write_record,
+)
 from supervisor.state.proc import start_time
 
 __all__ = [
@@ -89,8 +96,10 @@ __all__ = [
     "EXIT_OK",
     "EXIT_ORPHANED",
     "EXIT_RECOVERY_FAILED",
+    "NOT_YET_KEEP",
     "BadRequest",
     "Log",
+    "NotYet",
     "Waiter",
     "Watcher",
     "die_with_parent",
@@ -526,18 +535,24 @@ def _request_problem(rec: dict[str, Any]) -> str | None:
     return None
 
 
-def inbox_requests(folder: Path, log: Log | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """The well-formed REQUEST records in `folder`, oldest first (by mtime_ns, then name).
+def inbox_requests(folder: Path, log: Log | None = None, *, kind: RecordKind = REQUEST,
+                   problem: Callable[[dict[str, Any]], str | None] = _request_problem,
+                   on_bad: Callable[[str, str], None] | None = None,
+                   skip: Callable[[str], bool] = lambda _name: False,
+                   ) -> list[tuple[Path, dict[str, Any]]]:
+    """The well-formed records of `kind` in `folder`, oldest first (by mtime_ns, then name).
 
-    Temp files (a write in progress) and already quarantined files are skipped; anything
-    else that is not a well-formed request is quarantined and logged.
+    The one reader of every inbox (workers' REQUESTs, batchd's CONTROL requests). Temp
+    files (a write in progress), quarantined files and names `skip` says are taken care
+    of are left alone; anything else that is not a well-formed record is quarantined,
+    logged and reported to `on_bad(name, why)`.
     """
     logger = log if log is not None else _log.get("runtime")
     stamped: list[tuple[int, str, bool]] = []
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if is_tmp_name(entry.name) or CORRUPT_MARK in entry.name:
+                if is_tmp_name(entry.name) or CORRUPT_MARK in entry.name or skip(entry.name):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
@@ -550,21 +565,26 @@ def inbox_requests(folder: Path, log: Log | None = None) -> list[tuple[Path, dic
     found: list[tuple[Path, dict[str, Any]]] = []
     for _, name, regular in sorted(stamped):
         path = folder / name
+        why: str | None
         if not regular:
-            _quarantine_request(path, "not a regular file", logger)
-            continue
-        rec = read_record(REQUEST, path, owner=True)
-        if isinstance(rec, Missing):
-            continue
-        if isinstance(rec, Corrupt):
-            logger.warning("malformed request quarantined", path=str(path),
-                           moved_to=rec.moved_to, reason=rec.reason)
-            continue
-        problem = _request_problem(rec)
-        if problem is not None:
-            _quarantine_request(path, problem, logger)
-            continue
-        found.append((path, rec))
+            why = "not a regular file"
+            _quarantine_request(path, why, logger)
+        else:
+            rec = read_record(kind, path, owner=True)
+            if isinstance(rec, Missing):
+                continue
+            if isinstance(rec, Corrupt):
+                why = rec.reason
+                logger.warning("malformed request quarantined", path=str(path),
+                               moved_to=rec.moved_to, reason=why)
+            else:
+                why = problem(rec)
+                if why is None:
+                    found.append((path, rec))
+                    continue
+                _quarantine_request(path, why, logger)
+        if on_bad is not None:
+            on_bad(name, why)
     return found
 
 
@@ -573,14 +593,32 @@ def _quarantine_request(path: Path, reason: str, log: Log) -> None:
     log.warning("malformed request quarantined", path=str(path), moved_to=moved, reason=reason)
 
 
+class NotYet(Exception):
+    """A request that cannot be handled yet (it names a job that has not arrived): it stays
+    in the inbox and is tried again each pass until it is `keep_for` old, then it is
+    quarantined and logged. str() says what it waits for."""
+
+
+#: How long a request that raises NotYet is kept (its sender's arrival order is not ours).
+NOT_YET_KEEP = 3600.0
+
+
 def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, Any]], None]],
-                 ctx: Ctx, log: Log) -> int:
+                 ctx: Ctx, log: Log, *, clock: Clock = SYSTEM_CLOCK,
+                 keep_for: float = NOT_YET_KEEP) -> int:
     """Run each request in `folder` through `handlers[kind]`, then remove it; return how many.
 
-    Stops between requests once a stop is requested (the rest wait for the next start).
+    Requests are taken kind by kind in the order of `handlers` (so a submit in the inbox
+    is always enqueued before a cancel that names its job, whatever their file times
+    say), oldest first within a kind. A handler that raises BadRequest gets its request
+    quarantined; one that raises NotYet leaves it for a later pass (up to `keep_for`
+    seconds after its `created_at`). Stops between requests once a stop is requested.
     """
+    rank = {kind: i for i, kind in enumerate(handlers)}
+    todo = inbox_requests(folder, log)
+    todo.sort(key=lambda item: rank.get(item[1]["kind"], len(rank)))    # stable: keeps age
     done = 0
-    for path, req in inbox_requests(folder, log):
+    for path, req in todo:
         if stop_requested():
             break
         handler = handlers.get(req["kind"])
@@ -591,6 +629,12 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
             handler(ctx, req)
         except BadRequest as exc:
             _quarantine_request(path, str(exc), log)
+            continue
+        except NotYet as exc:
+            created = parse_iso(req.get("created_at"))
+            if created is not None and clock.time() - created < keep_for:
+                continue
+            _quarantine_request(path, f"gave up after {keep_for:g}s: {exc}", log)
             continue
         remove(path)
         done += 1

@@ -2,9 +2,9 @@
 
 Each worker's life is a `Proc` record driven by `step(proc, event, now=, wall=)`. The
 event is first refined by a guard (`classify`: is it ready yet? retries left? restart
-intensity exceeded?) into a `Cause`; the table `TABLE[(state, cause)]` then gives the new
-state and the `Action`s the caller (batchd's main loop) must perform. Nothing here forks,
-signals, sleeps or reads a clock: `now` is a monotonic reading, `wall` an epoch time.
+intensity exceeded? a restart pending?) into a `Cause`; `TABLE` then gives the new state
+and the `Action`s the caller (batchd.workers) carries out. Nothing here forks, signals,
+sleeps or reads a clock: `now` is a monotonic reading, `wall` an epoch time.
 
 States (supervisord's): STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL.
 RUNNING = the worker reported ready AND has been up `startsecs`. An exit before that is
@@ -13,7 +13,10 @@ failed, then FATAL. An exit in RUNNING restarts the worker at once (autorestart=
 worker is stateless, its files hold everything) unless that would be more than
 `max_restarts` restarts within `restart_window` seconds (OTP's restart intensity): then
 FATAL with ESCALATE, and the caller escalates (for a critical worker, batchd exits 1).
-EXITED is never entered with autorestart=true; it is kept so START from it is defined.
+RESTART (operator `restart`, a reload) is STOP then START in one event: a running worker
+is stopped with `restart` noted, and its exit then spawns it again (EXIT_RESTART); a STOP
+meanwhile (shutdown) drops the note. EXITED is never entered with autorestart=true; it is
+kept so START from it is defined.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from supervisor.config import WorkerConfig
+from supervisor.state.machine import Row, Table
 
 __all__ = [
     "TABLE",
@@ -54,7 +58,8 @@ class Event(StrEnum):
     UP = "up"                # `startsecs` elapsed since the spawn
     EXIT = "exit"            # the process was reaped (or the fork failed)
     RETRY = "retry"          # the BACKOFF delay elapsed
-    STOP = "stop"            # shutdown, operator `stop`, or the stop half of `restart`
+    STOP = "stop"            # shutdown, operator `stop`
+    RESTART = "restart"      # operator `restart`, or a reload that changed its settings
     STOPWAIT = "stopwait"    # `stopwaitsecs` elapsed in STOPPING without an exit
 
 
@@ -69,8 +74,10 @@ class Cause(StrEnum):
     EXIT_RETRY = "exit_retry"      # STARTING: retries left; RUNNING: intensity not exceeded
     EXIT_GIVEUP = "exit_giveup"    # STARTING: startretries used up; RUNNING: too many restarts
     EXIT_STOPPED = "exit_stopped"  # STOPPING: the stop is done
+    EXIT_RESTART = "exit_restart"  # STOPPING for a restart: the stop is done, start again
     RETRY = "retry"
     STOP = "stop"
+    RESTART = "restart"
     STOPWAIT = "stopwait"
 
 
@@ -87,27 +94,37 @@ class Action(StrEnum):
 
 S, C, A = State, Cause, Action
 
-#: (state, cause) -> (new state, actions). A pair not listed is ignored (no change).
-TABLE: dict[tuple[State, Cause], tuple[State, tuple[Action, ...]]] = {
-    (S.STOPPED, C.START): (S.STARTING, (A.SPAWN,)),
-    (S.EXITED, C.START): (S.STARTING, (A.SPAWN,)),
-    (S.FATAL, C.START): (S.STARTING, (A.SPAWN,)),
-    (S.BACKOFF, C.START): (S.STARTING, (A.CANCEL_TIMERS, A.SPAWN)),
-    (S.BACKOFF, C.RETRY): (S.STARTING, (A.SPAWN,)),
-    (S.BACKOFF, C.STOP): (S.STOPPED, (A.CANCEL_TIMERS,)),
-    (S.STARTING, C.READY_EARLY): (S.STARTING, ()),
-    (S.STARTING, C.READY_LATE): (S.RUNNING, ()),
-    (S.STARTING, C.UP_UNREADY): (S.STARTING, ()),
-    (S.STARTING, C.UP_READY): (S.RUNNING, ()),
-    (S.STARTING, C.EXIT_RETRY): (S.BACKOFF, (A.CANCEL_TIMERS, A.ARM_BACKOFF)),
-    (S.STARTING, C.EXIT_GIVEUP): (S.FATAL, (A.CANCEL_TIMERS, A.ESCALATE)),
-    (S.STARTING, C.STOP): (S.STOPPING, (A.CANCEL_TIMERS, A.TERM)),
-    (S.RUNNING, C.EXIT_RETRY): (S.STARTING, (A.CANCEL_TIMERS, A.SPAWN)),
-    (S.RUNNING, C.EXIT_GIVEUP): (S.FATAL, (A.CANCEL_TIMERS, A.ESCALATE)),
-    (S.RUNNING, C.STOP): (S.STOPPING, (A.CANCEL_TIMERS, A.TERM)),
-    (S.STOPPING, C.STOPWAIT): (S.STOPPING, (A.KILL,)),
-    (S.STOPPING, C.EXIT_STOPPED): (S.STOPPED, (A.CANCEL_TIMERS,)),
-}
+#: (state, cause) -> Row(new state, actions). A pair not listed is ignored (no change).
+TABLE: Table[State, Cause, Action] = Table({
+    (S.STOPPED, C.START): Row(S.STARTING, (A.SPAWN,)),
+    (S.EXITED, C.START): Row(S.STARTING, (A.SPAWN,)),
+    (S.FATAL, C.START): Row(S.STARTING, (A.SPAWN,)),
+    (S.BACKOFF, C.START): Row(S.STARTING, (A.CANCEL_TIMERS, A.SPAWN)),
+    (S.BACKOFF, C.RETRY): Row(S.STARTING, (A.SPAWN,)),
+    (S.BACKOFF, C.STOP): Row(S.STOPPED, (A.CANCEL_TIMERS,)),
+    (S.STARTING, C.READY_EARLY): Row(S.STARTING),
+    (S.STARTING, C.READY_LATE): Row(S.RUNNING),
+    (S.STARTING, C.UP_UNREADY): Row(S.STARTING),
+    (S.STARTING, C.UP_READY): Row(S.RUNNING),
+    (S.STARTING, C.EXIT_RETRY): Row(S.BACKOFF, (A.CANCEL_TIMERS, A.ARM_BACKOFF)),
+    (S.STARTING, C.EXIT_GIVEUP): Row(S.FATAL, (A.CANCEL_TIMERS, A.ESCALATE)),
+    (S.STARTING, C.STOP): Row(S.STOPPING, (A.CANCEL_TIMERS, A.TERM)),
+    (S.RUNNING, C.EXIT_RETRY): Row(S.STARTING, (A.CANCEL_TIMERS, A.SPAWN)),
+    (S.RUNNING, C.EXIT_GIVEUP): Row(S.FATAL, (A.CANCEL_TIMERS, A.ESCALATE)),
+    (S.RUNNING, C.STOP): Row(S.STOPPING, (A.CANCEL_TIMERS, A.TERM)),
+    (S.STOPPING, C.STOPWAIT): Row(S.STOPPING, (A.KILL,)),
+    (S.STOPPING, C.STOP): Row(S.STOPPING),          # drops a pending restart
+    (S.STOPPING, C.EXIT_STOPPED): Row(S.STOPPED, (A.CANCEL_TIMERS,)),
+    (S.STOPPING, C.EXIT_RESTART): Row(S.STARTING, (A.CANCEL_TIMERS, A.SPAWN)),
+    # restart: a live worker is stopped with the restart noted; a stopped one just starts
+    (S.STARTING, C.RESTART): Row(S.STOPPING, (A.CANCEL_TIMERS, A.TERM)),
+    (S.RUNNING, C.RESTART): Row(S.STOPPING, (A.CANCEL_TIMERS, A.TERM)),
+    (S.STOPPING, C.RESTART): Row(S.STOPPING),
+    (S.STOPPED, C.RESTART): Row(S.STARTING, (A.SPAWN,)),
+    (S.EXITED, C.RESTART): Row(S.STARTING, (A.SPAWN,)),
+    (S.FATAL, C.RESTART): Row(S.STARTING, (A.SPAWN,)),
+    (S.BACKOFF, C.RESTART): Row(S.STARTING, (A.CANCEL_TIMERS, A.SPAWN)),
+})
 
 del S, C, A
 
@@ -130,6 +147,7 @@ class Proc:
     restart_times: list[float] = field(default_factory=list)   # monotonic, within the window
     exitstatus: int | None = None      # exit code, or -signal, of the last exit
     message: str | None = None
+    restart: bool = False              # STOPPING for a restart: spawn again on its exit
 
 
 @dataclass(frozen=True)
@@ -161,7 +179,7 @@ def classify(proc: Proc, event: Event, now: float) -> Cause:
         if proc.state is State.STARTING:
             exhausted = proc.backoff >= proc.config.startretries
             return Cause.EXIT_GIVEUP if exhausted else Cause.EXIT_RETRY
-        return Cause.EXIT_STOPPED
+        return Cause.EXIT_RESTART if proc.restart else Cause.EXIT_STOPPED
     return Cause(event.value)
 
 
@@ -173,11 +191,11 @@ def step(proc: Proc, event: Event, *, now: float, wall: float,
     `message` describe an EXIT (exit code or -signal, and a human phrase).
     """
     cause = classify(proc, event, now)
-    row = TABLE.get((proc.state, cause))
+    row = TABLE.get(proc.state, cause)
     if row is None:
         return None
-    new, actions = row
     old = proc.state
+    new, actions = row.next if row.next is not None else old, row.actions
     _bookkeep(proc, cause, actions, now, exitstatus=exitstatus, message=message)
     if new is not old:
         proc.state = new
@@ -192,10 +210,15 @@ def _bookkeep(proc: Proc, cause: Cause, actions: tuple[Action, ...], now: float,
         proc.ready = True
     elif cause in (Cause.UP_UNREADY, Cause.UP_READY):
         proc.up = True
-    if cause in (Cause.READY_LATE, Cause.UP_READY, Cause.START):
+    if cause is Cause.RESTART:
+        proc.restart = proc.state in (State.STARTING, State.RUNNING, State.STOPPING)
+    elif cause in (Cause.STOP, Cause.START, Cause.EXIT_RESTART):
+        proc.restart = False
+    if cause in (Cause.READY_LATE, Cause.UP_READY, Cause.START) or (
+            cause is Cause.RESTART and not proc.restart):
         proc.backoff = 0
         proc.message = None
-    if cause in (Cause.EXIT_RETRY, Cause.EXIT_GIVEUP, Cause.EXIT_STOPPED):
+    if cause in (Cause.EXIT_RETRY, Cause.EXIT_GIVEUP, Cause.EXIT_STOPPED, Cause.EXIT_RESTART):
         _count_exit(proc, cause, now, exitstatus, message)
         proc.pid = proc.start = None
         proc.ready = proc.up = False

@@ -14,7 +14,6 @@ import pytest
 import structlog
 import structlog.testing
 
-from supervisor import batchd
 from supervisor.batchd import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -25,9 +24,10 @@ from supervisor.batchd import (
     describe_exit,
     main,
 )
+from supervisor.batchd.control import REPLY_TTL
 from supervisor.config import Config, WorkerConfig, load
 from supervisor.state.atomic import ensure_dir
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import MockClock, iso_now
 from supervisor.state.layout import (
     CONTROL,
     READY,
@@ -59,13 +59,12 @@ class Harness:
         self.layout = Layout(cfg.state_dir)
         for d in self.layout.all_dirs():
             ensure_dir(d)
-        self.now = 1000.0
+        self.clock = MockClock(time.time(), monotonic_start=1000.0)
         self.next_pid = 500
         self.spawned: list[tuple[str, int]] = []
         self.killed: list[tuple[int, int]] = []
         self.d = Batchd(cfg, config_path=str(self.cfgfile), spawn=self.spawn, kill=self.kill,
-                        proc_start=lambda pid: pid * 7, clock=lambda: self.now,
-                        wall=time.time)
+                        proc_start=lambda pid: pid * 7, clock=self.clock)
 
     def spawn(self, name: str, cfg: Config) -> int:
         self.next_pid += 1
@@ -86,8 +85,8 @@ class Harness:
         self.d.scan()
 
     def tick(self, dt: float) -> None:
-        self.now += dt
-        for key in self.d.timers.pop_due(self.now):
+        self.clock.advance(dt)
+        for key in self.d.timers.pop_due(self.clock.monotonic()):
             self.d.timer_fired(key)
         self.d.publish()
 
@@ -350,7 +349,7 @@ def test_reload_with_a_bad_config_keeps_the_old_one(tmp_path: Path) -> None:
     assert rep is not None and not rep["ok"]
     assert "bogus_key" in rep["message"]
     assert [] == h.killed
-    assert h.d.last_status.startswith("reload refused")
+    assert h.d.publisher.last_status.startswith("reload refused")
 
 
 def test_reload_refuses_a_changed_state_dir(tmp_path: Path) -> None:
@@ -433,7 +432,7 @@ def test_replies_older_than_ten_minutes_are_removed(tmp_path: Path) -> None:
     old, new = h.layout.reply_file("old"), h.layout.reply_file("new")
     for path in (old, new):
         write_record(REPLY, path, {"id": path.stem, "ok": True, "message": "x"})
-    stale = time.time() - batchd.REPLY_TTL - 5
+    stale = time.time() - REPLY_TTL - 5
     os.utime(old, (stale, stale))
     h.d.gc_replies()
     assert (False, True) == (old.exists(), new.exists())
@@ -453,3 +452,40 @@ def test_critical_worker_dying_after_its_phase_still_aborts_startup(tmp_path: Pa
     log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
     assert isinstance(log, dict)
     assert "failed" == log["startups"][-1]["outcome"]
+
+
+def test_reloads_asked_for_during_startup_are_all_answered_once_it_is_done(
+        tmp_path: Path) -> None:
+    """A SIGHUP and two `reload` requests during recovery: once batchd runs the first
+    reload restarts the changed worker, the next one, applied after it, finds nothing
+    more to change; every request is answered."""
+    h = Harness(tmp_path)
+    h.d.begin()
+    h.cfgfile.write_text(h.cfgfile.read_text().replace(
+        "callbacks: {startsecs: 0.5", "callbacks: {startsecs: 0.25"))
+    h.d.handle_signal(signal.SIGHUP)
+    first, second = h.control("reload"), h.control("reload")
+    h.up("scheduler")
+    h.up("locks")
+    h.up("reaper", "callbacks")
+    assert "reloading" == h.d.life.value
+    assert (None, None) == (h.reply(first), h.reply(second))
+    h.exit("callbacks", 0)
+    h.up("callbacks")
+    replies = [h.reply(first), h.reply(second)]
+    assert [(True, ["callbacks"]), (True, [])] == [
+        (r["ok"], r["result"]["restarted"]) for r in replies if r is not None]
+    assert "running" == h.d.life.value
+
+
+def test_a_restart_during_shutdown_does_not_bring_the_worker_back(tmp_path: Path) -> None:
+    """restart marks a stopping worker to start again; a shutdown then drops the mark, so
+    every worker ends STOPPED and batchd leaves its loop."""
+    h = Harness(tmp_path)
+    h.startup()
+    h.control("restart", "callbacks")
+    assert "STOPPING" == h.states()["callbacks"]
+    h.d.handle_signal(signal.SIGTERM)
+    for name in ("callbacks", "reaper", "locks", "scheduler"):
+        h.exit(name, 0)
+    assert (["STOPPED"] * 4, True) == (list(h.states().values()), h.d.done)

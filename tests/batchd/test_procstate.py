@@ -153,10 +153,39 @@ def test_events_that_do_not_apply_are_ignored() -> None:
 
 def test_every_table_row_is_a_valid_state_cause_pair() -> None:
     """The table only names real states, causes and actions, and EXITED is only left by START."""
-    for (state, cause), (new, actions) in TABLE.items():
-        assert isinstance(state, State) and isinstance(cause, Cause) and isinstance(new, State)
-        assert all(isinstance(a, Action) for a in actions)
-    assert [Cause.START] == [c for (s, c) in TABLE if s is State.EXITED]
+    for (state, cause), row in TABLE.rows.items():
+        assert isinstance(state, State) and isinstance(cause, Cause)
+        assert isinstance(row.next, State)
+        assert all(isinstance(a, Action) for a in row.actions)
+    assert [Cause.START, Cause.RESTART] == [c for (s, c) in TABLE.rows if s is State.EXITED]
+
+
+def test_restart_of_a_running_worker_stops_it_then_spawns_it_on_its_exit() -> None:
+    """RESTART: SIGTERM with the restart noted; its exit spawns it again (a planned exit,
+    so no crash counted); a STOP meanwhile (shutdown) drops the note and it stays down."""
+    d = Driver(_proc())
+    d(Event.START)
+    d(Event.READY)
+    d(Event.UP)
+    assert (State.STOPPING, [Action.CANCEL_TIMERS, Action.TERM]) == (d(Event.RESTART),
+                                                                     d.actions)
+    assert State.STARTING == d(Event.EXIT, exitstatus=0, message="exited with status 0")
+    assert ([Action.CANCEL_TIMERS, Action.SPAWN], 0, False) == (
+        d.actions, d.proc.restarts, d.proc.restart)
+    d(Event.READY)
+    d(Event.UP)
+    d(Event.RESTART)
+    assert State.STOPPING == d(Event.STOP)
+    assert State.STOPPED == d(Event.EXIT, exitstatus=0, message="exited with status 0")
+
+
+def test_restart_of_a_stopped_or_fatal_worker_just_starts_it() -> None:
+    """A worker that is not running restarts as a start: spawned at once, backoff reset."""
+    d = Driver(_proc(startretries=0))
+    d(Event.START)
+    assert State.FATAL == d(Event.EXIT, exitstatus=3, message="exited with status 3")
+    assert (State.STARTING, [Action.SPAWN], 0, None) == (
+        d(Event.RESTART), d.actions, d.proc.backoff, d.proc.message)
 
 
 @settings(max_examples=200, deadline=None)
