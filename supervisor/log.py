@@ -10,6 +10,10 @@ calls `setup()` again and its lines carry its own name and pid, written to its o
 opened descriptor. Each line is one `write()` on an O_APPEND descriptor, so the processes
 sharing a log file do not interleave within a line.
 
+Lines that other code writes through the standard library's `logging` (watchdog,
+requests) are bridged into the same output, format and file (`_Bridge`): no module of
+batchd makes a stdlib logger of its own.
+
 Crash safety: a log file is not state. It is opened in append mode (O_CLOEXEC, so jobs do
 not inherit it) and never rewritten; a crash leaves at most a torn last line.
 """
@@ -27,7 +31,7 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor.config import ConfigError, LogConfig
 
-__all__ = ["get", "setup"]
+__all__ = ["component", "get", "setup", "shutdown"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -88,6 +92,40 @@ class _Writer:
     log = debug = info = warn = warning = error = err = exception = critical = fatal = msg
 
 
+_STDLIB_METHOD = ((logging.ERROR, "error"), (logging.WARNING, "warning"),
+                  (logging.INFO, "info"), (0, "debug"))
+
+
+class _Bridge(logging.Handler):
+    """Hands standard-library log records to structlog, so they get our output, format,
+    level filter, name and pid; `component` is the stdlib logger's name."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        method = next(m for level, m in _STDLIB_METHOD if record.levelno >= level)
+        logger = structlog.get_logger().bind(component=record.name)
+        extra: dict[str, Any] = {}
+        if record.exc_info:
+            extra["exc_info"] = record.exc_info
+        getattr(logger, method)(message, **extra)
+
+
+def _bridge_stdlib(level: int) -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Bridge)]:
+        root.removeHandler(handler)
+    root.addHandler(_Bridge())
+    root.setLevel(max(level, logging.INFO))    # third-party debug chatter stays out
+
+
+def shutdown() -> None:
+    """Flush whatever the standard library's logging still holds (at process exit)."""
+    logging.shutdown()
+
+
 def _writer_factory(*_: Any) -> _Writer:
     return _WRITER
 
@@ -124,7 +162,16 @@ def setup(cfg: LogConfig, *, name: str) -> FilteringBoundLogger:
         logger_factory=_writer_factory,
         cache_logger_on_first_use=False,
     )
+    _bridge_stdlib(_state.level)
     return get(name)
+
+
+def component(name: str) -> FilteringBoundLogger:
+    """A logger for a part of the state layer (the WAL, the queue): its lines carry the
+    program's own `name` (and pid) and `component`."""
+    if not structlog.is_configured():
+        setup(LogConfig(), name=_state.name)
+    return cast(FilteringBoundLogger, structlog.get_logger().bind(component=name))
 
 
 def get(name: str) -> FilteringBoundLogger:

@@ -43,7 +43,6 @@ import contextlib
 import ctypes
 import gc
 import importlib
-import logging
 import os
 import select
 import signal
@@ -294,7 +293,7 @@ def _flush() -> None:
             stream.flush()
         except (OSError, ValueError):
             continue
-    logging.shutdown()
+    _log.shutdown()
 
 
 def _run_main(name: str, cfg: Config, log: Log) -> int:

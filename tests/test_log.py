@@ -126,3 +126,41 @@ def test_exceptions_are_rendered_in_json(tmp_path: Path) -> None:
         log.exception("failed")
     (entry,) = lines(log_file)
     assert ("error", True) == (entry["level"], "RuntimeError: boom" in str(entry["exception"]))
+
+
+def test_wal_corruption_reaches_the_configured_file_as_json(tmp_path: Path) -> None:
+    """A damaged WAL segment found at recovery is logged through the configured output:
+    the log file, JSON, with the program's name and the WAL as component (it used to go
+    to stdlib logging, which ignored log.file and the format)."""
+    from supervisor.state.queue import JobQueue
+
+    log_file = tmp_path / "b.log"
+    _log.setup(LogConfig(format="json", file=log_file), name="scheduler")
+    wal = tmp_path / "wal"
+    with JobQueue.open(wal) as q:
+        q.enqueue("a", {"agent": "shell"})
+        q.enqueue("b", {"agent": "shell"})
+    segment = sorted(wal.glob("*.wal"))[0]
+    data = bytearray(segment.read_bytes())
+    data[40] ^= 0xFF                      # inside the first record: damage, then valid ones
+    segment.write_bytes(bytes(data))
+    JobQueue.open(wal).close()
+    found = [line for line in lines(log_file) if line.get("component") == "wal"]
+    assert found, log_file.read_text()
+    assert {"scheduler"} == {line["name"] for line in found}
+    assert "error" in {line["level"] for line in found}
+
+
+def test_stdlib_loggers_are_bridged_into_the_same_output(tmp_path: Path) -> None:
+    """A third-party library's stdlib logger writes through ours: same file, JSON, our
+    name and pid, its logger name as component; below INFO it is left out."""
+    import logging
+
+    log_file = tmp_path / "b.log"
+    _log.setup(LogConfig(format="json", file=log_file, level="debug"), name="callbacks")
+    logging.getLogger("urllib3.connectionpool").warning("Retrying %s", "POST")
+    logging.getLogger("urllib3.connectionpool").debug("chatter")
+    (line,) = lines(log_file)
+    assert {"level": "warning", "event": "Retrying POST", "name": "callbacks",
+            "component": "urllib3.connectionpool", "pid": os.getpid()} \
+        == {k: v for k, v in line.items() if k != "timestamp"}

@@ -39,9 +39,9 @@ from supervisor.ctl.locks import run_locks, setup_locks
 from supervisor.ctl.out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor.ctl.repos import run_repo, setup_repo
 from supervisor.ctl.submit import cmd_submit
-from supervisor.ctl.view import JOB_STATES
 from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
+from supervisor.state.view import JOB_STATES, Unreadable
 from supervisor.state.wal import WalError
 
 __all__ = ["build_parser", "main"]
@@ -186,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CtlError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.code
+    except Unreadable as exc:            # state that exists but cannot be read
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

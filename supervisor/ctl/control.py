@@ -17,16 +17,16 @@ from collections.abc import Callable
 from typing import Any
 
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx, age, cell, table
-from supervisor.ctl.view import (
+from supervisor.state.atomic import ensure_dir
+from supervisor.state.clock import iso_now
+from supervisor.state.layout import CONTROL, REPLY, Layout, read_record, write_record
+from supervisor.state.view import (
     Unreadable,
     batchd_pid,
     open_view,
     read_startups,
     read_workers,
 )
-from supervisor.state.atomic import ensure_dir
-from supervisor.state.clock import iso_now
-from supervisor.state.layout import CONTROL, REPLY, Layout, read_record, write_record
 
 __all__ = [
     "WORKER_KEYS",

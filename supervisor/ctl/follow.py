@@ -22,7 +22,7 @@ from pathlib import Path
 
 from supervisor.ctl.jobs import lookup
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
-from supervisor.ctl.view import TERMINAL, open_view
+from supervisor.state.view import TERMINAL, open_view
 
 __all__ = [
     "cmd_output",

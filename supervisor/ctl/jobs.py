@@ -24,9 +24,9 @@ from supervisor.ctl.out import (
     cell,
     table,
 )
-from supervisor.ctl.view import TERMINAL, JobView, open_view, read_workers
 from supervisor.state.jobs import batch_record, cancel_request, job_record, valid_job_id
 from supervisor.state.layout import send_request
+from supervisor.state.view import TERMINAL, JobView, open_view, read_workers
 
 __all__ = [
     "batch_records",

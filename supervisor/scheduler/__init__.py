@@ -84,20 +84,18 @@ from supervisor.runtime import (
 from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler.dispatch import Jobs, Launcher
 from supervisor.state.clock import iso_now
-from supervisor.state.jobs import JOB_ID_RE, SUBMIT_KEYS
 from supervisor.state.layout import Layout
 from supervisor.state.locktable import GRANTED
 from supervisor.state.queue import JobQueue, QueueError
+from supervisor.state.submission import JobError, check_request
 from supervisor.state.wal import WalError
 
-__all__ = ["CANCEL_REASON", "HANDLERS", "JOB_KEYS", "NAME", "Scheduler", "cancel",
+__all__ = ["CANCEL_REASON", "HANDLERS", "NAME", "Scheduler", "cancel",
            "job_exited", "lock_granted", "main", "one_pass", "recover", "serve", "submit",
            "take_inbox"]
 
 NAME = "scheduler"
 CANCEL_REASON = "cancelled by operator"
-#: What a submitted job may carry; everything else (state, attempts, pid...) is the queue's.
-JOB_KEYS = SUBMIT_KEYS | {"created_at"}
 
 
 @dataclass
@@ -113,30 +111,6 @@ class Scheduler:
 
 
 # -- submit ---------------------------------------------------------------------------------
-
-def _checked_jobs(req: dict[str, Any]) -> list[dict[str, Any]]:
-    """The request's jobs if every one is usable, else BadRequest naming the first problem."""
-    jobs = req.get("jobs")
-    if not isinstance(jobs, list) or not jobs:
-        raise BadRequest("'jobs' must be a non-empty list")
-    seen: set[str] = set()
-    fullmatch, keys = JOB_ID_RE.fullmatch, JOB_KEYS
-    for i, job in enumerate(jobs):
-        if not isinstance(job, dict):
-            raise BadRequest(f"jobs[{i}] is not an object")
-        job_id = job.get("id")
-        if not isinstance(job_id, str) or fullmatch(job_id) is None:
-            raise BadRequest(f"jobs[{i}].id {job_id!r} is not a valid job id")
-        if job_id in seen:
-            raise BadRequest(f"jobs[{i}].id {job_id!r} appears twice in the request")
-        seen.add(job_id)
-        if not job.keys() <= keys:
-            extra = ", ".join(sorted(job.keys() - keys))
-            raise BadRequest(f"jobs[{i}] ({job_id}) has keys a submission may not set: {extra}")
-        if not isinstance(job.get("agent"), str):
-            raise BadRequest(f"jobs[{i}].agent must be a string")
-    return jobs
-
 
 def _former(path_of: Callable[[str], os.PathLike[str]]) -> Callable[[str], str]:
     """A fast `lambda job_id: str(path_of(job_id))` for valid job ids (no '/' in them).
@@ -154,7 +128,10 @@ def _former(path_of: Callable[[str], os.PathLike[str]]) -> Callable[[str], str]:
 
 def submit(s: Scheduler, req: dict[str, Any]) -> None:
     """Enqueue the request's jobs not known yet (idempotent by job id)."""
-    jobs = _checked_jobs(req)
+    try:
+        jobs = check_request(req)
+    except JobError as exc:
+        raise BadRequest(str(exc)) from None
     workspace = _former(lambda job_id: s.cfg.workspace_dir / job_id)
     output = _former(s.layout.job_output)
     entries = []

@@ -69,7 +69,6 @@ instead), so open + first_queued() does not grow with a Python loop over the job
 from __future__ import annotations
 
 import json
-import logging
 import operator
 import os
 import re
@@ -98,7 +97,12 @@ __all__ = [
     "Storage",
 ]
 
-log = logging.getLogger(__name__)
+def _logger() -> Any:
+    """This module's logger, made on first use: importing the state layer stays light (no
+    structlog, no config) for the processes that only read or append."""
+    from supervisor import log
+
+    return log.component("queue")
 
 JOB_STATES: tuple[str, ...] = ("queued", "waiting", "starting", "running", "completed",
                                "failed", "cancelled", "timed_out", "lost")
@@ -528,7 +532,7 @@ class _Jobs:
             self.codes[dup] = _VOID
             self.anomalies.append(f"job {self.ids.name(dup)}: in the snapshot and enqueued "
                                   "again in the log; the later copy is hidden")
-            log.error("job queue: %s", self.anomalies[-1])
+            _logger().error("job queue anomaly", finding=self.anomalies[-1])
         return i
 
     def field_dict(self, i: int) -> dict[str, Any]:
@@ -729,13 +733,13 @@ class JobQueue:
                 except OSError as exc:
                     # The caller's records are durable already: do not report them as
                     # failed. The log is poisoned (WalFailed) and says so on the next call.
-                    log.error("job queue: could not start a new segment (%s)", exc)
+                    _logger().error("job queue: could not start a new segment", error=str(exc))
                     return
             try:
                 self._storage.install_snapshot(image, epoch)
             except OSError as exc:
-                log.error("job queue: snapshot failed (%s); the log keeps every record "
-                          "and compaction is retried later", exc)
+                _logger().error("job queue: snapshot failed; the log keeps every record "
+                          "and compaction is retried later", error=str(exc))
         finally:
             self._compacting.release()
 

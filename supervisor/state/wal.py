@@ -146,7 +146,6 @@ Crash windows, and what recovery makes of each
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import re
@@ -181,7 +180,12 @@ __all__ = [
     "segment_name",
 ]
 
-log = logging.getLogger(__name__)
+def _logger() -> Any:
+    """This module's logger, made on first use: importing the state layer stays light (no
+    structlog, no config) for the processes that only read or append."""
+    from supervisor import log
+
+    return log.component("wal")
 
 SEG_MAGIC = b"BATCHWAL"
 SNAP_MAGIC = b"BATCHSNP"
@@ -242,7 +246,7 @@ class RecoveryReport:
     def error(self, message: str) -> None:
         """Record and log one loud finding."""
         self.errors.append(message)
-        log.error("wal recovery: %s", message)
+        _logger().error("wal recovery finding", finding=message)
 
 
 @dataclass
@@ -753,7 +757,7 @@ class Wal:
         moved = quarantine(path, fs=self._fs)
         if moved is not None:
             self.report.quarantined.append(moved)
-            log.error("wal: moved %s aside to %s", path, moved)
+            _logger().error("wal file moved aside", path=path, moved_to=moved)
 
     def _repair(self, plan: _Plan) -> None:
         """Writable open only: make the folder match what was replayed."""
@@ -786,8 +790,8 @@ class Wal:
                 self._fs.ftruncate(fd, last.valid_end)
                 self._fs.fdatasync(fd)
                 self.report.torn_bytes_truncated = last.size - last.valid_end
-                log.warning("wal: truncated a torn tail of %d bytes in %s",
-                            last.size - last.valid_end, last.path)
+                _logger().warning("wal: truncated a torn tail", bytes=last.size - last.valid_end,
+                            path=last.path)
             self._fd, self._epoch, self._end = fd, last.epoch, last.valid_end
             self._alloc = last.valid_end if last.tail == "torn" else last.size
             return

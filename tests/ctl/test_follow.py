@@ -20,9 +20,9 @@ from supervisor.ctl.follow import (
     tail_offset,
 )
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
-from supervisor.ctl.submit import write_submission
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.layout import RESULT, Layout, write_record
+from supervisor.state.submission import write_submission
 
 
 def _lines(n: int, *, trailing: bool = True) -> bytes:

@@ -1,12 +1,10 @@
-"""Tests for supervisor.ctl.submit: validation at the door, ids, the one durable request."""
+"""`batchctl submit` (ctl.submit): flags and files through the door, exit codes, no half-write."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +13,16 @@ import pytest
 from supervisor.config import Config, RepoConfig
 from supervisor.ctl import build_parser
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
-from supervisor.ctl.submit import (
+from supervisor.ctl.submit import cmd_submit
+from supervisor.state.atomic import ensure_dir
+from supervisor.state.jobs import submit_request
+from supervisor.state.layout import REQUEST, Layout, read_record, write_record
+from supervisor.state.queue import JobQueue
+from supervisor.state.submission import (
     Checker,
     JobError,
     Known,
-    assign_ids,
-    cmd_submit,
-    known_repos,
-    parse_jsonl,
-    submit_lock,
-    write_submission,
 )
-from supervisor.state.atomic import ensure_dir
-from supervisor.state.jobs import submit_request
-from supervisor.state.layout import REPOS, REQUEST, Layout, read_record, write_record
-from supervisor.state.queue import JobQueue
 
 KNOWN = Known(agents=frozenset({"shell", "claude"}), repos=frozenset({"app", "lib"}),
               ids=frozenset({"taken"}))
@@ -65,131 +58,6 @@ def _bad(obj: object) -> str:
     with pytest.raises(JobError) as info:
         Checker(KNOWN).check(obj)
     return str(info.value)
-
-
-def test_check_normalizes_a_minimal_job() -> None:
-    """Defaults: no repos, no callback/timeout/batch/id, not exclusive."""
-    assert {"id": None, "agent": "shell", "prompt": "echo", "repos": [], "callback": None,
-            "timeout": None, "batch": None, "exclusive": False} == Checker(KNOWN).check(
-        {"agent": "shell", "prompt": "echo"})
-
-
-def test_check_converts_timeout_to_seconds() -> None:
-    """A duration string becomes seconds; a number stays seconds."""
-    checker = Checker(KNOWN)
-    assert 120.0 == checker.check({"agent": "shell", "prompt": "x", "timeout": "2m"})["timeout"]
-    assert 5 == checker.check({"agent": "shell", "prompt": "x", "timeout": 5})["timeout"]
-
-
-@pytest.mark.parametrize(("obj", "message"), [
-    ({"agent": "cluade", "prompt": "x"}, "unknown agent 'cluade'"),
-    ({"prompt": "x"}, "missing key 'agent'"),
-    ({"agent": "shell"}, "missing key 'prompt'"),
-    ({"agent": "shell", "prompt": "  \n"}, "empty prompt"),
-    ({"agent": "shell", "prompt": "x", "repos": ["nope"]}, "unknown repository 'nope'"),
-    ({"agent": "shell", "prompt": "x", "repos": "app"},
-     "repos must be a list of repository names, found string"),
-    ({"agent": "shell", "prompt": "x", "repos": ["app", "app"]},
-     "repos lists a repository twice"),
-    ({"agent": "shell", "prompt": "x", "callback": "ftp://h/x"},
-     "callback URL 'ftp://h/x' must be http:// or https:// with a host"),
-    ({"agent": "shell", "prompt": "x", "callback": "http:///x"},
-     "callback URL 'http:///x' must be http:// or https:// with a host"),
-    ({"agent": "shell", "prompt": "x", "callback": "https://exa mple.com/"},
-     "callback URL 'https://exa mple.com/' contains whitespace or a control character"),
-    ({"agent": "shell", "prompt": "x", "callback": "https://h.example/a\tb"},
-     "callback URL 'https://h.example/a\\tb' contains whitespace or a control character"),
-    ({"agent": "shell", "prompt": "x", "callback": "https://h.example/\x7f"},
-     "callback URL 'https://h.example/\\x7f' contains whitespace or a control character"),
-    ({"agent": "shell", "prompt": "x", "callback": "https://h.example/\u00a0"},
-     "callback URL 'https://h.example/\\xa0' contains whitespace or a control character"),
-    ({"agent": "shell", "prompt": "x", "callback": "http://x:99999/"},
-     "callback URL 'http://x:99999/' has an invalid port: Port out of range 0-65535"),
-    ({"agent": "shell", "prompt": "x", "callback": "http://x:http/"},
-     "callback URL 'http://x:http/' has an invalid port: Port could not be cast"),
-    ({"agent": "shell", "prompt": "x", "callback": "http://x:0/"},
-     "callback URL 'http://x:0/' has an invalid port: 0"),
-    ({"agent": "shell", "prompt": "x", "callback": "http://[::1/"},
-     "callback URL 'http://[::1/' is not a valid URL: Invalid IPv6 URL"),
-    ({"agent": "shell", "prompt": "x", "timeout": "5 parsecs"}, "timeout: expected a duration"),
-    ({"agent": "shell", "prompt": "x", "timeout": 0}, "timeout 0 must be positive"),
-    ({"agent": "shell", "prompt": "x", "timeout": True},
-     "timeout must be a duration (seconds or '30s'), found boolean"),
-    ({"agent": "shell", "prompt": "x", "id": "bad id"}, "invalid job id 'bad id'"),
-    ({"agent": "shell", "prompt": "x", "id": "taken"}, "job id 'taken' is already in use"),
-    ({"agent": "shell", "prompt": "x", "exclusive": "yes"},
-     "exclusive must be true or false, found string"),
-    ({"agent": "shell", "prompt": "x", "batch": ""}, "batch must not be empty"),
-    ({"agent": 3, "prompt": "x"}, "agent must be a string, found number"),
-    ({"agent": "shell", "prompt": "x", "colour": 1, "size": 2}, "unknown keys 'colour', 'size'"),
-    (["agent"], "expected a JSON object, found array"),
-])
-def test_check_refuses_each_error_class(obj: object, message: str) -> None:
-    """Every class of bad submission is refused with a message naming the problem."""
-    assert _bad(obj).startswith(message)
-
-
-def test_parse_jsonl_names_file_and_line() -> None:
-    """The first bad line is named by its physical number (blank lines count, are skipped)."""
-    data = b'{"agent":"shell","prompt":"a"}\n\n' * 3 + b'{"agent":"cluade","prompt":"x"}\n'
-    with pytest.raises(CtlError) as info:
-        parse_jsonl(data, "jobs.jsonl", Checker(KNOWN))
-    assert ("jobs.jsonl:7: unknown agent 'cluade'", EXIT_USAGE) == (str(info.value),
-                                                                     info.value.code)
-
-
-def test_parse_jsonl_reports_invalid_json_with_line() -> None:
-    """Unparseable JSON names its line too."""
-    with pytest.raises(CtlError) as info:
-        parse_jsonl(b'{"agent":"shell","prompt":"a"}\n{"agent":\n', "j.jsonl", Checker(KNOWN))
-    assert "j.jsonl:2: invalid JSON: Expecting value (column 10)" == str(info.value)
-
-
-def test_parse_jsonl_refuses_duplicate_ids_in_the_file() -> None:
-    """An id given twice in one file is refused at its second line, naming the first."""
-    data = b'{"agent":"shell","prompt":"a","id":"x1"}\n{"agent":"shell","prompt":"b","id":"x1"}\n'
-    with pytest.raises(CtlError) as info:
-        parse_jsonl(data, "f", Checker(KNOWN))
-    assert "f:2: duplicate job id 'x1' (also on line 1)" == str(info.value)
-
-
-def test_parse_jsonl_keeps_file_order_and_skips_blank_lines() -> None:
-    """Jobs come back in file order; whitespace-only lines are skipped."""
-    data = b'\n{"agent":"shell","prompt":"1"}\n   \n{"agent":"claude","prompt":"2"}'
-    assert ["1", "2"] == [j["prompt"] for j in parse_jsonl(data, "f", Checker(KNOWN))]
-
-
-def test_assign_ids_avoids_ids_in_use_and_in_the_file() -> None:
-    """Generated ids never collide with the queue, the inbox or ids given in the file."""
-    jobs: list[dict[str, Any]] = [{"id": None}, {"id": "given"}, {"id": None}]
-    tokens = iter(["aaaa", "aaaa", "bbbb", "cccc"])
-    assign_ids(jobs, frozenset(), now=0.0, token=lambda: next(tokens))
-    ids = [j["id"] for j in jobs]
-    assert ["19700101T000000-aaaa", "given", "19700101T000000-bbbb"] == ids
-    jobs = [{"id": None}]
-    tokens = iter(["aaaa", "dddd"])
-    assign_ids(jobs, frozenset({"19700101T000000-aaaa"}), now=0.0, token=lambda: next(tokens))
-    assert "19700101T000000-dddd" == jobs[0]["id"]
-
-
-def test_write_submission_writes_one_request_record(tmp_path: Path) -> None:
-    """All jobs go into ONE REQUEST file of kind submit, each with created_at."""
-    ctx = _ctx(tmp_path)
-    path = write_submission(ctx.layout, [{"id": "a"}, {"id": "b"}], now=0.0)
-    rec = read_record(REQUEST, path, owner=False)
-    assert isinstance(rec, dict)
-    assert ("submit", ["a", "b"], {"1970-01-01T00:00:00.000Z"}) == (
-        rec["kind"], [j["id"] for j in rec["jobs"]], {j["created_at"] for j in rec["jobs"]})
-    assert [path.name] == _inbox(ctx)
-
-
-def test_known_repos_adds_the_registry(tmp_path: Path) -> None:
-    """Repositories registered with `repo add` count, besides the config's."""
-    ctx = _ctx(tmp_path)
-    assert frozenset({"app"}) == known_repos(ctx.cfg, ctx.layout)
-    ensure_dir(ctx.layout.root)
-    write_record(REPOS, ctx.layout.repos_file, {"repos": {"extra": {"url": "/x"}}})
-    assert frozenset({"app", "extra"}) == known_repos(ctx.cfg, ctx.layout)
 
 
 def test_cmd_submit_single_prints_id_and_records_every_field(tmp_path: Path) -> None:
@@ -313,72 +181,12 @@ def test_cmd_submit_refuses_id_already_in_the_queue(tmp_path: Path) -> None:
     assert (f"{jobs}:2: job id 'old' is already in use", []) == (str(info.value), _inbox(ctx))
 
 
-def test_parse_jsonl_refuses_non_utf8_with_line() -> None:
-    """A line that is not UTF-8 is named, not a traceback."""
-    with pytest.raises(CtlError) as info:
-        parse_jsonl(b'{"agent":"shell","prompt":"\xff"}\n', "j.jsonl", Checker(KNOWN))
-    assert str(info.value).startswith("j.jsonl:1: not UTF-8: ")
-
-
-@pytest.mark.parametrize("url", ["http://h.example/cb", "https://h.example:8443/a?b=c#d",
-                                 "http://127.0.0.1:65535/", "http://[::1]:80/x"])
-def test_check_accepts_good_callback_urls(url: str) -> None:
-    """http(s) URLs with a host and a port in range pass as they are."""
-    assert url == Checker(KNOWN).check({"agent": "shell", "prompt": "x", "callback": url})[
-        "callback"]
-
-
-def test_parse_jsonl_refuses_duplicate_keys_with_line() -> None:
-    """A key given twice in one line is refused naming it and the line (not last-wins)."""
-    data = (b'{"agent":"shell","prompt":"a"}\n'
-            b'{"agent":"shell","prompt":"a","id":"x","id":"y"}\n')
-    with pytest.raises(CtlError) as info:
-        parse_jsonl(data, "j.jsonl", Checker(KNOWN))
-    assert (EXIT_USAGE, "j.jsonl:2: duplicate key 'id'") == (info.value.code, str(info.value))
-
-
-def test_parse_jsonl_skips_a_utf8_bom_at_the_start() -> None:
-    """A file saved with a UTF-8 byte order mark still parses from its first line."""
-    data = b'\xef\xbb\xbf{"agent":"shell","prompt":"a"}\n'
-    assert ["a"] == [j["prompt"] for j in parse_jsonl(data, "f", Checker(KNOWN))]
-
-
 def test_cmd_submit_single_json_is_one_object(tmp_path: Path) -> None:
     """submit --json of one job: {"id": ...}, not an array."""
     ctx = Ctx(cfg=_ctx(tmp_path).cfg, layout=_ctx(tmp_path).layout, json=True,
               out=io.StringIO(), err=io.StringIO())
     assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "one")
     assert {"id": "one"} == json.loads(ctx.out.getvalue())  # type: ignore[attr-defined]
-
-
-def test_submit_lock_file_is_created_empty_and_never_written(tmp_path: Path) -> None:
-    """submit leaves scheduler/submit.lock in place, empty (law 1: nothing is written)."""
-    ctx = _ctx(tmp_path)
-    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "a")
-    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "b")
-    assert (True, 0) == (ctx.layout.submit_lock.is_file(), ctx.layout.submit_lock.stat().st_size)
-
-
-def test_submit_lock_is_exclusive_between_processes(tmp_path: Path) -> None:
-    """While one holder has the lock, another process cannot take it (flock LOCK_NB fails)."""
-    layout = _ctx(tmp_path).layout
-    probe = ("import fcntl, os, sys\n"
-             "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
-             "try:\n"
-             "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-             "except BlockingIOError:\n"
-             "    print('busy')\n"
-             "else:\n"
-             "    print('free')\n")
-
-    def other() -> str:
-        done = subprocess.run([sys.executable, "-c", probe, str(layout.submit_lock)],
-                              capture_output=True, text=True, check=True, timeout=60)
-        return done.stdout.strip()
-
-    with submit_lock(layout):
-        inside = other()
-    assert ("busy", "free") == (inside, other())
 
 
 def test_refused_submit_on_a_fresh_state_dir_writes_nothing_at_all(tmp_path: Path) -> None:
@@ -400,3 +208,11 @@ def test_id_in_use_is_named_by_its_physical_line(tmp_path: Path) -> None:
         _submit(ctx, "--from", str(jobs))
     assert (EXIT_USAGE, f"{jobs}:5: job id 'old' is already in use") == (
         info.value.code, str(info.value))
+
+
+def test_submit_lock_file_is_created_empty_and_never_written(tmp_path: Path) -> None:
+    """submit leaves scheduler/submit.lock in place, empty (law 1: nothing is written)."""
+    ctx = _ctx(tmp_path)
+    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "a")
+    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "b")
+    assert (True, 0) == (ctx.layout.submit_lock.is_file(), ctx.layout.submit_lock.stat().st_size)

@@ -1,16 +1,17 @@
-"""batchctl's read-only view of the state directory: daemon, workers, startups and jobs.
+"""The read-only view of the state directory: daemon, workers, startups and jobs.
 
-batchctl never writes what it reads here. Jobs are the union of the scheduler's job queue
-(opened with readonly=True, so it never truncates, quarantines or writes while the
-scheduler appends) and the submissions still waiting in `scheduler/inbox/` (the scheduler
-has not enqueued them yet; they are shown as `queued`). A request file that is half
-written cannot be seen (files arrive by rename); one that cannot be parsed is skipped
-here and left for its owner, the scheduler, to quarantine.
+What batchctl (and the api) show, read by the same code; neither ever writes what it
+reads here. Jobs are the union of the scheduler's job queue (opened with readonly=True,
+so it never truncates, quarantines or writes while the scheduler appends) and the
+submissions still waiting in `scheduler/inbox/` (the scheduler has not enqueued them yet;
+they are shown as `queued`). A request file that is half written cannot be seen (files
+arrive by rename); one that cannot be parsed is skipped here and left for its owner, the
+scheduler, to quarantine.
 
 What cannot be read is never shown as empty: a job queue or inbox that exists but cannot
 be opened (not a directory, unreadable, not understood) and a corrupt startup log raise
-`Unreadable` (exit 1) naming the file and why; batchctl leaves the file where it is (its
-owner quarantines it).
+`Unreadable` naming the file and why; the reader leaves the file where it is (its owner
+quarantines it).
 """
 
 from __future__ import annotations
@@ -23,13 +24,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from supervisor.config import Config
-from supervisor.ctl.out import CtlError
 from supervisor.state.atomic import Corrupt, Missing, is_tmp_name
 from supervisor.state.clock import iso_now
 from supervisor.state.instance import probe
 from supervisor.state.jobs import job_timeout, settled_fields
 from supervisor.state.layout import (
-    REPOS,
     REQUEST,
     RESULT,
     STARTUP_LOG,
@@ -52,7 +51,6 @@ __all__ = [
     "open_queue",
     "open_view",
     "read_pending",
-    "read_registered_repos",
     "read_startups",
     "read_workers",
 ]
@@ -64,8 +62,8 @@ TERMINAL: frozenset[str] = TERMINAL_STATES
 STAT_KEYS: tuple[str, ...] = COUNTERS
 
 
-class Unreadable(CtlError):
-    """State that exists but that batchctl cannot read (exit 1); the message says which, why."""
+class Unreadable(Exception):
+    """State that exists but cannot be read (batchctl: exit 1); the message says which, why."""
 
 
 def _why(exc: OSError) -> str:
@@ -89,7 +87,7 @@ def read_workers(layout: Layout) -> list[dict[str, Any]]:
 def read_startups(layout: Layout) -> list[dict[str, Any]]:
     """The startup log's entries, oldest first ([] if there is none yet).
 
-    A corrupt log raises Unreadable: batchctl is not its owner, so it leaves the file in
+    A corrupt log raises Unreadable: a reader is not its owner, so it leaves the file in
     place; batchd (the owner) moves it aside at its next start.
     """
     rec = read_record(STARTUP_LOG, layout.startup_log, owner=False)
@@ -105,22 +103,8 @@ def read_startups(layout: Layout) -> list[dict[str, Any]]:
                      "batchd moves it aside at its next start")
 
 
-def read_registered_repos(layout: Layout) -> frozenset[str]:
-    """Names of repositories registered with `repo add` (none if there is no registry)."""
-    rec = read_record(REPOS, layout.repos_file, owner=False)
-    if not isinstance(rec, dict):
-        return frozenset()
-    repos = rec.get("repos")
-    if isinstance(repos, dict):
-        return frozenset(k for k in repos if isinstance(k, str))
-    if isinstance(repos, list):
-        return frozenset(r["name"] for r in repos
-                         if isinstance(r, dict) and isinstance(r.get("name"), str))
-    return frozenset()
-
-
 class QueueReader(Protocol):
-    """What batchctl reads from supervisor.state.queue.JobQueue (an in-memory twin fits too)."""
+    """What a reader needs of state.queue.JobQueue (an in-memory twin fits too)."""
 
     def get(self, job_id: str) -> dict[str, Any] | None: ...
     def ids(self, state: str | None = None) -> list[str]: ...
@@ -172,7 +156,7 @@ def read_pending(layout: Layout) -> Pending:
 
 
 class JobView:
-    """Jobs as batchctl shows them: queue entries first, then pending submissions."""
+    """Jobs as readers show them: queue entries first, then pending submissions."""
 
     def __init__(self, cfg: Config, layout: Layout, queue: QueueReader | None,
                  pending: Pending) -> None:

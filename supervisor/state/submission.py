@@ -1,0 +1,380 @@
+"""The job door: what a submitted job may be, and how it is handed to the scheduler, durably.
+
+One validator (`Checker`) for every door: batchctl submit, the api, and the scheduler,
+which checks every request's jobs again before it enqueues them (`check_request`).
+Everything is checked before anything is written: agent known, repositories known
+(config plus the `repo add` registry), callback an http(s) URL with a host, a valid port
+and no whitespace or control character, non-empty prompt, timeout a positive duration,
+id well formed and not in use (in the file, the queue, or a submission still pending in
+the inbox), no unknown or duplicate keys, right types. A bad `--from` line names the
+file and line ("jobs.jsonl:7: unknown agent 'cluade'") and queues nothing.
+
+Duplicate ids across concurrent submitters: the check ("read the ids in use: inbox first,
+then queue") and the write of the request happen under an exclusive flock on
+`scheduler/submit.lock` (`accept`), so two submitters cannot both see an id free and both
+write it. The scheduler enqueues a request's jobs before it removes the request, so under
+the lock every id in use is in the inbox or in the queue when it is read. The lock file is
+created empty (O_CREAT) and never written, replaced or removed; the kernel drops the flock
+when the submitter exits, however it exits.
+
+Durability: all jobs of one submission go into ONE request file
+`scheduler/inbox/<request id>.json` (state.layout.send_request: temp file, fsync, rename,
+fsync folder). Success therefore means the jobs survive a crash from then on; a crash
+before the rename leaves only a temp file (never read as a request) and nothing queued,
+so a submission is all or nothing. Speed: the known ids are loaded once into a set, lines
+are checked with cached URL and duration checks, and there is a single fsync per submit.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from supervisor.config import Config, parse_duration
+from supervisor.state.atomic import ensure_dir
+from supervisor.state.clock import iso_now
+from supervisor.state.flock import exclusive
+from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
+from supervisor.state.layout import Layout, send_request
+from supervisor.state.repos import all_repositories
+from supervisor.state.view import open_view
+
+__all__ = [
+    "Checker",
+    "JobError",
+    "Known",
+    "accept",
+    "assign_ids",
+    "check_request",
+    "known",
+    "known_repos",
+    "parse_jsonl",
+    "refuse_ids_in_use",
+    "submit_lock",
+    "write_submission",
+]
+
+
+@dataclass(frozen=True)
+class Known:
+    """What a submission is checked against: agents, repositories, ids already in use."""
+
+    agents: frozenset[str]
+    repos: frozenset[str]
+    ids: frozenset[str]
+
+
+class JobError(Exception):
+    """One problem with one submitted job (the caller adds the file and line)."""
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number",
+               float: "number", bool: "boolean", type(None): "null"}
+
+
+def _tname(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _expect(key: str, value: object, kinds: tuple[type, ...], what: str) -> None:
+    if type(value) not in kinds:
+        raise JobError(f"{key} must be {what}, found {_tname(value)}")
+
+
+#: Whitespace (Unicode too) and C0/C1 control characters: never part of a callback URL.
+_URL_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be a callback, or None.
+
+    A callback is http:// or https:// with a non-empty host, a port in 1..65535 if one
+    is given, and no whitespace or control character anywhere.
+    """
+    if _URL_BAD_CHAR.search(url):
+        return f"callback URL {url!r} contains whitespace or a control character"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"callback URL {url!r} is not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"callback URL {url!r} must be http:// or https:// with a host"
+    try:
+        port = parts.port
+    except ValueError as exc:
+        return f"callback URL {url!r} has an invalid port: {exc}"
+    if port == 0:
+        return f"callback URL {url!r} has an invalid port: 0"
+    return None
+
+
+class Checker:
+    """Validates job dicts (a JSONL line or the flags of `submit`) against `Known`.
+
+    With `known` None only the job's own shape is checked, not what it names (the
+    scheduler's check of a request: an agent removed from the config since the submit
+    fails that job at launch, it does not refuse the others). URL and duration verdicts
+    are cached: a 100,000-line file usually repeats them.
+    """
+
+    def __init__(self, known: Known | None) -> None:
+        self.known = known
+        self._urls: dict[str, str | None] = {}
+        self._durations: dict[str | int | float, float | str] = {}
+
+    def _url(self, url: str) -> None:
+        if url not in self._urls:
+            self._urls[url] = _url_problem(url)
+        problem = self._urls[url]
+        if problem is not None:
+            raise JobError(problem)
+
+    def _duration(self, value: str | int | float) -> float:
+        if value not in self._durations:
+            try:
+                secs = parse_duration(value)
+                self._durations[value] = (secs if secs > 0
+                                          else f"timeout {value!r} must be positive")
+            except ValueError as exc:
+                self._durations[value] = f"timeout: {exc}"
+        verdict = self._durations[value]
+        if isinstance(verdict, str):
+            raise JobError(verdict)
+        return verdict
+
+    def check(self, obj: object, *, stored: bool = False) -> dict[str, Any]:
+        """The normalized job (id None when not given), or JobError naming the first problem.
+
+        `stored`: a job as a request carries it to the scheduler (id given, created_at)."""
+        if type(obj) is not dict:
+            raise JobError(f"expected a JSON object, found {_tname(obj)}")
+        extra = obj.keys() - (_STORED_KEYS if stored else SUBMIT_KEYS)
+        if extra:
+            names = ", ".join(repr(k) for k in sorted(extra))
+            raise JobError(f"unknown key{'s' if len(extra) > 1 else ''} {names}")
+        agent = obj.get("agent")
+        if agent is None:
+            raise JobError("missing key 'agent'")
+        _expect("agent", agent, (str,), "a string")
+        if self.known is not None and agent not in self.known.agents:
+            raise JobError(f"unknown agent {agent!r}")
+        prompt = obj.get("prompt")
+        if prompt is None:
+            raise JobError("missing key 'prompt'")
+        _expect("prompt", prompt, (str,), "a string")
+        if not prompt.strip():
+            raise JobError("empty prompt")
+        repos = obj.get("repos")
+        if repos is None:
+            repos = []
+        _expect("repos", repos, (list,), "a list of repository names")
+        for repo in repos:
+            _expect("repos", repo, (str,), "a list of repository names")
+            if self.known is not None and repo not in self.known.repos:
+                raise JobError(f"unknown repository {repo!r}")
+        if len(set(repos)) != len(repos):
+            raise JobError("repos lists a repository twice")
+        callback = obj.get("callback")
+        if callback is not None:
+            _expect("callback", callback, (str,), "a URL string")
+            self._url(callback)
+        timeout = obj.get("timeout")
+        if timeout is not None:
+            _expect("timeout", timeout, (str, int, float), "a duration (seconds or '30s')")
+            timeout = self._duration(timeout)
+        batch = obj.get("batch")
+        if batch is not None:
+            _expect("batch", batch, (str,), "a string")
+            if not batch.strip():
+                raise JobError("batch must not be empty")
+        job_id = obj.get("id")
+        if job_id is not None:
+            _expect("id", job_id, (str,), "a string")
+            if not valid_job_id(job_id):
+                raise JobError(f"invalid job id {job_id!r} "
+                               "(expected [A-Za-z0-9][A-Za-z0-9._-]{0,63})")
+            if self.known is not None and job_id in self.known.ids:
+                raise JobError(f"job id {job_id!r} is already in use")
+        elif stored:
+            raise JobError("missing key 'id'")
+        exclusive = obj.get("exclusive", False)
+        _expect("exclusive", exclusive, (bool,), "true or false")
+        job = {"id": job_id, "agent": agent, "prompt": prompt, "repos": repos,
+               "callback": callback, "timeout": timeout, "batch": batch,
+               "exclusive": exclusive}
+        if stored:
+            created = obj.get("created_at")
+            if created is not None:
+                _expect("created_at", created, (str,), "an ISO-8601 time")
+                job["created_at"] = created
+        return job
+
+
+#: What a job carries in a submit request (the scheduler's check): a submission cannot set
+#: a job's state, attempts or pid.
+_STORED_KEYS = SUBMIT_KEYS | {"created_at"}
+
+
+def check_request(req: dict[str, Any]) -> list[dict[str, Any]]:
+    """The jobs of a submit request, each checked by the one validator (shape only, ids
+    given and distinct), normalized; JobError naming the first problem (jobs[i])."""
+    jobs = req.get("jobs")
+    if not isinstance(jobs, list) or not jobs:
+        raise JobError("'jobs' must be a non-empty list")
+    checker = Checker(None)
+    check = checker.check
+    seen: set[str] = set()
+    out = []
+    for i, job in enumerate(jobs):
+        try:
+            checked = check(job, stored=True)
+        except JobError as exc:
+            ident = job.get("id") if isinstance(job, dict) else None
+            raise JobError(f"jobs[{i}]{f' ({ident})' if isinstance(ident, str) else ''}: "
+                           f"{exc}") from None
+        if checked["id"] in seen:
+            raise JobError(f"jobs[{i}].id {checked['id']!r} appears twice in the request")
+        seen.add(checked["id"])
+        out.append(checked)
+    return out
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: the object as a dict, or JobError naming a key given twice."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JobError(f"duplicate key {key!r}")
+            seen.add(key)
+    return obj
+
+
+_decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode
+
+
+def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]]:
+    """Every job of a JSONL file, in order; JobError naming `name:line` otherwise.
+
+    A key given twice in one object is refused (JSON would silently keep the last one).
+    Lines are strict UTF-8; a UTF-8 byte order mark at the start of the file is skipped.
+    """
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    jobs: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    check = checker.check
+    decode = _decode_line
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            try:
+                obj = decode(line.decode())
+            except UnicodeDecodeError as exc:
+                raise JobError(f"not UTF-8: {exc}") from None
+            except json.JSONDecodeError as exc:
+                raise JobError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+            job = check(obj)
+            job_id = job["id"]
+            if job_id is not None:
+                first = seen.setdefault(job_id, lineno)
+                if first != lineno:
+                    raise JobError(f"duplicate job id {job_id!r} (also on line {first})")
+        except JobError as exc:
+            raise JobError(f"{name}:{lineno}: {exc}") from None
+        jobs.append(job)
+    return jobs
+
+
+def assign_ids(jobs: list[dict[str, Any]], in_use: frozenset[str], *,
+               now: float | None = None,
+               token: Callable[[], str] = lambda: secrets.token_hex(4)) -> None:
+    """Give every job without an id a fresh one not in use and not given in `jobs`."""
+    taken = {j["id"] for j in jobs if j["id"] is not None}
+    prefix = new_job_id(now).rsplit("-", 1)[0]
+    for job in jobs:
+        if job["id"] is not None:
+            continue
+        job_id = f"{prefix}-{token()}"
+        while job_id in taken or job_id in in_use:
+            job_id = f"{prefix}-{token()}"
+        taken.add(job_id)
+        job["id"] = job_id
+
+
+@contextmanager
+def submit_lock(layout: Layout) -> Iterator[None]:
+    """Hold the exclusive flock on `scheduler/submit.lock` (created empty if missing).
+
+    Blocks while another submitter holds it; released when the block ends (or the
+    process dies).
+    """
+    ensure_dir(layout.submit_lock.parent)
+    with exclusive(layout.submit_lock):
+        yield
+
+
+def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
+                     now: float | None = None) -> Path:
+    """The ONE durable request file carrying `jobs` (each gets created_at); its path."""
+    t = time.time() if now is None else now
+    created = iso_now(t)
+    for job in jobs:
+        job["created_at"] = created
+    return send_request(layout, "scheduler", submit_request(jobs, now=t))
+
+
+def known_repos(cfg: Config, layout: Layout) -> frozenset[str]:
+    """Repository names a job may use: the config's plus those registered with `repo add`."""
+    return frozenset(all_repositories(cfg, layout))
+
+
+def known(cfg: Config, layout: Layout) -> Known:
+    """What a submission to this state dir is checked against (ids in use: see accept)."""
+    return Known(agents=frozenset(cfg.agents), repos=known_repos(cfg, layout),
+                 ids=frozenset())
+
+
+def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
+           source: tuple[str, bytes] | None = None) -> list[str]:
+    """The door's last step for checked jobs: under submit_lock, refuse ids in use
+    (inbox first, then queue), give the others fresh ids, write the ONE durable request;
+    the ids, in order. JobError for an id in use; Unreadable when the ids in use cannot
+    be read (duplicates could not be checked)."""
+    with submit_lock(layout):
+        with open_view(cfg, layout) as view:
+            in_use = frozenset(view.known_ids())
+        refuse_ids_in_use(jobs, in_use, source)
+        assign_ids(jobs, in_use)
+        write_submission(layout, jobs)
+    return [str(j["id"]) for j in jobs]
+
+
+def refuse_ids_in_use(jobs: list[dict[str, Any]], in_use: frozenset[str],
+                      source: tuple[str, bytes] | None = None) -> None:
+    """JobError for the first job whose given id is in use; with `source` (the --from
+    file's name and bytes) the message names its line."""
+    if not in_use.intersection(j["id"] for j in jobs if j["id"] is not None):
+        return
+    for index, job in enumerate(jobs):
+        if job["id"] in in_use:
+            where = "" if source is None else f"{source[0]}:{_line_of(source[1], index)}: "
+            raise JobError(f"{where}job id {job['id']!r} is already in use")
+
+
+def _line_of(data: bytes, index: int) -> int:
+    """The line number of the job at `index` of a JSONL file (blank lines hold no job)."""
+    job_lines = (n for n, line in enumerate(data.split(b"\n"), 1) if line.strip())
+    return next(islice(job_lines, index, None))
