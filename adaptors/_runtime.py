@@ -57,7 +57,6 @@ import ctypes
 import enum
 import errno
 import fcntl
-import json
 import os
 import pwd
 import select
@@ -68,23 +67,27 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from adaptors._render import ParseState
+from adaptors._spec import JobSpec, SpecError, parse_spec
 from supervisor.state.atomic import Corrupt, Missing
 from supervisor.state.clock import iso_now
 from supervisor.state.layout import (
     JOB_SPEC,
-    REQUEST,
     RESULT,
     SENTINEL,
+    JobPaths,
     Layout,
     read_record,
+    send_request,
     write_record,
 )
-from supervisor.state.proc import group_members, job_processes, start_time
+from supervisor.state.machine import Row, Table
+from supervisor.state.proc import kill_job, start_time
 
 __all__ = [
     "EXIT_BAD_SPEC",
@@ -94,23 +97,12 @@ __all__ = [
     "Action",
     "Adaptor",
     "Event",
-    "JobFiles",
-    "JobSpec",
-    "ParseState",
     "Phase",
     "RunAs",
-    "SpecError",
-    "block",
-    "event_of",
-    "one_line",
-    "parse_spec",
-    "plain",
     "resolve_binary",
     "resolve_user",
     "run_job",
     "step",
-    "sub",
-    "tool_call",
 ]
 
 EXIT_BAD_SPEC = 2
@@ -132,39 +124,6 @@ _PR_SET_CHILD_SUBREAPER = 36
 # The spec and the adaptor interface
 # --------------------------------------------------------------------------------------------
 
-class SpecError(ValueError):
-    """spec.json is missing, corrupt, or a field has the wrong type (the message says which)."""
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What the scheduler asks for (`jobs/<id>/spec.json`), validated."""
-
-    id: str
-    agent: str
-    adaptor: str
-    command: str | None
-    args: tuple[str, ...]
-    env: Mapping[str, str]
-    prompt: str
-    model: str | None
-    workspace: str
-    job_dir: str
-    timeout: float | None
-    heartbeat_interval: float
-    kill_grace: float
-    user: str | None
-    resume_session: str | None
-
-
-@dataclass
-class ParseState:
-    """What a structured adaptor's parser keeps between lines."""
-
-    session_id: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-
 def _state_session(state: ParseState) -> str | None:
     return state.session_id
 
@@ -184,137 +143,6 @@ class Adaptor:
     build_argv: Callable[[JobSpec, str], list[str]]
     parse_line: Callable[[bytes, ParseState], list[str]] | None = None
     session_id: Callable[[ParseState], str | None] = _state_session
-
-
-def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
-    value = obj.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise SpecError(f"{key}: expected a string or null, found {type(value).__name__}")
-
-
-def _req_str(obj: Mapping[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise SpecError(f"{key}: expected a string, found {type(value).__name__}")
-    return value
-
-
-def _number(obj: Mapping[str, Any], key: str, default: float | None, *,
-            positive: bool) -> float | None:
-    value = obj.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{key}: expected a number of seconds, found {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise SpecError(f"{key}: must be {'> 0' if positive else '>= 0'}, found {value!r}")
-    return float(value)
-
-
-def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
-    """Validate a JOB_SPEC record for the job folder `job_dir`; SpecError names the bad key."""
-    job_id = _req_str(obj, "id")
-    if job_id != job_dir.name:
-        raise SpecError(f"id: {job_id!r} does not match the job folder {job_dir.name!r}")
-    args = obj.get("args") or []
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise SpecError("args: expected a list of strings")
-    env = obj.get("env") or {}
-    if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise SpecError("env: expected an object of string values")
-    workspace = _req_str(obj, "workspace")
-    if not os.path.isabs(workspace):
-        raise SpecError(f"workspace: expected an absolute path, found {workspace!r}")
-    command = _opt_str(obj, "command")
-    if command == "":
-        raise SpecError("command: empty string (use null for the adaptor's default binary)")
-    adaptor = _req_str(obj, "adaptor")
-    return JobSpec(
-        id=job_id,
-        agent=_opt_str(obj, "agent") or adaptor,
-        adaptor=adaptor,
-        command=command,
-        args=tuple(args),
-        env=dict(env),
-        prompt=_req_str(obj, "prompt"),
-        model=_opt_str(obj, "model"),
-        workspace=workspace,
-        job_dir=str(job_dir),
-        timeout=_number(obj, "timeout", None, positive=True),
-        heartbeat_interval=_number(obj, "heartbeat_interval", 5.0, positive=True) or 5.0,
-        kill_grace=_number(obj, "kill_grace", 10.0, positive=False) or 0.0,
-        user=_opt_str(obj, "user"),
-        resume_session=_opt_str(obj, "resume_session"),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Rendering helpers shared by the structured adaptors
-# --------------------------------------------------------------------------------------------
-
-def event_of(line: bytes) -> dict[str, Any] | None:
-    """The JSON object on `line`, or None if it is not one (a warning, a blank line)."""
-    try:
-        obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def sub(obj: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """`obj[key]` when it is a JSON object, else {} (events are untrusted input)."""
-    value = obj.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def plain(line: bytes) -> list[str]:
-    """A line that is not an event, rendered as itself (blank lines dropped)."""
-    text = line.decode("utf-8", errors="replace").rstrip("\r")
-    return [text + "\n"] if text.strip() else []
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    """`text` on one line (whitespace runs collapsed), cut to `limit` characters."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def block(prefix: str, text: str, *, max_lines: int = 8, max_chars: int = 1200) -> str:
-    """`prefix` + the first lines of `text` (continuations indented), truncation noted."""
-    lines = text.rstrip("\n").splitlines() or [""]
-    shown = lines[:max_lines]
-    body = "\n  ".join(shown)
-    if len(body) > max_chars:
-        body = body[: max_chars - 1] + "…"
-    more = len(lines) - len(shown)
-    tail = f"\n  … ({more} more lines)" if more > 0 else ""
-    return f"{prefix} {body}{tail}\n"
-
-
-_PRIMARY_KEYS = ("command", "cmd", "file_path", "filePath", "path", "absolute_path", "pattern",
-                 "url", "query", "prompt", "description")
-
-
-def tool_call(name: str, arguments: Any) -> str:
-    """A one-line summary of a tool call: `[tool] Bash: ls -la`."""
-    summary = ""
-    if isinstance(arguments, str):
-        summary = arguments
-    elif isinstance(arguments, Mapping):
-        for key in _PRIMARY_KEYS:
-            value = arguments.get(key)
-            if isinstance(value, str) and value:
-                summary = value
-                break
-            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-                summary = " ".join(value)
-                break
-        else:
-            if arguments:
-                summary = json.dumps(arguments, ensure_ascii=False, sort_keys=True)
-    return f"[tool] {name}: {one_line(summary)}\n" if summary else f"[tool] {name}\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,40 +219,12 @@ def _reap_children() -> None:
             return
 
 
-def _sigkill_group_but(pgid: int, me: int) -> list[int]:
-    """SIGKILL every live process of group `pgid` except `me`; return the pids signalled.
-
-    The adaptor is in the group it kills, so killpg(SIGKILL) is not an option."""
-    members = [p for p in group_members(pgid) if p != me]
-    for pid in members:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return members
-
-
-def _sigkill_job_stragglers(job_dir: str, me: int) -> list[int]:
-    """SIGKILL processes of this job that left its process group (setsid, daemonized),
-    found by the BATCHD_JOB_DIR they inherited; return the pids signalled."""
-    stray = job_processes(job_dir, exclude=frozenset({me}))
-    for pid in stray:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return stray
-
-
-def _kill_rest_of_group(pgid: int, me: int, job_dir: str) -> list[int]:
+def _kill_rest_of_job(pgid: int, me: int, job_dir: str) -> list[int]:
     """SIGKILL every process of the job but us (its process group, and any that escaped it
     but carry its BATCHD_JOB_DIR) and reap them; return any that would not die."""
-    deadline = time.monotonic() + _CLEANUP_TIMEOUT_S
-    while True:
-        _reap_children()
-        signalled = _sigkill_group_but(pgid, me) + _sigkill_job_stragglers(job_dir, me)
-        if not signalled:
-            return []
-        if time.monotonic() > deadline:
-            return [p for p in group_members(pgid) if p != me] + \
-                job_processes(job_dir, exclude=frozenset({me}))
-        time.sleep(0.02)
+    _, left = kill_job(pgid, job_dir, exclude=frozenset({me}), wait=_CLEANUP_TIMEOUT_S,
+                       between=_reap_children)
+    return left
 
 
 def _become_group_leader() -> None:
@@ -463,67 +263,52 @@ class Event(enum.Enum):
 
 
 class Action(enum.Enum):
-    NONE = "none"
-    TERM_GROUP = "term_group"
-    KILL_GROUP = "kill_group"
+    TERM_GROUP = "term_group"   # SIGTERM the job's group, start the grace
+    KILL_GROUP = "kill_group"   # SIGKILL every process of the job but the adaptor
+    NOTE_TERMINATED = "note_terminated"    # the job ends as "terminated" (a cancel)
+    NOTE_TIMED_OUT = "note_timed_out"      # the job ends as "timed_out"
 
 
-_TRANSITIONS: dict[tuple[Phase, Event], tuple[Phase, Action, str | None]] = {
-    (Phase.RUNNING, Event.TERM): (Phase.STOPPING, Action.TERM_GROUP, REASON_TERMINATED),
-    (Phase.RUNNING, Event.DEADLINE): (Phase.STOPPING, Action.TERM_GROUP, REASON_TIMED_OUT),
-    (Phase.STOPPING, Event.TERM): (Phase.STOPPING, Action.NONE, None),
-    (Phase.STOPPING, Event.GRACE_OVER): (Phase.KILLING, Action.KILL_GROUP, None),
-    (Phase.KILLING, Event.TERM): (Phase.KILLING, Action.NONE, None),
-}
+#: (phase, event) -> Row(next phase, actions); other pairs change nothing.
+TABLE: Table[Phase, Event, Action] = Table({
+    (Phase.RUNNING, Event.TERM): Row(Phase.STOPPING,
+                                     (Action.NOTE_TERMINATED, Action.TERM_GROUP)),
+    (Phase.RUNNING, Event.DEADLINE): Row(Phase.STOPPING,
+                                         (Action.NOTE_TIMED_OUT, Action.TERM_GROUP)),
+    (Phase.STOPPING, Event.TERM): Row(None),
+    (Phase.STOPPING, Event.GRACE_OVER): Row(Phase.KILLING, (Action.KILL_GROUP,)),
+    (Phase.KILLING, Event.TERM): Row(None),
+})
 
 
-def step(phase: Phase, event: Event) -> tuple[Phase, Action, str | None]:
-    """The transition for `event` in `phase` (unlisted pairs change nothing)."""
-    return _TRANSITIONS.get((phase, event), (phase, Action.NONE, None))
+def step(phase: Phase, event: Event) -> tuple[Phase, tuple[Action, ...]]:
+    """The next phase and the actions for `event` in `phase` (unlisted: no change)."""
+    row = TABLE.get(phase, event)
+    if row is None:
+        return phase, ()
+    return (row.next if row.next is not None else phase), row.actions
 
 
 # --------------------------------------------------------------------------------------------
 # Files of one job
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class JobFiles:
-    """The paths of one job folder, named by supervisor.state.layout."""
-
-    job_id: str
-    job_dir: Path
-    spec: Path
-    output: Path
-    events: Path
-    sentinel: Path
-    result: Path
-    lock: Path
-    exited_hint: Path
-
-    @classmethod
-    def at(cls, job_dir: Path) -> JobFiles:
-        job_id = job_dir.name
-        layout = Layout(job_dir.parent.parent)
-        return cls(job_id, job_dir, layout.job_spec(job_id), layout.job_output(job_id),
-                   layout.job_events(job_id), layout.job_sentinel(job_id),
-                   layout.job_result(job_id), layout.job_lock(job_id),
-                   layout.inbox("scheduler") / f"exited-{job_id}.json")
-
-
-def _hint_exited(files: JobFiles) -> None:
+def _hint_exited(spec: JobSpec) -> None:
     """Drop a `job_exited` request into the scheduler's inbox so it finalizes the job now.
 
-    Only a hint (law 1: the inbox is the scheduler's door): result.json is the truth, and
-    the scheduler's periodic tick finds it if this file never arrives (batchd down, disk
-    full). A crash before or during the write leaves no file or a temp file the reaper
-    removes; the name is fixed per job, so a replay rewrites the same request.
+    Only a hint (law 1: the inbox is the scheduler's door, state.layout.send_request the
+    one way in): result.json is the truth, and the scheduler's periodic tick finds it if
+    this request never arrives (batchd down, disk full, a spec without its state_dir). The
+    name is fixed per job, so a replay rewrites the same request.
     """
+    if spec.state_dir is None:
+        return
     try:
-        write_record(REQUEST, files.exited_hint, {
-            "id": f"exited-{files.job_id}", "kind": "job_exited", "job": files.job_id,
+        send_request(Layout(spec.state_dir), "scheduler", {
+            "id": f"exited-{spec.id}", "kind": "job_exited", "job": spec.id,
             "created_at": iso_now(time.time())})
     except OSError as exc:
-        _say(files.job_id, f"could not drop the job_exited hint: {exc}")
+        _say(spec.id, f"could not drop the job_exited hint: {exc}")
 
 
 def _open_append(path: Path) -> int:
@@ -552,9 +337,9 @@ def _say(job_id: str, message: str) -> None:
 class _Heartbeat:
     """Writes the sentinel now and then every interval from a thread, syncing output first."""
 
-    def __init__(self, files: JobFiles, pid: int, start: int | None, sync_fds: Sequence[int]):
+    def __init__(self, files: JobPaths, pid: int, start: int | None, sync_fds: Sequence[int]):
         self._files = files
-        self._base: dict[str, Any] = {"id": files.job_id, "pid": pid, "start": start,
+        self._base: dict[str, Any] = {"id": files.id, "pid": pid, "start": start,
                                       "agent_pid": None, "agent_start": None}
         self._sync_fds = list(sync_fds)
         self._lock = threading.Lock()
@@ -587,7 +372,7 @@ class _Heartbeat:
                 try:
                     self.beat()
                 except OSError as exc:
-                    _say(self._files.job_id, f"heartbeat not written: {exc}")
+                    _say(self._files.id, f"heartbeat not written: {exc}")
         self._thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
         self._thread.start()
 
@@ -729,7 +514,7 @@ class _Signals:
         return seen
 
 
-def _take_job_lock(files: JobFiles) -> int | str:
+def _take_job_lock(files: JobPaths) -> int | str:
     """The fd holding the job's exclusive flock, or why this adaptor must not run the job
     (another adaptor holds the lock, or the job has a result already)."""
     try:
@@ -759,49 +544,75 @@ def _child_env(spec: JobSpec, run_as: RunAs | None) -> dict[str, str]:
     return env
 
 
+class _Stop:
+    """The stop table's state for one run and the carrying out of its actions."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.pgid = os.getpgrp()
+        self.phase = Phase.RUNNING
+        self.reason: str | None = None
+        self.grace_end = 0.0
+
+    def feed(self, event: Event) -> None:
+        self.phase, actions = step(self.phase, event)
+        for action in actions:
+            self._ACTIONS[action](self)
+
+    def _note_terminated(self) -> None:
+        self.reason = self.reason or REASON_TERMINATED
+
+    def _note_timed_out(self) -> None:
+        self.reason = self.reason or REASON_TIMED_OUT
+
+    def _term_group(self) -> None:
+        self.grace_end = time.monotonic() + self.spec.kill_grace
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, signal.SIGTERM)   # our own handler only notes it
+
+    def _kill_group(self) -> None:
+        kill_job(self.pgid, self.spec.job_dir, exclude=frozenset({os.getpid()}), wait=0.0)
+
+    _ACTIONS: dict[Action, Callable[[_Stop], None]] = {
+        Action.NOTE_TERMINATED: _note_terminated,
+        Action.NOTE_TIMED_OUT: _note_timed_out,
+        Action.TERM_GROUP: _term_group,
+        Action.KILL_GROUP: _kill_group,
+    }
+
+
 def _wait_agent(proc: subprocess.Popen[bytes], spec: JobSpec, signals: _Signals,
                 started_mono: float) -> str | None:
     """Wait for the agent to exit, applying the stop table; return the stop reason if any."""
-    pgid = os.getpgrp()
     try:
         pidfd: int | None = os.pidfd_open(proc.pid)
     except (OSError, AttributeError):
         pidfd = None
     deadline = None if spec.timeout is None else started_mono + spec.timeout
-    phase, reason, grace_end = Phase.RUNNING, None, 0.0
+    stop = _Stop(spec)
     try:
         while proc.poll() is None:
             now = time.monotonic()
-            due: list[Event] = []
             if signals.pending():
-                due.append(Event.TERM)
-            if phase is Phase.RUNNING and deadline is not None and now >= deadline:
-                due.append(Event.DEADLINE)
-            if phase is Phase.STOPPING and now >= grace_end:
-                due.append(Event.GRACE_OVER)
-            for event in due:
-                phase, action, why = step(phase, event)
-                reason = reason or why
-                if action is Action.TERM_GROUP:
-                    grace_end = time.monotonic() + spec.kill_grace
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(pgid, signal.SIGTERM)   # our own handler only notes it
-                elif action is Action.KILL_GROUP:
-                    _sigkill_group_but(pgid, os.getpid())
-            wake_at = [t for t in (deadline if phase is Phase.RUNNING else None,
-                                   grace_end if phase is Phase.STOPPING else None)
+                stop.feed(Event.TERM)
+            if stop.phase is Phase.RUNNING and deadline is not None and now >= deadline:
+                stop.feed(Event.DEADLINE)
+            if stop.phase is Phase.STOPPING and time.monotonic() >= stop.grace_end:
+                stop.feed(Event.GRACE_OVER)
+            wake_at = [t for t in (deadline if stop.phase is Phase.RUNNING else None,
+                                   stop.grace_end if stop.phase is Phase.STOPPING else None)
                        if t is not None]
             timeout = max(0.0, min(wake_at) - time.monotonic()) if wake_at else None
             if pidfd is None:
                 timeout = 0.1 if timeout is None else min(timeout, 0.1)
             fds = [signals.wake_r] + ([pidfd] if pidfd is not None else [])
             select.select(fds, [], [], timeout)
-        if phase is Phase.RUNNING and signals.pending():
-            reason = REASON_TERMINATED   # the cancel and the agent's death crossed
+        if stop.phase is Phase.RUNNING and signals.pending():
+            stop.reason = REASON_TERMINATED   # the cancel and the agent's death crossed
     finally:
         if pidfd is not None:
             os.close(pidfd)
-    return reason
+    return stop.reason
 
 
 def _spawn(spec: JobSpec, adaptor: Adaptor, output_fd: int, binary: str,
@@ -822,7 +633,7 @@ def _spawn(spec: JobSpec, adaptor: Adaptor, output_fd: int, binary: str,
         return _Outcome(EXIT_SPAWN_FAILED, reason=f"spawn_failed: {argv[0]}{as_user}: {exc}")
 
 
-def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobFiles, output_fd: int,
+def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: int,
                beat: _Heartbeat, signals: _Signals,
                started_mono: float) -> tuple[_Outcome, str | None]:
     """Spawn the agent, pump its output, stop it on signal/timeout, clean its group."""
@@ -870,7 +681,7 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobFiles, output_fd: i
             pump.start()
     beat.beat()
     reason = _wait_agent(proc, spec, signals, started_mono)
-    left = _kill_rest_of_group(os.getpgrp(), os.getpid(), spec.job_dir)
+    left = _kill_rest_of_job(os.getpgrp(), os.getpid(), spec.job_dir)
     if left:
         _say(spec.id, f"processes of the group would not die: {left}")
     drain_end = time.monotonic() + _DRAIN_TIMEOUT_S
@@ -886,15 +697,15 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobFiles, output_fd: i
 def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
     """Run the job in `job_dir` to its end; return the adaptor's exit code."""
     job_dir = job_dir.absolute()
-    files = JobFiles.at(job_dir)
+    files = JobPaths(job_dir)
     if not job_dir.is_dir():
-        _say(files.job_id, f"{job_dir} is not a job folder")
+        _say(files.id, f"{job_dir} is not a job folder")
         return EXIT_REFUSED
     _become_group_leader()
     me = os.getpid()
     lock_fd = _take_job_lock(files)   # held (never closed) until this process exits
     if isinstance(lock_fd, str):
-        _say(files.job_id, lock_fd)
+        _say(files.id, lock_fd)
         return EXIT_REFUSED
     started, started_mono = time.time(), time.monotonic()
     signals = _Signals()
@@ -904,6 +715,7 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
     beat.beat()
     terminal = _Terminal(files.output) if sys.stdout.isatty() else None
     session: str | None = None
+    spec: JobSpec | None = None
     try:
         record = read_record(JOB_SPEC, files.spec, owner=False)
         if isinstance(record, (Missing, Corrupt)):
@@ -926,7 +738,7 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
     beat.beat()
     finished = time.time()
     write_record(RESULT, files.result, {
-        "id": files.job_id,
+        "id": files.id,
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,
         "duration_s": round(time.monotonic() - started_mono, 3),
@@ -939,8 +751,9 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
         "agent_pid": outcome.agent_pid,
         "output_bytes": beat.output_bytes(),
     })
-    _hint_exited(files)
-    _say(files.job_id, f"finished: exit_code={outcome.exit_code} signal={outcome.signal} "
+    if spec is not None:
+        _hint_exited(spec)
+    _say(files.id, f"finished: exit_code={outcome.exit_code} signal={outcome.signal} "
                        f"reason={outcome.reason}")
     os.close(output_fd)
     return outcome.adaptor_exit

@@ -18,7 +18,8 @@ history, its only notion of resuming.
 
 from __future__ import annotations
 
-from adaptors._runtime import Adaptor, JobSpec
+from adaptors._runtime import Adaptor
+from adaptors._spec import JobSpec
 
 __all__ = ["ADAPTOR", "build_argv"]
 

@@ -29,16 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptors._runtime import (
-    Adaptor,
-    JobSpec,
-    ParseState,
-    block,
-    event_of,
-    plain,
-    sub,
-    tool_call,
-)
+from adaptors._render import ParseState, block, event_of, plain, sub, tool_call
+from adaptors._runtime import Adaptor
+from adaptors._spec import JobSpec
 
 __all__ = ["ADAPTOR", "build_argv", "parse_line"]
 

@@ -16,7 +16,8 @@ session_id is always null.
 
 from __future__ import annotations
 
-from adaptors._runtime import Adaptor, JobSpec
+from adaptors._runtime import Adaptor
+from adaptors._spec import JobSpec
 
 __all__ = ["ADAPTOR", "build_argv"]
 

@@ -18,7 +18,8 @@ stderr go straight to the output file.
 
 from __future__ import annotations
 
-from adaptors._runtime import Adaptor, JobSpec
+from adaptors._runtime import Adaptor
+from adaptors._spec import JobSpec
 
 __all__ = ["ADAPTOR", "build_argv"]
 

@@ -28,11 +28,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+if TYPE_CHECKING:                  # PyYAML is imported by the parser alone (see _yaml)
+    from yaml.nodes import Node
 
 __all__ = [
     "ADAPTORS",
@@ -232,6 +231,8 @@ def parse(text: str, source: str, *, env: Mapping[str, str] | None = None) -> Co
 
     An empty document means all defaults. Relative paths are taken from source's folder.
     """
+    import yaml  # only a parse needs it: importing config stays cheap
+
     e = os.environ if env is None else env
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -254,7 +255,7 @@ def parse(text: str, source: str, *, env: Mapping[str, str] | None = None) -> Co
     ctx = _Ctx(source=source, base=base, home=e.get("HOME"))
     values: dict[str, Any] = {}
     if root is not None:
-        if isinstance(root, MappingNode) or _kind(root) == "null":
+        if _kind(root) in ("mapping", "null"):
             values = _section(ctx, root, "", _TOP)
         else:
             ctx.error(root, "", f"expected a mapping of keys at the top level, got {_got(root)}")
@@ -383,7 +384,7 @@ class _Ctx:
         return "\n".join(text for _, text in sorted(self.errors, key=lambda e: e[0]))
 
 
-_Conv = Callable[[_Ctx, Node, str], Any]
+_Conv = Callable[[_Ctx, "Node", str], Any]
 
 _TAGS = {
     "tag:yaml.org,2002:int": "int",
@@ -396,9 +397,10 @@ _TAGS = {
 
 
 def _kind(node: Node) -> str:
-    if isinstance(node, MappingNode):
+    node_id = getattr(node, "id", None)    # MappingNode.id, SequenceNode.id, ScalarNode.id
+    if node_id == "mapping":
         return "mapping"
-    if isinstance(node, SequenceNode):
+    if node_id == "sequence":
         return "list"
     return _TAGS.get(node.tag, "other")
 
@@ -407,6 +409,8 @@ def _value(node: Node) -> Any:
     """The Python value of a scalar node (str, int, float, bool or None)."""
     if _kind(node) == "str":
         return node.value
+    from yaml.constructor import SafeConstructor
+
     return SafeConstructor().construct_object(node)
 
 
@@ -438,13 +442,13 @@ def _pairs(ctx: _Ctx, node: Node, key: str) -> list[tuple[str, Node, Node]]:
     """A mapping's (name, key node, value node); null is empty; duplicates are reported."""
     if _kind(node) == "null":
         return []
-    if not isinstance(node, MappingNode):
+    if _kind(node) != "mapping":
         ctx.error(node, key, f"expected a mapping, got {_got(node)}")
         return []
     seen: dict[str, int] = {}
     out: list[tuple[str, Node, Node]] = []
     for knode, vnode in node.value:
-        if not isinstance(knode, ScalarNode):
+        if getattr(knode, "id", None) != "scalar":
             ctx.error(knode, key, f"expected a plain key, got {_got(knode)}")
             continue
         name = str(knode.value)
@@ -616,7 +620,7 @@ def check_branch(text: str) -> str:
 
 
 def _durations(ctx: _Ctx, node: Node, key: str) -> tuple[float, ...]:
-    if not isinstance(node, SequenceNode):
+    if _kind(node) != "list":
         raise _Invalid(f"expected a list of durations, got {_got(node)}")
     out: list[float] = []
     item = _duration()
@@ -631,7 +635,7 @@ def _durations(ctx: _Ctx, node: Node, key: str) -> tuple[float, ...]:
 def _strings(ctx: _Ctx, node: Node, key: str) -> tuple[str, ...]:
     if _kind(node) == "null":
         return ()
-    if not isinstance(node, SequenceNode):
+    if _kind(node) != "list":
         raise _Invalid(f"expected a list of strings, got {_got(node)}")
     out: list[str] = []
     for i, child in enumerate(node.value):

@@ -54,7 +54,7 @@ A finalized job leaves no process behind, at the moment its terminal record is w
 With a result, the adaptor has emptied its group already; finalizing waits (up to
 ADAPTOR_EXIT_WAIT) for the adaptor itself to exit. Without one (lost, cancelled or timed
 out by the scheduler's backstop, result.json unreadable), or if the adaptor lingers, the
-adaptor did not clean up: `kill_leftovers(pgid, job_id, job_dir=)` SIGKILLs every
+adaptor did not clean up: `state.proc.kill_job(pgid, job_dir, job_id=)` SIGKILLs every
 process whose process group is the adaptor's pid AND whose /proc/<pid>/environ carries
 BATCHD_JOB_ID=<id>, and every process anywhere carrying BATCHD_JOB_DIR=<job dir> (a child
 that left the group with setsid); a process that cannot be tied to the job that way is
@@ -105,7 +105,7 @@ from supervisor.state.locktable import (
     from_record,
     release_request,
 )
-from supervisor.state.proc import alive, group_members, has_env, job_processes
+from supervisor.state.proc import alive, kill_job
 from supervisor.state.queue import JobQueue
 from supervisor.state.repos import all_repositories
 
@@ -116,7 +116,6 @@ __all__ = [
     "Launcher",
     "cancel",
     "dispatch",
-    "kill_leftovers",
     "reattach",
     "resume_waiting",
     "tick_all",
@@ -428,7 +427,7 @@ def _no_process_left(j: Jobs, job: _Job) -> None:
 
     With a result, the adaptor has already emptied its process group and is exiting: wait
     for it (up to ADAPTOR_EXIT_WAIT). Without one (lost, scheduler-decided ends, unreadable
-    result) or if it lingers, whatever is left of the group is killed (`kill_leftovers`).
+    result) or if it lingers, whatever is left of the job is killed (state.proc.kill_job).
     """
     obs = job.obs
     pid = obs.pid if obs is not None and obs.pid else job.entry.get("pid")
@@ -440,7 +439,8 @@ def _no_process_left(j: Jobs, job: _Job) -> None:
             time.sleep(0.005)
         if not alive(pid, obs.start):
             return
-    killed = kill_leftovers(pid, job.id, job_dir=str(j.layout.job_dir(job.id)))
+    killed, _ = kill_job(pid, str(j.layout.job_dir(job.id)), job_id=job.id,
+                         exclude=frozenset({os.getpid()}), wait=_LEFTOVER_WAIT)
     if killed:
         j.log.warning("killed what was left of the job", job=job.id, pids=killed)
 
@@ -481,41 +481,6 @@ def _execute(j: Jobs, job: _Job, d: lc.Decision, batch: _Batch) -> None:
 
 
 # -- leftovers -----------------------------------------------------------------------------------
-
-def _members(pgid: int, tag: bytes) -> list[int]:
-    """Live processes of group `pgid` (not us) whose environment carries `tag`."""
-    me = os.getpid()
-    return [pid for pid in group_members(pgid) if pid != me and has_env(pid, tag)]
-
-
-def kill_leftovers(pgid: int, job_id: str, *, job_dir: str | None = None,
-                   wait: float = _LEFTOVER_WAIT) -> list[int]:
-    """SIGKILL the live processes of group `pgid` that carry BATCHD_JOB_ID=<job_id>, and
-    (given `job_dir`) those anywhere that carry BATCHD_JOB_DIR=<job_dir>: a child that
-    left the group with setsid is still the job's.
-
-    Returns the pids signalled, after waiting up to `wait` seconds for them to be gone.
-    """
-    tag = f"BATCHD_JOB_ID={job_id}".encode()
-    me = frozenset({os.getpid()})
-
-    def members() -> list[int]:
-        found = _members(pgid, tag)
-        if job_dir is not None:
-            found += [p for p in job_processes(job_dir, exclude=me) if p not in found]
-        return found
-
-    killed = members()
-    for pid in killed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            continue
-    deadline = time.monotonic() + wait
-    while killed and members() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return killed
-
 
 # -- ticking ---------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ in the way).
 
 Workspaces from mirrors. With `mirrors_dir` (the scheduler passes `layout.mirrors_dir`,
 holding the job's repository locks), each repository's mirror is created or fetched first
-(supervisor.state.repos.ensure_mirror: the only contact with the remote, once per job), then
+(scheduler.mirrors.ensure_mirror: the only contact with the remote, once per job), then
 the workspace is cloned from the mirror (`--branch B` when the repository names one, else
 the mirror's HEAD, which follows the remote's default) and its `origin` set to the real
 URL, so the job sees an ordinary clone of the remote. Without `mirrors_dir` each
@@ -53,19 +53,19 @@ Crash safety, per file written here:
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from supervisor.config import Config, RepoConfig
 from supervisor.scheduler.lifecycle import Observation
-from supervisor.state.atomic import Corrupt, Missing, ensure_dir
+from supervisor.scheduler.mirrors import FETCH_TIMEOUT, MirrorError, ensure_mirror
+from supervisor.state.atomic import Corrupt, Missing, ensure_dir, remove_tree
 from supervisor.state.clock import parse_iso
 from supervisor.state.flock import LockProbe, probe_lock
 from supervisor.state.fs import REAL
+from supervisor.state.git import GitError, run_git
 from supervisor.state.jobs import job_timeout
 from supervisor.state.layout import (
     JOB_SPEC,
@@ -77,7 +77,6 @@ from supervisor.state.layout import (
     write_record,
 )
 from supervisor.state.proc import alive, start_time
-from supervisor.state.repos import FETCH_TIMEOUT, MirrorError, ensure_mirror, git_command, git_env
 
 __all__ = [
     "CLONE_TIMEOUT",
@@ -186,6 +185,7 @@ def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> dict[st
         "model": agent.model,
         "workspace": str(workspace_path(cfg, entry)),
         "job_dir": str(layout.job_dir(job_id)),
+        "state_dir": str(layout.root),
         "timeout": job_timeout(cfg, entry),
         "heartbeat_interval": cfg.scheduler.heartbeat_interval,
         "kill_grace": cfg.scheduler.kill_grace,
@@ -210,16 +210,9 @@ def _run_git(args: list[str], timeout: float, what: str) -> None:
     """Run `git ARGS` (dying with us); PrepareError("<what> failed: <git's stderr>") if it
     fails."""
     try:
-        proc = subprocess.run(git_command(args), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True,
-                              errors="replace", env=git_env(), timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise PrepareError("cannot clone: git is not installed (not found on PATH)") from None
-    except subprocess.TimeoutExpired:
-        raise PrepareError(f"{what} timed out after {timeout:g}s") from None
-    if proc.returncode != 0:
-        err = proc.stderr.strip()[-_STDERR_TAIL:] or f"exit status {proc.returncode}"
-        raise PrepareError(f"{what} failed: {err}")
+        run_git(args, timeout=timeout, what=what)
+    except GitError as exc:
+        raise PrepareError(str(exc)) from None
 
 
 def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
@@ -247,13 +240,6 @@ def _mirrors(names: list[str], known: Mapping[str, RepoConfig],
                 for name in names}
     except MirrorError as exc:
         raise PrepareError(str(exc)) from None
-
-
-def _remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
@@ -296,7 +282,7 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
         return ws
     mirrors = _mirrors(names, known, mirrors_dir, fetch_timeout)
     staging = ws.parent / f"{PREP_PREFIX}{ws.name}"
-    _remove_tree(staging)
+    remove_tree(staging)
     try:
         if len(names) == 1:
             _clone(names[0], known[names[0]], staging, clone_timeout, mirrors[names[0]])
@@ -306,7 +292,7 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
                 _clone(name, known[name], staging / name, clone_timeout, mirrors[name])
         os.rename(staging, ws)
     except BaseException:
-        _remove_tree(staging)
+        remove_tree(staging)
         raise
     REAL.fsync_dir(str(ws.parent))
     return ws

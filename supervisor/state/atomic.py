@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "read_bytes",
     "read_json",
     "remove",
+    "remove_tree",
     "utc_stamp",
     "write_bytes",
     "write_json",
@@ -249,3 +251,14 @@ def clean_tmp(folder: str | os.PathLike[str], grace_s: float, *, fs: FS = REAL,
     if removed:
         fs.fsync_dir(d)
     return removed
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove a folder and everything in it, or a file or symlink, if it exists (symlinks
+    are never followed). Not atomic by itself: a folder whose removal a crash may cut in
+    half is first renamed to a name its owner recognises (a `.prep.` or trash name)."""
+    p = os.fspath(path)
+    if os.path.isdir(p) and not os.path.islink(p):
+        shutil.rmtree(p)
+    elif os.path.lexists(p):
+        os.unlink(p)

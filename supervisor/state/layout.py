@@ -54,6 +54,7 @@ __all__ = [
     "STARTUP_LOG",
     "WORKERS",
     "WORKER_STATE",
+    "JobPaths",
     "Layout",
     "RecordKind",
     "mirror_path",
@@ -132,6 +133,48 @@ def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
 def mirror_path(mirrors_dir: str | os.PathLike[str], name: str) -> Path:
     """`<mirrors_dir>/<name>.git`: where repository `name` is mirrored (Layout.mirror)."""
     return Path(mirrors_dir) / f"{name}.git"
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """The files of one job folder (`jobs/<id>/`): what the adaptor writes and the
+    scheduler reads, named once. Pure names: nothing here touches the disk."""
+
+    dir: Path
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    @property
+    def spec(self) -> Path:
+        return self.dir / "spec.json"
+
+    @property
+    def output(self) -> Path:
+        return self.dir / "output"
+
+    @property
+    def events(self) -> Path:
+        return self.dir / "events.jsonl"
+
+    @property
+    def sentinel(self) -> Path:
+        return self.dir / "sentinel.json"
+
+    @property
+    def result(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held (flock, exclusive) by the job's adaptor for its whole life; never replaced."""
+        return self.dir / "adaptor.lock"
+
+    @property
+    def adaptor_log(self) -> Path:
+        """The adaptor's own stdout/stderr (diagnostics, not the job's output)."""
+        return self.dir / "adaptor.log"
 
 
 class Layout:
@@ -227,28 +270,30 @@ class Layout:
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
 
+    def job(self, job_id: str) -> JobPaths:
+        """The files of job `job_id`'s folder."""
+        return JobPaths(self.job_dir(job_id))
+
     def job_output(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "output"
+        return self.job(job_id).output
 
     def job_events(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "events.jsonl"
+        return self.job(job_id).events
 
     def job_sentinel(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "sentinel.json"
+        return self.job(job_id).sentinel
 
     def job_result(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "result.json"
+        return self.job(job_id).result
 
     def job_spec(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "spec.json"
+        return self.job(job_id).spec
 
     def job_lock(self, job_id: str) -> Path:
-        """Held (flock, exclusive) by the job's adaptor for its whole life; never replaced."""
-        return self.job_dir(job_id) / "adaptor.lock"
+        return self.job(job_id).lock
 
     def job_adaptor_log(self, job_id: str) -> Path:
-        """The adaptor's own stdout/stderr (diagnostics, not the job's output)."""
-        return self.job_dir(job_id) / "adaptor.log"
+        return self.job(job_id).adaptor_log
 
     def all_dirs(self) -> list[Path]:
         """The folders batchd creates at start (each owner creates its own again if missing)."""

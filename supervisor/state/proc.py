@@ -8,8 +8,12 @@ its whole life. Every pid batchd records is stored with it.
 from __future__ import annotations
 
 import os
+import signal
+import time
+from collections.abc import Callable
 
-__all__ = ["alive", "group_members", "has_env", "job_processes", "start_time"]
+__all__ = ["alive", "group_members", "has_env", "job_members", "job_processes", "kill_job",
+           "start_time"]
 
 
 def _stat(pid: int) -> list[bytes] | None:
@@ -87,3 +91,49 @@ def job_processes(job_dir: str, *, exclude: frozenset[int] = frozenset()) -> lis
     tag = b"BATCHD_JOB_DIR=" + os.fsencode(job_dir)
     return [pid for pid in _pids()
             if pid not in exclude and has_env(pid, tag) and alive(pid, None)]
+
+
+def job_members(pgid: int | None, job_dir: str, *, job_id: str | None = None,
+                exclude: frozenset[int] = frozenset()) -> list[int]:
+    """The live processes of one job: the members of its process group `pgid`, and any
+    process anywhere that carries its BATCHD_JOB_DIR (one that left the group).
+
+    With `job_id`, a group member counts only if it carries BATCHD_JOB_ID=<job_id> too:
+    a caller that is not the group's leader cannot be sure the pgid was not reused. The
+    adaptor, which leads the group and so keeps the pgid alive, passes None.
+    """
+    found: list[int] = []
+    if pgid is not None and pgid > 1:
+        tag = None if job_id is None else f"BATCHD_JOB_ID={job_id}".encode()
+        found = [p for p in group_members(pgid)
+                 if p not in exclude and (tag is None or has_env(p, tag))]
+    found += [p for p in job_processes(job_dir, exclude=exclude) if p not in found]
+    return found
+
+
+def kill_job(pgid: int | None, job_dir: str, *, job_id: str | None = None,
+             exclude: frozenset[int] = frozenset(), wait: float = 1.0,
+             between: Callable[[], None] | None = None) -> tuple[list[int], list[int]]:
+    """SIGKILL every process of a job (`job_members`), again and again until none is left
+    or `wait` seconds passed; (the pids signalled, those still alive).
+
+    `between` runs before each look (the adaptor reaps its children there: a zombie it
+    does not reap would count as alive to nobody, but it must not pile up)."""
+    signalled: list[int] = []
+    deadline = time.monotonic() + wait
+    while True:
+        if between is not None:
+            between()
+        members = job_members(pgid, job_dir, job_id=job_id, exclude=exclude)
+        if not members:
+            return signalled, []
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+            if pid not in signalled:
+                signalled.append(pid)
+        if time.monotonic() > deadline:
+            return signalled, job_members(pgid, job_dir, job_id=job_id, exclude=exclude)
+        time.sleep(0.01)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from adaptors import aider
-from adaptors._runtime import JobSpec, parse_spec
+from adaptors._spec import JobSpec, parse_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fakes"))
 import fakekit

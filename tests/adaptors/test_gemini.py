@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from adaptors import gemini
-from adaptors._runtime import JobSpec, ParseState, parse_spec
+from adaptors._render import ParseState
+from adaptors._spec import JobSpec, parse_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fakes"))
 import fakekit

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from adaptors._runtime import JobSpec, parse_spec
+from adaptors._spec import JobSpec, parse_spec
 from supervisor.state.layout import JOB_SPEC, RESULT, SENTINEL, Layout, read_record, write_record
 
 FAKES = Path(__file__).resolve().parent
@@ -50,6 +50,7 @@ def make_job(state_dir: Path, job_id: str, *, adaptor: str, prompt: str,
         "env": {}, "prompt": prompt, "model": None, "workspace": str(ws),
         "job_dir": str(job_dir), "timeout": None, "heartbeat_interval": 0.2,
         "kill_grace": 1.0, "user": None, "resume_session": None,
+        "state_dir": str(state_dir),
     }
     spec.update(fields)
     write_record(JOB_SPEC, layout.job_spec(job_id), spec)

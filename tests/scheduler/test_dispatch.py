@@ -502,14 +502,6 @@ def test_reattach_of_a_starting_job_learns_its_pid(jobs: _dispatch.Jobs, procs: 
 
 # -- leftovers and timing --------------------------------------------------------------------------
 
-def test_kill_leftovers_needs_the_job_tag(procs: Procs) -> None:
-    """Only processes of the group carrying BATCHD_JOB_ID=<job> are killed."""
-    leader, (other_job, mine) = procs.spawn_group("x", ["y", "x"])
-    assert sorted([leader.pid, mine]) == sorted(_dispatch.kill_leftovers(leader.pid, "x"))
-    wait_gone(mine)
-    assert (-signal.SIGKILL, True) == (wait_dead(leader), alive(other_job, None))
-
-
 def test_tick_interval_is_half_the_heartbeat_at_most_a_second(cfg: Config) -> None:
     """min(1 s, heartbeat_interval / 2)."""
     slow = replace(cfg, scheduler=replace(cfg.scheduler, heartbeat_interval=5.0))

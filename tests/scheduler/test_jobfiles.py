@@ -200,6 +200,7 @@ def test_write_spec_builds_the_job_spec(tmp_path: Path) -> None:
     assert {"id": "j1", "agent": "claude", "adaptor": "claude", "command": "/opt/claude",
             "args": ["-p"], "env": {"A": "1"}, "prompt": "fix it", "model": "opus",
             "workspace": str(tmp_path / "ws" / "j1"), "job_dir": str(layout.job_dir("j1")),
+            "state_dir": str(layout.root),
             "timeout": 3600.0, "heartbeat_interval": 2.0, "kill_grace": 3.0, "user": "bot",
             "resume_session": "s-9"} == spec
 

@@ -13,7 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.state.proc import alive, group_members, has_env, job_processes, start_time
+from supervisor.state.proc import (
+    alive,
+    group_members,
+    has_env,
+    job_processes,
+    kill_job,
+    start_time,
+)
 
 
 def _state(pid: int) -> str:
@@ -179,3 +186,58 @@ def test_has_env_reads_the_environment_a_process_started_with() -> None:
         proc.wait()
     assert False is has_env(proc.pid, b"BATCHD_PROBE=x1")
 
+
+
+def _group(tmp_path: Path, tags: list[str | None]) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A shell leading its own group with one `sleep` per tag (BATCHD_JOB_ID=<tag>, or
+    none); (the leader, the sleepers' pids once they run sleep)."""
+    script = []
+    for i, tag in enumerate(tags):
+        env = "env -u BATCHD_JOB_ID" if tag is None else f"env BATCHD_JOB_ID={tag}"
+        script.append(f"{env} sleep 60 & echo $! > {tmp_path}/m{i}")
+    leader = subprocess.Popen(["sh", "-c", "; ".join(script) + "; wait"],
+                              start_new_session=True)
+    pids = []
+    for i in range(len(tags)):
+        path = tmp_path / f"m{i}"
+        deadline = time.monotonic() + 30
+        while not (path.exists() and path.read_text().endswith("\n")):
+            assert time.monotonic() < deadline, "group member never started"
+            time.sleep(0.01)
+        pids.append(int(path.read_text()))
+        _until_execed(pids[-1], "sleep")
+    return leader, pids
+
+
+def test_kill_job_by_a_stranger_needs_the_job_tag_on_group_members(tmp_path: Path) -> None:
+    """Not the group's leader (the scheduler): only members carrying BATCHD_JOB_ID=<job>
+    are the job's, since a pgid may be reused; a process of another job is left alone."""
+    leader, (other_job, mine) = _group(tmp_path, ["y", "x"])
+    try:
+        killed, left = kill_job(leader.pid, str(tmp_path / "jobs" / "x"), job_id="x")
+        assert ([mine], []) == (killed, left)
+        assert (True, True) == (alive(other_job, None), alive(leader.pid, None))
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+def test_kill_job_by_its_leader_takes_the_whole_group_and_the_escaped(tmp_path: Path) -> None:
+    """The group's own leader (the adaptor) kills every member, tagged or not, and a
+    process that left the group but carries the job's folder; never itself."""
+    job_dir = str(tmp_path / "jobs" / "x")
+    leader, members = _group(tmp_path, [None, "x"])
+    escaped = subprocess.Popen(["sleep", "60"], env={**os.environ, "BATCHD_JOB_DIR": job_dir},
+                               start_new_session=True)
+    try:
+        _until_execed(escaped.pid, "sleep")
+        killed, left = kill_job(leader.pid, job_dir, exclude=frozenset({leader.pid}),
+                                between=lambda: None)
+        assert (sorted([*members, escaped.pid]), []) == (sorted(killed), left)
+        assert 0 == leader.wait(timeout=30)     # its children gone, the shell exits by itself
+    finally:
+        if leader.poll() is None:
+            os.killpg(leader.pid, signal.SIGKILL)
+            leader.wait()
+        escaped.kill()
+        escaped.wait()

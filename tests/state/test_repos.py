@@ -13,59 +13,19 @@ import pytest
 
 from supervisor.config import Config, RepoConfig
 from supervisor.state.layout import REPOS, Layout, read_record, write_record
-from supervisor.state.proc import alive
 from supervisor.state.repos import (
-    MIRROR_PREP_PREFIX,
-    MirrorError,
     RepoError,
     add,
     all_repositories,
     default_branch,
-    ensure_mirror,
-    git_env,
     read_registry,
     registered,
     registry_lock,
     remove,
 )
+from tests.helpers import git, make_remote
 
 T0 = 1_800_000_000.0
-
-
-# --------------------------------------------------------------------------- git helpers
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    out = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
-                          "-c", "init.defaultBranch=main", *args],
-                         cwd=cwd, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
-def make_remote(root: Path, name: str) -> tuple[Path, Path]:
-    """(bare remote, its work tree): HEAD of the remote is `trunk`; `main` also exists."""
-    work = root / f"{name}-work"
-    work.mkdir(parents=True)
-    git("init", "-q", "-b", "main", cwd=work)
-    (work / "which").write_text(f"{name} main\n")
-    git("add", "which", cwd=work)
-    git("commit", "-q", "-m", "on main", cwd=work)
-    git("checkout", "-q", "-b", "trunk", cwd=work)
-    (work / "which").write_text(f"{name} trunk\n")
-    git("commit", "-q", "-am", "on trunk", cwd=work)
-    bare = root / f"{name}.git"
-    git("clone", "-q", "--bare", str(work), str(bare))
-    git("remote", "add", "origin", str(bare), cwd=work)
-    return bare, work
-
-
-def push_commit(work: Path, text: str, branch: str = "trunk") -> str:
-    """Commit `text` into `which` on `branch` and push it; the new commit's sha."""
-    git("checkout", "-q", branch, cwd=work)
-    (work / "which").write_text(text)
-    git("commit", "-q", "-am", text.strip(), cwd=work)
-    git("push", "-q", "origin", branch, cwd=work)
-    return git("rev-parse", "HEAD", cwd=work)
 
 
 def make_cfg(tmp_path: Path, **repos: RepoConfig) -> Config:
@@ -292,144 +252,3 @@ def test_concurrent_adds_both_land(tmp_path: Path) -> None:
         assert (2, False) == (_flock_waiters(layout.repos_lock), layout.repos_file.exists())
     assert [0, 0] == [p.wait(timeout=60) for p in procs]
     assert ["one", "two"] == sorted(registered(layout))
-
-
-# --------------------------------------------------------------------------- mirrors
-
-
-def test_a_mirror_is_created_bare_with_the_remote_head(tmp_path: Path) -> None:
-    """First use: `git clone --mirror` into mirrors/<name>.git, HEAD = the remote's."""
-    bare, _ = make_remote(tmp_path, "app")
-    mirrors = tmp_path / "state" / "mirrors"
-    path = ensure_mirror("app", RepoConfig(str(bare)), mirrors)
-    assert (mirrors / "app.git", "true", "refs/heads/trunk", ["app.git"]) == (
-        path, git("--git-dir", str(path), "rev-parse", "--is-bare-repository"),
-        git("--git-dir", str(path), "symbolic-ref", "HEAD"), os.listdir(mirrors))
-
-
-def test_a_mirror_is_made_once_then_fetched(tmp_path: Path) -> None:
-    """Second use fetches into the same mirror (same inode): a new remote commit appears,
-    a deleted remote branch is pruned."""
-    bare, work = make_remote(tmp_path, "app")
-    mirrors = tmp_path / "mirrors"
-    repo = RepoConfig(str(bare))
-    first = ensure_mirror("app", repo, mirrors).stat().st_ino
-    sha = push_commit(work, "app trunk 2\n")
-    git("push", "-q", "origin", "--delete", "main", cwd=work)
-    path = ensure_mirror("app", repo, mirrors)
-    assert (first, sha, "") == (
-        path.stat().st_ino, git("--git-dir", str(path), "rev-parse", "refs/heads/trunk"),
-        git("--git-dir", str(path), "branch", "--list", "main"))
-
-
-def test_a_half_made_mirror_is_cleaned_and_redone(tmp_path: Path) -> None:
-    """A crash mid-clone leaves .prep.<name>.git: the next ensure removes it and clones;
-    another repository's temp folder (maybe in use under its own lock) is left alone."""
-    bare, _ = make_remote(tmp_path, "app")
-    mirrors = tmp_path / "mirrors"
-    (mirrors / f"{MIRROR_PREP_PREFIX}app.git" / "objects").mkdir(parents=True)
-    (mirrors / f"{MIRROR_PREP_PREFIX}lib.git").mkdir()
-    ensure_mirror("app", RepoConfig(str(bare)), mirrors)
-    assert [f"{MIRROR_PREP_PREFIX}lib.git", "app.git"] == sorted(os.listdir(mirrors))
-
-
-def test_a_fetch_failure_carries_git_stderr_and_keeps_the_mirror(tmp_path: Path) -> None:
-    """The remote vanished: MirrorError with git's stderr; the mirror is still there."""
-    bare, _ = make_remote(tmp_path, "app")
-    mirrors = tmp_path / "mirrors"
-    repo = RepoConfig(str(bare))
-    path = ensure_mirror("app", repo, mirrors)
-    bare.rename(tmp_path / "moved.git")
-    with pytest.raises(MirrorError, match="does not appear to be a git repository") as info:
-        ensure_mirror("app", repo, mirrors)
-    assert str(info.value).startswith(f"git fetch of repository 'app' ({bare}) into its mirror "
-                                      "failed: ")
-    assert "refs/heads/trunk" == git("--git-dir", str(path), "symbolic-ref", "HEAD")
-
-
-def test_a_failed_first_clone_leaves_nothing(tmp_path: Path) -> None:
-    """No mirror yet and the remote is unreachable: MirrorError, no mirror, no temp."""
-    mirrors = tmp_path / "mirrors"
-    with pytest.raises(MirrorError, match="git clone --mirror of repository 'x'"):
-        ensure_mirror("x", RepoConfig(str(tmp_path / "none.git")), mirrors)
-    assert [] == os.listdir(mirrors)
-
-
-def test_a_mirror_of_another_url_is_replaced(tmp_path: Path) -> None:
-    """A name removed and registered again elsewhere: the old mirror is not reused."""
-    app, _ = make_remote(tmp_path, "app")
-    lib, _ = make_remote(tmp_path, "lib")
-    mirrors = tmp_path / "mirrors"
-    ensure_mirror("x", RepoConfig(str(app)), mirrors)
-    path = ensure_mirror("x", RepoConfig(str(lib)), mirrors)
-    assert (str(lib), "lib trunk") == (
-        git("--git-dir", str(path), "config", "remote.origin.url"),
-        git("--git-dir", str(path), "show", "trunk:which"))
-
-
-def test_junk_at_the_mirror_path_is_replaced(tmp_path: Path) -> None:
-    """A folder that is not a git mirror (or a file) at mirrors/<name>.git is cloned over."""
-    bare, _ = make_remote(tmp_path, "app")
-    mirrors = tmp_path / "mirrors"
-    (mirrors / "app.git").mkdir(parents=True)
-    (mirrors / "app.git" / "junk").write_text("x")
-    path = ensure_mirror("app", RepoConfig(str(bare)), mirrors)
-    assert (False, "app trunk") == ((path / "junk").exists(),
-                                    git("--git-dir", str(path), "show", "HEAD:which"))
-
-
-def test_the_mirror_head_follows_the_remote_default(tmp_path: Path) -> None:
-    """A repository without a branch follows the remote's default branch when it changes;
-    one with a branch leaves the mirror's HEAD alone."""
-    bare, _ = make_remote(tmp_path, "app")
-    mirrors = tmp_path / "mirrors"
-    ensure_mirror("app", RepoConfig(str(bare)), mirrors)
-    git("--git-dir", str(bare), "symbolic-ref", "HEAD", "refs/heads/main")
-    path = ensure_mirror("app", RepoConfig(str(bare)), mirrors)
-    assert "refs/heads/main" == git("--git-dir", str(path), "symbolic-ref", "HEAD")
-    git("--git-dir", str(bare), "symbolic-ref", "HEAD", "refs/heads/trunk")
-    ensure_mirror("app", RepoConfig(str(bare), branch="trunk"), mirrors)
-    assert "refs/heads/main" == git("--git-dir", str(path), "symbolic-ref", "HEAD")
-
-
-def test_git_gives_up_on_a_stalled_remote_rather_than_waiting_for_the_timeout(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every git batchd runs never prompts, and aborts a transfer that stalls (http, ssh);
-    an operator's own settings of those variables are kept."""
-    for var in ("GIT_SSH_COMMAND", "GIT_HTTP_LOW_SPEED_LIMIT", "GIT_HTTP_LOW_SPEED_TIME"):
-        monkeypatch.delenv(var, raising=False)
-    env = git_env()
-    assert ("0", "1024", "60") == (env["GIT_TERMINAL_PROMPT"], env["GIT_HTTP_LOW_SPEED_LIMIT"],
-                                   env["GIT_HTTP_LOW_SPEED_TIME"])
-    assert "ServerAliveInterval=15" in env["GIT_SSH_COMMAND"]
-    monkeypatch.setenv("GIT_HTTP_LOW_SPEED_TIME", "600")
-    assert "600" == git_env()["GIT_HTTP_LOW_SPEED_TIME"]
-
-
-def test_git_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
-    """A git started through git_command is SIGKILLed when its starter dies (a scheduler
-    killed mid-clone leaves no git writing into the mirror its successor redoes)."""
-    pid_file = tmp_path / "git.pid"
-    starter = subprocess.Popen([sys.executable, "-c", (
-        "import subprocess, sys, time\n"
-        "from supervisor.state.repos import git_command\n"
-        "p = subprocess.Popen(git_command(['-c', 'alias.wait=!sleep 30', 'wait']))\n"
-        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
-        "time.sleep(60)\n")])
-    try:
-        deadline = time.monotonic() + 30
-        while not (pid_file.exists() and pid_file.read_text()):
-            assert time.monotonic() < deadline, "the starter never started git"
-            time.sleep(0.01)
-        git_pid = int(pid_file.read_text())
-        comm = Path(f"/proc/{git_pid}/comm")
-        while comm.read_text().strip() != "git":    # past setpriv's prctl and exec
-            assert time.monotonic() < deadline, "git never started"
-            time.sleep(0.01)
-    finally:
-        starter.kill()
-        starter.wait()
-    deadline = time.monotonic() + 10
-    while alive(git_pid, None):
-        assert time.monotonic() < deadline, "git outlived the process that started it"
-        time.sleep(0.01)

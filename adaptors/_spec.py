@@ -1,0 +1,102 @@
+"""The job spec an adaptor runs (`jobs/<id>/spec.json`), read and validated: `JobSpec`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JobSpec", "SpecError", "parse_spec"]
+
+
+class SpecError(ValueError):
+    """spec.json is missing, corrupt, or a field has the wrong type (the message says which)."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the scheduler asks for (`jobs/<id>/spec.json`), validated."""
+
+    id: str
+    agent: str
+    adaptor: str
+    command: str | None
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    prompt: str
+    model: str | None
+    workspace: str
+    job_dir: str
+    timeout: float | None
+    heartbeat_interval: float
+    kill_grace: float
+    user: str | None
+    resume_session: str | None
+    state_dir: str | None = None      # where the scheduler's inbox is (the exited hint)
+
+
+def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise SpecError(f"{key}: expected a string or null, found {type(value).__name__}")
+
+
+def _req_str(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise SpecError(f"{key}: expected a string, found {type(value).__name__}")
+    return value
+
+
+def _number(obj: Mapping[str, Any], key: str, default: float | None, *,
+            positive: bool) -> float | None:
+    value = obj.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{key}: expected a number of seconds, found {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise SpecError(f"{key}: must be {'> 0' if positive else '>= 0'}, found {value!r}")
+    return float(value)
+
+
+def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
+    """Validate a JOB_SPEC record for the job folder `job_dir`; SpecError names the bad key."""
+    job_id = _req_str(obj, "id")
+    if job_id != job_dir.name:
+        raise SpecError(f"id: {job_id!r} does not match the job folder {job_dir.name!r}")
+    args = obj.get("args") or []
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise SpecError("args: expected a list of strings")
+    env = obj.get("env") or {}
+    if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise SpecError("env: expected an object of string values")
+    workspace = _req_str(obj, "workspace")
+    if not os.path.isabs(workspace):
+        raise SpecError(f"workspace: expected an absolute path, found {workspace!r}")
+    command = _opt_str(obj, "command")
+    if command == "":
+        raise SpecError("command: empty string (use null for the adaptor's default binary)")
+    adaptor = _req_str(obj, "adaptor")
+    return JobSpec(
+        id=job_id,
+        agent=_opt_str(obj, "agent") or adaptor,
+        adaptor=adaptor,
+        command=command,
+        args=tuple(args),
+        env=dict(env),
+        prompt=_req_str(obj, "prompt"),
+        model=_opt_str(obj, "model"),
+        workspace=workspace,
+        job_dir=str(job_dir),
+        timeout=_number(obj, "timeout", None, positive=True),
+        heartbeat_interval=_number(obj, "heartbeat_interval", 5.0, positive=True) or 5.0,
+        kill_grace=_number(obj, "kill_grace", 10.0, positive=False) or 0.0,
+        user=_opt_str(obj, "user"),
+        resume_session=_opt_str(obj, "resume_session"),
+        state_dir=_opt_str(obj, "state_dir"),
+    )

@@ -1,0 +1,114 @@
+"""Mirrors of the repositories (`mirrors/<name>.git`): made and fetched by the scheduler alone.
+
+A bare `git clone --mirror` of each repository, written ONLY by the scheduler and ONLY
+while it holds that repository's lock (so one process at a time touches one mirror).
+ensure_mirror():
+- absent: `git clone --mirror URL <mirrors_dir>/.prep.<name>.git`, then rename into place
+  and fsync the folder: the final name exists only once the mirror is complete. A crash
+  mid-clone leaves the `.prep.` folder, which the next ensure_mirror of that name removes
+  before anything else (only that name's: another repository's `.prep.` folder may be in
+  use under its own lock). git runs with core.fsync=committed, so objects and refs are on
+  disk before the rename.
+- present: `git fetch --prune` (with a timeout). A failure raises MirrorError carrying
+  git's stderr; the mirror is left as it was (fetch updates refs atomically).
+- present but not a mirror of the repository's URL (a repository removed and registered
+  again elsewhere, or not a git folder at all): renamed to the `.prep.` name (atomic),
+  removed, and cloned afresh.
+- a repository without a branch follows the remote's default branch: after the fetch the
+  mirror's HEAD is pointed at the remote's HEAD (`ls-remote --symref`), so a clone of the
+  mirror without --branch lands on the remote's current default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from supervisor.config import RepoConfig
+from supervisor.state.atomic import ensure_dir, remove_tree
+from supervisor.state.fs import REAL
+from supervisor.state.git import GitError, run_git
+from supervisor.state.layout import mirror_path
+from supervisor.state.repos import head_branch
+
+__all__ = ["FETCH_TIMEOUT", "MIRROR_PREP_PREFIX", "MirrorError", "ensure_mirror"]
+
+#: Seconds a `git fetch` (or a `git clone --mirror`) of one repository may take.
+FETCH_TIMEOUT = 1800.0
+#: A mirror under construction (or being replaced) is `<mirrors_dir>/.prep.<name>.git`.
+MIRROR_PREP_PREFIX = ".prep."
+
+
+class MirrorError(Exception):
+    """A mirror could not be made or refreshed; str() carries git's stderr."""
+
+
+def _git(args: list[str], *, timeout: float, what: str) -> str:
+    try:
+        return run_git(args, timeout=timeout, what=what)
+    except GitError as exc:
+        raise MirrorError(str(exc)) from None
+
+
+def _mirror_url(path: Path) -> str | None:
+    """The origin URL of the mirror at `path`, or None if it is not a usable git folder."""
+    if not path.is_dir() or path.is_symlink():
+        return None
+    try:
+        out = _git([f"--git-dir={path}", "config", "--get", "remote.origin.url"],
+                   timeout=60.0, what="git config")
+    except MirrorError:
+        return None
+    return out.strip() or None
+
+
+def _follow_head(name: str, repo: RepoConfig, path: Path, timeout: float) -> None:
+    """Point the mirror's HEAD at the remote's default branch (if it has one)."""
+    gitdir = f"--git-dir={path}"
+    out = _git([gitdir, "ls-remote", "--symref", "origin", "HEAD"], timeout=timeout,
+               what=f"git ls-remote of repository {name!r} ({repo.url})")
+    branch = head_branch(out)
+    if branch is None:
+        return
+    want = f"refs/heads/{branch}"
+    have = _git([gitdir, "symbolic-ref", "-q", "HEAD"], timeout=60.0,
+                what=f"reading the HEAD of the mirror of {name!r}").strip()
+    if have != want:
+        _git([gitdir, "symbolic-ref", "HEAD", want], timeout=60.0,
+             what=f"setting the HEAD of the mirror of {name!r}")
+
+
+def ensure_mirror(name: str, repo: RepoConfig, mirrors_dir: str | os.PathLike[str], *,
+                  timeout: float = FETCH_TIMEOUT) -> Path:
+    """Create (clone --mirror) or refresh (fetch --prune) the mirror of `name`; its path.
+
+    The caller (the scheduler) holds the repository's lock. MirrorError with git's stderr
+    if the remote cannot be cloned or fetched; an existing mirror is then left as it was.
+    """
+    folder = Path(mirrors_dir)
+    path = mirror_path(folder, name)
+    staging = folder / f"{MIRROR_PREP_PREFIX}{path.name}"
+    remove_tree(staging)                    # a crash mid-clone or mid-replacement
+    if (path.exists() or path.is_symlink()) and _mirror_url(path) != repo.url:
+        os.rename(path, staging)             # not ours (any more): out of the way, atomically
+        REAL.fsync_dir(str(folder))
+        remove_tree(staging)
+    if not path.exists():
+        ensure_dir(folder)
+        try:
+            _git(["-c", "core.fsync=committed", "clone", "--mirror", "--quiet", "--",
+                  repo.url, str(staging)], timeout=timeout,
+                 what=f"git clone --mirror of repository {name!r} ({repo.url})")
+            os.rename(staging, path)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        REAL.fsync_dir(str(folder))
+        return path
+    _git(["-c", "core.fsync=committed", f"--git-dir={path}", "fetch", "--prune", "--quiet",
+          "origin"], timeout=timeout,
+         what=f"git fetch of repository {name!r} ({repo.url}) into its mirror")
+    if repo.branch is None:
+        _follow_head(name, repo, path, timeout)
+    return path
+

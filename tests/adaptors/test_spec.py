@@ -1,0 +1,37 @@
+"""The job spec an adaptor reads (adaptors._spec): defaults, and every bad field named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adaptors._spec import SpecError, parse_spec
+
+MINIMAL = {"id": "j1", "adaptor": "command", "prompt": "true", "workspace": "/ws"}
+JOB = Path("/state/jobs/j1")
+
+
+def test_minimal_spec_gets_documented_defaults() -> None:
+    """Only id/adaptor/prompt/workspace given: heartbeat 5s, grace 10s, no timeout, no user."""
+    spec = parse_spec(MINIMAL, JOB)
+    assert ("command", None, (), {}, None, 5.0, 10.0, None, None, str(JOB)) == (
+        spec.agent, spec.command, spec.args, spec.env, spec.timeout, spec.heartbeat_interval,
+        spec.kill_grace, spec.user, spec.resume_session, spec.job_dir)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("id", "other", "id: 'other' does not match the job folder 'j1'"),
+    ("args", "ls", "args: expected a list of strings"),
+    ("env", {"A": 1}, "env: expected an object of string values"),
+    ("workspace", "rel/ws", "workspace: expected an absolute path, found 'rel/ws'"),
+    ("timeout", -1, "timeout: must be > 0, found -1"),
+    ("timeout", "1h", "timeout: expected a number of seconds, found '1h'"),
+    ("prompt", None, "prompt: expected a string, found NoneType"),
+    ("command", "", "command: empty string (use null for the adaptor's default binary)"),
+])
+def test_bad_spec_fields_are_named(field: str, value: object, message: str) -> None:
+    """Each malformed field is refused with a message naming the key and the problem."""
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**MINIMAL, field: value}, JOB)
+    assert message == str(caught.value)

@@ -1,0 +1,64 @@
+"""The one git runner (state.git): never prompts, gives up on stalls, dies with its starter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from supervisor.state.git import GitError, git_env, run_git
+from supervisor.state.proc import alive
+
+
+def test_git_gives_up_on_a_stalled_remote_rather_than_waiting_for_the_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every git batchd runs never prompts, and aborts a transfer that stalls (http, ssh);
+    an operator's own settings of those variables are kept."""
+    for var in ("GIT_SSH_COMMAND", "GIT_HTTP_LOW_SPEED_LIMIT", "GIT_HTTP_LOW_SPEED_TIME"):
+        monkeypatch.delenv(var, raising=False)
+    env = git_env()
+    assert ("0", "1024", "60") == (env["GIT_TERMINAL_PROMPT"], env["GIT_HTTP_LOW_SPEED_LIMIT"],
+                                   env["GIT_HTTP_LOW_SPEED_TIME"])
+    assert "ServerAliveInterval=15" in env["GIT_SSH_COMMAND"]
+    monkeypatch.setenv("GIT_HTTP_LOW_SPEED_TIME", "600")
+    assert "600" == git_env()["GIT_HTTP_LOW_SPEED_TIME"]
+
+
+def test_git_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """A git started through git_command is SIGKILLed when its starter dies (a scheduler
+    killed mid-clone leaves no git writing into the mirror its successor redoes)."""
+    pid_file = tmp_path / "git.pid"
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from supervisor.state.git import git_command\n"
+        "p = subprocess.Popen(git_command(['-c', 'alias.wait=!sleep 30', 'wait']))\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n")])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert time.monotonic() < deadline, "the starter never started git"
+            time.sleep(0.01)
+        git_pid = int(pid_file.read_text())
+        comm = Path(f"/proc/{git_pid}/comm")
+        while comm.read_text().strip() != "git":    # past setpriv's prctl and exec
+            assert time.monotonic() < deadline, "git never started"
+            time.sleep(0.01)
+    finally:
+        starter.kill()
+        starter.wait()
+    deadline = time.monotonic() + 10
+    while alive(git_pid, None):
+        assert time.monotonic() < deadline, "git outlived the process that started it"
+        time.sleep(0.01)
+
+
+def test_run_git_names_what_failed_with_gits_own_words(tmp_path: Path) -> None:
+    """A failing git: GitError "<what> failed: <git's stderr>"; success: its stdout."""
+    with pytest.raises(GitError) as info:
+        run_git(["-C", str(tmp_path), "rev-parse", "HEAD"], timeout=30, what="reading HEAD")
+    assert str(info.value).startswith("reading HEAD failed: fatal: not a git repository")
+    assert run_git(["--version"], timeout=30, what="version").startswith("git version")
