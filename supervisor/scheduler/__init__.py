@@ -15,12 +15,14 @@ Inbox `scheduler/inbox/`: batchctl drops one REQUEST file per `submit` (all jobs
 `--from` file in one) or `cancel`, atomically. The handler table `HANDLERS` maps the kind:
 
 - submit {jobs: [job, ...]}: the whole request is checked first (a list of objects with
-  valid, distinct ids, an agent, and no key outside JOB_KEYS: a submission cannot set a
-  job's state, attempts or pid); a bad one is quarantined with no job queued (all or
-  nothing, as batchctl promises). Then the jobs whose id the queue does not know yet go in with one
-  `enqueue_many` (one fsync), each with its `workspace` (<workspace_dir>/<id>) and
-  `output_path` (<state_dir>/jobs/<id>/output); `submitted` is incremented by their number.
-- cancel {job}: by the job's state (`_dispatch.cancel`, the lifecycle's table): queued/
+  valid, distinct ids, checked by state.submission's one validator: a submission cannot
+  set a job's state, attempts or pid); a bad one is quarantined with no job queued (all
+  or nothing, as batchctl promises). Then the jobs whose id the queue does not know yet go
+  in with one `enqueue_many` (one fsync, `submitted` counted in the same write), each with
+  its `workspace` (<workspace_dir>/<id>) and `output_path` (<state_dir>/jobs/<id>/output).
+- cancel {job} (always after the submits of the same pass; one for a job not known yet
+  waits in the inbox until the job arrives, see runtime.NotYet): by the job's state
+  (`_dispatch.cancel`, the lifecycle's table): queued/
   waiting -> cancelled now (finished_at, reason "cancelled by operator", counter
   `cancelled`); starting/running -> `cancel_requested: true`, then SIGTERM to the job's
   process group; cancelled when its result arrives, SIGKILL if it overstays; terminal ->
@@ -42,9 +44,9 @@ acquire request), and every re-attached running non-exclusive job releases again
 Crash safety: the queue is durable when enqueue_many/update return; the request file is
 removed only after that, so a crash in between leaves it and the next pass replays it.
 The replay changes nothing: known ids are skipped (no duplicate job), a cancelled job is
-terminal. A counter is a separate WAL record written after its effect, so a crash between
-the two loses that one increment and never counts twice (also when a power cut keeps only a
-prefix of an enqueue_many batch: the replay queues and counts only the rest).
+terminal. A counter is written in the same atomic WAL group as what it counts (the jobs
+enqueued, the terminal states), so a crash keeps both or neither: `stats` never drifts
+from the jobs.
 
 The loop (`serve`): on an inbox hint (or the watcher's rescan) and, while any job is
 starting/running, every `_dispatch.tick_interval` (min(1 s, heartbeat/2)), one pass: take
@@ -75,6 +77,7 @@ from supervisor.runtime import (
     EXIT_RECOVERY_FAILED,
     BadRequest,
     Log,
+    NotYet,
     Watcher,
     handle_inbox,
     job_of,
@@ -140,10 +143,8 @@ def submit(s: Scheduler, req: dict[str, Any]) -> None:
         job["workspace"] = workspace(job_id)
         job["output_path"] = output(job_id)
         entries.append((job_id, job))
-    added = s.queue.enqueue_many(entries)
+    added = s.queue.enqueue_many(entries, count="submitted")
     new = sum(added)
-    if new:
-        s.queue.incr("submitted", new)
     if new < len(entries):
         known = [job_id for (job_id, _), ok in zip(entries, added, strict=True) if not ok]
         s.log.info("submit: jobs already known skipped (replay)", request=req["id"],
@@ -157,7 +158,9 @@ def cancel(s: Scheduler, req: dict[str, Any]) -> None:
     """Cancel one job according to its current state (idempotent)."""
     job_id = job_of(req)
     if _dispatch.cancel(s.jobs, job_id) is None:
-        s.log.warning("cancel: no such job", job=job_id, request=req["id"])
+        # Its submit may not be here yet (batchctl saw it pending in the inbox, and a
+        # listing can miss a file renamed in meanwhile): keep the request until it is.
+        raise NotYet(f"no job {job_id!r} yet")
 
 
 def job_exited(s: Scheduler, req: dict[str, Any]) -> None:

@@ -67,10 +67,10 @@ order of side effects is the lifecycle's: within one pass the WAL writes are col
 `starting` is durable before the fork: a crash after the fork finds it and re-attaches or
 relaunches by the lifecycle's `starting` rule) and before the pass returns (before an
 inbox request is removed). A signal or a kill therefore precedes its WAL record; a crash
-in between re-sends the signal on the next tick, which is harmless. Counters are separate
-records written after the state they count: a crash in between loses that increment,
-never counts twice. An adaptor holds jobs/<id>/adaptor.lock for its life and refuses to
-run a job that has a result, so a relaunch never runs an agent twice.
+in between re-sends the signal on the next tick, which is harmless. Counters go in the same
+atomic WAL group as the states they count (`_Batch.flush`). An adaptor holds
+jobs/<id>/adaptor.lock for its life and refuses to run a job that has a result, so a
+relaunch never runs an agent twice.
 """
 
 from __future__ import annotations
@@ -205,12 +205,10 @@ class _Batch:
         return queue.state(job_id)
 
     def flush(self, queue: JobQueue) -> None:
-        """The updates (one update_many: durable together), then the counters."""
-        if self.updates:
-            queue.update_many(self.updates)
+        """The updates and the counters of what they did, in one atomic, durable write."""
+        if self.updates or self.counters:
+            queue.update_many(self.updates, counters=self.counters)
             self.updates = []
-        for name, n in sorted(self.counters.items()):
-            queue.incr(name, n)
         self.counters.clear()
 
 

@@ -8,9 +8,13 @@ API (what the scheduler and batchctl code against)
                                     # damaged ranges skipped, groups/records dropped, orphan
                                     # updates, quarantined files, errors, jobs, duration_ms
     q.enqueue(job_id, body) -> bool         # False: duplicate id, nothing changed
-    q.enqueue_many([(id, body), ...]) -> list[bool]      # one atomic write, one fsync
-    q.update(job_id, **fields) / q.update_many([(id, {fields}), ...])   # durable; KeyError
-                                            # for an unknown id, ValueError for a bad state
+    q.enqueue_many([(id, body), ...], count="submitted") -> list[bool]
+                                            # one atomic write, one fsync; `count` is
+                                            # incremented by the jobs added, in that write
+    q.update(job_id, **fields) / q.update_many([(id, {fields}), ...], counters={...})
+                                            # durable; the counters in the same write;
+                                            # KeyError for an unknown id, ValueError for
+                                            # a bad state
     q.get(job_id) -> dict | None    # body merged with current fields, plus "id" and "state"
     q.state(job_id) -> str | None
     q.ids(state=None) -> list[str]  # submission (FIFO) order
@@ -78,7 +82,7 @@ import threading
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate, compress, repeat
 from typing import Any, Protocol
 
@@ -678,8 +682,12 @@ class JobQueue:
         self._durable(ticket)
         return fresh
 
-    def enqueue_many(self, jobs: Iterable[tuple[str, dict[str, Any]]]) -> list[bool]:
-        """Add many jobs with one fsync; one bool per job (False: duplicate id)."""
+    def enqueue_many(self, jobs: Iterable[tuple[str, dict[str, Any]]], *,
+                     count: str | None = None) -> list[bool]:
+        """Add many jobs with one fsync; one bool per job (False: duplicate id).
+
+        `count` names a counter incremented by the number of jobs added, in the same
+        atomic write: a crash keeps both or neither, so the counter never drifts."""
         self._writable()
         encoded = [(job_id, _encode_enqueue(job_id, body)) for job_id, body in jobs]
         fresh: list[bool] = []
@@ -692,6 +700,8 @@ class JobQueue:
                 fresh.append(new)
                 if new:
                     payloads.append(payload)
+            if count is not None and payloads:
+                payloads.append(_encode_incr(count, len(payloads)))
             ticket = self._commit(payloads)
         self._durable(ticket)
         return fresh
@@ -700,15 +710,20 @@ class JobQueue:
         """Change a job's state and/or fields, durably. KeyError if there is no such job."""
         self.update_many([(job_id, fields)])
 
-    def update_many(self, changes: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        """Apply many updates with one fsync; all are checked before any is written."""
+    def update_many(self, changes: Iterable[tuple[str, dict[str, Any]]], *,
+                    counters: Mapping[str, int] | None = None) -> None:
+        """Apply many updates with one fsync; all are checked before any is written.
+
+        `counters` are incremented in the same atomic write (a job's terminal state and
+        the count of that state survive a crash together, or not at all)."""
         self._writable()
         encoded = [(job_id, _encode_update(job_id, fields)) for job_id, fields in changes]
+        incs = [_encode_incr(name, n) for name, n in sorted((counters or {}).items()) if n]
         with self._lock:
             for job_id, _ in encoded:
                 if self._jobs.find(job_id) is None:
                     raise KeyError(f"no job {job_id!r} in the queue")
-            ticket = self._commit([p for _, p in encoded])
+            ticket = self._commit([p for _, p in encoded] + incs)
         self._durable(ticket)
 
     def incr(self, counter: str, n: int = 1) -> None:
