@@ -58,7 +58,7 @@ from supervisor.runtime import (
     stop_requested,
 )
 from supervisor.state.atomic import CORRUPT_MARK, Corrupt, ensure_dir, is_tmp_name, quarantine
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.fs import FS, REAL
 from supervisor.state.layout import DELIVERY, Layout, read_record, write_record
 from supervisor.state.webhook import (
@@ -169,7 +169,7 @@ class Callbacks:
     outbox: Outbox
     transport: Transport
     settings: CallbacksConfig
-    now: Callable[[], float] = time.time
+    clock: Clock = SYSTEM_CLOCK
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def store(self, rec: dict[str, Any]) -> None:
@@ -189,7 +189,7 @@ def recover(state: Callbacks) -> tuple[dict[str, int], dict[str, int], list[str]
     for rec in records:
         found[rec["state"]] += 1
         if rec["state"] == "in_flight":
-            state.store(interrupted(rec, state.now()))     # durable before ready
+            state.store(interrupted(rec, state.clock.time()))     # durable before ready
             state.log.warning("delivery interrupted by a crash: it will be sent again",
                               event_id=rec["id"], url=rec["url"], attempts=rec["attempts"])
             requeued += 1
@@ -220,7 +220,7 @@ def handle_deliver(state: Callbacks, req: dict[str, Any]) -> None:
     if event_id in state.pending or state.outbox.get(event_id) is not None:
         state.log.info("delivery request replayed: already in the outbox", event_id=event_id)
         return
-    state.store(new_delivery(req, state.now()))
+    state.store(new_delivery(req, state.clock.time()))
     state.log.info("delivery queued", event_id=event_id, job=req.get("job"), url=req["url"])
 
 
@@ -232,7 +232,7 @@ def handle_retry(state: Callbacks, req: dict[str, Any]) -> None:
         state.log.warning("retry of an unknown delivery ignored", event_id=event_id)
         return
     try:
-        rec = operator_retry(rec, state.now())
+        rec = operator_retry(rec, state.clock.time())
     except InvalidTransition as exc:
         state.log.warning("retry ignored", event_id=event_id, reason=str(exc))
         return
@@ -252,13 +252,13 @@ HANDLERS: dict[str, Callable[[Callbacks, dict[str, Any]], None]] = {
 def deliver_next(state: Callbacks) -> bool:
     """Make one try of the earliest due delivery; False if none is due."""
     first = earliest(state.pending.values())
-    if first is None or due_at(first) > state.now():
+    if first is None or due_at(first) > state.clock.time():
         return False
-    rec = begin(first, state.now())
+    rec = begin(first, state.clock.time())
     state.store(rec)                     # durable "in_flight" before the POST
     result = attempt(state.transport, rec, secret=state.settings.secret,
                      timeout=state.settings.timeout)
-    rec = finish(rec, result, state.now(), state.settings.retry_schedule)
+    rec = finish(rec, result, state.clock.time(), state.settings.retry_schedule)
     state.store(rec)
     state.log.info("delivery try", event_id=rec["id"], url=rec["url"], attempts=rec["attempts"],
                    outcome=result.outcome, error=result.error, state=rec["state"],
@@ -271,7 +271,7 @@ def sleep_for(state: Callbacks) -> float | None:
     first = earliest(state.pending.values())
     if first is None:
         return None
-    return max(0.0, due_at(first) - state.now())
+    return max(0.0, due_at(first) - state.clock.time())
 
 
 def serve(state: Callbacks, waiter: Waiter, inbox: Path, *,

@@ -94,7 +94,7 @@ from supervisor.runtime import (
     stop_requested,
 )
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, quarantine, remove
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import (
     WORKER_STATE,
     Layout,
@@ -150,7 +150,7 @@ class Locks:
     log: Log
     table: Table = field(default_factory=Table)
     saved: dict[str, Any] | None = None
-    now: Callable[[], str] = iso_now
+    clock: Clock = SYSTEM_CLOCK
 
     def known(self) -> dict[str, Any]:
         """The repositories that exist now: the config's plus the registered ones."""
@@ -207,7 +207,7 @@ def _hint(lk: Locks, jobs: Iterable[str]) -> int:
     """Drop `granted-<job>` into the scheduler's inbox for each job; how many."""
     n = 0
     for job in jobs:
-        send_request(lk.layout, "scheduler", granted_hint(job, created_at=iso_now()))
+        send_request(lk.layout, "scheduler", granted_hint(job, created_at=lk.clock.iso_now()))
         n += 1
     return n
 
@@ -215,7 +215,7 @@ def _hint(lk: Locks, jobs: Iterable[str]) -> int:
 def settle(lk: Locks, *, hint: bool = True) -> list[str]:
     """Grant what is free, save the table (if changed), then hint the granted jobs."""
     known = lk.known()
-    granted = grant(lk.table, lk.now(), lambda repo: repo in known)
+    granted = grant(lk.table, lk.clock.iso_now(), lambda repo: repo in known)
     save(lk, unavailable(lk.table, known))
     for job in granted:
         lk.log.info("locks granted", job=job, repos=lk.table.holds(job))
@@ -333,7 +333,7 @@ def _waiting_holders(table: Table, state_of: Callable[[str], str | None] | None
     return [job for job in holders if state_of is None or state_of(job) == "waiting"]
 
 
-def recover(cfg: Config, layout: Layout, log: Log, *, now: Callable[[], str] = iso_now
+def recover(cfg: Config, layout: Layout, log: Log, *, clock: Clock = SYSTEM_CLOCK
             ) -> tuple[Locks, dict[str, Any], dict[str, Any], list[str]]:
     """Rebuild the table from state.json and the WAL: (locks, found, did, degraded).
 
@@ -342,7 +342,7 @@ def recover(cfg: Config, layout: Layout, log: Log, *, now: Callable[[], str] = i
     ensure_dir(layout.worker_dir(NAME))
     path = layout.worker_state(NAME)
     table, problem = _read_table(path)
-    lk = Locks(cfg, layout, log, now=now)
+    lk = Locks(cfg, layout, log, clock=clock)
     degraded: list[str] = []
     if isinstance(problem, Corrupt):
         log.warning("locks state corrupt, rebuilding it from the job queue", path=str(path),
@@ -365,7 +365,7 @@ def recover(cfg: Config, layout: Layout, log: Log, *, now: Callable[[], str] = i
         state_of: Callable[[str], str | None] = (
             queue.state if queue is not None else lambda job: None)   # no WAL: no jobs
         if table is None:
-            table = Table() if queue is None else rebuild(queue, lk.known(), log, now())
+            table = Table() if queue is None else rebuild(queue, lk.known(), log, clock.iso_now())
         lk.table = table
         dropped = reconcile(table, state_of) if readable else []
         granted = settle(lk, hint=False)

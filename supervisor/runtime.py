@@ -418,7 +418,7 @@ class Watcher:
     """
 
     def __init__(self, folders: Sequence[Path], rescan_interval: float = 5.0, *,
-                 clock: Callable[[], float] = time.monotonic, log: Log | None = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, log: Log | None = None) -> None:
         self.folders = [Path(f) for f in folders]
         self.rescan_interval = rescan_interval
         self._clock = clock
@@ -491,19 +491,19 @@ class Watcher:
 
     def _due(self) -> bool:
         self._drain()
-        self._rescan_at = self._clock() + self.rescan_interval
+        self._rescan_at = self._clock.monotonic() + self.rescan_interval
         return True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a hint or the rescan (True) or until `timeout` seconds pass (False)."""
-        now = self._clock()
+        now = self._clock.monotonic()
         if self._rescan_at is None or now >= self._rescan_at:
             return self._due()
         limit = self._rescan_at - now
         if timeout is not None:
             limit = min(limit, max(0.0, timeout))
         readable, _, _ = select.select([self._r], [], [], limit)
-        if readable or self._clock() >= self._rescan_at:
+        if readable or self._clock.monotonic() >= self._rescan_at:
             return self._due()
         return False
 
@@ -511,17 +511,18 @@ class Watcher:
 def run_loop(waiter: Waiter, handle_pass: Callable[[], object], *,
              periodic: tuple[float, Callable[[], object]] | None = None,
              stop: Callable[[], bool] = stop_requested,
-             clock: Callable[[], float] = time.monotonic) -> None:
+             clock: Clock = SYSTEM_CLOCK) -> None:
     """Wait for a hint or rescan, run one pass, repeat until `stop()`; also run
     `periodic = (interval, fn)` every `interval` seconds (first one interval from now)."""
-    next_at = None if periodic is None else clock() + periodic[0]
+    next_at = None if periodic is None else clock.monotonic() + periodic[0]
     while not stop():
-        timeout = None if next_at is None else max(0.0, next_at - clock())
+        timeout = None if next_at is None else max(0.0, next_at - clock.monotonic())
         if waiter.wait(timeout) and not stop():
             handle_pass()
-        if periodic is not None and next_at is not None and clock() >= next_at and not stop():
+        if (periodic is not None and next_at is not None and clock.monotonic() >= next_at
+                and not stop()):
             periodic[1]()
-            next_at = clock() + periodic[0]
+            next_at = clock.monotonic() + periodic[0]
 
 
 # -- inboxes --------------------------------------------------------------------------------------

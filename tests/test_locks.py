@@ -18,7 +18,7 @@ from supervisor import log as _log
 from supervisor import runtime as _runtime
 from supervisor.config import Config, RepoConfig
 from supervisor.state.atomic import CORRUPT_MARK
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.layout import READY, REQUEST, WORKER_STATE, Layout, read_record, write_record
 from supervisor.state.locktable import acquire_request, release_request
 from supervisor.state.queue import JobQueue
@@ -49,7 +49,8 @@ def layout(cfg: Config) -> Layout:
 
 
 def recover(cfg: Config) -> tuple[locks.Locks, dict[str, Any], dict[str, Any], list[str]]:
-    return locks.recover(cfg, Layout(cfg.state_dir), _log.get("test"), now=lambda: T0)
+    clock = MockClock(parse_iso(T0) or 0.0)
+    return locks.recover(cfg, Layout(cfg.state_dir), _log.get("test"), clock=clock)
 
 
 def state(layout: Layout) -> dict[str, Any]:

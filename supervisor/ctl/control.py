@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx, age, cell, table
 from supervisor.state.atomic import ensure_dir
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import CONTROL, REPLY, Layout, read_record, write_record
 from supervisor.state.view import (
     Unreadable,
@@ -65,11 +64,10 @@ def reply_timeout(ctx: Ctx, op: str, worker: str | None) -> float:
 
 
 def wait_reply(layout: Layout, request_id: str, timeout: float, *,
-               clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+               clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     """The parent's reply to `request_id`; CtlError if batchd stops or `timeout` passes."""
     path = layout.reply_file(request_id)
-    deadline = clock() + timeout
+    deadline = clock.monotonic() + timeout
     while True:
         reply = read_record(REPLY, path, owner=False)
         if isinstance(reply, dict):
@@ -79,10 +77,10 @@ def wait_reply(layout: Layout, request_id: str, timeout: float, *,
             if isinstance(reply, dict):
                 return reply
             raise CtlError(f"batchd stopped before answering request {request_id}")
-        if clock() >= deadline:
+        if clock.monotonic() >= deadline:
             raise CtlError(f"no reply from batchd within {timeout:g}s "
                            f"(request {request_id} is still in {layout.control_inbox})")
-        sleep(_POLL_S)
+        clock.sleep(_POLL_S)
 
 
 def send_control(ctx: Ctx, op: str, worker: str | None) -> dict[str, Any]:

@@ -9,8 +9,7 @@ request once its turn comes (idempotent by job id: cancelling a terminal job doe
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from supervisor.config import WORKER_NAMES, parse_duration
@@ -24,6 +23,7 @@ from supervisor.ctl.out import (
     cell,
     table,
 )
+from supervisor.state.clock import SYSTEM_CLOCK, Clock
 from supervisor.state.jobs import batch_record, cancel_request, job_record, valid_job_id
 from supervisor.state.layout import send_request
 from supervisor.state.view import TERMINAL, JobView, open_view, read_workers
@@ -127,8 +127,7 @@ def cmd_cancel(ctx: Ctx, job_id: str) -> int:
 
 
 def wait_for(ctx: Ctx, job_ids: list[str], timeout: float | None, *,
-             clock: Callable[[], float] = time.monotonic,
-             sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
+             clock: Clock = SYSTEM_CLOCK) -> list[dict[str, Any]]:
     """The records of `job_ids` once all are terminal, or as they were when `timeout` passed
     (then some are not terminal: that is how the caller tells a timeout).
 
@@ -137,15 +136,16 @@ def wait_for(ctx: Ctx, job_ids: list[str], timeout: float | None, *,
     """
     for job_id in job_ids:
         check_id(job_id)
-    deadline = None if timeout is None else clock() + timeout
+    deadline = None if timeout is None else clock.monotonic() + timeout
     interval = 0.05
     while True:
         with open_view(ctx.cfg, ctx.layout) as view:
             records = [lookup(view, j) for j in job_ids]
-        if _all_ended(records) or (deadline is not None and clock() >= deadline):
+        if _all_ended(records) or (deadline is not None and clock.monotonic() >= deadline):
             return records
-        pause = interval if deadline is None else min(interval, max(0.0, deadline - clock()))
-        sleep(pause)
+        left = None if deadline is None else max(0.0, deadline - clock.monotonic())
+        pause = interval if left is None else min(interval, left)
+        clock.sleep(pause)
         interval = min(interval * 1.5, 0.5)
 
 

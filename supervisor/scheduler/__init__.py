@@ -86,7 +86,7 @@ from supervisor.runtime import (
 )
 from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler.dispatch import Jobs, Launcher
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import Layout
 from supervisor.state.locktable import GRANTED
 from supervisor.state.queue import JobQueue, QueueError
@@ -207,23 +207,22 @@ def one_pass(s: Scheduler, *, inbox: bool = True) -> None:
     _dispatch.dispatch(s.jobs)
 
 
-def serve(s: Scheduler, watcher: Watcher, *,
-          clock: Callable[[], float] = time.monotonic) -> None:
+def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> None:
     """The loop until SIGTERM: a pass on every inbox hint (or rescan) and, while any job is
     starting/running, every tick interval; with none, asleep until a hint."""
     interval = _dispatch.tick_interval(s.cfg)
-    next_tick = clock() + interval
+    next_tick = clock.monotonic() + interval
     while not stop_requested():
-        timeout = (0.0 if s.jobs.backlog else max(0.0, next_tick - clock()) if s.jobs.active
-                   else None)
+        timeout = (0.0 if s.jobs.backlog
+                   else max(0.0, next_tick - clock.monotonic()) if s.jobs.active else None)
         hinted = watcher.wait(timeout)
         if stop_requested():
             break
-        due = clock() >= next_tick
+        due = clock.monotonic() >= next_tick
         if hinted or due or s.jobs.backlog:
             one_pass(s, inbox=hinted)
         if due or not s.jobs.active:
-            next_tick = clock() + interval
+            next_tick = clock.monotonic() + interval
 
 
 def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None = None

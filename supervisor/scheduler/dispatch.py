@@ -91,7 +91,7 @@ from supervisor.scheduler import jobfiles as _jobfiles
 from supervisor.scheduler import lifecycle as lc
 from supervisor.scheduler.events import BatchIndex, emit_job_end
 from supervisor.scheduler.launch import Launched, LaunchError, launch
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import (
     WORKER_STATE,
     Layout,
@@ -160,7 +160,7 @@ class Jobs:
     log: Log
     timing: lc.Timing
     launcher: Launcher = _launch
-    clock: Callable[[], float] = time.time
+    clock: Clock = SYSTEM_CLOCK
     active: set[str] = field(default_factory=set)       # starting/running job ids
     warned: dict[str, float] = field(default_factory=dict)   # id -> last stale warning
     batches: BatchIndex = field(default_factory=BatchIndex)  # cache for batch events
@@ -181,7 +181,7 @@ class Jobs:
     @classmethod
     def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
              launcher: Launcher | None = None,
-             clock: Callable[[], float] = time.time) -> Jobs:
+             clock: Clock = SYSTEM_CLOCK) -> Jobs:
         """Jobs over an open queue; the active set is rebuilt from it."""
         active = {*queue.ids(lc.State.STARTING.value), *queue.ids(lc.State.RUNNING.value)}
         return cls(cfg, layout, queue, log, lc.Timing.from_config(cfg.scheduler),
@@ -286,7 +286,7 @@ def _wait_for_locks(j: Jobs, entry: dict[str, Any], repositories: dict[str, Repo
                     ) -> None:
     """queued -> waiting (durable, with lock_exclusive and lock_seq), then the acquire."""
     batch = _Batch()
-    d = lc.step(entry, lc.Event.WAIT_LOCK, lc.Facts(now=j.clock(), timing=j.timing))
+    d = lc.step(entry, lc.Event.WAIT_LOCK, lc.Facts(now=j.clock.time(), timing=j.timing))
     job = _Job(entry)
     _execute(j, job, d, batch)
     extra = {"lock_exclusive": exclusive_for(entry, repositories), "lock_seq": _next_seq(j)}
@@ -366,7 +366,7 @@ def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
     if job.entry.get("cancel_requested"):       # its finalize releases the locks
         j.log.info("job cancelled while its workspace was cloned: not launched", job=job.id)
         _execute(j, job, lc.step(job.entry, lc.Event.CANCEL_SETTLED,
-                                 lc.Facts(now=j.clock(), timing=j.timing)), batch)
+                                 lc.Facts(now=j.clock.time(), timing=j.timing)), batch)
         return
     exc = future.exception()
     if exc is not None:
@@ -381,7 +381,7 @@ def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
 def _launch_failed(j: Jobs, job: _Job, exc: BaseException, batch: _Batch) -> None:
     j.log.warning("job launch failed", job=job.id, error=str(exc))
     d = lc.step(job.entry, lc.Event.LAUNCH_FAILED,
-                lc.Facts(now=j.clock(), timing=j.timing, error=str(exc)))
+                lc.Facts(now=j.clock.time(), timing=j.timing, error=str(exc)))
     _execute(j, job, d, batch)
 
 
@@ -397,7 +397,7 @@ def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:
                    unit=launched.unit, relaunch=relaunch)
         return
     d = lc.step(job.entry, lc.Event.LAUNCHED,
-                lc.Facts(now=j.clock(), timing=j.timing, pid=launched.pid,
+                lc.Facts(now=j.clock.time(), timing=j.timing, pid=launched.pid,
                          start=launched.start))
     j.log.info("job running", job=job.id, adaptor=launched.pid, relaunch=relaunch)
     _execute(j, job, d, batch)
@@ -410,7 +410,7 @@ def _do_kill(j: Jobs, job: _Job, action: lc.KillGroup, batch: _Batch) -> None:
 
 
 def _do_warn(j: Jobs, job: _Job, action: lc.WarnStale, batch: _Batch) -> None:
-    now = j.clock()
+    now = j.clock.time()
     last = j.warned.get(job.id)
     if last is not None and now - last < STALE_WARN_EVERY:
         return
@@ -498,7 +498,7 @@ def _tick(j: Jobs, job_id: str, batch: _Batch) -> tuple[_Job, lc.Decision] | Non
         entry = prepared.entry
         if entry["state"] not in lc.ACTIVE:
             return None
-    now = j.clock()
+    now = j.clock.time()
     job = _Job(entry, _jobfiles.observe(j.layout, entry, now, j.cfg))
     assert job.obs is not None
     d = lc.tick(entry, job.obs, now, j.timing)
@@ -582,7 +582,7 @@ def reattach(j: Jobs) -> dict[str, int]:
 
 def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
     """Step DISPATCHED and carry it out (the launch included); False if it does not apply."""
-    d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock(), timing=j.timing))
+    d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock.time(), timing=j.timing))
     if d.ignored:      # cannot happen for a queued/waiting job; never loop on it
         j.log.error("job not dispatchable", job=entry.get("id"), state=entry["state"])
         return False
@@ -679,7 +679,7 @@ def cancel(j: Jobs, job_id: str) -> str | None:
         return state
     batch = _Batch()
     try:
-        d = lc.step(entry, lc.Event.CANCEL_REQUESTED, lc.Facts(now=j.clock(), timing=j.timing))
+        d = lc.step(entry, lc.Event.CANCEL_REQUESTED, lc.Facts(now=j.clock.time(), timing=j.timing))
         if d.ignored:
             j.log.info("cancel: job already finished, nothing to do", job=job_id, state=state)
         _execute(j, _Job(entry), d, batch)

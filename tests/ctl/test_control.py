@@ -34,7 +34,7 @@ from supervisor.ctl.control import (
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx
 from supervisor.state.atomic import ensure_dir, remove
-from supervisor.state.clock import parse_iso
+from supervisor.state.clock import MockClock, parse_iso
 from supervisor.state.layout import (
     CONTROL,
     REPLY,
@@ -203,16 +203,15 @@ def test_shutdown_waits_until_the_lock_is_released(ctx: Ctx, holder: Holder) -> 
 
 def test_wait_reply_times_out(ctx: Ctx, holder: Holder) -> None:
     """No reply within the timeout: exit 1 naming the request."""
-    ticks = iter(range(0, 1000))
     with pytest.raises(CtlError) as info:
-        wait_reply(ctx.layout, "abc", 5.0, clock=lambda: float(next(ticks)), sleep=lambda s: None)
+        wait_reply(ctx.layout, "abc", 5.0, clock=MockClock())
     assert str(info.value).startswith("no reply from batchd within 5s (request abc")
 
 
 def test_wait_reply_gives_up_when_batchd_is_gone(ctx: Ctx) -> None:
     """batchd not holding its lock any more and no reply: exit 1 at once."""
     with pytest.raises(CtlError) as info:
-        wait_reply(ctx.layout, "abc", 5.0, sleep=lambda s: None)
+        wait_reply(ctx.layout, "abc", 5.0, clock=MockClock())
     assert "batchd stopped before answering request abc" == str(info.value)
 
 

@@ -30,6 +30,7 @@ from supervisor.ctl.jobs import (
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CtlError, Ctx
 from supervisor.state.atomic import ensure_dir
+from supervisor.state.clock import MockClock
 from supervisor.state.jobs import RECORD_FIELDS
 from supervisor.state.layout import REQUEST, WORKERS, Layout, read_record, write_record
 from supervisor.state.queue import JobQueue
@@ -161,7 +162,9 @@ def test_cancel_terminal_job_says_so_and_writes_nothing(ctx: Ctx) -> None:
 def test_wait_returns_when_all_terminal(ctx: Ctx) -> None:
     """Completed and failed jobs: wait returns their records at once."""
     _queue(ctx.layout, (_job("a"), DONE), (_job("b"), FAILED))
-    records = wait_for(ctx, ["a", "b"], None, sleep=lambda s: pytest.fail("slept"))
+    clock = MockClock()
+    records = wait_for(ctx, ["a", "b"], None, clock=clock)
+    assert [] == clock.slept
     assert records is not None
     assert ["completed", "failed"] == [r["state"] for r in records]
 
@@ -179,17 +182,19 @@ def test_wait_exit_codes(ctx: Ctx) -> None:
 def test_wait_sees_a_job_finish_while_it_waits(ctx: Ctx) -> None:
     """The queue changes under the waiting reader; it notices on its next poll."""
     _queue(ctx.layout, (_job("a"), RUNNING))
-    polls: list[float] = []
+    class Finishing(MockClock):
+        """Its second sleep is when the job finishes (the scheduler records it)."""
 
-    def sleep(seconds: float) -> None:
-        polls.append(seconds)
-        if len(polls) == 2:
-            q = JobQueue.open(ctx.layout.wal_dir)
-            q.update("a", **DONE)
-            q.close()
+        def sleep(self, seconds: float) -> None:
+            super().sleep(seconds)
+            if len(self.slept) == 2:
+                q = JobQueue.open(ctx.layout.wal_dir)
+                q.update("a", **DONE)
+                q.close()
 
-    records = wait_for(ctx, ["a"], None, sleep=sleep)
-    assert (2, "completed") == (len(polls), records[0]["state"] if records else None)
+    clock = Finishing()
+    records = wait_for(ctx, ["a"], None, clock=clock)
+    assert (2, "completed") == (len(clock.slept), records[0]["state"] if records else None)
 
 
 def test_wait_unknown_job_exits_1(ctx: Ctx) -> None:
@@ -247,8 +252,7 @@ def test_wait_json_prints_records_in_every_outcome(ctx: Ctx) -> None:
 def test_wait_for_returns_current_records_at_the_deadline(ctx: Ctx) -> None:
     """At the deadline wait_for returns the records as they are (some not terminal)."""
     _queue(ctx.layout, (_job("c"), RUNNING))
-    ticks = iter([0.0, 0.0, 5.0, 5.0])
-    records = wait_for(ctx, ["c"], 1.0, clock=lambda: next(ticks), sleep=lambda s: None)
+    records = wait_for(ctx, ["c"], 1.0, clock=MockClock())
     assert ["running"] == [r["state"] for r in records]
 
 

@@ -24,7 +24,7 @@ import pytest
 from supervisor.config import Config, RepoConfig, SchedulerConfig
 from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler.launch import Launched, LaunchError
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import MockClock, iso_now
 from supervisor.state.layout import (
     REQUEST,
     RESULT,
@@ -61,16 +61,6 @@ class RecLog:
 
     def levels(self, level: str) -> list[str]:
         return [e for lv, e, _ in self.lines if lv == level]
-
-
-class Clock:
-    """An epoch clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Procs:
@@ -180,12 +170,13 @@ def cfg(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> MockClock:
+    """Real processes write real heartbeats: the clock starts at the real time."""
+    return MockClock(time.time())
 
 
 @pytest.fixture
-def jobs(cfg: Config, procs: Procs, clock: Clock) -> _dispatch.Jobs:
+def jobs(cfg: Config, procs: Procs, clock: MockClock) -> _dispatch.Jobs:
     return _dispatch.Jobs.over(cfg, Layout(cfg.state_dir), JobQueue.over(MemoryStorage()),
                                RecLog(), launcher=procs, clock=clock)  # type: ignore[arg-type]
 
@@ -209,7 +200,7 @@ def get(j: _dispatch.Jobs, job_id: str) -> dict[str, Any]:
 
 
 def sentinel(j: _dispatch.Jobs, job_id: str, pid: int, *, age: float = 0.0) -> None:
-    ts = j.clock() - age
+    ts = j.clock.time() - age
     j.layout.job_dir(job_id).mkdir(parents=True, exist_ok=True)
     write_record(SENTINEL, j.layout.job_sentinel(job_id), {
         "id": job_id, "pid": pid, "start": start_time(pid), "heartbeat_at": iso_now(ts),
@@ -347,7 +338,7 @@ def test_a_finished_job_is_ticked_no_more(jobs: _dispatch.Jobs, procs: Procs) ->
 # -- liveness ------------------------------------------------------------------------------------
 
 def test_dead_adaptor_is_lost_and_its_group_killed(jobs: _dispatch.Jobs, procs: Procs,
-                                                   clock: Clock) -> None:
+                                                   clock: MockClock) -> None:
     """Adaptor SIGKILLed, heartbeat older than dead_after, no result: lost; the job's
     process left in its group (tagged BATCHD_JOB_ID=a) is killed; an untagged process in
     the same group is not touched."""
@@ -360,7 +351,7 @@ def test_dead_adaptor_is_lost_and_its_group_killed(jobs: _dispatch.Jobs, procs: 
     wait_dead(adaptor)
     _dispatch.tick_all(jobs)
     assert "running" == get(jobs, "a")["state"]          # stale, not yet dead
-    clock.now += 3.5
+    clock.advance(3.5)
     _dispatch.tick_all(jobs)
     a = get(jobs, "a")
     assert ("lost", 1) == (a["state"], jobs.queue.stats()["lost"])
@@ -370,7 +361,7 @@ def test_dead_adaptor_is_lost_and_its_group_killed(jobs: _dispatch.Jobs, procs: 
 
 
 def test_stale_heartbeat_warns_once_and_keeps(jobs: _dispatch.Jobs, procs: Procs,
-                                              clock: Clock) -> None:
+                                              clock: MockClock) -> None:
     """A live adaptor whose heartbeat is stale is kept; the warning is rate-limited."""
     adaptor = run_one(jobs, procs)
     sentinel(jobs, "a", adaptor.pid, age=2.0)
@@ -382,13 +373,13 @@ def test_stale_heartbeat_warns_once_and_keeps(jobs: _dispatch.Jobs, procs: Procs
 
 
 def test_timeout_backstop_kills_and_times_out(jobs: _dispatch.Jobs, procs: Procs,
-                                              clock: Clock) -> None:
+                                              clock: MockClock) -> None:
     """An adaptor still running long past its timeout + kill_grace + margin is SIGKILLed
     (its whole group) and the job is timed_out."""
     enqueue(jobs, "a", timeout=1.0)
     _dispatch.dispatch(jobs)
     adaptor = procs.by_pid(get(jobs, "a")["pid"])
-    clock.now += 1.0 + 1.0 + 15.0 + 1.0
+    clock.advance(1.0 + 1.0 + 15.0 + 1.0)
     sentinel(jobs, "a", adaptor.pid)
     _dispatch.tick_all(jobs)
     assert ("timed_out", -signal.SIGKILL) == (get(jobs, "a")["state"], wait_dead(adaptor))
@@ -422,7 +413,7 @@ def test_cancel_of_a_running_job(jobs: _dispatch.Jobs, procs: Procs) -> None:
         == (a["state"], a["reason"], jobs.queue.stats()["cancelled"])
 
 
-def test_cancel_overdue_is_killed(jobs: _dispatch.Jobs, procs: Procs, clock: Clock) -> None:
+def test_cancel_overdue_is_killed(jobs: _dispatch.Jobs, procs: Procs, clock: MockClock) -> None:
     """An adaptor that ignores SIGTERM past kill_grace + margin is SIGKILLed; cancelled."""
     procs.argv = ["sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"]
     adaptor = run_one(jobs, procs)
@@ -430,7 +421,7 @@ def test_cancel_overdue_is_killed(jobs: _dispatch.Jobs, procs: Procs, clock: Clo
     _dispatch.cancel(jobs, "a")
     time.sleep(0.1)
     assert None is adaptor.poll()
-    clock.now += 1.0 + 15.0 + 1.0
+    clock.advance(1.0 + 15.0 + 1.0)
     sentinel(jobs, "a", adaptor.pid)
     _dispatch.tick_all(jobs)
     a = get(jobs, "a")
@@ -457,7 +448,7 @@ def test_cancel_of_an_unknown_job(jobs: _dispatch.Jobs) -> None:
 # -- re-attachment ---------------------------------------------------------------------------------
 
 def test_reattach_sorts_every_active_job(cfg: Config, jobs: _dispatch.Jobs, procs: Procs,
-                                         clock: Clock) -> None:
+                                         clock: MockClock) -> None:
     """A restarted scheduler's view: alive + fresh -> reattached (recovered, marked on the
     job), result -> finalized, dead past dead_after -> lost, stale -> kept."""
     enqueue(jobs, "fresh", "done", "dead", "stale")
@@ -471,7 +462,7 @@ def test_reattach_sorts_every_active_job(cfg: Config, jobs: _dispatch.Jobs, proc
     result(jobs, "done")
     procs.by_pid(pids["dead"]).kill()
     wait_dead(procs.by_pid(pids["dead"]))
-    clock.now += 0.5
+    clock.advance(0.5)
     sentinel(jobs, "fresh", pids["fresh"])
     sentinel(jobs, "dead", pids["dead"], age=4.0)
     again = _dispatch.Jobs.over(jobs.cfg, jobs.layout, jobs.queue, RecLog(),  # type: ignore[arg-type]
@@ -490,7 +481,7 @@ def test_reattach_of_a_starting_job_learns_its_pid(jobs: _dispatch.Jobs, procs: 
     """Scheduler died between the fork and the running record: the adaptor's sentinel
     makes the job running with the adaptor's pid (never a second launch)."""
     enqueue(jobs, "a")
-    jobs.queue.update("a", state="starting", attempts=1, dispatched_at=iso_now(jobs.clock()))
+    jobs.queue.update("a", state="starting", attempts=1, dispatched_at=iso_now(jobs.clock.time()))
     adaptor = procs.spawn("a")
     sentinel(jobs, "a", adaptor.pid)
     again = _dispatch.Jobs.over(jobs.cfg, jobs.layout, jobs.queue, RecLog(),  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from supervisor.config import Config
 from supervisor.scheduler.dispatch import Jobs
 from supervisor.scheduler.launch import Launched
 from supervisor.state.atomic import CORRUPT_MARK
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import MockClock, iso_now
 from supervisor.state.jobs import cancel_request, submit_request
 from supervisor.state.layout import REQUEST, RESULT, Layout, write_record
 from supervisor.state.proc import start_time
@@ -270,13 +270,13 @@ class FakeWatcher:
     """Records wait() timeouts and lets them run out on the clock (5 s for None); requests
     a stop after `passes` waits."""
 
-    def __init__(self, passes: int, clock: list[float]) -> None:
+    def __init__(self, passes: int, clock: MockClock) -> None:
         self.timeouts: list[float | None] = []
         self.passes, self.clock = passes, clock
 
     def wait(self, timeout: float | None = None) -> bool:
         self.timeouts.append(timeout)
-        self.clock[0] += 5.0 if timeout is None else timeout
+        self.clock.advance(5.0 if timeout is None else timeout)
         if len(self.timeouts) >= self.passes:
             _runtime.request_stop()
         return False
@@ -284,9 +284,9 @@ class FakeWatcher:
 
 def test_serve_sleeps_without_timeout_when_no_job_is_active(mem: scheduler.Scheduler) -> None:
     """Idle is asleep: with no starting/running job the loop waits for a hint only."""
-    now = [0.0]
-    watcher = FakeWatcher(3, now)
-    scheduler.serve(mem, watcher, clock=lambda: now[0])  # type: ignore[arg-type]
+    clock = MockClock()
+    watcher = FakeWatcher(3, clock)
+    scheduler.serve(mem, watcher, clock=clock)  # type: ignore[arg-type]
     assert [None, None, None] == watcher.timeouts
 
 
@@ -299,9 +299,9 @@ def test_serve_ticks_active_jobs_every_interval(mem: scheduler.Scheduler) -> Non
     mem.layout.job_dir("a").mkdir(parents=True)
     write_record(RESULT, mem.layout.job_result("a"), {
         "id": "a", "exit_code": 0, "signal": None, "finished_at": iso_now(), "reason": None})
-    now = [0.0]
-    watcher = FakeWatcher(3, now)
-    scheduler.serve(mem, watcher, clock=lambda: now[0])  # type: ignore[arg-type]
+    clock = MockClock()
+    watcher = FakeWatcher(3, clock)
+    scheduler.serve(mem, watcher, clock=clock)  # type: ignore[arg-type]
     assert ("completed", [1.0, None, None]) == (mem.queue.state("a"), watcher.timeouts)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from supervisor.state.atomic import dump_json
+from supervisor.state.clock import MockClock
 from supervisor.state.layout import REQUEST, Layout, read_record
 from supervisor.state.webhook import (
     DELIVERED,
@@ -57,40 +58,30 @@ T0 = 1_800_000_000.0
 PAYLOAD = {"event_id": "e1", "job": {"id": "j1", "state": "completed", "note": "héllo"}}
 
 
-class Clock:
-    """A settable fake wall clock."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def record(event_id: str = "e1", now: float = T0) -> dict[str, Any]:
     return new_delivery(delivery_request(event_id, "http://127.0.0.1:9/hook", PAYLOAD,
                                          job="j1", now=now), now)
 
 
-def run_until_settled(rec: dict[str, Any], transport: MockTransport, clock: Clock,
+def run_until_settled(rec: dict[str, Any], transport: MockTransport, clock: MockClock,
                       schedule: tuple[float, ...]) -> dict[str, Any]:
     """Drive one record as the worker does, jumping the clock to each next try."""
     while rec["state"] == "pending":
-        clock.t = due_at(rec)
-        rec = begin(rec, clock())
+        clock.advance(due_at(rec) - clock.time())
+        rec = begin(rec, clock.time())
         result = attempt(transport, rec, secret=None, timeout=5.0)
-        rec = finish(rec, result, clock(), schedule)
+        rec = finish(rec, result, clock.time(), schedule)
     return rec
 
 
-def answers(*statuses: int, clock: Clock | None = None,
+def answers(*statuses: int, clock: MockClock | None = None,
             times: list[float] | None = None) -> Callable[[Sent], int]:
     """A handler answering `statuses` in turn (the last one forever), noting the times."""
     queue = list(statuses)
 
     def handler(sent: Sent) -> int:
         if clock is not None and times is not None:
-            times.append(clock())
+            times.append(clock.time())
         return queue.pop(0) if len(queue) > 1 else queue[0]
     return handler
 
@@ -221,7 +212,7 @@ def test_next_delay(attempts: int, delay: float | None) -> None:
 def test_retry_schedule_with_a_fake_clock() -> None:
     """[30s, 2m, 10m] and a receiver always 503: tries at t0, +30, +150, +750, then failed
     with 4 attempts and last_error "HTTP 503"."""
-    clock, times = Clock(), list[float]()
+    clock, times = MockClock(T0), list[float]()
     transport = MockTransport(answers(503, clock=clock, times=times))
     rec = run_until_settled(record(), transport, clock, (30.0, 120.0, 600.0))
     assert [T0, T0 + 30, T0 + 150, T0 + 750] == times
@@ -232,7 +223,7 @@ def test_retry_schedule_with_a_fake_clock() -> None:
 def test_retry_then_delivered_keeps_the_idempotency_key() -> None:
     """503, 503, 200: delivered after 3 tries, every try with the same key and body."""
     transport = MockTransport(answers(503, 503, 200))
-    rec = run_until_settled(record(), transport, Clock(), (1.0, 1.0))
+    rec = run_until_settled(record(), transport, MockClock(T0), (1.0, 1.0))
     assert ("delivered", 3) == (rec["state"], rec["attempts"])
     assert (["e1"] * 3, 1) == ([s.headers["Idempotency-Key"] for s in transport.sent],
                                len({s.body for s in transport.sent}))
@@ -240,24 +231,24 @@ def test_retry_then_delivered_keeps_the_idempotency_key() -> None:
 
 def test_an_empty_schedule_fails_at_the_first_retriable_answer() -> None:
     """retry_schedule [] means one try only."""
-    rec = run_until_settled(record(), MockTransport(answers(500)), Clock(), ())
+    rec = run_until_settled(record(), MockTransport(answers(500)), MockClock(T0), ())
     assert ("failed", 1, "HTTP 500") == (rec["state"], rec["attempts"], rec["last_error"])
 
 
 def test_a_4xx_fails_at_once() -> None:
     """400: failed after one try, whatever the schedule."""
-    rec = run_until_settled(record(), MockTransport(answers(400)), Clock(), (1.0, 1.0))
+    rec = run_until_settled(record(), MockTransport(answers(400)), MockClock(T0), (1.0, 1.0))
     assert ("failed", 1, "HTTP 400") == (rec["state"], rec["attempts"], rec["last_error"])
 
 
 def test_operator_retry_starts_a_fresh_round() -> None:
     """A failed delivery retried by the operator is due now and gets the whole schedule
     again; attempts keep counting."""
-    clock = Clock()
+    clock = MockClock(T0)
     rec = run_until_settled(record(), MockTransport(answers(503)), clock, (10.0,))
-    clock.t += 1000
-    rec = operator_retry(rec, clock())
-    assert ("pending", clock.t, 2) == (rec["state"], due_at(rec), rec["retry_base"])
+    clock.advance(1000)
+    rec = operator_retry(rec, clock.time())
+    assert ("pending", clock.time(), 2) == (rec["state"], due_at(rec), rec["retry_base"])
     times: list[float] = []
     again = MockTransport(answers(503, clock=clock, times=times))
     rec = run_until_settled(rec, again, clock, (10.0,))
@@ -266,7 +257,7 @@ def test_operator_retry_starts_a_fresh_round() -> None:
 
 def test_a_delivered_record_refuses_a_retry() -> None:
     """delivered is final."""
-    rec = run_until_settled(record(), MockTransport(answers(200)), Clock(), ())
+    rec = run_until_settled(record(), MockTransport(answers(200)), MockClock(T0), ())
     with pytest.raises(InvalidTransition):
         operator_retry(rec, T0)
 
