@@ -24,9 +24,9 @@ all acquires (in the order of their `seq`, so two requests written within one ti
 tick still queue in the scheduler's order), then all releases (a job never asks again
 after its release, so this order is right even when both of one job are in the same
 pass); a malformed request or an unknown kind is quarantined (`BadRequest`, logged).
-Then grant what is free, recompute `unavailable` (repositories named by the table that
-are no longer configured nor registered: they are never granted, and the scheduler fails
-the jobs waiting on them), write state.json once if anything changed, drop the hints, and
+Then grant what is free (never a repository that is no longer configured nor registered:
+the scheduler fails the jobs waiting on it), write state.json once if anything changed,
+drop the hints, and
 only then remove the requests: acquires first, then releases.
 
 Crash windows (every one recovers; handlers are idempotent by job, so replays are no-ops):
@@ -116,7 +116,6 @@ from supervisor.state.locktable import (
     granted_hint,
     release,
     to_record,
-    unavailable,
 )
 from supervisor.state.queue import TERMINAL_STATES, JobQueue, QueueError
 from supervisor.state.repos import all_repositories
@@ -193,9 +192,9 @@ HANDLERS: dict[str, Callable[[Locks, dict[str, Any]], None]] = {
 
 # -- saving, granting, hinting --------------------------------------------------------------
 
-def save(lk: Locks, unavailable_repos: Iterable[str] = ()) -> bool:
+def save(lk: Locks) -> bool:
     """Replace locks/state.json with the table unless it says that already; True if written."""
-    rec = to_record(lk.table, unavailable_repos)
+    rec = to_record(lk.table)
     if rec == lk.saved:
         return False
     write_record(WORKER_STATE, lk.layout.worker_state(NAME), rec)
@@ -216,7 +215,7 @@ def settle(lk: Locks, *, hint: bool = True) -> list[str]:
     """Grant what is free, save the table (if changed), then hint the granted jobs."""
     known = lk.known()
     granted = grant(lk.table, lk.clock.iso_now(), lambda repo: repo in known)
-    save(lk, unavailable(lk.table, known))
+    save(lk)
     for job in granted:
         lk.log.info("locks granted", job=job, repos=lk.table.holds(job))
     if hint:

@@ -66,7 +66,7 @@ def lookup(view: JobView, job_id: str) -> dict[str, Any]:
     entry = view.get(check_id(job_id))
     if entry is None:
         raise CtlError(f"no such job: {job_id}")
-    return job_record(entry)
+    return job_record(entry, view.layout)
 
 
 def _job_rows(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -93,7 +93,7 @@ def cmd_status_job(ctx: Ctx, job_id: str) -> int:
 def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None) -> int:
     """`jobs [--state S] [--batch B]`: records in submission order (pending ones last)."""
     with open_view(ctx.cfg, ctx.layout) as view:
-        records = [job_record(e) for e in view.entries(state)
+        records = [job_record(e, ctx.layout) for e in view.entries(state)
                    if batch is None or e.get("batch") == batch]
     if ctx.json:
         ctx.emit(records)

@@ -73,7 +73,7 @@ def emit_job_end(layout: Layout, queue: JobQueue, index: BatchIndex,
     written = 0
     url = entry.get("callback")
     if isinstance(url, str) and url:
-        record = job_record(dict(entry))
+        record = job_record(dict(entry), layout)
         eid = job_event_id(str(entry["id"]), entry.get("created_at"))
         drop_request(layout, delivery_request(eid, url, job_payload(eid, record),
                                               job=str(entry["id"])))

@@ -17,6 +17,7 @@ from typing import Any
 
 from supervisor.config import Config
 from supervisor.state.clock import iso_now
+from supervisor.state.layout import Layout
 from supervisor.state.queue import TERMINAL_STATES
 
 __all__ = [
@@ -93,12 +94,14 @@ def cancel_request(job_id: str, *, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def job_record(entry: dict[str, Any]) -> dict[str, Any]:
+def job_record(entry: dict[str, Any], layout: Layout) -> dict[str, Any]:
     """The contract's job record from a queue entry: every field present, null when unknown.
 
-    `pid` is shown only while the job is starting or running.
+    `pid` is shown only while the job is starting or running; `output_path` is where the
+    layout puts the job's output (derived, never stored).
     """
     rec: dict[str, Any] = {k: entry.get(k) for k in RECORD_FIELDS}
+    rec["output_path"] = str(layout.job_output(str(entry["id"])))
     rec["repos"] = list(entry.get("repos") or [])
     rec["attempts"] = int(entry.get("attempts") or 0)
     rec["exclusive"] = bool(entry.get("exclusive") or False)

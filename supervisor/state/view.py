@@ -209,7 +209,6 @@ class JobView:
             "state": "queued",
             "attempts": 0,
             "workspace": str(self.cfg.workspace_dir / job_id),
-            "output_path": str(self.layout.job_output(job_id)),
         }
 
     def _settled(self, entry: dict[str, Any]) -> dict[str, Any]:

@@ -93,8 +93,8 @@ def test_recovery_of_a_fresh_state_dir(cfg: Config) -> None:
 
 
 def test_submit_request_is_ingested_and_removed(sched: scheduler.Scheduler, cfg: Config) -> None:
-    """A submit request's jobs are queued in order with workspace and output_path; the
-    request file is removed and `submitted` counts them."""
+    """A submit request's jobs are queued in order with their workspace (the output path
+    is derived, not stored); the request file is removed and `submitted` counts them."""
     path = drop(sched, submit_request([job("a"), job("b", batch="n1")], request_id="s1"))
     scheduler.take_inbox(sched)
     assert not path.exists()
@@ -103,7 +103,7 @@ def test_submit_request_is_ingested_and_removed(sched: scheduler.Scheduler, cfg:
     assert b is not None
     assert ("queued", "n1", 0) == (b["state"], b["batch"], b["attempts"])
     assert str(cfg.workspace_dir / "b") == b["workspace"]
-    assert str(cfg.state_dir / "jobs" / "b" / "output") == b["output_path"]
+    assert "output_path" not in b
     assert 2 == sched.queue.stats()["submitted"]
 
 

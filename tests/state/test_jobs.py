@@ -14,6 +14,7 @@ from supervisor.state.jobs import (
     submit_request,
     valid_job_id,
 )
+from supervisor.state.layout import Layout
 
 T = 1_800_000_000.25
 
@@ -58,11 +59,14 @@ def test_new_job_ids_are_valid_time_sortable_and_distinct() -> None:
 
 
 def test_job_record_has_every_field_and_shows_pid_only_while_active() -> None:
-    """Every contract field is present; pid is null unless starting or running."""
-    running = job_record({"id": "j", "state": "running", "pid": 42, "repos": None})
-    done = job_record({"id": "j", "state": "completed", "pid": 42})
-    assert (RECORD_FIELDS, 42, [], 0, None) == (
-        tuple(running), running["pid"], running["repos"], running["attempts"], done["pid"])
+    """Every contract field is present; pid is null unless starting or running; the
+    output path is the layout's (derived, not stored in the entry)."""
+    layout = Layout("/var/lib/batchd")
+    running = job_record({"id": "j", "state": "running", "pid": 42, "repos": None}, layout)
+    done = job_record({"id": "j", "state": "completed", "pid": 42}, layout)
+    assert (RECORD_FIELDS, 42, [], 0, None, "/var/lib/batchd/jobs/j/output") == (
+        tuple(running), running["pid"], running["repos"], running["attempts"], done["pid"],
+        done["output_path"])
 
 
 def test_request_bodies() -> None:
