@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.cfg | $(BIN)/python
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not chaos' -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m 'not chaos' -p no:cacheprovider --durations=25
 
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m chaos -p no:cacheprovider

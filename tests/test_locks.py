@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from supervisor.state.locktable import (
     unavailable,
 )
 from supervisor.state.queue import JobQueue
+from tests.helpers import until
 
 DEADLINE = 30.0
 T0 = "2026-01-01T00:00:00.000Z"
@@ -351,12 +351,6 @@ def test_main_reports_ready_and_serves_acquire_and_release(cfg: Config, layout: 
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(locks.main(cfg)))
     worker.start()
-
-    def until(what: str, check: Any) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while not check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.01)
 
     try:
         until("ready", layout.ready_file("locks").exists)

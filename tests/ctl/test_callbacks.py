@@ -17,6 +17,7 @@ import pytest
 
 from supervisor import callbacks
 from supervisor import log as _log
+from supervisor.callbacks.transport import MockTransport
 from supervisor.config import CallbacksConfig, Config
 from supervisor.ctl.callbacks import (
     LIST_FIELDS,
@@ -32,7 +33,6 @@ from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import MockClock
 from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, write_record
 from supervisor.state.webhook import (
-    MockTransport,
     Result,
     begin,
     delivery_request,

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 from supervisor.state.layout import READY, RESULT, SENTINEL, Layout, read_record
 from supervisor.state.proc import alive
 from supervisor.state.queue import JobQueue
+from tests.helpers import until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
@@ -46,18 +47,6 @@ workers:
 #: 100 numbered lines over about 5 s.
 LINES_5S = 'for i in $(seq 1 100); do echo "line $i"; sleep 0.05; done'
 EXPECTED = "".join(f"line {i}\n" for i in range(1, 101))
-
-
-def until(what: str, check: Callable[[], Any], deadline: float = DEADLINE) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after `deadline`."""
-    end = time.monotonic() + deadline
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _environ(pid: int) -> list[bytes]:

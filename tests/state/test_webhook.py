@@ -1,38 +1,32 @@
-"""Tests for supervisor.state.webhook: classification, signatures, event ids, the delivery
-record's state machine and retry schedule (fake clock), and the real HTTP transport."""
+"""state.webhook: classification, event ids, the delivery record's state machine and retry
+schedule (a mock clock and transport)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.server
-import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor.state.atomic import dump_json
+from supervisor.callbacks.transport import (
+    MockTransport,
+    Sent,
+    attempt,
+)
 from supervisor.state.clock import MockClock
 from supervisor.state.layout import REQUEST, Layout, read_record
 from supervisor.state.webhook import (
     DELIVERED,
     FAILED,
     RETRY,
-    TRANSITIONS,
+    TABLE,
+    Delivery,
+    Happening,
     InvalidTransition,
-    MockTransport,
-    RequestsTransport,
-    Result,
-    Sent,
-    TransportError,
-    attempt,
     batch_event_id,
     batch_payload,
     begin,
-    body_of,
     classify,
     delivery_problem,
     delivery_request,
@@ -46,9 +40,7 @@ from supervisor.state.webhook import (
     new_delivery,
     next_delay,
     operator_retry,
-    request_headers,
     retry_request,
-    sign,
     transition,
     valid_event_id,
     valid_url,
@@ -101,55 +93,6 @@ def test_classify_every_status_class(status: int, outcome: str) -> None:
     """2xx delivered; 408, 429, 5xx retried; other 4xx and every 3xx failed; non-answers
     (1xx, outside 100-599) retried."""
     assert outcome == classify(status)
-
-
-@pytest.mark.parametrize(("status", "result"), [
-    (200, Result(DELIVERED, None)), (503, Result(RETRY, "HTTP 503")),
-    (400, Result(FAILED, "HTTP 400")), (302, Result(FAILED, "HTTP 302")),
-])
-def test_attempt_reports_the_outcome_and_the_status(status: int, result: Result) -> None:
-    """One try's result: the outcome and, unless delivered, "HTTP <status>"."""
-    assert result == attempt(MockTransport(answers(status)), record(), secret=None, timeout=1)
-
-
-def test_attempt_transport_errors() -> None:
-    """A transport error is retried with its text; a permanent one fails at once."""
-    def refused(sent: Sent) -> int:
-        raise TransportError("connection failed: [Errno 111] Connection refused")
-
-    def bad_url(sent: Sent) -> int:
-        raise TransportError("unusable URL: nope", permanent=True)
-
-    assert (Result(RETRY, "connection failed: [Errno 111] Connection refused"),
-            Result(FAILED, "unusable URL: nope")) == (
-        attempt(MockTransport(refused), record(), secret=None, timeout=1),
-        attempt(MockTransport(bad_url), record(), secret=None, timeout=1))
-
-
-# -- body, headers, signature ---------------------------------------------------------------
-
-def test_body_is_the_canonical_dump_of_the_payload() -> None:
-    """The body is dump_json(payload): sorted keys, UTF-8, what a receiver json-decodes."""
-    body = body_of(PAYLOAD)
-    assert (dump_json(PAYLOAD), PAYLOAD) == (body, json.loads(body))
-
-
-def test_signature_is_the_hmac_of_the_exact_body_bytes() -> None:
-    """X-Batchd-Signature is sha256=<hex HMAC-SHA256(secret, the bytes POSTed)>."""
-    transport = MockTransport(answers(200))
-    attempt(transport, record(), secret="s3cret", timeout=7.5)
-    sent = transport.sent[0]
-    want = "sha256=" + hmac.new(b"s3cret", sent.body, hashlib.sha256).hexdigest()
-    assert (want, want, body_of(PAYLOAD)) == (
-        sent.headers["X-Batchd-Signature"], sign(sent.body, "s3cret"), sent.body)
-    assert ("http://127.0.0.1:9/hook", 7.5) == (sent.url, sent.timeout)
-
-
-def test_headers_without_a_secret_carry_no_signature() -> None:
-    """Content-Type and Idempotency-Key always; no signature header when no secret."""
-    headers = request_headers("e1", b"{}", None)
-    assert ("application/json", "e1", False) == (
-        headers["Content-Type"], headers["Idempotency-Key"], "X-Batchd-Signature" in headers)
 
 
 # -- event ids and requests -------------------------------------------------------------------
@@ -272,11 +215,12 @@ def test_interrupted_try_is_pending_and_due_now() -> None:
 def test_transitions_not_in_the_table_are_refused() -> None:
     """Every (state, event) pair outside the table raises; the listed ones do not."""
     states = ("pending", "in_flight", "delivered", "failed")
-    events = {e for _, e in TRANSITIONS}
+    events = {e for _, e in TABLE.rows}
     for state in states:
         for event in events:
-            if (state, event) in TRANSITIONS:
-                assert TRANSITIONS[(state, event)] == transition(state, event)
+            row = TABLE.rows.get((Delivery(state), Happening(event)))
+            if row is not None:
+                assert row.next == transition(state, event)
             else:
                 with pytest.raises(InvalidTransition):
                     transition(state, event)
@@ -301,58 +245,3 @@ def test_delivery_problem(change: dict[str, Any], problem: str | None) -> None:
     assert (problem is None, True) == (found is None, problem is None or problem in str(found))
 
 
-# -- the real transport -------------------------------------------------------------------
-
-@pytest.fixture
-def server() -> Iterator[tuple[str, list[str], threading.Event]]:
-    """A real HTTP server on 127.0.0.1:0; the path picks the answer: /200, /302, /slow."""
-    seen: list[str] = []
-    release = threading.Event()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            seen.append(self.path)
-            self.rfile.read(int(self.headers["Content-Length"]))
-            if self.path == "/slow":
-                release.wait(5)
-            status = 302 if self.path == "/302" else 200
-            self.send_response(status)
-            if status == 302:
-                self.send_header("Location", "/elsewhere")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            return
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", seen, release
-    release.set()
-    srv.shutdown()
-    srv.server_close()
-
-
-def test_requests_transport_posts_and_never_follows_redirects(
-        server: tuple[str, list[str], threading.Event]) -> None:
-    """Real HTTP: 200 comes back; a 302 comes back as 302 and its Location is not fetched."""
-    base, seen, _ = server
-    transport = RequestsTransport()
-    assert (200, 302) == (transport.post(f"{base}/200", b"{}", {}, 5.0),
-                          transport.post(f"{base}/302", b"{}", {}, 5.0))
-    assert ["/200", "/302"] == seen
-
-
-def test_requests_transport_errors(server: tuple[str, list[str], threading.Event]) -> None:
-    """A timeout and a refused connection are retriable TransportErrors with their text."""
-    base, _, release = server
-    transport = RequestsTransport()
-    with pytest.raises(TransportError) as slow:
-        transport.post(f"{base}/slow", b"{}", {}, 0.3)
-    release.set()
-    with pytest.raises(TransportError) as refused:
-        transport.post("http://127.0.0.1:9/", b"{}", {}, 2.0)
-    assert ("timed out after 0.3s", False) == (str(slow.value), slow.value.permanent)
-    assert "Connection refused" in str(refused.value) and not refused.value.permanent

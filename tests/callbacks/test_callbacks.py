@@ -13,15 +13,13 @@ import pytest
 
 from supervisor import callbacks
 from supervisor import log as _log
+from supervisor.callbacks.transport import MockTransport, Sent, TransportError
 from supervisor.config import CallbacksConfig
 from supervisor.runtime import handle_inbox
 from supervisor.state.atomic import CORRUPT_MARK
 from supervisor.state.clock import MockClock
 from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, write_record
 from supervisor.state.webhook import (
-    MockTransport,
-    Sent,
-    TransportError,
     begin,
     delivery_request,
     drop_request,

@@ -36,7 +36,6 @@ Crash safety, step by step (every write is write_record: temp, fsync, rename, fs
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from supervisor import log as _log
+from supervisor.callbacks.transport import RequestsTransport, Transport, attempt
 from supervisor.config import CallbacksConfig, Config
 from supervisor.runtime import (
     EXIT_OK,
@@ -54,7 +54,6 @@ from supervisor.runtime import (
     Watcher,
     handle_inbox,
     report_ready,
-    run_standalone,
     stop_requested,
 )
 from supervisor.state.atomic import CORRUPT_MARK, Corrupt, ensure_dir, is_tmp_name, quarantine
@@ -64,9 +63,6 @@ from supervisor.state.layout import DELIVERY, Layout, read_record, write_record
 from supervisor.state.webhook import (
     DELIVERY_STATES,
     InvalidTransition,
-    RequestsTransport,
-    Transport,
-    attempt,
     begin,
     delivery_problem,
     due_at,
@@ -305,6 +301,3 @@ def main(cfg: Config) -> int:
         serve(state, watcher, inbox)
     return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(run_standalone(NAME, main))
