@@ -1,72 +1,7 @@
 """The locks worker: repository locks and their FIFO waiting queues, kept in locks/state.json.
 
-The protocol (LOCKS.md; the table's rules are in supervisor.state.locktable):
-
-    scheduler                          locks worker                      scheduler
-    WAL: queued -> waiting   --->  locks/inbox/acquire-<job>.json
-                                   apply, grant, save state.json  --->  scheduler/inbox/
-                                   (held by <job>), remove request      granted-<job>.json
-    sees state.json: holds all its repos -> starting, fetch mirrors, clone workspace
-    non-exclusive: locks/inbox/release-<job>.json right after the clone (before the launch)
-    exclusive (repo config or --exclusive): release-<job> when the job is terminal
-    every terminal finalize of a job with repos: release-<job> again (idempotent)
-
-Files. `locks/state.json` (kind WORKER_STATE, `_locktable.to_record`): written only by
-this worker, atomically (temp, fsync, rename, fsync folder), so it is always the old or
-the new table. Requests `locks/inbox/<id>.json` (kind REQUEST) are written atomically by
-their senders (the scheduler; later the reaper: the lock of a vanished job). This worker
-writes one kind of file elsewhere: the hint `scheduler/inbox/granted-<job>.json` (kind
-REQUEST "lock_granted"), dropped into the scheduler's inbox as any sender does; the hint
-only wakes the scheduler, the truth is state.json.
-
-One pass (on an inbox hint, or the rescan every few seconds): read every request, apply
-all acquires (in the order of their `seq`, so two requests written within one timestamp
-tick still queue in the scheduler's order), then all releases (a job never asks again
-after its release, so this order is right even when both of one job are in the same
-pass); a malformed request or an unknown kind is quarantined (`BadRequest`, logged).
-Then grant what is free (never a repository that is no longer configured nor registered:
-the scheduler fails the jobs waiting on it), write state.json once if anything changed,
-drop the hints, and
-only then remove the requests: acquires first, then releases.
-
-Crash windows (every one recovers; handlers are idempotent by job, so replays are no-ops):
-- The scheduler dies after the WAL says `waiting` but before the acquire exists (it
-  writes the WAL first): at its restart it re-sends acquire-<job> for every waiting job
-  the table does not know (`_dispatch.resume_waiting`), with the `lock_seq` it recorded
-  in the WAL, so the job takes its old place in line.
-- This worker dies after saving state.json but before removing the requests: they are
-  replayed at the next start; acquire of a known job and release of an unknown one
-  change nothing. Removal is acquires-before-releases, so no replay can ever see a job's
-  acquire without its release after having applied that release.
-- ... after the grant (state.json saved) but before the hint: at its restart, recovery
-  hints every held job the WAL still says is `waiting`; and independently the scheduler
-  reads state.json on every pass while jobs wait (at least every watcher rescan), so a
-  lost hint costs seconds at most.
-- The scheduler dies after the clone but before the release: at its restart the job is
-  `starting` (relaunched: the workspace is complete, so nothing is fetched again, then
-  released before the launch) or `running` (re-attached: a non-exclusive running job
-  sends release again). A scheduler dying mid-clone still holds the lock, so the
-  relaunch clones under it.
-- The scheduler dies after a release was sent for a finished job but before its terminal
-  WAL record (the release is written first, like the webhook events): at restart the job
-  is finalized again and the release sent again: a no-op.
-- This worker is down while jobs finish: their releases wait in locks/inbox; at start,
-  recovery reconciles the table with the scheduler's WAL (opened read-only, never
-  written), dropping the locks and queue places of jobs that are terminal or unknown
-  there and the locks of running jobs that did not ask to hold them for their whole run
-  (their clone is done), then grants what is free and serves the inbox (the releases of
-  dropped jobs are no-ops).
-
-Recovery (its start-up): read state.json. Missing (first start) or corrupt (unparseable,
-wrong schema, wrong shape, queues and requests disagreeing: moved aside as
-`state.json.corrupted.<UTC ts>`, said in `degraded`) -> rebuilt from the WAL: every
-`starting` job with repositories holds them (it may be cloning now: the lock must stay),
-every `running` one that holds for its whole run (`lock_exclusive`) holds them, and every
-`waiting` job is queued again in WAL FIFO order with its recorded `lock_seq`. Then the
-reconciliation above, the grants, state.json written, the hints. If the WAL cannot be
-read the table is kept as read (or empty), not reconciled, and `degraded` says so; the
-scheduler starts before this worker, so the WAL normally exists (none at all: no jobs).
-A crash during recovery leaves state.json old or new, and the next start does it again.
+It alone writes locks/state.json; requests arrive in locks/inbox/. The protocol, one
+pass, every crash window and the recovery from the WAL are in docs/LOCKS.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,7 @@
 """The callbacks worker: the webhook outbox and its deliveries (at-least-once, any crash).
 
-Files (this worker is the only writer of the outbox; see supervisor/_webhook.py for the
-record's state machine, the classification and the retry schedule):
-
-    callbacks/inbox/<id>.json        REQUEST  "deliver" (from the scheduler), "retry"
-                                              (from `batchctl callbacks retry`)
-    callbacks/outbox/<event id>.json DELIVERY {id, job, url, payload, state, attempts,
-                                              retry_base, next_attempt_at,
-                                              last_error, created_at, updated_at}
-
-Recovery (its start-up): read every outbox record. One that cannot be used (unparseable,
-wrong schema, or fields that make no sense) is moved aside as `NAME.corrupted.<UTC ts>`,
-counted and named in the ready record's `degraded`: only that webhook is affected. An
-"in_flight" record is a try the previous incarnation died in: it goes back to "pending",
-due at once (written before ready is reported). Temp files are left to the reaper.
-Delivered and failed records stay for `batchctl callbacks`; nothing prunes them yet.
-
-Serving: one thread. Each turn takes the inbox when a hint (or the periodic rescan)
-arrived, then makes at most ONE due try, then sleeps until the earliest next try or the
-next hint. So an inbox request never waits behind more than one try, and a slow receiver
-delays the others by at most `callbacks.timeout` per try. Only pending records are held
-in memory; whether an event is known is asked of the disk.
-
-Crash safety, step by step (every write is write_record: temp, fsync, rename, fsync dir):
-- "deliver" request: the record is written, then the request removed. A crash between
-  replays the request, which finds the record and does nothing (the file name is the
-  event id); a crash before the record's rename leaves only the request.
-- a try: "in_flight" (attempts + 1) is written BEFORE the POST; the outcome after it. A
-  crash between: recovery makes it pending again and it is POSTed again with the same
-  Idempotency-Key (at-least-once). A crash after the outcome is written: nothing is lost.
-- "retry" request: the record is rewritten pending, then the request removed; a replay
-  re-arms an already pending record (due now again): harmless.
+Recovery reads the whole outbox (an in_flight record goes back to pending, due now);
+then the inbox and the due tries. docs/CALLBACKS.md has the files and the crash argument.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """batchctl, batchd's operator tool: the command table and argument parsing (CONTRACT.md).
 
 `batchctl [-c CONFIG] COMMAND ... [--json]`. It talks to batchd only through files in the
-state directory (see supervisor/_ctl_*.py for what each command reads and writes).
+state directory (each module of supervisor/ctl/ says what its commands read and write).
 Exit codes: 0 done, 1 failed or not found (control commands and `workers` when batchd is
 not running), 2 usage or configuration error, 124 `wait` timed out. An operator mistake is
 a message on stderr prefixed with the program name ("batchctl: no such job: x"), never a

@@ -1,6 +1,6 @@
 """batchctl's daemon commands: workers, start/stop/restart, shutdown, reload, status, startup-log.
 
-Control requests follow SUPERVISOR.md: probe the lock first (batchd not running: exit 1,
+Control requests follow docs/SUPERVISOR.md: probe the lock first (batchd not running: exit 1,
 nothing written), then write `control/inbox/<uuid>.json` (kind CONTROL) atomically and
 durably, then wait for the parent's `control/replies/<uuid>.json`. batchctl writes only
 that request file. A crash of batchctl after the rename leaves a complete request that the
@@ -46,7 +46,7 @@ WORKER_KEYS: tuple[str, ...] = ("name", "state", "pid", "since", "restarts")
 #: Worker states that make batchd degraded.
 _DEGRADED_STATES = ("FATAL", "BACKOFF")
 
-#: Poll interval while waiting for a reply (SUPERVISOR.md: inotify or a 20 ms poll).
+#: Poll interval while waiting for a reply (docs/SUPERVISOR.md).
 _POLL_S = 0.02
 
 

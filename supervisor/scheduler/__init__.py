@@ -1,65 +1,8 @@
 """The scheduler worker: owns the job queue (its WAL), takes submissions and cancels, runs jobs.
 
-Recovery (its start-up): `JobQueue.open(layout.wal_dir)` replays the write-ahead log —
-loads the snapshot, truncates a torn tail, quarantines unreadable files — then every job
-the WAL says is starting or running is looked at once (`_dispatch.reattach`): a result
-finalizes it, a live adaptor with a fresh heartbeat is re-attached (counter `recovered`),
-a stale one is warned about and kept, a dead one without a result is `lost`. Only then is
-ready reported; the ready record says what it found (jobs by state, records replayed,
-torn bytes, quarantined files, active jobs) and did (truncated, quarantined, reattached,
-stale, finalized, lost, pending, relaunched). If the queue cannot be opened at all (the
-wal folder is not a folder, unreadable) the worker exits 3 without reporting ready; it is
-critical, so batchd stops its startup.
-
-Inbox `scheduler/inbox/`: batchctl drops one REQUEST file per `submit` (all jobs of a
-`--from` file in one) or `cancel`, atomically. The handler table `HANDLERS` maps the kind:
-
-- submit {jobs: [job, ...]}: the whole request is checked first (a list of objects with
-  valid, distinct ids, checked by state.submission's one validator: a submission cannot
-  set a job's state, attempts or pid); a bad one is quarantined with no job queued (all
-  or nothing, as batchctl promises). Then the jobs whose id the queue does not know yet go
-  in with one `enqueue_many` (one fsync, `submitted` counted in the same write), each with
-  its `workspace` (<workspace_dir>/<id>).
-- cancel {job} (always after the submits of the same pass; one for a job not known yet
-  waits in the inbox until the job arrives, see runtime.NotYet): by the job's state
-  (`_dispatch.cancel`, the lifecycle's table): queued/
-  waiting -> cancelled now (finished_at, reason "cancelled by operator", counter
-  `cancelled`); starting/running -> `cancel_requested: true`, then SIGTERM to the job's
-  process group; cancelled when its result arrives, SIGKILL if it overstays; terminal ->
-  nothing.
-- job_exited {job}: an adaptor says its job has written its result: tick that job now
-  (idempotent; an unknown or finished job is logged and the request removed).
-- lock_granted {job} (`granted-<job>`, from the locks worker): a hint that the job now
-  holds its repository locks. It only wakes the loop; the pass after the inbox reads the
-  grant from locks/state.json (`_dispatch.dispatch`), so a lost hint costs a rescan.
-
-Repository locks (LOCKS.md, and supervisor/locks.py for the crash windows): a queued job
-with repositories becomes `waiting` and asks the locks worker for them; once state.json
-shows it holding all of them it is dispatched, fetches and clones under them, and
-releases them after the clone unless it holds them for its whole run (exclusive). At
-start, after the re-attachment, every waiting job the lock table does not know asks
-again (`_dispatch.resume_waiting`: the crash between its `waiting` record and its
-acquire request), and every re-attached running non-exclusive job releases again.
-
-Crash safety: the queue is durable when enqueue_many/update return; the request file is
-removed only after that, so a crash in between leaves it and the next pass replays it.
-The replay changes nothing: known ids are skipped (no duplicate job), a cancelled job is
-terminal. A counter is written in the same atomic WAL group as what it counts (the jobs
-enqueued, the terminal states), so a crash keeps both or neither: `stats` never drifts
-from the jobs.
-
-The loop (`serve`): on an inbox hint (or the watcher's rescan) and, while any job is
-starting/running, every `_dispatch.tick_interval` (min(1 s, heartbeat/2)), one pass: take
-the inbox (on a hint), tick every starting/running job, dispatch granted waiting jobs and
-queued jobs while slots are free (`_dispatch.dispatch`). When that pass left queued jobs
-it could have moved to waiting (`Jobs.backlog`: at most WAIT_BATCH per pass), the next
-pass follows at once. With no active job the worker sleeps until a hint.
-SIGTERM ends the loop after the current step; the jobs keep running and the next start
-re-attaches them.
-
-Ingestion speed: a 100,000-job request is checked and turned into queue entries with no
-per-job Path arithmetic or repeated set building (the workspace and output paths are
-string joins of prefixes computed once).
+Recovery replays the WAL and re-attaches every starting/running job before ready is
+reported; then one loop: the inbox, a tick of the active jobs, dispatch. docs/JOBS.md
+tells the inbox kinds, the crash argument and the loop.
 """
 
 from __future__ import annotations

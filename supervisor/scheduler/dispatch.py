@@ -1,76 +1,8 @@
 """Running jobs for the scheduler: dispatch, tick, cancel, re-attach (executing _lifecycle).
 
-The scheduler worker (supervisor/scheduler.py) owns the loop and the inbox; this module
-owns what happens to a job once it leaves `queued`. Every decision is made by the pure
-table of scheduler.lifecycle; the facts come from scheduler.jobfiles (sentinel, result,
-adaptor pid + start time, adaptor.lock); this module only carries out the actions
-(`Update`, `Launch`, `KillGroup`, `WarnStale`, `Finalize`) in the order given:
-
-    dispatch(jobs)        First the waiting jobs that locks/state.json shows holding ALL
-                          their repositories (grant order), then the queued ones, FIFO:
-                          a queued job with repositories steps WAIT_LOCK (state waiting,
-                          with `lock_exclusive` and `lock_seq`; durable) and only then gets
-                          its acquire request; one without steps DISPATCHED. A dispatch
-                          needs a free slot: fewer than scheduler.max_concurrent_jobs jobs
-                          starting/running (waiting ones do not count). DISPATCHED (state
-                          starting, attempts+1, dispatched_ts), then prepare_workspace
-                          (mirrors fetched and workspace cloned under the locks) -> release
-                          of the locks unless the job holds them for its whole run ->
-                          write_spec -> launch(job_dir, mode=cfg.launcher) -> step
-                          LAUNCHED (state running, pid, start, started_at, started_ts) or
-                          LAUNCH_FAILED (failed, with the reason). The systemd launcher gives
-                          no pid: the job stays `starting` and a later tick attaches it from
-                          the sentinel. A waiting job naming a repository that is no longer
-                          configured nor registered is dispatched at once to fail ("repository
-                          'X' is no longer known"), releasing its place in the queues.
-    tick_all(jobs)        every starting/running job: observe -> lifecycle.tick -> execute.
-    tick_job(jobs, id)    the same for one job (the `job_exited` request).
-    cancel(jobs, id)      queued/waiting: cancelled now. starting/running: the intent
-                          (`cancel_requested: true`) is written first, then the tick signals
-                          SIGTERM to the verified process group; the result finalizes it as
-                          cancelled, the lifecycle's cancel_overdue row SIGKILLs it.
-    reattach(jobs)        at scheduler start: tick every starting/running job once and say
-                          what came of it (reattached, stale, finalized, lost, ...).
-    resume_waiting(jobs)  at scheduler start: acquire again for every waiting job the lock
-                          table does not know (the crash between the WAL's `waiting` and
-                          the acquire request), with its recorded lock_seq and exclusivity.
-
-Repository locks (LOCKS.md; the locks worker's side is argued in supervisor/locks.py).
-Requests go into locks/inbox/ as REQUEST files written atomically: `acquire-<job>` after
-the WAL says waiting, `release-<job>` (the same name each time: a replay is the same file)
-right after the clone of a job that does not hold its locks for its whole run, when a
-starting job is seen running (attach) or a running one is re-attached at start, and at
-every terminal finalize of a job with repositories, BEFORE its terminal WAL record (as the
-webhook events are), so a crash in between finalizes it and releases again. A job holds
-its locks for its whole run when it was submitted `--exclusive` or names an `exclusive`
-repository; that decision is recorded in its entry (`lock_exclusive`) when it starts to
-wait and used from then on. The grant is read from locks/state.json (owner=False), never
-from the hint `scheduler/inbox/granted-<job>.json`, which only wakes the loop.
-
-`Jobs.active` (the ids of starting/running jobs) is the one piece of memory: it is rebuilt
-from the queue at start (`Jobs.over`), so a restart loses nothing (DESIGN law 4).
-
-A finalized job leaves no process behind, at the moment its terminal record is written.
-With a result, the adaptor has emptied its group already; finalizing waits (up to
-ADAPTOR_EXIT_WAIT) for the adaptor itself to exit. Without one (lost, cancelled or timed
-out by the scheduler's backstop, result.json unreadable), or if the adaptor lingers, the
-adaptor did not clean up: `state.proc.kill_job(pgid, job_dir, job_id=)` SIGKILLs every
-process whose process group is the adaptor's pid AND whose /proc/<pid>/environ carries
-BATCHD_JOB_ID=<id>, and every process anywhere carrying BATCHD_JOB_DIR=<job dir> (a child
-that left the group with setsid); a process that cannot be tied to the job that way is
-never signalled (the pgid alone may be reused).
-
-Crash safety. This module writes only WAL records (through the queue) and, via
-_jobfiles, the job's spec and workspace (their own arguments are in that module). The
-order of side effects is the lifecycle's: within one pass the WAL writes are collected
-(`_Batch`) and made durable with ONE update_many, but always BEFORE the next launch (so
-`starting` is durable before the fork: a crash after the fork finds it and re-attaches or
-relaunches by the lifecycle's `starting` rule) and before the pass returns (before an
-inbox request is removed). A signal or a kill therefore precedes its WAL record; a crash
-in between re-sends the signal on the next tick, which is harmless. Counters go in the same
-atomic WAL group as the states they count (`_Batch.flush`). An adaptor holds
-jobs/<id>/adaptor.lock for its life and refuses to run a job that has a result, so a
-relaunch never runs an agent twice.
+Every decision comes from the pure table of scheduler.lifecycle; this module carries
+out its actions in order, batching the WAL writes of a pass. docs/JOBS.md has the
+whole of dispatch, ticks, cancels, re-attachment, leftovers and the crash argument.
 """
 
 from __future__ import annotations

@@ -1,35 +1,7 @@
 """The repository lock table: FIFO queues and all-or-nothing grants, as functions over plain data.
 
-Pure: no file, no clock, no process. The locks worker (supervisor/locks.py) keeps a
-`Table` in memory, applies requests to it with `acquire` / `release` / `drop`, then
-`grant`s and saves `to_record(table)` as locks/state.json; batchctl and the scheduler read
-that file back with `from_record`. The request bodies of the protocol are built here too
-(`acquire_request`, `release_request`, `granted_hint`), so sender and receiver share one
-definition of them.
-
-The rules (LOCKS.md):
-- Every lock is exclusive per repository: a repository is held by at most one job.
-- A job asks for all its repositories at once. It is queued in each one's FIFO queue,
-  ordered by the `seq` its acquire carries (the scheduler hands them out increasing in
-  the order jobs leave `queued`), so a request that is seen late still takes its place.
-- A job is granted when, for EACH of its repositories, the repository is free, available
-  (still configured or registered) and the job is first in its queue: all or nothing, so
-  no job ever holds part of what it needs (no deadlock: the waiting job with the lowest
-  seq is first in all of its queues), and no job overtakes an older one in any queue.
-- Acquire and release are idempotent by job: an acquire of a job that already waits or
-  holds changes nothing; a release of a job the table does not know changes nothing.
-- Release (or drop) of a job frees everything it holds and takes it out of every queue.
-
-The state record (kind WORKER_STATE) `to_record` makes:
-
-    {"worker": "locks",
-     "held": [{"repo", "job", "since", "exclusive"}, ...],      # in grant order
-     "wants": {"<job>": {"repos": [...], "exclusive", "seq", "created_at"}}}   # waiting jobs
-
-Nothing derivable is stored: the FIFO queues follow from the wants (each waiting job's
-repositories and place in line, `seq`), and which repositories are unavailable from the
-configuration and the registry, which readers know (`unavailable`). `from_record` checks
-the whole shape and says what is wrong otherwise.
+Pure: no file, no clock, no process. The rules (FIFO per repository, all-or-nothing
+grants, idempotent acquire/release) and the record are in docs/LOCKS.md.
 """
 
 from __future__ import annotations

@@ -1,73 +1,7 @@
 """The job queue: jobs, their states and fields, FIFO order and counters, kept in the WAL.
 
-API (what the scheduler and batchctl code against)
---------------------------------------------------
-    q = JobQueue.open(directory, fs=REAL, readonly=False)   # over supervisor.state.wal.Wal
-    q = JobQueue.over(MemoryStorage())                       # the in-memory twin (tests)
-    q.recovery                      # RecoveryReport: records replayed, torn bytes truncated,
-                                    # damaged ranges skipped, groups/records dropped, orphan
-                                    # updates, quarantined files, errors, jobs, duration_ms
-    q.enqueue(job_id, body) -> bool         # False: duplicate id, nothing changed
-    q.enqueue_many([(id, body), ...], count="submitted") -> list[bool]
-                                            # one atomic write, one fsync; `count` is
-                                            # incremented by the jobs added, in that write
-    q.update(job_id, **fields) / q.update_many([(id, {fields}), ...], counters={...})
-                                            # durable; the counters in the same write;
-                                            # KeyError for an unknown id, ValueError for
-                                            # a bad state
-    q.get(job_id) -> dict | None    # body merged with current fields, plus "id" and "state"
-    q.state(job_id) -> str | None
-    q.ids(state=None) -> list[str]  # submission (FIFO) order
-    q.first_queued() -> str | None  # the oldest queued job
-    q.counts() -> {state: n}  (all nine states)   q.stats() -> {counter: n}
-    q.incr(counter, n=1)            # counters: COUNTERS
-    q.close()
-
-Every mutating call returns only after its records are fdatasync'd (group commit across
-threads); a duplicate enqueue also waits until the existing record is durable. A change is
-visible to other threads of this process once it is ordered in the log, slightly before
-it is durable (a crash in between kills those threads too). enqueue sets the fields
-{"state": "queued", "attempts": 0} unless the body carries "state"/"attempts". Bodies and
-field values go through JSON (tuples come back as lists). Job ids follow CONTRACT.md:
-`[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
-
-Crash safety: the in-memory model changes only by applying a record that was already
-written to the log, in log order, with the same function recovery uses to replay it; so
-what a restart rebuilds is exactly what was acknowledged (plus, possibly, records that
-were written but whose caller never got the answer). The queue adds no file of its own:
-segments, snapshots and their crash windows are argued in supervisor.state.wal.
-
-A damaged log (supervisor.state.wal, "Recovery") loses only the groups of records that held a
-damaged record; the records after the damage are replayed. An update whose job's enqueue
-was in a lost group has nothing to apply to: it is skipped, counted in
-`recovery.orphan_updates` and reported loudly; the surviving jobs keep their FIFO order.
-The queue snapshots what survived before the log quarantines the damaged segment.
-
-Record payloads (the WAL's opaque payloads; ids are ASCII, JSON is compact UTF-8 and never
-holds a raw newline):
-    b"E" <state code> <id> b"\\n" <fields JSON> b"\\n" <body JSON>       enqueue
-    b"U" <state code or b"-"> <id> b"\\n" <fields delta JSON>           update
-    b"C" <counter> b"\\n" <decimal n>                                    incr
-A call's records go in one `Wal.write`, which the log makes atomic: enqueue_many and
-update_many survive a crash whole or not at all.
-State codes, one ASCII letter each: see STATE_CODES. "state" lives only in the code, never
-in the fields JSON.
-
-Snapshot image (the WAL wraps it in its CRC'd snapshot file), little-endian:
-    header  magic b"BQUEUE01" | n u64 | ids_len u64 | fields_len u64 | bodies_len u64
-            | stats_len u64                                        (48 bytes)
-    ids offsets     (n+1) u64      start of item i; item i ends one byte before item i+1
-    fields offsets  (n+1) u64
-    bodies offsets  (n+1) u64
-    codes           n bytes        one state code per job, submission order
-    ids data        ids_len bytes  each id followed by b"\\n"
-    fields data     each job's fields JSON followed by b"\\n"
-    bodies data     each body JSON followed by b"\\n"
-    stats           JSON object {counter: n}
-Loading is a few memoryview casts and copies of the offset arrays: no per-job Python work.
-Bodies stay raw bytes until get() needs one; the id -> position index is built only when a
-lookup needs it (an update replay of a few snapshot jobs finds them by a byte search
-instead), so open + first_queued() does not grow with a Python loop over the jobs.
+The API, the record payloads, the snapshot image and the crash argument are in
+docs/WAL.md.
 """
 
 from __future__ import annotations

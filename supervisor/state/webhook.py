@@ -1,49 +1,7 @@
 """Webhook records: event ids, delivery requests, the delivery record and its state machine.
 
-The scheduler and batchctl use this module to hand events to the callbacks worker; the
-worker (supervisor.callbacks) owns the outbox and the HTTP side (callbacks.transport).
-
-The path of one event (at-least-once across any crash):
-
-1. The scheduler, BEFORE it records a job's terminal state in its WAL, drops a REQUEST
-   `callbacks/inbox/<event id>.json` (`delivery_request` + `drop_request`: temp file,
-   fsync, rename, fsync folder). The event id is deterministic (`job_event_id`,
-   `batch_event_id`: uuid5), so a replay after a crash rewrites the same file name.
-2. The callbacks worker turns the request into a DELIVERY record
-   `callbacks/outbox/<event id>.json` (state "pending") unless that record exists (a
-   replay), and only then removes the request: a crash in between replays the request,
-   which finds the record and does nothing.
-3. Each try: the record is rewritten "in_flight" (attempts + 1) BEFORE the POST, and
-   rewritten with the outcome after it. A crash during the POST leaves "in_flight", which
-   the worker's recovery turns back into "pending" (due at once): the receiver may see the
-   event twice and dedupes by `Idempotency-Key` (the event id, identical on every try).
-
-Delivery state machine (`TRANSITIONS`, state x event -> state):
-
-    pending   --send-->            in_flight   (attempts + 1, written before the POST)
-    in_flight --delivered-->       delivered   (2xx)
-    in_flight --retry-->           pending     (408, 429, 5xx, timeout, connection error;
-                                                due after the next retry_schedule delay)
-    in_flight --exhausted-->       failed      (a retriable outcome, no delay left)
-    in_flight --failed-->          failed      (other 4xx, any 3xx, a malformed URL)
-    in_flight --interrupted-->     pending     (recovery: the worker died during the POST)
-    pending   --operator_retry-->  pending     (`batchctl callbacks retry`: due now)
-    failed    --operator_retry-->  pending     (due now, with a fresh retry schedule)
-
-A delivered record is final: `operator_retry` on it is refused (InvalidTransition).
-
-Classification: 2xx delivered; 408, 429 and 5xx retried; any other 4xx failed at once;
-3xx failed at once as well: redirects are never followed (the URL was validated at submit,
-a redirect would send the body somewhere that was not, and a POST redirect changes meaning
-between 301/302/303 and 307/308), so a 3xx means the configured URL is wrong. A status
-outside 200-599 (a broken proxy, a stray 1xx) is not an answer: retried like a connection
-error. Transport errors are retried, except a URL `requests` cannot use at all (failed).
-
-Retry schedule: `next_delay(n, schedule)` is the pause after the n-th try of the current
-round: schedule[n-1], or None when the schedule is exhausted. [30s, 2m, 10m] gives tries
-at t0, t0+30s, t0+150s, t0+750s, then failed. An operator retry starts a new round
-(`retry_base` = the attempts so far); `attempts` keeps counting every try ever made, and
-a try cut short by a crash counts (the receiver may have got it).
+The path of one event, the delivery state machine, the classification of answers and
+the retry schedule are in docs/CALLBACKS.md.
 """
 
 from __future__ import annotations
