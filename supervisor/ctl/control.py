@@ -149,6 +149,8 @@ def _describe(w: dict[str, Any]) -> str:
             parts.append(f"exit status {w['exitstatus']}")
         parts.append(f"since {cell(w.get('since'))}")
     parts.append(f"restarts {w.get('restarts', 0)}")
+    if w.get("paused"):
+        parts.append("paused: starts no new job (batchctl resume)")
     if w.get("message"):
         parts.append(str(w["message"]))
     return ", ".join(parts)
@@ -163,6 +165,8 @@ def cmd_workers(ctx: Ctx) -> int:
     if batchd_pid(ctx.layout) is None:
         raise not_running(ctx.layout)
     workers = [_worker_entry(w) for w in read_workers(ctx.layout)]
+    with open_view(ctx.cfg, ctx.layout) as view:
+        _mark_paused(workers, view.paused())
     if ctx.json:
         ctx.emit(workers)
         return EXIT_OK
@@ -209,14 +213,24 @@ def summary(ctx: Ctx) -> dict[str, Any]:
         except Unreadable as exc:
             unreadable.append(str(exc))
     jobs: dict[str, int] = {}
+    paused = False
     try:
         with open_view(ctx.cfg, ctx.layout) as view:
             jobs = view.counts()
+            paused = view.paused()
     except Unreadable as exc:
         unreadable.append(str(exc))
+    _mark_paused(workers, paused)
     degraded = _degraded(workers, startups) + unreadable
     return {"batchd": {"running": running, "pid": pid}, "workers": workers,
-            "jobs": jobs, "degraded": degraded}
+            "jobs": jobs, "degraded": degraded, "paused": paused}
+
+
+def _mark_paused(workers: list[dict[str, Any]], paused: bool) -> None:
+    """The scheduler's entry says whether it starts new jobs (`batchctl pause`)."""
+    for w in workers:
+        if w.get("name") == "scheduler":
+            w["paused"] = paused
 
 
 def cmd_status_summary(ctx: Ctx) -> int:
@@ -233,7 +247,8 @@ def cmd_status_summary(ctx: Ctx) -> int:
     for line in _worker_lines(doc["workers"]):
         ctx.say("  " + line)
     counts = ", ".join(f"{n} {state}" for state, n in doc["jobs"].items())
-    ctx.say(f"jobs: {counts or 'none'}")
+    ctx.say(f"jobs: {counts or 'none'}" + ("  (paused: no new job starts)" if doc["paused"]
+                                           else ""))
     for note in doc["degraded"]:
         ctx.say(f"degraded: {note}")
     return EXIT_OK

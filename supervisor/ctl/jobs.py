@@ -9,7 +9,9 @@ request once its turn comes (idempotent by job id: cancelling a terminal job doe
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from supervisor.config import WORKER_NAMES, parse_duration
@@ -23,10 +25,11 @@ from supervisor.ctl.out import (
     cell,
     table,
 )
-from supervisor.state.clock import SYSTEM_CLOCK, Clock
-from supervisor.state.jobs import batch_record, cancel_request, job_record, valid_job_id
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
+from supervisor.state.jobs import batch_record, cancel_request, retry_spec, valid_job_id
 from supervisor.state.layout import send_request
-from supervisor.state.view import TERMINAL, JobView, open_view, read_workers
+from supervisor.state.submission import Checker, JobError, accept, known
+from supervisor.state.view import TERMINAL, JobFilter, JobView, open_view, read_workers
 
 __all__ = [
     "batch_records",
@@ -66,7 +69,7 @@ def lookup(view: JobView, job_id: str) -> dict[str, Any]:
     entry = view.get(check_id(job_id))
     if entry is None:
         raise CtlError(f"no such job: {job_id}")
-    return job_record(entry, view.layout)
+    return view.record(entry)
 
 
 def _job_rows(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -90,11 +93,13 @@ def cmd_status_job(ctx: Ctx, job_id: str) -> int:
     return EXIT_OK
 
 
-def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None) -> int:
-    """`jobs [--state S] [--batch B]`: records in submission order (pending ones last)."""
+def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None,
+             flt: JobFilter | None = None) -> int:
+    """`jobs [--state S] [--batch B] [--agent A] [--label K=V]... [--since T] [--limit N]`:
+    records in submission order (pending ones last); --limit keeps the N most recent."""
+    flt = replace(flt or JobFilter(), state=state, batch=batch)
     with open_view(ctx.cfg, ctx.layout) as view:
-        records = [job_record(e, ctx.layout) for e in view.entries(state)
-                   if batch is None or e.get("batch") == batch]
+        records = [view.record(e) for e in view.select(flt)]
     if ctx.json:
         ctx.emit(records)
         return EXIT_OK
@@ -241,4 +246,43 @@ def cmd_stats(ctx: Ctx) -> int:
     rows += [(f"restarts {w}:", n) for w, n in doc["restarts"].items()]
     for line in table(rows):
         ctx.say(line)
+    return EXIT_OK
+
+
+def cmd_pause(ctx: Ctx, paused: bool) -> int:
+    """`pause` / `resume`: ask the scheduler to stop (start again) starting new jobs.
+
+    Like `cancel`, a request into its inbox: it works while batchd is down (taken at its
+    next start), and it survives restarts until `resume` (scheduler/paused.json)."""
+    kind = "pause" if paused else "resume"
+    send_request(ctx.layout, "scheduler", {"id": f"{kind}-{uuid.uuid4().hex}", "kind": kind,
+                                           "created_at": iso_now()})
+    if ctx.json:
+        ctx.emit({"paused": paused})
+    else:
+        ctx.say("paused: running jobs go on, no new job starts until `batchctl resume`"
+                if paused else "resumed: jobs start again")
+    return EXIT_OK
+
+
+def cmd_retry(ctx: Ctx, job_id: str) -> int:
+    """`retry JOB`: a new job with JOB's spec (retry_of = JOB), through the job door;
+    JOB must be terminal. Prints the new id."""
+    with open_view(ctx.cfg, ctx.layout) as view:
+        entry = view.get(check_id(job_id))
+    if entry is None:
+        raise CtlError(f"no such job: {job_id}")
+    if entry.get("state") not in TERMINAL:
+        raise CtlError(f"job {job_id} is {entry.get('state')}: only a finished job can be "
+                       "retried (cancel it first)")
+    try:
+        job = Checker(known(ctx.cfg, ctx.layout)).check(retry_spec(entry))
+        job["retry_of"] = job_id
+        (new_id,) = accept(ctx.cfg, ctx.layout, [job])
+    except JobError as exc:
+        raise CtlError(f"cannot retry {job_id}: {exc}") from None
+    if ctx.json:
+        ctx.emit({"id": new_id, "retry_of": job_id})
+    else:
+        ctx.out.write(new_id + "\n")
     return EXIT_OK

@@ -44,6 +44,7 @@ __all__ = [
     "CONTROL",
     "DELIVERY",
     "JOB_SPEC",
+    "PAUSED",
     "PID",
     "READY",
     "REPLY",
@@ -104,6 +105,9 @@ RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
+#: The scheduler's pause flag (`scheduler/paused.json`): {paused, since}; written only by
+#: the scheduler (batchctl pause/resume ask through its inbox).
+PAUSED = RecordKind("batchd.paused", 1, ("paused",))
 #: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
 
@@ -246,6 +250,11 @@ class Layout:
     @property
     def wal_dir(self) -> Path:
         return self.root / "scheduler" / "wal"
+
+    @property
+    def paused_file(self) -> Path:
+        """The scheduler's pause flag (PAUSED); missing: not paused."""
+        return self.root / "scheduler" / "paused.json"
 
     @property
     def submit_lock(self) -> Path:

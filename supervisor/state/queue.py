@@ -717,6 +717,28 @@ class JobQueue:
         with self._lock:
             return self._jobs.names_in(code)
 
+    def raw(self, state: str | None = None,
+            needles: Sequence[bytes] = ()) -> list[tuple[str, bytes]]:
+        """(id, the body's raw JSON bytes) in submission order, all or those in `state`,
+        keeping only bodies that contain every one of `needles` (a byte search, no JSON
+        decoding: filters over 100,000 jobs stay fast; the caller decodes what is left
+        and checks it properly)."""
+        code = None if state is None else _state_code(state)
+        with self._lock:
+            jobs = self._jobs
+            names = jobs.ids.all()
+            codes = jobs.codes
+            bodies = jobs.bodies
+            out = []
+            for i, name in enumerate(names):
+                c = codes[i]
+                if c == _VOID or (code is not None and c != code):
+                    continue
+                body = bodies[i]
+                if all(n in body for n in needles):
+                    out.append((name, bytes(body)))
+            return out
+
     def first_queued(self) -> str | None:
         """The oldest queued job's id (FIFO), or None."""
         with self._lock:

@@ -23,6 +23,7 @@ import pytest
 
 from supervisor.config import Config, RepoConfig, SchedulerConfig
 from supervisor.scheduler import dispatch as _dispatch
+from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.launch import Launched, LaunchError
 from supervisor.state.clock import MockClock, iso_now
 from supervisor.state.layout import (
@@ -187,10 +188,14 @@ def log_of(j: _dispatch.Jobs) -> RecLog:
 
 
 def enqueue(j: _dispatch.Jobs, *ids: str, **extra: Any) -> None:
+    """Queue jobs as the submit handler does: into the WAL, then into the index."""
     for job_id in ids:
         j.queue.enqueue(job_id, {"agent": "shell", "prompt": "sleep 60", "repos": [],
                                  "timeout": None, "created_at": iso_now(),
                                  "workspace": str(j.cfg.workspace_dir / job_id), **extra})
+        doomed = _queued.add(j.runnable, j.queue, get(j, job_id), j.clock.time())
+        if doomed is not None:
+            j.doomed.append((job_id, doomed))
 
 
 def get(j: _dispatch.Jobs, job_id: str) -> dict[str, Any]:

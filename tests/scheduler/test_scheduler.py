@@ -170,7 +170,7 @@ def test_a_bad_submit_is_quarantined_and_queues_nothing(mem: scheduler.Scheduler
 
 def test_unknown_request_kinds_are_quarantined(mem: scheduler.Scheduler) -> None:
     """A request of a kind the scheduler has no handler for is moved aside, not dropped."""
-    drop(mem, {"id": "r1", "kind": "pause", "created_at": iso_now()})
+    drop(mem, {"id": "r1", "kind": "frobnicate", "created_at": iso_now()})
     scheduler.take_inbox(mem)
     assert [True] == [n.startswith("r1.json" + CORRUPT_MARK) for n in inbox_names(mem)]
 
