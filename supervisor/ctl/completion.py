@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from supervisor.config import WORKER_NAMES
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor.state.repos import all_repositories
-from supervisor.state.view import open_view
+from supervisor.state.view import Unreadable, open_view
 
 __all__ = ["KINDS", "SHELLS", "cmd_complete", "cmd_completion", "script"]
 
@@ -191,7 +191,7 @@ def cmd_complete(ctx: Ctx, kind: str) -> int:
                     seen = dict.fromkeys(str(e["batch"]) for e in view.entries()
                                          if e.get("batch"))
                     values = list(seen)
-    except (OSError, ValueError, RuntimeError):
+    except (OSError, ValueError, RuntimeError, Unreadable):
         values = []
     ctx.out.write("".join(v + "\n" for v in values))
     return EXIT_OK

@@ -141,7 +141,7 @@ class Jobs:
 
     def next_due(self) -> float | None:
         """When the earliest delayed job may start (epoch seconds), or None."""
-        return self.runnable.due(self.clock.time())
+        return self.runnable.next_delayed()
 
 
 # -- the WAL writes of one pass ----------------------------------------------------------------

@@ -152,6 +152,16 @@ class Runnable:
                            (-item.priority, item.seq, job_id))
         return None
 
+    def next_delayed(self) -> float | None:
+        """When the first delayed job may start (looking only; `due` moves it)."""
+        while self.delayed:
+            when, seq, job_id = self.delayed[0]
+            item = self.jobs.get(job_id)
+            if item is not None and item.seq == seq and item.not_before == when:
+                return when
+            heapq.heappop(self.delayed)                        # gone, or placed again
+        return None
+
     def pop(self, room: Callable[[str], bool]) -> tuple[str, _Queued] | None:
         """The best ready job whose agent has `room`, taken out of the index (with what
         `restore` needs to put it back), or None."""

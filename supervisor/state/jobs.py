@@ -105,7 +105,7 @@ def job_record(entry: dict[str, Any], layout: Layout) -> dict[str, Any]:
     layout puts the job's output (derived, never stored).
     """
     rec: dict[str, Any] = {k: entry.get(k) for k in RECORD_FIELDS}
-    rec["output_path"] = str(layout.job_output(str(entry["id"])))
+    rec["output_path"] = f"{layout.jobs_root_text}/{entry['id']}/output"
     rec["repos"] = list(entry.get("repos") or [])
     rec["attempts"] = int(entry.get("attempts") or 0)
     rec["exclusive"] = bool(entry.get("exclusive") or False)

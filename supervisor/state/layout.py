@@ -30,6 +30,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -275,6 +276,11 @@ class Layout:
     @property
     def jobs_dir(self) -> Path:
         return self.root / "jobs"
+
+    @functools.cached_property
+    def jobs_root_text(self) -> str:
+        """str(jobs_dir), computed once (job records name thousands of outputs)."""
+        return str(self.jobs_dir)
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id

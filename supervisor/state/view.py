@@ -177,6 +177,7 @@ class JobView:
         self.pending = pending
         self._queue_ids: list[str] | None = None
         self._load: tuple[int, Counter[str]] | None = None
+        self._paused: bool | None = None
 
     def close(self) -> None:
         if self.queue is not None:
@@ -286,7 +287,12 @@ class JobView:
 
     def paused(self) -> bool:
         """Whether the scheduler starts no new job: its pause flag, or the last pause or
-        resume request still waiting in its inbox (batchd down)."""
+        resume request still waiting in its inbox (batchd down). Read once per view."""
+        if self._paused is None:
+            self._paused = self._read_paused()
+        return self._paused
+
+    def _read_paused(self) -> bool:
         if self.pending.pause is not None:
             return self.pending.pause
         rec = read_record(PAUSED, self.layout.paused_file, owner=False)

@@ -400,3 +400,24 @@ def test_a_cancel_for_a_job_that_never_comes_is_quarantined_after_an_hour(
     scheduler.take_inbox(mem)
     names = inbox_names(mem)
     assert 1 == len(names) and CORRUPT_MARK in names[0], names
+
+
+def test_serve_wakes_for_a_delayed_job_at_its_time(cfg: Config) -> None:
+    """A job delayed 0.4 s (less than a tick: no tick would start it): the loop sleeps
+    exactly until then (a timer, not a poll), and the pass at that moment starts it."""
+    clock = MockClock()
+    launched: list[str] = []
+
+    def launcher(job_dir: Path, mode: str) -> Launched:
+        launched.append(job_dir.name)
+        return Launched(None, None, None)
+
+    s = scheduler.Scheduler(cfg, Layout(cfg.state_dir), JobQueue.over(MemoryStorage()),
+                            _log.get("test"), None)  # type: ignore[arg-type]
+    s.jobs = Jobs.over(cfg, s.layout, s.queue, s.log, launcher=launcher, clock=clock)
+    drop(s, submit_request([job("d", not_before=iso_now(clock.time() + 0.4))],
+                           request_id="s1"))
+    scheduler.take_inbox(s)
+    watcher = FakeWatcher(2, clock)
+    scheduler.serve(s, watcher, clock=clock)  # type: ignore[arg-type]
+    assert (0.4, ["d"]) == (round(watcher.timeouts[0] or 0, 3), launched)
