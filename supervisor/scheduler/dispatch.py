@@ -587,7 +587,7 @@ def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
 def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
     """Waiting jobs that hold all their locks (slots permitting, in grant order), and those
     naming a repository that no longer exists (at once: their launch fails saying so)."""
-    if not j.queue.counts().get(lc.State.WAITING.value):
+    if not j.queue.holds(lc.State.WAITING.value):
         return 0
     table = _lock_table(j)
     if table is None:

@@ -29,6 +29,8 @@ __all__ = ["Paused", "add", "agent_load", "index", "retry_id", "retry_job"]
 
 def _follow(queue: JobQueue) -> Any:
     def follow(job_id: str) -> str | None:
+        if queue.state(job_id) not in ("failed", "lost"):      # only these are retried
+            return None
         entry = queue.get(job_id)
         retried = None if entry is None else entry.get("retried_as")
         return retried if isinstance(retried, str) else None

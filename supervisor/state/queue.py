@@ -772,6 +772,11 @@ class JobQueue:
             codes = self._jobs.codes
             return {state: codes.count(code) for state, code in STATE_CODES.items()}
 
+    def holds(self, state: str) -> bool:
+        """Whether any job is in `state` (a scan that stops at the first)."""
+        with self._lock:
+            return STATE_CODES[state] in self._jobs.codes
+
     def stats(self) -> dict[str, int]:
         """The persistent counters (every name in COUNTERS, 0 if never incremented)."""
         with self._lock:

@@ -305,8 +305,8 @@ class JobView:
         dependencies, its not_before, the pause, its agent's limit, the global limit."""
         if entry.get("state") != "queued":
             return None
-        deps = [d for key in ("after", "after_any") for d in entry.get(key) or ()
-                if self.state(str(d)) not in TERMINAL_STATES]
+        named = [d for key in ("after", "after_any") for d in entry.get(key) or ()]
+        deps = [d for d in map(self._retried, named) if self.state(d) not in TERMINAL_STATES]
         if deps:
             return "after " + ", ".join(deps)
         when = parse_iso(entry.get("not_before"))
@@ -323,6 +323,20 @@ class JobView:
         if busy[0] >= self.cfg.scheduler.max_concurrent_jobs:
             return f"global limit ({self.cfg.scheduler.max_concurrent_jobs})"
         return None
+
+    def _retried(self, named: object) -> str:
+        """The last job of `named`'s retry chain (a retried dependency hands its waiters
+        to the retry)."""
+        job_id = str(named)
+        seen: set[str] = set()
+        while job_id not in seen and self.state(job_id) in ("failed", "lost"):
+            seen.add(job_id)
+            entry = self.get(job_id)
+            nxt = None if entry is None else entry.get("retried_as")
+            if not isinstance(nxt, str):
+                break
+            job_id = nxt
+        return job_id
 
     def _busy(self) -> tuple[int, Counter[str]]:
         """(jobs starting/running, jobs of each agent waiting/starting/running)."""

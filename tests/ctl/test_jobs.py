@@ -339,3 +339,13 @@ def test_a_queued_jobs_reason_says_why_it_waits(ctx: Ctx) -> None:
     cmd_pause(ctx, True)
     with open_view(ctx.cfg, ctx.layout) as view:
         assert "paused" == view.record(view.get("free") or {})["reason"]
+
+
+def test_a_queued_jobs_reason_follows_a_retried_dependency(ctx: Ctx) -> None:
+    """A dependency that failed and was retried hands its waiter to the retry: the reason
+    names the retry still running, not the failed job."""
+    _queue(ctx.layout, (_job("dep"), {**FAILED, "retried_as": "dep.r1"}),
+           (_job("dep.r1", retry_of="dep"), {**FAILED, "retried_as": "dep.r2"}),
+           (_job("dep.r2", retry_of="dep.r1"), RUNNING), (_job("w", after=["dep"]), {}))
+    with open_view(ctx.cfg, ctx.layout) as view:
+        assert "after dep.r2" == view.record(view.get("w") or {})["reason"]

@@ -168,6 +168,17 @@ def test_counts_cover_all_states() -> None:
     assert expect == q.counts()
 
 
+def test_holds_says_whether_any_job_is_in_a_state() -> None:
+    """holds(state) is true exactly while some job is in that state."""
+    q, _ = mem()
+    q.enqueue_many([("a", {}), ("b", {})])
+    assert (True, False) == (q.holds("queued"), q.holds("waiting"))
+    q.update("b", state="waiting")
+    assert (True, True) == (q.holds("queued"), q.holds("waiting"))
+    q.update("b", state="completed")
+    assert (True, False, True) == (q.holds("queued"), q.holds("waiting"), q.holds("completed"))
+
+
 def test_counters_incr_and_persist() -> None:
     """incr adds to a counter; unknown counters and negative steps are refused."""
     q, storage = mem()
