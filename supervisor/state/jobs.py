@@ -45,7 +45,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "id", "state", "agent", "repos", "batch", "created_at", "started_at", "finished_at",
     "exit_code", "reason", "attempts", "pid", "workspace", "output_path",
     "callback", "timeout", "exclusive", "after", "after_any", "priority", "not_before",
-    "labels", "retry_of", "retries",
+    "labels", "retry_of", "retries", "slurm_job_id",
 )
 
 #: Keys a submission (a `--from` JSONL line, or the flags of `submit`) may carry.
