@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import Config, RepoConfig
-from supervisor.scheduler.lifecycle import Observation
+from supervisor.scheduler.lifecycle import Observation, SlurmSeen
 from supervisor.scheduler.mirrors import FETCH_TIMEOUT, MirrorError, ensure_mirror
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, remove_tree
 from supervisor.state.clock import parse_iso
@@ -76,8 +76,10 @@ def _record(kind: RecordKind, path: Path, job_id: str) -> tuple[dict[str, Any] |
     return got, None
 
 
-def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -> Observation:
-    """Look at one job's sentinel, adaptor process, lock and result (reads only).
+def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config,
+            slurm: SlurmSeen | None = None) -> Observation:
+    """Look at one job's sentinel, adaptor process, lock and result (reads only); `slurm`
+    is what Slurm said of it (a Slurm job), passed on as is.
 
     `now` is accepted for symmetry with the lifecycle calls; nothing here compares times.
     """
@@ -107,7 +109,7 @@ def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -
         sentinel=sentinel, result=result, result_error=result_error,
         heartbeat=parse_iso(sentinel.get("heartbeat_at")) if sentinel is not None else None,
         pid=pid, start=start, alive=bool(living), lock_held=lock.held,
-        timeout=job_timeout(cfg, entry))
+        timeout=job_timeout(cfg, entry), slurm=slurm)
 
 
 # --------------------------------------------------------------------------- spec
