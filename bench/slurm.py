@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -206,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = SlurmCluster(root, kill_wait=5, cpus=24)
     try:
         cluster.start()
-        out: dict[str, Any] = {"quick": args.quick, "slurm": _version()}
+        out: dict[str, Any] = {"quick": args.quick,
+                               "slurm": cluster.run("sbatch", "--version").stdout.strip()}
         out.update(bench_latency(base, cluster, 8 if args.quick else 20))
         out.update(bench_sbatch_rate(base, cluster, 50 if args.quick else 200))
     finally:
@@ -218,13 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in out.items():
             print(f"{key:34} {value}")
     return 0
-
-
-def _version() -> str:
-    path = os.environ.get("PATH", "") + ":/usr/sbin"
-    done = subprocess.run(["sbatch", "--version"], capture_output=True, text=True, check=False,
-                          env={**os.environ, "PATH": path})
-    return done.stdout.strip()
 
 
 if __name__ == "__main__":

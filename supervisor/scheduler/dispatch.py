@@ -386,8 +386,7 @@ def _submit_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:
     d = lc.step(job.entry, lc.Event.SUBMITTED,
                 lc.Facts(now=j.clock.time(), timing=j.timing, slurm_job_id=sid))
     j.log.info("job submitted to slurm", job=job.id, slurm_job_id=sid, relaunch=relaunch)
-    _execute(j, job, d, batch)
-    batch.flush(j.queue)        # the id is durable before the next submission of the pass
+    _execute(j, job, d, batch)   # durable with the pass (lost in a crash: found by its tag)
 
 
 def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:

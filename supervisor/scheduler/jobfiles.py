@@ -92,8 +92,10 @@ def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config,
             candidates.append((known, _int(source.get("start"))))
     living = [(p, s) for p, s in candidates if s is not None and alive(p, s)]
     # The lock only matters when no known pid is alive (the table reads lock_held OR'ed
-    # with alive): skip the probe, which reads all of /proc/locks, for a live adaptor.
-    lock = LockProbe(held=False, pid=None) if living else probe_lock(layout.job_lock(job_id))
+    # with alive): skip the probe, which reads all of /proc/locks, for a live adaptor, and
+    # for a Slurm job (its adaptor's lock is held on a node: /proc/locks here cannot say).
+    skip = living or slurm is not None
+    lock = LockProbe(held=False, pid=None) if skip else probe_lock(layout.job_lock(job_id))
     result, result_error = _record(RESULT, layout.job_result(job_id), job_id)
     pid: int | None
     start: int | None
