@@ -19,7 +19,7 @@ from tests.proc.harness import LINES_5S
 from tests.proc.slurm.slurmenv import SlurmEnv
 from tests.proc.slurm.slurmlab import SlurmCluster, _proc_table
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
 DEADLINE = 120.0
 LONG = "i=0; while [ $i -lt 600 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done"

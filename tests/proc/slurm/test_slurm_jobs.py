@@ -15,7 +15,7 @@ from tests.helpers import until
 from tests.proc.harness import EXPECTED, LINES_5S
 from tests.proc.slurm.slurmenv import SlurmEnv
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 DEADLINE = 120.0
 
