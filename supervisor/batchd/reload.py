@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from supervisor.config import WORKER_NAMES, Config, ConfigError, load, worker_settings
+from supervisor.config import Config, ConfigError, enabled_workers, load, worker_settings
 
 __all__ = ["changed_workers", "read_new_config"]
 
 
 def changed_workers(old: Config, new: Config) -> list[str]:
-    """The workers (startup order) whose settings differ: their `workers.<name>` entry or a
-    config section they read (supervisor.config.WORKER_SECTIONS; `log` is read by all)."""
-    return [name for name in WORKER_NAMES
+    """The workers (startup order) the new configuration runs whose settings differ: their
+    `workers.<name>` entry or a config section they read (supervisor.config.WORKER_SECTIONS;
+    `log` is read by all). An optional worker turned on or off is the caller's to see."""
+    return [name for name in enabled_workers(new)
             if old.workers.get(name) != new.workers.get(name)
             or worker_settings(old, name) != worker_settings(new, name)]
 

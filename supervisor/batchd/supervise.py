@@ -22,14 +22,14 @@ from supervisor.batchd.procstate import Action, Event, Proc, State, Transition
 from supervisor.batchd.publish import Publisher, status_text
 from supervisor.batchd.reload import changed_workers, read_new_config
 from supervisor.batchd.sdnotify import Notifier
-from supervisor.batchd.startup import PHASES, Startup
+from supervisor.batchd.startup import Startup, phases_for
 from supervisor.batchd.timers import Timers
 from supervisor.batchd.workers import (
     READY_RECHECK,
     Workers,
     fork_worker,
 )
-from supervisor.config import WORKER_NAMES, Config, ConfigError
+from supervisor.config import WORKER_NAMES, Config, ConfigError, enabled_workers
 from supervisor.state.clock import SYSTEM_CLOCK, Clock
 from supervisor.state.layout import Layout
 from supervisor.state.proc import start_time
@@ -80,7 +80,7 @@ class Batchd:
         self.timers = Timers()
         self.workers = Workers(cfg, self.layout, self.timers, clock, self.log, spawn=spawn,
                                kill=kill, proc_start=proc_start)
-        self.startup = Startup(clock, self.log, PHASES)
+        self.startup = Startup(clock, self.log, phases_for(enabled_workers(cfg)))
         self.started_wall = self.startup.started_wall
         self.control = Control(self.layout, clock, self.log, self.started_wall)
         self.publisher = Publisher(self.layout, self.notifier, self.log, self.pid)
@@ -172,23 +172,39 @@ class Batchd:
             except ConfigError as exc:
                 self.log.error("reload: cannot switch logging; keeping it", error=str(exc))
         changed = changed_workers(self.cfg, new)
+        was, now = enabled_workers(self.cfg), enabled_workers(new)
+        started = [n for n in now if n not in was]          # an optional worker turned on
+        stopped = [n for n in was if n not in now]          # ... or off
         self.cfg = new
         self.workers.reconfigure(new)
-        restart = [n for n in changed if self.procs[n].state is not State.STOPPED]
+        restart = [n for n in changed if n in now and n not in started
+                   and self.procs[n].state is not State.STOPPED]
         self.log.info("configuration reloaded", source=new.source, changed=changed,
-                      restarting=restart)
-        message = ("reloaded; restarted: " + ", ".join(restart)) if restart \
+                      restarting=restart, starting=started, stopping=stopped)
+        told = restart + started
+        parts = [f"{what}: {', '.join(names)}" for what, names in
+                 (("restarted", restart), ("started", started), ("stopped", stopped)) if names]
+        message = ("reloaded; " + "; ".join(parts)) if parts \
             else "reloaded; no worker needed a restart"
-        result = {"restarted": restart, "changed": changed}
-        if not restart:
+        result = {"restarted": restart, "changed": changed, "started": started,
+                  "stopped": stopped}
+        for name in stopped:
+            self.event(name, Event.STOP)
+        if not told:
             for rid in rids:
                 self.control.reply(rid, True, message, result=result)
-            self.life_event(life.Event.RELOADED)
+            self._reloading = tuple(stopped)
+            if not stopped:
+                self.life_event(life.Event.RELOADED)
+            else:
+                self._after()
             return
-        self.control.wait(rids, "start", restart, message, result)
+        self.control.wait(rids, "start", told, message, result)
         for name in restart:
             self.event(name, Event.RESTART)
-        self._reloading = tuple(restart)     # judged once every one of them was told
+        for name in started:
+            self.event(name, Event.START)
+        self._reloading = tuple(told + stopped)   # judged once every one of them was told
         self._after()
 
     def _begin_shutdown(self) -> None:
@@ -265,7 +281,7 @@ class Batchd:
     def begin(self) -> None:
         """Start recovery: the first phase's workers."""
         self.log.info("startup recovery begins", startup=self.startup.id,
-                      phases=[list(p) for p in PHASES])
+                      phases=[list(p) for p in phases_for(enabled_workers(self.cfg))])
         self._next_phase()
 
     def _next_phase(self) -> None:
@@ -378,6 +394,10 @@ class Batchd:
         if req.worker not in self.procs:
             self.control.reply(rid, False, f"unknown worker {req.worker!r} (expected one of "
                                            f"{', '.join(WORKER_NAMES)})")
+            return
+        if req.op != "stop" and not self.workers.enabled(req.worker):
+            self.control.reply(rid, False, f"worker {req.worker} is not configured "
+                                           "(api.listen is null); set it and reload")
             return
         assert req.worker is not None
         {"start": self.start_worker, "stop": self.stop_worker,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.config import WORKER_NAMES
+from supervisor.config import OPTIONAL_WORKERS, WORKER_NAMES
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, read_json, write_json
 from supervisor.state.fs import FS, REAL
 
@@ -299,7 +299,7 @@ class Layout:
         """The folders batchd creates at start (each owner creates its own again if missing)."""
         dirs = [self.root, self.control_inbox, self.control_replies, self.ready_dir,
                 self.jobs_dir, self.wal_dir]
-        dirs += [self.inbox(w) for w in WORKER_NAMES]
+        dirs += [self.inbox(w) for w in WORKER_NAMES if w not in OPTIONAL_WORKERS]
         return dirs
 
 

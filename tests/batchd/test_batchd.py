@@ -121,7 +121,7 @@ class Harness:
         return rec if isinstance(rec, dict) else None
 
     def states(self) -> dict[str, str]:
-        return {n: p.state.value for n, p in self.d.procs.items()}
+        return {p.name: p.state.value for p in self.d.workers.ordered()}
 
 
 KILLED = signal.SIGKILL          # a waitpid status for "killed by SIGKILL"
