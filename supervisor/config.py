@@ -40,10 +40,10 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "NAME_PATTERN",
+    "OPTIONAL_WORKERS",
     "SYSTEM_CONFIG",
     "WORKER_NAMES",
     "WORKER_SECTIONS",
-    "OPTIONAL_WORKERS",
     "AgentConfig",
     "ApiConfig",
     "CallbacksConfig",
@@ -61,10 +61,10 @@ __all__ = [
     "default_config",
     "default_state_dir",
     "enabled_workers",
-    "parse_listen",
     "load",
     "parse",
     "parse_duration",
+    "parse_listen",
     "resolve_path",
     "worker_settings",
 ]
@@ -838,7 +838,7 @@ _REAPER: dict[str, _Conv] = {
 }
 
 _API: dict[str, _Conv] = {
-    "listen": _optional(lambda ctx, node, key: _listen(ctx, node, key)),
+    "listen": _optional(_listen),
     "tokens_file": _optional(_path),
 }
 

@@ -29,16 +29,17 @@ from supervisor.runtime import (
 )
 from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler.dispatch import Jobs, Launcher
+from supervisor.state.atomic import Corrupt
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
-from supervisor.state.layout import Layout
+from supervisor.state.layout import PAUSED, Layout, read_record, write_record
 from supervisor.state.locktable import GRANTED
 from supervisor.state.queue import JobQueue, QueueError
 from supervisor.state.submission import JobError, check_request
 from supervisor.state.wal import WalError
 
 __all__ = ["CANCEL_REASON", "HANDLERS", "NAME", "Scheduler", "cancel",
-           "job_exited", "lock_granted", "main", "one_pass", "recover", "serve", "submit",
-           "take_inbox"]
+           "job_exited", "lock_granted", "main", "one_pass", "pause", "recover", "serve",
+           "submit", "take_inbox"]
 
 NAME = "scheduler"
 CANCEL_REASON = "cancelled by operator"
@@ -115,6 +116,19 @@ def job_exited(s: Scheduler, req: dict[str, Any]) -> None:
     _dispatch.tick_job(s.jobs, job_id)
 
 
+def pause(s: Scheduler, req: dict[str, Any]) -> None:
+    """`pause`/`resume` (state.jobcontrol): keep the flag in scheduler/paused.json, durably,
+    before the request is removed; dispatch then starts no new job while it is set."""
+    want = req.get("paused")
+    if not isinstance(want, bool):
+        raise BadRequest("'paused' must be true or false")
+    if want != s.jobs.paused:
+        write_record(PAUSED, s.layout.paused_file,
+                     {"paused": want, "since": iso_now(), "request": req["id"]})
+        s.jobs.paused = want
+    s.log.info("paused" if want else "resumed", request=req["id"])
+
+
 def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
     """The locks worker granted a job its locks: nothing to do here, the pass's dispatch
     reads the grant from locks/state.json (the hint only woke the loop)."""
@@ -127,6 +141,7 @@ HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
     "submit": submit,
     "cancel": cancel,
     "job_exited": job_exited,
+    "pause": pause,
     GRANTED: lock_granted,
 }
 
@@ -175,6 +190,8 @@ def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None 
     queue = JobQueue.open(layout.wal_dir)
     report = queue.recovery
     jobs = Jobs.over(cfg, layout, queue, log, launcher=launcher)
+    flag = read_record(PAUSED, layout.paused_file, owner=True)
+    jobs.paused = isinstance(flag, dict) and flag.get("paused") is True
     found = {
         "jobs": {state: n for state, n in queue.counts().items() if n},
         "records_replayed": report.records_replayed,
@@ -182,7 +199,11 @@ def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None 
         "quarantined": list(report.quarantined),
         "active": len(jobs.active),
     }
+    found["paused"] = jobs.paused
     degraded = [f"job queue: {error}" for error in report.errors]
+    if isinstance(flag, Corrupt):
+        degraded.append(f"pause flag was corrupt ({flag.reason}): moved to {flag.moved_to}; "
+                        "not paused")
     degraded += [f"job queue file quarantined: {path}" for path in report.quarantined]
     try:
         did: dict[str, Any] = {"truncated_bytes": report.torn_bytes_truncated,

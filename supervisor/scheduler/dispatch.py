@@ -109,6 +109,7 @@ class Jobs:
         return self._pool
     lock_seq: int = 0            # the last acquire's seq (increasing: FIFO across passes)
     backlog: bool = False        # the last dispatch left queued jobs it could have moved
+    paused: bool = False         # scheduler/paused.json: start no new job (state.jobcontrol)
 
     @classmethod
     def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
@@ -584,8 +585,10 @@ def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
 def dispatch(j: Jobs) -> int:
     """Start what may start now (granted waiting jobs, then queued ones, FIFO), and move
     queued jobs with repositories to waiting; how many were dispatched."""
-    batch = _Batch()
     j.backlog = False
+    if j.paused:
+        return 0            # paused: running jobs go on, nothing new starts or waits
+    batch = _Batch()
     try:
         return _dispatch_waiting(j, batch) + _dispatch_queued(j, batch)
     finally:

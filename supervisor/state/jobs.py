@@ -42,7 +42,7 @@ JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RECORD_FIELDS: tuple[str, ...] = (
     "id", "state", "agent", "repos", "batch", "created_at", "started_at", "finished_at",
     "exit_code", "reason", "attempts", "pid", "workspace", "output_path",
-    "callback", "timeout", "exclusive",
+    "callback", "timeout", "exclusive", "retry_of",
 )
 
 #: Keys a submission (a `--from` JSONL line, or the flags of `submit`) may carry.

@@ -19,6 +19,8 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       scheduler/inbox/            batchctl requests to the scheduler (submit, cancel)
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
       scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
+      scheduler/paused.json       scheduler record "paused": new jobs are not started
+      api/tokens, api/tokens.lock batchctl record "tokens" (hashes only); flock serializes writers
       locks/inbox/, locks/state.json          locks worker
       callbacks/inbox/, callbacks/outbox/     callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
@@ -44,6 +46,7 @@ __all__ = [
     "CONTROL",
     "DELIVERY",
     "JOB_SPEC",
+    "PAUSED",
     "PID",
     "READY",
     "REPLY",
@@ -52,6 +55,7 @@ __all__ = [
     "RESULT",
     "SENTINEL",
     "STARTUP_LOG",
+    "TOKENS",
     "WORKERS",
     "WORKER_STATE",
     "JobPaths",
@@ -106,6 +110,11 @@ RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
 #: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
+#: The scheduler's pause flag (`scheduler/paused.json`): {paused, since, request}.
+PAUSED = RecordKind("batchd.paused", 1, ("paused",))
+#: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
+#: {tokens: {name: {sha256, scope, created_at}}} (state.tokens).
+TOKENS = RecordKind("batchd.tokens", 1, ("tokens",))
 
 
 def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
@@ -165,6 +174,11 @@ class JobPaths:
     @property
     def result(self) -> Path:
         return self.dir / "result.json"
+
+    @property
+    def patch(self) -> Path:
+        """The job's changes as one binary-safe patch (`diff JOB`), when results exist."""
+        return self.dir / "changes.patch"
 
     @property
     def lock(self) -> Path:
@@ -255,6 +269,16 @@ class Layout:
         """
         return self.root / "scheduler" / "submit.lock"
 
+    @property
+    def paused_file(self) -> Path:
+        """The scheduler's pause flag (PAUSED), written when it takes a `pause` request."""
+        return self.root / "scheduler" / "paused.json"
+
+    @property
+    def tokens_file(self) -> Path:
+        """Where API tokens live unless `api.tokens_file` says otherwise."""
+        return self.root / "api" / "tokens"
+
     def worker_state(self, worker: str) -> Path:
         return self.root / worker / "state.json"
 
@@ -291,6 +315,9 @@ class Layout:
 
     def job_lock(self, job_id: str) -> Path:
         return self.job(job_id).lock
+
+    def job_patch(self, job_id: str) -> Path:
+        return self.job(job_id).patch
 
     def job_adaptor_log(self, job_id: str) -> Path:
         return self.job(job_id).adaptor_log

@@ -217,12 +217,18 @@ class Checker:
             if created is not None:
                 _expect("created_at", created, (str,), "an ISO-8601 time")
                 job["created_at"] = created
+            retry_of = obj.get("retry_of")
+            if retry_of is not None:
+                if not valid_job_id(retry_of):
+                    raise JobError(f"retry_of {retry_of!r} is not a job id")
+                job["retry_of"] = retry_of
         return job
 
 
 #: What a job carries in a submit request (the scheduler's check): a submission cannot set
-#: a job's state, attempts or pid.
-_STORED_KEYS = SUBMIT_KEYS | {"created_at"}
+#: a job's state, attempts or pid; `retry_of` is set by a retry (state.jobcontrol), never
+#: by a submitter.
+_STORED_KEYS = SUBMIT_KEYS | {"created_at", "retry_of"}
 
 
 def check_request(req: dict[str, Any]) -> list[dict[str, Any]]:

@@ -115,10 +115,12 @@ class QueueReader(Protocol):
 
 @dataclass
 class Pending:
-    """Submissions and cancels waiting in the scheduler's inbox, in request order."""
+    """Submissions, cancels and pause requests waiting in the scheduler's inbox, in request
+    order (`paused`: what the latest pause request asks; None when there is none)."""
 
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cancels: set[str] = field(default_factory=set)
+    paused: bool | None = None
 
 
 def read_pending(layout: Layout) -> Pending:
@@ -152,6 +154,8 @@ def read_pending(layout: Layout) -> Pending:
                     pending.jobs.setdefault(job["id"], job)
         elif rec.get("kind") == "cancel" and isinstance(rec.get("job"), str):
             pending.cancels.add(rec["job"])
+        elif rec.get("kind") == "pause" and isinstance(rec.get("paused"), bool):
+            pending.paused = rec["paused"]
     return pending
 
 

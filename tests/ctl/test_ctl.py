@@ -86,9 +86,9 @@ def test_bad_config_exits_2_naming_the_file(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_status_while_down_exits_0_with_exact_shape(cli: Cli) -> None:
-    """status --json: exactly the four keys of CONTRACT.md; running false, pid null."""
+    """status --json: exactly the keys of CONTRACT.md; running false, pid null."""
     assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
-            "degraded": []} == cli.json("status")
+            "degraded": [], "paused": False} == cli.json("status")
     assert 0 == cli("status")
     assert "not running" in cli.out
 
@@ -274,7 +274,8 @@ def test_unreadable_queue_is_degraded_in_status(cli: Cli) -> None:
     """status (no JOB) still answers, exit 0, and names the unreadable queue in degraded."""
     wal = _break_queue(cli)
     assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
-            "degraded": [f"cannot read the job queue at {wal}: it is not a directory"]} == (
+            "degraded": [f"cannot read the job queue at {wal}: it is not a directory"],
+            "paused": False} == (
         cli.json("status"))
 
 

@@ -86,7 +86,7 @@ def test_recovery_of_a_fresh_state_dir(cfg: Config) -> None:
     s, found, did, degraded = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
     s.queue.close()
     assert ({"jobs": {}, "records_replayed": 0, "torn_bytes": 0, "quarantined": [],
-             "active": 0}, []) == (found, degraded)
+             "active": 0, "paused": False}, []) == (found, degraded)
     assert {"truncated_bytes": 0, "quarantined": 0, "reattached": 0, "stale": 0,
             "finalized": 0, "lost": 0, "pending": 0, "relaunched": 0,
             "lock_requests_resent": 0} == did
