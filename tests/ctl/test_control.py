@@ -238,7 +238,7 @@ def test_status_summary_while_down(ctx: Ctx) -> None:
     ctx.json = True
     assert EXIT_OK == cmd_status_summary(ctx)
     assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
-            "degraded": []} == json.loads(_out(ctx))
+            "degraded": [], "paused": False} == json.loads(_out(ctx))
 
 
 def test_status_summary_counts_pending_submissions_as_queued(ctx: Ctx) -> None:
