@@ -41,6 +41,7 @@ from supervisor.ctl.locks import run_locks, setup_locks
 from supervisor.ctl.out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor.ctl.repos import run_repo, setup_repo
 from supervisor.ctl.submit import cmd_submit
+from supervisor.ctl.tokens import run_token, setup_token
 from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
 from supervisor.state.view import JOB_STATES, Unreadable
@@ -89,6 +90,12 @@ def _jobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="S", choices=JOB_STATES,
                    help="only jobs in state S: " + ", ".join(JOB_STATES))
     p.add_argument("--batch", metavar="B", help="only jobs of batch B")
+    p.add_argument("--agent", metavar="A", help="only jobs of agent A")
+    p.add_argument("--label", metavar="K=V", action="append", default=[],
+                   help="only jobs carrying label K=V (repeatable: all must match)")
+    p.add_argument("--since", metavar="TIME",
+                   help="only jobs submitted since TIME (ISO-8601, or a duration ago: 2h)")
+    p.add_argument("--limit", metavar="N", type=int, help="at most N jobs")
 
 
 def _tail(p: argparse.ArgumentParser) -> None:
@@ -119,7 +126,9 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "status": ("one job's record; without JOB a summary of batchd",
                _status, lambda c, a: cmd_status_job(c, a.job) if a.job is not None
                else cmd_status_summary(c)),
-    "jobs": ("list jobs in submission order", _jobs, lambda c, a: cmd_jobs(c, a.state, a.batch)),
+    "jobs": ("list jobs in submission order", _jobs,
+             lambda c, a: cmd_jobs(c, a.state, a.batch, agent=a.agent, labels=a.label,
+                                   since=a.since, limit=a.limit)),
     "output": ("a job's whole output so far", _job, lambda c, a: cmd_output(c, a.job)),
     "tail": ("the last lines of a job's output; -f follows", _tail,
              lambda c, a: cmd_tail(c, a.job, a.lines, a.follow)),
@@ -149,6 +158,8 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "reload": ("reload the configuration (as SIGHUP)", _none, _control("reload")),
     "startup-log": ("the last startups, phase by phase", _none,
                     lambda c, a: cmd_startup_log(c)),
+    "token": ("API tokens: `token add NAME --scope read|submit|admin` (printed once), "
+              "`token list`, `token revoke NAME`", setup_token, run_token),
 }
 
 

@@ -9,6 +9,7 @@ crash argument).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from supervisor.config import parse_duration
@@ -25,6 +26,7 @@ from supervisor.ctl.out import (
 from supervisor.state import jobcontrol
 from supervisor.state.clock import SYSTEM_CLOCK, Clock
 from supervisor.state.documents import batch_records, stats_doc
+from supervisor.state.joblist import JobFilter, parse_label, parse_since, select
 from supervisor.state.jobs import job_record, valid_job_id
 from supervisor.state.submission import JobError
 from supervisor.state.view import TERMINAL, JobView, open_view
@@ -91,11 +93,22 @@ def cmd_status_job(ctx: Ctx, job_id: str) -> int:
     return EXIT_OK
 
 
-def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None) -> int:
-    """`jobs [--state S] [--batch B]`: records in submission order (pending ones last)."""
+def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None, *, agent: str | None = None,
+             labels: list[str] | None = None, since: str | None = None,
+             limit: int | None = None) -> int:
+    """`jobs [--state S] [--batch B] [--agent A] [--label K=V]... [--since TIME] [--limit N]`:
+    records in submission order (pending ones last), filtered by state.joblist."""
+    try:
+        f = JobFilter(state=state, batch=batch, agent=agent,
+                      labels=tuple(parse_label(t) for t in labels or ()),
+                      since=None if since is None else parse_since(since))
+    except ValueError as exc:
+        raise CtlError(str(exc), EXIT_USAGE) from None
+    if limit is not None and limit < 0:
+        raise CtlError(f"--limit must be >= 0, got {limit}", EXIT_USAGE)
     with open_view(ctx.cfg, ctx.layout) as view:
-        records = [job_record(e, ctx.layout) for e in view.entries(state)
-                   if batch is None or e.get("batch") == batch]
+        records = [job_record(e, ctx.layout)
+                   for e in islice(select(view, f), limit)]
     if ctx.json:
         ctx.emit(records)
         return EXIT_OK

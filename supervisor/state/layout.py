@@ -118,12 +118,12 @@ TOKENS = RecordKind("batchd.tokens", 1, ("tokens",))
 
 
 def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
-                 *, fs: FS = REAL) -> None:
+                 *, fs: FS = REAL, mode: int = 0o644) -> None:
     """Atomically and durably write `data` as a record of `kind` (adds schema and v)."""
     body = dict(data)
     body["schema"] = kind.schema
     body["v"] = kind.version
-    write_json(path, body, fs=fs)
+    write_json(path, body, fs=fs, mode=mode)
 
 
 def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
