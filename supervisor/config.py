@@ -353,7 +353,7 @@ WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
     "scheduler": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
                   "launcher"),
     "locks": ("state_dir", "log", "repositories"),
-    "reaper": ("state_dir", "workspace_dir", "log", "reaper"),
+    "reaper": ("state_dir", "workspace_dir", "log", "reaper", "metrics"),
     "callbacks": ("state_dir", "log", "callbacks"),
     "api": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
             "workers", "api", "metrics"),

@@ -16,6 +16,13 @@ rename, fsync dir): a crash leaves the previous pass's record. A corrupt record 
 quarantined and the total restarts from 0 (a degraded note says so). Removing a temp
 file is an idempotent unlink, so a pass cut short by a crash is simply done again.
 
+Metrics: when `metrics.textfile` is set, the reaper is its one writer. It rewrites the file
+(state.metrics, the same text as the api's /metrics; state.atomic: temp, fsync, rename) at
+its start and every METRICS_INTERVAL seconds, whether or not the api runs: the reaper
+always runs, is not the parent (whose loop must stay light), and does nothing on a hot
+path, so the reads a 100,000-job exposition makes cost nobody a latency. A crash leaves the
+old file or the new one.
+
 Inbox `reaper/inbox/`: the handler table is empty until requests arrive with their
 issues, so every request is quarantined as of an unknown kind (logged, never dropped).
 """
@@ -45,10 +52,14 @@ from supervisor.runtime import (
 from supervisor.state.atomic import Corrupt, clean_tmp, ensure_dir, is_tmp_name, quarantine
 from supervisor.state.clock import iso_now
 from supervisor.state.layout import WORKER_STATE, Layout, read_record, write_record
+from supervisor.state.metrics import Metrics, write_textfile
 
-__all__ = ["HANDLERS", "NAME", "Reaper", "folders", "main", "recover", "sweep", "sweep_and_record"]
+__all__ = ["HANDLERS", "METRICS_INTERVAL", "NAME", "Reaper", "folders", "main", "recover",
+           "sweep", "sweep_and_record", "write_metrics"]
 
 NAME = "reaper"
+#: Seconds between rewrites of metrics.textfile (node_exporter reads it at each scrape).
+METRICS_INTERVAL = 15.0
 
 
 @dataclass
@@ -59,6 +70,7 @@ class Reaper:
     layout: Layout
     log: Log
     total_removed: int = 0
+    metrics: Metrics | None = None      # made on the first textfile write (its cache)
 
 
 #: request kind -> handler (requests arrive with the reaper's later issues).
@@ -121,6 +133,22 @@ def sweep_and_record(reaper: Reaper) -> tuple[int, int]:
     return seen, removed
 
 
+def write_metrics(reaper: Reaper) -> bool:
+    """Rewrite metrics.textfile if configured (a failure is logged, not raised); whether
+    it was written."""
+    path = reaper.cfg.metrics.textfile
+    if path is None:
+        return False
+    if reaper.metrics is None:
+        reaper.metrics = Metrics(reaper.cfg, reaper.layout)
+    try:
+        write_textfile(path, reaper.metrics.exposition())
+    except OSError as exc:
+        reaper.log.error("cannot write metrics.textfile", path=str(path), error=str(exc))
+        return False
+    return True
+
+
 def recover(cfg: Config, layout: Layout, log: Log) -> tuple[Reaper, dict[str, Any],
                                                              dict[str, Any], list[str]]:
     """Read the last pass's record, then do a first pass: (reaper, found, did, degraded)."""
@@ -156,8 +184,11 @@ def main(cfg: Config) -> int:
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)
         log.info("ready", **found, **did)
+        write_metrics(reaper)
         run_loop(watcher, lambda: handle_inbox(inbox, HANDLERS, reaper, log),
-                 periodic=(cfg.reaper.interval, lambda: sweep_and_record(reaper)))
+                 periodic=(cfg.reaper.interval, lambda: sweep_and_record(reaper)),
+                 also=[(METRICS_INTERVAL, lambda: write_metrics(reaper))]
+                 if cfg.metrics.textfile is not None else [])
     return EXIT_OK
 
 
