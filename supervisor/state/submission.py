@@ -53,13 +53,16 @@ __all__ = [
     "Checker",
     "JobError",
     "Known",
+    "Refused",
     "accept",
+    "accept_many",
     "assign_ids",
     "check_request",
     "known",
     "known_repos",
     "parse_jsonl",
     "refuse_ids_in_use",
+    "same_job",
     "submit_lock",
     "write_submission",
 ]
@@ -366,6 +369,52 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
         assign_ids(jobs, in_use)
         write_submission(layout, jobs)
     return [str(j["id"]) for j in jobs]
+
+
+class Refused(JobError):
+    """A submission of accept_many that was not taken: an id in use by another job."""
+
+
+def same_job(entry: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Whether a known job (a view entry) is what the checked `job` describes: a client's
+    replay of a submission it could not see answered."""
+    return all(entry.get(k) == v for k, v in job.items() if k not in ("id", "created_at"))
+
+
+def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]]
+                ) -> list[list[str] | Refused]:
+    """accept() for many submissions at once (the api's concurrent POSTs): ONE lock, ONE
+    read of the ids in use, ONE durable request holding every accepted job; per
+    submission, its ids or why it was refused.
+
+    Each submission stays all or nothing. A job whose given id is in use by the very same
+    job (same_job) is a replay: it counts as accepted and is not written again; an id in
+    use by another job refuses its whole submission (Refused). Unreadable as accept()."""
+    out: list[list[str] | Refused] = []
+    with submit_lock(layout):
+        with open_view(cfg, layout) as view:
+            in_use = set(view.known_ids())
+            existing = {j["id"]: view.get(j["id"]) for g in groups for j in g
+                        if j["id"] is not None and j["id"] in in_use}
+        fresh: list[dict[str, Any]] = []
+        for jobs in groups:
+            problem = None
+            for job in jobs:
+                known = existing.get(job["id"]) if job["id"] is not None else None
+                if job["id"] in in_use and (known is None or not same_job(known, job)):
+                    problem = Refused(f"job id {job['id']!r} is already in use by another job")
+                    break
+            if problem is not None:
+                out.append(problem)
+                continue
+            new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
+            assign_ids(new, frozenset(in_use))
+            in_use.update(str(j["id"]) for j in new)
+            fresh += new
+            out.append([str(j["id"]) for j in jobs])
+        if fresh:
+            write_submission(layout, fresh)
+    return out
 
 
 def refuse_ids_in_use(jobs: list[dict[str, Any]], in_use: frozenset[str],

@@ -192,6 +192,11 @@ class TokenTable:
                         if _is_hex(e.sha256)]
         self._stamp = stamp
 
+    def names(self) -> list[str]:
+        """The names of the usable tokens (the file re-read if it changed)."""
+        self._current()
+        return sorted(name for _, _, name in self._hashes)
+
     def check(self, token: str) -> tuple[str, str] | None:
         """(scope, token name) of a presented token, or None when it is not a valid one."""
         self._current()
