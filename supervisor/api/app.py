@@ -456,6 +456,12 @@ async def get_metrics(request: Request) -> Response:
     return Response(data, media_type=CONTENT_TYPE)
 
 
+async def get_token(request: Request) -> Response:
+    scope, name = require(request, "read")
+    _params(request, ())
+    return JSONResponse({"name": name, "scope": scope})
+
+
 async def get_openapi(request: Request) -> Response:
     require(request, "read")
     _params(request, ())
@@ -472,6 +478,7 @@ def routes() -> list[Route | Mount]:
         Route("/", dashboard, methods=["GET"]),
         Route("/metrics", get_metrics, methods=["GET"]),
         Route("/v1/openapi.json", get_openapi, methods=["GET"]),
+        Route("/v1/token", get_token, methods=["GET"]),
         Route("/v1/jobs", get_jobs, methods=["GET"]),
         Route("/v1/jobs", post_jobs, methods=["POST"]),
         Route("/v1/jobs/{id}", get_job, methods=["GET"]),
