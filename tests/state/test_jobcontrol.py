@@ -1,0 +1,98 @@
+"""Job control every door shares: cancel, retry and pause hand the scheduler one durable
+request each, after checking against the view."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from supervisor.config import Config
+from supervisor.state import jobcontrol
+from supervisor.state.layout import PAUSED, REQUEST, Layout, read_record, write_record
+from supervisor.state.queue import JobQueue
+from supervisor.state.submission import JobError
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws")
+
+
+def _requests(layout: Layout) -> list[dict]:
+    inbox = layout.inbox("scheduler")
+    out = []
+    for name in sorted(os.listdir(inbox)) if inbox.exists() else []:
+        rec = read_record(REQUEST, inbox / name, owner=False)
+        assert isinstance(rec, dict)
+        out.append(rec)
+    return out
+
+
+def _enqueue(layout: Layout, job_id: str, state: str, **body: object) -> None:
+    with JobQueue.open(layout.wal_dir) as q:
+        q.enqueue(job_id, {"agent": "shell", "prompt": "echo x", "repos": [], "state": state,
+                           **body})
+
+
+def test_cancel_writes_a_request_unless_the_job_ended(cfg: Config) -> None:
+    """Active job: one cancel request; ended job: nothing written; unknown: NoSuchJob."""
+    layout = Layout(cfg.state_dir)
+    _enqueue(layout, "r", "running")
+    _enqueue(layout, "d", "completed")
+    doc = jobcontrol.cancel(cfg, layout, "r")
+    assert ("r", "running", True) == (doc["job"], doc["state"], doc["requested"])
+    [req] = _requests(layout)
+    assert ("cancel", "r", doc["request"]) == (req["kind"], req["job"], req["id"])
+    assert {"job": "d", "state": "completed", "requested": False, "request": None} == (
+        jobcontrol.cancel(cfg, layout, "d"))
+    assert 1 == len(_requests(layout))
+    with pytest.raises(jobcontrol.NoSuchJob):
+        jobcontrol.cancel(cfg, layout, "ghost")
+
+
+def test_retry_submits_the_spec_again_with_retry_of(cfg: Config) -> None:
+    """An ended job: a new job with its agent, prompt, repos, timeout, batch; retry_of set;
+    handed over as a submit request the scheduler's check accepts."""
+    from supervisor.state.submission import check_request
+
+    layout = Layout(cfg.state_dir)
+    _enqueue(layout, "f", "failed", timeout=30.0, batch="b", callback="http://h/x")
+    rec = jobcontrol.retry(cfg, layout, "f")
+    assert ("f", "queued", "b", 30.0) == (rec["retry_of"], rec["state"], rec["batch"],
+                                          rec["timeout"])
+    [req] = _requests(layout)
+    [job] = check_request(req)
+    assert (rec["id"], "echo x", "http://h/x", "f") == (job["id"], job["prompt"],
+                                                        job["callback"], job["retry_of"])
+
+
+def test_retry_refuses_a_running_job_and_a_gone_agent(cfg: Config) -> None:
+    """Not ended: NotTerminal; an agent no longer configured: JobError; nothing written."""
+    layout = Layout(cfg.state_dir)
+    _enqueue(layout, "r", "running")
+    _enqueue(layout, "x", "failed", agent="removed-agent")
+    with pytest.raises(jobcontrol.NotTerminal):
+        jobcontrol.retry(cfg, layout, "r")
+    with pytest.raises(JobError, match="unknown agent"):
+        jobcontrol.retry(cfg, layout, "x")
+    with pytest.raises(jobcontrol.NoSuchJob):
+        jobcontrol.retry(cfg, layout, "ghost")
+    assert [] == _requests(layout)
+
+
+def test_paused_is_the_flag_then_the_latest_pending_request(cfg: Config) -> None:
+    """No flag: not paused. A pending pause request shows as paused before the scheduler
+    takes it; a later resume request wins; the flag file alone decides once the inbox is
+    empty."""
+    layout = Layout(cfg.state_dir)
+    assert jobcontrol.paused(layout) is False
+    jobcontrol.set_paused(layout, True)
+    assert jobcontrol.paused(layout) is True
+    jobcontrol.set_paused(layout, False)
+    assert jobcontrol.paused(layout) is False
+    for req in _requests(layout):
+        os.unlink(layout.inbox("scheduler") / f"{req['id']}.json")
+    write_record(PAUSED, layout.paused_file, {"paused": True})
+    assert (True, True) == (jobcontrol.paused(layout), jobcontrol.paused_on_disk(layout))
