@@ -138,3 +138,19 @@ def test_main_sweeps_every_interval(tmp_path: Path) -> None:
         _runtime.request_stop()
         worker.join(DEADLINE)
     assert [0] == result
+
+
+def test_write_metrics_writes_the_textfile_only_when_configured(tmp_path: Path) -> None:
+    """metrics.textfile set: the exposition lands there atomically; unset: nothing."""
+    import dataclasses
+
+    from supervisor.config import MetricsConfig
+    from supervisor.reaper import Reaper, write_metrics
+
+    base = Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws")
+    layout = Layout(base.state_dir)
+    assert write_metrics(Reaper(base, layout, _log.get("test"))) is False
+    prom = tmp_path / "prom" / "batchd.prom"
+    cfg = dataclasses.replace(base, metrics=MetricsConfig(textfile=prom))
+    assert write_metrics(Reaper(cfg, layout, _log.get("test"))) is True
+    assert "# TYPE batchd_jobs gauge" in prom.read_text()

@@ -400,3 +400,36 @@ def test_a_cancel_for_a_job_that_never_comes_is_quarantined_after_an_hour(
     scheduler.take_inbox(mem)
     names = inbox_names(mem)
     assert 1 == len(names) and CORRUPT_MARK in names[0], names
+
+
+# -- pause ----------------------------------------------------------------------------------------
+
+def test_a_pause_request_keeps_queued_jobs_queued_across_a_restart(cfg: Config) -> None:
+    """pause: the flag is written before the request goes; dispatch starts nothing (the
+    launcher is never reached); a new scheduler reads the flag back; resume clears it."""
+    from supervisor.state.jobcontrol import pause_request, paused_on_disk
+
+    layout = Layout(cfg.state_dir)
+    s, _, _, _ = scheduler.recover(cfg, layout, _log.get("test"), launcher=no_launch)
+    drop(s, pause_request(True))
+    drop(s, submit_request([job("p1")]))
+    scheduler.one_pass(s)
+    assert (True, "queued", []) == (paused_on_disk(layout), s.queue.state("p1"),
+                                    inbox_names(s))
+    s.queue.close()
+    s, found, _, _ = scheduler.recover(cfg, layout, _log.get("test"), launcher=no_launch)
+    assert found["paused"] is True
+    scheduler.one_pass(s)
+    assert "queued" == s.queue.state("p1")
+    drop(s, pause_request(False))
+    scheduler.take_inbox(s)
+    assert (False, False) == (s.jobs.paused, paused_on_disk(layout))
+    s.queue.close()
+
+
+def test_a_malformed_pause_request_is_quarantined(mem: scheduler.Scheduler) -> None:
+    """'paused' must be a boolean: anything else is a bad request, nothing changes."""
+    drop(mem, {"id": "pause-x", "kind": "pause", "paused": "yes"})
+    scheduler.take_inbox(mem)
+    assert mem.jobs.paused is False
+    assert any(CORRUPT_MARK in n for n in inbox_names(mem))
