@@ -523,6 +523,7 @@ def test_the_api_starts_last_and_is_listed_only_when_configured(tmp_path: Path) 
     log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
     assert isinstance(log, dict) and "degraded" == log["startups"][-1]["outcome"]
 
+    (tmp_path / "off").mkdir()
     off = Harness(tmp_path / "off")
     off.startup()
     assert "api" not in off.states()
