@@ -20,7 +20,7 @@ from supervisor.batchd.control import REPLY_TTL, Control, Request
 from supervisor.batchd.life import Life
 from supervisor.batchd.procstate import Action, Event, Proc, State, Transition
 from supervisor.batchd.publish import Publisher, status_text
-from supervisor.batchd.reload import changed_workers, read_new_config
+from supervisor.batchd.reload import plan, read_new_config
 from supervisor.batchd.sdnotify import Notifier
 from supervisor.batchd.startup import Startup, phases_for
 from supervisor.batchd.timers import Timers
@@ -171,41 +171,26 @@ class Batchd:
                 self.log = _log.setup(new.log, name="batchd")
             except ConfigError as exc:
                 self.log.error("reload: cannot switch logging; keeping it", error=str(exc))
-        changed = changed_workers(self.cfg, new)
-        was, now = enabled_workers(self.cfg), enabled_workers(new)
-        started = [n for n in now if n not in was]          # an optional worker turned on
-        stopped = [n for n in was if n not in now]          # ... or off
+        todo = plan(self.cfg, new, lambda n: self.procs[n].state is State.STOPPED)
         self.cfg = new
         self.workers.reconfigure(new)
-        restart = [n for n in changed if n in now and n not in started
-                   and self.procs[n].state is not State.STOPPED]
-        self.log.info("configuration reloaded", source=new.source, changed=changed,
-                      restarting=restart, starting=started, stopping=stopped)
-        told = restart + started
-        parts = [f"{what}: {', '.join(names)}" for what, names in
-                 (("restarted", restart), ("started", started), ("stopped", stopped)) if names]
-        message = ("reloaded; " + "; ".join(parts)) if parts \
-            else "reloaded; no worker needed a restart"
-        result = {"restarted": restart, "changed": changed, "started": started,
-                  "stopped": stopped}
-        for name in stopped:
+        self.log.info("configuration reloaded", source=new.source, changed=todo.changed,
+                      restarting=todo.restart, starting=todo.started, stopping=todo.stopped)
+        for name in todo.stopped:
             self.event(name, Event.STOP)
-        if not told:
-            for rid in rids:
-                self.control.reply(rid, True, message, result=result)
-            self._reloading = tuple(stopped)
-            if not stopped:
-                self.life_event(life.Event.RELOADED)
-            else:
-                self._after()
-            return
-        self.control.wait(rids, "start", told, message, result)
-        for name in restart:
+        told = todo.restart + todo.started
+        self.control.wait(rids, "start", told, todo.message(), todo.result())
+        if not told:      # nothing to wait for: answered at once
+            self.control.resolve(self.procs)
+        for name in todo.restart:
             self.event(name, Event.RESTART)
-        for name in started:
+        for name in todo.started:
             self.event(name, Event.START)
-        self._reloading = tuple(told + stopped)   # judged once every one of them was told
-        self._after()
+        self._reloading = (*told, *todo.stopped)   # judged once every one of them was told
+        if self._reloading:
+            self._after()
+        else:
+            self.life_event(life.Event.RELOADED)
 
     def _begin_shutdown(self) -> None:
         self.log.info("shutting down", reason=self._why, exit_code=self.exit_code)
