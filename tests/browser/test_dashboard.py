@@ -43,7 +43,7 @@ def _driver(profile: Path) -> Any:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                f"--user-data-dir={profile}", "--window-size=1280,900"):
+                f"--user-data-dir={profile}", "--window-size=1280,800"):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
 
@@ -92,10 +92,11 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def _text(driver: Any, css: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    els = driver.find_elements(By.CSS_SELECTOR, css)
-    return str(els[0].text) if els else ""
+    """The element's text, read in one script call (the page re-renders its tables every
+    second or so: a found element may be replaced before a second call reads it)."""
+    got = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';", css)
+    return str(got).strip()
 
 
 def test_the_dashboard_follows_jobs_cancels_and_refuses_without_a_token(site: Site) -> None:
@@ -114,9 +115,13 @@ def test_the_dashboard_follows_jobs_cancels_and_refuses_without_a_token(site: Si
         until("signed in", lambda: "token admin (admin)" == _text(driver, "#who"))
 
         job = site.submit("for i in 1 2 3 4 5 6; do echo \"step $i of 6\"; sleep 0.3; done")
+        failing = site.submit("echo 'tests: 3 failed' >&2; exit 3")
+        long = site.submit("echo started; for i in $(seq 1 600); do echo tick $i; sleep 0.1; done")
         row = f"#jobs tr[data-id='{job}'] .state"
         until("the job listed", lambda: _text(driver, row) != "", DEADLINE)
         until("completed in the list", lambda: _text(driver, row) == "completed", DEADLINE)
+        until("failed in the list", lambda: _text(
+            driver, f"#jobs tr[data-id='{failing}'] .state") == "failed", DEADLINE)
         (ROOT / "docs").mkdir(exist_ok=True)
         driver.save_screenshot(str(ROOT / "docs" / "dashboard.png"))
 
@@ -126,10 +131,9 @@ def test_the_dashboard_follows_jobs_cancels_and_refuses_without_a_token(site: Si
         shown = driver.execute_script("return document.getElementById('output').textContent")
         assert site.output(job) == shown
 
-        long = site.submit("echo started; sleep 60")
         driver.get(site.base + f"#/job/{long}")
         until("running", lambda: _text(driver, "#job-state") == "running", DEADLINE)
-        until("its first line live", lambda: "started" in _text(driver, "#output"), DEADLINE)
+        until("its lines live", lambda: "tick 20" in _text(driver, "#output"), DEADLINE)
         driver.save_screenshot(str(ROOT / "docs" / "dashboard-job.png"))
         driver.find_element(By.ID, "cancel").click()
         until("cancelled", lambda: _text(driver, "#job-state") == "cancelled", DEADLINE)
