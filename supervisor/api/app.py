@@ -65,6 +65,7 @@ MAX_BODY = 16 * 1024 * 1024
 #: The dashboard's files, shipped in the package.
 STATIC = Path(__file__).resolve().parent / "static"
 _DEFAULT_LIMIT = 100
+_INLINE_CHECK = 64 * 1024
 
 
 class ApiError(Exception):
@@ -238,8 +239,12 @@ async def post_jobs(request: Request) -> Response:
     require(request, "submit")
     _params(request, ())
     api = _api(request)
-    body = _json(await _body(request))
-    jobs = await run_in_threadpool(_check_jobs, api, body)
+    raw = await _body(request)
+    body = _json(raw)
+    # a small body is checked on the loop (a thread hop costs more than the check); a big
+    # one (thousands of jobs) in a thread, so streams and other requests keep flowing
+    jobs = _check_jobs(api, body) if len(raw) < _INLINE_CHECK else \
+        await run_in_threadpool(_check_jobs, api, body)
     assert api.batcher is not None
     try:
         ids = await asyncio.wrap_future(api.batcher.submit(jobs))

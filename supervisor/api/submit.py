@@ -3,8 +3,10 @@
 Every POST /v1/jobs is checked by the one validator (state.submission.Checker, as
 `batchctl submit`) in the request's own thread; the checked jobs then wait for the one
 writer thread here, which takes every submission waiting at that moment and hands them to
-state.submission.accept_many: one submit lock, one read of the ids in use, ONE request
-file written and fsynced for all of them. Each POST is answered only after that write
+state.submission.accept_many: one submit lock, one read of the ids in use (the inbox, and
+the queue's ids followed in the log by a state.queueids.QueueIds this writer keeps, so a
+write does not replay the whole log), ONE request file written and fsynced for all of
+them. Each POST is answered only after that write
 returned (durable: it survives a crash from then on), and each stays all or nothing. A
 crash of the api before the rename loses only unanswered POSTs (their clients retry; a
 retry with the same ids is then a replay, answered as accepted and written once).
@@ -20,6 +22,7 @@ from typing import Any
 
 from supervisor.config import Config
 from supervisor.state.layout import Layout
+from supervisor.state.queueids import QueueIds
 from supervisor.state.submission import Refused, accept_many
 
 __all__ = ["MAX_GROUP_JOBS", "Batcher"]
@@ -35,10 +38,12 @@ class Batcher:
 
     def __init__(self, cfg: Config, layout: Layout, *,
                  accept: Callable[[Config, Layout, list[list[dict[str, Any]]]],
-                                  list[list[str] | Refused]] = accept_many) -> None:
+                                  list[list[str] | Refused]] | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
-        self._accept = accept
+        ids = QueueIds(layout.wal_dir)
+        self._accept = accept or (lambda c, lay, groups: accept_many(c, lay, groups,
+                                                                      queue_ids=ids))
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="submit", daemon=True)
         self._thread.start()

@@ -46,8 +46,9 @@ from supervisor.state.clock import iso_now
 from supervisor.state.flock import exclusive
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
+from supervisor.state.queueids import QueueIds
 from supervisor.state.repos import all_repositories
-from supervisor.state.view import open_view
+from supervisor.state.view import Unreadable, open_view, read_pending
 
 __all__ = [
     "Checker",
@@ -328,11 +329,23 @@ def submit_lock(layout: Layout) -> Iterator[None]:
     """Hold the exclusive flock on `scheduler/submit.lock` (created empty if missing).
 
     Blocks while another submitter holds it; released when the block ends (or the
-    process dies).
+    process dies). Its folder is made durable once per process (a long-lived submitter,
+    the api, does not pay an fsync of it on every submission).
     """
-    ensure_dir(layout.submit_lock.parent)
-    with exclusive(layout.submit_lock):
-        yield
+    folder = str(layout.submit_lock.parent)
+    if folder not in _LOCK_DIRS:
+        ensure_dir(layout.submit_lock.parent)
+        _LOCK_DIRS.add(folder)
+    try:
+        with exclusive(layout.submit_lock):
+            yield
+    except FileNotFoundError:           # the folder went away since: make it again
+        _LOCK_DIRS.discard(folder)
+        raise
+
+
+#: submit.lock folders this process has made durable.
+_LOCK_DIRS: set[str] = set()
 
 
 def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
@@ -381,21 +394,36 @@ def same_job(entry: dict[str, Any], job: dict[str, Any]) -> bool:
     return all(entry.get(k) == v for k, v in job.items() if k not in ("id", "created_at"))
 
 
-def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]]
-                ) -> list[list[str] | Refused]:
+def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]], *,
+                queue_ids: QueueIds | None = None) -> list[list[str] | Refused]:
     """accept() for many submissions at once (the api's concurrent POSTs): ONE lock, ONE
     read of the ids in use, ONE durable request holding every accepted job; per
     submission, its ids or why it was refused.
 
     Each submission stays all or nothing. A job whose given id is in use by the very same
     job (same_job) is a replay: it counts as accepted and is not written again; an id in
-    use by another job refuses its whole submission (Refused). Unreadable as accept()."""
+    use by another job refuses its whole submission (Refused). The ids in use are the
+    inbox's (read first, as open_view does) and the queue's: from `queue_ids` when given
+    (a long-lived reader that follows the log), else from a read-only open of the queue.
+    Unreadable as accept()."""
     out: list[list[str] | Refused] = []
     with submit_lock(layout):
-        with open_view(cfg, layout) as view:
-            in_use = set(view.known_ids())
-            existing = {j["id"]: view.get(j["id"]) for g in groups for j in g
-                        if j["id"] is not None and j["id"] in in_use}
+        given = {j["id"] for g in groups for j in g if j["id"] is not None}
+        if queue_ids is None:
+            with open_view(cfg, layout) as view:
+                in_use = set(view.known_ids())
+                existing = {i: view.get(i) for i in given & in_use}
+        else:
+            in_use = set(read_pending(layout).jobs)
+            try:
+                in_use |= queue_ids.refresh()
+            except OSError as exc:
+                raise Unreadable(f"cannot read the job queue at {layout.wal_dir}: "
+                                 f"{exc.strerror or exc}") from None
+            existing = {}
+            if given & in_use:              # a replay to compare: the full view, rarely
+                with open_view(cfg, layout) as view:
+                    existing = {i: view.get(i) for i in given & in_use}
         fresh: list[dict[str, Any]] = []
         for jobs in groups:
             problem = None
