@@ -47,6 +47,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.queue --json
 	$(BIN)/python -m bench.supervisor --json
+	$(BIN)/python -m bench.jobs --json
+	$(BIN)/python -m bench.jobcontrol --json
 	$(BIN)/python -m bench.api --json
 
 clean:

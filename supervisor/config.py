@@ -140,6 +140,7 @@ class AgentConfig:
     timeout: float | None = None         # None: scheduler.job_timeout
     user: str | None = None
     model: str | None = None
+    max_concurrent: int | None = None    # jobs of this agent running at once; None: no cap
 
 
 @dataclass(frozen=True)
@@ -708,6 +709,7 @@ _AGENT: dict[str, _Conv] = {
     "timeout": _duration(positive=True, nullable=True),
     "user": _optional(_string),
     "model": _optional(_string),
+    "max_concurrent": _optional(_int(1, "a positive integer or null")),
 }
 
 

@@ -299,7 +299,7 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      "known: max_restarts, restart_window, startretries, startsecs, stopwaitsecs)"),
     ("agents:\n  claude: {cmd: x}\n",
      f"{SRC}:2: agents.claude.cmd: unknown key 'cmd' (did you mean 'command'? known: adaptor, "
-     "args, command, env, model, timeout, user)"),
+     "args, command, env, max_concurrent, model, timeout, user)"),
     ("repositories:\n  r: {url: /x, lock: true}\n",
      f"{SRC}:2: repositories.r.lock: unknown key 'lock' (known: branch, exclusive, url)"),
     # names and required keys

@@ -42,21 +42,14 @@ from supervisor.api.submit import Batcher
 from supervisor.config import WORKER_NAMES, Config, enabled_workers
 from supervisor.runtime import Log
 from supervisor.state import control, documents, jobcontrol
-from supervisor.state.joblist import (
-    MAX_LIMIT,
-    CursorError,
-    JobFilter,
-    page,
-    parse_label,
-    parse_since,
-)
-from supervisor.state.jobs import job_record, valid_job_id
+from supervisor.state.joblist import MAX_LIMIT, CursorError, page, parse_label, parse_since
+from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
 from supervisor.state.metrics import CONTENT_TYPE, Metrics
 from supervisor.state.queue import JOB_STATES
 from supervisor.state.submission import Checker, JobError, Refused, known
 from supervisor.state.tokens import TokenTable, allows, tokens_path
-from supervisor.state.view import Unreadable, batchd_pid, open_view
+from supervisor.state.view import JobFilter, Unreadable, batchd_pid, open_view
 
 __all__ = ["MAX_BODY", "STATIC", "Api", "ApiError", "build_app", "make_api", "routes"]
 
@@ -250,6 +243,8 @@ async def post_jobs(request: Request) -> Response:
         ids = await asyncio.wrap_future(api.batcher.submit(jobs))
     except Refused as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    except JobError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
     except Unreadable as exc:
         raise ApiError(503, "unreadable", f"{exc}; ids in use cannot be checked, nothing "
                                           "was queued") from None
@@ -265,11 +260,11 @@ def _filter(params: dict[str, str]) -> JobFilter:
         raise ApiError(400, "bad_parameter", f"state {state!r} is not one of "
                                              f"{', '.join(JOB_STATES)}")
     try:
-        labels = tuple(parse_label(t) for t in params["label"].split("\n")) \
-            if "label" in params else ()
+        labels = dict(parse_label(t) for t in params["label"].split("\n")) \
+            if "label" in params else {}
         since = parse_since(params["since"]) if "since" in params else None
     except ValueError as exc:
-        raise ApiError(400, "bad_parameter", str(exc)) from None
+        raise ApiError(400, "bad_parameter", str(exc).replace("--", "", 1)) from None
     return JobFilter(state=state, batch=params.get("batch"), agent=params.get("agent"),
                      labels=labels, since=since)
 
@@ -278,8 +273,7 @@ def _list_jobs(api: Api, f: JobFilter, limit: int, cursor: str | None,
                newest_first: bool) -> dict[str, Any]:
     with open_view(api.cfg, api.layout) as view:
         got = page(view, f, limit=limit, cursor=cursor, newest_first=newest_first)
-    return {"jobs": [job_record(e, api.layout) for e in got.entries],
-            "next_cursor": got.next_cursor}
+        return {"jobs": [view.record(e) for e in got.entries], "next_cursor": got.next_cursor}
 
 
 async def get_jobs(request: Request) -> Response:
@@ -302,9 +296,9 @@ async def get_jobs(request: Request) -> Response:
 def _record(api: Api, job_id: str) -> dict[str, Any]:
     with open_view(api.cfg, api.layout) as view:
         entry = view.get(job_id)
-    if entry is None:
-        raise ApiError(404, "not_found", f"no such job: {job_id}")
-    return job_record(entry, api.layout)
+        if entry is None:
+            raise ApiError(404, "not_found", f"no such job: {job_id}")
+        return view.record(entry)
 
 
 async def get_job(request: Request) -> Response:
@@ -329,14 +323,14 @@ async def retry_job(request: Request) -> Response:
     _params(request, ())
     api, job_id = _api(request), _job_id(request)
     try:
-        record = await _read(jobcontrol.retry, api.cfg, api.layout, job_id)
+        new_id = await _read(jobcontrol.retry, api.cfg, api.layout, job_id)
     except jobcontrol.NoSuchJob:
         raise ApiError(404, "not_found", f"no such job: {job_id}") from None
     except jobcontrol.NotTerminal as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     except JobError as exc:
         raise ApiError(422, "invalid", f"cannot retry {job_id}: {exc}") from None
-    return JSONResponse(record, status_code=201)
+    return JSONResponse({"id": new_id, "retry_of": job_id}, status_code=201)
 
 
 async def job_diff(request: Request) -> Response:
@@ -392,7 +386,7 @@ def _workers(api: Api) -> list[dict[str, Any]]:
     if batchd_pid(api.layout) is None:
         raise ApiError(503, "not_running", f"batchd is not running (state dir "
                                            f"{api.layout.root})")
-    return documents.workers_doc(api.layout)
+    return documents.workers_doc(api.cfg, api.layout)
 
 
 def _batches(api: Api) -> list[dict[str, Any]]:

@@ -44,7 +44,13 @@ _JOB_PROPS: dict[str, Any] = {
     "callback": _nullable("string"),
     "timeout": _nullable("number"),
     "exclusive": {"type": "boolean"},
+    "after": {"type": "array", "items": {"type": "string"}},
+    "after_any": {"type": "array", "items": {"type": "string"}},
+    "priority": {"type": "integer"},
+    "not_before": _nullable("string"),
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
     "retry_of": _nullable("string"),
+    "retries": {"type": "integer"},
 }
 
 _SUBMIT_JOB: dict[str, Any] = {
@@ -61,6 +67,12 @@ _SUBMIT_JOB: dict[str, Any] = {
         "batch": _nullable("string"),
         "id": _nullable("string"),
         "exclusive": {"type": "boolean"},
+        "after": {"type": "array", "items": {"type": "string"}},
+        "after_any": {"type": "array", "items": {"type": "string"}},
+        "priority": {"type": "integer"},
+        "not_before": _nullable("string"),
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "retries": {"type": "integer"},
     },
 }
 
@@ -147,8 +159,10 @@ _SCHEMAS: dict[str, Any] = {
         "command": _nullable("string"), "version": _nullable("string"),
         "found": {"type": "boolean"}, "user": _nullable("string"),
         "max_concurrent": _nullable("integer")}},
-    "Paused": {"type": "object", "required": ["paused", "request"], "properties": {
-        "paused": {"type": "boolean"}, "request": {"type": "string"}}},
+    "Paused": {"type": "object", "required": ["paused"], "properties": {
+        "paused": {"type": "boolean"}}},
+    "Retried": {"type": "object", "required": ["id", "retry_of"], "properties": {
+        "id": {"type": "string"}, "retry_of": {"type": "string"}}},
     "Token": {"type": "object", "required": ["name", "scope"], "properties": {
         "name": {"type": "string"},
         "scope": {"type": "string", "enum": ["read", "submit", "admin"]}}},
@@ -222,7 +236,7 @@ _PATHS: dict[str, Any] = {
         "202": _json(_ref("CancelResult"), "cancel requested (durable)"),
         "404": _error("no such job")}, parameters=[_JOB_ID])},
     "/v1/jobs/{id}/retry": {"post": _op("Submit a new job with this job's spec", "submit", {
-        "201": _json(_ref("Job"), "the new job (retry_of set)"),
+        "201": _json(_ref("Retried"), "the new job's id (as `batchctl retry --json`)"),
         "404": _error("no such job"), "409": _error("the job has not ended"),
         "422": _error("its spec is refused today (e.g. its agent is gone)")},
         parameters=[_JOB_ID])},

@@ -23,7 +23,7 @@ from typing import Any
 from supervisor.config import Config
 from supervisor.state.layout import Layout
 from supervisor.state.queueids import QueueIds
-from supervisor.state.submission import Refused, accept_many
+from supervisor.state.submission import JobError, accept_many
 
 __all__ = ["MAX_GROUP_JOBS", "Batcher"]
 
@@ -38,7 +38,7 @@ class Batcher:
 
     def __init__(self, cfg: Config, layout: Layout, *,
                  accept: Callable[[Config, Layout, list[list[dict[str, Any]]]],
-                                  list[list[str] | Refused]] | None = None) -> None:
+                                  list[list[str] | JobError]] | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
         ids = QueueIds(layout.wal_dir)
@@ -50,7 +50,8 @@ class Batcher:
 
     def submit(self, jobs: list[dict[str, Any]]) -> Future[list[str]]:
         """Queue checked jobs (one submission); the Future gives their ids, or raises
-        Refused (an id in use by another job), Unreadable or OSError."""
+        Refused (an id in use by another job), JobError (a dependency that does not
+        exist), Unreadable or OSError."""
         fut: Future[list[str]] = Future()
         self._queue.put((jobs, fut))
         return fut
@@ -86,7 +87,7 @@ class Batcher:
                     fut.set_exception(exc)
             else:
                 for (_, fut), result in zip(items, results, strict=True):
-                    if isinstance(result, Refused):
+                    if isinstance(result, JobError):
                         fut.set_exception(result)
                     else:
                         fut.set_result(result)

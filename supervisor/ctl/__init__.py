@@ -19,6 +19,7 @@ from typing import Any
 from supervisor import __version__
 from supervisor.config import WORKER_NAMES, ConfigError, load
 from supervisor.ctl.callbacks import run_callbacks, setup_callbacks
+from supervisor.ctl.completion import KINDS, SHELLS, cmd_complete, cmd_completion
 from supervisor.ctl.control import (
     cmd_control,
     cmd_startup_log,
@@ -42,9 +43,10 @@ from supervisor.ctl.out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor.ctl.repos import run_repo, setup_repo
 from supervisor.ctl.submit import cmd_submit
 from supervisor.ctl.tokens import run_token, setup_token
+from supervisor.state.joblist import parse_label, parse_since
 from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
-from supervisor.state.view import JOB_STATES, Unreadable
+from supervisor.state.view import JOB_STATES, JobFilter, Unreadable
 from supervisor.state.wal import WalError
 
 __all__ = ["build_parser", "main"]
@@ -78,6 +80,19 @@ def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", metavar="B", help="batch name")
     p.add_argument("--id", metavar="ID", help="job id (default: a fresh one)")
     p.add_argument("--exclusive", action="store_true", help="hold repository locks all run")
+    p.add_argument("--after", metavar="IDS", action="append", default=[],
+                   help="start only when every one of these jobs has completed")
+    p.add_argument("--after-any", metavar="IDS", action="append", default=[],
+                   help="start when these jobs are terminal, whatever their state")
+    p.add_argument("--priority", metavar="N", type=int,
+                   help="higher starts first (-1000..1000, default 0)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--not-before", metavar="TIME", help="stay queued until TIME (ISO-8601)")
+    when.add_argument("--delay", metavar="D", help="stay queued for D (30s, 10m, 2h)")
+    p.add_argument("--label", metavar="K=V", action="append", default=[],
+                   help="a label (repeatable); `jobs --label K=V` filters by it")
+    p.add_argument("--retries", metavar="N", type=int,
+                   help="resubmit a lost or failed job up to N times (0..10)")
     p.add_argument("--from", dest="from_file", metavar="FILE.jsonl",
                    help="submit every job of a JSONL file (all or nothing; - = stdin)")
 
@@ -92,10 +107,30 @@ def _jobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", metavar="B", help="only jobs of batch B")
     p.add_argument("--agent", metavar="A", help="only jobs of agent A")
     p.add_argument("--label", metavar="K=V", action="append", default=[],
-                   help="only jobs carrying label K=V (repeatable: all must match)")
+                   help="only jobs with this label (repeatable: all of them)")
     p.add_argument("--since", metavar="TIME",
-                   help="only jobs submitted since TIME (ISO-8601, or a duration ago: 2h)")
-    p.add_argument("--limit", metavar="N", type=int, help="at most N jobs")
+                   help="only jobs submitted since TIME (ISO-8601, or a duration ago: 1h)")
+    p.add_argument("--limit", metavar="N", type=int, help="only the N most recent")
+
+
+def _jobs_filter(a: Any) -> JobFilter:
+    """The `jobs` filters from the command line (exit 2 on a bad one)."""
+    try:
+        labels = dict(parse_label(value) for value in a.label)
+        since = None if a.since is None else parse_since(a.since)
+    except ValueError as exc:
+        raise CtlError(f"jobs: {exc}", EXIT_USAGE) from None
+    if a.limit is not None and a.limit < 1:
+        raise CtlError(f"--limit: expected a positive number, got {a.limit}", EXIT_USAGE)
+    return JobFilter(agent=a.agent, labels=labels, since=since, limit=a.limit)
+
+
+def _shell(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish")
+
+
+def _kind(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", metavar="KIND", choices=KINDS)
 
 
 def _tail(p: argparse.ArgumentParser) -> None:
@@ -127,20 +162,18 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
                _status, lambda c, a: cmd_status_job(c, a.job) if a.job is not None
                else cmd_status_summary(c)),
     "jobs": ("list jobs in submission order", _jobs,
-             lambda c, a: cmd_jobs(c, a.state, a.batch, agent=a.agent, labels=a.label,
-                                   since=a.since, limit=a.limit)),
+             lambda c, a: cmd_jobs(c, a.state, a.batch, _jobs_filter(a))),
     "output": ("a job's whole output so far", _job, lambda c, a: cmd_output(c, a.job)),
     "tail": ("the last lines of a job's output; -f follows", _tail,
              lambda c, a: cmd_tail(c, a.job, a.lines, a.follow)),
     "wait": ("wait until jobs are terminal (0 all completed, 1 other, 124 timeout)", _wait,
              lambda c, a: cmd_wait(c, a.jobs, a.timeout)),
     "cancel": ("cancel a job", _job, lambda c, a: cmd_cancel(c, a.job)),
-    "retry": ("submit a new job with JOB's spec (retry_of = JOB); print its id", _job,
+    "retry": ("a new job with a finished job's spec (retry_of); print its id", _job,
               lambda c, a: cmd_retry(c, a.job)),
-    "pause": ("stop starting new jobs (running ones go on); survives restarts", _none,
-              lambda c, a: cmd_pause(c, True)),
-    "resume": ("start queued jobs again after `pause`", _none,
-               lambda c, a: cmd_pause(c, False)),
+    "pause": ("start no new job until `resume` (running jobs go on; survives restarts)",
+              _none, lambda c, a: cmd_pause(c, True)),
+    "resume": ("start jobs again after `pause`", _none, lambda c, a: cmd_pause(c, False)),
     "batches": ("every batch and its state counts", _none, lambda c, a: cmd_batches(c)),
     "batch": ("one batch: counts, done, job ids", _batch, lambda c, a: cmd_batch(c, a.batch)),
     "stats": ("job counters and worker restarts", _none, lambda c, a: cmd_stats(c)),
@@ -160,6 +193,13 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
                     lambda c, a: cmd_startup_log(c)),
     "token": ("API tokens: `token add NAME --scope read|submit|admin` (printed once), "
               "`token list`, `token revoke NAME`", setup_token, run_token),
+    "completion": ("a shell completion script: completion bash|zsh|fish", _shell,
+                   lambda c, a: cmd_completion(c, a.shell, build_parser())),
+}
+
+#: Commands for scripts, not people: not listed in --help.
+HIDDEN: dict[str, tuple[str, Setup, Run]] = {
+    "__complete": ("values for shell completion", _kind, lambda c, a: cmd_complete(c, a.kind)),
 }
 
 
@@ -177,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
         setup(p)
         p.add_argument("--json", action="store_true", help="print one JSON document")
         p.set_defaults(run=run)
+    for name, (text, setup, run) in HIDDEN.items():
+        p = sub.add_parser(name, description=text)
+        setup(p)
+        p.set_defaults(run=run, json=False)
     return parser
 
 

@@ -93,6 +93,8 @@ def _describe(w: dict[str, Any]) -> str:
             parts.append(f"exit status {w['exitstatus']}")
         parts.append(f"since {cell(w.get('since'))}")
     parts.append(f"restarts {w.get('restarts', 0)}")
+    if w.get("paused"):
+        parts.append("paused: starts no new job (batchctl resume)")
     if w.get("message"):
         parts.append(str(w["message"]))
     return ", ".join(parts)
@@ -106,7 +108,7 @@ def cmd_workers(ctx: Ctx) -> int:
     """`workers`: name, state, pid, since, restarts of each worker; exit 1 if batchd is down."""
     if batchd_pid(ctx.layout) is None:
         raise not_running(ctx.layout)
-    workers = workers_doc(ctx.layout)
+    workers = workers_doc(ctx.cfg, ctx.layout)
     if ctx.json:
         ctx.emit(workers)
         return EXIT_OK
@@ -131,9 +133,8 @@ def cmd_status_summary(ctx: Ctx) -> int:
     for line in _worker_lines(doc["workers"]):
         ctx.say("  " + line)
     counts = ", ".join(f"{n} {state}" for state, n in doc["jobs"].items())
-    ctx.say(f"jobs: {counts or 'none'}")
-    if doc["paused"]:
-        ctx.say("paused: no new job starts (batchctl resume)")
+    ctx.say(f"jobs: {counts or 'none'}" + ("  (paused: no new job starts)" if doc["paused"]
+                                           else ""))
     for note in doc["degraded"]:
         ctx.say(f"degraded: {note}")
     return EXIT_OK

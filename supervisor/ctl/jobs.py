@@ -9,7 +9,7 @@ crash argument).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import islice
+from dataclasses import replace
 from typing import Any
 
 from supervisor.config import parse_duration
@@ -26,10 +26,9 @@ from supervisor.ctl.out import (
 from supervisor.state import jobcontrol
 from supervisor.state.clock import SYSTEM_CLOCK, Clock
 from supervisor.state.documents import batch_records, stats_doc
-from supervisor.state.joblist import JobFilter, parse_label, parse_since, select
-from supervisor.state.jobs import job_record, valid_job_id
+from supervisor.state.jobs import valid_job_id
 from supervisor.state.submission import JobError
-from supervisor.state.view import TERMINAL, JobView, open_view
+from supervisor.state.view import TERMINAL, JobFilter, JobView, open_view
 
 __all__ = [
     "check_id",
@@ -69,7 +68,7 @@ def lookup(view: JobView, job_id: str) -> dict[str, Any]:
     entry = view.get(check_id(job_id))
     if entry is None:
         raise CtlError(f"no such job: {job_id}")
-    return job_record(entry, view.layout)
+    return view.record(entry)
 
 
 def _job_rows(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -93,22 +92,13 @@ def cmd_status_job(ctx: Ctx, job_id: str) -> int:
     return EXIT_OK
 
 
-def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None, *, agent: str | None = None,
-             labels: list[str] | None = None, since: str | None = None,
-             limit: int | None = None) -> int:
-    """`jobs [--state S] [--batch B] [--agent A] [--label K=V]... [--since TIME] [--limit N]`:
-    records in submission order (pending ones last), filtered by state.joblist."""
-    try:
-        f = JobFilter(state=state, batch=batch, agent=agent,
-                      labels=tuple(parse_label(t) for t in labels or ()),
-                      since=None if since is None else parse_since(since))
-    except ValueError as exc:
-        raise CtlError(str(exc), EXIT_USAGE) from None
-    if limit is not None and limit < 0:
-        raise CtlError(f"--limit must be >= 0, got {limit}", EXIT_USAGE)
+def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None,
+             flt: JobFilter | None = None) -> int:
+    """`jobs [--state S] [--batch B] [--agent A] [--label K=V]... [--since T] [--limit N]`:
+    records in submission order (pending ones last); --limit keeps the N most recent."""
+    flt = replace(flt or JobFilter(), state=state, batch=batch)
     with open_view(ctx.cfg, ctx.layout) as view:
-        records = [job_record(e, ctx.layout)
-                   for e in islice(select(view, f), limit)]
+        records = [view.record(e) for e in view.select(flt)]
     if ctx.json:
         ctx.emit(records)
         return EXIT_OK
@@ -133,34 +123,6 @@ def cmd_cancel(ctx: Ctx, job_id: str) -> int:
         ctx.say(f"cancel requested for job {job_id} (state {state})")
     else:
         ctx.say(f"job {job_id} is already {state}: nothing to cancel")
-    return EXIT_OK
-
-
-def cmd_retry(ctx: Ctx, job_id: str) -> int:
-    """`retry JOB`: a new job with JOB's spec (`retry_of` = JOB); prints its id."""
-    try:
-        record = jobcontrol.retry(ctx.cfg, ctx.layout, check_id(job_id))
-    except jobcontrol.NoSuchJob:
-        raise CtlError(f"no such job: {job_id}") from None
-    except jobcontrol.NotTerminal as exc:
-        raise CtlError(str(exc)) from None
-    except JobError as exc:
-        raise CtlError(f"cannot retry {job_id}: {exc}", EXIT_USAGE) from None
-    if ctx.json:
-        ctx.emit(record)
-    else:
-        ctx.say(record["id"])
-    return EXIT_OK
-
-
-def cmd_pause(ctx: Ctx, pause: bool) -> int:
-    """`pause` / `resume`: stop or start again starting new jobs (running ones go on)."""
-    doc = jobcontrol.set_paused(ctx.layout, pause)
-    if ctx.json:
-        ctx.emit(doc)
-    else:
-        ctx.say("paused: no new job starts until `batchctl resume`" if pause
-                else "resumed: queued jobs start again")
     return EXIT_OK
 
 
@@ -257,4 +219,36 @@ def cmd_stats(ctx: Ctx) -> int:
     rows += [(f"restarts {w}:", n) for w, n in doc["restarts"].items()]
     for line in table(rows):
         ctx.say(line)
+    return EXIT_OK
+
+
+def cmd_pause(ctx: Ctx, paused: bool) -> int:
+    """`pause` / `resume`: ask the scheduler to stop (start again) starting new jobs.
+
+    Like `cancel`, a request into its inbox (state.jobcontrol): it works while batchd is
+    down (taken at its next start), and it survives restarts until `resume`."""
+    doc = jobcontrol.set_paused(ctx.layout, paused)
+    if ctx.json:
+        ctx.emit(doc)
+    else:
+        ctx.say("paused: running jobs go on, no new job starts until `batchctl resume`"
+                if paused else "resumed: jobs start again")
+    return EXIT_OK
+
+
+def cmd_retry(ctx: Ctx, job_id: str) -> int:
+    """`retry JOB`: a new job with JOB's spec (retry_of = JOB), through the job door;
+    JOB must be terminal. Prints the new id."""
+    try:
+        new_id = jobcontrol.retry(ctx.cfg, ctx.layout, check_id(job_id))
+    except jobcontrol.NoSuchJob:
+        raise CtlError(f"no such job: {job_id}") from None
+    except jobcontrol.NotTerminal as exc:
+        raise CtlError(str(exc)) from None
+    except JobError as exc:
+        raise CtlError(f"cannot retry {job_id}: {exc}") from None
+    if ctx.json:
+        ctx.emit({"id": new_id, "retry_of": job_id})
+    else:
+        ctx.out.write(new_id + "\n")
     return EXIT_OK

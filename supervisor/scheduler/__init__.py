@@ -28,18 +28,18 @@ from supervisor.runtime import (
     stop_requested,
 )
 from supervisor.scheduler import dispatch as _dispatch
+from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.dispatch import Jobs, Launcher
-from supervisor.state.atomic import Corrupt
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
-from supervisor.state.layout import PAUSED, Layout, read_record, write_record
+from supervisor.state.layout import Layout
 from supervisor.state.locktable import GRANTED
 from supervisor.state.queue import JobQueue, QueueError
 from supervisor.state.submission import JobError, check_request
 from supervisor.state.wal import WalError
 
 __all__ = ["CANCEL_REASON", "HANDLERS", "NAME", "Scheduler", "cancel",
-           "job_exited", "lock_granted", "main", "one_pass", "pause", "recover", "serve",
-           "submit", "take_inbox"]
+           "job_exited", "lock_granted", "main", "one_pass", "pause", "recover", "resume",
+           "serve", "submit", "take_inbox"]
 
 NAME = "scheduler"
 CANCEL_REASON = "cancelled by operator"
@@ -87,6 +87,12 @@ def submit(s: Scheduler, req: dict[str, Any]) -> None:
         entries.append((job_id, job))
     added = s.queue.enqueue_many(entries, count="submitted")
     new = sum(added)
+    now = s.jobs.clock.time()
+    for (job_id, body), fresh in zip(entries, added, strict=True):
+        if fresh:
+            doomed = _queued.add(s.jobs.runnable, s.queue, {**body, "state": "queued"}, now)
+            if doomed is not None:
+                s.jobs.doomed.append((job_id, doomed))
     if new < len(entries):
         known = [job_id for (job_id, _), ok in zip(entries, added, strict=True) if not ok]
         s.log.info("submit: jobs already known skipped (replay)", request=req["id"],
@@ -117,16 +123,23 @@ def job_exited(s: Scheduler, req: dict[str, Any]) -> None:
 
 
 def pause(s: Scheduler, req: dict[str, Any]) -> None:
-    """`pause`/`resume` (state.jobcontrol): keep the flag in scheduler/paused.json, durably,
-    before the request is removed; dispatch then starts no new job while it is set."""
-    want = req.get("paused")
-    if not isinstance(want, bool):
-        raise BadRequest("'paused' must be true or false")
-    if want != s.jobs.paused:
-        write_record(PAUSED, s.layout.paused_file,
-                     {"paused": want, "since": iso_now(), "request": req["id"]})
-        s.jobs.paused = want
-    s.log.info("paused" if want else "resumed", request=req["id"])
+    """Start no new job until resumed (durable first: a restart stays paused)."""
+    _set_paused(s, True, req)
+
+
+def resume(s: Scheduler, req: dict[str, Any]) -> None:
+    """Start jobs again."""
+    _set_paused(s, False, req)
+
+
+def _set_paused(s: Scheduler, paused: bool, req: dict[str, Any]) -> None:
+    if s.jobs.paused == paused and s.layout.paused_file.exists():
+        return                                    # a replay, or asked twice: no change
+    since = req.get("created_at") if isinstance(req.get("created_at"), str) else iso_now()
+    _queued.Paused(paused, since if paused else None).write(s.layout)
+    s.jobs.paused = paused
+    s.log.info("paused: no new job starts" if paused else "resumed: jobs start again",
+               request=req["id"])
 
 
 def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
@@ -140,8 +153,9 @@ def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
 HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
     "submit": submit,
     "cancel": cancel,
-    "job_exited": job_exited,
     "pause": pause,
+    "resume": resume,
+    "job_exited": job_exited,
     GRANTED: lock_granted,
 }
 
@@ -163,19 +177,35 @@ def one_pass(s: Scheduler, *, inbox: bool = True) -> None:
     _dispatch.dispatch(s.jobs)
 
 
+def _sleep_for(s: Scheduler, next_tick: float, clock: Clock) -> float | None:
+    """How long the loop may sleep: not at all with work left over, until the next tick
+    while jobs are active, until the first delayed job's time (a timer, not a poll)."""
+    if s.jobs.backlog or s.jobs.doomed:
+        return 0.0
+    waits = []
+    if s.jobs.active:
+        waits.append(max(0.0, next_tick - clock.monotonic()))
+    delayed = None if s.jobs.paused else s.jobs.next_due()
+    if delayed is not None:
+        waits.append(max(0.0, delayed - clock.time()))
+    return min(waits) if waits else None
+
+
 def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> None:
-    """The loop until SIGTERM: a pass on every inbox hint (or rescan) and, while any job is
-    starting/running, every tick interval; with none, asleep until a hint."""
+    """The loop until SIGTERM: a pass on every inbox hint (or rescan), while any job is
+    starting/running every tick interval, and when a delayed job's time comes; with
+    nothing to do, asleep until a hint."""
     interval = _dispatch.tick_interval(s.cfg)
     next_tick = clock.monotonic() + interval
     while not stop_requested():
-        timeout = (0.0 if s.jobs.backlog
-                   else max(0.0, next_tick - clock.monotonic()) if s.jobs.active else None)
+        timeout = _sleep_for(s, next_tick, clock)
         hinted = watcher.wait(timeout)
         if stop_requested():
             break
         due = clock.monotonic() >= next_tick
-        if hinted or due or s.jobs.backlog:
+        delayed = s.jobs.next_due()
+        ripe = delayed is not None and not s.jobs.paused and clock.time() >= delayed
+        if hinted or due or ripe or s.jobs.backlog or s.jobs.doomed:
             one_pass(s, inbox=hinted)
         if due or not s.jobs.active:
             next_tick = clock.monotonic() + interval
@@ -190,8 +220,6 @@ def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None 
     queue = JobQueue.open(layout.wal_dir)
     report = queue.recovery
     jobs = Jobs.over(cfg, layout, queue, log, launcher=launcher)
-    flag = read_record(PAUSED, layout.paused_file, owner=True)
-    jobs.paused = isinstance(flag, dict) and flag.get("paused") is True
     found = {
         "jobs": {state: n for state, n in queue.counts().items() if n},
         "records_replayed": report.records_replayed,
@@ -199,11 +227,7 @@ def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None 
         "quarantined": list(report.quarantined),
         "active": len(jobs.active),
     }
-    found["paused"] = jobs.paused
     degraded = [f"job queue: {error}" for error in report.errors]
-    if isinstance(flag, Corrupt):
-        degraded.append(f"pause flag was corrupt ({flag.reason}): moved to {flag.moved_to}; "
-                        "not paused")
     degraded += [f"job queue file quarantined: {path}" for path in report.quarantined]
     try:
         did: dict[str, Any] = {"truncated_bytes": report.torn_bytes_truncated,

@@ -21,8 +21,10 @@ from supervisor.config import Config, RepoConfig
 from supervisor.runtime import Log, stop_requested
 from supervisor.scheduler import jobfiles as _jobfiles
 from supervisor.scheduler import lifecycle as lc
+from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.events import BatchIndex, emit_job_end
 from supervisor.scheduler.launch import Launched, LaunchError, launch
+from supervisor.scheduler.runnable import Runnable
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import (
     WORKER_STATE,
@@ -109,16 +111,37 @@ class Jobs:
         return self._pool
     lock_seq: int = 0            # the last acquire's seq (increasing: FIFO across passes)
     backlog: bool = False        # the last dispatch left queued jobs it could have moved
-    paused: bool = False         # scheduler/paused.json: start no new job (state.jobcontrol)
+    #: The queued jobs' order and readiness (scheduler.runnable), rebuilt from the queue.
+    runnable: Runnable = field(default_factory=Runnable)
+    #: Queued jobs a dependency's end dooms: (job, reason), failed by the next dispatch.
+    doomed: list[tuple[str, str]] = field(default_factory=list)
+    #: Jobs of each agent waiting for locks, starting or running (its max_concurrent).
+    load: Counter[str] = field(default_factory=Counter)
+    #: `batchctl pause`: start nothing new (scheduler/paused.json; survives restarts).
+    paused: bool = False
 
     @classmethod
     def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
              launcher: Launcher | None = None,
              clock: Clock = SYSTEM_CLOCK) -> Jobs:
-        """Jobs over an open queue; the active set is rebuilt from it."""
+        """Jobs over an open queue: the active set, the index of queued jobs, the agents'
+        load and the pause flag, all rebuilt from files."""
         active = {*queue.ids(lc.State.STARTING.value), *queue.ids(lc.State.RUNNING.value)}
+        runnable, doomed = _queued.index(queue, clock.time())
         return cls(cfg, layout, queue, log, lc.Timing.from_config(cfg.scheduler),
-                   launcher=launcher or _launch, clock=clock, active=active)
+                   launcher=launcher or _launch, clock=clock, active=active,
+                   runnable=runnable, doomed=doomed, load=_queued.agent_load(queue),
+                   paused=_queued.Paused.read(layout, owner=True).paused)
+
+    def room(self, agent: str) -> bool:
+        """Whether `agent` may have one more job waiting, starting or running."""
+        spec = self.cfg.agents.get(agent)
+        limit = None if spec is None else spec.max_concurrent
+        return limit is None or self.load[agent] < limit
+
+    def next_due(self) -> float | None:
+        """When the earliest delayed job may start (epoch seconds), or None."""
+        return self.runnable.next_delayed()
 
 
 # -- the WAL writes of one pass ----------------------------------------------------------------
@@ -221,6 +244,7 @@ def _wait_for_locks(j: Jobs, entry: dict[str, Any], repositories: dict[str, Repo
     batch = _Batch()
     d = lc.step(entry, lc.Event.WAIT_LOCK, lc.Facts(now=j.clock.time(), timing=j.timing))
     job = _Job(entry)
+    j.load[str(entry.get("agent"))] += 1
     _execute(j, job, d, batch)
     extra = {"lock_exclusive": exclusive_for(entry, repositories), "lock_seq": _next_seq(j)}
     entry.update(extra)
@@ -379,6 +403,9 @@ def _no_process_left(j: Jobs, job: _Job) -> None:
 def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None:
     fields = {**action.fields, "pid": None}
     _no_process_left(j, job)
+    before = str(job.entry.get("state"))
+    if fields["state"] in ("failed", "lost") and int(job.entry.get("retries") or 0) > 0:
+        fields["retried_as"] = _retry(j, job.entry, fields)
     job.entry.update(fields)
     batch.updates.append((job.id, fields))
     # The webhook events are durable before the pass flushes the terminal state to the
@@ -390,8 +417,39 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     batch.counters[str(fields["state"])] += 1
     j.active.discard(job.id)
     j.warned.pop(job.id, None)
+    if before in (lc.State.WAITING.value, lc.State.STARTING.value, lc.State.RUNNING.value):
+        j.load[str(job.entry.get("agent"))] -= 1
+    j.doomed += j.runnable.ended(job.id, str(fields["state"]), fields.get("retried_as"),
+                                 j.clock.time())
     j.log.info("job finished", job=job.id, state=fields["state"],
                exit_code=fields.get("exit_code"), reason=fields.get("reason"))
+
+
+def _retry(j: Jobs, entry: dict[str, Any], fields: dict[str, Any]) -> str:
+    """Queue the job that retries `entry` (lost or failed with retries left), durably,
+    BEFORE the terminal record that names it (`retried_as`): a crash in between finalizes
+    the job again, which finds its retry queued already (same id) and queues no second."""
+    n = int(entry.get("retry_n") or 0) + 1
+    taken: list[str] = []
+    while True:
+        new_id = _queued.retry_id(entry, n, taken)
+        other = j.queue.get(new_id)
+        if other is None or other.get("retry_of") == entry["id"]:
+            break
+        taken.append(new_id)                 # an id someone else chose: qualify ours
+    if other is None:
+        body = _queued.retry_job(
+            entry, new_id, finished=j.clock.time(),
+            schedule=j.cfg.callbacks.retry_schedule,
+            workspace=str(j.cfg.workspace_dir / new_id))
+        j.queue.enqueue_many([(new_id, body)], count="submitted")
+        reason = _queued.add(j.runnable, j.queue, {**body, "state": "queued"}, j.clock.time())
+        if reason is not None:
+            j.doomed.append((new_id, reason))
+        j.log.info("job retried as a new job", job=entry["id"], retry=new_id,
+                   retries_left=body["retries"], not_before=body["not_before"],
+                   why=fields.get("reason"))
+    return new_id
 
 
 _Executor = Callable[[Jobs, _Job, Any, _Batch], None]
@@ -520,6 +578,8 @@ def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
         j.log.error("job not dispatchable", job=entry.get("id"), state=entry["state"])
         return False
     j.active.add(str(entry["id"]))
+    if entry["state"] == lc.State.QUEUED.value:
+        j.load[str(entry.get("agent"))] += 1
     _execute(j, _Job(entry), d, batch)
     return True
 
@@ -527,7 +587,7 @@ def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
 def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
     """Waiting jobs that hold all their locks (slots permitting, in grant order), and those
     naming a repository that no longer exists (at once: their launch fails saying so)."""
-    if not j.queue.counts().get(lc.State.WAITING.value):
+    if not j.queue.holds(lc.State.WAITING.value):
         return 0
     table = _lock_table(j)
     if table is None:
@@ -553,18 +613,25 @@ def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
 
 
 def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
-    """Queued jobs, oldest first: with repositories -> waiting (no slot needed, at most
-    WAIT_BATCH per pass); without -> dispatched while a slot is free."""
+    """Ready queued jobs, best first (priority, then submission order; an agent at its
+    max_concurrent is passed over, not waited for): with repositories -> waiting (no slot
+    needed, at most WAIT_BATCH per pass); without -> dispatched while a slot is free."""
     started = waited = 0
     known: dict[str, RepoConfig] | None = None
     while not stop_requested():
-        job_id = j.queue.first_queued()
-        entry = None if job_id is None else j.queue.get(job_id)
-        if job_id is None or entry is None:
+        if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs and waited >= WAIT_BATCH:
             break
+        picked = j.runnable.pop(j.room)
+        if picked is None:
+            break
+        job_id, item = picked
+        entry = j.queue.get(job_id)
+        if entry is None or entry["state"] != lc.State.QUEUED.value:
+            continue
         names = _repos_of(entry)
         if names:
             if waited >= WAIT_BATCH:
+                j.runnable.restore(job_id, item)
                 j.backlog = True
                 break
             known = _repositories(j) if known is None else known
@@ -575,6 +642,7 @@ def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
                 continue
             # a repository it names is gone: no lock to wait for, its launch fails
         if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs:
+            j.runnable.restore(job_id, item)
             break
         if not _dispatch_one(j, entry, batch):
             break
@@ -582,14 +650,32 @@ def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
     return started
 
 
+def _fail_doomed(j: Jobs, batch: _Batch) -> int:
+    """Fail the queued jobs a dependency doomed (and those their ends doom in turn)."""
+    failed = 0
+    while j.doomed and not stop_requested():
+        job_id, reason = j.doomed.pop(0)
+        entry = j.queue.get(job_id)
+        if entry is None or entry["state"] != lc.State.QUEUED.value:
+            continue
+        d = lc.step(entry, lc.Event.DEPENDENCY_FAILED,
+                    lc.Facts(now=j.clock.time(), timing=j.timing, error=reason))
+        _execute(j, _Job(entry), d, batch)
+        failed += 1
+    return failed
+
+
 def dispatch(j: Jobs) -> int:
-    """Start what may start now (granted waiting jobs, then queued ones, FIFO), and move
-    queued jobs with repositories to waiting; how many were dispatched."""
-    j.backlog = False
-    if j.paused:
-        return 0            # paused: running jobs go on, nothing new starts or waits
+    """Fail what a dependency doomed; then, unless paused, start what may start now
+    (granted waiting jobs, then the best ready queued ones) and move queued jobs with
+    repositories to waiting; how many were dispatched."""
     batch = _Batch()
+    j.backlog = False
     try:
+        _fail_doomed(j, batch)
+        j.runnable.due(j.clock.time())
+        if j.paused:
+            return 0
         return _dispatch_waiting(j, batch) + _dispatch_queued(j, batch)
     finally:
         batch.flush(j.queue)

@@ -16,7 +16,6 @@ from typing import Any
 
 from supervisor.config import Config, enabled_workers
 from supervisor.state.atomic import CORRUPT_MARK, Corrupt, is_tmp_name
-from supervisor.state.jobcontrol import paused
 from supervisor.state.jobs import batch_record
 from supervisor.state.layout import DELIVERY, REQUEST, WORKER_STATE, Layout, read_record
 from supervisor.state.locktable import Table, from_record, unavailable
@@ -64,9 +63,20 @@ def worker_entry(raw: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def workers_doc(layout: Layout) -> list[dict[str, Any]]:
-    """The `workers --json` document (the caller checks that batchd runs)."""
-    return [worker_entry(w) for w in read_workers(layout)]
+def workers_doc(cfg: Config, layout: Layout) -> list[dict[str, Any]]:
+    """The `workers --json` document (the caller checks that batchd runs): the scheduler's
+    entry says whether it starts new jobs (`paused`)."""
+    workers = [worker_entry(w) for w in read_workers(layout)]
+    with open_view(cfg, layout) as view:
+        _mark_paused(workers, view.paused())
+    return workers
+
+
+def _mark_paused(workers: list[dict[str, Any]], paused: bool) -> None:
+    """The scheduler's entry says whether it starts new jobs (`batchctl pause`)."""
+    for w in workers:
+        if w.get("name") == "scheduler":
+            w["paused"] = paused
 
 
 def _degraded(workers: list[dict[str, Any]], startups: list[dict[str, Any]]) -> list[str]:
@@ -94,7 +104,7 @@ def status_doc(cfg: Config, layout: Layout) -> dict[str, Any]:
     degraded note, never an error: `status` always answers."""
     pid = batchd_pid(layout)
     running = pid is not None
-    workers = workers_doc(layout) if running else []
+    workers = [worker_entry(w) for w in read_workers(layout)] if running else []
     unreadable: list[str] = []
     startups: list[dict[str, Any]] = []
     if running:
@@ -103,14 +113,17 @@ def status_doc(cfg: Config, layout: Layout) -> dict[str, Any]:
         except Unreadable as exc:
             unreadable.append(str(exc))
     jobs: dict[str, int] = {}
+    paused = False
     try:
         with open_view(cfg, layout) as view:
             jobs = view.counts()
+            paused = view.paused()
     except Unreadable as exc:
         unreadable.append(str(exc))
+    _mark_paused(workers, paused)
     degraded = _degraded(workers, startups) + unreadable
     return {"batchd": {"running": running, "pid": pid}, "workers": workers,
-            "jobs": jobs, "degraded": degraded, "paused": paused(layout)}
+            "jobs": jobs, "degraded": degraded, "paused": paused}
 
 
 # -- locks ------------------------------------------------------------------------------------

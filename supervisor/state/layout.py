@@ -19,7 +19,6 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       scheduler/inbox/            batchctl requests to the scheduler (submit, cancel)
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
       scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
-      scheduler/paused.json       scheduler record "paused": new jobs are not started
       api/tokens, api/tokens.lock batchctl record "tokens" (hashes only); flock serializes writers
       locks/inbox/, locks/state.json          locks worker
       callbacks/inbox/, callbacks/outbox/     callbacks worker
@@ -32,6 +31,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,10 +108,11 @@ RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
+#: The scheduler's pause flag (`scheduler/paused.json`): {paused, since}; written only by
+#: the scheduler (batchctl pause/resume ask through its inbox).
+PAUSED = RecordKind("batchd.paused", 1, ("paused",))
 #: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
-#: The scheduler's pause flag (`scheduler/paused.json`): {paused, since, request}.
-PAUSED = RecordKind("batchd.paused", 1, ("paused",))
 #: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
 #: {tokens: {name: {sha256, scope, created_at}}} (state.tokens).
 TOKENS = RecordKind("batchd.tokens", 1, ("tokens",))
@@ -262,17 +263,17 @@ class Layout:
         return self.root / "scheduler" / "wal"
 
     @property
+    def paused_file(self) -> Path:
+        """The scheduler's pause flag (PAUSED); missing: not paused."""
+        return self.root / "scheduler" / "paused.json"
+
+    @property
     def submit_lock(self) -> Path:
         """flock'ed (exclusive) by `batchctl submit` around its duplicate check and write.
 
         Created empty with O_CREAT by the first submit; never written, replaced or removed.
         """
         return self.root / "scheduler" / "submit.lock"
-
-    @property
-    def paused_file(self) -> Path:
-        """The scheduler's pause flag (PAUSED), written when it takes a `pause` request."""
-        return self.root / "scheduler" / "paused.json"
 
     @property
     def tokens_file(self) -> Path:
@@ -290,6 +291,11 @@ class Layout:
     @property
     def jobs_dir(self) -> Path:
         return self.root / "jobs"
+
+    @functools.cached_property
+    def jobs_root_text(self) -> str:
+        """str(jobs_dir), computed once (job records name thousands of outputs)."""
+        return str(self.jobs_dir)
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id

@@ -43,7 +43,6 @@ from supervisor.config import Config, enabled_workers
 from supervisor.state.atomic import ensure_dir, write_bytes
 from supervisor.state.clock import parse_iso
 from supervisor.state.documents import deliveries
-from supervisor.state.jobcontrol import paused
 from supervisor.state.layout import Layout
 from supervisor.state.queue import COUNTERS, JOB_STATES, TERMINAL_STATES
 from supervisor.state.view import Unreadable, batchd_pid, open_view, read_workers
@@ -149,19 +148,21 @@ class Metrics:
         out: list[Metric] = []
         pid = batchd_pid(self.layout)
         out.append(GaugeMetricFamily("batchd_up", "1 when batchd runs", value=int(pid is not None)))
-        out.append(GaugeMetricFamily("batchd_paused", "1 when starting new jobs is paused",
-                                     value=int(paused(self.layout))))
         counts: dict[str, int] = {}
         stats: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        paused = False
         try:
             with open_view(self.cfg, self.layout) as view:
                 counts = view.counts()
                 stats = view.stats()
+                paused = view.paused()
                 if view.queue is not None:
                     q = view.queue
                     self._refresh((i for s in sorted(TERMINAL_STATES) for i in q.ids(s)), q.get)
         except Unreadable:
             pass            # the families below then say 0; batchctl status names the cause
+        out.append(GaugeMetricFamily("batchd_paused", "1 when starting new jobs is paused",
+                                     value=int(paused)))
         jobs = GaugeMetricFamily("batchd_jobs", "jobs per state", labels=["state"])
         for state in JOB_STATES:
             jobs.add_metric([state], counts.get(state, 0))

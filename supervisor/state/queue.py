@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate, compress, repeat
 from typing import Any, Protocol
@@ -256,6 +256,24 @@ class _Column:
     def base_buffer(self) -> memoryview | bytes:
         """The snapshot run's raw bytes (items each followed by a newline)."""
         return self._buf
+
+    def containing(self, needle: bytes) -> list[int]:
+        """The indices of the items that contain `needle`, ascending: a C-speed search
+        through the snapshot run (then a bisect of its offsets per hit), a plain scan of
+        the items appended or replaced since."""
+        found: list[int] = []
+        if self._base and needle:
+            run = bytes(self._buf)
+            pos = run.find(needle)
+            while pos >= 0:
+                i = bisect_right(self._off, pos) - 1
+                end = self._off[i + 1] - 1              # the item's newline
+                if pos + len(needle) <= end and i not in self._over:
+                    found.append(i)
+                pos = run.find(needle, max(pos + 1, end))
+        found += [i for i, item in self._over.items() if needle in item]
+        found += [self._base + k for k, item in enumerate(self._tail) if needle in item]
+        return sorted(set(found))
 
     @property
     def offsets(self) -> memoryview:
@@ -717,6 +735,32 @@ class JobQueue:
         with self._lock:
             return self._jobs.names_in(code)
 
+    def raw(self, state: str | None = None,
+            needles: Sequence[bytes] = ()) -> list[tuple[str, bytes]]:
+        """(id, the body's raw JSON bytes) in submission order, all or those in `state`,
+        keeping only bodies that contain every one of `needles` (a byte search, no JSON
+        decoding: filters over 100,000 jobs stay fast; the caller decodes what is left
+        and checks it properly)."""
+        code = None if state is None else _state_code(state)
+        with self._lock:
+            jobs = self._jobs
+            codes = jobs.codes
+            bodies = jobs.bodies
+            rest = list(needles[1:])
+            if needles:
+                candidates: Iterable[int] = bodies.containing(needles[0])
+            else:
+                candidates = range(len(codes))
+            out = []
+            for i in candidates:
+                c = codes[i]
+                if c == _VOID or (code is not None and c != code):
+                    continue
+                body = bodies[i]
+                if all(n in body for n in rest):
+                    out.append((jobs.ids.name(i), bytes(body)))
+            return out
+
     def first_queued(self) -> str | None:
         """The oldest queued job's id (FIFO), or None."""
         with self._lock:
@@ -727,6 +771,11 @@ class JobQueue:
         with self._lock:
             codes = self._jobs.codes
             return {state: codes.count(code) for state, code in STATE_CODES.items()}
+
+    def holds(self, state: str) -> bool:
+        """Whether any job is in `state` (a scan that stops at the first)."""
+        with self._lock:
+            return STATE_CODES[state] in self._jobs.codes
 
     def stats(self) -> dict[str, int]:
         """The persistent counters (every name in COUNTERS, 0 if never incremented)."""

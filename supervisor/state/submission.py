@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from supervisor.config import Config, parse_duration
 from supervisor.state.atomic import ensure_dir
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
@@ -63,6 +63,7 @@ __all__ = [
     "known_repos",
     "parse_jsonl",
     "refuse_ids_in_use",
+    "refuse_unknown_dependencies",
     "same_job",
     "submit_lock",
     "write_submission",
@@ -216,6 +217,7 @@ class Checker:
         job = {"id": job_id, "agent": agent, "prompt": prompt, "repos": repos,
                "callback": callback, "timeout": timeout, "batch": batch,
                "exclusive": exclusive}
+        job.update(_job_control(obj, job_id))
         if stored:
             created = obj.get("created_at")
             if created is not None:
@@ -230,9 +232,82 @@ class Checker:
 
 
 #: What a job carries in a submit request (the scheduler's check): a submission cannot set
-#: a job's state, attempts or pid; `retry_of` is set by a retry (state.jobcontrol), never
-#: by a submitter.
+#: a job's state, attempts or pid.
 _STORED_KEYS = SUBMIT_KEYS | {"created_at", "retry_of"}
+
+PRIORITY_RANGE = (-1000, 1000)
+MAX_RETRIES = 10
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
+_MAX_LABEL_VALUE = 256
+
+
+def _ids(key: str, value: object, own: str | None) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise JobError(f"{key} must be a non-empty list of job ids")
+    for dep in value:
+        if not valid_job_id(dep):
+            raise JobError(f"{key}: {dep!r} is not a job id")
+        if dep == own:
+            raise JobError(f"{key}: a job cannot wait for itself ({dep!r})")
+    if len(set(value)) != len(value):
+        raise JobError(f"{key} lists a job twice")
+    return list(value)
+
+
+def _labels(value: object) -> dict[str, str]:
+    if type(value) is not dict:
+        raise JobError(f"labels must be an object of strings, found {_tname(value)}")
+    for key, val in value.items():
+        if not _LABEL_KEY.fullmatch(key):
+            raise JobError(f"label key {key!r} must be 1-64 letters, digits, '.', '_', '/', "
+                           "'-', starting with a letter or digit")
+        if not isinstance(val, str) or len(val) > _MAX_LABEL_VALUE or _URL_BAD_CHAR.search(
+                val.replace(" ", "")):
+            raise JobError(f"label {key!r}: the value must be a string of at most "
+                           f"{_MAX_LABEL_VALUE} characters without control characters")
+    return dict(value)
+
+
+def _job_control(obj: dict[str, Any], own: str | None) -> dict[str, Any]:
+    """The job-control keys of a job, checked and normalized; only those given (defaults
+    are not stored: no priority is 0, no labels is {}, ...)."""
+    out: dict[str, Any] = {}
+    for key in ("after", "after_any"):
+        if obj.get(key) is not None:
+            out[key] = _ids(key, obj[key], own)
+    if out.get("after") and out.get("after_any"):
+        both = set(out["after"]) & set(out["after_any"])
+        if both:
+            raise JobError(f"after and after_any both name {sorted(both)[0]!r}")
+    priority = obj.get("priority")
+    if priority is not None:
+        _expect("priority", priority, (int,), "an integer")
+        low, high = PRIORITY_RANGE
+        if not low <= priority <= high:
+            raise JobError(f"priority {priority} is outside {low}..{high}")
+        if priority:
+            out["priority"] = priority
+    not_before = obj.get("not_before")
+    if not_before is not None:
+        _expect("not_before", not_before, (str,), "an ISO-8601 time")
+        when = parse_iso(not_before)
+        if when is None:
+            raise JobError(f"not_before {not_before!r} is not an ISO-8601 time "
+                           "(e.g. 2027-01-15T08:00:00Z)")
+        out["not_before"] = iso_now(when)
+    labels = obj.get("labels")
+    if labels is not None:
+        labels = _labels(labels)
+        if labels:
+            out["labels"] = labels
+    retries = obj.get("retries")
+    if retries is not None:
+        _expect("retries", retries, (int,), "an integer")
+        if not 0 <= retries <= MAX_RETRIES:
+            raise JobError(f"retries {retries} is outside 0..{MAX_RETRIES}")
+        if retries:
+            out["retries"] = retries
+    return out
 
 
 def check_request(req: dict[str, Any]) -> list[dict[str, Any]]:
@@ -339,7 +414,7 @@ def submit_lock(layout: Layout) -> Iterator[None]:
     try:
         with exclusive(layout.submit_lock):
             yield
-    except FileNotFoundError:           # the folder went away since: make it again
+    except FileNotFoundError:           # the folder went away since: make it again next time
         _LOCK_DIRS.discard(folder)
         raise
 
@@ -379,6 +454,7 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
         with open_view(cfg, layout) as view:
             in_use = frozenset(view.known_ids())
         refuse_ids_in_use(jobs, in_use, source)
+        refuse_unknown_dependencies(jobs, in_use, source)
         assign_ids(jobs, in_use)
         write_submission(layout, jobs)
     return [str(j["id"]) for j in jobs]
@@ -395,18 +471,18 @@ def same_job(entry: dict[str, Any], job: dict[str, Any]) -> bool:
 
 
 def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]], *,
-                queue_ids: QueueIds | None = None) -> list[list[str] | Refused]:
+                queue_ids: QueueIds | None = None) -> list[list[str] | JobError]:
     """accept() for many submissions at once (the api's concurrent POSTs): ONE lock, ONE
     read of the ids in use, ONE durable request holding every accepted job; per
     submission, its ids or why it was refused.
 
     Each submission stays all or nothing. A job whose given id is in use by the very same
     job (same_job) is a replay: it counts as accepted and is not written again; an id in
-    use by another job refuses its whole submission (Refused). The ids in use are the
-    inbox's (read first, as open_view does) and the queue's: from `queue_ids` when given
-    (a long-lived reader that follows the log), else from a read-only open of the queue.
-    Unreadable as accept()."""
-    out: list[list[str] | Refused] = []
+    use by another job refuses its whole submission (Refused); so does a dependency that
+    does not exist (JobError, as accept()). The ids in use are the inbox's (read first, as
+    open_view does) and the queue's: from `queue_ids` when given (a long-lived reader that
+    follows the log), else from a read-only open of the queue. Unreadable as accept()."""
+    out: list[list[str] | JobError] = []
     with submit_lock(layout):
         given = {j["id"] for g in groups for j in g if j["id"] is not None}
         if queue_ids is None:
@@ -426,16 +502,16 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
                     existing = {i: view.get(i) for i in given & in_use}
         fresh: list[dict[str, Any]] = []
         for jobs in groups:
-            problem = None
-            for job in jobs:
-                known = existing.get(job["id"]) if job["id"] is not None else None
-                if job["id"] in in_use and (known is None or not same_job(known, job)):
-                    problem = Refused(f"job id {job['id']!r} is already in use by another job")
-                    break
-            if problem is not None:
-                out.append(problem)
+            try:
+                for job in jobs:
+                    known = existing.get(job["id"]) if job["id"] is not None else None
+                    if job["id"] in in_use and (known is None or not same_job(known, job)):
+                        raise Refused(f"job id {job['id']!r} is already in use by another job")
+                new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
+                refuse_unknown_dependencies(new, frozenset(in_use))
+            except JobError as exc:
+                out.append(exc)
                 continue
-            new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
             assign_ids(new, frozenset(in_use))
             in_use.update(str(j["id"]) for j in new)
             fresh += new
@@ -443,6 +519,25 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
         if fresh:
             write_submission(layout, fresh)
     return out
+
+
+def refuse_unknown_dependencies(jobs: list[dict[str, Any]], in_use: frozenset[str],
+                                source: tuple[str, bytes] | None = None) -> None:
+    """JobError for the first job whose `after`/`after_any` names a job that neither
+    exists nor comes earlier in the same submission: so no cycle can ever be made."""
+    earlier: set[str] = set()
+    for index, job in enumerate(jobs):
+        for key in ("after", "after_any"):
+            for dep in job.get(key) or ():
+                if dep not in in_use and dep not in earlier:
+                    where = "" if source is None else \
+                        f"{source[0]}:{_line_of(source[1], index)}: "
+                    later = any(j.get("id") == dep for j in jobs[index + 1:])
+                    why = "comes later in the file" if later else "does not exist"
+                    raise JobError(f"{where}{key}: job {dep!r} {why} (a job can only wait "
+                                   "for jobs submitted before it)")
+        if job.get("id") is not None:
+            earlier.add(str(job["id"]))
 
 
 def refuse_ids_in_use(jobs: list[dict[str, Any]], in_use: frozenset[str],

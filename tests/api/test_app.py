@@ -391,8 +391,9 @@ def test_retry_of_an_ended_job_submits_its_spec_again(env: Env) -> None:
         q.enqueue("ended-1", {"agent": "shell", "prompt": "echo again", "repos": [],
                               "batch": "rb", "timeout": 60.0, "exclusive": False,
                               "state": "failed"})
-    status, rec = env.client("submit").json("POST", "/v1/jobs/ended-1/retry")
-    assert 201 == status
+    status, doc = env.client("submit").json("POST", "/v1/jobs/ended-1/retry")
+    assert (201, "ended-1") == (status, doc["retry_of"])
+    _, rec = env.client("read").json("GET", f"/v1/jobs/{doc['id']}")
     assert ("ended-1", "queued", "shell", "rb") == (rec["retry_of"], rec["state"], rec["agent"],
                                                     rec["batch"])
     [job] = [j for j in env.pending_jobs() if j["id"] == rec["id"]]

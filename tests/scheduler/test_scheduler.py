@@ -86,7 +86,7 @@ def test_recovery_of_a_fresh_state_dir(cfg: Config) -> None:
     s, found, did, degraded = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"))
     s.queue.close()
     assert ({"jobs": {}, "records_replayed": 0, "torn_bytes": 0, "quarantined": [],
-             "active": 0, "paused": False}, []) == (found, degraded)
+             "active": 0}, []) == (found, degraded)
     assert {"truncated_bytes": 0, "quarantined": 0, "reattached": 0, "stale": 0,
             "finalized": 0, "lost": 0, "pending": 0, "relaunched": 0,
             "lock_requests_resent": 0} == did
@@ -170,7 +170,7 @@ def test_a_bad_submit_is_quarantined_and_queues_nothing(mem: scheduler.Scheduler
 
 def test_unknown_request_kinds_are_quarantined(mem: scheduler.Scheduler) -> None:
     """A request of a kind the scheduler has no handler for is moved aside, not dropped."""
-    drop(mem, {"id": "r1", "kind": "pause", "created_at": iso_now()})
+    drop(mem, {"id": "r1", "kind": "frobnicate", "created_at": iso_now()})
     scheduler.take_inbox(mem)
     assert [True] == [n.startswith("r1.json" + CORRUPT_MARK) for n in inbox_names(mem)]
 
@@ -402,34 +402,22 @@ def test_a_cancel_for_a_job_that_never_comes_is_quarantined_after_an_hour(
     assert 1 == len(names) and CORRUPT_MARK in names[0], names
 
 
-# -- pause ----------------------------------------------------------------------------------------
+def test_serve_wakes_for_a_delayed_job_at_its_time(cfg: Config) -> None:
+    """A job delayed 0.4 s (less than a tick: no tick would start it): the loop sleeps
+    exactly until then (a timer, not a poll), and the pass at that moment starts it."""
+    clock = MockClock()
+    launched: list[str] = []
 
-def test_a_pause_request_keeps_queued_jobs_queued_across_a_restart(cfg: Config) -> None:
-    """pause: the flag is written before the request goes; dispatch starts nothing (the
-    launcher is never reached); a new scheduler reads the flag back; resume clears it."""
-    from supervisor.state.jobcontrol import pause_request, paused_on_disk
+    def launcher(job_dir: Path, mode: str) -> Launched:
+        launched.append(job_dir.name)
+        return Launched(None, None, None)
 
-    layout = Layout(cfg.state_dir)
-    s, _, _, _ = scheduler.recover(cfg, layout, _log.get("test"), launcher=no_launch)
-    drop(s, pause_request(True))
-    drop(s, submit_request([job("p1")]))
-    scheduler.one_pass(s)
-    assert (True, "queued", []) == (paused_on_disk(layout), s.queue.state("p1"),
-                                    inbox_names(s))
-    s.queue.close()
-    s, found, _, _ = scheduler.recover(cfg, layout, _log.get("test"), launcher=no_launch)
-    assert found["paused"] is True
-    scheduler.one_pass(s)
-    assert "queued" == s.queue.state("p1")
-    drop(s, pause_request(False))
+    s = scheduler.Scheduler(cfg, Layout(cfg.state_dir), JobQueue.over(MemoryStorage()),
+                            _log.get("test"), None)  # type: ignore[arg-type]
+    s.jobs = Jobs.over(cfg, s.layout, s.queue, s.log, launcher=launcher, clock=clock)
+    drop(s, submit_request([job("d", not_before=iso_now(clock.time() + 0.4))],
+                           request_id="s1"))
     scheduler.take_inbox(s)
-    assert (False, False) == (s.jobs.paused, paused_on_disk(layout))
-    s.queue.close()
-
-
-def test_a_malformed_pause_request_is_quarantined(mem: scheduler.Scheduler) -> None:
-    """'paused' must be a boolean: anything else is a bad request, nothing changes."""
-    drop(mem, {"id": "pause-x", "kind": "pause", "paused": "yes"})
-    scheduler.take_inbox(mem)
-    assert mem.jobs.paused is False
-    assert any(CORRUPT_MARK in n for n in inbox_names(mem))
+    watcher = FakeWatcher(2, clock)
+    scheduler.serve(s, watcher, clock=clock)  # type: ignore[arg-type]
+    assert (0.4, ["d"]) == (round(watcher.timeouts[0] or 0, 3), launched)

@@ -10,7 +10,7 @@ import pytest
 
 from supervisor.config import Config
 from supervisor.state import jobcontrol
-from supervisor.state.layout import PAUSED, REQUEST, Layout, read_record, write_record
+from supervisor.state.layout import REQUEST, Layout, read_record
 from supervisor.state.queue import JobQueue
 from supervisor.state.submission import JobError
 
@@ -53,19 +53,18 @@ def test_cancel_writes_a_request_unless_the_job_ended(cfg: Config) -> None:
 
 
 def test_retry_submits_the_spec_again_with_retry_of(cfg: Config) -> None:
-    """An ended job: a new job with its agent, prompt, repos, timeout, batch; retry_of set;
-    handed over as a submit request the scheduler's check accepts."""
+    """An ended job: a new job with its agent, prompt, timeout, batch, callback; retry_of
+    set; handed over as a submit request the scheduler's check accepts."""
     from supervisor.state.submission import check_request
 
     layout = Layout(cfg.state_dir)
     _enqueue(layout, "f", "failed", timeout=30.0, batch="b", callback="http://h/x")
-    rec = jobcontrol.retry(cfg, layout, "f")
-    assert ("f", "queued", "b", 30.0) == (rec["retry_of"], rec["state"], rec["batch"],
-                                          rec["timeout"])
+    new_id = jobcontrol.retry(cfg, layout, "f")
     [req] = _requests(layout)
     [job] = check_request(req)
-    assert (rec["id"], "echo x", "http://h/x", "f") == (job["id"], job["prompt"],
-                                                        job["callback"], job["retry_of"])
+    assert (new_id, "echo x", "http://h/x", "f", 30.0, "b") == (
+        job["id"], job["prompt"], job["callback"], job["retry_of"], job["timeout"],
+        job["batch"])
 
 
 def test_retry_refuses_a_running_job_and_a_gone_agent(cfg: Config) -> None:
@@ -82,17 +81,16 @@ def test_retry_refuses_a_running_job_and_a_gone_agent(cfg: Config) -> None:
     assert [] == _requests(layout)
 
 
-def test_paused_is_the_flag_then_the_latest_pending_request(cfg: Config) -> None:
-    """No flag: not paused. A pending pause request shows as paused before the scheduler
-    takes it; a later resume request wins; the flag file alone decides once the inbox is
-    empty."""
+def test_pause_and_resume_are_requests_the_view_counts(cfg: Config) -> None:
+    """set_paused writes a pause (resume) request; the view shows it paused before the
+    scheduler takes it, and a later resume wins."""
+    from supervisor.state.view import open_view
+
     layout = Layout(cfg.state_dir)
-    assert jobcontrol.paused(layout) is False
-    jobcontrol.set_paused(layout, True)
-    assert jobcontrol.paused(layout) is True
+    assert {"paused": True} == jobcontrol.set_paused(layout, True)
+    with open_view(cfg, layout) as view:
+        assert view.paused() is True
     jobcontrol.set_paused(layout, False)
-    assert jobcontrol.paused(layout) is False
-    for req in _requests(layout):
-        os.unlink(layout.inbox("scheduler") / f"{req['id']}.json")
-    write_record(PAUSED, layout.paused_file, {"paused": True})
-    assert (True, True) == (jobcontrol.paused(layout), jobcontrol.paused_on_disk(layout))
+    assert ["pause", "resume"] == sorted(r["kind"] for r in _requests(layout))
+    with open_view(cfg, layout) as view:
+        assert view.paused() is False

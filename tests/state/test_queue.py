@@ -168,6 +168,17 @@ def test_counts_cover_all_states() -> None:
     assert expect == q.counts()
 
 
+def test_holds_says_whether_any_job_is_in_a_state() -> None:
+    """holds(state) is true exactly while some job is in that state."""
+    q, _ = mem()
+    q.enqueue_many([("a", {}), ("b", {})])
+    assert (True, False) == (q.holds("queued"), q.holds("waiting"))
+    q.update("b", state="waiting")
+    assert (True, True) == (q.holds("queued"), q.holds("waiting"))
+    q.update("b", state="completed")
+    assert (True, False, True) == (q.holds("queued"), q.holds("waiting"), q.holds("completed"))
+
+
 def test_counters_incr_and_persist() -> None:
     """incr adds to a counter; unknown counters and negative steps are refused."""
     q, storage = mem()
@@ -455,3 +466,21 @@ def test_readonly_disk_queue_sees_the_writer(tmp_path: Path) -> None:
     with pytest.raises(ReadOnly):
         ro.enqueue("c", {})
     w.close()
+
+
+def test_raw_finds_bodies_by_bytes_in_the_snapshot_and_after_it(tmp_path: Path) -> None:
+    """raw(state, needles): the bodies containing every needle, in submission order, found
+    in the compacted snapshot and among jobs added since; a needle spanning two bodies
+    matches neither."""
+    q = JobQueue.over(Wal.open(str(tmp_path / "wal"), compact_records=50))
+    for i in range(120):                    # enough records for a snapshot
+        q.enqueue(f"j{i:03d}", {"agent": "shell", "labels": {"team": "infra" if i % 40 == 0
+                                                             else "web"}})
+    q.enqueue("late", {"agent": "claude", "labels": {"team": "infra"}})
+    q.update("j040", state="running")
+    got = [i for i, _ in q.raw(None, [b'"team":"infra"'])]
+    assert ["j000", "j040", "j080", "late"] == got
+    assert ["j040"] == [i for i, _ in q.raw("running", [b'"team":"infra"'])]
+    assert ["late"] == [i for i, _ in q.raw(None, [b'"team":"infra"', b'"agent":"claude"'])]
+    assert [] == q.raw(None, [b'"}}\n{"agent'])
+    q.close()
