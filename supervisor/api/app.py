@@ -47,7 +47,7 @@ from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
 from supervisor.state.metrics import CONTENT_TYPE, Metrics
 from supervisor.state.queue import JOB_STATES
-from supervisor.state.submission import Checker, JobError, Refused, known
+from supervisor.state.submission import Checker, JobError, Refused, decode_json, known
 from supervisor.state.tokens import TokenTable, allows, tokens_path
 from supervisor.state.view import JobFilter, Unreadable, batchd_pid, open_view
 
@@ -168,20 +168,12 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ApiError(400, "bad_json", f"key {key!r} is given twice")
-            seen.add(key)
-    return obj
-
-
 def _json(raw: bytes) -> Any:
+    """The body as the job door decodes JSON (a key given twice refused); 400 otherwise."""
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        return decode_json(raw.decode("utf-8"))
+    except JobError as exc:
+        raise ApiError(400, "bad_json", str(exc)) from None
     except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_json", f"body is not UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:

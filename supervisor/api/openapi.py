@@ -26,6 +26,16 @@ def _ref(name: str) -> dict[str, Any]:
 
 _STATE = {"type": "string", "enum": list(JOB_STATES)}
 
+#: Job control's keys, in a submission and in a record alike.
+_CONTROL: dict[str, Any] = {
+    "after": {"type": "array", "items": {"type": "string"}},
+    "after_any": {"type": "array", "items": {"type": "string"}},
+    "priority": {"type": "integer"},
+    "not_before": _nullable("string"),
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "retries": {"type": "integer"},
+}
+
 _JOB_PROPS: dict[str, Any] = {
     "id": {"type": "string"},
     "state": _STATE,
@@ -44,13 +54,8 @@ _JOB_PROPS: dict[str, Any] = {
     "callback": _nullable("string"),
     "timeout": _nullable("number"),
     "exclusive": {"type": "boolean"},
-    "after": {"type": "array", "items": {"type": "string"}},
-    "after_any": {"type": "array", "items": {"type": "string"}},
-    "priority": {"type": "integer"},
-    "not_before": _nullable("string"),
-    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    **_CONTROL,
     "retry_of": _nullable("string"),
-    "retries": {"type": "integer"},
 }
 
 _SUBMIT_JOB: dict[str, Any] = {
@@ -67,12 +72,7 @@ _SUBMIT_JOB: dict[str, Any] = {
         "batch": _nullable("string"),
         "id": _nullable("string"),
         "exclusive": {"type": "boolean"},
-        "after": {"type": "array", "items": {"type": "string"}},
-        "after_any": {"type": "array", "items": {"type": "string"}},
-        "priority": {"type": "integer"},
-        "not_before": _nullable("string"),
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-        "retries": {"type": "integer"},
+        **_CONTROL,
     },
 }
 

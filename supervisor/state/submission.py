@@ -59,6 +59,7 @@ __all__ = [
     "accept_many",
     "assign_ids",
     "check_request",
+    "decode_json",
     "known",
     "known_repos",
     "parse_jsonl",
@@ -347,6 +348,12 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode
+
+
+def decode_json(text: str) -> Any:
+    """One JSON document as a submission reads it: a key given twice in an object is a
+    JobError (JSON would silently keep the last one); bad JSON is json.JSONDecodeError."""
+    return _decode_line(text)
 
 
 def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]]:
