@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import percentile, stop, until
-from supervisor.state.jobcontrol import paused_on_disk
-from supervisor.state.layout import PAUSED, Layout, write_record
+from supervisor.state.jobcontrol import set_paused
+from supervisor.state.layout import Layout
 from supervisor.state.queue import JobQueue
 from supervisor.state.tokens import add
 from tests.httpkit import Client, api_address, read_events
@@ -71,9 +71,7 @@ class Daemon:
         self.address = ("127.0.0.1", 0)
 
     def start(self) -> None:
-        self.layout.paused_file.parent.mkdir(parents=True, exist_ok=True)
-        if not paused_on_disk(self.layout):      # the scheduler's file: written before it runs
-            write_record(PAUSED, self.layout.paused_file, {"paused": True})
+        set_paused(self.layout, True)       # taken by the scheduler before its first dispatch
         self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.batchd", "-c",
                                       str(self.config)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from supervisor.state.metrics import CONTENT_TYPE, Metrics
 from supervisor.state.queue import JOB_STATES
 from supervisor.state.submission import Checker, JobError, Refused, decode_json, known
 from supervisor.state.tokens import TokenTable, allows, tokens_path
-from supervisor.state.view import JobFilter, Unreadable, batchd_pid, open_view
+from supervisor.state.view import JobFilter, Unreadable, batchd_pid, follow_queue, open_view
 
 __all__ = ["MAX_BODY", "STATIC", "Api", "ApiError", "build_app", "make_api", "routes"]
 
@@ -523,12 +524,21 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error (logged by the api worker)")
 
 
+def _warm(api: Api) -> None:
+    try:
+        api.metrics.exposition()
+    except (OSError, Unreadable) as exc:
+        api.log.warning("metrics: first exposition failed", error=str(exc))
+
+
 def build_app(api: Api) -> Starlette:
     """The ASGI application over `api` (its submit writer and states start with it)."""
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         api.batcher = Batcher(api.cfg, api.layout)
         api.states = States(api.job_states)
+        # the first exposition decodes every finished job once: do it now, off the loop
+        threading.Thread(target=_warm, args=(api,), name="metrics-warm", daemon=True).start()
         try:
             yield
         finally:
@@ -542,7 +552,9 @@ def build_app(api: Api) -> Starlette:
 
 
 def make_api(cfg: Config, layout: Layout, log: Log) -> Api:
-    """The shared parts of one api worker over `cfg`'s state dir."""
+    """The shared parts of one api worker over `cfg`'s state dir (its views share one
+    read-only queue that follows the log: state.view.follow_queue)."""
+    follow_queue(layout)
     return Api(cfg=cfg, layout=layout, log=log, tokens=TokenTable(tokens_path(cfg, layout)),
                metrics=Metrics(cfg, layout))
 

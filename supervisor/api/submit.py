@@ -22,7 +22,7 @@ from typing import Any
 
 from supervisor.config import Config
 from supervisor.state.layout import Layout
-from supervisor.state.queueids import QueueIds
+from supervisor.state.queuefollow import QueueIds
 from supervisor.state.submission import JobError, accept_many
 
 __all__ = ["MAX_GROUP_JOBS", "Batcher"]

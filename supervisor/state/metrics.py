@@ -26,6 +26,7 @@ queue still holds.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,7 @@ class Metrics:
         self._hist: dict[tuple[str, str], _Histogram] = {}
         self._cost: dict[str, float] = {}
         self._tokens: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()             # one exposition at a time (the cache)
 
     def _account(self, d: _Done, sign: int) -> None:
         if d.duration is not None:
@@ -130,12 +132,14 @@ class Metrics:
 
     def _refresh(self, finished: Iterable[str], get: Any) -> None:
         """Bring the cache to the finished ids the queue holds now (decode only new ones)."""
-        now = set(finished)
-        for gone in [i for i in self._done if i not in now]:
-            self._account(self._done.pop(gone), -1)
-        for job_id in now:
-            if job_id in self._done:
-                continue
+        now = finished if isinstance(finished, list) else list(finished)
+        done = self._done
+        new = [i for i in now if i not in done]
+        if len(now) - len(new) < len(done):       # some cached job left the queue
+            keep = set(now)
+            for gone in [i for i in done if i not in keep]:
+                self._account(done.pop(gone), -1)
+        for job_id in new:
             entry = get(job_id)
             if entry is None or entry.get("state") not in TERMINAL_STATES:
                 continue
@@ -158,7 +162,7 @@ class Metrics:
                 paused = view.paused()
                 if view.queue is not None:
                     q = view.queue
-                    self._refresh((i for s in sorted(TERMINAL_STATES) for i in q.ids(s)), q.get)
+                    self._refresh(q.ids_in(TERMINAL_STATES), q.get)
         except Unreadable:
             pass            # the families below then say 0; batchctl status names the cause
         out.append(GaugeMetricFamily("batchd_paused", "1 when starting new jobs is paused",
@@ -242,7 +246,8 @@ class Metrics:
         """The text format of every family, as prometheus-client writes it."""
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)
-        return generate_latest(registry)
+        with self._lock:
+            return generate_latest(registry)
 
 
 def write_textfile(path: Path, data: bytes) -> None:

@@ -46,7 +46,7 @@ from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
-from supervisor.state.queueids import QueueIds
+from supervisor.state.queuefollow import QueueIds
 from supervisor.state.repos import all_repositories
 from supervisor.state.view import Unreadable, open_view, read_pending
 
