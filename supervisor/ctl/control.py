@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx, age, cell, table
+from supervisor.state import disk
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import CONTROL, REPLY, Layout, read_record, write_record
@@ -221,7 +222,8 @@ def summary(ctx: Ctx) -> dict[str, Any]:
     except Unreadable as exc:
         unreadable.append(str(exc))
     _mark_paused(workers, paused)
-    degraded = _degraded(workers, startups) + unreadable
+    low = disk.low(ctx.cfg)
+    degraded = _degraded(workers, startups) + unreadable + ([low] if low else [])
     return {"batchd": {"running": running, "pid": pid}, "workers": workers,
             "jobs": jobs, "degraded": degraded, "paused": paused}
 

@@ -28,7 +28,7 @@ from supervisor.ctl.out import (
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.jobs import batch_record, cancel_request, retry_spec, valid_job_id
 from supervisor.state.layout import send_request
-from supervisor.state.submission import Checker, JobError, accept, known
+from supervisor.state.submission import Checker, DiskLow, JobError, accept, known
 from supervisor.state.view import TERMINAL, JobFilter, JobView, open_view, read_workers
 
 __all__ = [
@@ -279,7 +279,7 @@ def cmd_retry(ctx: Ctx, job_id: str) -> int:
         job = Checker(known(ctx.cfg, ctx.layout)).check(retry_spec(entry))
         job["retry_of"] = job_id
         (new_id,) = accept(ctx.cfg, ctx.layout, [job])
-    except JobError as exc:
+    except (JobError, DiskLow) as exc:
         raise CtlError(f"cannot retry {job_id}: {exc}") from None
     if ctx.json:
         ctx.emit({"id": new_id, "retry_of": job_id})

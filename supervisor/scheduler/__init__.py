@@ -188,6 +188,8 @@ def _sleep_for(s: Scheduler, next_tick: float, clock: Clock) -> float | None:
     delayed = None if s.jobs.paused else s.jobs.next_due()
     if delayed is not None:
         waits.append(max(0.0, delayed - clock.time()))
+    if s.jobs.disk_low is not None:
+        waits.append(_dispatch.DISK_RECHECK)
     return min(waits) if waits else None
 
 
@@ -205,7 +207,8 @@ def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> Non
         due = clock.monotonic() >= next_tick
         delayed = s.jobs.next_due()
         ripe = delayed is not None and not s.jobs.paused and clock.time() >= delayed
-        if hinted or due or ripe or s.jobs.backlog or s.jobs.doomed:
+        if hinted or due or ripe or s.jobs.backlog or s.jobs.doomed \
+                or s.jobs.disk_low is not None:
             one_pass(s, inbox=hinted)
         if due or not s.jobs.active:
             next_tick = clock.monotonic() + interval

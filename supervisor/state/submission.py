@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor.config import Config, parse_duration
+from supervisor.state import disk
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
@@ -51,6 +52,7 @@ from supervisor.state.view import open_view
 
 __all__ = [
     "Checker",
+    "DiskLow",
     "JobError",
     "Known",
     "accept",
@@ -77,6 +79,11 @@ class Known:
 
 class JobError(Exception):
     """One problem with one submitted job (the caller adds the file and line)."""
+
+
+class DiskLow(Exception):
+    """Submissions are refused: free space is below `disk.min_free` (str() says where,
+    how much, and the floor). Not the submitter's mistake: batchctl exits 1."""
 
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number",
@@ -433,7 +440,10 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
     """The door's last step for checked jobs: under submit_lock, refuse ids in use
     (inbox first, then queue), give the others fresh ids, write the ONE durable request;
     the ids, in order. JobError for an id in use; Unreadable when the ids in use cannot
-    be read (duplicates could not be checked)."""
+    be read (duplicates could not be checked); DiskLow below `disk.min_free`."""
+    why = disk.low(cfg)
+    if why is not None:
+        raise DiskLow(f"submission refused: {why}")
     with submit_lock(layout):
         with open_view(cfg, layout) as view:
             in_use = frozenset(view.known_ids())

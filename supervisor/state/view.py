@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from supervisor.config import Config
+from supervisor.state import disk
 from supervisor.state.atomic import Corrupt, Missing, is_tmp_name
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.instance import probe
@@ -177,6 +178,7 @@ class JobView:
         self.pending = pending
         self._queue_ids: list[str] | None = None
         self._load: tuple[int, Counter[str]] | None = None
+        self._disk: tuple[str | None] | None = None
         self._paused: bool | None = None
 
     def close(self) -> None:
@@ -314,6 +316,9 @@ class JobView:
             return f"not_before {entry['not_before']}"
         if self.paused():
             return "paused"
+        low = self.disk_low()
+        if low is not None:
+            return low
         agent = str(entry.get("agent"))
         spec = self.cfg.agents.get(agent)
         busy = self._busy()
@@ -323,6 +328,12 @@ class JobView:
         if busy[0] >= self.cfg.scheduler.max_concurrent_jobs:
             return f"global limit ({self.cfg.scheduler.max_concurrent_jobs})"
         return None
+
+    def disk_low(self) -> str | None:
+        """Why no job starts for lack of space (state.disk.low), measured once per view."""
+        if self._disk is None:
+            self._disk = (disk.low(self.cfg),)
+        return self._disk[0]
 
     def _retried(self, named: object) -> str:
         """The last job of `named`'s retry chain (a retried dependency hands its waiters
