@@ -29,7 +29,14 @@ from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.jobs import batch_record, cancel_request, retry_spec, valid_job_id
 from supervisor.state.layout import send_request
 from supervisor.state.submission import Checker, DiskLow, JobError, accept, known
-from supervisor.state.view import TERMINAL, JobFilter, JobView, open_view, read_workers
+from supervisor.state.view import (
+    TERMINAL,
+    JobFilter,
+    JobView,
+    open_view,
+    read_reaped,
+    read_workers,
+)
 
 __all__ = [
     "batch_records",
@@ -225,7 +232,8 @@ def cmd_batch(ctx: Ctx, name: str) -> int:
 
 
 def stats_doc(ctx: Ctx) -> dict[str, Any]:
-    """The queue's counters plus restarts per worker (zeros when unknown)."""
+    """The queue's counters, restarts per worker, what the reaper removed (zeros when
+    unknown)."""
     with open_view(ctx.cfg, ctx.layout) as view:
         doc: dict[str, Any] = dict(view.stats())
     restarts = dict.fromkeys(WORKER_NAMES, 0)
@@ -233,6 +241,7 @@ def stats_doc(ctx: Ctx) -> dict[str, Any]:
         if isinstance(w.get("name"), str) and isinstance(w.get("restarts"), int):
             restarts[w["name"]] = w["restarts"]
     doc["restarts"] = restarts
+    doc["reaped"] = read_reaped(ctx.layout)
     return doc
 
 
@@ -242,8 +251,9 @@ def cmd_stats(ctx: Ctx) -> int:
     if ctx.json:
         ctx.emit(doc)
         return EXIT_OK
-    rows = [(f"{k}:", v) for k, v in doc.items() if k != "restarts"]
+    rows = [(f"{k}:", v) for k, v in doc.items() if k not in ("restarts", "reaped")]
     rows += [(f"restarts {w}:", n) for w, n in doc["restarts"].items()]
+    rows += [(f"reaped {k}:", n) for k, n in doc["reaped"].items()]
     for line in table(rows):
         ctx.say(line)
     return EXIT_OK

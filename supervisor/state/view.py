@@ -34,9 +34,11 @@ from supervisor.state.instance import probe
 from supervisor.state.jobs import job_record, job_timeout, settled_fields
 from supervisor.state.layout import (
     PAUSED,
+    REAPED_KINDS,
     REQUEST,
     RESULT,
     STARTUP_LOG,
+    WORKER_STATE,
     WORKERS,
     Layout,
     read_record,
@@ -57,6 +59,7 @@ __all__ = [
     "open_queue",
     "open_view",
     "read_pending",
+    "read_reaped",
     "read_startups",
     "read_workers",
 ]
@@ -109,10 +112,20 @@ def read_startups(layout: Layout) -> list[dict[str, Any]]:
                      "batchd moves it aside at its next start")
 
 
+def read_reaped(layout: Layout) -> dict[str, int]:
+    """The reaper's totals by kind (state.layout.REAPED_KINDS; zeros before its first pass
+    or when its record cannot be read: counts, never a reason to fail)."""
+    rec = read_record(WORKER_STATE, layout.worker_state("reaper"), owner=False)
+    totals = rec.get("totals") if isinstance(rec, dict) else None
+    totals = totals if isinstance(totals, dict) else {}
+    return {k: int(totals[k]) if isinstance(totals.get(k), int) else 0 for k in REAPED_KINDS}
+
+
 class QueueReader(Protocol):
     """What a reader needs of state.queue.JobQueue (an in-memory twin fits too)."""
 
     def get(self, job_id: str) -> dict[str, Any] | None: ...
+    def state(self, job_id: str) -> str | None: ...
     def ids(self, state: str | None = None) -> list[str]: ...
     def raw(self, state: str | None = None,
             needles: Sequence[bytes] = ()) -> list[tuple[str, bytes]]: ...
@@ -124,11 +137,13 @@ class QueueReader(Protocol):
 @dataclass
 class Pending:
     """Submissions and cancels waiting in the scheduler's inbox, in request order; `pause`
-    is the last pause (True) or resume (False) request there, None if none."""
+    is the last pause (True) or resume (False) request there, None if none; `forgotten`
+    the jobs the reaper asked the scheduler to forget (archived, folders removed)."""
 
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cancels: set[str] = field(default_factory=set)
     pause: bool | None = None
+    forgotten: set[str] = field(default_factory=set)
 
 
 def read_pending(layout: Layout) -> Pending:
@@ -162,6 +177,8 @@ def read_pending(layout: Layout) -> Pending:
                     pending.jobs.setdefault(job["id"], job)
         elif rec.get("kind") == "cancel" and isinstance(rec.get("job"), str):
             pending.cancels.add(rec["job"])
+        elif rec.get("kind") == "forget" and isinstance(rec.get("jobs"), list):
+            pending.forgotten.update(j for j in rec["jobs"] if isinstance(j, str))
         elif rec.get("kind") in ("pause", "resume"):
             pending.pause = rec["kind"] == "pause"
     return pending
