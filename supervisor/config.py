@@ -41,6 +41,7 @@ __all__ = [
     "LOG_LEVELS",
     "NAME_PATTERN",
     "OPTIONAL_WORKERS",
+    "SIZE_HELP",
     "SYSTEM_CONFIG",
     "WORKER_NAMES",
     "WORKER_SECTIONS",
@@ -49,10 +50,14 @@ __all__ = [
     "CallbacksConfig",
     "Config",
     "ConfigError",
+    "DiskConfig",
+    "FreeSpace",
+    "JobsConfig",
     "LogConfig",
     "MetricsConfig",
     "ReaperConfig",
     "RepoConfig",
+    "RetentionConfig",
     "SchedulerConfig",
     "WorkerConfig",
     "as_dict",
@@ -65,7 +70,9 @@ __all__ = [
     "parse",
     "parse_duration",
     "parse_listen",
+    "parse_size",
     "resolve_path",
+    "size_text",
     "worker_settings",
 ]
 
@@ -172,6 +179,42 @@ class ApiConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     textfile: Path | None = None         # Prometheus text format, rewritten atomically
+_GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    output_max_bytes: int = _GIB        # a job's output beyond this is cut (head kept)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long after a job's end the reaper keeps each thing (None: forever)."""
+
+    jobs: float | None = 30 * 86400.0        # record, folder, output (then the archive)
+    workspaces: float | None = 7 * 86400.0   # a terminal job's workspace
+    callbacks: float | None = 7 * 86400.0    # delivered and failed webhook records
+    corrupted: float | None = 30 * 86400.0   # quarantined *.corrupted.* files
+
+
+@dataclass(frozen=True)
+class FreeSpace:
+    """A free-space floor: `amount` bytes, or `amount` percent of the filesystem."""
+
+    amount: float = float(_GIB)
+    percent: bool = False
+
+    def bytes_of(self, total: int) -> int:
+        """The floor in bytes on a filesystem of `total` bytes."""
+        return int(total * self.amount / 100.0) if self.percent else int(self.amount)
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}%" if self.percent else size_text(int(self.amount))
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    min_free: FreeSpace = field(default_factory=FreeSpace)
 
 
 def _default_workers() -> dict[str, WorkerConfig]:
@@ -198,6 +241,9 @@ class Config:
     reaper: ReaperConfig = field(default_factory=ReaperConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
     launcher: str = "auto"               # auto | direct | systemd
     source: str = "<built-in>"           # the file this came from
 
@@ -344,6 +390,43 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"{exc}, got {value!r}") from None
 
 
+# --------------------------------------------------------------------------- sizes
+
+SIZE_HELP = "bytes, or a string like 512KiB, 100MB, 1GiB"
+_SIZE_UNITS: dict[str, int] = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10,
+                               "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+                               "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
+                               "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+
+
+def parse_size(value: object) -> int:
+    """Bytes of a size: an integer >= 0, or `512KiB`, `100MB`, `1GiB`, `1.5G` (k/M/G/T
+    are powers of 1000, KiB/MiB/GiB/TiB of 1024). ValueError naming what was given."""
+    expected = f"expected a size ({SIZE_HELP}), got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(expected)
+        return value
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    m = _SIZE.fullmatch(value.strip())
+    unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
+    if m is None or unit is None:
+        raise ValueError(expected)
+    return int(float(m.group(1)) * unit)
+
+
+def size_text(n: int) -> str:
+    """`n` bytes as people read it: 1GiB, 512MiB, 1500B."""
+    for suffix, unit in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= unit:
+            return f"{n / unit:.1f}{suffix}".replace(".0" + suffix, suffix)
+    return f"{n}B"
+
+
 # --------------------------------------------------------------------------- plain dicts
 
 #: The sections each worker process reads: when one of them changes on reload, that worker
@@ -352,12 +435,13 @@ def parse_duration(value: object) -> float:
 #: adds it here.
 WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
     "scheduler": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
-                  "launcher"),
+                  "launcher", "jobs", "disk"),
     "locks": ("state_dir", "log", "repositories"),
-    "reaper": ("state_dir", "workspace_dir", "log", "reaper", "metrics"),
+    "reaper": ("state_dir", "workspace_dir", "log", "reaper", "retention", "scheduler",
+               "repositories", "metrics"),
     "callbacks": ("state_dir", "log", "callbacks"),
     "api": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
-            "workers", "api", "metrics"),
+            "workers", "api", "metrics", "disk"),
 }
 
 
@@ -848,6 +932,50 @@ _METRICS: dict[str, _Conv] = {
     "textfile": _optional(_path),
 }
 
+
+def _size(minimum: int) -> _Conv:
+    def conv(ctx: _Ctx, node: Node, key: str) -> int:
+        if _kind(node) not in ("int", "str"):
+            raise _Invalid(f"expected a size ({SIZE_HELP}), got {_got(node)}")
+        try:
+            n = parse_size(_value(node))
+        except ValueError:
+            raise _Invalid(f"expected a size ({SIZE_HELP}), got {_got(node)}") from None
+        if n < minimum:
+            raise _Invalid(f"expected a size of at least {minimum} bytes, got {_got(node)}")
+        return n
+    return conv
+
+
+def _free_space(ctx: _Ctx, node: Node, key: str) -> FreeSpace:
+    """A size, or a percentage of the filesystem ("5%", 0..100)."""
+    if _kind(node) == "str" and str(node.value).strip().endswith("%"):
+        text = str(node.value).strip()[:-1].strip()
+        try:
+            pct = float(text)
+        except ValueError:
+            pct = -1.0
+        if not 0.0 <= pct <= 100.0:
+            raise _Invalid(f"expected a percentage from 0% to 100%, got {_got(node)}")
+        return FreeSpace(pct, percent=True)
+    return FreeSpace(float(_size(0)(ctx, node, key)))
+
+
+_JOBS: dict[str, _Conv] = {
+    "output_max_bytes": _size(1024),
+}
+
+_RETENTION: dict[str, _Conv] = {
+    "jobs": _duration(nullable=True),
+    "workspaces": _duration(nullable=True),
+    "callbacks": _duration(nullable=True),
+    "corrupted": _duration(nullable=True),
+}
+
+_DISK: dict[str, _Conv] = {
+    "min_free": _free_space,
+}
+
 _TOP: dict[str, _Conv] = {
     "state_dir": _optional(_path),
     "workspace_dir": _optional(_path),
@@ -860,6 +988,9 @@ _TOP: dict[str, _Conv] = {
     "reaper": _dataclass(ReaperConfig, _REAPER),
     "api": _dataclass(ApiConfig, _API),
     "metrics": _dataclass(MetricsConfig, _METRICS),
+    "jobs": _dataclass(JobsConfig, _JOBS),
+    "retention": _dataclass(RetentionConfig, _RETENTION),
+    "disk": _dataclass(DiskConfig, _DISK),
     "launcher": _choice(LAUNCHERS),
 }
 

@@ -478,22 +478,19 @@ class Watcher:
 
 def run_loop(waiter: Waiter, handle_pass: Callable[[], object], *,
              periodic: tuple[float, Callable[[], object]] | None = None,
-             also: Sequence[tuple[float, Callable[[], object]]] = (),
              stop: Callable[[], bool] = stop_requested,
              clock: Clock = SYSTEM_CLOCK) -> None:
-    """Wait for a hint or rescan, run one pass, repeat until `stop()`; also run each
-    `(interval, fn)` of `periodic` and `also` every `interval` seconds (first one interval
-    from now)."""
-    chores = ([periodic] if periodic is not None else []) + list(also)
-    due = [clock.monotonic() + interval for interval, _ in chores]
+    """Wait for a hint or rescan, run one pass, repeat until `stop()`; also run
+    `periodic = (interval, fn)` every `interval` seconds (first one interval from now)."""
+    next_at = None if periodic is None else clock.monotonic() + periodic[0]
     while not stop():
-        timeout = None if not due else max(0.0, min(due) - clock.monotonic())
+        timeout = None if next_at is None else max(0.0, next_at - clock.monotonic())
         if waiter.wait(timeout) and not stop():
             handle_pass()
-        for i, (interval, fn) in enumerate(chores):
-            if clock.monotonic() >= due[i] and not stop():
-                fn()
-                due[i] = clock.monotonic() + interval
+        if (periodic is not None and next_at is not None and clock.monotonic() >= next_at
+                and not stop()):
+            periodic[1]()
+            next_at = clock.monotonic() + periodic[0]
 
 
 # -- inboxes --------------------------------------------------------------------------------------

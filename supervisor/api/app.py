@@ -48,7 +48,14 @@ from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
 from supervisor.state.metrics import CONTENT_TYPE, Metrics
 from supervisor.state.queue import JOB_STATES
-from supervisor.state.submission import Checker, JobError, Refused, decode_json, known
+from supervisor.state.submission import (
+    Checker,
+    DiskLow,
+    JobError,
+    Refused,
+    decode_json,
+    known,
+)
 from supervisor.state.tokens import TokenTable, allows, tokens_path
 from supervisor.state.view import JobFilter, Unreadable, batchd_pid, follow_queue, open_view
 
@@ -238,6 +245,8 @@ async def post_jobs(request: Request) -> Response:
         raise ApiError(409, "conflict", str(exc)) from None
     except JobError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
+    except DiskLow as exc:
+        raise ApiError(503, "disk_low", f"{exc}; nothing was queued") from None
     except Unreadable as exc:
         raise ApiError(503, "unreadable", f"{exc}; ids in use cannot be checked, nothing "
                                           "was queued") from None
@@ -323,6 +332,8 @@ async def retry_job(request: Request) -> Response:
         raise ApiError(409, "conflict", str(exc)) from None
     except JobError as exc:
         raise ApiError(422, "invalid", f"cannot retry {job_id}: {exc}") from None
+    except DiskLow as exc:
+        raise ApiError(503, "disk_low", f"cannot retry {job_id}: {exc}") from None
     return JSONResponse({"id": new_id, "retry_of": job_id}, status_code=201)
 
 

@@ -152,7 +152,9 @@ _SCHEMAS: dict[str, Any] = {
                                                       "cancelled", "timed_out", "lost",
                                                       "recovered")},
                   "restarts": {"type": "object",
-                               "additionalProperties": {"type": "integer"}}}},
+                               "additionalProperties": {"type": "integer"}},
+                  "reaped": {"type": "object",
+                             "additionalProperties": {"type": "integer"}}}},
     "Agent": {"type": "object", "required": ["name", "adaptor", "command", "version", "found",
                                              "user", "max_concurrent"], "properties": {
         "name": {"type": "string"}, "adaptor": {"type": "string"},

@@ -27,7 +27,7 @@ from supervisor.state import jobcontrol
 from supervisor.state.clock import SYSTEM_CLOCK, Clock
 from supervisor.state.documents import batch_records, stats_doc
 from supervisor.state.jobs import valid_job_id
-from supervisor.state.submission import JobError
+from supervisor.state.submission import DiskLow, JobError
 from supervisor.state.view import TERMINAL, JobFilter, JobView, open_view
 
 __all__ = [
@@ -215,7 +215,8 @@ def cmd_stats(ctx: Ctx) -> int:
     if ctx.json:
         ctx.emit(doc)
         return EXIT_OK
-    rows = [(f"{k}:", v) for k, v in doc.items() if k != "restarts"]
+    rows = [(f"{k}:", v) for k, v in doc.items() if k not in ("restarts", "reaped")]
+    rows += [(f"reaped {k}:", n) for k, n in doc["reaped"].items()]
     rows += [(f"restarts {w}:", n) for w, n in doc["restarts"].items()]
     for line in table(rows):
         ctx.say(line)
@@ -245,7 +246,7 @@ def cmd_retry(ctx: Ctx, job_id: str) -> int:
         raise CtlError(f"no such job: {job_id}") from None
     except jobcontrol.NotTerminal as exc:
         raise CtlError(str(exc)) from None
-    except JobError as exc:
+    except (JobError, DiskLow) as exc:
         raise CtlError(f"cannot retry {job_id}: {exc}") from None
     if ctx.json:
         ctx.emit({"id": new_id, "retry_of": job_id})

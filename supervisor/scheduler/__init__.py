@@ -31,6 +31,7 @@ from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.dispatch import Jobs, Launcher
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
+from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
 from supervisor.state.locktable import GRANTED
 from supervisor.state.queue import JobQueue, QueueError
@@ -142,6 +143,18 @@ def _set_paused(s: Scheduler, paused: bool, req: dict[str, Any]) -> None:
                request=req["id"])
 
 
+def forget(s: Scheduler, req: dict[str, Any]) -> None:
+    """The reaper archived these finished jobs and removed their folders: they leave the
+    queue (one WAL write; a job not finished, or already gone, is left as it is)."""
+    asked = req.get("jobs")
+    if not isinstance(asked, list) or not all(isinstance(i, str) and valid_job_id(i)
+                                              for i in asked):
+        raise BadRequest("'jobs' must be a list of job ids")
+    gone = s.jobs.batches.forget(s.queue, lambda: s.queue.forget(asked))
+    s.log.info("jobs forgotten", request=req["id"], forgotten=len(gone),
+               kept=len(asked) - len(gone))
+
+
 def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
     """The locks worker granted a job its locks: nothing to do here, the pass's dispatch
     reads the grant from locks/state.json (the hint only woke the loop)."""
@@ -156,6 +169,7 @@ HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
     "pause": pause,
     "resume": resume,
     "job_exited": job_exited,
+    "forget": forget,
     GRANTED: lock_granted,
 }
 
@@ -188,6 +202,8 @@ def _sleep_for(s: Scheduler, next_tick: float, clock: Clock) -> float | None:
     delayed = None if s.jobs.paused else s.jobs.next_due()
     if delayed is not None:
         waits.append(max(0.0, delayed - clock.time()))
+    if s.jobs.disk_low is not None:
+        waits.append(_dispatch.DISK_RECHECK)
     return min(waits) if waits else None
 
 
@@ -205,7 +221,8 @@ def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> Non
         due = clock.monotonic() >= next_tick
         delayed = s.jobs.next_due()
         ripe = delayed is not None and not s.jobs.paused and clock.time() >= delayed
-        if hinted or due or ripe or s.jobs.backlog or s.jobs.doomed:
+        if hinted or due or ripe or s.jobs.backlog or s.jobs.doomed \
+                or s.jobs.disk_low is not None:
             one_pass(s, inbox=hinted)
         if due or not s.jobs.active:
             next_tick = clock.monotonic() + interval

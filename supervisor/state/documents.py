@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import Config, enabled_workers
+from supervisor.state import disk
 from supervisor.state.atomic import CORRUPT_MARK, Corrupt, is_tmp_name
 from supervisor.state.jobs import batch_record
 from supervisor.state.layout import DELIVERY, REQUEST, WORKER_STATE, Layout, read_record
@@ -25,6 +26,7 @@ from supervisor.state.view import (
     Unreadable,
     batchd_pid,
     open_view,
+    read_reaped,
     read_startups,
     read_workers,
 )
@@ -121,7 +123,8 @@ def status_doc(cfg: Config, layout: Layout) -> dict[str, Any]:
     except Unreadable as exc:
         unreadable.append(str(exc))
     _mark_paused(workers, paused)
-    degraded = _degraded(workers, startups) + unreadable
+    low = disk.low(cfg)
+    degraded = _degraded(workers, startups) + unreadable + ([low] if low else [])
     return {"batchd": {"running": running, "pid": pid}, "workers": workers,
             "jobs": jobs, "degraded": degraded, "paused": paused}
 
@@ -222,8 +225,8 @@ def batch_records(view: JobView) -> list[dict[str, Any]]:
 
 
 def stats_doc(cfg: Config, layout: Layout) -> dict[str, Any]:
-    """The `stats --json` document: the queue's counters plus restarts per worker (every
-    worker the configuration runs; zeros when unknown)."""
+    """The `stats --json` document: the queue's counters, restarts per worker (every
+    worker the configuration runs; zeros when unknown), what the reaper removed."""
     with open_view(cfg, layout) as view:
         doc: dict[str, Any] = dict(view.stats())
     restarts = dict.fromkeys(enabled_workers(cfg), 0)
@@ -231,4 +234,5 @@ def stats_doc(cfg: Config, layout: Layout) -> dict[str, Any]:
         if isinstance(w.get("name"), str) and isinstance(w.get("restarts"), int):
             restarts[w["name"]] = w["restarts"]
     doc["restarts"] = restarts
+    doc["reaped"] = read_reaped(layout)
     return doc

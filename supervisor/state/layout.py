@@ -23,6 +23,10 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       locks/inbox/, locks/state.json          locks worker
       callbacks/inbox/, callbacks/outbox/     callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
+      reaper/forgetting.json      reaper   record "forgetting": a retention step in progress
+      reaper/replies/<req>.json   reaper   record "reply" to a `clean` request
+      history/YYYY-MM.jsonl.gz    reaper   the archive: forgotten jobs' records, appended as
+                                           gzip members (supervisor.state.archive)
       jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json,
                                            adaptor.log (launcher-opened, adaptor-written),
                                            adaptor.lock (flock held by the live adaptor)
@@ -45,10 +49,12 @@ from supervisor.state.fs import FS, REAL
 __all__ = [
     "CONTROL",
     "DELIVERY",
+    "FORGETTING",
     "JOB_SPEC",
     "PAUSED",
     "PID",
     "READY",
+    "REAPED_KINDS",
     "REPLY",
     "REPOS",
     "REQUEST",
@@ -111,6 +117,14 @@ REPOS = RecordKind("batchd.repos", 1, ("repos",))
 #: The scheduler's pause flag (`scheduler/paused.json`): {paused, since}; written only by
 #: the scheduler (batchctl pause/resume ask through its inbox).
 PAUSED = RecordKind("batchd.paused", 1, ("paused",))
+#: A retention step of the reaper (`reaper/forgetting.json`): the jobs being forgotten,
+#: each archive file's size before their records were appended, whether that append is
+#: durable. Present only while the step is under way (see supervisor.reaper.retention).
+FORGETTING = RecordKind("batchd.forgetting", 1, ("ids", "sizes", "archived"))
+#: What the reaper removes and counts, by kind (`reaper/state.json`: `removed` in the last
+#: pass, `totals` since the record began; `batchctl stats` shows the totals as `reaped`).
+REAPED_KINDS = ("tmp", "corrupted", "processes", "workspaces", "job_folders", "jobs",
+                "mirrors")
 #: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
 #: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
@@ -282,6 +296,24 @@ class Layout:
 
     def worker_state(self, worker: str) -> Path:
         return self.root / worker / "state.json"
+
+    @property
+    def forgetting_file(self) -> Path:
+        """The reaper's retention step in progress (FORGETTING); missing: none."""
+        return self.root / "reaper" / "forgetting.json"
+
+    @property
+    def reaper_replies(self) -> Path:
+        """The reaper's replies to `clean` requests (REPLY), one per request id."""
+        return self.root / "reaper" / "replies"
+
+    @property
+    def history_dir(self) -> Path:
+        return self.root / "history"
+
+    def history_file(self, month: str) -> Path:
+        """The archive of jobs that finished in `month` (YYYY-MM)."""
+        return self.history_dir / f"{month}.jsonl.gz"
 
     @property
     def callbacks_outbox(self) -> Path:

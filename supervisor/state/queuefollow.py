@@ -32,7 +32,7 @@ from supervisor.state.wal import SEG_HEADER, SNAPSHOT_NAME, scan_groups
 __all__ = ["LiveQueue", "QueueIds", "Tail"]
 
 _SEGMENT = re.compile(r"^\d{12}\.wal$")
-_ENQUEUE = ord("E")
+_ENQUEUE, _FORGET = ord("E"), ord("F")
 _TRIES = 5
 
 _Snap = tuple[int, int, int] | None
@@ -121,9 +121,8 @@ def _follow_or_reload(tail: Tail, reload: Callable[[], None],
 
 
 class QueueIds:
-    """Every id the queue at `wal_dir` holds. Ids never leave the set (a superset: an id a
-    damaged log lost is still there, which only makes a submitter refuse an id it could
-    have taken, never the other way round)."""
+    """Every id the queue at `wal_dir` holds: an enqueue adds one, a forget (retention)
+    frees it again, a reload takes the queue's own list."""
 
     def __init__(self, wal_dir: Path) -> None:
         self.wal_dir = wal_dir
@@ -132,15 +131,19 @@ class QueueIds:
         self._tail = Tail(wal_dir)
 
     def _reload(self) -> None:
+        ids: set[str] = set()
         if self.wal_dir.exists():
             with JobQueue.open(self.wal_dir, readonly=True) as q:
-                self.ids.update(q.ids())
+                ids = set(q.ids())
+        self.ids = ids
         self.reloads += 1
 
     def _take(self, payloads: list[bytes]) -> None:
         for p in payloads:
             if p[0] == _ENQUEUE:
                 self.ids.add(p[2:p.index(b"\n")].decode("ascii"))
+            elif p[0] == _FORGET:
+                self.ids.discard(p[1:].decode("ascii", "replace"))
 
     def refresh(self) -> set[str]:
         """The ids now."""

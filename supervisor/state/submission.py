@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor.config import Config, parse_duration
+from supervisor.state import disk
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
@@ -52,6 +53,7 @@ from supervisor.state.view import Unreadable, open_view, read_pending
 
 __all__ = [
     "Checker",
+    "DiskLow",
     "JobError",
     "Known",
     "Refused",
@@ -82,6 +84,11 @@ class Known:
 
 class JobError(Exception):
     """One problem with one submitted job (the caller adds the file and line)."""
+
+
+class DiskLow(Exception):
+    """Submissions are refused: free space is below `disk.min_free` (str() says where,
+    how much, and the floor). Not the submitter's mistake: batchctl exits 1."""
 
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number",
@@ -456,7 +463,10 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
     """The door's last step for checked jobs: under submit_lock, refuse ids in use
     (inbox first, then queue), give the others fresh ids, write the ONE durable request;
     the ids, in order. JobError for an id in use; Unreadable when the ids in use cannot
-    be read (duplicates could not be checked)."""
+    be read (duplicates could not be checked); DiskLow below `disk.min_free`."""
+    why = disk.low(cfg)
+    if why is not None:
+        raise DiskLow(f"submission refused: {why}")
     with submit_lock(layout):
         with open_view(cfg, layout) as view:
             in_use = frozenset(view.known_ids())
@@ -488,7 +498,11 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
     use by another job refuses its whole submission (Refused); so does a dependency that
     does not exist (JobError, as accept()). The ids in use are the inbox's (read first, as
     open_view does) and the queue's: from `queue_ids` when given (a long-lived reader that
-    follows the log), else from a read-only open of the queue. Unreadable as accept()."""
+    follows the log), else from a read-only open of the queue. Unreadable and DiskLow as
+    accept()."""
+    why = disk.low(cfg)
+    if why is not None:
+        raise DiskLow(f"submission refused: {why}")
     out: list[list[str] | JobError] = []
     with submit_lock(layout):
         given = {j["id"] for g in groups for j in g if j["id"] is not None}

@@ -27,15 +27,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from supervisor.config import Config
+from supervisor.state import disk
 from supervisor.state.atomic import Corrupt, Missing, is_tmp_name
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.instance import probe
 from supervisor.state.jobs import job_record, job_timeout, settled_fields
 from supervisor.state.layout import (
     PAUSED,
+    REAPED_KINDS,
     REQUEST,
     RESULT,
     STARTUP_LOG,
+    WORKER_STATE,
     WORKERS,
     Layout,
     read_record,
@@ -58,6 +61,7 @@ __all__ = [
     "open_queue",
     "open_view",
     "read_pending",
+    "read_reaped",
     "read_startups",
     "read_workers",
 ]
@@ -110,10 +114,20 @@ def read_startups(layout: Layout) -> list[dict[str, Any]]:
                      "batchd moves it aside at its next start")
 
 
+def read_reaped(layout: Layout) -> dict[str, int]:
+    """The reaper's totals by kind (state.layout.REAPED_KINDS; zeros before its first pass
+    or when its record cannot be read: counts, never a reason to fail)."""
+    rec = read_record(WORKER_STATE, layout.worker_state("reaper"), owner=False)
+    totals = rec.get("totals") if isinstance(rec, dict) else None
+    totals = totals if isinstance(totals, dict) else {}
+    return {k: int(totals[k]) if isinstance(totals.get(k), int) else 0 for k in REAPED_KINDS}
+
+
 class QueueReader(Protocol):
     """What a reader needs of state.queue.JobQueue (an in-memory twin fits too)."""
 
     def get(self, job_id: str) -> dict[str, Any] | None: ...
+    def state(self, job_id: str) -> str | None: ...
     def ids(self, state: str | None = None) -> list[str]: ...
     def ids_in(self, states: Iterable[str]) -> list[str]: ...
     def raw(self, state: str | None = None,
@@ -126,11 +140,13 @@ class QueueReader(Protocol):
 @dataclass
 class Pending:
     """Submissions and cancels waiting in the scheduler's inbox, in request order; `pause`
-    is the last pause (True) or resume (False) request there, None if none."""
+    is the last pause (True) or resume (False) request there, None if none; `forgotten`
+    the jobs the reaper asked the scheduler to forget (archived, folders removed)."""
 
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cancels: set[str] = field(default_factory=set)
     pause: bool | None = None
+    forgotten: set[str] = field(default_factory=set)
 
 
 def read_pending(layout: Layout) -> Pending:
@@ -164,6 +180,8 @@ def read_pending(layout: Layout) -> Pending:
                     pending.jobs.setdefault(job["id"], job)
         elif rec.get("kind") == "cancel" and isinstance(rec.get("job"), str):
             pending.cancels.add(rec["job"])
+        elif rec.get("kind") == "forget" and isinstance(rec.get("jobs"), list):
+            pending.forgotten.update(j for j in rec["jobs"] if isinstance(j, str))
         elif rec.get("kind") in ("pause", "resume"):
             pending.pause = rec["kind"] == "pause"
     return pending
@@ -180,6 +198,7 @@ class JobView:
         self.pending = pending
         self._queue_ids: list[str] | None = None
         self._load: tuple[int, Counter[str]] | None = None
+        self._disk: tuple[str | None] | None = None
         self._paused: bool | None = None
 
     def close(self) -> None:
@@ -330,6 +349,9 @@ class JobView:
             return f"not_before {entry['not_before']}"
         if self.paused():
             return "paused"
+        low = self.disk_low()
+        if low is not None:
+            return low
         agent = str(entry.get("agent"))
         spec = self.cfg.agents.get(agent)
         busy = self._busy()
@@ -339,6 +361,12 @@ class JobView:
         if busy[0] >= self.cfg.scheduler.max_concurrent_jobs:
             return f"global limit ({self.cfg.scheduler.max_concurrent_jobs})"
         return None
+
+    def disk_low(self) -> str | None:
+        """Why no job starts for lack of space (state.disk.low), measured once per view."""
+        if self._disk is None:
+            self._disk = (disk.low(self.cfg),)
+        return self._disk[0]
 
     def _retried(self, named: object) -> str:
         """The last job of `named`'s retry chain (a retried dependency hands its waiters

@@ -15,12 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor.config import Config, WorkerConfig
+from supervisor.config import Config, DiskConfig, FreeSpace, WorkerConfig
 from supervisor.ctl.control import (
     cmd_control,
     cmd_startup_log,
@@ -239,6 +240,13 @@ def test_status_summary_while_down(ctx: Ctx) -> None:
     assert EXIT_OK == cmd_status_summary(ctx)
     assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
             "degraded": [], "paused": False} == json.loads(_out(ctx))
+
+
+def test_status_summary_names_a_disk_below_min_free_as_degraded(ctx: Ctx) -> None:
+    """Below disk.min_free, `degraded` has one `disk: ...` note naming the free space."""
+    ctx.cfg = replace(ctx.cfg, disk=DiskConfig(min_free=FreeSpace(100.0, percent=True)))
+    [note] = summary(ctx)["degraded"]
+    assert (True, True) == (note.startswith("disk: "), note.endswith("below min_free 100%"))
 
 
 def test_status_summary_counts_pending_submissions_as_queued(ctx: Ctx) -> None:

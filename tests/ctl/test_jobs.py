@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor.config import Config
+from supervisor.config import Config, DiskConfig, FreeSpace
 from supervisor.ctl.jobs import (
     check_id,
     cmd_batch,
@@ -338,6 +339,11 @@ def test_a_queued_jobs_reason_says_why_it_waits(ctx: Ctx) -> None:
     cmd_pause(ctx, True)
     with open_view(ctx.cfg, ctx.layout) as view:
         assert "paused" == view.record(view.get("free") or {})["reason"]
+    cmd_pause(ctx, False)
+    ctx.cfg = replace(ctx.cfg, disk=DiskConfig(min_free=FreeSpace(100.0, percent=True)))
+    with open_view(ctx.cfg, ctx.layout) as view:
+        reason = view.record(view.get("free") or {})["reason"]
+    assert (True, True) == (reason.startswith("disk: "), reason.endswith("min_free 100%"))
 
 
 def test_a_queued_jobs_reason_follows_a_retried_dependency(ctx: Ctx) -> None:
