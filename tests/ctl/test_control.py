@@ -245,7 +245,7 @@ def test_status_summary_while_down(ctx: Ctx) -> None:
 def test_status_summary_names_a_disk_below_min_free_as_degraded(ctx: Ctx) -> None:
     """Below disk.min_free, `degraded` has one `disk: ...` note naming the free space."""
     ctx.cfg = replace(ctx.cfg, disk=DiskConfig(min_free=FreeSpace(100.0, percent=True)))
-    [note] = summary(ctx)["degraded"]
+    [note] = status_doc(ctx.cfg, ctx.layout)["degraded"]
     assert (True, True) == (note.startswith("disk: "), note.endswith("below min_free 100%"))
 
 
