@@ -296,6 +296,7 @@ def _prune_replies(r: Reaper, now: float) -> None:
 
 def _record(r: Reaper, did: Counter[str]) -> None:
     r.totals.update(did)
+    ensure_dir(r.layout.worker_dir(NAME))
     write_record(WORKER_STATE, r.layout.worker_state(NAME), {
         "worker": NAME, "last_pass_at": iso_now(r.clock.time()),
         "removed": {k: did[k] for k in REAPED_KINDS},
