@@ -179,7 +179,8 @@ def reap_processes(r: Reaper, known: Known, now: float, did: Counter[str]) -> No
             return None if job_id in view.pending.forgotten else state
 
     def on_signal(t: Tagged, sig: str, why: str) -> None:
-        r.log.info("orphan signalled", pid=t.pid, uid=t.uid, job=t.job_id, signal=sig, why=why)
+        r.log.info("orphan signalled", process=t.pid, uid=t.uid, job=t.job_id, signal=sig,
+                   why=why)
 
     assert r.orphans is not None
     n = r.orphans.reap(known, now, state_of, on_signal)
