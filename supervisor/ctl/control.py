@@ -12,11 +12,14 @@ request or a reply: the parent owns both folders' cleanup.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx, age, cell, table
+from supervisor.state.clock import SYSTEM_CLOCK, Clock
 from supervisor.state.control import NoReply, NotRunning, reply_timeout
 from supervisor.state.control import send_control as _send_control
+from supervisor.state.control import wait_reply as _wait_reply
 from supervisor.state.documents import status_doc, workers_doc
 from supervisor.state.layout import Layout
 from supervisor.state.view import batchd_pid, read_startups
@@ -29,6 +32,7 @@ __all__ = [
     "not_running",
     "reply_timeout",
     "send_control",
+    "wait_reply",
 ]
 
 #: Poll interval while waiting for batchd to let go of its lock after a shutdown.
@@ -38,6 +42,16 @@ _POLL_S = 0.02
 def not_running(layout: Layout) -> CtlError:
     """The error of a command that needs batchd while it is down (exit 1)."""
     return CtlError(f"batchd is not running (state dir {layout.root})", EXIT_FAILED)
+
+
+def wait_reply(layout: Layout, request_id: str, timeout: float, *,
+               clock: Clock = SYSTEM_CLOCK, path: Path | None = None,
+               inbox: Path | None = None) -> dict[str, Any]:
+    """state.control.wait_reply for a command: CtlError (exit 1) if no reply comes."""
+    try:
+        return _wait_reply(layout, request_id, timeout, clock=clock, path=path, inbox=inbox)
+    except NoReply as exc:
+        raise CtlError(str(exc)) from None
 
 
 def send_control(ctx: Ctx, op: str, worker: str | None) -> dict[str, Any]:

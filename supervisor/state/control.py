@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from supervisor.config import Config
@@ -44,9 +45,12 @@ def reply_timeout(cfg: Config, op: str, worker: str | None) -> float:
 
 
 def wait_reply(layout: Layout, request_id: str, timeout: float, *,
-               clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
-    """batchd's reply to `request_id`; NoReply if batchd stops or `timeout` passes."""
-    path = layout.reply_file(request_id)
+               clock: Clock = SYSTEM_CLOCK, path: Path | None = None,
+               inbox: Path | None = None) -> dict[str, Any]:
+    """The reply to `request_id` (batchd's, or at `path` a worker's to a request in
+    `inbox`); NoReply if batchd stops or `timeout` passes."""
+    path = layout.reply_file(request_id) if path is None else path
+    inbox = layout.control_inbox if inbox is None else inbox
     deadline = clock.monotonic() + timeout
     while True:
         reply = read_record(REPLY, path, owner=False)
@@ -59,7 +63,7 @@ def wait_reply(layout: Layout, request_id: str, timeout: float, *,
             raise NoReply(f"batchd stopped before answering request {request_id}")
         if clock.monotonic() >= deadline:
             raise NoReply(f"no reply from batchd within {timeout:g}s "
-                          f"(request {request_id} is still in {layout.control_inbox})")
+                          f"(request {request_id} is still in {inbox})")
         clock.sleep(_POLL_S)
 
 
