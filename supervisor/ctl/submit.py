@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.ctl.jobs import duration_arg
-from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
+from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor.state.clock import iso_now, parse_iso
-from supervisor.state.submission import Checker, JobError, accept, known, parse_jsonl
+from supervisor.state.submission import Checker, DiskLow, JobError, accept, known, parse_jsonl
 
 __all__ = ["cmd_submit"]
 
@@ -131,6 +131,8 @@ def cmd_submit(ctx: Ctx, args: Any) -> int:
                      source=None if single is not None else (name, data))
     except JobError as exc:
         raise CtlError(str(exc), EXIT_USAGE) from None
+    except DiskLow as exc:
+        raise CtlError(str(exc), EXIT_FAILED) from None
     if not ctx.json:
         ctx.out.write("".join(i + "\n" for i in ids))
     elif single is not None:

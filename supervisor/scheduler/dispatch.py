@@ -7,6 +7,7 @@ whole of dispatch, ticks, cancels, re-attachment, leftovers and the crash argume
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -26,6 +27,7 @@ from supervisor.scheduler.events import BatchIndex, emit_job_end
 from supervisor.scheduler.launch import Launched, LaunchError, job_environ, launch
 from supervisor.scheduler.runnable import Runnable
 from supervisor.scheduler.slurm import SlurmDown, SlurmError, SlurmJobs
+from supervisor.state import disk
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.jobs import job_timeout
 from supervisor.state.layout import (
@@ -69,6 +71,9 @@ ADAPTOR_EXIT_WAIT = 2.0
 #: and an acquire file): a large submission never stalls ticks and the inbox for long; the
 #: loop runs the next pass at once while `Jobs.backlog` says more are left.
 WAIT_BATCH = 64
+#: Free space is measured at most this often (seconds); while it is low, the loop wakes
+#: this often to see whether it is back.
+DISK_RECHECK = 2.0
 
 Launcher = Callable[[Path, str], Launched]
 
@@ -121,6 +126,11 @@ class Jobs:
     load: Counter[str] = field(default_factory=Counter)
     #: `batchctl pause`: start nothing new (scheduler/paused.json; survives restarts).
     paused: bool = False
+    #: Why no job starts for lack of space (state.disk.low), None when there is room;
+    #: measured at most every DISK_RECHECK seconds, with `measure` (a seam for tests).
+    disk_low: str | None = None
+    disk_checked: float = -math.inf
+    measure: Callable[[Path], disk.Usage] = disk.usage
     #: The active jobs that run as Slurm jobs (their entry says `launcher: slurm`).
     in_slurm: set[str] = field(default_factory=set)
     #: The Slurm side (submit, the view of jobs in flight, scancel); made on first use.
@@ -776,16 +786,29 @@ def _fail_doomed(j: Jobs, batch: _Batch) -> int:
     return failed
 
 
+def check_disk(j: Jobs) -> str | None:
+    """`disk.min_free` as of at most DISK_RECHECK seconds ago (logged when it changes)."""
+    now = j.clock.monotonic()
+    if now - j.disk_checked >= DISK_RECHECK:
+        j.disk_checked = now
+        was, j.disk_low = j.disk_low, disk.low(j.cfg, j.measure)
+        if j.disk_low is not None and was is None:
+            j.log.warning("no job starts: free space is below disk.min_free", why=j.disk_low)
+        elif j.disk_low is None and was is not None:
+            j.log.info("free space is back above disk.min_free: jobs start again")
+    return j.disk_low
+
+
 def dispatch(j: Jobs) -> int:
-    """Fail what a dependency doomed; then, unless paused, start what may start now
-    (granted waiting jobs, then the best ready queued ones) and move queued jobs with
-    repositories to waiting; how many were dispatched."""
+    """Fail what a dependency doomed; then, unless paused or short of disk space, start
+    what may start now (granted waiting jobs, then the best ready queued ones) and move
+    queued jobs with repositories to waiting; how many were dispatched."""
     batch = _Batch()
     j.backlog = False
     try:
         _fail_doomed(j, batch)
         j.runnable.due(j.clock.time())
-        if j.paused:
+        if j.paused or check_disk(j) is not None:
             return 0
         return _dispatch_waiting(j, batch) + _dispatch_queued(j, batch)
     finally:

@@ -21,26 +21,30 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from supervisor.config import Config
+from supervisor.state import disk
 from supervisor.state.atomic import Corrupt, Missing, is_tmp_name
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.instance import probe
 from supervisor.state.jobs import job_record, job_timeout, settled_fields
 from supervisor.state.layout import (
     PAUSED,
+    REAPED_KINDS,
     REQUEST,
     RESULT,
     STARTUP_LOG,
+    WORKER_STATE,
     WORKERS,
     Layout,
     read_record,
 )
 from supervisor.state.queue import COUNTERS, JOB_STATES, TERMINAL_STATES, JobQueue, QueueError
+from supervisor.state.queuefollow import LiveQueue
 from supervisor.state.wal import WalError
 
 __all__ = [
@@ -53,9 +57,11 @@ __all__ = [
     "QueueReader",
     "Unreadable",
     "batchd_pid",
+    "follow_queue",
     "open_queue",
     "open_view",
     "read_pending",
+    "read_reaped",
     "read_startups",
     "read_workers",
 ]
@@ -108,11 +114,22 @@ def read_startups(layout: Layout) -> list[dict[str, Any]]:
                      "batchd moves it aside at its next start")
 
 
+def read_reaped(layout: Layout) -> dict[str, int]:
+    """The reaper's totals by kind (state.layout.REAPED_KINDS; zeros before its first pass
+    or when its record cannot be read: counts, never a reason to fail)."""
+    rec = read_record(WORKER_STATE, layout.worker_state("reaper"), owner=False)
+    totals = rec.get("totals") if isinstance(rec, dict) else None
+    totals = totals if isinstance(totals, dict) else {}
+    return {k: int(totals[k]) if isinstance(totals.get(k), int) else 0 for k in REAPED_KINDS}
+
+
 class QueueReader(Protocol):
     """What a reader needs of state.queue.JobQueue (an in-memory twin fits too)."""
 
     def get(self, job_id: str) -> dict[str, Any] | None: ...
+    def state(self, job_id: str) -> str | None: ...
     def ids(self, state: str | None = None) -> list[str]: ...
+    def ids_in(self, states: Iterable[str]) -> list[str]: ...
     def raw(self, state: str | None = None,
             needles: Sequence[bytes] = ()) -> list[tuple[str, bytes]]: ...
     def counts(self) -> dict[str, int]: ...
@@ -123,11 +140,13 @@ class QueueReader(Protocol):
 @dataclass
 class Pending:
     """Submissions and cancels waiting in the scheduler's inbox, in request order; `pause`
-    is the last pause (True) or resume (False) request there, None if none."""
+    is the last pause (True) or resume (False) request there, None if none; `forgotten`
+    the jobs the reaper asked the scheduler to forget (archived, folders removed)."""
 
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cancels: set[str] = field(default_factory=set)
     pause: bool | None = None
+    forgotten: set[str] = field(default_factory=set)
 
 
 def read_pending(layout: Layout) -> Pending:
@@ -161,6 +180,8 @@ def read_pending(layout: Layout) -> Pending:
                     pending.jobs.setdefault(job["id"], job)
         elif rec.get("kind") == "cancel" and isinstance(rec.get("job"), str):
             pending.cancels.add(rec["job"])
+        elif rec.get("kind") == "forget" and isinstance(rec.get("jobs"), list):
+            pending.forgotten.update(j for j in rec["jobs"] if isinstance(j, str))
         elif rec.get("kind") in ("pause", "resume"):
             pending.pause = rec["kind"] == "pause"
     return pending
@@ -177,6 +198,7 @@ class JobView:
         self.pending = pending
         self._queue_ids: list[str] | None = None
         self._load: tuple[int, Counter[str]] | None = None
+        self._disk: tuple[str | None] | None = None
         self._paused: bool | None = None
 
     def close(self) -> None:
@@ -252,26 +274,39 @@ class JobView:
                 out.append(entry)
         return out
 
-    def select(self, flt: JobFilter) -> list[dict[str, Any]]:
-        """The entries matching `flt`, in listing order (the `limit` most recent)."""
+    def candidates(self, flt: JobFilter) -> list[str]:
+        """Ids that may match `flt`, in listing order, before any body is decoded: from the
+        queue's state column alone when only a state is asked, else by a byte search of
+        the raw bodies (needles, since). The caller decodes and checks each (matches)."""
         needles = flt.needles()
         since = None if flt.since is None else iso_now(flt.since).encode()
+        states: list[str | None] = [flt.state]
+        if flt.state in TERMINAL_STATES:
+            states += ["starting", "running"]     # those whose result settles them
         ids: list[str] = []
         if self.queue is not None:
-            states = [flt.state]
-            if flt.state in TERMINAL_STATES:
-                states += ["starting", "running"]     # those whose result settles them
-            for state in states:
-                for job_id, body in self.queue.raw(state, needles):
-                    if since is None or _created(body) >= since:
-                        ids.append(job_id)
-            if len(states) > 1:
-                order = {j: i for i, j in enumerate(self.queue_ids())}
-                ids.sort(key=order.__getitem__)
+            if not needles and since is None:
+                if flt.state is None:
+                    ids = list(self.queue_ids())
+                else:
+                    keep = {i for state in states for i in self.queue.ids(state)}
+                    ids = [i for i in self.queue_ids() if i in keep]
+            else:
+                for state in states:
+                    for job_id, body in self.queue.raw(state, needles):
+                        if since is None or _created(body) >= since:
+                            ids.append(job_id)
+                if len(states) > 1:
+                    order = {j: i for i, j in enumerate(self.queue_ids())}
+                    ids.sort(key=order.__getitem__)
         if flt.state in (None, "queued"):
             ids += self.pending_ids()
+        return ids
+
+    def select(self, flt: JobFilter) -> list[dict[str, Any]]:
+        """The entries matching `flt`, in listing order (the `limit` most recent)."""
         out = []
-        for job_id in ids:
+        for job_id in self.candidates(flt):
             entry = self.get(job_id)
             if entry is not None and flt.matches(entry):
                 out.append(entry)
@@ -314,6 +349,9 @@ class JobView:
             return f"not_before {entry['not_before']}"
         if self.paused():
             return "paused"
+        low = self.disk_low()
+        if low is not None:
+            return low
         agent = str(entry.get("agent"))
         spec = self.cfg.agents.get(agent)
         busy = self._busy()
@@ -323,6 +361,12 @@ class JobView:
         if busy[0] >= self.cfg.scheduler.max_concurrent_jobs:
             return f"global limit ({self.cfg.scheduler.max_concurrent_jobs})"
         return None
+
+    def disk_low(self) -> str | None:
+        """Why no job starts for lack of space (state.disk.low), measured once per view."""
+        if self._disk is None:
+            self._disk = (disk.low(self.cfg),)
+        return self._disk[0]
 
     def _retried(self, named: object) -> str:
         """The last job of `named`'s retry chain (a retried dependency hands its waiters
@@ -344,12 +388,12 @@ class JobView:
             per_agent: Counter[str] = Counter()
             running = 0
             if self.queue is not None:
-                for state in ("waiting", "starting", "running"):
-                    for job_id in self.queue.ids(state):
-                        entry = self.queue.get(job_id)
-                        if entry is not None:
-                            per_agent[str(entry.get("agent"))] += 1
-                            running += state != "waiting"
+                counts = self.queue.counts()
+                running = counts.get("starting", 0) + counts.get("running", 0)
+                for job_id in self.queue.ids_in(("waiting", "starting", "running")):
+                    entry = self.queue.get(job_id)
+                    if entry is not None:
+                        per_agent[str(entry.get("agent"))] += 1
             self._load = (running, per_agent)
         return self._load
 
@@ -468,12 +512,39 @@ def open_queue(path: Path) -> QueueReader | None:
         raise unreadable(str(exc)) from None
 
 
+#: wal_dir -> the LiveQueue this process follows it with (follow_queue).
+_LIVE: dict[str, LiveQueue] = {}
+
+
+def follow_queue(layout: Layout) -> LiveQueue:
+    """From now on this process's views of `layout` share ONE read-only queue that follows
+    the log (state.queuefollow.LiveQueue) instead of opening the queue each time: for a
+    long-lived reader serving many requests (the api). batchctl never calls it."""
+    key = str(layout.wal_dir)
+    if key not in _LIVE:
+        _LIVE[key] = LiveQueue(layout.wal_dir)
+    return _LIVE[key]
+
+
+def _live_queue(live: LiveQueue) -> QueueReader | None:
+    try:
+        got: QueueReader | None = live.current()
+        return got
+    except OSError as exc:
+        raise Unreadable(f"cannot read the job queue at {live.wal_dir}: {_why(exc)}") from None
+    except (QueueError, WalError) as exc:
+        raise Unreadable(f"cannot read the job queue at {live.wal_dir}: {exc}") from None
+
+
 def open_view(cfg: Config, layout: Layout) -> JobView:
-    """Read the pending submissions, then open the job queue read-only (none yet: empty).
+    """Read the pending submissions, then open the job queue read-only (none yet: empty),
+    or bring this process's followed queue up to date (follow_queue).
 
     The inbox is read FIRST: the scheduler enqueues a job before it removes its request,
     so a job cannot slip between the two reads and look unknown. Unreadable if either
     cannot be read.
     """
     pending = read_pending(layout)
-    return JobView(cfg, layout, open_queue(layout.wal_dir), pending)
+    live = _LIVE.get(str(layout.wal_dir))
+    queue = open_queue(layout.wal_dir) if live is None else _live_queue(live)
+    return JobView(cfg, layout, queue, pending)

@@ -6,14 +6,15 @@ import io
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor.config import Config, RepoConfig
+from supervisor.config import Config, DiskConfig, FreeSpace, RepoConfig
 from supervisor.ctl import build_parser
-from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
+from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor.ctl.submit import cmd_submit
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import parse_iso
@@ -275,3 +276,16 @@ def test_cmd_submit_from_may_wait_for_an_earlier_line_only(tmp_path: Path) -> No
         _submit(ctx, "--from", str(bad))
     assert (EXIT_USAGE, before) == (info.value.code, _inbox(ctx))
     assert str(info.value).startswith(f"{bad}:1: after: job 'q' comes later in the file")
+
+
+def test_submit_below_min_free_is_refused_with_exit_1_and_nothing_written(
+        tmp_path: Path) -> None:
+    """disk.min_free not met (100% of the filesystem can never be free): exit 1, the
+    message names the free space and the floor, no request is written."""
+    ctx = _ctx(tmp_path)
+    ctx.cfg = replace(ctx.cfg, disk=DiskConfig(min_free=FreeSpace(100.0, percent=True)))
+    with pytest.raises(CtlError) as info:
+        _submit(ctx, "--agent", "shell", "--prompt", "true")
+    assert (EXIT_FAILED, True, True, []) == (
+        info.value.code, str(info.value).startswith("submission refused: disk: "),
+        str(info.value).endswith("below min_free 100%"), _inbox(ctx))

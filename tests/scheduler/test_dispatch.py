@@ -799,6 +799,23 @@ def test_an_agent_at_its_limit_does_not_hold_back_another_agent(
                                              jobs.load["slow"])
 
 
+def test_low_disk_starts_nothing_until_space_returns(jobs: _dispatch.Jobs, procs: Procs,
+                                                      clock: MockClock) -> None:
+    """Below disk.min_free no job starts (said once in the log); space is measured again
+    after DISK_RECHECK, and then the queue starts by itself."""
+    free = {"bytes": 10}
+    jobs.measure = lambda path: (free["bytes"], 1 << 40)
+    enqueue(jobs, "a")
+    assert (0, [], True) == (_dispatch.dispatch(jobs), procs.launched,
+                             (jobs.disk_low or "").startswith("disk: 10B free on "))
+    free["bytes"] = 1 << 40
+    assert 0 == _dispatch.dispatch(jobs)             # not measured again yet
+    clock.advance(_dispatch.DISK_RECHECK)
+    assert (1, ["a"], None) == (_dispatch.dispatch(jobs), procs.launched, jobs.disk_low)
+    events = [e for _, e, _ in log_of(jobs).lines if "disk.min_free" in e]
+    assert 2 == len(events)
+
+
 def test_paused_starts_nothing_and_resumed_starts_again(jobs: _dispatch.Jobs,
                                                         procs: Procs) -> None:
     """While paused the queue stays as it is; once resumed the jobs start."""
