@@ -56,6 +56,7 @@ _JOB_PROPS: dict[str, Any] = {
     "exclusive": {"type": "boolean"},
     **_CONTROL,
     "retry_of": _nullable("string"),
+    "slurm_job_id": _nullable("integer"),
 }
 
 _SUBMIT_JOB: dict[str, Any] = {

@@ -145,6 +145,7 @@ class SlurmSeen:
     state: str | None = None          # squeue's %T: PENDING, RUNNING, CANCELLED, NODE_FAIL...
     reason: str | None = None         # squeue's %r: None, JobHeldUser, NodeDown...
     final_for: float = 0.0            # seconds this final state has been seen (0: not final)
+    at_launch: bool = False           # CANCELLED by Slurm itself as it launched (no run time)
 
     @property
     def found(self) -> bool:
@@ -748,7 +749,7 @@ def _classify_slurm(entry: Mapping[str, Any], obs: Observation, state: State, no
     if over and not fresh:
         if started or state is State.RUNNING:
             return _SLURM_ENDS.get(str(seen.state), Event.SLURM_LOST)
-        if seen.found and seen.state == "CANCELLED":
+        if seen.found and seen.state == "CANCELLED" and not seen.at_launch:
             return Event.SLURM_CANCELLED          # scancel from outside before it started
         # the Slurm job ended (or vanished: a slurmctld crash loses fresh submissions)
         # before the adaptor started: nothing ran, so it may be submitted again

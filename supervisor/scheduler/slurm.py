@@ -54,8 +54,9 @@ START_MODULE = "adaptors.slurmstart"
 #: What a Slurm job gets beyond the job's own timeout and kill grace: the start gate and
 #: Slurm's own slack (it checks time limits about every 30 s).
 _TIME_SLACK_S = 60.0
-_SQUEUE_FORMAT = "%i|%j|%T|%r|%Z"          # the work dir last: it may contain '|'
-_SACCT_FIELDS = "JobIDRaw,JobName,State,WorkDir"
+_SQUEUE_FORMAT = "%i|%j|%T|%r|%S|%e|%N|%Z"     # the work dir last: it may contain '|'
+_SACCT_FIELDS = "JobIDRaw,JobName,State,Start,End,NodeList,WorkDir"
+_NO_VALUE = frozenset({"", "N/A", "None", "Unknown", "(null)"})
 #: stderr of a client that could not reach slurmctld (or munge): nothing is known.
 _TRANSIENT = (
     "unable to contact slurm controller", "socket timed out", "temporarily unable",
@@ -110,37 +111,49 @@ def sbatch_argv(cfg: Config, job_dir: Path, *, timeout: float, kill_grace: float
 
 @dataclass(frozen=True)
 class SlurmRow:
-    """One Slurm job as squeue or sacct shows it."""
+    """One Slurm job as squeue or sacct shows it (times as Slurm prints them)."""
 
     slurm_job_id: int
     name: str
     state: str
     reason: str
     workdir: str
+    start: str = ""
+    end: str = ""
+    nodes: str = ""
+
+    @property
+    def ended_at_launch(self) -> bool:
+        """CANCELLED on a node the instant it started (no run time): Slurm's own cancel of
+        a launch it could not make (after a slurmctld restart, slurmd refuses a second
+        copy of a job, "not able to requeue it, cancelling job"), not an operator's."""
+        return (self.state == "CANCELLED" and self.nodes not in _NO_VALUE
+                and self.start not in _NO_VALUE and self.start == self.end)
 
 
 def parse_squeue(text: str) -> list[SlurmRow]:
-    """`squeue -h -o '%i|%j|%T|%r|%Z'` lines; a line that is not one is skipped."""
+    """`squeue -h -o '%i|%j|%T|%r|%S|%e|%N|%Z'` lines; a line that is not one is skipped."""
     rows = []
     for line in text.splitlines():
-        parts = line.split("|", 4)
-        if len(parts) != 5 or not parts[0].strip().isdigit():
+        parts = [p.strip() for p in line.split("|", 7)]
+        if len(parts) != 8 or not parts[0].isdigit():
             continue
-        rows.append(SlurmRow(int(parts[0]), parts[1].strip(), parts[2].strip(),
-                             parts[3].strip(), parts[4].strip()))
+        job, name, state, reason, start, end, nodes, workdir = parts
+        rows.append(SlurmRow(int(job), name, state, reason, workdir, start, end, nodes))
     return rows
 
 
 def parse_sacct(text: str) -> list[SlurmRow]:
-    """`sacct -P -n -o JobIDRaw,JobName,State,WorkDir` lines (steps such as `12.batch` and
-    headers skipped); State "CANCELLED by 0" is CANCELLED."""
+    """`sacct -P -n -o JobIDRaw,JobName,State,Start,End,NodeList,WorkDir` lines (steps such
+    as `12.batch` and headers skipped); State "CANCELLED by 0" is CANCELLED."""
     rows = []
     for line in text.splitlines():
-        parts = line.split("|", 3)
-        if len(parts) != 4 or not parts[0].strip().isdigit():
+        parts = [p.strip() for p in line.split("|", 6)]
+        if len(parts) != 7 or not parts[0].isdigit():
             continue
-        state = parts[2].strip().split(" ", 1)[0]
-        rows.append(SlurmRow(int(parts[0]), parts[1].strip(), state, "", parts[3].strip()))
+        job, name, state, start, end, nodes, workdir = parts
+        rows.append(SlurmRow(int(job), name, state.split(" ", 1)[0], "", workdir, start, end,
+                             nodes))
     return rows
 
 
@@ -411,7 +424,8 @@ class SlurmJobs:
             first = self._final_since.get((job_id, row.slurm_job_id, row.state), poll.at)
             final_for = max(0.0, now - first)
         return SlurmSeen(known=True, slurm_job_id=row.slurm_job_id, state=row.state,
-                         reason=row.reason, final_for=final_for)
+                         reason=row.reason, final_for=final_for,
+                         at_launch=row.ended_at_launch)
 
     # -- stopping -------------------------------------------------------------------------------
     def stop(self, job_id: str, entry: Mapping[str, Any], seen: SlurmSeen | None, *,

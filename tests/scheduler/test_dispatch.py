@@ -889,7 +889,7 @@ class FakeSlurm:
             out = f"{sid}\n"
         elif argv[0] == "squeue":
             names = set(argv[argv.index("-n") + 1].split(","))
-            out = "".join(f"{sid}|{n}|{st}|{r}|{wd}\n" for sid, (n, st, r, wd)
+            out = "".join(f"{sid}|{n}|{st}|{r}|t0|t1|n1|{wd}\n" for sid, (n, st, r, wd)
                           in self.jobs.items() if n in names)
         elif argv[0] == "scancel":
             sid = int(argv[-1])

@@ -584,6 +584,18 @@ def test_a_slurm_job_that_ended_before_its_adaptor_started_is_submitted_again(
     assert event == classify(entry, Observation(timeout=60.0, slurm=seen), NOW, T)
 
 
+def test_slurms_own_cancel_of_a_launch_is_submitted_again_an_operators_is_not() -> None:
+    """CANCELLED before the adaptor started: by Slurm itself as it launched the job (after
+    a slurmctld restart, with no requeue allowed) -> submitted again; by an operator's
+    scancel -> cancelled."""
+    entry = sjob(S.STARTING, dispatched_at=iso_now(NOW - 300.0))
+    own = SlurmSeen(True, SID, "CANCELLED", "None", 60.0, at_launch=True)
+    theirs = SlurmSeen(True, SID, "CANCELLED", "None", 60.0)
+    assert (E.NOT_LAUNCHED, E.SLURM_CANCELLED) == (
+        classify(entry, Observation(slurm=own), NOW, T),
+        classify(entry, Observation(slurm=theirs), NOW, T))
+
+
 def test_giving_up_on_slurm_names_slurms_last_word() -> None:
     """launch_gave_up of a Slurm job: the reason names the Slurm job and its state."""
     entry = sjob(S.STARTING, attempts=3)

@@ -111,20 +111,41 @@ def test_time_limit_covers_timeout_grace_and_slack(timeout: float, grace: float,
 
 
 def test_parse_squeue_keeps_a_work_dir_with_bars_and_skips_noise() -> None:
-    """%i|%j|%T|%r|%Z: the work dir is last and may contain '|'; other lines are skipped."""
-    text = ("12|batchd-a|RUNNING|None|/srv/a|b\n"
+    """%i|%j|%T|%r|%S|%e|%N|%Z: the work dir is last and may contain '|'; other lines are
+    skipped."""
+    text = ("12|batchd-a|RUNNING|None|2026-12-03T12:00:00|N/A|n1|/srv/a|b\n"
             "squeue: error: something\n"
-            "13|batchd-b|PENDING|launch_failed_requeued_held|/srv/b\n\n")
-    assert [SlurmRow(12, "batchd-a", "RUNNING", "None", "/srv/a|b"),
-            SlurmRow(13, "batchd-b", "PENDING", "launch_failed_requeued_held", "/srv/b")] \
-        == parse_squeue(text)
+            "13|batchd-b|PENDING|launch_failed_requeued_held|N/A|N/A||/srv/b\n\n")
+    assert [SlurmRow(12, "batchd-a", "RUNNING", "None", "/srv/a|b", "2026-12-03T12:00:00",
+                     "N/A", "n1"),
+            SlurmRow(13, "batchd-b", "PENDING", "launch_failed_requeued_held", "/srv/b",
+                     "N/A", "N/A", "")] == parse_squeue(text)
 
 
 def test_parse_sacct_takes_the_first_word_of_the_state_and_skips_steps() -> None:
-    """JobIDRaw|JobName|State|WorkDir; `CANCELLED by 0` is CANCELLED; 12.batch is skipped."""
-    text = "12|batchd-a|CANCELLED by 0|/srv/a\n12.batch|batch|CANCELLED|\n14|x|FAILED|/w\n"
-    assert [SlurmRow(12, "batchd-a", "CANCELLED", "", "/srv/a"),
-            SlurmRow(14, "x", "FAILED", "", "/w")] == parse_sacct(text)
+    """JobIDRaw|JobName|State|Start|End|NodeList|WorkDir; `CANCELLED by 0` is CANCELLED;
+    12.batch is skipped."""
+    text = ("12|batchd-a|CANCELLED by 0|Unknown|2026-12-03T12:00:00|None assigned|/srv/a\n"
+            "12.batch|batch|CANCELLED|||n1|\n14|x|FAILED|t1|t2|n1|/w\n")
+    assert [SlurmRow(12, "batchd-a", "CANCELLED", "", "/srv/a", "Unknown",
+                     "2026-12-03T12:00:00", "None assigned"),
+            SlurmRow(14, "x", "FAILED", "", "/w", "t1", "t2", "n1")] == parse_sacct(text)
+
+
+@pytest.mark.parametrize(("row", "at_launch"), [
+    (SlurmRow(1, "a", "CANCELLED", "None", "/w", "t1", "t1", "n1"), True),
+    (SlurmRow(1, "a", "CANCELLED", "None", "/w", "t1", "t2", "n1"), False),
+    (SlurmRow(1, "a", "CANCELLED", "JobHeldUser", "/w", "t1", "t1", ""), False),
+    (SlurmRow(1, "a", "FAILED", "None", "/w", "t1", "t1", "n1"), False),
+    (SlurmRow(1, "a", "CANCELLED", "", "/w", "Unknown", "Unknown", "n1"), False),
+], ids=["slurm-cancelled-its-own-launch", "ran-then-scancel", "pending-scancel",
+        "failed", "no-times"])
+def test_ended_at_launch_tells_slurms_own_cancel_from_an_operators(
+        row: SlurmRow, at_launch: bool) -> None:
+    """Slurm cancels a launch it cannot make (slurmd: "already running ... not able to
+    requeue it, cancelling job") on a node with no run time; an operator's scancel of a
+    pending job has no node, of a running one some run time (measured on 22.05)."""
+    assert at_launch == row.ended_at_launch
 
 
 @pytest.mark.parametrize(("stderr", "silent"), [
@@ -171,12 +192,13 @@ def test_sbatch_failures(reply: Any, error: type[Exception]) -> None:
 
 def test_squeue_asks_by_name_for_every_state() -> None:
     """One squeue for all the names, finished jobs included; its silence is SlurmDown."""
-    fake = Fake(squeue=[(0, "5|batchd-b|RUNNING|None|/w/b\n", ""),
+    fake = Fake(squeue=[(0, "5|batchd-b|RUNNING|None|t|N/A|n1|/w/b\n", ""),
                         (1, "", "slurm_load_jobs error: Unable to contact slurm controller")])
     client = Client(runner=fake)
-    assert [SlurmRow(5, "batchd-b", "RUNNING", "None", "/w/b")] == client.squeue(
+    assert [SlurmRow(5, "batchd-b", "RUNNING", "None", "/w/b", "t", "N/A", "n1")] == client.squeue(
         ["batchd-b", "batchd-a", "batchd-b"])
-    assert ["squeue", "-h", "-t", "all", "-n", "batchd-a,batchd-b", "-o", "%i|%j|%T|%r|%Z"] \
+    assert ["squeue", "-h", "-t", "all", "-n", "batchd-a,batchd-b", "-o",
+            "%i|%j|%T|%r|%S|%e|%N|%Z"] \
         == fake.calls[0]
     with pytest.raises(SlurmDown):
         client.squeue(["batchd-a"])
@@ -187,9 +209,9 @@ def test_history_falls_back_to_the_completion_log() -> None:
     """sacct without slurmdbd says accounting is disabled: `sacct -c` reads the jobcomp log;
     only the asked names come back."""
     fake = Fake(sacct=[(1, "", "Slurm accounting storage is disabled"),
-                       (0, "3|batchd-a|CANCELLED|/w/a\n4|other|COMPLETED|/w\n", "")])
+                       (0, "3|batchd-a|CANCELLED|t|t|n|/w/a\n4|other|COMPLETED|t|t|n|/w\n", "")])
     rows = Client(runner=fake).history(["batchd-a"], since=T0)
-    assert [SlurmRow(3, "batchd-a", "CANCELLED", "", "/w/a")] == rows
+    assert [SlurmRow(3, "batchd-a", "CANCELLED", "", "/w/a", "t", "t", "n")] == rows
     assert "--name=batchd-a" in fake.calls[0] and "-c" in fake.calls[1]
 
 
@@ -243,9 +265,9 @@ def test_seen_is_unknown_until_slurm_answers_after_the_dispatch(clock: MockClock
 def test_seen_matches_the_tag_and_the_job_folder(clock: MockClock) -> None:
     """A row counts for a job only with its name AND its folder as work dir (another
     batchd's job of the same id is not ours); a live row beats an ended one."""
-    rows = ("7|batchd-a|FAILED|NonZeroExitCode|/srv/state/jobs/a\n"
-            "8|batchd-a|RUNNING|None|/elsewhere/jobs/a\n"
-            "9|batchd-a|PENDING|Resources|/srv/state/jobs/a\n")
+    rows = ("7|batchd-a|FAILED|NonZeroExitCode|t|u|n1|/srv/state/jobs/a\n"
+            "8|batchd-a|RUNNING|None|t|u|n1|/elsewhere/jobs/a\n"
+            "9|batchd-a|PENDING|Resources|t|u|n1|/srv/state/jobs/a\n")
     side = jobs_side(Fake(squeue=(0, rows, "")), clock)
     e = entry("a", T0 - 5, slurm_job_id=7)
     side.refresh({"a": e}, job_dir, wait=True)
@@ -254,9 +276,9 @@ def test_seen_matches_the_tag_and_the_job_folder(clock: MockClock) -> None:
 
 def test_a_final_state_is_timed_from_when_it_was_first_seen(clock: MockClock) -> None:
     """final_for: seconds since the first answer that showed this final state."""
-    fake = Fake(squeue=[(0, "7|batchd-a|RUNNING|None|/srv/state/jobs/a\n", ""),
-                        (0, "7|batchd-a|CANCELLED|None|/srv/state/jobs/a\n", ""),
-                        (0, "7|batchd-a|CANCELLED|None|/srv/state/jobs/a\n", "")])
+    fake = Fake(squeue=[(0, "7|batchd-a|RUNNING|None|t|u|n1|/srv/state/jobs/a\n", ""),
+                        (0, "7|batchd-a|CANCELLED|None|t|u|n1|/srv/state/jobs/a\n", ""),
+                        (0, "7|batchd-a|CANCELLED|None|t|u|n1|/srv/state/jobs/a\n", "")])
     side = jobs_side(fake, clock, poll=1.0)
     e = entry("a", T0 - 5, slurm_job_id=7)
     for _ in range(3):
@@ -270,9 +292,9 @@ def test_a_final_state_is_timed_from_when_it_was_first_seen(clock: MockClock) ->
 def test_silence_forgets_the_view_and_stops_submissions(clock: MockClock) -> None:
     """Slurm not answering: every job's view is unknown and no new job is submitted until
     an answer comes."""
-    fake = Fake(squeue=[(0, "7|batchd-a|RUNNING|None|/srv/state/jobs/a\n", ""),
+    fake = Fake(squeue=[(0, "7|batchd-a|RUNNING|None|t|u|n1|/srv/state/jobs/a\n", ""),
                         (1, "", "Unable to contact slurm controller"),
-                        (0, "7|batchd-a|RUNNING|None|/srv/state/jobs/a\n", "")])
+                        (0, "7|batchd-a|RUNNING|None|t|u|n1|/srv/state/jobs/a\n", "")])
     side = jobs_side(fake, clock)
     e = entry("a", T0 - 5)
     answers = []
@@ -286,7 +308,7 @@ def test_history_answers_for_jobs_squeue_forgot_and_is_asked_once(clock: MockClo
     """A job squeue no longer shows is looked up in the accounting or completion log once;
     what was found there is remembered while the job is in flight."""
     fake = Fake(squeue=(0, "", ""),
-                sacct=[(0, "4|batchd-a|CANCELLED|/srv/state/jobs/a\n", "")])
+                sacct=[(0, "4|batchd-a|CANCELLED|t|u|n|/srv/state/jobs/a\n", "")])
     side = jobs_side(fake, clock)
     e = entry("a", T0 - 5)
     side.refresh({"a": e}, job_dir, wait=True)
@@ -297,7 +319,7 @@ def test_history_answers_for_jobs_squeue_forgot_and_is_asked_once(clock: MockClo
 
 def test_polls_run_on_a_thread_at_most_every_poll_interval(clock: MockClock) -> None:
     """refresh without wait: one poll in flight at a time, the next only after slurm.poll."""
-    fake = Fake(squeue=(0, "7|batchd-a|RUNNING|None|/srv/state/jobs/a\n", ""))
+    fake = Fake(squeue=(0, "7|batchd-a|RUNNING|None|t|u|n1|/srv/state/jobs/a\n", ""))
     side = jobs_side(fake, clock, poll=10.0)
     e = entry("a", T0 - 5)
     side.refresh({"a": e}, job_dir)
