@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.supervisor --json
 	$(BIN)/python -m bench.jobs --json
 	$(BIN)/python -m bench.jobcontrol --json
+	$(BIN)/python -m bench.reaper --json
+	$(BIN)/python -m bench.retention --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
