@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 from supervisor import config as _config
 from supervisor.config import (
     AgentConfig,
+    ApiConfig,
     CallbacksConfig,
     Config,
     ConfigError,
     FreeSpace,
     LogConfig,
+    MetricsConfig,
     ReaperConfig,
     RepoConfig,
     RetentionConfig,
@@ -25,6 +27,7 @@ from supervisor.config import (
     WorkerConfig,
     as_dict,
     default_config,
+    enabled_workers,
     load,
     parse,
     parse_duration,
@@ -62,7 +65,10 @@ def test_defaults_are_contract_values() -> None:
     assert LogConfig(level="info", format="console", file=None) == cfg.log
     assert SchedulerConfig(max_concurrent_jobs=4, heartbeat_interval=5.0, stale_after=30.0,
                            dead_after=120.0, job_timeout=86400.0, kill_grace=10.0) == cfg.scheduler
-    assert ["scheduler", "locks", "reaper", "callbacks"] == list(cfg.workers)
+    assert ["scheduler", "locks", "reaper", "callbacks", "api"] == list(cfg.workers)
+    assert ApiConfig(listen=None, tokens_file=None) == cfg.api
+    assert MetricsConfig(textfile=None) == cfg.metrics
+    assert ("scheduler", "locks", "reaper", "callbacks") == enabled_workers(cfg)
     assert all(WorkerConfig(startsecs=1.0, startretries=3, stopwaitsecs=10.0) == w
                for w in cfg.workers.values())
     assert {"shell": "command", "claude": "claude", "gemini": "gemini", "codex": "codex",
@@ -287,10 +293,10 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"known: {KNOWN_SCHED})"),
     ("stat_dir: /x",
      f"{SRC}:1: stat_dir: unknown key 'stat_dir' (did you mean 'state_dir'? known: agents, "
-     "callbacks, disk, jobs, launcher, log, reaper, repositories, retention, scheduler, "
-     "state_dir, workers, workspace_dir)"),
+     "api, callbacks, disk, jobs, launcher, log, metrics, reaper, repositories, retention, "
+     "scheduler, state_dir, workers, workspace_dir)"),
     ("workers:\n  web: {}\n",
-     f"{SRC}:2: workers.web: unknown key 'web' (known: callbacks, locks, reaper, scheduler)"),
+     f"{SRC}:2: workers.web: unknown key 'web' (known: api, callbacks, locks, reaper, scheduler)"),
     ("workers:\n  locks: {retries: 1}\n",
      f"{SRC}:2: workers.locks.retries: unknown key 'retries' (did you mean 'startretries'? "
      "known: max_restarts, restart_window, startretries, startsecs, stopwaitsecs)"),
@@ -543,3 +549,48 @@ def test_yaml_nested_too_deeply_is_a_named_error() -> None:
     with pytest.raises(ConfigError) as info:
         parse("agents: " + "[" * 3000 + "]" * 3000 + "\n", "/etc/b.yaml")
     assert "/etc/b.yaml: invalid YAML: nested too deeply" == str(info.value)
+
+
+# ----------------------------------------------------------------------------- api, metrics
+
+
+def test_api_and_metrics_keys_are_read_with_paths_resolved() -> None:
+    """api.listen is kept as written, tokens_file and metrics.textfile are paths taken from
+    the config file's folder; the api worker then runs."""
+    cfg = parse("api: {listen: '127.0.0.1:8765', tokens_file: tok}\n"
+                "metrics: {textfile: m/batchd.prom}\n", SRC, env=ENV)
+    assert ApiConfig(listen="127.0.0.1:8765", tokens_file=Path("/etc/batchd/tok")) == cfg.api
+    assert MetricsConfig(textfile=Path("/etc/batchd/m/batchd.prom")) == cfg.metrics
+    assert ("scheduler", "locks", "reaper", "callbacks", "api") == enabled_workers(cfg)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8765", "[::1]:8765", "unix:/run/batchd/api.sock",
+                                    "localhost:0", "0.0.0.0:80"])
+def test_good_listen_addresses_are_accepted(listen: str) -> None:
+    """The three forms of CONTRACT.md: HOST:PORT, [IPV6]:PORT, unix:/path."""
+    assert listen == parse(f"api:\n  listen: '{listen}'\n", SRC, env=ENV).api.listen
+
+
+@pytest.mark.parametrize(("listen", "why"), [
+    ("8765", "expected HOST:PORT"),
+    ("127.0.0.1:99999", "port must be 0-65535"),
+    ("::1:8765", "IPv6 goes in brackets"),
+    ("[nope]:1", "not an IPv6 address"),
+    ("unix:relative.sock", "unix:/absolute/path"),
+    ("host name:80", "not a host name"),
+])
+def test_a_bad_listen_address_is_a_config_error_naming_the_key_and_line(listen: str,
+                                                                        why: str) -> None:
+    """api.listen that is no address: exit-2 material naming file, line and key."""
+    with pytest.raises(ConfigError) as err:
+        parse(f"log: {{level: info}}\napi:\n  listen: '{listen}'\n", SRC, env=ENV)
+    assert f"{SRC}:3: api.listen: " in str(err.value)
+    assert why in str(err.value)
+
+
+def test_unknown_api_and_metrics_keys_are_refused() -> None:
+    """A typo under api or metrics is named with its line, as everywhere else."""
+    with pytest.raises(ConfigError) as err:
+        parse("api:\n  lisen: x\nmetrics:\n  text_file: /x\n", SRC, env=ENV)
+    assert f"{SRC}:2: api.lisen: unknown key 'lisen'" in str(err.value)
+    assert f"{SRC}:4: metrics.text_file: unknown key" in str(err.value)

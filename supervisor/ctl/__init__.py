@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,13 +38,13 @@ from supervisor.ctl.jobs import (
     cmd_stats,
     cmd_status_job,
     cmd_wait,
-    duration_arg,
 )
 from supervisor.ctl.locks import run_locks, setup_locks
 from supervisor.ctl.out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor.ctl.repos import run_repo, setup_repo
 from supervisor.ctl.submit import cmd_submit
-from supervisor.state.clock import parse_iso
+from supervisor.ctl.tokens import run_token, setup_token
+from supervisor.state.joblist import parse_label, parse_since
 from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
 from supervisor.state.view import JOB_STATES, TERMINAL, JobFilter, Unreadable
@@ -117,17 +116,11 @@ def _jobs(p: argparse.ArgumentParser) -> None:
 
 def _jobs_filter(a: Any) -> JobFilter:
     """The `jobs` filters from the command line (exit 2 on a bad one)."""
-    labels: dict[str, str] = {}
-    for value in a.label:
-        key, sep, val = value.partition("=")
-        if not sep or not key:
-            raise CtlError(f"--label: expected K=V, got {value!r}", EXIT_USAGE)
-        labels[key] = val
-    since = None
-    if a.since is not None:
-        since = parse_iso(a.since)
-        if since is None:
-            since = time.time() - duration_arg(a.since, "--since")
+    try:
+        labels = dict(parse_label(value) for value in a.label)
+        since = None if a.since is None else parse_since(a.since)
+    except ValueError as exc:
+        raise CtlError(f"jobs: {exc}", EXIT_USAGE) from None
     if a.limit is not None and a.limit < 1:
         raise CtlError(f"--limit: expected a positive number, got {a.limit}", EXIT_USAGE)
     return JobFilter(agent=a.agent, labels=labels, since=since, limit=a.limit)
@@ -218,6 +211,8 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "reload": ("reload the configuration (as SIGHUP)", _none, _control("reload")),
     "startup-log": ("the last startups, phase by phase", _none,
                     lambda c, a: cmd_startup_log(c)),
+    "token": ("API tokens: `token add NAME --scope read|submit|admin` (printed once), "
+              "`token list`, `token revoke NAME`", setup_token, run_token),
     "completion": ("a shell completion script: completion bash|zsh|fish", _shell,
                    lambda c, a: cmd_completion(c, a.shell, build_parser())),
 }

@@ -31,6 +31,7 @@ from supervisor import log as _log
 from supervisor.config import Config
 from supervisor.reaper import forget, sweep, trash
 from supervisor.reaper.orphans import Orphans
+from supervisor.reaper.textfile import Textfile
 from supervisor.runtime import (
     EXIT_OK,
     EXIT_RECOVERY_FAILED,
@@ -387,9 +388,9 @@ def recover(cfg: Config, layout: Layout, log: Log, *, clock: Clock = SYSTEM_CLOC
     return r, {"totals": dict(r.totals)}, {k: did[k] for k in REAPED_KINDS if did[k]}, degraded
 
 
-def serve(r: Reaper, watcher: Watcher) -> None:
+def serve(r: Reaper, watcher: Watcher, textfile: Textfile | None = None) -> None:
     """Requests as they come; a pass every reaper.interval, and when an orphan's SIGKILL
-    is due."""
+    is due; the metrics textfile when it is due (reaper.textfile)."""
     inbox = r.layout.inbox(NAME)
     next_pass = r.clock.monotonic() + r.cfg.reaper.interval
     while not stop_requested():
@@ -398,6 +399,8 @@ def serve(r: Reaper, watcher: Watcher) -> None:
         due = r.orphans.next_due()
         if due is not None:
             wait = min(wait, due - r.clock.time())
+        if textfile is not None and textfile.wait() is not None:
+            wait = min(wait, textfile.wait() or 0.0)
         if watcher.wait(max(0.0, wait)) and not stop_requested():
             _guarded(r, "inbox", lambda: handle_inbox(inbox, HANDLERS, r, r.log))
         kill_due = due is not None and r.clock.time() >= due
@@ -405,6 +408,8 @@ def serve(r: Reaper, watcher: Watcher) -> None:
             one_pass(r)
             if r.clock.monotonic() >= next_pass:
                 next_pass = r.clock.monotonic() + r.cfg.reaper.interval
+        if textfile is not None and not stop_requested():
+            textfile.tick()
 
 
 def main(cfg: Config) -> int:
@@ -421,7 +426,9 @@ def main(cfg: Config) -> int:
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)
         log.info("ready", **found, **did)
-        serve(r, watcher)
+        textfile = Textfile(cfg, layout, log, clock=r.clock)
+        textfile.tick()
+        serve(r, watcher, textfile)
     return EXIT_OK
 
 

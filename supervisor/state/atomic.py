@@ -108,9 +108,10 @@ def dump_json(obj: Any) -> bytes:
             + "\n").encode()
 
 
-def write_json(path: str | os.PathLike[str], obj: Any, *, fs: FS = REAL) -> None:
-    """Atomically and durably replace `path` with `obj` as JSON."""
-    write_bytes(path, dump_json(obj), fs=fs)
+def write_json(path: str | os.PathLike[str], obj: Any, *, fs: FS = REAL,
+               mode: int = 0o644) -> None:
+    """Atomically and durably replace `path` with `obj` as JSON (file mode `mode`)."""
+    write_bytes(path, dump_json(obj), fs=fs, mode=mode)
 
 
 def quarantine(path: str | os.PathLike[str], *, fs: FS = REAL,

@@ -19,6 +19,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       scheduler/inbox/            batchctl requests to the scheduler (submit, cancel)
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
       scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
+      api/tokens, api/tokens.lock batchctl record "tokens" (hashes only); flock serializes writers
       locks/inbox/, locks/state.json          locks worker
       callbacks/inbox/, callbacks/outbox/     callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.config import WORKER_NAMES
+from supervisor.config import OPTIONAL_WORKERS, WORKER_NAMES
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, read_json, write_json
 from supervisor.state.fs import FS, REAL
 
@@ -60,6 +61,7 @@ __all__ = [
     "RESULT",
     "SENTINEL",
     "STARTUP_LOG",
+    "TOKENS",
     "WORKERS",
     "WORKER_STATE",
     "JobPaths",
@@ -125,15 +127,18 @@ REAPED_KINDS = ("tmp", "corrupted", "processes", "workspaces", "job_folders", "j
                 "mirrors")
 #: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
+#: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
+#: {tokens: {name: {sha256, scope, created_at}}} (state.tokens).
+TOKENS = RecordKind("batchd.tokens", 1, ("tokens",))
 
 
 def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
-                 *, fs: FS = REAL) -> None:
+                 *, fs: FS = REAL, mode: int = 0o644) -> None:
     """Atomically and durably write `data` as a record of `kind` (adds schema and v)."""
     body = dict(data)
     body["schema"] = kind.schema
     body["v"] = kind.version
-    write_json(path, body, fs=fs)
+    write_json(path, body, fs=fs, mode=mode)
 
 
 def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
@@ -184,6 +189,11 @@ class JobPaths:
     @property
     def result(self) -> Path:
         return self.dir / "result.json"
+
+    @property
+    def patch(self) -> Path:
+        """The job's changes as one binary-safe patch (`diff JOB`), when results exist."""
+        return self.dir / "changes.patch"
 
     @property
     def lock(self) -> Path:
@@ -279,6 +289,11 @@ class Layout:
         """
         return self.root / "scheduler" / "submit.lock"
 
+    @property
+    def tokens_file(self) -> Path:
+        """Where API tokens live unless `api.tokens_file` says otherwise."""
+        return self.root / "api" / "tokens"
+
     def worker_state(self, worker: str) -> Path:
         return self.root / worker / "state.json"
 
@@ -339,6 +354,9 @@ class Layout:
     def job_lock(self, job_id: str) -> Path:
         return self.job(job_id).lock
 
+    def job_patch(self, job_id: str) -> Path:
+        return self.job(job_id).patch
+
     def job_adaptor_log(self, job_id: str) -> Path:
         return self.job(job_id).adaptor_log
 
@@ -346,7 +364,7 @@ class Layout:
         """The folders batchd creates at start (each owner creates its own again if missing)."""
         dirs = [self.root, self.control_inbox, self.control_replies, self.ready_dir,
                 self.jobs_dir, self.wal_dir]
-        dirs += [self.inbox(w) for w in WORKER_NAMES]
+        dirs += [self.inbox(w) for w in WORKER_NAMES if w not in OPTIONAL_WORKERS]
         return dirs
 
 

@@ -873,6 +873,13 @@ class JobQueue:
                     out[name] = fields[key]
         return out
 
+    def ids_in(self, states: Iterable[str]) -> list[str]:
+        """Job ids in any of `states`, submission order, in one pass over the states."""
+        wanted = {_state_code(s) for s in states}
+        with self._lock:
+            names = self._jobs.ids.all()
+            return list(compress(names, map(wanted.__contains__, self._jobs.codes)))
+
     def first_queued(self) -> str | None:
         """The oldest queued job's id (FIFO), or None."""
         with self._lock:
@@ -897,6 +904,14 @@ class JobQueue:
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs) - self._jobs.codes.count(_VOID)
+
+    def follow(self, payloads: Sequence[bytes]) -> None:
+        """A read-only queue that follows the log (state.queuefollow): apply records the
+        owner appended since this queue was opened, as recovery would have."""
+        if not self.readonly:
+            raise QueueError("only a read-only queue follows the log")
+        with self._lock:
+            self._jobs.replay(list(payloads))
 
     def close(self) -> None:
         """Release the log (further writes raise). Idempotent."""

@@ -47,22 +47,27 @@ from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
+from supervisor.state.queuefollow import QueueIds
 from supervisor.state.repos import all_repositories
-from supervisor.state.view import open_view
+from supervisor.state.view import Unreadable, open_view, read_pending
 
 __all__ = [
     "Checker",
     "DiskLow",
     "JobError",
     "Known",
+    "Refused",
     "accept",
+    "accept_many",
     "assign_ids",
     "check_request",
+    "decode_json",
     "known",
     "known_repos",
     "parse_jsonl",
     "refuse_ids_in_use",
     "refuse_unknown_dependencies",
+    "same_job",
     "submit_lock",
     "write_submission",
 ]
@@ -352,6 +357,12 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode
 
 
+def decode_json(text: str) -> Any:
+    """One JSON document as a submission reads it: a key given twice in an object is a
+    JobError (JSON would silently keep the last one); bad JSON is json.JSONDecodeError."""
+    return _decode_line(text)
+
+
 def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]]:
     """Every job of a JSONL file, in order; JobError naming `name:line` otherwise.
 
@@ -407,11 +418,23 @@ def submit_lock(layout: Layout) -> Iterator[None]:
     """Hold the exclusive flock on `scheduler/submit.lock` (created empty if missing).
 
     Blocks while another submitter holds it; released when the block ends (or the
-    process dies).
+    process dies). Its folder is made durable once per process (a long-lived submitter,
+    the api, does not pay an fsync of it on every submission).
     """
-    ensure_dir(layout.submit_lock.parent)
-    with exclusive(layout.submit_lock):
-        yield
+    folder = str(layout.submit_lock.parent)
+    if folder not in _LOCK_DIRS:
+        ensure_dir(layout.submit_lock.parent)
+        _LOCK_DIRS.add(folder)
+    try:
+        with exclusive(layout.submit_lock):
+            yield
+    except FileNotFoundError:           # the folder went away since: make it again next time
+        _LOCK_DIRS.discard(folder)
+        raise
+
+
+#: submit.lock folders this process has made durable.
+_LOCK_DIRS: set[str] = set()
 
 
 def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
@@ -452,6 +475,71 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
         assign_ids(jobs, in_use)
         write_submission(layout, jobs)
     return [str(j["id"]) for j in jobs]
+
+
+class Refused(JobError):
+    """A submission of accept_many that was not taken: an id in use by another job."""
+
+
+def same_job(entry: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Whether a known job (a view entry) is what the checked `job` describes: a client's
+    replay of a submission it could not see answered."""
+    return all(entry.get(k) == v for k, v in job.items() if k not in ("id", "created_at"))
+
+
+def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]], *,
+                queue_ids: QueueIds | None = None) -> list[list[str] | JobError]:
+    """accept() for many submissions at once (the api's concurrent POSTs): ONE lock, ONE
+    read of the ids in use, ONE durable request holding every accepted job; per
+    submission, its ids or why it was refused.
+
+    Each submission stays all or nothing. A job whose given id is in use by the very same
+    job (same_job) is a replay: it counts as accepted and is not written again; an id in
+    use by another job refuses its whole submission (Refused); so does a dependency that
+    does not exist (JobError, as accept()). The ids in use are the inbox's (read first, as
+    open_view does) and the queue's: from `queue_ids` when given (a long-lived reader that
+    follows the log), else from a read-only open of the queue. Unreadable and DiskLow as
+    accept()."""
+    why = disk.low(cfg)
+    if why is not None:
+        raise DiskLow(f"submission refused: {why}")
+    out: list[list[str] | JobError] = []
+    with submit_lock(layout):
+        given = {j["id"] for g in groups for j in g if j["id"] is not None}
+        if queue_ids is None:
+            with open_view(cfg, layout) as view:
+                in_use = set(view.known_ids())
+                existing = {i: view.get(i) for i in given & in_use}
+        else:
+            in_use = set(read_pending(layout).jobs)
+            try:
+                in_use |= queue_ids.refresh()
+            except OSError as exc:
+                raise Unreadable(f"cannot read the job queue at {layout.wal_dir}: "
+                                 f"{exc.strerror or exc}") from None
+            existing = {}
+            if given & in_use:              # a replay to compare: the full view, rarely
+                with open_view(cfg, layout) as view:
+                    existing = {i: view.get(i) for i in given & in_use}
+        fresh: list[dict[str, Any]] = []
+        for jobs in groups:
+            try:
+                for job in jobs:
+                    known = existing.get(job["id"]) if job["id"] is not None else None
+                    if job["id"] in in_use and (known is None or not same_job(known, job)):
+                        raise Refused(f"job id {job['id']!r} is already in use by another job")
+                new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
+                refuse_unknown_dependencies(new, frozenset(in_use))
+            except JobError as exc:
+                out.append(exc)
+                continue
+            assign_ids(new, frozenset(in_use))
+            in_use.update(str(j["id"]) for j in new)
+            fresh += new
+            out.append([str(j["id"]) for j in jobs])
+        if fresh:
+            write_submission(layout, fresh)
+    return out
 
 
 def refuse_unknown_dependencies(jobs: list[dict[str, Any]], in_use: frozenset[str],

@@ -59,7 +59,8 @@ def test_bash_completes_commands_options_and_choices(setup: tuple[Path, Path]) -
     """Commands, a command's options and fixed choices come from the parser itself."""
     assert ["start", "startup-log", "stats", "status", "stop"] == complete(setup, "batchctl st")
     assert ["--after", "--after-any", "--agent"] == complete(setup, "batchctl submit --a")
-    assert ["callbacks", "locks", "reaper", "scheduler"] == complete(setup, "batchctl restart ")
+    assert ["api", "callbacks", "locks", "reaper", "scheduler"] == complete(setup,
+                                                                  "batchctl restart ")
     assert ["running"] == complete(setup, "batchctl jobs --state ru")
 
 

@@ -86,7 +86,7 @@ def test_bad_config_exits_2_naming_the_file(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_status_while_down_exits_0_with_exact_shape(cli: Cli) -> None:
-    """status --json: exactly the four keys of CONTRACT.md; running false, pid null."""
+    """status --json: exactly the keys of CONTRACT.md; running false, pid null."""
     assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
             "degraded": [], "paused": False} == cli.json("status")
     assert 0 == cli("status")

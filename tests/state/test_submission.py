@@ -297,3 +297,61 @@ def test_check_request_keeps_the_job_control_keys_and_retry_of() -> None:
     assert ("r1", ["x"], 3) == (job["retry_of"], job["after"], job["priority"])
     assert _bad({"agent": "shell", "prompt": "p", "retry_of": "r1"}).startswith(
         "unknown key 'retry_of'")
+
+
+# -- accept_many (the api's writer) -----------------------------------------------------------
+
+def _cfg(tmp_path: Path) -> tuple[Config, Layout]:
+    cfg = Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws")
+    return cfg, Layout(cfg.state_dir)
+
+
+def _job2(prompt: str, job_id: str | None = None) -> dict[str, Any]:
+    job = Checker(None).check({"agent": "shell", "prompt": prompt})
+    job["id"] = job_id
+    return job
+
+
+def _requests(layout: Layout) -> list[dict[str, Any]]:
+    """The requests in the scheduler's inbox, oldest first."""
+    folder = layout.inbox("scheduler")
+    names = sorted(os.listdir(folder), key=lambda n: os.stat(folder / n).st_mtime_ns)
+    return [read_record(REQUEST, folder / n, owner=False) for n in names]
+
+
+def test_accept_many_writes_one_request_for_every_submission(tmp_path: Path) -> None:
+    """Three submissions: three answers, ONE request file holding all their jobs."""
+    from supervisor.state.submission import accept_many
+
+    cfg, layout = _cfg(tmp_path)
+    got = accept_many(cfg, layout, [[_job2("a")], [_job2("b"), _job2("c", "given")],
+                                    [_job2("d")]])
+    assert [1, 2, 1] == [len(g) for g in got if isinstance(g, list)]
+    assert "given" == got[1][1]  # type: ignore[index]
+    [req] = _requests(layout)
+    assert ["a", "b", "c", "d"] == [j["prompt"] for j in req["jobs"]]
+
+
+def test_accept_many_replays_the_same_job_and_refuses_another(tmp_path: Path) -> None:
+    """An id in use by the very same job: accepted, not written again; by another job:
+    Refused, and only that submission."""
+    from supervisor.state.submission import Refused, accept_many
+
+    cfg, layout = _cfg(tmp_path)
+    accept_many(cfg, layout, [[_job2("a", "x")]])
+    got = accept_many(cfg, layout, [[_job2("a", "x")], [_job2("other", "x")], [_job2("z")]])
+    assert ["x"] == got[0]
+    assert isinstance(got[1], Refused) and "'x'" in str(got[1])
+    assert isinstance(got[2], list)
+    written = sorted([(j["prompt"], j["id"] == "x") for j in r["jobs"]]
+                     for r in _requests(layout))
+    assert [[("a", True)], [("z", False)]] == written
+
+
+def test_same_job_compares_the_checked_keys() -> None:
+    """What the client sent, normalized, against what is known; id and created_at aside."""
+    from supervisor.state.submission import same_job
+
+    job = _job2("a", "x")
+    assert same_job({**job, "created_at": "t", "state": "running"}, job)
+    assert not same_job({**job, "prompt": "b"}, job)
