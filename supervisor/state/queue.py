@@ -20,7 +20,8 @@ API (what the scheduler and batchctl code against)
     q.ids(state=None) -> list[str]  # submission (FIFO) order
     q.first_queued() -> str | None  # the oldest queued job
     q.counts() -> {state: n}  (all nine states)   q.stats() -> {counter: n}
-    q.incr(counter, n=1)            # counters: COUNTERS
+    q.incr(counter, n=1)            # counters: COUNTERS, and the usage counters
+                                    # `usage/<agent>/<kind>` (kind: USAGE_KINDS)
     q.close()
 
 Every mutating call returns only after its records are fdatasync'd (group commit across
@@ -94,11 +95,14 @@ __all__ = [
     "JOB_STATES",
     "STATE_CODES",
     "TERMINAL_STATES",
+    "USAGE_KINDS",
     "JobQueue",
     "MemoryStorage",
     "QueueError",
     "ReadOnly",
     "Storage",
+    "usage_counter",
+    "usage_counter_parts",
 ]
 
 def _logger() -> Any:
@@ -114,6 +118,12 @@ TERMINAL_STATES: frozenset[str] = frozenset(("completed", "failed", "cancelled",
                                              "lost"))
 COUNTERS: tuple[str, ...] = ("submitted", "completed", "failed", "cancelled", "timed_out",
                              "lost", "recovered")
+#: What the per-agent usage counters count (cost in micro-dollars: counters are integers;
+#: `jobs`: finished jobs that reported usage).
+USAGE_KINDS: tuple[str, ...] = ("input_tokens", "output_tokens", "cost_micro_usd", "turns",
+                                "jobs")
+_USAGE_COUNTER = re.compile(r"usage/([A-Za-z0-9][A-Za-z0-9._-]{0,63})/("
+                            + "|".join(USAGE_KINDS) + ")")
 STATE_CODES: dict[str, int] = {"queued": ord("q"), "waiting": ord("w"), "starting": ord("s"),
                                "running": ord("r"), "completed": ord("c"), "failed": ord("f"),
                                "cancelled": ord("x"), "timed_out": ord("t"), "lost": ord("l")}
@@ -259,9 +269,24 @@ def _encode_update(job_id: str, fields: dict[str, Any]) -> bytes:
     return b"".join((b"U", bytes((code,)), name, b"\n", raw))
 
 
+def usage_counter(agent: str, kind: str) -> str:
+    """The name of agent `agent`'s usage counter `kind` (one of USAGE_KINDS)."""
+    name = f"usage/{agent}/{kind}"
+    if _USAGE_COUNTER.fullmatch(name) is None:
+        raise ValueError(f"no usage counter {kind!r} for agent {agent!r}")
+    return name
+
+
+def usage_counter_parts(name: str) -> tuple[str, str] | None:
+    """(agent, kind) of a usage counter's name; None for any other counter."""
+    m = _USAGE_COUNTER.fullmatch(name)
+    return None if m is None else (m.group(1), m.group(2))
+
+
 def _encode_incr(counter: str, n: int) -> bytes:
-    if counter not in COUNTERS:
-        raise ValueError(f"counter {counter!r} is not one of {', '.join(COUNTERS)}")
+    if counter not in COUNTERS and _USAGE_COUNTER.fullmatch(counter) is None:
+        raise ValueError(f"counter {counter!r} is not one of {', '.join(COUNTERS)} "
+                         "nor a usage counter usage/<agent>/<kind>")
     if type(n) is not int or n < 0:
         raise ValueError(f"counter increment must be a non-negative int, not {n!r}")
     return b"C" + counter.encode("ascii") + b"\n" + str(n).encode("ascii")
@@ -795,9 +820,13 @@ class JobQueue:
             return {state: codes.count(code) for state, code in STATE_CODES.items()}
 
     def stats(self) -> dict[str, int]:
-        """The persistent counters (every name in COUNTERS, 0 if never incremented)."""
+        """The persistent counters: every name in COUNTERS (0 if never incremented), then
+        the usage counters that exist."""
         with self._lock:
-            return {name: int(self._jobs.stats.get(name, 0)) for name in COUNTERS}
+            out = {name: int(self._jobs.stats.get(name, 0)) for name in COUNTERS}
+            for name, n in self._jobs.stats.items():
+                out.setdefault(name, int(n))
+            return out
 
     def __len__(self) -> int:
         with self._lock:
