@@ -75,6 +75,10 @@ def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", metavar="B", help="batch name")
     p.add_argument("--id", metavar="ID", help="job id (default: a fresh one)")
     p.add_argument("--exclusive", action="store_true", help="hold repository locks all run")
+    p.add_argument("--resume", metavar="JOB",
+                   help="continue JOB's agent session, in JOB's workspace (same agent)")
+    p.add_argument("--idle-timeout", dest="idle_timeout", metavar="D",
+                   help="stop the job (timed_out, reason idle) after D without output")
     p.add_argument("--from", dest="from_file", metavar="FILE.jsonl",
                    help="submit every job of a JSONL file (all or nothing; - = stdin)")
 

@@ -24,7 +24,13 @@ from supervisor.ctl.out import (
     cell,
     table,
 )
-from supervisor.state.jobs import batch_record, cancel_request, job_record, valid_job_id
+from supervisor.state.jobs import (
+    batch_record,
+    cancel_request,
+    job_record,
+    usage_stats,
+    valid_job_id,
+)
 from supervisor.state.layout import send_request
 from supervisor.state.view import TERMINAL, JobView, open_view, read_workers
 
@@ -220,9 +226,13 @@ def cmd_batch(ctx: Ctx, name: str) -> int:
 
 
 def stats_doc(ctx: Ctx) -> dict[str, Any]:
-    """The queue's counters plus restarts per worker (zeros when unknown)."""
+    """The queue's counters plus restarts per worker (zeros when unknown), and the agents'
+    usage: `usage` (tokens, cost in dollars, turns, jobs that reported usage, summed over
+    every finished job) and `usage_by_agent` (the same per agent)."""
     with open_view(ctx.cfg, ctx.layout) as view:
-        doc: dict[str, Any] = dict(view.stats())
+        counters = view.stats()
+    doc: dict[str, Any] = {k: n for k, n in counters.items() if not k.startswith("usage/")}
+    doc["usage"], doc["usage_by_agent"] = usage_stats(counters)
     restarts = dict.fromkeys(WORKER_NAMES, 0)
     for w in read_workers(ctx.layout):
         if isinstance(w.get("name"), str) and isinstance(w.get("restarts"), int):
@@ -237,8 +247,13 @@ def cmd_stats(ctx: Ctx) -> int:
     if ctx.json:
         ctx.emit(doc)
         return EXIT_OK
-    rows = [(f"{k}:", v) for k, v in doc.items() if k != "restarts"]
+    rows = [(f"{k}:", v) for k, v in doc.items()
+            if k not in ("restarts", "usage", "usage_by_agent")]
     rows += [(f"restarts {w}:", n) for w, n in doc["restarts"].items()]
+    for who, sums in [("all agents", doc["usage"]), *doc["usage_by_agent"].items()]:
+        rows.append((f"usage {who}:", f"{sums['input_tokens']} tokens in, "
+                     f"{sums['output_tokens']} out, ${sums['cost_usd']:.4f}, "
+                     f"{sums['turns']} turns, {sums['jobs']} jobs"))
     for line in table(rows):
         ctx.say(line)
     return EXIT_OK

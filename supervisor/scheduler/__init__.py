@@ -19,7 +19,9 @@ Inbox `scheduler/inbox/`: batchctl drops one REQUEST file per `submit` (all jobs
   set a job's state, attempts or pid); a bad one is quarantined with no job queued (all
   or nothing, as batchctl promises). Then the jobs whose id the queue does not know yet go
   in with one `enqueue_many` (one fsync, `submitted` counted in the same write), each with
-  its `workspace` (<workspace_dir>/<id>) and `output_path` (<state_dir>/jobs/<id>/output).
+  its `workspace` (<workspace_dir>/<id>; a job that resumes another's session keeps the
+  workspace the door gave it, its predecessor's) and `output_path`
+  (<state_dir>/jobs/<id>/output).
 - cancel {job} (always after the submits of the same pass; one for a job not known yet
   waits in the inbox until the job arrives, see runtime.NotYet): by the job's state
   (`_dispatch.cancel`, the lifecycle's table): queued/
@@ -140,7 +142,8 @@ def submit(s: Scheduler, req: dict[str, Any]) -> None:
     entries = []
     for job in jobs:       # the request's own dicts become the entries: no copy
         job_id = job["id"]
-        job["workspace"] = workspace(job_id)
+        if "resume_of" not in job:   # a resumed job runs in its predecessor's workspace
+            job["workspace"] = workspace(job_id)
         job["output_path"] = output(job_id)
         entries.append((job_id, job))
     added = s.queue.enqueue_many(entries, count="submitted")

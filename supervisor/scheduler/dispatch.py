@@ -68,7 +68,10 @@ order of side effects is the lifecycle's: within one pass the WAL writes are col
 relaunches by the lifecycle's `starting` rule) and before the pass returns (before an
 inbox request is removed). A signal or a kill therefore precedes its WAL record; a crash
 in between re-sends the signal on the next tick, which is harmless. Counters go in the same
-atomic WAL group as the states they count (`_Batch.flush`). An adaptor holds
+atomic WAL group as the states they count (`_Batch.flush`): a finished job's state counter
+and its agent's usage counters (tokens, turns, cost in micro-dollars, from the `usage` its
+result reported) are written with its terminal record, so `stats` never counts a job's
+usage twice or without it. An adaptor holds
 jobs/<id>/adaptor.lock for its life and refuses to run a job that has a result, so a
 relaunch never runs an agent twice.
 """
@@ -92,6 +95,7 @@ from supervisor.scheduler import lifecycle as lc
 from supervisor.scheduler.events import BatchIndex, emit_job_end
 from supervisor.scheduler.launch import Launched, LaunchError, launch
 from supervisor.state.clock import iso_now
+from supervisor.state.jobs import usage_counters
 from supervisor.state.layout import (
     WORKER_STATE,
     Layout,
@@ -455,6 +459,7 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     if _repos_of(job.entry):     # before the terminal WAL record, as the events above
         _release(j, job.id, f"job {fields['state']}")
     batch.counters[str(fields["state"])] += 1
+    batch.counters.update(usage_counters(str(job.entry.get("agent")), fields.get("usage")))
     j.active.discard(job.id)
     j.warned.pop(job.id, None)
     j.log.info("job finished", job=job.id, state=fields["state"],
