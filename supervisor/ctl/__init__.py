@@ -18,6 +18,7 @@ from typing import Any
 
 from supervisor import __version__
 from supervisor.config import WORKER_NAMES, ConfigError, load
+from supervisor.ctl.agents import cmd_agents
 from supervisor.ctl.callbacks import run_callbacks, setup_callbacks
 from supervisor.ctl.control import (
     cmd_control,
@@ -145,6 +146,8 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "reload": ("reload the configuration (as SIGHUP)", _none, _control("reload")),
     "startup-log": ("the last startups, phase by phase", _none,
                     lambda c, a: cmd_startup_log(c)),
+    "agents": ("each agent: adaptor, binary, version, found, user", _none,
+               lambda c, a: cmd_agents(c)),
 }
 
 
