@@ -58,8 +58,9 @@ The adaptor exits with the agent's exit code, 128+N if signal N killed it.
 
 The agent's environment: the adaptor's own, then the adaptor's quiet defaults for its CLI
 (`Adaptor.env`: no update checks, no telemetry, bounded retries...) for each variable that is
-not set already, then the agent's `env` from the config (the operator's word wins), then
-BATCHD_JOB_ID, BATCHD_JOB_DIR and BATCHD_WORKSPACE.
+not set already, then the few values the CLI must see exactly (`Adaptor.forced_env`: claude's
+IS_SANDBOX=1 as root, which it honours only as "1"), then the agent's `env` from the config
+(the operator's word wins over both), then BATCHD_JOB_ID, BATCHD_JOB_DIR and BATCHD_WORKSPACE.
 
 Stopping (a table, `TABLE`): on SIGTERM, the timeout or the idle timeout (no byte from the
 agent, on stdout or stderr, for `idle_timeout`; checked about ten times per idle_timeout)
@@ -174,7 +175,9 @@ class Adaptor:
     output after it exited (errors, usage lines). `report(state, spec, exit_code, base)` is
     the agent's own account once it exited (`base`: the usage_totals of the job whose
     session this one resumes, None if unknown). `env(spec, uid)` are the quiet defaults for
-    the CLI (set only where the variable is unset). `stdin`: "prompt" (the prompt file is
+    the CLI (set only where the variable is unset); `forced_env(spec, uid)` the variables
+    that must have that exact value unless the agent's `env` sets them (an inherited value
+    the CLI would not accept is replaced). `stdin`: "prompt" (the prompt file is
     the agent's stdin) or "null"; `prompt_file`: whether the prompt file is written.
     `refuse(spec)`: why this spec cannot run (the door refuses it first). The binaries
     tried when the spec names no `command` are config.ADAPTOR_COMMANDS[name].
@@ -187,6 +190,7 @@ class Adaptor:
     report: Callable[[ParseState, JobSpec, int | None, Mapping[str, Any] | None],
                      Report] = _session_report
     env: Callable[[JobSpec, int], dict[str, str]] = _no_env
+    forced_env: Callable[[JobSpec, int], dict[str, str]] = _no_env
     stdin: str = "prompt"
     prompt_file: bool = True
     refuse: Callable[[JobSpec], str | None] = _no_refusal
@@ -642,9 +646,12 @@ def _child_env(spec: JobSpec, run_as: RunAs | None,
     if run_as is not None and run_as.switch:
         env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
     if adaptor is not None:
-        for key, value in adaptor.env(spec, _agent_uid(run_as)).items():
+        uid = _agent_uid(run_as)
+        for key, value in adaptor.env(spec, uid).items():
             if key not in env and key not in spec.env:
                 env[key] = value
+        env.update({k: v for k, v in adaptor.forced_env(spec, uid).items()
+                    if k not in spec.env})
     env.update(spec.env)
     env.update(BATCHD_JOB_ID=spec.id, BATCHD_JOB_DIR=spec.job_dir,
                BATCHD_WORKSPACE=spec.workspace)

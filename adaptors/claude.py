@@ -8,8 +8,9 @@ argv: `claude -p --output-format stream-json --verbose --dangerously-skip-permis
 - `-p` with stream-json needs `--verbose` (else exit 1: "--output-format=stream-json
   requires --verbose"). `--dangerously-skip-permissions`: no tool prompt can block a job
   nobody watches. Claude Code refuses it as root ("cannot be used with root/sudo privileges
-  for security reasons", exit 1) unless IS_SANDBOX=1: the adaptor sets IS_SANDBOX=1 when
-  the agent runs as root (give the agent a `user` to run it unprivileged instead).
+  for security reasons", exit 1) unless IS_SANDBOX is exactly "1": the adaptor sets
+  IS_SANDBOX=1 when the agent runs as root, replacing an inherited other value, unless the
+  agent's own `env` sets it (give the agent a `user` to run it unprivileged instead).
 - The prompt is stdin, a regular file: byte for byte (a 100 KB prompt too; argv would be
   limited to 128 KiB), and read at once (claude waits only 3 s for a first stdin byte).
 - `--resume <session id>` continues a session (it also worked from another folder).
@@ -49,7 +50,7 @@ from adaptors._report import ANSI, Report, first_line, number, since, usage
 from adaptors._runtime import Adaptor
 from adaptors._spec import JobSpec
 
-__all__ = ["ADAPTOR", "build_argv", "env", "note_line", "parse_line", "report"]
+__all__ = ["ADAPTOR", "build_argv", "env", "forced_env", "note_line", "parse_line", "report"]
 
 #: The version this adaptor was verified against (README, tests/agents).
 VERIFIED = "2.1.332"
@@ -67,13 +68,16 @@ def build_argv(spec: JobSpec, binary: str) -> list[str]:
 
 
 def env(spec: JobSpec, uid: int) -> dict[str, str]:
-    """Quiet, bounded defaults; IS_SANDBOX=1 when the agent runs as root."""
-    out = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
-           "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
-           "CLAUDE_CODE_MAX_RETRIES": "3"}
-    if uid == 0:
-        out["IS_SANDBOX"] = "1"
-    return out
+    """Quiet, bounded defaults (each only where unset)."""
+    return {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
+            "CLAUDE_CODE_MAX_RETRIES": "3"}
+
+
+def forced_env(spec: JobSpec, uid: int) -> dict[str, str]:
+    """IS_SANDBOX=1 when the agent runs as root: claude accepts exactly "1" (an inherited
+    IS_SANDBOX=yes still refuses), so it is set unless the agent's own env says otherwise."""
+    return {"IS_SANDBOX": "1"} if uid == 0 else {}
 
 
 def _result_text(content: Any) -> str:
@@ -219,4 +223,4 @@ def report(state: ParseState, spec: JobSpec, exit_code: int | None,
 
 
 ADAPTOR = Adaptor(name="claude", build_argv=build_argv, parse_line=parse_line,
-                  note_line=note_line, report=report, env=env)
+                  note_line=note_line, report=report, env=env, forced_env=forced_env)

@@ -46,12 +46,13 @@ def test_argv_carries_model_resume_and_extra_args() -> None:
 
 def test_env_is_quiet_and_bounded_and_sandboxed_only_as_root() -> None:
     """No nonessential traffic, updater, telemetry or error reports; 3 retries; IS_SANDBOX=1
-    only when the agent runs as uid 0."""
+    forced only when the agent runs as uid 0."""
     quiet = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
              "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
              "CLAUDE_CODE_MAX_RETRIES": "3"}
-    assert quiet == claude.env(_spec(), 1000)
-    assert {**quiet, "IS_SANDBOX": "1"} == claude.env(_spec(), 0)
+    assert quiet == claude.env(_spec(), 0) == claude.env(_spec(), 1000)
+    assert ({"IS_SANDBOX": "1"}, {}) == (claude.forced_env(_spec(), 0),
+                                         claude.forced_env(_spec(), 1000))
 
 
 def test_success_report_from_captured_output() -> None:
@@ -146,14 +147,15 @@ def test_parse_passes_non_json_lines_through() -> None:
 
 def test_real_run_prompt_on_stdin_from_a_file_and_sandboxed_as_root(tmp_path: Path) -> None:
     """Against the strict fake (as root here): the prompt arrives byte for byte from a
-    regular file on stdin, IS_SANDBOX=1 lets it skip permissions, the run completes."""
+    regular file on stdin, IS_SANDBOX=1 (replacing an inherited "yes", which claude refuses)
+    lets it skip permissions, the run completes."""
     cli = fakekit.install_cli(tmp_path / "bin", "claude")
     record = tmp_path / "rec.json"
     job = fakekit.make_job(tmp_path / "state", "c1", adaptor="claude",
                            prompt=fakekit.TRICKY_PROMPT, command=str(cli),
                            env={**KEY, "FAKE_RECORD": str(record)})
-    unset = {k: v for k, v in os.environ.items() if k != "IS_SANDBOX"}
-    assert 0 == fakekit.run_adaptor(job, env=unset).returncode
+    inherited = {**os.environ, "IS_SANDBOX": "yes"}    # a value claude does not accept
+    assert 0 == fakekit.run_adaptor(job, env=inherited).returncode
     result = fakekit.result(job)
     assert (0, None, None) == (result["exit_code"], result["reason"], result["agent_error"])
     assert fakekit.TRICKY_PROMPT.encode() == fakekit.recorded_prompt(record)

@@ -3,7 +3,8 @@ stream-json output as captured from the real CLI.
 
 Like the real one: only the options of fixtures/claude/help.txt (else "error: unknown option
 '--x'", exit 1); `--output-format stream-json` needs `--verbose`; as root,
-`--dangerously-skip-permissions` is refused unless IS_SANDBOX is set (exit 1); the prompt is
+`--dangerously-skip-permissions` is refused unless IS_SANDBOX is exactly "1" (2.1.332 checks
+`process.env.IS_SANDBOX === "1"`; exit 1); the prompt is
 the positional argument or stdin, waited for 3 s when stdin is a pipe; no credentials
 (ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN, CLAUDE_CODE_OAUTH_TOKEN) is the captured "Not
 logged in" run; `--resume ID` needs a session this fake made (else "No conversation found
@@ -62,7 +63,7 @@ if fmt != "stream-json":
 if "--verbose" not in opts:
     fail("Error: When using --print, --output-format=stream-json requires --verbose\n", 1)
 if ("--dangerously-skip-permissions" in opts and os.geteuid() == 0
-        and not os.environ.get("IS_SANDBOX")):
+        and os.environ.get("IS_SANDBOX") != "1"):
     replay(CLI, "root_refusal")
     finish(1)
 
