@@ -208,7 +208,7 @@ class JobView:
             **job,
             "state": "queued",
             "attempts": 0,
-            "workspace": str(self.cfg.workspace_dir / job_id),
+            "workspace": job.get("workspace") or str(self.cfg.workspace_dir / job_id),
             "output_path": str(self.layout.job_output(job_id)),
         }
 
