@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml setup.cfg | $(BIN)/python
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not chaos and not agents' -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m 'not chaos and not agents' -p no:cacheprovider --durations=25
 
 test-agents: $(STAMP)
 	@if ! unshare -n true 2>/dev/null; then \
@@ -50,6 +50,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.queue --json
 	$(BIN)/python -m bench.supervisor --json
+	$(BIN)/python -m bench.jobs --json
+	$(BIN)/python -m bench.jobcontrol --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

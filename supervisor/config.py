@@ -42,6 +42,7 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "NAME_PATTERN",
+    "SIZE_HELP",
     "SYSTEM_CONFIG",
     "WORKER_NAMES",
     "WORKER_SECTIONS",
@@ -49,9 +50,13 @@ __all__ = [
     "CallbacksConfig",
     "Config",
     "ConfigError",
+    "DiskConfig",
+    "FreeSpace",
+    "JobsConfig",
     "LogConfig",
     "ReaperConfig",
     "RepoConfig",
+    "RetentionConfig",
     "SchedulerConfig",
     "WorkerConfig",
     "as_dict",
@@ -62,7 +67,9 @@ __all__ = [
     "load",
     "parse",
     "parse_duration",
+    "parse_size",
     "resolve_path",
+    "size_text",
     "worker_settings",
 ]
 
@@ -149,6 +156,7 @@ class AgentConfig:
     user: str | None = None
     model: str | None = None
     idle_timeout: float | None = None    # no output for this long: timed_out, reason idle
+    max_concurrent: int | None = None    # jobs of this agent running at once; None: no cap
     #: True when the configuration file names this agent (not only the built-in default);
     #: `batchd --check` warns about those whose binary is missing. Not part of equality.
     configured: bool = field(default=False, compare=False)
@@ -174,6 +182,44 @@ class ReaperConfig:
     grace: float = 600.0
 
 
+_GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    output_max_bytes: int = _GIB        # a job's output beyond this is cut (head kept)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long after a job's end the reaper keeps each thing (None: forever)."""
+
+    jobs: float | None = 30 * 86400.0        # record, folder, output (then the archive)
+    workspaces: float | None = 7 * 86400.0   # a terminal job's workspace
+    callbacks: float | None = 7 * 86400.0    # delivered and failed webhook records
+    corrupted: float | None = 30 * 86400.0   # quarantined *.corrupted.* files
+
+
+@dataclass(frozen=True)
+class FreeSpace:
+    """A free-space floor: `amount` bytes, or `amount` percent of the filesystem."""
+
+    amount: float = float(_GIB)
+    percent: bool = False
+
+    def bytes_of(self, total: int) -> int:
+        """The floor in bytes on a filesystem of `total` bytes."""
+        return int(total * self.amount / 100.0) if self.percent else int(self.amount)
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}%" if self.percent else size_text(int(self.amount))
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    min_free: FreeSpace = field(default_factory=FreeSpace)
+
+
 def _default_workers() -> dict[str, WorkerConfig]:
     return {name: WorkerConfig() for name in WORKER_NAMES}
 
@@ -196,6 +242,9 @@ class Config:
     repositories: dict[str, RepoConfig] = field(default_factory=dict)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     reaper: ReaperConfig = field(default_factory=ReaperConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
     launcher: str = "auto"               # auto | direct | systemd
     source: str = "<built-in>"           # the file this came from
 
@@ -335,6 +384,43 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"{exc}, got {value!r}") from None
 
 
+# --------------------------------------------------------------------------- sizes
+
+SIZE_HELP = "bytes, or a string like 512KiB, 100MB, 1GiB"
+_SIZE_UNITS: dict[str, int] = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10,
+                               "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+                               "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
+                               "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+
+
+def parse_size(value: object) -> int:
+    """Bytes of a size: an integer >= 0, or `512KiB`, `100MB`, `1GiB`, `1.5G` (k/M/G/T
+    are powers of 1000, KiB/MiB/GiB/TiB of 1024). ValueError naming what was given."""
+    expected = f"expected a size ({SIZE_HELP}), got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(expected)
+        return value
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    m = _SIZE.fullmatch(value.strip())
+    unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
+    if m is None or unit is None:
+        raise ValueError(expected)
+    return int(float(m.group(1)) * unit)
+
+
+def size_text(n: int) -> str:
+    """`n` bytes as people read it: 1GiB, 512MiB, 1500B."""
+    for suffix, unit in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= unit:
+            return f"{n / unit:.1f}{suffix}".replace(".0" + suffix, suffix)
+    return f"{n}B"
+
+
 # --------------------------------------------------------------------------- plain dicts
 
 #: The sections each worker process reads: when one of them changes on reload, that worker
@@ -343,9 +429,10 @@ def parse_duration(value: object) -> float:
 #: adds it here.
 WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
     "scheduler": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
-                  "launcher"),
+                  "launcher", "jobs", "disk"),
     "locks": ("state_dir", "log", "repositories"),
-    "reaper": ("state_dir", "workspace_dir", "log", "reaper"),
+    "reaper": ("state_dir", "workspace_dir", "log", "reaper", "retention", "scheduler",
+               "repositories"),
     "callbacks": ("state_dir", "log", "callbacks"),
 }
 
@@ -699,6 +786,7 @@ _AGENT: dict[str, _Conv] = {
     "user": _optional(_string),
     "model": _optional(_string),
     "idle_timeout": _duration(positive=True, nullable=True),
+    "max_concurrent": _optional(_int(1, "a positive integer or null")),
 }
 
 
@@ -786,6 +874,50 @@ _REAPER: dict[str, _Conv] = {
     "grace": _duration(),
 }
 
+
+def _size(minimum: int) -> _Conv:
+    def conv(ctx: _Ctx, node: Node, key: str) -> int:
+        if _kind(node) not in ("int", "str"):
+            raise _Invalid(f"expected a size ({SIZE_HELP}), got {_got(node)}")
+        try:
+            n = parse_size(_value(node))
+        except ValueError:
+            raise _Invalid(f"expected a size ({SIZE_HELP}), got {_got(node)}") from None
+        if n < minimum:
+            raise _Invalid(f"expected a size of at least {minimum} bytes, got {_got(node)}")
+        return n
+    return conv
+
+
+def _free_space(ctx: _Ctx, node: Node, key: str) -> FreeSpace:
+    """A size, or a percentage of the filesystem ("5%", 0..100)."""
+    if _kind(node) == "str" and str(node.value).strip().endswith("%"):
+        text = str(node.value).strip()[:-1].strip()
+        try:
+            pct = float(text)
+        except ValueError:
+            pct = -1.0
+        if not 0.0 <= pct <= 100.0:
+            raise _Invalid(f"expected a percentage from 0% to 100%, got {_got(node)}")
+        return FreeSpace(pct, percent=True)
+    return FreeSpace(float(_size(0)(ctx, node, key)))
+
+
+_JOBS: dict[str, _Conv] = {
+    "output_max_bytes": _size(1024),
+}
+
+_RETENTION: dict[str, _Conv] = {
+    "jobs": _duration(nullable=True),
+    "workspaces": _duration(nullable=True),
+    "callbacks": _duration(nullable=True),
+    "corrupted": _duration(nullable=True),
+}
+
+_DISK: dict[str, _Conv] = {
+    "min_free": _free_space,
+}
+
 _TOP: dict[str, _Conv] = {
     "state_dir": _optional(_path),
     "workspace_dir": _optional(_path),
@@ -796,6 +928,9 @@ _TOP: dict[str, _Conv] = {
     "repositories": _repositories,
     "callbacks": _dataclass(CallbacksConfig, _CALLBACKS),
     "reaper": _dataclass(ReaperConfig, _REAPER),
+    "jobs": _dataclass(JobsConfig, _JOBS),
+    "retention": _dataclass(RetentionConfig, _RETENTION),
+    "disk": _dataclass(DiskConfig, _DISK),
     "launcher": _choice(LAUNCHERS),
 }
 

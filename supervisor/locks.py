@@ -1,72 +1,7 @@
 """The locks worker: repository locks and their FIFO waiting queues, kept in locks/state.json.
 
-The protocol (LOCKS.md; the table's rules are in supervisor.state.locktable):
-
-    scheduler                          locks worker                      scheduler
-    WAL: queued -> waiting   --->  locks/inbox/acquire-<job>.json
-                                   apply, grant, save state.json  --->  scheduler/inbox/
-                                   (held by <job>), remove request      granted-<job>.json
-    sees state.json: holds all its repos -> starting, fetch mirrors, clone workspace
-    non-exclusive: locks/inbox/release-<job>.json right after the clone (before the launch)
-    exclusive (repo config or --exclusive): release-<job> when the job is terminal
-    every terminal finalize of a job with repos: release-<job> again (idempotent)
-
-Files. `locks/state.json` (kind WORKER_STATE, `_locktable.to_record`): written only by
-this worker, atomically (temp, fsync, rename, fsync folder), so it is always the old or
-the new table. Requests `locks/inbox/<id>.json` (kind REQUEST) are written atomically by
-their senders (the scheduler; later the reaper: the lock of a vanished job). This worker
-writes one kind of file elsewhere: the hint `scheduler/inbox/granted-<job>.json` (kind
-REQUEST "lock_granted"), dropped into the scheduler's inbox as any sender does; the hint
-only wakes the scheduler, the truth is state.json.
-
-One pass (on an inbox hint, or the rescan every few seconds): read every request, apply
-all acquires (in the order of their `seq`, so two requests written within one timestamp
-tick still queue in the scheduler's order), then all releases (a job never asks again
-after its release, so this order is right even when both of one job are in the same
-pass); a malformed request or an unknown kind is quarantined (`BadRequest`, logged).
-Then grant what is free, recompute `unavailable` (repositories named by the table that
-are no longer configured nor registered: they are never granted, and the scheduler fails
-the jobs waiting on them), write state.json once if anything changed, drop the hints, and
-only then remove the requests: acquires first, then releases.
-
-Crash windows (every one recovers; handlers are idempotent by job, so replays are no-ops):
-- The scheduler dies after the WAL says `waiting` but before the acquire exists (it
-  writes the WAL first): at its restart it re-sends acquire-<job> for every waiting job
-  the table does not know (`_dispatch.resume_waiting`), with the `lock_seq` it recorded
-  in the WAL, so the job takes its old place in line.
-- This worker dies after saving state.json but before removing the requests: they are
-  replayed at the next start; acquire of a known job and release of an unknown one
-  change nothing. Removal is acquires-before-releases, so no replay can ever see a job's
-  acquire without its release after having applied that release.
-- ... after the grant (state.json saved) but before the hint: at its restart, recovery
-  hints every held job the WAL still says is `waiting`; and independently the scheduler
-  reads state.json on every pass while jobs wait (at least every watcher rescan), so a
-  lost hint costs seconds at most.
-- The scheduler dies after the clone but before the release: at its restart the job is
-  `starting` (relaunched: the workspace is complete, so nothing is fetched again, then
-  released before the launch) or `running` (re-attached: a non-exclusive running job
-  sends release again). A scheduler dying mid-clone still holds the lock, so the
-  relaunch clones under it.
-- The scheduler dies after a release was sent for a finished job but before its terminal
-  WAL record (the release is written first, like the webhook events): at restart the job
-  is finalized again and the release sent again: a no-op.
-- This worker is down while jobs finish: their releases wait in locks/inbox; at start,
-  recovery reconciles the table with the scheduler's WAL (opened read-only, never
-  written), dropping the locks and queue places of jobs that are terminal or unknown
-  there and the locks of running jobs that did not ask to hold them for their whole run
-  (their clone is done), then grants what is free and serves the inbox (the releases of
-  dropped jobs are no-ops).
-
-Recovery (its start-up): read state.json. Missing (first start) or corrupt (unparseable,
-wrong schema, wrong shape, queues and requests disagreeing: moved aside as
-`state.json.corrupted.<UTC ts>`, said in `degraded`) -> rebuilt from the WAL: every
-`starting` job with repositories holds them (it may be cloning now: the lock must stay),
-every `running` one that holds for its whole run (`lock_exclusive`) holds them, and every
-`waiting` job is queued again in WAL FIFO order with its recorded `lock_seq`. Then the
-reconciliation above, the grants, state.json written, the hints. If the WAL cannot be
-read the table is kept as read (or empty), not reconciled, and `degraded` says so; the
-scheduler starts before this worker, so the WAL normally exists (none at all: no jobs).
-A crash during recovery leaves state.json old or new, and the next start does it again.
+It alone writes locks/state.json; requests arrive in locks/inbox/. The protocol, one
+pass, every crash window and the recovery from the WAL are in docs/LOCKS.md.
 """
 
 from __future__ import annotations
@@ -94,7 +29,7 @@ from supervisor.runtime import (
     stop_requested,
 )
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, quarantine, remove
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import (
     WORKER_STATE,
     Layout,
@@ -116,7 +51,6 @@ from supervisor.state.locktable import (
     granted_hint,
     release,
     to_record,
-    unavailable,
 )
 from supervisor.state.queue import TERMINAL_STATES, JobQueue, QueueError
 from supervisor.state.repos import all_repositories
@@ -150,7 +84,7 @@ class Locks:
     log: Log
     table: Table = field(default_factory=Table)
     saved: dict[str, Any] | None = None
-    now: Callable[[], str] = iso_now
+    clock: Clock = SYSTEM_CLOCK
 
     def known(self) -> dict[str, Any]:
         """The repositories that exist now: the config's plus the registered ones."""
@@ -193,9 +127,9 @@ HANDLERS: dict[str, Callable[[Locks, dict[str, Any]], None]] = {
 
 # -- saving, granting, hinting --------------------------------------------------------------
 
-def save(lk: Locks, unavailable_repos: Iterable[str] = ()) -> bool:
+def save(lk: Locks) -> bool:
     """Replace locks/state.json with the table unless it says that already; True if written."""
-    rec = to_record(lk.table, unavailable_repos)
+    rec = to_record(lk.table)
     if rec == lk.saved:
         return False
     write_record(WORKER_STATE, lk.layout.worker_state(NAME), rec)
@@ -207,7 +141,7 @@ def _hint(lk: Locks, jobs: Iterable[str]) -> int:
     """Drop `granted-<job>` into the scheduler's inbox for each job; how many."""
     n = 0
     for job in jobs:
-        send_request(lk.layout, "scheduler", granted_hint(job, created_at=iso_now()))
+        send_request(lk.layout, "scheduler", granted_hint(job, created_at=lk.clock.iso_now()))
         n += 1
     return n
 
@@ -215,8 +149,8 @@ def _hint(lk: Locks, jobs: Iterable[str]) -> int:
 def settle(lk: Locks, *, hint: bool = True) -> list[str]:
     """Grant what is free, save the table (if changed), then hint the granted jobs."""
     known = lk.known()
-    granted = grant(lk.table, lk.now(), lambda repo: repo in known)
-    save(lk, unavailable(lk.table, known))
+    granted = grant(lk.table, lk.clock.iso_now(), lambda repo: repo in known)
+    save(lk)
     for job in granted:
         lk.log.info("locks granted", job=job, repos=lk.table.holds(job))
     if hint:
@@ -333,7 +267,7 @@ def _waiting_holders(table: Table, state_of: Callable[[str], str | None] | None
     return [job for job in holders if state_of is None or state_of(job) == "waiting"]
 
 
-def recover(cfg: Config, layout: Layout, log: Log, *, now: Callable[[], str] = iso_now
+def recover(cfg: Config, layout: Layout, log: Log, *, clock: Clock = SYSTEM_CLOCK
             ) -> tuple[Locks, dict[str, Any], dict[str, Any], list[str]]:
     """Rebuild the table from state.json and the WAL: (locks, found, did, degraded).
 
@@ -342,7 +276,7 @@ def recover(cfg: Config, layout: Layout, log: Log, *, now: Callable[[], str] = i
     ensure_dir(layout.worker_dir(NAME))
     path = layout.worker_state(NAME)
     table, problem = _read_table(path)
-    lk = Locks(cfg, layout, log, now=now)
+    lk = Locks(cfg, layout, log, clock=clock)
     degraded: list[str] = []
     if isinstance(problem, Corrupt):
         log.warning("locks state corrupt, rebuilding it from the job queue", path=str(path),
@@ -365,7 +299,7 @@ def recover(cfg: Config, layout: Layout, log: Log, *, now: Callable[[], str] = i
         state_of: Callable[[str], str | None] = (
             queue.state if queue is not None else lambda job: None)   # no WAL: no jobs
         if table is None:
-            table = Table() if queue is None else rebuild(queue, lk.known(), log, now())
+            table = Table() if queue is None else rebuild(queue, lk.known(), log, clock.iso_now())
         lk.table = table
         dropped = reconcile(table, state_of) if readable else []
         granted = settle(lk, hint=False)

@@ -1,39 +1,7 @@
 """The small worker runtime: the forked child's entry, signals, inbox watching, readiness.
 
-Shared by the four workers (scheduler, locks, callbacks, reaper); it holds no worker's duty.
-
-Process entry. batchd forks each worker (no exec) and the child calls `worker_entry(name,
-cfg)`, which never returns into the parent's code: it arms PR_SET_PDEATHSIG=SIGKILL and
-exits at once if the parent is already gone (`die_with_parent`), resets the signal state
-the parent left behind, sets up logging for its own name and pid, closes every descriptor
-it inherited except stdio and its log file, runs `supervisor.<name>.main(cfg)` and ends
-with `os._exit(code)`. Exit codes (what batchd sees in waitpid):
-
-    0  EXIT_OK               stopped on request (SIGTERM) after finishing the current pass
-    1  EXIT_CRASHED          an unexpected error (logged with its traceback)
-    3  EXIT_RECOVERY_FAILED  the worker could not rebuild itself from its files; no ready record
-    4  EXIT_ORPHANED         the parent died before the death signal was armed
-
-Watching. `Watcher` turns inotify events (via watchdog) in a set of folders into hints:
-create, modify, move (atomic renames arrive as moves: the destination counts) and delete
-of a non-temporary file wake `wait()`. Events are only hints: inotify drops events when its
-queue overflows, and nothing at all is seen while a worker is down, so `wait()` also
-reports a full rescan at start and every `rescan_interval`; each pass reads the files.
-Idle is asleep: `wait()` blocks in select() on a self-pipe, with no polling.
-
-Inboxes. Requests are REQUEST records `<worker>/inbox/<id>.json`, written atomically by
-their sender (tmp + rename, so a visible name is complete). `handle_inbox` takes them in
-creation order, runs the handler of the request's kind and removes the file (durably)
-only AFTER the handler returned, i.e. after its effect is durable. A crash in between
-leaves the file, and the next pass replays it: handlers are idempotent by request/job id.
-A file that is not a well-formed request, of a kind with no handler, or whose handler
-raises `BadRequest` (handlers validate everything before any effect) is quarantined as
-`NAME.corrupted.<UTC ts>` in the inbox and logged; it never stops the worker.
-
-Readiness. `report_ready` writes `ready/<worker>.json` (kind READY) atomically once the
-worker's recovery is done. The file carries pid and process start time, so the parent
-tells this incarnation's record from a stale one. A crash before the rename leaves the
-previous record (stale: wrong pid/start) or none; the parent waits for the right one.
+Process entry (exit codes 0, 1, 3, 4), signals, the Watcher (inotify hints plus
+rescans), the one inbox reader and readiness. docs/SUPERVISOR.md has the details.
 """
 
 from __future__ import annotations
@@ -418,7 +386,7 @@ class Watcher:
     """
 
     def __init__(self, folders: Sequence[Path], rescan_interval: float = 5.0, *,
-                 clock: Callable[[], float] = time.monotonic, log: Log | None = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, log: Log | None = None) -> None:
         self.folders = [Path(f) for f in folders]
         self.rescan_interval = rescan_interval
         self._clock = clock
@@ -491,19 +459,19 @@ class Watcher:
 
     def _due(self) -> bool:
         self._drain()
-        self._rescan_at = self._clock() + self.rescan_interval
+        self._rescan_at = self._clock.monotonic() + self.rescan_interval
         return True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a hint or the rescan (True) or until `timeout` seconds pass (False)."""
-        now = self._clock()
+        now = self._clock.monotonic()
         if self._rescan_at is None or now >= self._rescan_at:
             return self._due()
         limit = self._rescan_at - now
         if timeout is not None:
             limit = min(limit, max(0.0, timeout))
         readable, _, _ = select.select([self._r], [], [], limit)
-        if readable or self._clock() >= self._rescan_at:
+        if readable or self._clock.monotonic() >= self._rescan_at:
             return self._due()
         return False
 
@@ -511,17 +479,18 @@ class Watcher:
 def run_loop(waiter: Waiter, handle_pass: Callable[[], object], *,
              periodic: tuple[float, Callable[[], object]] | None = None,
              stop: Callable[[], bool] = stop_requested,
-             clock: Callable[[], float] = time.monotonic) -> None:
+             clock: Clock = SYSTEM_CLOCK) -> None:
     """Wait for a hint or rescan, run one pass, repeat until `stop()`; also run
     `periodic = (interval, fn)` every `interval` seconds (first one interval from now)."""
-    next_at = None if periodic is None else clock() + periodic[0]
+    next_at = None if periodic is None else clock.monotonic() + periodic[0]
     while not stop():
-        timeout = None if next_at is None else max(0.0, next_at - clock())
+        timeout = None if next_at is None else max(0.0, next_at - clock.monotonic())
         if waiter.wait(timeout) and not stop():
             handle_pass()
-        if periodic is not None and next_at is not None and clock() >= next_at and not stop():
+        if (periodic is not None and next_at is not None and clock.monotonic() >= next_at
+                and not stop()):
             periodic[1]()
-            next_at = clock() + periodic[0]
+            next_at = clock.monotonic() + periodic[0]
 
 
 # -- inboxes --------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ from supervisor.config import (
     CallbacksConfig,
     Config,
     ConfigError,
+    FreeSpace,
     LogConfig,
     ReaperConfig,
     RepoConfig,
+    RetentionConfig,
     SchedulerConfig,
     WorkerConfig,
     as_dict,
@@ -26,6 +28,7 @@ from supervisor.config import (
     load,
     parse,
     parse_duration,
+    parse_size,
     resolve_path,
     worker_settings,
 )
@@ -252,9 +255,6 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"{SRC}:2: agents.claude.idle_timeout: expected a duration > 0, got 0"),
     ("agents:\n  claude:\n    idle_timeout: soon\n",
      f"{SRC}:3: agents.claude.idle_timeout: {DUR}, got 'soon'"),
-    ("agents:\n  claude: {max_concurrent: 2}\n",
-     f"{SRC}:2: agents.claude.max_concurrent: unknown key 'max_concurrent' (known: adaptor, "
-     "args, command, env, idle_timeout, model, timeout, user)"),
     ("reaper: {interval: [1]}", f"{SRC}:1: reaper.interval: {DUR}, got a list"),
     ("callbacks:\n  retry_schedule: [1s, x]\n",
      f"{SRC}:2: callbacks.retry_schedule[1]: {DUR}, got 'x'"),
@@ -295,8 +295,8 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"known: {KNOWN_SCHED})"),
     ("stat_dir: /x",
      f"{SRC}:1: stat_dir: unknown key 'stat_dir' (did you mean 'state_dir'? known: agents, "
-     "callbacks, launcher, log, reaper, repositories, scheduler, state_dir, workers, "
-     "workspace_dir)"),
+     "callbacks, disk, jobs, launcher, log, reaper, repositories, retention, scheduler, "
+     "state_dir, workers, workspace_dir)"),
     ("workers:\n  web: {}\n",
      f"{SRC}:2: workers.web: unknown key 'web' (known: callbacks, locks, reaper, scheduler)"),
     ("workers:\n  locks: {retries: 1}\n",
@@ -304,7 +304,7 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      "known: max_restarts, restart_window, startretries, startsecs, stopwaitsecs)"),
     ("agents:\n  claude: {cmd: x}\n",
      f"{SRC}:2: agents.claude.cmd: unknown key 'cmd' (did you mean 'command'? known: adaptor, "
-     "args, command, env, idle_timeout, model, timeout, user)"),
+     "args, command, env, idle_timeout, max_concurrent, model, timeout, user)"),
     ("repositories:\n  r: {url: /x, lock: true}\n",
      f"{SRC}:2: repositories.r.lock: unknown key 'lock' (known: branch, exclusive, url)"),
     # names and required keys
@@ -354,6 +354,51 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
 ])
 def test_error_names_file_line_and_key(text: str, message: str) -> None:
     """Each class of mistake gives one exact file:line: key: message."""
+    assert message == errors_of(text)
+
+
+def test_retention_disk_and_output_cap_parse() -> None:
+    """retention durations (null: forever), disk.min_free as a size or a percentage,
+    jobs.output_max_bytes as a size; the defaults are the contract's."""
+    default = parse("", SRC, env=ENV)
+    assert (RetentionConfig(), FreeSpace(float(1 << 30)), 1 << 30) == (
+        default.retention, default.disk.min_free, default.jobs.output_max_bytes)
+    cfg = parse("retention: {jobs: 2d, workspaces: null, callbacks: 1h, corrupted: 0}\n"
+                "disk: {min_free: 5%}\njobs: {output_max_bytes: 512KiB}\n", SRC, env=ENV)
+    assert (RetentionConfig(jobs=172800.0, workspaces=None, callbacks=3600.0, corrupted=0.0),
+            FreeSpace(5.0, percent=True), 512 * 1024) == (
+        cfg.retention, cfg.disk.min_free, cfg.jobs.output_max_bytes)
+    assert (500_000_000, "5%", "1GiB") == (
+        parse("disk: {min_free: 500MB}", SRC, env=ENV).disk.min_free.bytes_of(10**12),
+        str(cfg.disk.min_free), str(default.disk.min_free))
+    assert 50 == cfg.disk.min_free.bytes_of(1000)
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    (0, 0), (4096, 4096), ("1GiB", 1 << 30), ("1.5k", 1500), ("100 MB", 100_000_000),
+    ("2TiB", 2 << 40), ("7b", 7)])
+def test_parse_size_units(value: object, size: int) -> None:
+    """Sizes: bytes, k/M/G/T in powers of 1000, KiB/MiB/GiB/TiB in powers of 1024."""
+    assert size == parse_size(value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("disk: {min_free: lots}", f"{SRC}:1: disk.min_free: expected a size (bytes, or a string "
+                               "like 512KiB, 100MB, 1GiB), got 'lots'"),
+    ("disk: {min_free: 120%}", f"{SRC}:1: disk.min_free: expected a percentage from 0% to "
+                               "100%, got '120%'"),
+    ("jobs: {output_max_bytes: 10}", f"{SRC}:1: jobs.output_max_bytes: expected a size of at "
+                                     "least 1024 bytes, got 10"),
+    ("jobs: {output_max_bytes: -1GiB}", f"{SRC}:1: jobs.output_max_bytes: expected a size "
+                                        "(bytes, or a string like 512KiB, 100MB, 1GiB), got "
+                                        "'-1GiB'"),
+    ("retention: {jobs: forever}", f"{SRC}:1: retention.jobs: expected a duration (seconds, "
+                                   "or a string like 500ms, 30s, 2m, 1h, 1m30s), got 'forever'"),
+    ("retention: {logz: 1d}", f"{SRC}:1: retention.logz: unknown key 'logz' (known: callbacks, "
+                              "corrupted, jobs, workspaces)"),
+])
+def test_retention_disk_and_size_errors(text: str, message: str) -> None:
+    """A bad size, percentage or retention names the key and its line."""
     assert message == errors_of(text)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,16 @@ from supervisor import log as _log
 from supervisor import runtime as _runtime
 from supervisor.config import Config, RepoConfig
 from supervisor.state.atomic import CORRUPT_MARK
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.layout import READY, REQUEST, WORKER_STATE, Layout, read_record, write_record
-from supervisor.state.locktable import acquire_request, release_request
+from supervisor.state.locktable import (
+    acquire_request,
+    from_record,
+    release_request,
+    unavailable,
+)
 from supervisor.state.queue import JobQueue
+from tests.helpers import until
 
 DEADLINE = 30.0
 T0 = "2026-01-01T00:00:00.000Z"
@@ -49,13 +54,17 @@ def layout(cfg: Config) -> Layout:
 
 
 def recover(cfg: Config) -> tuple[locks.Locks, dict[str, Any], dict[str, Any], list[str]]:
-    return locks.recover(cfg, Layout(cfg.state_dir), _log.get("test"), now=lambda: T0)
+    clock = MockClock(parse_iso(T0) or 0.0)
+    return locks.recover(cfg, Layout(cfg.state_dir), _log.get("test"), clock=clock)
 
 
 def state(layout: Layout) -> dict[str, Any]:
+    """locks/state.json, plus the FIFO queues ("waiting") its wants amount to."""
     rec = read_record(WORKER_STATE, layout.worker_state("locks"), owner=False)
     assert isinstance(rec, dict)
-    return rec
+    table = from_record(rec)
+    assert not isinstance(table, str), table
+    return {**rec, "waiting": table.waiting}
 
 
 def held(layout: Layout) -> list[tuple[str, str]]:
@@ -104,9 +113,10 @@ def test_missing_state_starts_empty_and_writes_the_file(cfg: Config, layout: Lay
     _, found, did, degraded = recover(cfg)
     assert ({"state": "missing", "held": 0, "waiting": 0}, []) == (found, degraded)
     assert ("rebuilt", [], []) == (did["state"], did["dropped"], did["granted"])
-    rec = state(layout)
-    assert ("locks", [], {}, [], {}) == (rec["worker"], rec["held"], rec["waiting"],
-                                         rec["unavailable"], rec["wants"])
+    rec = read_record(WORKER_STATE, layout.worker_state("locks"), owner=False)
+    assert isinstance(rec, dict)
+    assert (["held", "schema", "v", "wants", "worker"], [], {}) == (
+        sorted(rec), rec["held"], rec["wants"])
 
 
 def test_good_state_is_read_back_and_reconciled_with_the_wal(cfg: Config, layout: Layout) -> None:
@@ -134,7 +144,7 @@ def test_good_state_is_read_back_and_reconciled_with_the_wal(cfg: Config, layout
     (b'{"schema": "batchd.worker_state", "v": 1, "worker": "locks", "held": [{"repo": "a"}],'
      b' "waiting": {}}', "lock without job"),
     (b'{"schema": "batchd.worker_state", "v": 1, "worker": "locks", "held": [],'
-     b' "waiting": {"a": ["j1"]}}', "queue without the request"),
+     b' "wants": {"j1": {"repos": [], "exclusive": false, "seq": 1}}}', "want of nothing"),
 ])
 def test_corrupt_state_is_quarantined_and_rebuilt_from_the_wal(cfg: Config, layout: Layout,
                                                                 raw: bytes, why: str) -> None:
@@ -322,13 +332,15 @@ def test_bad_requests_are_quarantined_without_effect(cfg: Config, layout: Layout
 
 def test_a_repository_no_longer_known_is_unavailable_and_never_granted(
         cfg: Config, layout: Layout) -> None:
-    """A job waiting on a repo that is neither configured nor registered waits; the repo is
-    listed as unavailable."""
+    """A job waiting on a repo that is neither configured nor registered waits, never
+    granted; readers name the repo unavailable (it is not stored: they know better)."""
     lk, _, _, _ = recover(cfg)
     ask(layout, "a", "gone", "app", seq=1)
     locks.one_pass(lk)
+    table = from_record(state(layout))
+    assert not isinstance(table, str)
     assert ([], {"gone": ["a"], "app": ["a"]}, ["gone"]) == (
-        held(layout), state(layout)["waiting"], state(layout)["unavailable"])
+        held(layout), state(layout)["waiting"], unavailable(table, lk.known()))
 
 
 # -- the running worker ------------------------------------------------------------------------
@@ -339,12 +351,6 @@ def test_main_reports_ready_and_serves_acquire_and_release(cfg: Config, layout: 
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(locks.main(cfg)))
     worker.start()
-
-    def until(what: str, check: Any) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while not check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.01)
 
     try:
         until("ready", layout.ready_file("locks").exists)

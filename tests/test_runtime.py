@@ -12,7 +12,7 @@ import pytest
 from supervisor import runtime as _runtime
 from supervisor.runtime import BadRequest, Watcher, handle_inbox, inbox_requests, run_loop
 from supervisor.state.atomic import CORRUPT_MARK, write_bytes
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import MockClock, iso_now
 from supervisor.state.layout import READY, REQUEST, Layout, read_record, write_record
 from supervisor.state.proc import start_time
 
@@ -25,14 +25,6 @@ def _no_stop() -> Iterator[None]:
     _runtime._state.stop = False
     yield
     _runtime._state.stop = False
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def request(folder: Path, name: str, kind: str = "submit", **extra: Any) -> Path:
@@ -122,16 +114,16 @@ def test_no_hint_returns_false_after_the_timeout(tmp_path: Path) -> None:
 
 def test_rescan_reports_with_the_observer_stopped(tmp_path: Path) -> None:
     """With no events at all (observer stopped), the periodic rescan still makes wait() True."""
-    clock = FakeClock()
+    clock = MockClock(monotonic_start=1000.0)
     w = Watcher([tmp_path], rescan_interval=5.0, clock=clock)
     w.start()
     w.stop()
     try:
         assert w.wait(0) is True
         write_bytes(tmp_path / "lost.json", b"{}")
-        clock.now += 4.9
+        clock.advance(4.9)
         assert w.wait(0) is False
-        clock.now += 0.2
+        clock.advance(0.2)
         assert w.wait(0) is True
         assert w.wait(0) is False
     finally:
@@ -140,13 +132,13 @@ def test_rescan_reports_with_the_observer_stopped(tmp_path: Path) -> None:
 
 def test_a_hint_pushes_the_next_rescan_back(tmp_path: Path) -> None:
     """A pass run for a hint counts as a rescan: the next one is due an interval later."""
-    clock = FakeClock()
+    clock = MockClock(monotonic_start=1000.0)
     with Watcher([tmp_path], rescan_interval=5.0, clock=clock) as w:
         w.wait(0)
-        clock.now += 3.0
+        clock.advance(3.0)
         w.wake()
         assert w.wait(0) is True
-        clock.now += 3.0
+        clock.advance(3.0)
         assert w.wait(0) is False
 
 
@@ -179,7 +171,7 @@ class Done(Exception):
 class ScriptedWaiter:
     """A Waiter that replays answers and advances a fake clock by each timeout it is given."""
 
-    def __init__(self, clock: FakeClock, answers: list[bool]) -> None:
+    def __init__(self, clock: MockClock, answers: list[bool]) -> None:
         self.clock, self.answers = clock, answers
         self.timeouts: list[float | None] = []
 
@@ -188,13 +180,13 @@ class ScriptedWaiter:
             raise Done
         self.timeouts.append(timeout)
         if timeout is not None and not self.answers[0]:
-            self.clock.now += timeout
+            self.clock.advance(timeout)
         return self.answers.pop(0)
 
 
 def test_run_loop_runs_a_pass_per_hint() -> None:
     """Each True from the waiter runs one pass, each False none."""
-    clock = FakeClock()
+    clock = MockClock(monotonic_start=1000.0)
     passes: list[int] = []
     with pytest.raises(Done):
         run_loop(ScriptedWaiter(clock, [True, False, True, True]), lambda: passes.append(1),
@@ -204,11 +196,11 @@ def test_run_loop_runs_a_pass_per_hint() -> None:
 
 def test_run_loop_runs_the_periodic_job_on_schedule() -> None:
     """periodic=(interval, fn) runs fn every interval, woken by the waiter's timeout."""
-    clock = FakeClock()
+    clock = MockClock(monotonic_start=1000.0)
     ticks: list[float] = []
     waiter = ScriptedWaiter(clock, [False, False, False])
     with pytest.raises(Done):
-        run_loop(waiter, lambda: None, periodic=(60.0, lambda: ticks.append(clock.now)),
+        run_loop(waiter, lambda: None, periodic=(60.0, lambda: ticks.append(clock.monotonic())),
                  clock=clock)
     assert [1060.0, 1120.0, 1180.0] == ticks
     assert [60.0, 60.0, 60.0] == waiter.timeouts
@@ -216,7 +208,7 @@ def test_run_loop_runs_the_periodic_job_on_schedule() -> None:
 
 def test_run_loop_keeps_the_period_across_hints() -> None:
     """Passes run for hints between periodic runs do not shift the periodic schedule."""
-    clock = FakeClock()
+    clock = MockClock(monotonic_start=1000.0)
     ticks: list[float] = []
 
     class HintAt10s:
@@ -228,18 +220,18 @@ def test_run_loop_keeps_the_period_across_hints() -> None:
                 raise Done
             assert timeout is not None
             step = min(10.0, timeout)
-            clock.now += step
+            clock.advance(step)
             return step == 10.0
 
     with pytest.raises(Done):
-        run_loop(HintAt10s(), lambda: None, periodic=(15.0, lambda: ticks.append(clock.now)),
-                 clock=clock)
+        run_loop(HintAt10s(), lambda: None,
+                 periodic=(15.0, lambda: ticks.append(clock.monotonic())), clock=clock)
     assert [1015.0] == ticks
 
 
 def test_run_loop_skips_the_pass_once_stop_is_requested() -> None:
     """A stop that arrives while waiting ends the loop without another pass."""
-    clock = FakeClock()
+    clock = MockClock(monotonic_start=1000.0)
     passes: list[int] = []
 
     class StopWhileWaiting:
@@ -407,9 +399,9 @@ def test_without_inotify_the_watcher_still_rescans(tmp_path: Path,
         raise OSError(24, "inotify instance limit reached")
 
     monkeypatch.setattr(_runtime, "Observer", no_inotify)
-    clock = FakeClock()
+    clock = MockClock(monotonic_start=1000.0)
     with Watcher([tmp_path / "inbox"], rescan_interval=5.0, clock=clock) as w:
         assert (tmp_path / "inbox").is_dir()
         assert w.wait(0) is True
-        clock.now += 5.0
+        clock.advance(5.0)
         assert w.wait(0) is True

@@ -1,22 +1,7 @@
 """The worker process state machine (supervisord's states), as one table; pure, clock injected.
 
-Each worker's life is a `Proc` record driven by `step(proc, event, now=, wall=)`. The
-event is first refined by a guard (`classify`: is it ready yet? retries left? restart
-intensity exceeded? a restart pending?) into a `Cause`; `TABLE` then gives the new state
-and the `Action`s the caller (batchd.workers) carries out. Nothing here forks, signals,
-sleeps or reads a clock: `now` is a monotonic reading, `wall` an epoch time.
-
-States (supervisord's): STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL.
-RUNNING = the worker reported ready AND has been up `startsecs`. An exit before that is
-a failed start: BACKOFF, retried after 1 s, 2 s, 3 s ... until `startretries` retries
-failed, then FATAL. An exit in RUNNING restarts the worker at once (autorestart=true; a
-worker is stateless, its files hold everything) unless that would be more than
-`max_restarts` restarts within `restart_window` seconds (OTP's restart intensity): then
-FATAL with ESCALATE, and the caller escalates (for a critical worker, batchd exits 1).
-RESTART (operator `restart`, a reload) is STOP then START in one event: a running worker
-is stopped with `restart` noted, and its exit then spawns it again (EXIT_RESTART); a STOP
-meanwhile (shutdown) drops the note. EXITED is never entered with autorestart=true; it is
-kept so START from it is defined.
+supervisord's states; RUNNING = ready AND up startsecs; BACKOFF 1, 2, 3 s then FATAL;
+an OTP-style restart intensity; RESTART is stop then spawn. docs/SUPERVISOR.md.
 """
 
 from __future__ import annotations

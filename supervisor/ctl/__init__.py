@@ -1,7 +1,7 @@
 """batchctl, batchd's operator tool: the command table and argument parsing (CONTRACT.md).
 
 `batchctl [-c CONFIG] COMMAND ... [--json]`. It talks to batchd only through files in the
-state directory (see supervisor/_ctl_*.py for what each command reads and writes).
+state directory (each module of supervisor/ctl/ says what its commands read and write).
 Exit codes: 0 done, 1 failed or not found (control commands and `workers` when batchd is
 not running), 2 usage or configuration error, 124 `wait` timed out. An operator mistake is
 a message on stderr prefixed with the program name ("batchctl: no such job: x"), never a
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from supervisor import __version__
 from supervisor.config import WORKER_NAMES, ConfigError, load
 from supervisor.ctl.agents import cmd_agents
 from supervisor.ctl.callbacks import run_callbacks, setup_callbacks
+from supervisor.ctl.completion import KINDS, SHELLS, cmd_complete, cmd_completion
 from supervisor.ctl.control import (
     cmd_control,
     cmd_startup_log,
@@ -32,17 +34,21 @@ from supervisor.ctl.jobs import (
     cmd_batches,
     cmd_cancel,
     cmd_jobs,
+    cmd_pause,
+    cmd_retry,
     cmd_stats,
     cmd_status_job,
     cmd_wait,
+    duration_arg,
 )
 from supervisor.ctl.locks import run_locks, setup_locks
 from supervisor.ctl.out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor.ctl.repos import run_repo, setup_repo
 from supervisor.ctl.submit import cmd_submit
+from supervisor.state.clock import parse_iso
 from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
-from supervisor.state.view import JOB_STATES, Unreadable
+from supervisor.state.view import JOB_STATES, JobFilter, Unreadable
 from supervisor.state.wal import WalError
 
 __all__ = ["build_parser", "main"]
@@ -80,6 +86,19 @@ def _submit(p: argparse.ArgumentParser) -> None:
                    help="continue JOB's agent session, in JOB's workspace (same agent)")
     p.add_argument("--idle-timeout", dest="idle_timeout", metavar="D",
                    help="stop the job (timed_out, reason idle) after D without output")
+    p.add_argument("--after", metavar="IDS", action="append", default=[],
+                   help="start only when every one of these jobs has completed")
+    p.add_argument("--after-any", metavar="IDS", action="append", default=[],
+                   help="start when these jobs are terminal, whatever their state")
+    p.add_argument("--priority", metavar="N", type=int,
+                   help="higher starts first (-1000..1000, default 0)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--not-before", metavar="TIME", help="stay queued until TIME (ISO-8601)")
+    when.add_argument("--delay", metavar="D", help="stay queued for D (30s, 10m, 2h)")
+    p.add_argument("--label", metavar="K=V", action="append", default=[],
+                   help="a label (repeatable); `jobs --label K=V` filters by it")
+    p.add_argument("--retries", metavar="N", type=int,
+                   help="resubmit a lost or failed job up to N times (0..10)")
     p.add_argument("--from", dest="from_file", metavar="FILE.jsonl",
                    help="submit every job of a JSONL file (all or nothing; - = stdin)")
 
@@ -92,6 +111,38 @@ def _jobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="S", choices=JOB_STATES,
                    help="only jobs in state S: " + ", ".join(JOB_STATES))
     p.add_argument("--batch", metavar="B", help="only jobs of batch B")
+    p.add_argument("--agent", metavar="A", help="only jobs of agent A")
+    p.add_argument("--label", metavar="K=V", action="append", default=[],
+                   help="only jobs with this label (repeatable: all of them)")
+    p.add_argument("--since", metavar="TIME",
+                   help="only jobs submitted since TIME (ISO-8601, or a duration ago: 1h)")
+    p.add_argument("--limit", metavar="N", type=int, help="only the N most recent")
+
+
+def _jobs_filter(a: Any) -> JobFilter:
+    """The `jobs` filters from the command line (exit 2 on a bad one)."""
+    labels: dict[str, str] = {}
+    for value in a.label:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise CtlError(f"--label: expected K=V, got {value!r}", EXIT_USAGE)
+        labels[key] = val
+    since = None
+    if a.since is not None:
+        since = parse_iso(a.since)
+        if since is None:
+            since = time.time() - duration_arg(a.since, "--since")
+    if a.limit is not None and a.limit < 1:
+        raise CtlError(f"--limit: expected a positive number, got {a.limit}", EXIT_USAGE)
+    return JobFilter(agent=a.agent, labels=labels, since=since, limit=a.limit)
+
+
+def _shell(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish")
+
+
+def _kind(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", metavar="KIND", choices=KINDS)
 
 
 def _tail(p: argparse.ArgumentParser) -> None:
@@ -122,13 +173,19 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "status": ("one job's record; without JOB a summary of batchd",
                _status, lambda c, a: cmd_status_job(c, a.job) if a.job is not None
                else cmd_status_summary(c)),
-    "jobs": ("list jobs in submission order", _jobs, lambda c, a: cmd_jobs(c, a.state, a.batch)),
+    "jobs": ("list jobs in submission order", _jobs,
+             lambda c, a: cmd_jobs(c, a.state, a.batch, _jobs_filter(a))),
     "output": ("a job's whole output so far", _job, lambda c, a: cmd_output(c, a.job)),
     "tail": ("the last lines of a job's output; -f follows", _tail,
              lambda c, a: cmd_tail(c, a.job, a.lines, a.follow)),
     "wait": ("wait until jobs are terminal (0 all completed, 1 other, 124 timeout)", _wait,
              lambda c, a: cmd_wait(c, a.jobs, a.timeout)),
     "cancel": ("cancel a job", _job, lambda c, a: cmd_cancel(c, a.job)),
+    "retry": ("a new job with a finished job's spec (retry_of); print its id", _job,
+              lambda c, a: cmd_retry(c, a.job)),
+    "pause": ("start no new job until `resume` (running jobs go on; survives restarts)",
+              _none, lambda c, a: cmd_pause(c, True)),
+    "resume": ("start jobs again after `pause`", _none, lambda c, a: cmd_pause(c, False)),
     "batches": ("every batch and its state counts", _none, lambda c, a: cmd_batches(c)),
     "batch": ("one batch: counts, done, job ids", _batch, lambda c, a: cmd_batch(c, a.batch)),
     "stats": ("job counters and worker restarts", _none, lambda c, a: cmd_stats(c)),
@@ -148,6 +205,13 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
                     lambda c, a: cmd_startup_log(c)),
     "agents": ("each agent: adaptor, binary, version, found, user", _none,
                lambda c, a: cmd_agents(c)),
+    "completion": ("a shell completion script: completion bash|zsh|fish", _shell,
+                   lambda c, a: cmd_completion(c, a.shell, build_parser())),
+}
+
+#: Commands for scripts, not people: not listed in --help.
+HIDDEN: dict[str, tuple[str, Setup, Run]] = {
+    "__complete": ("values for shell completion", _kind, lambda c, a: cmd_complete(c, a.kind)),
 }
 
 
@@ -165,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
         setup(p)
         p.add_argument("--json", action="store_true", help="print one JSON document")
         p.set_defaults(run=run)
+    for name, (text, setup, run) in HIDDEN.items():
+        p = sub.add_parser(name, description=text)
+        setup(p)
+        p.set_defaults(run=run, json=False)
     return parser
 
 

@@ -1,6 +1,6 @@
 """batchctl's daemon commands: workers, start/stop/restart, shutdown, reload, status, startup-log.
 
-Control requests follow SUPERVISOR.md: probe the lock first (batchd not running: exit 1,
+Control requests follow docs/SUPERVISOR.md: probe the lock first (batchd not running: exit 1,
 nothing written), then write `control/inbox/<uuid>.json` (kind CONTROL) atomically and
 durably, then wait for the parent's `control/replies/<uuid>.json`. batchctl writes only
 that request file. A crash of batchctl after the rename leaves a complete request that the
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx, age, cell, table
+from supervisor.state import disk
 from supervisor.state.atomic import ensure_dir
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import CONTROL, REPLY, Layout, read_record, write_record
 from supervisor.state.view import (
     Unreadable,
@@ -47,7 +47,7 @@ WORKER_KEYS: tuple[str, ...] = ("name", "state", "pid", "since", "restarts")
 #: Worker states that make batchd degraded.
 _DEGRADED_STATES = ("FATAL", "BACKOFF")
 
-#: Poll interval while waiting for a reply (SUPERVISOR.md: inotify or a 20 ms poll).
+#: Poll interval while waiting for a reply (docs/SUPERVISOR.md).
 _POLL_S = 0.02
 
 
@@ -65,11 +65,10 @@ def reply_timeout(ctx: Ctx, op: str, worker: str | None) -> float:
 
 
 def wait_reply(layout: Layout, request_id: str, timeout: float, *,
-               clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+               clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     """The parent's reply to `request_id`; CtlError if batchd stops or `timeout` passes."""
     path = layout.reply_file(request_id)
-    deadline = clock() + timeout
+    deadline = clock.monotonic() + timeout
     while True:
         reply = read_record(REPLY, path, owner=False)
         if isinstance(reply, dict):
@@ -79,10 +78,10 @@ def wait_reply(layout: Layout, request_id: str, timeout: float, *,
             if isinstance(reply, dict):
                 return reply
             raise CtlError(f"batchd stopped before answering request {request_id}")
-        if clock() >= deadline:
+        if clock.monotonic() >= deadline:
             raise CtlError(f"no reply from batchd within {timeout:g}s "
                            f"(request {request_id} is still in {layout.control_inbox})")
-        sleep(_POLL_S)
+        clock.sleep(_POLL_S)
 
 
 def send_control(ctx: Ctx, op: str, worker: str | None) -> dict[str, Any]:
@@ -151,6 +150,8 @@ def _describe(w: dict[str, Any]) -> str:
             parts.append(f"exit status {w['exitstatus']}")
         parts.append(f"since {cell(w.get('since'))}")
     parts.append(f"restarts {w.get('restarts', 0)}")
+    if w.get("paused"):
+        parts.append("paused: starts no new job (batchctl resume)")
     if w.get("message"):
         parts.append(str(w["message"]))
     return ", ".join(parts)
@@ -165,6 +166,8 @@ def cmd_workers(ctx: Ctx) -> int:
     if batchd_pid(ctx.layout) is None:
         raise not_running(ctx.layout)
     workers = [_worker_entry(w) for w in read_workers(ctx.layout)]
+    with open_view(ctx.cfg, ctx.layout) as view:
+        _mark_paused(workers, view.paused())
     if ctx.json:
         ctx.emit(workers)
         return EXIT_OK
@@ -211,14 +214,25 @@ def summary(ctx: Ctx) -> dict[str, Any]:
         except Unreadable as exc:
             unreadable.append(str(exc))
     jobs: dict[str, int] = {}
+    paused = False
     try:
         with open_view(ctx.cfg, ctx.layout) as view:
             jobs = view.counts()
+            paused = view.paused()
     except Unreadable as exc:
         unreadable.append(str(exc))
-    degraded = _degraded(workers, startups) + unreadable
+    _mark_paused(workers, paused)
+    low = disk.low(ctx.cfg)
+    degraded = _degraded(workers, startups) + unreadable + ([low] if low else [])
     return {"batchd": {"running": running, "pid": pid}, "workers": workers,
-            "jobs": jobs, "degraded": degraded}
+            "jobs": jobs, "degraded": degraded, "paused": paused}
+
+
+def _mark_paused(workers: list[dict[str, Any]], paused: bool) -> None:
+    """The scheduler's entry says whether it starts new jobs (`batchctl pause`)."""
+    for w in workers:
+        if w.get("name") == "scheduler":
+            w["paused"] = paused
 
 
 def cmd_status_summary(ctx: Ctx) -> int:
@@ -235,7 +249,8 @@ def cmd_status_summary(ctx: Ctx) -> int:
     for line in _worker_lines(doc["workers"]):
         ctx.say("  " + line)
     counts = ", ".join(f"{n} {state}" for state, n in doc["jobs"].items())
-    ctx.say(f"jobs: {counts or 'none'}")
+    ctx.say(f"jobs: {counts or 'none'}" + ("  (paused: no new job starts)" if doc["paused"]
+                                           else ""))
     for note in doc["degraded"]:
         ctx.say(f"degraded: {note}")
     return EXIT_OK

@@ -110,7 +110,7 @@ def _output_path(ctx: Ctx, job_id: str) -> Path:
     """The job's output file (exit 1 if there is no such job)."""
     with open_view(ctx.cfg, ctx.layout) as view:
         record = lookup(view, job_id)
-    return Path(record["output_path"] or ctx.layout.job_output(job_id))
+    return Path(record["output_path"])
 
 
 def _decode(data: bytes) -> str:

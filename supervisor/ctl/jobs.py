@@ -9,8 +9,9 @@ request once its turn comes (idempotent by job id: cancelling a terminal job doe
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from supervisor.config import WORKER_NAMES, parse_duration
@@ -24,15 +25,24 @@ from supervisor.ctl.out import (
     cell,
     table,
 )
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.jobs import (
     batch_record,
     cancel_request,
-    job_record,
+    retry_spec,
     usage_stats,
     valid_job_id,
 )
 from supervisor.state.layout import send_request
-from supervisor.state.view import TERMINAL, JobView, open_view, read_workers
+from supervisor.state.submission import Checker, DiskLow, JobError, accept, known
+from supervisor.state.view import (
+    TERMINAL,
+    JobFilter,
+    JobView,
+    open_view,
+    read_reaped,
+    read_workers,
+)
 
 __all__ = [
     "batch_records",
@@ -72,7 +82,7 @@ def lookup(view: JobView, job_id: str) -> dict[str, Any]:
     entry = view.get(check_id(job_id))
     if entry is None:
         raise CtlError(f"no such job: {job_id}")
-    return job_record(entry)
+    return view.record(entry)
 
 
 def _job_rows(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -96,11 +106,13 @@ def cmd_status_job(ctx: Ctx, job_id: str) -> int:
     return EXIT_OK
 
 
-def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None) -> int:
-    """`jobs [--state S] [--batch B]`: records in submission order (pending ones last)."""
+def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None,
+             flt: JobFilter | None = None) -> int:
+    """`jobs [--state S] [--batch B] [--agent A] [--label K=V]... [--since T] [--limit N]`:
+    records in submission order (pending ones last); --limit keeps the N most recent."""
+    flt = replace(flt or JobFilter(), state=state, batch=batch)
     with open_view(ctx.cfg, ctx.layout) as view:
-        records = [job_record(e) for e in view.entries(state)
-                   if batch is None or e.get("batch") == batch]
+        records = [view.record(e) for e in view.select(flt)]
     if ctx.json:
         ctx.emit(records)
         return EXIT_OK
@@ -133,8 +145,7 @@ def cmd_cancel(ctx: Ctx, job_id: str) -> int:
 
 
 def wait_for(ctx: Ctx, job_ids: list[str], timeout: float | None, *,
-             clock: Callable[[], float] = time.monotonic,
-             sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
+             clock: Clock = SYSTEM_CLOCK) -> list[dict[str, Any]]:
     """The records of `job_ids` once all are terminal, or as they were when `timeout` passed
     (then some are not terminal: that is how the caller tells a timeout).
 
@@ -143,15 +154,16 @@ def wait_for(ctx: Ctx, job_ids: list[str], timeout: float | None, *,
     """
     for job_id in job_ids:
         check_id(job_id)
-    deadline = None if timeout is None else clock() + timeout
+    deadline = None if timeout is None else clock.monotonic() + timeout
     interval = 0.05
     while True:
         with open_view(ctx.cfg, ctx.layout) as view:
             records = [lookup(view, j) for j in job_ids]
-        if _all_ended(records) or (deadline is not None and clock() >= deadline):
+        if _all_ended(records) or (deadline is not None and clock.monotonic() >= deadline):
             return records
-        pause = interval if deadline is None else min(interval, max(0.0, deadline - clock()))
-        sleep(pause)
+        left = None if deadline is None else max(0.0, deadline - clock.monotonic())
+        pause = interval if left is None else min(interval, left)
+        clock.sleep(pause)
         interval = min(interval * 1.5, 0.5)
 
 
@@ -226,9 +238,10 @@ def cmd_batch(ctx: Ctx, name: str) -> int:
 
 
 def stats_doc(ctx: Ctx) -> dict[str, Any]:
-    """The queue's counters plus restarts per worker (zeros when unknown), and the agents'
-    usage: `usage` (tokens, cost in dollars, turns, jobs that reported usage, summed over
-    every finished job) and `usage_by_agent` (the same per agent)."""
+    """The queue's counters, restarts per worker, what the reaper removed (zeros when
+    unknown), and the agents' usage: `usage` (tokens, cost in dollars, turns, jobs that
+    reported usage, summed over every finished job) and `usage_by_agent` (the same per
+    agent)."""
     with open_view(ctx.cfg, ctx.layout) as view:
         counters = view.stats()
     doc: dict[str, Any] = {k: n for k, n in counters.items() if not k.startswith("usage/")}
@@ -238,6 +251,7 @@ def stats_doc(ctx: Ctx) -> dict[str, Any]:
         if isinstance(w.get("name"), str) and isinstance(w.get("restarts"), int):
             restarts[w["name"]] = w["restarts"]
     doc["restarts"] = restarts
+    doc["reaped"] = read_reaped(ctx.layout)
     return doc
 
 
@@ -248,12 +262,52 @@ def cmd_stats(ctx: Ctx) -> int:
         ctx.emit(doc)
         return EXIT_OK
     rows = [(f"{k}:", v) for k, v in doc.items()
-            if k not in ("restarts", "usage", "usage_by_agent")]
+            if k not in ("restarts", "reaped", "usage", "usage_by_agent")]
     rows += [(f"restarts {w}:", n) for w, n in doc["restarts"].items()]
+    rows += [(f"reaped {k}:", n) for k, n in doc["reaped"].items()]
     for who, sums in [("all agents", doc["usage"]), *doc["usage_by_agent"].items()]:
         rows.append((f"usage {who}:", f"{sums['input_tokens']} tokens in, "
                      f"{sums['output_tokens']} out, ${sums['cost_usd']:.4f}, "
                      f"{sums['turns']} turns, {sums['jobs']} jobs"))
     for line in table(rows):
         ctx.say(line)
+    return EXIT_OK
+
+
+def cmd_pause(ctx: Ctx, paused: bool) -> int:
+    """`pause` / `resume`: ask the scheduler to stop (start again) starting new jobs.
+
+    Like `cancel`, a request into its inbox: it works while batchd is down (taken at its
+    next start), and it survives restarts until `resume` (scheduler/paused.json)."""
+    kind = "pause" if paused else "resume"
+    send_request(ctx.layout, "scheduler", {"id": f"{kind}-{uuid.uuid4().hex}", "kind": kind,
+                                           "created_at": iso_now()})
+    if ctx.json:
+        ctx.emit({"paused": paused})
+    else:
+        ctx.say("paused: running jobs go on, no new job starts until `batchctl resume`"
+                if paused else "resumed: jobs start again")
+    return EXIT_OK
+
+
+def cmd_retry(ctx: Ctx, job_id: str) -> int:
+    """`retry JOB`: a new job with JOB's spec (retry_of = JOB), through the job door;
+    JOB must be terminal. Prints the new id."""
+    with open_view(ctx.cfg, ctx.layout) as view:
+        entry = view.get(check_id(job_id))
+    if entry is None:
+        raise CtlError(f"no such job: {job_id}")
+    if entry.get("state") not in TERMINAL:
+        raise CtlError(f"job {job_id} is {entry.get('state')}: only a finished job can be "
+                       "retried (cancel it first)")
+    try:
+        job = Checker(known(ctx.cfg, ctx.layout)).check(retry_spec(entry))
+        job["retry_of"] = job_id
+        (new_id,) = accept(ctx.cfg, ctx.layout, [job])
+    except (JobError, DiskLow) as exc:
+        raise CtlError(f"cannot retry {job_id}: {exc}") from None
+    if ctx.json:
+        ctx.emit({"id": new_id, "retry_of": job_id})
+    else:
+        ctx.out.write(new_id + "\n")
     return EXIT_OK

@@ -1,67 +1,8 @@
 """The scheduler worker: owns the job queue (its WAL), takes submissions and cancels, runs jobs.
 
-Recovery (its start-up): `JobQueue.open(layout.wal_dir)` replays the write-ahead log —
-loads the snapshot, truncates a torn tail, quarantines unreadable files — then every job
-the WAL says is starting or running is looked at once (`_dispatch.reattach`): a result
-finalizes it, a live adaptor with a fresh heartbeat is re-attached (counter `recovered`),
-a stale one is warned about and kept, a dead one without a result is `lost`. Only then is
-ready reported; the ready record says what it found (jobs by state, records replayed,
-torn bytes, quarantined files, active jobs) and did (truncated, quarantined, reattached,
-stale, finalized, lost, pending, relaunched). If the queue cannot be opened at all (the
-wal folder is not a folder, unreadable) the worker exits 3 without reporting ready; it is
-critical, so batchd stops its startup.
-
-Inbox `scheduler/inbox/`: batchctl drops one REQUEST file per `submit` (all jobs of a
-`--from` file in one) or `cancel`, atomically. The handler table `HANDLERS` maps the kind:
-
-- submit {jobs: [job, ...]}: the whole request is checked first (a list of objects with
-  valid, distinct ids, checked by state.submission's one validator: a submission cannot
-  set a job's state, attempts or pid); a bad one is quarantined with no job queued (all
-  or nothing, as batchctl promises). Then the jobs whose id the queue does not know yet go
-  in with one `enqueue_many` (one fsync, `submitted` counted in the same write), each with
-  its `workspace` (<workspace_dir>/<id>; a job that resumes another's session keeps the
-  workspace the door gave it, its predecessor's) and `output_path`
-  (<state_dir>/jobs/<id>/output).
-- cancel {job} (always after the submits of the same pass; one for a job not known yet
-  waits in the inbox until the job arrives, see runtime.NotYet): by the job's state
-  (`_dispatch.cancel`, the lifecycle's table): queued/
-  waiting -> cancelled now (finished_at, reason "cancelled by operator", counter
-  `cancelled`); starting/running -> `cancel_requested: true`, then SIGTERM to the job's
-  process group; cancelled when its result arrives, SIGKILL if it overstays; terminal ->
-  nothing.
-- job_exited {job}: an adaptor says its job has written its result: tick that job now
-  (idempotent; an unknown or finished job is logged and the request removed).
-- lock_granted {job} (`granted-<job>`, from the locks worker): a hint that the job now
-  holds its repository locks. It only wakes the loop; the pass after the inbox reads the
-  grant from locks/state.json (`_dispatch.dispatch`), so a lost hint costs a rescan.
-
-Repository locks (LOCKS.md, and supervisor/locks.py for the crash windows): a queued job
-with repositories becomes `waiting` and asks the locks worker for them; once state.json
-shows it holding all of them it is dispatched, fetches and clones under them, and
-releases them after the clone unless it holds them for its whole run (exclusive). At
-start, after the re-attachment, every waiting job the lock table does not know asks
-again (`_dispatch.resume_waiting`: the crash between its `waiting` record and its
-acquire request), and every re-attached running non-exclusive job releases again.
-
-Crash safety: the queue is durable when enqueue_many/update return; the request file is
-removed only after that, so a crash in between leaves it and the next pass replays it.
-The replay changes nothing: known ids are skipped (no duplicate job), a cancelled job is
-terminal. A counter is written in the same atomic WAL group as what it counts (the jobs
-enqueued, the terminal states), so a crash keeps both or neither: `stats` never drifts
-from the jobs.
-
-The loop (`serve`): on an inbox hint (or the watcher's rescan) and, while any job is
-starting/running, every `_dispatch.tick_interval` (min(1 s, heartbeat/2)), one pass: take
-the inbox (on a hint), tick every starting/running job, dispatch granted waiting jobs and
-queued jobs while slots are free (`_dispatch.dispatch`). When that pass left queued jobs
-it could have moved to waiting (`Jobs.backlog`: at most WAIT_BATCH per pass), the next
-pass follows at once. With no active job the worker sleeps until a hint.
-SIGTERM ends the loop after the current step; the jobs keep running and the next start
-re-attaches them.
-
-Ingestion speed: a 100,000-job request is checked and turned into queue entries with no
-per-job Path arithmetic or repeated set building (the workspace and output paths are
-string joins of prefixes computed once).
+Recovery replays the WAL and re-attaches every starting/running job before ready is
+reported; then one loop: the inbox, a tick of the active jobs, dispatch. docs/JOBS.md
+tells the inbox kinds, the crash argument and the loop.
 """
 
 from __future__ import annotations
@@ -87,8 +28,10 @@ from supervisor.runtime import (
     stop_requested,
 )
 from supervisor.scheduler import dispatch as _dispatch
+from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.dispatch import Jobs, Launcher
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
+from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
 from supervisor.state.locktable import GRANTED
 from supervisor.state.queue import JobQueue, QueueError
@@ -96,8 +39,8 @@ from supervisor.state.submission import JobError, check_request
 from supervisor.state.wal import WalError
 
 __all__ = ["CANCEL_REASON", "HANDLERS", "NAME", "Scheduler", "cancel",
-           "job_exited", "lock_granted", "main", "one_pass", "recover", "serve", "submit",
-           "take_inbox"]
+           "job_exited", "lock_granted", "main", "one_pass", "pause", "recover", "resume",
+           "serve", "submit", "take_inbox"]
 
 NAME = "scheduler"
 CANCEL_REASON = "cancelled by operator"
@@ -138,16 +81,20 @@ def submit(s: Scheduler, req: dict[str, Any]) -> None:
     except JobError as exc:
         raise BadRequest(str(exc)) from None
     workspace = _former(lambda job_id: s.cfg.workspace_dir / job_id)
-    output = _former(s.layout.job_output)
     entries = []
     for job in jobs:       # the request's own dicts become the entries: no copy
         job_id = job["id"]
         if "resume_of" not in job:   # a resumed job runs in its predecessor's workspace
             job["workspace"] = workspace(job_id)
-        job["output_path"] = output(job_id)
         entries.append((job_id, job))
     added = s.queue.enqueue_many(entries, count="submitted")
     new = sum(added)
+    now = s.jobs.clock.time()
+    for (job_id, body), fresh in zip(entries, added, strict=True):
+        if fresh:
+            doomed = _queued.add(s.jobs.runnable, s.queue, {**body, "state": "queued"}, now)
+            if doomed is not None:
+                s.jobs.doomed.append((job_id, doomed))
     if new < len(entries):
         known = [job_id for (job_id, _), ok in zip(entries, added, strict=True) if not ok]
         s.log.info("submit: jobs already known skipped (replay)", request=req["id"],
@@ -177,6 +124,38 @@ def job_exited(s: Scheduler, req: dict[str, Any]) -> None:
     _dispatch.tick_job(s.jobs, job_id)
 
 
+def pause(s: Scheduler, req: dict[str, Any]) -> None:
+    """Start no new job until resumed (durable first: a restart stays paused)."""
+    _set_paused(s, True, req)
+
+
+def resume(s: Scheduler, req: dict[str, Any]) -> None:
+    """Start jobs again."""
+    _set_paused(s, False, req)
+
+
+def _set_paused(s: Scheduler, paused: bool, req: dict[str, Any]) -> None:
+    if s.jobs.paused == paused and s.layout.paused_file.exists():
+        return                                    # a replay, or asked twice: no change
+    since = req.get("created_at") if isinstance(req.get("created_at"), str) else iso_now()
+    _queued.Paused(paused, since if paused else None).write(s.layout)
+    s.jobs.paused = paused
+    s.log.info("paused: no new job starts" if paused else "resumed: jobs start again",
+               request=req["id"])
+
+
+def forget(s: Scheduler, req: dict[str, Any]) -> None:
+    """The reaper archived these finished jobs and removed their folders: they leave the
+    queue (one WAL write; a job not finished, or already gone, is left as it is)."""
+    asked = req.get("jobs")
+    if not isinstance(asked, list) or not all(isinstance(i, str) and valid_job_id(i)
+                                              for i in asked):
+        raise BadRequest("'jobs' must be a list of job ids")
+    gone = s.jobs.batches.forget(s.queue, lambda: s.queue.forget(asked))
+    s.log.info("jobs forgotten", request=req["id"], forgotten=len(gone),
+               kept=len(asked) - len(gone))
+
+
 def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
     """The locks worker granted a job its locks: nothing to do here, the pass's dispatch
     reads the grant from locks/state.json (the hint only woke the loop)."""
@@ -188,7 +167,10 @@ def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
 HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
     "submit": submit,
     "cancel": cancel,
+    "pause": pause,
+    "resume": resume,
     "job_exited": job_exited,
+    "forget": forget,
     GRANTED: lock_granted,
 }
 
@@ -210,23 +192,41 @@ def one_pass(s: Scheduler, *, inbox: bool = True) -> None:
     _dispatch.dispatch(s.jobs)
 
 
-def serve(s: Scheduler, watcher: Watcher, *,
-          clock: Callable[[], float] = time.monotonic) -> None:
-    """The loop until SIGTERM: a pass on every inbox hint (or rescan) and, while any job is
-    starting/running, every tick interval; with none, asleep until a hint."""
+def _sleep_for(s: Scheduler, next_tick: float, clock: Clock) -> float | None:
+    """How long the loop may sleep: not at all with work left over, until the next tick
+    while jobs are active, until the first delayed job's time (a timer, not a poll)."""
+    if s.jobs.backlog or s.jobs.doomed:
+        return 0.0
+    waits = []
+    if s.jobs.active:
+        waits.append(max(0.0, next_tick - clock.monotonic()))
+    delayed = None if s.jobs.paused else s.jobs.next_due()
+    if delayed is not None:
+        waits.append(max(0.0, delayed - clock.time()))
+    if s.jobs.disk_low is not None:
+        waits.append(_dispatch.DISK_RECHECK)
+    return min(waits) if waits else None
+
+
+def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    """The loop until SIGTERM: a pass on every inbox hint (or rescan), while any job is
+    starting/running every tick interval, and when a delayed job's time comes; with
+    nothing to do, asleep until a hint."""
     interval = _dispatch.tick_interval(s.cfg)
-    next_tick = clock() + interval
+    next_tick = clock.monotonic() + interval
     while not stop_requested():
-        timeout = (0.0 if s.jobs.backlog else max(0.0, next_tick - clock()) if s.jobs.active
-                   else None)
+        timeout = _sleep_for(s, next_tick, clock)
         hinted = watcher.wait(timeout)
         if stop_requested():
             break
-        due = clock() >= next_tick
-        if hinted or due or s.jobs.backlog:
+        due = clock.monotonic() >= next_tick
+        delayed = s.jobs.next_due()
+        ripe = delayed is not None and not s.jobs.paused and clock.time() >= delayed
+        if hinted or due or ripe or s.jobs.backlog or s.jobs.doomed \
+                or s.jobs.disk_low is not None:
             one_pass(s, inbox=hinted)
         if due or not s.jobs.active:
-            next_tick = clock() + interval
+            next_tick = clock.monotonic() + interval
 
 
 def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None = None

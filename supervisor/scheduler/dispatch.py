@@ -1,83 +1,13 @@
 """Running jobs for the scheduler: dispatch, tick, cancel, re-attach (executing _lifecycle).
 
-The scheduler worker (supervisor/scheduler.py) owns the loop and the inbox; this module
-owns what happens to a job once it leaves `queued`. Every decision is made by the pure
-table of scheduler.lifecycle; the facts come from scheduler.jobfiles (sentinel, result,
-adaptor pid + start time, adaptor.lock); this module only carries out the actions
-(`Update`, `Launch`, `KillGroup`, `WarnStale`, `Finalize`) in the order given:
-
-    dispatch(jobs)        First the waiting jobs that locks/state.json shows holding ALL
-                          their repositories (grant order), then the queued ones, FIFO:
-                          a queued job with repositories steps WAIT_LOCK (state waiting,
-                          with `lock_exclusive` and `lock_seq`; durable) and only then gets
-                          its acquire request; one without steps DISPATCHED. A dispatch
-                          needs a free slot: fewer than scheduler.max_concurrent_jobs jobs
-                          starting/running (waiting ones do not count). DISPATCHED (state
-                          starting, attempts+1, dispatched_ts), then prepare_workspace
-                          (mirrors fetched and workspace cloned under the locks) -> release
-                          of the locks unless the job holds them for its whole run ->
-                          write_spec -> launch(job_dir, mode=cfg.launcher) -> step
-                          LAUNCHED (state running, pid, start, started_at, started_ts) or
-                          LAUNCH_FAILED (failed, with the reason). The systemd launcher gives
-                          no pid: the job stays `starting` and a later tick attaches it from
-                          the sentinel. A waiting job naming a repository that is no longer
-                          configured nor registered is dispatched at once to fail ("repository
-                          'X' is no longer known"), releasing its place in the queues.
-    tick_all(jobs)        every starting/running job: observe -> lifecycle.tick -> execute.
-    tick_job(jobs, id)    the same for one job (the `job_exited` request).
-    cancel(jobs, id)      queued/waiting: cancelled now. starting/running: the intent
-                          (`cancel_requested: true`) is written first, then the tick signals
-                          SIGTERM to the verified process group; the result finalizes it as
-                          cancelled, the lifecycle's cancel_overdue row SIGKILLs it.
-    reattach(jobs)        at scheduler start: tick every starting/running job once and say
-                          what came of it (reattached, stale, finalized, lost, ...).
-    resume_waiting(jobs)  at scheduler start: acquire again for every waiting job the lock
-                          table does not know (the crash between the WAL's `waiting` and
-                          the acquire request), with its recorded lock_seq and exclusivity.
-
-Repository locks (LOCKS.md; the locks worker's side is argued in supervisor/locks.py).
-Requests go into locks/inbox/ as REQUEST files written atomically: `acquire-<job>` after
-the WAL says waiting, `release-<job>` (the same name each time: a replay is the same file)
-right after the clone of a job that does not hold its locks for its whole run, when a
-starting job is seen running (attach) or a running one is re-attached at start, and at
-every terminal finalize of a job with repositories, BEFORE its terminal WAL record (as the
-webhook events are), so a crash in between finalizes it and releases again. A job holds
-its locks for its whole run when it was submitted `--exclusive` or names an `exclusive`
-repository; that decision is recorded in its entry (`lock_exclusive`) when it starts to
-wait and used from then on. The grant is read from locks/state.json (owner=False), never
-from the hint `scheduler/inbox/granted-<job>.json`, which only wakes the loop.
-
-`Jobs.active` (the ids of starting/running jobs) is the one piece of memory: it is rebuilt
-from the queue at start (`Jobs.over`), so a restart loses nothing (DESIGN law 4).
-
-A finalized job leaves no process behind, at the moment its terminal record is written.
-With a result, the adaptor has emptied its group already; finalizing waits (up to
-ADAPTOR_EXIT_WAIT) for the adaptor itself to exit. Without one (lost, cancelled or timed
-out by the scheduler's backstop, result.json unreadable), or if the adaptor lingers, the
-adaptor did not clean up: `state.proc.kill_job(pgid, job_dir, job_id=)` SIGKILLs every
-process whose process group is the adaptor's pid AND whose /proc/<pid>/environ carries
-BATCHD_JOB_ID=<id>, and every process anywhere carrying BATCHD_JOB_DIR=<job dir> (a child
-that left the group with setsid); a process that cannot be tied to the job that way is
-never signalled (the pgid alone may be reused).
-
-Crash safety. This module writes only WAL records (through the queue) and, via
-_jobfiles, the job's spec and workspace (their own arguments are in that module). The
-order of side effects is the lifecycle's: within one pass the WAL writes are collected
-(`_Batch`) and made durable with ONE update_many, but always BEFORE the next launch (so
-`starting` is durable before the fork: a crash after the fork finds it and re-attaches or
-relaunches by the lifecycle's `starting` rule) and before the pass returns (before an
-inbox request is removed). A signal or a kill therefore precedes its WAL record; a crash
-in between re-sends the signal on the next tick, which is harmless. Counters go in the same
-atomic WAL group as the states they count (`_Batch.flush`): a finished job's state counter
-and its agent's usage counters (tokens, turns, cost in micro-dollars, from the `usage` its
-result reported) are written with its terminal record, so `stats` never counts a job's
-usage twice or without it. An adaptor holds
-jobs/<id>/adaptor.lock for its life and refuses to run a job that has a result, so a
-relaunch never runs an agent twice.
+Every decision comes from the pure table of scheduler.lifecycle; this module carries
+out its actions in order, batching the WAL writes of a pass. docs/JOBS.md has the
+whole of dispatch, ticks, cancels, re-attachment, leftovers and the crash argument.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -92,9 +22,12 @@ from supervisor.config import Config, RepoConfig
 from supervisor.runtime import Log, stop_requested
 from supervisor.scheduler import jobfiles as _jobfiles
 from supervisor.scheduler import lifecycle as lc
+from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.events import BatchIndex, emit_job_end
 from supervisor.scheduler.launch import Launched, LaunchError, launch
-from supervisor.state.clock import iso_now
+from supervisor.scheduler.runnable import Runnable
+from supervisor.state import disk
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.jobs import usage_counters
 from supervisor.state.layout import (
     WORKER_STATE,
@@ -137,6 +70,9 @@ ADAPTOR_EXIT_WAIT = 2.0
 #: and an acquire file): a large submission never stalls ticks and the inbox for long; the
 #: loop runs the next pass at once while `Jobs.backlog` says more are left.
 WAIT_BATCH = 64
+#: Free space is measured at most this often (seconds); while it is low, the loop wakes
+#: this often to see whether it is back.
+DISK_RECHECK = 2.0
 
 Launcher = Callable[[Path, str], Launched]
 
@@ -164,7 +100,7 @@ class Jobs:
     log: Log
     timing: lc.Timing
     launcher: Launcher = _launch
-    clock: Callable[[], float] = time.time
+    clock: Clock = SYSTEM_CLOCK
     active: set[str] = field(default_factory=set)       # starting/running job ids
     warned: dict[str, float] = field(default_factory=dict)   # id -> last stale warning
     batches: BatchIndex = field(default_factory=BatchIndex)  # cache for batch events
@@ -181,15 +117,42 @@ class Jobs:
         return self._pool
     lock_seq: int = 0            # the last acquire's seq (increasing: FIFO across passes)
     backlog: bool = False        # the last dispatch left queued jobs it could have moved
+    #: The queued jobs' order and readiness (scheduler.runnable), rebuilt from the queue.
+    runnable: Runnable = field(default_factory=Runnable)
+    #: Queued jobs a dependency's end dooms: (job, reason), failed by the next dispatch.
+    doomed: list[tuple[str, str]] = field(default_factory=list)
+    #: Jobs of each agent waiting for locks, starting or running (its max_concurrent).
+    load: Counter[str] = field(default_factory=Counter)
+    #: `batchctl pause`: start nothing new (scheduler/paused.json; survives restarts).
+    paused: bool = False
+    #: Why no job starts for lack of space (state.disk.low), None when there is room;
+    #: measured at most every DISK_RECHECK seconds, with `measure` (a seam for tests).
+    disk_low: str | None = None
+    disk_checked: float = -math.inf
+    measure: Callable[[Path], disk.Usage] = disk.usage
 
     @classmethod
     def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
              launcher: Launcher | None = None,
-             clock: Callable[[], float] = time.time) -> Jobs:
-        """Jobs over an open queue; the active set is rebuilt from it."""
+             clock: Clock = SYSTEM_CLOCK) -> Jobs:
+        """Jobs over an open queue: the active set, the index of queued jobs, the agents'
+        load and the pause flag, all rebuilt from files."""
         active = {*queue.ids(lc.State.STARTING.value), *queue.ids(lc.State.RUNNING.value)}
+        runnable, doomed = _queued.index(queue, clock.time())
         return cls(cfg, layout, queue, log, lc.Timing.from_config(cfg.scheduler),
-                   launcher=launcher or _launch, clock=clock, active=active)
+                   launcher=launcher or _launch, clock=clock, active=active,
+                   runnable=runnable, doomed=doomed, load=_queued.agent_load(queue),
+                   paused=_queued.Paused.read(layout, owner=True).paused)
+
+    def room(self, agent: str) -> bool:
+        """Whether `agent` may have one more job waiting, starting or running."""
+        spec = self.cfg.agents.get(agent)
+        limit = None if spec is None else spec.max_concurrent
+        return limit is None or self.load[agent] < limit
+
+    def next_due(self) -> float | None:
+        """When the earliest delayed job may start (epoch seconds), or None."""
+        return self.runnable.next_delayed()
 
 
 # -- the WAL writes of one pass ----------------------------------------------------------------
@@ -290,8 +253,9 @@ def _wait_for_locks(j: Jobs, entry: dict[str, Any], repositories: dict[str, Repo
                     ) -> None:
     """queued -> waiting (durable, with lock_exclusive and lock_seq), then the acquire."""
     batch = _Batch()
-    d = lc.step(entry, lc.Event.WAIT_LOCK, lc.Facts(now=j.clock(), timing=j.timing))
+    d = lc.step(entry, lc.Event.WAIT_LOCK, lc.Facts(now=j.clock.time(), timing=j.timing))
     job = _Job(entry)
+    j.load[str(entry.get("agent"))] += 1
     _execute(j, job, d, batch)
     extra = {"lock_exclusive": exclusive_for(entry, repositories), "lock_seq": _next_seq(j)}
     entry.update(extra)
@@ -370,7 +334,7 @@ def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
     if job.entry.get("cancel_requested"):       # its finalize releases the locks
         j.log.info("job cancelled while its workspace was cloned: not launched", job=job.id)
         _execute(j, job, lc.step(job.entry, lc.Event.CANCEL_SETTLED,
-                                 lc.Facts(now=j.clock(), timing=j.timing)), batch)
+                                 lc.Facts(now=j.clock.time(), timing=j.timing)), batch)
         return
     exc = future.exception()
     if exc is not None:
@@ -385,7 +349,7 @@ def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
 def _launch_failed(j: Jobs, job: _Job, exc: BaseException, batch: _Batch) -> None:
     j.log.warning("job launch failed", job=job.id, error=str(exc))
     d = lc.step(job.entry, lc.Event.LAUNCH_FAILED,
-                lc.Facts(now=j.clock(), timing=j.timing, error=str(exc)))
+                lc.Facts(now=j.clock.time(), timing=j.timing, error=str(exc)))
     _execute(j, job, d, batch)
 
 
@@ -401,7 +365,7 @@ def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:
                    unit=launched.unit, relaunch=relaunch)
         return
     d = lc.step(job.entry, lc.Event.LAUNCHED,
-                lc.Facts(now=j.clock(), timing=j.timing, pid=launched.pid,
+                lc.Facts(now=j.clock.time(), timing=j.timing, pid=launched.pid,
                          start=launched.start))
     j.log.info("job running", job=job.id, adaptor=launched.pid, relaunch=relaunch)
     _execute(j, job, d, batch)
@@ -414,7 +378,7 @@ def _do_kill(j: Jobs, job: _Job, action: lc.KillGroup, batch: _Batch) -> None:
 
 
 def _do_warn(j: Jobs, job: _Job, action: lc.WarnStale, batch: _Batch) -> None:
-    now = j.clock()
+    now = j.clock.time()
     last = j.warned.get(job.id)
     if last is not None and now - last < STALE_WARN_EVERY:
         return
@@ -450,6 +414,9 @@ def _no_process_left(j: Jobs, job: _Job) -> None:
 def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None:
     fields = {**action.fields, "pid": None}
     _no_process_left(j, job)
+    before = str(job.entry.get("state"))
+    if fields["state"] in ("failed", "lost") and int(job.entry.get("retries") or 0) > 0:
+        fields["retried_as"] = _retry(j, job.entry, fields)
     job.entry.update(fields)
     batch.updates.append((job.id, fields))
     # The webhook events are durable before the pass flushes the terminal state to the
@@ -462,8 +429,39 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     batch.counters.update(usage_counters(str(job.entry.get("agent")), fields.get("usage")))
     j.active.discard(job.id)
     j.warned.pop(job.id, None)
+    if before in (lc.State.WAITING.value, lc.State.STARTING.value, lc.State.RUNNING.value):
+        j.load[str(job.entry.get("agent"))] -= 1
+    j.doomed += j.runnable.ended(job.id, str(fields["state"]), fields.get("retried_as"),
+                                 j.clock.time())
     j.log.info("job finished", job=job.id, state=fields["state"],
                exit_code=fields.get("exit_code"), reason=fields.get("reason"))
+
+
+def _retry(j: Jobs, entry: dict[str, Any], fields: dict[str, Any]) -> str:
+    """Queue the job that retries `entry` (lost or failed with retries left), durably,
+    BEFORE the terminal record that names it (`retried_as`): a crash in between finalizes
+    the job again, which finds its retry queued already (same id) and queues no second."""
+    n = int(entry.get("retry_n") or 0) + 1
+    taken: list[str] = []
+    while True:
+        new_id = _queued.retry_id(entry, n, taken)
+        other = j.queue.get(new_id)
+        if other is None or other.get("retry_of") == entry["id"]:
+            break
+        taken.append(new_id)                 # an id someone else chose: qualify ours
+    if other is None:
+        body = _queued.retry_job(
+            entry, new_id, finished=j.clock.time(),
+            schedule=j.cfg.callbacks.retry_schedule,
+            workspace=str(j.cfg.workspace_dir / new_id))
+        j.queue.enqueue_many([(new_id, body)], count="submitted")
+        reason = _queued.add(j.runnable, j.queue, {**body, "state": "queued"}, j.clock.time())
+        if reason is not None:
+            j.doomed.append((new_id, reason))
+        j.log.info("job retried as a new job", job=entry["id"], retry=new_id,
+                   retries_left=body["retries"], not_before=body["not_before"],
+                   why=fields.get("reason"))
+    return new_id
 
 
 _Executor = Callable[[Jobs, _Job, Any, _Batch], None]
@@ -503,7 +501,7 @@ def _tick(j: Jobs, job_id: str, batch: _Batch) -> tuple[_Job, lc.Decision] | Non
         entry = prepared.entry
         if entry["state"] not in lc.ACTIVE:
             return None
-    now = j.clock()
+    now = j.clock.time()
     job = _Job(entry, _jobfiles.observe(j.layout, entry, now, j.cfg))
     assert job.obs is not None
     d = lc.tick(entry, job.obs, now, j.timing)
@@ -587,11 +585,13 @@ def reattach(j: Jobs) -> dict[str, int]:
 
 def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
     """Step DISPATCHED and carry it out (the launch included); False if it does not apply."""
-    d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock(), timing=j.timing))
+    d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock.time(), timing=j.timing))
     if d.ignored:      # cannot happen for a queued/waiting job; never loop on it
         j.log.error("job not dispatchable", job=entry.get("id"), state=entry["state"])
         return False
     j.active.add(str(entry["id"]))
+    if entry["state"] == lc.State.QUEUED.value:
+        j.load[str(entry.get("agent"))] += 1
     _execute(j, _Job(entry), d, batch)
     return True
 
@@ -599,7 +599,7 @@ def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
 def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
     """Waiting jobs that hold all their locks (slots permitting, in grant order), and those
     naming a repository that no longer exists (at once: their launch fails saying so)."""
-    if not j.queue.counts().get(lc.State.WAITING.value):
+    if not j.queue.holds(lc.State.WAITING.value):
         return 0
     table = _lock_table(j)
     if table is None:
@@ -625,18 +625,25 @@ def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
 
 
 def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
-    """Queued jobs, oldest first: with repositories -> waiting (no slot needed, at most
-    WAIT_BATCH per pass); without -> dispatched while a slot is free."""
+    """Ready queued jobs, best first (priority, then submission order; an agent at its
+    max_concurrent is passed over, not waited for): with repositories -> waiting (no slot
+    needed, at most WAIT_BATCH per pass); without -> dispatched while a slot is free."""
     started = waited = 0
     known: dict[str, RepoConfig] | None = None
     while not stop_requested():
-        job_id = j.queue.first_queued()
-        entry = None if job_id is None else j.queue.get(job_id)
-        if job_id is None or entry is None:
+        if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs and waited >= WAIT_BATCH:
             break
+        picked = j.runnable.pop(j.room)
+        if picked is None:
+            break
+        job_id, item = picked
+        entry = j.queue.get(job_id)
+        if entry is None or entry["state"] != lc.State.QUEUED.value:
+            continue
         names = _repos_of(entry)
         if names:
             if waited >= WAIT_BATCH:
+                j.runnable.restore(job_id, item)
                 j.backlog = True
                 break
             known = _repositories(j) if known is None else known
@@ -647,6 +654,7 @@ def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
                 continue
             # a repository it names is gone: no lock to wait for, its launch fails
         if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs:
+            j.runnable.restore(job_id, item)
             break
         if not _dispatch_one(j, entry, batch):
             break
@@ -654,12 +662,45 @@ def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
     return started
 
 
+def _fail_doomed(j: Jobs, batch: _Batch) -> int:
+    """Fail the queued jobs a dependency doomed (and those their ends doom in turn)."""
+    failed = 0
+    while j.doomed and not stop_requested():
+        job_id, reason = j.doomed.pop(0)
+        entry = j.queue.get(job_id)
+        if entry is None or entry["state"] != lc.State.QUEUED.value:
+            continue
+        d = lc.step(entry, lc.Event.DEPENDENCY_FAILED,
+                    lc.Facts(now=j.clock.time(), timing=j.timing, error=reason))
+        _execute(j, _Job(entry), d, batch)
+        failed += 1
+    return failed
+
+
+def check_disk(j: Jobs) -> str | None:
+    """`disk.min_free` as of at most DISK_RECHECK seconds ago (logged when it changes)."""
+    now = j.clock.monotonic()
+    if now - j.disk_checked >= DISK_RECHECK:
+        j.disk_checked = now
+        was, j.disk_low = j.disk_low, disk.low(j.cfg, j.measure)
+        if j.disk_low is not None and was is None:
+            j.log.warning("no job starts: free space is below disk.min_free", why=j.disk_low)
+        elif j.disk_low is None and was is not None:
+            j.log.info("free space is back above disk.min_free: jobs start again")
+    return j.disk_low
+
+
 def dispatch(j: Jobs) -> int:
-    """Start what may start now (granted waiting jobs, then queued ones, FIFO), and move
+    """Fail what a dependency doomed; then, unless paused or short of disk space, start
+    what may start now (granted waiting jobs, then the best ready queued ones) and move
     queued jobs with repositories to waiting; how many were dispatched."""
     batch = _Batch()
     j.backlog = False
     try:
+        _fail_doomed(j, batch)
+        j.runnable.due(j.clock.time())
+        if j.paused or check_disk(j) is not None:
+            return 0
         return _dispatch_waiting(j, batch) + _dispatch_queued(j, batch)
     finally:
         batch.flush(j.queue)
@@ -684,7 +725,7 @@ def cancel(j: Jobs, job_id: str) -> str | None:
         return state
     batch = _Batch()
     try:
-        d = lc.step(entry, lc.Event.CANCEL_REQUESTED, lc.Facts(now=j.clock(), timing=j.timing))
+        d = lc.step(entry, lc.Event.CANCEL_REQUESTED, lc.Facts(now=j.clock.time(), timing=j.timing))
         if d.ignored:
             j.log.info("cancel: job already finished, nothing to do", job=job_id, state=state)
         _execute(j, _Job(entry), d, batch)

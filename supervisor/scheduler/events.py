@@ -1,22 +1,7 @@
 """The webhook events the scheduler emits when a job ends: its job event, and batch events.
 
-Order (CONTRACT "Callbacks": at-least-once across any crash): a job's events are dropped
-into `callbacks/inbox/` (atomic, durable, named by their deterministic event id) BEFORE
-the scheduler records the job's terminal state in its WAL. A crash in between finds the
-job still active at restart; it is finalized again and its requests are written again
-under the same names, which the callbacks worker treats as replays: the first copy is
-the one delivered. (For an end the scheduler decides itself, lost or a backstop, the
-replayed copy's finished_at can differ from the one finally recorded.) A crash after
-the WAL record cannot lose them: they were durable first.
-
-A batch is done when every one of its jobs is terminal; then each distinct callback URL
-among its jobs gets one `{"event_id", "batch": {batch, counts, done, jobs}}` event. The
-event id covers the batch's job ids, so a batch name reused after it completed is a new
-event, and a replay of the same completion is the same one.
-
-`BatchIndex` maps batch -> job ids. It is a cache rebuilt from the queue (law 4): the
-queue is append-only in FIFO order, so the index catches up by reading only the ids
-enqueued since it last looked.
+A job's events are durable in the callbacks inbox BEFORE its terminal WAL record;
+batch events when every job of a batch is terminal. docs/CALLBACKS.md tells why.
 """
 
 from __future__ import annotations
@@ -61,6 +46,22 @@ class BatchIndex:
             self.seen = len(ids)
         return self.members.get(batch, [])
 
+    def forget(self, queue: JobQueue, forget: Callable[[], list[str]]) -> list[str]:
+        """Run `forget` (the queue forgetting jobs) keeping the index exact: caught up
+        before, the forgotten ids dropped after (positions in the queue moved)."""
+        self.jobs(queue, "")
+        gone = forget()
+        if gone:
+            dropped = set(gone)
+            for name, ids in list(self.members.items()):
+                kept = [i for i in ids if i not in dropped]
+                if kept:
+                    self.members[name] = kept
+                else:
+                    del self.members[name]
+            self.seen = len(queue)
+        return gone
+
 
 def emit_job_end(layout: Layout, queue: JobQueue, index: BatchIndex,
                  entry: Mapping[str, Any], state_of: Callable[[str], str | None]) -> int:
@@ -73,7 +74,7 @@ def emit_job_end(layout: Layout, queue: JobQueue, index: BatchIndex,
     written = 0
     url = entry.get("callback")
     if isinstance(url, str) and url:
-        record = job_record(dict(entry))
+        record = job_record(dict(entry), layout)
         eid = job_event_id(str(entry["id"]), entry.get("created_at"))
         drop_request(layout, delivery_request(eid, url, job_payload(eid, record),
                                               job=str(entry["id"])))

@@ -1,53 +1,8 @@
 """The scheduler's side of the job files: observe a job, write its spec and workspace, kill it.
 
-The glue between the disk / the process table and the pure `supervisor.scheduler.lifecycle`:
-
-    observe(layout, entry, now, cfg) -> Observation
-        reads jobs/<id>/sentinel.json and result.json as a reader (`owner=False`: the
-        adaptor owns them, a corrupt one is reported, never moved), checks the adaptor's
-        pid with its start time (supervisor.state.proc.alive) and probes jobs/<id>/adaptor.lock
-        without taking it (`probe_lock`). Order: sentinel, liveness, lock, result: the
-        adaptor writes result.json before it exits, so "not alive, then no result" is final.
-    write_spec(layout, cfg, entry) -> Path          jobs/<id>/spec.json (JOB_SPEC)
-    prepare_workspace(cfg, entry, repositories=None, mirrors_dir=None) -> Path
-                                                    <workspace_dir>/<id>
-    kill_group(pid, start, sig) -> bool             signal a job's process group, safely
-    probe_lock(path) -> LockProbe                   who holds an adaptor.lock, if anyone
-    job_timeout(cfg, entry) -> float                the job's timeout, agent's, or the default
-
-Errors the scheduler turns into `failed` (step LAUNCH_FAILED with str(exc)): PrepareError
-(unknown agent or repository, git clone or mirror fetch failure with git's stderr, a file
-in the way).
-
-Workspaces from mirrors. With `mirrors_dir` (the scheduler passes `layout.mirrors_dir`,
-holding the job's repository locks), each repository's mirror is created or fetched first
-(scheduler.mirrors.ensure_mirror: the only contact with the remote, once per job), then
-the workspace is cloned from the mirror (`--branch B` when the repository names one, else
-the mirror's HEAD, which follows the remote's default) and its `origin` set to the real
-URL, so the job sees an ordinary clone of the remote. Without `mirrors_dir` each
-workspace is cloned straight from the URL.
-
-The lock probe. The adaptor holds an exclusive flock(2) on jobs/<id>/adaptor.lock for its
-whole life. flock locks are invisible to fcntl(F_GETLK), and taking the lock even for an
-instant (LOCK_SH|LOCK_NB, then unlock) could make a starting adaptor's own LOCK_NB attempt
-fail, so the probe never takes it: it asks F_GETLK first (covers POSIX and OFD locks, in
-case the adaptor uses lockf/fcntl), then reads /proc/locks for a FLOCK entry on the same
-device and inode (the line carries the holder's pid). A missing lock file is "not held".
-
-Crash safety, per file written here:
-- jobs/<id>/spec.json: scheduler-owned, write_record (temp + fsync + rename + fsync dir);
-  written before the launch, rewritten identically on a relaunch. A crash leaves it old,
-  new or absent, never partial.
-- jobs/<id>/ (folder): ensure_dir fsyncs the parent.
-- <workspace_dir>/<id>: built under `<workspace_dir>/.prep.<id>` and renamed into place
-  (then the parent is fsynced), so the final name exists only once the workspace is
-  complete; a job without repositories gets a plain mkdir (atomic by itself). A crash
-  mid-clone leaves only the `.prep.<id>` folder, which the next prepare_workspace of that
-  job removes and redoes; an existing final folder is complete and is reused as is (it
-  may already be in use by an adaptor that is slow to show itself, so it is never wiped).
-  git does not fsync working-tree files: after a power cut (not a process crash) a
-  renamed clone may hold incomplete files. A `.prep.*` folder of a job that never starts
-  again stays until removed by hand (the reaper does not clean workspaces yet).
+observe() reads a job's sentinel, result and lock as a reader; write_spec() and
+prepare_workspace() write the spec and the workspace before a launch. Their crash
+behaviour and the lock probe are in docs/JOBS.md and docs/JOBFILES.md.
 """
 
 from __future__ import annotations
@@ -166,7 +121,7 @@ def workspace_path(cfg: Config, entry: Mapping[str, Any]) -> Path:
 
 
 def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The JOB_SPEC body for a queue entry (JOBFILES.md); PrepareError for an unknown agent."""
+    """The JOB_SPEC body for a queue entry (docs/JOBFILES.md); PrepareError for an unknown agent."""
     job_id = str(entry["id"])
     name = str(entry.get("agent"))
     agent = cfg.agents.get(name)

@@ -1,42 +1,7 @@
 """Starting a job's adaptor so that it outlives batchd: double fork + setsid, or a systemd unit.
 
-`launch(job_dir)` starts `<sys.executable> -m adaptors.run <job_dir>` (the interpreter batchd
-runs on, never a console-script name, so it works with the venv's bin/ off PATH) and returns at
-once; it never waits for the job. The scheduler has written `jobs/<id>/spec.json` before.
-
-direct (the fallback): fork; the child forks again and exits at once (the parent reaps it, no
-zombie), so the adaptor is re-parented to init or the nearest subreaper and is the child of no
-worker. The grandchild calls setsid() (leader of its own session and process group: pid ==
-pgid == sid, so one killpg reaches the whole job), resets signal dispositions and mask, puts
-/dev/null on stdin and `jobs/<id>/adaptor.log` (O_APPEND) on stdout/stderr, closes every other
-fd, chdirs to / and execs. Its pid and start time travel back over a pipe whose write end is
-close-on-exec: the exec itself closes it (EOF = started), or an exec error is written on it
-before _exit(127). So no pipe, socket or fd links the job to batchd afterwards (DESIGN law 5).
-
-systemd (`mode="systemd"`, or `"auto"` when $INVOCATION_ID says we run under systemd and
-`systemd-run` is on PATH): under the default KillMode=control-group of batchd.service every
-process in batchd's cgroup dies with it, a double fork does not help; so the job gets a
-transient unit of its own:
-    systemd-run --unit batchd-job-<id> --collect --quiet --property=KillMode=mixed
-        --property=TimeoutStopSec=<kill_grace + 30s> --property=StandardOutput=append:<log>
-        --property=StandardError=append:<log> --setenv=K=V... -- <python> -m adaptors.run <dir>
-KillMode=mixed (rather than control-group or process): `systemctl stop` sends SIGTERM to the
-adaptor only, which forwards it to the job's process group, waits kill_grace, SIGKILLs the
-group and writes result.json ("terminated"); after TimeoutStopSec systemd SIGKILLs whatever is
-still in the unit's cgroup, which also catches processes that escaped the process group (a
-cgroup cannot be left). control-group would SIGTERM every process at once, racing the adaptor's
-own orderly stop; `process` would leave escaped processes behind. --collect unloads the unit
-even when it failed, so the name can be used again. systemd-run does not pass our environment,
-so it is passed with --setenv. The pid is not known here: it comes from the job's sentinel
-(Launched.pid is None).
-
-In both modes the adaptor's environment is ours plus BATCHD_JOB_ID and BATCHD_JOB_DIR, minus
-the variables that describe batchd's own systemd service (NOTIFY_SOCKET, WATCHDOG_*, LISTEN_*,
-INVOCATION_ID, ...): a job must never notify or claim sockets as batchd.
-
-Crash safety: launch writes nothing but adaptor.log (opened O_APPEND, created if missing).
-If batchd dies between fork and the return, the adaptor runs anyway and writes its sentinel
-first thing; the scheduler's recovery finds it there.
+A double fork + setsid (direct), or a systemd transient unit of its own (systemd):
+no pipe, socket or fd links a job to batchd afterwards. docs/JOBS.md has the details.
 """
 
 from __future__ import annotations

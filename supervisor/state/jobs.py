@@ -17,12 +17,14 @@ from typing import Any
 
 from supervisor.config import Config
 from supervisor.state.clock import iso_now
+from supervisor.state.layout import Layout
 from supervisor.state.queue import TERMINAL_STATES, USAGE_KINDS, usage_counter, usage_counter_parts
 
 __all__ = [
     "IDLE_REASON",
     "JOB_ID_RE",
     "RECORD_FIELDS",
+    "RETRY_KEYS",
     "SUBMIT_KEYS",
     "USAGE_KEYS",
     "batch_record",
@@ -33,6 +35,7 @@ __all__ = [
     "new_job_id",
     "result_reason",
     "result_state",
+    "retry_spec",
     "settled_fields",
     "submit_request",
     "usage_counters",
@@ -48,12 +51,13 @@ RECORD_FIELDS: tuple[str, ...] = (
     "id", "state", "agent", "repos", "batch", "created_at", "started_at", "finished_at",
     "exit_code", "reason", "attempts", "pid", "workspace", "output_path",
     "callback", "timeout", "exclusive", "idle_timeout", "session_id", "usage", "resume_of",
+    "after", "after_any", "priority", "not_before", "labels", "retry_of", "retries",
 )
 
 #: Keys a submission (a `--from` JSONL line, or the flags of `submit`) may carry.
 SUBMIT_KEYS: frozenset[str] = frozenset(
     {"agent", "prompt", "repos", "callback", "timeout", "batch", "id", "exclusive", "resume",
-     "idle_timeout"})
+     "idle_timeout", "after", "after_any", "priority", "not_before", "labels", "retries"})
 
 #: The keys of a job's `usage` (CONTRACT.md), each null when the agent does not report it.
 USAGE_KEYS: tuple[str, ...] = ("input_tokens", "output_tokens", "cost_usd", "turns")
@@ -103,16 +107,23 @@ def cancel_request(job_id: str, *, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def job_record(entry: dict[str, Any]) -> dict[str, Any]:
+def job_record(entry: dict[str, Any], layout: Layout) -> dict[str, Any]:
     """The contract's job record from a queue entry: every field present, null when unknown.
 
-    `pid` is shown only while the job is starting or running.
+    `pid` is shown only while the job is starting or running; `output_path` is where the
+    layout puts the job's output (derived, never stored).
     """
     rec: dict[str, Any] = {k: entry.get(k) for k in RECORD_FIELDS}
+    rec["output_path"] = f"{layout.jobs_root_text}/{entry['id']}/output"
     rec["repos"] = list(entry.get("repos") or [])
     rec["attempts"] = int(entry.get("attempts") or 0)
     rec["exclusive"] = bool(entry.get("exclusive") or False)
     rec["usage"] = usage_of(entry.get("usage"))
+    rec["after"] = list(entry.get("after") or [])
+    rec["after_any"] = list(entry.get("after_any") or [])
+    rec["priority"] = int(entry.get("priority") or 0)
+    rec["labels"] = dict(entry.get("labels") or {})
+    rec["retries"] = int(entry.get("retries") or 0)
     if rec["state"] not in ("starting", "running"):
         rec["pid"] = None
     return rec
@@ -185,6 +196,18 @@ def job_idle_timeout(cfg: Config, entry: Mapping[str, Any]) -> float | None:
     if agent is not None and agent.idle_timeout is not None:
         return float(agent.idle_timeout)
     return None
+
+
+#: What a retry takes over from the job it retries (the rest is the queue's, or new).
+RETRY_KEYS: tuple[str, ...] = ("agent", "prompt", "repos", "callback", "timeout", "batch",
+                               "exclusive", "idle_timeout", "priority", "labels", "retries")
+
+
+def retry_spec(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The submission that reruns a job: its spec (RETRY_KEYS that are set), as a user
+    would submit it (`batchctl retry`, `POST /v1/jobs/{id}/retry`; the scheduler's own
+    retries take one retry off)."""
+    return {k: entry[k] for k in RETRY_KEYS if entry.get(k) is not None}
 
 
 def job_timeout(cfg: Config, entry: Mapping[str, Any]) -> float:

@@ -24,6 +24,10 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       locks/inbox/, locks/state.json          locks worker
       callbacks/inbox/, callbacks/outbox/     callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
+      reaper/forgetting.json      reaper   record "forgetting": a retention step in progress
+      reaper/replies/<req>.json   reaper   record "reply" to a `clean` request
+      history/YYYY-MM.jsonl.gz    reaper   the archive: forgotten jobs' records, appended as
+                                           gzip members (supervisor.state.archive)
       jobs/<id>/                  adaptor  prompt, output, events.jsonl, sentinel.json, result.json,
                                            adaptor.log (launcher-opened, adaptor-written),
                                            adaptor.lock (flock held by the live adaptor)
@@ -32,6 +36,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,9 +51,12 @@ __all__ = [
     "AGENT_VERSIONS",
     "CONTROL",
     "DELIVERY",
+    "FORGETTING",
     "JOB_SPEC",
+    "PAUSED",
     "PID",
     "READY",
+    "REAPED_KINDS",
     "REPLY",
     "REPOS",
     "REQUEST",
@@ -107,6 +115,17 @@ RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
+#: The scheduler's pause flag (`scheduler/paused.json`): {paused, since}; written only by
+#: the scheduler (batchctl pause/resume ask through its inbox).
+PAUSED = RecordKind("batchd.paused", 1, ("paused",))
+#: A retention step of the reaper (`reaper/forgetting.json`): the jobs being forgotten,
+#: each archive file's size before their records were appended, whether that append is
+#: durable. Present only while the step is under way (see supervisor.reaper.retention).
+FORGETTING = RecordKind("batchd.forgetting", 1, ("ids", "sizes", "archived"))
+#: What the reaper removes and counts, by kind (`reaper/state.json`: `removed` in the last
+#: pass, `totals` since the record began; `batchctl stats` shows the totals as `reaped`).
+REAPED_KINDS = ("tmp", "corrupted", "processes", "workspaces", "job_folders", "jobs",
+                "mirrors")
 #: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
 #: The `--version` of agent binaries (`agent-versions.json`), a cache owned by batchctl:
@@ -265,6 +284,11 @@ class Layout:
         return self.root / "scheduler" / "wal"
 
     @property
+    def paused_file(self) -> Path:
+        """The scheduler's pause flag (PAUSED); missing: not paused."""
+        return self.root / "scheduler" / "paused.json"
+
+    @property
     def submit_lock(self) -> Path:
         """flock'ed (exclusive) by `batchctl submit` around its duplicate check and write.
 
@@ -276,6 +300,24 @@ class Layout:
         return self.root / worker / "state.json"
 
     @property
+    def forgetting_file(self) -> Path:
+        """The reaper's retention step in progress (FORGETTING); missing: none."""
+        return self.root / "reaper" / "forgetting.json"
+
+    @property
+    def reaper_replies(self) -> Path:
+        """The reaper's replies to `clean` requests (REPLY), one per request id."""
+        return self.root / "reaper" / "replies"
+
+    @property
+    def history_dir(self) -> Path:
+        return self.root / "history"
+
+    def history_file(self, month: str) -> Path:
+        """The archive of jobs that finished in `month` (YYYY-MM)."""
+        return self.history_dir / f"{month}.jsonl.gz"
+
+    @property
     def callbacks_outbox(self) -> Path:
         return self.root / "callbacks" / "outbox"
 
@@ -283,6 +325,11 @@ class Layout:
     @property
     def jobs_dir(self) -> Path:
         return self.root / "jobs"
+
+    @functools.cached_property
+    def jobs_root_text(self) -> str:
+        """str(jobs_dir), computed once (job records name thousands of outputs)."""
+        return str(self.jobs_dir)
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id

@@ -1,36 +1,7 @@
 """The repository lock table: FIFO queues and all-or-nothing grants, as functions over plain data.
 
-Pure: no file, no clock, no process. The locks worker (supervisor/locks.py) keeps a
-`Table` in memory, applies requests to it with `acquire` / `release` / `drop`, then
-`grant`s and saves `to_record(table)` as locks/state.json; batchctl and the scheduler read
-that file back with `from_record`. The request bodies of the protocol are built here too
-(`acquire_request`, `release_request`, `granted_hint`), so sender and receiver share one
-definition of them.
-
-The rules (LOCKS.md):
-- Every lock is exclusive per repository: a repository is held by at most one job.
-- A job asks for all its repositories at once. It is queued in each one's FIFO queue,
-  ordered by the `seq` its acquire carries (the scheduler hands them out increasing in
-  the order jobs leave `queued`), so a request that is seen late still takes its place.
-- A job is granted when, for EACH of its repositories, the repository is free, available
-  (still configured or registered) and the job is first in its queue: all or nothing, so
-  no job ever holds part of what it needs (no deadlock: the waiting job with the lowest
-  seq is first in all of its queues), and no job overtakes an older one in any queue.
-- Acquire and release are idempotent by job: an acquire of a job that already waits or
-  holds changes nothing; a release of a job the table does not know changes nothing.
-- Release (or drop) of a job frees everything it holds and takes it out of every queue.
-
-The state record (kind WORKER_STATE) `to_record` makes:
-
-    {"worker": "locks",
-     "held": [{"repo", "job", "since", "exclusive"}, ...],      # in grant order
-     "waiting": {"<repo>": [job ids, first in line first]},
-     "unavailable": [repos named by held/waiting jobs, no longer known],
-     "wants": {"<job>": {"repos": [...], "exclusive", "seq", "created_at"}}}   # waiting jobs
-
-`wants` is what the worker needs to rebuild the queues exactly (which repositories a
-waiting job needs, its place in line); `from_record` checks the whole shape and that
-`waiting` and `wants` agree, and says what is wrong otherwise.
+Pure: no file, no clock, no process. The rules (FIFO per repository, all-or-nothing
+grants, idempotent acquire/release) and the record are in docs/LOCKS.md.
 """
 
 from __future__ import annotations
@@ -209,17 +180,26 @@ def unavailable(table: Table, known: Container[str]) -> list[str]:
 
 # -- the record (locks/state.json) ------------------------------------------------------------
 
-def to_record(table: Table, unavailable_repos: Iterable[str] = ()) -> dict[str, Any]:
-    """The table as the WORKER_STATE record's body (see the module docstring)."""
+def to_record(table: Table) -> dict[str, Any]:
+    """The table as the WORKER_STATE record's body: what is held and what each waiting job
+    wants (the FIFO queues follow from the wants' seq; what is unavailable from the
+    repositories known now, which every reader knows better than this file)."""
     return {
         "worker": "locks",
         "held": [{"repo": repo, "job": lock.job, "since": lock.since,
                   "exclusive": lock.exclusive} for repo, lock in table.held.items()],
-        "waiting": {repo: list(queue) for repo, queue in table.waiting.items()},
-        "unavailable": list(unavailable_repos),
         "wants": {job: {"repos": list(w.repos), "exclusive": w.exclusive, "seq": w.seq,
                         "created_at": w.created_at} for job, w in table.wants.items()},
     }
+
+
+def _queues(wants: Mapping[str, Want]) -> dict[str, list[str]]:
+    """The FIFO queue of each repository: its waiting jobs by (seq, job id)."""
+    queues: dict[str, list[str]] = {}
+    for job in sorted(wants, key=lambda j: (wants[j].seq, j)):
+        for repo in wants[job].repos:
+            queues.setdefault(repo, []).append(job)
+    return queues
 
 
 def _is_str_list(value: object) -> bool:
@@ -279,32 +259,23 @@ def _consistent(table: Table) -> str | None:
 def from_record(rec: Mapping[str, Any]) -> Table | str:
     """The table a state record holds, or a sentence saying what is wrong with it.
 
-    `wants` may be absent only when nothing waits (a record of the first version).
-    """
+    The queues are rebuilt from `wants` (keys of an earlier version, `waiting` and
+    `unavailable`, are ignored: both follow from the rest)."""
     held = _held(rec.get("held"))
     if isinstance(held, str):
         return held
-    raw_waiting = rec.get("waiting")
-    if not isinstance(raw_waiting, dict):
-        return "'waiting' must be an object"
-    waiting: dict[str, list[str]] = {}
-    for repo, ids in raw_waiting.items():
-        if not (_is_str_list(ids) and all(valid_job_id(j) for j in ids)):
-            return f"waiting[{repo!r}] must be a list of job ids"
-        waiting[repo] = list(ids)
-    unavail = rec.get("unavailable", [])
-    if not _is_str_list(unavail):
-        return "'unavailable' must be a list of repository names"
     raw_wants = rec.get("wants", {})
     if not isinstance(raw_wants, dict):
         return "'wants' must be an object"
     wants: dict[str, Want] = {}
     for job, raw in raw_wants.items():
+        if not valid_job_id(job):
+            return f"wants: {job!r} is not a job id"
         want = _want(job, raw)
         if isinstance(want, str):
             return want
         wants[job] = want
-    table = Table(held, waiting, wants)
+    table = Table(held, _queues(wants), wants)
     problem = _consistent(table)
     return table if problem is None else problem
 

@@ -1,74 +1,7 @@
 """The job queue: jobs, their states and fields, FIFO order and counters, kept in the WAL.
 
-API (what the scheduler and batchctl code against)
---------------------------------------------------
-    q = JobQueue.open(directory, fs=REAL, readonly=False)   # over supervisor.state.wal.Wal
-    q = JobQueue.over(MemoryStorage())                       # the in-memory twin (tests)
-    q.recovery                      # RecoveryReport: records replayed, torn bytes truncated,
-                                    # damaged ranges skipped, groups/records dropped, orphan
-                                    # updates, quarantined files, errors, jobs, duration_ms
-    q.enqueue(job_id, body) -> bool         # False: duplicate id, nothing changed
-    q.enqueue_many([(id, body), ...], count="submitted") -> list[bool]
-                                            # one atomic write, one fsync; `count` is
-                                            # incremented by the jobs added, in that write
-    q.update(job_id, **fields) / q.update_many([(id, {fields}), ...], counters={...})
-                                            # durable; the counters in the same write;
-                                            # KeyError for an unknown id, ValueError for
-                                            # a bad state
-    q.get(job_id) -> dict | None    # body merged with current fields, plus "id" and "state"
-    q.state(job_id) -> str | None
-    q.ids(state=None) -> list[str]  # submission (FIFO) order
-    q.first_queued() -> str | None  # the oldest queued job
-    q.counts() -> {state: n}  (all nine states)   q.stats() -> {counter: n}
-    q.incr(counter, n=1)            # counters: COUNTERS, and the usage counters
-                                    # `usage/<agent>/<kind>` (kind: USAGE_KINDS)
-    q.close()
-
-Every mutating call returns only after its records are fdatasync'd (group commit across
-threads); a duplicate enqueue also waits until the existing record is durable. A change is
-visible to other threads of this process once it is ordered in the log, slightly before
-it is durable (a crash in between kills those threads too). enqueue sets the fields
-{"state": "queued", "attempts": 0} unless the body carries "state"/"attempts". Bodies and
-field values go through JSON (tuples come back as lists). Job ids follow CONTRACT.md:
-`[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
-
-Crash safety: the in-memory model changes only by applying a record that was already
-written to the log, in log order, with the same function recovery uses to replay it; so
-what a restart rebuilds is exactly what was acknowledged (plus, possibly, records that
-were written but whose caller never got the answer). The queue adds no file of its own:
-segments, snapshots and their crash windows are argued in supervisor.state.wal.
-
-A damaged log (supervisor.state.wal, "Recovery") loses only the groups of records that held a
-damaged record; the records after the damage are replayed. An update whose job's enqueue
-was in a lost group has nothing to apply to: it is skipped, counted in
-`recovery.orphan_updates` and reported loudly; the surviving jobs keep their FIFO order.
-The queue snapshots what survived before the log quarantines the damaged segment.
-
-Record payloads (the WAL's opaque payloads; ids are ASCII, JSON is compact UTF-8 and never
-holds a raw newline):
-    b"E" <state code> <id> b"\\n" <fields JSON> b"\\n" <body JSON>       enqueue
-    b"U" <state code or b"-"> <id> b"\\n" <fields delta JSON>           update
-    b"C" <counter> b"\\n" <decimal n>                                    incr
-A call's records go in one `Wal.write`, which the log makes atomic: enqueue_many and
-update_many survive a crash whole or not at all.
-State codes, one ASCII letter each: see STATE_CODES. "state" lives only in the code, never
-in the fields JSON.
-
-Snapshot image (the WAL wraps it in its CRC'd snapshot file), little-endian:
-    header  magic b"BQUEUE01" | n u64 | ids_len u64 | fields_len u64 | bodies_len u64
-            | stats_len u64                                        (48 bytes)
-    ids offsets     (n+1) u64      start of item i; item i ends one byte before item i+1
-    fields offsets  (n+1) u64
-    bodies offsets  (n+1) u64
-    codes           n bytes        one state code per job, submission order
-    ids data        ids_len bytes  each id followed by b"\\n"
-    fields data     each job's fields JSON followed by b"\\n"
-    bodies data     each body JSON followed by b"\\n"
-    stats           JSON object {counter: n}
-Loading is a few memoryview casts and copies of the offset arrays: no per-job Python work.
-Bodies stay raw bytes until get() needs one; the id -> position index is built only when a
-lookup needs it (an update replay of a few snapshot jobs finds them by a byte search
-instead), so open + first_queued() does not grow with a Python loop over the jobs.
+The API, the record payloads, the snapshot image and the crash argument are in
+docs/WAL.md.
 """
 
 from __future__ import annotations
@@ -82,7 +15,7 @@ import sys
 import threading
 import time
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate, compress, repeat
 from typing import Any, Protocol
@@ -131,7 +64,7 @@ _STATE_OF: dict[int, str] = {c: s for s, c in STATE_CODES.items()}
 _QUEUED = STATE_CODES["queued"]
 _VOID = 0                      # a duplicate found in a damaged log: hidden from every view
 _NO_CHANGE = ord("-")
-_OP_ENQUEUE, _OP_UPDATE, _OP_COUNT = ord("E"), ord("U"), ord("C")
+_OP_ENQUEUE, _OP_UPDATE, _OP_COUNT, _OP_FORGET = ord("E"), ord("U"), ord("C"), ord("F")
 _ENQUEUE_AS = {c: bytes((ord("E"), c)) for c in STATE_CODES.values()}
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _IMAGE_MAGIC = b"BQUEUE01"
@@ -283,6 +216,10 @@ def usage_counter_parts(name: str) -> tuple[str, str] | None:
     return None if m is None else (m.group(1), m.group(2))
 
 
+def _encode_forget(job_id: str) -> bytes:
+    return b"F" + _check_id(job_id)
+
+
 def _encode_incr(counter: str, n: int) -> bytes:
     if counter not in COUNTERS and _USAGE_COUNTER.fullmatch(counter) is None:
         raise ValueError(f"counter {counter!r} is not one of {', '.join(COUNTERS)} "
@@ -348,6 +285,24 @@ class _Column:
         """The snapshot run's raw bytes (items each followed by a newline)."""
         return self._buf
 
+    def containing(self, needle: bytes) -> list[int]:
+        """The indices of the items that contain `needle`, ascending: a C-speed search
+        through the snapshot run (then a bisect of its offsets per hit), a plain scan of
+        the items appended or replaced since."""
+        found: list[int] = []
+        if self._base and needle:
+            run = bytes(self._buf)
+            pos = run.find(needle)
+            while pos >= 0:
+                i = bisect_right(self._off, pos) - 1
+                end = self._off[i + 1] - 1              # the item's newline
+                if pos + len(needle) <= end and i not in self._over:
+                    found.append(i)
+                pos = run.find(needle, max(pos + 1, end))
+        found += [i for i, item in self._over.items() if needle in item]
+        found += [self._base + k for k, item in enumerate(self._tail) if needle in item]
+        return sorted(set(found))
+
     @property
     def offsets(self) -> memoryview:
         return self._off
@@ -383,6 +338,7 @@ class _Ids:
         self._located: dict[str, int] = {}         # snapshot ids found without the index
         self._tail: list[str] = []
         self._tail_index: dict[str, int] = {}
+        self._gone: set[int] = set()               # snapshot positions forgotten
         self.clashes: list[int] = []               # appended positions that duplicate
 
     def __len__(self) -> int:
@@ -419,6 +375,18 @@ class _Ids:
         if i < self._base:
             self._located[name] = i
 
+    def forget(self, name: str, i: int) -> None:
+        """`name` (at position `i`) is forgotten: no lookup finds it again, and the id is
+        free for a new job."""
+        if self._tail_index.get(name) == i:
+            del self._tail_index[name]
+        if self._located.get(name) == i:
+            del self._located[name]
+        if self._index is not None and self._index.get(name) == i:
+            del self._index[name]
+        if i < self._base:
+            self._gone.add(i)
+
     def find(self, name: str) -> int | None:
         i = self._tail_index.get(name)
         if i is not None:
@@ -431,6 +399,9 @@ class _Ids:
     def prepare(self, names: Iterable[str]) -> None:
         """Make `names` cheap to find: a byte search for a few, the index for many."""
         wanted = {n for n in names if n not in self._tail_index and n not in self._located}
+        if self._gone:          # a byte search would find forgotten ids: use the index
+            self._snapshot_index()
+            return
         if not wanted or self._index is not None or not self._base:
             return
         if len(wanted) > _SEARCH_LIMIT:
@@ -448,6 +419,9 @@ class _Ids:
             names = self._snapshot_names()
             # reversed: when a damaged log holds an id twice, the first position wins
             self._index = dict(zip(reversed(names), reversed(range(len(names))), strict=True))
+            for i in self._gone:
+                if self._index.get(names[i]) == i:
+                    del self._index[names[i]]
             clash = [n for n in self._tail_index if n in self._index]
             for n in clash:
                 self.clashes.append(self._tail_index.pop(n))
@@ -460,6 +434,7 @@ class _Ids:
         if self._index is not None:
             new._index = self._index | self._tail_index
         new._located = self._located | self._tail_index
+        new._gone = set(self._gone)
         return new
 
 
@@ -509,6 +484,7 @@ class _Jobs:
         """Apply recovered records; snapshot jobs they touch are located in one go."""
         touched = [p[2:p.find(b"\n")].decode("ascii", "replace")
                    for p in records if p[0] == _OP_UPDATE]
+        touched += [p[1:].decode("ascii", "replace") for p in records if p[0] == _OP_FORGET]
         self.ids.prepare(touched)
         for p in records:
             self.apply(p)
@@ -524,6 +500,8 @@ class _Jobs:
             name, n = p[1:].split(b"\n")
             key = name.decode("ascii")
             self.stats[key] = self.stats.get(key, 0) + int(n)
+        elif op == _OP_FORGET:
+            self._apply_forget(p[1:].decode("ascii"))
         else:
             self.anomalies.append(f"record with unknown operation {p[:1]!r} ignored")
 
@@ -552,6 +530,16 @@ class _Jobs:
                 self.queued_from = i
         if delta != b"{}":
             self.pending.setdefault(i, []).append(delta)
+
+    def _apply_forget(self, name: str) -> None:
+        """The job leaves the queue: hidden at once, dropped by the next snapshot. A
+        replay of a forget already applied (or compacted away) finds nothing: a no-op."""
+        i = self.find(name)
+        if i is None or self.codes[i] == _VOID:
+            return
+        self.codes[i] = _VOID
+        self.pending.pop(i, None)
+        self.ids.forget(name, i)
 
     # -- reading ----------------------------------------------------------------------------
     def find(self, name: str) -> int | None:
@@ -593,9 +581,13 @@ class _Jobs:
 
     # -- snapshot ---------------------------------------------------------------------------
     def image(self) -> bytes:
-        """The snapshot image of the current state; the model is then rebased onto it."""
+        """The snapshot image of the current state; the model is then rebased onto it.
+        Forgotten jobs (and hidden duplicates) are left out: the image holds what is
+        known now, not what ever was."""
         for i in list(self.pending):
             self.field_dict(i)
+        if _VOID in self.codes:
+            return self._image_without_void()
         parts = [self.ids.col.encode(), self.fields.encode(), self.bodies.encode()]
         stats = _json(self.stats, "counters")
         n = len(self.codes)
@@ -604,6 +596,26 @@ class _Jobs:
         image = b"".join([header, *(o for o, _ in parts), bytes(self.codes),
                           *(d for _, d in parts), stats])
         self._rebase(memoryview(image))
+        return image
+
+    def _image_without_void(self) -> bytes:
+        keep = [i for i, c in enumerate(self.codes) if c != _VOID]
+        parts = []
+        for col in (self.ids.col, self.fields, self.bodies):
+            items = [col[i] for i in keep]
+            offs = array("Q", accumulate(map(operator.add, map(len, items), repeat(1)),
+                                         initial=0))
+            parts.append((_u64_bytes(offs), b"\n".join(items) + b"\n" if items else b""))
+        stats = _json(self.stats, "counters")
+        codes = bytes(self.codes[i] for i in keep)
+        header = _IMAGE_HEADER.pack(_IMAGE_MAGIC, len(keep), len(parts[0][1]),
+                                    len(parts[1][1]), len(parts[2][1]), len(stats))
+        image = b"".join([header, *(o for o, _ in parts), codes, *(d for _, d in parts),
+                          stats])
+        fresh = _Jobs.load(memoryview(image))           # positions moved: start afresh
+        self.ids, self.codes = fresh.ids, fresh.codes
+        self.fields, self.bodies = fresh.fields, fresh.bodies
+        self.pending, self.queued_from = {}, 0
         return image
 
     def _rebase(self, image: memoryview) -> None:
@@ -751,6 +763,24 @@ class JobQueue:
             ticket = self._commit([p for _, p in encoded] + incs)
         self._durable(ticket)
 
+    def forget(self, job_ids: Iterable[str]) -> list[str]:
+        """Remove finished jobs from the queue, with one fsync; the ids forgotten (a job
+        that is not terminal, or not here, is left alone). Counters are kept; the ids
+        become free; the next snapshot no longer holds them."""
+        self._writable()
+        wanted = list(dict.fromkeys(job_ids))
+        for job_id in wanted:
+            _check_id(job_id)
+        with self._lock:
+            gone = []
+            for job_id in wanted:
+                i = self._jobs.find(job_id)
+                if i is not None and _STATE_OF.get(self._jobs.codes[i]) in TERMINAL_STATES:
+                    gone.append(job_id)
+            ticket = self._commit([_encode_forget(j) for j in gone])
+        self._durable(ticket)
+        return gone
+
     def incr(self, counter: str, n: int = 1) -> None:
         """Add `n` to a persistent counter (one of COUNTERS), durably."""
         self._writable()
@@ -808,6 +838,32 @@ class JobQueue:
         with self._lock:
             return self._jobs.names_in(code)
 
+    def raw(self, state: str | None = None,
+            needles: Sequence[bytes] = ()) -> list[tuple[str, bytes]]:
+        """(id, the body's raw JSON bytes) in submission order, all or those in `state`,
+        keeping only bodies that contain every one of `needles` (a byte search, no JSON
+        decoding: filters over 100,000 jobs stay fast; the caller decodes what is left
+        and checks it properly)."""
+        code = None if state is None else _state_code(state)
+        with self._lock:
+            jobs = self._jobs
+            codes = jobs.codes
+            bodies = jobs.bodies
+            rest = list(needles[1:])
+            if needles:
+                candidates: Iterable[int] = bodies.containing(needles[0])
+            else:
+                candidates = range(len(codes))
+            out = []
+            for i in candidates:
+                c = codes[i]
+                if c == _VOID or (code is not None and c != code):
+                    continue
+                body = bodies[i]
+                if all(n in body for n in rest):
+                    out.append((jobs.ids.name(i), bytes(body)))
+            return out
+
     def first_queued(self) -> str | None:
         """The oldest queued job's id (FIFO), or None."""
         with self._lock:
@@ -818,6 +874,11 @@ class JobQueue:
         with self._lock:
             codes = self._jobs.codes
             return {state: codes.count(code) for state, code in STATE_CODES.items()}
+
+    def holds(self, state: str) -> bool:
+        """Whether any job is in `state` (a scan that stops at the first)."""
+        with self._lock:
+            return STATE_CODES[state] in self._jobs.codes
 
     def stats(self) -> dict[str, int]:
         """The persistent counters: every name in COUNTERS (0 if never incremented), then

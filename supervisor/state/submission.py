@@ -52,9 +52,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor.config import DIRECTORY_SESSIONS, Config, parse_duration
+from supervisor.state import disk
 from supervisor.state.agentbin import refusal
 from supervisor.state.atomic import ensure_dir
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
@@ -64,6 +65,7 @@ from supervisor.state.view import JobView, open_view
 
 __all__ = [
     "Checker",
+    "DiskLow",
     "JobError",
     "Known",
     "accept",
@@ -73,6 +75,7 @@ __all__ = [
     "known_repos",
     "parse_jsonl",
     "refuse_ids_in_use",
+    "refuse_unknown_dependencies",
     "resolve_resumes",
     "submit_lock",
     "write_submission",
@@ -92,6 +95,11 @@ class Known:
 
 class JobError(Exception):
     """One problem with one submitted job (the caller adds the file and line)."""
+
+
+class DiskLow(Exception):
+    """Submissions are refused: free space is below `disk.min_free` (str() says where,
+    how much, and the floor). Not the submitter's mistake: batchctl exits 1."""
 
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number",
@@ -251,11 +259,17 @@ class Checker:
                "exclusive": exclusive, "idle_timeout": idle}
         if resume is not None:
             job["resume"] = resume
+        job.update(_job_control(obj, job_id))
         if stored:
             created = obj.get("created_at")
             if created is not None:
                 _expect("created_at", created, (str,), "an ISO-8601 time")
                 job["created_at"] = created
+            retry_of = obj.get("retry_of")
+            if retry_of is not None:
+                if not valid_job_id(retry_of):
+                    raise JobError(f"retry_of {retry_of!r} is not a job id")
+                job["retry_of"] = retry_of
             job.update(_stored_resume(obj))
         return job
 
@@ -283,8 +297,82 @@ def _stored_resume(obj: dict[str, Any]) -> dict[str, Any]:
 
 #: What a job carries in a submit request (the scheduler's check): a submission cannot set
 #: a job's state, attempts or pid. `resume` is resolved at the door into the other three.
-_STORED_KEYS = (SUBMIT_KEYS - {"resume"}) | {"created_at", "resume_of", "resume_session",
-                                             "workspace"}
+_STORED_KEYS = (SUBMIT_KEYS - {"resume"}) | {"created_at", "retry_of", "resume_of",
+                                             "resume_session", "workspace"}
+
+PRIORITY_RANGE = (-1000, 1000)
+MAX_RETRIES = 10
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
+_MAX_LABEL_VALUE = 256
+
+
+def _ids(key: str, value: object, own: str | None) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise JobError(f"{key} must be a non-empty list of job ids")
+    for dep in value:
+        if not valid_job_id(dep):
+            raise JobError(f"{key}: {dep!r} is not a job id")
+        if dep == own:
+            raise JobError(f"{key}: a job cannot wait for itself ({dep!r})")
+    if len(set(value)) != len(value):
+        raise JobError(f"{key} lists a job twice")
+    return list(value)
+
+
+def _labels(value: object) -> dict[str, str]:
+    if type(value) is not dict:
+        raise JobError(f"labels must be an object of strings, found {_tname(value)}")
+    for key, val in value.items():
+        if not _LABEL_KEY.fullmatch(key):
+            raise JobError(f"label key {key!r} must be 1-64 letters, digits, '.', '_', '/', "
+                           "'-', starting with a letter or digit")
+        if not isinstance(val, str) or len(val) > _MAX_LABEL_VALUE or _URL_BAD_CHAR.search(
+                val.replace(" ", "")):
+            raise JobError(f"label {key!r}: the value must be a string of at most "
+                           f"{_MAX_LABEL_VALUE} characters without control characters")
+    return dict(value)
+
+
+def _job_control(obj: dict[str, Any], own: str | None) -> dict[str, Any]:
+    """The job-control keys of a job, checked and normalized; only those given (defaults
+    are not stored: no priority is 0, no labels is {}, ...)."""
+    out: dict[str, Any] = {}
+    for key in ("after", "after_any"):
+        if obj.get(key) is not None:
+            out[key] = _ids(key, obj[key], own)
+    if out.get("after") and out.get("after_any"):
+        both = set(out["after"]) & set(out["after_any"])
+        if both:
+            raise JobError(f"after and after_any both name {sorted(both)[0]!r}")
+    priority = obj.get("priority")
+    if priority is not None:
+        _expect("priority", priority, (int,), "an integer")
+        low, high = PRIORITY_RANGE
+        if not low <= priority <= high:
+            raise JobError(f"priority {priority} is outside {low}..{high}")
+        if priority:
+            out["priority"] = priority
+    not_before = obj.get("not_before")
+    if not_before is not None:
+        _expect("not_before", not_before, (str,), "an ISO-8601 time")
+        when = parse_iso(not_before)
+        if when is None:
+            raise JobError(f"not_before {not_before!r} is not an ISO-8601 time "
+                           "(e.g. 2027-01-15T08:00:00Z)")
+        out["not_before"] = iso_now(when)
+    labels = obj.get("labels")
+    if labels is not None:
+        labels = _labels(labels)
+        if labels:
+            out["labels"] = labels
+    retries = obj.get("retries")
+    if retries is not None:
+        _expect("retries", retries, (int,), "an integer")
+        if not 0 <= retries <= MAX_RETRIES:
+            raise JobError(f"retries {retries} is outside 0..{MAX_RETRIES}")
+        if retries:
+            out["retries"] = retries
+    return out
 
 
 def check_request(req: dict[str, Any]) -> list[dict[str, Any]]:
@@ -416,12 +504,16 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
     """The door's last step for checked jobs: under submit_lock, refuse ids in use
     (inbox first, then queue), give the others fresh ids, write the ONE durable request;
     the ids, in order. JobError for an id in use; Unreadable when the ids in use cannot
-    be read (duplicates could not be checked)."""
+    be read (duplicates could not be checked); DiskLow below `disk.min_free`."""
+    why = disk.low(cfg)
+    if why is not None:
+        raise DiskLow(f"submission refused: {why}")
     with submit_lock(layout):
         with open_view(cfg, layout) as view:
             in_use = frozenset(view.known_ids())
             refuse_ids_in_use(jobs, in_use, source)
             resolve_resumes(cfg, view, jobs, source)
+        refuse_unknown_dependencies(jobs, in_use, source)
         assign_ids(jobs, in_use)
         write_submission(layout, jobs)
     return [str(j["id"]) for j in jobs]
@@ -472,6 +564,25 @@ def _resume_of(cfg: Config, view: JobView, target: str, given: object) -> dict[s
                        "exists")
     return {"agent": name, "repos": [str(r) for r in entry.get("repos") or []],
             "resume_of": target, "resume_session": session, "workspace": workspace}
+
+
+def refuse_unknown_dependencies(jobs: list[dict[str, Any]], in_use: frozenset[str],
+                                source: tuple[str, bytes] | None = None) -> None:
+    """JobError for the first job whose `after`/`after_any` names a job that neither
+    exists nor comes earlier in the same submission: so no cycle can ever be made."""
+    earlier: set[str] = set()
+    for index, job in enumerate(jobs):
+        for key in ("after", "after_any"):
+            for dep in job.get(key) or ():
+                if dep not in in_use and dep not in earlier:
+                    where = "" if source is None else \
+                        f"{source[0]}:{_line_of(source[1], index)}: "
+                    later = any(j.get("id") == dep for j in jobs[index + 1:])
+                    why = "comes later in the file" if later else "does not exist"
+                    raise JobError(f"{where}{key}: job {dep!r} {why} (a job can only wait "
+                                   "for jobs submitted before it)")
+        if job.get("id") is not None:
+            earlier.add(str(job["id"]))
 
 
 def refuse_ids_in_use(jobs: list[dict[str, Any]], in_use: frozenset[str],

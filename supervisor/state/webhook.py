@@ -1,73 +1,24 @@
-"""Webhooks, the shared half: event ids, delivery requests, the delivery record's state
-machine, status classification, signatures, and the HTTP transport (injectable).
+"""Webhook records: event ids, delivery requests, the delivery record and its state machine.
 
-The scheduler and batchctl import this module to hand events to the callbacks worker; the
-worker imports it to deliver them. It imports only the state layer (never a worker), and
-`requests` only when a `RequestsTransport` is made, so the scheduler does not load it.
-
-The path of one event (at-least-once across any crash):
-
-1. The scheduler, BEFORE it records a job's terminal state in its WAL, drops a REQUEST
-   `callbacks/inbox/<event id>.json` (`delivery_request` + `drop_request`: temp file,
-   fsync, rename, fsync folder). The event id is deterministic (`job_event_id`,
-   `batch_event_id`: uuid5), so a replay after a crash rewrites the same file name.
-2. The callbacks worker turns the request into a DELIVERY record
-   `callbacks/outbox/<event id>.json` (state "pending") unless that record exists (a
-   replay), and only then removes the request: a crash in between replays the request,
-   which finds the record and does nothing.
-3. Each try: the record is rewritten "in_flight" (attempts + 1) BEFORE the POST, and
-   rewritten with the outcome after it. A crash during the POST leaves "in_flight", which
-   the worker's recovery turns back into "pending" (due at once): the receiver may see the
-   event twice and dedupes by `Idempotency-Key` (the event id, identical on every try).
-
-Delivery state machine (`TRANSITIONS`, state x event -> state):
-
-    pending   --send-->            in_flight   (attempts + 1, written before the POST)
-    in_flight --delivered-->       delivered   (2xx)
-    in_flight --retry-->           pending     (408, 429, 5xx, timeout, connection error;
-                                                due after the next retry_schedule delay)
-    in_flight --exhausted-->       failed      (a retriable outcome, no delay left)
-    in_flight --failed-->          failed      (other 4xx, any 3xx, a malformed URL)
-    in_flight --interrupted-->     pending     (recovery: the worker died during the POST)
-    pending   --operator_retry-->  pending     (`batchctl callbacks retry`: due now)
-    failed    --operator_retry-->  pending     (due now, with a fresh retry schedule)
-
-A delivered record is final: `operator_retry` on it is refused (InvalidTransition).
-
-Classification: 2xx delivered; 408, 429 and 5xx retried; any other 4xx failed at once;
-3xx failed at once as well: redirects are never followed (the URL was validated at submit,
-a redirect would send the body somewhere that was not, and a POST redirect changes meaning
-between 301/302/303 and 307/308), so a 3xx means the configured URL is wrong. A status
-outside 200-599 (a broken proxy, a stray 1xx) is not an answer: retried like a connection
-error. Transport errors are retried, except a URL `requests` cannot use at all (failed).
-
-Retry schedule: `next_delay(n, schedule)` is the pause after the n-th try of the current
-round: schedule[n-1], or None when the schedule is exhausted. [30s, 2m, 10m] gives tries
-at t0, t0+30s, t0+150s, t0+750s, then failed. An operator retry starts a new round
-(`retry_base` = the attempts so far); `attempts` keeps counting every try ever made, and
-a try cut short by a crash counts (the receiver may have got it).
+The path of one event, the delivery state machine, the classification of answers and
+the retry schedule are in docs/CALLBACKS.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+from typing import Any, TypeGuard
 
-from supervisor import __version__
-from supervisor.state.atomic import dump_json
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.fs import FS, REAL
 from supervisor.state.layout import Layout, send_request
-
-if TYPE_CHECKING:
-    import requests
+from supervisor.state.machine import Row, Table
 
 __all__ = [
     "DELIVERED",
@@ -77,19 +28,14 @@ __all__ = [
     "RETRY",
     "STATUS_CLASS_OUTCOME",
     "STATUS_OUTCOME",
-    "TRANSITIONS",
+    "TABLE",
+    "Delivery",
+    "Happening",
     "InvalidTransition",
-    "MockTransport",
-    "RequestsTransport",
     "Result",
-    "Sent",
-    "Transport",
-    "TransportError",
-    "attempt",
     "batch_event_id",
     "batch_payload",
     "begin",
-    "body_of",
     "classify",
     "delivery_problem",
     "delivery_request",
@@ -103,9 +49,7 @@ __all__ = [
     "new_delivery",
     "next_delay",
     "operator_retry",
-    "request_headers",
     "retry_request",
-    "sign",
     "transition",
     "valid_event_id",
     "valid_url",
@@ -123,22 +67,46 @@ FAILED = "failed"
 #: Delivery record states (CONTRACT.md: pending, in_flight, delivered, failed).
 DELIVERY_STATES: tuple[str, ...] = ("pending", "in_flight", "delivered", "failed")
 
+
 #: Statuses whose outcome is not their class's.
 STATUS_OUTCOME: dict[int, str] = {408: RETRY, 429: RETRY}
 #: status // 100 -> outcome; a class not listed (1xx, >= 6xx) is retried.
 STATUS_CLASS_OUTCOME: dict[int, str] = {2: DELIVERED, 3: FAILED, 4: FAILED, 5: RETRY}
 
-#: (state, event) -> new state. A pair not listed is an invalid transition.
-TRANSITIONS: dict[tuple[str, str], str] = {
-    ("pending", "send"): "in_flight",
-    ("in_flight", "delivered"): "delivered",
-    ("in_flight", "retry"): "pending",
-    ("in_flight", "exhausted"): "failed",
-    ("in_flight", "failed"): "failed",
-    ("in_flight", "interrupted"): "pending",
-    ("pending", "operator_retry"): "pending",
-    ("failed", "operator_retry"): "pending",
-}
+class Delivery(StrEnum):
+    """A delivery record's state (CONTRACT.md: pending, in_flight, delivered, failed)."""
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class Happening(StrEnum):
+    """What happens to a delivery: a table column."""
+
+    SEND = "send"                        # a try begins (written before the POST)
+    DELIVERED = "delivered"              # 2xx
+    RETRY = "retry"                      # retriable, and the schedule has a next delay
+    EXHAUSTED = "exhausted"              # retriable, no delay left
+    FAILED = "failed"                    # not retriable
+    INTERRUPTED = "interrupted"          # recovery found it in flight
+    OPERATOR_RETRY = "operator_retry"    # `batchctl callbacks retry`
+
+
+D, H = Delivery, Happening
+#: (state, happening) -> Row(new state). A pair not listed is an invalid transition.
+TABLE: Table[Delivery, Happening, None] = Table({
+    (D.PENDING, H.SEND): Row(D.IN_FLIGHT),
+    (D.IN_FLIGHT, H.DELIVERED): Row(D.DELIVERED),
+    (D.IN_FLIGHT, H.RETRY): Row(D.PENDING),
+    (D.IN_FLIGHT, H.EXHAUSTED): Row(D.FAILED),
+    (D.IN_FLIGHT, H.FAILED): Row(D.FAILED),
+    (D.IN_FLIGHT, H.INTERRUPTED): Row(D.PENDING),
+    (D.PENDING, H.OPERATOR_RETRY): Row(D.PENDING),
+    (D.FAILED, H.OPERATOR_RETRY): Row(D.PENDING),
+})
+del D, H
 
 
 class InvalidTransition(Exception):
@@ -146,11 +114,14 @@ class InvalidTransition(Exception):
 
 
 def transition(state: str, event: str) -> str:
-    """The state after `event` in `state` (TRANSITIONS); InvalidTransition if none."""
+    """The state after `event` in `state` (TABLE); InvalidTransition if none."""
     try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise InvalidTransition(f"a {state} delivery does not take {event!r}") from None
+        row = TABLE.get(Delivery(state), Happening(event))
+    except ValueError:
+        row = None
+    if row is None or row.next is None:
+        raise InvalidTransition(f"a {state} delivery does not take {event!r}")
+    return row.next.value
 
 
 # -- event ids and requests ---------------------------------------------------------------
@@ -232,140 +203,12 @@ def next_delay(attempts: int, schedule: Sequence[float]) -> float | None:
     return None
 
 
-def sign(body: bytes, secret: str) -> str:
-    """`sha256=<hex HMAC-SHA256 of body keyed with secret (UTF-8)>`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def body_of(payload: Mapping[str, Any]) -> bytes:
-    """The exact bytes POSTed for `payload` (dump_json: UTF-8, sorted keys, newline)."""
-    return dump_json(dict(payload))
-
-
-def request_headers(event_id: str, body: bytes, secret: str | None) -> dict[str, str]:
-    """The headers of every try of `event_id`; signed when `secret` is set."""
-    headers = {"Content-Type": "application/json", "Idempotency-Key": event_id,
-               "User-Agent": f"batchd/{__version__}"}
-    if secret is not None:
-        headers["X-Batchd-Signature"] = sign(body, secret)
-    return headers
-
-
-class TransportError(Exception):
-    """A try that got no HTTP status; str() is the error text, `permanent` = never retry."""
-
-    def __init__(self, text: str, *, permanent: bool = False) -> None:
-        super().__init__(text)
-        self.permanent = permanent
-
-
-class Transport(Protocol):
-    """POSTs one body; returns the HTTP status or raises TransportError."""
-
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
-        ...
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost OS-level reason in an exception chain ("[Errno 111] Connection refused")."""
-    seen: set[int] = set()
-    best: BaseException = exc
-    todo: list[BaseException] = [exc]
-    while todo:
-        cur = todo.pop()
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.strerror:
-            best = cur
-        nxt = [cur.__cause__, cur.__context__, getattr(cur, "reason", None),
-               *[a for a in cur.args if isinstance(a, BaseException)]]
-        todo.extend(e for e in nxt if isinstance(e, BaseException))
-    if isinstance(best, OSError) and best.strerror:
-        return f"[Errno {best.errno}] {best.strerror}" if best.errno else best.strerror
-    return str(best)[:200]
-
-
-class RequestsTransport:
-    """The real transport: one `requests.Session`, redirects never followed.
-
-    `stream=True` returns at the response headers: the body is never read, so a receiver
-    cannot hold the worker beyond `timeout` (connect, then between bytes) with a slow body.
-    Proxies come from the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as for curl.
-    `requests` is imported at the first POST, not before: a (re)started worker reports
-    ready without paying for it, and modules that only build requests never load it.
-    """
-
-    def __init__(self, session: requests.Session | None = None) -> None:
-        self.session = session
-
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
-        import requests as rq
-
-        if self.session is None:
-            self.session = rq.Session()
-        try:
-            resp = self.session.post(url, data=body, headers=dict(headers), timeout=timeout,
-                                     allow_redirects=False, stream=True)
-        except rq.Timeout:
-            raise TransportError(f"timed out after {timeout:g}s") from None
-        except (rq.exceptions.InvalidURL, rq.exceptions.InvalidSchema,
-                rq.exceptions.MissingSchema) as exc:
-            raise TransportError(f"unusable URL: {exc}", permanent=True) from None
-        except rq.ConnectionError as exc:
-            raise TransportError(f"connection failed: {_root_cause(exc)}") from None
-        except rq.RequestException as exc:
-            raise TransportError(f"request failed: {_root_cause(exc)}") from None
-        except ValueError as exc:   # a URL or header urllib3 cannot even parse
-            raise TransportError(f"unusable request: {exc}", permanent=True) from None
-        status = int(resp.status_code)
-        resp.close()
-        return status
-
-
-@dataclass(frozen=True)
-class Sent:
-    """One POST a MockTransport received."""
-
-    url: str
-    body: bytes
-    headers: dict[str, str]
-    timeout: float
-
-
-@dataclass
-class MockTransport:
-    """A transport for unit tests (httpx.MockTransport style): `handler(sent)` answers
-    each POST with a status or raises TransportError; every POST is kept in `sent`."""
-
-    handler: Callable[[Sent], int]
-    sent: list[Sent] = field(default_factory=list)
-
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
-        sent = Sent(url, body, dict(headers), timeout)
-        self.sent.append(sent)
-        return self.handler(sent)
-
-
 @dataclass(frozen=True)
 class Result:
     """What one try came to: DELIVERED, RETRY or FAILED, and the error ("HTTP 503")."""
 
     outcome: str
     error: str | None
-
-
-def attempt(transport: Transport, rec: Mapping[str, Any], *, secret: str | None,
-            timeout: float) -> Result:
-    """POST the record's payload once (body computed once, headers per the contract)."""
-    body = body_of(rec["payload"])
-    headers = request_headers(rec["id"], body, secret)
-    try:
-        status = transport.post(rec["url"], body, headers, timeout)
-    except TransportError as exc:
-        return Result(FAILED if exc.permanent else RETRY, str(exc))
-    outcome = classify(status)
-    return Result(outcome, None if outcome == DELIVERED else f"HTTP {status}")
 
 
 # -- the delivery record -------------------------------------------------------------------

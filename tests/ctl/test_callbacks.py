@@ -17,6 +17,7 @@ import pytest
 
 from supervisor import callbacks
 from supervisor import log as _log
+from supervisor.callbacks.transport import MockTransport
 from supervisor.config import CallbacksConfig, Config
 from supervisor.ctl.callbacks import (
     LIST_FIELDS,
@@ -29,9 +30,9 @@ from supervisor.ctl.callbacks import (
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor.runtime import handle_inbox
 from supervisor.state.atomic import ensure_dir
+from supervisor.state.clock import MockClock
 from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, write_record
 from supervisor.state.webhook import (
-    MockTransport,
     Result,
     begin,
     delivery_request,
@@ -194,7 +195,7 @@ def test_the_worker_takes_the_retry_request(ctx: Ctx) -> None:
     state = callbacks.Callbacks(
         log=log, outbox=callbacks.DirOutbox(ctx.layout.callbacks_outbox, log),
         transport=MockTransport(lambda sent: 200), settings=CallbacksConfig(),
-        now=lambda: T0 + 50)
+        clock=MockClock(T0 + 50))
     callbacks.recover(state)
     assert 1 == handle_inbox(ctx.layout.inbox("callbacks"), callbacks.HANDLERS, state, log)
     (rec,) = [r for r in read_deliveries(ctx) if r["id"] == "f1"]

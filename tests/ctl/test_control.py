@@ -15,12 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor.config import Config, WorkerConfig
+from supervisor.config import Config, DiskConfig, FreeSpace, WorkerConfig
 from supervisor.ctl.control import (
     WORKER_KEYS,
     cmd_control,
@@ -34,7 +35,7 @@ from supervisor.ctl.control import (
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx
 from supervisor.state.atomic import ensure_dir, remove
-from supervisor.state.clock import parse_iso
+from supervisor.state.clock import MockClock, parse_iso
 from supervisor.state.layout import (
     CONTROL,
     REPLY,
@@ -203,16 +204,15 @@ def test_shutdown_waits_until_the_lock_is_released(ctx: Ctx, holder: Holder) -> 
 
 def test_wait_reply_times_out(ctx: Ctx, holder: Holder) -> None:
     """No reply within the timeout: exit 1 naming the request."""
-    ticks = iter(range(0, 1000))
     with pytest.raises(CtlError) as info:
-        wait_reply(ctx.layout, "abc", 5.0, clock=lambda: float(next(ticks)), sleep=lambda s: None)
+        wait_reply(ctx.layout, "abc", 5.0, clock=MockClock())
     assert str(info.value).startswith("no reply from batchd within 5s (request abc")
 
 
 def test_wait_reply_gives_up_when_batchd_is_gone(ctx: Ctx) -> None:
     """batchd not holding its lock any more and no reply: exit 1 at once."""
     with pytest.raises(CtlError) as info:
-        wait_reply(ctx.layout, "abc", 5.0, sleep=lambda s: None)
+        wait_reply(ctx.layout, "abc", 5.0, clock=MockClock())
     assert "batchd stopped before answering request abc" == str(info.value)
 
 
@@ -240,7 +240,14 @@ def test_status_summary_while_down(ctx: Ctx) -> None:
     ctx.json = True
     assert EXIT_OK == cmd_status_summary(ctx)
     assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
-            "degraded": []} == json.loads(_out(ctx))
+            "degraded": [], "paused": False} == json.loads(_out(ctx))
+
+
+def test_status_summary_names_a_disk_below_min_free_as_degraded(ctx: Ctx) -> None:
+    """Below disk.min_free, `degraded` has one `disk: ...` note naming the free space."""
+    ctx.cfg = replace(ctx.cfg, disk=DiskConfig(min_free=FreeSpace(100.0, percent=True)))
+    [note] = summary(ctx)["degraded"]
+    assert (True, True) == (note.startswith("disk: "), note.endswith("below min_free 100%"))
 
 
 def test_status_summary_counts_pending_submissions_as_queued(ctx: Ctx) -> None:

@@ -9,18 +9,21 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor.config import Config
+from supervisor.config import Config, DiskConfig, FreeSpace
 from supervisor.ctl.jobs import (
     batch_records,
     check_id,
     cmd_batch,
     cmd_cancel,
     cmd_jobs,
+    cmd_pause,
+    cmd_retry,
     cmd_stats,
     cmd_status_job,
     cmd_wait,
@@ -30,11 +33,12 @@ from supervisor.ctl.jobs import (
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CtlError, Ctx
 from supervisor.state.atomic import ensure_dir
+from supervisor.state.clock import MockClock, parse_iso
 from supervisor.state.jobs import RECORD_FIELDS
 from supervisor.state.layout import REQUEST, WORKERS, Layout, read_record, write_record
 from supervisor.state.queue import JobQueue
 from supervisor.state.submission import write_submission
-from supervisor.state.view import Unreadable, open_view
+from supervisor.state.view import JobFilter, Unreadable, open_view
 
 
 def _job(job_id: str, **extra: Any) -> dict[str, Any]:
@@ -161,7 +165,9 @@ def test_cancel_terminal_job_says_so_and_writes_nothing(ctx: Ctx) -> None:
 def test_wait_returns_when_all_terminal(ctx: Ctx) -> None:
     """Completed and failed jobs: wait returns their records at once."""
     _queue(ctx.layout, (_job("a"), DONE), (_job("b"), FAILED))
-    records = wait_for(ctx, ["a", "b"], None, sleep=lambda s: pytest.fail("slept"))
+    clock = MockClock()
+    records = wait_for(ctx, ["a", "b"], None, clock=clock)
+    assert [] == clock.slept
     assert records is not None
     assert ["completed", "failed"] == [r["state"] for r in records]
 
@@ -179,17 +185,19 @@ def test_wait_exit_codes(ctx: Ctx) -> None:
 def test_wait_sees_a_job_finish_while_it_waits(ctx: Ctx) -> None:
     """The queue changes under the waiting reader; it notices on its next poll."""
     _queue(ctx.layout, (_job("a"), RUNNING))
-    polls: list[float] = []
+    class Finishing(MockClock):
+        """Its second sleep is when the job finishes (the scheduler records it)."""
 
-    def sleep(seconds: float) -> None:
-        polls.append(seconds)
-        if len(polls) == 2:
-            q = JobQueue.open(ctx.layout.wal_dir)
-            q.update("a", **DONE)
-            q.close()
+        def sleep(self, seconds: float) -> None:
+            super().sleep(seconds)
+            if len(self.slept) == 2:
+                q = JobQueue.open(ctx.layout.wal_dir)
+                q.update("a", **DONE)
+                q.close()
 
-    records = wait_for(ctx, ["a"], None, sleep=sleep)
-    assert (2, "completed") == (len(polls), records[0]["state"] if records else None)
+    clock = Finishing()
+    records = wait_for(ctx, ["a"], None, clock=clock)
+    assert (2, "completed") == (len(clock.slept), records[0]["state"] if records else None)
 
 
 def test_wait_unknown_job_exits_1(ctx: Ctx) -> None:
@@ -247,8 +255,7 @@ def test_wait_json_prints_records_in_every_outcome(ctx: Ctx) -> None:
 def test_wait_for_returns_current_records_at_the_deadline(ctx: Ctx) -> None:
     """At the deadline wait_for returns the records as they are (some not terminal)."""
     _queue(ctx.layout, (_job("c"), RUNNING))
-    ticks = iter([0.0, 0.0, 5.0, 5.0])
-    records = wait_for(ctx, ["c"], 1.0, clock=lambda: next(ticks), sleep=lambda s: None)
+    records = wait_for(ctx, ["c"], 1.0, clock=MockClock())
     assert ["running"] == [r["state"] for r in records]
 
 
@@ -264,3 +271,87 @@ def test_unreadable_queue_fails_job_commands(ctx: Ctx) -> None:
         codes.append(str(info.value))
     why = f"cannot read the job queue at {ctx.layout.wal_dir}: it is not a directory"
     assert [why] * 3 == codes
+
+
+def test_jobs_filters_agent_label_since_and_limit(ctx: Ctx) -> None:
+    """--agent, --label (all of them), --since (created at or after) and --limit (the N
+    most recent, still in submission order) combine."""
+    _queue(ctx.layout,
+           (_job("a", labels={"team": "infra"}), DONE),
+           (_job("b", agent="claude", labels={"team": "infra"}), DONE),
+           (_job("c", labels={"team": "web"}, created_at="2026-11-29T00:00:00.000Z"), DONE),
+           (_job("d", labels={"team": "infra", "ticket": "T-1"},
+                 created_at="2026-11-29T01:00:00.000Z"), DONE))
+
+    def ids(**flt: Any) -> list[str]:
+        ctx.out = io.StringIO()
+        assert EXIT_OK == cmd_jobs(ctx, None, None, JobFilter(**flt))
+        return [r["id"] for r in _json(ctx)]
+
+    ctx.json = True
+    assert ["b"] == ids(agent="claude")
+    assert ["a", "b", "d"] == ids(labels={"team": "infra"})
+    assert ["d"] == ids(labels={"team": "infra", "ticket": "T-1"})
+    assert ["c", "d"] == ids(since=parse_iso("2026-11-28T12:00:00Z"))
+    assert ["b", "d"] == ids(labels={"team": "infra"}, limit=2)
+    assert [] == ids(labels={"team": "infra\"x"})
+
+
+def test_pause_and_resume_are_requests_to_the_scheduler(ctx: Ctx) -> None:
+    """pause/resume write one request each into the scheduler's inbox (they work with
+    batchd down); the view reads the last one as the pause state."""
+    ctx.json = True
+    assert EXIT_OK == cmd_pause(ctx, True)
+    with open_view(ctx.cfg, ctx.layout) as view:
+        assert view.paused() is True
+    ctx.out = io.StringIO()
+    assert EXIT_OK == cmd_pause(ctx, False)
+    kinds = sorted(n.split("-")[0] for n in _inbox(ctx))
+    assert (["pause", "resume"], {"paused": False}) == (kinds, _json(ctx))
+
+
+def test_retry_submits_a_new_job_with_the_spec_and_retry_of(ctx: Ctx) -> None:
+    """retry of a finished job: a new id, the same spec, retry_of set; a job not finished
+    or unknown: exit 1."""
+    _queue(ctx.layout, (_job("f", labels={"k": "v"}, priority=4), FAILED),
+           (_job("r"), RUNNING))
+    ctx.json = True
+    assert EXIT_OK == cmd_retry(ctx, "f")
+    new = _json(ctx)
+    with open_view(ctx.cfg, ctx.layout) as view:
+        job = view.get(new["id"])
+    assert job is not None
+    assert ("f", "x", {"k": "v"}, 4, "queued") == (
+        job["retry_of"], job["prompt"], job["labels"], job["priority"], job["state"])
+    for job_id, why in (("r", "job r is running"), ("nope", "no such job: nope")):
+        with pytest.raises(CtlError) as info:
+            cmd_retry(ctx, job_id)
+        assert (EXIT_FAILED, True) == (info.value.code, str(info.value).startswith(why))
+
+
+def test_a_queued_jobs_reason_says_why_it_waits(ctx: Ctx) -> None:
+    """status of a queued job: its pending dependencies, then its not_before, the pause,
+    the global limit; none once nothing holds it back."""
+    _queue(ctx.layout, (_job("dep"), RUNNING), (_job("w", after=["dep"]), {}),
+           (_job("late", not_before="2099-01-01T00:00:00.000Z"), {}), (_job("free"), {}))
+    with open_view(ctx.cfg, ctx.layout) as view:
+        reasons = [view.record(view.get(j) or {})["reason"] for j in ("w", "late", "free")]
+    assert ["after dep", "not_before 2099-01-01T00:00:00.000Z", None] == reasons
+    cmd_pause(ctx, True)
+    with open_view(ctx.cfg, ctx.layout) as view:
+        assert "paused" == view.record(view.get("free") or {})["reason"]
+    cmd_pause(ctx, False)
+    ctx.cfg = replace(ctx.cfg, disk=DiskConfig(min_free=FreeSpace(100.0, percent=True)))
+    with open_view(ctx.cfg, ctx.layout) as view:
+        reason = view.record(view.get("free") or {})["reason"]
+    assert (True, True) == (reason.startswith("disk: "), reason.endswith("min_free 100%"))
+
+
+def test_a_queued_jobs_reason_follows_a_retried_dependency(ctx: Ctx) -> None:
+    """A dependency that failed and was retried hands its waiter to the retry: the reason
+    names the retry still running, not the failed job."""
+    _queue(ctx.layout, (_job("dep"), {**FAILED, "retried_as": "dep.r1"}),
+           (_job("dep.r1", retry_of="dep"), {**FAILED, "retried_as": "dep.r2"}),
+           (_job("dep.r2", retry_of="dep.r1"), RUNNING), (_job("w", after=["dep"]), {}))
+    with open_view(ctx.cfg, ctx.layout) as view:
+        assert "after dep.r2" == view.record(view.get("w") or {})["reason"]

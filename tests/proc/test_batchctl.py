@@ -13,11 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
@@ -36,18 +38,6 @@ workers:
 
 def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT))
-
-
-def _until(what: str, check: Callable[[], Any], deadline: float = DEADLINE) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after `deadline`."""
-    end = time.monotonic() + deadline
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Env:
@@ -86,7 +76,7 @@ class Env:
             self.batchd = subprocess.Popen(
                 [sys.executable, "-m", "supervisor.batchd", "-c", str(self.config)],
                 env=_env(), stdout=log, stderr=log, start_new_session=True)
-        _until("batchd to run all workers", self.all_running)
+        until("batchd to run all workers", self.all_running)
 
     def stop(self) -> None:
         if self.batchd is not None and self.batchd.poll() is None:
@@ -116,7 +106,7 @@ def test_worker_control_round_trips(env: Env) -> None:
 
     done = env.ctl("restart", "locks")
     assert 0 == done.returncode, done.stderr
-    after = _until("locks to run again", env.all_running)
+    after = until("locks to run again", env.all_running)
     assert after["locks"]["pid"] != before["locks"]["pid"]
     assert after["scheduler"]["pid"] == before["scheduler"]["pid"]
 
@@ -127,7 +117,7 @@ def test_worker_control_round_trips(env: Env) -> None:
 
     done = env.ctl("start", "reaper")
     assert 0 == done.returncode, done.stderr
-    _until("reaper to run again", env.all_running)
+    until("reaper to run again", env.all_running)
 
     done = env.ctl("shutdown")
     assert 0 == done.returncode, done.stderr

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from supervisor.state.layout import (
     write_record,
 )
 from supervisor.state.proc import alive
+from tests.helpers import until
 
 DEADLINE = 60.0
 NAMES = ("scheduler", "locks", "reaper", "callbacks")
@@ -38,16 +39,6 @@ def config_text(state: Path, **workers: str) -> str:
     lines = [f"state_dir: {state}", "log: {level: info, format: json}", "workers:"]
     lines += [f"  {n}: {workers.get(n, _FAST)}" for n in NAMES]
     return "\n".join(lines) + "\n"
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 class Daemon:
@@ -91,7 +82,7 @@ class Daemon:
             w = self.workers()
             return w if w and all(w[n]["state"] == "RUNNING" for n in want) else None
 
-        result: dict[str, dict[str, Any]] = wait_for(check, f"{want} RUNNING")
+        result: dict[str, dict[str, Any]] = until(f"{want} RUNNING", check)
         return result
 
     def log_text(self) -> str:
@@ -121,7 +112,7 @@ class Daemon:
             rec = read_record(REPLY, self.layout.reply_file(rid), owner=False)
             return rec if isinstance(rec, dict) else None
 
-        result: dict[str, Any] = wait_for(reply, f"reply to {op} {worker}")
+        result: dict[str, Any] = until(f"reply to {op} {worker}", reply)
         return result
 
     def kill(self) -> None:
@@ -159,7 +150,7 @@ def _kill_loop(d: Daemon, name: str, times: int) -> None:
             w: dict[str, Any] = d.running()[name]
             return w if w["pid"] != old else None
 
-        after = wait_for(replaced, f"{name} back after kill {i + 1}")
+        after = until(f"{name} back after kill {i + 1}", replaced)
         assert alive(after["pid"], after["start"])
     assert times == d.workers()[name]["restarts"]
 
@@ -184,7 +175,7 @@ def _sigkill_each_worker(tmp_path: Path, daemons: list[Daemon], times: int) -> N
     d.running()
     ids = [f"keep-{i}" for i in range(3)]
     _submit(d, ids)
-    wait_for(lambda: _job_ids(d) == ids, "the scheduler to take the jobs")
+    until("the scheduler to take the jobs", lambda: _job_ids(d) == ids)
     for name in NAMES:
         _kill_loop(d, name, times)
     assert ids == _job_ids(d)
@@ -220,7 +211,7 @@ def test_worker_crashing_at_start_goes_backoff_then_fatal_and_start_revives_it(
         seen.add(state)
         return state == "FATAL"
 
-    wait_for(fatal, "locks FATAL")
+    until("locks FATAL", fatal)
     assert "BACKOFF" in seen
     assert {"RUNNING"} == {d.workers()[n]["state"] for n in ("scheduler", "reaper", "callbacks")}
     folder.unlink()
@@ -236,8 +227,8 @@ def test_sigkill_of_batchd_leaves_no_worker_and_the_next_one_recovers(
     d = launch(tmp_path, daemons)
     workers = d.running()
     d.kill()
-    wait_for(lambda: not any(alive(w["pid"], w["start"]) for w in workers.values()),
-             "every worker to die with batchd", 10.0)
+    until("every worker to die with batchd",
+          lambda: not any(alive(w["pid"], w["start"]) for w in workers.values()), 10.0)
     d2 = launch(tmp_path, daemons)
     d2.running()
     log = read_record(STARTUP_LOG, d2.layout.startup_log, owner=False)
@@ -255,7 +246,7 @@ def test_a_corrupt_state_file_of_one_worker_leaves_the_others_running(
     layout.worker_state(worker).write_bytes(b"\x00{garbage")
     d = launch(tmp_path, daemons)
     d.running(*(n for n in NAMES if n != worker))
-    wait_for(lambda: d.workers()[worker]["state"] in ("RUNNING", "FATAL"), f"{worker} settles")
+    until(f"{worker} settles", lambda: d.workers()[worker]["state"] in ("RUNNING", "FATAL"))
     assert d.p is not None and d.p.poll() is None
 
 
@@ -322,7 +313,7 @@ def test_sigterm_during_startup_still_exits_0(
     Only the interpreter's own start-up, before batchd's first line, takes the default
     action; the test waits for the handler to be installed, then for `delay`."""
     d = launch(tmp_path, daemons)
-    wait_for(lambda: _catches_sigterm(d.pid), "batchd to install its signal handlers")
+    until("batchd to install its signal handlers", lambda: _catches_sigterm(d.pid))
     time.sleep(delay)
     assert d.p is not None
     d.p.send_signal(signal.SIGTERM)
@@ -374,7 +365,7 @@ def test_sighup_restarts_only_the_worker_whose_setting_changed(
         w = d.running()
         return w if w["reaper"]["pid"] != before["reaper"]["pid"] else None
 
-    after = wait_for(restarted, "the reaper restarted")
+    after = until("the reaper restarted", restarted)
     assert {n: before[n]["pid"] for n in NAMES if n != "reaper"} == \
         {n: after[n]["pid"] for n in NAMES if n != "reaper"}
     assert 0 == after["reaper"]["restarts"]
@@ -387,8 +378,8 @@ def test_sighup_with_a_bad_config_keeps_running(tmp_path: Path, daemons: list[Da
     d.cfg.write_text(config_text(tmp_path / "state") + "workers: 12\n")
     assert d.p is not None
     d.p.send_signal(signal.SIGHUP)
-    wait_for(lambda: any(e.get("event", "").startswith("reload refused")
-                         for e in d.log_events()), "the refusal in the log")
+    until("the refusal in the log", lambda: any(e.get("event", "").startswith("reload refused")
+                         for e in d.log_events()))
     assert {n: w["pid"] for n, w in before.items()} == \
         {n: w["pid"] for n, w in d.running().items()}
     reply = d.control("reload")

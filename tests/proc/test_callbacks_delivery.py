@@ -19,14 +19,13 @@ from typing import Any
 
 import pytest
 
+from supervisor.callbacks.transport import body_of, sign
 from supervisor.state.layout import DELIVERY, READY, Layout, read_record
 from supervisor.state.webhook import (
-    body_of,
     delivery_request,
     drop_request,
     job_event_id,
     job_payload,
-    sign,
 )
 
 DEADLINE = 60.0

@@ -15,8 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pytest
 from supervisor.state.layout import READY, Layout, read_record
 from supervisor.state.proc import alive
 from supervisor.state.queue import JobQueue
+from tests.helpers import until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
@@ -44,18 +44,6 @@ repositories:
   app: {{url: {repo}, exclusive: true}}
   lib: {{url: {repo}}}
 """
-
-def until(what: str, check: Callable[[], Any], deadline: float = DEADLINE) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after `deadline`."""
-    end = time.monotonic() + deadline
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
 
 def _git(*args: str, cwd: Path | None = None) -> None:
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,

@@ -19,6 +19,7 @@ from supervisor.state.clock import iso_now
 from supervisor.state.jobs import submit_request
 from supervisor.state.layout import READY, REQUEST, Layout, read_record, write_record
 from supervisor.state.proc import alive
+from tests.helpers import until
 
 DEADLINE = 60.0
 WORKERS = ("scheduler", "locks", "reaper", "callbacks")
@@ -65,13 +66,6 @@ def wait_ready(layout: Layout, name: str, pid: int, proc: subprocess.Popen[Any] 
         assert proc is None or proc.poll() is None, f"{name} exited {proc.returncode}"
         time.sleep(0.01)
     raise AssertionError(f"{name} (pid {pid}) never reported ready")
-
-
-def wait_until(cond: Any, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("name", WORKERS)
@@ -143,10 +137,10 @@ def test_scheduler_ingests_and_cancels_through_its_inbox(
              "callback": None, "timeout": None, "batch": None, "exclusive": False,
              "created_at": iso_now()} for i in range(3)]
     write_record(REQUEST, inbox / "s1.json", submit_request(jobs, request_id="s1"))
-    wait_until(lambda: not (inbox / "s1.json").exists(), "submit never taken")
+    until("submit never taken", lambda: not (inbox / "s1.json").exists())
     write_record(REQUEST, inbox / "c1.json",
                  {"id": "c1", "kind": "cancel", "job": "j1", "created_at": iso_now()})
-    wait_until(lambda: not (inbox / "c1.json").exists(), "cancel never taken")
+    until("cancel never taken", lambda: not (inbox / "c1.json").exists())
     p.send_signal(signal.SIGTERM)
     assert 0 == p.wait(DEADLINE)
     q = JobQueue.open(layout.wal_dir, readonly=True)
@@ -167,6 +161,7 @@ import os, sys
 from pathlib import Path
 from supervisor.config import Config
 from supervisor.runtime import worker_entry
+from tests.helpers import until
 
 state, name, leak_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 leak = os.open(leak_path, os.O_RDONLY)
@@ -213,7 +208,7 @@ def test_worker_dies_with_its_parent(tmp_path: Path) -> None:
     rec = wait_ready(Layout(tmp_path / "state"), "callbacks", child)
     parent.kill()
     parent.wait()
-    wait_until(lambda: not alive(child, rec["start"]), "the worker outlived its parent")
+    until("the worker outlived its parent", lambda: not alive(child, rec["start"]))
 
 
 def test_sigint_and_sighup_do_not_stop_a_forked_worker(tmp_path: Path) -> None:
@@ -265,7 +260,7 @@ def _kill_mid_ingest(tmp_path: Path, cfg_file: Path, procs: list[subprocess.Pope
             assert ids == present
     p = start_worker("scheduler", cfg_file, procs, log)
     wait_ready(layout, "scheduler", p.pid, p)
-    wait_until(lambda: not request.exists(), "the submit was never finished")
+    until("the submit was never finished", lambda: not request.exists())
     p.send_signal(signal.SIGTERM)
     assert 0 == p.wait(DEADLINE)
     q = JobQueue.open(layout.wal_dir, readonly=True)

@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from supervisor.config import Config, RepoConfig, SchedulerConfig
+from supervisor.config import AgentConfig, Config, RepoConfig, SchedulerConfig
 from supervisor.scheduler import dispatch as _dispatch
+from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.launch import Launched, LaunchError
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.layout import (
     REQUEST,
     RESULT,
@@ -61,16 +62,6 @@ class RecLog:
 
     def levels(self, level: str) -> list[str]:
         return [e for lv, e, _ in self.lines if lv == level]
-
-
-class Clock:
-    """An epoch clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Procs:
@@ -180,12 +171,13 @@ def cfg(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> MockClock:
+    """Real processes write real heartbeats: the clock starts at the real time."""
+    return MockClock(time.time())
 
 
 @pytest.fixture
-def jobs(cfg: Config, procs: Procs, clock: Clock) -> _dispatch.Jobs:
+def jobs(cfg: Config, procs: Procs, clock: MockClock) -> _dispatch.Jobs:
     return _dispatch.Jobs.over(cfg, Layout(cfg.state_dir), JobQueue.over(MemoryStorage()),
                                RecLog(), launcher=procs, clock=clock)  # type: ignore[arg-type]
 
@@ -196,10 +188,14 @@ def log_of(j: _dispatch.Jobs) -> RecLog:
 
 
 def enqueue(j: _dispatch.Jobs, *ids: str, **extra: Any) -> None:
+    """Queue jobs as the submit handler does: into the WAL, then into the index."""
     for job_id in ids:
         j.queue.enqueue(job_id, {"agent": "shell", "prompt": "sleep 60", "repos": [],
                                  "timeout": None, "created_at": iso_now(),
                                  "workspace": str(j.cfg.workspace_dir / job_id), **extra})
+        doomed = _queued.add(j.runnable, j.queue, get(j, job_id), j.clock.time())
+        if doomed is not None:
+            j.doomed.append((job_id, doomed))
 
 
 def get(j: _dispatch.Jobs, job_id: str) -> dict[str, Any]:
@@ -209,7 +205,7 @@ def get(j: _dispatch.Jobs, job_id: str) -> dict[str, Any]:
 
 
 def sentinel(j: _dispatch.Jobs, job_id: str, pid: int, *, age: float = 0.0) -> None:
-    ts = j.clock() - age
+    ts = j.clock.time() - age
     j.layout.job_dir(job_id).mkdir(parents=True, exist_ok=True)
     write_record(SENTINEL, j.layout.job_sentinel(job_id), {
         "id": job_id, "pid": pid, "start": start_time(pid), "heartbeat_at": iso_now(ts),
@@ -370,7 +366,7 @@ def test_a_finished_job_is_ticked_no_more(jobs: _dispatch.Jobs, procs: Procs) ->
 # -- liveness ------------------------------------------------------------------------------------
 
 def test_dead_adaptor_is_lost_and_its_group_killed(jobs: _dispatch.Jobs, procs: Procs,
-                                                   clock: Clock) -> None:
+                                                   clock: MockClock) -> None:
     """Adaptor SIGKILLed, heartbeat older than dead_after, no result: lost; the job's
     process left in its group (tagged BATCHD_JOB_ID=a) is killed; an untagged process in
     the same group is not touched."""
@@ -383,7 +379,7 @@ def test_dead_adaptor_is_lost_and_its_group_killed(jobs: _dispatch.Jobs, procs: 
     wait_dead(adaptor)
     _dispatch.tick_all(jobs)
     assert "running" == get(jobs, "a")["state"]          # stale, not yet dead
-    clock.now += 3.5
+    clock.advance(3.5)
     _dispatch.tick_all(jobs)
     a = get(jobs, "a")
     assert ("lost", 1) == (a["state"], jobs.queue.stats()["lost"])
@@ -393,7 +389,7 @@ def test_dead_adaptor_is_lost_and_its_group_killed(jobs: _dispatch.Jobs, procs: 
 
 
 def test_stale_heartbeat_warns_once_and_keeps(jobs: _dispatch.Jobs, procs: Procs,
-                                              clock: Clock) -> None:
+                                              clock: MockClock) -> None:
     """A live adaptor whose heartbeat is stale is kept; the warning is rate-limited."""
     adaptor = run_one(jobs, procs)
     sentinel(jobs, "a", adaptor.pid, age=2.0)
@@ -405,13 +401,13 @@ def test_stale_heartbeat_warns_once_and_keeps(jobs: _dispatch.Jobs, procs: Procs
 
 
 def test_timeout_backstop_kills_and_times_out(jobs: _dispatch.Jobs, procs: Procs,
-                                              clock: Clock) -> None:
+                                              clock: MockClock) -> None:
     """An adaptor still running long past its timeout + kill_grace + margin is SIGKILLed
     (its whole group) and the job is timed_out."""
     enqueue(jobs, "a", timeout=1.0)
     _dispatch.dispatch(jobs)
     adaptor = procs.by_pid(get(jobs, "a")["pid"])
-    clock.now += 1.0 + 1.0 + 15.0 + 1.0
+    clock.advance(1.0 + 1.0 + 15.0 + 1.0)
     sentinel(jobs, "a", adaptor.pid)
     _dispatch.tick_all(jobs)
     assert ("timed_out", -signal.SIGKILL) == (get(jobs, "a")["state"], wait_dead(adaptor))
@@ -445,7 +441,7 @@ def test_cancel_of_a_running_job(jobs: _dispatch.Jobs, procs: Procs) -> None:
         == (a["state"], a["reason"], jobs.queue.stats()["cancelled"])
 
 
-def test_cancel_overdue_is_killed(jobs: _dispatch.Jobs, procs: Procs, clock: Clock) -> None:
+def test_cancel_overdue_is_killed(jobs: _dispatch.Jobs, procs: Procs, clock: MockClock) -> None:
     """An adaptor that ignores SIGTERM past kill_grace + margin is SIGKILLed; cancelled."""
     procs.argv = ["sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"]
     adaptor = run_one(jobs, procs)
@@ -453,7 +449,7 @@ def test_cancel_overdue_is_killed(jobs: _dispatch.Jobs, procs: Procs, clock: Clo
     _dispatch.cancel(jobs, "a")
     time.sleep(0.1)
     assert None is adaptor.poll()
-    clock.now += 1.0 + 15.0 + 1.0
+    clock.advance(1.0 + 15.0 + 1.0)
     sentinel(jobs, "a", adaptor.pid)
     _dispatch.tick_all(jobs)
     a = get(jobs, "a")
@@ -480,7 +476,7 @@ def test_cancel_of_an_unknown_job(jobs: _dispatch.Jobs) -> None:
 # -- re-attachment ---------------------------------------------------------------------------------
 
 def test_reattach_sorts_every_active_job(cfg: Config, jobs: _dispatch.Jobs, procs: Procs,
-                                         clock: Clock) -> None:
+                                         clock: MockClock) -> None:
     """A restarted scheduler's view: alive + fresh -> reattached (recovered, marked on the
     job), result -> finalized, dead past dead_after -> lost, stale -> kept."""
     enqueue(jobs, "fresh", "done", "dead", "stale")
@@ -494,7 +490,7 @@ def test_reattach_sorts_every_active_job(cfg: Config, jobs: _dispatch.Jobs, proc
     result(jobs, "done")
     procs.by_pid(pids["dead"]).kill()
     wait_dead(procs.by_pid(pids["dead"]))
-    clock.now += 0.5
+    clock.advance(0.5)
     sentinel(jobs, "fresh", pids["fresh"])
     sentinel(jobs, "dead", pids["dead"], age=4.0)
     again = _dispatch.Jobs.over(jobs.cfg, jobs.layout, jobs.queue, RecLog(),  # type: ignore[arg-type]
@@ -513,7 +509,7 @@ def test_reattach_of_a_starting_job_learns_its_pid(jobs: _dispatch.Jobs, procs: 
     """Scheduler died between the fork and the running record: the adaptor's sentinel
     makes the job running with the adaptor's pid (never a second launch)."""
     enqueue(jobs, "a")
-    jobs.queue.update("a", state="starting", attempts=1, dispatched_at=iso_now(jobs.clock()))
+    jobs.queue.update("a", state="starting", attempts=1, dispatched_at=iso_now(jobs.clock.time()))
     adaptor = procs.spawn("a")
     sentinel(jobs, "a", adaptor.pid)
     again = _dispatch.Jobs.over(jobs.cfg, jobs.layout, jobs.queue, RecLog(),  # type: ignore[arg-type]
@@ -784,3 +780,102 @@ def test_a_large_submission_waits_in_batches(rjobs: _dispatch.Jobs,
     _dispatch.dispatch(rjobs)
     assert (False, "waiting") == (rjobs.backlog, get(rjobs, "c")["state"])
     assert ["a", "b", "c"] == rjobs.queue.ids("waiting")
+
+
+# -- job control --------------------------------------------------------------------------------
+
+def test_higher_priority_starts_first_and_fifo_within_a_priority(
+        jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """Two slots, four queued: the two best start (priority, then submission order)."""
+    enqueue(jobs, "low", priority=-1)
+    enqueue(jobs, "first")
+    enqueue(jobs, "top", priority=9)
+    enqueue(jobs, "second")
+    assert 2 == _dispatch.dispatch(jobs)
+    assert ["top", "first"] == procs.launched
+
+
+def test_a_delayed_job_starts_when_its_time_comes(jobs: _dispatch.Jobs, procs: Procs,
+                                                  clock: MockClock) -> None:
+    """not_before ahead: nothing starts, next_due says when; once the clock passes it, the
+    next dispatch starts it."""
+    when = iso_now(clock.time() + 30)
+    enqueue(jobs, "later", not_before=when)
+    assert (0, parse_iso(when)) == (_dispatch.dispatch(jobs), jobs.next_due())
+    clock.advance(30)
+    assert (1, ["later"]) == (_dispatch.dispatch(jobs), procs.launched)
+
+
+def test_an_agent_at_its_limit_does_not_hold_back_another_agent(
+        jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """slow (max_concurrent 1) has two jobs queued first: one starts, the other waits, and
+    the free agent's job takes the second slot."""
+    jobs.cfg = replace(jobs.cfg, agents={**jobs.cfg.agents, "slow": AgentConfig(
+        adaptor="command", max_concurrent=1)})
+    enqueue(jobs, "s1", agent="slow")
+    enqueue(jobs, "s2", agent="slow")
+    enqueue(jobs, "free")
+    assert 2 == _dispatch.dispatch(jobs)
+    assert (["s1", "free"], "queued", 1) == (procs.launched, get(jobs, "s2")["state"],
+                                             jobs.load["slow"])
+
+
+def test_low_disk_starts_nothing_until_space_returns(jobs: _dispatch.Jobs, procs: Procs,
+                                                      clock: MockClock) -> None:
+    """Below disk.min_free no job starts (said once in the log); space is measured again
+    after DISK_RECHECK, and then the queue starts by itself."""
+    free = {"bytes": 10}
+    jobs.measure = lambda path: (free["bytes"], 1 << 40)
+    enqueue(jobs, "a")
+    assert (0, [], True) == (_dispatch.dispatch(jobs), procs.launched,
+                             (jobs.disk_low or "").startswith("disk: 10B free on "))
+    free["bytes"] = 1 << 40
+    assert 0 == _dispatch.dispatch(jobs)             # not measured again yet
+    clock.advance(_dispatch.DISK_RECHECK)
+    assert (1, ["a"], None) == (_dispatch.dispatch(jobs), procs.launched, jobs.disk_low)
+    events = [e for _, e, _ in log_of(jobs).lines if "disk.min_free" in e]
+    assert 2 == len(events)
+
+
+def test_paused_starts_nothing_and_resumed_starts_again(jobs: _dispatch.Jobs,
+                                                        procs: Procs) -> None:
+    """While paused the queue stays as it is; once resumed the jobs start."""
+    jobs.paused = True
+    enqueue(jobs, "a")
+    assert (0, []) == (_dispatch.dispatch(jobs), procs.launched)
+    jobs.paused = False
+    assert (1, ["a"]) == (_dispatch.dispatch(jobs), procs.launched)
+
+
+def test_a_failed_dependency_fails_its_waiters_without_running_them(
+        jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """b runs after a; a fails: b ends failed `dependency a failed` and never starts, and
+    c (after b) follows it down the same way."""
+    proc = run_one(jobs, procs, "a")
+    enqueue(jobs, "b", after=["a"])
+    enqueue(jobs, "c", after=["b"])
+    result(jobs, "a", exit_code=3)
+    _dispatch.tick_all(jobs)
+    proc.wait(DEADLINE)
+    _dispatch.dispatch(jobs)
+    assert [("failed", "dependency a failed"), ("failed", "dependency b failed"), ["a"]] == [
+        (get(jobs, "b")["state"], get(jobs, "b")["reason"]),
+        (get(jobs, "c")["state"], get(jobs, "c")["reason"]), procs.launched]
+
+
+def test_a_failed_job_with_retries_is_queued_again_once(jobs: _dispatch.Jobs,
+                                                        procs: Procs) -> None:
+    """A job with retries that fails is retried as <id>.r1 (retry_of, one retry less,
+    named by the failed job's retried_as); a second finalize (a crash replay) makes no
+    second retry."""
+    proc = run_one(jobs, procs, "a")
+    jobs.queue.update("a", retries=2)
+    result(jobs, "a", exit_code=1)
+    _dispatch.tick_all(jobs)
+    proc.wait(DEADLINE)
+    a, retry = get(jobs, "a"), get(jobs, "a.r1")
+    assert ("failed", "a.r1", "a", 1, "queued") == (
+        a["state"], a["retried_as"], retry["retry_of"], retry["retries"], retry["state"])
+    replayed = dict(a, state="running")
+    assert "a.r1" == _dispatch._retry(jobs, replayed, {"reason": "exit 1"})
+    assert ["a", "a.r1"] == jobs.queue.ids()

@@ -18,7 +18,7 @@ from supervisor.config import Config
 from supervisor.scheduler.dispatch import Jobs
 from supervisor.scheduler.launch import Launched
 from supervisor.state.atomic import CORRUPT_MARK
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import MockClock, iso_now
 from supervisor.state.jobs import cancel_request, submit_request
 from supervisor.state.layout import REQUEST, RESULT, Layout, write_record
 from supervisor.state.proc import start_time
@@ -93,8 +93,8 @@ def test_recovery_of_a_fresh_state_dir(cfg: Config) -> None:
 
 
 def test_submit_request_is_ingested_and_removed(sched: scheduler.Scheduler, cfg: Config) -> None:
-    """A submit request's jobs are queued in order with workspace and output_path; the
-    request file is removed and `submitted` counts them."""
+    """A submit request's jobs are queued in order with their workspace (the output path
+    is derived, not stored); the request file is removed and `submitted` counts them."""
     path = drop(sched, submit_request([job("a"), job("b", batch="n1")], request_id="s1"))
     scheduler.take_inbox(sched)
     assert not path.exists()
@@ -103,7 +103,7 @@ def test_submit_request_is_ingested_and_removed(sched: scheduler.Scheduler, cfg:
     assert b is not None
     assert ("queued", "n1", 0) == (b["state"], b["batch"], b["attempts"])
     assert str(cfg.workspace_dir / "b") == b["workspace"]
-    assert str(cfg.state_dir / "jobs" / "b" / "output") == b["output_path"]
+    assert "output_path" not in b
     assert 2 == sched.queue.stats()["submitted"]
 
 
@@ -183,7 +183,7 @@ def test_a_bad_submit_is_quarantined_and_queues_nothing(mem: scheduler.Scheduler
 
 def test_unknown_request_kinds_are_quarantined(mem: scheduler.Scheduler) -> None:
     """A request of a kind the scheduler has no handler for is moved aside, not dropped."""
-    drop(mem, {"id": "r1", "kind": "pause", "created_at": iso_now()})
+    drop(mem, {"id": "r1", "kind": "frobnicate", "created_at": iso_now()})
     scheduler.take_inbox(mem)
     assert [True] == [n.startswith("r1.json" + CORRUPT_MARK) for n in inbox_names(mem)]
 
@@ -283,13 +283,13 @@ class FakeWatcher:
     """Records wait() timeouts and lets them run out on the clock (5 s for None); requests
     a stop after `passes` waits."""
 
-    def __init__(self, passes: int, clock: list[float]) -> None:
+    def __init__(self, passes: int, clock: MockClock) -> None:
         self.timeouts: list[float | None] = []
         self.passes, self.clock = passes, clock
 
     def wait(self, timeout: float | None = None) -> bool:
         self.timeouts.append(timeout)
-        self.clock[0] += 5.0 if timeout is None else timeout
+        self.clock.advance(5.0 if timeout is None else timeout)
         if len(self.timeouts) >= self.passes:
             _runtime.request_stop()
         return False
@@ -297,9 +297,9 @@ class FakeWatcher:
 
 def test_serve_sleeps_without_timeout_when_no_job_is_active(mem: scheduler.Scheduler) -> None:
     """Idle is asleep: with no starting/running job the loop waits for a hint only."""
-    now = [0.0]
-    watcher = FakeWatcher(3, now)
-    scheduler.serve(mem, watcher, clock=lambda: now[0])  # type: ignore[arg-type]
+    clock = MockClock()
+    watcher = FakeWatcher(3, clock)
+    scheduler.serve(mem, watcher, clock=clock)  # type: ignore[arg-type]
     assert [None, None, None] == watcher.timeouts
 
 
@@ -312,9 +312,9 @@ def test_serve_ticks_active_jobs_every_interval(mem: scheduler.Scheduler) -> Non
     mem.layout.job_dir("a").mkdir(parents=True)
     write_record(RESULT, mem.layout.job_result("a"), {
         "id": "a", "exit_code": 0, "signal": None, "finished_at": iso_now(), "reason": None})
-    now = [0.0]
-    watcher = FakeWatcher(3, now)
-    scheduler.serve(mem, watcher, clock=lambda: now[0])  # type: ignore[arg-type]
+    clock = MockClock()
+    watcher = FakeWatcher(3, clock)
+    scheduler.serve(mem, watcher, clock=clock)  # type: ignore[arg-type]
     assert ("completed", [1.0, None, None]) == (mem.queue.state("a"), watcher.timeouts)
 
 
@@ -413,3 +413,24 @@ def test_a_cancel_for_a_job_that_never_comes_is_quarantined_after_an_hour(
     scheduler.take_inbox(mem)
     names = inbox_names(mem)
     assert 1 == len(names) and CORRUPT_MARK in names[0], names
+
+
+def test_serve_wakes_for_a_delayed_job_at_its_time(cfg: Config) -> None:
+    """A job delayed 0.4 s (less than a tick: no tick would start it): the loop sleeps
+    exactly until then (a timer, not a poll), and the pass at that moment starts it."""
+    clock = MockClock()
+    launched: list[str] = []
+
+    def launcher(job_dir: Path, mode: str) -> Launched:
+        launched.append(job_dir.name)
+        return Launched(None, None, None)
+
+    s = scheduler.Scheduler(cfg, Layout(cfg.state_dir), JobQueue.over(MemoryStorage()),
+                            _log.get("test"), None)  # type: ignore[arg-type]
+    s.jobs = Jobs.over(cfg, s.layout, s.queue, s.log, launcher=launcher, clock=clock)
+    drop(s, submit_request([job("d", not_before=iso_now(clock.time() + 0.4))],
+                           request_id="s1"))
+    scheduler.take_inbox(s)
+    watcher = FakeWatcher(2, clock)
+    scheduler.serve(s, watcher, clock=clock)  # type: ignore[arg-type]
+    assert (0.4, ["d"]) == (round(watcher.timeouts[0] or 0, 3), launched)

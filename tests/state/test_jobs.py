@@ -21,6 +21,7 @@ from supervisor.state.jobs import (
     usage_stats,
     valid_job_id,
 )
+from supervisor.state.layout import Layout
 
 T = 1_800_000_000.25
 
@@ -129,12 +130,15 @@ def test_new_job_ids_are_valid_time_sortable_and_distinct() -> None:
 
 def test_job_record_has_every_field_and_shows_pid_only_while_active() -> None:
     """Every contract field is present (session_id, usage, resume_of among them); pid is
-    null unless starting or running."""
-    running = job_record({"id": "j", "state": "running", "pid": 42, "repos": None})
+    null unless starting or running; the output path is the layout's (derived, not stored
+    in the entry)."""
+    layout = Layout("/var/lib/batchd")
+    running = job_record({"id": "j", "state": "running", "pid": 42, "repos": None}, layout)
     done = job_record({"id": "j", "state": "completed", "pid": 42, "resume_of": "i",
-                       "usage": {"turns": 1}})
-    assert (RECORD_FIELDS, 42, [], 0, None) == (
-        tuple(running), running["pid"], running["repos"], running["attempts"], done["pid"])
+                       "usage": {"turns": 1}}, layout)
+    assert (RECORD_FIELDS, 42, [], 0, None, "/var/lib/batchd/jobs/j/output") == (
+        tuple(running), running["pid"], running["repos"], running["attempts"], done["pid"],
+        done["output_path"])
     assert (None, None, None) == (running["usage"], running["session_id"],
                                   running["resume_of"])
     assert ("i", {"input_tokens": None, "output_tokens": None, "cost_usd": None,

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -21,20 +21,13 @@ from supervisor.state.proc import (
     kill_job,
     start_time,
 )
+from tests.helpers import until
 
 
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat", "rb") as f:
         raw = f.read()
     return raw[raw.rfind(b")") + 2:].split()[0].decode()
-
-
-def _wait_for(cond: Callable[[], bool], what: str, deadline_s: float = 30.0) -> None:
-    end = time.monotonic() + deadline_s
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def _as_seconds_since_epoch(ticks: int) -> float:
@@ -95,7 +88,7 @@ def test_exited_child_is_a_zombie_and_not_alive() -> None:
     start = start_time(p.pid)
     assert start is not None
     try:
-        _wait_for(lambda: _state(p.pid) == "Z", "the child to become a zombie")
+        until("the child to become a zombie", lambda: _state(p.pid) == "Z")
         assert alive(p.pid, start) is False
         assert alive(p.pid, None) is False
         assert start_time(p.pid) == start
@@ -118,7 +111,7 @@ def test_command_names_with_parentheses_and_spaces_parse(tmp_path: Path) -> None
     odd.symlink_to("/bin/sleep")
     p = subprocess.Popen([str(odd), "60"])
     try:
-        _wait_for(lambda: psutil.Process(p.pid).name() == "a) b (c", "the exec")
+        until("the exec", lambda: psutil.Process(p.pid).name() == "a) b (c")
         got = start_time(p.pid)
         assert got is not None
         assert abs(_as_seconds_since_epoch(got) - psutil.Process(p.pid).create_time()) < 0.05

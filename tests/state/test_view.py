@@ -120,8 +120,7 @@ def test_job_view_merges_queue_then_pending(tmp_path: Path) -> None:
     assert (["q1", "q2", "p1"], {"q1", "q2", "p1"}) == (view.ids(), view.known_ids())
     assert "completed" == view.state("q2")
     assert {"id": "p1", "agent": "shell", "state": "queued", "attempts": 0,
-            "workspace": str(layout.root / "ws" / "p1"),
-            "output_path": str(layout.job_output("p1"))} == view.get("p1")
+            "workspace": str(layout.root / "ws" / "p1")} == view.get("p1")
     assert view.get("nope") is None
     assert {"running": 1, "completed": 1, "queued": 1} == view.counts()
     view.close()

@@ -1,37 +1,32 @@
-"""Tests for supervisor.state.webhook: classification, signatures, event ids, the delivery
-record's state machine and retry schedule (fake clock), and the real HTTP transport."""
+"""state.webhook: classification, event ids, the delivery record's state machine and retry
+schedule (a mock clock and transport)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.server
-import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor.state.atomic import dump_json
+from supervisor.callbacks.transport import (
+    MockTransport,
+    Sent,
+    attempt,
+)
+from supervisor.state.clock import MockClock
 from supervisor.state.layout import REQUEST, Layout, read_record
 from supervisor.state.webhook import (
     DELIVERED,
     FAILED,
     RETRY,
-    TRANSITIONS,
+    TABLE,
+    Delivery,
+    Happening,
     InvalidTransition,
-    MockTransport,
-    RequestsTransport,
-    Result,
-    Sent,
-    TransportError,
-    attempt,
     batch_event_id,
     batch_payload,
     begin,
-    body_of,
     classify,
     delivery_problem,
     delivery_request,
@@ -45,9 +40,7 @@ from supervisor.state.webhook import (
     new_delivery,
     next_delay,
     operator_retry,
-    request_headers,
     retry_request,
-    sign,
     transition,
     valid_event_id,
     valid_url,
@@ -57,40 +50,30 @@ T0 = 1_800_000_000.0
 PAYLOAD = {"event_id": "e1", "job": {"id": "j1", "state": "completed", "note": "héllo"}}
 
 
-class Clock:
-    """A settable fake wall clock."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def record(event_id: str = "e1", now: float = T0) -> dict[str, Any]:
     return new_delivery(delivery_request(event_id, "http://127.0.0.1:9/hook", PAYLOAD,
                                          job="j1", now=now), now)
 
 
-def run_until_settled(rec: dict[str, Any], transport: MockTransport, clock: Clock,
+def run_until_settled(rec: dict[str, Any], transport: MockTransport, clock: MockClock,
                       schedule: tuple[float, ...]) -> dict[str, Any]:
     """Drive one record as the worker does, jumping the clock to each next try."""
     while rec["state"] == "pending":
-        clock.t = due_at(rec)
-        rec = begin(rec, clock())
+        clock.advance(due_at(rec) - clock.time())
+        rec = begin(rec, clock.time())
         result = attempt(transport, rec, secret=None, timeout=5.0)
-        rec = finish(rec, result, clock(), schedule)
+        rec = finish(rec, result, clock.time(), schedule)
     return rec
 
 
-def answers(*statuses: int, clock: Clock | None = None,
+def answers(*statuses: int, clock: MockClock | None = None,
             times: list[float] | None = None) -> Callable[[Sent], int]:
     """A handler answering `statuses` in turn (the last one forever), noting the times."""
     queue = list(statuses)
 
     def handler(sent: Sent) -> int:
         if clock is not None and times is not None:
-            times.append(clock())
+            times.append(clock.time())
         return queue.pop(0) if len(queue) > 1 else queue[0]
     return handler
 
@@ -110,55 +93,6 @@ def test_classify_every_status_class(status: int, outcome: str) -> None:
     """2xx delivered; 408, 429, 5xx retried; other 4xx and every 3xx failed; non-answers
     (1xx, outside 100-599) retried."""
     assert outcome == classify(status)
-
-
-@pytest.mark.parametrize(("status", "result"), [
-    (200, Result(DELIVERED, None)), (503, Result(RETRY, "HTTP 503")),
-    (400, Result(FAILED, "HTTP 400")), (302, Result(FAILED, "HTTP 302")),
-])
-def test_attempt_reports_the_outcome_and_the_status(status: int, result: Result) -> None:
-    """One try's result: the outcome and, unless delivered, "HTTP <status>"."""
-    assert result == attempt(MockTransport(answers(status)), record(), secret=None, timeout=1)
-
-
-def test_attempt_transport_errors() -> None:
-    """A transport error is retried with its text; a permanent one fails at once."""
-    def refused(sent: Sent) -> int:
-        raise TransportError("connection failed: [Errno 111] Connection refused")
-
-    def bad_url(sent: Sent) -> int:
-        raise TransportError("unusable URL: nope", permanent=True)
-
-    assert (Result(RETRY, "connection failed: [Errno 111] Connection refused"),
-            Result(FAILED, "unusable URL: nope")) == (
-        attempt(MockTransport(refused), record(), secret=None, timeout=1),
-        attempt(MockTransport(bad_url), record(), secret=None, timeout=1))
-
-
-# -- body, headers, signature ---------------------------------------------------------------
-
-def test_body_is_the_canonical_dump_of_the_payload() -> None:
-    """The body is dump_json(payload): sorted keys, UTF-8, what a receiver json-decodes."""
-    body = body_of(PAYLOAD)
-    assert (dump_json(PAYLOAD), PAYLOAD) == (body, json.loads(body))
-
-
-def test_signature_is_the_hmac_of_the_exact_body_bytes() -> None:
-    """X-Batchd-Signature is sha256=<hex HMAC-SHA256(secret, the bytes POSTed)>."""
-    transport = MockTransport(answers(200))
-    attempt(transport, record(), secret="s3cret", timeout=7.5)
-    sent = transport.sent[0]
-    want = "sha256=" + hmac.new(b"s3cret", sent.body, hashlib.sha256).hexdigest()
-    assert (want, want, body_of(PAYLOAD)) == (
-        sent.headers["X-Batchd-Signature"], sign(sent.body, "s3cret"), sent.body)
-    assert ("http://127.0.0.1:9/hook", 7.5) == (sent.url, sent.timeout)
-
-
-def test_headers_without_a_secret_carry_no_signature() -> None:
-    """Content-Type and Idempotency-Key always; no signature header when no secret."""
-    headers = request_headers("e1", b"{}", None)
-    assert ("application/json", "e1", False) == (
-        headers["Content-Type"], headers["Idempotency-Key"], "X-Batchd-Signature" in headers)
 
 
 # -- event ids and requests -------------------------------------------------------------------
@@ -221,7 +155,7 @@ def test_next_delay(attempts: int, delay: float | None) -> None:
 def test_retry_schedule_with_a_fake_clock() -> None:
     """[30s, 2m, 10m] and a receiver always 503: tries at t0, +30, +150, +750, then failed
     with 4 attempts and last_error "HTTP 503"."""
-    clock, times = Clock(), list[float]()
+    clock, times = MockClock(T0), list[float]()
     transport = MockTransport(answers(503, clock=clock, times=times))
     rec = run_until_settled(record(), transport, clock, (30.0, 120.0, 600.0))
     assert [T0, T0 + 30, T0 + 150, T0 + 750] == times
@@ -232,7 +166,7 @@ def test_retry_schedule_with_a_fake_clock() -> None:
 def test_retry_then_delivered_keeps_the_idempotency_key() -> None:
     """503, 503, 200: delivered after 3 tries, every try with the same key and body."""
     transport = MockTransport(answers(503, 503, 200))
-    rec = run_until_settled(record(), transport, Clock(), (1.0, 1.0))
+    rec = run_until_settled(record(), transport, MockClock(T0), (1.0, 1.0))
     assert ("delivered", 3) == (rec["state"], rec["attempts"])
     assert (["e1"] * 3, 1) == ([s.headers["Idempotency-Key"] for s in transport.sent],
                                len({s.body for s in transport.sent}))
@@ -240,24 +174,24 @@ def test_retry_then_delivered_keeps_the_idempotency_key() -> None:
 
 def test_an_empty_schedule_fails_at_the_first_retriable_answer() -> None:
     """retry_schedule [] means one try only."""
-    rec = run_until_settled(record(), MockTransport(answers(500)), Clock(), ())
+    rec = run_until_settled(record(), MockTransport(answers(500)), MockClock(T0), ())
     assert ("failed", 1, "HTTP 500") == (rec["state"], rec["attempts"], rec["last_error"])
 
 
 def test_a_4xx_fails_at_once() -> None:
     """400: failed after one try, whatever the schedule."""
-    rec = run_until_settled(record(), MockTransport(answers(400)), Clock(), (1.0, 1.0))
+    rec = run_until_settled(record(), MockTransport(answers(400)), MockClock(T0), (1.0, 1.0))
     assert ("failed", 1, "HTTP 400") == (rec["state"], rec["attempts"], rec["last_error"])
 
 
 def test_operator_retry_starts_a_fresh_round() -> None:
     """A failed delivery retried by the operator is due now and gets the whole schedule
     again; attempts keep counting."""
-    clock = Clock()
+    clock = MockClock(T0)
     rec = run_until_settled(record(), MockTransport(answers(503)), clock, (10.0,))
-    clock.t += 1000
-    rec = operator_retry(rec, clock())
-    assert ("pending", clock.t, 2) == (rec["state"], due_at(rec), rec["retry_base"])
+    clock.advance(1000)
+    rec = operator_retry(rec, clock.time())
+    assert ("pending", clock.time(), 2) == (rec["state"], due_at(rec), rec["retry_base"])
     times: list[float] = []
     again = MockTransport(answers(503, clock=clock, times=times))
     rec = run_until_settled(rec, again, clock, (10.0,))
@@ -266,7 +200,7 @@ def test_operator_retry_starts_a_fresh_round() -> None:
 
 def test_a_delivered_record_refuses_a_retry() -> None:
     """delivered is final."""
-    rec = run_until_settled(record(), MockTransport(answers(200)), Clock(), ())
+    rec = run_until_settled(record(), MockTransport(answers(200)), MockClock(T0), ())
     with pytest.raises(InvalidTransition):
         operator_retry(rec, T0)
 
@@ -281,11 +215,12 @@ def test_interrupted_try_is_pending_and_due_now() -> None:
 def test_transitions_not_in_the_table_are_refused() -> None:
     """Every (state, event) pair outside the table raises; the listed ones do not."""
     states = ("pending", "in_flight", "delivered", "failed")
-    events = {e for _, e in TRANSITIONS}
+    events = {e for _, e in TABLE.rows}
     for state in states:
         for event in events:
-            if (state, event) in TRANSITIONS:
-                assert TRANSITIONS[(state, event)] == transition(state, event)
+            row = TABLE.rows.get((Delivery(state), Happening(event)))
+            if row is not None:
+                assert row.next == transition(state, event)
             else:
                 with pytest.raises(InvalidTransition):
                     transition(state, event)
@@ -310,58 +245,3 @@ def test_delivery_problem(change: dict[str, Any], problem: str | None) -> None:
     assert (problem is None, True) == (found is None, problem is None or problem in str(found))
 
 
-# -- the real transport -------------------------------------------------------------------
-
-@pytest.fixture
-def server() -> Iterator[tuple[str, list[str], threading.Event]]:
-    """A real HTTP server on 127.0.0.1:0; the path picks the answer: /200, /302, /slow."""
-    seen: list[str] = []
-    release = threading.Event()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            seen.append(self.path)
-            self.rfile.read(int(self.headers["Content-Length"]))
-            if self.path == "/slow":
-                release.wait(5)
-            status = 302 if self.path == "/302" else 200
-            self.send_response(status)
-            if status == 302:
-                self.send_header("Location", "/elsewhere")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            return
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", seen, release
-    release.set()
-    srv.shutdown()
-    srv.server_close()
-
-
-def test_requests_transport_posts_and_never_follows_redirects(
-        server: tuple[str, list[str], threading.Event]) -> None:
-    """Real HTTP: 200 comes back; a 302 comes back as 302 and its Location is not fetched."""
-    base, seen, _ = server
-    transport = RequestsTransport()
-    assert (200, 302) == (transport.post(f"{base}/200", b"{}", {}, 5.0),
-                          transport.post(f"{base}/302", b"{}", {}, 5.0))
-    assert ["/200", "/302"] == seen
-
-
-def test_requests_transport_errors(server: tuple[str, list[str], threading.Event]) -> None:
-    """A timeout and a refused connection are retriable TransportErrors with their text."""
-    base, _, release = server
-    transport = RequestsTransport()
-    with pytest.raises(TransportError) as slow:
-        transport.post(f"{base}/slow", b"{}", {}, 0.3)
-    release.set()
-    with pytest.raises(TransportError) as refused:
-        transport.post("http://127.0.0.1:9/", b"{}", {}, 2.0)
-    assert ("timed out after 0.3s", False) == (str(slow.value), slow.value.permanent)
-    assert "Connection refused" in str(refused.value) and not refused.value.permanent

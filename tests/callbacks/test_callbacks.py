@@ -13,14 +13,13 @@ import pytest
 
 from supervisor import callbacks
 from supervisor import log as _log
+from supervisor.callbacks.transport import MockTransport, Sent, TransportError
 from supervisor.config import CallbacksConfig
 from supervisor.runtime import handle_inbox
 from supervisor.state.atomic import CORRUPT_MARK
+from supervisor.state.clock import MockClock
 from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, write_record
 from supervisor.state.webhook import (
-    MockTransport,
-    Sent,
-    TransportError,
     begin,
     delivery_request,
     drop_request,
@@ -33,14 +32,6 @@ from tests.crashfs import CrashFS, explore
 
 T0 = 1_800_000_000.0
 URL = "http://127.0.0.1:9/hook"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Receiver:
@@ -64,7 +55,7 @@ def make(tmp_path: Path, *statuses: int | str, schedule: tuple[float, ...] = (10
         log=log, outbox=callbacks.DirOutbox(layout.callbacks_outbox, log),
         transport=MockTransport(Receiver(*statuses or (200,))),
         settings=CallbacksConfig(retry_schedule=schedule, timeout=3.0, secret=secret),
-        now=Clock())
+        clock=MockClock(T0))
 
 
 def sent(state: callbacks.Callbacks) -> list[Sent]:
@@ -72,9 +63,9 @@ def sent(state: callbacks.Callbacks) -> list[Sent]:
     return state.transport.sent
 
 
-def clock(state: callbacks.Callbacks) -> Clock:
-    assert isinstance(state.now, Clock)
-    return state.now
+def clock(state: callbacks.Callbacks) -> MockClock:
+    assert isinstance(state.clock, MockClock)
+    return state.clock
 
 
 def on_disk(tmp_path: Path, event_id: str) -> dict[str, Any]:
@@ -255,10 +246,10 @@ def test_retries_follow_the_schedule_then_fail(tmp_path: Path) -> None:
     take_inbox(tmp_path, state)
     assert callbacks.deliver_next(state)
     assert (False, 10.0) == (callbacks.deliver_next(state), callbacks.sleep_for(state))
-    clock(state).t += 10
+    clock(state).advance(10)
     assert callbacks.deliver_next(state)
     assert 20.0 == callbacks.sleep_for(state)
-    clock(state).t += 20
+    clock(state).advance(20)
     assert callbacks.deliver_next(state)
     rec = on_disk(tmp_path, "e1")
     assert ("failed", 3, "connection failed: refused", None, None) == (
@@ -293,7 +284,7 @@ def test_retry_request_makes_a_failed_delivery_pending_now(tmp_path: Path) -> No
     """A failed delivery is due at once after the operator's retry, then delivered; its
     attempts keep counting."""
     state = failed_delivery(tmp_path)
-    clock(state).t += 100
+    clock(state).advance(100)
     drop_request(Layout(tmp_path), retry_request("e1"))
     assert 1 == take_inbox(tmp_path, state)
     rec = on_disk(tmp_path, "e1")
@@ -343,7 +334,7 @@ class ScriptedWaiter:
     """A Waiter that advances the fake clock by what it is asked to sleep, and stops the
     loop after `turns` waits; it notes each timeout asked for."""
 
-    def __init__(self, now: Clock, turns: int) -> None:
+    def __init__(self, now: MockClock, turns: int) -> None:
         self.now, self.turns = now, turns
         self.asked: list[float | None] = []
 
@@ -351,7 +342,7 @@ class ScriptedWaiter:
         self.asked.append(timeout)
         self.turns -= 1
         if timeout is not None:
-            self.now.t += timeout
+            self.now.advance(timeout)
         return len(self.asked) == 1        # the first wait: the start-up rescan
 
 

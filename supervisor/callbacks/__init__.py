@@ -1,42 +1,12 @@
 """The callbacks worker: the webhook outbox and its deliveries (at-least-once, any crash).
 
-Files (this worker is the only writer of the outbox; see supervisor/_webhook.py for the
-record's state machine, the classification and the retry schedule):
-
-    callbacks/inbox/<id>.json        REQUEST  "deliver" (from the scheduler), "retry"
-                                              (from `batchctl callbacks retry`)
-    callbacks/outbox/<event id>.json DELIVERY {id, job, url, payload, state, attempts,
-                                              retry_base, next_attempt_at,
-                                              last_error, created_at, updated_at}
-
-Recovery (its start-up): read every outbox record. One that cannot be used (unparseable,
-wrong schema, or fields that make no sense) is moved aside as `NAME.corrupted.<UTC ts>`,
-counted and named in the ready record's `degraded`: only that webhook is affected. An
-"in_flight" record is a try the previous incarnation died in: it goes back to "pending",
-due at once (written before ready is reported). Temp files are left to the reaper.
-Delivered and failed records stay for `batchctl callbacks`; nothing prunes them yet.
-
-Serving: one thread. Each turn takes the inbox when a hint (or the periodic rescan)
-arrived, then makes at most ONE due try, then sleeps until the earliest next try or the
-next hint. So an inbox request never waits behind more than one try, and a slow receiver
-delays the others by at most `callbacks.timeout` per try. Only pending records are held
-in memory; whether an event is known is asked of the disk.
-
-Crash safety, step by step (every write is write_record: temp, fsync, rename, fsync dir):
-- "deliver" request: the record is written, then the request removed. A crash between
-  replays the request, which finds the record and does nothing (the file name is the
-  event id); a crash before the record's rename leaves only the request.
-- a try: "in_flight" (attempts + 1) is written BEFORE the POST; the outcome after it. A
-  crash between: recovery makes it pending again and it is POSTed again with the same
-  Idempotency-Key (at-least-once). A crash after the outcome is written: nothing is lost.
-- "retry" request: the record is rewritten pending, then the request removed; a replay
-  re-arms an already pending record (due now again): harmless.
+Recovery reads the whole outbox (an in_flight record goes back to pending, due now);
+then the inbox and the due tries. docs/CALLBACKS.md has the files and the crash argument.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from supervisor import log as _log
+from supervisor.callbacks.transport import RequestsTransport, Transport, attempt
 from supervisor.config import CallbacksConfig, Config
 from supervisor.runtime import (
     EXIT_OK,
@@ -54,19 +25,15 @@ from supervisor.runtime import (
     Watcher,
     handle_inbox,
     report_ready,
-    run_standalone,
     stop_requested,
 )
 from supervisor.state.atomic import CORRUPT_MARK, Corrupt, ensure_dir, is_tmp_name, quarantine
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.fs import FS, REAL
 from supervisor.state.layout import DELIVERY, Layout, read_record, write_record
 from supervisor.state.webhook import (
     DELIVERY_STATES,
     InvalidTransition,
-    RequestsTransport,
-    Transport,
-    attempt,
     begin,
     delivery_problem,
     due_at,
@@ -169,7 +136,7 @@ class Callbacks:
     outbox: Outbox
     transport: Transport
     settings: CallbacksConfig
-    now: Callable[[], float] = time.time
+    clock: Clock = SYSTEM_CLOCK
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def store(self, rec: dict[str, Any]) -> None:
@@ -189,7 +156,7 @@ def recover(state: Callbacks) -> tuple[dict[str, int], dict[str, int], list[str]
     for rec in records:
         found[rec["state"]] += 1
         if rec["state"] == "in_flight":
-            state.store(interrupted(rec, state.now()))     # durable before ready
+            state.store(interrupted(rec, state.clock.time()))     # durable before ready
             state.log.warning("delivery interrupted by a crash: it will be sent again",
                               event_id=rec["id"], url=rec["url"], attempts=rec["attempts"])
             requeued += 1
@@ -220,7 +187,7 @@ def handle_deliver(state: Callbacks, req: dict[str, Any]) -> None:
     if event_id in state.pending or state.outbox.get(event_id) is not None:
         state.log.info("delivery request replayed: already in the outbox", event_id=event_id)
         return
-    state.store(new_delivery(req, state.now()))
+    state.store(new_delivery(req, state.clock.time()))
     state.log.info("delivery queued", event_id=event_id, job=req.get("job"), url=req["url"])
 
 
@@ -232,7 +199,7 @@ def handle_retry(state: Callbacks, req: dict[str, Any]) -> None:
         state.log.warning("retry of an unknown delivery ignored", event_id=event_id)
         return
     try:
-        rec = operator_retry(rec, state.now())
+        rec = operator_retry(rec, state.clock.time())
     except InvalidTransition as exc:
         state.log.warning("retry ignored", event_id=event_id, reason=str(exc))
         return
@@ -252,13 +219,13 @@ HANDLERS: dict[str, Callable[[Callbacks, dict[str, Any]], None]] = {
 def deliver_next(state: Callbacks) -> bool:
     """Make one try of the earliest due delivery; False if none is due."""
     first = earliest(state.pending.values())
-    if first is None or due_at(first) > state.now():
+    if first is None or due_at(first) > state.clock.time():
         return False
-    rec = begin(first, state.now())
+    rec = begin(first, state.clock.time())
     state.store(rec)                     # durable "in_flight" before the POST
     result = attempt(state.transport, rec, secret=state.settings.secret,
                      timeout=state.settings.timeout)
-    rec = finish(rec, result, state.now(), state.settings.retry_schedule)
+    rec = finish(rec, result, state.clock.time(), state.settings.retry_schedule)
     state.store(rec)
     state.log.info("delivery try", event_id=rec["id"], url=rec["url"], attempts=rec["attempts"],
                    outcome=result.outcome, error=result.error, state=rec["state"],
@@ -271,7 +238,7 @@ def sleep_for(state: Callbacks) -> float | None:
     first = earliest(state.pending.values())
     if first is None:
         return None
-    return max(0.0, due_at(first) - state.now())
+    return max(0.0, due_at(first) - state.clock.time())
 
 
 def serve(state: Callbacks, waiter: Waiter, inbox: Path, *,
@@ -305,6 +272,3 @@ def main(cfg: Config) -> int:
         serve(state, watcher, inbox)
     return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(run_standalone(NAME, main))

@@ -1,0 +1,153 @@
+"""The HTTP side of a webhook: the exact body and headers, a signature, the transport.
+
+`attempt` POSTs a delivery record's payload once through a `Transport`: the real one
+(`RequestsTransport`, requests imported at its first POST, redirects never followed) or
+the in-memory twin tests use (`MockTransport`, httpx's model), and says what came of it
+as a state.webhook.Result (delivered, retry, failed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from supervisor import __version__
+from supervisor.state.atomic import dump_json
+from supervisor.state.webhook import DELIVERED, FAILED, RETRY, Result, classify
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["MockTransport", "RequestsTransport", "Sent", "Transport", "TransportError",
+           "attempt", "body_of", "request_headers", "sign"]
+
+
+def sign(body: bytes, secret: str) -> str:
+    """`sha256=<hex HMAC-SHA256 of body keyed with secret (UTF-8)>`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def body_of(payload: Mapping[str, Any]) -> bytes:
+    """The exact bytes POSTed for `payload` (dump_json: UTF-8, sorted keys, newline)."""
+    return dump_json(dict(payload))
+
+
+def request_headers(event_id: str, body: bytes, secret: str | None) -> dict[str, str]:
+    """The headers of every try of `event_id`; signed when `secret` is set."""
+    headers = {"Content-Type": "application/json", "Idempotency-Key": event_id,
+               "User-Agent": f"batchd/{__version__}"}
+    if secret is not None:
+        headers["X-Batchd-Signature"] = sign(body, secret)
+    return headers
+
+
+class TransportError(Exception):
+    """A try that got no HTTP status; str() is the error text, `permanent` = never retry."""
+
+    def __init__(self, text: str, *, permanent: bool = False) -> None:
+        super().__init__(text)
+        self.permanent = permanent
+
+
+class Transport(Protocol):
+    """POSTs one body; returns the HTTP status or raises TransportError."""
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        ...
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost OS-level reason in an exception chain ("[Errno 111] Connection refused")."""
+    seen: set[int] = set()
+    best: BaseException = exc
+    todo: list[BaseException] = [exc]
+    while todo:
+        cur = todo.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.strerror:
+            best = cur
+        nxt = [cur.__cause__, cur.__context__, getattr(cur, "reason", None),
+               *[a for a in cur.args if isinstance(a, BaseException)]]
+        todo.extend(e for e in nxt if isinstance(e, BaseException))
+    if isinstance(best, OSError) and best.strerror:
+        return f"[Errno {best.errno}] {best.strerror}" if best.errno else best.strerror
+    return str(best)[:200]
+
+
+class RequestsTransport:
+    """The real transport: one `requests.Session`, redirects never followed.
+
+    `stream=True` returns at the response headers: the body is never read, so a receiver
+    cannot hold the worker beyond `timeout` (connect, then between bytes) with a slow body.
+    Proxies come from the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as for curl.
+    `requests` is imported at the first POST, not before: a (re)started worker reports
+    ready without paying for it, and modules that only build requests never load it.
+    """
+
+    def __init__(self, session: requests.Session | None = None) -> None:
+        self.session = session
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        import requests as rq
+
+        if self.session is None:
+            self.session = rq.Session()
+        try:
+            resp = self.session.post(url, data=body, headers=dict(headers), timeout=timeout,
+                                     allow_redirects=False, stream=True)
+        except rq.Timeout:
+            raise TransportError(f"timed out after {timeout:g}s") from None
+        except (rq.exceptions.InvalidURL, rq.exceptions.InvalidSchema,
+                rq.exceptions.MissingSchema) as exc:
+            raise TransportError(f"unusable URL: {exc}", permanent=True) from None
+        except rq.ConnectionError as exc:
+            raise TransportError(f"connection failed: {_root_cause(exc)}") from None
+        except rq.RequestException as exc:
+            raise TransportError(f"request failed: {_root_cause(exc)}") from None
+        except ValueError as exc:   # a URL or header urllib3 cannot even parse
+            raise TransportError(f"unusable request: {exc}", permanent=True) from None
+        status = int(resp.status_code)
+        resp.close()
+        return status
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One POST a MockTransport received."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    timeout: float
+
+
+@dataclass
+class MockTransport:
+    """A transport for unit tests (httpx.MockTransport style): `handler(sent)` answers
+    each POST with a status or raises TransportError; every POST is kept in `sent`."""
+
+    handler: Callable[[Sent], int]
+    sent: list[Sent] = field(default_factory=list)
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        sent = Sent(url, body, dict(headers), timeout)
+        self.sent.append(sent)
+        return self.handler(sent)
+
+
+def attempt(transport: Transport, rec: Mapping[str, Any], *, secret: str | None,
+            timeout: float) -> Result:
+    """POST the record's payload once (body computed once, headers per the contract)."""
+    body = body_of(rec["payload"])
+    headers = request_headers(rec["id"], body, secret)
+    try:
+        status = transport.post(rec["url"], body, headers, timeout)
+    except TransportError as exc:
+        return Result(FAILED if exc.permanent else RETRY, str(exc))
+    outcome = classify(status)
+    return Result(outcome, None if outcome == DELIVERED else f"HTTP {status}")
