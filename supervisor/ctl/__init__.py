@@ -29,6 +29,7 @@ from supervisor.ctl.control import (
     cmd_workers,
 )
 from supervisor.ctl.follow import cmd_output, cmd_tail
+from supervisor.ctl.history import cmd_clean, cmd_history
 from supervisor.ctl.jobs import (
     cmd_batch,
     cmd_batches,
@@ -48,7 +49,7 @@ from supervisor.ctl.submit import cmd_submit
 from supervisor.state.clock import parse_iso
 from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
-from supervisor.state.view import JOB_STATES, JobFilter, Unreadable
+from supervisor.state.view import JOB_STATES, TERMINAL, JobFilter, Unreadable
 from supervisor.state.wal import WalError
 
 __all__ = ["build_parser", "main"]
@@ -162,6 +163,20 @@ def _batch(p: argparse.ArgumentParser) -> None:
     p.add_argument("batch", metavar="B", help="batch name")
 
 
+def _clean(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--older-than", metavar="D",
+                   help="only jobs that finished at least D ago (default: any finished job)")
+    p.add_argument("--state", metavar="S", action="append", default=[],
+                   choices=sorted(TERMINAL),
+                   help="only jobs in this finished state (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would be forgotten, change nothing")
+
+
+def _history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--month", metavar="YYYY-MM", help="only jobs that finished that month")
+
+
 def _control(op: str) -> Run:
     return lambda ctx, a: cmd_control(ctx, op, getattr(a, "worker", None))
 
@@ -188,7 +203,12 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "resume": ("start jobs again after `pause`", _none, lambda c, a: cmd_pause(c, False)),
     "batches": ("every batch and its state counts", _none, lambda c, a: cmd_batches(c)),
     "batch": ("one batch: counts, done, job ids", _batch, lambda c, a: cmd_batch(c, a.batch)),
-    "stats": ("job counters and worker restarts", _none, lambda c, a: cmd_stats(c)),
+    "stats": ("job counters, worker restarts, what the reaper removed", _none,
+              lambda c, a: cmd_stats(c)),
+    "clean": ("forget finished jobs now, as retention does (archived first)", _clean,
+              lambda c, a: cmd_clean(c, a.older_than, a.state, a.dry_run)),
+    "history": ("archived job records (forgotten by retention or clean), newest first",
+                _history, lambda c, a: cmd_history(c, a.month)),
     "callbacks": ("webhook deliveries; `callbacks retry ID` asks for one more try",
                   setup_callbacks, run_callbacks),
     "locks": ("repository locks: holders, and waiting jobs in FIFO order", setup_locks,

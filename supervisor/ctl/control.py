@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx, age, cell, table
@@ -65,9 +66,12 @@ def reply_timeout(ctx: Ctx, op: str, worker: str | None) -> float:
 
 
 def wait_reply(layout: Layout, request_id: str, timeout: float, *,
-               clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
-    """The parent's reply to `request_id`; CtlError if batchd stops or `timeout` passes."""
-    path = layout.reply_file(request_id)
+               clock: Clock = SYSTEM_CLOCK, path: Path | None = None,
+               inbox: Path | None = None) -> dict[str, Any]:
+    """The reply to `request_id` (batchd's, or at `path` a worker's to a request in
+    `inbox`); CtlError if batchd stops or `timeout` passes."""
+    path = layout.reply_file(request_id) if path is None else path
+    inbox = layout.control_inbox if inbox is None else inbox
     deadline = clock.monotonic() + timeout
     while True:
         reply = read_record(REPLY, path, owner=False)
@@ -80,7 +84,7 @@ def wait_reply(layout: Layout, request_id: str, timeout: float, *,
             raise CtlError(f"batchd stopped before answering request {request_id}")
         if clock.monotonic() >= deadline:
             raise CtlError(f"no reply from batchd within {timeout:g}s "
-                           f"(request {request_id} is still in {layout.control_inbox})")
+                           f"(request {request_id} is still in {inbox})")
         clock.sleep(_POLL_S)
 
 

@@ -179,7 +179,8 @@ def reap_processes(r: Reaper, known: Known, now: float, did: Counter[str]) -> No
             return None if job_id in view.pending.forgotten else state
 
     def on_signal(t: Tagged, sig: str, why: str) -> None:
-        r.log.info("orphan signalled", pid=t.pid, uid=t.uid, job=t.job_id, signal=sig, why=why)
+        r.log.info("orphan signalled", process=t.pid, uid=t.uid, job=t.job_id, signal=sig,
+                   why=why)
 
     assert r.orphans is not None
     n = r.orphans.reap(known, now, state_of, on_signal)
@@ -296,6 +297,7 @@ def _prune_replies(r: Reaper, now: float) -> None:
 
 def _record(r: Reaper, did: Counter[str]) -> None:
     r.totals.update(did)
+    ensure_dir(r.layout.worker_dir(NAME))
     write_record(WORKER_STATE, r.layout.worker_state(NAME), {
         "worker": NAME, "last_pass_at": iso_now(r.clock.time()),
         "removed": {k: did[k] for k in REAPED_KINDS},

@@ -31,6 +31,7 @@ from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.dispatch import Jobs, Launcher
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
+from supervisor.state.fs import FS, REAL
 from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
 from supervisor.state.locktable import GRANTED
@@ -56,6 +57,7 @@ class Scheduler:
     queue: JobQueue
     log: Log
     jobs: Jobs
+    fs: FS = REAL                    # the queue's file system seam (tests inject faults)
 
 
 # -- submit ---------------------------------------------------------------------------------
@@ -208,34 +210,87 @@ def _sleep_for(s: Scheduler, next_tick: float, clock: Clock) -> float | None:
     return min(waits) if waits else None
 
 
-def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> None:
+#: After a failed write (a full or failing disk) the scheduler reopens its queue from disk
+#: after this many seconds, doubling up to WRITE_RETRY_MAX while writes keep failing.
+WRITE_RETRY_FIRST = 1.0
+WRITE_RETRY_MAX = 30.0
+
+
+def _reopen(s: Scheduler, exc: Exception, delay: float, clock: Clock) -> Scheduler | None:
+    """After a pass failed to write (ENOSPC, EIO, a poisoned WAL): what is in memory may
+    be ahead of the disk, so drop it, wait `delay`, and rebuild everything from the disk
+    (law 4) as a restart would — without exiting, so a full disk never makes a crash
+    loop. Requests whose effect was not durable are still in the inbox (law 3) and are
+    taken again. None if the reopen failed too (tried again later)."""
+    s.log.error("a write failed: reopening the job queue from disk", error=str(exc),
+                retry_in_s=delay)
+    s.queue.close()
+    clock.sleep(delay)
+    if stop_requested():
+        return None
+    try:
+        fresh, _found, did, _degraded = recover(s.cfg, s.layout, s.log,
+                                                launcher=s.jobs.launcher, fs=s.fs)
+    except (OSError, WalError, QueueError) as again:
+        s.log.error("reopening the job queue failed; tried again", error=str(again))
+        return None
+    fresh.jobs.measure = s.jobs.measure
+    s.log.info("job queue reopened after a failed write", **{
+        k: did[k] for k in ("reattached", "finalized", "lost") if k in did})
+    return fresh
+
+
+def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> Scheduler:
     """The loop until SIGTERM: a pass on every inbox hint (or rescan), while any job is
     starting/running every tick interval, and when a delayed job's time comes; with
-    nothing to do, asleep until a hint."""
+    nothing to do, asleep until a hint. A pass that fails to write reopens the queue
+    (see _reopen); the scheduler in use at the end is returned (its queue is open)."""
     interval = _dispatch.tick_interval(s.cfg)
     next_tick = clock.monotonic() + interval
+    delay = WRITE_RETRY_FIRST
+    reopened = False
     while not stop_requested():
-        timeout = _sleep_for(s, next_tick, clock)
-        hinted = watcher.wait(timeout)
-        if stop_requested():
-            break
-        due = clock.monotonic() >= next_tick
-        delayed = s.jobs.next_due()
-        ripe = delayed is not None and not s.jobs.paused and clock.time() >= delayed
-        if hinted or due or ripe or s.jobs.backlog or s.jobs.doomed \
-                or s.jobs.disk_low is not None:
-            one_pass(s, inbox=hinted)
-        if due or not s.jobs.active:
+        try:
+            if reopened:                 # the inbox may hold what the failed pass left
+                reopened = False
+                one_pass(s, inbox=True)
+            else:
+                _serve_once(s, watcher, clock, next_tick)
+            delay = WRITE_RETRY_FIRST
+        except (OSError, WalError, QueueError) as exc:
+            fresh = None
+            while fresh is None and not stop_requested():
+                fresh = _reopen(s, exc, delay, clock)
+                delay = min(delay * 2, WRITE_RETRY_MAX)
+            if fresh is None:
+                break
+            s, reopened = fresh, True
+        if clock.monotonic() >= next_tick or not s.jobs.active:
             next_tick = clock.monotonic() + interval
+    return s
 
 
-def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None = None
-            ) -> tuple[Scheduler, dict[str, Any], dict[str, Any], list[str]]:
+def _serve_once(s: Scheduler, watcher: Watcher, clock: Clock, next_tick: float) -> None:
+    """One wait and, when there is something to do, one pass."""
+    timeout = _sleep_for(s, next_tick, clock)
+    hinted = watcher.wait(timeout)
+    if stop_requested():
+        return
+    due = clock.monotonic() >= next_tick
+    delayed = s.jobs.next_due()
+    ripe = delayed is not None and not s.jobs.paused and clock.time() >= delayed
+    if hinted or due or ripe or s.jobs.backlog or s.jobs.doomed \
+            or s.jobs.disk_low is not None:
+        one_pass(s, inbox=hinted)
+
+
+def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None = None,
+            fs: FS = REAL) -> tuple[Scheduler, dict[str, Any], dict[str, Any], list[str]]:
     """Open (replay) the job queue and re-attach its jobs: (scheduler, found, did, degraded).
 
     OSError, WalError or QueueError: the queue cannot be opened at all.
     """
-    queue = JobQueue.open(layout.wal_dir)
+    queue = JobQueue.open(layout.wal_dir, fs=fs)
     report = queue.recovery
     jobs = Jobs.over(cfg, layout, queue, log, launcher=launcher)
     found = {
@@ -255,7 +310,7 @@ def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None 
     except BaseException:
         queue.close()
         raise
-    return Scheduler(cfg, layout, queue, log, jobs), found, did, degraded
+    return Scheduler(cfg, layout, queue, log, jobs, fs), found, did, degraded
 
 
 def main(cfg: Config) -> int:
@@ -276,7 +331,7 @@ def main(cfg: Config) -> int:
             log.info("ready", jobs=found["jobs"], replayed=found["records_replayed"],
                      reattached=did["reattached"], finalized=did["finalized"],
                      lost=did["lost"], stale=did["stale"])
-            serve(s, watcher)
+            s = serve(s, watcher)
     finally:
         s.queue.close()
     return EXIT_OK

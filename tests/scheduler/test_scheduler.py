@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -19,6 +20,7 @@ from supervisor.scheduler.dispatch import Jobs
 from supervisor.scheduler.launch import Launched
 from supervisor.state.atomic import CORRUPT_MARK
 from supervisor.state.clock import MockClock, iso_now
+from supervisor.state.fs import OsFS
 from supervisor.state.jobs import cancel_request, submit_request
 from supervisor.state.layout import REQUEST, RESULT, Layout, write_record
 from supervisor.state.proc import start_time
@@ -434,3 +436,57 @@ def test_serve_wakes_for_a_delayed_job_at_its_time(cfg: Config) -> None:
     watcher = FakeWatcher(2, clock)
     scheduler.serve(s, watcher, clock=clock)  # type: ignore[arg-type]
     assert (0.4, ["d"]) == (round(watcher.timeouts[0] or 0, 3), launched)
+
+
+class FullDisk(OsFS):
+    """The real file system, except that the next `failures` data writes fail ENOSPC."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.refused = 0
+
+    def _maybe_full(self) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            self.refused += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write(self, fd: int, data: bytes) -> None:
+        self._maybe_full()
+        super().write(fd, data)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        self._maybe_full()
+        super().pwrite(fd, data, offset)
+
+
+class HintingWatcher(FakeWatcher):
+    """Every wait returns a hint (the inbox changed); stops after `passes` waits."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        super().wait(timeout)
+        return True
+
+
+def test_a_full_disk_never_exits_the_scheduler_and_loses_no_submission(cfg: Config) -> None:
+    """A submit whose WAL write fails ENOSPC (the disk full for a while, even while the
+    queue is reopened): the scheduler does not exit; it reopens its queue from disk after
+    1 s, 2 s, 4 s...; the request stays in the inbox until its job is durably queued,
+    exactly once."""
+    disk = FullDisk(failures=0)
+    s, _, _, _ = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"),
+                                   launcher=no_launch, fs=disk)
+    drop(s, submit_request([job("a", not_before=iso_now(time.time() + 3600))],
+                           request_id="r1"))       # stays queued: nothing to launch
+    disk.failures = 4
+    clock = MockClock()
+    t0 = clock.monotonic()
+    watcher = HintingWatcher(4, clock)
+    s = scheduler.serve(s, watcher, clock=clock)  # type: ignore[arg-type]
+    try:
+        assert (["a"], [], 4) == (s.queue.ids("queued"), inbox_names(s), disk.refused)
+        assert clock.monotonic() - t0 >= 1.0 + 2.0 + 4.0
+    finally:
+        s.queue.close()
+    with JobQueue.open(cfg.state_dir / "scheduler" / "wal", readonly=True) as q:
+        assert (["a"], 1) == (q.ids(), q.stats()["submitted"])

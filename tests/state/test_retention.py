@@ -1,73 +1,155 @@
-"""state.retention: what may be removed; here, a resumed session keeps its job and workspace."""
+"""state.retention: what the reaper may remove, and why — never anything of a live job."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from supervisor.config import Config
 from supervisor.state.atomic import ensure_dir
+from supervisor.state.clock import iso_now
 from supervisor.state.layout import Layout
 from supervisor.state.queue import TERMINAL_STATES, JobQueue
-from supervisor.state.retention import Known, expired, workspace_verdict
-from supervisor.state.submission import Checker, accept, known
+from supervisor.state.retention import (
+    Known,
+    corrupted_at,
+    expired,
+    folder_verdict,
+    process_verdict,
+    workspace_verdict,
+)
+from supervisor.state.submission import Checker, accept
+from supervisor.state.submission import known as known_jobs
 from supervisor.state.view import open_view
 
-DAY = 86_400.0
-FINISHED = "2026-01-01T00:00:00Z"
-NOW = 1_767_225_600.0 + 30 * DAY        # 30 days after FINISHED
+NOW = 1_800_000_000.0
+DAY = 86400.0
+GRACE = 600.0
 
 
-def _finished_job(cfg: Config, layout: Layout, workspace: Path) -> None:
-    """Job j1, a claude job with a session, finished long ago in `workspace`."""
-    ensure_dir(layout.wal_dir)
-    with JobQueue.open(layout.wal_dir) as q:
-        q.enqueue("j1", {"agent": "claude", "prompt": "p", "repos": [],
-                         "workspace": str(workspace)})
-        q.update("j1", state="completed", session_id="s-1", finished_at=FINISHED)
+def _job(job_id: str, state: str, ended_days_ago: float | None = None, **extra: Any
+         ) -> dict[str, Any]:
+    finished = None if ended_days_ago is None else iso_now(NOW - ended_days_ago * DAY)
+    return {"id": job_id, "state": state, "finished_at": finished,
+            "created_at": iso_now(NOW - 60 * DAY), "workspace": f"/ws/{job_id}", **extra}
 
 
-def _verdicts(known_jobs: Known, workspace: Path) -> tuple[list[str], str | None]:
-    """(the jobs retention would forget, why j1's workspace would go) with every limit at
-    a day."""
-    gone = [e.id for e in expired(known_jobs, NOW, DAY)]
-    why = workspace_verdict("j1", str(workspace), 30 * DAY, known_jobs, NOW, grace=60.0,
-                            keep=DAY)
-    return gone, why
+def test_expired_takes_finished_jobs_past_the_age_except_those_live_jobs_name() -> None:
+    """Finished past 30 days: forgotten, unless a live job waits for it or resumes it;
+    younger ones, live ones and a retention of null: kept; `states` narrows."""
+    known = Known.of([
+        _job("old", "completed", 31), _job("young", "failed", 29), _job("run", "running"),
+        _job("dep", "completed", 40), _job("w", "queued", after=["dep"]),
+        _job("ses", "failed", 50), _job("r", "waiting", resume_of="ses"),
+        _job("lost", "lost", 90)],
+        pending=[{"id": "p", "after_any": ["lost2"]}])
+    assert ["old", "lost"] == [e.id for e in expired(known, NOW, 30 * DAY)]
+    assert ["lost"] == [e.id for e in expired(known, NOW, 30 * DAY, states=["lost"])]
+    assert [] == expired(known, NOW, None)
+    assert ["old", "young", "lost"] == [e.id for e in expired(known, NOW, 0.0)]
+    got = expired(Known.of([_job("lost2", "lost", 90)], pending=[{"id": "p",
+                                                                   "after_any": ["lost2"]}]),
+                  NOW, 0.0)
+    assert [] == got
 
 
-def test_a_resume_waiting_in_the_inbox_keeps_its_job_and_workspace(tmp_path: Path) -> None:
-    """`submit --resume j1` through the real door: the pending submission names j1 the way
-    the door stores it (resume_of, j1's workspace), so retention forgets neither j1 nor
-    the workspace the resume will run in."""
+def test_workspace_verdicts() -> None:
+    """A workspace goes when its job is unknown, or finished past retention.workspaces,
+    or it is a half-made `.prep.` of a job no longer live, or trash; never while a live
+    job works in it (its own, or one it resumes), never younger than the grace."""
+    known = Known.of([_job("live", "running"), _job("done", "completed", 8),
+                      _job("fresh", "completed", 1), _job("ses", "completed", 9),
+                      _job("r", "queued", resume_of="ses", workspace="/ws/ses")])
+
+    def verdict(name: str, age: float = GRACE + 1) -> str | None:
+        return workspace_verdict(name, f"/ws/{name}", age, known, NOW, grace=GRACE,
+                                 keep=7 * DAY)
+    assert {"live": None, "done": "job completed past retention.workspaces", "fresh": None,
+            "ses": None, "ghost": "no such job",
+            ".prep.done": "left over from a workspace that was never finished",
+            ".prep.live": None, ".reap.x": "a removal a crash cut short"} == {
+        n: verdict(n) for n in ("live", "done", "fresh", "ses", "ghost", ".prep.done",
+                                ".prep.live", ".reap.x")}
+    assert None is verdict("ghost", age=GRACE - 1)
+    assert None is workspace_verdict("done", "/ws/done", GRACE + 1, known, NOW, grace=GRACE,
+                                     keep=None)
+
+
+def test_pending_resumes_protect_their_workspace() -> None:
+    """A submission still in the inbox that resumes a job (as the door writes it: `resume`
+    resolved into resume_of, resume_session and that job's workspace) keeps that job and
+    its workspace."""
+    known = Known.of([_job("ses", "completed", 30)], pending=[
+        {"id": "p", "resume_of": "ses", "resume_session": "s-1", "workspace": "/ws/ses"}])
+    assert (None, []) == (
+        workspace_verdict("ses", "/ws/ses", DAY, known, NOW, grace=GRACE, keep=DAY),
+        expired(known, NOW, DAY))
+
+
+def test_a_resume_through_the_real_door_keeps_its_job_and_workspace(tmp_path: Path) -> None:
+    """`submit --resume j1` through state.submission.accept, read back as the reaper reads
+    the state dir: the names the door stores are the names retention follows, so neither
+    j1 nor the workspace the resume will run in may go."""
     cfg = Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws")
     layout = Layout(cfg.state_dir)
     workspace = tmp_path / "ws" / "j1"
     workspace.mkdir(parents=True)
-    _finished_job(cfg, layout, workspace)
-    with open_view(cfg, layout) as view:
-        before = _verdicts(Known.read(view), workspace)
-    assert (["j1"], "job completed past retention.workspaces") == before
-    job = Checker(known(cfg, layout)).check({"prompt": "go on", "resume": "j1"})
-    [new_id] = accept(cfg, layout, [job])
-    with open_view(cfg, layout) as view:
-        known_jobs = Known.read(view)
-    assert ({"j1"}, {"j1"}, {str(workspace)}) == (
-        set(known_jobs.named_by_live), set(known_jobs.resumed_by_live),
-        set(known_jobs.live_workspaces))
-    assert ([], None) == _verdicts(known_jobs, workspace)
-    assert "queued" == known_jobs.state(new_id)
+    ensure_dir(layout.wal_dir)
+    with JobQueue.open(layout.wal_dir) as q:
+        q.enqueue("j1", {"agent": "claude", "prompt": "p", "repos": [],
+                         "workspace": str(workspace)})
+        q.update("j1", state="completed", session_id="s-1",
+                 finished_at=iso_now(NOW - 30 * DAY))
+
+    def verdicts() -> tuple[list[str], str | None]:
+        with open_view(cfg, layout) as view:
+            known = Known.read(view)
+        return ([e.id for e in expired(known, NOW, DAY)],
+                workspace_verdict("j1", str(workspace), 30 * DAY, known, NOW, grace=GRACE,
+                                  keep=DAY))
+    assert (["j1"], "job completed past retention.workspaces") == verdicts()
+    accept(cfg, layout, [Checker(known_jobs(cfg, layout)).check(
+        {"prompt": "go on", "resume": "j1"})])
+    assert ([], None) == verdicts()
 
 
-def test_a_queued_resume_keeps_its_job_and_workspace_until_it_ends(tmp_path: Path) -> None:
-    """Once the scheduler holds the resumed job (its entry as submit() enqueues it), j1 and
-    its workspace stay while it is live; when it has ended too, both may go."""
-    workspace = tmp_path / "ws" / "j1"
-    j1 = {"id": "j1", "state": "completed", "finished_at": FINISHED,
-          "workspace": str(workspace)}
-    j2 = {"id": "j2", "agent": "claude", "resume_of": "j1", "resume_session": "s-1",
-          "workspace": str(workspace), "finished_at": FINISHED}
-    for state in ("queued", "waiting", "starting", "running"):
-        assert ([], None) == _verdicts(Known.of([j1, {**j2, "state": state}]), workspace), state
-    for state in sorted(TERMINAL_STATES):
-        assert (["j1", "j2"], "job completed past retention.workspaces") == _verdicts(
-            Known.of([j1, {**j2, "state": state}]), workspace), state
+def test_a_queued_resume_keeps_its_job_and_workspace_until_it_ends() -> None:
+    """Once the scheduler holds the resumed job, its predecessor and their shared workspace
+    stay while it is live; when it has ended too, both may go."""
+    ses = _job("ses", "completed", 30)
+    for state, expected in [*((s, ([], None)) for s in ("queued", "waiting", "starting",
+                                                        "running")),
+                            *((s, (["ses", "r"], "job completed past retention.workspaces"))
+                              for s in sorted(TERMINAL_STATES))]:
+        known = Known.of([ses, _job("r", state, 20, resume_of="ses", resume_session="s-1",
+                                    workspace="/ws/ses")])
+        assert expected == ([e.id for e in expired(known, NOW, DAY)], workspace_verdict(
+            "ses", "/ws/ses", DAY, known, NOW, grace=GRACE, keep=DAY)), state
+
+
+@pytest.mark.parametrize(("state", "age", "expected"), [
+    ("running", GRACE * 10, None), ("queued", GRACE * 10, None), (None, GRACE - 1, None),
+    ("completed", GRACE + 1, "job completed"), (None, GRACE + 1, "job unknown"),
+    ("cancelled", GRACE + 1, "job cancelled")])
+def test_process_verdict(state: str | None, age: float, expected: str | None) -> None:
+    """A job's process is an orphan only when the job is finished or unknown and the
+    process is older than the grace."""
+    known = Known.of([] if state is None else [_job("j", state)])
+    assert expected == process_verdict("j", age, known, grace=GRACE)
+
+
+def test_folder_verdict_and_corrupted_at() -> None:
+    """A job folder goes outside retention only when no job has its name (or it is trash);
+    a quarantined file's stamp gives when it was moved aside."""
+    known = Known.of([_job("a", "completed", 99)], pending=[{"id": "p"}])
+    assert [None, None, "no such job", None, "a removal a crash cut short"] == [
+        folder_verdict("a", 1e9, known, grace=GRACE), folder_verdict("p", 1e9, known, grace=GRACE),
+        folder_verdict("x", GRACE + 1, known, grace=GRACE),
+        folder_verdict("x", GRACE - 1, known, grace=GRACE),
+        folder_verdict(".reap.a", 0, known, grace=GRACE)]
+    assert (1767225600.5, 1767225600.5, None) == (
+        corrupted_at("state.json.corrupted.20260101T000000.500000Z"),
+        corrupted_at("state.json.corrupted.20260101T000000.500000Z.3"),
+        corrupted_at("state.json"))
