@@ -364,10 +364,11 @@ def test_reload_refuses_a_changed_state_dir(tmp_path: Path) -> None:
 
 
 def test_changed_workers_follows_the_sections_each_reads(tmp_path: Path) -> None:
-    """repositories -> scheduler and locks; callbacks -> callbacks; log -> all four."""
+    """repositories -> scheduler, locks and reaper (mirrors of removed repositories);
+    callbacks -> callbacks; log -> all four."""
     base = Config(state_dir=tmp_path, workspace_dir=tmp_path / "ws")
     from supervisor.config import CallbacksConfig, LogConfig, RepoConfig
-    assert ["scheduler", "locks"] == changed_workers(
+    assert ["scheduler", "locks", "reaper"] == changed_workers(
         base, dataclasses.replace(base, repositories={"a": RepoConfig(url="/x")}))
     assert ["callbacks"] == changed_workers(
         base, dataclasses.replace(base, callbacks=CallbacksConfig(timeout=5.0)))
