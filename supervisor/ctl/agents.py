@@ -2,11 +2,11 @@
 
 One record per agent (CONTRACT.md): `name, adaptor, command` (the resolved path of its
 binary, null when not found), `version` (what `--version` says, null when unknown),
-`found`, `user`, `max_concurrent` (null: no per-agent limit). The binary is looked up as a
-job's adaptor looks it up (state.agentbin.locate: `command`, else the adaptor's default
-binaries on the agent's PATH; `q` falls back to `kiro-cli`), on batchctl's own PATH unless
-the agent's `env` sets one. A `command` relative to the job's workspace cannot be resolved
-here and shows as not found.
+`found`, `user`, `max_concurrent` (its `agents.NAME.max_concurrent`; null: no per-agent
+limit). The binary is looked up as a job's adaptor looks it up (state.agentbin.locate:
+`command`, else the adaptor's default binaries on the agent's PATH; `q` falls back to
+`kiro-cli`), on batchctl's own PATH unless the agent's `env` sets one. A `command`
+relative to the job's workspace cannot be resolved here and shows as not found.
 
 Versions come from state.agentbin.versions: cached per binary (path, mtime, size) in
 `<state_dir>/agent-versions.json`, which batchctl owns and writes atomically; a binary
@@ -42,7 +42,7 @@ def agent_records(ctx: Ctx) -> list[dict[str, Any]]:
             "version": None if loc.path is None else known.get(loc.path),
             "found": loc.path is not None,
             "user": agent.user,
-            "max_concurrent": None,
+            "max_concurrent": agent.max_concurrent,
         })
     return records
 

@@ -19,7 +19,7 @@ CONFIG = """\
 state_dir: {state}
 agents:
   claude: {{env: {{PATH: "{bin}"}}}}
-  review: {{adaptor: gemini, command: {bin}/gemini, user: nobody}}
+  review: {{adaptor: gemini, command: {bin}/gemini, user: nobody, max_concurrent: 2}}
   kiro: {{adaptor: q, env: {{PATH: "{bin}"}}}}
   gone: {{adaptor: codex, command: /opt/none/codex}}
 """
@@ -48,7 +48,7 @@ def test_agents_json_lists_every_agent_with_its_binary_and_version(
         setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     """One record per agent (built-ins too), by name: the resolved binary and the version
     its `--version` gives; a missing binary is found false with null command and version;
-    `q` runs kiro-cli when there is no q."""
+    `q` runs kiro-cli when there is no q; max_concurrent is the agent's own cap."""
     config, bin_dir = setup
     by_name = {r["name"]: r for r in _json(config, capsys)}
     assert ["aider", "claude", "codex", "gemini", "gone", "kiro", "opencode", "q", "review",
@@ -56,8 +56,9 @@ def test_agents_json_lists_every_agent_with_its_binary_and_version(
     assert {"name": "claude", "adaptor": "claude", "command": str(bin_dir / "claude"),
             "version": "2.1.332", "found": True, "user": None,
             "max_concurrent": None} == by_name["claude"]
-    assert ("gemini", str(bin_dir / "gemini"), "0.61.0", True, "nobody") == tuple(
-        by_name["review"][k] for k in ("adaptor", "command", "version", "found", "user"))
+    assert ("gemini", str(bin_dir / "gemini"), "0.61.0", True, "nobody", 2) == tuple(
+        by_name["review"][k] for k in ("adaptor", "command", "version", "found", "user",
+                                       "max_concurrent"))
     assert (str(bin_dir / "kiro-cli"), "1.19.7") \
         == (by_name["kiro"]["command"], by_name["kiro"]["version"])
     assert (None, None, False) == tuple(by_name["gone"][k]
