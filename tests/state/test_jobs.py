@@ -14,6 +14,7 @@ from supervisor.state.jobs import (
     job_idle_timeout,
     job_record,
     new_job_id,
+    retry_spec,
     settled_fields,
     submit_request,
     usage_counters,
@@ -143,6 +144,18 @@ def test_job_record_has_every_field_and_shows_pid_only_while_active() -> None:
                                   running["resume_of"])
     assert ("i", {"input_tokens": None, "output_tokens": None, "cost_usd": None,
                   "turns": 1}) == (done["resume_of"], done["usage"])
+
+
+def test_retry_spec_keeps_the_stall_limit_but_not_the_resumed_session() -> None:
+    """A retry takes over the job's spec, idle_timeout included; a job that resumed another
+    job's session is retried as a fresh session: no resume_of, resume_session or
+    workspace (the scheduler gives the retry a workspace of its own)."""
+    entry = {"id": "j2", "state": "failed", "agent": "claude", "prompt": "go on",
+             "repos": ["app"], "timeout": 600.0, "idle_timeout": 120.0, "priority": 5,
+             "retries": 1, "resume_of": "j1", "resume_session": "s-1", "workspace": "/ws/j1",
+             "session_id": "s-1", "usage": {"turns": 1}, "attempts": 1, "callback": None}
+    assert {"agent": "claude", "prompt": "go on", "repos": ["app"], "timeout": 600.0,
+            "idle_timeout": 120.0, "priority": 5, "retries": 1} == retry_spec(entry)
 
 
 def test_request_bodies() -> None:
