@@ -11,7 +11,8 @@ pipe, an adaptor that died would leave the script writing into a pipe nobody rea
 SIGPIPE kills it, or a full pipe stalls it), which is the supervisord failure DESIGN law 5
 forbids; (3) no copy loop costs CPU for chatty jobs. The one thing a pipe would give, showing
 the output on a terminal, the runtime does by following the file. A shell has no session, so
-session_id is always null.
+session_id is always null, and no usage; its verdict is its exit status. stdin is /dev/null
+(the prompt is the script, in argv, as the contract says: no prompt file is written).
 """
 
 from __future__ import annotations
@@ -27,4 +28,4 @@ def build_argv(spec: JobSpec, binary: str) -> list[str]:
     return [binary, *spec.args, "-c", spec.prompt]
 
 
-ADAPTOR = Adaptor(name="command", default_binary="/bin/sh", build_argv=build_argv)
+ADAPTOR = Adaptor(name="command", build_argv=build_argv, stdin="null", prompt_file=False)

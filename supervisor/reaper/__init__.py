@@ -19,7 +19,6 @@ this worker only; a corrupt one is quarantined and the totals restart from 0.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -40,7 +39,6 @@ from supervisor.runtime import (
     Watcher,
     handle_inbox,
     report_ready,
-    run_standalone,
     stop_requested,
 )
 from supervisor.state.atomic import Corrupt, ensure_dir, quarantine
@@ -430,7 +428,3 @@ def main(cfg: Config) -> int:
         textfile.tick()
         serve(r, watcher, textfile)
     return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(run_standalone(NAME, main))

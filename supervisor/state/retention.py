@@ -30,7 +30,9 @@ __all__ = ["PREP", "TRASH", "Age", "Expired", "Known", "corrupted_at", "expired"
 TRASH = ".reap."
 #: A workspace being made (scheduler: `.prep.<id>`, renamed into place when whole).
 PREP = ".prep."
-_RESUME_REFS = ("resume_of", "resume")
+#: The key naming the job whose session (and workspace) a job continues: the door turns a
+#: submission's `resume` into it (state.submission.resolve_resumes), in the inbox already.
+_RESUME_REFS = ("resume_of",)
 _REFS = ("after", "after_any", *_RESUME_REFS)
 _STAMP = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)(?:\.\d+)?$")
 
@@ -137,7 +139,7 @@ class Known:
 
     @functools.cached_property
     def named_by_live(self) -> frozenset[str]:
-        """Jobs a live job names (after, after_any, resume_of, resume)."""
+        """Jobs a live job names (after, after_any, resume_of)."""
         return self._named(_REFS)
 
     @functools.cached_property

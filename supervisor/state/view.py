@@ -245,7 +245,7 @@ class JobView:
             **job,
             "state": "queued",
             "attempts": 0,
-            "workspace": str(self.cfg.workspace_dir / job_id),
+            "workspace": job.get("workspace") or str(self.cfg.workspace_dir / job_id),
         }
 
     def _settled(self, entry: dict[str, Any]) -> dict[str, Any]:

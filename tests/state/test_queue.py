@@ -17,6 +17,8 @@ from supervisor.state.queue import (
     JobQueue,
     MemoryStorage,
     ReadOnly,
+    usage_counter,
+    usage_counter_parts,
 )
 from supervisor.state.wal import FRAME, MORE, REC_MAGIC, SEG_HEADER, Wal, segment_name
 
@@ -192,6 +194,32 @@ def test_counters_incr_and_persist() -> None:
     expect.update(submitted=3, completed=1)
     assert expect == q.stats()
     assert expect == reopen(storage).stats()
+
+
+def test_usage_counters_go_with_the_terminal_state_and_survive_snapshots() -> None:
+    """Per-agent usage counters are counters like the others: written in the same atomic
+    group as an update, listed after the fixed ones, kept by snapshots and reopens; a name
+    that is neither is refused."""
+    q, storage = mem(compact_records=3)
+    q.enqueue("a", {})
+    q.update_many([("a", {"state": "completed"})],
+                  counters={"completed": 1, usage_counter("claude", "input_tokens"): 11,
+                            usage_counter("claude", "cost_micro_usd"): 184})
+    for i in range(5):
+        q.enqueue(f"x{i}", {})
+    assert storage.snapshots >= 1
+    expect = dict.fromkeys(COUNTERS, 0)
+    expect.update({"completed": 1, "usage/claude/input_tokens": 11,
+                   "usage/claude/cost_micro_usd": 184})
+    assert expect == q.stats() == reopen(storage).stats()
+    assert list(COUNTERS) == list(q.stats())[:len(COUNTERS)]
+    assert ("claude", "input_tokens") == usage_counter_parts("usage/claude/input_tokens")
+    assert None is usage_counter_parts("completed")
+    for bad in ("usage/claude/bogus", "usage/../x/turns", "usage/claude"):
+        with pytest.raises(ValueError):
+            q.incr(bad)
+    with pytest.raises(ValueError):
+        usage_counter("claude", "dollars")
 
 
 def test_memory_reopen_replays_snapshot_and_tail() -> None:
