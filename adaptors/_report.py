@@ -1,22 +1,5 @@
-"""What an agent said about its own run (its error, usage, session): the type and helpers.
-
-After the agent exits, the runtime asks the adaptor for a `Report` built from what its
-parser noted (structured events, stderr lines, or the plain output scanned line by line)
-and writes it into result.json (law 5: the verdict is the adaptor's, batchd only reads it):
-
-    error    the agent's own error message, first line (an error result event, an auth
-             failure, an API error), even when the CLI exited 0; the result's reason is then
-             `agent error: <error>` and the job ends `failed` (state.jobs.settled_fields).
-    usage    {input_tokens, output_tokens, cost_usd, turns} of THIS run, each None when the
-             CLI does not report it; None when it reported nothing at all.
-    totals   the cumulative figures a CLI reports over a whole session (codex's tokens per
-             thread, claude's total_cost_usd), kept in result.json as `usage_totals` so
-             that a job resuming the session subtracts them (`since`).
-    session_id  the agent's session / thread id (what `submit --resume` continues).
-
-Token counts: `input_tokens` is every prompt token the model read, cached ones included;
-`output_tokens` every token it wrote (reasoning included).
-"""
+"""What an agent said about its own run (its error, usage, session): the type and helpers
+(the long form: docs/AGENTS.md)."""
 
 from __future__ import annotations
 

@@ -1,75 +1,5 @@
-"""The shared adaptor runtime: runs one job's agent CLI and writes its output, heartbeat and result.
-
-An adaptor process (`python -m adaptors.run JOB_DIR`) is started by supervisor.scheduler.launch
-as the leader of its own session and process group, parented by no batchd worker. It reads
-`jobs/<id>/spec.json`, runs the agent CLI as a child in its own process group (so the adaptor's
-pid is the job's process-group id), and is the ONLY writer of these files in `jobs/<id>/`:
-
-  output          The readable output, appended as it arrives with write() on an O_APPEND fd
-                  (no user-space buffer: a byte the agent wrote is in the file before the
-                  adaptor reads its next chunk). fdatasync'ed at every heartbeat and before the
-                  result. Raw adaptors (command, aider, q): the agent's stdout AND stderr point
-                  straight at this fd, so it holds exactly the bytes the agent wrote, in order,
-                  with no pipe at all: no reader that can die and SIGPIPE the agent, no copy,
-                  nothing lost if the adaptor itself is killed. Structured adaptors (claude,
-                  gemini, codex, opencode): stdout comes through a pipe, each line is rendered to
-                  readable text by the adaptor's parser; stderr is a second pipe copied verbatim
-                  a whole line at a time (two pipes, so a long JSON line is never cut by stderr
-                  bytes; whole lines, so stderr text never runs into a rendered event; the
-                  order between the two streams is the order the adaptor read them in).
-                  Crash: a torn tail is at worst a partial last chunk; nothing earlier changes.
-  events.jsonl    Structured adaptors only: every raw stdout line as received, appended, each
-                  ending in "\\n" (one is added if the agent's last line had none), so a line
-                  without its newline is recognisably a torn tail.
-  sentinel.json   SENTINEL record, the heartbeat: {id, pid, start, heartbeat_at,
-                  agent_pid, agent_start, output_bytes}. Written first thing (before the spec is
-                  read), then every heartbeat_interval by a thread, atomically (temp + fsync +
-                  rename + fsync dir): a crash leaves the previous heartbeat, never half of one.
-  prompt          The prompt's exact bytes (UTF-8), written atomically (temp, fsync, rename,
-                  fsync dir; mode 0600, handed to the agent's `user`) BEFORE the agent is
-                  spawned, for the adaptors that hand the prompt over (all but `command`):
-                  the agent's stdin is this regular file, opened by the adaptor (or, for
-                  aider, `--message-file` names it), never a pipe the adaptor fills later
-                  (claude gives up on stdin after 3 s; codex and opencode wait for EOF),
-                  never argv (opencode quotes it; 128 KiB limit). A crash before the rename
-                  leaves a `.tmp.prompt.*` file and no agent ran; a relaunch writes it again.
-  result.json     RESULT record, written ONCE, atomically, after the agent and every process of
-                  its group are gone and the output is synced: {id, exit_code, signal,
-                  duration_s, started_at, finished_at, session_id, reason, timed_out, pid,
-                  agent_pid, output_bytes, agent_error, usage, usage_totals}. Its existence
-                  means "finished". `agent_error`, `usage`, `usage_totals` and the session id
-                  are the agent's own account of the run (adaptors._report.Report), parsed
-                  here in the adaptor (law 5), so batchd only has to read them.
-  adaptor.lock    Never written or replaced: the adaptor takes an exclusive flock(2) on it
-                  FIRST THING (before the sentinel) on a close-on-exec fd and holds it until it
-                  exits, so the kernel releases it exactly when the adaptor dies, however it
-                  dies. An adaptor that cannot take it (another one runs this job), or that
-                  then finds result.json (the job has finished), exits 3 without touching any
-                  other file: a double launch never runs an agent twice.
-
-reason: null (normal exit), "timed_out" (the adaptor's own timer fired: it holds while batchd
-is down), "idle" (the agent wrote nothing for the spec's idle_timeout: stopped the same way,
-timed_out true), "terminated" (SIGTERM or SIGINT reached the adaptor: cancel), "agent error:
-<the agent's message>" (the agent reported an error, whatever its exit code), "agent_not_found:
-<path>", "spawn_failed: <why>", "user_switch_failed: <why>", "bad_spec: <why>".
-exit_code: the agent's exit status, null when a signal killed it (then `signal` says which);
-before any agent ran: 2 bad_spec, 126 spawn/user-switch failure, 127 agent_not_found.
-The adaptor exits with the agent's exit code, 128+N if signal N killed it.
-
-The agent's environment: the adaptor's own, then the adaptor's quiet defaults for its CLI
-(`Adaptor.env`: no update checks, no telemetry, bounded retries...) for each variable that is
-not set already, then the few values the CLI must see exactly (`Adaptor.forced_env`: claude's
-IS_SANDBOX=1 as root, which it honours only as "1"), then the agent's `env` from the config
-(the operator's word wins over both), then BATCHD_JOB_ID, BATCHD_JOB_DIR and BATCHD_WORKSPACE.
-
-Stopping (a table, `TABLE`): on SIGTERM, the timeout or the idle timeout (no byte from the
-agent, on stdout or stderr, for `idle_timeout`; checked about ten times per idle_timeout)
-the whole process group gets SIGTERM (killpg, the adaptor's own handler just notes it), and
-`kill_grace` later every other member gets SIGKILL. When the agent has exited, any process
-left in the group is SIGKILLed and reaped (the adaptor is a child subreaper, so orphaned
-descendants are its children) before the result is written: when a job is terminal no
-process of its group remains.
-"""
+"""The shared adaptor runtime: runs one job's agent CLI and writes its output, heartbeat and
+result (the files, their writer and their crash behaviour: docs/JOBFILES.md)."""
 
 from __future__ import annotations
 
@@ -78,6 +8,7 @@ import ctypes
 import enum
 import errno
 import fcntl
+import math
 import os
 import pwd
 import select
@@ -383,6 +314,48 @@ def _append(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+class _Output:
+    """The job's output file as the pumps write it: never more than `cap` bytes of the
+    agent's (the head is kept and the cut marked once; the job goes on, what follows is
+    counted), and a write that fails (ENOSPC, EIO) never stops the job: the bytes are
+    counted as lost and a mark saying how many goes in with the next write that succeeds.
+    Thread-safe: stdout's and stderr's pumps share it."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd = fd
+        self.cap = cap
+        self.size = os.fstat(fd).st_size
+        self.cut = self.size >= cap
+        self.dropped = 0            # bytes past the cap
+        self.lost = 0               # bytes a failed write could not keep, not yet marked
+        self.lost_why = ""
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self.cut:
+                self.dropped += len(data)
+                return
+            room = self.cap - self.size
+            if len(data) > room:
+                self.dropped += len(data) - room
+                self.cut = True
+                data = data[:room] + (f"\n[batchd: output cut at {self.cap} bytes "
+                                      "(jobs.output_max_bytes); the job goes on]\n").encode()
+            if self.lost:
+                data = (f"\n[batchd: {self.lost} bytes of output lost: {self.lost_why}]\n"
+                        .encode() + data)
+            try:
+                _append(self.fd, data)
+            except OSError as exc:
+                self.lost += len(data)
+                self.lost_why = exc.strerror or str(exc)
+                self.size = os.fstat(self.fd).st_size
+                return
+            self.size += len(data)
+            self.lost = 0
+
+
 def _say(job_id: str, message: str) -> None:
     """A diagnostic line on the adaptor's stderr (the launcher points it at adaptor.log).
 
@@ -523,28 +496,40 @@ def _pump_lines(read_fd: int, handle: Callable[[bytes], None],
             handle(pending)
 
 
-def _pump_events(read_fd: int, adaptor: Adaptor, state: ParseState, output_fd: int,  # noqa: PLR0917
+def _pump_events(read_fd: int, adaptor: Adaptor, state: ParseState, output: _Output,  # noqa: PLR0917
                  events_fd: int, activity: _Activity) -> None:
     """stdout of a structured CLI: raw lines to events.jsonl, rendered text to the output."""
     def handle(line: bytes) -> None:
-        _append(events_fd, line + b"\n")
+        try:
+            _append(events_fd, line + b"\n")
+        except OSError:
+            pass                     # a full disk: the rendered text is what matters
         texts = _render(adaptor, line.rstrip(b"\r"), state)
         if texts:
-            _append(output_fd, "".join(texts).encode("utf-8", errors="replace"))
+            output.write("".join(texts).encode("utf-8", errors="replace"))
 
     _pump_lines(read_fd, handle, activity)
 
 
-def _pump_stderr(read_fd: int, output_fd: int, adaptor: Adaptor, state: ParseState,
+def _pump_stderr(read_fd: int, output: _Output, adaptor: Adaptor, state: ParseState,
                  activity: _Activity) -> None:
     """stderr of a structured CLI: copied to the output verbatim, whole lines at a time (so a
     partial line never runs into a rendered event written by the stdout pump), each line
     noted by the adaptor (the CLI's error messages)."""
     def handle(line: bytes) -> None:
-        _append(output_fd, line + b"\n")
+        output.write(line + b"\n")
         _note(adaptor, line, state)
 
     _pump_lines(read_fd, handle, activity)
+
+
+def _pump_raw(read_fd: int, output: _Output, activity: _Activity) -> None:
+    """stdout and stderr of a plain CLI (one pipe, so their order is the agent's): copied
+    to the output as they come."""
+    with contextlib.closing(_FdCloser(read_fd)):
+        while chunk := os.read(read_fd, _READ_CHUNK):
+            activity.bytes += len(chunk)
+            output.write(chunk)
 
 
 def _scan_output(path: Path, start: int, adaptor: Adaptor, state: ParseState) -> None:
@@ -785,8 +770,11 @@ def _open_stdin(adaptor: Adaptor, files: JobPaths) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _spawn(spec: JobSpec, adaptor: Adaptor, output_fd: int, binary: str,  # noqa: PLR0917
+def _spawn(spec: JobSpec, adaptor: Adaptor, binary: str,
            run_as: RunAs | None, files: JobPaths) -> subprocess.Popen[bytes] | _Outcome:
+    """The agent, its stdout and stderr piped to the adaptor (one pipe for both when the
+    CLI is plain: their order kept), so that the output cap and a full disk are the
+    adaptor's to handle, never the agent's."""
     argv = adaptor.build_argv(spec, binary)
     raw = adaptor.parse_line is None
     user_kw: dict[str, Any] = {}
@@ -797,8 +785,8 @@ def _spawn(spec: JobSpec, adaptor: Adaptor, output_fd: int, binary: str,  # noqa
         stdin_fd = _open_stdin(adaptor, files)
         return subprocess.Popen(
             argv, cwd=spec.workspace, env=_child_env(spec, run_as, adaptor), stdin=stdin_fd,
-            stdout=output_fd if raw else subprocess.PIPE,
-            stderr=output_fd if raw else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if raw else subprocess.PIPE,
             close_fds=True, **user_kw)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         as_user = f" (as user {run_as.name})" if user_kw and run_as is not None else ""
@@ -873,9 +861,10 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
         return prepared, Report()
     run_as, binary = prepared
     start_offset = os.fstat(output_fd).st_size
-    proc = _spawn(spec, adaptor, output_fd, binary, run_as, files)
+    proc = _spawn(spec, adaptor, binary, run_as, files)
     if isinstance(proc, _Outcome):
         return proc, Report()
+    output = _Output(output_fd, spec.output_max_bytes)
     beat.set_agent(proc.pid, start_time(proc.pid))
     _say(spec.id, f"agent pid {proc.pid}: {binary}")
     state = ParseState()
@@ -889,15 +878,19 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
         proc.stderr.close()
         pumps = [
             threading.Thread(target=_pump_events, name="stdout", daemon=True,
-                             args=(out_fd, adaptor, state, output_fd, events_fd, activity)),
+                             args=(out_fd, adaptor, state, output, events_fd, activity)),
             threading.Thread(target=_pump_stderr, name="stderr", daemon=True,
-                             args=(err_fd, output_fd, adaptor, state, activity)),
+                             args=(err_fd, output, adaptor, state, activity)),
         ]
-        for pump in pumps:
-            pump.start()
+    elif proc.stdout is not None:
+        out_fd = os.dup(proc.stdout.fileno())
+        proc.stdout.close()
+        pumps = [threading.Thread(target=_pump_raw, name="output", daemon=True,
+                                  args=(out_fd, output, activity))]
+    for pump in pumps:
+        pump.start()
     beat.beat()
-    reason = _wait_agent(proc, spec, signals, started_mono,
-                         lambda: activity.bytes + os.fstat(output_fd).st_size)
+    reason = _wait_agent(proc, spec, signals, started_mono, lambda: activity.bytes)
     left = _kill_rest_of_job(os.getpgrp(), os.getpid(), spec.job_dir)
     if left:
         _say(spec.id, f"processes of the group would not die: {left}")
@@ -906,11 +899,36 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
         pump.join(max(0.0, drain_end - time.monotonic()))
         if pump.is_alive():
             _say(spec.id, f"{pump.name} still open after the group died (an escaped writer)")
-    if not pumps:
+    if adaptor.parse_line is None:
         _scan_output(files.output, start_offset, adaptor, state)
+    if output.dropped:
+        _say(spec.id, f"output cut at {output.cap} bytes: {output.dropped} bytes not kept")
+    if output.lost:
+        _say(spec.id, f"{output.lost} bytes of output lost at the end: {output.lost_why}")
     rc = proc.returncode
     outcome = _Outcome(rc if rc >= 0 else None, -rc if rc < 0 else None, reason, proc.pid)
     return outcome, _report(adaptor, state, spec, outcome.exit_code)
+
+
+#: A result that cannot be written (a full disk) is tried again this often.
+_RESULT_RETRY_S = 1.0
+
+
+def _write_result(files: JobPaths, result: dict[str, Any]) -> None:
+    """Write result.json, trying again until it is written: the job's outcome is never
+    given up for a full or failing disk (the adaptor lives on meanwhile, so the scheduler
+    keeps the job running rather than lost; the heartbeat thread has stopped, its age
+    says how long). Said once a minute while it fails."""
+    said = -math.inf
+    while True:
+        try:
+            write_record(RESULT, files.result, result)
+            return
+        except OSError as exc:
+            if time.monotonic() - said >= 60.0:
+                said = time.monotonic()
+                _say(files.id, f"result not written, trying again: {exc}")
+            time.sleep(_RESULT_RETRY_S)
 
 
 def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
@@ -958,7 +976,7 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
         terminal.close()
     beat.beat()
     finished = time.time()
-    write_record(RESULT, files.result, {
+    _write_result(files, {
         "id": files.id,
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,

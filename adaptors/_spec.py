@@ -42,6 +42,7 @@ class JobSpec:
     state_dir: str | None = None      # where the scheduler's inbox is (the exited hint)
     idle_timeout: float | None = None  # no output for this long: stopped, reason "idle"
     resume_of: str | None = None      # the job whose session this one continues
+    output_max_bytes: int = 1 << 30   # the output file is cut here (head kept, marked once)
 
 
 def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
@@ -111,4 +112,6 @@ def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
         state_dir=_opt_str(obj, "state_dir"),
         idle_timeout=_number(obj, "idle_timeout", None, positive=True),
         resume_of=resume_of,
+        output_max_bytes=int(_number(obj, "output_max_bytes", 1 << 30, positive=True)
+                             or (1 << 30)),
     )

@@ -1,44 +1,6 @@
 """The `aider` adaptor: Aider in scripting mode, plain-text output.
 
-Verified against aider 0.86.2 (`aider-chat` on PyPI, `aider --version`: `aider 0.86.2`),
-run against a mock OpenAI Chat Completions API (tests/agents, `make test-agents`).
-
-argv: `aider --model M --message-file <job dir>/prompt --yes-always --no-check-update
---no-show-release-notes --analytics-disable --no-gitignore --no-show-model-warnings
---no-pretty --no-fancy-input --no-detect-urls --no-stream [--restore-chat-history
-[--chat-history-file F]] [args...]`, stdin /dev/null.
-- The prompt is the job's prompt file, by absolute path (a relative one is taken from the
-  git root, and a missing file is not fatal: aider then drops into its interactive chat,
-  which with stdin /dev/null ends at once, exit 0). Byte for byte, 100 KB too.
-- A model always: without one (no `model`, no `--model` in `args`) and without a provider
-  key aider starts an OpenRouter OAuth login that waits 5 minutes for a browser on
-  localhost:8484. Such a job is refused at submit (state.agentbin.refusal) and here.
-- `--yes-always` also answers aider's start-up questions, so the flags above turn them
-  off: `--no-gitignore` (else it adds `.aider*` to the workspace's .gitignore),
-  `--no-show-release-notes`, `--no-check-update` (pypi.org), `--analytics-disable`,
-  `--no-show-model-warnings`, `--no-detect-urls` (no URL scraping); `--no-pretty`,
-  `--no-fancy-input`: plain text; `--no-stream`: the token counts are the server's.
-- Resuming: aider has no session id; its session is the chat history file
-  (`.aider.chat.history.md` in the workspace, or `--chat-history-file`), reported as the
-  session id when it exists. A resumed job runs in the same workspace with
-  `--restore-chat-history` (and `--chat-history-file` when the id is another file).
-
-Quiet defaults (set only when unset): LITELLM_LOCAL_MODEL_COST_MAP=True (no download of
-litellm's price list at start), BROWSER=true (a URL aider decides to open goes nowhere).
-
-Output is plain text: stdout and stderr go straight to the output file; the adaptor reads
-it back after the exit. Exit code: 0 for success AND for API errors (a 401, a missing key,
-a missing message file), so the verdict is aider's documented error lines: a
-`litellm.<Kind>Error: ...` line ("litellm.AuthenticationError: AuthenticationError:
-OpenAIException - Incorrect API key provided: ..."), "The API provider is not able to
-authenticate you", "<file>: file not found error", "No LLM model was specified" — the
-first one after the last `Tokens:` line (an error aider retried past is not the verdict).
-aider wraps long lines at 80 columns leaving a trailing space: such lines are joined.
-
-Usage: each LLM call prints `Tokens: <n> sent[, <n> cache write][, <n> cache hit], <n>
-received.[ Cost: $<x> message, $<y> session.]` (counts like 2.6k are aider's rounding):
-input = the sum of `sent`, output = the sum of `received`, cost = the last `session`
-figure (aider's session is the process), turns = the `Tokens:` lines.
+The long form (verified version, argv, exit codes, defaults) is in docs/AGENTS.md.
 """
 
 from __future__ import annotations

@@ -1,43 +1,6 @@
 """The `claude` adaptor: Claude Code in print mode with the stream-json event stream.
 
-Verified against Claude Code 2.1.332 (`@anthropic-ai/claude-code`, `claude --version`:
-`2.1.332 (Claude Code)`), run against a mock Anthropic API (tests/agents, `make test-agents`).
-
-argv: `claude -p --output-format stream-json --verbose --dangerously-skip-permissions
-[--model M] [--resume SESSION] [args...]`, the prompt on stdin (the job's prompt file).
-- `-p` with stream-json needs `--verbose` (else exit 1: "--output-format=stream-json
-  requires --verbose"). `--dangerously-skip-permissions`: no tool prompt can block a job
-  nobody watches. Claude Code refuses it as root ("cannot be used with root/sudo privileges
-  for security reasons", exit 1) unless IS_SANDBOX is exactly "1": the adaptor sets
-  IS_SANDBOX=1 when the agent runs as root, replacing an inherited other value, unless the
-  agent's own `env` sets it (give the agent a `user` to run it unprivileged instead).
-- The prompt is stdin, a regular file: byte for byte (a 100 KB prompt too; argv would be
-  limited to 128 KiB), and read at once (claude waits only 3 s for a first stdin byte).
-- `--resume <session id>` continues a session (it also worked from another folder).
-
-Quiet, safe defaults (set only when unset): CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 (no
-bootstrap, telemetry or MCP-registry calls to api.anthropic.com, which ignore
-ANTHROPIC_BASE_URL), DISABLE_AUTOUPDATER=1, DISABLE_TELEMETRY=1, DISABLE_ERROR_REPORTING=1,
-CLAUDE_CODE_MAX_RETRIES=3 (the default, 10, takes about 2.5 minutes to give up on a 401).
-
-Events (JSONL): `system/init` {session_id, model}, `system/api_retry` {attempt, max_retries,
-error_status, error}, `assistant` {message.content: text / tool_use}, `user`
-{tool_result}, `result`. The session id is the top-level `session_id` of every event.
-
-The verdict. Do not trust `subtype`: a failed run says `"subtype": "success"`. An error is
-the last `result` with `is_error: true` (its `result` text, e.g. "Invalid API key · Fix
-external API key", "Not logged in · Please run /login"), or a non-success `subtype` (its
-`errors` array, e.g. error_during_execution), or an `assistant` event carrying
-`"error": "authentication_failed"` (its text), or, with no result at all and a non-zero
-exit, claude's message on stderr (the root refusal, "No conversation found with session ID:
-X", "Input must be provided either through stdin or as a prompt argument").
-Exit codes: 0 success; 1 every failure (API error, no key, root refusal, bad flag, unknown
-resume id, empty stdin).
-
-Usage: `result.usage` counts this run (input = input + cache creation + cache read tokens;
-output tokens; `num_turns`). `result.total_cost_usd` is cumulative over a resumed session,
-so the run's cost is the sum of `model_usage_since_last_result[*].costUSD` when given, else
-total_cost_usd minus the resumed job's recorded total (`usage_totals.cost_usd`).
+The long form (verified version, argv, exit codes, defaults) is in docs/AGENTS.md.
 """
 
 from __future__ import annotations

@@ -1,44 +1,6 @@
 """The `codex` adaptor: OpenAI Codex CLI `codex exec` with its JSONL event stream.
 
-Verified against Codex CLI 0.171.0 (`@openai/codex`, `codex --version`: `codex-cli
-0.171.0`), run against a mock OpenAI Responses API (tests/agents, `make test-agents`).
-
-argv: `codex exec --json --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox
--c check_for_update_on_startup=false -c analytics.enabled=false
---disable unbounded_connection_retries [--model M] [args...] [resume SESSION] -`, the
-prompt on stdin (the job's prompt file; `-` reads it whole, byte for byte).
-- An argv prompt with a non-terminal stdin makes codex wait for stdin's EOF and append it
-  as a `<stdin>` block: the prompt is only ever stdin.
-- `--dangerously-bypass-approvals-and-sandbox`: no approval prompt, no sandbox (the job's
-  workspace is its sandbox; codex's own needs kernel features containers often lack).
-  `--skip-git-repo-check`: a workspace without repositories is not a git repository.
-- `exec resume <thread id> -` continues a thread; every option goes BEFORE `resume` (exec's
-  options apply to it; `exec resume` itself rejects `-s`, `-C`, `--color`...). Threads
-  are global ($CODEX_HOME/sessions), the workspace is the predecessor's all the same.
-- Bounded retries: `--disable unbounded_connection_retries` (else codex waits for the
-  network forever once the endpoint is unreachable; with it, 5 reconnects, about 25 s,
-  then `turn.failed`). The provider's `request_max_retries` / `stream_max_retries` live
-  in the operator's config.toml, which batchd does not write. `-c` options override
-  config.toml; an operator's own `-c` in `args` comes later and wins.
-
-Events (JSONL): `thread.started` {thread_id}, `turn.started`, `item.started|updated|
-completed` {item: agent_message, reasoning, command_execution, file_change, mcp_tool_call,
-web_search, todo_list, error (a warning)}, `turn.completed` {usage}, `turn.failed`
-{error.message}, `error` {message} (a retry notice, "Reconnecting... 1/5", not final).
-Older builds spelled the item kind `item_type` (and `assistant_message`); both are read.
-
-The verdict: `turn.failed` is an error (its message, e.g. "unexpected status 401
-Unauthorized: Incorrect API key provided ..."); no `turn.completed` at all with `error`
-events is the last error's message; otherwise, with a non-zero exit, codex's `Error:`
-line on stderr ("Error: thread/resume: ... no rollout found for thread id X", "No prompt
-provided via stdin."). Exit codes: 0 success; 1 a failed turn, an unknown resume id,
-empty stdin; 2 a usage error (unknown option).
-
-Usage: `turn.completed.usage` {input_tokens (cached included), cached_input_tokens,
-output_tokens (reasoning included), reasoning_output_tokens} is CUMULATIVE for the
-thread: the run's share is the last turn.completed minus the resumed job's recorded totals
-(`usage_totals`); when those are gone the resumed run's tokens are unknown (null). No
-cost. turns: the turns completed in this run.
+The long form (verified version, argv, exit codes, defaults) is in docs/AGENTS.md.
 """
 
 from __future__ import annotations

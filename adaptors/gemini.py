@@ -1,42 +1,6 @@
 """The `gemini` adaptor: Gemini CLI headless mode with the stream-json event stream.
 
-Verified against Gemini CLI 0.61.0 (`@google/gemini-cli`, `gemini --version`: `0.61.0`),
-run against a mock Gemini API (tests/agents, `make test-agents`).
-
-argv: `gemini --output-format stream-json --yolo --skip-trust [--model M] [--resume SESSION]
-[args...]`, the prompt on stdin (the job's prompt file; stdin that is not a terminal makes
-gemini headless, and keeps the prompt byte for byte, a trailing newline included).
-- `--skip-trust`: in a folder it has not been told to trust (every fresh workspace) gemini
-  overrides `--yolo` to "default" and exits 55 ("Gemini CLI is not running in a trusted
-  directory"); `--skip-trust` trusts the workspace for this run only.
-- `--yolo`: every tool call is approved (nobody answers a prompt in a batch job).
-- `--resume <session id>` continues a session of the SAME project folder (sessions live in
-  ~/.gemini/tmp/<folder>/chats; from another folder: exit 42), which is why a resumed job
-  runs in its predecessor's workspace.
-
-Quiet defaults: nothing the adaptor can set by flag or environment. Usage statistics
-(Clearcut, to play.googleapis.com) and update checks are settings only: put
-`{"privacy": {"usageStatisticsEnabled": false}, "general": {"enableAutoUpdate": false,
-"enableAutoUpdateNotification": false}}` in the agent account's ~/.gemini/settings.json
-(the README shows it). Auth: with GEMINI_API_KEY set gemini uses it; with
-GOOGLE_GEMINI_BASE_URL also set it needs `security.auth.selectedType: "gemini-api-key"`
-in that file (else exit 41 "Invalid auth method selected").
-
-Events (JSONL): `init` {session_id, model}, `message` (role user: the prompt echoed;
-role assistant: `delta` chunks), `tool_use`, `tool_result`, `error` (warnings), `result`
-{status, error, stats}. The session id is init's `session_id`.
-
-The verdict: `result.status != "success"` is an error, named by `result.error.message`
-(an API error `[API Error: {"error": {"code": 401, "message": ...}}]` is shown as
-"API error 401: <message>"); with no result and a non-zero exit, gemini's message on stderr
-(its start-up warnings skipped). Exit codes (packages/core FatalError and handleError):
-0 success; 1 other errors; 41 authentication not configured; 42 input error (empty stdin,
-unknown or foreign `--resume`); 44 sandbox error; 52 configuration error; 53 turn limit;
-54 tool execution error; 55 untrusted folder; 130 cancelled; an API error exits with the
-HTTP status & 0xFF (401 -> 145, 429 -> 173, 500 -> 244).
-
-Usage: `result.stats` counts this run: input_tokens (cached included), output_tokens,
-with the model router's classifier call included; no cost and no turn count.
+The long form (verified version, argv, exit codes, defaults) is in docs/AGENTS.md.
 """
 
 from __future__ import annotations

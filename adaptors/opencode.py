@@ -1,38 +1,6 @@
 """The `opencode` adaptor: `opencode run` with its JSON event stream.
 
-Verified against opencode 1.18.33 (`opencode-ai`, `opencode --version`: `1.18.33`), run
-against a mock OpenAI Chat Completions API (tests/agents, `make test-agents`).
-
-argv: `opencode run --format json --auto [--model PROVIDER/MODEL] [--session SESSION]
-[args...]`, the prompt on stdin ONLY (the job's prompt file). opencode joins its message
-arguments and wraps each one that holds a space in double quotes, escaping inner quotes:
-the model would receive `"say hi there \\"quoted\\""`. Read from a non-terminal stdin the
-message is exact (a 100 KB one too). An argv message with a piped stdin would also wait for
-stdin's EOF and append it.
-- `--auto`: approve every permission request not explicitly denied (nobody answers an ask).
-- `--session <ses_...>` continues a session (sessions live in $XDG_DATA_HOME/opencode;
-  an unknown id: exit 1, "Error: Session not found" on stderr).
-
-Quiet defaults (set only when unset): OPENCODE_DISABLE_AUTOUPDATE=1,
-OPENCODE_DISABLE_SHARE=1 (no session upload), OPENCODE_DISABLE_LSP_DOWNLOAD=1. Not
-preventable: on the first run per config folder opencode tries registry.npmjs.org for its
-plugin packages (it fails harmlessly offline); models.dev is fetched unless the operator
-sets OPENCODE_DISABLE_MODELS_FETCH=1 (then only configured providers' models are known).
-An unreachable provider is retried internally for about 70 s, then an `error` event.
-
-Events (JSONL, every one with `type`, `timestamp`, `sessionID`, `part`): `step_start`,
-`text` {part.text}, `tool_use` {part.tool, part.state}, `step_finish` {part.reason,
-part.tokens {input, output, reasoning, cache {read, write}}, part.cost}, `error` {error
-{name, data {message, statusCode, ...}}}. The session id is `sessionID` (ses_...).
-
-The verdict: an `error` event is an error (its data.message, e.g. "Incorrect API key
-provided: ...", else its name); with none and a non-zero exit, opencode's `Error: ...`
-line on stderr. Exit codes: 0 success; 1 an error event, session not found, no message.
-
-Usage: per step (`step_finish`), summed over the run: input = input + cache read + cache
-write tokens, output = output + reasoning tokens, cost = the sum of `part.cost` (0 for a
-model without prices), turns = the steps. opencode's own title-generation call is not
-reported.
+The long form (verified version, argv, exit codes, defaults) is in docs/AGENTS.md.
 """
 
 from __future__ import annotations

@@ -149,6 +149,7 @@ def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> dict[st
         "resume_session": resume if isinstance(resume, str) else None,
         "resume_of": resume_of if isinstance(resume_of, str) else None,
         "idle_timeout": job_idle_timeout(cfg, entry),
+        "output_max_bytes": cfg.jobs.output_max_bytes,
     }
 
 

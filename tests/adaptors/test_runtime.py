@@ -518,3 +518,44 @@ def test_output_is_duplexed_to_a_terminal_stdout(tmp_path: Path) -> None:
         os.close(master)
     assert b"to-the-file-and-the-tty" in seen
     assert b"to-the-file-and-the-tty\n" == fakekit.output(job)
+
+
+# -- the output: its cap, a full disk ---------------------------------------------------------
+
+def test_output_past_the_cap_keeps_the_head_marks_the_cut_once_and_the_job_goes_on(
+        tmp_path: Path) -> None:
+    """output_max_bytes 2048 and 10,000 bytes written: the first 2,048 are kept, one mark
+    says where it was cut, the job runs to its end (exit 0, its last command ran)."""
+    done = tmp_path / "done"
+    job = fakekit.make_job(tmp_path / "state", "cap", adaptor="command",
+                           prompt=f"head -c 10000 /dev/zero | tr '\\0' x; echo; "
+                                  f"echo tail-line; touch {done}", output_max_bytes=2048)
+    assert 0 == fakekit.run_adaptor(job).returncode
+    out = (job / "output").read_bytes()
+    mark = b"\n[batchd: output cut at 2048 bytes (jobs.output_max_bytes); the job goes on]\n"
+    assert (b"x" * 2048 + mark, 0, True) == (out, fakekit.result(job)["exit_code"],
+                                             done.exists())
+
+
+def test_a_failed_output_write_is_counted_and_marked_with_the_next_one() -> None:
+    """A write that fails (here EPIPE, as ENOSPC would) never raises: its bytes are counted,
+    and the next write that succeeds starts with a mark saying how many were lost and why."""
+    from adaptors._runtime import _Output
+
+    r, w = os.pipe()
+    old = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        out = _Output(w, 1 << 20)
+        os.close(r)                          # every write to the pipe now fails
+        out.write(b"lost bytes")
+        why = out.lost_why
+        assert (10, "Broken pipe") == (out.lost, why)
+        with tempfile.TemporaryFile() as f:
+            out.fd = f.fileno()
+            out.write(b"back\n")
+            f.seek(0)
+            assert (b"\n[batchd: 10 bytes of output lost: Broken pipe]\nback\n", 0) == (
+                f.read(), out.lost)
+    finally:
+        signal.signal(signal.SIGPIPE, old)
+        os.close(w)

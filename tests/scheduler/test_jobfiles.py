@@ -202,7 +202,8 @@ def test_write_spec_builds_the_job_spec(tmp_path: Path) -> None:
             "workspace": str(tmp_path / "ws" / "j1"), "job_dir": str(layout.job_dir("j1")),
             "state_dir": str(layout.root),
             "timeout": 3600.0, "heartbeat_interval": 2.0, "kill_grace": 3.0, "user": "bot",
-            "resume_session": "s-9", "resume_of": None, "idle_timeout": None} == spec
+            "resume_session": "s-9", "resume_of": None, "idle_timeout": None,
+            "output_max_bytes": 1 << 30} == spec
 
 
 def test_timeout_chain(tmp_path: Path) -> None:
