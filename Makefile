@@ -64,6 +64,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.supervisor --json
 	$(BIN)/python -m bench.jobs --json
 	$(BIN)/python -m bench.jobcontrol --json
+	$(BIN)/python -m bench.reaper --json
+	$(BIN)/python -m bench.retention --json
 	$(BIN)/python -m bench.api --json
 
 clean:
