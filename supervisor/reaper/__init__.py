@@ -223,7 +223,7 @@ def forget_expired(r: Reaper, view: JobView, known: Known, now: float, did: Coun
         if not batch:
             break
         records = _records(view, [e.id for e in batch])
-        forget.begin(r.layout, records, _workspaces(r, known, records), now)
+        forget.begin(r.layout, records, _workspaces(r, known, records, now), now)
         for e in batch:
             done.add(e.id)
             r.removed(did, "jobs", e.id, f"{e.why} ({e.state} {e.finished_at})")
@@ -240,16 +240,22 @@ def _records(view: JobView, ids: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _workspaces(r: Reaper, known: Known, records: list[dict[str, Any]]) -> list[str]:
-    """The workspaces of these jobs that may go with them: in the workspace folder, and
-    not one a live job works in."""
+def _workspaces(r: Reaper, known: Known, records: list[dict[str, Any]],
+                now: float) -> list[str]:
+    """The workspaces of these jobs that may go with them: in the workspace folder, not
+    one a live job works in, nor one a later job resumed in within retention.workspaces."""
     folder = _own_workspace_dir(r)
+    keep = r.cfg.retention.workspaces
     out = []
     for rec in records:
         ws = rec.get("workspace")
-        if (folder is not None and isinstance(ws, str) and Path(ws).parent == folder
-                and ws.rstrip("/") not in known.live_workspaces):
-            out.append(ws)
+        if folder is None or not isinstance(ws, str) or Path(ws).parent != folder:
+            continue
+        later = known.resumed_ends.get(ws.rstrip("/"))
+        if ws.rstrip("/") in known.live_workspaces or (
+                later is not None and (keep is None or now - later < keep)):
+            continue
+        out.append(ws)
     return out
 
 
