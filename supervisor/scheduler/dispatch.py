@@ -29,7 +29,7 @@ from supervisor.scheduler.runnable import Runnable
 from supervisor.scheduler.slurm import SlurmDown, SlurmError, SlurmJobs
 from supervisor.state import disk
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
-from supervisor.state.jobs import job_timeout
+from supervisor.state.jobs import job_timeout, usage_counters
 from supervisor.state.layout import (
     WORKER_STATE,
     Layout,
@@ -509,6 +509,7 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     if _repos_of(job.entry):     # before the terminal WAL record, as the events above
         _release(j, job.id, f"job {fields['state']}")
     batch.counters[str(fields["state"])] += 1
+    batch.counters.update(usage_counters(str(job.entry.get("agent")), fields.get("usage")))
     j.active.discard(job.id)
     j.in_slurm.discard(job.id)
     j.warned.pop(job.id, None)
