@@ -1,28 +1,39 @@
 """The HTTP side of a webhook: the exact body and headers, a signature, the transport.
 
 `attempt` POSTs a delivery record's payload once through a `Transport`: the real one
-(`RequestsTransport`, requests imported at its first POST, redirects never followed) or
-the in-memory twin tests use (`MockTransport`, httpx's model), and says what came of it
-as a state.webhook.Result (delivered, retry, failed).
+(`RequestsTransport`, requests imported at its first POST, redirects never followed, one
+session per sending thread) or the in-memory twin tests use (`MockTransport`, httpx's
+model), and says what came of it as a state.webhook.Result (delivered, retry, failed,
+and the delay a 429 or 503 asked for with Retry-After).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from supervisor import __version__
 from supervisor.state.atomic import dump_json
-from supervisor.state.webhook import DELIVERED, FAILED, RETRY, Result, classify
+from supervisor.state.webhook import (
+    DELIVERED,
+    FAILED,
+    RETRY,
+    RETRY_AFTER_STATUSES,
+    Result,
+    classify,
+    retry_after_delay,
+)
 
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["MockTransport", "RequestsTransport", "Sent", "Transport", "TransportError",
-           "attempt", "body_of", "request_headers", "sign"]
+__all__ = ["MockTransport", "Reply", "RequestsTransport", "Sent", "Transport",
+           "TransportError", "attempt", "body_of", "request_headers", "sign"]
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -52,10 +63,30 @@ class TransportError(Exception):
         self.permanent = permanent
 
 
-class Transport(Protocol):
-    """POSTs one body; returns the HTTP status or raises TransportError."""
+@dataclass(frozen=True)
+class Reply:
+    """What a receiver answered: its status and headers (names lowercased)."""
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, status: int, headers: Mapping[str, str] | None = None) -> Reply:
+        """A Reply with `headers` given in any case (e.g. {"Retry-After": "120"})."""
+        return cls(status, {k.lower(): v for k, v in (headers or {}).items()})
+
+    @property
+    def retry_after(self) -> str | None:
+        """The Retry-After header as sent, or None."""
+        return self.headers.get("retry-after")
+
+
+class Transport(Protocol):
+    """POSTs one body; returns the receiver's Reply or raises TransportError. Called from
+    several sending threads at once."""
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+             ) -> Reply:
         ...
 
 
@@ -80,7 +111,9 @@ def _root_cause(exc: BaseException) -> str:
 
 
 class RequestsTransport:
-    """The real transport: one `requests.Session`, redirects never followed.
+    """The real transport: a `requests.Session` per sending thread (a session is not
+    safe to share between threads; each keeps its own connections alive), redirects
+    never followed.
 
     `stream=True` returns at the response headers: the body is never read, so a receiver
     cannot hold the worker beyond `timeout` (connect, then between bytes) with a slow body.
@@ -90,16 +123,26 @@ class RequestsTransport:
     """
 
     def __init__(self, session: requests.Session | None = None) -> None:
-        self.session = session
+        self.session = session          # a session given here is used by every thread
+        self._local = threading.local()
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+    def _session(self) -> requests.Session:
+        if self.session is not None:
+            return self.session
+        mine: requests.Session | None = getattr(self._local, "session", None)
+        if mine is None:
+            import requests as rq
+
+            mine = self._local.session = rq.Session()
+        return mine
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+             ) -> Reply:
         import requests as rq
 
-        if self.session is None:
-            self.session = rq.Session()
         try:
-            resp = self.session.post(url, data=body, headers=dict(headers), timeout=timeout,
-                                     allow_redirects=False, stream=True)
+            resp = self._session().post(url, data=body, headers=dict(headers),
+                                        timeout=timeout, allow_redirects=False, stream=True)
         except rq.Timeout:
             raise TransportError(f"timed out after {timeout:g}s") from None
         except (rq.exceptions.InvalidURL, rq.exceptions.InvalidSchema,
@@ -111,9 +154,9 @@ class RequestsTransport:
             raise TransportError(f"request failed: {_root_cause(exc)}") from None
         except ValueError as exc:   # a URL or header urllib3 cannot even parse
             raise TransportError(f"unusable request: {exc}", permanent=True) from None
-        status = int(resp.status_code)
+        reply = Reply.of(int(resp.status_code), resp.headers)
         resp.close()
-        return status
+        return reply
 
 
 @dataclass(frozen=True)
@@ -129,25 +172,37 @@ class Sent:
 @dataclass
 class MockTransport:
     """A transport for unit tests (httpx.MockTransport style): `handler(sent)` answers
-    each POST with a status or raises TransportError; every POST is kept in `sent`."""
+    each POST with a status or a Reply (to send headers such as Retry-After), or raises
+    TransportError; every POST is kept in `sent` (list.append: safe from any thread)."""
 
-    handler: Callable[[Sent], int]
+    handler: Callable[[Sent], int | Reply]
     sent: list[Sent] = field(default_factory=list)
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+             ) -> Reply:
         sent = Sent(url, body, dict(headers), timeout)
         self.sent.append(sent)
-        return self.handler(sent)
+        answer = self.handler(sent)
+        return answer if isinstance(answer, Reply) else Reply(answer)
 
 
 def attempt(transport: Transport, rec: Mapping[str, Any], *, secret: str | None,
-            timeout: float) -> Result:
-    """POST the record's payload once (body computed once, headers per the contract)."""
+            timeout: float, now: Callable[[], float] | None = None) -> Result:
+    """POST the record's payload once (body computed once, headers per the contract).
+
+    A 429 or 503 with a Retry-After header gives the delay it asks for (seconds, or an
+    HTTP date taken against `now()`, the clock read when the answer came)."""
     body = body_of(rec["payload"])
     headers = request_headers(rec["id"], body, secret)
     try:
-        status = transport.post(rec["url"], body, headers, timeout)
+        reply = transport.post(rec["url"], body, headers, timeout)
     except TransportError as exc:
         return Result(FAILED if exc.permanent else RETRY, str(exc))
+    status = reply.status
     outcome = classify(status)
-    return Result(outcome, None if outcome == DELIVERED else f"HTTP {status}")
+    if outcome == DELIVERED:
+        return Result(outcome, None)
+    wait = None
+    if status in RETRY_AFTER_STATUSES and reply.retry_after is not None:
+        wait = retry_after_delay(reply.retry_after, time.time() if now is None else now())
+    return Result(outcome, f"HTTP {status}", wait)

@@ -1,11 +1,10 @@
 """batchctl's webhook commands: `callbacks [--state S]` (read-only) and `callbacks retry ID`.
 
-`callbacks` reads `callbacks/inbox/` (events handed over but not yet taken by the worker,
-shown as pending with no try yet) and then `callbacks/outbox/` (one DELIVERY record per
-event), never moving or writing anything, so it works with batchd down. The inbox is read
-FIRST: the worker writes the record before it removes the request, so an event cannot
-slip between the two reads. A record batchctl cannot read is named on stderr and skipped
-(the worker, its owner, moves it aside); an outbox that cannot be listed is exit 1.
+`callbacks` reads what state.webhook.list_deliveries reads (events handed over but not yet
+taken by the worker, shown as pending with no try yet; then `callbacks/outbox/` and
+`callbacks/done/`, one DELIVERY record per event), never moving or writing anything, so
+it works with batchd down. A record batchctl cannot read is named on stderr and skipped
+(the worker, its owner, moves it aside); a folder that cannot be listed is exit 1.
 
 `callbacks retry ID` never writes the outbox (one writer per file: the worker). It drops
 a REQUEST kind "retry" into `callbacks/inbox/` (write_record: temp, fsync, rename, fsync
@@ -21,17 +20,13 @@ inbox and is handled when the worker starts.
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx, table
-from supervisor.state.atomic import CORRUPT_MARK, Corrupt, is_tmp_name
-from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record
 from supervisor.state.webhook import (
     DELIVERY_STATES,
-    delivery_problem,
     drop_request,
+    list_deliveries,
     retry_request,
     valid_event_id,
 )
@@ -50,57 +45,20 @@ LIST_FIELDS: tuple[str, ...] = (
     "id", "job", "url", "state", "attempts", "next_attempt_at", "last_error", "created_at")
 
 
-def _json_names(folder: Path) -> list[str]:
-    """The record file names in `folder` ([] if it does not exist); exit 1 if unlistable."""
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise CtlError(f"cannot read {folder}: {exc.strerror or exc}") from None
-    return sorted(n for n in names
-                  if n.endswith(".json") and not is_tmp_name(n) and CORRUPT_MARK not in n)
-
-
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: rec.get(k) for k in LIST_FIELDS}
 
 
-def _handed_over(layout: Layout) -> dict[str, dict[str, Any]]:
-    """Events waiting in the worker's inbox as "deliver" requests: pending, no try yet."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in _json_names(layout.inbox("callbacks")):
-        req = read_record(REQUEST, layout.inbox("callbacks") / name, owner=False)
-        if (isinstance(req, dict) and req.get("kind") == "deliver"
-                and valid_event_id(req.get("event_id"))):
-            out[req["event_id"]] = {
-                "id": req["event_id"], "job": req.get("job"), "url": req.get("url"),
-                "state": "pending", "attempts": 0, "next_attempt_at": req.get("created_at"),
-                "last_error": None, "created_at": req.get("created_at")}
-    return out
-
-
 def read_deliveries(ctx: Ctx) -> list[dict[str, Any]]:
     """Every delivery (the LIST_FIELDS of each), oldest first; unreadable ones noted."""
-    pending = _handed_over(ctx.layout)
-    folder = ctx.layout.callbacks_outbox
-    found: dict[str, dict[str, Any]] = {}
-    for name in _json_names(folder):
-        rec = read_record(DELIVERY, folder / name, owner=False)
-        if isinstance(rec, dict):
-            problem = delivery_problem(rec)
-            if problem is None:
-                found[rec["id"]] = _row(rec)
-                continue
-            reason = problem
-        elif isinstance(rec, Corrupt):
-            reason = rec.reason
-        else:
-            continue    # taken away meanwhile
-        ctx.error(f"skipping unreadable delivery record {folder / name}: {reason}")
-    for event_id, row in pending.items():
-        found.setdefault(event_id, row)
-    return sorted(found.values(), key=lambda r: (str(r["created_at"]), r["id"]))
+    try:
+        records, notes = list_deliveries(ctx.layout)
+    except OSError as exc:
+        raise CtlError(f"cannot read the webhook deliveries: {exc.strerror or exc}"
+                       + (f" ({exc.filename})" if exc.filename else "")) from None
+    for note in notes:
+        ctx.error(note)
+    return [_row(rec) for rec in records]
 
 
 def cmd_callbacks(ctx: Ctx, state: str | None) -> int:

@@ -20,7 +20,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
       scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
       locks/inbox/, locks/state.json          locks worker
-      callbacks/inbox/, callbacks/outbox/     callbacks worker
+      callbacks/inbox/, callbacks/outbox/, callbacks/done/   callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
       jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json,
                                            adaptor.log (launcher-opened, adaptor-written),
@@ -104,7 +104,8 @@ RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
-#: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
+#: One webhook delivery (`callbacks/outbox/<event id>.json` while pending or in flight,
+#: `callbacks/done/<event id>.json` once delivered or failed), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
 
 
@@ -260,7 +261,13 @@ class Layout:
 
     @property
     def callbacks_outbox(self) -> Path:
+        """Webhook deliveries still to be made: pending and in flight (read at every start)."""
         return self.root / "callbacks" / "outbox"
+
+    @property
+    def callbacks_done(self) -> Path:
+        """Webhook deliveries that are settled: delivered and failed (never read at start)."""
+        return self.root / "callbacks" / "done"
 
     # -- jobs ------------------------------------------------------------------
     @property

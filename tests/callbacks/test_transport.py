@@ -14,6 +14,7 @@ import pytest
 
 from supervisor.callbacks.transport import (
     MockTransport,
+    Reply,
     RequestsTransport,
     Sent,
     TransportError,
@@ -57,6 +58,13 @@ def answers(*statuses: int) -> Callable[[Sent], int]:
 def test_attempt_reports_the_outcome_and_the_status(status: int, result: Result) -> None:
     """One try's result: the outcome and, unless delivered, "HTTP <status>"."""
     assert result == attempt(MockTransport(answers(status)), record(), secret=None, timeout=1)
+
+
+def test_mock_transport_answers_with_headers() -> None:
+    """A MockTransport handler may answer a Reply to send headers such as Retry-After."""
+    transport = MockTransport(lambda sent: Reply.of(429, {"Retry-After": "7"}))
+    assert Result(RETRY, "HTTP 429", 7.0) == attempt(transport, record(), secret=None,
+                                                     timeout=1, now=lambda: T0)
 
 
 def test_attempt_transport_errors() -> None:
@@ -103,7 +111,8 @@ def test_headers_without_a_secret_carry_no_signature() -> None:
 
 @pytest.fixture
 def server() -> Iterator[tuple[str, list[str], threading.Event]]:
-    """A real HTTP server on 127.0.0.1:0; the path picks the answer: /200, /302, /slow."""
+    """A real HTTP server on 127.0.0.1:0; the path picks the answer: /200, /302, /slow,
+    /503 (Retry-After: 120), /429 (Retry-After: an HTTP date, T0 + 60 s)."""
     seen: list[str] = []
     release = threading.Event()
 
@@ -113,10 +122,14 @@ def server() -> Iterator[tuple[str, list[str], threading.Event]]:
             self.rfile.read(int(self.headers["Content-Length"]))
             if self.path == "/slow":
                 release.wait(5)
-            status = 302 if self.path == "/302" else 200
+            status = {"/302": 302, "/503": 503, "/429": 429}.get(self.path, 200)
             self.send_response(status)
             if status == 302:
                 self.send_header("Location", "/elsewhere")
+            if status == 503:
+                self.send_header("Retry-After", "120")
+            if status == 429:
+                self.send_header("Retry-After", "Fri, 15 Jan 2027 08:01:00 GMT")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -138,9 +151,40 @@ def test_requests_transport_posts_and_never_follows_redirects(
     """Real HTTP: 200 comes back; a 302 comes back as 302 and its Location is not fetched."""
     base, seen, _ = server
     transport = RequestsTransport()
-    assert (200, 302) == (transport.post(f"{base}/200", b"{}", {}, 5.0),
-                          transport.post(f"{base}/302", b"{}", {}, 5.0))
+    assert (200, 302) == (transport.post(f"{base}/200", b"{}", {}, 5.0).status,
+                          transport.post(f"{base}/302", b"{}", {}, 5.0).status)
     assert ["/200", "/302"] == seen
+
+
+def test_requests_transport_returns_retry_after_in_both_forms(
+        server: tuple[str, list[str], threading.Event]) -> None:
+    """Real HTTP: a 503's `Retry-After: 120` and a 429's HTTP-date Retry-After reach the
+    result as the delay they ask for (the date taken against the clock given)."""
+    base, _, _ = server
+    transport = RequestsTransport()
+    got = [attempt(transport, {**record(), "url": f"{base}{path}"}, secret=None, timeout=5.0,
+                   now=lambda: T0)
+           for path in ("/503", "/429")]
+    assert [Result(RETRY, "HTTP 503", 120.0), Result(RETRY, "HTTP 429", 60.0)] == got
+
+
+def test_each_thread_has_its_own_session(
+        server: tuple[str, list[str], threading.Event]) -> None:
+    """A requests.Session is not shared between sending threads: two threads, two sessions."""
+    base, _, _ = server
+    transport = RequestsTransport()
+    sessions: list[object] = []
+
+    def post() -> None:
+        transport.post(f"{base}/200", b"{}", {}, 5.0)
+        sessions.append(transport._session())
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 2 == len({id(s) for s in sessions})
 
 
 def test_requests_transport_errors(server: tuple[str, list[str], threading.Event]) -> None:
