@@ -3,7 +3,9 @@
 Recovery reads the live outbox (an in_flight record goes back to pending, due now); then
 one loop on the main thread takes the inbox and hands due tries to sending threads (at
 most `callbacks.concurrency` at once, 4 per receiver), each of which owns its record
-until it is settled. docs/CALLBACKS.md has the files, the threads and the crash argument.
+until it is settled. A new event waits for its first try as the request the scheduler
+wrote (its record is made by that try's in_flight write). docs/CALLBACKS.md has the
+files, the threads and the crash argument.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from watchdog.events import FileCreatedEvent, FileMovedEvent
+
 from supervisor import log as _log
 from supervisor.callbacks.outbox import DirOutbox, Outbox
 from supervisor.callbacks.settle import BatchCheck, Verdict, wal_check
@@ -32,10 +36,11 @@ from supervisor.runtime import (
     NotYet,
     Waiter,
     Watcher,
-    handle_inbox,
+    inbox_requests,
     report_ready,
     stop_requested,
 )
+from supervisor.state.atomic import discard, quarantine, remove
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import Layout
 from supervisor.state.webhook import (
@@ -69,6 +74,7 @@ __all__ = [
     "main",
     "recover",
     "serve",
+    "take_inbox",
 ]
 
 NAME = "callbacks"
@@ -119,11 +125,17 @@ class Callbacks:
     cleared: set[str] = field(default_factory=set)       # held events the check released
     deferred: set[str] = field(default_factory=set)      # retries waiting for a busy record
     retry_now: bool = False          # a record a deferred retry waits for was handed back
+    #: New events with no record yet: event id -> their request in the inbox, which stays
+    #: there (the durable form of the event) until the first try's in_flight write.
+    requests: dict[str, Path] = field(default_factory=dict)
     tasks: int = 0                                       # tries and checks handed out
     _heap: list[tuple[float, str, int, str]] = field(default_factory=list)
     _gen: dict[str, int] = field(default_factory=dict)
+    #: Due tries whose receiver is at its limit, a heap per receiver: one goes back to
+    #: the schedule each time a try to that receiver ends.
     _parked: dict[str, list[tuple[float, str, int, str]]] = field(default_factory=dict)
     _hosts: Counter[str] = field(default_factory=Counter)
+    _host_of: dict[str, str] = field(default_factory=dict)      # event id -> receiver
     _done: queue.SimpleQueue[Done] = field(default_factory=queue.SimpleQueue)
 
     # -- the schedule (main thread) ---------------------------------------------------------
@@ -133,9 +145,12 @@ class Callbacks:
         if rec["state"] != "pending":
             self.pending.pop(event_id, None)
             self._gen.pop(event_id, None)
+            self._host_of.pop(event_id, None)
             self.cleared.discard(event_id)
             return
         self.pending[event_id] = rec
+        if event_id not in self._host_of:
+            self._host_of[event_id] = host_of(rec["url"])
         gen = self._gen.get(event_id, 0) + 1
         self._gen[event_id] = gen
         heapq.heappush(self._heap, (due_at(rec), str(rec["created_at"]), gen, event_id))
@@ -191,15 +206,15 @@ class Callbacks:
             if held(rec) and event_id not in self.cleared:
                 checks.append(rec)
                 continue
-            host = host_of(rec["url"])
+            host = self._host_of[event_id]
             if self._hosts[host] >= per_host:
-                self._parked.setdefault(host, []).append(item)
+                heapq.heappush(self._parked.setdefault(host, []), item)
                 continue
             del self.pending[event_id]
             self.busy[event_id] = host
             self._hosts[host] += 1
             self.tasks += 1
-            self._pool().submit(self._send, rec)
+            self._pool().submit(self._send, rec, self.requests.get(event_id))
             started += 1
         if checks:
             for rec in checks:
@@ -221,12 +236,12 @@ class Callbacks:
             self.tasks -= 1
             for event_id, rec in done.records:
                 host = self.busy.pop(event_id, "")
+                self.requests.pop(event_id, None)
                 if host:
                     self._hosts[host] -= 1
                     if not self._hosts[host]:
                         del self._hosts[host]
-                    for item in self._parked.pop(host, []):
-                        heapq.heappush(self._heap, item)
+                    self._unpark(host)
                 self.retry_now = self.retry_now or event_id in self.deferred
                 if rec is not None:
                     self.schedule(rec)
@@ -240,6 +255,17 @@ class Callbacks:
                                   attempts=rec["attempts"], outcome=done.result.outcome,
                                   error=done.result.error, state=rec["state"],
                                   next_attempt_at=rec["next_attempt_at"])
+
+    def _unpark(self, host: str) -> None:
+        """A try to `host` ended: its earliest parked try (still valid) is due again."""
+        parked = self._parked.get(host)
+        while parked:
+            item = heapq.heappop(parked)
+            if self._valid(item):
+                heapq.heappush(self._heap, item)
+                break
+        if not parked:
+            self._parked.pop(host, None)
 
     def drain(self, grace: float) -> None:
         """At stop: wait up to `grace` seconds for the tries in flight to end (their
@@ -263,12 +289,16 @@ class Callbacks:
         self._done.put(done)
         self.wake()
 
-    def _send(self, rec: dict[str, Any]) -> None:
-        """One try: in_flight durable BEFORE the POST, the outcome durable after it."""
+    def _send(self, rec: dict[str, Any], request: Path | None) -> None:
+        """One try: in_flight durable BEFORE the POST, the outcome durable after it. The
+        first try of a new event creates its record, and only then drops its request (a
+        request that comes back at a power cut finds the record: a no-op)."""
         event_id = rec["id"]
         try:
             rec = begin(rec, self.clock.time())
             self.outbox.put(rec)
+            if request is not None:
+                discard(request)
             result = attempt(self.transport, rec, secret=self.settings.secret,
                              timeout=self.settings.timeout, now=self.clock.time)
             rec = finish(rec, result, self.clock.time(), self.settings.retry_schedule)
@@ -348,9 +378,12 @@ def _check_batch(req: dict[str, Any]) -> None:
         raise BadRequest("a batch event's payload must list its jobs (batch.jobs)")
 
 
-def handle_deliver(state: Callbacks, req: dict[str, Any]) -> None:
-    """A new event to deliver: write its pending record, unless it exists (a replay); a
-    batch event is held for `batch_settle`. A due try is handed out at once."""
+def handle_deliver(state: Callbacks, req: dict[str, Any], path: Path) -> bool:
+    """A new event to deliver (True: its request stays in the inbox until the first try).
+
+    A replay (the event has a record) changes nothing. A batch event is held for
+    `batch_settle`: its record is written now, due when the window ends. Any other event
+    joins the schedule, due now, as its request: the first try writes its record."""
     event_id = _event_id(req)
     if not valid_url(req.get("url")):
         raise BadRequest(f"'url' {req.get('url')!r} is not an http(s) URL")
@@ -361,16 +394,22 @@ def handle_deliver(state: Callbacks, req: dict[str, Any]) -> None:
     _check_batch(req)
     if state.known(event_id):
         state.log.info("delivery request replayed: already in the outbox", event_id=event_id)
-        return
+        return False
     rec = new_delivery(req, state.clock.time(), settle=state.settings.batch_settle)
-    state.store(rec)
-    state.log.info("delivery queued", event_id=event_id, job=req.get("job"), url=req["url"],
-                   batch=rec["batch"], next_attempt_at=rec["next_attempt_at"])
+    if held(rec):
+        state.store(rec)
+        state.log.info("batch event held for the settle window", event_id=event_id,
+                       batch=rec["batch"], url=rec["url"], until=rec["next_attempt_at"])
+        return False
+    state.requests[event_id] = path
+    state.schedule(rec)
+    state.log.info("delivery queued", event_id=event_id, job=req.get("job"), url=req["url"])
     state.reap()
     state.dispatch()        # a long inbox does not hold back the first tries
+    return True
 
 
-def handle_retry(state: Callbacks, req: dict[str, Any]) -> None:
+def handle_retry(state: Callbacks, req: dict[str, Any], path: Path) -> bool:
     """The operator's retry: a failed or pending delivery is due now, on a fresh schedule.
     One a thread holds (a try in flight) is retried once that try is over (NotYet)."""
     event_id = _event_id(req)
@@ -378,24 +417,66 @@ def handle_retry(state: Callbacks, req: dict[str, Any]) -> None:
         state.deferred.add(event_id)
         raise NotYet(f"delivery {event_id} has a try in flight")
     state.deferred.discard(event_id)
+    if event_id in state.requests:
+        state.log.info("retry of a delivery not tried yet: it is due now", event_id=event_id)
+        return False
     rec = state.pending.get(event_id) or state.outbox.get(event_id)
     if rec is None:
         state.log.warning("retry of an unknown delivery ignored", event_id=event_id)
-        return
+        return False
     try:
         new = operator_retry(rec, state.clock.time())
     except InvalidTransition as exc:
         state.log.warning("retry ignored", event_id=event_id, reason=str(exc))
-        return
+        return False
     state.store(new, moved=rec["state"] in SETTLED_STATES)
     state.log.info("delivery retry requested", event_id=event_id, attempts=new["attempts"])
+    return False
 
 
-#: request kind -> handler.
-HANDLERS: dict[str, Callable[[Callbacks, dict[str, Any]], None]] = {
+#: request kind -> handler (in this order: a retry never overtakes the event it names);
+#: True from a handler: the request stays in the inbox, taken (not read again).
+HANDLERS: dict[str, Callable[[Callbacks, dict[str, Any], Path], bool]] = {
     "deliver": handle_deliver,
     "retry": handle_retry,
 }
+
+
+def _reject(path: Path, why: str, log: Log) -> None:
+    log.warning("malformed request quarantined", path=str(path), moved_to=quarantine(path),
+                reason=why)
+
+
+def take_inbox(state: Callbacks, inbox: Path) -> int:
+    """Handle the requests in the inbox not taken yet; how many were handled.
+
+    Kind by kind in HANDLERS order, oldest first within a kind (the runtime's one inbox
+    reader lists them, skipping the taken ones). A request is removed (durably) once its
+    effect is durable, except a new event's, which stays until its first try; a malformed
+    one is quarantined; one a handler cannot take yet (NotYet) stays for a later pass."""
+    taken = {path.name for path in state.requests.values()}
+    rank = {kind: i for i, kind in enumerate(HANDLERS)}
+    todo = inbox_requests(inbox, state.log, skip=taken.__contains__)
+    todo.sort(key=lambda item: rank.get(item[1]["kind"], len(rank)))
+    done = 0
+    for path, req in todo:
+        if stop_requested():
+            break
+        handler = HANDLERS.get(req["kind"])
+        if handler is None:
+            _reject(path, f"unknown request kind {req['kind']!r}", state.log)
+            continue
+        try:
+            keep = handler(state, req, path)
+        except BadRequest as exc:
+            _reject(path, str(exc), state.log)
+            continue
+        except NotYet:
+            continue
+        if not keep:
+            remove(path)
+        done += 1
+    return done
 
 
 # -- the loop (main thread) --------------------------------------------------------------------
@@ -408,11 +489,15 @@ def serve(state: Callbacks, waiter: Waiter, inbox: Path, *,
     try:
         while not stop():
             state.reap()
-            hinted = waiter.wait(state.sleep_for())
+            before = getattr(waiter, "looks", None)
+            woken = waiter.wait(state.sleep_for())
+            # a Watcher counts hints and rescans: a wake by a sending thread alone is no
+            # reason to list the inbox (the other waiters: every wake is)
+            looked = woken if before is None else getattr(waiter, "looks", None) != before
             state.reap()
-            if (hinted or state.retry_now) and not stop():
+            if (looked or state.retry_now) and not stop():
                 state.retry_now = False
-                handle_inbox(inbox, HANDLERS, state, state.log)
+                take_inbox(state, inbox)
             if not stop():
                 state.dispatch()
     finally:
@@ -434,7 +519,8 @@ def main(cfg: Config) -> int:
         log.error("recovery failed", error=str(exc))
         return EXIT_RECOVERY_FAILED
     inbox = layout.inbox(NAME)
-    with Watcher([inbox], log=log) as watcher:
+    # a request arrives by rename (or creation); the worker's own removals are no hint
+    with Watcher([inbox], log=log, events=[FileCreatedEvent, FileMovedEvent]) as watcher:
         state.wake = watcher.wake
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)

@@ -15,6 +15,7 @@ from supervisor.runtime import Log
 from supervisor.state.atomic import (
     CORRUPT_MARK,
     Corrupt,
+    discard,
     ensure_dir,
     is_tmp_name,
     quarantine,
@@ -58,7 +59,9 @@ class Outbox(Protocol):
 
     def put(self, rec: dict[str, Any], *, moved: bool = False) -> None:
         """Write `rec` atomically and durably where its state belongs; `moved`: its state
-        changed between live and settled, so the copy in the other folder is then removed."""
+        changed between live and settled, so the copy in the other folder is then removed
+        (durably when a settled record comes back to life; a live copy left behind by a
+        settled one may come back at a power cut: the next start removes it)."""
         ...
 
     def delete(self, event_id: str) -> None:
@@ -141,8 +144,10 @@ class DirOutbox:
         except FileNotFoundError:          # the folder is made at start; made again if gone
             ensure_dir(path.parent, fs=self.fs)
             write_record(DELIVERY, path, rec, fs=self.fs)
-        if moved:
-            remove(self._path(rec["id"], not settled), fs=self.fs)
+        if moved and settled:
+            discard(self._path(rec["id"], False), fs=self.fs)    # the settled copy wins
+        elif moved:
+            remove(self._path(rec["id"], True), fs=self.fs)
 
     def delete(self, event_id: str) -> None:
         remove(self._path(event_id, False), fs=self.fs)

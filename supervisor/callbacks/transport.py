@@ -32,7 +32,7 @@ from supervisor.state.webhook import (
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["MockTransport", "Reply", "RequestsTransport", "Sent", "Transport",
+__all__ = ["BODY_KEEP", "MockTransport", "Reply", "RequestsTransport", "Sent", "Transport",
            "TransportError", "attempt", "body_of", "request_headers", "sign"]
 
 
@@ -110,13 +110,35 @@ def _root_cause(exc: BaseException) -> str:
     return str(best)[:200]
 
 
+#: At most this much of an answer's body is read (and dropped) to keep its connection.
+BODY_KEEP = 64 * 1024
+
+
+def _drain(resp: requests.Response, deadline: float) -> None:
+    """Read what is left of a small body before `deadline`, so the connection goes back
+    to the session's pool; anything else is left to close()."""
+    import requests as rq
+
+    got = 0
+    try:
+        for chunk in resp.iter_content(8192):
+            got += len(chunk)
+            if got > BODY_KEEP or time.monotonic() > deadline:
+                return
+    except (rq.RequestException, OSError, ValueError):
+        return
+
+
 class RequestsTransport:
     """The real transport: a `requests.Session` per sending thread (a session is not
     safe to share between threads; each keeps its own connections alive), redirects
     never followed.
 
-    `stream=True` returns at the response headers: the body is never read, so a receiver
-    cannot hold the worker beyond `timeout` (connect, then between bytes) with a slow body.
+    `stream=True` returns at the response headers; then at most BODY_KEEP bytes of the
+    body are read, for no longer than `timeout` in all, so that the connection can be
+    kept alive for the next POST to that receiver (a body left unread forces a new
+    connection each time); a longer or slower body just closes the connection, so a
+    receiver cannot hold the sending thread beyond about twice `timeout`.
     Proxies come from the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as for curl.
     `requests` is imported at the first POST, not before: a (re)started worker reports
     ready without paying for it, and modules that only build requests never load it.
@@ -155,6 +177,7 @@ class RequestsTransport:
         except ValueError as exc:   # a URL or header urllib3 cannot even parse
             raise TransportError(f"unusable request: {exc}", permanent=True) from None
         reply = Reply.of(int(resp.status_code), resp.headers)
+        _drain(resp, time.monotonic() + timeout)
         resp.close()
         return reply
 

@@ -366,7 +366,7 @@ def _no_process_left(j: Jobs, job: _Job) -> None:
     if obs is not None and obs.result is not None:
         deadline = time.monotonic() + ADAPTOR_EXIT_WAIT
         while alive(pid, obs.start) and time.monotonic() < deadline:
-            time.sleep(0.005)
+            time.sleep(0.001)      # the job's end (and its webhook) waits on this: look often
         if not alive(pid, obs.start):
             return
     killed, _ = kill_job(pid, str(j.layout.job_dir(job.id)), job_id=job.id,

@@ -32,6 +32,7 @@ __all__ = [
     "Corrupt",
     "Missing",
     "clean_tmp",
+    "discard",
     "dump_json",
     "ensure_dir",
     "is_tmp_name",
@@ -220,6 +221,20 @@ def remove(path: str | os.PathLike[str], *, fs: FS = REAL) -> bool:
     if removed or fs.exists(folder):
         fs.fsync_dir(folder)
     return removed
+
+
+def discard(path: str | os.PathLike[str], *, fs: FS = REAL) -> bool:
+    """Unlink `path` WITHOUT making the removal durable; False if it was already gone.
+
+    Only for a file whose return after a power cut is harmless by construction: its
+    owner, finding it again, recognises it as already handled (a request whose record
+    exists, a copy superseded by a newer one elsewhere) and removes it then. Saves the
+    folder fsync on hot paths; everything else uses `remove`."""
+    try:
+        fs.unlink(os.fspath(path))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def clean_tmp(folder: str | os.PathLike[str], grace_s: float, *, fs: FS = REAL,

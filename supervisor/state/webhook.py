@@ -280,16 +280,16 @@ def new_delivery(request: Mapping[str, Any], now: float, *, settle: float = 0.0
                  ) -> dict[str, Any]:
     """The DELIVERY record for a "deliver" request: pending, no try yet, due now; a batch
     event (the request names its `batch`) with `settle` > 0 is held until `settle`
-    seconds after the request was made (the batch's last job ended)."""
+    seconds after the request was made (the batch's last job ended). `created_at` is
+    when the request was made (the event's birth), `updated_at` now."""
     batch = request.get("batch") if settle > 0 else None
-    due = now
-    if isinstance(batch, str):
-        made = parse_iso(request.get("created_at"))
-        due = (now if made is None else made) + settle
+    made = parse_iso(request.get("created_at"))
+    born = now if made is None else made        # when the event was made (handed over)
+    due = born + settle if isinstance(batch, str) else now
     return {"id": request["event_id"], "job": request.get("job"), "url": request["url"],
             "payload": dict(request["payload"]), "state": "pending", "attempts": 0,
             "retry_base": 0, "next_attempt_at": iso_now(due), "batch": batch,
-            "last_error": None, "created_at": iso_now(now), "updated_at": iso_now(now)}
+            "last_error": None, "created_at": iso_now(born), "updated_at": iso_now(now)}
 
 
 def held(rec: Mapping[str, Any]) -> bool:

@@ -21,7 +21,6 @@ from supervisor import log as _log
 from supervisor.callbacks.settle import Verdict
 from supervisor.callbacks.transport import MockTransport, Reply, Sent, TransportError
 from supervisor.config import CallbacksConfig
-from supervisor.runtime import handle_inbox
 from supervisor.state.atomic import CORRUPT_MARK
 from supervisor.state.clock import MockClock, iso_now
 from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, write_record
@@ -124,8 +123,7 @@ def hand_over(tmp_path: Path, event_id: str, job: str = "j1", url: str = URL) ->
 
 
 def take_inbox(tmp_path: Path, state: callbacks.Callbacks) -> int:
-    return handle_inbox(Layout(tmp_path).inbox("callbacks"), callbacks.HANDLERS, state,
-                        state.log)
+    return callbacks.take_inbox(state, Layout(tmp_path).inbox("callbacks"))
 
 
 def inbox_names(tmp_path: Path) -> list[str]:
@@ -231,9 +229,10 @@ def test_a_record_in_both_folders_keeps_the_settled_copy(tmp_path: Path) -> None
 
 # -- the deliver request ------------------------------------------------------------------------
 
-def test_deliver_request_is_recorded_then_tried_at_once(tmp_path: Path) -> None:
-    """The request turns into a pending record (durable first), the request is removed,
-    and the try is handed out in the same pass."""
+def test_deliver_request_is_tried_at_once_and_its_try_makes_the_record(
+        tmp_path: Path) -> None:
+    """The try is handed out in the same pass; its in_flight write creates the record
+    (durable before the POST), and only then is the request dropped."""
     seen: list[tuple[str, int]] = []
 
     def receiver(post: Sent) -> int:
@@ -285,6 +284,48 @@ def test_a_malformed_deliver_request_is_quarantined(tmp_path: Path,
     take_inbox(tmp_path, state)
     assert ([], True) == (os.listdir(Layout(tmp_path).callbacks_outbox),
                           all(CORRUPT_MARK in n for n in inbox_names(tmp_path)))
+
+
+def test_a_new_event_waits_for_its_first_try_as_its_request(tmp_path: Path,
+                                                              pool: ThreadPoolExecutor) -> None:
+    """No slot free: the event is scheduled from its request, which stays in the inbox
+    (no record is written; a later pass does not read it again); a restarted worker reads
+    it again; once a slot frees, its try writes the record and drops the request."""
+    gate = Gate("http://127.0.0.1:9/")
+    state = make(tmp_path, executor=pool, concurrency=1)
+    state.transport = MockTransport(gate)
+    stored(tmp_path, fresh("first"))
+    callbacks.recover(state)
+    state.dispatch()
+    until("the first try held", lambda: gate.holding == 1)
+    hand_over(tmp_path, "e2")
+    try:
+        assert (1, 0, ["e2.json"], []) == (take_inbox(tmp_path, state),
+                                           take_inbox(tmp_path, state),
+                                           inbox_names(tmp_path), where(tmp_path, "e2"))
+        restarted = make(tmp_path)
+        restarted.dispatch = lambda: 0      # type: ignore[method-assign]
+        callbacks.recover(restarted)
+        assert (1, ["e2"]) == (take_inbox(tmp_path, restarted), list(restarted.requests))
+    finally:
+        gate.release.set()
+    until("e2 delivered", lambda: (state.reap(), state.dispatch(),
+                                   where(tmp_path, "e2") == ["done"])[-1])
+    assert ([], {}) == (inbox_names(tmp_path), state.requests)
+
+
+def test_a_request_left_beside_its_record_is_a_replay(tmp_path: Path) -> None:
+    """A power cut after the first try's in_flight write may bring the dropped request
+    back: the restarted worker finds the record (tried again, as any in_flight one) and
+    removes the request without a second record or try."""
+    req = hand_over(tmp_path, "e1")
+    stored(tmp_path, begin(new_delivery(req, T0), T0))
+    state = make(tmp_path, 200)
+    callbacks.recover(state)
+    assert 1 == take_inbox(tmp_path, state)
+    step(state)
+    assert ([], "delivered", 2, 1) == (inbox_names(tmp_path), on_disk(tmp_path, "e1")["state"],
+                                       on_disk(tmp_path, "e1")["attempts"], len(sent(state)))
 
 
 # -- tries ------------------------------------------------------------------------------------
