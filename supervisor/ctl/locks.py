@@ -1,9 +1,10 @@
 """batchctl's `locks` command: repository locks held, jobs waiting in FIFO order (read-only).
 
-It reads `locks/state.json`, the locks worker's table, with owner=False: never moving,
-writing or locking anything, so it works while batchd is down (showing the table as the
-worker last wrote it; the file is replaced atomically, so a read sees the old table or the
-new one). `unavailable` is recomputed here from the configuration and the `repo add`
+It reads the locks worker's table (state.lockfiles.read_table: `locks/state.json` and the
+pages of waiting jobs under `locks/wants/`), never moving, writing or locking anything,
+so it works while batchd is down (showing the table as the worker last wrote it; each
+file is replaced atomically, and the pages are read before state.json, so a job is never
+missed between the two). `unavailable` is recomputed here from the configuration and the `repo add`
 registry, so a repository removed while batchd is down already shows. No table yet (the
 locks worker never ran): nothing held, nothing waiting. An unreadable table: exit 1 with
 the reason (the worker, its owner, moves it aside and rebuilds it when it next starts).
@@ -18,24 +19,20 @@ import argparse
 from typing import Any
 
 from supervisor.ctl.out import EXIT_OK, CtlError, Ctx, table
-from supervisor.state.atomic import Corrupt
-from supervisor.state.layout import WORKER_STATE, read_record
-from supervisor.state.locktable import Table, from_record, unavailable
+from supervisor.state.atomic import Missing
+from supervisor.state.lockfiles import read_table
+from supervisor.state.locktable import Table, unavailable
 from supervisor.state.repos import all_repositories
 
 __all__ = ["locks_doc", "run_locks", "setup_locks"]
 
 
 def _read_table(ctx: Ctx) -> Table:
-    path = ctx.layout.worker_state("locks")
-    rec = read_record(WORKER_STATE, path, owner=False)
-    if isinstance(rec, Corrupt):
-        raise CtlError(f"cannot read the lock table {path}: {rec.reason}")
-    if not isinstance(rec, dict):
+    got = read_table(ctx.layout)
+    if isinstance(got, Missing):
         return Table()
-    got = from_record(rec)
     if isinstance(got, str):
-        raise CtlError(f"cannot read the lock table {path}: {got}")
+        raise CtlError(f"cannot read the lock table: {got}")
     return got
 
 

@@ -153,6 +153,8 @@ def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> Non
     starting/running, every tick interval; with none, asleep until a hint."""
     interval = _dispatch.tick_interval(s.cfg)
     next_tick = clock.monotonic() + interval
+    # a workspace clone that ends wakes the loop (a waiter without wake: the next tick)
+    s.jobs.wake = getattr(watcher, "wake", s.jobs.wake)
     while not stop_requested():
         timeout = (0.0 if s.jobs.backlog
                    else max(0.0, next_tick - clock.monotonic()) if s.jobs.active else None)

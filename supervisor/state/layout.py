@@ -19,7 +19,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       scheduler/inbox/            batchctl requests to the scheduler (submit, cancel)
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
       scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
-      locks/inbox/, locks/state.json          locks worker
+      locks/inbox/, locks/state.json, locks/wants/<page>.json   locks worker
       callbacks/inbox/, callbacks/outbox/, callbacks/done/   callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
       jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json,
@@ -44,6 +44,7 @@ __all__ = [
     "CONTROL",
     "DELIVERY",
     "JOB_SPEC",
+    "LOCK_WANTS",
     "PID",
     "READY",
     "REPLY",
@@ -93,8 +94,10 @@ CONTROL = RecordKind("batchd.control", 1, ("id", "op"))
 REPLY = RecordKind("batchd.reply", 1, ("id", "ok"))
 #: A request dropped into a worker's inbox (`<worker>/inbox/<id>.json`) by batchctl or a peer.
 REQUEST = RecordKind("batchd.request", 1, ("id", "kind"))
-#: A worker's own small state file (`<worker>/state.json`), e.g. the locks table.
+#: A worker's own small state file (`<worker>/state.json`), e.g. the locks held.
 WORKER_STATE = RecordKind("batchd.worker_state", 1, ("worker",))
+#: One page of the lock table's waiting jobs (`locks/wants/<page>.json`), owned by locks.
+LOCK_WANTS = RecordKind("batchd.lock_wants", 1, ("wants",))
 #: What the scheduler hands an adaptor (`jobs/<id>/spec.json`), written before launch.
 JOB_SPEC = RecordKind("batchd.job_spec", 1, ("id", "adaptor", "prompt", "workspace"))
 #: The adaptor's heartbeat (`jobs/<id>/sentinel.json`), refreshed every heartbeat_interval.
@@ -258,6 +261,14 @@ class Layout:
 
     def worker_state(self, worker: str) -> Path:
         return self.root / worker / "state.json"
+
+    @property
+    def lock_pages(self) -> Path:
+        """The lock table's waiting jobs, a few hundred per page file (locks worker)."""
+        return self.root / "locks" / "wants"
+
+    def lock_page(self, number: int) -> Path:
+        return self.lock_pages / f"{number:08d}.json"
 
     @property
     def callbacks_outbox(self) -> Path:
