@@ -3,7 +3,7 @@
     python -m bench.callbacks --json [--quick] [--dir DIR]
 
 Printed as ONE JSON object. Receivers are real HTTP servers in this process on 127.0.0.1
-(HTTP/1.1, keep-alive), each answering 200 at once unless said otherwise.
+(HTTP/1.1, keep-alive, asyncio), each answering 200 at once unless said otherwise.
 
 - complete_to_delivered_ms_p50/p99: a real batchd (launcher direct) runs 100 jobs of
   `true` (--quick: 40) one after another, each with --callback to a local receiver; each
@@ -16,6 +16,8 @@ Printed as ONE JSON object. Receivers are real HTTP servers in this process on 1
   (SIGSTOP) while 2,000 job events (--quick: 500) for one local receiver are dropped into
   its inbox as the scheduler drops them; from SIGCONT until every record is delivered on
   disk (in callbacks/done/): intake, 4 in flight to the one receiver, every write durable.
+  Beside it the disk's raw fdatasync rate just before and after (its ceiling: a delivery
+  is two durable records).
 - others_delayed_ms: callbacks.timeout 2 s; 60 events (--quick: 30) to a fast receiver,
   one every 20 ms, timed from the drop to the arrival: once alone (baseline), once right
   after 20 events to a receiver that holds every POST for longer than the timeout (it is
@@ -34,7 +36,8 @@ Targets: p50 <= 20 ms, >= 500 deliveries/s, others delayed < 100 ms, start <= 50
 from __future__ import annotations
 
 import argparse
-import http.server
+import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -82,47 +85,54 @@ workers: {{callbacks: {{startsecs: 0}}}}
 
 
 class Receiver:
-    """A real HTTP/1.1 server on 127.0.0.1 (port 0) in this process. Each POST is noted
-    as (path, body, arrival time.time()); `hold` seconds is how long each answer waits."""
+    """A real HTTP/1.1 server on 127.0.0.1 (port 0), keep-alive, on an asyncio loop in a
+    thread of this process (light: the worker, not the receiver, is measured). Each POST
+    is noted as (path, body, arrival time.time()) and answered 200 after `hold` seconds."""
 
     def __init__(self, hold: float = 0.0) -> None:
         self.hold = hold
         self.hits: list[tuple[str, bytes, float]] = []
         self.arrived: dict[str, float] = {}          # Idempotency-Key -> first arrival
-        self.lock = threading.Lock()
-        rcv = self
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.url = ""
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    now = time.time()
+                    lines = head.decode("latin-1").split("\r\n")
+                    path = lines[0].split(" ")[1]
+                    fields = {k.strip().lower(): v.strip() for k, _, v in
+                              (line.partition(":") for line in lines[1:] if line)}
+                    body = await reader.readexactly(int(fields.get("content-length", "0")))
+                    self.hits.append((path, body, now))
+                    self.arrived.setdefault(fields.get("idempotency-key", ""), now)
+                    if self.hold:
+                        await asyncio.sleep(self.hold)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, IndexError, ValueError):
+                writer.close()
 
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                now = time.time()
-                with rcv.lock:
-                    rcv.hits.append((self.path, body, now))
-                    rcv.arrived.setdefault(self.headers.get("Idempotency-Key", ""), now)
-                if rcv.hold:
-                    time.sleep(rcv.hold)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+        async def serve() -> None:
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            ready.set()
+            async with server:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await server.serve_forever()
 
-            def log_message(self, *args: Any) -> None:
-                return
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                return      # a client that gave up (timeout) makes the answer fail
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(serve(),),
+                                       daemon=True)
+        self.thread.start()
+        ready.wait(DEADLINE)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        for task in asyncio.all_tasks(self.loop):
+            self.loop.call_soon_threadsafe(task.cancel)
+        self.thread.join(5)
 
 
 @contextmanager
@@ -225,10 +235,29 @@ def bench_complete_to_delivered(root: Path, n: int) -> dict[str, Any]:
             "complete_to_delivered_jobs": n}
 
 
+def fdatasync_per_s(folder: Path, seconds: float = 1.0) -> int:
+    """The disk's raw rate, here and now: 64 bytes appended and fdatasync'ed in a loop."""
+    path = folder / "fdatasync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    n, t0 = 0, time.monotonic()
+    try:
+        while time.monotonic() - t0 < seconds:
+            os.write(fd, b"x" * 64)
+            os.fdatasync(fd)
+            n += 1
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(n / (time.monotonic() - t0))
+
+
 def bench_throughput(root: Path, n: int) -> dict[str, Any]:
     """n events for one receiver waiting in the inbox of a stopped worker; SIGCONT until
-    every record is delivered on disk."""
+    every record is delivered on disk. Each delivery is two durable records (in_flight
+    before the POST, the outcome after it): four fsyncs, some shared between threads, so
+    the disk's fdatasync rate, measured just before and after, is the figure's ceiling."""
     place = Place(root)
+    before = fdatasync_per_s(place.root)
     with receiving() as rcv:
         proc = place.worker()
         try:
@@ -244,8 +273,10 @@ def bench_throughput(root: Path, n: int) -> dict[str, Any]:
             proc.send_signal(signal.SIGCONT)
             stop(proc, DEADLINE)
     assert received == n, f"{received} of {n} events arrived"
+    after = fdatasync_per_s(place.root)
     return {"deliveries_per_s": round(n / took), "deliveries": n,
-            "deliveries_s": round(took, 3)}
+            "deliveries_s": round(took, 3),
+            "fdatasync_per_s_before_after": [before, after]}
 
 
 def _stream(place: Place, rcv: Receiver, n: int, tag: str) -> list[float]:

@@ -24,9 +24,9 @@ from typing import Any
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
 from supervisor import log as _log
-from supervisor.callbacks.outbox import DirOutbox, Outbox
+from supervisor.callbacks.outbox import DirOutbox, GroupFS, Outbox
 from supervisor.callbacks.settle import BatchCheck, Verdict, wal_check
-from supervisor.callbacks.transport import RequestsTransport, Transport, attempt
+from supervisor.callbacks.transport import HttpTransport, Transport, attempt
 from supervisor.config import CallbacksConfig, Config
 from supervisor.runtime import (
     EXIT_OK,
@@ -509,9 +509,10 @@ def main(cfg: Config) -> int:
     started, started_at = time.monotonic(), iso_now()
     layout = Layout(cfg.state_dir)
     log = _log.get(NAME)
+    # the sending threads share their folder fsyncs (GroupFS): fewer when tries come together
     state = Callbacks(log=log, outbox=DirOutbox(layout.callbacks_outbox, log,
-                                                done=layout.callbacks_done),
-                      transport=RequestsTransport(), settings=cfg.callbacks,
+                                                done=layout.callbacks_done, fs=GroupFS()),
+                      transport=HttpTransport(), settings=cfg.callbacks,
                       check=wal_check(layout.wal_dir, log))
     try:
         found, did, degraded = recover(state)

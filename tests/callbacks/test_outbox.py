@@ -1,15 +1,20 @@
 """The outbox's two folders (callbacks.outbox): where each state lives, the moves between
-them, what a start reads, and power cuts during an operator retry's move (tests.crashfs)."""
+them, what a start reads, power cuts during an operator retry's move (tests.crashfs), and
+the folder fsyncs the sending threads share (GroupFS)."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from supervisor import log as _log
-from supervisor.callbacks.outbox import DirOutbox
+from supervisor.callbacks.outbox import DirOutbox, GroupFS
 from supervisor.state.layout import DELIVERY, Layout, write_record
 from supervisor.state.webhook import begin, delivery_request, new_delivery, operator_retry
 from tests.crashfs import CrashFS, explore
@@ -125,3 +130,51 @@ def test_a_power_cut_during_an_operator_retry_move(tmp_path: Path) -> None:
     report = explore(tmp_path, setup=setup, workload=workload, recover=_picture,
                      expected=[("failed", False), ("pending", True)])
     assert {0, 1} == set(report.recovered_to)
+
+
+class SlowDirs:
+    """An FS stand-in whose folder fsync takes 50 ms and notes (start, end) of each."""
+
+    def __init__(self) -> None:
+        self.syncs: list[tuple[float, float]] = []
+        self.lock = threading.Lock()
+
+    def fsync_dir(self, path: str) -> None:
+        start = time.monotonic()
+        time.sleep(0.05)
+        with self.lock:
+            self.syncs.append((start, time.monotonic()))
+
+
+def test_group_fs_shares_folder_fsyncs_and_covers_every_caller() -> None:
+    """Eight threads asking for a folder fsync at once: fewer fsyncs than asks, and each
+    ask returns only after an fsync that started after it asked has ended (what makes
+    its rename durable)."""
+    inner = SlowDirs()
+    group = GroupFS(inner)  # type: ignore[arg-type]
+    asks: list[tuple[float, float]] = []
+
+    def ask() -> None:
+        t0 = time.monotonic()
+        group.fsync_dir("/outbox")
+        with inner.lock:
+            asks.append((t0, time.monotonic()))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 8 == len(asks) and len(inner.syncs) < 8
+    for asked, returned in asks:
+        assert any(asked <= start and end <= returned for start, end in inner.syncs)
+
+
+def test_group_fs_passes_an_fsync_error_on() -> None:
+    """A folder fsync that fails fails the write that asked (nothing is taken as durable)."""
+    class Broken(SlowDirs):
+        def fsync_dir(self, path: str) -> None:
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output"):
+        GroupFS(Broken()).fsync_dir("/outbox")  # type: ignore[arg-type]
