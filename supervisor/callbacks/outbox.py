@@ -16,6 +16,7 @@ from supervisor.runtime import Log
 from supervisor.state.atomic import (
     CORRUPT_MARK,
     Corrupt,
+    Missing,
     discard,
     ensure_dir,
     is_tmp_name,
@@ -158,11 +159,14 @@ class Outbox(Protocol):
         """True if a record of `event_id` is live or settled."""
         ...
 
-    def put(self, rec: dict[str, Any], *, moved: bool = False) -> None:
-        """Write `rec` atomically and durably where its state belongs; `moved`: its state
-        changed between live and settled, so the copy in the other folder is then removed
-        (durably when a settled record comes back to life; a live copy left behind by a
-        settled one may come back at a power cut: the next start removes it)."""
+    def put(self, rec: dict[str, Any], *, moved: bool = False, durable: bool = True
+            ) -> None:
+        """Write `rec` atomically (and durably unless `durable` is False: a first try's
+        in_flight record, whose request stays in the inbox meanwhile) where its state
+        belongs; `moved`: its state changed between live and settled, so the copy in the
+        other folder is then removed (durably when a settled record comes back to life; a
+        live copy left behind by a settled one may come back at a power cut: the next
+        start removes it)."""
         ...
 
     def delete(self, event_id: str) -> None:
@@ -174,9 +178,10 @@ class DirOutbox:
     """`callbacks/outbox/` (live) and `callbacks/done/` (settled), one record per event."""
 
     def __init__(self, folder: Path, log: Log, *, done: Path | None = None,
-                 fs: FS = REAL) -> None:
+                 requests: Path | None = None, fs: FS = REAL) -> None:
         self.folder = folder
         self.done = done if done is not None else folder.parent / "done"
+        self.requests = requests if requests is not None else folder.parent / "inbox"
         self.log = log
         self.fs = fs
 
@@ -211,6 +216,8 @@ class DirOutbox:
         for name in sorted(self.fs.listdir(str(self.folder))):
             if is_tmp_name(name) or CORRUPT_MARK in name or not name.endswith(".json"):
                 continue
+            if self._torn_first_try(name):
+                continue
             got = self._read(self.folder / name)
             if isinstance(got, str):
                 found.notes.append(got)
@@ -226,6 +233,25 @@ class DirOutbox:
                 found.records.append(got)
         return found
 
+    def _torn_first_try(self, name: str) -> bool:
+        """A first try's in_flight record is written without fsync while its request
+        stays in the inbox: one that a power cut left unusable, beside its request, is
+        no corruption but that try undone. It is removed (True); the request does the
+        try again."""
+        if not self.fs.exists(str(self.requests / name)):
+            return False
+        path = self.folder / name
+        rec = read_record(DELIVERY, path, owner=False, fs=self.fs)
+        if isinstance(rec, dict) and delivery_problem(rec) is None \
+                and rec["id"] == name.removesuffix(".json"):
+            return False
+        if isinstance(rec, Missing):
+            return True
+        remove(path, fs=self.fs)
+        self.log.info("a first try's record was cut by a power cut: removed; its request "
+                      "is still in the inbox and makes it again", path=str(path))
+        return True
+
     def get(self, event_id: str) -> dict[str, Any] | None:
         for settled in (False, True):
             got = self._read(self._path(event_id, settled))
@@ -237,14 +263,15 @@ class DirOutbox:
         return any(self.fs.exists(str(self._path(event_id, settled)))
                    for settled in (False, True))
 
-    def put(self, rec: dict[str, Any], *, moved: bool = False) -> None:
+    def put(self, rec: dict[str, Any], *, moved: bool = False, durable: bool = True
+            ) -> None:
         settled = rec["state"] in SETTLED_STATES
         path = self._path(rec["id"], settled)
         try:
-            write_record(DELIVERY, path, rec, fs=self.fs)
+            write_record(DELIVERY, path, rec, fs=self.fs, durable=durable)
         except FileNotFoundError:          # the folder is made at start; made again if gone
             ensure_dir(path.parent, fs=self.fs)
-            write_record(DELIVERY, path, rec, fs=self.fs)
+            write_record(DELIVERY, path, rec, fs=self.fs, durable=durable)
         if moved and settled:
             discard(self._path(rec["id"], False), fs=self.fs)    # the settled copy wins
         elif moved:

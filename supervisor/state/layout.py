@@ -113,12 +113,13 @@ DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
 
 
 def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
-                 *, fs: FS = REAL) -> None:
-    """Atomically and durably write `data` as a record of `kind` (adds schema and v)."""
+                 *, fs: FS = REAL, durable: bool = True) -> None:
+    """Atomically and durably write `data` as a record of `kind` (adds schema and v);
+    `durable=False`: see atomic.write_bytes."""
     body = dict(data)
     body["schema"] = kind.schema
     body["v"] = kind.version
-    write_json(path, body, fs=fs)
+    write_json(path, body, fs=fs, durable=durable)
 
 
 def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
