@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.queue --json
 	$(BIN)/python -m bench.supervisor --json
+	$(BIN)/python -m bench.locks --json
+	$(BIN)/python -m bench.callbacks --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
