@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck run chaos bench clean
+.PHONY: test test-browser lint typecheck run chaos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,19 @@ $(STAMP): pyproject.toml setup.cfg | $(BIN)/python
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not chaos' -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest -q -m 'not chaos and not browser' -p no:cacheprovider --durations=25
+
+# The dashboard in headless Chromium (Debian's chromium + chromium-driver, installed with
+# apt when missing and possible; the test says why it skips otherwise). Saves docs/*.png.
+test-browser: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,browser]'
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	      || echo "test-browser: could not install chromium (the test will skip)"; \
+	  else echo "test-browser: chromium missing and apt-get not usable here (the test will skip)"; fi; \
+	fi
+	$(BIN)/python -m pytest -q -m browser -p no:cacheprovider -rs tests/browser
 
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m chaos -p no:cacheprovider
@@ -35,6 +47,9 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.queue --json
 	$(BIN)/python -m bench.supervisor --json
+	$(BIN)/python -m bench.jobs --json
+	$(BIN)/python -m bench.jobcontrol --json
+	$(BIN)/python -m bench.api --json
 	$(BIN)/python -m bench.locks --json
 	$(BIN)/python -m bench.callbacks --json
 

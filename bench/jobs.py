@@ -7,9 +7,9 @@ fresh state directory under DIR (default: a temp dir), with real adaptors runnin
 jobs. Printed as ONE JSON object:
 
 - submit_to_running_ms_p50/p99: 200 jobs of `true` (--quick: 50) submitted one at a time
-  through batchctl's code path (supervisor.ctl.submit: Checker.check, assign_ids,
+  through batchctl's code path (supervisor.state.submission: Checker.check, assign_ids,
   write_submission) on an otherwise idle batchd; each is timed from the moment
-  write_submission returned (the request is durable) to the `started_ts` of the job's
+  write_submission returned (the request is durable) to the `started_at` of the job's
   running record in the WAL (the scheduler's clock right after the adaptor exists). The
   next job is submitted once the previous one is terminal.
 - reattach_ms_100: 100 running `sleep` jobs; batchd SIGKILLed; a new batchd started; the
@@ -42,12 +42,21 @@ from typing import Any
 from bench._common import percentile, stop, until
 from supervisor import log as _log
 from supervisor.config import Config, LogConfig, SchedulerConfig
-from supervisor.ctl.submit import Checker, Known, assign_ids, write_submission
+from supervisor.state.clock import parse_iso
 from supervisor.state.layout import READY, Layout, read_record
 from supervisor.state.proc import alive
 from supervisor.state.queue import TERMINAL_STATES, JobQueue
+from supervisor.state.submission import Checker, Known, assign_ids, write_submission
 
 DEADLINE = 120.0
+
+
+def _at(entry: dict[str, Any], key: str) -> float:
+    """An instant of a WAL entry (ISO text) as epoch seconds."""
+    when = parse_iso(entry.get(key))
+    if when is None:
+        raise ValueError(f"job {entry.get('id')}: no {key}")
+    return when
 ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = """\
@@ -151,11 +160,12 @@ def bench_latency(root: Path, n: int) -> dict[str, Any]:
     finally:
         d.stop()
     states = {e.get("state") for e in entries.values()}
-    lat = [(entries[j]["started_ts"] - t) * 1000.0 for j, t in durable.items()]
+    lat = [(_at(entries[j], "started_at") - t) * 1000.0 for j, t in durable.items()]
     # the two halves: durable -> dispatch began (inbox hint, ingest), dispatch -> running
     # (WAL starting, workspace, spec, fork + exec of the adaptor)
-    to_dispatch = [(entries[j]["dispatched_ts"] - t) * 1000.0 for j, t in durable.items()]
-    launching = [(e["started_ts"] - e["dispatched_ts"]) * 1000.0 for e in entries.values()]
+    to_dispatch = [(_at(entries[j], "dispatched_at") - t) * 1000.0 for j, t in durable.items()]
+    launching = [(_at(e, "started_at") - _at(e, "dispatched_at")) * 1000.0
+                 for e in entries.values()]
     return {"submit_to_running_ms_p50": percentile(lat, 50),
             "submit_to_running_ms_p99": percentile(lat, 99),
             "submit_to_running_ms_max": round(max(lat), 2),

@@ -40,16 +40,24 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "NAME_PATTERN",
+    "OPTIONAL_WORKERS",
+    "SIZE_HELP",
     "SYSTEM_CONFIG",
     "WORKER_NAMES",
     "WORKER_SECTIONS",
     "AgentConfig",
+    "ApiConfig",
     "CallbacksConfig",
     "Config",
     "ConfigError",
+    "DiskConfig",
+    "FreeSpace",
+    "JobsConfig",
     "LogConfig",
+    "MetricsConfig",
     "ReaperConfig",
     "RepoConfig",
+    "RetentionConfig",
     "SchedulerConfig",
     "WorkerConfig",
     "as_dict",
@@ -57,10 +65,14 @@ __all__ = [
     "check_repo_url",
     "default_config",
     "default_state_dir",
+    "enabled_workers",
     "load",
     "parse",
     "parse_duration",
+    "parse_listen",
+    "parse_size",
     "resolve_path",
+    "size_text",
     "worker_settings",
 ]
 
@@ -78,8 +90,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DURATION_HELP = "seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s"
 
 #: The workers batchd forks, in startup order (DESIGN.md: scheduler -> locks -> reaper,
-#: callbacks); `workers:` takes one section per name.
-WORKER_NAMES: tuple[str, ...] = ("scheduler", "locks", "reaper", "callbacks")
+#: callbacks -> api); `workers:` takes one section per name.
+WORKER_NAMES: tuple[str, ...] = ("scheduler", "locks", "reaper", "callbacks", "api")
+#: Workers that run only when configured (see enabled_workers).
+OPTIONAL_WORKERS: frozenset[str] = frozenset({"api"})
 
 
 class ConfigError(Exception):
@@ -133,6 +147,7 @@ class AgentConfig:
     timeout: float | None = None         # None: scheduler.job_timeout
     user: str | None = None
     model: str | None = None
+    max_concurrent: int | None = None    # jobs of this agent running at once; None: no cap
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,53 @@ class ReaperConfig:
     grace: float = 600.0
 
 
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str | None = None            # "127.0.0.1:8765", "[::1]:8765", "unix:/path"; None: off
+    tokens_file: Path | None = None      # None: <state_dir>/api/tokens
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: Path | None = None         # Prometheus text format, rewritten atomically
+_GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    output_max_bytes: int = _GIB        # a job's output beyond this is cut (head kept)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long after a job's end the reaper keeps each thing (None: forever)."""
+
+    jobs: float | None = 30 * 86400.0        # record, folder, output (then the archive)
+    workspaces: float | None = 7 * 86400.0   # a terminal job's workspace
+    callbacks: float | None = 7 * 86400.0    # delivered and failed webhook records
+    corrupted: float | None = 30 * 86400.0   # quarantined *.corrupted.* files
+
+
+@dataclass(frozen=True)
+class FreeSpace:
+    """A free-space floor: `amount` bytes, or `amount` percent of the filesystem."""
+
+    amount: float = float(_GIB)
+    percent: bool = False
+
+    def bytes_of(self, total: int) -> int:
+        """The floor in bytes on a filesystem of `total` bytes."""
+        return int(total * self.amount / 100.0) if self.percent else int(self.amount)
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}%" if self.percent else size_text(int(self.amount))
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    min_free: FreeSpace = field(default_factory=FreeSpace)
+
+
 def _default_workers() -> dict[str, WorkerConfig]:
     return {name: WorkerConfig() for name in WORKER_NAMES}
 
@@ -179,8 +241,20 @@ class Config:
     repositories: dict[str, RepoConfig] = field(default_factory=dict)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     reaper: ReaperConfig = field(default_factory=ReaperConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
     launcher: str = "auto"               # auto | direct | systemd
     source: str = "<built-in>"           # the file this came from
+
+
+def enabled_workers(cfg: Config) -> tuple[str, ...]:
+    """The workers this configuration runs, in startup order: every worker but an optional
+    one that is not configured (the api runs only when `api.listen` is set)."""
+    return tuple(n for n in WORKER_NAMES if n not in OPTIONAL_WORKERS
+                 or (n == "api" and cfg.api.listen is not None))
 
 
 # --------------------------------------------------------------------------- lookup
@@ -318,6 +392,43 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"{exc}, got {value!r}") from None
 
 
+# --------------------------------------------------------------------------- sizes
+
+SIZE_HELP = "bytes, or a string like 512KiB, 100MB, 1GiB"
+_SIZE_UNITS: dict[str, int] = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10,
+                               "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+                               "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
+                               "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+
+
+def parse_size(value: object) -> int:
+    """Bytes of a size: an integer >= 0, or `512KiB`, `100MB`, `1GiB`, `1.5G` (k/M/G/T
+    are powers of 1000, KiB/MiB/GiB/TiB of 1024). ValueError naming what was given."""
+    expected = f"expected a size ({SIZE_HELP}), got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(expected)
+        return value
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    m = _SIZE.fullmatch(value.strip())
+    unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
+    if m is None or unit is None:
+        raise ValueError(expected)
+    return int(float(m.group(1)) * unit)
+
+
+def size_text(n: int) -> str:
+    """`n` bytes as people read it: 1GiB, 512MiB, 1500B."""
+    for suffix, unit in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= unit:
+            return f"{n / unit:.1f}{suffix}".replace(".0" + suffix, suffix)
+    return f"{n}B"
+
+
 # --------------------------------------------------------------------------- plain dicts
 
 #: The sections each worker process reads: when one of them changes on reload, that worker
@@ -326,10 +437,13 @@ def parse_duration(value: object) -> float:
 #: adds it here.
 WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
     "scheduler": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
-                  "launcher"),
+                  "launcher", "jobs", "disk"),
     "locks": ("state_dir", "log", "repositories"),
-    "reaper": ("state_dir", "workspace_dir", "log", "reaper"),
+    "reaper": ("state_dir", "workspace_dir", "log", "reaper", "retention", "scheduler",
+               "repositories", "metrics"),
     "callbacks": ("state_dir", "log", "callbacks"),
+    "api": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
+            "workers", "api", "metrics", "disk"),
 }
 
 
@@ -681,6 +795,7 @@ _AGENT: dict[str, _Conv] = {
     "timeout": _duration(positive=True, nullable=True),
     "user": _optional(_string),
     "model": _optional(_string),
+    "max_concurrent": _optional(_int(1, "a positive integer or null")),
 }
 
 
@@ -725,6 +840,48 @@ def _repositories(ctx: _Ctx, node: Node, key: str) -> dict[str, RepoConfig]:
     return repos
 
 
+def parse_listen(text: str) -> tuple[str, str | int]:
+    """An `api.listen` address: ("tcp", host, port) as ("host", port), or ("unix", path).
+
+    Accepted: "HOST:PORT" (an IPv4 address or a name), "[IPV6]:PORT", "unix:/abs/path".
+    Returns (host, port) for TCP and ("unix", path) for a socket; ValueError naming the
+    problem otherwise. Port 0 means "any free port" (tests)."""
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f"expected unix:/absolute/path, got {text!r}")
+        if "\0" in path or len(path.encode()) > 107:
+            raise ValueError(f"unix socket path too long or invalid: {path!r}")
+        return "unix", path
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, [IPV6]:PORT or unix:/path, got {text!r}")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"expected [IPV6]:PORT, got {text!r}")
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: {host[1:-1]!r}") from None
+        host = host[1:-1]
+    elif ":" in host or not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise ValueError(f"not a host name or IPv4 address: {host!r} (IPv6 goes in brackets)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _listen(ctx: _Ctx, node: Node, key: str) -> str:
+    text = _string(ctx, node, key)
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return text
+
+
 _WORKER: dict[str, _Conv] = {
     "startsecs": _duration(),
     "startretries": _int(0, "a non-negative integer"),
@@ -735,7 +892,7 @@ _WORKER: dict[str, _Conv] = {
 
 
 def _workers(ctx: _Ctx, node: Node, key: str) -> dict[str, WorkerConfig]:
-    """The four workers' process settings; a worker left out keeps the defaults."""
+    """The workers' process settings; a worker left out keeps the defaults."""
     workers = _default_workers()
     schema = {name: _dataclass(WorkerConfig, _WORKER) for name in workers}
     workers.update(_section(ctx, node, key, schema))
@@ -770,6 +927,59 @@ _REAPER: dict[str, _Conv] = {
     "grace": _duration(),
 }
 
+_API: dict[str, _Conv] = {
+    "listen": _optional(_listen),
+    "tokens_file": _optional(_path),
+}
+
+_METRICS: dict[str, _Conv] = {
+    "textfile": _optional(_path),
+}
+
+
+def _size(minimum: int) -> _Conv:
+    def conv(ctx: _Ctx, node: Node, key: str) -> int:
+        if _kind(node) not in ("int", "str"):
+            raise _Invalid(f"expected a size ({SIZE_HELP}), got {_got(node)}")
+        try:
+            n = parse_size(_value(node))
+        except ValueError:
+            raise _Invalid(f"expected a size ({SIZE_HELP}), got {_got(node)}") from None
+        if n < minimum:
+            raise _Invalid(f"expected a size of at least {minimum} bytes, got {_got(node)}")
+        return n
+    return conv
+
+
+def _free_space(ctx: _Ctx, node: Node, key: str) -> FreeSpace:
+    """A size, or a percentage of the filesystem ("5%", 0..100)."""
+    if _kind(node) == "str" and str(node.value).strip().endswith("%"):
+        text = str(node.value).strip()[:-1].strip()
+        try:
+            pct = float(text)
+        except ValueError:
+            pct = -1.0
+        if not 0.0 <= pct <= 100.0:
+            raise _Invalid(f"expected a percentage from 0% to 100%, got {_got(node)}")
+        return FreeSpace(pct, percent=True)
+    return FreeSpace(float(_size(0)(ctx, node, key)))
+
+
+_JOBS: dict[str, _Conv] = {
+    "output_max_bytes": _size(1024),
+}
+
+_RETENTION: dict[str, _Conv] = {
+    "jobs": _duration(nullable=True),
+    "workspaces": _duration(nullable=True),
+    "callbacks": _duration(nullable=True),
+    "corrupted": _duration(nullable=True),
+}
+
+_DISK: dict[str, _Conv] = {
+    "min_free": _free_space,
+}
+
 _TOP: dict[str, _Conv] = {
     "state_dir": _optional(_path),
     "workspace_dir": _optional(_path),
@@ -780,6 +990,11 @@ _TOP: dict[str, _Conv] = {
     "repositories": _repositories,
     "callbacks": _dataclass(CallbacksConfig, _CALLBACKS),
     "reaper": _dataclass(ReaperConfig, _REAPER),
+    "api": _dataclass(ApiConfig, _API),
+    "metrics": _dataclass(MetricsConfig, _METRICS),
+    "jobs": _dataclass(JobsConfig, _JOBS),
+    "retention": _dataclass(RetentionConfig, _RETENTION),
+    "disk": _dataclass(DiskConfig, _DISK),
     "launcher": _choice(LAUNCHERS),
 }
 

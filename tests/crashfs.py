@@ -392,6 +392,8 @@ class CrashFS:
         got_files, got_dirs = snapshot_tree(self.root)
         got_files = {p: d for p, d in got_files.items() if not ignore(p)}
         want_files = {p: d for p, d in want_files.items() if not ignore(p)}
+        got_dirs = {d for d in got_dirs if not ignore(d)}
+        want_dirs = {d for d in want_dirs if not ignore(d)}
         if (want_files, want_dirs) != (got_files, got_dirs):
             diff = sorted(set(want_files.items()) ^ set(got_files.items()))
             raise AssertionError(

@@ -13,19 +13,25 @@ from hypothesis import strategies as st
 from supervisor import config as _config
 from supervisor.config import (
     AgentConfig,
+    ApiConfig,
     CallbacksConfig,
     Config,
     ConfigError,
+    FreeSpace,
     LogConfig,
+    MetricsConfig,
     ReaperConfig,
     RepoConfig,
+    RetentionConfig,
     SchedulerConfig,
     WorkerConfig,
     as_dict,
     default_config,
+    enabled_workers,
     load,
     parse,
     parse_duration,
+    parse_size,
     resolve_path,
     worker_settings,
 )
@@ -59,7 +65,10 @@ def test_defaults_are_contract_values() -> None:
     assert LogConfig(level="info", format="console", file=None) == cfg.log
     assert SchedulerConfig(max_concurrent_jobs=4, heartbeat_interval=5.0, stale_after=30.0,
                            dead_after=120.0, job_timeout=86400.0, kill_grace=10.0) == cfg.scheduler
-    assert ["scheduler", "locks", "reaper", "callbacks"] == list(cfg.workers)
+    assert ["scheduler", "locks", "reaper", "callbacks", "api"] == list(cfg.workers)
+    assert ApiConfig(listen=None, tokens_file=None) == cfg.api
+    assert MetricsConfig(textfile=None) == cfg.metrics
+    assert ("scheduler", "locks", "reaper", "callbacks") == enabled_workers(cfg)
     assert all(WorkerConfig(startsecs=1.0, startretries=3, stopwaitsecs=10.0) == w
                for w in cfg.workers.values())
     assert {"shell": "command", "claude": "claude", "gemini": "gemini", "codex": "codex",
@@ -291,16 +300,16 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"known: {KNOWN_SCHED})"),
     ("stat_dir: /x",
      f"{SRC}:1: stat_dir: unknown key 'stat_dir' (did you mean 'state_dir'? known: agents, "
-     "callbacks, launcher, log, reaper, repositories, scheduler, state_dir, workers, "
-     "workspace_dir)"),
+     "api, callbacks, disk, jobs, launcher, log, metrics, reaper, repositories, retention, "
+     "scheduler, state_dir, workers, workspace_dir)"),
     ("workers:\n  web: {}\n",
-     f"{SRC}:2: workers.web: unknown key 'web' (known: callbacks, locks, reaper, scheduler)"),
+     f"{SRC}:2: workers.web: unknown key 'web' (known: api, callbacks, locks, reaper, scheduler)"),
     ("workers:\n  locks: {retries: 1}\n",
      f"{SRC}:2: workers.locks.retries: unknown key 'retries' (did you mean 'startretries'? "
      "known: max_restarts, restart_window, startretries, startsecs, stopwaitsecs)"),
     ("agents:\n  claude: {cmd: x}\n",
      f"{SRC}:2: agents.claude.cmd: unknown key 'cmd' (did you mean 'command'? known: adaptor, "
-     "args, command, env, model, timeout, user)"),
+     "args, command, env, max_concurrent, model, timeout, user)"),
     ("repositories:\n  r: {url: /x, lock: true}\n",
      f"{SRC}:2: repositories.r.lock: unknown key 'lock' (known: branch, exclusive, url)"),
     # names and required keys
@@ -350,6 +359,51 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
 ])
 def test_error_names_file_line_and_key(text: str, message: str) -> None:
     """Each class of mistake gives one exact file:line: key: message."""
+    assert message == errors_of(text)
+
+
+def test_retention_disk_and_output_cap_parse() -> None:
+    """retention durations (null: forever), disk.min_free as a size or a percentage,
+    jobs.output_max_bytes as a size; the defaults are the contract's."""
+    default = parse("", SRC, env=ENV)
+    assert (RetentionConfig(), FreeSpace(float(1 << 30)), 1 << 30) == (
+        default.retention, default.disk.min_free, default.jobs.output_max_bytes)
+    cfg = parse("retention: {jobs: 2d, workspaces: null, callbacks: 1h, corrupted: 0}\n"
+                "disk: {min_free: 5%}\njobs: {output_max_bytes: 512KiB}\n", SRC, env=ENV)
+    assert (RetentionConfig(jobs=172800.0, workspaces=None, callbacks=3600.0, corrupted=0.0),
+            FreeSpace(5.0, percent=True), 512 * 1024) == (
+        cfg.retention, cfg.disk.min_free, cfg.jobs.output_max_bytes)
+    assert (500_000_000, "5%", "1GiB") == (
+        parse("disk: {min_free: 500MB}", SRC, env=ENV).disk.min_free.bytes_of(10**12),
+        str(cfg.disk.min_free), str(default.disk.min_free))
+    assert 50 == cfg.disk.min_free.bytes_of(1000)
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    (0, 0), (4096, 4096), ("1GiB", 1 << 30), ("1.5k", 1500), ("100 MB", 100_000_000),
+    ("2TiB", 2 << 40), ("7b", 7)])
+def test_parse_size_units(value: object, size: int) -> None:
+    """Sizes: bytes, k/M/G/T in powers of 1000, KiB/MiB/GiB/TiB in powers of 1024."""
+    assert size == parse_size(value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("disk: {min_free: lots}", f"{SRC}:1: disk.min_free: expected a size (bytes, or a string "
+                               "like 512KiB, 100MB, 1GiB), got 'lots'"),
+    ("disk: {min_free: 120%}", f"{SRC}:1: disk.min_free: expected a percentage from 0% to "
+                               "100%, got '120%'"),
+    ("jobs: {output_max_bytes: 10}", f"{SRC}:1: jobs.output_max_bytes: expected a size of at "
+                                     "least 1024 bytes, got 10"),
+    ("jobs: {output_max_bytes: -1GiB}", f"{SRC}:1: jobs.output_max_bytes: expected a size "
+                                        "(bytes, or a string like 512KiB, 100MB, 1GiB), got "
+                                        "'-1GiB'"),
+    ("retention: {jobs: forever}", f"{SRC}:1: retention.jobs: expected a duration (seconds, "
+                                   "or a string like 500ms, 30s, 2m, 1h, 1m30s), got 'forever'"),
+    ("retention: {logz: 1d}", f"{SRC}:1: retention.logz: unknown key 'logz' (known: callbacks, "
+                              "corrupted, jobs, workspaces)"),
+])
+def test_retention_disk_and_size_errors(text: str, message: str) -> None:
+    """A bad size, percentage or retention names the key and its line."""
     assert message == errors_of(text)
 
 
@@ -502,3 +556,48 @@ def test_yaml_nested_too_deeply_is_a_named_error() -> None:
     with pytest.raises(ConfigError) as info:
         parse("agents: " + "[" * 3000 + "]" * 3000 + "\n", "/etc/b.yaml")
     assert "/etc/b.yaml: invalid YAML: nested too deeply" == str(info.value)
+
+
+# ----------------------------------------------------------------------------- api, metrics
+
+
+def test_api_and_metrics_keys_are_read_with_paths_resolved() -> None:
+    """api.listen is kept as written, tokens_file and metrics.textfile are paths taken from
+    the config file's folder; the api worker then runs."""
+    cfg = parse("api: {listen: '127.0.0.1:8765', tokens_file: tok}\n"
+                "metrics: {textfile: m/batchd.prom}\n", SRC, env=ENV)
+    assert ApiConfig(listen="127.0.0.1:8765", tokens_file=Path("/etc/batchd/tok")) == cfg.api
+    assert MetricsConfig(textfile=Path("/etc/batchd/m/batchd.prom")) == cfg.metrics
+    assert ("scheduler", "locks", "reaper", "callbacks", "api") == enabled_workers(cfg)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8765", "[::1]:8765", "unix:/run/batchd/api.sock",
+                                    "localhost:0", "0.0.0.0:80"])
+def test_good_listen_addresses_are_accepted(listen: str) -> None:
+    """The three forms of CONTRACT.md: HOST:PORT, [IPV6]:PORT, unix:/path."""
+    assert listen == parse(f"api:\n  listen: '{listen}'\n", SRC, env=ENV).api.listen
+
+
+@pytest.mark.parametrize(("listen", "why"), [
+    ("8765", "expected HOST:PORT"),
+    ("127.0.0.1:99999", "port must be 0-65535"),
+    ("::1:8765", "IPv6 goes in brackets"),
+    ("[nope]:1", "not an IPv6 address"),
+    ("unix:relative.sock", "unix:/absolute/path"),
+    ("host name:80", "not a host name"),
+])
+def test_a_bad_listen_address_is_a_config_error_naming_the_key_and_line(listen: str,
+                                                                        why: str) -> None:
+    """api.listen that is no address: exit-2 material naming file, line and key."""
+    with pytest.raises(ConfigError) as err:
+        parse(f"log: {{level: info}}\napi:\n  listen: '{listen}'\n", SRC, env=ENV)
+    assert f"{SRC}:3: api.listen: " in str(err.value)
+    assert why in str(err.value)
+
+
+def test_unknown_api_and_metrics_keys_are_refused() -> None:
+    """A typo under api or metrics is named with its line, as everywhere else."""
+    with pytest.raises(ConfigError) as err:
+        parse("api:\n  lisen: x\nmetrics:\n  text_file: /x\n", SRC, env=ENV)
+    assert f"{SRC}:2: api.lisen: unknown key 'lisen'" in str(err.value)
+    assert f"{SRC}:4: metrics.text_file: unknown key" in str(err.value)

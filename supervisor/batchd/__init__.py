@@ -34,7 +34,15 @@ from supervisor.batchd.supervise import (
 )
 from supervisor.batchd.timers import Timers
 from supervisor.batchd.workers import CRITICAL, describe_exit
-from supervisor.config import WORKER_NAMES, Config, ConfigError, WorkerConfig, load, resolve_path
+from supervisor.config import (
+    WORKER_NAMES,
+    Config,
+    ConfigError,
+    WorkerConfig,
+    enabled_workers,
+    load,
+    resolve_path,
+)
 
 __all__ = [
     "CRITICAL",
@@ -64,12 +72,20 @@ def check_report(cfg: Config) -> str:
              f"to {cfg.log.file or 'stderr'}"]
     for name in WORKER_NAMES:
         w = cfg.workers.get(name, WorkerConfig())
+        if name not in enabled_workers(cfg):
+            lines.append(f"  worker {name}: off (api.listen is null)")
+            continue
         lines.append(f"  worker {name}: startsecs {w.startsecs:g}s, startretries "
                      f"{w.startretries}, stopwaitsecs {w.stopwaitsecs:g}s, at most "
                      f"{w.max_restarts} restarts in {w.restart_window:g}s"
                      + (" (critical)" if name in CRITICAL else ""))
     lines.append(f"  agents: {', '.join(sorted(cfg.agents)) or '(none)'}")
     lines.append(f"  repositories: {', '.join(sorted(cfg.repositories)) or '(none)'}")
+    if cfg.api.listen is not None:
+        lines.append(f"  api: listen {cfg.api.listen}, tokens in "
+                     f"{cfg.api.tokens_file or cfg.state_dir / 'api' / 'tokens'}")
+    if cfg.metrics.textfile is not None:
+        lines.append(f"  metrics: textfile {cfg.metrics.textfile}")
     lines.append(f"  scheduler: max_concurrent_jobs {cfg.scheduler.max_concurrent_jobs}, "
                  f"launcher {cfg.launcher}")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import Any
 from supervisor import __version__
 from supervisor.config import WORKER_NAMES, ConfigError, load
 from supervisor.ctl.callbacks import run_callbacks, setup_callbacks
+from supervisor.ctl.completion import KINDS, SHELLS, cmd_complete, cmd_completion
 from supervisor.ctl.control import (
     cmd_control,
     cmd_startup_log,
@@ -26,11 +27,14 @@ from supervisor.ctl.control import (
     cmd_workers,
 )
 from supervisor.ctl.follow import cmd_output, cmd_tail
+from supervisor.ctl.history import cmd_clean, cmd_history
 from supervisor.ctl.jobs import (
     cmd_batch,
     cmd_batches,
     cmd_cancel,
     cmd_jobs,
+    cmd_pause,
+    cmd_retry,
     cmd_stats,
     cmd_status_job,
     cmd_wait,
@@ -39,9 +43,11 @@ from supervisor.ctl.locks import run_locks, setup_locks
 from supervisor.ctl.out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor.ctl.repos import run_repo, setup_repo
 from supervisor.ctl.submit import cmd_submit
+from supervisor.ctl.tokens import run_token, setup_token
+from supervisor.state.joblist import parse_label, parse_since
 from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
-from supervisor.state.view import JOB_STATES, Unreadable
+from supervisor.state.view import JOB_STATES, TERMINAL, JobFilter, Unreadable
 from supervisor.state.wal import WalError
 
 __all__ = ["build_parser", "main"]
@@ -75,6 +81,19 @@ def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", metavar="B", help="batch name")
     p.add_argument("--id", metavar="ID", help="job id (default: a fresh one)")
     p.add_argument("--exclusive", action="store_true", help="hold repository locks all run")
+    p.add_argument("--after", metavar="IDS", action="append", default=[],
+                   help="start only when every one of these jobs has completed")
+    p.add_argument("--after-any", metavar="IDS", action="append", default=[],
+                   help="start when these jobs are terminal, whatever their state")
+    p.add_argument("--priority", metavar="N", type=int,
+                   help="higher starts first (-1000..1000, default 0)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--not-before", metavar="TIME", help="stay queued until TIME (ISO-8601)")
+    when.add_argument("--delay", metavar="D", help="stay queued for D (30s, 10m, 2h)")
+    p.add_argument("--label", metavar="K=V", action="append", default=[],
+                   help="a label (repeatable); `jobs --label K=V` filters by it")
+    p.add_argument("--retries", metavar="N", type=int,
+                   help="resubmit a lost or failed job up to N times (0..10)")
     p.add_argument("--from", dest="from_file", metavar="FILE.jsonl",
                    help="submit every job of a JSONL file (all or nothing; - = stdin)")
 
@@ -87,6 +106,32 @@ def _jobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="S", choices=JOB_STATES,
                    help="only jobs in state S: " + ", ".join(JOB_STATES))
     p.add_argument("--batch", metavar="B", help="only jobs of batch B")
+    p.add_argument("--agent", metavar="A", help="only jobs of agent A")
+    p.add_argument("--label", metavar="K=V", action="append", default=[],
+                   help="only jobs with this label (repeatable: all of them)")
+    p.add_argument("--since", metavar="TIME",
+                   help="only jobs submitted since TIME (ISO-8601, or a duration ago: 1h)")
+    p.add_argument("--limit", metavar="N", type=int, help="only the N most recent")
+
+
+def _jobs_filter(a: Any) -> JobFilter:
+    """The `jobs` filters from the command line (exit 2 on a bad one)."""
+    try:
+        labels = dict(parse_label(value) for value in a.label)
+        since = None if a.since is None else parse_since(a.since)
+    except ValueError as exc:
+        raise CtlError(f"jobs: {exc}", EXIT_USAGE) from None
+    if a.limit is not None and a.limit < 1:
+        raise CtlError(f"--limit: expected a positive number, got {a.limit}", EXIT_USAGE)
+    return JobFilter(agent=a.agent, labels=labels, since=since, limit=a.limit)
+
+
+def _shell(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish")
+
+
+def _kind(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", metavar="KIND", choices=KINDS)
 
 
 def _tail(p: argparse.ArgumentParser) -> None:
@@ -106,6 +151,20 @@ def _batch(p: argparse.ArgumentParser) -> None:
     p.add_argument("batch", metavar="B", help="batch name")
 
 
+def _clean(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--older-than", metavar="D",
+                   help="only jobs that finished at least D ago (default: any finished job)")
+    p.add_argument("--state", metavar="S", action="append", default=[],
+                   choices=sorted(TERMINAL),
+                   help="only jobs in this finished state (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would be forgotten, change nothing")
+
+
+def _history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--month", metavar="YYYY-MM", help="only jobs that finished that month")
+
+
 def _control(op: str) -> Run:
     return lambda ctx, a: cmd_control(ctx, op, getattr(a, "worker", None))
 
@@ -117,16 +176,27 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "status": ("one job's record; without JOB a summary of batchd",
                _status, lambda c, a: cmd_status_job(c, a.job) if a.job is not None
                else cmd_status_summary(c)),
-    "jobs": ("list jobs in submission order", _jobs, lambda c, a: cmd_jobs(c, a.state, a.batch)),
+    "jobs": ("list jobs in submission order", _jobs,
+             lambda c, a: cmd_jobs(c, a.state, a.batch, _jobs_filter(a))),
     "output": ("a job's whole output so far", _job, lambda c, a: cmd_output(c, a.job)),
     "tail": ("the last lines of a job's output; -f follows", _tail,
              lambda c, a: cmd_tail(c, a.job, a.lines, a.follow)),
     "wait": ("wait until jobs are terminal (0 all completed, 1 other, 124 timeout)", _wait,
              lambda c, a: cmd_wait(c, a.jobs, a.timeout)),
     "cancel": ("cancel a job", _job, lambda c, a: cmd_cancel(c, a.job)),
+    "retry": ("a new job with a finished job's spec (retry_of); print its id", _job,
+              lambda c, a: cmd_retry(c, a.job)),
+    "pause": ("start no new job until `resume` (running jobs go on; survives restarts)",
+              _none, lambda c, a: cmd_pause(c, True)),
+    "resume": ("start jobs again after `pause`", _none, lambda c, a: cmd_pause(c, False)),
     "batches": ("every batch and its state counts", _none, lambda c, a: cmd_batches(c)),
     "batch": ("one batch: counts, done, job ids", _batch, lambda c, a: cmd_batch(c, a.batch)),
-    "stats": ("job counters and worker restarts", _none, lambda c, a: cmd_stats(c)),
+    "stats": ("job counters, worker restarts, what the reaper removed", _none,
+              lambda c, a: cmd_stats(c)),
+    "clean": ("forget finished jobs now, as retention does (archived first)", _clean,
+              lambda c, a: cmd_clean(c, a.older_than, a.state, a.dry_run)),
+    "history": ("archived job records (forgotten by retention or clean), newest first",
+                _history, lambda c, a: cmd_history(c, a.month)),
     "callbacks": ("webhook deliveries; `callbacks retry ID` asks for one more try",
                   setup_callbacks, run_callbacks),
     "locks": ("repository locks: holders, and waiting jobs in FIFO order", setup_locks,
@@ -141,6 +211,15 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "reload": ("reload the configuration (as SIGHUP)", _none, _control("reload")),
     "startup-log": ("the last startups, phase by phase", _none,
                     lambda c, a: cmd_startup_log(c)),
+    "token": ("API tokens: `token add NAME --scope read|submit|admin` (printed once), "
+              "`token list`, `token revoke NAME`", setup_token, run_token),
+    "completion": ("a shell completion script: completion bash|zsh|fish", _shell,
+                   lambda c, a: cmd_completion(c, a.shell, build_parser())),
+}
+
+#: Commands for scripts, not people: not listed in --help.
+HIDDEN: dict[str, tuple[str, Setup, Run]] = {
+    "__complete": ("values for shell completion", _kind, lambda c, a: cmd_complete(c, a.kind)),
 }
 
 
@@ -158,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         setup(p)
         p.add_argument("--json", action="store_true", help="print one JSON document")
         p.set_defaults(run=run)
+    for name, (text, setup, run) in HIDDEN.items():
+        p = sub.add_parser(name, description=text)
+        setup(p)
+        p.set_defaults(run=run, json=False)
     return parser
 
 

@@ -1,10 +1,11 @@
 """batchctl's webhook commands: `callbacks [--state S]` (read-only) and `callbacks retry ID`.
 
-`callbacks` reads what state.webhook.list_deliveries reads (events handed over but not yet
-taken by the worker, shown as pending with no try yet; then `callbacks/outbox/` and
-`callbacks/done/`, one DELIVERY record per event), never moving or writing anything, so
-it works with batchd down. A record batchctl cannot read is named on stderr and skipped
-(the worker, its owner, moves it aside); a folder that cannot be listed is exit 1.
+`callbacks` reads `callbacks/inbox/` (events handed over but not yet taken by the worker,
+shown as pending with no try yet) and then `callbacks/outbox/` (one DELIVERY record per
+event), never moving or writing anything, so it works with batchd down. The inbox is read
+FIRST: the worker writes the record before it removes the request, so an event cannot
+slip between the two reads. A record batchctl cannot read is named on stderr and skipped
+(the worker, its owner, moves it aside); an outbox that cannot be listed is exit 1.
 
 `callbacks retry ID` never writes the outbox (one writer per file: the worker). It drops
 a REQUEST kind "retry" into `callbacks/inbox/` (write_record: temp, fsync, rename, fsync
@@ -20,50 +21,27 @@ inbox and is handled when the worker starts.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx, table
+from supervisor.state.documents import deliveries
 from supervisor.state.webhook import (
     DELIVERY_STATES,
     drop_request,
-    list_deliveries,
     retry_request,
     valid_event_id,
 )
 
 __all__ = [
-    "LIST_FIELDS",
     "cmd_callbacks",
     "cmd_callbacks_retry",
-    "read_deliveries",
     "run_callbacks",
     "setup_callbacks",
 ]
 
-#: The keys of each record `callbacks --json` prints (CONTRACT.md), in order.
-LIST_FIELDS: tuple[str, ...] = (
-    "id", "job", "url", "state", "attempts", "next_attempt_at", "last_error", "created_at")
-
-
-def _row(rec: dict[str, Any]) -> dict[str, Any]:
-    return {k: rec.get(k) for k in LIST_FIELDS}
-
-
-def read_deliveries(ctx: Ctx) -> list[dict[str, Any]]:
-    """Every delivery (the LIST_FIELDS of each), oldest first; unreadable ones noted."""
-    try:
-        records, notes = list_deliveries(ctx.layout)
-    except OSError as exc:
-        raise CtlError(f"cannot read the webhook deliveries: {exc.strerror or exc}"
-                       + (f" ({exc.filename})" if exc.filename else "")) from None
-    for note in notes:
-        ctx.error(note)
-    return [_row(rec) for rec in records]
-
 
 def cmd_callbacks(ctx: Ctx, state: str | None) -> int:
     """`callbacks [--state S]`: the deliveries (all, or those in state S)."""
-    records = [r for r in read_deliveries(ctx) if state is None or r["state"] == state]
+    records = [r for r in deliveries(ctx.layout, ctx.error) if state is None or r["state"] == state]
     if ctx.json:
         ctx.emit(records)
         return EXIT_OK
@@ -83,7 +61,7 @@ def cmd_callbacks_retry(ctx: Ctx, event_id: str) -> int:
     if not valid_event_id(event_id):
         raise CtlError(f"invalid event id {event_id!r} (expected an id as `callbacks` "
                        "lists them)", EXIT_USAGE)
-    known = {r["id"]: r for r in read_deliveries(ctx)}
+    known = {r["id"]: r for r in deliveries(ctx.layout, ctx.error)}
     rec = known.get(event_id)
     if rec is None:
         raise CtlError(f"no such delivery: {event_id}")

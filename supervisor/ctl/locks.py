@@ -1,10 +1,9 @@
 """batchctl's `locks` command: repository locks held, jobs waiting in FIFO order (read-only).
 
-It reads the locks worker's table (state.lockfiles.read_table: `locks/state.json` and the
-pages of waiting jobs under `locks/wants/`), never moving, writing or locking anything,
-so it works while batchd is down (showing the table as the worker last wrote it; each
-file is replaced atomically, and the pages are read before state.json, so a job is never
-missed between the two). `unavailable` is recomputed here from the configuration and the `repo add`
+It reads `locks/state.json`, the locks worker's table, with owner=False: never moving,
+writing or locking anything, so it works while batchd is down (showing the table as the
+worker last wrote it; the file is replaced atomically, so a read sees the old table or the
+new one). `unavailable` is recomputed here from the configuration and the `repo add`
 registry, so a repository removed while batchd is down already shows. No table yet (the
 locks worker never ran): nothing held, nothing waiting. An unreadable table: exit 1 with
 the reason (the worker, its owner, moves it aside and rebuilds it when it next starts).
@@ -16,36 +15,11 @@ the reason (the worker, its owner, moves it aside and rebuilds it when it next s
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from supervisor.ctl.out import EXIT_OK, CtlError, Ctx, table
-from supervisor.state.atomic import Missing
-from supervisor.state.lockfiles import read_table
-from supervisor.state.locktable import Table, unavailable
-from supervisor.state.repos import all_repositories
+from supervisor.ctl.out import EXIT_OK, Ctx, table
+from supervisor.state.documents import locks_doc
 
-__all__ = ["locks_doc", "run_locks", "setup_locks"]
-
-
-def _read_table(ctx: Ctx) -> Table:
-    got = read_table(ctx.layout)
-    if isinstance(got, Missing):
-        return Table()
-    if isinstance(got, str):
-        raise CtlError(f"cannot read the lock table: {got}")
-    return got
-
-
-def locks_doc(ctx: Ctx) -> dict[str, Any]:
-    """The `locks --json` document (CONTRACT.md)."""
-    t = _read_table(ctx)
-    known = all_repositories(ctx.cfg, ctx.layout)
-    return {
-        "held": [{"repo": repo, "job": lock.job, "since": lock.since}
-                 for repo, lock in t.held.items()],
-        "waiting": {repo: list(queue) for repo, queue in t.waiting.items()},
-        "unavailable": unavailable(t, known),
-    }
+__all__ = ["run_locks", "setup_locks"]
 
 
 def setup_locks(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +28,7 @@ def setup_locks(parser: argparse.ArgumentParser) -> None:
 
 def run_locks(ctx: Ctx, args: argparse.Namespace) -> int:
     """`locks`: who holds which repository, who waits for it, which are gone."""
-    doc = locks_doc(ctx)
+    doc = locks_doc(ctx.cfg, ctx.layout)
     if ctx.json:
         ctx.emit(doc)
         return EXIT_OK

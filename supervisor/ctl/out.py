@@ -86,8 +86,15 @@ class Ctx:
 
 
 def emit_json(doc: Any, out: TextIO | None = None) -> None:
-    """Print ONE JSON document (the whole `--json` output of a command)."""
+    """Print ONE JSON document (the whole `--json` output of a command): an object
+    indented; a listing as an array with one compact record per line (json's C encoder:
+    100,000 records print in well under a second, and `grep` still finds a job's line)."""
     stream = sys.stdout if out is None else out
+    if isinstance(doc, list):
+        dumps = json.JSONEncoder(ensure_ascii=False).encode
+        stream.write("[\n" + ",\n".join(dumps(item) for item in doc) + "\n]\n" if doc
+                     else "[]\n")
+        return
     stream.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 

@@ -9,11 +9,14 @@ cannot be read is exit 1, since duplicate ids could not be checked.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
-from supervisor.state.submission import Checker, JobError, accept, known, parse_jsonl
+from supervisor.ctl.jobs import duration_arg
+from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CtlError, Ctx
+from supervisor.state.clock import iso_now, parse_iso
+from supervisor.state.submission import Checker, DiskLow, JobError, accept, known, parse_jsonl
 
 __all__ = ["cmd_submit"]
 
@@ -29,7 +32,51 @@ def _read_input(path: str, what: str) -> bytes:
 
 
 _SINGLE_FLAGS = ("agent", "repo", "prompt", "prompt_file", "callback", "timeout", "batch",
-                 "id", "exclusive")
+                 "id", "exclusive", "after", "after_any", "priority", "not_before", "delay",
+                 "label", "retries")
+
+
+def _job_ids(flag: str, values: list[str]) -> list[str]:
+    """`--after a,b --after c` -> [a, b, c] (blank pieces refused)."""
+    ids = [piece.strip() for value in values for piece in value.split(",")]
+    if any(not i for i in ids):
+        raise CtlError(f"{flag}: expected JOB[,JOB...], got {','.join(values)!r}", EXIT_USAGE)
+    return ids
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    """`--label K=V` (repeatable; a key given twice is refused)."""
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise CtlError(f"--label: expected K=V, got {value!r}", EXIT_USAGE)
+        if key in labels:
+            raise CtlError(f"--label: {key!r} given twice", EXIT_USAGE)
+        labels[key] = val
+    return labels
+
+
+def _control_flags(args: Any, job: dict[str, Any], now: float) -> None:
+    """The job-control flags of a single `submit` into `job` (checked again by the door)."""
+    if args.after:
+        job["after"] = _job_ids("--after", args.after)
+    if args.after_any:
+        job["after_any"] = _job_ids("--after-any", args.after_any)
+    if args.priority is not None:
+        job["priority"] = args.priority
+    if args.not_before is not None:
+        if parse_iso(args.not_before) is None:
+            raise CtlError(f"--not-before: {args.not_before!r} is not an ISO-8601 time "
+                           "(e.g. 2027-01-15T08:00:00Z; for a time from now use --delay)",
+                           EXIT_USAGE)
+        job["not_before"] = args.not_before
+    if args.delay is not None:
+        job["not_before"] = iso_now(now + duration_arg(args.delay, "--delay"))
+    if args.label:
+        job["labels"] = _labels(args.label)
+    if args.retries is not None:
+        job["retries"] = args.retries
 
 
 def _single_job(args: Any) -> dict[str, Any]:
@@ -52,6 +99,7 @@ def _single_job(args: Any) -> dict[str, Any]:
         value = getattr(args, key)
         if value is not None:
             job[key] = value
+    _control_flags(args, job, time.time())
     return job
 
 
@@ -83,6 +131,8 @@ def cmd_submit(ctx: Ctx, args: Any) -> int:
                      source=None if single is not None else (name, data))
     except JobError as exc:
         raise CtlError(str(exc), EXIT_USAGE) from None
+    except DiskLow as exc:
+        raise CtlError(str(exc), EXIT_FAILED) from None
     if not ctx.json:
         ctx.out.write("".join(i + "\n" for i in ids))
     elif single is not None:

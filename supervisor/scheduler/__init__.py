@@ -28,8 +28,11 @@ from supervisor.runtime import (
     stop_requested,
 )
 from supervisor.scheduler import dispatch as _dispatch
+from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.dispatch import Jobs, Launcher
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
+from supervisor.state.fs import FS, REAL
+from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
 from supervisor.state.locktable import GRANTED
 from supervisor.state.queue import JobQueue, QueueError
@@ -37,8 +40,8 @@ from supervisor.state.submission import JobError, check_request
 from supervisor.state.wal import WalError
 
 __all__ = ["CANCEL_REASON", "HANDLERS", "NAME", "Scheduler", "cancel",
-           "job_exited", "lock_granted", "main", "one_pass", "recover", "serve", "submit",
-           "take_inbox"]
+           "job_exited", "lock_granted", "main", "one_pass", "pause", "recover", "resume",
+           "serve", "submit", "take_inbox"]
 
 NAME = "scheduler"
 CANCEL_REASON = "cancelled by operator"
@@ -54,6 +57,7 @@ class Scheduler:
     queue: JobQueue
     log: Log
     jobs: Jobs
+    fs: FS = REAL                    # the queue's file system seam (tests inject faults)
 
 
 # -- submit ---------------------------------------------------------------------------------
@@ -86,6 +90,12 @@ def submit(s: Scheduler, req: dict[str, Any]) -> None:
         entries.append((job_id, job))
     added = s.queue.enqueue_many(entries, count="submitted")
     new = sum(added)
+    now = s.jobs.clock.time()
+    for (job_id, body), fresh in zip(entries, added, strict=True):
+        if fresh:
+            doomed = _queued.add(s.jobs.runnable, s.queue, {**body, "state": "queued"}, now)
+            if doomed is not None:
+                s.jobs.doomed.append((job_id, doomed))
     if new < len(entries):
         known = [job_id for (job_id, _), ok in zip(entries, added, strict=True) if not ok]
         s.log.info("submit: jobs already known skipped (replay)", request=req["id"],
@@ -115,6 +125,38 @@ def job_exited(s: Scheduler, req: dict[str, Any]) -> None:
     _dispatch.tick_job(s.jobs, job_id)
 
 
+def pause(s: Scheduler, req: dict[str, Any]) -> None:
+    """Start no new job until resumed (durable first: a restart stays paused)."""
+    _set_paused(s, True, req)
+
+
+def resume(s: Scheduler, req: dict[str, Any]) -> None:
+    """Start jobs again."""
+    _set_paused(s, False, req)
+
+
+def _set_paused(s: Scheduler, paused: bool, req: dict[str, Any]) -> None:
+    if s.jobs.paused == paused and s.layout.paused_file.exists():
+        return                                    # a replay, or asked twice: no change
+    since = req.get("created_at") if isinstance(req.get("created_at"), str) else iso_now()
+    _queued.Paused(paused, since if paused else None).write(s.layout)
+    s.jobs.paused = paused
+    s.log.info("paused: no new job starts" if paused else "resumed: jobs start again",
+               request=req["id"])
+
+
+def forget(s: Scheduler, req: dict[str, Any]) -> None:
+    """The reaper archived these finished jobs and removed their folders: they leave the
+    queue (one WAL write; a job not finished, or already gone, is left as it is)."""
+    asked = req.get("jobs")
+    if not isinstance(asked, list) or not all(isinstance(i, str) and valid_job_id(i)
+                                              for i in asked):
+        raise BadRequest("'jobs' must be a list of job ids")
+    gone = s.jobs.batches.forget(s.queue, lambda: s.queue.forget(asked))
+    s.log.info("jobs forgotten", request=req["id"], forgotten=len(gone),
+               kept=len(asked) - len(gone))
+
+
 def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
     """The locks worker granted a job its locks: nothing to do here, the pass's dispatch
     reads the grant from locks/state.json (the hint only woke the loop)."""
@@ -126,7 +168,10 @@ def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
 HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
     "submit": submit,
     "cancel": cancel,
+    "pause": pause,
+    "resume": resume,
     "job_exited": job_exited,
+    "forget": forget,
     GRANTED: lock_granted,
 }
 
@@ -148,33 +193,106 @@ def one_pass(s: Scheduler, *, inbox: bool = True) -> None:
     _dispatch.dispatch(s.jobs)
 
 
-def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> None:
-    """The loop until SIGTERM: a pass on every inbox hint (or rescan) and, while any job is
-    starting/running, every tick interval; with none, asleep until a hint."""
+def _sleep_for(s: Scheduler, next_tick: float, clock: Clock) -> float | None:
+    """How long the loop may sleep: not at all with work left over, until the next tick
+    while jobs are active, until the first delayed job's time (a timer, not a poll)."""
+    if s.jobs.backlog or s.jobs.doomed:
+        return 0.0
+    waits = []
+    if s.jobs.active:
+        waits.append(max(0.0, next_tick - clock.monotonic()))
+    delayed = None if s.jobs.paused else s.jobs.next_due()
+    if delayed is not None:
+        waits.append(max(0.0, delayed - clock.time()))
+    if s.jobs.disk_low is not None:
+        waits.append(_dispatch.DISK_RECHECK)
+    return min(waits) if waits else None
+
+
+#: After a failed write (a full or failing disk) the scheduler reopens its queue from disk
+#: after this many seconds, doubling up to WRITE_RETRY_MAX while writes keep failing.
+WRITE_RETRY_FIRST = 1.0
+WRITE_RETRY_MAX = 30.0
+
+
+def _reopen(s: Scheduler, exc: Exception, delay: float, clock: Clock) -> Scheduler | None:
+    """After a pass failed to write (ENOSPC, EIO, a poisoned WAL): what is in memory may
+    be ahead of the disk, so drop it, wait `delay`, and rebuild everything from the disk
+    (law 4) as a restart would — without exiting, so a full disk never makes a crash
+    loop. Requests whose effect was not durable are still in the inbox (law 3) and are
+    taken again. None if the reopen failed too (tried again later)."""
+    s.log.error("a write failed: reopening the job queue from disk", error=str(exc),
+                retry_in_s=delay)
+    s.queue.close()
+    clock.sleep(delay)
+    if stop_requested():
+        return None
+    try:
+        fresh, _found, did, _degraded = recover(s.cfg, s.layout, s.log,
+                                                launcher=s.jobs.launcher, fs=s.fs)
+    except (OSError, WalError, QueueError) as again:
+        s.log.error("reopening the job queue failed; tried again", error=str(again))
+        return None
+    fresh.jobs.measure = s.jobs.measure
+    s.log.info("job queue reopened after a failed write", **{
+        k: did[k] for k in ("reattached", "finalized", "lost") if k in did})
+    return fresh
+
+
+def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> Scheduler:
+    """The loop until SIGTERM: a pass on every inbox hint (or rescan), while any job is
+    starting/running every tick interval, and when a delayed job's time comes; with
+    nothing to do, asleep until a hint. A pass that fails to write reopens the queue
+    (see _reopen); the scheduler in use at the end is returned (its queue is open)."""
     interval = _dispatch.tick_interval(s.cfg)
     next_tick = clock.monotonic() + interval
     # a workspace clone that ends wakes the loop (a waiter without wake: the next tick)
     s.jobs.wake = getattr(watcher, "wake", s.jobs.wake)
+    delay = WRITE_RETRY_FIRST
+    reopened = False
     while not stop_requested():
-        timeout = (0.0 if s.jobs.backlog
-                   else max(0.0, next_tick - clock.monotonic()) if s.jobs.active else None)
-        hinted = watcher.wait(timeout)
-        if stop_requested():
-            break
-        due = clock.monotonic() >= next_tick
-        if hinted or due or s.jobs.backlog:
-            one_pass(s, inbox=hinted)
-        if due or not s.jobs.active:
+        try:
+            if reopened:                 # the inbox may hold what the failed pass left
+                reopened = False
+                one_pass(s, inbox=True)
+            else:
+                _serve_once(s, watcher, clock, next_tick)
+            delay = WRITE_RETRY_FIRST
+        except (OSError, WalError, QueueError) as exc:
+            fresh = None
+            while fresh is None and not stop_requested():
+                fresh = _reopen(s, exc, delay, clock)
+                delay = min(delay * 2, WRITE_RETRY_MAX)
+            if fresh is None:
+                break
+            s, reopened = fresh, True
+            s.jobs.wake = getattr(watcher, "wake", s.jobs.wake)
+        if clock.monotonic() >= next_tick or not s.jobs.active:
             next_tick = clock.monotonic() + interval
+    return s
 
 
-def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None = None
-            ) -> tuple[Scheduler, dict[str, Any], dict[str, Any], list[str]]:
+def _serve_once(s: Scheduler, watcher: Watcher, clock: Clock, next_tick: float) -> None:
+    """One wait and, when there is something to do, one pass."""
+    timeout = _sleep_for(s, next_tick, clock)
+    hinted = watcher.wait(timeout)
+    if stop_requested():
+        return
+    due = clock.monotonic() >= next_tick
+    delayed = s.jobs.next_due()
+    ripe = delayed is not None and not s.jobs.paused and clock.time() >= delayed
+    if hinted or due or ripe or s.jobs.backlog or s.jobs.doomed \
+            or s.jobs.disk_low is not None:
+        one_pass(s, inbox=hinted)
+
+
+def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None = None,
+            fs: FS = REAL) -> tuple[Scheduler, dict[str, Any], dict[str, Any], list[str]]:
     """Open (replay) the job queue and re-attach its jobs: (scheduler, found, did, degraded).
 
     OSError, WalError or QueueError: the queue cannot be opened at all.
     """
-    queue = JobQueue.open(layout.wal_dir)
+    queue = JobQueue.open(layout.wal_dir, fs=fs)
     report = queue.recovery
     jobs = Jobs.over(cfg, layout, queue, log, launcher=launcher)
     found = {
@@ -194,7 +312,7 @@ def recover(cfg: Config, layout: Layout, log: Log, *, launcher: Launcher | None 
     except BaseException:
         queue.close()
         raise
-    return Scheduler(cfg, layout, queue, log, jobs), found, did, degraded
+    return Scheduler(cfg, layout, queue, log, jobs, fs), found, did, degraded
 
 
 def main(cfg: Config) -> int:
@@ -215,7 +333,7 @@ def main(cfg: Config) -> int:
             log.info("ready", jobs=found["jobs"], replayed=found["records_replayed"],
                      reattached=did["reattached"], finalized=did["finalized"],
                      lost=did["lost"], stale=did["stale"])
-            serve(s, watcher)
+            s = serve(s, watcher)
     finally:
         s.queue.close()
     return EXIT_OK

@@ -7,6 +7,7 @@ whole of dispatch, ticks, cancels, re-attachment, leftovers and the crash argume
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -21,8 +22,11 @@ from supervisor.config import Config, RepoConfig
 from supervisor.runtime import Log, stop_requested
 from supervisor.scheduler import jobfiles as _jobfiles
 from supervisor.scheduler import lifecycle as lc
+from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.events import BatchIndex, emit_job_end
 from supervisor.scheduler.launch import Launched, LaunchError, launch
+from supervisor.scheduler.runnable import Runnable
+from supervisor.state import disk
 from supervisor.state.atomic import Missing
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import Layout, send_request
@@ -61,6 +65,9 @@ ADAPTOR_EXIT_WAIT = 2.0
 #: and an acquire file): a large submission never stalls ticks and the inbox for long; the
 #: loop runs the next pass at once while `Jobs.backlog` says more are left.
 WAIT_BATCH = 64
+#: Free space is measured at most this often (seconds); while it is low, the loop wakes
+#: this often to see whether it is back.
+DISK_RECHECK = 2.0
 
 Launcher = Callable[[Path, str], Launched]
 
@@ -108,15 +115,42 @@ class Jobs:
         return self._pool
     lock_seq: int = 0            # the last acquire's seq (increasing: FIFO across passes)
     backlog: bool = False        # the last dispatch left queued jobs it could have moved
+    #: The queued jobs' order and readiness (scheduler.runnable), rebuilt from the queue.
+    runnable: Runnable = field(default_factory=Runnable)
+    #: Queued jobs a dependency's end dooms: (job, reason), failed by the next dispatch.
+    doomed: list[tuple[str, str]] = field(default_factory=list)
+    #: Jobs of each agent waiting for locks, starting or running (its max_concurrent).
+    load: Counter[str] = field(default_factory=Counter)
+    #: `batchctl pause`: start nothing new (scheduler/paused.json; survives restarts).
+    paused: bool = False
+    #: Why no job starts for lack of space (state.disk.low), None when there is room;
+    #: measured at most every DISK_RECHECK seconds, with `measure` (a seam for tests).
+    disk_low: str | None = None
+    disk_checked: float = -math.inf
+    measure: Callable[[Path], disk.Usage] = disk.usage
 
     @classmethod
     def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
              launcher: Launcher | None = None,
              clock: Clock = SYSTEM_CLOCK) -> Jobs:
-        """Jobs over an open queue; the active set is rebuilt from it."""
+        """Jobs over an open queue: the active set, the index of queued jobs, the agents'
+        load and the pause flag, all rebuilt from files."""
         active = {*queue.ids(lc.State.STARTING.value), *queue.ids(lc.State.RUNNING.value)}
+        runnable, doomed = _queued.index(queue, clock.time())
         return cls(cfg, layout, queue, log, lc.Timing.from_config(cfg.scheduler),
-                   launcher=launcher or _launch, clock=clock, active=active)
+                   launcher=launcher or _launch, clock=clock, active=active,
+                   runnable=runnable, doomed=doomed, load=_queued.agent_load(queue),
+                   paused=_queued.Paused.read(layout, owner=True).paused)
+
+    def room(self, agent: str) -> bool:
+        """Whether `agent` may have one more job waiting, starting or running."""
+        spec = self.cfg.agents.get(agent)
+        limit = None if spec is None else spec.max_concurrent
+        return limit is None or self.load[agent] < limit
+
+    def next_due(self) -> float | None:
+        """When the earliest delayed job may start (epoch seconds), or None."""
+        return self.runnable.next_delayed()
 
 
 # -- the WAL writes of one pass ----------------------------------------------------------------
@@ -217,6 +251,7 @@ def _wait_for_locks(j: Jobs, entry: dict[str, Any], repositories: dict[str, Repo
     batch = _Batch()
     d = lc.step(entry, lc.Event.WAIT_LOCK, lc.Facts(now=j.clock.time(), timing=j.timing))
     job = _Job(entry)
+    j.load[str(entry.get("agent"))] += 1
     _execute(j, job, d, batch)
     extra = {"lock_exclusive": exclusive_for(entry, repositories), "lock_seq": _next_seq(j)}
     entry.update(extra)
@@ -241,8 +276,10 @@ def resume_waiting(j: Jobs) -> int:
     table = whole if isinstance(whole, Table) else None
     sent = 0
     for job_id in waiting:
+        if table is not None and table.knows(job_id):
+            continue                    # (asked before reading the entry: 100,000 wait)
         entry = j.queue.get(job_id)
-        if entry is None or (table is not None and table.knows(job_id)):
+        if entry is None:
             continue
         _acquire(j, entry)
         sent += 1
@@ -382,6 +419,9 @@ def _no_process_left(j: Jobs, job: _Job) -> None:
 def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None:
     fields = {**action.fields, "pid": None}
     _no_process_left(j, job)
+    before = str(job.entry.get("state"))
+    if fields["state"] in ("failed", "lost") and int(job.entry.get("retries") or 0) > 0:
+        fields["retried_as"] = _retry(j, job.entry, fields)
     job.entry.update(fields)
     batch.updates.append((job.id, fields))
     # The webhook events are durable before the pass flushes the terminal state to the
@@ -393,8 +433,39 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     batch.counters[str(fields["state"])] += 1
     j.active.discard(job.id)
     j.warned.pop(job.id, None)
+    if before in (lc.State.WAITING.value, lc.State.STARTING.value, lc.State.RUNNING.value):
+        j.load[str(job.entry.get("agent"))] -= 1
+    j.doomed += j.runnable.ended(job.id, str(fields["state"]), fields.get("retried_as"),
+                                 j.clock.time())
     j.log.info("job finished", job=job.id, state=fields["state"],
                exit_code=fields.get("exit_code"), reason=fields.get("reason"))
+
+
+def _retry(j: Jobs, entry: dict[str, Any], fields: dict[str, Any]) -> str:
+    """Queue the job that retries `entry` (lost or failed with retries left), durably,
+    BEFORE the terminal record that names it (`retried_as`): a crash in between finalizes
+    the job again, which finds its retry queued already (same id) and queues no second."""
+    n = int(entry.get("retry_n") or 0) + 1
+    taken: list[str] = []
+    while True:
+        new_id = _queued.retry_id(entry, n, taken)
+        other = j.queue.get(new_id)
+        if other is None or other.get("retry_of") == entry["id"]:
+            break
+        taken.append(new_id)                 # an id someone else chose: qualify ours
+    if other is None:
+        body = _queued.retry_job(
+            entry, new_id, finished=j.clock.time(),
+            schedule=j.cfg.callbacks.retry_schedule,
+            workspace=str(j.cfg.workspace_dir / new_id))
+        j.queue.enqueue_many([(new_id, body)], count="submitted")
+        reason = _queued.add(j.runnable, j.queue, {**body, "state": "queued"}, j.clock.time())
+        if reason is not None:
+            j.doomed.append((new_id, reason))
+        j.log.info("job retried as a new job", job=entry["id"], retry=new_id,
+                   retries_left=body["retries"], not_before=body["not_before"],
+                   why=fields.get("reason"))
+    return new_id
 
 
 _Executor = Callable[[Jobs, _Job, Any, _Batch], None]
@@ -523,6 +594,8 @@ def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
         j.log.error("job not dispatchable", job=entry.get("id"), state=entry["state"])
         return False
     j.active.add(str(entry["id"]))
+    if entry["state"] == lc.State.QUEUED.value:
+        j.load[str(entry.get("agent"))] += 1
     _execute(j, _Job(entry), d, batch)
     return True
 
@@ -530,7 +603,7 @@ def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
 def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
     """Waiting jobs that hold all their locks (slots permitting, in grant order), and those
     naming a repository that no longer exists (at once: their launch fails saying so)."""
-    if not j.queue.counts().get(lc.State.WAITING.value):
+    if not j.queue.holds(lc.State.WAITING.value):
         return 0
     table = _lock_table(j)
     if table is None:
@@ -556,18 +629,25 @@ def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
 
 
 def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
-    """Queued jobs, oldest first: with repositories -> waiting (no slot needed, at most
-    WAIT_BATCH per pass); without -> dispatched while a slot is free."""
+    """Ready queued jobs, best first (priority, then submission order; an agent at its
+    max_concurrent is passed over, not waited for): with repositories -> waiting (no slot
+    needed, at most WAIT_BATCH per pass); without -> dispatched while a slot is free."""
     started = waited = 0
     known: dict[str, RepoConfig] | None = None
     while not stop_requested():
-        job_id = j.queue.first_queued()
-        entry = None if job_id is None else j.queue.get(job_id)
-        if job_id is None or entry is None:
+        if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs and waited >= WAIT_BATCH:
             break
+        picked = j.runnable.pop(j.room)
+        if picked is None:
+            break
+        job_id, item = picked
+        entry = j.queue.get(job_id)
+        if entry is None or entry["state"] != lc.State.QUEUED.value:
+            continue
         names = _repos_of(entry)
         if names:
             if waited >= WAIT_BATCH:
+                j.runnable.restore(job_id, item)
                 j.backlog = True
                 break
             known = _repositories(j) if known is None else known
@@ -578,6 +658,7 @@ def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
                 continue
             # a repository it names is gone: no lock to wait for, its launch fails
         if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs:
+            j.runnable.restore(job_id, item)
             break
         if not _dispatch_one(j, entry, batch):
             break
@@ -585,12 +666,45 @@ def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
     return started
 
 
+def _fail_doomed(j: Jobs, batch: _Batch) -> int:
+    """Fail the queued jobs a dependency doomed (and those their ends doom in turn)."""
+    failed = 0
+    while j.doomed and not stop_requested():
+        job_id, reason = j.doomed.pop(0)
+        entry = j.queue.get(job_id)
+        if entry is None or entry["state"] != lc.State.QUEUED.value:
+            continue
+        d = lc.step(entry, lc.Event.DEPENDENCY_FAILED,
+                    lc.Facts(now=j.clock.time(), timing=j.timing, error=reason))
+        _execute(j, _Job(entry), d, batch)
+        failed += 1
+    return failed
+
+
+def check_disk(j: Jobs) -> str | None:
+    """`disk.min_free` as of at most DISK_RECHECK seconds ago (logged when it changes)."""
+    now = j.clock.monotonic()
+    if now - j.disk_checked >= DISK_RECHECK:
+        j.disk_checked = now
+        was, j.disk_low = j.disk_low, disk.low(j.cfg, j.measure)
+        if j.disk_low is not None and was is None:
+            j.log.warning("no job starts: free space is below disk.min_free", why=j.disk_low)
+        elif j.disk_low is None and was is not None:
+            j.log.info("free space is back above disk.min_free: jobs start again")
+    return j.disk_low
+
+
 def dispatch(j: Jobs) -> int:
-    """Start what may start now (granted waiting jobs, then queued ones, FIFO), and move
+    """Fail what a dependency doomed; then, unless paused or short of disk space, start
+    what may start now (granted waiting jobs, then the best ready queued ones) and move
     queued jobs with repositories to waiting; how many were dispatched."""
     batch = _Batch()
     j.backlog = False
     try:
+        _fail_doomed(j, batch)
+        j.runnable.due(j.clock.time())
+        if j.paused or check_disk(j) is not None:
+            return 0
         return _dispatch_waiting(j, batch) + _dispatch_queued(j, batch)
     finally:
         batch.flush(j.queue)

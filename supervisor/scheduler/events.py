@@ -48,6 +48,22 @@ class BatchIndex:
             self.seen = len(ids)
         return self.members.get(batch, [])
 
+    def forget(self, queue: JobQueue, forget: Callable[[], list[str]]) -> list[str]:
+        """Run `forget` (the queue forgetting jobs) keeping the index exact: caught up
+        before, the forgotten ids dropped after (positions in the queue moved)."""
+        self.jobs(queue, "")
+        gone = forget()
+        if gone:
+            dropped = set(gone)
+            for name, ids in list(self.members.items()):
+                kept = [i for i in ids if i not in dropped]
+                if kept:
+                    self.members[name] = kept
+                else:
+                    del self.members[name]
+            self.seen = len(queue)
+        return gone
+
 
 def emit_job_end(layout: Layout, queue: JobQueue, index: BatchIndex,
                  entry: Mapping[str, Any], state_of: Callable[[str], str | None]) -> int:

@@ -86,6 +86,7 @@ class Event(StrEnum):
     CANCEL_SETTLED = "cancel_settled"      # cancel intent and no process of the job left
     CANCEL_OVERDUE = "cancel_overdue"      # SIGTERM sent > kill_grace + margin ago, no result
     TIMEOUT_BACKSTOP = "timeout_backstop"  # past timeout + kill_grace + margin, no result
+    DEPENDENCY_FAILED = "dependency_failed"  # a job it runs `after` ended otherwise (Facts.error)
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ TABLE: Table[State, Event, Do] = Table(
         (S.QUEUED, E.WAIT_LOCK): Row(S.WAITING, (Do.UPDATE,)),
         (S.QUEUED, E.DISPATCHED): Row(S.STARTING, (Do.DISPATCH, Do.LAUNCH)),
         (S.QUEUED, E.CANCEL_REQUESTED): Row(S.CANCELLED, _FIN),
+        (S.QUEUED, E.DEPENDENCY_FAILED): Row(S.FAILED, _FIN),
         (S.WAITING, E.DISPATCHED): Row(S.STARTING, (Do.DISPATCH, Do.LAUNCH)),
         (S.WAITING, E.CANCEL_REQUESTED): Row(S.CANCELLED, _FIN),
         (S.STARTING, E.LAUNCHED): Row(S.RUNNING, (Do.ATTACH,)),
@@ -266,9 +268,12 @@ TABLE: Table[State, Event, Do] = Table(
         # queued/waiting jobs have no process: only wait_lock, dispatch and cancel apply
         | {(s, e) for s in (S.QUEUED, S.WAITING) for e in Event}
         - {(S.QUEUED, E.WAIT_LOCK), (S.QUEUED, E.DISPATCHED), (S.QUEUED, E.CANCEL_REQUESTED),
-           (S.WAITING, E.DISPATCHED), (S.WAITING, E.CANCEL_REQUESTED)}
-        # a dispatched job is never dispatched again, nor sent back to wait for a lock
-        | {(s, e) for s in (S.STARTING, S.RUNNING) for e in (E.DISPATCHED, E.WAIT_LOCK)}
+           (S.QUEUED, E.DEPENDENCY_FAILED), (S.WAITING, E.DISPATCHED),
+           (S.WAITING, E.CANCEL_REQUESTED)}
+        # a dispatched job is never dispatched again, nor sent back to wait for a lock;
+        # its dependencies were done before it left the queue
+        | {(s, e) for s in (S.STARTING, S.RUNNING)
+           for e in (E.DISPATCHED, E.WAIT_LOCK, E.DEPENDENCY_FAILED)}
         # a running job was launched: launch outcomes and relaunch guards are moot
         | {(S.RUNNING, e) for e in (E.LAUNCHED, E.LAUNCH_FAILED, E.LAUNCH_PENDING,
                                     E.NOT_LAUNCHED, E.LAUNCH_GAVE_UP)}
@@ -340,6 +345,8 @@ def _finalize(entry: Mapping[str, Any], event: Event, nxt: State, facts: Facts) 
                             "(killed by the scheduler: the adaptor did not stop it)")
     elif event is Event.LAUNCH_FAILED:
         fields["reason"] = f"launch failed: {facts.error or 'unknown error'}"
+    elif event is Event.DEPENDENCY_FAILED:
+        fields["reason"] = facts.error or "dependency failed"
     elif event is Event.LAUNCH_GAVE_UP:
         fields["reason"] = (f"not launched: {int(entry.get('attempts') or 0)} launch attempts "
                             "were interrupted by the scheduler stopping")

@@ -118,9 +118,10 @@ def dump_json(obj: Any) -> bytes:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any, *, fs: FS = REAL,
-               durable: bool = True) -> None:
-    """Atomically and durably replace `path` with `obj` as JSON (see write_bytes)."""
-    write_bytes(path, dump_json(obj), fs=fs, durable=durable)
+               mode: int = 0o644, durable: bool = True) -> None:
+    """Atomically and durably replace `path` with `obj` as JSON (file mode `mode`; see
+    write_bytes for `durable`)."""
+    write_bytes(path, dump_json(obj), fs=fs, mode=mode, durable=durable)
 
 
 def quarantine(path: str | os.PathLike[str], *, fs: FS = REAL,

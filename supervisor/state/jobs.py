@@ -23,6 +23,7 @@ from supervisor.state.queue import TERMINAL_STATES
 __all__ = [
     "JOB_ID_RE",
     "RECORD_FIELDS",
+    "RETRY_KEYS",
     "SUBMIT_KEYS",
     "batch_record",
     "cancel_request",
@@ -31,6 +32,7 @@ __all__ = [
     "new_job_id",
     "result_reason",
     "result_state",
+    "retry_spec",
     "settled_fields",
     "submit_request",
     "valid_job_id",
@@ -42,12 +44,14 @@ JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RECORD_FIELDS: tuple[str, ...] = (
     "id", "state", "agent", "repos", "batch", "created_at", "started_at", "finished_at",
     "exit_code", "reason", "attempts", "pid", "workspace", "output_path",
-    "callback", "timeout", "exclusive",
+    "callback", "timeout", "exclusive", "after", "after_any", "priority", "not_before",
+    "labels", "retry_of", "retries",
 )
 
 #: Keys a submission (a `--from` JSONL line, or the flags of `submit`) may carry.
 SUBMIT_KEYS: frozenset[str] = frozenset(
-    {"agent", "prompt", "repos", "callback", "timeout", "batch", "id", "exclusive"})
+    {"agent", "prompt", "repos", "callback", "timeout", "batch", "id", "exclusive",
+     "after", "after_any", "priority", "not_before", "labels", "retries"})
 
 
 def batch_record(batch: str, states: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -101,13 +105,30 @@ def job_record(entry: dict[str, Any], layout: Layout) -> dict[str, Any]:
     layout puts the job's output (derived, never stored).
     """
     rec: dict[str, Any] = {k: entry.get(k) for k in RECORD_FIELDS}
-    rec["output_path"] = str(layout.job_output(str(entry["id"])))
+    rec["output_path"] = f"{layout.jobs_root_text}/{entry['id']}/output"
     rec["repos"] = list(entry.get("repos") or [])
     rec["attempts"] = int(entry.get("attempts") or 0)
     rec["exclusive"] = bool(entry.get("exclusive") or False)
+    rec["after"] = list(entry.get("after") or [])
+    rec["after_any"] = list(entry.get("after_any") or [])
+    rec["priority"] = int(entry.get("priority") or 0)
+    rec["labels"] = dict(entry.get("labels") or {})
+    rec["retries"] = int(entry.get("retries") or 0)
     if rec["state"] not in ("starting", "running"):
         rec["pid"] = None
     return rec
+
+
+#: What a retry takes over from the job it retries (the rest is the queue's, or new).
+RETRY_KEYS: tuple[str, ...] = ("agent", "prompt", "repos", "callback", "timeout", "batch",
+                               "exclusive", "priority", "labels", "retries")
+
+
+def retry_spec(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The submission that reruns a job: its spec (RETRY_KEYS that are set), as a user
+    would submit it (`batchctl retry`, `POST /v1/jobs/{id}/retry`; the scheduler's own
+    retries take one retry off)."""
+    return {k: entry[k] for k in RETRY_KEYS if entry.get(k) is not None}
 
 
 def job_timeout(cfg: Config, entry: Mapping[str, Any]) -> float:

@@ -19,9 +19,14 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       scheduler/inbox/            batchctl requests to the scheduler (submit, cancel)
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
       scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
+      api/tokens, api/tokens.lock batchctl record "tokens" (hashes only); flock serializes writers
       locks/inbox/, locks/state.json, locks/wants/<page>.json   locks worker
       callbacks/inbox/, callbacks/outbox/, callbacks/done/   callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
+      reaper/forgetting.json      reaper   record "forgetting": a retention step in progress
+      reaper/replies/<req>.json   reaper   record "reply" to a `clean` request
+      history/YYYY-MM.jsonl.gz    reaper   the archive: forgotten jobs' records, appended as
+                                           gzip members (supervisor.state.archive)
       jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json,
                                            adaptor.log (launcher-opened, adaptor-written),
                                            adaptor.lock (flock held by the live adaptor)
@@ -30,29 +35,34 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.config import WORKER_NAMES
+from supervisor.config import OPTIONAL_WORKERS, WORKER_NAMES
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, read_json, write_json
 from supervisor.state.fs import FS, REAL
 
 __all__ = [
     "CONTROL",
     "DELIVERY",
+    "FORGETTING",
     "JOB_SPEC",
     "LOCK_WANTS",
+    "PAUSED",
     "PID",
     "READY",
+    "REAPED_KINDS",
     "REPLY",
     "REPOS",
     "REQUEST",
     "RESULT",
     "SENTINEL",
     "STARTUP_LOG",
+    "TOKENS",
     "WORKERS",
     "WORKER_STATE",
     "JobPaths",
@@ -107,19 +117,33 @@ RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
+#: The scheduler's pause flag (`scheduler/paused.json`): {paused, since}; written only by
+#: the scheduler (batchctl pause/resume ask through its inbox).
+PAUSED = RecordKind("batchd.paused", 1, ("paused",))
+#: A retention step of the reaper (`reaper/forgetting.json`): the jobs being forgotten,
+#: each archive file's size before their records were appended, whether that append is
+#: durable. Present only while the step is under way (see supervisor.reaper.retention).
+FORGETTING = RecordKind("batchd.forgetting", 1, ("ids", "sizes", "archived"))
+#: What the reaper removes and counts, by kind (`reaper/state.json`: `removed` in the last
+#: pass, `totals` since the record began; `batchctl stats` shows the totals as `reaped`).
+REAPED_KINDS = ("tmp", "corrupted", "processes", "workspaces", "job_folders", "jobs",
+                "mirrors")
 #: One webhook delivery (`callbacks/outbox/<event id>.json` while pending or in flight,
 #: `callbacks/done/<event id>.json` once delivered or failed), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
+#: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
+#: {tokens: {name: {sha256, scope, created_at}}} (state.tokens).
+TOKENS = RecordKind("batchd.tokens", 1, ("tokens",))
 
 
 def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
-                 *, fs: FS = REAL, durable: bool = True) -> None:
+                 *, fs: FS = REAL, mode: int = 0o644, durable: bool = True) -> None:
     """Atomically and durably write `data` as a record of `kind` (adds schema and v);
     `durable=False`: see atomic.write_bytes."""
     body = dict(data)
     body["schema"] = kind.schema
     body["v"] = kind.version
-    write_json(path, body, fs=fs, durable=durable)
+    write_json(path, body, fs=fs, mode=mode, durable=durable)
 
 
 def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
@@ -170,6 +194,11 @@ class JobPaths:
     @property
     def result(self) -> Path:
         return self.dir / "result.json"
+
+    @property
+    def patch(self) -> Path:
+        """The job's changes as one binary-safe patch (`diff JOB`), when results exist."""
+        return self.dir / "changes.patch"
 
     @property
     def lock(self) -> Path:
@@ -253,12 +282,22 @@ class Layout:
         return self.root / "scheduler" / "wal"
 
     @property
+    def paused_file(self) -> Path:
+        """The scheduler's pause flag (PAUSED); missing: not paused."""
+        return self.root / "scheduler" / "paused.json"
+
+    @property
     def submit_lock(self) -> Path:
         """flock'ed (exclusive) by `batchctl submit` around its duplicate check and write.
 
         Created empty with O_CREAT by the first submit; never written, replaced or removed.
         """
         return self.root / "scheduler" / "submit.lock"
+
+    @property
+    def tokens_file(self) -> Path:
+        """Where API tokens live unless `api.tokens_file` says otherwise."""
+        return self.root / "api" / "tokens"
 
     def worker_state(self, worker: str) -> Path:
         return self.root / worker / "state.json"
@@ -270,6 +309,24 @@ class Layout:
 
     def lock_page(self, number: int) -> Path:
         return self.lock_pages / f"{number:08d}.json"
+
+    @property
+    def forgetting_file(self) -> Path:
+        """The reaper's retention step in progress (FORGETTING); missing: none."""
+        return self.root / "reaper" / "forgetting.json"
+
+    @property
+    def reaper_replies(self) -> Path:
+        """The reaper's replies to `clean` requests (REPLY), one per request id."""
+        return self.root / "reaper" / "replies"
+
+    @property
+    def history_dir(self) -> Path:
+        return self.root / "history"
+
+    def history_file(self, month: str) -> Path:
+        """The archive of jobs that finished in `month` (YYYY-MM)."""
+        return self.history_dir / f"{month}.jsonl.gz"
 
     @property
     def callbacks_outbox(self) -> Path:
@@ -285,6 +342,11 @@ class Layout:
     @property
     def jobs_dir(self) -> Path:
         return self.root / "jobs"
+
+    @functools.cached_property
+    def jobs_root_text(self) -> str:
+        """str(jobs_dir), computed once (job records name thousands of outputs)."""
+        return str(self.jobs_dir)
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
@@ -311,6 +373,9 @@ class Layout:
     def job_lock(self, job_id: str) -> Path:
         return self.job(job_id).lock
 
+    def job_patch(self, job_id: str) -> Path:
+        return self.job(job_id).patch
+
     def job_adaptor_log(self, job_id: str) -> Path:
         return self.job(job_id).adaptor_log
 
@@ -318,7 +383,7 @@ class Layout:
         """The folders batchd creates at start (each owner creates its own again if missing)."""
         dirs = [self.root, self.control_inbox, self.control_replies, self.ready_dir,
                 self.jobs_dir, self.wal_dir]
-        dirs += [self.inbox(w) for w in WORKER_NAMES]
+        dirs += [self.inbox(w) for w in WORKER_NAMES if w not in OPTIONAL_WORKERS]
         return dirs
 
 

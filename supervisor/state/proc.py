@@ -7,13 +7,15 @@ its whole life. Every pid batchd records is stored with it.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["alive", "group_members", "has_env", "job_members", "job_processes", "kill_job",
-           "start_time"]
+__all__ = ["Tagged", "age_of", "alive", "group_members", "has_env", "job_members",
+           "job_processes", "kill_job", "start_time", "tagged"]
 
 
 def _stat(pid: int) -> list[bytes] | None:
@@ -137,3 +139,58 @@ def kill_job(pgid: int | None, job_dir: str, *, job_id: str | None = None,
         if time.monotonic() > deadline:
             return signalled, job_members(pgid, job_dir, job_id=job_id, exclude=exclude)
         time.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A live process that carries a job folder of one state dir in its environment."""
+
+    pid: int
+    start: int
+    job_id: str
+    uid: int
+
+
+def tagged(jobs_dir: str) -> list[Tagged]:
+    """Every live process whose BATCHD_JOB_DIR is a folder directly under `jobs_dir` (the
+    jobs of this state dir, whoever runs them; another instance's never match). Processes
+    whose environment cannot be read are not listed: never signal what cannot be tied."""
+    prefix = b"BATCHD_JOB_DIR=" + os.fsencode(os.path.abspath(jobs_dir)) + b"/"
+    found: list[Tagged] = []
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        at = env.find(prefix)
+        if at < 0 or (at > 0 and env[at - 1] != 0):
+            continue
+        end = env.find(b"\0", at)
+        job_id = env[at + len(prefix):end if end >= 0 else len(env)]
+        fields = _stat(pid)
+        if not job_id or b"/" in job_id or not fields or fields[0] in (b"Z", b"X"):
+            continue
+        start = _start_of(fields)
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            continue
+        if start is not None:
+            found.append(Tagged(pid, start, job_id.decode(errors="replace"), uid))
+    return found
+
+
+@functools.cache
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def age_of(start: int, now: float | None = None) -> float:
+    """Seconds since a process with start time `start` (clock ticks since boot) began."""
+    began = _boot_time() + start / os.sysconf("SC_CLK_TCK")
+    return (time.time() if now is None else now) - began

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate, compress, repeat
 from typing import Any, Protocol
@@ -55,7 +55,7 @@ _STATE_OF: dict[int, str] = {c: s for s, c in STATE_CODES.items()}
 _QUEUED = STATE_CODES["queued"]
 _VOID = 0                      # a duplicate found in a damaged log: hidden from every view
 _NO_CHANGE = ord("-")
-_OP_ENQUEUE, _OP_UPDATE, _OP_COUNT = ord("E"), ord("U"), ord("C")
+_OP_ENQUEUE, _OP_UPDATE, _OP_COUNT, _OP_FORGET = ord("E"), ord("U"), ord("C"), ord("F")
 _ENQUEUE_AS = {c: bytes((ord("E"), c)) for c in STATE_CODES.values()}
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _IMAGE_MAGIC = b"BQUEUE01"
@@ -193,6 +193,10 @@ def _encode_update(job_id: str, fields: dict[str, Any]) -> bytes:
     return b"".join((b"U", bytes((code,)), name, b"\n", raw))
 
 
+def _encode_forget(job_id: str) -> bytes:
+    return b"F" + _check_id(job_id)
+
+
 def _encode_incr(counter: str, n: int) -> bytes:
     if counter not in COUNTERS:
         raise ValueError(f"counter {counter!r} is not one of {', '.join(COUNTERS)}")
@@ -257,6 +261,24 @@ class _Column:
         """The snapshot run's raw bytes (items each followed by a newline)."""
         return self._buf
 
+    def containing(self, needle: bytes) -> list[int]:
+        """The indices of the items that contain `needle`, ascending: a C-speed search
+        through the snapshot run (then a bisect of its offsets per hit), a plain scan of
+        the items appended or replaced since."""
+        found: list[int] = []
+        if self._base and needle:
+            run = bytes(self._buf)
+            pos = run.find(needle)
+            while pos >= 0:
+                i = bisect_right(self._off, pos) - 1
+                end = self._off[i + 1] - 1              # the item's newline
+                if pos + len(needle) <= end and i not in self._over:
+                    found.append(i)
+                pos = run.find(needle, max(pos + 1, end))
+        found += [i for i, item in self._over.items() if needle in item]
+        found += [self._base + k for k, item in enumerate(self._tail) if needle in item]
+        return sorted(set(found))
+
     @property
     def offsets(self) -> memoryview:
         return self._off
@@ -292,6 +314,7 @@ class _Ids:
         self._located: dict[str, int] = {}         # snapshot ids found without the index
         self._tail: list[str] = []
         self._tail_index: dict[str, int] = {}
+        self._gone: set[int] = set()               # snapshot positions forgotten
         self.clashes: list[int] = []               # appended positions that duplicate
 
     def __len__(self) -> int:
@@ -328,6 +351,18 @@ class _Ids:
         if i < self._base:
             self._located[name] = i
 
+    def forget(self, name: str, i: int) -> None:
+        """`name` (at position `i`) is forgotten: no lookup finds it again, and the id is
+        free for a new job."""
+        if self._tail_index.get(name) == i:
+            del self._tail_index[name]
+        if self._located.get(name) == i:
+            del self._located[name]
+        if self._index is not None and self._index.get(name) == i:
+            del self._index[name]
+        if i < self._base:
+            self._gone.add(i)
+
     def find(self, name: str) -> int | None:
         i = self._tail_index.get(name)
         if i is not None:
@@ -340,6 +375,9 @@ class _Ids:
     def prepare(self, names: Iterable[str]) -> None:
         """Make `names` cheap to find: a byte search for a few, the index for many."""
         wanted = {n for n in names if n not in self._tail_index and n not in self._located}
+        if self._gone:          # a byte search would find forgotten ids: use the index
+            self._snapshot_index()
+            return
         if not wanted or self._index is not None or not self._base:
             return
         if len(wanted) > _SEARCH_LIMIT:
@@ -357,6 +395,9 @@ class _Ids:
             names = self._snapshot_names()
             # reversed: when a damaged log holds an id twice, the first position wins
             self._index = dict(zip(reversed(names), reversed(range(len(names))), strict=True))
+            for i in self._gone:
+                if self._index.get(names[i]) == i:
+                    del self._index[names[i]]
             clash = [n for n in self._tail_index if n in self._index]
             for n in clash:
                 self.clashes.append(self._tail_index.pop(n))
@@ -369,6 +410,7 @@ class _Ids:
         if self._index is not None:
             new._index = self._index | self._tail_index
         new._located = self._located | self._tail_index
+        new._gone = set(self._gone)
         return new
 
 
@@ -418,6 +460,7 @@ class _Jobs:
         """Apply recovered records; snapshot jobs they touch are located in one go."""
         touched = [p[2:p.find(b"\n")].decode("ascii", "replace")
                    for p in records if p[0] == _OP_UPDATE]
+        touched += [p[1:].decode("ascii", "replace") for p in records if p[0] == _OP_FORGET]
         self.ids.prepare(touched)
         for p in records:
             self.apply(p)
@@ -433,6 +476,8 @@ class _Jobs:
             name, n = p[1:].split(b"\n")
             key = name.decode("ascii")
             self.stats[key] = self.stats.get(key, 0) + int(n)
+        elif op == _OP_FORGET:
+            self._apply_forget(p[1:].decode("ascii"))
         else:
             self.anomalies.append(f"record with unknown operation {p[:1]!r} ignored")
 
@@ -461,6 +506,16 @@ class _Jobs:
                 self.queued_from = i
         if delta != b"{}":
             self.pending.setdefault(i, []).append(delta)
+
+    def _apply_forget(self, name: str) -> None:
+        """The job leaves the queue: hidden at once, dropped by the next snapshot. A
+        replay of a forget already applied (or compacted away) finds nothing: a no-op."""
+        i = self.find(name)
+        if i is None or self.codes[i] == _VOID:
+            return
+        self.codes[i] = _VOID
+        self.pending.pop(i, None)
+        self.ids.forget(name, i)
 
     # -- reading ----------------------------------------------------------------------------
     def find(self, name: str) -> int | None:
@@ -502,9 +557,13 @@ class _Jobs:
 
     # -- snapshot ---------------------------------------------------------------------------
     def image(self) -> bytes:
-        """The snapshot image of the current state; the model is then rebased onto it."""
+        """The snapshot image of the current state; the model is then rebased onto it.
+        Forgotten jobs (and hidden duplicates) are left out: the image holds what is
+        known now, not what ever was."""
         for i in list(self.pending):
             self.field_dict(i)
+        if _VOID in self.codes:
+            return self._image_without_void()
         parts = [self.ids.col.encode(), self.fields.encode(), self.bodies.encode()]
         stats = _json(self.stats, "counters")
         n = len(self.codes)
@@ -513,6 +572,26 @@ class _Jobs:
         image = b"".join([header, *(o for o, _ in parts), bytes(self.codes),
                           *(d for _, d in parts), stats])
         self._rebase(memoryview(image))
+        return image
+
+    def _image_without_void(self) -> bytes:
+        keep = [i for i, c in enumerate(self.codes) if c != _VOID]
+        parts = []
+        for col in (self.ids.col, self.fields, self.bodies):
+            items = [col[i] for i in keep]
+            offs = array("Q", accumulate(map(operator.add, map(len, items), repeat(1)),
+                                         initial=0))
+            parts.append((_u64_bytes(offs), b"\n".join(items) + b"\n" if items else b""))
+        stats = _json(self.stats, "counters")
+        codes = bytes(self.codes[i] for i in keep)
+        header = _IMAGE_HEADER.pack(_IMAGE_MAGIC, len(keep), len(parts[0][1]),
+                                    len(parts[1][1]), len(parts[2][1]), len(stats))
+        image = b"".join([header, *(o for o, _ in parts), codes, *(d for _, d in parts),
+                          stats])
+        fresh = _Jobs.load(memoryview(image))           # positions moved: start afresh
+        self.ids, self.codes = fresh.ids, fresh.codes
+        self.fields, self.bodies = fresh.fields, fresh.bodies
+        self.pending, self.queued_from = {}, 0
         return image
 
     def _rebase(self, image: memoryview) -> None:
@@ -660,6 +739,24 @@ class JobQueue:
             ticket = self._commit([p for _, p in encoded] + incs)
         self._durable(ticket)
 
+    def forget(self, job_ids: Iterable[str]) -> list[str]:
+        """Remove finished jobs from the queue, with one fsync; the ids forgotten (a job
+        that is not terminal, or not here, is left alone). Counters are kept; the ids
+        become free; the next snapshot no longer holds them."""
+        self._writable()
+        wanted = list(dict.fromkeys(job_ids))
+        for job_id in wanted:
+            _check_id(job_id)
+        with self._lock:
+            gone = []
+            for job_id in wanted:
+                i = self._jobs.find(job_id)
+                if i is not None and _STATE_OF.get(self._jobs.codes[i]) in TERMINAL_STATES:
+                    gone.append(job_id)
+            ticket = self._commit([_encode_forget(j) for j in gone])
+        self._durable(ticket)
+        return gone
+
     def incr(self, counter: str, n: int = 1) -> None:
         """Add `n` to a persistent counter (one of COUNTERS), durably."""
         self._writable()
@@ -717,6 +814,39 @@ class JobQueue:
         with self._lock:
             return self._jobs.names_in(code)
 
+    def raw(self, state: str | None = None,
+            needles: Sequence[bytes] = ()) -> list[tuple[str, bytes]]:
+        """(id, the body's raw JSON bytes) in submission order, all or those in `state`,
+        keeping only bodies that contain every one of `needles` (a byte search, no JSON
+        decoding: filters over 100,000 jobs stay fast; the caller decodes what is left
+        and checks it properly)."""
+        code = None if state is None else _state_code(state)
+        with self._lock:
+            jobs = self._jobs
+            codes = jobs.codes
+            bodies = jobs.bodies
+            rest = list(needles[1:])
+            if needles:
+                candidates: Iterable[int] = bodies.containing(needles[0])
+            else:
+                candidates = range(len(codes))
+            out = []
+            for i in candidates:
+                c = codes[i]
+                if c == _VOID or (code is not None and c != code):
+                    continue
+                body = bodies[i]
+                if all(n in body for n in rest):
+                    out.append((jobs.ids.name(i), bytes(body)))
+            return out
+
+    def ids_in(self, states: Iterable[str]) -> list[str]:
+        """Job ids in any of `states`, submission order, in one pass over the states."""
+        wanted = {_state_code(s) for s in states}
+        with self._lock:
+            names = self._jobs.ids.all()
+            return list(compress(names, map(wanted.__contains__, self._jobs.codes)))
+
     def first_queued(self) -> str | None:
         """The oldest queued job's id (FIFO), or None."""
         with self._lock:
@@ -728,6 +858,11 @@ class JobQueue:
             codes = self._jobs.codes
             return {state: codes.count(code) for state, code in STATE_CODES.items()}
 
+    def holds(self, state: str) -> bool:
+        """Whether any job is in `state` (a scan that stops at the first)."""
+        with self._lock:
+            return STATE_CODES[state] in self._jobs.codes
+
     def stats(self) -> dict[str, int]:
         """The persistent counters (every name in COUNTERS, 0 if never incremented)."""
         with self._lock:
@@ -736,6 +871,14 @@ class JobQueue:
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs) - self._jobs.codes.count(_VOID)
+
+    def follow(self, payloads: Sequence[bytes]) -> None:
+        """A read-only queue that follows the log (state.queuefollow): apply records the
+        owner appended since this queue was opened, as recovery would have."""
+        if not self.readonly:
+            raise QueueError("only a read-only queue follows the log")
+        with self._lock:
+            self._jobs.replay(list(payloads))
 
     def close(self) -> None:
         """Release the log (further writes raise). Idempotent."""

@@ -41,25 +41,33 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor.config import Config, parse_duration
+from supervisor.state import disk
 from supervisor.state.atomic import ensure_dir
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
+from supervisor.state.queuefollow import QueueIds
 from supervisor.state.repos import all_repositories
-from supervisor.state.view import open_view
+from supervisor.state.view import Unreadable, open_view, read_pending
 
 __all__ = [
     "Checker",
+    "DiskLow",
     "JobError",
     "Known",
+    "Refused",
     "accept",
+    "accept_many",
     "assign_ids",
     "check_request",
+    "decode_json",
     "known",
     "known_repos",
     "parse_jsonl",
     "refuse_ids_in_use",
+    "refuse_unknown_dependencies",
+    "same_job",
     "submit_lock",
     "write_submission",
 ]
@@ -76,6 +84,11 @@ class Known:
 
 class JobError(Exception):
     """One problem with one submitted job (the caller adds the file and line)."""
+
+
+class DiskLow(Exception):
+    """Submissions are refused: free space is below `disk.min_free` (str() says where,
+    how much, and the floor). Not the submitter's mistake: batchctl exits 1."""
 
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number",
@@ -212,17 +225,97 @@ class Checker:
         job = {"id": job_id, "agent": agent, "prompt": prompt, "repos": repos,
                "callback": callback, "timeout": timeout, "batch": batch,
                "exclusive": exclusive}
+        job.update(_job_control(obj, job_id))
         if stored:
             created = obj.get("created_at")
             if created is not None:
                 _expect("created_at", created, (str,), "an ISO-8601 time")
                 job["created_at"] = created
+            retry_of = obj.get("retry_of")
+            if retry_of is not None:
+                if not valid_job_id(retry_of):
+                    raise JobError(f"retry_of {retry_of!r} is not a job id")
+                job["retry_of"] = retry_of
         return job
 
 
 #: What a job carries in a submit request (the scheduler's check): a submission cannot set
 #: a job's state, attempts or pid.
-_STORED_KEYS = SUBMIT_KEYS | {"created_at"}
+_STORED_KEYS = SUBMIT_KEYS | {"created_at", "retry_of"}
+
+PRIORITY_RANGE = (-1000, 1000)
+MAX_RETRIES = 10
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
+_MAX_LABEL_VALUE = 256
+
+
+def _ids(key: str, value: object, own: str | None) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise JobError(f"{key} must be a non-empty list of job ids")
+    for dep in value:
+        if not valid_job_id(dep):
+            raise JobError(f"{key}: {dep!r} is not a job id")
+        if dep == own:
+            raise JobError(f"{key}: a job cannot wait for itself ({dep!r})")
+    if len(set(value)) != len(value):
+        raise JobError(f"{key} lists a job twice")
+    return list(value)
+
+
+def _labels(value: object) -> dict[str, str]:
+    if type(value) is not dict:
+        raise JobError(f"labels must be an object of strings, found {_tname(value)}")
+    for key, val in value.items():
+        if not _LABEL_KEY.fullmatch(key):
+            raise JobError(f"label key {key!r} must be 1-64 letters, digits, '.', '_', '/', "
+                           "'-', starting with a letter or digit")
+        if not isinstance(val, str) or len(val) > _MAX_LABEL_VALUE or _URL_BAD_CHAR.search(
+                val.replace(" ", "")):
+            raise JobError(f"label {key!r}: the value must be a string of at most "
+                           f"{_MAX_LABEL_VALUE} characters without control characters")
+    return dict(value)
+
+
+def _job_control(obj: dict[str, Any], own: str | None) -> dict[str, Any]:
+    """The job-control keys of a job, checked and normalized; only those given (defaults
+    are not stored: no priority is 0, no labels is {}, ...)."""
+    out: dict[str, Any] = {}
+    for key in ("after", "after_any"):
+        if obj.get(key) is not None:
+            out[key] = _ids(key, obj[key], own)
+    if out.get("after") and out.get("after_any"):
+        both = set(out["after"]) & set(out["after_any"])
+        if both:
+            raise JobError(f"after and after_any both name {sorted(both)[0]!r}")
+    priority = obj.get("priority")
+    if priority is not None:
+        _expect("priority", priority, (int,), "an integer")
+        low, high = PRIORITY_RANGE
+        if not low <= priority <= high:
+            raise JobError(f"priority {priority} is outside {low}..{high}")
+        if priority:
+            out["priority"] = priority
+    not_before = obj.get("not_before")
+    if not_before is not None:
+        _expect("not_before", not_before, (str,), "an ISO-8601 time")
+        when = parse_iso(not_before)
+        if when is None:
+            raise JobError(f"not_before {not_before!r} is not an ISO-8601 time "
+                           "(e.g. 2027-01-15T08:00:00Z)")
+        out["not_before"] = iso_now(when)
+    labels = obj.get("labels")
+    if labels is not None:
+        labels = _labels(labels)
+        if labels:
+            out["labels"] = labels
+    retries = obj.get("retries")
+    if retries is not None:
+        _expect("retries", retries, (int,), "an integer")
+        if not 0 <= retries <= MAX_RETRIES:
+            raise JobError(f"retries {retries} is outside 0..{MAX_RETRIES}")
+        if retries:
+            out["retries"] = retries
+    return out
 
 
 def check_request(req: dict[str, Any]) -> list[dict[str, Any]]:
@@ -262,6 +355,12 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode
+
+
+def decode_json(text: str) -> Any:
+    """One JSON document as a submission reads it: a key given twice in an object is a
+    JobError (JSON would silently keep the last one); bad JSON is json.JSONDecodeError."""
+    return _decode_line(text)
 
 
 def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]]:
@@ -319,11 +418,23 @@ def submit_lock(layout: Layout) -> Iterator[None]:
     """Hold the exclusive flock on `scheduler/submit.lock` (created empty if missing).
 
     Blocks while another submitter holds it; released when the block ends (or the
-    process dies).
+    process dies). Its folder is made durable once per process (a long-lived submitter,
+    the api, does not pay an fsync of it on every submission).
     """
-    ensure_dir(layout.submit_lock.parent)
-    with exclusive(layout.submit_lock):
-        yield
+    folder = str(layout.submit_lock.parent)
+    if folder not in _LOCK_DIRS:
+        ensure_dir(layout.submit_lock.parent)
+        _LOCK_DIRS.add(folder)
+    try:
+        with exclusive(layout.submit_lock):
+            yield
+    except FileNotFoundError:           # the folder went away since: make it again next time
+        _LOCK_DIRS.discard(folder)
+        raise
+
+
+#: submit.lock folders this process has made durable.
+_LOCK_DIRS: set[str] = set()
 
 
 def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
@@ -352,14 +463,102 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
     """The door's last step for checked jobs: under submit_lock, refuse ids in use
     (inbox first, then queue), give the others fresh ids, write the ONE durable request;
     the ids, in order. JobError for an id in use; Unreadable when the ids in use cannot
-    be read (duplicates could not be checked)."""
+    be read (duplicates could not be checked); DiskLow below `disk.min_free`."""
+    why = disk.low(cfg)
+    if why is not None:
+        raise DiskLow(f"submission refused: {why}")
     with submit_lock(layout):
         with open_view(cfg, layout) as view:
             in_use = frozenset(view.known_ids())
         refuse_ids_in_use(jobs, in_use, source)
+        refuse_unknown_dependencies(jobs, in_use, source)
         assign_ids(jobs, in_use)
         write_submission(layout, jobs)
     return [str(j["id"]) for j in jobs]
+
+
+class Refused(JobError):
+    """A submission of accept_many that was not taken: an id in use by another job."""
+
+
+def same_job(entry: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Whether a known job (a view entry) is what the checked `job` describes: a client's
+    replay of a submission it could not see answered."""
+    return all(entry.get(k) == v for k, v in job.items() if k not in ("id", "created_at"))
+
+
+def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]], *,
+                queue_ids: QueueIds | None = None) -> list[list[str] | JobError]:
+    """accept() for many submissions at once (the api's concurrent POSTs): ONE lock, ONE
+    read of the ids in use, ONE durable request holding every accepted job; per
+    submission, its ids or why it was refused.
+
+    Each submission stays all or nothing. A job whose given id is in use by the very same
+    job (same_job) is a replay: it counts as accepted and is not written again; an id in
+    use by another job refuses its whole submission (Refused); so does a dependency that
+    does not exist (JobError, as accept()). The ids in use are the inbox's (read first, as
+    open_view does) and the queue's: from `queue_ids` when given (a long-lived reader that
+    follows the log), else from a read-only open of the queue. Unreadable and DiskLow as
+    accept()."""
+    why = disk.low(cfg)
+    if why is not None:
+        raise DiskLow(f"submission refused: {why}")
+    out: list[list[str] | JobError] = []
+    with submit_lock(layout):
+        given = {j["id"] for g in groups for j in g if j["id"] is not None}
+        if queue_ids is None:
+            with open_view(cfg, layout) as view:
+                in_use = set(view.known_ids())
+                existing = {i: view.get(i) for i in given & in_use}
+        else:
+            in_use = set(read_pending(layout).jobs)
+            try:
+                in_use |= queue_ids.refresh()
+            except OSError as exc:
+                raise Unreadable(f"cannot read the job queue at {layout.wal_dir}: "
+                                 f"{exc.strerror or exc}") from None
+            existing = {}
+            if given & in_use:              # a replay to compare: the full view, rarely
+                with open_view(cfg, layout) as view:
+                    existing = {i: view.get(i) for i in given & in_use}
+        fresh: list[dict[str, Any]] = []
+        for jobs in groups:
+            try:
+                for job in jobs:
+                    known = existing.get(job["id"]) if job["id"] is not None else None
+                    if job["id"] in in_use and (known is None or not same_job(known, job)):
+                        raise Refused(f"job id {job['id']!r} is already in use by another job")
+                new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
+                refuse_unknown_dependencies(new, frozenset(in_use))
+            except JobError as exc:
+                out.append(exc)
+                continue
+            assign_ids(new, frozenset(in_use))
+            in_use.update(str(j["id"]) for j in new)
+            fresh += new
+            out.append([str(j["id"]) for j in jobs])
+        if fresh:
+            write_submission(layout, fresh)
+    return out
+
+
+def refuse_unknown_dependencies(jobs: list[dict[str, Any]], in_use: frozenset[str],
+                                source: tuple[str, bytes] | None = None) -> None:
+    """JobError for the first job whose `after`/`after_any` names a job that neither
+    exists nor comes earlier in the same submission: so no cycle can ever be made."""
+    earlier: set[str] = set()
+    for index, job in enumerate(jobs):
+        for key in ("after", "after_any"):
+            for dep in job.get(key) or ():
+                if dep not in in_use and dep not in earlier:
+                    where = "" if source is None else \
+                        f"{source[0]}:{_line_of(source[1], index)}: "
+                    later = any(j.get("id") == dep for j in jobs[index + 1:])
+                    why = "comes later in the file" if later else "does not exist"
+                    raise JobError(f"{where}{key}: job {dep!r} {why} (a job can only wait "
+                                   "for jobs submitted before it)")
+        if job.get("id") is not None:
+            earlier.add(str(job["id"]))
 
 
 def refuse_ids_in_use(jobs: list[dict[str, Any]], in_use: frozenset[str],

@@ -16,41 +16,52 @@ quarantines it).
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import time
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from supervisor.config import Config
+from supervisor.state import disk
 from supervisor.state.atomic import Corrupt, Missing, is_tmp_name
-from supervisor.state.clock import iso_now
+from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.instance import probe
-from supervisor.state.jobs import job_timeout, settled_fields
+from supervisor.state.jobs import job_record, job_timeout, settled_fields
 from supervisor.state.layout import (
+    PAUSED,
+    REAPED_KINDS,
     REQUEST,
     RESULT,
     STARTUP_LOG,
+    WORKER_STATE,
     WORKERS,
     Layout,
     read_record,
 )
 from supervisor.state.queue import COUNTERS, JOB_STATES, TERMINAL_STATES, JobQueue, QueueError
+from supervisor.state.queuefollow import LiveQueue
 from supervisor.state.wal import WalError
 
 __all__ = [
     "JOB_STATES",
     "STAT_KEYS",
     "TERMINAL",
+    "JobFilter",
     "JobView",
     "Pending",
     "QueueReader",
     "Unreadable",
     "batchd_pid",
+    "follow_queue",
     "open_queue",
     "open_view",
     "read_pending",
+    "read_reaped",
     "read_startups",
     "read_workers",
 ]
@@ -103,11 +114,24 @@ def read_startups(layout: Layout) -> list[dict[str, Any]]:
                      "batchd moves it aside at its next start")
 
 
+def read_reaped(layout: Layout) -> dict[str, int]:
+    """The reaper's totals by kind (state.layout.REAPED_KINDS; zeros before its first pass
+    or when its record cannot be read: counts, never a reason to fail)."""
+    rec = read_record(WORKER_STATE, layout.worker_state("reaper"), owner=False)
+    totals = rec.get("totals") if isinstance(rec, dict) else None
+    totals = totals if isinstance(totals, dict) else {}
+    return {k: int(totals[k]) if isinstance(totals.get(k), int) else 0 for k in REAPED_KINDS}
+
+
 class QueueReader(Protocol):
     """What a reader needs of state.queue.JobQueue (an in-memory twin fits too)."""
 
     def get(self, job_id: str) -> dict[str, Any] | None: ...
+    def state(self, job_id: str) -> str | None: ...
     def ids(self, state: str | None = None) -> list[str]: ...
+    def ids_in(self, states: Iterable[str]) -> list[str]: ...
+    def raw(self, state: str | None = None,
+            needles: Sequence[bytes] = ()) -> list[tuple[str, bytes]]: ...
     def counts(self) -> dict[str, int]: ...
     def stats(self) -> dict[str, int]: ...
     def close(self) -> None: ...
@@ -115,10 +139,14 @@ class QueueReader(Protocol):
 
 @dataclass
 class Pending:
-    """Submissions and cancels waiting in the scheduler's inbox, in request order."""
+    """Submissions and cancels waiting in the scheduler's inbox, in request order; `pause`
+    is the last pause (True) or resume (False) request there, None if none; `forgotten`
+    the jobs the reaper asked the scheduler to forget (archived, folders removed)."""
 
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cancels: set[str] = field(default_factory=set)
+    pause: bool | None = None
+    forgotten: set[str] = field(default_factory=set)
 
 
 def read_pending(layout: Layout) -> Pending:
@@ -152,6 +180,10 @@ def read_pending(layout: Layout) -> Pending:
                     pending.jobs.setdefault(job["id"], job)
         elif rec.get("kind") == "cancel" and isinstance(rec.get("job"), str):
             pending.cancels.add(rec["job"])
+        elif rec.get("kind") == "forget" and isinstance(rec.get("jobs"), list):
+            pending.forgotten.update(j for j in rec["jobs"] if isinstance(j, str))
+        elif rec.get("kind") in ("pause", "resume"):
+            pending.pause = rec["kind"] == "pause"
     return pending
 
 
@@ -165,6 +197,9 @@ class JobView:
         self.queue = queue
         self.pending = pending
         self._queue_ids: list[str] | None = None
+        self._load: tuple[int, Counter[str]] | None = None
+        self._disk: tuple[str | None] | None = None
+        self._paused: bool | None = None
 
     def close(self) -> None:
         if self.queue is not None:
@@ -239,6 +274,129 @@ class JobView:
                 out.append(entry)
         return out
 
+    def candidates(self, flt: JobFilter) -> list[str]:
+        """Ids that may match `flt`, in listing order, before any body is decoded: from the
+        queue's state column alone when only a state is asked, else by a byte search of
+        the raw bodies (needles, since). The caller decodes and checks each (matches)."""
+        needles = flt.needles()
+        since = None if flt.since is None else iso_now(flt.since).encode()
+        states: list[str | None] = [flt.state]
+        if flt.state in TERMINAL_STATES:
+            states += ["starting", "running"]     # those whose result settles them
+        ids: list[str] = []
+        if self.queue is not None:
+            if not needles and since is None:
+                if flt.state is None:
+                    ids = list(self.queue_ids())
+                else:
+                    keep = {i for state in states for i in self.queue.ids(state)}
+                    ids = [i for i in self.queue_ids() if i in keep]
+            else:
+                for state in states:
+                    for job_id, body in self.queue.raw(state, needles):
+                        if since is None or _created(body) >= since:
+                            ids.append(job_id)
+                if len(states) > 1:
+                    order = {j: i for i, j in enumerate(self.queue_ids())}
+                    ids.sort(key=order.__getitem__)
+        if flt.state in (None, "queued"):
+            ids += self.pending_ids()
+        return ids
+
+    def select(self, flt: JobFilter) -> list[dict[str, Any]]:
+        """The entries matching `flt`, in listing order (the `limit` most recent)."""
+        out = []
+        for job_id in self.candidates(flt):
+            entry = self.get(job_id)
+            if entry is not None and flt.matches(entry):
+                out.append(entry)
+        return out[-flt.limit:] if flt.limit is not None else out
+
+    def record(self, entry: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+        """The contract's job record of an entry; a queued job's `reason` says why it has
+        not started."""
+        rec = job_record(entry, self.layout)
+        if rec["state"] == "queued":
+            rec["reason"] = self.waiting_reason(entry, time.time() if now is None else now)
+        return rec
+
+    def paused(self) -> bool:
+        """Whether the scheduler starts no new job: its pause flag, or the last pause or
+        resume request still waiting in its inbox (batchd down). Read once per view."""
+        if self._paused is None:
+            self._paused = self._read_paused()
+        return self._paused
+
+    def _read_paused(self) -> bool:
+        if self.pending.pause is not None:
+            return self.pending.pause
+        rec = read_record(PAUSED, self.layout.paused_file, owner=False)
+        if isinstance(rec, Missing):
+            return False
+        return True if isinstance(rec, Corrupt) else bool(rec.get("paused"))
+
+    def waiting_reason(self, entry: dict[str, Any], now: float) -> str | None:
+        """Why a queued job has not started yet (CONTRACT: `reason` while queued): its
+        dependencies, its not_before, the pause, its agent's limit, the global limit."""
+        if entry.get("state") != "queued":
+            return None
+        named = [d for key in ("after", "after_any") for d in entry.get(key) or ()]
+        deps = [d for d in map(self._retried, named) if self.state(d) not in TERMINAL_STATES]
+        if deps:
+            return "after " + ", ".join(deps)
+        when = parse_iso(entry.get("not_before"))
+        if when is not None and when > now:
+            return f"not_before {entry['not_before']}"
+        if self.paused():
+            return "paused"
+        low = self.disk_low()
+        if low is not None:
+            return low
+        agent = str(entry.get("agent"))
+        spec = self.cfg.agents.get(agent)
+        busy = self._busy()
+        if spec is not None and spec.max_concurrent is not None \
+                and busy[1][agent] >= spec.max_concurrent:
+            return f"agent limit ({agent}: {spec.max_concurrent})"
+        if busy[0] >= self.cfg.scheduler.max_concurrent_jobs:
+            return f"global limit ({self.cfg.scheduler.max_concurrent_jobs})"
+        return None
+
+    def disk_low(self) -> str | None:
+        """Why no job starts for lack of space (state.disk.low), measured once per view."""
+        if self._disk is None:
+            self._disk = (disk.low(self.cfg),)
+        return self._disk[0]
+
+    def _retried(self, named: object) -> str:
+        """The last job of `named`'s retry chain (a retried dependency hands its waiters
+        to the retry)."""
+        job_id = str(named)
+        seen: set[str] = set()
+        while job_id not in seen and self.state(job_id) in ("failed", "lost"):
+            seen.add(job_id)
+            entry = self.get(job_id)
+            nxt = None if entry is None else entry.get("retried_as")
+            if not isinstance(nxt, str):
+                break
+            job_id = nxt
+        return job_id
+
+    def _busy(self) -> tuple[int, Counter[str]]:
+        """(jobs starting/running, jobs of each agent waiting/starting/running)."""
+        if self._load is None:
+            per_agent: Counter[str] = Counter()
+            running = 0
+            if self.queue is not None:
+                counts = self.queue.counts()
+                running = counts.get("starting", 0) + counts.get("running", 0)
+                for job_id in self.queue.ids_in(("waiting", "starting", "running")):
+                    entry = self.queue.get(job_id)
+                    if entry is not None:
+                        per_agent[str(entry.get("agent"))] += 1
+            self._load = (running, per_agent)
+        return self._load
+
     def _active_ids(self) -> list[str]:
         if self.queue is None:
             return []
@@ -274,6 +432,61 @@ class JobView:
         return out
 
 
+_CREATED = b'"created_at":"'
+
+
+def _created(body: bytes) -> bytes:
+    """The created_at text of a raw job body (b"" when it has none)."""
+    at = body.find(_CREATED)
+    if at < 0:
+        return b""
+    start = at + len(_CREATED)
+    return body[start:body.find(b'"', start)]
+
+
+def _json_text(value: str) -> bytes:
+    """How a string appears inside the queue's compact JSON (ensure_ascii off)."""
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """`jobs` filters: state, batch, agent, labels (all of them), created since, limit."""
+
+    state: str | None = None
+    batch: str | None = None
+    agent: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    since: float | None = None
+    limit: int | None = None
+
+    def needles(self) -> list[bytes]:
+        """Byte strings every matching body contains (a prefilter, checked after)."""
+        out = []
+        if self.agent is not None:
+            out.append(b'"agent":' + _json_text(self.agent))
+        if self.batch is not None:
+            out.append(b'"batch":' + _json_text(self.batch))
+        out += [_json_text(k) + b":" + _json_text(v) for k, v in self.labels.items()]
+        return out
+
+    def matches(self, entry: Mapping[str, Any]) -> bool:
+        if self.state is not None and entry.get("state") != self.state:
+            return False
+        if self.agent is not None and entry.get("agent") != self.agent:
+            return False
+        if self.batch is not None and entry.get("batch") != self.batch:
+            return False
+        labels = entry.get("labels") or {}
+        if any(labels.get(k) != v for k, v in self.labels.items()):
+            return False
+        if self.since is not None:
+            created = parse_iso(entry.get("created_at"))
+            if created is None or created < self.since:
+                return False
+        return True
+
+
 def open_queue(path: Path) -> QueueReader | None:
     """The job queue at `path` opened read-only; None if batchd never created it.
 
@@ -299,12 +512,39 @@ def open_queue(path: Path) -> QueueReader | None:
         raise unreadable(str(exc)) from None
 
 
+#: wal_dir -> the LiveQueue this process follows it with (follow_queue).
+_LIVE: dict[str, LiveQueue] = {}
+
+
+def follow_queue(layout: Layout) -> LiveQueue:
+    """From now on this process's views of `layout` share ONE read-only queue that follows
+    the log (state.queuefollow.LiveQueue) instead of opening the queue each time: for a
+    long-lived reader serving many requests (the api). batchctl never calls it."""
+    key = str(layout.wal_dir)
+    if key not in _LIVE:
+        _LIVE[key] = LiveQueue(layout.wal_dir)
+    return _LIVE[key]
+
+
+def _live_queue(live: LiveQueue) -> QueueReader | None:
+    try:
+        got: QueueReader | None = live.current()
+        return got
+    except OSError as exc:
+        raise Unreadable(f"cannot read the job queue at {live.wal_dir}: {_why(exc)}") from None
+    except (QueueError, WalError) as exc:
+        raise Unreadable(f"cannot read the job queue at {live.wal_dir}: {exc}") from None
+
+
 def open_view(cfg: Config, layout: Layout) -> JobView:
-    """Read the pending submissions, then open the job queue read-only (none yet: empty).
+    """Read the pending submissions, then open the job queue read-only (none yet: empty),
+    or bring this process's followed queue up to date (follow_queue).
 
     The inbox is read FIRST: the scheduler enqueues a job before it removes its request,
     so a job cannot slip between the two reads and look unknown. Unreadable if either
     cannot be read.
     """
     pending = read_pending(layout)
-    return JobView(cfg, layout, open_queue(layout.wal_dir), pending)
+    live = _LIVE.get(str(layout.wal_dir))
+    queue = open_queue(layout.wal_dir) if live is None else _live_queue(live)
+    return JobView(cfg, layout, queue, pending)

@@ -121,7 +121,7 @@ class Harness:
         return rec if isinstance(rec, dict) else None
 
     def states(self) -> dict[str, str]:
-        return {n: p.state.value for n, p in self.d.procs.items()}
+        return {p.name: p.state.value for p in self.d.workers.ordered()}
 
 
 KILLED = signal.SIGKILL          # a waitpid status for "killed by SIGKILL"
@@ -364,10 +364,11 @@ def test_reload_refuses_a_changed_state_dir(tmp_path: Path) -> None:
 
 
 def test_changed_workers_follows_the_sections_each_reads(tmp_path: Path) -> None:
-    """repositories -> scheduler and locks; callbacks -> callbacks; log -> all four."""
+    """repositories -> scheduler, locks and reaper; callbacks -> callbacks; log -> all four
+    (the api only when configured)."""
     base = Config(state_dir=tmp_path, workspace_dir=tmp_path / "ws")
     from supervisor.config import CallbacksConfig, LogConfig, RepoConfig
-    assert ["scheduler", "locks"] == changed_workers(
+    assert ["scheduler", "locks", "reaper"] == changed_workers(
         base, dataclasses.replace(base, repositories={"a": RepoConfig(url="/x")}))
     assert ["callbacks"] == changed_workers(
         base, dataclasses.replace(base, callbacks=CallbacksConfig(timeout=5.0)))
@@ -489,3 +490,44 @@ def test_a_restart_during_shutdown_does_not_bring_the_worker_back(tmp_path: Path
     for name in ("callbacks", "reaper", "locks", "scheduler"):
         h.exit(name, 0)
     assert (["STOPPED"] * 4, True) == (list(h.states().values()), h.d.done)
+
+
+# -- the optional api worker ----------------------------------------------------------------------
+
+def test_phases_keep_only_the_enabled_workers() -> None:
+    """The api joins the last phase when configured; without it the phases are the four."""
+    from supervisor.batchd.startup import phases_for
+
+    assert (("scheduler",), ("locks",), ("reaper", "callbacks")) == phases_for(
+        ("scheduler", "locks", "reaper", "callbacks"))
+    assert ("reaper", "callbacks", "api") == phases_for(
+        ("scheduler", "locks", "reaper", "callbacks", "api"))[-1]
+
+
+def test_the_api_starts_last_and_is_listed_only_when_configured(tmp_path: Path) -> None:
+    """Configured: forked in the last phase and listed; its failure leaves batchd running,
+    degraded. Not configured: never forked, never listed, `start api` refused."""
+    h = Harness(tmp_path, "api: {listen: '127.0.0.1:0'}\n")
+    h.d.begin()
+    h.up("scheduler")
+    h.up("locks")
+    assert ["scheduler", "locks", "reaper", "callbacks", "api"] == [n for n, _ in h.spawned]
+    h.up("reaper", "callbacks")
+    for _ in range(10):               # each start fails until startretries are used up
+        if h.states()["api"] == "FATAL":
+            break
+        if h.states()["api"] == "STARTING":
+            h.exit("api", EXIT3)
+        h.tick(5.0)
+    assert "FATAL" == h.states()["api"]
+    assert not h.d.starting_up and not h.d.stopping
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
+    assert isinstance(log, dict) and "degraded" == log["startups"][-1]["outcome"]
+
+    (tmp_path / "off").mkdir()
+    off = Harness(tmp_path / "off")
+    off.startup()
+    assert "api" not in off.states()
+    assert "api" not in [n for n, _ in off.spawned]
+    rep = off.reply(off.control("start", "api"))
+    assert rep is not None and not rep["ok"] and "not configured" in rep["message"]

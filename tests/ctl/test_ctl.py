@@ -86,9 +86,9 @@ def test_bad_config_exits_2_naming_the_file(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_status_while_down_exits_0_with_exact_shape(cli: Cli) -> None:
-    """status --json: exactly the four keys of CONTRACT.md; running false, pid null."""
+    """status --json: exactly the keys of CONTRACT.md; running false, pid null."""
     assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
-            "degraded": []} == cli.json("status")
+            "degraded": [], "paused": False} == cli.json("status")
     assert 0 == cli("status")
     assert "not running" in cli.out
 
@@ -165,11 +165,13 @@ def test_batch_and_batches_shapes(cli: Cli) -> None:
 
 
 def test_stats_shape_with_no_queue(cli: Cli) -> None:
-    """stats --json: every counter and restarts per worker, zeros when unknown."""
+    """stats --json: every counter, restarts per worker and what the reaper removed, zeros
+    when unknown."""
     assert {"submitted": 0, "completed": 0, "failed": 0, "cancelled": 0, "timed_out": 0,
             "lost": 0, "recovered": 0,
-            "restarts": {"scheduler": 0, "locks": 0, "reaper": 0, "callbacks": 0}} == (
-        cli.json("stats"))
+            "restarts": {"scheduler": 0, "locks": 0, "reaper": 0, "callbacks": 0},
+            "reaped": {"tmp": 0, "corrupted": 0, "processes": 0, "workspaces": 0,
+                       "job_folders": 0, "jobs": 0, "mirrors": 0}} == cli.json("stats")
 
 
 def test_job_commands_on_unknown_job_exit_1(cli: Cli) -> None:
@@ -274,7 +276,8 @@ def test_unreadable_queue_is_degraded_in_status(cli: Cli) -> None:
     """status (no JOB) still answers, exit 0, and names the unreadable queue in degraded."""
     wal = _break_queue(cli)
     assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
-            "degraded": [f"cannot read the job queue at {wal}: it is not a directory"]} == (
+            "degraded": [f"cannot read the job queue at {wal}: it is not a directory"],
+            "paused": False} == (
         cli.json("status"))
 
 

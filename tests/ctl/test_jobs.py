@@ -9,33 +9,35 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor.config import Config
+from supervisor.config import Config, DiskConfig, FreeSpace
 from supervisor.ctl.jobs import (
-    batch_records,
     check_id,
     cmd_batch,
     cmd_cancel,
     cmd_jobs,
+    cmd_pause,
+    cmd_retry,
     cmd_stats,
     cmd_status_job,
     cmd_wait,
     duration_arg,
-    stats_doc,
     wait_for,
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CtlError, Ctx
 from supervisor.state.atomic import ensure_dir
-from supervisor.state.clock import MockClock
+from supervisor.state.clock import MockClock, parse_iso
+from supervisor.state.documents import batch_records, stats_doc
 from supervisor.state.jobs import RECORD_FIELDS
 from supervisor.state.layout import REQUEST, WORKERS, Layout, read_record, write_record
 from supervisor.state.queue import JobQueue
 from supervisor.state.submission import write_submission
-from supervisor.state.view import Unreadable, open_view
+from supervisor.state.view import JobFilter, Unreadable, open_view
 
 
 def _job(job_id: str, **extra: Any) -> dict[str, Any]:
@@ -226,7 +228,7 @@ def test_stats_reads_queue_counters_and_restarts(ctx: Ctx) -> None:
     _queue(ctx.layout, (_job("a"), DONE))
     write_record(WORKERS, ctx.layout.workers_file, {"workers": [
         {"name": "locks", "restarts": 2}, {"name": "scheduler", "restarts": 0}]})
-    doc = stats_doc(ctx)
+    doc = stats_doc(ctx.cfg, ctx.layout)
     assert ({"scheduler": 0, "locks": 2, "reaper": 0, "callbacks": 0}, 1, 0) == (
         doc["restarts"], doc["submitted"], doc["lost"])
     ctx.json = True
@@ -268,3 +270,87 @@ def test_unreadable_queue_fails_job_commands(ctx: Ctx) -> None:
         codes.append(str(info.value))
     why = f"cannot read the job queue at {ctx.layout.wal_dir}: it is not a directory"
     assert [why] * 3 == codes
+
+
+def test_jobs_filters_agent_label_since_and_limit(ctx: Ctx) -> None:
+    """--agent, --label (all of them), --since (created at or after) and --limit (the N
+    most recent, still in submission order) combine."""
+    _queue(ctx.layout,
+           (_job("a", labels={"team": "infra"}), DONE),
+           (_job("b", agent="claude", labels={"team": "infra"}), DONE),
+           (_job("c", labels={"team": "web"}, created_at="2026-11-29T00:00:00.000Z"), DONE),
+           (_job("d", labels={"team": "infra", "ticket": "T-1"},
+                 created_at="2026-11-29T01:00:00.000Z"), DONE))
+
+    def ids(**flt: Any) -> list[str]:
+        ctx.out = io.StringIO()
+        assert EXIT_OK == cmd_jobs(ctx, None, None, JobFilter(**flt))
+        return [r["id"] for r in _json(ctx)]
+
+    ctx.json = True
+    assert ["b"] == ids(agent="claude")
+    assert ["a", "b", "d"] == ids(labels={"team": "infra"})
+    assert ["d"] == ids(labels={"team": "infra", "ticket": "T-1"})
+    assert ["c", "d"] == ids(since=parse_iso("2026-11-28T12:00:00Z"))
+    assert ["b", "d"] == ids(labels={"team": "infra"}, limit=2)
+    assert [] == ids(labels={"team": "infra\"x"})
+
+
+def test_pause_and_resume_are_requests_to_the_scheduler(ctx: Ctx) -> None:
+    """pause/resume write one request each into the scheduler's inbox (they work with
+    batchd down); the view reads the last one as the pause state."""
+    ctx.json = True
+    assert EXIT_OK == cmd_pause(ctx, True)
+    with open_view(ctx.cfg, ctx.layout) as view:
+        assert view.paused() is True
+    ctx.out = io.StringIO()
+    assert EXIT_OK == cmd_pause(ctx, False)
+    kinds = sorted(n.split("-")[0] for n in _inbox(ctx))
+    assert (["pause", "resume"], {"paused": False}) == (kinds, _json(ctx))
+
+
+def test_retry_submits_a_new_job_with_the_spec_and_retry_of(ctx: Ctx) -> None:
+    """retry of a finished job: a new id, the same spec, retry_of set; a job not finished
+    or unknown: exit 1."""
+    _queue(ctx.layout, (_job("f", labels={"k": "v"}, priority=4), FAILED),
+           (_job("r"), RUNNING))
+    ctx.json = True
+    assert EXIT_OK == cmd_retry(ctx, "f")
+    new = _json(ctx)
+    with open_view(ctx.cfg, ctx.layout) as view:
+        job = view.get(new["id"])
+    assert job is not None
+    assert ("f", "x", {"k": "v"}, 4, "queued") == (
+        job["retry_of"], job["prompt"], job["labels"], job["priority"], job["state"])
+    for job_id, why in (("r", "job r is running"), ("nope", "no such job: nope")):
+        with pytest.raises(CtlError) as info:
+            cmd_retry(ctx, job_id)
+        assert (EXIT_FAILED, True) == (info.value.code, str(info.value).startswith(why))
+
+
+def test_a_queued_jobs_reason_says_why_it_waits(ctx: Ctx) -> None:
+    """status of a queued job: its pending dependencies, then its not_before, the pause,
+    the global limit; none once nothing holds it back."""
+    _queue(ctx.layout, (_job("dep"), RUNNING), (_job("w", after=["dep"]), {}),
+           (_job("late", not_before="2099-01-01T00:00:00.000Z"), {}), (_job("free"), {}))
+    with open_view(ctx.cfg, ctx.layout) as view:
+        reasons = [view.record(view.get(j) or {})["reason"] for j in ("w", "late", "free")]
+    assert ["after dep", "not_before 2099-01-01T00:00:00.000Z", None] == reasons
+    cmd_pause(ctx, True)
+    with open_view(ctx.cfg, ctx.layout) as view:
+        assert "paused" == view.record(view.get("free") or {})["reason"]
+    cmd_pause(ctx, False)
+    ctx.cfg = replace(ctx.cfg, disk=DiskConfig(min_free=FreeSpace(100.0, percent=True)))
+    with open_view(ctx.cfg, ctx.layout) as view:
+        reason = view.record(view.get("free") or {})["reason"]
+    assert (True, True) == (reason.startswith("disk: "), reason.endswith("min_free 100%"))
+
+
+def test_a_queued_jobs_reason_follows_a_retried_dependency(ctx: Ctx) -> None:
+    """A dependency that failed and was retried hands its waiter to the retry: the reason
+    names the retry still running, not the failed job."""
+    _queue(ctx.layout, (_job("dep"), {**FAILED, "retried_as": "dep.r1"}),
+           (_job("dep.r1", retry_of="dep"), {**FAILED, "retried_as": "dep.r2"}),
+           (_job("dep.r2", retry_of="dep.r1"), RUNNING), (_job("w", after=["dep"]), {}))
+    with open_view(ctx.cfg, ctx.layout) as view:
+        assert "after dep.r2" == view.record(view.get("w") or {})["reason"]

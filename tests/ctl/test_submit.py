@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor.config import Config, RepoConfig
+from supervisor.config import Config, DiskConfig, FreeSpace, RepoConfig
 from supervisor.ctl import build_parser
-from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
+from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor.ctl.submit import cmd_submit
 from supervisor.state.atomic import ensure_dir
+from supervisor.state.clock import parse_iso
 from supervisor.state.jobs import submit_request
 from supervisor.state.layout import REQUEST, Layout, read_record, write_record
 from supervisor.state.queue import JobQueue
@@ -216,3 +219,73 @@ def test_submit_lock_file_is_created_empty_and_never_written(tmp_path: Path) -> 
     assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "a")
     assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "b")
     assert (True, 0) == (ctx.layout.submit_lock.is_file(), ctx.layout.submit_lock.stat().st_size)
+
+
+def test_cmd_submit_job_control_flags_reach_the_request(tmp_path: Path) -> None:
+    """--after a,b --after c, --after-any, --priority, --delay (made absolute now), labels
+    and --retries all land in the one request, checked."""
+    ctx = _ctx(tmp_path)
+    for job_id in ("a", "b", "c", "d"):
+        assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", job_id)
+    before = time.time()
+    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "e",
+                              "--after", "a,b", "--after", "c", "--after-any", "d",
+                              "--priority", "-7", "--delay", "10m", "--label", "team=infra",
+                              "--label", "x=", "--retries", "3")
+    job = next(r["jobs"][0] for r in _requests(ctx) if r["jobs"][0]["id"] == "e")
+    when = parse_iso(job["not_before"])
+    assert when is not None and before + 600 <= when < before + 600 + 30
+    assert (["a", "b", "c"], ["d"], -7, {"team": "infra", "x": ""}, 3) == (
+        job["after"], job["after_any"], job["priority"], job["labels"], job["retries"])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--after", "nosuch"), "after: job 'nosuch' does not exist"),
+    (("--after", "a,,b"), "--after: expected JOB[,JOB...]"),
+    (("--priority", "2000"), "priority 2000 is outside -1000..1000"),
+    (("--not-before", "soon"), "--not-before: 'soon' is not an ISO-8601 time"),
+    (("--delay", "ten"), "--delay: expected a duration"),
+    (("--retries", "11"), "retries 11 is outside 0..10"),
+    (("--label", "novalue"), "--label: expected K=V, got 'novalue'"),
+    (("--label", "k=1", "--label", "k=2"), "--label: 'k' given twice"),
+])
+def test_cmd_submit_job_control_bad_input_exits_2_and_writes_nothing(
+        tmp_path: Path, argv: tuple[str, ...], message: str) -> None:
+    """Each bad job-control flag: exit 2 naming it, the inbox unchanged."""
+    ctx = _ctx(tmp_path)
+    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt", "x", "--id", "a")
+    before = _inbox(ctx)
+    with pytest.raises(CtlError) as info:
+        _submit(ctx, "--agent", "shell", "--prompt", "x", *argv)
+    assert (EXIT_USAGE, before, True) == (info.value.code, _inbox(ctx),
+                                          message in str(info.value))
+
+
+def test_cmd_submit_from_may_wait_for_an_earlier_line_only(tmp_path: Path) -> None:
+    """In a --from file a job may wait for one on an earlier line; one on a later line is
+    refused naming the line, and nothing is queued."""
+    ctx = _ctx(tmp_path)
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text('{"id":"x","agent":"shell","prompt":"p"}\n'
+                    '{"id":"y","agent":"shell","prompt":"p","after":["x"]}\n')
+    bad.write_text('{"id":"p","agent":"shell","prompt":"p","after":["q"]}\n'
+                   '{"id":"q","agent":"shell","prompt":"p"}\n')
+    assert EXIT_OK == _submit(ctx, "--from", str(good))
+    before = _inbox(ctx)
+    with pytest.raises(CtlError) as info:
+        _submit(ctx, "--from", str(bad))
+    assert (EXIT_USAGE, before) == (info.value.code, _inbox(ctx))
+    assert str(info.value).startswith(f"{bad}:1: after: job 'q' comes later in the file")
+
+
+def test_submit_below_min_free_is_refused_with_exit_1_and_nothing_written(
+        tmp_path: Path) -> None:
+    """disk.min_free not met (100% of the filesystem can never be free): exit 1, the
+    message names the free space and the floor, no request is written."""
+    ctx = _ctx(tmp_path)
+    ctx.cfg = replace(ctx.cfg, disk=DiskConfig(min_free=FreeSpace(100.0, percent=True)))
+    with pytest.raises(CtlError) as info:
+        _submit(ctx, "--agent", "shell", "--prompt", "true")
+    assert (EXIT_FAILED, True, True, []) == (
+        info.value.code, str(info.value).startswith("submission refused: disk: "),
+        str(info.value).endswith("below min_free 100%"), _inbox(ctx))

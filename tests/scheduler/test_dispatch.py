@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from supervisor.config import Config, RepoConfig, SchedulerConfig
+from supervisor.config import AgentConfig, Config, RepoConfig, SchedulerConfig
 from supervisor.scheduler import dispatch as _dispatch
+from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.launch import Launched, LaunchError
-from supervisor.state.clock import MockClock, iso_now
+from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.layout import (
     LOCK_WANTS,
     REQUEST,
@@ -188,10 +189,14 @@ def log_of(j: _dispatch.Jobs) -> RecLog:
 
 
 def enqueue(j: _dispatch.Jobs, *ids: str, **extra: Any) -> None:
+    """Queue jobs as the submit handler does: into the WAL, then into the index."""
     for job_id in ids:
         j.queue.enqueue(job_id, {"agent": "shell", "prompt": "sleep 60", "repos": [],
                                  "timeout": None, "created_at": iso_now(),
                                  "workspace": str(j.cfg.workspace_dir / job_id), **extra})
+        doomed = _queued.add(j.runnable, j.queue, get(j, job_id), j.clock.time())
+        if doomed is not None:
+            j.doomed.append((job_id, doomed))
 
 
 def get(j: _dispatch.Jobs, job_id: str) -> dict[str, Any]:
@@ -778,3 +783,102 @@ def test_a_large_submission_waits_in_batches(rjobs: _dispatch.Jobs,
     _dispatch.dispatch(rjobs)
     assert (False, "waiting") == (rjobs.backlog, get(rjobs, "c")["state"])
     assert ["a", "b", "c"] == rjobs.queue.ids("waiting")
+
+
+# -- job control --------------------------------------------------------------------------------
+
+def test_higher_priority_starts_first_and_fifo_within_a_priority(
+        jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """Two slots, four queued: the two best start (priority, then submission order)."""
+    enqueue(jobs, "low", priority=-1)
+    enqueue(jobs, "first")
+    enqueue(jobs, "top", priority=9)
+    enqueue(jobs, "second")
+    assert 2 == _dispatch.dispatch(jobs)
+    assert ["top", "first"] == procs.launched
+
+
+def test_a_delayed_job_starts_when_its_time_comes(jobs: _dispatch.Jobs, procs: Procs,
+                                                  clock: MockClock) -> None:
+    """not_before ahead: nothing starts, next_due says when; once the clock passes it, the
+    next dispatch starts it."""
+    when = iso_now(clock.time() + 30)
+    enqueue(jobs, "later", not_before=when)
+    assert (0, parse_iso(when)) == (_dispatch.dispatch(jobs), jobs.next_due())
+    clock.advance(30)
+    assert (1, ["later"]) == (_dispatch.dispatch(jobs), procs.launched)
+
+
+def test_an_agent_at_its_limit_does_not_hold_back_another_agent(
+        jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """slow (max_concurrent 1) has two jobs queued first: one starts, the other waits, and
+    the free agent's job takes the second slot."""
+    jobs.cfg = replace(jobs.cfg, agents={**jobs.cfg.agents, "slow": AgentConfig(
+        adaptor="command", max_concurrent=1)})
+    enqueue(jobs, "s1", agent="slow")
+    enqueue(jobs, "s2", agent="slow")
+    enqueue(jobs, "free")
+    assert 2 == _dispatch.dispatch(jobs)
+    assert (["s1", "free"], "queued", 1) == (procs.launched, get(jobs, "s2")["state"],
+                                             jobs.load["slow"])
+
+
+def test_low_disk_starts_nothing_until_space_returns(jobs: _dispatch.Jobs, procs: Procs,
+                                                      clock: MockClock) -> None:
+    """Below disk.min_free no job starts (said once in the log); space is measured again
+    after DISK_RECHECK, and then the queue starts by itself."""
+    free = {"bytes": 10}
+    jobs.measure = lambda path: (free["bytes"], 1 << 40)
+    enqueue(jobs, "a")
+    assert (0, [], True) == (_dispatch.dispatch(jobs), procs.launched,
+                             (jobs.disk_low or "").startswith("disk: 10B free on "))
+    free["bytes"] = 1 << 40
+    assert 0 == _dispatch.dispatch(jobs)             # not measured again yet
+    clock.advance(_dispatch.DISK_RECHECK)
+    assert (1, ["a"], None) == (_dispatch.dispatch(jobs), procs.launched, jobs.disk_low)
+    events = [e for _, e, _ in log_of(jobs).lines if "disk.min_free" in e]
+    assert 2 == len(events)
+
+
+def test_paused_starts_nothing_and_resumed_starts_again(jobs: _dispatch.Jobs,
+                                                        procs: Procs) -> None:
+    """While paused the queue stays as it is; once resumed the jobs start."""
+    jobs.paused = True
+    enqueue(jobs, "a")
+    assert (0, []) == (_dispatch.dispatch(jobs), procs.launched)
+    jobs.paused = False
+    assert (1, ["a"]) == (_dispatch.dispatch(jobs), procs.launched)
+
+
+def test_a_failed_dependency_fails_its_waiters_without_running_them(
+        jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """b runs after a; a fails: b ends failed `dependency a failed` and never starts, and
+    c (after b) follows it down the same way."""
+    proc = run_one(jobs, procs, "a")
+    enqueue(jobs, "b", after=["a"])
+    enqueue(jobs, "c", after=["b"])
+    result(jobs, "a", exit_code=3)
+    _dispatch.tick_all(jobs)
+    proc.wait(DEADLINE)
+    _dispatch.dispatch(jobs)
+    assert [("failed", "dependency a failed"), ("failed", "dependency b failed"), ["a"]] == [
+        (get(jobs, "b")["state"], get(jobs, "b")["reason"]),
+        (get(jobs, "c")["state"], get(jobs, "c")["reason"]), procs.launched]
+
+
+def test_a_failed_job_with_retries_is_queued_again_once(jobs: _dispatch.Jobs,
+                                                        procs: Procs) -> None:
+    """A job with retries that fails is retried as <id>.r1 (retry_of, one retry less,
+    named by the failed job's retried_as); a second finalize (a crash replay) makes no
+    second retry."""
+    proc = run_one(jobs, procs, "a")
+    jobs.queue.update("a", retries=2)
+    result(jobs, "a", exit_code=1)
+    _dispatch.tick_all(jobs)
+    proc.wait(DEADLINE)
+    a, retry = get(jobs, "a"), get(jobs, "a.r1")
+    assert ("failed", "a.r1", "a", 1, "queued") == (
+        a["state"], a["retried_as"], retry["retry_of"], retry["retries"], retry["state"])
+    replayed = dict(a, state="running")
+    assert "a.r1" == _dispatch._retry(jobs, replayed, {"reason": "exit 1"})
+    assert ["a", "a.r1"] == jobs.queue.ids()

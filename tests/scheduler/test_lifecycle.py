@@ -126,6 +126,8 @@ ROWS: dict[tuple[State, Event], tuple[dict[str, Any], Facts, State, list[str]]] 
     (S.QUEUED, E.WAIT_LOCK): ({}, Facts(NOW, T), S.WAITING, ["Update"]),
     (S.QUEUED, E.DISPATCHED): ({}, Facts(NOW, T), S.STARTING, ["Update", "Launch"]),
     (S.QUEUED, E.CANCEL_REQUESTED): ({}, Facts(NOW, T), S.CANCELLED, ["Finalize"]),
+    (S.QUEUED, E.DEPENDENCY_FAILED): ({}, Facts(NOW, T, error="dependency a failed"),
+                                      S.FAILED, ["Finalize"]),
     (S.WAITING, E.DISPATCHED): ({}, Facts(NOW, T), S.STARTING, ["Update", "Launch"]),
     (S.WAITING, E.CANCEL_REQUESTED): ({}, Facts(NOW, T), S.CANCELLED, ["Finalize"]),
     (S.STARTING, E.LAUNCHED): ({}, Facts(NOW, T, pid=PID, start=START), S.RUNNING, ["Update"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -19,6 +20,7 @@ from supervisor.scheduler.dispatch import Jobs
 from supervisor.scheduler.launch import Launched
 from supervisor.state.atomic import CORRUPT_MARK
 from supervisor.state.clock import MockClock, iso_now
+from supervisor.state.fs import OsFS
 from supervisor.state.jobs import cancel_request, submit_request
 from supervisor.state.layout import REQUEST, RESULT, Layout, write_record
 from supervisor.state.proc import start_time
@@ -170,7 +172,7 @@ def test_a_bad_submit_is_quarantined_and_queues_nothing(mem: scheduler.Scheduler
 
 def test_unknown_request_kinds_are_quarantined(mem: scheduler.Scheduler) -> None:
     """A request of a kind the scheduler has no handler for is moved aside, not dropped."""
-    drop(mem, {"id": "r1", "kind": "pause", "created_at": iso_now()})
+    drop(mem, {"id": "r1", "kind": "frobnicate", "created_at": iso_now()})
     scheduler.take_inbox(mem)
     assert [True] == [n.startswith("r1.json" + CORRUPT_MARK) for n in inbox_names(mem)]
 
@@ -400,3 +402,78 @@ def test_a_cancel_for_a_job_that_never_comes_is_quarantined_after_an_hour(
     scheduler.take_inbox(mem)
     names = inbox_names(mem)
     assert 1 == len(names) and CORRUPT_MARK in names[0], names
+
+
+def test_serve_wakes_for_a_delayed_job_at_its_time(cfg: Config) -> None:
+    """A job delayed 0.4 s (less than a tick: no tick would start it): the loop sleeps
+    exactly until then (a timer, not a poll), and the pass at that moment starts it."""
+    clock = MockClock()
+    launched: list[str] = []
+
+    def launcher(job_dir: Path, mode: str) -> Launched:
+        launched.append(job_dir.name)
+        return Launched(None, None, None)
+
+    s = scheduler.Scheduler(cfg, Layout(cfg.state_dir), JobQueue.over(MemoryStorage()),
+                            _log.get("test"), None)  # type: ignore[arg-type]
+    s.jobs = Jobs.over(cfg, s.layout, s.queue, s.log, launcher=launcher, clock=clock)
+    drop(s, submit_request([job("d", not_before=iso_now(clock.time() + 0.4))],
+                           request_id="s1"))
+    scheduler.take_inbox(s)
+    watcher = FakeWatcher(2, clock)
+    scheduler.serve(s, watcher, clock=clock)  # type: ignore[arg-type]
+    assert (0.4, ["d"]) == (round(watcher.timeouts[0] or 0, 3), launched)
+
+
+class FullDisk(OsFS):
+    """The real file system, except that the next `failures` data writes fail ENOSPC."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.refused = 0
+
+    def _maybe_full(self) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            self.refused += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write(self, fd: int, data: bytes) -> None:
+        self._maybe_full()
+        super().write(fd, data)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        self._maybe_full()
+        super().pwrite(fd, data, offset)
+
+
+class HintingWatcher(FakeWatcher):
+    """Every wait returns a hint (the inbox changed); stops after `passes` waits."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        super().wait(timeout)
+        return True
+
+
+def test_a_full_disk_never_exits_the_scheduler_and_loses_no_submission(cfg: Config) -> None:
+    """A submit whose WAL write fails ENOSPC (the disk full for a while, even while the
+    queue is reopened): the scheduler does not exit; it reopens its queue from disk after
+    1 s, 2 s, 4 s...; the request stays in the inbox until its job is durably queued,
+    exactly once."""
+    disk = FullDisk(failures=0)
+    s, _, _, _ = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"),
+                                   launcher=no_launch, fs=disk)
+    drop(s, submit_request([job("a", not_before=iso_now(time.time() + 3600))],
+                           request_id="r1"))       # stays queued: nothing to launch
+    disk.failures = 4
+    clock = MockClock()
+    t0 = clock.monotonic()
+    watcher = HintingWatcher(4, clock)
+    s = scheduler.serve(s, watcher, clock=clock)  # type: ignore[arg-type]
+    try:
+        assert (["a"], [], 4) == (s.queue.ids("queued"), inbox_names(s), disk.refused)
+        assert clock.monotonic() - t0 >= 1.0 + 2.0 + 4.0
+    finally:
+        s.queue.close()
+    with JobQueue.open(cfg.state_dir / "scheduler" / "wal", readonly=True) as q:
+        assert (["a"], 1) == (q.ids(), q.stats()["submitted"])

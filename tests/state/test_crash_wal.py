@@ -312,6 +312,23 @@ def test_queue_compaction_survives_every_crash(tmp_path: Path) -> None:
     assert any(op.startswith("rename wal/.tmp.snapshot") for op in report.ops)
 
 
+def test_queue_forget_and_the_compaction_that_drops_it_survive_every_crash(
+        tmp_path: Path) -> None:
+    """forget of a finished job, then a compaction that leaves it out of the snapshot, then
+    its id used again: a power cut anywhere shows an acknowledged prefix (the job whole,
+    or gone; never a half-forgotten job, never the new job under the old record)."""
+    ops: list[Op] = [
+        lambda q: q.update("j0", state="completed", exit_code=0),
+        lambda q: q.forget(["j0"]),
+        lambda q: q.enqueue("j1", BODY),
+        lambda q: q.enqueue("j0", {**BODY, "prompt": "again"}),
+    ]
+    expected = _reference(SEED, ops)
+    assert ([], ["j1", "j0"]) == (expected[2]["queued"], expected[4]["queued"])
+    report = _explore_queue(tmp_path, SEED, ops, compact_records=2)
+    assert {0, 1, 2, 3, 4} == set(report.recovered_to)
+
+
 def _reopen_compacting(root: str, fs: CrashFS) -> None:
     JobQueue.over(Wal.open(_qdir(root), fs=fs, compact_records=2)).close()
 

@@ -168,6 +168,17 @@ def test_counts_cover_all_states() -> None:
     assert expect == q.counts()
 
 
+def test_holds_says_whether_any_job_is_in_a_state() -> None:
+    """holds(state) is true exactly while some job is in that state."""
+    q, _ = mem()
+    q.enqueue_many([("a", {}), ("b", {})])
+    assert (True, False) == (q.holds("queued"), q.holds("waiting"))
+    q.update("b", state="waiting")
+    assert (True, True) == (q.holds("queued"), q.holds("waiting"))
+    q.update("b", state="completed")
+    assert (True, False, True) == (q.holds("queued"), q.holds("waiting"), q.holds("completed"))
+
+
 def test_counters_incr_and_persist() -> None:
     """incr adds to a counter; unknown counters and negative steps are refused."""
     q, storage = mem()
@@ -221,6 +232,7 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("field"), st.integers(0, 15), st.integers(0, 100)),
     st.tuples(st.just("batch"), st.integers(0, 15), st.integers(1, 4)),
     st.tuples(st.just("incr"), st.sampled_from(COUNTERS), st.integers(0, 3)),
+    st.tuples(st.just("forget"), st.integers(0, 15), st.integers(1, 3)),
     st.tuples(st.just("reopen"), st.integers(0, 0), st.integers(0, 0)),
 ), max_size=60)
 
@@ -228,7 +240,8 @@ OPS = st.lists(st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(ops=OPS, threshold=st.integers(1, 8))
 def test_queue_matches_a_plain_model(ops: list[tuple[str, Any, Any]], threshold: int) -> None:
-    """Against a dict model, through compactions and reopens: same jobs, order, counters."""
+    """Against a dict model, through compactions, forgets and reopens: same jobs, order,
+    counters; a forgotten id is free again (a new job under it goes to the end)."""
     q, storage = mem(compact_records=threshold)
     order: list[str] = []
     jobs: dict[str, dict[str, Any]] = {}
@@ -254,13 +267,20 @@ def test_queue_matches_a_plain_model(ops: list[tuple[str, Any, Any]], threshold:
         elif op == "incr":
             q.incr(a, b)
             stats[a] += b
+        elif op == "forget":
+            asked = [f"j{x}" for x in range(a, a + b)]
+            done = [j for j in asked if j in jobs and jobs[j]["state"] in TERMINAL_STATES]
+            assert done == q.forget(asked)
+            for j in done:
+                order.remove(j)
+                del jobs[j]
         elif op == "reopen":
             q = reopen(storage)
         assert order == q.ids()
     q = reopen(storage)
     assert order == q.ids()
     assert jobs == {j: q.get(j) for j in order}
-    assert stats == q.stats()
+    assert (stats, len(order)) == (q.stats(), len(q))
     queued = [j for j in order if jobs[j]["state"] == "queued"]
     assert (queued[0] if queued else None) == q.first_queued()
 
@@ -455,3 +475,72 @@ def test_readonly_disk_queue_sees_the_writer(tmp_path: Path) -> None:
     with pytest.raises(ReadOnly):
         ro.enqueue("c", {})
     w.close()
+
+
+def test_raw_finds_bodies_by_bytes_in_the_snapshot_and_after_it(tmp_path: Path) -> None:
+    """raw(state, needles): the bodies containing every needle, in submission order, found
+    in the compacted snapshot and among jobs added since; a needle spanning two bodies
+    matches neither."""
+    q = JobQueue.over(Wal.open(str(tmp_path / "wal"), compact_records=50))
+    for i in range(120):                    # enough records for a snapshot
+        q.enqueue(f"j{i:03d}", {"agent": "shell", "labels": {"team": "infra" if i % 40 == 0
+                                                             else "web"}})
+    q.enqueue("late", {"agent": "claude", "labels": {"team": "infra"}})
+    q.update("j040", state="running")
+    got = [i for i, _ in q.raw(None, [b'"team":"infra"'])]
+    assert ["j000", "j040", "j080", "late"] == got
+    assert ["j040"] == [i for i, _ in q.raw("running", [b'"team":"infra"'])]
+    assert ["late"] == [i for i, _ in q.raw(None, [b'"team":"infra"', b'"agent":"claude"'])]
+    assert [] == q.raw(None, [b'"}}\n{"agent'])
+    q.close()
+
+
+def test_forget_drops_finished_jobs_keeps_counters_and_frees_the_ids(tmp_path: Path) -> None:
+    """forget: only terminal jobs go; they are gone from every view at once and from the
+    snapshot after the next compaction (the state shrinks), and after a reopen; counters
+    stay; a forgotten id can be used again by a new job."""
+    q = JobQueue.over(Wal.open(tmp_path, compact_records=50))
+    q.enqueue_many([(f"j{i:03d}", {"pad": "x" * 2000}) for i in range(300)], count="submitted")
+    q.update_many([(f"j{i:03d}", {"state": "completed"}) for i in range(290)])
+    assert ["j000", "j001"] == q.forget(["j000", "j001", "j295", "nope"])
+    assert (None, None, 298) == (q.get("j000"), q.state("j001"), len(q))
+    size_before = sum(f.stat().st_size for f in tmp_path.iterdir())
+    for start in range(2, 290, 20):
+        q.forget([f"j{i:03d}" for i in range(start, min(start + 20, 290))])
+    for _ in range(50):                  # enough records for one more compaction
+        q.incr("submitted", 0)
+    q.close()
+    q = JobQueue.open(tmp_path)
+    assert ([f"j{i:03d}" for i in range(290, 300)], 300, []) == (
+        q.ids(), q.stats()["submitted"], q.recovery.errors)
+    assert True is q.enqueue("j000", {"again": True})
+    assert (["j000"], {"again": True, "state": "queued", "attempts": 0, "id": "j000"}) == (
+        q.ids()[-1:], q.get("j000"))
+    size_after = sum(f.stat().st_size for f in tmp_path.iterdir())
+    assert size_after < size_before / 4
+    q.close()
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_forget_a_job_of_the_snapshot_then_reuse_its_id(tmp_path: Path, indexed: bool) -> None:
+    """A snapshot job forgotten in the log's tail stays forgotten across a reopen, whether
+    lookups go through the id index or a byte search; its id enqueued again is a new job,
+    not a hidden duplicate."""
+    q = JobQueue.over(Wal.open(tmp_path, compact_records=4))
+    q.enqueue_many([(f"s{i}", {}) for i in range(6)])
+    q.update("s1", state="failed")           # compaction: s0..s5 now in the snapshot
+    q.close()
+    q = JobQueue.open(tmp_path)
+    if indexed:
+        q.ids()
+        q.get("s5")
+    assert ["s1"] == q.forget(["s1"])
+    assert True is q.enqueue("s1", {"n": 2})
+    q.close()
+    q = JobQueue.open(tmp_path)
+    if indexed:
+        assert ["s0", "s2", "s3", "s4", "s5", "s1"] == q.ids()
+    assert ({"n": 2, "state": "queued", "attempts": 0, "id": "s1"}, []) == (
+        q.get("s1"), q.recovery.errors)
+    assert ["s0", "s2", "s3", "s4", "s5", "s1"] == q.ids()
+    q.close()

@@ -20,8 +20,10 @@ from supervisor.state.submission import (
     JobError,
     Known,
     assign_ids,
+    check_request,
     known_repos,
     parse_jsonl,
+    refuse_unknown_dependencies,
     submit_lock,
     write_submission,
 )
@@ -231,3 +233,125 @@ def test_submit_lock_is_exclusive_between_processes(tmp_path: Path) -> None:
     with submit_lock(layout):
         inside = other()
     assert ("busy", "free") == (inside, other())
+
+
+def test_job_control_keys_are_normalized_and_defaults_not_stored() -> None:
+    """after/after_any as given, priority, not_before in batchd's own ISO form, labels,
+    retries; a zero priority, no labels and no retries are not stored."""
+    job = Checker(KNOWN).check({"agent": "shell", "prompt": "p", "after": ["a", "b"],
+                                "after_any": ["c"], "priority": 7,
+                                "not_before": "2027-01-15T09:00:00+01:00",
+                                "labels": {"team": "infra", "ticket": "T-1"}, "retries": 2})
+    assert (["a", "b"], ["c"], 7, "2027-01-15T08:00:00.000Z", {"team": "infra", "ticket": "T-1"},
+            2) == (job["after"], job["after_any"], job["priority"], job["not_before"],
+                   job["labels"], job["retries"])
+    plain = Checker(KNOWN).check({"agent": "shell", "prompt": "p", "priority": 0,
+                                  "labels": {}, "retries": 0})
+    assert not {"priority", "labels", "retries"} & plain.keys()
+
+
+@pytest.mark.parametrize(("obj", "message"), [
+    ({"after": "a"}, "after must be a non-empty list of job ids"),
+    ({"after": ["../x"]}, "after: '../x' is not a job id"),
+    ({"after": ["a", "a"]}, "after lists a job twice"),
+    ({"id": "me", "after": ["me"]}, "after: a job cannot wait for itself ('me')"),
+    ({"after": ["a"], "after_any": ["a"]}, "after and after_any both name 'a'"),
+    ({"priority": 1001}, "priority 1001 is outside -1000..1000"),
+    ({"priority": -1001}, "priority -1001 is outside -1000..1000"),
+    ({"priority": True}, "priority must be an integer"),
+    ({"not_before": "tomorrow"}, "not_before 'tomorrow' is not an ISO-8601 time"),
+    ({"retries": 11}, "retries 11 is outside 0..10"),
+    ({"retries": -1}, "retries -1 is outside 0..10"),
+    ({"labels": ["a=b"]}, "labels must be an object of strings"),
+    ({"labels": {"a b": "x"}}, "label key 'a b' must be"),
+    ({"labels": {"k": 1}}, "label 'k': the value must be a string"),
+    ({"labels": {"k": "x\ny"}}, "label 'k': the value must be a string"),
+])
+def test_job_control_bad_input_names_the_key(obj: dict[str, Any], message: str) -> None:
+    """Each bad job-control value is refused with a message naming the key."""
+    assert _bad({"agent": "shell", "prompt": "p", **obj}).startswith(message)
+
+
+def test_dependencies_must_exist_or_come_earlier_so_no_cycle_can_be_made() -> None:
+    """A job may wait for a job in use or one earlier in the same submission; one later in
+    the file (what a cycle would need) or unknown is refused naming the line."""
+    data = b'{"id":"x","after":["y"]}\n{"id":"y"}\n'
+    jobs = [{"id": "a", "after": ["old"]}, {"id": "b", "after_any": ["a"]}]
+    refuse_unknown_dependencies(jobs, frozenset({"old"}))
+    with pytest.raises(JobError) as later:
+        refuse_unknown_dependencies([{"id": "x", "after": ["y"]}, {"id": "y"}], frozenset(),
+                                    ("j.jsonl", data))
+    with pytest.raises(JobError) as unknown:
+        refuse_unknown_dependencies([{"id": "z", "after": ["ghost"]}], frozenset())
+    assert ("j.jsonl:1: after: job 'y' comes later in the file (a job can only wait for "
+            "jobs submitted before it)", "after: job 'ghost' does not exist (a job can only "
+            "wait for jobs submitted before it)") == (str(later.value), str(unknown.value))
+
+
+def test_check_request_keeps_the_job_control_keys_and_retry_of() -> None:
+    """The scheduler's check of a request accepts what the door wrote, retry_of included;
+    a user submission may not set retry_of."""
+    req = {"jobs": [{"id": "r2", "agent": "shell", "prompt": "p", "retry_of": "r1",
+                     "after": ["x"], "priority": 3, "created_at": "2027-01-15T08:00:00.000Z"}]}
+    (job,) = check_request(req)
+    assert ("r1", ["x"], 3) == (job["retry_of"], job["after"], job["priority"])
+    assert _bad({"agent": "shell", "prompt": "p", "retry_of": "r1"}).startswith(
+        "unknown key 'retry_of'")
+
+
+# -- accept_many (the api's writer) -----------------------------------------------------------
+
+def _cfg(tmp_path: Path) -> tuple[Config, Layout]:
+    cfg = Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws")
+    return cfg, Layout(cfg.state_dir)
+
+
+def _job2(prompt: str, job_id: str | None = None) -> dict[str, Any]:
+    job = Checker(None).check({"agent": "shell", "prompt": prompt})
+    job["id"] = job_id
+    return job
+
+
+def _requests(layout: Layout) -> list[dict[str, Any]]:
+    """The requests in the scheduler's inbox, oldest first."""
+    folder = layout.inbox("scheduler")
+    names = sorted(os.listdir(folder), key=lambda n: os.stat(folder / n).st_mtime_ns)
+    return [read_record(REQUEST, folder / n, owner=False) for n in names]
+
+
+def test_accept_many_writes_one_request_for_every_submission(tmp_path: Path) -> None:
+    """Three submissions: three answers, ONE request file holding all their jobs."""
+    from supervisor.state.submission import accept_many
+
+    cfg, layout = _cfg(tmp_path)
+    got = accept_many(cfg, layout, [[_job2("a")], [_job2("b"), _job2("c", "given")],
+                                    [_job2("d")]])
+    assert [1, 2, 1] == [len(g) for g in got if isinstance(g, list)]
+    assert "given" == got[1][1]  # type: ignore[index]
+    [req] = _requests(layout)
+    assert ["a", "b", "c", "d"] == [j["prompt"] for j in req["jobs"]]
+
+
+def test_accept_many_replays_the_same_job_and_refuses_another(tmp_path: Path) -> None:
+    """An id in use by the very same job: accepted, not written again; by another job:
+    Refused, and only that submission."""
+    from supervisor.state.submission import Refused, accept_many
+
+    cfg, layout = _cfg(tmp_path)
+    accept_many(cfg, layout, [[_job2("a", "x")]])
+    got = accept_many(cfg, layout, [[_job2("a", "x")], [_job2("other", "x")], [_job2("z")]])
+    assert ["x"] == got[0]
+    assert isinstance(got[1], Refused) and "'x'" in str(got[1])
+    assert isinstance(got[2], list)
+    written = sorted([(j["prompt"], j["id"] == "x") for j in r["jobs"]]
+                     for r in _requests(layout))
+    assert [[("a", True)], [("z", False)]] == written
+
+
+def test_same_job_compares_the_checked_keys() -> None:
+    """What the client sent, normalized, against what is known; id and created_at aside."""
+    from supervisor.state.submission import same_job
+
+    job = _job2("a", "x")
+    assert same_job({**job, "created_at": "t", "state": "running"}, job)
+    assert not same_job({**job, "prompt": "b"}, job)

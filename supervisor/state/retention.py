@@ -1,0 +1,216 @@
+"""What may be removed, and why: the reaper's rules, shared with `batchctl clean --dry-run`.
+
+Pure decisions over `Known` (the jobs as the queue and the scheduler's inbox say at one
+instant); nothing here touches a file. The rule every verdict keeps: nothing of a live job
+is ever touched. A job is live while it is submitted but not taken yet (pending), queued,
+waiting, starting or running — whatever its heartbeat says: only the scheduler decides a
+job is lost. A finished job stays while a live job names it (`after`, `after_any`,
+`resume_of`): forgetting it would doom the waiter or strand the resume. A workspace stays
+while a live job works in it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from supervisor.state.atomic import CORRUPT_MARK
+from supervisor.state.clock import parse_iso
+from supervisor.state.queue import TERMINAL_STATES
+from supervisor.state.view import JobView
+
+__all__ = ["PREP", "TRASH", "Expired", "Known", "corrupted_at", "expired", "folder_verdict",
+           "process_verdict", "workspace_verdict"]
+
+#: A folder being removed (renamed first, so a crash halfway is finished by the next pass).
+TRASH = ".reap."
+#: A workspace being made (scheduler: `.prep.<id>`, renamed into place when whole).
+PREP = ".prep."
+_RESUME_REFS = ("resume_of", "resume")
+_REFS = ("after", "after_any", *_RESUME_REFS)
+_STAMP = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)(?:\.\d+)?$")
+
+
+@dataclass
+class Known:
+    """The jobs at one instant: each queued entry's state, pending submissions, and the
+    entries (decoded on demand)."""
+
+    states: dict[str, str]
+    pending: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    get: Any = None                                  # job id -> entry (or None)
+    _cache: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, view: JobView) -> Known:
+        """From a read view: the queue's states as recorded (not settled by a result the
+        scheduler has not taken yet: that job is still live), less the jobs already handed
+        to the scheduler to forget, and the inbox's submissions."""
+        states: dict[str, str] = {}
+        queue = view.queue
+        if queue is not None:
+            for state in ("queued", "waiting", "starting", "running", *sorted(TERMINAL_STATES)):
+                states.update(dict.fromkeys(queue.ids(state), state))
+        for job_id in view.pending.forgotten:
+            if states.get(job_id) in TERMINAL_STATES:
+                del states[job_id]
+        pending = {i: j for i, j in view.pending.jobs.items() if i not in states}
+        return cls(states, pending, None if queue is None else queue.get)
+
+    @classmethod
+    def of(cls, entries: Iterable[Mapping[str, Any]],
+           pending: Iterable[Mapping[str, Any]] = ()) -> Known:
+        """From entries in memory (tests, benchmarks)."""
+        table = {str(e["id"]): dict(e) for e in entries}
+        return cls({i: str(e["state"]) for i, e in table.items()},
+                   {str(p["id"]): dict(p) for p in pending}, table.get)
+
+    def entry(self, job_id: str) -> dict[str, Any] | None:
+        if job_id in self.pending:
+            return self.pending[job_id]
+        if job_id not in self._cache:
+            self._cache[job_id] = None if self.get is None else self.get(job_id)
+        return self._cache[job_id]
+
+    def state(self, job_id: str) -> str | None:
+        """The job's state; `queued` for a pending submission; None: unknown."""
+        return "queued" if job_id in self.pending else self.states.get(job_id)
+
+    def live(self, job_id: str) -> bool:
+        state = self.state(job_id)
+        return state is not None and state not in TERMINAL_STATES
+
+    @functools.cached_property
+    def live_ids(self) -> list[str]:
+        return [*(i for i, s in self.states.items() if s not in TERMINAL_STATES),
+                *self.pending]
+
+    def _named(self, keys: Sequence[str]) -> frozenset[str]:
+        named: set[str] = set()
+        for job_id in self.live_ids:
+            entry = self.entry(job_id) or {}
+            for key in keys:
+                value = entry.get(key)
+                named.update(map(str, value) if isinstance(value, list) else
+                             [str(value)] if isinstance(value, str) else [])
+        return frozenset(named)
+
+    @functools.cached_property
+    def named_by_live(self) -> frozenset[str]:
+        """Jobs a live job names (after, after_any, resume_of, resume)."""
+        return self._named(_REFS)
+
+    @functools.cached_property
+    def resumed_by_live(self) -> frozenset[str]:
+        """Jobs whose agent session (and workspace) a live job continues."""
+        return self._named(_RESUME_REFS)
+
+    @functools.cached_property
+    def live_repos(self) -> frozenset[str]:
+        """The repositories live jobs name."""
+        return frozenset(str(r) for job_id in self.live_ids
+                         for r in (self.entry(job_id) or {}).get("repos") or ())
+
+    @functools.cached_property
+    def live_workspaces(self) -> frozenset[str]:
+        """The workspace paths live jobs work in (their own, or the one they resume)."""
+        paths = set()
+        for job_id in self.live_ids:
+            ws = (self.entry(job_id) or {}).get("workspace")
+            if isinstance(ws, str):
+                paths.add(ws.rstrip("/"))
+        return frozenset(paths)
+
+
+@dataclass(frozen=True)
+class Expired:
+    """A finished job that may be forgotten, and why."""
+
+    id: str
+    state: str
+    finished_at: str | None
+    why: str
+
+
+def _finished(entry: Mapping[str, Any]) -> float | None:
+    return parse_iso(entry.get("finished_at")) or parse_iso(entry.get("created_at"))
+
+
+def expired(known: Known, now: float, older_than: float | None, *,
+            states: Sequence[str] = (), why: str = "retention.jobs",
+            limit: int | None = None) -> list[Expired]:
+    """Finished jobs (of `states`, or all five) that ended at least `older_than` seconds
+    ago (None: never), except those a live job names; in submission order."""
+    if older_than is None:
+        return []
+    wanted = set(states) if states else TERMINAL_STATES
+    out: list[Expired] = []
+    for job_id, state in known.states.items():
+        if state not in wanted or job_id in known.named_by_live:
+            continue
+        entry = known.entry(job_id)
+        ended = None if entry is None else _finished(entry)
+        if entry is None or ended is None or now - ended < older_than:
+            continue
+        out.append(Expired(job_id, state, entry.get("finished_at"), why))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def workspace_verdict(name: str, path: str, age: float, known: Known, now: float, *,
+                      grace: float, keep: float | None) -> str | None:
+    """Why `workspace_dir/<name>` may go (None: it stays). `age`: seconds since it last
+    changed; `keep`: retention.workspaces."""
+    if name.startswith(TRASH):
+        return "a removal a crash cut short"
+    if path.rstrip("/") in known.live_workspaces:
+        return None
+    job_id = name[len(PREP):] if name.startswith(PREP) else name
+    if known.live(job_id) or job_id in known.resumed_by_live or age < grace:
+        return None
+    if name.startswith(PREP):
+        return "left over from a workspace that was never finished"
+    state = known.state(job_id)
+    if state is None:
+        return "no such job"
+    entry = known.entry(job_id)
+    ended = None if entry is None else _finished(entry)
+    if keep is not None and ended is not None and now - ended >= keep:
+        return f"job {state} past retention.workspaces"
+    return None
+
+
+def folder_verdict(name: str, age: float, known: Known, *, grace: float) -> str | None:
+    """Why `jobs/<name>` may go outside retention (which forgets the job first): a removal
+    a crash cut short, or the folder of a job the queue does not know."""
+    if name.startswith(TRASH):
+        return "a removal a crash cut short"
+    if known.state(name) is not None or age < grace:
+        return None
+    return "no such job"
+
+
+def process_verdict(job_id: str, age: float, known: Known, *, grace: float) -> str | None:
+    """Why a process carrying this instance's BATCHD_JOB_DIR for `job_id` may be killed:
+    its job is finished or unknown and it is older than the grace."""
+    state = known.state(job_id)
+    if state is not None and state not in TERMINAL_STATES:
+        return None
+    if age < grace:
+        return None
+    return "job unknown" if state is None else f"job {state}"
+
+
+def corrupted_at(name: str) -> float | None:
+    """When a quarantined file (`NAME.corrupted.<UTC stamp>[.n]`) was moved aside."""
+    if CORRUPT_MARK not in name:
+        return None
+    m = _STAMP.search(name)
+    if m is None:
+        return None
+    return datetime.strptime(m.group(1), "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()

@@ -1,0 +1,270 @@
+"""The reaper worker over a real state dir: each part of a pass, recorded; `clean`; main."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from supervisor import log as _log
+from supervisor import reaper
+from supervisor import runtime as _runtime
+from supervisor.config import Config, RepoConfig, RetentionConfig
+from supervisor.state import archive
+from supervisor.state.atomic import CORRUPT_MARK
+from supervisor.state.clock import MockClock, iso_now
+from supervisor.state.layout import (
+    READY,
+    REPLY,
+    REQUEST,
+    WORKER_STATE,
+    Layout,
+    read_record,
+    send_request,
+)
+from supervisor.state.queue import JOB_STATES, TERMINAL_STATES, JobQueue
+from supervisor.state.retention import Known, expired, folder_verdict, workspace_verdict
+from supervisor.state.submission import write_submission
+from supervisor.state.view import open_view
+from tests.helpers import until
+from tests.reaper.conftest import GRACE, aged, make_cfg, touch
+
+DAY = 86400.0
+LIVE = ("queued", "waiting", "starting", "running")
+
+
+def build(cfg: Config, jobs: Iterable[dict[str, Any]], now: float) -> Layout:
+    """A state dir with these jobs in a real WAL, each with a job folder and a workspace
+    (unless it says `folder: False` / `workspace: False`), all older than the grace."""
+    layout = Layout(cfg.state_dir)
+    jobs = list(jobs)
+    with JobQueue.open(layout.wal_dir) as q:
+        for job in jobs:
+            body = {k: v for k, v in job.items()
+                    if k not in ("state", "ended", "folder", "workspace_made")}
+            body.setdefault("created_at", iso_now(now - 90 * DAY))
+            body.setdefault("workspace", str(cfg.workspace_dir / job["id"]))
+            q.enqueue(job["id"], body)
+            fields: dict[str, Any] = {"state": job["state"]}
+            if job.get("ended") is not None:
+                fields["finished_at"] = iso_now(now - job["ended"] * DAY)
+            q.update(job["id"], **fields)
+    for job in jobs:
+        if job.get("folder", True):
+            aged(touch(layout.job_output(job["id"]), GRACE * 2).parent, GRACE * 2)
+        if job.get("workspace_made", True):
+            ws = Path(cfg.workspace_dir / job["id"])
+            aged(touch(ws / "README", GRACE * 2).parent, GRACE * 2)
+    return layout
+
+
+def make(tmp_path: Path, jobs: Iterable[dict[str, Any]], **kw: Any
+         ) -> tuple[reaper.Reaper, Layout]:
+    now = time.time()
+    cfg = make_cfg(tmp_path, **kw)
+    layout = build(cfg, jobs, now)
+    return reaper.Reaper(cfg, layout, _log.get("test"), MockClock(now)), layout
+
+
+def forget_requests(layout: Layout) -> list[list[str]]:
+    inbox = layout.inbox("scheduler")
+    out = []
+    for name in sorted(os.listdir(inbox)) if inbox.exists() else []:
+        rec = read_record(REQUEST, inbox / name, owner=False)
+        if isinstance(rec, dict) and rec["kind"] == "forget":
+            out.append(rec["jobs"])
+    return out
+
+
+def test_a_pass_removes_what_is_past_retention_and_keeps_the_rest(tmp_path: Path) -> None:
+    """Finished past retention.jobs: archived, folder gone, the scheduler asked to forget
+    it; workspaces past retention.workspaces (7 days): gone, their jobs kept; live
+    and young things: untouched; every removal counted in reaper/state.json."""
+    r, layout = make(tmp_path, [
+        {"id": "old", "state": "completed", "ended": 31},
+        {"id": "mid", "state": "failed", "ended": 8},
+        {"id": "new", "state": "completed", "ended": 1},
+        {"id": "run", "state": "running"}])
+    did = reaper.one_pass(r)
+    ws = r.cfg.workspace_dir
+    assert ({"jobs": 1, "workspaces": 2}, [["old"]]) == (
+        {k: n for k, n in did.items() if n}, forget_requests(layout))
+    assert {"old": (False, False), "mid": (True, False), "new": (True, True),
+            "run": (True, True)} == {j: (layout.job_dir(j).exists(), (ws / j).exists())
+                                     for j in ("old", "mid", "new", "run")}
+    records, notes = archive.read(layout)
+    assert ([("old", "completed")], []) == ([(x["id"], x["state"]) for x in records], notes)
+    rec = read_record(WORKER_STATE, layout.worker_state("reaper"), owner=False)
+    assert isinstance(rec, dict)
+    assert (1, 2, 1) == (rec["removed"]["jobs"], rec["totals"]["workspaces"],
+                         rec["totals"]["jobs"])
+    assert {"jobs": 0} == {"jobs": reaper.one_pass(r)["jobs"]}       # not again
+
+
+def test_orphan_workspaces_folders_and_mirrors_go_with_their_reason(tmp_path: Path) -> None:
+    """A workspace and a job folder with no job, a half-made workspace of a finished job,
+    trash a crash left, the mirror of a removed repository: removed; a mirror of a
+    configured repository and everything younger than the grace: kept."""
+    r, layout = make(tmp_path, [{"id": "done", "state": "completed", "ended": 1,
+                                 "workspace_made": False}])
+    ws = r.cfg.workspace_dir
+    r.cfg = Config(**{**r.cfg.__dict__, "repositories": {"app": RepoConfig(url="/x")}})
+    made = {
+        "ghost_ws": aged(touch(ws / "ghost" / "f", GRACE * 2).parent, GRACE * 2),
+        "prep": aged(touch(ws / ".prep.done" / "f", GRACE * 2).parent, GRACE * 2),
+        "trash": touch(ws / ".reap.x" / "f", 0).parent,
+        "ghost_job": aged(touch(layout.job_output("ghost"), GRACE * 2).parent, GRACE * 2),
+        "gone_mirror": aged(touch(layout.mirror("old") / "HEAD", GRACE * 2).parent, GRACE * 2),
+        "app_mirror": aged(touch(layout.mirror("app") / "HEAD", GRACE * 2).parent, GRACE * 2),
+        "young_ws": touch(ws / "young" / "f", 0).parent}
+    did = reaper.one_pass(r)
+    assert {"ghost_ws": False, "prep": False, "trash": False, "ghost_job": False,
+            "gone_mirror": False, "app_mirror": True, "young_ws": True} == {
+        k: p.exists() for k, p in made.items()}
+    assert {"workspaces": 3, "job_folders": 1, "mirrors": 1} == {
+        k: n for k, n in did.items() if n}
+
+
+def test_a_live_job_names_what_it_needs(tmp_path: Path) -> None:
+    """A finished job that a queued job waits for, or that a queued job resumes, is not
+    forgotten; the resumed workspace stays past retention.workspaces."""
+    r, layout = make(tmp_path, [
+        {"id": "dep", "state": "completed", "ended": 60},
+        {"id": "w", "state": "queued", "after": ["dep"]},
+        {"id": "ses", "state": "completed", "ended": 60},
+        {"id": "r", "state": "queued", "resume_of": "ses", "workspace_made": False}],
+        retention=RetentionConfig(jobs=30 * DAY, workspaces=1 * DAY))
+    layout_ws = r.cfg.workspace_dir
+    did = reaper.one_pass(r)
+    assert {"jobs": 0, "workspaces": 1} == {k: did[k] for k in ("jobs", "workspaces")}
+    assert (True, False, []) == ((layout_ws / "ses").exists(), (layout_ws / "dep").exists(),
+                                 forget_requests(layout))
+
+
+def test_nothing_job_related_is_reaped_when_the_queue_cannot_be_read(tmp_path: Path) -> None:
+    """A WAL the reader cannot open: temp files still go, no workspace or folder does."""
+    r, layout = make(tmp_path, [{"id": "old", "state": "completed", "ended": 99}])
+    shutil.rmtree(layout.wal_dir)
+    layout.wal_dir.write_text("not a folder")
+    tmp = touch(layout.root / ".tmp.x.1.aa", GRACE * 2)
+    did = reaper.one_pass(r)
+    assert ({"tmp": 1}, True, True) == ({k: n for k, n in did.items() if n},
+                                        layout.job_dir("old").exists(),
+                                        (r.cfg.workspace_dir / "old").exists())
+    assert not tmp.exists()
+
+
+def test_clean_forgets_now_and_replies_with_what_went(tmp_path: Path) -> None:
+    """clean {older_than, states}: the finished jobs it selects are forgotten at once and
+    listed in the reply; a replay of the request changes nothing."""
+    r, layout = make(tmp_path, [
+        {"id": "a", "state": "failed", "ended": 0.5}, {"id": "b", "state": "completed",
+                                                      "ended": 2},
+        {"id": "c", "state": "lost", "ended": 3}, {"id": "d", "state": "running"}])
+    req = {"id": "clean-1", "kind": "clean", "older_than": DAY, "states": ["completed", "lost"]}
+    reaper.clean(r, req)
+    reply = read_record(REPLY, layout.reaper_replies / "clean-1.json", owner=False)
+    assert isinstance(reply, dict)
+    assert (True, ["b", "c"], [["b", "c"]]) == (
+        reply["ok"], [x["id"] for x in reply["result"]], forget_requests(layout))
+    reaper.clean(r, req)
+    assert [["b", "c"]] == forget_requests(layout)
+
+
+def test_a_corrupt_record_restarts_the_totals_and_is_said(tmp_path: Path) -> None:
+    """A corrupt reaper/state.json is moved aside, noted as degraded; the reaper reaps."""
+    cfg = make_cfg(tmp_path)
+    layout = Layout(cfg.state_dir)
+    touch(layout.worker_state("reaper"), 0).write_bytes(b"{oops")
+    r, _, _, degraded = reaper.recover(cfg, layout, _log.get("test"))
+    moved = [n for n in os.listdir(layout.worker_dir("reaper")) if CORRUPT_MARK in n]
+    assert ([f"reaper state was corrupt: moved to {layout.worker_dir('reaper') / moved[0]}"],
+            0) == (degraded, sum(r.totals.values()))
+
+
+def test_main_serves_clean_requests_and_passes_every_interval(tmp_path: Path) -> None:
+    """After ready, the running reaper answers a clean request and removes a stale temp
+    file at its next interval."""
+    cfg = make_cfg(tmp_path, interval=0.2)
+    layout = build(cfg, [{"id": "a", "state": "completed", "ended": 0}], time.time())
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(reaper.main(cfg)))
+    worker.start()
+    try:
+        until("ready", layout.ready_file("reaper").exists)
+        rec = read_record(READY, layout.ready_file("reaper"), owner=False)
+        assert isinstance(rec, dict)
+        stale = touch(cfg.state_dir / "reaper" / ".tmp.late.1.aa", GRACE * 2)
+        until("the sweep", lambda: not stale.exists())
+        send_request(layout, "reaper", {"id": "c1", "kind": "clean", "older_than": 0})
+        until("the reply", (layout.reaper_replies / "c1.json").exists)
+    finally:
+        _runtime.request_stop()
+        worker.join(30)
+    assert ([0], [["a"]]) == (result, forget_requests(layout))
+
+
+# -- the property: random mixes, two passes ---------------------------------------------------
+
+JOBS = st.lists(st.tuples(st.sampled_from(JOB_STATES), st.integers(0, 60),
+                          st.booleans(), st.booleans(), st.integers(-1, 9),
+                          st.sampled_from(["", "after", "resume_of"])),
+                min_size=1, max_size=10)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(jobs=JOBS, strays=st.lists(st.sampled_from(["ghost", ".prep.j0", ".prep.zz", ".reap.q"]),
+                                  max_size=3, unique=True))
+def test_never_touches_the_live_and_leaves_nothing_reapable_after_two_passes(
+        tmp_path_factory: Any, jobs: list[tuple[str, int, bool, bool, int, str]],
+        strays: list[str]) -> None:
+    """Any mix of live and finished jobs (of any age, some naming others), with or without
+    folders and workspaces, plus strays: after two passes every live job has its record,
+    folder and workspace, every job a live one names is still in the queue, and nothing
+    left is reapable."""
+    tmp_path = tmp_path_factory.mktemp("mix")
+    specs = []
+    for i, (state, ended, folder, ws, ref, how) in enumerate(jobs):
+        spec: dict[str, Any] = {"id": f"j{i}", "state": state, "folder": folder,
+                                "workspace_made": ws,
+                                "ended": ended if state in TERMINAL_STATES else None}
+        if how and 0 <= ref < len(jobs) and ref != i:
+            spec[how] = [f"j{ref}"] if how == "after" else f"j{ref}"
+        specs.append(spec)
+    r, layout = make(tmp_path, specs, retention=RetentionConfig(jobs=30 * DAY,
+                                                                 workspaces=7 * DAY))
+    for name in strays:
+        aged(touch(r.cfg.workspace_dir / name / "f", GRACE * 2).parent, GRACE * 2)
+    write_submission(layout, [{"id": "pend", "agent": "shell", "prompt": "x", "repos": [],
+                               "after": ["j0"]}])
+    reaper.one_pass(r)
+    reaper.one_pass(r)
+    forgotten = {j for ids in forget_requests(layout) for j in ids}
+    live = {s["id"] for s in specs if s["state"] in LIVE}
+    named = {"j0"} | {str(v if isinstance(v, str) else v[0]) for s in specs
+                      if s["state"] in LIVE for k, v in s.items() if k in ("after", "resume_of")}
+    for s in specs:
+        if s["id"] in live:
+            assert s["folder"] == layout.job_dir(s["id"]).exists(), s
+            assert s["workspace_made"] == (r.cfg.workspace_dir / s["id"]).exists(), s
+    assert not forgotten & (live | named)
+    now = r.clock.time()
+    with open_view(r.cfg, layout) as view:
+        known = Known.read(view)
+        assert [] == expired(known, now, r.cfg.retention.jobs)
+        for name in os.listdir(r.cfg.workspace_dir) if r.cfg.workspace_dir.exists() else []:
+            path = r.cfg.workspace_dir / name
+            age = now - path.lstat().st_mtime
+            assert None is workspace_verdict(name, str(path), age, known, now, grace=GRACE,
+                                             keep=r.cfg.retention.workspaces), name
+        for name in os.listdir(layout.jobs_dir) if layout.jobs_dir.exists() else []:
+            age = now - (layout.jobs_dir / name).lstat().st_mtime
+            assert None is folder_verdict(name, age, known, grace=GRACE), name
