@@ -36,8 +36,8 @@ from supervisor.state.webhook import (
     retry_after_delay,
 )
 
-__all__ = ["BODY_KEEP", "HttpTransport", "MockTransport", "Reply", "RequestsTransport", "Sent",
-           "Transport", "TransportError", "attempt", "body_of", "request_headers", "sign"]
+__all__ = ["BODY_KEEP", "HttpTransport", "MockTransport", "Reply", "Sent", "Transport",
+           "TransportError", "attempt", "body_of", "request_headers", "sign"]
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -299,10 +299,6 @@ def _drained(resp: http.client.HTTPResponse, deadline: float) -> bool:
     except (OSError, http.client.HTTPException, ValueError):
         return False
     return True
-
-
-#: The name this transport had when it was built on requests.
-RequestsTransport = HttpTransport
 
 
 @dataclass(frozen=True)
