@@ -12,6 +12,7 @@ while a live job works in it.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Known:
     pending: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     get: Any = None                                  # job id -> entry (or None)
     values: Any = None                               # QueueReader.field_values, or None
+    raw: Any = None                                  # QueueReader.raw, or None
     _cache: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     @classmethod
@@ -74,7 +76,7 @@ class Known:
         pending = {i: j for i, j in view.pending.jobs.items() if i not in states}
         if queue is None:
             return cls(states, pending)
-        return cls(states, pending, queue.get, queue.field_values)
+        return cls(states, pending, queue.get, queue.field_values, queue.raw)
 
     @classmethod
     def of(cls, entries: Iterable[Mapping[str, Any]],
@@ -102,6 +104,23 @@ class Known:
             at = parse_iso(text)
             if at is not None:
                 out[job_id] = at
+        return out
+
+    @functools.cached_property
+    def resumed_ends(self) -> dict[str, float]:
+        """Workspace path -> when the last finished job that resumed a session in it
+        ended: a workspace shared along a resume chain is kept for the last of them."""
+        if self.raw is not None:
+            found = [(i, json.loads(body)) for state in TERMINAL_STATES
+                     for i, body in self.raw(state, [b'"resume_of":"'])]
+        else:
+            found = [(i, self.entry(i) or {}) for i, s in self.states.items()
+                     if s in TERMINAL_STATES and (self.entry(i) or {}).get("resume_of")]
+        out: dict[str, float] = {}
+        for job_id, body in found:
+            ws, ended = body.get("workspace"), self.finished(job_id)
+            if isinstance(ws, str) and ended is not None:
+                out[ws.rstrip("/")] = max(ended, out.get(ws.rstrip("/"), ended))
         return out
 
     def finished(self, job_id: str) -> float | None:
@@ -215,6 +234,9 @@ def workspace_verdict(name: str, path: str, age: Age, known: Known, now: float, 
     state = known.state(job_id)
     if state is not None and not name.startswith(PREP):
         ended = known.finished(job_id)
+        later = known.resumed_ends.get(path.rstrip("/"))
+        if ended is not None and later is not None:
+            ended = max(ended, later)
         if keep is None or ended is None or now - ended < keep:
             return None
     if not _older(age, grace):

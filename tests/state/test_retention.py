@@ -190,3 +190,15 @@ def test_finished_times_come_in_bulk_from_the_queue_fields() -> None:
                                                     "p": iso_now(NOW - 9 * DAY)})
     assert [NOW - 2 * DAY, NOW - 60 * DAY, NOW - DAY, None] == [
         known.finished(j) for j in ("a", "b", "p", "x")]
+
+
+def test_a_workspace_shared_along_a_resume_chain_is_kept_for_the_last_of_them() -> None:
+    """ses finished 30 days ago; r resumed its session in the same workspace and finished
+    yesterday: the workspace stays (retention.workspaces counts from r's end), and goes
+    once r's end is past it too."""
+    known = Known.of([_job("ses", "completed", 30),
+                      _job("r", "completed", 1, resume_of="ses", workspace="/ws/ses")])
+    assert None is workspace_verdict("ses", "/ws/ses", GRACE + 1, known, NOW, grace=GRACE,
+                                     keep=7 * DAY)
+    assert "job completed past retention.workspaces" == workspace_verdict(
+        "ses", "/ws/ses", GRACE + 1, known, NOW + 7 * DAY, grace=GRACE, keep=7 * DAY)
