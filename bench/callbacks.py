@@ -97,7 +97,12 @@ class Receiver:
         ready = threading.Event()
         self.url = ""
 
+        handlers: set[asyncio.Task[Any]] = set()
+
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                handlers.add(task)
             try:
                 while True:
                     head = await reader.readuntil(b"\r\n\r\n")
@@ -113,8 +118,12 @@ class Receiver:
                         await asyncio.sleep(self.hold)
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                     await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError, IndexError, ValueError):
+            except (asyncio.IncompleteReadError, ConnectionError, IndexError, ValueError,
+                    asyncio.CancelledError):
                 writer.close()
+            finally:
+                if task is not None:
+                    handlers.discard(task)
 
         async def serve() -> None:
             server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -123,6 +132,9 @@ class Receiver:
             async with server:
                 with contextlib.suppress(asyncio.CancelledError):
                     await server.serve_forever()
+            for task in list(handlers):        # connections still open: end them too
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
 
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(serve(),),
                                        daemon=True)
@@ -130,9 +142,12 @@ class Receiver:
         ready.wait(DEADLINE)
 
     def close(self) -> None:
-        for task in asyncio.all_tasks(self.loop):
-            self.loop.call_soon_threadsafe(task.cancel)
+        def cancel() -> None:
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+        self.loop.call_soon_threadsafe(cancel)
         self.thread.join(5)
+        self.loop.close()
 
 
 @contextmanager

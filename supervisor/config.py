@@ -35,6 +35,8 @@ if TYPE_CHECKING:                  # PyYAML is imported by the parser alone (see
 
 __all__ = [
     "ADAPTORS",
+    "ADAPTOR_COMMANDS",
+    "DIRECTORY_SESSIONS",
     "DURATION_HELP",
     "LAUNCHERS",
     "LOG_FORMATS",
@@ -77,6 +79,19 @@ __all__ = [
 ]
 
 ADAPTORS = ("claude", "gemini", "codex", "aider", "opencode", "q", "command")
+
+#: The binaries an agent without `command` runs, per adaptor, tried in order on the agent's
+#: PATH (the `q` adaptor takes `kiro-cli`, Amazon Q Developer CLI's successor, when there
+#: is no `q`). Shared by the adaptors, `batchctl agents` and `batchd --check`.
+ADAPTOR_COMMANDS: dict[str, tuple[str, ...]] = {
+    "claude": ("claude",), "gemini": ("gemini",), "codex": ("codex",), "aider": ("aider",),
+    "opencode": ("opencode",), "q": ("q", "kiro-cli"), "command": ("/bin/sh",),
+}
+
+#: Adaptors whose CLI keeps its session in the workspace and resumes "the conversation of
+#: this folder" (aider's chat history file, q/kiro-cli's per-directory conversation): a job
+#: of theirs can be resumed (`submit --resume`) without a session id.
+DIRECTORY_SESSIONS: frozenset[str] = frozenset({"aider", "q"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
 LAUNCHERS = ("auto", "direct", "systemd")
@@ -147,7 +162,11 @@ class AgentConfig:
     timeout: float | None = None         # None: scheduler.job_timeout
     user: str | None = None
     model: str | None = None
+    idle_timeout: float | None = None    # no output for this long: timed_out, reason idle
     max_concurrent: int | None = None    # jobs of this agent running at once; None: no cap
+    #: True when the configuration file names this agent (not only the built-in default);
+    #: `batchd --check` warns about those whose binary is missing. Not part of equality.
+    configured: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -795,6 +814,7 @@ _AGENT: dict[str, _Conv] = {
     "timeout": _duration(positive=True, nullable=True),
     "user": _optional(_string),
     "model": _optional(_string),
+    "idle_timeout": _duration(positive=True, nullable=True),
     "max_concurrent": _optional(_int(1, "a positive integer or null")),
 }
 
@@ -814,7 +834,7 @@ def _agents(ctx: _Ctx, node: Node, key: str) -> dict[str, AgentConfig]:
                     ctx.error(knode, path, f"missing key 'adaptor' (one of {', '.join(ADAPTORS)})")
                 continue
             values["adaptor"] = builtin[name].adaptor
-        agents[name] = AgentConfig(**values)
+        agents[name] = AgentConfig(**values, configured=True)
     return agents
 
 

@@ -129,7 +129,7 @@ workers:
   reaper:
 agents:
   claude: {command: /opt/claude, args: [--max-turns, 5, 1.5], env: {A: "", B: 3}, model: opus}
-  review: {adaptor: gemini, timeout: 2h, user: jobs}
+  review: {adaptor: gemini, timeout: 2h, user: jobs, idle_timeout: 10m}
 repositories:
   app: {url: "git@github.com:org/app.git", branch: release/1.x, exclusive: true}
   web: {url: "https://example.com/web.git"}
@@ -151,8 +151,12 @@ def test_every_key_is_read() -> None:
     assert WorkerConfig() == cfg.workers["reaper"] == cfg.workers["scheduler"]
     assert AgentConfig(adaptor="claude", command="/opt/claude", args=("--max-turns", "5", "1.5"),
                        env=(("A", ""), ("B", "3")), model="opus") == cfg.agents["claude"]
-    assert AgentConfig(adaptor="gemini", timeout=7200.0, user="jobs") == cfg.agents["review"]
+    assert AgentConfig(adaptor="gemini", timeout=7200.0, user="jobs",
+                       idle_timeout=600.0) == cfg.agents["review"]
     assert AgentConfig(adaptor="command") == cfg.agents["shell"]
+    assert (True, True, False) == (cfg.agents["claude"].configured,
+                                   cfg.agents["review"].configured,
+                                   cfg.agents["shell"].configured)
     assert {"app": RepoConfig("git@github.com:org/app.git", "release/1.x", True),
             "web": RepoConfig("https://example.com/web.git"),
             "host": RepoConfig("host:path/x.git", "2025-01-01")} == cfg.repositories
@@ -254,6 +258,10 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"{SRC}:1: scheduler.kill_grace: expected a duration >= 0, got -1"),
     ("scheduler: {job_timeout: 0s}",
      f"{SRC}:1: scheduler.job_timeout: expected a duration > 0, got '0s'"),
+    ("agents:\n  claude: {idle_timeout: 0}\n",
+     f"{SRC}:2: agents.claude.idle_timeout: expected a duration > 0, got 0"),
+    ("agents:\n  claude:\n    idle_timeout: soon\n",
+     f"{SRC}:3: agents.claude.idle_timeout: {DUR}, got 'soon'"),
     ("reaper: {interval: [1]}", f"{SRC}:1: reaper.interval: {DUR}, got a list"),
     ("callbacks:\n  retry_schedule: [1s, x]\n",
      f"{SRC}:2: callbacks.retry_schedule[1]: {DUR}, got 'x'"),
@@ -309,7 +317,7 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      "known: max_restarts, restart_window, startretries, startsecs, stopwaitsecs)"),
     ("agents:\n  claude: {cmd: x}\n",
      f"{SRC}:2: agents.claude.cmd: unknown key 'cmd' (did you mean 'command'? known: adaptor, "
-     "args, command, env, max_concurrent, model, timeout, user)"),
+     "args, command, env, idle_timeout, max_concurrent, model, timeout, user)"),
     ("repositories:\n  r: {url: /x, lock: true}\n",
      f"{SRC}:2: repositories.r.lock: unknown key 'lock' (known: branch, exclusive, url)"),
     # names and required keys

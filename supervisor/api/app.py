@@ -42,7 +42,7 @@ from supervisor.api.stream import States, follow, read_range, size_of
 from supervisor.api.submit import Batcher
 from supervisor.config import WORKER_NAMES, Config, enabled_workers
 from supervisor.runtime import Log
-from supervisor.state import control, documents, jobcontrol
+from supervisor.state import agentbin, control, documents, jobcontrol
 from supervisor.state.joblist import MAX_LIMIT, CursorError, page, parse_label, parse_since
 from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
@@ -411,8 +411,13 @@ async def get_batch(request: Request) -> Response:
 async def get_agents(request: Request) -> Response:
     require(request, "read")
     _params(request, ())
-    raise ApiError(503, "not_available", "agent records (`batchctl agents`) are not in this "
-                                         "build yet; see GET /v1/status")
+    return JSONResponse(await _read(_agents, _api(request)))
+
+
+def _agents(api: Api) -> list[dict[str, Any]]:
+    """`batchctl agents --json`; the api reads the version cache, never writes it (a
+    binary not asked yet is asked again each time, its version not kept)."""
+    return agentbin.agent_records(api.cfg, api.layout, owner=False)
 
 
 # -- control (admin) --------------------------------------------------------------------------

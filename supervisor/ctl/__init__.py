@@ -18,6 +18,7 @@ from typing import Any
 
 from supervisor import __version__
 from supervisor.config import WORKER_NAMES, ConfigError, load
+from supervisor.ctl.agents import cmd_agents
 from supervisor.ctl.callbacks import run_callbacks, setup_callbacks
 from supervisor.ctl.completion import KINDS, SHELLS, cmd_complete, cmd_completion
 from supervisor.ctl.control import (
@@ -81,6 +82,10 @@ def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", metavar="B", help="batch name")
     p.add_argument("--id", metavar="ID", help="job id (default: a fresh one)")
     p.add_argument("--exclusive", action="store_true", help="hold repository locks all run")
+    p.add_argument("--resume", metavar="JOB",
+                   help="continue JOB's agent session, in JOB's workspace (same agent)")
+    p.add_argument("--idle-timeout", dest="idle_timeout", metavar="D",
+                   help="stop the job (timed_out, reason idle) after D without output")
     p.add_argument("--after", metavar="IDS", action="append", default=[],
                    help="start only when every one of these jobs has completed")
     p.add_argument("--after-any", metavar="IDS", action="append", default=[],
@@ -211,6 +216,8 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "reload": ("reload the configuration (as SIGHUP)", _none, _control("reload")),
     "startup-log": ("the last startups, phase by phase", _none,
                     lambda c, a: cmd_startup_log(c)),
+    "agents": ("each agent: adaptor, binary, version, found, user", _none,
+               lambda c, a: cmd_agents(c)),
     "token": ("API tokens: `token add NAME --scope read|submit|admin` (printed once), "
               "`token list`, `token revoke NAME`", setup_token, run_token),
     "completion": ("a shell completion script: completion bash|zsh|fish", _shell,

@@ -215,9 +215,14 @@ def cmd_stats(ctx: Ctx) -> int:
     if ctx.json:
         ctx.emit(doc)
         return EXIT_OK
-    rows = [(f"{k}:", v) for k, v in doc.items() if k not in ("restarts", "reaped")]
-    rows += [(f"reaped {k}:", n) for k, n in doc["reaped"].items()]
+    rows = [(f"{k}:", v) for k, v in doc.items()
+            if k not in ("restarts", "reaped", "usage", "usage_by_agent")]
     rows += [(f"restarts {w}:", n) for w, n in doc["restarts"].items()]
+    rows += [(f"reaped {k}:", n) for k, n in doc["reaped"].items()]
+    for who, sums in [("all agents", doc["usage"]), *doc["usage_by_agent"].items()]:
+        rows.append((f"usage {who}:", f"{sums['input_tokens']} tokens in, "
+                     f"{sums['output_tokens']} out, ${sums['cost_usd']:.4f}, "
+                     f"{sums['turns']} turns, {sums['jobs']} jobs"))
     for line in table(rows):
         ctx.say(line)
     return EXIT_OK

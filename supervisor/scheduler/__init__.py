@@ -86,7 +86,8 @@ def submit(s: Scheduler, req: dict[str, Any]) -> None:
     entries = []
     for job in jobs:       # the request's own dicts become the entries: no copy
         job_id = job["id"]
-        job["workspace"] = workspace(job_id)
+        if "resume_of" not in job:   # a resumed job runs in its predecessor's workspace
+            job["workspace"] = workspace(job_id)
         entries.append((job_id, job))
     added = s.queue.enqueue_many(entries, count="submitted")
     new = sum(added)

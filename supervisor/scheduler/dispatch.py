@@ -29,6 +29,7 @@ from supervisor.scheduler.runnable import Runnable
 from supervisor.state import disk
 from supervisor.state.atomic import Missing
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
+from supervisor.state.jobs import usage_counters
 from supervisor.state.layout import Layout, send_request
 from supervisor.state.lockfiles import read_held, read_table
 from supervisor.state.locktable import (
@@ -431,6 +432,7 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     if _repos_of(job.entry):     # before the terminal WAL record, as the events above
         _release(j, job.id, f"job {fields['state']}")
     batch.counters[str(fields["state"])] += 1
+    batch.counters.update(usage_counters(str(job.entry.get("agent")), fields.get("usage")))
     j.active.discard(job.id)
     j.warned.pop(job.id, None)
     if before in (lc.State.WAITING.value, lc.State.STARTING.value, lc.State.RUNNING.value):

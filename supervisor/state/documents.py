@@ -15,7 +15,7 @@ from typing import Any
 from supervisor.config import Config, enabled_workers
 from supervisor.state import disk
 from supervisor.state.atomic import Missing
-from supervisor.state.jobs import batch_record
+from supervisor.state.jobs import batch_record, usage_stats
 from supervisor.state.layout import Layout
 from supervisor.state.lockfiles import read_table
 from supervisor.state.locktable import Table, unavailable
@@ -188,9 +188,13 @@ def batch_records(view: JobView) -> list[dict[str, Any]]:
 
 def stats_doc(cfg: Config, layout: Layout) -> dict[str, Any]:
     """The `stats --json` document: the queue's counters, restarts per worker (every
-    worker the configuration runs; zeros when unknown), what the reaper removed."""
+    worker the configuration runs; zeros when unknown), what the reaper removed, and the
+    agents' usage: `usage` (tokens, cost in dollars, turns, jobs that reported usage,
+    summed over every finished job) and `usage_by_agent` (the same per agent)."""
     with open_view(cfg, layout) as view:
-        doc: dict[str, Any] = dict(view.stats())
+        counters = view.stats()
+    doc: dict[str, Any] = {k: n for k, n in counters.items() if not k.startswith("usage/")}
+    doc["usage"], doc["usage_by_agent"] = usage_stats(counters)
     restarts = dict.fromkeys(enabled_workers(cfg), 0)
     for w in read_workers(layout):
         if isinstance(w.get("name"), str) and isinstance(w.get("restarts"), int):

@@ -11,6 +11,8 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       startup-log.json            parent   record "startup_log": the last 10 startups
       repos.json                  batchctl record "repos": repositories added by `repo add`
       repos.lock                  batchctl empty, never written: flock serializes `repo add/remove`
+      agent-versions.json         batchctl record "agent_versions": each agent binary's
+                                           `--version`, keyed by path, mtime and size (a cache)
       mirrors/<name>.git          scheduler bare `git clone --mirror` of each repository, fetched
                                            under the repository's lock (supervisor.state.repos)
       control/inbox/<req>.json    batchctl request "control" (start/stop/restart/shutdown/reload)
@@ -27,7 +29,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       reaper/replies/<req>.json   reaper   record "reply" to a `clean` request
       history/YYYY-MM.jsonl.gz    reaper   the archive: forgotten jobs' records, appended as
                                            gzip members (supervisor.state.archive)
-      jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json,
+      jobs/<id>/                  adaptor  prompt, output, events.jsonl, sentinel.json, result.json,
                                            adaptor.log (launcher-opened, adaptor-written),
                                            adaptor.lock (flock held by the live adaptor)
       workspaces/<id>/            scheduler (created), the job (contents)
@@ -47,6 +49,7 @@ from supervisor.state.atomic import Corrupt, Missing, ensure_dir, read_json, wri
 from supervisor.state.fs import FS, REAL
 
 __all__ = [
+    "AGENT_VERSIONS",
     "CONTROL",
     "DELIVERY",
     "FORGETTING",
@@ -134,6 +137,9 @@ DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
 #: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
 #: {tokens: {name: {sha256, scope, created_at}}} (state.tokens).
 TOKENS = RecordKind("batchd.tokens", 1, ("tokens",))
+#: The `--version` of agent binaries (`agent-versions.json`), a cache owned by batchctl:
+#: {binaries: {path: {mtime_ns, size, version}}}.
+AGENT_VERSIONS = RecordKind("batchd.agent_versions", 1, ("binaries",))
 
 
 def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
@@ -178,6 +184,12 @@ class JobPaths:
     @property
     def spec(self) -> Path:
         return self.dir / "spec.json"
+
+    @property
+    def prompt(self) -> Path:
+        """The prompt's exact bytes, written by the adaptor before the agent starts: the
+        agent reads it as its stdin (or as a file, for aider)."""
+        return self.dir / "prompt"
 
     @property
     def output(self) -> Path:
@@ -243,6 +255,11 @@ class Layout:
         """flock'ed (exclusive) by `batchctl repo add/remove` around its read and write of
         repos.json. Created empty with O_CREAT; never written, replaced or removed."""
         return self.root / "repos.lock"
+
+    @property
+    def agent_versions(self) -> Path:
+        """The `--version` cache of agent binaries (`batchctl agents`)."""
+        return self.root / "agent-versions.json"
 
     @property
     def mirrors_dir(self) -> Path:

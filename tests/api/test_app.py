@@ -419,9 +419,15 @@ def test_restart_needs_batchd_and_a_known_worker(env: Env) -> None:
     assert not env.layout.control_inbox.exists() or [] == os.listdir(env.layout.control_inbox)
 
 
-def test_agents_is_503_until_agent_records_exist(env: Env) -> None:
-    """GET /v1/agents answers an error document saying what is missing (no 500)."""
-    assert (503, "not_available") == _error(*env.client("read").json("GET", "/v1/agents"))
+def test_agents_are_batchctls_records_and_the_cache_is_not_written(env: Env) -> None:
+    """GET /v1/agents: one record per configured agent with the contract's keys, as
+    `batchctl agents --json`; the api never writes batchctl's version cache."""
+    status, body = env.client("read").json("GET", "/v1/agents")
+    assert 200 == status, body
+    shell = next(r for r in body if r["name"] == "shell")
+    assert ({"name", "adaptor", "command", "version", "found", "user", "max_concurrent"},
+            "command", False) == (set(shell), shell["adaptor"],
+                                  env.layout.agent_versions.exists())
 
 
 def test_sigterm_stops_the_api_with_exit_0(tmp_path: Path) -> None:

@@ -427,6 +427,35 @@ def test_check_exit_codes_and_no_state_written(tmp_path: Path,
     assert not (tmp_path / "state").exists()
 
 
+def test_check_warns_about_configured_agents_it_cannot_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--check: exit 0 (the file is valid) with a warning on stderr for each agent the file
+    names whose binary is missing, and for an aider agent without a model; the built-in
+    agents the file does not name, and agents whose binary is there, are not warned about."""
+    here = tmp_path / "bin"
+    here.mkdir()
+    (here / "claude").write_text("#!/bin/sh\n")
+    (here / "claude").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{here}:/usr/bin:/bin")
+    config = tmp_path / "batchd.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nagents:\n  claude: {{}}\n"
+                      "  review: {adaptor: gemini, command: /opt/none/gemini}\n"
+                      "  cheap: {adaptor: aider, model: openai/gpt-4o-mini, "
+                      "env: {PATH: /nowhere}}\n"
+                      "  lazy: {adaptor: aider, command: /bin/true}\n")
+    assert 0 == main(["-c", str(config), "--check"])
+    err = capsys.readouterr().err.splitlines()
+    assert ["batchd: warning: agent 'cheap': its binary 'aider' was not found on PATH "
+            "(/nowhere); its jobs will fail (agent_not_found)",
+            "batchd: warning: agent 'lazy' has no model: aider without one starts an "
+            "interactive OpenRouter login; set `model` (e.g. openai/gpt-4o) for this agent in "
+            "the configuration; its jobs are refused",
+            "batchd: warning: agent 'review': its binary '/opt/none/gemini' was not found; its "
+            "jobs will fail (agent_not_found)"] == err
+    assert not (tmp_path / "state").exists()
+
+
 def test_replies_older_than_ten_minutes_are_removed(tmp_path: Path) -> None:
     """gc_replies drops replies past REPLY_TTL, keeps newer ones, and re-arms its timer."""
     h = Harness(tmp_path)

@@ -74,6 +74,15 @@ def test_bash_completes_values_from_the_state_dir(setup: tuple[Path, Path]) -> N
     assert ["job-one", "job-two"] == complete(setup, "batchctl submit --after ")
 
 
+def test_bash_completes_the_agent_commands_and_flags(setup: tuple[Path, Path]) -> None:
+    """`agents`, `submit --resume JOB` (a job id) and `--idle-timeout` come from the parser
+    like every other command and flag."""
+    assert ["agents"] == complete(setup, "batchctl ag")
+    assert ["--id", "--idle-timeout"] == complete(setup, "batchctl submit --i")
+    assert ["--repo", "--resume", "--retries"] == complete(setup, "batchctl submit --re")
+    assert ["job-one", "job-two"] == complete(setup, "batchctl submit --resume job")
+
+
 def test_every_command_is_in_every_script() -> None:
     """The scripts are generated from the parser: each command appears in each of them;
     the hidden __complete command in none."""

@@ -165,10 +165,13 @@ def test_batch_and_batches_shapes(cli: Cli) -> None:
 
 
 def test_stats_shape_with_no_queue(cli: Cli) -> None:
-    """stats --json: every counter, restarts per worker and what the reaper removed, zeros
-    when unknown."""
+    """stats --json: every counter, restarts per worker, what the reaper removed and the
+    agents' usage, zeros when unknown."""
     assert {"submitted": 0, "completed": 0, "failed": 0, "cancelled": 0, "timed_out": 0,
             "lost": 0, "recovered": 0,
+            "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "turns": 0,
+                      "jobs": 0},
+            "usage_by_agent": {},
             "restarts": {"scheduler": 0, "locks": 0, "reaper": 0, "callbacks": 0},
             "reaped": {"tmp": 0, "corrupted": 0, "processes": 0, "workspaces": 0,
                        "job_folders": 0, "jobs": 0, "mirrors": 0}} == cli.json("stats")

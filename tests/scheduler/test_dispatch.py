@@ -214,12 +214,12 @@ def sentinel(j: _dispatch.Jobs, job_id: str, pid: int, *, age: float = 0.0) -> N
 
 
 def result(j: _dispatch.Jobs, job_id: str, *, exit_code: int | None = 0,
-           sig: int | None = None, reason: str | None = None) -> None:
+           sig: int | None = None, reason: str | None = None, **more: Any) -> None:
     j.layout.job_dir(job_id).mkdir(parents=True, exist_ok=True)
     write_record(RESULT, j.layout.job_result(job_id), {
         "id": job_id, "exit_code": exit_code, "signal": sig, "duration_s": 1.0,
         "started_at": iso_now(), "finished_at": iso_now(), "session_id": None,
-        "reason": reason, "timed_out": reason == "timed_out"})
+        "reason": reason, "timed_out": reason in ("timed_out", "idle"), **more})
 
 
 def wait_dead(p: subprocess.Popen[bytes]) -> int:
@@ -305,6 +305,9 @@ def test_systemd_launch_stays_starting_until_the_sentinel(jobs: _dispatch.Jobs,
     ({"exit_code": 3}, "failed", "exit 3"),
     ({"exit_code": None, "sig": 9}, "failed", "killed by signal 9"),
     ({"exit_code": None, "sig": 15, "reason": "timed_out"}, "timed_out", "timed out after 60s"),
+    ({"exit_code": None, "sig": 15, "reason": "idle"}, "timed_out", "idle"),
+    ({"exit_code": 0, "reason": "agent error: Invalid API key"}, "failed",
+     "agent error: Invalid API key"),
 ])
 def test_a_result_finalizes_the_job(jobs: _dispatch.Jobs, procs: Procs, res: dict[str, Any],
                                     state: str, reason: str | None) -> None:
@@ -318,6 +321,26 @@ def test_a_result_finalizes_the_job(jobs: _dispatch.Jobs, procs: Procs, res: dic
     a = get(jobs, "a")
     assert (state, reason, None, 1, set()) \
         == (a["state"], a["reason"], a["pid"], jobs.queue.stats()[state], jobs.active)
+
+
+def test_usage_and_session_are_recorded_and_counted_with_the_end(jobs: _dispatch.Jobs,
+                                                                  procs: Procs) -> None:
+    """A result's usage and session land in the job's record, and its agent's usage
+    counters move in the same WAL write as the terminal state (cost in micro-dollars)."""
+    enqueue(jobs, "a")
+    _dispatch.dispatch(jobs)
+    procs.exit("a")
+    result(jobs, "a", session_id="s-1", usage={"input_tokens": 11, "output_tokens": 7,
+                                               "cost_usd": 0.000184, "turns": 1})
+    _dispatch.tick_job(jobs, "a")
+    a = get(jobs, "a")
+    assert ("completed", "s-1", {"input_tokens": 11, "output_tokens": 7, "cost_usd": 0.000184,
+                                 "turns": 1}) == (a["state"], a["session_id"], a["usage"])
+    stats = jobs.queue.stats()
+    assert (1, 11, 7, 184, 1, 1) == (
+        stats["completed"], stats["usage/shell/input_tokens"],
+        stats["usage/shell/output_tokens"], stats["usage/shell/cost_micro_usd"],
+        stats["usage/shell/turns"], stats["usage/shell/jobs"])
 
 
 def test_an_adaptor_lingering_after_its_result_is_killed(
