@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench import callbacks as bench_callbacks
+from bench import locks as bench_locks
 from bench import reaper as bench_reaper
 from bench import retention as bench_retention
 
@@ -33,3 +35,22 @@ def test_retention_keeps_only_the_live_and_recent_jobs(tmp_path: Path) -> None:
     assert 0 < got["archive_bytes_per_job"] < 200
     assert 0 < got["state_bytes"]
     assert got["recover_ms"] <= got["recover_ms_max"]
+
+
+def test_callbacks_figures_at_a_tiny_size(tmp_path: Path) -> None:
+    """bench.callbacks: 3 jobs' events reach the receiver (job end to arrival, timed), and
+    20 events waiting in a stopped worker's inbox are all delivered on disk."""
+    latency = bench_callbacks.bench_complete_to_delivered(tmp_path / "latency", 3)
+    assert (3, True) == (latency["complete_to_delivered_jobs"],
+                         0 < latency["complete_to_delivered_ms_p50"])
+    rate = bench_callbacks.bench_throughput(tmp_path / "rate", 20)
+    assert (20, True) == (rate["deliveries"], rate["deliveries_per_s"] > 0)
+
+
+def test_locks_workspace_against_a_plain_clone_at_a_tiny_size(tmp_path: Path) -> None:
+    """bench.locks: a workspace made as the scheduler makes it and a plain git clone of a
+    20-file file:// remote, each timed once."""
+    remote = bench_locks.make_remote(tmp_path / "remote", 20)
+    got = bench_locks.bench_workspace(tmp_path / "ws", remote.as_uri(), 1)
+    assert (1, True, True) == (got["workspace_rounds"], got["workspace_ms"] > 0,
+                               got["git_clone_ms"] > 0)

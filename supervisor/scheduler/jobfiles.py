@@ -34,6 +34,7 @@ from supervisor.state.layout import (
 from supervisor.state.proc import alive, start_time
 
 __all__ = [
+    "CHECKOUT_WORKERS",
     "CLONE_TIMEOUT",
     "PREP_PREFIX",
     "PrepareError",
@@ -49,6 +50,9 @@ __all__ = [
 PREP_PREFIX = ".prep."
 #: Seconds one `git clone` may take before it is killed and the job fails.
 CLONE_TIMEOUT = 1800.0
+#: Processes git checks a workspace out with (git's parallel checkout): the files of a
+#: big repository are written several at once, which is most of a clone from the mirror.
+CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 _STDERR_TAIL = 2000
 
@@ -180,8 +184,9 @@ def _run_git(args: list[str], timeout: float, what: str) -> None:
 
 def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
            mirror: Path | None = None) -> None:
-    """Clone `repo` (from its mirror when given, then origin = the real URL) into dest."""
-    cmd = ["clone", "--quiet"]
+    """Clone `repo` (from its mirror when given, then origin = the real URL) into dest,
+    its files checked out by CHECKOUT_WORKERS processes (the job holds the lock meanwhile)."""
+    cmd = ["-c", f"checkout.workers={CHECKOUT_WORKERS}", "clone", "--quiet"]
     if repo.branch:
         cmd += ["--branch", repo.branch]
     cmd += ["--", str(mirror) if mirror is not None else repo.url, str(dest)]
