@@ -7,6 +7,7 @@ whole of dispatch, ticks, cancels, re-attachment, leftovers and the crash argume
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -31,7 +32,7 @@ from supervisor.state import disk
 from supervisor.state.atomic import Missing
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.jobs import job_timeout, usage_counters
-from supervisor.state.layout import Layout, send_request
+from supervisor.state.layout import JOB_ENDED, Layout, send_request, write_record
 from supervisor.state.lockfiles import read_held, read_table
 from supervisor.state.locktable import (
     Table,
@@ -500,8 +501,23 @@ def _no_slurm_job_left(j: Jobs, job: _Job) -> None:
                       slurm_job_id=seen.slurm_job_id if seen else job.entry.get("slurm_job_id"))
 
 
+def _mark_ended(j: Jobs, job: _Job, state: str) -> None:
+    """jobs/<id>/ended.json, durable before the job's terminal state: Slurm may still start
+    a copy of a job batchd ends without a result (slurmctld, SIGKILLed after a scancel of a
+    pending job, brings it back pending: it does not save that cancel by itself), and that
+    copy's adaptor refuses to run it. An error stops the finalize (the next tick tries
+    again); a job folder that was never made has nothing Slurm could run."""
+    with contextlib.suppress(FileNotFoundError):
+        write_record(JOB_ENDED, j.layout.job(job.id).ended,
+                     {"id": job.id, "state": state,
+                      "ended_at": iso_now(j.clock.time()),
+                      "slurm_job_id": job.entry.get("slurm_job_id")})
+
+
 def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None:
     fields = {**action.fields, "pid": None}
+    if job.entry.get("launcher") == "slurm" and (job.obs is None or job.obs.result is None):
+        _mark_ended(j, job, str(fields["state"]))
     _no_process_left(j, job)
     before = str(job.entry.get("state"))
     if fields["state"] in ("failed", "lost") and int(job.entry.get("retries") or 0) > 0:

@@ -53,6 +53,7 @@ __all__ = [
     "CONTROL",
     "DELIVERY",
     "FORGETTING",
+    "JOB_ENDED",
     "JOB_SPEC",
     "LOCK_WANTS",
     "PAUSED",
@@ -117,6 +118,10 @@ JOB_SPEC = RecordKind("batchd.job_spec", 1, ("id", "adaptor", "prompt", "workspa
 SENTINEL = RecordKind("batchd.sentinel", 1, ("id", "pid", "start", "heartbeat_at"))
 #: The adaptor's last word (`jobs/<id>/result.json`), written once, atomically, on exit.
 RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
+#: The scheduler's word that a Slurm job is over without a result (`jobs/<id>/ended.json`),
+#: written before its terminal state: a copy Slurm runs after all (a slurmctld crash can
+#: bring a cancelled job back) finds it and refuses to run (docs/SCALE.md).
+JOB_ENDED = RecordKind("batchd.job_ended", 1, ("id", "state", "ended_at"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
@@ -206,6 +211,11 @@ class JobPaths:
     @property
     def result(self) -> Path:
         return self.dir / "result.json"
+
+    @property
+    def ended(self) -> Path:
+        """The scheduler's JOB_ENDED record of a Slurm job ended without a result."""
+        return self.dir / "ended.json"
 
     @property
     def patch(self) -> Path:

@@ -29,6 +29,7 @@ from supervisor.scheduler.slurm import Client as SlurmClient
 from supervisor.scheduler.slurm import SlurmJobs
 from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.layout import (
+    JOB_ENDED,
     LOCK_WANTS,
     REQUEST,
     RESULT,
@@ -1008,6 +1009,7 @@ def test_a_slurm_job_runs_on_its_sentinel_and_ends_on_its_result(
     ask(j)
     assert ("completed", 1) == (get(j, "a")["state"], _dispatch.dispatch(j))
     assert 3 == get(j, "c")["slurm_job_id"]
+    assert not j.layout.job("a").ended.exists()     # its result guards it already
 
 
 def test_slurm_silent_at_sbatch_holds_the_job_and_submits_only_after_looking(
@@ -1047,7 +1049,8 @@ def test_a_submission_slurm_got_but_batchd_did_not_record_is_adopted(
 def test_cancel_of_a_slurm_job_is_scancel_and_waits_for_an_answer(
         slurm_jobs: tuple[_dispatch.Jobs, FakeSlurm]) -> None:
     """cancel of a pending Slurm job: scancel (recorded as sent only once Slurm took it);
-    then Slurm's CANCELLED settles it."""
+    then Slurm's CANCELLED settles it, and ended.json (written first) keeps a copy Slurm
+    may start after all from running it."""
     j, fake = slurm_jobs
     enqueue(j, "a")
     _dispatch.dispatch(j)
@@ -1064,6 +1067,9 @@ def test_cancel_of_a_slurm_job_is_scancel_and_waits_for_an_answer(
     ask(j)
     assert ("cancelled", "cancelled by operator") == (get(j, "a")["state"],
                                                       get(j, "a")["reason"])
+    ended = read_record(JOB_ENDED, j.layout.job("a").ended, owner=False)
+    assert isinstance(ended, dict)
+    assert ("a", "cancelled", 1) == (ended["id"], ended["state"], ended["slurm_job_id"])
 
 
 def test_a_lost_slurm_job_has_its_slurm_job_cancelled(

@@ -85,6 +85,47 @@ def test_scancel_from_outside_ends_the_job_cancelled_with_slurms_state(
     assert 0 == senv.stats()["lost"]
 
 
+def test_a_cancelled_job_slurmctld_brings_back_never_runs(tmp_path: Path,
+                                                          slurm: SlurmCluster) -> None:
+    """Jobs pending in Slurm (`--begin` an hour ahead) are cancelled; slurmctld is SIGKILLed
+    once batchd has recorded them cancelled, and restarted. Measured on 22.05: slurmctld
+    does not save the cancel of a pending job by itself (even 40 s later), so they come
+    back PENDING. Started now, each copy finds the job's ended.json and refuses: no agent
+    runs, the records stay cancelled."""
+    env = SlurmEnv(tmp_path, slurm)
+    env.config.write_text(env.config.read_text().replace(
+        "slurm: {", "slurm: {sbatch_args: [--begin=now+1hour], "))
+    ids = [f"c{i}" for i in range(3)]
+    try:
+        env.start()
+        for job_id in ids:
+            env.submit(job_id, f'echo "$BATCHD_JOB_ID" >> {env.state.parent / "runs"}')
+        for job_id in ids:
+            slurm_id(env, job_id)
+        time.sleep(7.0)     # slurmctld has saved the submissions: only the cancels are at risk
+        for job_id in ids:
+            env.ctl("cancel", job_id)
+        until("every job cancelled", lambda: all(env.state_of(j) == "cancelled" for j in ids),
+              DEADLINE)
+        slurm.kill_ctld()
+        slurm.start_ctld()
+        back = [r["JobId"] for j in ids for r in env.slurm_jobs(j) if r["JobState"] == "PENDING"]
+        for sid in back:
+            slurm.run("scontrol", "update", f"jobid={sid}", "starttime=now")
+        until("no slurm job of theirs live", lambda: not [
+            r for j in ids for r in env.slurm_jobs(j)
+            if r["JobState"] in ("PENDING", "RUNNING", "COMPLETING")], 2 * DEADLINE)
+        refused = [j for j in ids if "batchd ended this job before it ran"
+                   in env.layout.job_adaptor_log(j).read_text(errors="replace")]
+        assert ({j: 0 for j in ids}, {j: "cancelled" for j in ids}) == (
+            {j: env.runs(j) for j in ids}, {j: env.state_of(j) for j in ids})
+        assert len(back) == len(refused)
+        print(json.dumps({"cancelled_pending_back_after_slurmctld_kill": len(back),
+                          "refused": len(refused)}))
+    finally:
+        env.close()
+
+
 def test_sbatch_refusal_fails_the_job_naming_slurms_words(tmp_path: Path,
                                                            slurm: SlurmCluster) -> None:
     """A partition Slurm does not have: the job fails at once, its reason Slurm's error."""
