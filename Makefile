@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml setup.cfg | $(BIN)/python
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not chaos and not browser and not agents' -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest -q -rs -m 'not chaos and not browser and not agents' -p no:cacheprovider --durations=25
 
 # The dashboard in headless Chromium (Debian's chromium + chromium-driver, installed with
 # apt when missing and possible; the test says why it skips otherwise). Saves docs/*.png.
