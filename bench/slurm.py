@@ -155,7 +155,8 @@ def bench_latency(base: Path, cluster: SlurmCluster, n: int) -> dict[str, Any]:
             "latency_jobs": n}
 
 
-def bench_sbatch_rate(base: Path, cluster: SlurmCluster, n: int) -> dict[str, Any]:
+def bench_sbatch_rate(base: Path, cluster: SlurmCluster, n: int, raw: int = 50
+                      ) -> dict[str, Any]:
     d = Daemon(base / "rate", cluster, "slurm", args="--begin=now+1hour")
     jsonl = base / "rate.jsonl"
     jsonl.write_text("".join(json.dumps({"agent": "shell", "prompt": "true", "id": f"r{i}"})
@@ -177,7 +178,6 @@ def bench_sbatch_rate(base: Path, cluster: SlurmCluster, n: int) -> dict[str, An
                     if '"job submitted to slurm"' in line)
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     t0 = time.monotonic()
-    raw = 50
     for _ in range(raw):
         cluster.sbatch("--hold", "--output=/dev/null", f"--chdir={cluster.shared_dir}",
                        "--wrap", "true")
