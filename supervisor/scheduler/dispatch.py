@@ -505,8 +505,9 @@ def _mark_ended(j: Jobs, job: _Job, state: str) -> None:
     """jobs/<id>/ended.json, durable before the job's terminal state: Slurm may still start
     a copy of a job batchd ends without a result (slurmctld, SIGKILLed after a scancel of a
     pending job, brings it back pending: it does not save that cancel by itself), and that
-    copy's adaptor refuses to run it. An error stops the finalize (the next tick tries
-    again); a job folder that was never made has nothing Slurm could run."""
+    copy's adaptor refuses to run it. A write that fails stops the finalize before anything
+    is recorded (the job stays active and is finalized again); a job folder that was never
+    made has nothing Slurm could run."""
     with contextlib.suppress(FileNotFoundError):
         write_record(JOB_ENDED, j.layout.job(job.id).ended,
                      {"id": job.id, "state": state,

@@ -8,6 +8,7 @@ in-memory twin; spec, workspace and process checks are real.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -1070,6 +1071,30 @@ def test_cancel_of_a_slurm_job_is_scancel_and_waits_for_an_answer(
     ended = read_record(JOB_ENDED, j.layout.job("a").ended, owner=False)
     assert isinstance(ended, dict)
     assert ("a", "cancelled", 1) == (ended["id"], ended["state"], ended["slurm_job_id"])
+
+
+def test_a_slurm_job_is_not_recorded_ended_before_its_ended_record_is_written(
+        slurm_jobs: tuple[_dispatch.Jobs, FakeSlurm], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ended.json cannot be written (a full disk): the cancelled Slurm job stays active,
+    nothing recorded; once it can, the job ends cancelled with its ended.json."""
+    j, fake = slurm_jobs
+    enqueue(j, "a")
+    _dispatch.dispatch(j)
+    ask(j)
+    _dispatch.cancel(j, "a")
+    ask(j)
+    assert "CANCELLED" == fake.jobs[1][1]
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(_dispatch, "write_record", full)
+    with pytest.raises(OSError):
+        for _ in range(5):
+            ask(j)
+    assert ("starting", False) == (get(j, "a")["state"], j.layout.job("a").ended.exists())
+    monkeypatch.undo()
+    ask(j)
+    assert ("cancelled", True) == (get(j, "a")["state"], j.layout.job("a").ended.exists())
 
 
 def test_a_lost_slurm_job_has_its_slurm_job_cancelled(
