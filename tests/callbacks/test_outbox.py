@@ -15,8 +15,8 @@ import pytest
 
 from supervisor import log as _log
 from supervisor.callbacks.outbox import DirOutbox, GroupFS
-from supervisor.state.layout import DELIVERY, Layout, write_record
 from supervisor.state.clock import iso_now
+from supervisor.state.layout import DELIVERY, Layout, write_record
 from supervisor.state.webhook import (
     begin,
     delivery_request,

@@ -12,7 +12,14 @@ from supervisor import log as _log
 from supervisor.config import Config, RepoConfig
 from supervisor.reaper import asks
 from supervisor.state.clock import MockClock, iso_now
-from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, send_request, write_record
+from supervisor.state.layout import (
+    DELIVERY,
+    REQUEST,
+    Layout,
+    read_record,
+    send_request,
+    write_record,
+)
 from supervisor.state.locktable import acquire_request
 from supervisor.state.retention import Known
 from tests.reaper.conftest import GRACE, aged
