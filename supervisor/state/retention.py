@@ -241,8 +241,8 @@ def workspace_verdict(name: str, path: str, age: Age, known: Known, now: float, 
     if path.rstrip("/") in known.live_workspaces:
         return None
     job_id = name[len(PREP):] if name.startswith(PREP) else name
-    if known.live(job_id) or job_id in known.resumed_by_live:
-        return None
+    if known.live(job_id) or (job_id in known.resumed_by_live and not name.startswith(PREP)):
+        return None                  # a finished job's half-made `.prep.` is no one's
     later = known.resumed_ends.get(path.rstrip("/"))
     if later is not None and (keep is None or now - later < keep):
         return None                  # a later job resumed in it (its first owner may be gone)
