@@ -99,7 +99,7 @@ def bench_fanin(root: Path, n: int, passes: int = 200) -> float:
         t0 = time.perf_counter()
         _dispatch.dispatch(jobs)
         times.append((time.perf_counter() - t0) * 1000.0)
-    assert "queued" == queue.state("sink")
+    assert queue.state("sink") == "queued"
     return round(statistics.median(times), 3)
 
 
