@@ -29,6 +29,7 @@ from supervisor.state.clock import SYSTEM_CLOCK, Clock, parse_iso
 
 __all__ = [
     "CALL_TIMEOUT",
+    "RELAUNCH_WINDOW_S",
     "START_MODULE",
     "Client",
     "Runner",
@@ -40,6 +41,7 @@ __all__ = [
     "parse_sacct",
     "parse_squeue",
     "sbatch_argv",
+    "slurm_time",
     "tag",
     "time_limit_minutes",
     "transient",
@@ -57,6 +59,10 @@ _TIME_SLACK_S = 60.0
 _SQUEUE_FORMAT = "%i|%j|%T|%r|%S|%e|%N|%Z"     # the work dir last: it may contain '|'
 _SACCT_FIELDS = "JobIDRaw,JobName,State,Start,End,NodeList,WorkDir"
 _NO_VALUE = frozenset({"", "N/A", "None", "Unknown", "(null)"})
+#: Seconds after a slurmctld start within which it relaunches the jobs it recovered (its
+#: first scheduling passes; the lab saw 5-30 s): a job submitted before that start and
+#: CANCELLED on a node in this window is Slurm's own cancel of a relaunch it could not make.
+RELAUNCH_WINDOW_S = 90.0
 #: stderr of a client that could not reach slurmctld (or munge): nothing is known.
 _TRANSIENT = (
     "unable to contact slurm controller", "socket timed out", "temporarily unable",
@@ -122,13 +128,30 @@ class SlurmRow:
     end: str = ""
     nodes: str = ""
 
-    @property
-    def ended_at_launch(self) -> bool:
-        """CANCELLED on a node the instant it started (no run time): Slurm's own cancel of
-        a launch it could not make (after a slurmctld restart, slurmd refuses a second
-        copy of a job, "not able to requeue it, cancelling job"), not an operator's."""
-        return (self.state == "CANCELLED" and self.nodes not in _NO_VALUE
-                and self.start not in _NO_VALUE and self.start == self.end)
+    def ended_at_launch(self, submitted: float | None = None,
+                        boot: float | None = None) -> bool:
+        """Slurm's own cancel of a launch it could not make, not an operator's: after a
+        slurmctld restart, slurmd refuses a second copy of a job ("not able to requeue it,
+        cancelling job"). CANCELLED on a node either the instant it started (no run time),
+        or, for a job `submitted` before slurmctld's `boot` (epoch seconds), within
+        RELAUNCH_WINDOW_S after that boot (its start and end can fall a second apart)."""
+        if self.state != "CANCELLED" or self.nodes in _NO_VALUE:
+            return False
+        if self.start not in _NO_VALUE and self.start == self.end:
+            return True
+        end = slurm_time(self.end)
+        return (submitted is not None and boot is not None and end is not None
+                and submitted < boot and 0.0 <= end - boot <= RELAUNCH_WINDOW_S)
+
+
+def slurm_time(text: str) -> float | None:
+    """A time as Slurm prints it (`2026-12-03T12:00:00`, local time) in epoch seconds."""
+    if text in _NO_VALUE:
+        return None
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 def parse_squeue(text: str) -> list[SlurmRow]:
@@ -258,6 +281,16 @@ class Client:
             raise SlurmDown(f"scancel: {_words(done)}")
         return True
 
+    def boot_time(self) -> float | None:
+        """slurmctld's BOOT_TIME (`scontrol show config`) in epoch seconds; None when it
+        does not say (SlurmDown when it does not answer)."""
+        done = self.call(["scontrol", "show", "config"])
+        for line in done.stdout.splitlines() if done.returncode == 0 else []:
+            key, _, value = line.partition("=")
+            if key.strip() == "BOOT_TIME":
+                return slurm_time(value.strip())
+        return None
+
     def release(self, slurm_job_id: int) -> None:
         """`scontrol release ID`, then start it now (a requeued job waits for BeginTime)."""
         self.call(["scontrol", "release", str(slurm_job_id)])
@@ -281,6 +314,7 @@ class _Poll:
     jobs: frozenset[str]
     rows: dict[str, list[SlurmRow]] | None      # None: Slurm did not answer
     history: dict[str, list[SlurmRow]] = field(default_factory=dict)
+    boot: float | None = None                    # slurmctld's start, asked when one is CANCELLED
 
 
 def _match(rows: Iterable[SlurmRow], wanted: Mapping[str, str]) -> dict[str, list[SlurmRow]]:
@@ -358,13 +392,15 @@ class SlurmJobs:
             missing = {k: v for k, v in wanted.items() if k not in rows and k not in known}
             history = _match(self.client.history((tag(k) for k in missing), since), missing) \
                 if missing else {}
+            cancelled = any(r.state == "CANCELLED" for found in rows.values() for r in found)
+            boot = self.client.boot_time() if cancelled else None
         except (SlurmDown, SlurmError) as exc:
             self.log.warning("slurm did not answer; no conclusion drawn", error=str(exc))
             return _Poll(at, frozenset(wanted), None)
         for job_id, found in {**known, **history}.items():
             if job_id in wanted and job_id not in rows:
                 rows[job_id] = found
-        return _Poll(at, frozenset(wanted), rows, history)
+        return _Poll(at, frozenset(wanted), rows, history, boot)
 
     def refresh(self, jobs: Mapping[str, Mapping[str, Any]], job_dir: Callable[[str], Path], *,
                 wait: bool = False) -> None:
@@ -423,7 +459,7 @@ class SlurmJobs:
             final_for = max(0.0, now - first)
         return SlurmSeen(known=True, slurm_job_id=row.slurm_job_id, state=row.state,
                          reason=row.reason, final_for=final_for,
-                         at_launch=row.ended_at_launch)
+                         at_launch=row.ended_at_launch(dispatched, poll.boot))
 
     # -- stopping -------------------------------------------------------------------------------
     def stop(self, job_id: str, entry: Mapping[str, Any], seen: SlurmSeen | None, *,

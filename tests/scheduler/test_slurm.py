@@ -24,6 +24,7 @@ from supervisor.scheduler.slurm import (
     parse_sacct,
     parse_squeue,
     sbatch_argv,
+    slurm_time,
     tag,
     time_limit_minutes,
     transient,
@@ -145,7 +146,53 @@ def test_ended_at_launch_tells_slurms_own_cancel_from_an_operators(
     """Slurm cancels a launch it cannot make (slurmd: "already running ... not able to
     requeue it, cancelling job") on a node with no run time; an operator's scancel of a
     pending job has no node, of a running one some run time (measured on 22.05)."""
-    assert at_launch == row.ended_at_launch
+    assert at_launch == row.ended_at_launch()
+
+
+BOOT = "2026-12-03T12:00:00"
+
+
+@pytest.mark.parametrize(("submitted", "end", "at_launch"), [
+    (-10.0, "2026-12-03T12:00:05", True),
+    (-10.0, "2026-12-03T12:01:30", True),
+    (-10.0, "2026-12-03T12:01:31", False),
+    (-10.0, "2026-12-03T11:59:59", False),
+    (+5.0, "2026-12-03T12:00:07", False),
+    (None, "2026-12-03T12:00:05", False),
+], ids=["just-after-the-restart", "window-end", "past-the-window", "before-the-restart",
+        "submitted-after-the-restart", "submission-unknown"])
+def test_a_cancel_right_after_a_restart_of_a_job_from_before_it_is_slurms_own(
+        submitted: float | None, end: str, at_launch: bool) -> None:
+    """A job submitted before slurmctld's BOOT_TIME and CANCELLED on a node within
+    RELAUNCH_WINDOW_S after it is Slurm's own cancel of a relaunch, even with a second
+    between its start and end (a flaky start == end in the slurmctld-restart test); any
+    other cancel of a job with run time is an operator's."""
+    boot = slurm_time(BOOT)
+    assert boot is not None
+    row = SlurmRow(1, "a", "CANCELLED", "None", "/w", "2026-12-03T12:00:04", end, "n1")
+    when = None if submitted is None else boot + submitted
+    assert at_launch == row.ended_at_launch(when, boot)
+    assert not row.ended_at_launch(when, None)
+
+
+def test_boot_time_is_asked_only_when_a_job_is_cancelled(clock: MockClock) -> None:
+    """slurmctld's BOOT_TIME (scontrol show config) is asked only when an answer has a
+    CANCELLED job, and a job dispatched before it, cancelled in the window, is at_launch."""
+    boot = slurm_time(BOOT)
+    assert boot is not None
+    fake = Fake(squeue=[(0, "7|batchd-a|RUNNING|None|t|u|n1|/srv/state/jobs/a\n", ""),
+                        (0, "7|batchd-a|CANCELLED|None|2026-12-03T12:00:04|"
+                         "2026-12-03T12:00:05|n1|/srv/state/jobs/a\n", "")],
+                scontrol=(0, f"Configuration data as of x\nBOOT_TIME               = {BOOT}\n"
+                          "ClusterName = lab\n", ""))
+    side = jobs_side(fake, clock)
+    e = entry("a", boot - 30.0, slurm_job_id=7)
+    side.refresh({"a": e}, job_dir, wait=True)
+    assert [] == [c for c in fake.calls if c[0] == "scontrol"]
+    side.refresh({"a": e}, job_dir, wait=True)
+    assert [["scontrol", "show", "config"]] == [c for c in fake.calls if c[0] == "scontrol"]
+    assert (boot, True) == (side.last.boot if side.last else None,
+                            side.seen("a", e, clock.time()).at_launch)
 
 
 @pytest.mark.parametrize(("stderr", "silent"), [
