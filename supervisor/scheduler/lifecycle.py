@@ -146,6 +146,9 @@ class SlurmSeen:
     reason: str | None = None         # squeue's %r: None, JobHeldUser, NodeDown...
     final_for: float = 0.0            # seconds this final state has been seen (0: not final)
     at_launch: bool = False           # CANCELLED by Slurm itself as it launched (no run time)
+    #: slurmctld started after the job's dispatch: a crash may have lost its submission
+    #: (or cancelled its relaunch), which is Slurm's doing, not the job's
+    restarted: bool = False
 
     @property
     def found(self) -> bool:
@@ -752,10 +755,12 @@ def _classify_slurm(entry: Mapping[str, Any], obs: Observation, state: State, no
         if seen.found and seen.state == "CANCELLED" and not seen.at_launch:
             return Event.SLURM_CANCELLED          # scancel from outside before it started
         # the Slurm job ended (or vanished: a slurmctld crash loses fresh submissions)
-        # before the adaptor started: nothing ran, so it may be submitted again
+        # before the adaptor started: nothing ran, so it may be submitted again; a loss
+        # a slurmctld restart caused is not counted against the job's attempts (each
+        # submission again is dispatched after that restart: only a new one frees it)
         if since_dispatch <= timing.launch_grace:
             return Event.LAUNCH_PENDING
-        if int(entry.get("attempts") or 0) < timing.max_launch_attempts:
+        if int(entry.get("attempts") or 0) < timing.max_launch_attempts or seen.restarted:
             return Event.NOT_LAUNCHED
         return Event.LAUNCH_GAVE_UP
     if state is State.STARTING and obs.sentinel is None:

@@ -314,7 +314,7 @@ class _Poll:
     jobs: frozenset[str]
     rows: dict[str, list[SlurmRow]] | None      # None: Slurm did not answer
     history: dict[str, list[SlurmRow]] = field(default_factory=dict)
-    boot: float | None = None                    # slurmctld's start, asked when one is CANCELLED
+    boot: float | None = None                    # slurmctld's start, asked when a job ended
 
 
 def _match(rows: Iterable[SlurmRow], wanted: Mapping[str, str]) -> dict[str, list[SlurmRow]]:
@@ -392,14 +392,17 @@ class SlurmJobs:
             missing = {k: v for k, v in wanted.items() if k not in rows and k not in known}
             history = _match(self.client.history((tag(k) for k in missing), since), missing) \
                 if missing else {}
-            cancelled = any(r.state == "CANCELLED" for found in rows.values() for r in found)
-            boot = self.client.boot_time() if cancelled else None
+            for job_id, found in {**known, **history}.items():
+                if job_id in wanted and job_id not in rows:
+                    rows[job_id] = found
+            # slurmctld's start tells Slurm's losses from a job's own: asked only when a
+            # job is over in Slurm or gone from it
+            ended = any(job_id not in rows or any(r.state not in SLURM_LIVE for r in found)
+                        for job_id, found in ((k, rows.get(k, [])) for k in wanted))
+            boot = self.client.boot_time() if ended else None
         except (SlurmDown, SlurmError) as exc:
             self.log.warning("slurm did not answer; no conclusion drawn", error=str(exc))
             return _Poll(at, frozenset(wanted), None)
-        for job_id, found in {**known, **history}.items():
-            if job_id in wanted and job_id not in rows:
-                rows[job_id] = found
         return _Poll(at, frozenset(wanted), rows, history, boot)
 
     def refresh(self, jobs: Mapping[str, Mapping[str, Any]], job_dir: Callable[[str], Path], *,
@@ -449,9 +452,11 @@ class SlurmJobs:
         dispatched = parse_iso(entry.get("dispatched_at"))
         if dispatched is not None and poll.at < dispatched:
             return SlurmSeen()
+        restarted = (poll.boot is not None and dispatched is not None
+                     and dispatched < poll.boot)
         rows = poll.rows.get(job_id)
         if not rows:
-            return SlurmSeen(known=True)
+            return SlurmSeen(known=True, restarted=restarted)
         row = _choose(rows, entry.get("slurm_job_id"))
         final_for = 0.0
         if row.state not in SLURM_LIVE:
@@ -459,7 +464,8 @@ class SlurmJobs:
             final_for = max(0.0, now - first)
         return SlurmSeen(known=True, slurm_job_id=row.slurm_job_id, state=row.state,
                          reason=row.reason, final_for=final_for,
-                         at_launch=row.ended_at_launch(dispatched, poll.boot))
+                         at_launch=row.ended_at_launch(dispatched, poll.boot),
+                         restarted=restarted)
 
     # -- stopping -------------------------------------------------------------------------------
     def stop(self, job_id: str, entry: Mapping[str, Any], seen: SlurmSeen | None, *,

@@ -573,13 +573,18 @@ def test_a_crash_between_sbatch_and_its_record_learns_the_id_from_the_tag() -> N
     (slurm("FAILED", "NonZeroExitCode", final_for=1.0), 300.0, 1, E.LAUNCH_PENDING),
     (slurm("NODE_FAIL", "NodeDown", final_for=60.0), 300.0, 2, E.NOT_LAUNCHED),
     (slurm("FAILED", "NonZeroExitCode", final_for=60.0), 300.0, 3, E.LAUNCH_GAVE_UP),
+    (slurm(None), 300.0, 3, E.LAUNCH_GAVE_UP),
+    (SlurmSeen(known=True, restarted=True), 300.0, 3, E.NOT_LAUNCHED),
+    (SlurmSeen(True, SID, "FAILED", "None", 60.0, restarted=True), 300.0, 5, E.NOT_LAUNCHED),
 ], ids=["vanished", "vanished-within-grace", "ended-unstarted", "ended-not-settled",
-        "node-fail-unstarted", "out-of-attempts"])
+        "node-fail-unstarted", "out-of-attempts", "vanished-out-of-attempts",
+        "lost-in-a-slurmctld-restart-after-its-dispatch", "ended-by-a-restart-after-it"])
 def test_a_slurm_job_that_ended_before_its_adaptor_started_is_submitted_again(
         seen: SlurmSeen, since: float, attempts: int, event: Event) -> None:
     """Slurm lost the submission (a slurmctld crash) or ended it before the adaptor wrote a
     sentinel (a reused id killed at launch): nothing ran, so it is submitted again after
-    the launch grace, while attempts last."""
+    the launch grace, while attempts last; a loss with a slurmctld start after the dispatch
+    is Slurm's and is not counted (20 kills in a row used up a job's 3 attempts)."""
     entry = sjob(S.STARTING, dispatched_at=iso_now(NOW - since), attempts=attempts)
     assert event == classify(entry, Observation(timeout=60.0, slurm=seen), NOW, T)
 

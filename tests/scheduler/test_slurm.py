@@ -175,9 +175,10 @@ def test_a_cancel_right_after_a_restart_of_a_job_from_before_it_is_slurms_own(
     assert not row.ended_at_launch(when, None)
 
 
-def test_boot_time_is_asked_only_when_a_job_is_cancelled(clock: MockClock) -> None:
-    """slurmctld's BOOT_TIME (scontrol show config) is asked only when an answer has a
-    CANCELLED job, and a job dispatched before it, cancelled in the window, is at_launch."""
+def test_boot_time_is_asked_only_when_a_job_is_over_in_slurm(clock: MockClock) -> None:
+    """slurmctld's BOOT_TIME (scontrol show config) is asked only when a job is over in
+    Slurm (or gone from it); a job dispatched before it and cancelled in the window is
+    at_launch, and restarted (Slurm's loss, not the job's)."""
     boot = slurm_time(BOOT)
     assert boot is not None
     fake = Fake(squeue=[(0, "7|batchd-a|RUNNING|None|t|u|n1|/srv/state/jobs/a\n", ""),
@@ -191,8 +192,12 @@ def test_boot_time_is_asked_only_when_a_job_is_cancelled(clock: MockClock) -> No
     assert [] == [c for c in fake.calls if c[0] == "scontrol"]
     side.refresh({"a": e}, job_dir, wait=True)
     assert [["scontrol", "show", "config"]] == [c for c in fake.calls if c[0] == "scontrol"]
-    assert (boot, True) == (side.last.boot if side.last else None,
-                            side.seen("a", e, clock.time()).at_launch)
+    seen = side.seen("a", e, clock.time())
+    assert (boot, True, True) == (side.last.boot if side.last else None, seen.at_launch,
+                                  seen.restarted)
+    after = entry("a", boot + 30.0, slurm_job_id=7)
+    assert (False, False) == (side.seen("a", after, clock.time()).at_launch,
+                              side.seen("a", after, clock.time()).restarted)
 
 
 @pytest.mark.parametrize(("stderr", "silent"), [
