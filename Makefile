@@ -64,7 +64,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.supervisor --json
 	$(BIN)/python -m bench.jobs --json
 	$(BIN)/python -m bench.jobcontrol --json
+	$(BIN)/python -m bench.reaper --json
+	$(BIN)/python -m bench.retention --json
 	$(BIN)/python -m bench.api --json
+	$(BIN)/python -m bench.locks --json
+	$(BIN)/python -m bench.callbacks --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

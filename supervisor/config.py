@@ -182,6 +182,8 @@ class CallbacksConfig:
     retry_schedule: tuple[float, ...] = (30.0, 120.0, 600.0)
     timeout: float = 30.0
     secret: str | None = None
+    concurrency: int = 16                # deliveries in flight at once (at most 4 per host)
+    batch_settle: float = 2.0            # a batch's event waits this long after its last job
 
 
 @dataclass(frozen=True)
@@ -951,6 +953,8 @@ _CALLBACKS: dict[str, _Conv] = {
     "retry_schedule": _durations,
     "timeout": _duration(positive=True),
     "secret": _optional(_string),
+    "concurrency": _int(1, "a positive integer"),
+    "batch_settle": _duration(),
 }
 
 _REAPER: dict[str, _Conv] = {

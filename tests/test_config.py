@@ -76,7 +76,7 @@ def test_defaults_are_contract_values() -> None:
         name: a.adaptor for name, a in cfg.agents.items()}
     assert {} == cfg.repositories
     assert CallbacksConfig(retry_schedule=(30.0, 120.0, 600.0), timeout=30.0,
-                           secret=None) == cfg.callbacks
+                           secret=None, concurrency=16, batch_settle=2.0) == cfg.callbacks
     assert ReaperConfig(interval=60.0, grace=600.0) == cfg.reaper
     assert "auto" == cfg.launcher
     assert "<built-in>" == cfg.source
@@ -134,7 +134,7 @@ repositories:
   app: {url: "git@github.com:org/app.git", branch: release/1.x, exclusive: true}
   web: {url: "https://example.com/web.git"}
   host: {url: "host:path/x.git", branch: 2025-01-01}
-callbacks: {retry_schedule: [], timeout: 5, secret: 12345}
+callbacks: {retry_schedule: [], timeout: 5, secret: 12345, concurrency: 3, batch_settle: 500ms}
 reaper: {interval: 1d, grace: 0s}
 launcher: Direct
 """
@@ -160,7 +160,8 @@ def test_every_key_is_read() -> None:
     assert {"app": RepoConfig("git@github.com:org/app.git", "release/1.x", True),
             "web": RepoConfig("https://example.com/web.git"),
             "host": RepoConfig("host:path/x.git", "2025-01-01")} == cfg.repositories
-    assert CallbacksConfig(retry_schedule=(), timeout=5.0, secret="12345") == cfg.callbacks
+    assert CallbacksConfig(retry_schedule=(), timeout=5.0, secret="12345", concurrency=3,
+                           batch_settle=0.5) == cfg.callbacks
     assert ReaperConfig(interval=86400.0, grace=0.0) == cfg.reaper
     assert "direct" == cfg.launcher
 
@@ -266,6 +267,12 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"{SRC}:2: callbacks.retry_schedule[1]: {DUR}, got 'x'"),
     ("callbacks: {retry_schedule: 30s}",
      f"{SRC}:1: callbacks.retry_schedule: expected a list of durations, got '30s'"),
+    ("callbacks:\n  concurrency: 0\n",
+     f"{SRC}:2: callbacks.concurrency: expected a positive integer, got 0"),
+    ("callbacks: {concurrency: many}",
+     f"{SRC}:1: callbacks.concurrency: expected a positive integer, got 'many'"),
+    ("callbacks:\n  timeout: 5\n  batch_settle: -1\n",
+     f"{SRC}:3: callbacks.batch_settle: expected a duration >= 0, got -1"),
     ("callbacks: {secret: true}",
      f"{SRC}:1: callbacks.secret: expected a string, got true (a boolean); quote it to mean "
      "the text"),

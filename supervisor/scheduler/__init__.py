@@ -247,6 +247,8 @@ def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> Sch
     (see _reopen); the scheduler in use at the end is returned (its queue is open)."""
     interval = _dispatch.tick_interval(s.cfg)
     next_tick = clock.monotonic() + interval
+    # a workspace clone that ends wakes the loop (a waiter without wake: the next tick)
+    s.jobs.wake = getattr(watcher, "wake", s.jobs.wake)
     delay = WRITE_RETRY_FIRST
     reopened = False
     while not stop_requested():
@@ -265,6 +267,7 @@ def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> Sch
             if fresh is None:
                 break
             s, reopened = fresh, True
+            s.jobs.wake = getattr(watcher, "wake", s.jobs.wake)
         if clock.monotonic() >= next_tick or not s.jobs.active:
             next_tick = clock.monotonic() + interval
     return s

@@ -36,6 +36,7 @@ from supervisor.state.layout import (
 from supervisor.state.proc import alive, start_time
 
 __all__ = [
+    "CHECKOUT_WORKERS",
     "CLONE_TIMEOUT",
     "PREP_PREFIX",
     "PrepareError",
@@ -52,6 +53,9 @@ __all__ = [
 PREP_PREFIX = ".prep."
 #: Seconds one `git clone` may take before it is killed and the job fails.
 CLONE_TIMEOUT = 1800.0
+#: Processes git checks a workspace out with (git's parallel checkout): the files of a
+#: big repository are written several at once, which is most of a clone from the mirror.
+CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 _STDERR_TAIL = 2000
 
@@ -188,8 +192,9 @@ def _run_git(args: list[str], timeout: float, what: str) -> None:
 
 def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
            mirror: Path | None = None) -> None:
-    """Clone `repo` (from its mirror when given, then origin = the real URL) into dest."""
-    cmd = ["clone", "--quiet"]
+    """Clone `repo` (from its mirror when given, then origin = the real URL) into dest,
+    its files checked out by CHECKOUT_WORKERS processes (the job holds the lock meanwhile)."""
+    cmd = ["-c", f"checkout.workers={CHECKOUT_WORKERS}", "clone", "--quiet"]
     if repo.branch:
         cmd += ["--branch", repo.branch]
     cmd += ["--", str(mirror) if mirror is not None else repo.url, str(dest)]
@@ -311,7 +316,9 @@ def workspace_repos(layout: Layout, entry: Mapping[str, Any], ws: Path,
     Runs git: called on a `prepare` thread, off the scheduler's loop."""
     names = [str(r) for r in entry.get("repos") or []]
     resumed = entry.get("resume_of")
-    inherited = _recorded_bases(layout, str(resumed)) if isinstance(resumed, str) else None
+    inherited = _recorded_bases(layout, str(entry["id"]))    # a relaunch: the first clone's
+    if inherited is None and isinstance(resumed, str):
+        inherited = _recorded_bases(layout, resumed)
     out = []
     for name in names:
         path = ws if len(names) == 1 else ws / name

@@ -9,17 +9,16 @@ naming the file and why (its owner moves it aside, not a reader).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from supervisor.config import Config, enabled_workers
 from supervisor.state import disk
-from supervisor.state.atomic import CORRUPT_MARK, Corrupt, is_tmp_name
+from supervisor.state.atomic import Missing
 from supervisor.state.jobs import batch_record, usage_stats
-from supervisor.state.layout import DELIVERY, REQUEST, WORKER_STATE, Layout, read_record
-from supervisor.state.locktable import Table, from_record, unavailable
+from supervisor.state.layout import Layout
+from supervisor.state.lockfiles import read_table
+from supervisor.state.locktable import Table, unavailable
 from supervisor.state.repos import all_repositories
 from supervisor.state.view import (
     JobView,
@@ -30,7 +29,7 @@ from supervisor.state.view import (
     read_startups,
     read_workers,
 )
-from supervisor.state.webhook import delivery_problem, valid_event_id
+from supervisor.state.webhook import list_deliveries
 
 __all__ = [
     "DELIVERY_FIELDS",
@@ -132,15 +131,13 @@ def status_doc(cfg: Config, layout: Layout) -> dict[str, Any]:
 # -- locks ------------------------------------------------------------------------------------
 
 def _lock_table(layout: Layout) -> Table:
-    path = layout.worker_state("locks")
-    rec = read_record(WORKER_STATE, path, owner=False)
-    if isinstance(rec, Corrupt):
-        raise Unreadable(f"cannot read the lock table {path}: {rec.reason}")
-    if not isinstance(rec, dict):
+    """The whole lock table (state.lockfiles.read_table: what is held, and the waiting
+    jobs' pages); none yet: an empty one."""
+    got = read_table(layout)
+    if isinstance(got, Missing):
         return Table()
-    got = from_record(rec)
     if isinstance(got, str):
-        raise Unreadable(f"cannot read the lock table {path}: {got}")
+        raise Unreadable(f"cannot read the lock table: {got}")
     return got
 
 
@@ -159,57 +156,22 @@ def locks_doc(cfg: Config, layout: Layout) -> dict[str, Any]:
 
 # -- callbacks --------------------------------------------------------------------------------
 
-def _json_names(folder: Path) -> list[str]:
-    """The record file names in `folder` ([] if it does not exist); Unreadable if unlistable."""
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise Unreadable(f"cannot read {folder}: {exc.strerror or exc}") from None
-    return sorted(n for n in names
-                  if n.endswith(".json") and not is_tmp_name(n) and CORRUPT_MARK not in n)
-
-
-def _handed_over(layout: Layout) -> dict[str, dict[str, Any]]:
-    """Events waiting in the worker's inbox as "deliver" requests: pending, no try yet."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in _json_names(layout.inbox("callbacks")):
-        req = read_record(REQUEST, layout.inbox("callbacks") / name, owner=False)
-        if (isinstance(req, dict) and req.get("kind") == "deliver"
-                and valid_event_id(req.get("event_id"))):
-            out[req["event_id"]] = {
-                "id": req["event_id"], "job": req.get("job"), "url": req.get("url"),
-                "state": "pending", "attempts": 0, "next_attempt_at": req.get("created_at"),
-                "last_error": None, "created_at": req.get("created_at")}
-    return out
-
-
 def deliveries(layout: Layout, note: Callable[[str], None] = lambda _line: None
                ) -> list[dict[str, Any]]:
-    """The `callbacks --json` records (DELIVERY_FIELDS), oldest first: the worker's inbox
-    (read FIRST: the worker writes the record before it removes the request, so an event
-    cannot slip between the two reads), then its outbox. A record that cannot be read is
-    told to `note` and skipped; an outbox that cannot be listed is Unreadable."""
-    pending = _handed_over(layout)
-    folder = layout.callbacks_outbox
-    found: dict[str, dict[str, Any]] = {}
-    for name in _json_names(folder):
-        rec = read_record(DELIVERY, folder / name, owner=False)
-        if isinstance(rec, dict):
-            problem = delivery_problem(rec)
-            if problem is None:
-                found[rec["id"]] = {k: rec.get(k) for k in DELIVERY_FIELDS}
-                continue
-            reason = problem
-        elif isinstance(rec, Corrupt):
-            reason = rec.reason
-        else:
-            continue    # taken away meanwhile
-        note(f"skipping unreadable delivery record {folder / name}: {reason}")
-    for event_id, row in pending.items():
-        found.setdefault(event_id, row)
-    return sorted(found.values(), key=lambda r: (str(r["created_at"]), r["id"]))
+    """The `callbacks --json` records (DELIVERY_FIELDS), oldest first, as
+    state.webhook.list_deliveries reads them (the worker's inbox: events handed over, not
+    tried yet; then callbacks/outbox/: pending and in flight; then callbacks/done/:
+    delivered and failed). A record that cannot be read is told to `note` and skipped; a
+    folder that cannot be listed is Unreadable."""
+    try:
+        records, notes = list_deliveries(layout)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise Unreadable(f"cannot read the webhook deliveries: {exc.strerror or exc}{where}"
+                         ) from None
+    for line in notes:
+        note(line)
+    return [{k: rec.get(k) for k in DELIVERY_FIELDS} for rec in records]
 
 
 # -- batches and stats ------------------------------------------------------------------------

@@ -22,8 +22,8 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
       scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
       api/tokens, api/tokens.lock batchctl record "tokens" (hashes only); flock serializes writers
-      locks/inbox/, locks/state.json          locks worker
-      callbacks/inbox/, callbacks/outbox/     callbacks worker
+      locks/inbox/, locks/state.json, locks/wants/<page>.json   locks worker
+      callbacks/inbox/, callbacks/outbox/, callbacks/done/   callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
       reaper/forgetting.json      reaper   record "forgetting": a retention step in progress
       reaper/replies/<req>.json   reaper   record "reply" to a `clean` request
@@ -57,6 +57,7 @@ __all__ = [
     "DELIVERY",
     "FORGETTING",
     "JOB_SPEC",
+    "LOCK_WANTS",
     "PAUSED",
     "PID",
     "READY",
@@ -109,8 +110,10 @@ CONTROL = RecordKind("batchd.control", 1, ("id", "op"))
 REPLY = RecordKind("batchd.reply", 1, ("id", "ok"))
 #: A request dropped into a worker's inbox (`<worker>/inbox/<id>.json`) by batchctl or a peer.
 REQUEST = RecordKind("batchd.request", 1, ("id", "kind"))
-#: A worker's own small state file (`<worker>/state.json`), e.g. the locks table.
+#: A worker's own small state file (`<worker>/state.json`), e.g. the locks held.
 WORKER_STATE = RecordKind("batchd.worker_state", 1, ("worker",))
+#: One page of the lock table's waiting jobs (`locks/wants/<page>.json`), owned by locks.
+LOCK_WANTS = RecordKind("batchd.lock_wants", 1, ("wants",))
 #: What the scheduler hands an adaptor (`jobs/<id>/spec.json`), written before launch.
 JOB_SPEC = RecordKind("batchd.job_spec", 1, ("id", "adaptor", "prompt", "workspace"))
 #: The adaptor's heartbeat (`jobs/<id>/sentinel.json`), refreshed every heartbeat_interval.
@@ -135,7 +138,8 @@ FORGETTING = RecordKind("batchd.forgetting", 1, ("ids", "sizes", "archived"))
 #: pass, `totals` since the record began; `batchctl stats` shows the totals as `reaped`).
 REAPED_KINDS = ("tmp", "corrupted", "processes", "workspaces", "job_folders", "jobs",
                 "mirrors")
-#: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
+#: One webhook delivery (`callbacks/outbox/<event id>.json` while pending or in flight,
+#: `callbacks/done/<event id>.json` once delivered or failed), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
 #: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
 #: {tokens: {name: {sha256, scope, created_at}}} (state.tokens).
@@ -146,12 +150,13 @@ AGENT_VERSIONS = RecordKind("batchd.agent_versions", 1, ("binaries",))
 
 
 def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
-                 *, fs: FS = REAL, mode: int = 0o644) -> None:
-    """Atomically and durably write `data` as a record of `kind` (adds schema and v)."""
+                 *, fs: FS = REAL, mode: int = 0o644, durable: bool = True) -> None:
+    """Atomically and durably write `data` as a record of `kind` (adds schema and v);
+    `durable=False`: see atomic.write_bytes."""
     body = dict(data)
     body["schema"] = kind.schema
     body["v"] = kind.version
-    write_json(path, body, fs=fs, mode=mode)
+    write_json(path, body, fs=fs, mode=mode, durable=durable)
 
 
 def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
@@ -327,6 +332,14 @@ class Layout:
         return self.root / worker / "state.json"
 
     @property
+    def lock_pages(self) -> Path:
+        """The lock table's waiting jobs, a few hundred per page file (locks worker)."""
+        return self.root / "locks" / "wants"
+
+    def lock_page(self, number: int) -> Path:
+        return self.lock_pages / f"{number:08d}.json"
+
+    @property
     def forgetting_file(self) -> Path:
         """The reaper's retention step in progress (FORGETTING); missing: none."""
         return self.root / "reaper" / "forgetting.json"
@@ -346,7 +359,13 @@ class Layout:
 
     @property
     def callbacks_outbox(self) -> Path:
+        """Webhook deliveries still to be made: pending and in flight (read at every start)."""
         return self.root / "callbacks" / "outbox"
+
+    @property
+    def callbacks_done(self) -> Path:
+        """Webhook deliveries that are settled: delivered and failed (never read at start)."""
+        return self.root / "callbacks" / "done"
 
     # -- jobs ------------------------------------------------------------------
     @property

@@ -864,6 +864,39 @@ class JobQueue:
                     out.append((jobs.ids.name(i), bytes(body)))
             return out
 
+    def field_values(self, key: str, states: Iterable[str] | None = None) -> dict[str, Any]:
+        """{job id: the current value of field `key`} of every job (of `states`, or all)
+        whose fields hold it. Fields only (what enqueue and updates set apart from the
+        body: attempts, timestamps, exit codes...), never the bodies, decoded in one go:
+        the reaper reads every finished job's `finished_at` each pass this way."""
+        wanted = (None if states is None else
+                  bytes(sorted({_state_code(s) for s in states})))
+        with self._lock:
+            jobs = self._jobs
+            codes = jobs.codes
+            if wanted is None:
+                chosen = [i for i, c in enumerate(codes) if c != _VOID]
+            else:
+                chosen = [i for i, c in enumerate(codes) if c in wanted]
+            column, pending = jobs.fields, jobs.pending
+            raw = [column[i] for i in chosen]
+            # deltas of the log's tail not merged into the column yet, in log order
+            late = [(k, d) for k, i in enumerate(chosen) if i in pending for d in pending[i]]
+            names = [jobs.ids.name(i) for i in chosen]
+        decoded: list[dict[str, Any]] = json.loads(b"[" + b",".join(raw) + b"]")
+        if late:
+            deltas = json.loads(b"[" + b",".join(d for _, d in late) + b"]")
+            for (k, _), delta in zip(late, deltas, strict=True):
+                decoded[k].update(delta)
+        out: dict[str, Any] = {}
+        seen: set[str] = set()          # a damaged log's duplicate id: the first copy wins
+        for name, fields in zip(names, decoded, strict=True):
+            if name not in seen:
+                seen.add(name)
+                if key in fields:
+                    out[name] = fields[key]
+        return out
+
     def ids_in(self, states: Iterable[str]) -> list[str]:
         """Job ids in any of `states`, submission order, in one pass over the states."""
         wanted = {_state_code(s) for s in states}

@@ -26,7 +26,6 @@ from supervisor.ctl.callbacks import (
     setup_callbacks,
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CtlError, Ctx
-from supervisor.runtime import handle_inbox
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import MockClock
 from supervisor.state.documents import DELIVERY_FIELDS as LIST_FIELDS
@@ -67,11 +66,13 @@ def err(ctx: Ctx) -> str:
 def store(ctx: Ctx, event_id: str, *, at: float, result: Result | None = None) -> None:
     """A record as the worker leaves it: pending, or after one try with `result`."""
     rec = new_delivery(delivery_request(event_id, URL, {"event_id": event_id},
-                                        job=f"job-{event_id}"), at)
+                                        job=f"job-{event_id}", now=at), at)
     if result is not None:
         rec = finish(begin(rec, at), result, at, (30.0,))
-    ensure_dir(ctx.layout.callbacks_outbox)
-    write_record(DELIVERY, ctx.layout.callbacks_outbox / f"{event_id}.json", rec)
+    folder = (ctx.layout.callbacks_done if rec["state"] in ("delivered", "failed")
+              else ctx.layout.callbacks_outbox)
+    ensure_dir(folder)
+    write_record(DELIVERY, folder / f"{event_id}.json", rec)
 
 
 def sample(ctx: Ctx) -> None:
@@ -194,11 +195,12 @@ def test_the_worker_takes_the_retry_request(ctx: Ctx) -> None:
     cmd_callbacks_retry(ctx, "f1")
     log = _log.get("test")
     state = callbacks.Callbacks(
-        log=log, outbox=callbacks.DirOutbox(ctx.layout.callbacks_outbox, log),
+        log=log, outbox=callbacks.DirOutbox(ctx.layout.callbacks_outbox, log,
+                                            done=ctx.layout.callbacks_done),
         transport=MockTransport(lambda sent: 200), settings=CallbacksConfig(),
         clock=MockClock(T0 + 50))
     callbacks.recover(state)
-    assert 1 == handle_inbox(ctx.layout.inbox("callbacks"), callbacks.HANDLERS, state, log)
+    assert 1 == callbacks.take_inbox(state, ctx.layout.inbox("callbacks"))
     (rec,) = [r for r in deliveries(ctx.layout, ctx.error) if r["id"] == "f1"]
     assert ("pending", 1, []) == (rec["state"], rec["attempts"], callbacks_inbox(ctx))
 

@@ -27,6 +27,7 @@ from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.launch import Launched, LaunchError
 from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.layout import (
+    LOCK_WANTS,
     REQUEST,
     RESULT,
     SENTINEL,
@@ -35,7 +36,7 @@ from supervisor.state.layout import (
     read_record,
     write_record,
 )
-from supervisor.state.locktable import Lock, Table, Want, acquire, to_record
+from supervisor.state.locktable import Lock, Table, Want, acquire, held_record, page_record
 from supervisor.state.proc import alive, start_time
 from supervisor.state.queue import JobQueue, MemoryStorage
 
@@ -574,16 +575,20 @@ def lock_requests(j: _dispatch.Jobs) -> dict[str, dict[str, Any]]:
 
 
 def grant_table(j: _dispatch.Jobs, *holders: tuple[str, str],
-                waiting: dict[str, list[str]] | None = None) -> None:
-    """Write locks/state.json as the locks worker would: (repo, job) held, queues."""
+                waiting: dict[str, list[str]] | None = None, gone: tuple[str, ...] = ()
+                ) -> None:
+    """Write the lock table's files as the locks worker would: (repo, job) held and the
+    jobs blocked on the `gone` repositories in locks/state.json, the queues on a page."""
     t = Table(held={repo: Lock(job, iso_now()) for repo, job in holders})
     seq = 0
     for repo, queue in (waiting or {}).items():
         for job in queue:
             seq += 1
             acquire(t, job, Want((repo,), False, seq, None))
-    j.layout.worker_dir("locks").mkdir(parents=True, exist_ok=True)
-    write_record(WORKER_STATE, j.layout.worker_state("locks"), to_record(t))
+    j.layout.lock_pages.mkdir(parents=True, exist_ok=True)
+    write_record(LOCK_WANTS, j.layout.lock_page(1), page_record(t.wants))
+    write_record(WORKER_STATE, j.layout.worker_state("locks"),
+                 held_record(t, {repo: q for repo, q in t.waiting.items() if repo in gone}))
 
 
 def test_a_job_with_repos_waits_and_asks_without_taking_a_slot(rjobs: _dispatch.Jobs,
@@ -669,7 +674,7 @@ def test_a_waiting_job_on_a_repo_no_longer_known_fails(rjobs: _dispatch.Jobs,
     """Its repository was removed while it waited: failed with the reason, released."""
     enqueue(rjobs, "r", repos=["lib"])
     _dispatch.dispatch(rjobs)
-    grant_table(rjobs, waiting={"lib": ["r"]})
+    grant_table(rjobs, waiting={"lib": ["r"]}, gone=("lib",))
     rjobs.cfg = replace(rjobs.cfg, repositories={})
     _dispatch.dispatch(rjobs)
     r = get(rjobs, "r")
@@ -690,6 +695,27 @@ def test_resume_waiting_asks_again_for_jobs_the_table_lacks(rjobs: _dispatch.Job
     reqs = lock_requests(rjobs)
     assert (["acquire-lost"], 5, True) == (list(reqs), reqs["acquire-lost"]["seq"],
                                            reqs["acquire-lost"]["exclusive"])
+
+
+def test_resume_waiting_without_a_lock_table_asks_nothing(rjobs: _dispatch.Jobs) -> None:
+    """No lock table at all: the locks worker (started after the scheduler) builds it from
+    the WAL, waiting jobs included, so nothing is asked again; an unreadable table: every
+    waiting job is asked for again."""
+    enqueue(rjobs, "w", repos=["app"])
+    rjobs.queue.update("w", state="waiting", lock_seq=5, lock_exclusive=True)
+    assert (0, {}) == (_dispatch.resume_waiting(rjobs), dict(lock_requests(rjobs)))
+    rjobs.layout.worker_dir("locks").mkdir(parents=True, exist_ok=True)
+    rjobs.layout.worker_state("locks").write_bytes(b"{")
+    assert (1, ["acquire-w"]) == (_dispatch.resume_waiting(rjobs), list(lock_requests(rjobs)))
+
+
+def test_a_pass_reads_what_is_held_not_who_waits(rjobs: _dispatch.Jobs) -> None:
+    """While jobs wait, every pass asks for what is held: locks/state.json only (the
+    waiting jobs' pages are not read), with the jobs blocked on a gone repository."""
+    grant_table(rjobs, ("app", "a"), waiting={"app": ["w"], "gone": ["x"]}, gone=("gone",))
+    got = _dispatch._lock_table(rjobs)
+    assert got is not None
+    assert ("a", {"gone": ["x"]}, {}) == (got.holder("app"), got.waiting, got.wants)
 
 
 def test_reattach_of_a_running_shared_job_releases_again(rjobs: _dispatch.Jobs,

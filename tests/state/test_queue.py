@@ -572,3 +572,27 @@ def test_forget_a_job_of_the_snapshot_then_reuse_its_id(tmp_path: Path, indexed:
         q.get("s1"), q.recovery.errors)
     assert ["s0", "s2", "s3", "s4", "s5", "s1"] == q.ids()
     q.close()
+
+
+def test_field_values_reads_one_field_of_many_jobs_as_get_would(tmp_path: Path) -> None:
+    """field_values(key, states): {id: the field's current value} of the jobs in `states`
+    that have it — from the snapshot, from deltas replayed from the log's tail and not
+    merged yet, and from jobs added since — exactly what get() says; never a body key,
+    never a forgotten job."""
+    q = JobQueue.over(Wal.open(tmp_path, compact_records=40))
+    q.enqueue_many([(f"j{i:02d}", {"finished_at": "in the body"}) for i in range(30)])
+    q.update_many([(f"j{i:02d}", {"state": "completed", "finished_at": f"t{i}"})
+                   for i in range(20)])                     # compaction: all in the snapshot
+    q.update_many([(f"j{i:02d}", {"finished_at": f"u{i}"}) for i in range(5)])
+    q.update("j25", state="failed", exit_code=1)            # no finished_at field
+    q.forget(["j19"])
+    q.close()
+    q = JobQueue.open(tmp_path, readonly=True)              # the tail's deltas: unmerged
+    want = {f"j{i:02d}": (f"u{i}" if i < 5 else f"t{i}") for i in range(19)}
+    got = q.field_values("finished_at", ["completed", "failed"])
+    assert want == got
+    assert {j: (q.get(j) or {})["finished_at"] for j in want} == got
+    assert {"j25": 1} == q.field_values("exit_code", ["failed"])
+    assert 29 == len(q.field_values("attempts"))
+    assert {} == q.field_values("finished_at", ["queued"])
+    q.close()

@@ -153,3 +153,52 @@ def test_folder_verdict_and_corrupted_at() -> None:
         corrupted_at("state.json.corrupted.20260101T000000.500000Z"),
         corrupted_at("state.json.corrupted.20260101T000000.500000Z.3"),
         corrupted_at("state.json"))
+
+
+def test_a_files_age_is_asked_only_when_the_verdict_depends_on_it() -> None:
+    """A verdict given a way to learn the age (a stat) asks it only when the job's state
+    would let the thing go: a pass over many finished jobs that are not due stats none
+    of their folders; a file gone meanwhile (age None) stays."""
+    known = Known.of([_job("live", "running"), _job("fresh", "completed", 1),
+                      _job("done", "completed", 8)])
+    asked: list[str] = []
+
+    def age(name: str, seconds: float | None = GRACE + 1) -> Any:
+        return lambda: asked.append(name) or seconds
+
+    def ws(name: str, seconds: float | None = GRACE + 1) -> str | None:
+        return workspace_verdict(name, f"/ws/{name}", age(name, seconds), known, NOW,
+                                 grace=GRACE, keep=7 * DAY)
+    assert [None, None, "job completed past retention.workspaces", "no such job", None] == [
+        ws("live"), ws("fresh"), ws("done"), ws("ghost"), ws("gone", None)]
+    assert [None, "no such job", None] == [
+        folder_verdict("fresh", age("f-fresh"), known, grace=GRACE),
+        folder_verdict("x", age("f-x"), known, grace=GRACE),
+        folder_verdict("y", age("f-y", None), known, grace=GRACE)]
+    assert ["done", "ghost", "gone", "f-x", "f-y"] == asked
+
+
+def test_finished_times_come_in_bulk_from_the_queue_fields() -> None:
+    """Known.finished: a finished job's finished_at from the bulk field reader when it
+    has one, else (no such field, or a pending submission of the same id) the entry's
+    finished_at or created_at; None for a job no one knows."""
+    entries = {"a": _job("a", "completed", 3), "b": _job("b", "failed"),
+               "p": _job("p", "completed", 5)}
+    known = Known({"a": "completed", "b": "failed"}, {"p": {"id": "p", "created_at":
+                                                            iso_now(NOW - DAY)}},
+                  entries.get, lambda key, states: {"a": iso_now(NOW - 2 * DAY),
+                                                    "p": iso_now(NOW - 9 * DAY)})
+    assert [NOW - 2 * DAY, NOW - 60 * DAY, NOW - DAY, None] == [
+        known.finished(j) for j in ("a", "b", "p", "x")]
+
+
+def test_a_workspace_shared_along_a_resume_chain_is_kept_for_the_last_of_them() -> None:
+    """ses finished 30 days ago; r resumed its session in the same workspace and finished
+    yesterday: the workspace stays (retention.workspaces counts from r's end), and goes
+    once r's end is past it too."""
+    known = Known.of([_job("ses", "completed", 30),
+                      _job("r", "completed", 1, resume_of="ses", workspace="/ws/ses")])
+    assert None is workspace_verdict("ses", "/ws/ses", GRACE + 1, known, NOW, grace=GRACE,
+                                     keep=7 * DAY)
+    assert "job completed past retention.workspaces" == workspace_verdict(
+        "ses", "/ws/ses", GRACE + 1, known, NOW + 7 * DAY, grace=GRACE, keep=7 * DAY)
