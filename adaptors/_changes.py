@@ -35,6 +35,7 @@ __all__ = [
     "commit_message",
     "cut_patch",
     "parse_diff",
+    "prefix_moves",
     "write_changes",
 ]
 
@@ -244,7 +245,24 @@ def _examine(repo: RepoSpec, git: _Git, prefix: str | None, room: int,
         f"--src-prefix=a/{prefix}/", f"--dst-prefix=b/{prefix}/"]
     patch, total = git.capped(["diff", "--binary", *_DIFF, *prefixes, base, got.tree], room,
                               "git diff --binary")
+    if prefix is not None:
+        patch, total = prefix_moves(patch, total, prefix, got.paths)
     return got, patch, total
+
+
+_MOVE_LINE = re.compile(rb'^((?:rename|copy) (?:from|to) "?)', re.MULTILINE)
+
+
+def prefix_moves(patch: bytes, total: int, prefix: str,
+                 paths: list[dict[str, Any]]) -> tuple[bytes, int]:
+    """The `rename from/to` and `copy from/to` lines of a patch with their paths under
+    `prefix/` (git's --src-prefix/--dst-prefix leave those header lines bare, so a patch of
+    several repositories would not apply from the workspace). Only header lines can start
+    so: a text line starts with ' ', '+', '-' or '\\', a binary line has no space. `total`
+    grows by what the renames and copies of `paths` add, those past the kept head too."""
+    moves = sum(1 for p in paths if p["status"] in ("renamed", "copied"))
+    grown = _MOVE_LINE.sub(lambda m: m.group(1) + prefix.encode() + b"/", patch)
+    return grown, total + moves * 2 * (len(prefix) + 1)
 
 
 def _head(git: _Git) -> str | None:

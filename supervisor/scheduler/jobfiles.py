@@ -310,9 +310,10 @@ def workspace_repos(layout: Layout, entry: Mapping[str, Any], ws: Path,
     """The job's repositories as its spec names them: {name, path (the clone in the
     workspace), url (where a push goes), base}. `base` is the commit the clone is at, read
     right after the clone (before any agent ran: the spec that carries it is written,
-    durably, before the launch). A job resuming another's session (`resume_of`) runs in
-    that job's workspace, so its base is that job's recorded base (its changes then count
-    from the clone, the whole session's); the workspace's HEAD if that spec is gone.
+    durably, before the launch); a relaunch keeps the bases its first spec recorded. A job
+    resuming another's session (`resume_of`) runs in that job's workspace, so its base is
+    that job's recorded base (its changes then count from the clone, the whole session's);
+    the workspace's HEAD if that spec is gone.
     Runs git: called on a `prepare` thread, off the scheduler's loop."""
     names = [str(r) for r in entry.get("repos") or []]
     resumed = entry.get("resume_of")

@@ -26,6 +26,7 @@ __all__ = [
     "STDERR_TAIL",
     "Account",
     "GitError",
+    "branch_refusal",
     "git_command",
     "git_env",
     "run_git",
@@ -165,3 +166,17 @@ def run_git_capped(args: list[str], *, limit: int, timeout: float, what: str,
             err.seek(max(0, size - 4 * STDERR_TAIL))
             raise _failed(what, returncode, err.read())
         return bytes(kept), total
+
+
+def branch_refusal(name: str, *, timeout: float = 30.0) -> str | None:
+    """Why git refuses `name` as a branch (`git check-ref-format --branch`), None when it
+    takes it or git cannot be run (the caller's own rules then stand alone)."""
+    try:
+        run_git(["check-ref-format", "--branch", name], timeout=timeout,
+                what=f"git check-ref-format --branch {name!r}", cwd="/")
+    except GitError as exc:
+        text = str(exc)
+        if "not installed" in text or "cannot start" in text or "timed out" in text:
+            return None
+        return f"not a valid git branch name: {name!r} (git check-ref-format refuses it)"
+    return None

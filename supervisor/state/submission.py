@@ -57,6 +57,7 @@ from supervisor.state.agentbin import refusal
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
+from supervisor.state.git import branch_refusal
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
 from supervisor.state.queue import TERMINAL_STATES
@@ -194,7 +195,7 @@ class Checker:
                 raise JobError(f"agent {agent!r} {why}")
 
     def _push(self, push: object, job_id: str | None, repos: list[str], *,
-              resumed: bool) -> bool | str | None:
+              resumed: bool, stored: bool) -> bool | str | None:
         """The `push` key: true (to `batchd/<id>`), a branch name, or false/null (no push);
         JobError for a branch git refuses, a job without repositories, or a repository
         whose URL takes no push (check_push)."""
@@ -206,6 +207,8 @@ class Checker:
                 check_branch(push)
             except ValueError as exc:
                 raise JobError(f"push: {exc}") from None
+            if not stored and (why := branch_refusal(push)) is not None:
+                raise JobError(f"push: {why}")
         elif job_id is not None:
             try:
                 check_branch(f"batchd/{job_id}")
@@ -291,7 +294,8 @@ class Checker:
                "exclusive": exclusive, "idle_timeout": idle}
         if resume is not None:
             job["resume"] = resume
-        push = self._push(obj.get("push"), job_id, repos, resumed=resume is not None or
+        push = self._push(obj.get("push"), job_id, repos, stored=stored,
+                          resumed=resume is not None or
                           (stored and obj.get("resume_of") is not None))
         if push is not None:
             job["push"] = push
