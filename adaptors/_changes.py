@@ -20,9 +20,10 @@ from typing import Any
 from adaptors._spec import JobSpec, RepoSpec
 from supervisor.state.atomic import remove_tree, write_bytes
 from supervisor.state.clock import iso_now, parse_iso
+from supervisor.state.fs import FS, REAL
 from supervisor.state.git import Account, GitError, run_git, run_git_bytes, run_git_capped
 from supervisor.state.jobs import CHANGES_KEYS
-from supervisor.state.layout import CHANGES, JobPaths, write_record
+from supervisor.state.layout import CHANGES, JOB_SPEC, JobPaths, read_record, write_record
 
 __all__ = [
     "COLLECT_TIMEOUT",
@@ -285,7 +286,7 @@ def cut_patch(head: bytes, room: int) -> bytes:
     diff starts with "diff --git ", which no other line of a patch does)."""
     if len(head) <= room:
         return head
-    end = head.rfind(_DIFF_START, 0, room)
+    end = head.rfind(_DIFF_START, 0, room + len(_DIFF_START) - 1)   # a start at <= room - 1
     return head[:end + 1] if end >= 0 else b""
 
 
@@ -298,6 +299,9 @@ def commit_message(spec: JobSpec) -> str:
     subject = lines[0].strip()[:72].rstrip() if lines else ""
     return f"{subject or f'batchd job {spec.id}'}\n\nBatchd-Job: {spec.id}\n"
 
+
+#: How far back _Pusher._retried follows retry_of (a job retries at most 10 times).
+_RETRY_CHAIN_MAX = 64
 
 _TRAILER = re.compile(r"^Batchd-Job: (\S+)\s*$", re.MULTILINE)
 
@@ -329,41 +333,61 @@ class _Pusher:
         when = parse_iso(self.spec.created_at)
         return f"@{int(when if when is not None else 0)} +0000"
 
-    def _remote_tip(self, repo: RepoChanges, gitdir: Path, url: str, branch: str) -> str | None:
-        """The commit BRANCH has at the remote, fetched, when the commit a push would make
-        should follow it: it was made by the job whose session this one resumes (its
-        trailer says so) on top of this workspace's HEAD. None otherwise."""
-        if self.spec.resume_of is None:
-            return None
+    def _retried(self) -> set[str]:
+        """The jobs this one retries, nearest first (retry_of, then theirs, read from their
+        spec.json while it is kept): a push one of them made may be replaced."""
+        chain: set[str] = set()
+        job = self.spec.retry_of
+        jobs_dir = Path(self.spec.job_dir).parent
+        while job is not None and job not in chain and len(chain) < _RETRY_CHAIN_MAX:
+            chain.add(job)
+            spec = read_record(JOB_SPEC, jobs_dir / job / "spec.json", owner=False)
+            nxt = spec.get("retry_of") if isinstance(spec, dict) else None
+            job = nxt if isinstance(nxt, str) else None
+        return chain
+
+    def _remote(self, repo: RepoChanges, gitdir: Path, url: str,
+                branch: str) -> tuple[str | None, str | None]:
+        """(parent, lease) of the commit to push. BRANCH's tip at the remote is looked at
+        only when this job resumes a session or retries a job: a tip the resumed job made
+        (its trailer says so) on top of this workspace's HEAD is the parent (the session's
+        commits follow each other); a tip an earlier attempt of this job made is replaced
+        (pushed with --force-with-lease on that very tip). Else the parent is HEAD, no
+        lease: a branch someone else moved is git's to refuse."""
+        retried = self._retried()
+        if self.spec.resume_of is None and not retried:
+            return repo.head, None
         out = self._git(repo, gitdir, ["ls-remote", "--", url, f"refs/heads/{branch}"],
                         "git ls-remote", timeout=PUSH_TIMEOUT)
         tip = out.split("\t", 1)[0].strip()
         if not tip:
-            return None
+            return repo.head, None
         self._git(repo, gitdir, ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
                                  "--", url, f"refs/heads/{branch}"], "git fetch of the branch",
                   timeout=PUSH_TIMEOUT)
         message = self._git(repo, gitdir, ["log", "-1", "--format=%B", tip], "git log")
         trailers = set(_TRAILER.findall(message))
-        if not trailers & {self.spec.id, self.spec.resume_of} or repo.head is None:
-            return None
+        if trailers & retried:
+            return repo.head, tip
+        if self.spec.resume_of is None or repo.head is None or not (
+                trailers & {self.spec.id, self.spec.resume_of}):
+            return repo.head, None
         try:
             self._git(repo, gitdir, ["merge-base", "--is-ancestor", repo.head, tip],
                       "git merge-base")
         except GitError:
-            return None
-        return tip
+            return repo.head, None
+        return tip, None
 
     def push(self, repo: RepoChanges, gitdir: Path, url: str, branch: str) -> None:
-        """Commit the repository's tree (unless HEAD holds it already) and push that commit
-        to BRANCH; GitError naming git's words when it fails. The commit is deterministic
-        (tree, parent, message, the configured author, the job's submission time as both
-        dates), so pushing the same job again pushes the same commit: nothing changes."""
+        """Commit the repository's tree (unless the parent holds it already: the agent
+        committed everything) and push that commit to BRANCH; GitError naming git's words
+        when it fails. The commit is deterministic (tree, parent, message, the configured
+        author, the job's submission time as both dates), so pushing the same job again
+        pushes the same commit: nothing changes, and git says nothing is wrong."""
         assert repo.tree is not None
-        head_tree = None if repo.head is None else self._git(
-            repo, gitdir, ["rev-parse", f"{repo.head}^{{tree}}"], "git rev-parse").strip()
-        parent = self._remote_tip(repo, gitdir, url, branch) or repo.head
-        parent_tree = head_tree if parent == repo.head else self._git(
+        parent, lease = self._remote(repo, gitdir, url, branch)
+        parent_tree = None if parent is None else self._git(
             repo, gitdir, ["rev-parse", f"{parent}^{{tree}}"], "git rev-parse").strip()
         if parent is not None and parent_tree == repo.tree:
             commit = parent
@@ -377,7 +401,9 @@ class _Pusher:
                     *(["-p", parent] if parent else []),
                     "-m", commit_message(self.spec).rstrip("\n")]
             commit = self._git(repo, gitdir, args, "git commit-tree", env=env).strip()
-        self._git(repo, gitdir, ["push", "--quiet", "--", url,
+        force = [] if lease is None or lease == commit else [
+            f"--force-with-lease=refs/heads/{branch}:{lease}"]
+        self._git(repo, gitdir, ["push", "--quiet", *force, "--", url,
                                  f"{commit}:refs/heads/{branch}"], "git push",
                   timeout=PUSH_TIMEOUT,
                   what=f"push of repository {repo.name!r} to branch {branch!r} of {url}")
@@ -408,7 +434,7 @@ def collect(spec: JobSpec, files: JobPaths, *, push: bool, account: Account | No
             try:
                 _seed_index(git.gitdir, scratch / f"index.{n}", account)
                 changes, patch, total = _examine(repo, git, repo.name if several else None,
-                                                 room + 1)
+                                                 room + len(_DIFF_START))
             except (GitError, ValueError, OSError) as exc:
                 why = f"changes of repository {repo.name!r} not collected: {exc}"
                 got.repos.append(RepoChanges(repo.name, repo.base, error=why))
@@ -453,9 +479,9 @@ def _push_all(spec: JobSpec, got: Collected, scratch: Path) -> None:
             return
 
 
-def write_changes(files: JobPaths, got: Collected) -> None:
+def write_changes(files: JobPaths, got: Collected, *, fs: FS = REAL) -> None:
     """changes.patch, then changes.json, each atomically and durably (temp, fsync, rename,
     fsync folder): a crash leaves neither, the patch alone (no changes.json: not collected),
     or both; result.json, the job's end, comes after both. OSError if the disk refuses."""
-    write_bytes(files.patch, got.patch)
-    write_record(CHANGES, files.changes, got.record(files.id))
+    write_bytes(files.patch, got.patch, fs=fs)
+    write_record(CHANGES, files.changes, got.record(files.id), fs=fs)

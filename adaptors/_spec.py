@@ -58,6 +58,7 @@ class JobSpec:
     push: str | None = None           # the branch a completed job's changes are pushed to
     author: tuple[str, str] = ("batchd", "batchd@localhost")   # of the commit --push makes
     created_at: str | None = None     # the job's submission (the date of that commit)
+    retry_of: str | None = None       # the job this one retries (its push may be replaced)
 
 
 def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
@@ -137,6 +138,9 @@ def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
     resume_of = _opt_str(obj, "resume_of")
     if resume_of is not None and _JOB_ID.fullmatch(resume_of) is None:
         raise SpecError(f"resume_of: not a job id: {resume_of!r}")
+    retry_of = _opt_str(obj, "retry_of")
+    if retry_of is not None and _JOB_ID.fullmatch(retry_of) is None:
+        raise SpecError(f"retry_of: not a job id: {retry_of!r}")
     return JobSpec(
         id=job_id,
         agent=_opt_str(obj, "agent") or adaptor,
@@ -162,4 +166,5 @@ def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
         push=_opt_str(obj, "push") or None,
         author=_author(obj),
         created_at=_opt_str(obj, "created_at"),
+        retry_of=retry_of,
     )

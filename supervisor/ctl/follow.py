@@ -29,7 +29,7 @@ from pathlib import Path
 from supervisor.ctl.jobs import lookup
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor.state.layout import CHANGES, read_record
-from supervisor.state.view import TERMINAL, open_view
+from supervisor.state.view import TERMINAL, collected_patch, open_view
 
 __all__ = [
     "cmd_diff",
@@ -154,7 +154,9 @@ def cmd_diff(ctx: Ctx, job_id: str) -> int:
         record = lookup(view, job_id)
     paths = ctx.layout.job(job_id)
     chunks: list[bytes] = []
-    size = read_from(paths.patch, 0, chunks.append if ctx.json else ctx.write_bytes)
+    patch_path = collected_patch(ctx.layout, job_id)
+    size = 0 if patch_path is None else read_from(
+        patch_path, 0, chunks.append if ctx.json else ctx.write_bytes)
     info = read_record(CHANGES, paths.changes, owner=False)
     patch = info.get("patch") if isinstance(info, dict) else None
     cut = bool(patch.get("cut")) if isinstance(patch, dict) else False

@@ -164,6 +164,7 @@ def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any],
         else None,
         "repos": list(repos or []),
         "push": push_branch(entry),
+        "retry_of": entry.get("retry_of") if isinstance(entry.get("retry_of"), str) else None,
         "git": {"author_name": cfg.git.author_name, "author_email": cfg.git.author_email},
     }
 
