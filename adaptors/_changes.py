@@ -35,7 +35,9 @@ __all__ = [
     "collect",
     "commit_message",
     "cut_patch",
+    "fill_counts",
     "parse_diff",
+    "patch_counts",
     "prefix_moves",
     "write_changes",
 ]
@@ -131,8 +133,9 @@ class _Git:
                  home: str | None) -> None:
         self.repo = repo
         self.gitdir = _gitdir(Path(repo.path))
+        self.index = index
         self.env = {"GIT_DIR": str(self.gitdir), "GIT_WORK_TREE": repo.path,
-                    "GIT_INDEX_FILE": str(index)}
+                    "GIT_INDEX_FILE": str(index), "GIT_LITERAL_PATHSPECS": "1"}
         if home is not None:
             self.env["HOME"] = home
         self.account = account
@@ -144,14 +147,16 @@ class _Git:
         return run_git([*_SAFE, *args], timeout=COLLECT_TIMEOUT, what=self.what(doing),
                        cwd=self.repo.path, env=self.env, account=self.account)
 
-    def raw(self, args: list[str], doing: str) -> bytes:
+    def raw(self, args: list[str], doing: str, stdin: bytes | None = None) -> bytes:
         return run_git_bytes([*_SAFE, *args], timeout=COLLECT_TIMEOUT, what=self.what(doing),
-                             cwd=self.repo.path, env=self.env, account=self.account)
+                             cwd=self.repo.path, env=self.env, account=self.account,
+                             stdin=stdin)
 
-    def capped(self, args: list[str], limit: int, doing: str) -> tuple[bytes, int]:
+    def capped(self, args: list[str], limit: int, doing: str,
+               head_until: bytes) -> tuple[bytes, bytes, int]:
         return run_git_capped([*_SAFE, *args], limit=limit, timeout=COLLECT_TIMEOUT,
                               what=self.what(doing), cwd=self.repo.path, env=self.env,
-                              account=self.account)
+                              account=self.account, head_until=head_until)
 
 
 def _gitdir(path: Path) -> Path:
@@ -181,9 +186,10 @@ def _seed_index(gitdir: Path, index: Path, account: Account | None) -> None:
 
 
 def parse_diff(out: bytes) -> list[dict[str, Any]]:
-    """The paths of `git diff --raw --numstat -z` output, in git's order: each {path,
-    old_path (renames and copies), status, similarity, old_mode, new_mode (null where the
-    file does not exist on that side), binary, insertions, deletions}."""
+    """The paths of `git diff --raw -z` output (with --numstat: their line counts too), in
+    git's order: each {path, old_path (renames and copies), status, similarity, old_mode,
+    new_mode (null where the file does not exist on that side)} and, when counted, binary,
+    insertions, deletions. ValueError when the two lists do not pair up."""
     tokens = out.split(b"\0")
     raw: list[dict[str, Any]] = []
     counts: list[tuple[str, str]] = []
@@ -208,24 +214,60 @@ def parse_diff(out: bytes) -> list[dict[str, Any]]:
         added, deleted, rest = tok.decode(errors="replace").split("\t", 2)
         i += 3 if rest == "" else 1
         counts.append((added, deleted))
-    if len(counts) != len(raw):
-        raise ValueError(f"git diff gave {len(raw)} paths but {len(counts)} line counts")
-    for entry, (added, deleted) in zip(raw, counts, strict=True):
-        binary = added == "-"
-        entry.update(binary=binary, insertions=0 if binary else int(added),
-                     deletions=0 if binary else int(deleted))
+    if counts:
+        fill_counts(raw, [(a == "-", 0 if a == "-" else int(a), 0 if d == "-" else int(d))
+                          for a, d in counts])
     return raw
 
 
-def _examine(repo: RepoSpec, git: _Git, prefix: str | None, room: int,
-             ) -> tuple[RepoChanges, bytes, int]:
-    """One repository: the worktree as it is now (untracked files too, `.gitignore`
-    respected) into the temporary index and a tree, then the commits since base and the
-    diff base -> tree (the file list and the patch, at most `room` bytes of it kept).
-    GitError when git fails."""
+def fill_counts(paths: list[dict[str, Any]], counts: list[tuple[bool, int, int]]) -> None:
+    """Set binary, insertions, deletions of each path from `counts`, in the same order
+    (a binary file counts no lines). ValueError when the lengths differ."""
+    if len(counts) != len(paths):
+        raise ValueError(f"git diff gave {len(paths)} paths but {len(counts)} line counts")
+    for entry, (binary, added, deleted) in zip(paths, counts, strict=True):
+        entry.update(binary=binary, insertions=0 if binary else added,
+                     deletions=0 if binary else deleted)
+
+
+_BINARY = re.compile(rb"^(?:GIT binary patch|Binary files .* differ)$", re.MULTILINE)
+
+
+def patch_counts(patch: bytes) -> list[tuple[bool, int, int]]:
+    """(binary, insertions, deletions) of each file diff of a whole patch, in its order: the
+    counts `git diff --numstat` gives, read off the patch instead of making git diff every
+    file twice. Past the first hunk header ('@@') a line starting '+' or '-' is an added
+    or deleted line (the '---'/'+++' headers come before it); a file diff with a binary
+    patch counts none."""
+    if not patch:
+        return []
+    out = []
+    for section in (b"\n" + patch).split(_DIFF_START)[1:]:
+        hunks = section.find(b"\n@@ ")
+        if hunks < 0:
+            out.append((_BINARY.search(section) is not None, 0, 0))
+            continue
+        body = section[hunks:]
+        out.append((False, body.count(b"\n+"), body.count(b"\n-")))
+    return out
+
+
+def _examine(repo: RepoSpec, git: _Git, prefix: str | None, room: int, *,
+             tree: bool) -> tuple[RepoChanges, bytes, int]:
+    """One repository: its untracked files (`.gitignore` respected) entered in the
+    temporary index (hashed, no object written: --info-only), the commits since base, then ONE `git
+    diff` of base against the worktree: the file list and the patch, at most `room` bytes
+    of it kept. With `tree` (a push follows) the worktree is also added to the temporary
+    index and written as a tree, the one a commit then records. GitError when git fails."""
     got = RepoChanges(repo.name, repo.base)
-    git.text(["add", "--all"], "git add --all (a temporary index)")
-    got.tree = git.text(["write-tree"], "git write-tree").strip()
+    untracked = git.raw(["ls-files", "--others", "--exclude-standard", "-z"],
+                        "git ls-files --others (the untracked files)")
+    if untracked:
+        git.raw(["update-index", "--add", "--info-only", "-z", "--stdin"],
+                "git update-index --add --info-only (a temporary index)", stdin=untracked)
+    if tree:
+        git.text(["add", "--all"], "git add --all (a temporary index)")
+        got.tree = git.text(["write-tree"], "git write-tree").strip()
     got.head = _head(git)
     base = repo.base or git.text(["hash-object", "-t", "tree", "--stdin"],
                                  "git hash-object (the empty tree)").strip()
@@ -238,14 +280,18 @@ def _examine(repo: RepoSpec, git: _Git, prefix: str | None, room: int,
                    for sha, subject in pairs[:LOG_MAX]]
     elif got.head is not None:
         got.commits = int(git.text(["rev-list", "--count", got.head], "git rev-list"))
-    got.paths = parse_diff(git.raw(["diff", "--raw", "--numstat", "-z", "--no-abbrev", *_DIFF,
-                                    base, got.tree], "git diff --numstat"))
-    if not got.paths:
-        return got, b"", 0
     prefixes = ["--src-prefix=a/", "--dst-prefix=b/"] if prefix is None else [
         f"--src-prefix=a/{prefix}/", f"--dst-prefix=b/{prefix}/"]
-    patch, total = git.capped(["diff", "--binary", *_DIFF, *prefixes, base, got.tree], room,
-                              "git diff --binary")
+    listing, patch, total = git.capped(
+        ["diff", "--raw", "-z", "--no-abbrev", "--binary", *_DIFF, *prefixes, base], room,
+        "git diff --binary", head_until=_LIST_END)
+    got.paths = parse_diff(listing)
+    counts = patch_counts(patch) if len(patch) == total else []
+    if len(counts) != len(got.paths):        # a cut patch: git counts the lines itself
+        counted = parse_diff(git.raw(["diff", "--raw", "--numstat", "-z", "--no-abbrev",
+                                      *_DIFF, base], "git diff --numstat"))
+        counts = [(p["binary"], p["insertions"], p["deletions"]) for p in counted]
+    fill_counts(got.paths, counts)
     if prefix is not None:
         patch, total = prefix_moves(patch, total, prefix, got.paths)
     return got, patch, total
@@ -279,6 +325,9 @@ def _head(git: _Git) -> str | None:
 
 
 _DIFF_START = b"\ndiff --git "
+#: Where the file list of `git diff --raw --numstat -z --patch` ends and its patch begins:
+#: an empty record (no record of the list is empty: every path has a name).
+_LIST_END = b"\0\0"
 
 
 def cut_patch(head: bytes, room: int) -> bytes:
@@ -433,8 +482,9 @@ def collect(spec: JobSpec, files: JobPaths, *, push: bool, account: Account | No
             git = _Git(repo, scratch / f"index.{n}", account, home)
             try:
                 _seed_index(git.gitdir, scratch / f"index.{n}", account)
-                changes, patch, total = _examine(repo, git, repo.name if several else None,
-                                                 room + len(_DIFF_START))
+                changes, patch, total = _examine(
+                    repo, git, repo.name if several else None, room + len(_DIFF_START),
+                    tree=push and spec.push is not None)
             except (GitError, ValueError, OSError) as exc:
                 why = f"changes of repository {repo.name!r} not collected: {exc}"
                 got.repos.append(RepoChanges(repo.name, repo.base, error=why))

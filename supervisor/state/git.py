@@ -97,11 +97,17 @@ def _failed(what: str, returncode: int, stderr: bytes) -> GitError:
 
 
 def run_git_bytes(args: list[str], *, timeout: float, what: str, cwd: str | None = None,
-                  env: Mapping[str, str] | None = None, account: Account | None = None) -> bytes:
-    """run_git, stdout as the bytes git wrote (patches are binary-safe only as bytes)."""
-    kw = account.popen_kw() if account is not None else {}
+                  env: Mapping[str, str] | None = None, account: Account | None = None,
+                  stdin: bytes | None = None) -> bytes:
+    """run_git, stdout as the bytes git wrote (patches are binary-safe only as bytes);
+    `stdin`: what git reads (else its stdin is closed)."""
+    kw: dict[str, Any] = account.popen_kw() if account is not None else {}
+    if stdin is None:
+        kw["stdin"] = subprocess.DEVNULL
+    else:
+        kw["input"] = stdin
     try:
-        proc = subprocess.run(git_command(args), stdin=subprocess.DEVNULL, capture_output=True,
+        proc = subprocess.run(git_command(args), capture_output=True,
                               cwd=cwd, env=git_env(env), timeout=timeout, check=False, **kw)
     except FileNotFoundError:
         raise GitError(f"{what}: git is not installed (not found on PATH)") from None
@@ -120,10 +126,13 @@ _CHUNK = 1 << 20
 
 def run_git_capped(args: list[str], *, limit: int, timeout: float, what: str,
                    cwd: str | None = None, env: Mapping[str, str] | None = None,
-                   account: Account | None = None) -> tuple[bytes, int]:
-    """run_git_bytes keeping at most `limit` bytes of stdout: (those first bytes, how many
-    git wrote in all). What is past the limit is read and counted, never kept; stderr goes
-    to an unnamed temp file (a pipe could fill and stall git). GitError as run_git."""
+                   account: Account | None = None,
+                   head_until: bytes | None = None) -> tuple[bytes, bytes, int]:
+    """run_git_bytes keeping at most `limit` bytes of stdout's body: (head, the body's first
+    bytes, the body's whole size). With `head_until`, stdout up to and including its first
+    occurrence is the head, kept whole (a diff's file list before its patch); without, the
+    head is empty. What is past the limit is read and counted, never kept; stderr goes to
+    an unnamed temp file (a pipe could fill and stall git). GitError as run_git."""
     kw = account.popen_kw() if account is not None else {}
     with tempfile.TemporaryFile() as err:
         try:
@@ -143,12 +152,21 @@ def run_git_capped(args: list[str], *, limit: int, timeout: float, what: str,
         timer = threading.Timer(timeout, expire)
         timer.daemon = True
         timer.start()
-        kept = bytearray()
+        head, kept = bytearray(), bytearray()
         total = 0
         try:
             assert proc.stdout is not None
             fd = proc.stdout.fileno()
             while chunk := os.read(fd, _CHUNK):
+                if head_until is not None:
+                    start = max(0, len(head) - len(head_until) + 1)
+                    head += chunk
+                    at = head.find(head_until, start)
+                    if at < 0:
+                        continue
+                    chunk = bytes(head[at + len(head_until):])
+                    del head[at + len(head_until):]
+                    head_until = None
                 total += len(chunk)
                 if len(kept) < limit:
                     kept += chunk[:limit - len(kept)]
@@ -165,7 +183,7 @@ def run_git_capped(args: list[str], *, limit: int, timeout: float, what: str,
             size = err.seek(0, os.SEEK_END)
             err.seek(max(0, size - 4 * STDERR_TAIL))
             raise _failed(what, returncode, err.read())
-        return bytes(kept), total
+        return bytes(head), bytes(kept), total
 
 
 def branch_refusal(name: str, *, timeout: float = 30.0) -> str | None:

@@ -20,6 +20,7 @@ from adaptors._changes import (
     commit_message,
     cut_patch,
     parse_diff,
+    patch_counts,
     prefix_moves,
     write_changes,
 )
@@ -102,6 +103,34 @@ def test_paths_with_odd_bytes_are_listed_exactly(tmp_path: Path,
     assert sorted(names) == sorted(p["path"] for p in got.repos[0].paths)
 
 
+def test_line_counts_read_off_the_patch_are_gits(tmp_path: Path,
+                                                remote: tuple[Path, Path, str]) -> None:
+    """patch_counts gives what `git diff --numstat` says for modified, added, deleted,
+    renamed-and-edited, binary, mode-only and empty files, and lines that look like
+    headers ('--- x', '+++ y', '@@')."""
+    _bare, ws, base = remote
+    body = "".join(f"line {i}\n" for i in range(30))
+    (ws / "moved.txt").write_text(body)
+    (ws / "tool.sh").write_text("echo\n")
+    git("add", "-A", cwd=ws)
+    git("commit", "-qm", "more", cwd=ws)
+    base = git("rev-parse", "HEAD", cwd=ws)
+    (ws / "which").write_text("--- x\n+++ y\n@@ z\n-\n+\n")
+    (ws / "moved.txt").rename(ws / "renamed.txt")
+    (ws / "renamed.txt").write_text(body.replace("line 3\n", "line three\n"))
+    (ws / "tool.sh").chmod(0o755)
+    (ws / "bin").write_bytes(b"\0\1\2")
+    (ws / "empty").write_bytes(b"")
+    git("add", "-A", cwd=ws)
+    patch = subprocess.run(["git", "diff", "--cached", "--binary", "-M", base], cwd=ws,
+                           check=True, capture_output=True).stdout
+    numstat = git("diff", "--cached", "--numstat", "-M", base, cwd=ws).splitlines()
+    expected = [(a == "-", 0 if a == "-" else int(a), 0 if d == "-" else int(d))
+                for a, d, _ in (line.split("\t", 2) for line in numstat)]
+    assert 5 == len(expected)
+    assert expected == patch_counts(patch)
+
+
 def test_parse_diff_pairs_raw_and_numstat_records() -> None:
     """A rename's two names, a binary file's '-' counts and a deletion's null new mode."""
     raw = (b":100644 100644 aaa bbb R087\0old name\0new name\0"
@@ -152,6 +181,7 @@ def test_a_patch_over_the_limit_is_cut_and_marked(tmp_path: Path,
     whole = collect(spec, files, push=False)
     got = collect(spec, files, push=False, max_bytes=len(whole.patch) // 2)
     assert (True, 5, len(whole.patch)) == (got.cut, got.repos[0].files, got.patch_bytes)
+    assert whole.summary() == got.summary()          # git counted the lines past the cut
     kept, marker = got.patch.rsplit(b"# batchd: patch cut", 1)
     assert whole.patch.startswith(kept)
     assert kept.endswith(b"\n") and kept.count(b"diff --git ") < 5

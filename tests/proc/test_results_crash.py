@@ -71,7 +71,7 @@ def test_adaptor_killed_while_collecting_is_lost_without_changes(
     and no `changes`, `diff` prints nothing, and no process of it remains."""
     env, _bare, bin_dir = rig
     mark = env.state.parent / "collecting"
-    _stop_at(bin_dir, "write-tree", mark, after=False)
+    _stop_at(bin_dir, "--binary", mark, after=False)
     env.start()
     env.submit("c1", "echo edited >> which", "--repo", "app")
     _kill_adaptor_at(env, "c1", mark)
