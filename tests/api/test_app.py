@@ -180,6 +180,8 @@ def test_post_many_jobs_is_all_or_nothing(env: Env) -> None:
     (b'{"agent": "shell", "prompt": "x", "timeout": "soon"}', 422, "invalid", "timeout"),
     (b'{"agent": "shell", "prompt": "x", "repos": ["nowhere"]}', 422, "invalid",
      "unknown repository"),
+    (b'{"agent": "shell", "prompt": "x", "push": true}', 422, "invalid",
+     "push needs a repository"),
     (b'{"jobs": []}', 422, "invalid", "non-empty"),
     (b'{"jobs": [{"agent": "shell", "prompt": "a", "id": "d"}, '
      b'{"agent": "shell", "prompt": "b", "id": "d"}]}', 422, "invalid", "duplicate job id"),

@@ -14,12 +14,14 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Rig, git, make_remote
+from tests.helpers import Rig, git, make_remote, until
 
 #: What every job below does to its clone (cwd): one commit of its own, then modified,
 #: added (untracked, one of them binary), deleted, renamed and re-moded files, and files
@@ -262,3 +264,30 @@ def test_from_file_push_key(rig: Rig, tmp_path: Path) -> None:
     assert 2 == done.returncode
     assert ":1:" in done.stderr.decode()
     shutil.rmtree(tmp_path)
+
+
+def test_the_webhook_payload_carries_the_changes(rig: Rig) -> None:
+    """The job record a webhook receiver gets has `changes`, as `status --json` shows it."""
+    got: list[dict[str, object]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        job = rig.submit("--agent", "shell", "--repo", "lib", "--prompt", "echo x > x.txt",
+                         "--callback", f"http://127.0.0.1:{server.server_port}/hook")
+        rec = rig.finished(job)
+        until("the webhook", lambda: got)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert rec["changes"] == got[0]["job"]["changes"]          # type: ignore[index]
+    assert 1 == rec["changes"]["lib"]["files"]
