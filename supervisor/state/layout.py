@@ -60,6 +60,7 @@ __all__ = [
     "LOCK_WANTS",
     "PAUSED",
     "PID",
+    "PRUNED",
     "READY",
     "REAPED_KINDS",
     "REPLY",
@@ -136,11 +137,19 @@ PAUSED = RecordKind("batchd.paused", 1, ("paused",))
 FORGETTING = RecordKind("batchd.forgetting", 1, ("ids", "sizes", "archived"))
 #: What the reaper removes and counts, by kind (`reaper/state.json`: `removed` in the last
 #: pass, `totals` since the record began; `batchctl stats` shows the totals as `reaped`).
+#: `locks` and `callbacks` are removals the reaper asked of their owners (the locks worker,
+#: the callbacks worker), which check again before they remove.
 REAPED_KINDS = ("tmp", "corrupted", "processes", "workspaces", "job_folders", "jobs",
-                "mirrors")
+                "mirrors", "locks", "callbacks")
 #: One webhook delivery (`callbacks/outbox/<event id>.json` while pending or in flight,
 #: `callbacks/done/<event id>.json` once delivered or failed), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
+#: Settled deliveries the callbacks worker removed past retention.callbacks
+#: (`callbacks/pruned.json`, owned by callbacks): how many of each outcome, so the
+#: counters outlive the records, and `step`, the ids of the last removal (written before
+#: their files go: a reader does not count those files twice; a crash in it is finished
+#: by the next removal or the next start).
+PRUNED = RecordKind("batchd.callbacks_pruned", 1, ("delivered", "failed", "step"))
 #: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
 #: {tokens: {name: {sha256, scope, created_at}}} (state.tokens).
 TOKENS = RecordKind("batchd.tokens", 1, ("tokens",))
@@ -366,6 +375,11 @@ class Layout:
     def callbacks_done(self) -> Path:
         """Webhook deliveries that are settled: delivered and failed (never read at start)."""
         return self.root / "callbacks" / "done"
+
+    @property
+    def callbacks_pruned(self) -> Path:
+        """How many settled deliveries were removed past retention.callbacks (PRUNED)."""
+        return self.root / "callbacks" / "pruned.json"
 
     # -- jobs ------------------------------------------------------------------
     @property
