@@ -255,19 +255,22 @@ def patch_counts(patch: bytes) -> list[tuple[bool, int, int]]:
 def _examine(repo: RepoSpec, git: _Git, prefix: str | None, room: int, *,
              tree: bool) -> tuple[RepoChanges, bytes, int]:
     """One repository: its untracked files (`.gitignore` respected) entered in the
-    temporary index (hashed, no object written: --info-only), the commits since base, then ONE `git
-    diff` of base against the worktree: the file list and the patch, at most `room` bytes
-    of it kept. With `tree` (a push follows) the worktree is also added to the temporary
-    index and written as a tree, the one a commit then records. GitError when git fails."""
+    temporary index (hashed, no object written: --info-only), the commits since base, then
+    ONE `git diff` of base against the worktree: the file list and the patch, at most
+    `room` bytes of it kept. With `tree` (a push follows) the worktree is instead added to
+    the temporary index with its blobs (`git add --all`; an --info-only entry would look
+    clean to it and its blob never be written) and written as the tree a commit records.
+    GitError when git fails."""
     got = RepoChanges(repo.name, repo.base)
-    untracked = git.raw(["ls-files", "--others", "--exclude-standard", "-z"],
-                        "git ls-files --others (the untracked files)")
-    if untracked:
-        git.raw(["update-index", "--add", "--info-only", "-z", "--stdin"],
-                "git update-index --add --info-only (a temporary index)", stdin=untracked)
-    if tree:
+    if tree:        # every blob written: the tree a commit records must be whole
         git.text(["add", "--all"], "git add --all (a temporary index)")
         got.tree = git.text(["write-tree"], "git write-tree").strip()
+    else:           # hashed only (an --info-only entry's blob is never written)
+        untracked = git.raw(["ls-files", "--others", "--exclude-standard", "-z"],
+                            "git ls-files --others (the untracked files)")
+        if untracked:
+            git.raw(["update-index", "--add", "--info-only", "-z", "--stdin"],
+                    "git update-index --add --info-only (a temporary index)", stdin=untracked)
     got.head = _head(git)
     base = repo.base or git.text(["hash-object", "-t", "tree", "--stdin"],
                                  "git hash-object (the empty tree)").strip()

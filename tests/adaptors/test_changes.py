@@ -332,3 +332,17 @@ def test_git_is_run_with_the_workspace_hooks_off(tmp_path: Path,
     assert None is collect(spec, files, push=True).error
     assert not mark.exists()
     subprocess.run(["git", "fsck", "--no-progress"], cwd=ws, check=True, capture_output=True)
+
+
+def test_a_pushed_tree_holds_untracked_files_written_long_ago(
+        tmp_path: Path, remote: tuple[Path, Path, str]) -> None:
+    """An untracked file whose mtime is old (so git trusts a stat-clean index entry) is in
+    the pushed tree with its content: the push's index has every blob written."""
+    bare, ws, base = remote
+    old = ws / "old.txt"
+    old.write_text("written an hour ago\n")
+    os.utime(old, (os.path.getmtime(old) - 3600,) * 2)
+    spec, files = _spec(tmp_path / "jobs", "j1", ws, bare, base, push="batchd/j1")
+    got = collect(spec, files, push=True)
+    assert None is got.error
+    assert "written an hour ago" == git("--git-dir", str(bare), "show", "batchd/j1:old.txt")
