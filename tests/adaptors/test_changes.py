@@ -7,7 +7,10 @@ files are written so that a power cut leaves none, or both before the result."""
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from adaptors._changes import (
     write_changes,
 )
 from adaptors._spec import JobSpec, parse_spec
+from supervisor.state.git import Account
 from supervisor.state.layout import CHANGES, JOB_SPEC, RESULT, JobPaths, Layout, read_record
 from supervisor.state.layout import write_record as write_rec
 from supervisor.state.view import collected_patch
@@ -346,3 +350,33 @@ def test_a_pushed_tree_holds_untracked_files_written_long_ago(
     got = collect(spec, files, push=True)
     assert None is got.error
     assert "written an hour ago" == git("--git-dir", str(bare), "show", "batchd/j1:old.txt")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another account needs root")
+def test_git_runs_as_the_agents_account(remote: tuple[Path, Path, str]) -> None:
+    """An agent run as another user (`user:`) has its workspace handed over: git examines
+    and commits it as that account (its filters never run as root); the scratch index is
+    that account's; the push (from batchd's own scratch repository) succeeds."""
+    nobody = pwd.getpwnam("nobody")
+    bare, ws, base = remote
+    root = Path(tempfile.mkdtemp(prefix="batchd-changes-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        owned = root / "ws"
+        shutil.copytree(ws, owned, symlinks=True)
+        (owned / "which").write_text("as nobody\n")
+        (owned / "new.txt").write_text("new\n")
+        for dirpath, _dirs, names in os.walk(owned):
+            os.chown(dirpath, nobody.pw_uid, nobody.pw_gid)
+            for name in names:
+                os.chown(os.path.join(dirpath, name), nobody.pw_uid, nobody.pw_gid)
+        jobs = root / "jobs"
+        spec, files = _spec(jobs, "j1", owned, bare, base, push="batchd/j1")
+        jobs.chmod(0o755)
+        files.dir.chmod(0o755)
+        got = collect(spec, files, push=True, account=Account(nobody.pw_uid, nobody.pw_gid),
+                      home="/")
+        assert (None, 2) == (got.error, got.repos[0].files)
+        assert "as nobody" == git("--git-dir", str(bare), "show", "batchd/j1:which")
+    finally:
+        shutil.rmtree(root)
