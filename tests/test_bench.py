@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import callbacks as bench_callbacks
+from bench import jobcontrol as bench_jobcontrol
 from bench import locks as bench_locks
 from bench import reaper as bench_reaper
 from bench import results as bench_results
@@ -63,3 +64,11 @@ def test_results_bench_collects_a_small_tree(tmp_path: Path) -> None:
     got = bench_results.bench_collect(tmp_path, 200, 20, runs=1)
     assert (200, 20) == (got["files"], got["changed"])
     assert got["collect_ms"] > 0 and got["git_baseline_ms"] > 0
+
+
+def test_jobcontrol_passes_over_a_chain_and_a_fan_in(tmp_path: Path) -> None:
+    """bench.jobcontrol's passes run the real dispatch over a chain and a fan-in (each
+    asserts the waiting jobs stay queued) and give a time."""
+    figures = (bench_jobcontrol.bench_pass(tmp_path, 50, passes=3),
+               bench_jobcontrol.bench_fanin(tmp_path, 50, passes=3))
+    assert [True, True] == [isinstance(f, float) and f >= 0 for f in figures]
