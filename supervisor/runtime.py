@@ -64,11 +64,14 @@ __all__ = [
     "EXIT_ORPHANED",
     "EXIT_RECOVERY_FAILED",
     "NOT_YET_KEEP",
+    "WRITE_RETRY_FIRST",
+    "WRITE_RETRY_MAX",
     "BadRequest",
     "Log",
     "NotYet",
     "Waiter",
     "Watcher",
+    "WriteRetry",
     "die_with_parent",
     "handle_inbox",
     "inbox_requests",
@@ -142,6 +145,44 @@ os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 def stop_requested() -> bool:
     """True once SIGTERM (or request_stop) asked this worker to finish its pass and exit."""
     return _state.stop
+
+
+#: After a failed write (a full or failing disk) a worker rebuilds itself from its files
+#: after this many seconds, doubling up to WRITE_RETRY_MAX while writes keep failing.
+WRITE_RETRY_FIRST = 1.0
+WRITE_RETRY_MAX = 30.0
+
+
+class WriteRetry:
+    """The wait before a worker tries again after a failed write: 1, 2, 4 .. 30 s while
+    writes keep failing, from 1 s again once one succeeded (docs/STATE.md, "A full or
+    failing disk")."""
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, *, first: float = WRITE_RETRY_FIRST,
+                 most: float = WRITE_RETRY_MAX) -> None:
+        self.clock = clock
+        self.first = first
+        self.most = most
+        self.delay = first
+        self.failures = 0
+
+    def wait(self, stop: Callable[[], bool] = stop_requested) -> bool:
+        """Sleep the current delay (in slices, so a stop is heard within 0.5 s) and double
+        it for next time; False if `stop()` came first."""
+        deadline = self.clock.monotonic() + self.delay
+        self.failures += 1
+        self.delay = min(self.delay * 2, self.most)
+        while not stop():
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return True
+            self.clock.sleep(min(0.5, left))
+        return False
+
+    def ok(self) -> None:
+        """A write succeeded: the next failure waits `first` again."""
+        self.delay = self.first
+        self.failures = 0
 
 
 def request_stop() -> None:
