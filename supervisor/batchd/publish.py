@@ -3,6 +3,8 @@
 workers.json (kind WORKERS) is written only by batchd, atomically, after every change
 (`Publisher.publish` is called once per loop turn and writes only when something
 changed): a crash loses at most the last change, and the next batchd writes its own.
+A write that fails (a full or failing disk) is tried again on a timer (Batchd.publish),
+1, 2, 4 .. 30 s apart, until it succeeds.
 """
 
 from __future__ import annotations
@@ -94,13 +96,16 @@ class Publisher:
         self.restarts_before = dict(restarts_before or {})
         self.last_status = ""
 
-    def workers(self, procs: Sequence[Proc], now: float) -> None:
-        """Rewrite workers.json (a failure is logged; the next change tries again)."""
+    def workers(self, procs: Sequence[Proc], now: float) -> bool:
+        """Rewrite workers.json; False if it failed (logged: the caller tries again)."""
         try:
             write_record(WORKERS, self.layout.workers_file,
                          workers_record(self.pid, procs, now, self.restarts_before))
         except OSError as exc:
-            self.log.error("cannot write workers.json", error=str(exc))
+            self.log.error("cannot write workers.json: tried again", error=str(exc),
+                           errno=exc.errno)
+            return False
+        return True
 
     def status(self, text: str) -> None:
         """Send STATUS= to systemd when it changed."""
