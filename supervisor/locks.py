@@ -30,6 +30,7 @@ from supervisor.runtime import (
     report_ready,
     run_standalone,
     stop_requested,
+    until_written,
 )
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, quarantine, remove
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
@@ -460,10 +461,13 @@ def main(cfg: Config) -> int:
     layout = Layout(cfg.state_dir)
     log = _log.get(NAME)
     try:
-        lk, found, did, degraded = recover(cfg, layout, log)
+        got = until_written("recovery", lambda: recover(cfg, layout, log), log)
     except OSError as exc:
         log.error("recovery failed", error=str(exc))
         return EXIT_RECOVERY_FAILED
+    if got is None:
+        return EXIT_OK                        # stopped while the disk was full
+    lk, found, did, degraded = got
     inbox = layout.inbox(NAME)
     with Watcher([inbox], log=log) as watcher:
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import gc
 import importlib
 import os
@@ -59,6 +60,7 @@ from supervisor.state.layout import (
 from supervisor.state.proc import start_time
 
 __all__ = [
+    "DISK_ERRNOS",
     "EXIT_CRASHED",
     "EXIT_OK",
     "EXIT_ORPHANED",
@@ -73,6 +75,7 @@ __all__ = [
     "Watcher",
     "WriteRetry",
     "die_with_parent",
+    "disk_error",
     "handle_inbox",
     "inbox_requests",
     "job_of",
@@ -81,6 +84,7 @@ __all__ = [
     "run_loop",
     "run_standalone",
     "stop_requested",
+    "until_written",
     "worker_entry",
 ]
 
@@ -94,6 +98,7 @@ _PR_SET_PDEATHSIG = 1
 #: The logger type workers pass around (what supervisor.log.get returns).
 Log = FilteringBoundLogger
 Ctx = TypeVar("Ctx")
+T = TypeVar("T")
 
 
 class BadRequest(Exception):
@@ -183,6 +188,35 @@ class WriteRetry:
         """A write succeeded: the next failure waits `first` again."""
         self.delay = self.first
         self.failures = 0
+
+
+#: errno values of a full or failing disk: a worker's start that fails with one is tried
+#: again after a backoff (until_written) instead of exiting into a crash loop.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def disk_error(exc: BaseException) -> bool:
+    """Whether `exc` is a full or failing disk (ENOSPC, EDQUOT, EIO)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
+def until_written(what: str, fn: Callable[[], T], log: FilteringBoundLogger, *,
+                  stop: Callable[[], bool] = stop_requested,
+                  retry: WriteRetry | None = None) -> T | None:
+    """`fn()`, called again after 1, 2, 4 .. 30 s while it fails for a full or failing
+    disk (each failure logged, naming `what`); None if `stop()` came first. Any other
+    error is raised."""
+    retry = retry if retry is not None else WriteRetry()
+    while True:
+        try:
+            return fn()
+        except OSError as exc:
+            if not disk_error(exc):
+                raise
+            log.error(f"{what} failed: the disk is full or failing; tried again",
+                      error=str(exc), errno=exc.errno, retry_in_s=retry.delay)
+        if not retry.wait(stop):
+            return None
 
 
 def request_stop() -> None:
@@ -376,8 +410,12 @@ def report_ready(layout: Layout, worker: str, *, found: Mapping[str, Any],
     `started_monotonic` is time.monotonic() and `started_at` the ISO time at recovery start.
     """
     pid = os.getpid()
-    ensure_dir(layout.ready_dir)
-    write_record(READY, layout.ready_file(worker), {
+
+    def write() -> None:
+        ensure_dir(layout.ready_dir)
+        write_record(READY, layout.ready_file(worker), body)
+
+    body = {
         "worker": worker,
         "pid": pid,
         "start": start_time(pid),
@@ -387,7 +425,9 @@ def report_ready(layout: Layout, worker: str, *, found: Mapping[str, Any],
         "found": dict(found),
         "did": dict(did),
         "degraded": list(degraded),
-    })
+    }
+    # a full disk keeps the worker STARTING (batchd waits for this file), never a crash
+    until_written("writing the ready record", write, _log.get(worker))
 
 
 # -- watching -------------------------------------------------------------------------------------

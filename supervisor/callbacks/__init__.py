@@ -40,6 +40,7 @@ from supervisor.runtime import (
     inbox_requests,
     report_ready,
     stop_requested,
+    until_written,
 )
 from supervisor.state.atomic import discard, quarantine, remove
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
@@ -609,10 +610,13 @@ def main(cfg: Config) -> int:
                       transport=HttpTransport(), settings=cfg.callbacks,
                       check=wal_check(layout.wal_dir, log))
     try:
-        found, did, degraded = recover(state)
+        got = until_written("recovery", lambda: recover(state), log)
     except OSError as exc:
         log.error("recovery failed", error=str(exc))
         return EXIT_RECOVERY_FAILED
+    if got is None:
+        return EXIT_OK                        # stopped while the disk was full
+    found, did, degraded = got
     inbox = layout.inbox(NAME)
     # a request arrives by rename (or creation); the worker's own removals are no hint
     with Watcher([inbox], log=log, events=[FileCreatedEvent, FileMovedEvent]) as watcher:
