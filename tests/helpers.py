@@ -3,6 +3,7 @@ batchd with the real batchctl (`Rig`), and a disk that fails writes (`BadDisk`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["DEADLINE", "BadDisk", "Rig", "git", "make_remote", "push_commit", "until"]
+__all__ = ["DEADLINE", "BadDisk", "Rig", "fill", "git", "make_remote", "push_commit",
+           "until"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +64,22 @@ class BadDisk:
                 raise OSError(self.error, os.strerror(self.error))
             call(*args)
         return guarded
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until its file system is full (ENOSPC), to the last byte."""
+    with open(path, "wb", buffering=0) as f:
+        chunk = b"\0" * (1 << 20)
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    break
+                chunk = chunk[: len(chunk) // 2]
+    os.sync()
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
