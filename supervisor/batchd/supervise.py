@@ -30,7 +30,6 @@ from supervisor.batchd.workers import (
     fork_worker,
 )
 from supervisor.config import WORKER_NAMES, Config, ConfigError, enabled_workers
-from supervisor.runtime import WRITE_RETRY_FIRST, WRITE_RETRY_MAX
 from supervisor.state.clock import SYSTEM_CLOCK, Clock
 from supervisor.state.layout import Layout
 from supervisor.state.proc import start_time
@@ -40,9 +39,6 @@ __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "RESCAN_INTERVAL", "Batchd",
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 RESCAN_INTERVAL = 30.0       # the safety net behind inotify for ready/ and control/inbox/
-#: A failed workers.json write is tried again this many seconds later, doubling up to
-#: PUBLISH_RETRY_MAX while writes keep failing (the workers' write backoff).
-PUBLISH_RETRY_FIRST, PUBLISH_RETRY_MAX = WRITE_RETRY_FIRST, WRITE_RETRY_MAX
 
 _EARLY_SIGNALS: list[int] = []
 
@@ -88,7 +84,6 @@ class Batchd:
         self.started_wall = self.startup.started_wall
         self.control = Control(self.layout, clock, self.log, self.started_wall)
         self.publisher = Publisher(self.layout, self.notifier, self.log, self.pid)
-        self._publish_delay = PUBLISH_RETRY_FIRST  # the next wait after a failed publish
         self.life = Life.STARTING
         self.exit_code: int | None = None
         self.signals: list[int] = []
@@ -325,8 +320,6 @@ class Batchd:
             self._arm_watchdog()
         elif key == "reply-gc":
             self.gc_replies()
-        elif key == "publish":
-            self.publish()
         elif key in ("rescan", "ready-recheck"):
             self.scan()
             if key == "rescan":
@@ -435,20 +428,13 @@ class Batchd:
     # -- publishing ------------------------------------------------------------------------
 
     def publish(self) -> None:
-        """Rewrite workers.json (if anything changed) and refresh systemd's STATUS=.
-
-        A write that fails (ENOSPC, EIO) leaves workers.json behind, so the change stays
-        to publish: the "publish" timer tries again 1, 2, 4 .. 30 s later (a later change
-        waits for it) until a write succeeds — `workers` and `status` read this file."""
+        """workers.json if anything changed (failed: the "publish" timer), then STATUS=."""
         if not self.workers.dirty or self.timers.pending("publish"):
             return
-        self.workers.dirty = False
-        if self.publisher.workers(self.workers.ordered(), self.clock.time()):
-            self._publish_delay = PUBLISH_RETRY_FIRST
-        else:
-            self.workers.dirty = True
-            self.timers.set("publish", self.clock.monotonic() + self._publish_delay)
-            self._publish_delay = min(self._publish_delay * 2, PUBLISH_RETRY_MAX)
+        retry = self.publisher.workers(self.workers.ordered(), self.clock.time())
+        if retry is not None:                       # ENOSPC, EIO: the change stays
+            self.timers.set("publish", self.clock.monotonic() + retry)
+        self.workers.dirty = retry is not None
         if self.life in (Life.RUNNING, Life.RELOADING):
             self.publisher.status(self.status_text())
 
