@@ -36,6 +36,18 @@ _CONTROL: dict[str, Any] = {
     "retries": {"type": "integer"},
 }
 
+#: One repository's entry in a job's `changes` (CONTRACT.md, "Results").
+_REPO_CHANGES: dict[str, Any] = {
+    "type": "object",
+    "required": ["base", "head", "files", "insertions", "deletions", "branch"],
+    "properties": {
+        "base": _nullable("string"), "head": _nullable("string"),
+        "files": _nullable("integer"), "insertions": _nullable("integer"),
+        "deletions": _nullable("integer"), "branch": _nullable("string"),
+        "commits": _nullable("integer"),
+    },
+}
+
 _JOB_PROPS: dict[str, Any] = {
     "id": {"type": "string"},
     "state": _STATE,
@@ -56,6 +68,8 @@ _JOB_PROPS: dict[str, Any] = {
     "exclusive": {"type": "boolean"},
     **_CONTROL,
     "retry_of": _nullable("string"),
+    "push": _nullable("string"),
+    "changes": {"type": ["object", "null"], "additionalProperties": _REPO_CHANGES},
     "slurm_job_id": _nullable("integer"),
 }
 
@@ -74,6 +88,9 @@ _SUBMIT_JOB: dict[str, Any] = {
         "id": _nullable("string"),
         "exclusive": {"type": "boolean"},
         **_CONTROL,
+        "push": {"type": ["boolean", "string", "null"],
+                 "description": "true: push a completed job's changes to batchd/<id>; "
+                                "a string: to that branch"},
     },
 }
 
@@ -186,7 +203,8 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 _COMMON = {"400": _error("bad parameter"), "401": _error("no valid token"),
            "403": _error("the token's scope is too short"),
-           "503": _error("state that cannot be read, or batchd not running")}
+           "503": _error("state that cannot be read or written (a full or failing disk), "
+                         "or batchd not running")}
 _JOB_ID = {"name": "id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}}
 

@@ -102,8 +102,9 @@ class Jobs:
     active: set[str] = field(default_factory=set)       # starting/running job ids
     warned: dict[str, float] = field(default_factory=dict)   # id -> last stale warning
     batches: BatchIndex = field(default_factory=BatchIndex)  # cache for batch events
-    #: Workspaces being cloned off the loop: job id -> the clone's future (see _do_launch).
-    preparing: dict[str, Future[None]] = field(default_factory=dict)
+    #: Workspaces being cloned off the loop: job id -> the clone's future, which gives the
+    #: job's repositories with their bases for the spec (see _do_launch).
+    preparing: dict[str, Future[list[dict[str, Any]]]] = field(default_factory=dict)
     #: Wakes the scheduler's loop (its Watcher's wake, set by serve): a finished clone is
     #: launched at once, not at the next tick.
     wake: Callable[[], None] = lambda: None
@@ -321,11 +322,13 @@ def _do_update(j: Jobs, job: _Job, action: lc.Update, batch: _Batch) -> None:
     batch.updates.append((job.id, dict(action.fields)))
 
 
-def _clone(j: Jobs, entry: dict[str, Any], known: dict[str, Any]) -> None:
-    """Fetch the mirrors and clone the workspace (the job holds its repositories' locks).
+def _clone(j: Jobs, entry: dict[str, Any], known: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fetch the mirrors and clone the workspace (the job holds its repositories' locks);
+    the job's repositories with the commit each clone is at (`base`, for the spec).
     Runs on a `prepare` thread: it touches only the job's workspace and the mirrors."""
-    _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
-                                mirrors_dir=j.layout.mirrors_dir)
+    ws = _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
+                                     mirrors_dir=j.layout.mirrors_dir)
+    return _jobfiles.workspace_repos(j.layout, entry, ws, known)
 
 
 def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
@@ -374,7 +377,7 @@ def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
     known = _repositories(j)
     if not exclusive_for(job.entry, known):
         _release(j, job.id, "workspace cloned")
-    _launch_now(j, job, bool(job.entry.get("attempts", 1) > 1), batch)
+    _launch_now(j, job, bool(job.entry.get("attempts", 1) > 1), batch, future.result())
 
 
 def _launch_failed(j: Jobs, job: _Job, exc: BaseException, batch: _Batch) -> None:
@@ -384,12 +387,13 @@ def _launch_failed(j: Jobs, job: _Job, exc: BaseException, batch: _Batch) -> Non
     _execute(j, job, d, batch)
 
 
-def _submit_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:
+def _submit_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch,
+                repos: list[dict[str, Any]] | None = None) -> None:
     """sbatch a Slurm job (its `starting` durable), then record the id sbatch printed. When
     Slurm does not answer the job stays `starting`: the table looks for it by its tag and
     submits it again only once Slurm says it has none (the job never runs twice)."""
     try:
-        spec = _jobfiles.write_spec(j.layout, j.cfg, job.entry)
+        spec = _jobfiles.write_spec(j.layout, j.cfg, job.entry, repos)
         job_dir = spec.parent
         sid = j.slurm.submit(job_dir, timeout=job_timeout(j.cfg, job.entry),
                              kill_grace=j.cfg.scheduler.kill_grace, env=job_environ(job_dir))
@@ -406,12 +410,13 @@ def _submit_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:
     _execute(j, job, d, batch)   # durable with the pass (lost in a crash: found by its tag)
 
 
-def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:
+def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch,
+                repos: list[dict[str, Any]] | None = None) -> None:
     if job.entry.get("launcher") == "slurm":
-        _submit_now(j, job, relaunch, batch)
+        _submit_now(j, job, relaunch, batch, repos)
         return
     try:
-        _jobfiles.write_spec(j.layout, j.cfg, job.entry)
+        _jobfiles.write_spec(j.layout, j.cfg, job.entry, repos)
         launched = j.launcher(j.layout.job_dir(job.id), j.cfg.launcher)
     except (_jobfiles.PrepareError, LaunchError, OSError) as exc:
         _launch_failed(j, job, exc, batch)
@@ -524,13 +529,17 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     if fields["state"] in ("failed", "lost") and int(job.entry.get("retries") or 0) > 0:
         fields["retried_as"] = _retry(j, job.entry, fields)
     job.entry.update(fields)
-    batch.updates.append((job.id, fields))
-    # The webhook events are durable before the pass flushes the terminal state to the
-    # WAL (see supervisor.scheduler.events); state_of sees this pass's unflushed states.
+    # The webhook events and the release are durable before the terminal state joins the
+    # pass's WAL batch (see supervisor.scheduler.events): a pass whose write of either
+    # fails (a full disk) still flushes what it did before (the callers flush in
+    # `finally`), but never this terminal state, so the reopened scheduler finalizes the
+    # job again and sends them then. state_of sees this pass's unflushed states.
+    end = str(fields["state"])
     emit_job_end(j.layout, j.queue, j.batches, {**job.entry, "id": job.id},
-                 lambda other: batch.state_of(other, j.queue))
-    if _repos_of(job.entry):     # before the terminal WAL record, as the events above
-        _release(j, job.id, f"job {fields['state']}")
+                 lambda other: end if other == job.id else batch.state_of(other, j.queue))
+    if _repos_of(job.entry):
+        _release(j, job.id, f"job {end}")
+    batch.updates.append((job.id, fields))
     batch.counters[str(fields["state"])] += 1
     batch.counters.update(usage_counters(str(job.entry.get("agent")), fields.get("usage")))
     j.active.discard(job.id)
