@@ -7,8 +7,11 @@ Everything is checked before anything is written: agent known, repositories know
 and no whitespace or control character, non-empty prompt, timeout a positive duration,
 id well formed and not in use (in the file, the queue, or a submission still pending in
 the inbox), no unknown or duplicate keys, right types, an agent that may run (aider
-without a model is refused: state.agentbin.refusal). A bad `--from` line names the
-file and line ("jobs.jsonl:7: unknown agent 'cluade'") and queues nothing.
+without a model is refused: state.agentbin.refusal), and text every record can hold: no
+lone surrogate (a JSON "\\ud800" escape, or a command-line byte that is not UTF-8) and
+no NUL in any string (`_text`), durations at most 100 years, instants in years 1..9999.
+A bad `--from` line names the file and line ("jobs.jsonl:7: unknown agent 'cluade'") and
+queues nothing.
 
 Resuming (`submit --resume JOB`, the JSONL key `resume`): the new job continues JOB's agent
 session. Resolved under the submit lock, with the same view of the jobs the id check reads
@@ -120,6 +123,27 @@ def _expect(key: str, value: object, kinds: tuple[type, ...], what: str) -> None
         raise JobError(f"{key} must be {what}, found {_tname(value)}")
 
 
+def _text(key: str, value: str) -> None:
+    """JobError unless `value` is text every record, argv and log can carry: no lone
+    surrogate (a JSON "\\ud800" escape, or a command-line argument that was not UTF-8,
+    which Python decodes to one) and no NUL (no program argument or C string holds it)."""
+    if value.isascii():
+        bad = value.find("\0")
+        if bad < 0:
+            return
+    else:
+        try:
+            value.encode()
+            bad = value.find("\0")
+            if bad < 0:
+                return
+        except UnicodeEncodeError as exc:
+            raise JobError(f"{key} is not valid UTF-8 text: {value[exc.start]!r} at character "
+                           f"{exc.start} is a lone surrogate (a \\ud800-style JSON escape, or a "
+                           "command-line argument that is not UTF-8)") from None
+    raise JobError(f"{key} contains a NUL character (\\u0000) at character {bad}")
+
+
 #: Whitespace (Unicode too) and C0/C1 control characters: never part of a callback URL.
 _URL_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
@@ -210,11 +234,13 @@ class Checker:
             raise JobError("missing key 'agent'")
         if agent is not None:
             _expect("agent", agent, (str,), "a string")
+            _text("agent", agent)
             self._agent(agent)
         prompt = obj.get("prompt")
         if prompt is None:
             raise JobError("missing key 'prompt'")
         _expect("prompt", prompt, (str,), "a string")
+        _text("prompt", prompt)
         if not prompt.strip():
             raise JobError("empty prompt")
         repos = obj.get("repos")
@@ -223,6 +249,7 @@ class Checker:
         _expect("repos", repos, (list,), "a list of repository names")
         for repo in repos:
             _expect("repos", repo, (str,), "a list of repository names")
+            _text("repos", repo)
             if self.known is not None and repo not in self.known.repos:
                 raise JobError(f"unknown repository {repo!r}")
         if len(set(repos)) != len(repos):
@@ -233,6 +260,7 @@ class Checker:
         callback = obj.get("callback")
         if callback is not None:
             _expect("callback", callback, (str,), "a URL string")
+            _text("callback", callback)
             self._url(callback)
         timeout = obj.get("timeout")
         if timeout is not None:
@@ -245,6 +273,7 @@ class Checker:
         batch = obj.get("batch")
         if batch is not None:
             _expect("batch", batch, (str,), "a string")
+            _text("batch", batch)
             if not batch.strip():
                 raise JobError("batch must not be empty")
         job_id = obj.get("id")
@@ -269,6 +298,7 @@ class Checker:
             created = obj.get("created_at")
             if created is not None:
                 _expect("created_at", created, (str,), "an ISO-8601 time")
+                _text("created_at", created)
                 job["created_at"] = created
             retry_of = obj.get("retry_of")
             if retry_of is not None:
@@ -293,10 +323,12 @@ def _stored_resume(obj: dict[str, Any]) -> dict[str, Any]:
     if not valid_job_id(resume_of):
         raise JobError(f"resume_of: invalid job id {resume_of!r}")
     _expect("workspace", workspace, (str,), "an absolute path")
+    _text("workspace", workspace)
     if not os.path.isabs(workspace):
         raise JobError(f"workspace must be an absolute path, found {workspace!r}")
     if session is not None:
         _expect("resume_session", session, (str,), "a string")
+        _text("resume_session", session)
     return {"resume_of": resume_of, "resume_session": session, "workspace": workspace}
 
 
@@ -335,6 +367,7 @@ def _labels(value: object) -> dict[str, str]:
                 val.replace(" ", "")):
             raise JobError(f"label {key!r}: the value must be a string of at most "
                            f"{_MAX_LABEL_VALUE} characters without control characters")
+        _text(f"label {key!r}", val)
     return dict(value)
 
 
