@@ -770,6 +770,9 @@ def check_repo_url(text: str, base: Path, home: str | None = None) -> str:
         raise ValueError("expected a non-empty URL or path")
     try:
         _clean_text(text)
+    except _Invalid as exc:
+        raise ValueError(f"URL {exc}") from None
+    try:
         return _repo_url_text(_Ctx(source="", base=base, home=home), text)
     except _Invalid as exc:
         raise ValueError(str(exc)) from None
@@ -947,7 +950,7 @@ def parse_listen(text: str) -> tuple[str, str | int]:
 
 
 def _listen(ctx: _Ctx, node: Node, key: str) -> str:
-    text = _text('"HOST:PORT", "[IPV6]:PORT" or "unix:/path"')(ctx, node, key)
+    text: str = _text('"HOST:PORT", "[IPV6]:PORT" or "unix:/path"')(ctx, node, key)
     try:
         parse_listen(text)
     except ValueError as exc:

@@ -449,13 +449,28 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-_decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode
+def _no_constant(name: str) -> Any:
+    """parse_constant: NaN, Infinity and -Infinity are Python's, not JSON's."""
+    raise JobError(f"invalid JSON: {name} is not a JSON value")
+
+
+_decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys,
+                                parse_constant=_no_constant).decode
 
 
 def decode_json(text: str) -> Any:
-    """One JSON document as a submission reads it: a key given twice in an object is a
-    JobError (JSON would silently keep the last one); bad JSON is json.JSONDecodeError."""
-    return _decode_line(text)
+    """One JSON document as a submission reads it: a key given twice in an object, NaN or
+    Infinity, nesting too deep for the parser, or a number too long to convert (Python's
+    4300-digit cap) is a JobError naming it; bad JSON is json.JSONDecodeError."""
+    try:
+        return _decode_line(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise JobError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:       # int("9" * 5000): Python's int_max_str_digits
+        raise JobError(f"invalid JSON: a number too long to read "
+                       f"({str(exc).split(':')[0].lower()})") from None
 
 
 def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]]:
@@ -469,7 +484,7 @@ def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]
     jobs: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     check = checker.check
-    decode = _decode_line
+    decode = decode_json
     for lineno, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue

@@ -523,3 +523,24 @@ def test_a_stored_request_with_a_lone_surrogate_is_refused() -> None:
                                  "resume_of": "j0", "workspace": "/w",
                                  "resume_session": "\ud800"}]})
     assert str(info.value).startswith("jobs[0] (j1): resume_session is not valid UTF-8 text")
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    (b'{"agent":"shell","prompt":"x","timeout":NaN}', "invalid JSON: NaN is not a JSON value"),
+    (b'{"agent":"shell","prompt":"x","timeout":-Infinity}',
+     "invalid JSON: -Infinity is not a JSON value"),
+    (b'{"agent":"shell","prompt":"x","priority":' + b"9" * 5000 + b"}",
+     "invalid JSON: a number too long to read (exceeds the limit (4300 digits) for integer "
+     "string conversion)"),
+    (b'{"agent":"shell","prompt":"x","labels":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     "invalid JSON: nested too deeply"),
+])
+def test_json_python_reads_but_a_job_cannot_hold_is_named_with_its_line(
+        line: bytes, message: str) -> None:
+    """NaN/Infinity (not JSON), a number past Python's 4300-digit cap (ValueError) and
+    nesting past the recursion limit (RecursionError) were tracebacks: each is a JobError
+    naming the file and line, as any bad JSON."""
+    with pytest.raises(JobError) as info:
+        parse_jsonl(b'{"agent":"shell","prompt":"ok"}\n' + line + b"\n", "j.jsonl",
+                    Checker(KNOWN))
+    assert f"j.jsonl:2: {message}" == str(info.value)
