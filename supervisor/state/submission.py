@@ -601,7 +601,7 @@ def same_job(entry: dict[str, Any], job: dict[str, Any]) -> bool:
 
 
 def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]], *,
-                queue_ids: QueueIds | None = None) -> list[list[str] | JobError]:
+                queue_ids: QueueIds | None = None) -> list[list[str] | Exception]:
     """accept() for many submissions at once (the api's concurrent POSTs): ONE lock, ONE
     read of the ids in use, ONE durable request holding every accepted job; per
     submission, its ids or why it was refused.
@@ -610,6 +610,11 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
     job (same_job) is a replay: it counts as accepted and is not written again; an id in
     use by another job refuses its whole submission (Refused); so does a dependency that
     does not exist (JobError, as accept()), and a `resume` that cannot be (as accept()).
+    One submission's failure is never another's: an unexpected error while taking one
+    (a bug, a job the validator should have refused) is that submission's result, and
+    should the shared write fail for anything but the disk (OSError, which is every
+    submission's: raised), each submission is written on its own request, so only the one
+    that cannot be written fails (JobError saying why), the others are accepted.
     The ids in use are the inbox's (read first, as
     open_view does) and the queue's: from `queue_ids` when given (a long-lived reader that
     follows the log), else from a read-only open of the queue. Unreadable and DiskLow as
@@ -617,7 +622,8 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
     why = disk.low(cfg)
     if why is not None:
         raise DiskLow(f"submission refused: {why}")
-    out: list[list[str] | JobError] = []
+    out: list[list[str] | Exception] = []
+    taken: list[tuple[int, list[dict[str, Any]]]] = []   # (index in out, its new jobs)
     with submit_lock(layout):
         given = {j["id"] for g in groups for j in g if j["id"] is not None}
         if queue_ids is None:
@@ -647,15 +653,29 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
                         raise Refused(f"job id {job['id']!r} is already in use by another job")
                 new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
                 refuse_unknown_dependencies(new, frozenset(in_use))
-            except JobError as exc:
+            except Exception as exc:   # noqa: BLE001 - this submission's failure, only its
                 out.append(exc)
                 continue
             assign_ids(new, frozenset(in_use))
             in_use.update(str(j["id"]) for j in new)
             fresh += new
+            taken.append((len(out), new))
             out.append([str(j["id"]) for j in jobs])
         if fresh:
-            write_submission(layout, fresh)
+            try:
+                write_submission(layout, fresh)
+            except OSError:
+                raise                   # the disk: every submission's failure
+            except Exception:          # noqa: BLE001 - one submission's content: find it
+                for index, new in taken:
+                    if not new:
+                        continue
+                    try:
+                        write_submission(layout, new)
+                    except OSError as exc:
+                        out[index] = exc
+                    except Exception as exc:   # noqa: BLE001 - what it holds: its own
+                        out[index] = JobError(f"the submission cannot be recorded: {exc}")
     return out
 
 
