@@ -82,6 +82,7 @@ __all__ = [
     "known_repos",
     "parse_jsonl",
     "refuse_ids_in_use",
+    "refuse_left_folders",
     "refuse_unknown_dependencies",
     "resolve_resumes",
     "same_job",
@@ -583,6 +584,7 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
         with open_view(cfg, layout) as view:
             in_use = frozenset(view.known_ids())
             refuse_ids_in_use(jobs, in_use, source)
+            refuse_left_folders(layout, jobs, source)
             resolve_resumes(cfg, view, jobs, source)
         refuse_unknown_dependencies(jobs, in_use, source)
         assign_ids(jobs, in_use)
@@ -651,6 +653,8 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
                     known = existing.get(job["id"]) if job["id"] is not None else None
                     if job["id"] in in_use and (known is None or not same_job(known, job)):
                         raise Refused(f"job id {job['id']!r} is already in use by another job")
+                    if job["id"] is not None and job["id"] not in in_use:
+                        refuse_left_folders(layout, [job], refused=Refused)
                 new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
                 refuse_unknown_dependencies(new, frozenset(in_use))
             except Exception as exc:   # noqa: BLE001 - this submission's failure, only its
@@ -755,6 +759,22 @@ def refuse_ids_in_use(jobs: list[dict[str, Any]], in_use: frozenset[str],
         if job["id"] in in_use:
             where = "" if source is None else f"{source[0]}:{_line_of(source[1], index)}: "
             raise JobError(f"{where}job id {job['id']!r} is already in use")
+
+
+def refuse_left_folders(layout: Layout, jobs: list[dict[str, Any]],
+                        source: tuple[str, bytes] | None = None, *,
+                        refused: type[JobError] = JobError) -> None:
+    """`refused` for the first job whose given id (not in use: checked before) still has a
+    folder under jobs/: left by a job the queue no longer knows (its log quarantined as
+    corrupt). A new job under that id would run among the old one's files and read its
+    result. One stat per given id; generated ids never collide."""
+    for index, job in enumerate(jobs):
+        job_id = job["id"]
+        if job_id is not None and os.path.lexists(layout.job_dir(str(job_id))):
+            where = "" if source is None else f"{source[0]}:{_line_of(source[1], index)}: "
+            raise refused(f"{where}job id {job_id!r} is already in use: its folder "
+                          f"{layout.job_dir(str(job_id))} exists (left by a job the queue no "
+                          "longer knows: remove the folder to reuse the id)")
 
 
 def _line_of(data: bytes, index: int) -> int:

@@ -544,3 +544,26 @@ def test_json_python_reads_but_a_job_cannot_hold_is_named_with_its_line(
         parse_jsonl(b'{"agent":"shell","prompt":"ok"}\n' + line + b"\n", "j.jsonl",
                     Checker(KNOWN))
     assert f"j.jsonl:2: {message}" == str(info.value)
+
+
+def test_an_id_whose_folder_is_left_over_is_refused_at_every_door(tmp_path: Path) -> None:
+    """A job folder the queue no longer knows (its log quarantined as corrupt) keeps its id
+    in use: a new job under it would run among the old files and read the old result (it
+    ended failed, "result.json unreadable"). accept() refuses it naming the folder and the
+    --from line, writing nothing; accept_many refuses that submission only."""
+    from supervisor.state.submission import Refused, accept_many
+
+    cfg, layout = _cfg(tmp_path)
+    (layout.job_dir("old")).mkdir(parents=True)
+    data = b'{"agent":"shell","prompt":"a"}\n{"agent":"shell","prompt":"b","id":"old"}\n'
+    jobs = parse_jsonl(data, "j.jsonl", Checker(None))
+    with pytest.raises(JobError) as info:
+        accept(cfg, layout, jobs, source=("j.jsonl", data))
+    assert (f"j.jsonl:2: job id 'old' is already in use: its folder {layout.job_dir('old')} "
+            "exists (left by a job the queue no longer knows: remove the folder to reuse "
+            "the id)") == str(info.value)
+    assert not layout.inbox("scheduler").exists() or [] == _requests_in(layout)
+    got = accept_many(cfg, layout, [[_job2("a", "old")], [_job2("b", "new")]])
+    assert isinstance(got[0], Refused) and ["new"] == got[1]
+    [req] = _requests_in(layout)
+    assert ["new"] == [j["id"] for j in req["jobs"]]
