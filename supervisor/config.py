@@ -282,7 +282,7 @@ def enabled_workers(cfg: Config) -> tuple[str, ...]:
 
 def default_config(env: Mapping[str, str] | None = None) -> Config:
     """The built-in configuration: every default, state under default_state_dir(env)."""
-    state_dir = default_state_dir(env)
+    state_dir = _default_state_dir(os.environ if env is None else env, "<built-in>")
     return Config(state_dir=state_dir, workspace_dir=state_dir / "workspaces")
 
 
@@ -311,6 +311,9 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None, *,
     chosen = resolve_path(path, e)
     if chosen is None:
         return default_config(e)
+    if not _is_utf8(chosen):
+        raise ConfigError(f"{chosen!r}: the configuration's path is not UTF-8 text, which "
+                          "batchd's records naming it must be (rename the file)")
     via = " (named by $BATCHD_CONFIG)" if path is None and chosen == e.get("BATCHD_CONFIG") else ""
     try:
         with open(chosen, "rb") as f:
@@ -362,9 +365,20 @@ def parse(text: str, source: str, *, env: Mapping[str, str] | None = None,
     _check_order(ctx, values.get("scheduler", SchedulerConfig()))
     if ctx.errors:
         raise ConfigError(ctx.message())
-    state_dir = values.pop("state_dir", None) or default_state_dir(e)
+    state_dir = values.pop("state_dir", None) or _default_state_dir(e, source)
     workspace_dir = values.pop("workspace_dir", None) or state_dir / "workspaces"
     return Config(state_dir=state_dir, workspace_dir=workspace_dir, source=source, **values)
+
+
+def _default_state_dir(env: Mapping[str, str], source: str) -> Path:
+    """default_state_dir, or ConfigError when it is not UTF-8 ($BATCHD_STATE_DIR or $HOME
+    from bytes that are not): every job record names paths under it."""
+    state_dir = default_state_dir(env)
+    if not _is_utf8(str(state_dir)):
+        raise ConfigError(f"{source}: state_dir: the default {str(state_dir)!r} (from "
+                          "$BATCHD_STATE_DIR or $HOME) is not UTF-8 text, which every record "
+                          "naming it must be; set state_dir")
+    return state_dir
 
 
 # --------------------------------------------------------------------------- durations
@@ -735,7 +749,23 @@ def _expand(ctx: _Ctx, text: str) -> Path:
             raise _Invalid(f"unknown user in path {text!r}")
         text = expanded
     path = Path(text)
-    return path if path.is_absolute() else ctx.base / path
+    path = path if path.is_absolute() else ctx.base / path
+    if not _is_utf8(str(path)):
+        raise _Invalid(f"the path {str(path)!r} is not UTF-8 text, which every record naming "
+                       "it must be (a relative path is taken from the configuration's folder)")
+    return path
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8: a path from bytes that are not UTF-8 (a file name,
+    $HOME) holds lone surrogates, and no JSON record can name it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _path(ctx: _Ctx, node: Node, key: str) -> Path:

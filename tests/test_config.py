@@ -692,3 +692,28 @@ def test_files_batchd_writes_need_an_existing_folder_when_batchd_asks(tmp_path: 
     (tmp_path / "nowhere").mkdir()
     (tmp_path / "gone").mkdir()
     assert tmp_path / "gone" / "batchd.log" == parse(text, SRC, env=ENV, files=True).log.file
+
+
+def test_paths_that_are_not_utf8_are_refused_naming_where_they_come_from(
+        tmp_path: Path) -> None:
+    """A config file whose path, folder or $BATCHD_STATE_DIR holds bytes that are not UTF-8
+    (Python's lone surrogates) made paths no record can name: batchd crashed writing its
+    pid file (UnicodeEncodeError). Each is a ConfigError naming the key or the file."""
+    odd = tmp_path / "d\udcff"
+    odd.mkdir()
+    (odd / "c.yaml").write_text("state_dir: st\n")
+    with pytest.raises(ConfigError) as info:
+        load(str(odd / "c.yaml"), env={})
+    assert (f"{str(odd / 'c.yaml')!r}: the configuration's path is not UTF-8 text, which batchd's "
+            "records naming it must be (rename the file)") == str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse("state_dir: st\n", str(odd / "c.yaml"), env=ENV)
+    assert str(info.value).startswith(f"{odd / 'c.yaml'}:1: state_dir: the path "
+                                      f"{str(odd / 'st')!r} is not UTF-8 text")
+    with pytest.raises(ConfigError) as info:
+        parse("log: {level: info}\n", SRC, env={"BATCHD_STATE_DIR": "/srv/\udcff"})
+    assert (f"{SRC}: state_dir: the default '/srv/\\udcff' (from $BATCHD_STATE_DIR or $HOME) "
+            "is not UTF-8 text, which every record naming it must be; set state_dir"
+            ) == str(info.value)
+    with pytest.raises(ConfigError):
+        load(None, env={"BATCHD_STATE_DIR": "/srv/\udcff"})
