@@ -153,7 +153,9 @@ def _url_problem(url: str) -> str | None:
     """Why `url` cannot be a callback, or None.
 
     A callback is http:// or https:// with a non-empty host, a port in 1..65535 if one
-    is given, and no whitespace or control character anywhere.
+    is given, and no whitespace or control character anywhere; ASCII only (an IRI's
+    non-ASCII path or host is what http.client cannot send: the callbacks worker died on
+    it), and a host name whose labels are 1-63 characters (what idna can encode).
     """
     if _URL_BAD_CHAR.search(url):
         return f"callback URL {url!r} contains whitespace or a control character"
@@ -169,6 +171,15 @@ def _url_problem(url: str) -> str | None:
         return f"callback URL {url!r} has an invalid port: {exc}"
     if port == 0:
         return f"callback URL {url!r} has an invalid port: 0"
+    if not url.isascii():
+        return (f"callback URL {url!r} is not ASCII: percent-encode its path and query "
+                "(RFC 3986) and write its host in punycode (xn--...)")
+    if "[" not in parts.netloc:
+        try:
+            parts.hostname.encode("idna")
+        except UnicodeError:
+            return (f"callback URL {url!r} has an invalid host name {parts.hostname!r} "
+                    "(each dot-separated label 1-63 characters)")
     return None
 
 
