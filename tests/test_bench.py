@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import callbacks as bench_callbacks
+from bench import jobcontrol as bench_jobcontrol
 from bench import locks as bench_locks
 from bench import reaper as bench_reaper
 from bench import retention as bench_retention
@@ -54,3 +55,11 @@ def test_locks_workspace_against_a_plain_clone_at_a_tiny_size(tmp_path: Path) ->
     got = bench_locks.bench_workspace(tmp_path / "ws", remote.as_uri(), 1)
     assert (1, True, True) == (got["workspace_rounds"], got["workspace_ms"] > 0,
                                got["git_clone_ms"] > 0)
+
+
+def test_jobcontrol_passes_over_a_chain_and_a_fan_in(tmp_path: Path) -> None:
+    """bench.jobcontrol's passes run the real dispatch over a chain and a fan-in (each
+    asserts the waiting jobs stay queued) and give a time."""
+    figures = (bench_jobcontrol.bench_pass(tmp_path, 50, passes=3),
+               bench_jobcontrol.bench_fanin(tmp_path, 50, passes=3))
+    assert [True, True] == [isinstance(f, float) and f >= 0 for f in figures]

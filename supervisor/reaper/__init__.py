@@ -228,7 +228,7 @@ def forget_expired(r: Reaper, view: JobView, known: Known, now: float, did: Coun
         forget.begin(r.layout, records, _workspaces(r, known, records, now), now)
         for e in batch:
             done.add(e.id)
-            r.removed(did, "jobs", e.id, f"{e.why} ({e.state} {e.finished_at})")
+            r.removed(did, "jobs", e.id, f"{e.why} (finished {e.finished_at})")
         gone += batch
     return gone
 
@@ -363,7 +363,7 @@ def clean(r: Reaper, req: dict[str, Any]) -> None:
     ensure_dir(r.layout.reaper_replies)
     write_record(REPLY, reply, {
         "id": req["id"], "ok": True, "message": f"{len(gone)} job(s) forgotten",
-        "result": [{"id": e.id, "state": e.state, "finished_at": e.finished_at}
+        "result": [{"id": e.id, "state": e.state, "finished_at": e.finished_at, "why": e.why}
                    for e in gone]})
 
 
