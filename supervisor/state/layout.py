@@ -30,8 +30,10 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       history/YYYY-MM.jsonl.gz    reaper   the archive: forgotten jobs' records, appended as
                                            gzip members (supervisor.state.archive)
       jobs/<id>/                  adaptor  prompt, output, events.jsonl, sentinel.json, result.json,
-                                           adaptor.log (launcher-opened, adaptor-written),
-                                           adaptor.lock (flock held by the live adaptor)
+                                           changes.patch and changes.json (what the job changed,
+                                           written before result.json), adaptor.log
+                                           (launcher-opened, adaptor-written), adaptor.lock
+                                           (flock held by the live adaptor); spec.json: scheduler
       workspaces/<id>/            scheduler (created), the job (contents)
 """
 
@@ -50,6 +52,7 @@ from supervisor.state.fs import FS, REAL
 
 __all__ = [
     "AGENT_VERSIONS",
+    "CHANGES",
     "CONTROL",
     "DELIVERY",
     "FORGETTING",
@@ -118,6 +121,10 @@ JOB_SPEC = RecordKind("batchd.job_spec", 1, ("id", "adaptor", "prompt", "workspa
 SENTINEL = RecordKind("batchd.sentinel", 1, ("id", "pid", "start", "heartbeat_at"))
 #: The adaptor's last word (`jobs/<id>/result.json`), written once, atomically, on exit.
 RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
+#: What a job changed (`jobs/<id>/changes.json`), written once by the adaptor after the agent
+#: exited, after changes.patch and before result.json: per repository its base, head,
+#: commits, files (each path's status, modes, line counts) and the push (adaptors._changes).
+CHANGES = RecordKind("batchd.changes", 1, ("id", "repos", "patch"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
@@ -220,6 +227,11 @@ class JobPaths:
     def patch(self) -> Path:
         """The job's changes as one binary-safe patch (`diff JOB`), when results exist."""
         return self.dir / "changes.patch"
+
+    @property
+    def changes(self) -> Path:
+        """What the job changed, per repository (CHANGES), written with the patch."""
+        return self.dir / "changes.json"
 
     @property
     def lock(self) -> Path:
@@ -406,6 +418,9 @@ class Layout:
 
     def job_patch(self, job_id: str) -> Path:
         return self.job(job_id).patch
+
+    def job_changes(self, job_id: str) -> Path:
+        return self.job(job_id).changes
 
     def job_adaptor_log(self, job_id: str) -> Path:
         return self.job(job_id).adaptor_log
