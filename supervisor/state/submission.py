@@ -529,11 +529,17 @@ def decode_json(text: str) -> Any:
         return _decode_line(text)
     except json.JSONDecodeError:
         raise
-    except RecursionError:
-        raise JobError("invalid JSON: nested too deeply") from None
-    except ValueError as exc:       # int("9" * 5000): Python's int_max_str_digits
-        raise JobError(f"invalid JSON: a number too long to read "
-                       f"({str(exc).split(':')[0].lower()})") from None
+    except (RecursionError, ValueError) as exc:
+        raise _undecodable(exc) from None
+
+
+def _undecodable(exc: RecursionError | ValueError) -> JobError:
+    """What JSON too deep for the parser, or a number past Python's 4300-digit cap
+    (int("9" * 5000): ValueError), is to a submission."""
+    if isinstance(exc, RecursionError):
+        return JobError("invalid JSON: nested too deeply")
+    return JobError(f"invalid JSON: a number too long to read "
+                    f"({str(exc).split(':')[0].lower()})")
 
 
 def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]]:
@@ -547,7 +553,7 @@ def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]
     jobs: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     check = checker.check
-    decode = decode_json
+    decode = _decode_line                # decode_json's errors, without its frame per line
     for lineno, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
@@ -558,6 +564,8 @@ def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]
                 raise JobError(f"not UTF-8: {exc}") from None
             except json.JSONDecodeError as exc:
                 raise JobError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+            except (RecursionError, ValueError) as exc:
+                raise _undecodable(exc) from None
             job = check(obj)
             job_id = job["id"]
             if job_id is not None:
