@@ -428,13 +428,17 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     if fields["state"] in ("failed", "lost") and int(job.entry.get("retries") or 0) > 0:
         fields["retried_as"] = _retry(j, job.entry, fields)
     job.entry.update(fields)
-    batch.updates.append((job.id, fields))
-    # The webhook events are durable before the pass flushes the terminal state to the
-    # WAL (see supervisor.scheduler.events); state_of sees this pass's unflushed states.
+    # The webhook events and the release are durable before the terminal state joins the
+    # pass's WAL batch (see supervisor.scheduler.events): a pass whose write of either
+    # fails (a full disk) still flushes what it did before (the callers flush in
+    # `finally`), but never this terminal state, so the reopened scheduler finalizes the
+    # job again and sends them then. state_of sees this pass's unflushed states.
+    end = str(fields["state"])
     emit_job_end(j.layout, j.queue, j.batches, {**job.entry, "id": job.id},
-                 lambda other: batch.state_of(other, j.queue))
-    if _repos_of(job.entry):     # before the terminal WAL record, as the events above
-        _release(j, job.id, f"job {fields['state']}")
+                 lambda other: end if other == job.id else batch.state_of(other, j.queue))
+    if _repos_of(job.entry):
+        _release(j, job.id, f"job {end}")
+    batch.updates.append((job.id, fields))
     batch.counters[str(fields["state"])] += 1
     batch.counters.update(usage_counters(str(job.entry.get("agent")), fields.get("usage")))
     j.active.discard(job.id)
