@@ -249,7 +249,7 @@ _PATHS: dict[str, Any] = {
                      "422": _error("a job the validator refuses (the message names it)"),
                      "503": _error("nothing was queued: the job queue cannot be read, free "
                                    "space is below disk.min_free, or the request could not "
-                                   "be written (code unavailable)")},
+                                   "be written (code storage)")},
                     body=_ref("Submission")),
     },
     "/v1/jobs/{id}": {"get": _op("One job's record", "read", {

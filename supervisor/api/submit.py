@@ -9,7 +9,7 @@ write does not replay the whole log), ONE request file written and fsynced for a
 them. Each POST is answered only after that write
 returned (durable: it survives a crash from then on), and each stays all or nothing. One
 submission's failure is its own (state.submission.accept_many): only what fails the whole
-write — the disk (OSError, answered 503), free space, an unreadable queue — fails every
+write — the disk (OSError, answered 503 storage), free space, an unreadable queue — fails every
 waiter of it. A
 crash of the api before the rename loses only unanswered POSTs (their clients retry; a
 retry with the same ids is then a replay, answered as accepted and written once).

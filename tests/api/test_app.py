@@ -519,8 +519,9 @@ def _refused(address: tuple[str, int]) -> bool:
 
 def test_a_submission_the_disk_cannot_take_is_503_not_500(tmp_path: Path) -> None:
     """When the one request write fails on the disk (OSError: ENOSPC, EIO) the POST is 503
-    saying so, nothing queued; it was an unhandled error, a 500. Driven in-process through
-    the ASGI app (the failure is injected into its submit writer)."""
+    `storage` saying so, nothing queued (the failure reaches it through the submit writer's
+    Future, not a 500). Driven in-process through the ASGI app, the failure injected into
+    its submit writer."""
     import asyncio
 
     from supervisor import log as _log
@@ -562,6 +563,6 @@ def test_a_submission_the_disk_cannot_take_is_503_not_500(tmp_path: Path) -> Non
     finally:
         api.batcher.close()
     doc = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
-    assert (503, "unavailable") == _error(sent[0]["status"], doc)
-    assert ("cannot record the submission: No space left on device "
-            f"({layout.inbox('scheduler')}); nothing was queued") == doc["error"]["message"]
+    assert (503, "storage") == _error(sent[0]["status"], doc)
+    assert ("the state dir cannot be used now (No space left on device); nothing was "
+            "changed: try again later") == doc["error"]["message"]
