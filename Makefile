@@ -12,7 +12,8 @@ STAMP  := $(VENV)/.installed
 AGENTS_CACHE ?= $(HOME)/.cache/batchd-agents
 AGENTS_REUSE ?= /work/cache/agents
 
-.PHONY: test test-agents test-browser lint typecheck run chaos bench clean
+.PHONY: test test-agents test-browser lint typecheck run chaos bench clean slurm-deps test-slurm \
+        bench-slurm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml setup.cfg | $(BIN)/python
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not chaos and not browser and not agents' -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest -q -rs -m 'not chaos and not browser and not agents' -p no:cacheprovider --durations=25
 
 # The dashboard in headless Chromium (Debian's chromium + chromium-driver, installed with
 # apt when missing and possible; the test says why it skips otherwise). Saves docs/*.png.
@@ -48,6 +49,33 @@ test-agents: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m chaos -p no:cacheprovider
+
+# `launcher: slurm` against a real single-host Slurm (tests/proc/slurm, docs/SCALE.md): the
+# tests start their own munged, slurmctld and slurmd as root, every file under /tmp. Debian's
+# packages are installed with apt when a binary is missing (measured: 8 packages, ~13 MB).
+SLURM_PKGS := slurmctld slurmd slurm-client munge
+SLURM_BINS := slurmctld slurmd slurmstepd munged sbatch squeue scontrol scancel sinfo sacct
+SLURM_PATH := $(PATH):/usr/sbin:/sbin:/usr/local/sbin
+
+slurm-deps:
+	@missing=""; for b in $(SLURM_BINS); do \
+	    PATH="$(SLURM_PATH)" command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "slurm-deps: $$(PATH="$(SLURM_PATH)" slurmctld -V)"; exit 0; fi; \
+	echo "slurm-deps: missing$$missing: apt-get install $(SLURM_PKGS)"; \
+	if [ "$$(id -u)" != 0 ]; then echo "slurm-deps: must be root (apt-get; slurmd runs jobs as root)" >&2; exit 1; fi; \
+	command -v apt-get >/dev/null || { echo "slurm-deps: no apt-get: install Slurm >= 22.05 and munge by hand" >&2; exit 1; }; \
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SLURM_PKGS) >/dev/null && \
+	for b in $(SLURM_BINS); do PATH="$(SLURM_PATH)" command -v $$b >/dev/null || { echo "slurm-deps: $$b still missing" >&2; exit 1; }; done; \
+	echo "slurm-deps: installed $$(PATH="$(SLURM_PATH)" slurmctld -V)"
+
+# SLURMLAB_REQUIRED=1: a Slurm that cannot be started fails the tests instead of skipping them.
+test-slurm: $(STAMP) slurm-deps
+	SLURMLAB_REQUIRED=1 PATH="$(SLURM_PATH)" $(BIN)/python -m pytest -q -m slurm -p no:cacheprovider --durations=10
+
+bench-slurm: $(STAMP) slurm-deps
+	PATH="$(SLURM_PATH)" $(BIN)/python -m bench.slurm --json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

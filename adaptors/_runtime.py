@@ -603,7 +603,7 @@ class _Signals:
 
 def _take_job_lock(files: JobPaths) -> int | str:
     """The fd holding the job's exclusive flock, or why this adaptor must not run the job
-    (another adaptor holds the lock, or the job has a result already)."""
+    (another adaptor holds the lock, the job has a result already, or batchd ended it)."""
     try:
         fd = os.open(files.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
@@ -618,6 +618,10 @@ def _take_job_lock(files: JobPaths) -> int | str:
     if files.result.exists():
         os.close(fd)
         return f"{files.result} exists: the job has finished; refusing to run it again"
+    if files.ended.exists():
+        os.close(fd)
+        return (f"{files.ended} exists: batchd ended this job before it ran (a copy Slurm "
+                "started after all); refusing to run it")
     return fd
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_DURATION",
     "NAME_PATTERN",
     "OPTIONAL_WORKERS",
+    "SBATCH_OWNED",
     "SIZE_HELP",
     "SYSTEM_CONFIG",
     "WORKER_NAMES",
@@ -63,6 +64,7 @@ __all__ = [
     "RepoConfig",
     "RetentionConfig",
     "SchedulerConfig",
+    "SlurmConfig",
     "WorkerConfig",
     "as_dict",
     "check_branch",
@@ -96,7 +98,7 @@ ADAPTOR_COMMANDS: dict[str, tuple[str, ...]] = {
 DIRECTORY_SESSIONS: frozenset[str] = frozenset({"aider", "q"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
-LAUNCHERS = ("auto", "direct", "systemd")
+LAUNCHERS = ("auto", "direct", "systemd", "slurm")
 
 #: The system-wide config file, used when neither -c nor $BATCHD_CONFIG names one.
 SYSTEM_CONFIG = Path("/etc/batchd/batchd.yaml")
@@ -188,6 +190,18 @@ class CallbacksConfig:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """`launcher: slurm`: where and how jobs are submitted (docs/SCALE.md)."""
+
+    partition: str | None = None         # None: the cluster's default partition
+    account: str | None = None
+    sbatch_args: tuple[str, ...] = ()    # more sbatch options, as given
+    poll: float = 10.0                   # how often Slurm is asked about jobs in flight
+    max_jobs: int = 1000                 # jobs batchd has in Slurm at once
+    python: str | None = None            # the interpreter the nodes run; None: batchd's own
+
+
+@dataclass(frozen=True)
 class ReaperConfig:
     interval: float = 60.0
     grace: float = 600.0
@@ -276,7 +290,8 @@ class Config:
     git: GitConfig = field(default_factory=GitConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     disk: DiskConfig = field(default_factory=DiskConfig)
-    launcher: str = "auto"               # auto | direct | systemd
+    launcher: str = "auto"               # auto | direct | systemd | slurm
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     source: str = "<built-in>"           # the file this came from
 
 
@@ -492,7 +507,7 @@ def size_text(n: int) -> str:
 #: adds it here.
 WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
     "scheduler": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
-                  "launcher", "jobs", "git", "disk"),
+                  "launcher", "slurm", "jobs", "git", "disk"),
     "locks": ("state_dir", "log", "repositories"),
     "reaper": ("state_dir", "workspace_dir", "log", "reaper", "retention", "scheduler",
                "repositories", "metrics"),
@@ -1049,6 +1064,64 @@ _REAPER: dict[str, _Conv] = {
     "grace": _duration(),
 }
 
+#: sbatch options batchd sets itself (the job's identity, script, output and time limit) or
+#: that have a key of their own, with why; `slurm.sbatch_args` may not name them.
+SBATCH_OWNED: dict[str, str] = {}
+for _names, _why in (
+    (("-J", "--job-name", "--comment"), "batchd tags each job with its id"),
+    (("-D", "--chdir"), "the job runs in its job folder"),
+    (("-o", "--output", "-e", "--error", "--open-mode"), "Slurm's output goes to adaptor.log"),
+    (("--parsable", "--wrap", "-W", "--wait", "--test-only", "-H", "--hold", "-a", "--array"),
+     "batchd submits one job it reads back at once"),
+    (("-t", "--time"), "the time limit comes from the job's timeout"),
+    (("--requeue", "--no-requeue"), "batchd decides what runs again"),
+    (("--export",), "the job gets batchd's environment and BATCHD_JOB_*"),
+    (("-p", "--partition"), "use slurm.partition"),
+    (("-A", "--account"), "use slurm.account"),
+):
+    for _name in _names:
+        SBATCH_OWNED[_name] = _why
+del _names, _why, _name
+
+
+def _owned_option(arg: str) -> str | None:
+    """The SBATCH_OWNED option `arg` sets (`--time=5`, `-t5`, `-t`), else None."""
+    if arg.startswith("--"):
+        option = arg.split("=", 1)[0]
+        return option if option in SBATCH_OWNED else None
+    if arg.startswith("-") and len(arg) >= 2:
+        return arg[:2] if arg[:2] in SBATCH_OWNED else None
+    return None
+
+
+def _sbatch_args(ctx: _Ctx, node: Node, key: str) -> tuple[str, ...]:
+    """More sbatch options (a list of strings); none of SBATCH_OWNED."""
+    args = _strings(ctx, node, key)
+    children = node.value if _kind(node) == "list" else []
+    for i, (arg, child) in enumerate(zip(args, children, strict=False)):
+        option = _owned_option(arg)
+        if option is not None:
+            ctx.error(child, f"{key}[{i}]",
+                      f"option {option} is not allowed here ({SBATCH_OWNED[option]})")
+    return args
+
+
+def _python(ctx: _Ctx, node: Node, key: str) -> str:
+    text = _string(ctx, node, key)
+    if not os.path.isabs(text):
+        raise _Invalid(f"expected an absolute path (the nodes run it as is), got {text!r}")
+    return text
+
+
+_SLURM: dict[str, _Conv] = {
+    "partition": _optional(_string),
+    "account": _optional(_string),
+    "sbatch_args": _sbatch_args,
+    "poll": _duration(positive=True),
+    "max_jobs": _int(1, "a positive integer"),
+    "python": _optional(_python),
+}
+
 _API: dict[str, _Conv] = {
     "listen": _optional(_listen),
     "tokens_file": _optional(_path),
@@ -1135,6 +1208,7 @@ _TOP: dict[str, _Conv] = {
     "retention": _dataclass(RetentionConfig, _RETENTION),
     "disk": _dataclass(DiskConfig, _DISK),
     "launcher": _choice(LAUNCHERS),
+    "slurm": _dataclass(SlurmConfig, _SLURM),
 }
 
 #: (smaller, larger): each pair must be strictly increasing.

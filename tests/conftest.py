@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.state.clock import MockClock
+from tests.proc.slurm.slurmlab import available
 
 #: The wall-clock instant a MockClock starts at in the tests: 2027-01-15T08:00:00Z.
 T0 = 1_800_000_000.0
@@ -34,3 +36,18 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked `slurm` start a real slurmctld, slurmd and munged (as root): they run
+    under `make test-slurm` (SLURMLAB_REQUIRED=1, where a missing binary fails them) and
+    are skipped elsewhere, saying why."""
+    if item.get_closest_marker("slurm") is None:
+        return
+    why = available()
+    if os.environ.get("SLURMLAB_REQUIRED"):
+        if why is not None:
+            pytest.fail(f"make test-slurm: {why}")
+        return
+    pytest.skip(why or "starts a real Slurm cluster (slurmctld, slurmd, munged as root): "
+                "run by `make test-slurm`")

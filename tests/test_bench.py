@@ -4,7 +4,10 @@ the bench package (tests/ is on sys.path), hence one module here."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from bench import callbacks as bench_callbacks
 from bench import jobcontrol as bench_jobcontrol
@@ -12,6 +15,8 @@ from bench import locks as bench_locks
 from bench import reaper as bench_reaper
 from bench import results as bench_results
 from bench import retention as bench_retention
+from bench import slurm as bench_slurm
+from tests.proc.slurm.slurmlab import SlurmCluster
 
 
 def test_reaper_scan_removes_nothing_and_a_removal_pass_removes_everything(
@@ -72,3 +77,25 @@ def test_jobcontrol_passes_over_a_chain_and_a_fan_in(tmp_path: Path) -> None:
     figures = (bench_jobcontrol.bench_pass(tmp_path, 50, passes=3),
                bench_jobcontrol.bench_fanin(tmp_path, 50, passes=3))
     assert [True, True] == [isinstance(f, float) and f >= 0 for f in figures]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_slurm_figures_at_a_tiny_size(tmp_path: Path) -> None:
+    """bench.slurm on a cluster of its own (run by `make test-slurm`): 2 jobs through Slurm
+    and 2 through the direct launcher, each timed (Slurm's behind its start gate of at
+    least 6 s), and 5 jobs submitted into Slurm by batchd beside 5 plain sbatch calls."""
+    root = Path(tempfile.mkdtemp(prefix="slurmbench-", dir="/tmp"))
+    root.chmod(0o755)
+    cluster = SlurmCluster(root, kill_wait=5, cpus=8)
+    try:
+        cluster.start()
+        latency = bench_slurm.bench_latency(tmp_path / "latency", cluster, 2)
+        rate = bench_slurm.bench_sbatch_rate(tmp_path / "rate", cluster, 5, raw=5)
+    finally:
+        cluster.stop(remove=True)
+    assert (2, True, True) == (
+        latency["latency_jobs"], latency["start_gate_s_p50"] >= 6.0,
+        latency["submit_to_running_ms_p50"] > latency["direct_submit_to_running_ms_p50"] > 0)
+    assert (5, True, True) == (rate["sbatch_jobs"], rate["sbatch_per_s"] > 0,
+                               rate["sbatch_raw_per_s"] > 0)

@@ -25,6 +25,7 @@ from supervisor.config import (
     RepoConfig,
     RetentionConfig,
     SchedulerConfig,
+    SlurmConfig,
     WorkerConfig,
     as_dict,
     default_config,
@@ -80,6 +81,8 @@ def test_defaults_are_contract_values() -> None:
                            secret=None, concurrency=16, batch_settle=2.0) == cfg.callbacks
     assert ReaperConfig(interval=60.0, grace=600.0) == cfg.reaper
     assert "auto" == cfg.launcher
+    assert SlurmConfig(partition=None, account=None, sbatch_args=(), poll=10.0,
+                       max_jobs=1000, python=None) == cfg.slurm
     assert "<built-in>" == cfg.source
 
 
@@ -103,8 +106,9 @@ def test_example_config_is_valid_and_shows_defaults() -> None:
     cfg = load(str(EXAMPLE), env=ENV)
     default = default_config(ENV)
     assert (default.log, default.scheduler, default.workers, default.callbacks, default.reaper,
-            default.launcher) == (cfg.log, cfg.scheduler, cfg.workers, cfg.callbacks,
-                                  cfg.reaper, cfg.launcher)
+            default.launcher, default.slurm) == (cfg.log, cfg.scheduler, cfg.workers,
+                                                 cfg.callbacks, cfg.reaper, cfg.launcher,
+                                                 cfg.slurm)
     assert AgentConfig(adaptor="claude") == cfg.agents["claude"]
     assert AgentConfig(adaptor="claude", args=("--max-turns", "20"),
                        env=(("REVIEW_MODE", "strict"),), timeout=7200.0
@@ -138,6 +142,8 @@ repositories:
 callbacks: {retry_schedule: [], timeout: 5, secret: 12345, concurrency: 3, batch_settle: 500ms}
 reaper: {interval: 1d, grace: 0s}
 launcher: Direct
+slurm: {partition: batch, account: lab, sbatch_args: [--mem=2G, -c, 2], poll: 2s, max_jobs: 50,
+        python: /opt/batchd/bin/python}
 """
 
 
@@ -165,6 +171,8 @@ def test_every_key_is_read() -> None:
                            batch_settle=0.5) == cfg.callbacks
     assert ReaperConfig(interval=86400.0, grace=0.0) == cfg.reaper
     assert "direct" == cfg.launcher
+    assert SlurmConfig(partition="batch", account="lab", sbatch_args=("--mem=2G", "-c", "2"),
+                       poll=2.0, max_jobs=50, python="/opt/batchd/bin/python") == cfg.slurm
 
 
 def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
@@ -292,7 +300,26 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"{SRC}:1: log.file: expected a string, got 'aGk=' (tagged tag:yaml.org,2002:binary)"),
     ("reaper: {grace: 2025-01-01}", f"{SRC}:1: reaper.grace: {DUR}, got 2025-01-01"),
     ("launcher: docker",
-     f"{SRC}:1: launcher: expected one of auto, direct, systemd, got 'docker'"),
+     f"{SRC}:1: launcher: expected one of auto, direct, systemd, slurm, got 'docker'"),
+    ("slurm: {max_jobs: 0}\n",
+     f"{SRC}:1: slurm.max_jobs: expected a positive integer, got 0"),
+    ("slurm: {poll: 0}\n", f"{SRC}:1: slurm.poll: expected a duration > 0, got 0"),
+    ("slurm: {sbatch_args: --mem=1G}\n",
+     f"{SRC}:1: slurm.sbatch_args: expected a list of strings, got '--mem=1G'"),
+    ("slurm:\n  sbatch_args: [--mem=1G, --time=10]\n",
+     f"{SRC}:2: slurm.sbatch_args[1]: option --time is not allowed here (the time limit "
+     "comes from the job's timeout)"),
+    ("slurm:\n  sbatch_args:\n    - -Jmine\n",
+     f"{SRC}:3: slurm.sbatch_args[0]: option -J is not allowed here (batchd tags each job "
+     "with its id)"),
+    ("slurm: {sbatch_args: [-p, gpu]}\n",
+     f"{SRC}:1: slurm.sbatch_args[0]: option -p is not allowed here (use slurm.partition)"),
+    ("slurm: {python: python3}\n",
+     f"{SRC}:1: slurm.python: expected an absolute path (the nodes run it as is), "
+     "got 'python3'"),
+    ("slurm: {queue: x}\n",
+     f"{SRC}:1: slurm.queue: unknown key 'queue' (known: account, max_jobs, partition, poll, "
+     "python, sbatch_args)"),
     ("log: 3", f"{SRC}:1: log: expected a mapping, got 3"),
     ("scheduler: [1, 2]", f"{SRC}:1: scheduler: expected a mapping, got a list"),
     ("agents:\n  x: {adaptor: clause}\n",
@@ -317,7 +344,7 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
     ("stat_dir: /x",
      f"{SRC}:1: stat_dir: unknown key 'stat_dir' (did you mean 'state_dir'? known: agents, "
      "api, callbacks, disk, git, jobs, launcher, log, metrics, reaper, repositories, "
-     "retention, scheduler, state_dir, workers, workspace_dir)"),
+     "retention, scheduler, slurm, state_dir, workers, workspace_dir)"),
     ("workers:\n  web: {}\n",
      f"{SRC}:2: workers.web: unknown key 'web' (known: api, callbacks, locks, reaper, scheduler)"),
     ("workers:\n  locks: {retries: 1}\n",

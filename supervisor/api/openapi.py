@@ -70,6 +70,7 @@ _JOB_PROPS: dict[str, Any] = {
     "retry_of": _nullable("string"),
     "push": _nullable("string"),
     "changes": {"type": ["object", "null"], "additionalProperties": _REPO_CHANGES},
+    "slurm_job_id": _nullable("integer"),
 }
 
 _SUBMIT_JOB: dict[str, Any] = {

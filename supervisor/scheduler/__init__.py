@@ -340,6 +340,8 @@ def main(cfg: Config) -> int:
                      lost=did["lost"], stale=did["stale"])
             s = serve(s, watcher)
     finally:
+        if s.jobs.slurm_side is not None:
+            s.jobs.slurm_side.close()
         s.queue.close()
     return EXIT_OK
 

@@ -7,6 +7,7 @@ whole of dispatch, ticks, cancels, re-attachment, leftovers and the crash argume
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -24,13 +25,14 @@ from supervisor.scheduler import jobfiles as _jobfiles
 from supervisor.scheduler import lifecycle as lc
 from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.events import BatchIndex, emit_job_end
-from supervisor.scheduler.launch import Launched, LaunchError, launch
+from supervisor.scheduler.launch import Launched, LaunchError, job_environ, launch
 from supervisor.scheduler.runnable import Runnable
+from supervisor.scheduler.slurm import SlurmDown, SlurmError, SlurmJobs
 from supervisor.state import disk
 from supervisor.state.atomic import Missing
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
-from supervisor.state.jobs import usage_counters
-from supervisor.state.layout import Layout, send_request
+from supervisor.state.jobs import job_timeout, usage_counters
+from supervisor.state.layout import JOB_ENDED, Layout, send_request, write_record
 from supervisor.state.lockfiles import read_held, read_table
 from supervisor.state.locktable import (
     Table,
@@ -130,19 +132,42 @@ class Jobs:
     disk_low: str | None = None
     disk_checked: float = -math.inf
     measure: Callable[[Path], disk.Usage] = disk.usage
+    #: The active jobs that run as Slurm jobs (their entry says `launcher: slurm`).
+    in_slurm: set[str] = field(default_factory=set)
+    #: The Slurm side (submit, the view of jobs in flight, scancel); made on first use.
+    slurm_side: SlurmJobs | None = None
+
+    @property
+    def slurm(self) -> SlurmJobs:
+        """The Slurm side, made on first use (a scheduler that never sees a Slurm job never
+        runs a Slurm command)."""
+        if self.slurm_side is None:
+            self.slurm_side = SlurmJobs(self.cfg, self.log, clock=self.clock)
+        return self.slurm_side
+
+    def full(self) -> bool:
+        """Whether no new job may start now: with `launcher: slurm`, slurm.max_jobs jobs in
+        Slurm (or Slurm not answering); else scheduler.max_concurrent_jobs local ones."""
+        if self.cfg.launcher == "slurm":
+            return (len(self.in_slurm) >= self.cfg.slurm.max_jobs
+                    or not self.slurm.accepting())
+        return len(self.active) - len(self.in_slurm) >= self.cfg.scheduler.max_concurrent_jobs
 
     @classmethod
     def over(cls, cfg: Config, layout: Layout, queue: JobQueue, log: Log, *,
-             launcher: Launcher | None = None,
-             clock: Clock = SYSTEM_CLOCK) -> Jobs:
-        """Jobs over an open queue: the active set, the index of queued jobs, the agents'
-        load and the pause flag, all rebuilt from files."""
+             launcher: Launcher | None = None, clock: Clock = SYSTEM_CLOCK,
+             slurm: SlurmJobs | None = None) -> Jobs:
+        """Jobs over an open queue: the active set (and which of it is in Slurm), the index
+        of queued jobs, the agents' load and the pause flag, all rebuilt from files."""
         active = {*queue.ids(lc.State.STARTING.value), *queue.ids(lc.State.RUNNING.value)}
+        in_slurm = {job_id for job_id in active
+                    if (queue.get(job_id) or {}).get("launcher") == "slurm"}
         runnable, doomed = _queued.index(queue, clock.time())
         return cls(cfg, layout, queue, log, lc.Timing.from_config(cfg.scheduler),
                    launcher=launcher or _launch, clock=clock, active=active,
                    runnable=runnable, doomed=doomed, load=_queued.agent_load(queue),
-                   paused=_queued.Paused.read(layout, owner=True).paused)
+                   paused=_queued.Paused.read(layout, owner=True).paused,
+                   in_slurm=in_slurm, slurm_side=slurm)
 
     def room(self, agent: str) -> bool:
         """Whether `agent` may have one more job waiting, starting or running."""
@@ -362,8 +387,34 @@ def _launch_failed(j: Jobs, job: _Job, exc: BaseException, batch: _Batch) -> Non
     _execute(j, job, d, batch)
 
 
+def _submit_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch,
+                repos: list[dict[str, Any]] | None = None) -> None:
+    """sbatch a Slurm job (its `starting` durable), then record the id sbatch printed. When
+    Slurm does not answer the job stays `starting`: the table looks for it by its tag and
+    submits it again only once Slurm says it has none (the job never runs twice)."""
+    try:
+        spec = _jobfiles.write_spec(j.layout, j.cfg, job.entry, repos)
+        job_dir = spec.parent
+        sid = j.slurm.submit(job_dir, timeout=job_timeout(j.cfg, job.entry),
+                             kill_grace=j.cfg.scheduler.kill_grace, env=job_environ(job_dir))
+    except SlurmDown as exc:
+        j.log.warning("slurm did not answer sbatch; the job waits (looked for by its tag "
+                      "before any new submission)", job=job.id, error=str(exc))
+        return
+    except (_jobfiles.PrepareError, SlurmError, OSError) as exc:
+        _launch_failed(j, job, exc, batch)
+        return
+    d = lc.step(job.entry, lc.Event.SUBMITTED,
+                lc.Facts(now=j.clock.time(), timing=j.timing, slurm_job_id=sid))
+    j.log.info("job submitted to slurm", job=job.id, slurm_job_id=sid, relaunch=relaunch)
+    _execute(j, job, d, batch)   # durable with the pass (lost in a crash: found by its tag)
+
+
 def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch,
                 repos: list[dict[str, Any]] | None = None) -> None:
+    if job.entry.get("launcher") == "slurm":
+        _submit_now(j, job, relaunch, batch, repos)
+        return
     try:
         _jobfiles.write_spec(j.layout, j.cfg, job.entry, repos)
         launched = j.launcher(j.layout.job_dir(job.id), j.cfg.launcher)
@@ -382,9 +433,24 @@ def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch,
 
 
 def _do_kill(j: Jobs, job: _Job, action: lc.KillGroup, batch: _Batch) -> None:
+    if job.entry.get("launcher") == "slurm":
+        hard = action.signal == signal.SIGKILL
+        seen = job.obs.slurm if job.obs is not None else None
+        sent = j.slurm.stop(job.id, job.entry, seen, hard=hard)   # SlurmDown: not sent
+        j.log.info("slurm job stopped" if sent else "slurm job not stopped: Slurm has none",
+                   job=job.id, slurm_job_id=seen.slurm_job_id if seen else None,
+                   how="scancel" if hard else "scancel --batch --signal=TERM (or cancel "
+                   "while pending)")
+        return
     sent = _jobfiles.kill_group(action.pid, action.start, action.signal)
     j.log.info("job signalled" if sent else "job not signalled: its adaptor is gone",
                job=job.id, adaptor=action.pid, signal=signal.Signals(action.signal).name)
+
+
+def _do_release(j: Jobs, job: _Job, action: lc.SlurmRelease, batch: _Batch) -> None:
+    j.slurm.release(action.slurm_job_id)
+    j.log.warning("slurm held the job after a failed launch (a slurmctld restart); released",
+                  job=job.id, slurm_job_id=action.slurm_job_id)
 
 
 def _do_warn(j: Jobs, job: _Job, action: lc.WarnStale, batch: _Batch) -> None:
@@ -406,6 +472,9 @@ def _no_process_left(j: Jobs, job: _Job) -> None:
     result) or if it lingers, whatever is left of the job is killed (state.proc.kill_job).
     """
     obs = job.obs
+    if job.entry.get("launcher") == "slurm":
+        _no_slurm_job_left(j, job)
+        return
     pid = obs.pid if obs is not None and obs.pid else job.entry.get("pid")
     if not isinstance(pid, int) or pid <= 1:
         return
@@ -421,8 +490,40 @@ def _no_process_left(j: Jobs, job: _Job) -> None:
         j.log.warning("killed what was left of the job", job=job.id, pids=killed)
 
 
+def _no_slurm_job_left(j: Jobs, job: _Job) -> None:
+    """Before a Slurm job is written terminal: cancel its Slurm job if Slurm may still run
+    it (one waiting, or one whose adaptor wrote no result); SlurmDown (Slurm silent) stops
+    the finalize, which the next tick tries again. An adaptor that wrote its result exits
+    by itself, and Slurm ends whatever is left of the job's processes (KillWait)."""
+    seen = job.obs.slurm if job.obs is not None else None
+    has_result = job.obs is not None and job.obs.result is not None
+    if seen is not None and seen.found and not seen.live:
+        return
+    if has_result and not (seen is not None and seen.pending):
+        return
+    if j.slurm.stop(job.id, job.entry, seen, hard=True):
+        j.log.warning("cancelled the job's slurm job", job=job.id,
+                      slurm_job_id=seen.slurm_job_id if seen else job.entry.get("slurm_job_id"))
+
+
+def _mark_ended(j: Jobs, job: _Job, state: str) -> None:
+    """jobs/<id>/ended.json, durable before the job's terminal state: Slurm may still start
+    a copy of a job batchd ends without a result (slurmctld, SIGKILLed after a scancel of a
+    pending job, brings it back pending: it does not save that cancel by itself), and that
+    copy's adaptor refuses to run it. A write that fails stops the finalize before anything
+    is recorded (the job stays active and is finalized again); a job folder that was never
+    made has nothing Slurm could run."""
+    with contextlib.suppress(FileNotFoundError):
+        write_record(JOB_ENDED, j.layout.job(job.id).ended,
+                     {"id": job.id, "state": state,
+                      "ended_at": iso_now(j.clock.time()),
+                      "slurm_job_id": job.entry.get("slurm_job_id")})
+
+
 def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None:
     fields = {**action.fields, "pid": None}
+    if job.entry.get("launcher") == "slurm" and (job.obs is None or job.obs.result is None):
+        _mark_ended(j, job, str(fields["state"]))
     _no_process_left(j, job)
     before = str(job.entry.get("state"))
     if fields["state"] in ("failed", "lost") and int(job.entry.get("retries") or 0) > 0:
@@ -442,6 +543,7 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     batch.counters[str(fields["state"])] += 1
     batch.counters.update(usage_counters(str(job.entry.get("agent")), fields.get("usage")))
     j.active.discard(job.id)
+    j.in_slurm.discard(job.id)
     j.warned.pop(job.id, None)
     if before in (lc.State.WAITING.value, lc.State.STARTING.value, lc.State.RUNNING.value):
         j.load[str(job.entry.get("agent"))] -= 1
@@ -485,14 +587,24 @@ _EXECUTORS: dict[type, _Executor] = {
     lc.Update: _do_update,
     lc.Launch: _do_launch,
     lc.KillGroup: _do_kill,
+    lc.SlurmRelease: _do_release,
     lc.WarnStale: _do_warn,
     lc.Finalize: _do_finalize,
 }
 
 
 def _execute(j: Jobs, job: _Job, d: lc.Decision, batch: _Batch) -> None:
+    """Carry out the decision's actions in order. When Slurm does not answer (a Slurm
+    job's scancel or release), the rest of the decision waits: the next tick decides
+    again from the same files (a stop is never recorded as sent, nor a job as ended,
+    while Slurm may still run it)."""
     for action in d.actions:
-        _EXECUTORS[type(action)](j, job, action, batch)
+        try:
+            _EXECUTORS[type(action)](j, job, action, batch)
+        except SlurmDown as exc:
+            j.log.warning("slurm did not answer; the job's step waits for the next tick",
+                          job=job.id, on=str(d.event), error=str(exc))
+            return
 
 
 # -- leftovers -----------------------------------------------------------------------------------
@@ -503,6 +615,7 @@ def _tick(j: Jobs, job_id: str, batch: _Batch) -> tuple[_Job, lc.Decision] | Non
     entry = j.queue.get(job_id)
     if entry is None or entry["state"] not in lc.ACTIVE:
         j.active.discard(job_id)
+        j.in_slurm.discard(job_id)
         return None
     future = j.preparing.get(job_id)
     if future is not None:
@@ -516,7 +629,8 @@ def _tick(j: Jobs, job_id: str, batch: _Batch) -> tuple[_Job, lc.Decision] | Non
         if entry["state"] not in lc.ACTIVE:
             return None
     now = j.clock.time()
-    job = _Job(entry, _jobfiles.observe(j.layout, entry, now, j.cfg))
+    seen = j.slurm.seen(job_id, entry, now) if entry.get("launcher") == "slurm" else None
+    job = _Job(entry, _jobfiles.observe(j.layout, entry, now, j.cfg, seen))
     assert job.obs is not None
     d = lc.tick(entry, job.obs, now, j.timing)
     if d.event is lc.Event.SENTINEL_FRESH and j.warned.pop(job_id, None) is not None:
@@ -537,10 +651,20 @@ def tick_job(j: Jobs, job_id: str) -> lc.Decision | None:
     return None if done is None else done[1]
 
 
+def _ask_slurm(j: Jobs, *, wait: bool = False) -> None:
+    """Take Slurm's latest answer about the jobs in flight there, and ask again when
+    slurm.poll has passed (`wait`: now, and wait for the answer)."""
+    if not j.in_slurm and j.slurm_side is None:
+        return
+    entries = {job_id: j.queue.get(job_id) or {} for job_id in sorted(j.in_slurm)}
+    j.slurm.refresh(entries, j.layout.job_dir, wait=wait)
+
+
 def tick_all(j: Jobs) -> list[lc.Decision]:
     """Observe every starting/running job and act on it (durable on return)."""
     batch = _Batch()
     decisions = []
+    _ask_slurm(j)
     try:
         for job_id in sorted(j.active):
             if stop_requested():
@@ -571,6 +695,7 @@ def reattach(j: Jobs) -> dict[str, int]:
     """
     did: Counter[str] = Counter()
     batch = _Batch()
+    _ask_slurm(j, wait=True)
     try:
         for job_id in sorted(j.active):
             done = _tick(j, job_id, batch)
@@ -599,11 +724,14 @@ def reattach(j: Jobs) -> dict[str, int]:
 
 def _dispatch_one(j: Jobs, entry: dict[str, Any], batch: _Batch) -> bool:
     """Step DISPATCHED and carry it out (the launch included); False if it does not apply."""
-    d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock.time(), timing=j.timing))
+    d = lc.step(entry, lc.Event.DISPATCHED, lc.Facts(now=j.clock.time(), timing=j.timing,
+                                                     launcher=j.cfg.launcher))
     if d.ignored:      # cannot happen for a queued/waiting job; never loop on it
         j.log.error("job not dispatchable", job=entry.get("id"), state=entry["state"])
         return False
     j.active.add(str(entry["id"]))
+    if "slurm" in (j.cfg.launcher, entry.get("launcher")):
+        j.in_slurm.add(str(entry["id"]))
     if entry["state"] == lc.State.QUEUED.value:
         j.load[str(entry.get("agent"))] += 1
     _execute(j, _Job(entry), d, batch)
@@ -630,7 +758,7 @@ def _dispatch_waiting(j: Jobs, batch: _Batch) -> int:
         if entry is None or entry["state"] != lc.State.WAITING.value:
             continue
         if job_id not in gone:
-            if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs:
+            if j.full():
                 break
             if any(table.holder(repo) != job_id for repo in _repos_of(entry)):
                 continue
@@ -645,7 +773,7 @@ def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
     started = waited = 0
     known: dict[str, RepoConfig] | None = None
     while not stop_requested():
-        if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs and waited >= WAIT_BATCH:
+        if j.full() and waited >= WAIT_BATCH:
             break
         picked = j.runnable.pop(j.room)
         if picked is None:
@@ -667,7 +795,7 @@ def _dispatch_queued(j: Jobs, batch: _Batch) -> int:
                 waited += 1
                 continue
             # a repository it names is gone: no lock to wait for, its launch fails
-        if len(j.active) >= j.cfg.scheduler.max_concurrent_jobs:
+        if j.full():
             j.runnable.restore(job_id, item)
             break
         if not _dispatch_one(j, entry, batch):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import Config, RepoConfig
-from supervisor.scheduler.lifecycle import Observation
+from supervisor.scheduler.lifecycle import Observation, SlurmSeen
 from supervisor.scheduler.mirrors import FETCH_TIMEOUT, MirrorError, ensure_mirror
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, remove_tree
 from supervisor.state.clock import parse_iso
@@ -83,8 +83,10 @@ def _record(kind: RecordKind, path: Path, job_id: str) -> tuple[dict[str, Any] |
     return got, None
 
 
-def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -> Observation:
-    """Look at one job's sentinel, adaptor process, lock and result (reads only).
+def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config,
+            slurm: SlurmSeen | None = None) -> Observation:
+    """Look at one job's sentinel, adaptor process, lock and result (reads only); `slurm`
+    is what Slurm said of it (a Slurm job), passed on as is.
 
     `now` is accepted for symmetry with the lifecycle calls; nothing here compares times.
     """
@@ -97,8 +99,10 @@ def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -
             candidates.append((known, _int(source.get("start"))))
     living = [(p, s) for p, s in candidates if s is not None and alive(p, s)]
     # The lock only matters when no known pid is alive (the table reads lock_held OR'ed
-    # with alive): skip the probe, which reads all of /proc/locks, for a live adaptor.
-    lock = LockProbe(held=False, pid=None) if living else probe_lock(layout.job_lock(job_id))
+    # with alive): skip the probe, which reads all of /proc/locks, for a live adaptor, and
+    # for a Slurm job (its adaptor's lock is held on a node: /proc/locks here cannot say).
+    skip = living or slurm is not None
+    lock = LockProbe(held=False, pid=None) if skip else probe_lock(layout.job_lock(job_id))
     result, result_error = _record(RESULT, layout.job_result(job_id), job_id)
     pid: int | None
     start: int | None
@@ -114,7 +118,7 @@ def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config) -
         sentinel=sentinel, result=result, result_error=result_error,
         heartbeat=parse_iso(sentinel.get("heartbeat_at")) if sentinel is not None else None,
         pid=pid, start=start, alive=bool(living), lock_held=lock.held,
-        timeout=job_timeout(cfg, entry))
+        timeout=job_timeout(cfg, entry), slurm=slurm)
 
 
 # --------------------------------------------------------------------------- spec

@@ -37,6 +37,8 @@ __all__ = [
     "Launch",
     "Observation",
     "Row",
+    "SlurmRelease",
+    "SlurmSeen",
     "State",
     "Timing",
     "Update",
@@ -87,6 +89,13 @@ class Event(StrEnum):
     CANCEL_OVERDUE = "cancel_overdue"      # SIGTERM sent > kill_grace + margin ago, no result
     TIMEOUT_BACKSTOP = "timeout_backstop"  # past timeout + kill_grace + margin, no result
     DEPENDENCY_FAILED = "dependency_failed"  # a job it runs `after` ended otherwise (Facts.error)
+    # launcher: slurm (Observation.slurm: what Slurm says about the job's tagged Slurm job)
+    SUBMITTED = "submitted"                # sbatch returned the Slurm job id (Facts.slurm_job_id)
+    SLURM_WAIT = "slurm_wait"              # a result of a stop Slurm made: its verdict is awaited
+    SLURM_HELD = "slurm_held"              # Slurm held it after a failed launch: release it
+    SLURM_CANCELLED = "slurm_cancelled"    # Slurm ended it CANCELLED (from outside), no result
+    SLURM_TIMED_OUT = "slurm_timed_out"    # Slurm ended it TIMEOUT/DEADLINE, no result
+    SLURM_LOST = "slurm_lost"              # Slurm ended it otherwise (NODE_FAIL...) or forgot it
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,60 @@ class Timing:
                    kill_grace=sched.kill_grace, launch_grace=max(sched.stale_after, 10.0))
 
 
+#: Slurm job states that are not over yet (the rest are final). PENDING-like ones first.
+SLURM_PENDING: frozenset[str] = frozenset(
+    {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD"})
+SLURM_LIVE: frozenset[str] = SLURM_PENDING | frozenset(
+    {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"})
+#: The hold Slurm puts on a job it could not launch after a slurmctld crash ("Duplicate
+#: jobid" on the node): batchd releases it (an operator's own hold is left alone).
+SLURM_LAUNCH_HELD = "launch_failed_requeued_held"
+
+
+@dataclass(frozen=True)
+class SlurmSeen:
+    """What Slurm said about a job's tagged Slurm job at the scheduler's last poll.
+
+    `known` False: Slurm was not asked since the job's (re)dispatch, or did not answer: no
+    conclusion may be drawn from its silence. Known and `slurm_job_id` None: Slurm has no
+    job with the tag (not in squeue, nor in its accounting or completion log).
+    """
+
+    known: bool = False
+    slurm_job_id: int | None = None
+    state: str | None = None          # squeue's %T: PENDING, RUNNING, CANCELLED, NODE_FAIL...
+    reason: str | None = None         # squeue's %r: None, JobHeldUser, NodeDown...
+    final_for: float = 0.0            # seconds this final state has been seen (0: not final)
+    at_launch: bool = False           # CANCELLED by Slurm itself as it launched (no run time)
+    #: slurmctld started after the job's dispatch: a crash may have lost its submission
+    #: (or cancelled its relaunch), which is Slurm's doing, not the job's
+    restarted: bool = False
+
+    @property
+    def found(self) -> bool:
+        return self.known and self.slurm_job_id is not None
+
+    @property
+    def live(self) -> bool:
+        """Slurm holds the job pending or running (not over)."""
+        return self.found and self.state in SLURM_LIVE
+
+    @property
+    def final(self) -> bool:
+        return self.found and self.state not in SLURM_LIVE
+
+    @property
+    def pending(self) -> bool:
+        return self.found and self.state in SLURM_PENDING
+
+    def words(self) -> str:
+        """`slurm job 12 CANCELLED (None)`: Slurm's state, as the reason of a job shows it."""
+        if not self.found:
+            return "slurm has no job tagged with it"
+        why = f" ({self.reason})" if self.reason and self.reason != "None" else ""
+        return f"slurm job {self.slurm_job_id} {self.state}{why}"
+
+
 @dataclass(frozen=True)
 class Observation:
     """What the job's files and processes show at one instant (built by _jobfiles.observe).
@@ -129,6 +192,7 @@ class Observation:
     alive: bool = False                         # a known adaptor pid is alive with its start
     lock_held: bool = False                     # adaptor.lock held (probed only if not alive)
     timeout: float | None = None                # the job's effective timeout (seconds)
+    slurm: SlurmSeen | None = None              # launcher slurm: Slurm's view; else None
 
 
 @dataclass(frozen=True)
@@ -141,6 +205,8 @@ class Facts:
     pid: int | None = None           # LAUNCHED: the adaptor's pid and start time
     start: int | None = None
     error: str | None = None         # LAUNCH_FAILED: why
+    slurm_job_id: int | None = None  # SUBMITTED: the id sbatch printed
+    launcher: str | None = None      # DISPATCHED: "slurm" when the job goes to Slurm
 
 
 # --------------------------------------------------------------------------- actions
@@ -170,6 +236,13 @@ class KillGroup:
 
 
 @dataclass(frozen=True)
+class SlurmRelease:
+    """`scontrol release` a Slurm job Slurm held after a failed launch."""
+
+    slurm_job_id: int
+
+
+@dataclass(frozen=True)
 class WarnStale:
     """Log that the job's heartbeat is `age_s` old; the job is kept."""
 
@@ -184,7 +257,7 @@ class Finalize:
     fields: dict[str, Any]
 
 
-Action = Update | Launch | KillGroup | WarnStale | Finalize
+Action = Update | Launch | KillGroup | SlurmRelease | WarnStale | Finalize
 
 
 @dataclass(frozen=True)
@@ -223,6 +296,8 @@ class Do(StrEnum):
     KILL_TERM = "kill_term"      # SIGTERM the job's process group
     KILL_HARD = "kill_hard"      # SIGKILL the job's process group
     NOTE_CANCEL = "note_cancel"  # record when the cancel's SIGTERM was sent
+    NOTE_SLURM = "note_slurm"    # record the Slurm job id sbatch printed
+    RELEASE = "release"          # scontrol release a Slurm job held after a failed launch
     FINALIZE = "finalize"        # the terminal WAL write
 
 
@@ -239,6 +314,10 @@ _BOTH: dict[Event, Row[State, Do]] = {       # rows shared by starting and runni
     E.CANCEL_SETTLED: Row(S.CANCELLED, _FIN),
     E.CANCEL_OVERDUE: Row(S.CANCELLED, (Do.KILL_HARD, Do.FINALIZE)),
     E.TIMEOUT_BACKSTOP: Row(S.TIMED_OUT, (Do.KILL_HARD, Do.FINALIZE)),
+    E.SLURM_WAIT: Row(None),
+    E.SLURM_CANCELLED: Row(S.CANCELLED, _FIN),
+    E.SLURM_TIMED_OUT: Row(S.TIMED_OUT, _FIN),
+    E.SLURM_LOST: Row(S.LOST, _FIN),
 }
 
 #: (state, event) -> Row; every other pair is ignored, each for the reason given.
@@ -252,11 +331,13 @@ TABLE: Table[State, Event, Do] = Table(
         (S.WAITING, E.CANCEL_REQUESTED): Row(S.CANCELLED, _FIN),
         (S.STARTING, E.LAUNCHED): Row(S.RUNNING, (Do.ATTACH,)),
         (S.STARTING, E.LAUNCH_FAILED): Row(S.FAILED, _FIN),
-        (S.STARTING, E.LAUNCH_PENDING): Row(None),
+        (S.STARTING, E.LAUNCH_PENDING): Row(None, (Do.ADOPT,)),
         (S.STARTING, E.NOT_LAUNCHED): Row(None, (Do.DISPATCH, Do.LAUNCH)),
         (S.STARTING, E.LAUNCH_GAVE_UP): Row(S.FAILED, _FIN),
         (S.STARTING, E.SENTINEL_FRESH): Row(S.RUNNING, (Do.ATTACH,)),
         (S.STARTING, E.SENTINEL_STALE): Row(S.RUNNING, (Do.ATTACH, Do.WARN_STALE)),
+        (S.STARTING, E.SUBMITTED): Row(None, (Do.NOTE_SLURM,)),
+        (S.STARTING, E.SLURM_HELD): Row(None, (Do.RELEASE,)),
         (S.RUNNING, E.SENTINEL_FRESH): Row(None, (Do.ADOPT,)),
         (S.RUNNING, E.SENTINEL_STALE): Row(None, (Do.WARN_STALE,)),
         **{(S.STARTING, e): row for e, row in _BOTH.items()},
@@ -277,6 +358,9 @@ TABLE: Table[State, Event, Do] = Table(
         # a running job was launched: launch outcomes and relaunch guards are moot
         | {(S.RUNNING, e) for e in (E.LAUNCHED, E.LAUNCH_FAILED, E.LAUNCH_PENDING,
                                     E.NOT_LAUNCHED, E.LAUNCH_GAVE_UP)}
+        # a running Slurm job's adaptor started: it was submitted, and a held copy of it
+        # waits for its result (the result ends the job; the finalize cancels the copy)
+        | {(S.RUNNING, E.SUBMITTED), (S.RUNNING, E.SLURM_HELD)}
     ),
 )
 #: The pairs that change nothing (kept under this name for readers of the table).
@@ -331,6 +415,8 @@ def _finalize(entry: Mapping[str, Any], event: Event, nxt: State, facts: Facts) 
     result = obs.result if obs is not None else None
     if result is not None and event in _RESULT_EVENTS:
         return Finalize(settled_fields(entry, result, timeout, iso_now(now)))
+    if event in _SLURM_END_EVENTS:
+        return Finalize(_slurm_end(entry, event, nxt, facts))
     fields: dict[str, Any] = {"state": nxt.value, "finished_at": iso_now(now),
                               "exit_code": None, "reason": None}
     if event is Event.RESULT_FAILED:
@@ -347,6 +433,9 @@ def _finalize(entry: Mapping[str, Any], event: Event, nxt: State, facts: Facts) 
         fields["reason"] = f"launch failed: {facts.error or 'unknown error'}"
     elif event is Event.DEPENDENCY_FAILED:
         fields["reason"] = facts.error or "dependency failed"
+    elif event is Event.LAUNCH_GAVE_UP and obs is not None and obs.slurm is not None:
+        fields["reason"] = (f"not launched: {int(entry.get('attempts') or 0)} Slurm jobs "
+                            f"ended before the adaptor started (last: {obs.slurm.words()})")
     elif event is Event.LAUNCH_GAVE_UP:
         fields["reason"] = (f"not launched: {int(entry.get('attempts') or 0)} launch attempts "
                             "were interrupted by the scheduler stopping")
@@ -355,6 +444,51 @@ def _finalize(entry: Mapping[str, Any], event: Event, nxt: State, facts: Facts) 
         fields["reason"] = (f"lost: no heartbeat for {_secs(None if age is None else round(age))}"
                             ", no process and no result")
     return Finalize(fields)
+
+
+_SLURM_END_EVENTS = frozenset({Event.SLURM_CANCELLED, Event.SLURM_TIMED_OUT, Event.SLURM_LOST})
+
+
+def _slurm_end(entry: Mapping[str, Any], event: Event, nxt: State,
+               facts: Facts) -> dict[str, Any]:
+    """The terminal fields of a job Slurm ended: its state as the table says, the result's
+    fields when the adaptor wrote one (a SIGTERM from Slurm), Slurm's state in `reason`."""
+    obs = facts.obs
+    seen = obs.slurm if obs is not None and obs.slurm is not None else SlurmSeen()
+    result = obs.result if obs is not None else None
+    now = iso_now(facts.now)
+    if result is not None:
+        fields = settled_fields(entry, result, obs.timeout if obs is not None else None, now)
+    else:
+        fields = {"finished_at": now, "exit_code": None}
+    fields["state"] = nxt.value
+    if nxt is State.CANCELLED and entry.get("cancel_requested"):
+        fields["reason"] = "cancelled by operator"
+    elif nxt is State.CANCELLED:
+        fields["reason"] = f"cancelled in Slurm: {seen.words()}"
+    elif nxt is State.TIMED_OUT:
+        fields["reason"] = f"timed out in Slurm: {seen.words()}"
+    elif result is not None:
+        fields["reason"] = f"lost: {seen.words()} (the adaptor was stopped)"
+    else:
+        fields["reason"] = f"lost: {seen.words()}, and no result"
+    return fields
+
+
+def _slurm_learned(entry: Mapping[str, Any], obs: Observation | None) -> dict[str, Any]:
+    """The Slurm job id Slurm shows carrying the job's tag, when the entry lacks it (a crash
+    between sbatch and its record, or a resubmission); the adaptor's pid from its sentinel
+    (on a node: no local process to check)."""
+    if obs is None or obs.slurm is None:
+        return {}
+    fields: dict[str, Any] = {}
+    sid = obs.slurm.slurm_job_id
+    if obs.slurm.found and sid is not None and sid != entry.get("slurm_job_id"):
+        fields["slurm_job_id"] = sid
+    if (obs.sentinel is not None and obs.pid is not None
+            and (entry.get("pid"), entry.get("start")) != (obs.pid, obs.start)):
+        fields.update(pid=obs.pid, start=obs.start)
+    return fields
 
 
 def _attach(entry: Mapping[str, Any], facts: Facts) -> dict[str, Any]:
@@ -366,12 +500,18 @@ def _attach(entry: Mapping[str, Any], facts: Facts) -> dict[str, Any]:
     fields: dict[str, Any] = {"state": State.RUNNING.value, "pid": pid, "start": start}
     if not entry.get("started_at"):
         fields["started_at"] = iso_now(facts.now)
+    learned = _slurm_learned(entry, facts.obs)
+    learned.pop("pid", None)
+    learned.pop("start", None)
+    fields.update(learned)
     return fields
 
 
 def _adopt(entry: Mapping[str, Any], facts: Facts) -> dict[str, Any]:
     """Learn the pid the WAL lacks (systemd launches, re-attached jobs); {} if nothing new."""
     obs = facts.obs
+    if obs is not None and obs.slurm is not None:
+        return _slurm_learned(entry, obs)
     if obs is None or obs.pid is None or not obs.alive:
         return {}
     if (entry.get("pid"), entry.get("start")) == (obs.pid, obs.start):
@@ -388,9 +528,12 @@ def _b_update(entry: Mapping[str, Any], event: Event, nxt: State, facts: Facts) 
 
 def _b_dispatch(entry: Mapping[str, Any], event: Event, nxt: State,
                 facts: Facts) -> list[Action]:
-    return [Update({"state": State.STARTING.value,
-                    "attempts": int(entry.get("attempts") or 0) + 1,
-                    "dispatched_at": iso_now(facts.now)})]
+    fields: dict[str, Any] = {"state": State.STARTING.value,
+                              "attempts": int(entry.get("attempts") or 0) + 1,
+                              "dispatched_at": iso_now(facts.now)}
+    if (facts.launcher or entry.get("launcher")) == "slurm":
+        fields["launcher"] = "slurm"     # the job stays a Slurm job, whatever the config says
+    return [Update(fields)]
 
 
 def _b_launch(entry: Mapping[str, Any], event: Event, nxt: State, facts: Facts) -> list[Action]:
@@ -423,6 +566,19 @@ def _b_note_cancel(entry: Mapping[str, Any], event: Event, nxt: State,
     return [Update({"cancel_requested": True, "cancel_sent_at": iso_now(facts.now)})]
 
 
+def _b_note_slurm(entry: Mapping[str, Any], event: Event, nxt: State,
+                  facts: Facts) -> list[Action]:
+    return [Update({"slurm_job_id": facts.slurm_job_id})]
+
+
+def _b_release(entry: Mapping[str, Any], event: Event, nxt: State,
+               facts: Facts) -> list[Action]:
+    seen = facts.obs.slurm if facts.obs is not None else None
+    if seen is None or seen.slurm_job_id is None:
+        return []
+    return [SlurmRelease(seen.slurm_job_id)]
+
+
 def _b_finalize(entry: Mapping[str, Any], event: Event, nxt: State,
                 facts: Facts) -> list[Action]:
     return [_finalize(entry, event, nxt, facts)]
@@ -439,6 +595,8 @@ _BUILDERS: dict[Do, _Builder] = {
     Do.KILL_TERM: _b_kill(signal.SIGTERM),
     Do.KILL_HARD: _b_kill(signal.SIGKILL),
     Do.NOTE_CANCEL: _b_note_cancel,
+    Do.NOTE_SLURM: _b_note_slurm,
+    Do.RELEASE: _b_release,
     Do.FINALIZE: _b_finalize,
 }
 
@@ -497,6 +655,8 @@ def classify(entry: Mapping[str, Any], obs: Observation, now: float,
     state = _state(entry)
     if state not in ACTIVE:
         return None
+    if obs.slurm is not None:
+        return _classify_slurm(entry, obs, state, now, timing)
     if obs.result is not None or obs.result_error is not None:
         return _result_event(entry, obs)
     healthy = obs.alive or obs.lock_held
@@ -521,6 +681,95 @@ def classify(entry: Mapping[str, Any], obs: Observation, now: float,
         if int(entry.get("attempts") or 0) < timing.max_launch_attempts:
             return Event.NOT_LAUNCHED
         return Event.LAUNCH_GAVE_UP
+    age = _age(entry, obs, now)
+    if healthy and age <= timing.stale_after:
+        return Event.SENTINEL_FRESH
+    if not healthy and age > timing.dead_after:
+        return Event.SENTINEL_DEAD
+    return Event.SENTINEL_STALE
+
+
+#: Slurm's final states that are not the job's own end, by the event each one is.
+_SLURM_ENDS: dict[str, Event] = {
+    "CANCELLED": Event.SLURM_CANCELLED, "TIMEOUT": Event.SLURM_TIMED_OUT,
+    "DEADLINE": Event.SLURM_TIMED_OUT, "NODE_FAIL": Event.SLURM_LOST,
+    "PREEMPTED": Event.SLURM_LOST, "BOOT_FAIL": Event.SLURM_LOST,
+}
+
+
+def _stopped_by_slurm(entry: Mapping[str, Any], obs: Observation, seen: SlurmSeen,
+                      now: float, timing: Timing) -> Event | None:
+    """For a result of a stop batchd did not ask for (`terminated`, or the agent killed by
+    a signal: a plain scancel signals every process of the job at once, so the agent may
+    die of it before the adaptor notes its own SIGTERM), the signal may be Slurm's (scancel
+    from outside, its time limit, a node failure): Slurm's final state says which;
+    SLURM_WAIT while that verdict is not in yet (at most kill_grace + margin + stale_after
+    after the result). None: the result decides."""
+    result = obs.result
+    if result is None or entry.get("cancel_requested"):
+        return None
+    if result.get("reason") != "terminated" and not result.get("signal"):
+        return None
+    if seen.final:
+        return _SLURM_ENDS.get(str(seen.state))
+    finished = parse_iso(result.get("finished_at"))
+    waited = now - (finished if finished is not None else now)
+    if waited < timing.kill_grace + timing.margin + timing.stale_after:
+        return Event.SLURM_WAIT
+    return None
+
+
+def _classify_slurm(entry: Mapping[str, Any], obs: Observation, state: State, now: float,
+                    timing: Timing) -> Event:
+    """classify for a job launched into Slurm: the job's files as on one host, plus Slurm's
+    word on its tagged Slurm job (docs/JOBS.md, "Slurm jobs"). Slurm is done with a job
+    when it has shown a final state for stale_after, or knows no job with its tag; its
+    silence (no answer, not asked yet) proves nothing. The adaptor started when its
+    sentinel exists (it writes it first, before any agent runs)."""
+    seen = obs.slurm if obs.slurm is not None else SlurmSeen()
+    if obs.result is not None or obs.result_error is not None:
+        return _stopped_by_slurm(entry, obs, seen, now, timing) or _result_event(entry, obs)
+    started = obs.sentinel is not None or obs.alive or obs.lock_held
+    fresh = obs.alive or (obs.heartbeat is not None and now - obs.heartbeat <= timing.stale_after)
+    since_dispatch = now - _dispatch_ref(entry)
+    # Slurm is done with it: a final state seen for stale_after (the shared filesystem's
+    # time to show a result written just before), or no job with its tag at all once the
+    # launch grace is over (a poll never races a submission it did not ask about)
+    over = (seen.final and seen.final_for >= timing.stale_after) or (
+        seen.known and not seen.found and since_dispatch > timing.launch_grace)
+    if entry.get("cancel_requested"):
+        sent = parse_iso(entry.get("cancel_sent_at"))
+        if over and not fresh:
+            return Event.CANCEL_SETTLED
+        if sent is None:
+            return Event.CANCEL_REQUESTED
+        if now - sent > timing.kill_grace + timing.margin:
+            return Event.CANCEL_OVERDUE
+    started_at = parse_iso(entry.get("started_at"))
+    if (obs.timeout is not None and started_at is not None
+            and now > started_at + obs.timeout + timing.kill_grace + timing.margin):
+        return Event.TIMEOUT_BACKSTOP
+    if over and not fresh:
+        if started or state is State.RUNNING:
+            return _SLURM_ENDS.get(str(seen.state), Event.SLURM_LOST)
+        if seen.found and seen.state == "CANCELLED" and not seen.at_launch:
+            return Event.SLURM_CANCELLED          # scancel from outside before it started
+        # the Slurm job ended (or vanished: a slurmctld crash loses fresh submissions)
+        # before the adaptor started: nothing ran, so it may be submitted again; a loss
+        # a slurmctld restart caused is not counted against the job's attempts (each
+        # submission again is dispatched after that restart: only a new one frees it)
+        if since_dispatch <= timing.launch_grace:
+            return Event.LAUNCH_PENDING
+        if int(entry.get("attempts") or 0) < timing.max_launch_attempts or seen.restarted:
+            return Event.NOT_LAUNCHED
+        return Event.LAUNCH_GAVE_UP
+    if state is State.STARTING and obs.sentinel is None:
+        if seen.pending and seen.reason == SLURM_LAUNCH_HELD:
+            return Event.SLURM_HELD
+        return Event.LAUNCH_PENDING      # pending, in its start gate, its sentinel due, or unknown
+    # the heartbeat is the adaptor's own proof of life: Slurm showing the job RUNNING only
+    # says its allocation exists (a dead node stays RUNNING for SlurmdTimeout)
+    healthy = obs.lock_held or fresh
     age = _age(entry, obs, now)
     if healthy and age <= timing.stale_after:
         return Event.SENTINEL_FRESH

@@ -55,7 +55,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "exit_code", "reason", "attempts", "pid", "workspace", "output_path",
     "callback", "timeout", "exclusive", "idle_timeout", "session_id", "usage", "resume_of",
     "after", "after_any", "priority", "not_before", "labels", "retry_of", "retries",
-    "push", "changes",
+    "push", "changes", "slurm_job_id",
 )
 
 #: Keys a submission (a `--from` JSONL line, or the flags of `submit`) may carry.

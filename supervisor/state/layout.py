@@ -56,6 +56,7 @@ __all__ = [
     "CONTROL",
     "DELIVERY",
     "FORGETTING",
+    "JOB_ENDED",
     "JOB_SPEC",
     "LOCK_WANTS",
     "PAUSED",
@@ -125,6 +126,10 @@ RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
 #: exited, after changes.patch and before result.json: per repository its base, head,
 #: commits, files (each path's status, modes, line counts) and the push (adaptors._changes).
 CHANGES = RecordKind("batchd.changes", 1, ("id", "repos", "patch"))
+#: The scheduler's word that a Slurm job is over without a result (`jobs/<id>/ended.json`),
+#: written before its terminal state: a copy Slurm runs after all (a slurmctld crash can
+#: bring a cancelled job back) finds it and refuses to run (docs/SCALE.md).
+JOB_ENDED = RecordKind("batchd.job_ended", 1, ("id", "state", "ended_at"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
@@ -222,6 +227,11 @@ class JobPaths:
     @property
     def result(self) -> Path:
         return self.dir / "result.json"
+
+    @property
+    def ended(self) -> Path:
+        """The scheduler's JOB_ENDED record of a Slurm job ended without a result."""
+        return self.dir / "ended.json"
 
     @property
     def patch(self) -> Path:

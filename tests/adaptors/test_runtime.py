@@ -22,7 +22,7 @@ from adaptors._runtime import Action, Event, Phase, RunAs, resolve_binary, resol
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fakes"))
 import fakekit
 
-from supervisor.state.layout import REQUEST, Layout, read_record
+from supervisor.state.layout import JOB_ENDED, REQUEST, Layout, read_record, write_record
 from tests.helpers import fill
 
 
@@ -153,6 +153,22 @@ def test_finished_job_is_never_run_again(tmp_path: Path) -> None:
     assert b"the job has finished; refusing to run it again" in done.stderr
     assert not marker.exists()
     assert before == {p.name: p.read_bytes() for p in job.iterdir()}
+
+
+def test_a_job_batchd_ended_is_never_run(tmp_path: Path) -> None:
+    """ended.json exists (batchd ended the Slurm job without a result; Slurm started a copy
+    after all): exit 3, the agent does not run, only adaptor.lock appears."""
+    marker = tmp_path / "ran"
+    job = fakekit.make_job(tmp_path / "state", "gone", adaptor="command",
+                           prompt=f"touch {marker}")
+    write_record(JOB_ENDED, job / "ended.json",
+                 {"id": "gone", "state": "cancelled", "ended_at": "2027-01-15T08:00:00.000Z"})
+    before = {p.name: p.read_bytes() for p in job.iterdir()}
+    done = fakekit.run_adaptor(job)
+    assert 3 == done.returncode
+    assert b"batchd ended this job before it ran" in done.stderr
+    assert not marker.exists()
+    assert {**before, "adaptor.lock": b""} == {p.name: p.read_bytes() for p in job.iterdir()}
 
 
 def test_second_adaptor_refuses_while_the_job_lock_is_held(tmp_path: Path) -> None:

@@ -22,12 +22,15 @@ from typing import Any
 
 import pytest
 
-from supervisor.config import AgentConfig, Config, RepoConfig, SchedulerConfig
+from supervisor.config import AgentConfig, Config, RepoConfig, SchedulerConfig, SlurmConfig
 from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.launch import Launched, LaunchError
+from supervisor.scheduler.slurm import Client as SlurmClient
+from supervisor.scheduler.slurm import SlurmJobs
 from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.layout import (
+    JOB_ENDED,
     LOCK_WANTS,
     REQUEST,
     RESULT,
@@ -947,3 +950,207 @@ def test_a_failed_job_with_retries_is_queued_again_once(jobs: _dispatch.Jobs,
     replayed = dict(a, state="running")
     assert "a.r1" == _dispatch._retry(jobs, replayed, {"reason": "exit 1"})
     assert ["a", "a.r1"] == jobs.queue.ids()
+
+
+# -- launcher: slurm (an in-memory Slurm; the real one runs in tests/proc/slurm) ---------------
+
+class FakeSlurm:
+    """sbatch/squeue/scancel/sacct of a cluster in memory: jobs by id (name, state,
+    reason, work dir); `down` makes every command fail as with slurmctld dead."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, list[str]] = {}
+        self.calls: list[list[str]] = []
+        self.down = False
+
+    def opt(self, argv: list[str], name: str) -> str:
+        return next(a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}="))
+
+    def __call__(self, argv: list[str], env: Any, timeout: float
+                 ) -> subprocess.CompletedProcess[str]:
+        argv = argv[argv.index("--") + 1:] if "--" in argv else argv
+        self.calls.append(argv)
+        if self.down:
+            return subprocess.CompletedProcess(argv, 1, "", f"{argv[0]}: error: Unable to "
+                                               "contact slurm controller (connect failure)")
+        out = ""
+        if argv[0] == "sbatch":
+            sid = max(self.jobs, default=0) + 1
+            self.jobs[sid] = [self.opt(argv, "job-name"), "PENDING", "None",
+                              self.opt(argv, "chdir")]
+            out = f"{sid}\n"
+        elif argv[0] == "squeue":
+            names = set(argv[argv.index("-n") + 1].split(","))
+            out = "".join(f"{sid}|{n}|{st}|{r}|t0|t1|n1|{wd}\n" for sid, (n, st, r, wd)
+                          in self.jobs.items() if n in names)
+        elif argv[0] == "scancel":
+            sid = int(argv[-1])
+            if sid not in self.jobs:
+                return subprocess.CompletedProcess(argv, 1, "", "Invalid job id specified")
+            if "--batch" not in argv:
+                self.jobs[sid][1] = "CANCELLED"
+        elif argv[0] == "sacct":
+            return subprocess.CompletedProcess(argv, 1, "", "accounting storage is disabled")
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    def set(self, sid: int, state: str) -> None:
+        self.jobs[sid][1] = state
+
+
+@pytest.fixture
+def slurm_jobs(cfg: Config, procs: Procs, clock: MockClock) -> tuple[_dispatch.Jobs, FakeSlurm]:
+    fake = FakeSlurm()
+    scfg = replace(cfg, launcher="slurm", slurm=SlurmConfig(poll=1.0, max_jobs=2))
+    side = SlurmJobs(scfg, RecLog(), client=SlurmClient(runner=fake),  # type: ignore[arg-type]
+                     clock=clock)
+    j = _dispatch.Jobs.over(scfg, Layout(scfg.state_dir), JobQueue.over(MemoryStorage()),
+                            RecLog(), launcher=procs, clock=clock,  # type: ignore[arg-type]
+                            slurm=side)
+    return j, fake
+
+
+def ask(j: _dispatch.Jobs) -> None:
+    """One tick with a fresh answer from Slurm (the poll run in line)."""
+    j.clock.advance(1.5)  # type: ignore[attr-defined]
+    _dispatch._ask_slurm(j, wait=True)
+    _dispatch.tick_all(j)
+
+
+def test_slurm_jobs_are_submitted_up_to_max_jobs_not_max_concurrent(
+        slurm_jobs: tuple[_dispatch.Jobs, FakeSlurm], procs: Procs) -> None:
+    """launcher slurm: each dispatched job is one sbatch (its id and launcher recorded, no
+    local process); slurm.max_jobs (2) caps them, whatever max_concurrent_jobs says."""
+    j, _ = slurm_jobs
+    j.cfg = replace(j.cfg, scheduler=replace(j.cfg.scheduler, max_concurrent_jobs=1))
+    enqueue(j, "a", "b", "c")
+    assert 2 == _dispatch.dispatch(j)
+    assert ([], {"a", "b"}) == (procs.launched, j.in_slurm)
+    assert [("starting", 1, "slurm"), ("starting", 2, "slurm"), ("queued", None, None)] == [
+        (get(j, i)["state"], get(j, i).get("slurm_job_id"), get(j, i).get("launcher"))
+        for i in "abc"]
+
+
+def test_a_slurm_job_runs_on_its_sentinel_and_ends_on_its_result(
+        slurm_jobs: tuple[_dispatch.Jobs, FakeSlurm], procs: Procs) -> None:
+    """Pending in Slurm: starting. Its adaptor's sentinel (a process here): running, its pid
+    learned. Its result: completed; the next job takes the freed place."""
+    j, fake = slurm_jobs
+    enqueue(j, "a", "b", "c")
+    _dispatch.dispatch(j)
+    ask(j)
+    assert "starting" == get(j, "a")["state"]
+    fake.set(1, "RUNNING")
+    p = procs.spawn("a")
+    sentinel(j, "a", p.pid)
+    ask(j)
+    assert ("running", p.pid) == (get(j, "a")["state"], get(j, "a")["pid"])
+    result(j, "a")
+    p.terminate()
+    p.wait()
+    fake.set(1, "COMPLETED")
+    ask(j)
+    assert ("completed", 1) == (get(j, "a")["state"], _dispatch.dispatch(j))
+    assert 3 == get(j, "c")["slurm_job_id"]
+    assert not j.layout.job("a").ended.exists()     # its result guards it already
+
+
+def test_slurm_silent_at_sbatch_holds_the_job_and_submits_only_after_looking(
+        slurm_jobs: tuple[_dispatch.Jobs, FakeSlurm]) -> None:
+    """sbatch without an answer: the job stays starting (no id), nothing more is submitted
+    while Slurm is silent; once Slurm answers that it has no such job and the launch grace
+    is over, it is submitted again (attempt 2): one Slurm job in all."""
+    j, fake = slurm_jobs
+    fake.down = True
+    enqueue(j, "a", "b")
+    assert 1 == _dispatch.dispatch(j)
+    assert (None, "queued") == (get(j, "a").get("slurm_job_id"), get(j, "b")["state"])
+    assert 0 == _dispatch.dispatch(j)
+    fake.down = False
+    ask(j)
+    assert (1, 0) == (get(j, "a")["attempts"], len(fake.jobs))
+    j.clock.advance(10.0)  # type: ignore[attr-defined]
+    ask(j)
+    assert (2, 1, [1]) == (get(j, "a")["attempts"], get(j, "a")["slurm_job_id"],
+                           list(fake.jobs))
+
+
+def test_a_submission_slurm_got_but_batchd_did_not_record_is_adopted(
+        slurm_jobs: tuple[_dispatch.Jobs, FakeSlurm]) -> None:
+    """sbatch reached Slurm, its answer did not reach the record: the tag finds it, its id
+    is recorded, and no second job is ever submitted."""
+    j, fake = slurm_jobs
+    enqueue(j, "a")
+    _dispatch.dispatch(j)
+    j.queue.update("a", slurm_job_id=None)
+    for _ in range(15):
+        ask(j)
+    assert (1, 1, "starting") == (get(j, "a")["slurm_job_id"], len(fake.jobs),
+                                  get(j, "a")["state"])
+
+
+def test_cancel_of_a_slurm_job_is_scancel_and_waits_for_an_answer(
+        slurm_jobs: tuple[_dispatch.Jobs, FakeSlurm]) -> None:
+    """cancel of a pending Slurm job: scancel (recorded as sent only once Slurm took it);
+    then Slurm's CANCELLED settles it, and ended.json (written first) keeps a copy Slurm
+    may start after all from running it."""
+    j, fake = slurm_jobs
+    enqueue(j, "a")
+    _dispatch.dispatch(j)
+    ask(j)
+    fake.down = True
+    _dispatch.cancel(j, "a")
+    assert (True, None) == (get(j, "a")["cancel_requested"], get(j, "a").get("cancel_sent_at"))
+    fake.down = False
+    ask(j)
+    assert (["scancel", "--name=batchd-a", "1"], "CANCELLED") == (
+        [c for c in fake.calls if c[0] == "scancel"][-1], fake.jobs[1][1])
+    assert get(j, "a").get("cancel_sent_at") is not None
+    ask(j)
+    ask(j)
+    assert ("cancelled", "cancelled by operator") == (get(j, "a")["state"],
+                                                      get(j, "a")["reason"])
+    ended = read_record(JOB_ENDED, j.layout.job("a").ended, owner=False)
+    assert isinstance(ended, dict)
+    assert ("a", "cancelled", 1) == (ended["id"], ended["state"], ended["slurm_job_id"])
+
+
+def test_a_slurm_job_is_not_recorded_ended_before_its_ended_record_is_written(
+        slurm_jobs: tuple[_dispatch.Jobs, FakeSlurm], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ended.json cannot be written (a full disk): the cancelled Slurm job stays active,
+    nothing recorded; once it can, the job ends cancelled with its ended.json."""
+    j, fake = slurm_jobs
+    enqueue(j, "a")
+    _dispatch.dispatch(j)
+    ask(j)
+    _dispatch.cancel(j, "a")
+    ask(j)
+    assert "CANCELLED" == fake.jobs[1][1]
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(_dispatch, "write_record", full)
+    with pytest.raises(OSError):
+        for _ in range(5):
+            ask(j)
+    assert ("starting", False) == (get(j, "a")["state"], j.layout.job("a").ended.exists())
+    monkeypatch.undo()
+    ask(j)
+    assert ("cancelled", True) == (get(j, "a")["state"], j.layout.job("a").ended.exists())
+
+
+def test_a_lost_slurm_job_has_its_slurm_job_cancelled(
+        slurm_jobs: tuple[_dispatch.Jobs, FakeSlurm], procs: Procs) -> None:
+    """A running job whose heartbeat died while Slurm still shows it RUNNING (a dead node):
+    lost after dead_after, and its Slurm job is cancelled (no process of it remains)."""
+    j, fake = slurm_jobs
+    enqueue(j, "a")
+    _dispatch.dispatch(j)
+    fake.set(1, "RUNNING")
+    p = procs.spawn("a")
+    sentinel(j, "a", p.pid)
+    ask(j)
+    p.kill()
+    p.wait()
+    j.clock.advance(5.0)  # type: ignore[attr-defined]
+    ask(j)
+    assert ("lost", "CANCELLED") == (get(j, "a")["state"], fake.jobs[1][1])

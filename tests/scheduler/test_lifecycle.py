@@ -22,6 +22,8 @@ from supervisor.scheduler.lifecycle import (
     KillGroup,
     Launch,
     Observation,
+    SlurmRelease,
+    SlurmSeen,
     State,
     Timing,
     Update,
@@ -76,6 +78,25 @@ def result(**fields: Any) -> dict[str, Any]:
 
 
 NOTHING = Observation(timeout=3600.0)   # no sentinel, no result, no process, lock free
+SID = 12
+
+
+def slurm(state: str | None = "RUNNING", reason: str = "None", final_for: float = 0.0,
+          sid: int | None = SID, known: bool = True) -> SlurmSeen:
+    """What Slurm said of the job's tagged Slurm job (state None: no such job)."""
+    if state is None:
+        return SlurmSeen(known=known)
+    return SlurmSeen(known=known, slurm_job_id=sid, state=state, reason=reason,
+                     final_for=final_for)
+
+
+def sjob(state: State, **fields: Any) -> dict[str, Any]:
+    """A queue entry of a job launched into Slurm."""
+    return job(state, launcher="slurm", slurm_job_id=SID, **fields)
+
+
+TERMINATED = result(exit_code=None, signal=15, reason="terminated",
+                    finished_at=iso_now(NOW - 1.0))
 
 
 def kinds(decision: Decision) -> list[str]:
@@ -145,6 +166,11 @@ ROWS: dict[tuple[State, Event], tuple[dict[str, Any], Facts, State, list[str]]] 
                                     S.RUNNING, ["Update"]),
     (S.RUNNING, E.SENTINEL_STALE): ({}, Facts(NOW, T, obs=healthy(hb_age=60.0)), S.RUNNING,
                                     ["WarnStale"]),
+    (S.STARTING, E.SUBMITTED): ({}, Facts(NOW, T, slurm_job_id=SID), S.STARTING, ["Update"]),
+    (S.STARTING, E.SLURM_HELD): (
+        {"launcher": "slurm"},
+        Facts(NOW, T, obs=Observation(slurm=slurm("PENDING", "launch_failed_requeued_held"))),
+        S.STARTING, ["SlurmRelease"]),
 }
 for _s in (S.STARTING, S.RUNNING):
     ROWS.update({
@@ -168,6 +194,14 @@ for _s in (S.STARTING, S.RUNNING):
                                  ["KillGroup", "Finalize"]),
         (_s, E.TIMEOUT_BACKSTOP): ({}, Facts(NOW, T, obs=healthy(timeout=60.0)), S.TIMED_OUT,
                                    ["KillGroup", "Finalize"]),
+        (_s, E.SLURM_WAIT): ({"launcher": "slurm"}, Facts(NOW, T, obs=dead(
+            result=TERMINATED, slurm=slurm("COMPLETING"))), _s, []),
+        (_s, E.SLURM_CANCELLED): ({"launcher": "slurm"}, Facts(NOW, T, obs=dead(
+            slurm=slurm("CANCELLED", final_for=100.0))), S.CANCELLED, ["Finalize"]),
+        (_s, E.SLURM_TIMED_OUT): ({"launcher": "slurm"}, Facts(NOW, T, obs=dead(
+            slurm=slurm("TIMEOUT", "TimeLimit", final_for=100.0))), S.TIMED_OUT, ["Finalize"]),
+        (_s, E.SLURM_LOST): ({"launcher": "slurm"}, Facts(NOW, T, obs=dead(
+            slurm=slurm("NODE_FAIL", "NodeDown", final_for=100.0))), S.LOST, ["Finalize"]),
     })
 
 
@@ -486,6 +520,192 @@ def test_reattached_starting_job_learns_its_pid_from_the_sentinel() -> None:
     assert ("running", 555, 666) == (entry["state"], entry["pid"], entry["start"])
 
 
+# --------------------------------------------------------------------------- Slurm jobs
+
+
+def test_dispatch_to_slurm_records_the_launcher_and_a_relaunch_keeps_it() -> None:
+    """dispatched with launcher slurm: the entry says so (a reload never makes it local)."""
+    first = step(job(S.QUEUED), E.DISPATCHED, Facts(NOW, T, launcher="slurm"))
+    again = step(sjob(S.STARTING), E.NOT_LAUNCHED, Facts(NOW, T, obs=NOTHING))
+    local = step(job(S.QUEUED), E.DISPATCHED, Facts(NOW, T, launcher="direct"))
+    assert ("slurm", "slurm", None) == (apply(job(S.QUEUED), first).get("launcher"),
+                                        apply(sjob(S.STARTING), again)["launcher"],
+                                        apply(job(S.QUEUED), local).get("launcher"))
+
+
+def test_submitted_records_the_slurm_job_id() -> None:
+    """submitted: the id sbatch printed goes into the entry; the job stays starting."""
+    d = step(job(S.STARTING, launcher="slurm"), E.SUBMITTED, Facts(NOW, T, slurm_job_id=77))
+    assert (S.STARTING, (Update({"slurm_job_id": 77}),)) == (d.next_state, d.actions)
+
+
+@pytest.mark.parametrize("seen", [slurm("PENDING", "Resources"), slurm("RUNNING"),
+                                  slurm(known=False), slurm("CONFIGURING")],
+                         ids=["pending", "in-start-gate", "slurm-silent", "configuring"])
+def test_a_slurm_job_waits_as_starting_however_long_slurm_holds_it(seen: SlurmSeen) -> None:
+    """No sentinel yet, and Slurm holds the job (or says nothing): starting, for hours, never
+    relaunched nor timed out (the timeout counts from the adaptor's start)."""
+    entry = sjob(S.STARTING, dispatched_at=iso_now(NOW - 7200.0))
+    assert E.LAUNCH_PENDING == classify(entry, Observation(timeout=60.0, slurm=seen), NOW, T)
+
+
+def test_a_slurm_job_is_running_once_its_adaptor_writes_its_sentinel() -> None:
+    """starting -> running on the sentinel, learning the pid (on a node) and the Slurm id."""
+    entry = job(S.STARTING, launcher="slurm")
+    obs = healthy(alive=False, lock_held=False, pid=31, start=41, slurm=slurm("RUNNING"))
+    after = apply(entry, tick(entry, obs, NOW, T))
+    assert ("running", 31, 41, SID) == (after["state"], after["pid"], after["start"],
+                                        after["slurm_job_id"])
+
+
+def test_a_crash_between_sbatch_and_its_record_learns_the_id_from_the_tag() -> None:
+    """starting without slurm_job_id, Slurm shows a job with its tag: that id is recorded,
+    nothing is submitted again."""
+    entry = job(S.STARTING, launcher="slurm", dispatched_at=iso_now(NOW - 300.0))
+    d = tick(entry, Observation(timeout=60.0, slurm=slurm("PENDING", sid=99)), NOW, T)
+    assert (E.LAUNCH_PENDING, (Update({"slurm_job_id": 99}),)) == (d.event, d.actions)
+
+
+@pytest.mark.parametrize(("seen", "since", "attempts", "event"), [
+    (slurm(None), 300.0, 1, E.NOT_LAUNCHED),
+    (slurm(None), 5.0, 1, E.LAUNCH_PENDING),
+    (slurm("FAILED", "NonZeroExitCode", final_for=60.0), 300.0, 1, E.NOT_LAUNCHED),
+    (slurm("FAILED", "NonZeroExitCode", final_for=1.0), 300.0, 1, E.LAUNCH_PENDING),
+    (slurm("NODE_FAIL", "NodeDown", final_for=60.0), 300.0, 2, E.NOT_LAUNCHED),
+    (slurm("FAILED", "NonZeroExitCode", final_for=60.0), 300.0, 3, E.LAUNCH_GAVE_UP),
+    (slurm(None), 300.0, 3, E.LAUNCH_GAVE_UP),
+    (SlurmSeen(known=True, restarted=True), 300.0, 3, E.NOT_LAUNCHED),
+    (SlurmSeen(True, SID, "FAILED", "None", 60.0, restarted=True), 300.0, 5, E.NOT_LAUNCHED),
+], ids=["vanished", "vanished-within-grace", "ended-unstarted", "ended-not-settled",
+        "node-fail-unstarted", "out-of-attempts", "vanished-out-of-attempts",
+        "lost-in-a-slurmctld-restart-after-its-dispatch", "ended-by-a-restart-after-it"])
+def test_a_slurm_job_that_ended_before_its_adaptor_started_is_submitted_again(
+        seen: SlurmSeen, since: float, attempts: int, event: Event) -> None:
+    """Slurm lost the submission (a slurmctld crash) or ended it before the adaptor wrote a
+    sentinel (a reused id killed at launch): nothing ran, so it is submitted again after
+    the launch grace, while attempts last; a loss with a slurmctld start after the dispatch
+    is Slurm's and is not counted (20 kills in a row used up a job's 3 attempts)."""
+    entry = sjob(S.STARTING, dispatched_at=iso_now(NOW - since), attempts=attempts)
+    assert event == classify(entry, Observation(timeout=60.0, slurm=seen), NOW, T)
+
+
+def test_slurms_own_cancel_of_a_launch_is_submitted_again_an_operators_is_not() -> None:
+    """CANCELLED before the adaptor started: by Slurm itself as it launched the job (after
+    a slurmctld restart, with no requeue allowed) -> submitted again; by an operator's
+    scancel -> cancelled."""
+    entry = sjob(S.STARTING, dispatched_at=iso_now(NOW - 300.0))
+    own = SlurmSeen(True, SID, "CANCELLED", "None", 60.0, at_launch=True)
+    theirs = SlurmSeen(True, SID, "CANCELLED", "None", 60.0)
+    assert (E.NOT_LAUNCHED, E.SLURM_CANCELLED) == (
+        classify(entry, Observation(slurm=own), NOW, T),
+        classify(entry, Observation(slurm=theirs), NOW, T))
+
+
+def test_giving_up_on_slurm_names_slurms_last_word() -> None:
+    """launch_gave_up of a Slurm job: the reason names the Slurm job and its state."""
+    entry = sjob(S.STARTING, attempts=3)
+    obs = Observation(slurm=slurm("FAILED", "NonZeroExitCode", final_for=60.0))
+    fields = finalize_fields(tick(entry, obs, NOW, T))
+    assert ("failed", "not launched: 3 Slurm jobs ended before the adaptor started "
+            "(last: slurm job 12 FAILED (NonZeroExitCode))") == (fields["state"],
+                                                                fields["reason"])
+
+
+@pytest.mark.parametrize(("state", "reason", "end", "words"), [
+    ("CANCELLED", "None", "cancelled", "cancelled in Slurm: slurm job 12 CANCELLED"),
+    ("TIMEOUT", "TimeLimit", "timed_out", "timed out in Slurm: slurm job 12 TIMEOUT (TimeLimit)"),
+    ("NODE_FAIL", "NodeDown", "lost", "lost: slurm job 12 NODE_FAIL (NodeDown), and no result"),
+    ("PREEMPTED", "None", "lost", "lost: slurm job 12 PREEMPTED, and no result"),
+    ("FAILED", "JobLaunchFailure", "lost",
+     "lost: slurm job 12 FAILED (JobLaunchFailure), and no result"),
+    (None, "", "lost", "lost: slurm has no job tagged with it, and no result"),
+])
+def test_a_slurm_job_ended_without_a_result(state: str | None, reason: str, end: str,
+                                            words: str) -> None:
+    """Slurm ended the running job (or forgot it) and its heartbeat stopped: the state by
+    Slurm's word, Slurm's state in the reason."""
+    seen = slurm(state, reason, final_for=60.0)
+    fields = finalize_fields(tick(sjob(S.RUNNING), dead(hb_age=60.0, slurm=seen), NOW, T))
+    assert (end, words, None) == (fields["state"], fields["reason"], fields["exit_code"])
+
+
+def test_a_job_slurm_ended_is_kept_while_its_heartbeat_goes_on() -> None:
+    """NODE_FAIL while slurmd is away: the job's processes run on (their heartbeat is fresh):
+    kept, never lost, until the heartbeat stops or a result comes."""
+    seen = slurm("NODE_FAIL", "NodeDown", final_for=60.0)
+    fresh = healthy(alive=False, lock_held=False, hb_age=2.0, slurm=seen)
+    assert E.SENTINEL_FRESH == classify(sjob(S.RUNNING), fresh, NOW, T)
+    assert E.SLURM_LOST == classify(sjob(S.RUNNING), dead(hb_age=31.0, slurm=seen), NOW, T)
+
+
+def test_a_quiet_slurm_job_is_lost_after_dead_after_whatever_slurm_says() -> None:
+    """A running job whose heartbeat is old: stale first; lost after dead_after even while
+    Slurm shows it RUNNING (a dead node stays RUNNING for SlurmdTimeout): the heartbeat is
+    the adaptor's own proof of life."""
+    running = dead(hb_age=500.0, slurm=slurm("RUNNING"))
+    silent = dead(hb_age=500.0, slurm=slurm(known=False))
+    young = dead(hb_age=60.0, slurm=slurm("RUNNING"))
+    assert (E.SENTINEL_DEAD, E.SENTINEL_DEAD, E.SENTINEL_STALE) == (
+        classify(sjob(S.RUNNING), running, NOW, T), classify(sjob(S.RUNNING), silent, NOW, T),
+        classify(sjob(S.RUNNING), young, NOW, T))
+
+
+@pytest.mark.parametrize("stopped", [TERMINATED, dict(TERMINATED, reason=None)],
+                         ids=["adaptor-noted-it", "agent-died-of-it-first"])
+def test_an_outside_scancel_ends_the_job_cancelled_with_slurms_state(
+        stopped: dict[str, Any]) -> None:
+    """The adaptor wrote a result of a SIGTERM batchd did not send (`terminated`, or only the
+    agent's death by it: scancel signals all at once): cancelled once Slurm says CANCELLED
+    (waiting for its verdict meanwhile), the result's fields kept."""
+    entry = sjob(S.RUNNING)
+    waiting = tick(entry, dead(result=stopped, slurm=slurm("COMPLETING")), NOW, T)
+    done = tick(entry, dead(result=stopped, slurm=slurm("CANCELLED", final_for=1.0)), NOW, T)
+    fields = finalize_fields(done)
+    assert (E.SLURM_WAIT, E.SLURM_CANCELLED) == (waiting.event, done.event)
+    assert ("cancelled", "cancelled in Slurm: slurm job 12 CANCELLED", 15, "sess-1") == (
+        fields["state"], fields["reason"], fields["signal"], fields["session_id"])
+
+
+def test_a_failure_of_the_agents_own_is_not_held_for_slurms_verdict() -> None:
+    """An agent that exits 3 failed by itself: no wait for Slurm."""
+    obs = dead(result=result(exit_code=3), slurm=slurm("RUNNING"))
+    assert E.RESULT_FAILED == classify(sjob(S.RUNNING), obs, NOW, T)
+
+
+def test_a_terminated_result_without_slurms_verdict_is_the_results() -> None:
+    """Slurm never says why (silent past the wait): the result decides (failed: terminated);
+    an operator's cancel is always cancelled."""
+    late = dict(TERMINATED, finished_at=iso_now(NOW - 600.0))
+    assert E.RESULT_FAILED == classify(sjob(S.RUNNING), dead(result=late,
+                                       slurm=slurm(known=False)), NOW, T)
+    asked = sjob(S.RUNNING, cancel_requested=True, cancel_sent_at=iso_now(NOW - 2))
+    assert E.RESULT_CANCELLED == classify(asked, dead(result=TERMINATED, slurm=slurm(
+        "FAILED", final_for=10.0)), NOW, T)
+
+
+def test_cancel_of_a_slurm_job_settles_when_slurm_ends_it() -> None:
+    """cancel: signalled once; cancelled when Slurm has ended the job (a pending one has no
+    result), or overdue."""
+    entry = sjob(S.STARTING, cancel_requested=True)
+    pending = Observation(slurm=slurm("PENDING"))
+    first = tick(entry, pending, NOW, T)
+    entry = apply(entry, first)
+    settled = tick(entry, Observation(slurm=slurm("CANCELLED", final_for=31.0)), NOW + 40, T)
+    assert (E.CANCEL_REQUESTED, E.CANCEL_SETTLED, "cancelled by operator") == (
+        first.event, settled.event, finalize_fields(settled)["reason"])
+    assert E.CANCEL_OVERDUE == classify(entry, pending, NOW + 26.0, T)
+
+
+def test_held_after_a_failed_launch_is_released_but_an_operator_hold_is_not() -> None:
+    """launch_failed_requeued_held (slurmctld restart, "Duplicate jobid"): released; a hold
+    of someone else (JobHeldUser) is respected."""
+    entry = sjob(S.STARTING)
+    held = tick(entry, Observation(slurm=slurm("PENDING", "launch_failed_requeued_held")),
+                NOW, T)
+    user = tick(entry, Observation(slurm=slurm("PENDING", "JobHeldUser")), NOW, T)
+    assert ((SlurmRelease(SID),), E.LAUNCH_PENDING) == (held.actions, user.event)
+
+
 # --------------------------------------------------------------------------- whole lives
 
 
@@ -549,5 +769,39 @@ def test_never_started_twice(obs: Observation, since: float, attempts: int, canc
             obs.sentinel, obs.result, obs.result_error, obs.lock_held, obs.alive, cancel)
         assert since > T.launch_grace
         assert attempts < T.max_launch_attempts
+    if d.terminal:
+        assert d.next_state.value == finalize_fields(d)["state"]
+
+
+_seen = st.one_of(
+    st.just(SlurmSeen()), st.just(SlurmSeen(known=True)),
+    st.builds(SlurmSeen, known=st.just(True), slurm_job_id=st.sampled_from([SID, 13]),
+              state=st.sampled_from(["PENDING", "RUNNING", "COMPLETING", "COMPLETED",
+                                     "CANCELLED", "FAILED", "NODE_FAIL", "TIMEOUT"]),
+              reason=st.sampled_from(["None", "launch_failed_requeued_held"]),
+              final_for=st.floats(0.0, 100.0)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(obs=_obs, seen=_seen, since=st.floats(0.0, 2000.0), attempts=st.integers(0, 5),
+       cancel=st.booleans(), state=st.sampled_from([S.STARTING, S.RUNNING]))
+def test_a_slurm_job_is_submitted_again_only_on_slurms_word(
+        *, obs: Observation, seen: SlurmSeen, since: float, attempts: int, cancel: bool,
+        state: State) -> None:
+    """A Slurm job is submitted again only when it is starting, its adaptor never left a
+    trace, Slurm answered that its job is over (ended for stale_after, or unknown) and the
+    launch grace and attempts allow; never while Slurm holds it or says nothing."""
+    entry = sjob(state, dispatched_at=iso_now(NOW - since), attempts=attempts)
+    if cancel:
+        entry["cancel_requested"] = True
+    obs = Observation(**{**obs.__dict__, "slurm": seen})
+    d = tick(entry, obs, NOW, T)
+    if any(isinstance(a, Launch) for a in d.actions):
+        assert state is S.STARTING
+        assert (None, None, None, False, False, False) == (
+            obs.sentinel, obs.result, obs.result_error, obs.lock_held, obs.alive, cancel)
+        assert seen.known and not seen.live
+        assert seen.final_for >= T.stale_after or not seen.found
+        assert since > T.launch_grace and attempts < T.max_launch_attempts
     if d.terminal:
         assert d.next_state.value == finalize_fields(d)["state"]
