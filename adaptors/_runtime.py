@@ -117,6 +117,7 @@ _READ_CHUNK = 65536
 _MAX_LINE = 64 * 1024 * 1024   # a "line" longer than this is cut and handled as one
 _DRAIN_TIMEOUT_S = 5.0          # pipe readers after the group is gone (an escaped writer)
 _CLEANUP_TIMEOUT_S = 10.0       # SIGKILL + reap loop over the group
+_RESULT_RETRY_S = 0.05          # first wait before writing result.json again (then doubled)
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -357,22 +358,27 @@ class _Heartbeat:
     def output_bytes(self) -> int:
         return os.fstat(self._sync_fds[0]).st_size
 
-    def beat(self) -> None:
-        with self._lock:
-            for fd in self._sync_fds:
-                os.fdatasync(fd)
-            now = time.time()
-            record = dict(self._base, heartbeat_at=iso_now(now),
-                          output_bytes=os.fstat(self._sync_fds[0]).st_size)
-            write_record(SENTINEL, self._files.sentinel, record)
+    def beat(self) -> bool:
+        """Sync the output, write the sentinel. A write that fails (a full disk) is said in
+        adaptor.log and skipped (False): the job goes on and the next beat tries again;
+        while the adaptor lives it holds adaptor.lock, so its job is never taken for lost."""
+        try:
+            with self._lock:
+                for fd in self._sync_fds:
+                    os.fdatasync(fd)
+                now = time.time()
+                record = dict(self._base, heartbeat_at=iso_now(now),
+                              output_bytes=os.fstat(self._sync_fds[0]).st_size)
+                write_record(SENTINEL, self._files.sentinel, record)
+        except OSError as exc:
+            _say(self._files.id, f"heartbeat not written: {exc}")
+            return False
+        return True
 
     def start(self, interval: float) -> None:
         def loop() -> None:
             while not self._stop.wait(interval):
-                try:
-                    self.beat()
-                except OSError as exc:
-                    _say(self._files.id, f"heartbeat not written: {exc}")
+                self.beat()
         self._thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
         self._thread.start()
 
@@ -694,6 +700,21 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
     return outcome, adaptor.session_id(state)
 
 
+def _write_result(files: JobPaths, record: dict[str, Any]) -> None:
+    """result.json, tried again until it is written: a finished job whose result cannot be
+    written yet (a full disk) waits for space with its lock held, instead of leaving no
+    result behind (which would make it `lost`)."""
+    delay = _RESULT_RETRY_S
+    while True:
+        try:
+            write_record(RESULT, files.result, record)
+            return
+        except OSError as exc:
+            _say(files.id, f"result not written, trying again in {delay:g}s: {exc}")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
     """Run the job in `job_dir` to its end; return the adaptor's exit code."""
     job_dir = job_dir.absolute()
@@ -737,7 +758,7 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
         terminal.close()
     beat.beat()
     finished = time.time()
-    write_record(RESULT, files.result, {
+    _write_result(files, {
         "id": files.id,
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import pty
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -307,6 +309,57 @@ def test_heartbeat_refreshes_sentinel_while_running(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (skipped where mounting is not allowed)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(path: Path) -> None:
+    """Write zeros to `path` until its file system is full."""
+    with open(path, "wb", buffering=0) as f:
+        chunk = b"\0" * (1 << 16)
+        while chunk:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                chunk = chunk[: len(chunk) // 2]
+
+
+def test_a_job_ending_on_a_full_disk_waits_for_space_to_write_its_result(
+        small_fs: Path, tmp_path: Path, start: Callable[[Path], subprocess.Popen[bytes]]) -> None:
+    """Found by the chaos suite: an adaptor whose disk was full when its agent ended died
+    on its last heartbeat's write, leaving no result, so its finished job was taken for
+    lost. Now a failed heartbeat is skipped, and the result is written again and again
+    (the adaptor alive, its lock held) until space returns."""
+    go = tmp_path / "go"
+    job = fakekit.make_job(small_fs / "state", "full", adaptor="command",
+                           prompt=f"echo started; while [ ! -e {go} ]; do sleep 0.05; done")
+    proc = start(job)
+    beat = fakekit.wait_for(lambda: (s := fakekit.sentinel(job)) and s["agent_pid"] and s,
+                            what="a sentinel with the agent")
+    _fill(small_fs / "filler")
+    go.touch()
+    fakekit.wait_for(lambda: not fakekit.pid_alive(beat["agent_pid"]), what="the agent's end")
+    time.sleep(1.0)
+    assert (None, False) == (proc.poll(), (job / "result.json").exists())
+    (small_fs / "filler").unlink()
+    assert 0 == proc.wait(30)
+    res = fakekit.result(job)
+    assert (0, None, b"started\n") == (res["exit_code"], res["reason"], fakekit.output(job))
 
 
 def test_leftover_background_processes_are_killed_before_the_result(tmp_path: Path) -> None:
