@@ -21,6 +21,7 @@ from supervisor.state import disk
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import CONTROL, REPLY, Layout, read_record, write_record
+from supervisor.state.repos import read_registry
 from supervisor.state.view import (
     Unreadable,
     batchd_pid,
@@ -226,6 +227,9 @@ def summary(ctx: Ctx) -> dict[str, Any]:
     except Unreadable as exc:
         unreadable.append(str(exc))
     _mark_paused(workers, paused)
+    # A corrupt registry reads as empty: its repositories are unavailable until `repo
+    # add/remove` moves it aside, so say so rather than let their jobs fail unexplained.
+    unreadable += [f"repositories: {p}" for p in read_registry(ctx.layout).problems]
     low = disk.low(ctx.cfg)
     degraded = _degraded(workers, startups) + unreadable + ([low] if low else [])
     return {"batchd": {"running": running, "pid": pid}, "workers": workers,
