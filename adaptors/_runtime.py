@@ -1,54 +1,5 @@
-"""The shared adaptor runtime: runs one job's agent CLI and writes its output, heartbeat and result.
-
-An adaptor process (`python -m adaptors.run JOB_DIR`) is started by supervisor.scheduler.launch
-as the leader of its own session and process group, parented by no batchd worker. It reads
-`jobs/<id>/spec.json`, runs the agent CLI as a child in its own process group (so the adaptor's
-pid is the job's process-group id), and is the ONLY writer of these files in `jobs/<id>/`:
-
-  output          The readable output, appended as it arrives with write() on an O_APPEND fd
-                  (no user-space buffer: a byte the agent wrote is in the file before the
-                  adaptor reads its next chunk). fdatasync'ed at every heartbeat and before the
-                  result. Raw adaptors (command, aider, q): the agent's stdout AND stderr point
-                  straight at this fd, so it holds exactly the bytes the agent wrote, in order,
-                  with no pipe at all: no reader that can die and SIGPIPE the agent, no copy,
-                  nothing lost if the adaptor itself is killed. Structured adaptors (claude,
-                  gemini, codex, opencode): stdout comes through a pipe, each line is rendered to
-                  readable text by the adaptor's parser; stderr is a second pipe copied verbatim
-                  a whole line at a time (two pipes, so a long JSON line is never cut by stderr
-                  bytes; whole lines, so stderr text never runs into a rendered event; the
-                  order between the two streams is the order the adaptor read them in).
-                  Crash: a torn tail is at worst a partial last chunk; nothing earlier changes.
-  events.jsonl    Structured adaptors only: every raw stdout line as received, appended, each
-                  ending in "\\n" (one is added if the agent's last line had none), so a line
-                  without its newline is recognisably a torn tail.
-  sentinel.json   SENTINEL record, the heartbeat: {id, pid, start, heartbeat_at,
-                  agent_pid, agent_start, output_bytes}. Written first thing (before the spec is
-                  read), then every heartbeat_interval by a thread, atomically (temp + fsync +
-                  rename + fsync dir): a crash leaves the previous heartbeat, never half of one.
-  result.json     RESULT record, written ONCE, atomically, after the agent and every process of
-                  its group are gone and the output is synced: {id, exit_code, signal,
-                  duration_s, started_at, finished_at, session_id, reason, timed_out, pid,
-                  agent_pid, output_bytes}. Its existence means "finished".
-  adaptor.lock    Never written or replaced: the adaptor takes an exclusive flock(2) on it
-                  FIRST THING (before the sentinel) on a close-on-exec fd and holds it until it
-                  exits, so the kernel releases it exactly when the adaptor dies, however it
-                  dies. An adaptor that cannot take it (another one runs this job), or that
-                  then finds result.json (the job has finished), exits 3 without touching any
-                  other file: a double launch never runs an agent twice.
-
-reason: null (normal exit), "timed_out" (the adaptor's own timer fired: it holds while batchd
-is down), "terminated" (SIGTERM or SIGINT reached the adaptor: cancel), "agent_not_found:
-<path>", "spawn_failed: <why>", "user_switch_failed: <why>", "bad_spec: <why>".
-exit_code: the agent's exit status, null when a signal killed it (then `signal` says which);
-before any agent ran: 2 bad_spec, 126 spawn/user-switch failure, 127 agent_not_found.
-The adaptor exits with the agent's exit code, 128+N if signal N killed it.
-
-Stopping (a table, `_TRANSITIONS`): on SIGTERM or the timeout the whole process group gets
-SIGTERM (killpg, the adaptor's own handler just notes it), and `kill_grace` later every other
-member gets SIGKILL. When the agent has exited, any process left in the group is SIGKILLed and
-reaped (the adaptor is a child subreaper, so orphaned descendants are its children) before the
-result is written: when a job is terminal no process of its group remains.
-"""
+"""The shared adaptor runtime: runs one job's agent CLI and writes its output, heartbeat and
+result (the files, their writer and their crash behaviour: docs/JOBFILES.md)."""
 
 from __future__ import annotations
 
@@ -57,10 +8,10 @@ import ctypes
 import enum
 import errno
 import fcntl
+import math
 import os
 import pwd
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -73,8 +24,11 @@ from types import FrameType
 from typing import Any
 
 from adaptors._render import ParseState
+from adaptors._report import Report
 from adaptors._spec import JobSpec, SpecError, parse_spec
-from supervisor.state.atomic import Corrupt, Missing
+from supervisor.config import ADAPTOR_COMMANDS
+from supervisor.state.agentbin import resolve_binary
+from supervisor.state.atomic import Corrupt, Missing, write_bytes
 from supervisor.state.clock import iso_now
 from supervisor.state.layout import (
     JOB_SPEC,
@@ -112,6 +66,7 @@ EXIT_NOT_FOUND = 127
 
 REASON_TERMINATED = "terminated"
 REASON_TIMED_OUT = "timed_out"
+REASON_IDLE = "idle"
 
 _READ_CHUNK = 65536
 _MAX_LINE = 64 * 1024 * 1024   # a "line" longer than this is cut and handled as one
@@ -119,14 +74,25 @@ _DRAIN_TIMEOUT_S = 5.0          # pipe readers after the group is gone (an escap
 _CLEANUP_TIMEOUT_S = 10.0       # SIGKILL + reap loop over the group
 _RESULT_RETRY_S = 0.05          # first wait before writing result.json again (then doubled)
 _PR_SET_CHILD_SUBREAPER = 36
+_IDLE_CHECKS = 10               # output activity is looked at this often per idle_timeout
+_SCAN_LINE = 64 * 1024          # raw output scanned after the exit: longer lines are cut
 
 
 # --------------------------------------------------------------------------------------------
 # The spec and the adaptor interface
 # --------------------------------------------------------------------------------------------
 
-def _state_session(state: ParseState) -> str | None:
-    return state.session_id
+def _session_report(state: ParseState, spec: JobSpec, exit_code: int | None,
+                    base: Mapping[str, Any] | None) -> Report:
+    return Report(session_id=state.session_id)
+
+
+def _no_env(spec: JobSpec, uid: int) -> dict[str, str]:
+    return {}
+
+
+def _no_refusal(spec: JobSpec) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -136,27 +102,50 @@ class Adaptor:
     `build_argv(spec, binary)` returns the full argv (binary first). `parse_line(line, state)`
     turns one raw stdout line (no trailing newline) into text to append to the output (each
     string is appended as is, so it carries its own newlines); None means the CLI prints plain
-    text, which then goes straight to the output file with no pipe.
+    text, which then goes straight to the output file with no pipe. `note_line(line, state)`
+    sees every stderr line of a structured CLI as it comes, or every line of a plain CLI's
+    output after it exited (errors, usage lines). `report(state, spec, exit_code, base)` is
+    the agent's own account once it exited (`base`: the usage_totals of the job whose
+    session this one resumes, None if unknown). `env(spec, uid)` are the quiet defaults for
+    the CLI (set only where the variable is unset); `forced_env(spec, uid)` the variables
+    that must have that exact value unless the agent's `env` sets them (an inherited value
+    the CLI would not accept is replaced). `stdin`: "prompt" (the prompt file is
+    the agent's stdin) or "null"; `prompt_file`: whether the prompt file is written.
+    `refuse(spec)`: why this spec cannot run (the door refuses it first). The binaries
+    tried when the spec names no `command` are config.ADAPTOR_COMMANDS[name].
     """
 
     name: str
-    default_binary: str
     build_argv: Callable[[JobSpec, str], list[str]]
     parse_line: Callable[[bytes, ParseState], list[str]] | None = None
-    session_id: Callable[[ParseState], str | None] = _state_session
+    note_line: Callable[[bytes, ParseState], None] | None = None
+    report: Callable[[ParseState, JobSpec, int | None, Mapping[str, Any] | None],
+                     Report] = _session_report
+    env: Callable[[JobSpec, int], dict[str, str]] = _no_env
+    forced_env: Callable[[JobSpec, int], dict[str, str]] = _no_env
+    stdin: str = "prompt"
+    prompt_file: bool = True
+    refuse: Callable[[JobSpec], str | None] = _no_refusal
+
+    @property
+    def binaries(self) -> tuple[str, ...]:
+        """The binaries a spec without `command` runs: the first found on the PATH."""
+        return ADAPTOR_COMMANDS.get(self.name, (self.name,))
 
 
 # --------------------------------------------------------------------------------------------
 # Binaries, users, process groups
 # --------------------------------------------------------------------------------------------
 
-def resolve_binary(command: str, *, path: str | None, cwd: str) -> str | None:
-    """The executable `command` names (a name looked up on `path`, or a path relative to
-    `cwd`), or None when there is none."""
-    if "/" in command:
-        full = command if os.path.isabs(command) else os.path.join(cwd, command)
-        return full if os.path.isfile(full) and os.access(full, os.X_OK) else None
-    return shutil.which(command, path=path)
+def _find_binary(spec: JobSpec, adaptor: Adaptor, path: str | None) -> tuple[str, str | None]:
+    """(the command looked for, the executable it names or None)."""
+    if spec.command:
+        return spec.command, resolve_binary(spec.command, path=path, cwd=spec.workspace)
+    for name in adaptor.binaries:
+        found = resolve_binary(name, path=path, cwd=spec.workspace)
+        if found is not None:
+            return name, found
+    return adaptor.binaries[0], None
 
 
 @dataclass(frozen=True)
@@ -260,6 +249,7 @@ class Phase(enum.Enum):
 class Event(enum.Enum):
     TERM = "term"               # SIGTERM/SIGINT reached the adaptor
     DEADLINE = "deadline"       # the job's timeout elapsed
+    IDLE = "idle"               # the agent wrote nothing for the job's idle_timeout
     GRACE_OVER = "grace_over"   # kill_grace elapsed since SIGTERM
 
 
@@ -268,6 +258,7 @@ class Action(enum.Enum):
     KILL_GROUP = "kill_group"   # SIGKILL every process of the job but the adaptor
     NOTE_TERMINATED = "note_terminated"    # the job ends as "terminated" (a cancel)
     NOTE_TIMED_OUT = "note_timed_out"      # the job ends as "timed_out"
+    NOTE_IDLE = "note_idle"                # the job ends as "timed_out", reason "idle"
 
 
 #: (phase, event) -> Row(next phase, actions); other pairs change nothing.
@@ -276,6 +267,7 @@ TABLE: Table[Phase, Event, Action] = Table({
                                      (Action.NOTE_TERMINATED, Action.TERM_GROUP)),
     (Phase.RUNNING, Event.DEADLINE): Row(Phase.STOPPING,
                                          (Action.NOTE_TIMED_OUT, Action.TERM_GROUP)),
+    (Phase.RUNNING, Event.IDLE): Row(Phase.STOPPING, (Action.NOTE_IDLE, Action.TERM_GROUP)),
     (Phase.STOPPING, Event.TERM): Row(None),
     (Phase.STOPPING, Event.GRACE_OVER): Row(Phase.KILLING, (Action.KILL_GROUP,)),
     (Phase.KILLING, Event.TERM): Row(None),
@@ -321,6 +313,48 @@ def _append(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+class _Output:
+    """The job's output file as the pumps write it: never more than `cap` bytes of the
+    agent's (the head is kept and the cut marked once; the job goes on, what follows is
+    counted), and a write that fails (ENOSPC, EIO) never stops the job: the bytes are
+    counted as lost and a mark saying how many goes in with the next write that succeeds.
+    Thread-safe: stdout's and stderr's pumps share it."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd = fd
+        self.cap = cap
+        self.size = os.fstat(fd).st_size
+        self.cut = self.size >= cap
+        self.dropped = 0            # bytes past the cap
+        self.lost = 0               # bytes a failed write could not keep, not yet marked
+        self.lost_why = ""
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self.cut:
+                self.dropped += len(data)
+                return
+            room = self.cap - self.size
+            if len(data) > room:
+                self.dropped += len(data) - room
+                self.cut = True
+                data = data[:room] + (f"\n[batchd: output cut at {self.cap} bytes "
+                                      "(jobs.output_max_bytes); the job goes on]\n").encode()
+            if self.lost:
+                data = (f"\n[batchd: {self.lost} bytes of output lost: {self.lost_why}]\n"
+                        .encode() + data)
+            try:
+                _append(self.fd, data)
+            except OSError as exc:
+                self.lost += len(data)
+                self.lost_why = exc.strerror or str(exc)
+                self.size = os.fstat(self.fd).st_size
+                return
+            self.size += len(data)
+            self.lost = 0
 
 
 def _say(job_id: str, message: str) -> None:
@@ -433,11 +467,30 @@ def _render(adaptor: Adaptor, line: bytes, state: ParseState) -> list[str]:
                 "its raw line is in events.jsonl\n"]
 
 
-def _pump_lines(read_fd: int, handle: Callable[[bytes], None]) -> None:
+class _Activity:
+    """How many bytes the pumps have read from the agent (the idle timer watches it)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+def _note(adaptor: Adaptor, line: bytes, state: ParseState) -> None:
+    """Let the adaptor note a line (stderr of a structured CLI, output of a plain one);
+    a line it cannot read is skipped (lines are untrusted input)."""
+    if adaptor.note_line is None:
+        return
+    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError, IndexError):
+        adaptor.note_line(line.rstrip(b"\r"), state)
+
+
+def _pump_lines(read_fd: int, handle: Callable[[bytes], None],
+                activity: _Activity | None = None) -> None:
     """Call `handle` with each line read from `read_fd` (without its newline) until EOF."""
     pending = b""
     with contextlib.closing(_FdCloser(read_fd)):
         while chunk := os.read(read_fd, _READ_CHUNK):
+            if activity is not None:
+                activity.bytes += len(chunk)
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
@@ -449,22 +502,54 @@ def _pump_lines(read_fd: int, handle: Callable[[bytes], None]) -> None:
             handle(pending)
 
 
-def _pump_events(read_fd: int, adaptor: Adaptor, state: ParseState, output_fd: int,
-                 events_fd: int) -> None:
+def _pump_events(read_fd: int, adaptor: Adaptor, state: ParseState, output: _Output,  # noqa: PLR0917
+                 events_fd: int, activity: _Activity) -> None:
     """stdout of a structured CLI: raw lines to events.jsonl, rendered text to the output."""
     def handle(line: bytes) -> None:
-        _append(events_fd, line + b"\n")
+        try:
+            _append(events_fd, line + b"\n")
+        except OSError:
+            pass                     # a full disk: the rendered text is what matters
         texts = _render(adaptor, line.rstrip(b"\r"), state)
         if texts:
-            _append(output_fd, "".join(texts).encode("utf-8", errors="replace"))
+            output.write("".join(texts).encode("utf-8", errors="replace"))
 
-    _pump_lines(read_fd, handle)
+    _pump_lines(read_fd, handle, activity)
 
 
-def _pump_stderr(read_fd: int, output_fd: int) -> None:
+def _pump_stderr(read_fd: int, output: _Output, adaptor: Adaptor, state: ParseState,
+                 activity: _Activity) -> None:
     """stderr of a structured CLI: copied to the output verbatim, whole lines at a time (so a
-    partial line never runs into a rendered event written by the stdout pump)."""
-    _pump_lines(read_fd, lambda line: _append(output_fd, line + b"\n"))
+    partial line never runs into a rendered event written by the stdout pump), each line
+    noted by the adaptor (the CLI's error messages)."""
+    def handle(line: bytes) -> None:
+        output.write(line + b"\n")
+        _note(adaptor, line, state)
+
+    _pump_lines(read_fd, handle, activity)
+
+
+def _pump_raw(read_fd: int, output: _Output, activity: _Activity) -> None:
+    """stdout and stderr of a plain CLI (one pipe, so their order is the agent's): copied
+    to the output as they come."""
+    with contextlib.closing(_FdCloser(read_fd)):
+        while chunk := os.read(read_fd, _READ_CHUNK):
+            activity.bytes += len(chunk)
+            output.write(chunk)
+
+
+def _scan_output(path: Path, start: int, adaptor: Adaptor, state: ParseState) -> None:
+    """A plain CLI's output, from byte `start` (where this run began), line by line to the
+    adaptor's note_line once the agent exited: its errors and usage lines are in there."""
+    if adaptor.note_line is None:
+        return
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            while line := f.readline(_SCAN_LINE):
+                _note(adaptor, line.rstrip(b"\n"), state)
+    except OSError as exc:
+        _say(path.parent.name, f"could not read the output back for the verdict: {exc}")
 
 
 class _FdCloser:
@@ -540,14 +625,40 @@ def _take_job_lock(files: JobPaths) -> int | str:
     return fd
 
 
-def _child_env(spec: JobSpec, run_as: RunAs | None) -> dict[str, str]:
+def _agent_uid(run_as: RunAs | None) -> int:
+    return run_as.uid if run_as is not None and run_as.switch else os.geteuid()
+
+
+def _child_env(spec: JobSpec, run_as: RunAs | None,
+               adaptor: Adaptor | None = None) -> dict[str, str]:
+    """The agent's environment: ours, the adaptor's defaults where unset, the agent's
+    `env`, then the BATCHD_* variables (see the module docstring)."""
     env = dict(os.environ)
     if run_as is not None and run_as.switch:
         env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+    if adaptor is not None:
+        uid = _agent_uid(run_as)
+        for key, value in adaptor.env(spec, uid).items():
+            if key not in env and key not in spec.env:
+                env[key] = value
+        env.update({k: v for k, v in adaptor.forced_env(spec, uid).items()
+                    if k not in spec.env})
     env.update(spec.env)
     env.update(BATCHD_JOB_ID=spec.id, BATCHD_JOB_DIR=spec.job_dir,
                BATCHD_WORKSPACE=spec.workspace)
     return env
+
+
+def _write_prompt(spec: JobSpec, files: JobPaths, run_as: RunAs | None) -> str | None:
+    """Write the prompt file (atomically, 0600, owned by the agent's account); None when
+    done, else why the agent cannot start."""
+    try:
+        write_bytes(files.prompt, spec.prompt.encode("utf-8"), mode=0o600)
+        if run_as is not None and run_as.switch:
+            os.chown(files.prompt, run_as.uid, run_as.gid)
+    except (OSError, UnicodeEncodeError) as exc:
+        return f"spawn_failed: cannot write the prompt file {files.prompt}: {exc}"
+    return None
 
 
 class _Stop:
@@ -571,6 +682,9 @@ class _Stop:
     def _note_timed_out(self) -> None:
         self.reason = self.reason or REASON_TIMED_OUT
 
+    def _note_idle(self) -> None:
+        self.reason = self.reason or REASON_IDLE
+
     def _term_group(self) -> None:
         self.grace_end = time.monotonic() + self.spec.kill_grace
         with contextlib.suppress(ProcessLookupError):
@@ -582,19 +696,47 @@ class _Stop:
     _ACTIONS: dict[Action, Callable[[_Stop], None]] = {
         Action.NOTE_TERMINATED: _note_terminated,
         Action.NOTE_TIMED_OUT: _note_timed_out,
+        Action.NOTE_IDLE: _note_idle,
         Action.TERM_GROUP: _term_group,
         Action.KILL_GROUP: _kill_group,
     }
 
 
+class _Idle:
+    """The idle timer: when the agent last wrote anything (any change of `activity()`)."""
+
+    def __init__(self, limit: float | None, activity: Callable[[], int]) -> None:
+        self.limit = limit
+        self._activity = activity
+        self._seen = activity()
+        self.last = time.monotonic()
+
+    def over(self, now: float) -> bool:
+        """Whether the agent has been silent for the limit (looking at its output now)."""
+        if self.limit is None:
+            return False
+        seen = self._activity()
+        if seen != self._seen:
+            self._seen, self.last = seen, now
+            return False
+        return now - self.last >= self.limit
+
+    def next_check(self, now: float) -> float | None:
+        """When to look again: a tenth of the limit from now, at the latest at the limit."""
+        if self.limit is None:
+            return None
+        return min(now + self.limit / _IDLE_CHECKS, self.last + self.limit)
+
+
 def _wait_agent(proc: subprocess.Popen[bytes], spec: JobSpec, signals: _Signals,
-                started_mono: float) -> str | None:
+                started_mono: float, activity: Callable[[], int]) -> str | None:
     """Wait for the agent to exit, applying the stop table; return the stop reason if any."""
     try:
         pidfd: int | None = os.pidfd_open(proc.pid)
     except (OSError, AttributeError):
         pidfd = None
     deadline = None if spec.timeout is None else started_mono + spec.timeout
+    idle = _Idle(spec.idle_timeout, activity)
     stop = _Stop(spec)
     try:
         while proc.poll() is None:
@@ -603,9 +745,15 @@ def _wait_agent(proc: subprocess.Popen[bytes], spec: JobSpec, signals: _Signals,
                 stop.feed(Event.TERM)
             if stop.phase is Phase.RUNNING and deadline is not None and now >= deadline:
                 stop.feed(Event.DEADLINE)
+            if stop.phase is Phase.RUNNING and idle.over(now):
+                _say(spec.id, f"no output for {idle.limit:g}s (idle_timeout): stopping the "
+                              "agent")
+                stop.feed(Event.IDLE)
             if stop.phase is Phase.STOPPING and time.monotonic() >= stop.grace_end:
                 stop.feed(Event.GRACE_OVER)
-            wake_at = [t for t in (deadline if stop.phase is Phase.RUNNING else None,
+            running = stop.phase is Phase.RUNNING
+            wake_at = [t for t in (deadline if running else None,
+                                   idle.next_check(now) if running else None,
                                    stop.grace_end if stop.phase is Phase.STOPPING else None)
                        if t is not None]
             timeout = max(0.0, min(wake_at) - time.monotonic()) if wake_at else None
@@ -621,55 +769,112 @@ def _wait_agent(proc: subprocess.Popen[bytes], spec: JobSpec, signals: _Signals,
     return stop.reason
 
 
-def _spawn(spec: JobSpec, adaptor: Adaptor, output_fd: int, binary: str,
-           run_as: RunAs | None) -> subprocess.Popen[bytes] | _Outcome:
+def _open_stdin(adaptor: Adaptor, files: JobPaths) -> int:
+    """The agent's stdin: the prompt file (a regular file: the CLI reads it whole, at once,
+    and sees its end) or /dev/null."""
+    path = files.prompt if adaptor.stdin == "prompt" else Path(os.devnull)
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _spawn(spec: JobSpec, adaptor: Adaptor, binary: str,
+           run_as: RunAs | None, files: JobPaths) -> subprocess.Popen[bytes] | _Outcome:
+    """The agent, its stdout and stderr piped to the adaptor (one pipe for both when the
+    CLI is plain: their order kept), so that the output cap and a full disk are the
+    adaptor's to handle, never the agent's."""
     argv = adaptor.build_argv(spec, binary)
     raw = adaptor.parse_line is None
     user_kw: dict[str, Any] = {}
     if run_as is not None and run_as.switch:
         user_kw = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
+    stdin_fd: int | None = None
     try:
+        stdin_fd = _open_stdin(adaptor, files)
         return subprocess.Popen(
-            argv, cwd=spec.workspace, env=_child_env(spec, run_as), stdin=subprocess.DEVNULL,
-            stdout=output_fd if raw else subprocess.PIPE,
-            stderr=output_fd if raw else subprocess.PIPE,
+            argv, cwd=spec.workspace, env=_child_env(spec, run_as, adaptor), stdin=stdin_fd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if raw else subprocess.PIPE,
             close_fds=True, **user_kw)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         as_user = f" (as user {run_as.name})" if user_kw and run_as is not None else ""
         return _Outcome(EXIT_SPAWN_FAILED, reason=f"spawn_failed: {argv[0]}{as_user}: {exc}")
+    finally:
+        if stdin_fd is not None:
+            os.close(stdin_fd)
 
 
-def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: int,
-               beat: _Heartbeat, signals: _Signals,
-               started_mono: float) -> tuple[_Outcome, str | None]:
-    """Spawn the agent, pump its output, stop it on signal/timeout, clean its group."""
-    if signals.pending():
-        return _Outcome(None, reason=REASON_TERMINATED), None
+def _resumed_totals(spec: JobSpec) -> Mapping[str, Any] | None:
+    """The usage_totals of the job whose session this one resumes (its result.json, read
+    as a reader); None when there is none or it is gone."""
+    if spec.resume_of is None:
+        return None
+    path = JobPaths(Path(spec.job_dir).parent / spec.resume_of).result
+    record = read_record(RESULT, path, owner=False)
+    if not isinstance(record, dict):
+        return None
+    totals = record.get("usage_totals")
+    return totals if isinstance(totals, dict) else None
+
+
+def _report(adaptor: Adaptor, state: ParseState, spec: JobSpec,
+            exit_code: int | None) -> Report:
+    """The adaptor's report, or an empty one if the parser chokes on what it noted."""
+    try:
+        return adaptor.report(state, spec, exit_code, _resumed_totals(spec))
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        _say(spec.id, f"the agent's report could not be read ({type(exc).__name__}: {exc})")
+        return Report(session_id=state.session_id)
+
+
+def _prepare(spec: JobSpec, adaptor: Adaptor,
+             files: JobPaths) -> tuple[RunAs | None, str] | _Outcome:
+    """Everything before the spawn: the workspace, the account, the binary, the prompt
+    file; (the account, the binary) or the outcome of a job that cannot start."""
     if not os.path.isdir(spec.workspace):
         return _Outcome(EXIT_SPAWN_FAILED,
-                        reason=f"spawn_failed: workspace {spec.workspace} is not a folder"), None
+                        reason=f"spawn_failed: workspace {spec.workspace} is not a folder")
+    refused = adaptor.refuse(spec)
+    if refused is not None:
+        return _Outcome(EXIT_BAD_SPEC, reason=f"bad_spec: {refused}")
     run_as: RunAs | None = None
     if spec.user is not None:
         resolved = resolve_user(spec.user, euid=os.geteuid())
         if isinstance(resolved, str):
-            return _Outcome(EXIT_SPAWN_FAILED, reason=resolved), None
+            return _Outcome(EXIT_SPAWN_FAILED, reason=resolved)
         run_as = resolved
         if run_as.switch:
             failed = _hand_over_workspace(spec.workspace, run_as)
             if failed is not None:
-                return _Outcome(EXIT_SPAWN_FAILED, reason=failed), None
-    command = spec.command or adaptor.default_binary
-    binary = resolve_binary(command, path=_child_env(spec, run_as).get("PATH"),
-                            cwd=spec.workspace)
+                return _Outcome(EXIT_SPAWN_FAILED, reason=failed)
+    command, binary = _find_binary(spec, adaptor, _child_env(spec, run_as).get("PATH"))
     if binary is None:
-        return _Outcome(EXIT_NOT_FOUND, reason=f"agent_not_found: {command}"), None
+        return _Outcome(EXIT_NOT_FOUND, reason=f"agent_not_found: {command}")
+    if adaptor.prompt_file:
+        failed = _write_prompt(spec, files, run_as)
+        if failed is not None:
+            return _Outcome(EXIT_SPAWN_FAILED, reason=failed)
+    return run_as, binary
 
-    proc = _spawn(spec, adaptor, output_fd, binary, run_as)
+
+def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: int,
+               beat: _Heartbeat, signals: _Signals,
+               started_mono: float) -> tuple[_Outcome, Report]:
+    """Spawn the agent, pump its output, stop it on signal/timeout/idleness, clean its
+    group; then the agent's own report of the run."""
+    if signals.pending():
+        return _Outcome(None, reason=REASON_TERMINATED), Report()
+    prepared = _prepare(spec, adaptor, files)
+    if isinstance(prepared, _Outcome):
+        return prepared, Report()
+    run_as, binary = prepared
+    start_offset = os.fstat(output_fd).st_size
+    proc = _spawn(spec, adaptor, binary, run_as, files)
     if isinstance(proc, _Outcome):
-        return proc, None
+        return proc, Report()
+    output = _Output(output_fd, spec.output_max_bytes)
     beat.set_agent(proc.pid, start_time(proc.pid))
     _say(spec.id, f"agent pid {proc.pid}: {binary}")
     state = ParseState()
+    activity = _Activity()
     pumps: list[threading.Thread] = []
     if proc.stdout is not None and proc.stderr is not None:
         events_fd = _open_append(files.events)
@@ -679,14 +884,19 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
         proc.stderr.close()
         pumps = [
             threading.Thread(target=_pump_events, name="stdout", daemon=True,
-                             args=(out_fd, adaptor, state, output_fd, events_fd)),
+                             args=(out_fd, adaptor, state, output, events_fd, activity)),
             threading.Thread(target=_pump_stderr, name="stderr", daemon=True,
-                             args=(err_fd, output_fd)),
+                             args=(err_fd, output, adaptor, state, activity)),
         ]
-        for pump in pumps:
-            pump.start()
+    elif proc.stdout is not None:
+        out_fd = os.dup(proc.stdout.fileno())
+        proc.stdout.close()
+        pumps = [threading.Thread(target=_pump_raw, name="output", daemon=True,
+                                  args=(out_fd, output, activity))]
+    for pump in pumps:
+        pump.start()
     beat.beat()
-    reason = _wait_agent(proc, spec, signals, started_mono)
+    reason = _wait_agent(proc, spec, signals, started_mono, lambda: activity.bytes)
     left = _kill_rest_of_job(os.getpgrp(), os.getpid(), spec.job_dir)
     if left:
         _say(spec.id, f"processes of the group would not die: {left}")
@@ -695,22 +905,31 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
         pump.join(max(0.0, drain_end - time.monotonic()))
         if pump.is_alive():
             _say(spec.id, f"{pump.name} still open after the group died (an escaped writer)")
+    if adaptor.parse_line is None:
+        _scan_output(files.output, start_offset, adaptor, state)
+    if output.dropped:
+        _say(spec.id, f"output cut at {output.cap} bytes: {output.dropped} bytes not kept")
+    if output.lost:
+        _say(spec.id, f"{output.lost} bytes of output lost at the end: {output.lost_why}")
     rc = proc.returncode
     outcome = _Outcome(rc if rc >= 0 else None, -rc if rc < 0 else None, reason, proc.pid)
-    return outcome, adaptor.session_id(state)
+    return outcome, _report(adaptor, state, spec, outcome.exit_code)
 
 
 def _write_result(files: JobPaths, record: dict[str, Any]) -> None:
     """result.json, tried again until it is written: a finished job whose result cannot be
     written yet (a full disk) waits for space with its lock held, instead of leaving no
-    result behind (which would make it `lost`)."""
-    delay = _RESULT_RETRY_S
+    result behind (which would make it `lost`); the scheduler keeps it running meanwhile.
+    Tried again after 50 ms, doubling to 1 s; said once a minute while it fails."""
+    delay, said = _RESULT_RETRY_S, -math.inf
     while True:
         try:
             write_record(RESULT, files.result, record)
             return
         except OSError as exc:
-            _say(files.id, f"result not written, trying again in {delay:g}s: {exc}")
+            if time.monotonic() - said >= 60.0:
+                said = time.monotonic()
+                _say(files.id, f"result not written, trying again: {exc}")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 
@@ -735,7 +954,7 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
     beat = _Heartbeat(files, me, start_time(me), [output_fd])
     beat.beat()
     terminal = _Terminal(files.output) if sys.stdout.isatty() else None
-    session: str | None = None
+    report = Report()
     spec: JobSpec | None = None
     try:
         record = read_record(JOB_SPEC, files.spec, owner=False)
@@ -751,8 +970,10 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
         outcome = _Outcome(EXIT_BAD_SPEC, reason=f"bad_spec: {exc}")
     else:
         beat.start(spec.heartbeat_interval)
-        outcome, session = _run_agent(spec, adaptor, files=files, output_fd=output_fd,
-                                      beat=beat, signals=signals, started_mono=started_mono)
+        outcome, report = _run_agent(spec, adaptor, files=files, output_fd=output_fd,
+                                     beat=beat, signals=signals, started_mono=started_mono)
+    if outcome.reason is None and report.error is not None:
+        outcome.reason = f"agent error: {report.error}"
     beat.stop()
     if terminal is not None:
         terminal.close()
@@ -765,12 +986,15 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
         "duration_s": round(time.monotonic() - started_mono, 3),
         "started_at": iso_now(started),
         "finished_at": iso_now(finished),
-        "session_id": session,
+        "session_id": report.session_id,
         "reason": outcome.reason,
-        "timed_out": outcome.reason == REASON_TIMED_OUT,
+        "timed_out": outcome.reason in (REASON_TIMED_OUT, REASON_IDLE),
         "pid": me,
         "agent_pid": outcome.agent_pid,
         "output_bytes": beat.output_bytes(),
+        "agent_error": report.error,
+        "usage": report.usage,
+        "usage_totals": report.totals,
     })
     if spec is not None:
         _hint_exited(spec)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = ["JobSpec", "SpecError", "parse_spec"]
+
+
+#: A job id (CONTRACT.md; state.jobs.JOB_ID_RE, not imported: the adaptor starts light).
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class SpecError(ValueError):
@@ -35,6 +40,9 @@ class JobSpec:
     user: str | None
     resume_session: str | None
     state_dir: str | None = None      # where the scheduler's inbox is (the exited hint)
+    idle_timeout: float | None = None  # no output for this long: stopped, reason "idle"
+    resume_of: str | None = None      # the job whose session this one continues
+    output_max_bytes: int = 1 << 30   # the output file is cut here (head kept, marked once)
 
 
 def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
@@ -82,6 +90,9 @@ def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
     if command == "":
         raise SpecError("command: empty string (use null for the adaptor's default binary)")
     adaptor = _req_str(obj, "adaptor")
+    resume_of = _opt_str(obj, "resume_of")
+    if resume_of is not None and _JOB_ID.fullmatch(resume_of) is None:
+        raise SpecError(f"resume_of: not a job id: {resume_of!r}")
     return JobSpec(
         id=job_id,
         agent=_opt_str(obj, "agent") or adaptor,
@@ -99,4 +110,8 @@ def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
         user=_opt_str(obj, "user"),
         resume_session=_opt_str(obj, "resume_session"),
         state_dir=_opt_str(obj, "state_dir"),
+        idle_timeout=_number(obj, "idle_timeout", None, positive=True),
+        resume_of=resume_of,
+        output_max_bytes=int(_number(obj, "output_max_bytes", 1 << 30, positive=True)
+                             or (1 << 30)),
     )

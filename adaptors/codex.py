@@ -1,50 +1,38 @@
 """The `codex` adaptor: OpenAI Codex CLI `codex exec` with its JSONL event stream.
 
-argv: `codex exec --json --skip-git-repo-check --sandbox workspace-write [--model M] [args...]
-[resume SESSION] -- PROMPT`.
-
-References:
-- "Non-interactive mode" (https://developers.openai.com/codex/noninteractive): `codex exec`
-  runs one task and exits; read-only sandbox by default, `--sandbox workspace-write` to let it
-  edit (`--full-auto` is kept only as a deprecated alias); `codex exec resume <SESSION_ID>`.
-- openai/codex `codex-rs/exec/src/cli.rs`: `--json` "Print events to stdout as JSONL" (alias
-  `--experimental-json`), `--skip-git-repo-check` (workspaces need not be git repos), `--model`
-  and `--json` are global (valid after `resume`), `--sandbox` is not (so it comes before
-  `resume`); `resume [SESSION_ID] [PROMPT]`; clap, so `--` ends the options.
-- openai/codex docs/exec.md "JSON output" event types:
-    {"type":"thread.started","thread_id":"67e55044-..."}   (the id `resume` takes)
-    {"type":"turn.started"}
-    {"type":"item.started"|"item.updated"|"item.completed","item":{"id":..,"type":..}}
-      item types: agent_message {text}, reasoning {text}, command_execution {command,
-      aggregated_output, exit_code, status}, file_change {changes:[{path,kind}]},
-      mcp_tool_call {server, tool, arguments}, web_search {query}, todo_list, error {message}
-    {"type":"turn.completed","usage":{"input_tokens":..,"cached_input_tokens":..,
-      "output_tokens":..}} / {"type":"turn.failed","error":{"message":..}}
-    {"type":"error","message":..}
-Older builds spelled the item kind `item_type` (and `assistant_message`); both are read.
-The session id is `thread.started`'s `thread_id`.
+The long form (verified version, argv, exit codes, defaults) is in docs/AGENTS.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from adaptors._render import ParseState, block, event_of, plain, sub, tool_call
+from adaptors._report import ANSI, Report, first_line, since, usage
 from adaptors._runtime import Adaptor
 from adaptors._spec import JobSpec
 
-__all__ = ["ADAPTOR", "build_argv", "parse_line"]
+__all__ = ["ADAPTOR", "build_argv", "note_line", "parse_line", "report"]
+
+#: The version this adaptor was verified against (README, tests/agents).
+VERIFIED = "0.171.0"
+
+#: Options that keep codex quiet and its retries bounded (see the module docstring).
+QUIET = ("-c", "check_for_update_on_startup=false", "-c", "analytics.enabled=false",
+         "--disable", "unbounded_connection_retries")
 
 
 def build_argv(spec: JobSpec, binary: str) -> list[str]:
-    """The codex command line for `spec`."""
-    argv = [binary, "exec", "--json", "--skip-git-repo-check", "--sandbox", "workspace-write"]
+    """The codex command line for `spec` (the prompt comes on stdin)."""
+    argv = [binary, "exec", "--json", "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox", *QUIET]
     if spec.model:
         argv += ["--model", spec.model]
     argv += spec.args
     if spec.resume_session:
         argv += ["resume", spec.resume_session]
-    return [*argv, "--", spec.prompt]
+    return [*argv, "-"]
 
 
 def _tool_line(kind: str, item: dict[str, Any]) -> str | None:
@@ -76,7 +64,7 @@ def _completed(kind: str, item: dict[str, Any], started: bool) -> list[str]:
                    for c in item.get("changes") or [] if isinstance(c, dict)]
         out.append(f"[edit] {', '.join(changes)}\n")
     elif kind == "error":
-        out.append(f"[error] {item.get('message', '')}\n")
+        out.append(f"[warning] {item.get('message', '')}\n")
     return out
 
 
@@ -96,7 +84,7 @@ def _item(event_type: str, item: dict[str, Any], state: ParseState) -> list[str]
 
 
 def parse_line(line: bytes, state: ParseState) -> list[str]:
-    """Render one `codex exec --json` line; note the thread (session) id."""
+    """Render one `codex exec --json` line; note the thread id, usage and errors."""
     event = event_of(line)
     if event is None:
         return plain(line)
@@ -107,15 +95,48 @@ def parse_line(line: bytes, state: ParseState) -> list[str]:
     if kind.startswith("item."):
         return _item(kind, sub(event, "item"), state)
     if kind == "turn.completed":
-        usage = sub(event, "usage")
-        return [f"[turn completed] {usage.get('input_tokens', '?')} tokens in, "
-                f"{usage.get('output_tokens', '?')} out\n"]
+        counts = sub(event, "usage")
+        state.data["usage"] = counts
+        state.data["turns"] = int(state.data.get("turns", 0)) + 1
+        return [f"[turn completed] {counts.get('input_tokens', '?')} tokens in, "
+                f"{counts.get('output_tokens', '?')} out\n"]
     if kind == "turn.failed":
-        return [f"[error] turn failed: {sub(event, 'error').get('message', '')}\n"]
+        message = str(sub(event, "error").get("message", ""))
+        state.data["failed"] = message or "turn failed"
+        return [f"[error] turn failed: {message}\n"]
     if kind == "error":
+        state.data["last_error"] = str(event.get("message", ""))
         return [f"[error] {event.get('message', '')}\n"]
     return []
 
 
-ADAPTOR = Adaptor(name="codex", default_binary="codex", build_argv=build_argv,
-                  parse_line=parse_line)
+def note_line(line: bytes, state: ParseState) -> None:
+    """A stderr line: codex's `Error: ...` messages (and its no-prompt message) are kept."""
+    text = ANSI.sub("", line.decode("utf-8", errors="replace")).strip()
+    if text.lower().startswith("error") or text.startswith("No prompt provided"):
+        state.data.setdefault("stderr_error", text)
+
+
+def report(state: ParseState, spec: JobSpec, exit_code: int | None,
+           base: Mapping[str, Any] | None) -> Report:
+    """The run's verdict, usage (this run's share of the thread's) and thread id."""
+    error: str | None = None
+    if isinstance(state.data.get("failed"), str):
+        error = first_line(state.data["failed"])
+    elif "usage" not in state.data and state.data.get("last_error"):
+        error = first_line(state.data["last_error"])
+    elif exit_code not in (0, None) and isinstance(state.data.get("stderr_error"), str):
+        error = first_line(state.data["stderr_error"])
+    run_usage = totals = None
+    counts = state.data.get("usage")
+    if isinstance(counts, dict):
+        resumed = spec.resume_of is not None
+        totals = {k: counts.get(k) for k in ("input_tokens", "output_tokens")}
+        run_usage = usage(since(counts.get("input_tokens"), base, "input_tokens", resumed),
+                          since(counts.get("output_tokens"), base, "output_tokens", resumed),
+                          None, state.data.get("turns"))
+    return Report(error=error, usage=run_usage, totals=totals, session_id=state.session_id)
+
+
+ADAPTOR = Adaptor(name="codex", build_argv=build_argv, parse_line=parse_line,
+                  note_line=note_line, report=report)

@@ -1,48 +1,56 @@
 """The `gemini` adaptor: Gemini CLI headless mode with the stream-json event stream.
 
-argv: `gemini --prompt=PROMPT --output-format stream-json --yolo [--model M]
-[--resume SESSION] [args...]`.
-
-References:
-- Gemini CLI "Headless mode reference" (https://geminicli.com/docs/cli/headless/, the repo's
-  docs/cli/headless.md): headless mode is triggered by `-p/--prompt`; `--output-format
-  text|json|stream-json`; stream-json is JSONL with event types `init` (session id, model),
-  `message` (user/assistant chunks), `tool_use`, `tool_result`, `error` (non-fatal warnings),
-  `result` (final outcome and stats); exit codes 0, 1, 42 (input error), 53 (turn limit).
-- Gemini CLI flags (docs/cli reference): `-m/--model`, `-y/--yolo` (auto-approve every tool
-  call: nobody answers a prompt in a batch job), `-r/--resume <id|latest>`.
-- Field names as emitted (google-gemini/gemini-cli stream-json events, e.g. the TypeScript event
-  types used by cyrus and cli-agent-mcp parsers):
-    {"type":"init","timestamp":..,"session_id":..,"model":..}
-    {"type":"message","role":"assistant","content":"..","delta":true}
-    {"type":"tool_use","tool_name":"run_shell_command","tool_id":..,"parameters":{..}}
-    {"type":"tool_result","tool_id":..,"status":"success"|"error","output":"..","error":{..}}
-    {"type":"error","severity":"warning","message":".."}
-    {"type":"result","status":"success","stats":{"total_tokens":..,"duration_ms":..}}
-The prompt is passed as `--prompt=PROMPT` so one starting with "-" stays the flag's value.
-Assistant deltas are appended as they come (no newline per chunk); the next non-text event
-starts on a new line. The session id is init's `session_id`.
+The long form (verified version, argv, exit codes, defaults) is in docs/AGENTS.md.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from adaptors._render import ParseState, block, event_of, plain, sub, tool_call
+from adaptors._report import ANSI, Report, first_line, usage
 from adaptors._runtime import Adaptor
 from adaptors._spec import JobSpec
 
-__all__ = ["ADAPTOR", "build_argv", "parse_line"]
+__all__ = ["ADAPTOR", "build_argv", "note_line", "parse_line", "report"]
+
+#: The version this adaptor was verified against (README, tests/agents).
+VERIFIED = "0.61.0"
+
+#: stderr lines gemini prints on every run, which never name an error.
+_NOISE = re.compile(r"^(Warning: 256-color|YOLO mode is enabled|Ripgrep is not available|"
+                    r"Approval mode overridden|\[STARTUP\]|Loaded cached credentials|"
+                    r"at |Error when talking to Gemini API|Full report available)")
+_API_ERROR = re.compile(r"^\[API Error: (.*)\]$", re.DOTALL)
 
 
 def build_argv(spec: JobSpec, binary: str) -> list[str]:
-    """The gemini command line for `spec`."""
-    argv = [binary, f"--prompt={spec.prompt}", "--output-format", "stream-json", "--yolo"]
+    """The gemini command line for `spec` (the prompt comes on stdin)."""
+    argv = [binary, "--output-format", "stream-json", "--yolo", "--skip-trust"]
     if spec.model:
         argv += ["--model", spec.model]
     if spec.resume_session:
         argv += ["--resume", spec.resume_session]
     return argv + list(spec.args)
+
+
+def _error_text(error: Mapping[str, Any]) -> str:
+    """A result error's message; an API error's JSON body reduced to its code and message."""
+    message = str(error.get("message") or error.get("type") or "error")
+    match = _API_ERROR.match(message.strip())
+    if match:
+        try:
+            body = json.loads(match.group(1))
+        except ValueError:
+            body = None
+        inner = sub(body, "error") if isinstance(body, dict) else {}
+        if inner.get("message"):
+            code = f" {inner['code']}" if inner.get("code") else ""
+            return f"API error{code}: {inner['message']}"
+    return message
 
 
 def _stats(event: dict[str, Any]) -> str:
@@ -72,16 +80,17 @@ def _render(event: dict[str, Any], state: ParseState) -> list[str]:
     if kind == "error":
         return [f"[{event.get('severity') or 'error'}] {event.get('message', '')}\n"]
     if kind == "result":
+        state.data["result"] = event
         out = [_stats(event)]
         err = sub(event, "error")
-        if err.get("message"):
-            out.append(f"[error] {err['message']}\n")
+        if err:
+            out.append(f"[error] {_error_text(err)}\n")
         return out
     return []
 
 
 def parse_line(line: bytes, state: ParseState) -> list[str]:
-    """Render one stream-json line; note the session id."""
+    """Render one stream-json line; note the session id and the result."""
     event = event_of(line)
     if event is None:
         texts = plain(line)
@@ -95,7 +104,7 @@ def parse_line(line: bytes, state: ParseState) -> list[str]:
             state.data["open_text"] = not text.endswith("\n")
         return [text] if text else []
     else:
-        if isinstance(event.get("session_id"), str):
+        if event.get("type") == "init" and isinstance(event.get("session_id"), str):
             state.session_id = event["session_id"]
         texts = _render(event, state)
     if texts and state.data.pop("open_text", False):
@@ -103,5 +112,30 @@ def parse_line(line: bytes, state: ParseState) -> list[str]:
     return texts
 
 
-ADAPTOR = Adaptor(name="gemini", default_binary="gemini", build_argv=build_argv,
-                  parse_line=parse_line)
+def note_line(line: bytes, state: ParseState) -> None:
+    """A stderr line: gemini's own messages (not its every-run warnings) are kept."""
+    text = ANSI.sub("", line.decode("utf-8", errors="replace")).strip()
+    notes: list[str] = state.data.setdefault("stderr", [])
+    if text and not _NOISE.match(text) and len(notes) < 20:
+        notes.append(text)
+
+
+def report(state: ParseState, spec: JobSpec, exit_code: int | None,
+           base: Mapping[str, Any] | None) -> Report:
+    """The run's verdict, usage and session (module docstring)."""
+    result = state.data.get("result")
+    error: str | None = None
+    run_usage = None
+    if isinstance(result, dict):
+        if result.get("status") != "success":
+            error = first_line(_error_text(sub(result, "error")))
+        stats = sub(result, "stats")
+        run_usage = usage(stats.get("input_tokens"), stats.get("output_tokens"))
+    elif exit_code not in (0, None):
+        notes = state.data.get("stderr") or []
+        error = first_line(notes[0]) if notes else None
+    return Report(error=error, usage=run_usage, session_id=state.session_id)
+
+
+ADAPTOR = Adaptor(name="gemini", build_argv=build_argv, parse_line=parse_line,
+                  note_line=note_line, report=report)

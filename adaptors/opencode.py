@@ -1,48 +1,38 @@
 """The `opencode` adaptor: `opencode run` with its JSON event stream.
 
-argv: `opencode run --format json --auto [--model PROVIDER/MODEL] [--session SESSION]
-[args...] -- PROMPT`.
-
-References:
-- opencode CLI docs (https://opencode.ai/docs/cli, "run"): `opencode run [message..]` runs one
-  prompt non-interactively; `--format json` emits one JSON object per line for scripts;
-  `-m/--model provider/model`; `-s/--session <id>` continues that session (`-c/--continue`
-  the last one).
-- opencode permissions docs (https://opencode.ai/docs/permissions, "Auto mode"):
-  `opencode run --auto` approves every permission request not explicitly denied (a batch job
-  has nobody to answer an "ask").
-- The `run --format json` events (takopi's opencode runner docs/runner/opencode and its
-  event cheatsheet):
-    {"type":"step_start","timestamp":..,"sessionID":"ses_..","part":{..}}
-    {"type":"text","sessionID":..,"part":{"type":"text","text":".."}}
-    {"type":"tool_use","sessionID":..,"part":{"tool":"bash","callID":..,
-      "state":{"status":"completed"|"error"|..,"input":{..},"output":"..","title":".."}}}
-    {"type":"step_finish","sessionID":..,"part":{"reason":"stop"|"tool-calls",
-      "tokens":{..},"cost":..}}
-    {"type":"error","sessionID":..,"error":{"name":..,"data":{"message":..}}}
-yargs takes what follows `--` as positionals, so a prompt starting with "-" stays the message.
-The session id is the top-level `sessionID` (ses_...).
+The long form (verified version, argv, exit codes, defaults) is in docs/AGENTS.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from adaptors._render import ParseState, block, event_of, plain, sub, tool_call
+from adaptors._report import ANSI, Report, first_line, number, usage
 from adaptors._runtime import Adaptor
 from adaptors._spec import JobSpec
 
-__all__ = ["ADAPTOR", "build_argv", "parse_line"]
+__all__ = ["ADAPTOR", "build_argv", "env", "note_line", "parse_line", "report"]
+
+#: The version this adaptor was verified against (README, tests/agents).
+VERIFIED = "1.18.33"
 
 
 def build_argv(spec: JobSpec, binary: str) -> list[str]:
-    """The opencode command line for `spec`."""
+    """The opencode command line for `spec` (the prompt comes on stdin, never argv)."""
     argv = [binary, "run", "--format", "json", "--auto"]
     if spec.model:
         argv += ["--model", spec.model]
     if spec.resume_session:
         argv += ["--session", spec.resume_session]
-    return [*argv, *spec.args, "--", spec.prompt]
+    return [*argv, *spec.args]
+
+
+def env(spec: JobSpec, uid: int) -> dict[str, str]:
+    """No update checks, no sharing, no language-server downloads."""
+    return {"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
+            "OPENCODE_DISABLE_LSP_DOWNLOAD": "1"}
 
 
 def _tool(part: dict[str, Any]) -> list[str]:
@@ -56,15 +46,36 @@ def _tool(part: dict[str, Any]) -> list[str]:
     return out
 
 
-def _error(event: dict[str, Any]) -> str:
+def _error_message(event: dict[str, Any]) -> str:
     err = sub(event, "error")
     message = sub(err, "data").get("message") or err.get("message") or event.get("message")
     name = err.get("name")
-    return f"[error] {name + ': ' if name else ''}{message or ''}\n"
+    return str(message or name or "error")
+
+
+def _step(part: dict[str, Any], state: ParseState) -> list[str]:
+    tokens = sub(part, "tokens")
+    cache = sub(tokens, "cache")
+    sums: dict[str, float] = state.data.setdefault(
+        "sums", {"input": 0, "output": 0, "cost": 0.0, "steps": 0, "priced": 0})
+    sums["input"] += sum(number(v) or 0 for v in (tokens.get("input"), cache.get("read"),
+                                                  cache.get("write")))
+    sums["output"] += sum(number(v) or 0 for v in (tokens.get("output"),
+                                                   tokens.get("reasoning")))
+    cost = number(part.get("cost"))
+    if cost is not None:
+        sums["cost"] += cost
+        sums["priced"] += 1
+    sums["steps"] += 1
+    if part.get("reason") != "stop":
+        return []
+    cost_note = f", ${cost:.4f}" if cost is not None else ""
+    return [f"[result] done, {tokens.get('input', '?')} tokens in, "
+            f"{tokens.get('output', '?')} out{cost_note}\n"]
 
 
 def parse_line(line: bytes, state: ParseState) -> list[str]:
-    """Render one `opencode run --format json` line; note the session id."""
+    """Render one `opencode run --format json` line; note the session, usage, errors."""
     event = event_of(line)
     if event is None:
         return plain(line)
@@ -77,16 +88,38 @@ def parse_line(line: bytes, state: ParseState) -> list[str]:
         return [text if text.endswith("\n") else text + "\n"] if text.strip() else []
     if kind == "tool_use":
         return _tool(part)
-    if kind == "step_finish" and part.get("reason") == "stop":
-        tokens = sub(part, "tokens")
-        cost = part.get("cost")
-        cost_note = f", ${cost:.4f}" if isinstance(cost, (int, float)) else ""
-        return [f"[result] done, {tokens.get('input', '?')} tokens in, "
-                f"{tokens.get('output', '?')} out{cost_note}\n"]
+    if kind == "step_finish":
+        return _step(part, state)
     if kind == "error":
-        return [_error(event)]
+        message = _error_message(event)
+        state.data.setdefault("error", message)
+        name = sub(event, "error").get("name")
+        return [f"[error] {name + ': ' if name else ''}{message}\n"]
     return []
 
 
-ADAPTOR = Adaptor(name="opencode", default_binary="opencode", build_argv=build_argv,
-                  parse_line=parse_line)
+def note_line(line: bytes, state: ParseState) -> None:
+    """A stderr line: opencode's `Error: ...` messages are kept."""
+    text = ANSI.sub("", line.decode("utf-8", errors="replace")).strip()
+    if text.startswith("Error"):
+        state.data.setdefault("stderr_error", text)
+
+
+def report(state: ParseState, spec: JobSpec, exit_code: int | None,
+           base: Mapping[str, Any] | None) -> Report:
+    """The run's verdict, usage summed over its steps, and session (module docstring)."""
+    error: str | None = None
+    if isinstance(state.data.get("error"), str):
+        error = first_line(state.data["error"])
+    elif exit_code not in (0, None) and isinstance(state.data.get("stderr_error"), str):
+        error = first_line(state.data["stderr_error"])
+    sums = state.data.get("sums")
+    run_usage = None
+    if isinstance(sums, dict):
+        run_usage = usage(sums["input"], sums["output"],
+                          sums["cost"] if sums["priced"] else None, sums["steps"])
+    return Report(error=error, usage=run_usage, session_id=state.session_id)
+
+
+ADAPTOR = Adaptor(name="opencode", build_argv=build_argv, parse_line=parse_line,
+                  note_line=note_line, report=report, env=env)

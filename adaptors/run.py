@@ -8,6 +8,7 @@ job has a result already, or another adaptor runs it); 126/127 the agent could n
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,4 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The job ends when this process does (the scheduler records no terminal state while
+    # a process of the job remains, and its webhook waits for that): by now the result is
+    # durable, the agent gone and every file closed, so skip the interpreter's teardown
+    # (about 15 ms of module finalization) and exit at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

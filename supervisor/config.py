@@ -35,16 +35,20 @@ if TYPE_CHECKING:                  # PyYAML is imported by the parser alone (see
 
 __all__ = [
     "ADAPTORS",
+    "ADAPTOR_COMMANDS",
+    "DIRECTORY_SESSIONS",
     "DURATION_HELP",
     "LAUNCHERS",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "NAME_PATTERN",
+    "OPTIONAL_WORKERS",
     "SIZE_HELP",
     "SYSTEM_CONFIG",
     "WORKER_NAMES",
     "WORKER_SECTIONS",
     "AgentConfig",
+    "ApiConfig",
     "CallbacksConfig",
     "Config",
     "ConfigError",
@@ -52,6 +56,7 @@ __all__ = [
     "FreeSpace",
     "JobsConfig",
     "LogConfig",
+    "MetricsConfig",
     "ReaperConfig",
     "RepoConfig",
     "RetentionConfig",
@@ -62,9 +67,11 @@ __all__ = [
     "check_repo_url",
     "default_config",
     "default_state_dir",
+    "enabled_workers",
     "load",
     "parse",
     "parse_duration",
+    "parse_listen",
     "parse_size",
     "resolve_path",
     "size_text",
@@ -72,6 +79,19 @@ __all__ = [
 ]
 
 ADAPTORS = ("claude", "gemini", "codex", "aider", "opencode", "q", "command")
+
+#: The binaries an agent without `command` runs, per adaptor, tried in order on the agent's
+#: PATH (the `q` adaptor takes `kiro-cli`, Amazon Q Developer CLI's successor, when there
+#: is no `q`). Shared by the adaptors, `batchctl agents` and `batchd --check`.
+ADAPTOR_COMMANDS: dict[str, tuple[str, ...]] = {
+    "claude": ("claude",), "gemini": ("gemini",), "codex": ("codex",), "aider": ("aider",),
+    "opencode": ("opencode",), "q": ("q", "kiro-cli"), "command": ("/bin/sh",),
+}
+
+#: Adaptors whose CLI keeps its session in the workspace and resumes "the conversation of
+#: this folder" (aider's chat history file, q/kiro-cli's per-directory conversation): a job
+#: of theirs can be resumed (`submit --resume`) without a session id.
+DIRECTORY_SESSIONS: frozenset[str] = frozenset({"aider", "q"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
 LAUNCHERS = ("auto", "direct", "systemd")
@@ -85,8 +105,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DURATION_HELP = "seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s"
 
 #: The workers batchd forks, in startup order (DESIGN.md: scheduler -> locks -> reaper,
-#: callbacks); `workers:` takes one section per name.
-WORKER_NAMES: tuple[str, ...] = ("scheduler", "locks", "reaper", "callbacks")
+#: callbacks -> api); `workers:` takes one section per name.
+WORKER_NAMES: tuple[str, ...] = ("scheduler", "locks", "reaper", "callbacks", "api")
+#: Workers that run only when configured (see enabled_workers).
+OPTIONAL_WORKERS: frozenset[str] = frozenset({"api"})
 
 
 class ConfigError(Exception):
@@ -140,7 +162,11 @@ class AgentConfig:
     timeout: float | None = None         # None: scheduler.job_timeout
     user: str | None = None
     model: str | None = None
+    idle_timeout: float | None = None    # no output for this long: timed_out, reason idle
     max_concurrent: int | None = None    # jobs of this agent running at once; None: no cap
+    #: True when the configuration file names this agent (not only the built-in default);
+    #: `batchd --check` warns about those whose binary is missing. Not part of equality.
+    configured: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -155,6 +181,8 @@ class CallbacksConfig:
     retry_schedule: tuple[float, ...] = (30.0, 120.0, 600.0)
     timeout: float = 30.0
     secret: str | None = None
+    concurrency: int = 16                # deliveries in flight at once (at most 4 per host)
+    batch_settle: float = 2.0            # a batch's event waits this long after its last job
 
 
 @dataclass(frozen=True)
@@ -163,6 +191,15 @@ class ReaperConfig:
     grace: float = 600.0
 
 
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str | None = None            # "127.0.0.1:8765", "[::1]:8765", "unix:/path"; None: off
+    tokens_file: Path | None = None      # None: <state_dir>/api/tokens
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: Path | None = None         # Prometheus text format, rewritten atomically
 _GIB = 1 << 30
 
 
@@ -223,11 +260,20 @@ class Config:
     repositories: dict[str, RepoConfig] = field(default_factory=dict)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     reaper: ReaperConfig = field(default_factory=ReaperConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     disk: DiskConfig = field(default_factory=DiskConfig)
     launcher: str = "auto"               # auto | direct | systemd
     source: str = "<built-in>"           # the file this came from
+
+
+def enabled_workers(cfg: Config) -> tuple[str, ...]:
+    """The workers this configuration runs, in startup order: every worker but an optional
+    one that is not configured (the api runs only when `api.listen` is set)."""
+    return tuple(n for n in WORKER_NAMES if n not in OPTIONAL_WORKERS
+                 or (n == "api" and cfg.api.listen is not None))
 
 
 # --------------------------------------------------------------------------- lookup
@@ -413,8 +459,10 @@ WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
                   "launcher", "jobs", "disk"),
     "locks": ("state_dir", "log", "repositories"),
     "reaper": ("state_dir", "workspace_dir", "log", "reaper", "retention", "scheduler",
-               "repositories"),
+               "repositories", "metrics"),
     "callbacks": ("state_dir", "log", "callbacks"),
+    "api": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
+            "workers", "api", "metrics", "disk"),
 }
 
 
@@ -766,6 +814,7 @@ _AGENT: dict[str, _Conv] = {
     "timeout": _duration(positive=True, nullable=True),
     "user": _optional(_string),
     "model": _optional(_string),
+    "idle_timeout": _duration(positive=True, nullable=True),
     "max_concurrent": _optional(_int(1, "a positive integer or null")),
 }
 
@@ -785,7 +834,7 @@ def _agents(ctx: _Ctx, node: Node, key: str) -> dict[str, AgentConfig]:
                     ctx.error(knode, path, f"missing key 'adaptor' (one of {', '.join(ADAPTORS)})")
                 continue
             values["adaptor"] = builtin[name].adaptor
-        agents[name] = AgentConfig(**values)
+        agents[name] = AgentConfig(**values, configured=True)
     return agents
 
 
@@ -811,6 +860,48 @@ def _repositories(ctx: _Ctx, node: Node, key: str) -> dict[str, RepoConfig]:
     return repos
 
 
+def parse_listen(text: str) -> tuple[str, str | int]:
+    """An `api.listen` address: ("tcp", host, port) as ("host", port), or ("unix", path).
+
+    Accepted: "HOST:PORT" (an IPv4 address or a name), "[IPV6]:PORT", "unix:/abs/path".
+    Returns (host, port) for TCP and ("unix", path) for a socket; ValueError naming the
+    problem otherwise. Port 0 means "any free port" (tests)."""
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f"expected unix:/absolute/path, got {text!r}")
+        if "\0" in path or len(path.encode()) > 107:
+            raise ValueError(f"unix socket path too long or invalid: {path!r}")
+        return "unix", path
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, [IPV6]:PORT or unix:/path, got {text!r}")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"expected [IPV6]:PORT, got {text!r}")
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: {host[1:-1]!r}") from None
+        host = host[1:-1]
+    elif ":" in host or not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise ValueError(f"not a host name or IPv4 address: {host!r} (IPv6 goes in brackets)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _listen(ctx: _Ctx, node: Node, key: str) -> str:
+    text = _string(ctx, node, key)
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return text
+
+
 _WORKER: dict[str, _Conv] = {
     "startsecs": _duration(),
     "startretries": _int(0, "a non-negative integer"),
@@ -821,7 +912,7 @@ _WORKER: dict[str, _Conv] = {
 
 
 def _workers(ctx: _Ctx, node: Node, key: str) -> dict[str, WorkerConfig]:
-    """The four workers' process settings; a worker left out keeps the defaults."""
+    """The workers' process settings; a worker left out keeps the defaults."""
     workers = _default_workers()
     schema = {name: _dataclass(WorkerConfig, _WORKER) for name in workers}
     workers.update(_section(ctx, node, key, schema))
@@ -847,11 +938,22 @@ _CALLBACKS: dict[str, _Conv] = {
     "retry_schedule": _durations,
     "timeout": _duration(positive=True),
     "secret": _optional(_string),
+    "concurrency": _int(1, "a positive integer"),
+    "batch_settle": _duration(),
 }
 
 _REAPER: dict[str, _Conv] = {
     "interval": _duration(positive=True),
     "grace": _duration(),
+}
+
+_API: dict[str, _Conv] = {
+    "listen": _optional(_listen),
+    "tokens_file": _optional(_path),
+}
+
+_METRICS: dict[str, _Conv] = {
+    "textfile": _optional(_path),
 }
 
 
@@ -908,6 +1010,8 @@ _TOP: dict[str, _Conv] = {
     "repositories": _repositories,
     "callbacks": _dataclass(CallbacksConfig, _CALLBACKS),
     "reaper": _dataclass(ReaperConfig, _REAPER),
+    "api": _dataclass(ApiConfig, _API),
+    "metrics": _dataclass(MetricsConfig, _METRICS),
     "jobs": _dataclass(JobsConfig, _JOBS),
     "retention": _dataclass(RetentionConfig, _RETENTION),
     "disk": _dataclass(DiskConfig, _DISK),

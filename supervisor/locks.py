@@ -1,7 +1,9 @@
-"""The locks worker: repository locks and their FIFO waiting queues, kept in locks/state.json.
+"""The locks worker: repository locks and their FIFO waiting queues, kept in locks/ files.
 
-It alone writes locks/state.json; requests arrive in locks/inbox/. The protocol, one
-pass, every crash window and the recovery from the WAL are in docs/LOCKS.md.
+It alone writes locks/state.json (what is held) and locks/wants/ (the waiting jobs, in
+pages: a pass rewrites only what it changed); requests arrive in locks/inbox/. The
+protocol, one pass, every crash window and the recovery from the WAL are in
+docs/LOCKS.md.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from supervisor.state.layout import (
     send_request,
     write_record,
 )
+from supervisor.state.lockfiles import Pages, page_numbers, read_pages
 from supervisor.state.locktable import (
     ACQUIRE,
     RELEASE,
@@ -44,13 +47,14 @@ from supervisor.state.locktable import (
     Table,
     Want,
     acquire,
+    blocked,
     drop,
     exclusive_for,
-    from_record,
+    from_parts,
     grant,
     granted_hint,
+    held_record,
     release,
-    to_record,
 )
 from supervisor.state.queue import TERMINAL_STATES, JobQueue, QueueError
 from supervisor.state.repos import all_repositories
@@ -76,8 +80,10 @@ NAME = "locks"
 
 @dataclass
 class Locks:
-    """What the worker holds: the table (rebuilt from state.json at every start) and the
-    record last written (a pass that changes nothing writes nothing)."""
+    """What the worker holds: the table (rebuilt from its files at every start), the map
+    of its pages, the state.json body last written and the jobs whose place in the
+    queues a pass changed (a pass that changes nothing writes nothing; one that changes
+    a few jobs rewrites a few pages, however many wait)."""
 
     cfg: Config
     layout: Layout
@@ -85,6 +91,12 @@ class Locks:
     table: Table = field(default_factory=Table)
     saved: dict[str, Any] | None = None
     clock: Clock = SYSTEM_CLOCK
+    pages: Pages | None = None
+    touched: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.pages is None:
+            self.pages = Pages(self.layout)
 
     def known(self) -> dict[str, Any]:
         """The repositories that exist now: the config's plus the registered ones."""
@@ -107,6 +119,7 @@ def acquire_handler(lk: Locks, req: dict[str, Any]) -> None:
     created = req.get("created_at")
     want = Want(tuple(repos), exclusive, seq, created if isinstance(created, str) else None)
     if acquire(lk.table, job, want):
+        lk.touched.add(job)
         lk.log.info("lock requested", job=job, repos=repos, exclusive=exclusive)
 
 
@@ -115,6 +128,7 @@ def release_handler(lk: Locks, req: dict[str, Any]) -> None:
     job = job_of(req)
     held = lk.table.holds(job)
     if release(lk.table, job):
+        lk.touched.add(job)
         lk.log.info("locks released", job=job, repos=held, request=req["id"])
 
 
@@ -127,14 +141,31 @@ HANDLERS: dict[str, Callable[[Locks, dict[str, Any]], None]] = {
 
 # -- saving, granting, hinting --------------------------------------------------------------
 
-def save(lk: Locks) -> bool:
-    """Replace locks/state.json with the table unless it says that already; True if written."""
-    rec = to_record(lk.table)
-    if rec == lk.saved:
-        return False
-    write_record(WORKER_STATE, lk.layout.worker_state(NAME), rec)
-    lk.saved = rec
-    return True
+def save(lk: Locks, known: dict[str, Any] | None = None, *, pages_first: bool = False,
+         between: Callable[[], object] = lambda: None) -> bool:
+    """Write what the pass changed: state.json (held, and the jobs `blocked` on a
+    repository not in `known`) unless it says that already, then `between()` (the grant
+    hints: the scheduler needs state.json only), then the changed pages. state.json goes
+    first, so a granted job is recorded holding before it leaves its page; `pages_first`
+    when state.json is not yet the table's (rebuilt, or of an earlier version whose wants
+    it held), so that it is replaced only once the pages are whole. True if state.json
+    was written."""
+    assert lk.pages is not None
+    rec = held_record(lk.table, blocked(lk.table, lk.known() if known is None else known))
+    wants = lk.table.wants        # new waiting jobs are paged in their order in line, so
+    lk.pages.sync(lk.table, sorted(  # that FIFO grants empty the oldest pages first
+        lk.touched, key=lambda job: (wants[job].seq, job) if job in wants else (0, job)))
+    lk.touched.clear()
+    if pages_first:
+        lk.pages.flush(lk.table)
+    wrote = rec != lk.saved
+    if wrote:
+        write_record(WORKER_STATE, lk.layout.worker_state(NAME), rec)
+        lk.saved = rec
+    between()
+    if not pages_first:
+        lk.pages.flush(lk.table)
+    return wrote
 
 
 def _hint(lk: Locks, jobs: Iterable[str]) -> int:
@@ -146,15 +177,21 @@ def _hint(lk: Locks, jobs: Iterable[str]) -> int:
     return n
 
 
-def settle(lk: Locks, *, hint: bool = True) -> list[str]:
-    """Grant what is free, save the table (if changed), then hint the granted jobs."""
+def settle(lk: Locks, *, hint: bool = True, pages_first: bool = False) -> list[str]:
+    """Grant what is free, save what changed, hinting the granted jobs as soon as
+    state.json says they hold (before the pages are written: the hand-off waits for no
+    page)."""
     known = lk.known()
     granted = grant(lk.table, lk.clock.iso_now(), lambda repo: repo in known)
-    save(lk)
-    for job in granted:
-        lk.log.info("locks granted", job=job, repos=lk.table.holds(job))
-    if hint:
-        _hint(lk, granted)
+    lk.touched.update(granted)
+
+    def hints() -> None:
+        for job in granted:
+            lk.log.info("locks granted", job=job, repos=lk.table.holds(job))
+        if hint:
+            _hint(lk, granted)
+
+    save(lk, known, pages_first=pages_first, between=hints)
     return granted
 
 
@@ -235,12 +272,14 @@ def rebuild(queue: JobQueue, repositories: dict[str, Any], log: Log, now: str) -
 
 
 def reconcile(table: Table, state_of: Callable[[str], str | None]) -> list[str]:
-    """Drop the jobs the WAL says are terminal or does not know, and the non-exclusive
-    locks of running jobs (their clone is done); the jobs dropped, sorted."""
-    stale = {job for job in table.jobs()
-             if (state := state_of(job)) is None or state in TERMINAL_STATES}
+    """Drop the jobs the WAL says are terminal or does not know, the wants of jobs it does
+    not say are waiting (a job wants only while it waits), and the non-exclusive locks of
+    running jobs (their clone is done); the jobs dropped, sorted. One look per job."""
+    states = {job: state_of(job) for job in table.jobs()}
+    stale = {job for job, state in states.items() if state is None or state in TERMINAL_STATES}
+    stale |= {job for job in table.wants if states[job] != "waiting"}
     stale |= {lock.job for lock in table.held.values()
-              if not lock.exclusive and state_of(lock.job) == "running"}
+              if not lock.exclusive and states[lock.job] == "running"}
     return drop(table, sorted(stale))
 
 
@@ -251,14 +290,23 @@ def _open_queue(layout: Layout) -> JobQueue | None:
     return JobQueue.open(layout.wal_dir, readonly=True)
 
 
-def _read_table(path: Path) -> tuple[Table | None, Missing | Corrupt | None]:
+def _read_table(layout: Layout) -> tuple[Table | None, Missing | Corrupt | None,
+                                         dict[int, dict[str, Want]], dict[str, Any] | None]:
+    """The table from state.json and its pages, as the owner reads it (anything unusable
+    is moved aside: state.json as Corrupt; a page makes the table Corrupt too, since what
+    it held is lost and the WAL must be asked), and the pages as read."""
+    path = layout.worker_state(NAME)
     rec = read_record(WORKER_STATE, path, owner=True)
-    if isinstance(rec, dict):
-        table = from_record(rec)
-        if isinstance(table, Table):
-            return table, None
-        rec = Corrupt(str(path), quarantine(path), table)
-    return None, rec
+    if not isinstance(rec, dict):
+        return None, rec, {}, None
+    pages, problems = read_pages(layout, owner=True)
+    if problems:
+        return None, Corrupt(str(layout.lock_pages), None,
+                             "a page of waiting jobs was corrupt: " + problems[0]), {}, None
+    table = from_parts(rec, pages.values())
+    if isinstance(table, Table):
+        return table, None, pages, {k: v for k, v in rec.items() if k not in ("schema", "v")}
+    return None, Corrupt(str(path), quarantine(path), table), {}, None
 
 
 def _waiting_holders(table: Table, state_of: Callable[[str], str | None] | None
@@ -273,16 +321,16 @@ def recover(cfg: Config, layout: Layout, log: Log, *, clock: Clock = SYSTEM_CLOC
 
     OSError: the state folder cannot be used.
     """
-    ensure_dir(layout.worker_dir(NAME))
-    path = layout.worker_state(NAME)
-    table, problem = _read_table(path)
+    ensure_dir(layout.lock_pages)               # and locks/, made durable, if missing
+    table, problem, pages, rec = _read_table(layout)
     lk = Locks(cfg, layout, log, clock=clock)
+    assert lk.pages is not None
     degraded: list[str] = []
     if isinstance(problem, Corrupt):
-        log.warning("locks state corrupt, rebuilding it from the job queue", path=str(path),
+        log.warning("locks state corrupt, rebuilding it from the job queue", path=problem.path,
                     moved_to=problem.moved_to, reason=problem.reason)
-        degraded.append(f"locks state was corrupt: moved to {problem.moved_to}; "
-                        "rebuilt from the job queue")
+        where = f"moved to {problem.moved_to}" if problem.moved_to else problem.reason
+        degraded.append(f"locks state was corrupt: {where}; rebuilt from the job queue")
     found = {"state": "read" if table is not None
              else "missing" if isinstance(problem, Missing) else "corrupt",
              "held": 0 if table is None else len(table.held),
@@ -298,11 +346,22 @@ def recover(cfg: Config, layout: Layout, log: Log, *, clock: Clock = SYSTEM_CLOC
     try:
         state_of: Callable[[str], str | None] = (
             queue.state if queue is not None else lambda job: None)   # no WAL: no jobs
+        # Wants not on a page yet (a table rebuilt from the WAL, or read from a state.json
+        # of an earlier version, which held them) are paged anew: pages first, state.json
+        # last, so that what it replaces stays the table until the pages are whole.
+        anew = table is None
         if table is None:
             table = Table() if queue is None else rebuild(queue, lk.known(), log, clock.iso_now())
+            lk.pages.abandon(page_numbers(layout))
+        else:
+            lk.pages.load(pages, table)
+            lk.saved = rec
+        lk.touched.update(job for job in table.wants if job not in lk.pages.page_of)
+        anew = anew or bool(lk.touched)
         lk.table = table
         dropped = reconcile(table, state_of) if readable else []
-        granted = settle(lk, hint=False)
+        lk.touched.update(dropped)
+        granted = settle(lk, hint=False, pages_first=anew)
         hinted = _hint(lk, _waiting_holders(table, state_of if readable else None))
     finally:
         if queue is not None:

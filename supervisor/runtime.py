@@ -155,9 +155,9 @@ def _on_stop_signal(signum: int, frame: types.FrameType | None) -> None:
     request_stop()
 
 
-def _poke(fd: int) -> None:
+def _poke(fd: int, mark: bytes = b"!") -> None:
     try:
-        os.write(fd, b"!")
+        os.write(fd, mark)
     except BlockingIOError:
         pass  # the pipe is full: a wake-up is already pending, which is all a poke means
 
@@ -351,15 +351,20 @@ def report_ready(layout: Layout, worker: str, *, found: Mapping[str, Any],
 
 # -- watching -------------------------------------------------------------------------------------
 
+#: What wake() writes into the pipe (hints and stops write b"!").
+_WAKE = b"w"
+
 _HINT_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent]
 
 
 class _Hints(FileSystemEventHandler):
-    """Runs on watchdog's thread: any event on a non-temporary file pokes the pipe."""
+    """Runs on watchdog's thread: any event on a non-temporary file counts and pokes the
+    pipe (the count only grows, and only on this thread)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self.count = 0
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
@@ -367,6 +372,7 @@ class _Hints(FileSystemEventHandler):
         path = event.dest_path if event.event_type == EVENT_TYPE_MOVED else event.src_path
         if is_tmp_name(os.path.basename(os.fsdecode(path))):
             return  # the write in progress; its rename to the real name is the hint
+        self.count += 1
         _poke(self._fd)
 
 
@@ -380,13 +386,18 @@ class Watcher:
     """inotify hints (watchdog) plus a periodic rescan for a set of folders.
 
     `wait(timeout)` returns True when a pass is due: a hint arrived, or the rescan came
-    round (at the first call, then `rescan_interval` after the last True); False when
-    `timeout` ran out first. `fileno()` is the read end of the wake-up pipe, for callers
-    that select() on several things; `request_stop()` (SIGTERM) wakes every watcher.
+    round (at the first call, then `rescan_interval` after the last True), or `wake()`
+    was called; False when `timeout` ran out first. `fileno()` is the read end of the
+    wake-up pipe, for callers that select() on several things; `request_stop()`
+    (SIGTERM) wakes every watcher. `looks` counts the hints and rescans so far: a caller
+    woken for its own reasons (`wake()`) tells from it whether the folders need a look.
+    `events` are the kinds of file events that are hints (default: created, modified,
+    moved, deleted).
     """
 
     def __init__(self, folders: Sequence[Path], rescan_interval: float = 5.0, *,
-                 clock: Clock = SYSTEM_CLOCK, log: Log | None = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, log: Log | None = None,
+                 events: Sequence[type[FileSystemEvent]] | None = None) -> None:
         self.folders = [Path(f) for f in folders]
         self.rescan_interval = rescan_interval
         self._clock = clock
@@ -394,14 +405,22 @@ class Watcher:
         self._rescan_at: float | None = None          # None: due now (start)
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._observer: BaseObserver | None = None
+        self._events = list(events) if events is not None else _HINT_EVENTS
+        self._hints = _Hints(self._w)
+        self._rescans = 0
         _state.wake_fds.add(self._w)
+
+    @property
+    def looks(self) -> int:
+        """Hints and rescans so far (grows; compare two readings)."""
+        return self._hints.count + self._rescans
 
     def fileno(self) -> int:
         return self._r
 
     def wake(self) -> None:
-        """Make the next (or the current) wait() return True."""
-        _poke(self._w)
+        """Make the next (or the current) wait() return True (not counted in `looks`)."""
+        _poke(self._w, _WAKE)
 
     def start(self) -> Watcher:
         """Create missing folders and start watching them.
@@ -411,12 +430,12 @@ class Watcher:
         """
         for folder in self.folders:
             ensure_dir(folder)
-        handler = _Hints(self._w)
+        handler = self._hints
         observer: BaseObserver | None = None
         try:
             observer = Observer()
             for folder in self.folders:
-                observer.schedule(handler, str(folder), event_filter=_HINT_EVENTS)
+                observer.schedule(handler, str(folder), event_filter=self._events)
             observer.start()
         except OSError as exc:
             self._log.warning("inotify unavailable: watching by rescan only", error=str(exc),
@@ -450,28 +469,38 @@ class Watcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Empty the pipe; True if anything but wake() pokes was in it."""
+        seen = False
         try:
-            while os.read(self._r, 4096):
-                pass
+            while chunk := os.read(self._r, 4096):
+                seen = seen or bool(chunk.strip(_WAKE))
         except BlockingIOError:
-            return
+            pass
+        return seen
 
     def _due(self) -> bool:
-        self._drain()
-        self._rescan_at = self._clock.monotonic() + self.rescan_interval
+        """A look at the folders is due (a rescan, or a hint): the next rescan is one
+        interval from now. A wake() alone does not put the rescan off."""
+        if self._drain() or self._rescan_at is None \
+                or self._clock.monotonic() >= self._rescan_at:
+            self._rescan_at = self._clock.monotonic() + self.rescan_interval
         return True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a hint or the rescan (True) or until `timeout` seconds pass (False)."""
         now = self._clock.monotonic()
         if self._rescan_at is None or now >= self._rescan_at:
+            self._rescans += 1
             return self._due()
         limit = self._rescan_at - now
         if timeout is not None:
             limit = min(limit, max(0.0, timeout))
         readable, _, _ = select.select([self._r], [], [], limit)
-        if readable or self._clock.monotonic() >= self._rescan_at:
+        if self._clock.monotonic() >= self._rescan_at:
+            self._rescans += 1
+            return self._due()
+        if readable:
             return self._due()
         return False
 

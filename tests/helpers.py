@@ -1,14 +1,21 @@
-"""Helpers the tests share: polling until a condition holds, and real git repositories."""
+"""Helpers the tests share: polling until a condition holds, real git repositories, and a real
+batchd with the real batchctl (`Rig`)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["DEADLINE", "git", "make_remote", "push_commit", "until"]
+__all__ = ["DEADLINE", "Rig", "git", "make_remote", "push_commit", "until"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 T = TypeVar("T")
 
@@ -62,3 +69,90 @@ def push_commit(work: Path, text: str, branch: str = "trunk") -> str:
     git("commit", "-q", "-am", text.strip(), cwd=work)
     git("push", "-q", "origin", branch, cwd=work)
     return git("rev-parse", "HEAD", cwd=work)
+
+
+#: The config a Rig's batchd starts with, before the test's own lines (agents...).
+RIG_CONFIG = """\
+state_dir: {state}
+log: {{level: info, format: json, file: {log}}}
+launcher: direct
+scheduler: {{max_concurrent_jobs: 4, heartbeat_interval: 0.5, stale_after: 5, dead_after: 20,
+            kill_grace: 1}}
+workers:
+  scheduler: {{startsecs: 0.1, stopwaitsecs: 5}}
+  locks: {{startsecs: 0.1, stopwaitsecs: 5}}
+  reaper: {{startsecs: 0.1, stopwaitsecs: 5}}
+  callbacks: {{startsecs: 0.1, stopwaitsecs: 5}}
+"""
+
+
+class Rig:
+    """A real batchd (`python -m supervisor.batchd`, launcher direct) on a config of its own
+    in `root`, and the real batchctl (`python -m supervisor.ctl`) to drive it."""
+
+    def __init__(self, root: Path, extra_config: str = "",
+                 env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.state = root / "state"
+        self.log = root / "batchd.log"
+        self.config = root / "batchd.yaml"
+        self.config.write_text(RIG_CONFIG.format(state=self.state, log=self.log)
+                               + extra_config)
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.batchd: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start batchd; return once its scheduler has reported ready."""
+        self.batchd = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.batchd", "-c", str(self.config)],
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        batchd = self.batchd
+
+        def ready() -> bool:
+            assert batchd.poll() is None, f"batchd exited {batchd.returncode}"
+            return (self.state / "ready" / "scheduler.json").exists()
+
+        until("the scheduler to report ready", ready, deadline=60.0)
+
+    def ctl(self, *argv: str, timeout: float = 120.0,
+            stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run `batchctl -c CONFIG ARGV...`."""
+        return subprocess.run([sys.executable, "-m", "supervisor.ctl", "-c", str(self.config),
+                               *argv], env=self.env, capture_output=True, input=stdin,
+                              timeout=timeout, check=False, cwd=ROOT)
+
+    def json(self, *argv: str) -> Any:
+        """`batchctl ARGV... --json`, which must exit 0: its document."""
+        done = self.ctl(*argv, "--json")
+        assert 0 == done.returncode, done.stderr.decode()
+        return json.loads(done.stdout)
+
+    def submit(self, *argv: str, stdin: bytes | None = None) -> str:
+        """`batchctl submit ARGV...`, which must exit 0: the job id."""
+        done = self.ctl("submit", *argv, stdin=stdin)
+        assert 0 == done.returncode, done.stderr.decode()
+        return done.stdout.decode().strip()
+
+    def finished(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """The job's record once it is terminal (`batchctl wait`)."""
+        done = self.ctl("wait", job_id, "--timeout", f"{timeout}s", "--json",
+                        timeout=timeout + 30)
+        assert done.returncode in (0, 1), done.stderr.decode()
+        [record] = json.loads(done.stdout)
+        assert isinstance(record, dict)
+        return record
+
+    def output(self, job_id: str) -> bytes:
+        done = self.ctl("output", job_id)
+        assert 0 == done.returncode, done.stderr.decode()
+        return done.stdout
+
+    def stop(self) -> None:
+        """SIGTERM batchd (jobs keep running: the tests wait for theirs) and reap it."""
+        if self.batchd is not None and self.batchd.poll() is None:
+            self.batchd.send_signal(signal.SIGTERM)
+            try:
+                self.batchd.wait(30)
+            except subprocess.TimeoutExpired:
+                self.batchd.kill()
+                self.batchd.wait(30)

@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 from supervisor import config as _config
 from supervisor.config import (
     AgentConfig,
+    ApiConfig,
     CallbacksConfig,
     Config,
     ConfigError,
     FreeSpace,
     LogConfig,
+    MetricsConfig,
     ReaperConfig,
     RepoConfig,
     RetentionConfig,
@@ -25,6 +27,7 @@ from supervisor.config import (
     WorkerConfig,
     as_dict,
     default_config,
+    enabled_workers,
     load,
     parse,
     parse_duration,
@@ -62,7 +65,10 @@ def test_defaults_are_contract_values() -> None:
     assert LogConfig(level="info", format="console", file=None) == cfg.log
     assert SchedulerConfig(max_concurrent_jobs=4, heartbeat_interval=5.0, stale_after=30.0,
                            dead_after=120.0, job_timeout=86400.0, kill_grace=10.0) == cfg.scheduler
-    assert ["scheduler", "locks", "reaper", "callbacks"] == list(cfg.workers)
+    assert ["scheduler", "locks", "reaper", "callbacks", "api"] == list(cfg.workers)
+    assert ApiConfig(listen=None, tokens_file=None) == cfg.api
+    assert MetricsConfig(textfile=None) == cfg.metrics
+    assert ("scheduler", "locks", "reaper", "callbacks") == enabled_workers(cfg)
     assert all(WorkerConfig(startsecs=1.0, startretries=3, stopwaitsecs=10.0) == w
                for w in cfg.workers.values())
     assert {"shell": "command", "claude": "claude", "gemini": "gemini", "codex": "codex",
@@ -70,7 +76,7 @@ def test_defaults_are_contract_values() -> None:
         name: a.adaptor for name, a in cfg.agents.items()}
     assert {} == cfg.repositories
     assert CallbacksConfig(retry_schedule=(30.0, 120.0, 600.0), timeout=30.0,
-                           secret=None) == cfg.callbacks
+                           secret=None, concurrency=16, batch_settle=2.0) == cfg.callbacks
     assert ReaperConfig(interval=60.0, grace=600.0) == cfg.reaper
     assert "auto" == cfg.launcher
     assert "<built-in>" == cfg.source
@@ -123,12 +129,12 @@ workers:
   reaper:
 agents:
   claude: {command: /opt/claude, args: [--max-turns, 5, 1.5], env: {A: "", B: 3}, model: opus}
-  review: {adaptor: gemini, timeout: 2h, user: jobs}
+  review: {adaptor: gemini, timeout: 2h, user: jobs, idle_timeout: 10m}
 repositories:
   app: {url: "git@github.com:org/app.git", branch: release/1.x, exclusive: true}
   web: {url: "https://example.com/web.git"}
   host: {url: "host:path/x.git", branch: 2025-01-01}
-callbacks: {retry_schedule: [], timeout: 5, secret: 12345}
+callbacks: {retry_schedule: [], timeout: 5, secret: 12345, concurrency: 3, batch_settle: 500ms}
 reaper: {interval: 1d, grace: 0s}
 launcher: Direct
 """
@@ -145,12 +151,17 @@ def test_every_key_is_read() -> None:
     assert WorkerConfig() == cfg.workers["reaper"] == cfg.workers["scheduler"]
     assert AgentConfig(adaptor="claude", command="/opt/claude", args=("--max-turns", "5", "1.5"),
                        env=(("A", ""), ("B", "3")), model="opus") == cfg.agents["claude"]
-    assert AgentConfig(adaptor="gemini", timeout=7200.0, user="jobs") == cfg.agents["review"]
+    assert AgentConfig(adaptor="gemini", timeout=7200.0, user="jobs",
+                       idle_timeout=600.0) == cfg.agents["review"]
     assert AgentConfig(adaptor="command") == cfg.agents["shell"]
+    assert (True, True, False) == (cfg.agents["claude"].configured,
+                                   cfg.agents["review"].configured,
+                                   cfg.agents["shell"].configured)
     assert {"app": RepoConfig("git@github.com:org/app.git", "release/1.x", True),
             "web": RepoConfig("https://example.com/web.git"),
             "host": RepoConfig("host:path/x.git", "2025-01-01")} == cfg.repositories
-    assert CallbacksConfig(retry_schedule=(), timeout=5.0, secret="12345") == cfg.callbacks
+    assert CallbacksConfig(retry_schedule=(), timeout=5.0, secret="12345", concurrency=3,
+                           batch_settle=0.5) == cfg.callbacks
     assert ReaperConfig(interval=86400.0, grace=0.0) == cfg.reaper
     assert "direct" == cfg.launcher
 
@@ -247,11 +258,21 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"{SRC}:1: scheduler.kill_grace: expected a duration >= 0, got -1"),
     ("scheduler: {job_timeout: 0s}",
      f"{SRC}:1: scheduler.job_timeout: expected a duration > 0, got '0s'"),
+    ("agents:\n  claude: {idle_timeout: 0}\n",
+     f"{SRC}:2: agents.claude.idle_timeout: expected a duration > 0, got 0"),
+    ("agents:\n  claude:\n    idle_timeout: soon\n",
+     f"{SRC}:3: agents.claude.idle_timeout: {DUR}, got 'soon'"),
     ("reaper: {interval: [1]}", f"{SRC}:1: reaper.interval: {DUR}, got a list"),
     ("callbacks:\n  retry_schedule: [1s, x]\n",
      f"{SRC}:2: callbacks.retry_schedule[1]: {DUR}, got 'x'"),
     ("callbacks: {retry_schedule: 30s}",
      f"{SRC}:1: callbacks.retry_schedule: expected a list of durations, got '30s'"),
+    ("callbacks:\n  concurrency: 0\n",
+     f"{SRC}:2: callbacks.concurrency: expected a positive integer, got 0"),
+    ("callbacks: {concurrency: many}",
+     f"{SRC}:1: callbacks.concurrency: expected a positive integer, got 'many'"),
+    ("callbacks:\n  timeout: 5\n  batch_settle: -1\n",
+     f"{SRC}:3: callbacks.batch_settle: expected a duration >= 0, got -1"),
     ("callbacks: {secret: true}",
      f"{SRC}:1: callbacks.secret: expected a string, got true (a boolean); quote it to mean "
      "the text"),
@@ -287,16 +308,16 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"known: {KNOWN_SCHED})"),
     ("stat_dir: /x",
      f"{SRC}:1: stat_dir: unknown key 'stat_dir' (did you mean 'state_dir'? known: agents, "
-     "callbacks, disk, jobs, launcher, log, reaper, repositories, retention, scheduler, "
-     "state_dir, workers, workspace_dir)"),
+     "api, callbacks, disk, jobs, launcher, log, metrics, reaper, repositories, retention, "
+     "scheduler, state_dir, workers, workspace_dir)"),
     ("workers:\n  web: {}\n",
-     f"{SRC}:2: workers.web: unknown key 'web' (known: callbacks, locks, reaper, scheduler)"),
+     f"{SRC}:2: workers.web: unknown key 'web' (known: api, callbacks, locks, reaper, scheduler)"),
     ("workers:\n  locks: {retries: 1}\n",
      f"{SRC}:2: workers.locks.retries: unknown key 'retries' (did you mean 'startretries'? "
      "known: max_restarts, restart_window, startretries, startsecs, stopwaitsecs)"),
     ("agents:\n  claude: {cmd: x}\n",
      f"{SRC}:2: agents.claude.cmd: unknown key 'cmd' (did you mean 'command'? known: adaptor, "
-     "args, command, env, max_concurrent, model, timeout, user)"),
+     "args, command, env, idle_timeout, max_concurrent, model, timeout, user)"),
     ("repositories:\n  r: {url: /x, lock: true}\n",
      f"{SRC}:2: repositories.r.lock: unknown key 'lock' (known: branch, exclusive, url)"),
     # names and required keys
@@ -543,3 +564,48 @@ def test_yaml_nested_too_deeply_is_a_named_error() -> None:
     with pytest.raises(ConfigError) as info:
         parse("agents: " + "[" * 3000 + "]" * 3000 + "\n", "/etc/b.yaml")
     assert "/etc/b.yaml: invalid YAML: nested too deeply" == str(info.value)
+
+
+# ----------------------------------------------------------------------------- api, metrics
+
+
+def test_api_and_metrics_keys_are_read_with_paths_resolved() -> None:
+    """api.listen is kept as written, tokens_file and metrics.textfile are paths taken from
+    the config file's folder; the api worker then runs."""
+    cfg = parse("api: {listen: '127.0.0.1:8765', tokens_file: tok}\n"
+                "metrics: {textfile: m/batchd.prom}\n", SRC, env=ENV)
+    assert ApiConfig(listen="127.0.0.1:8765", tokens_file=Path("/etc/batchd/tok")) == cfg.api
+    assert MetricsConfig(textfile=Path("/etc/batchd/m/batchd.prom")) == cfg.metrics
+    assert ("scheduler", "locks", "reaper", "callbacks", "api") == enabled_workers(cfg)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8765", "[::1]:8765", "unix:/run/batchd/api.sock",
+                                    "localhost:0", "0.0.0.0:80"])
+def test_good_listen_addresses_are_accepted(listen: str) -> None:
+    """The three forms of CONTRACT.md: HOST:PORT, [IPV6]:PORT, unix:/path."""
+    assert listen == parse(f"api:\n  listen: '{listen}'\n", SRC, env=ENV).api.listen
+
+
+@pytest.mark.parametrize(("listen", "why"), [
+    ("8765", "expected HOST:PORT"),
+    ("127.0.0.1:99999", "port must be 0-65535"),
+    ("::1:8765", "IPv6 goes in brackets"),
+    ("[nope]:1", "not an IPv6 address"),
+    ("unix:relative.sock", "unix:/absolute/path"),
+    ("host name:80", "not a host name"),
+])
+def test_a_bad_listen_address_is_a_config_error_naming_the_key_and_line(listen: str,
+                                                                        why: str) -> None:
+    """api.listen that is no address: exit-2 material naming file, line and key."""
+    with pytest.raises(ConfigError) as err:
+        parse(f"log: {{level: info}}\napi:\n  listen: '{listen}'\n", SRC, env=ENV)
+    assert f"{SRC}:3: api.listen: " in str(err.value)
+    assert why in str(err.value)
+
+
+def test_unknown_api_and_metrics_keys_are_refused() -> None:
+    """A typo under api or metrics is named with its line, as everywhere else."""
+    with pytest.raises(ConfigError) as err:
+        parse("api:\n  lisen: x\nmetrics:\n  text_file: /x\n", SRC, env=ENV)
+    assert f"{SRC}:2: api.lisen: unknown key 'lisen'" in str(err.value)
+    assert f"{SRC}:4: metrics.text_file: unknown key" in str(err.value)

@@ -19,9 +19,10 @@ from supervisor.config import Config, RepoConfig
 from supervisor.state.atomic import CORRUPT_MARK
 from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.layout import READY, REQUEST, WORKER_STATE, Layout, read_record, write_record
+from supervisor.state.lockfiles import read_table
 from supervisor.state.locktable import (
+    Table,
     acquire_request,
-    from_record,
     release_request,
     unavailable,
 )
@@ -59,12 +60,14 @@ def recover(cfg: Config) -> tuple[locks.Locks, dict[str, Any], dict[str, Any], l
 
 
 def state(layout: Layout) -> dict[str, Any]:
-    """locks/state.json, plus the FIFO queues ("waiting") its wants amount to."""
+    """locks/state.json, plus the wants on its pages and the FIFO queues they amount to."""
     rec = read_record(WORKER_STATE, layout.worker_state("locks"), owner=False)
     assert isinstance(rec, dict)
-    table = from_record(rec)
-    assert not isinstance(table, str), table
-    return {**rec, "waiting": table.waiting}
+    table = read_table(layout)
+    assert isinstance(table, Table), table
+    return {**rec, "waiting": table.waiting,
+            "wants": {job: {"seq": w.seq, "repos": list(w.repos)}
+                      for job, w in table.wants.items()}}
 
 
 def held(layout: Layout) -> list[tuple[str, str]]:
@@ -115,8 +118,8 @@ def test_missing_state_starts_empty_and_writes_the_file(cfg: Config, layout: Lay
     assert ("rebuilt", [], []) == (did["state"], did["dropped"], did["granted"])
     rec = read_record(WORKER_STATE, layout.worker_state("locks"), owner=False)
     assert isinstance(rec, dict)
-    assert (["held", "schema", "v", "wants", "worker"], [], {}) == (
-        sorted(rec), rec["held"], rec["wants"])
+    assert (["blocked", "held", "schema", "v", "worker"], [], {}, []) == (
+        sorted(rec), rec["held"], rec["blocked"], os.listdir(layout.lock_pages))
 
 
 def test_good_state_is_read_back_and_reconciled_with_the_wal(cfg: Config, layout: Layout) -> None:
@@ -230,6 +233,60 @@ def test_recovery_touches_only_its_own_folder(cfg: Config, layout: Layout) -> No
     assert ["locks"] == os.listdir(layout.root)
 
 
+def test_a_table_of_the_previous_version_is_paged(cfg: Config, layout: Layout) -> None:
+    """A state.json of the version that kept every want in it: the same table comes back;
+    the wants are written to pages and state.json keeps what is held only."""
+    jobs_in_wal(layout, ("a", "running", ["app"], {"lock_exclusive": True}),
+                ("b", "waiting", ["app"], {}), ("c", "waiting", ["app"], {}))
+    os.makedirs(layout.worker_dir("locks"))
+    write_record(WORKER_STATE, layout.worker_state("locks"), {
+        "worker": "locks",
+        "held": [{"repo": "app", "job": "a", "since": T0, "exclusive": True}],
+        "wants": {j: {"repos": ["app"], "exclusive": True, "seq": n, "created_at": T0}
+                  for n, j in enumerate(["b", "c"])}})
+    _, found, _, degraded = recover(cfg)
+    rec = read_record(WORKER_STATE, layout.worker_state("locks"), owner=False)
+    assert isinstance(rec, dict)
+    assert (2, [], [("app", "a")], {"app": ["b", "c"]}, "wants" in rec, 1) == (
+        found["waiting"], degraded, held(layout), state(layout)["waiting"], False,
+        len(os.listdir(layout.lock_pages)))
+
+
+def test_a_corrupt_page_is_quarantined_and_the_table_rebuilt(cfg: Config,
+                                                             layout: Layout) -> None:
+    """A page that cannot be read: moved aside; its waiting jobs are known only to the
+    WAL, so the table is rebuilt from it, and degraded says so."""
+    jobs_in_wal(layout, ("w1", "waiting", ["app"], {"lock_exclusive": True, "lock_seq": 1}),
+                ("w2", "waiting", ["app"], {"lock_exclusive": True, "lock_seq": 2}))
+    recover(cfg)
+    assert ([("app", "w1")], {"app": ["w2"]}) == (held(layout), state(layout)["waiting"])
+    (page,) = os.listdir(layout.lock_pages)
+    (layout.lock_pages / page).write_bytes(b"{")
+    _, found, did, degraded = recover(cfg)
+    assert ("corrupt", "rebuilt", [("app", "w1")], {"app": ["w2"]}) == (
+        found["state"], did["state"], held(layout), state(layout)["waiting"])
+    assert 1 == len(degraded) and "page of waiting jobs was corrupt" in degraded[0]
+    assert 1 == sum(CORRUPT_MARK in n for n in os.listdir(layout.lock_pages))
+
+
+def test_a_pass_rewrites_only_the_pages_it_changed(cfg: Config, layout: Layout) -> None:
+    """Many jobs waiting on several pages: a release and the grant that follows rewrite
+    state.json and the first page only; the other pages stay as they were."""
+    lk, _, _, _ = recover(cfg)
+    assert lk.pages is not None
+    lk.pages.size = 3
+    for seq in range(1, 11):
+        ask(layout, f"j{seq:02d}", "app", seq=seq)
+    locks.one_pass(lk)
+    before = {n: os.stat(layout.lock_page(n)).st_ino for n in lk.pages.members}
+    drop(layout, release_request("j01", created_at=iso_now()))
+    locks.one_pass(lk)
+    after = {n: os.stat(layout.lock_page(n)).st_ino for n in lk.pages.members}
+    changed = sorted(n for n in after if after[n] != before.get(n))
+    assert ([("app", "j02")], [1], 8) == (held(layout), changed,
+                                          len(state(layout)["waiting"]["app"]))
+
+
 # -- one pass: the handlers ------------------------------------------------------------------------
 
 def test_acquire_grants_saves_hints_and_removes_the_request(cfg: Config, layout: Layout) -> None:
@@ -337,10 +394,11 @@ def test_a_repository_no_longer_known_is_unavailable_and_never_granted(
     lk, _, _, _ = recover(cfg)
     ask(layout, "a", "gone", "app", seq=1)
     locks.one_pass(lk)
-    table = from_record(state(layout))
-    assert not isinstance(table, str)
-    assert ([], {"gone": ["a"], "app": ["a"]}, ["gone"]) == (
-        held(layout), state(layout)["waiting"], unavailable(table, lk.known()))
+    table = read_table(layout)
+    assert isinstance(table, Table)
+    assert ([], {"gone": ["a"], "app": ["a"]}, ["gone"], {"gone": ["a"]}) == (
+        held(layout), state(layout)["waiting"], unavailable(table, lk.known()),
+        state(layout)["blocked"])
 
 
 # -- the running worker ------------------------------------------------------------------------

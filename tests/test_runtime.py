@@ -136,10 +136,41 @@ def test_a_hint_pushes_the_next_rescan_back(tmp_path: Path) -> None:
     with Watcher([tmp_path], rescan_interval=5.0, clock=clock) as w:
         w.wait(0)
         clock.advance(3.0)
-        w.wake()
-        assert w.wait(0) is True
+        (tmp_path / "request.json").write_text("{}")
+        assert w.wait(WAKE) is True
         clock.advance(3.0)
         assert w.wait(0) is False
+
+
+def test_a_wake_is_not_a_look(tmp_path: Path) -> None:
+    """wake() makes wait() return True but is not counted in `looks` and does not put the
+    rescan off; a hint and a rescan each count one look."""
+    clock = MockClock(monotonic_start=1000.0)
+    with Watcher([tmp_path], rescan_interval=5.0, clock=clock) as w:
+        w.wait(0)
+        first = w.looks
+        clock.advance(3.0)
+        w.wake()
+        assert (True, first) == (w.wait(0), w.looks)
+        clock.advance(2.0)
+        assert (True, first + 1) == (w.wait(0), w.looks)       # the rescan, on time
+        (tmp_path / "request.json").write_text("{}")
+        assert (True, True) == (w.wait(WAKE), w.looks >= first + 2)   # created (+ modified)
+
+
+def test_events_choose_what_is_a_hint(tmp_path: Path) -> None:
+    """With events=[created, moved] a removal is no hint (a worker's own removals)."""
+    from watchdog.events import FileCreatedEvent, FileMovedEvent
+
+    (tmp_path / "old.json").write_text("{}")
+    with Watcher([tmp_path], rescan_interval=3600,
+                 events=[FileCreatedEvent, FileMovedEvent]) as w:
+        w.wait(0)
+        (tmp_path / "old.json").unlink()
+        assert w.wait(0.3) is False
+        (tmp_path / ".tmp.new.json.1.ab").write_text("{}")
+        (tmp_path / ".tmp.new.json.1.ab").rename(tmp_path / "new.json")
+        assert w.wait(WAKE) is True
 
 
 def test_request_stop_wakes_every_watcher(tmp_path: Path) -> None:

@@ -5,6 +5,9 @@ daemonizing). The loop and its parts are in batchd.supervise; docs/SUPERVISOR.md
 the whole story (the process table, batchd's life table, startup recovery, control
 requests, the files batchd writes and what a crash leaves of each).
 
+`--check` also warns on stderr (exit 0 all the same) about each agent the configuration
+names whose binary is missing, and each whose jobs would be refused (aider without a model).
+
 Exit codes: 0 stopped by SIGTERM/SIGINT/`batchctl shutdown`, or `--check` found the config
 valid; 1 startup recovery of the critical worker (scheduler) failed, the scheduler went
 FATAL later (restart intensity exceeded or start retries used up), or another batchd holds
@@ -17,6 +20,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Mapping
 
 from supervisor import log as _log
 from supervisor.batchd import loop
@@ -34,7 +38,16 @@ from supervisor.batchd.supervise import (
 )
 from supervisor.batchd.timers import Timers
 from supervisor.batchd.workers import CRITICAL, describe_exit
-from supervisor.config import WORKER_NAMES, Config, ConfigError, WorkerConfig, load, resolve_path
+from supervisor.config import (
+    WORKER_NAMES,
+    Config,
+    ConfigError,
+    WorkerConfig,
+    enabled_workers,
+    load,
+    resolve_path,
+)
+from supervisor.state.agentbin import agent_path, locate, refusal
 
 __all__ = [
     "CRITICAL",
@@ -48,6 +61,7 @@ __all__ = [
     "append_startup",
     "changed_workers",
     "check_report",
+    "check_warnings",
     "describe_exit",
     "main",
     "serve",
@@ -64,15 +78,45 @@ def check_report(cfg: Config) -> str:
              f"to {cfg.log.file or 'stderr'}"]
     for name in WORKER_NAMES:
         w = cfg.workers.get(name, WorkerConfig())
+        if name not in enabled_workers(cfg):
+            lines.append(f"  worker {name}: off (api.listen is null)")
+            continue
         lines.append(f"  worker {name}: startsecs {w.startsecs:g}s, startretries "
                      f"{w.startretries}, stopwaitsecs {w.stopwaitsecs:g}s, at most "
                      f"{w.max_restarts} restarts in {w.restart_window:g}s"
                      + (" (critical)" if name in CRITICAL else ""))
     lines.append(f"  agents: {', '.join(sorted(cfg.agents)) or '(none)'}")
     lines.append(f"  repositories: {', '.join(sorted(cfg.repositories)) or '(none)'}")
+    if cfg.api.listen is not None:
+        lines.append(f"  api: listen {cfg.api.listen}, tokens in "
+                     f"{cfg.api.tokens_file or cfg.state_dir / 'api' / 'tokens'}")
+    if cfg.metrics.textfile is not None:
+        lines.append(f"  metrics: textfile {cfg.metrics.textfile}")
     lines.append(f"  scheduler: max_concurrent_jobs {cfg.scheduler.max_concurrent_jobs}, "
                  f"launcher {cfg.launcher}")
     return "\n".join(lines)
+
+
+def check_warnings(cfg: Config, env: Mapping[str, str]) -> list[str]:
+    """What `--check` warns about (a valid configuration all the same, exit 0): each agent
+    the configuration file names whose binary is not found (looked up as its jobs' adaptor
+    will, on batchd's PATH or the agent's own), and each whose jobs would be refused."""
+    out = []
+    for name in sorted(cfg.agents):
+        agent = cfg.agents[name]
+        if not agent.configured:
+            continue
+        found = locate(agent, env)
+        relative = "/" in found.command and not os.path.isabs(found.command)
+        if found.path is None and not relative:
+            where = ("" if "/" in found.command
+                     else f" on PATH ({agent_path(agent, env) or 'not set'})")
+            out.append(f"agent {name!r}: its binary {found.command!r} was not found{where}; "
+                       "its jobs will fail (agent_not_found)")
+        why = refusal(agent)
+        if why is not None:
+            out.append(f"agent {name!r} {why}; its jobs are refused")
+    return out
 
 
 # ----------------------------------------------------------------------------- the command
@@ -115,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.check:
         print(check_report(cfg))
+        for warning in check_warnings(cfg, os.environ):
+            print(f"batchd: warning: {warning}", file=sys.stderr)
         return EXIT_OK
     return serve(cfg, config_path=resolve_path(args.config))
 

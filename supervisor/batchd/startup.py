@@ -21,11 +21,19 @@ from supervisor.state.atomic import Corrupt
 from supervisor.state.clock import Clock, iso_now
 from supervisor.state.layout import STARTUP_LOG, Layout, read_record, write_record
 
-__all__ = ["PHASES", "STARTUP_LOG_KEEP", "Startup", "Verdict", "append_startup"]
+__all__ = ["PHASES", "STARTUP_LOG_KEEP", "Startup", "Verdict", "append_startup", "phases_for"]
 
-#: Startup recovery, in dependency order; the workers of one phase start together.
-PHASES: tuple[tuple[str, ...], ...] = (("scheduler",), ("locks",), ("reaper", "callbacks"))
+#: Startup recovery, in dependency order; the workers of one phase start together. The
+#: api (only when configured) comes after the scheduler and the locks are ready.
+PHASES: tuple[tuple[str, ...], ...] = (("scheduler",), ("locks",),
+                                       ("reaper", "callbacks", "api"))
 STARTUP_LOG_KEEP = 10
+
+
+def phases_for(enabled: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """PHASES with only the `enabled` workers (a phase left empty is dropped)."""
+    kept = (tuple(w for w in phase if w in enabled) for phase in PHASES)
+    return tuple(phase for phase in kept if phase)
 
 
 def append_startup(layout: Layout, entry: dict[str, Any],

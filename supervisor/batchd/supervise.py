@@ -20,16 +20,16 @@ from supervisor.batchd.control import REPLY_TTL, Control, Request
 from supervisor.batchd.life import Life
 from supervisor.batchd.procstate import Action, Event, Proc, State, Transition
 from supervisor.batchd.publish import Publisher, status_text
-from supervisor.batchd.reload import changed_workers, read_new_config
+from supervisor.batchd.reload import plan, read_new_config
 from supervisor.batchd.sdnotify import Notifier
-from supervisor.batchd.startup import PHASES, Startup
+from supervisor.batchd.startup import Startup, phases_for
 from supervisor.batchd.timers import Timers
 from supervisor.batchd.workers import (
     READY_RECHECK,
     Workers,
     fork_worker,
 )
-from supervisor.config import WORKER_NAMES, Config, ConfigError
+from supervisor.config import WORKER_NAMES, Config, ConfigError, enabled_workers
 from supervisor.state.clock import SYSTEM_CLOCK, Clock
 from supervisor.state.layout import Layout
 from supervisor.state.proc import start_time
@@ -80,7 +80,7 @@ class Batchd:
         self.timers = Timers()
         self.workers = Workers(cfg, self.layout, self.timers, clock, self.log, spawn=spawn,
                                kill=kill, proc_start=proc_start)
-        self.startup = Startup(clock, self.log, PHASES)
+        self.startup = Startup(clock, self.log, phases_for(enabled_workers(cfg)))
         self.started_wall = self.startup.started_wall
         self.control = Control(self.layout, clock, self.log, self.started_wall)
         self.publisher = Publisher(self.layout, self.notifier, self.log, self.pid)
@@ -171,25 +171,26 @@ class Batchd:
                 self.log = _log.setup(new.log, name="batchd")
             except ConfigError as exc:
                 self.log.error("reload: cannot switch logging; keeping it", error=str(exc))
-        changed = changed_workers(self.cfg, new)
+        todo = plan(self.cfg, new, lambda n: self.procs[n].state is State.STOPPED)
         self.cfg = new
         self.workers.reconfigure(new)
-        restart = [n for n in changed if self.procs[n].state is not State.STOPPED]
-        self.log.info("configuration reloaded", source=new.source, changed=changed,
-                      restarting=restart)
-        message = ("reloaded; restarted: " + ", ".join(restart)) if restart \
-            else "reloaded; no worker needed a restart"
-        result = {"restarted": restart, "changed": changed}
-        if not restart:
-            for rid in rids:
-                self.control.reply(rid, True, message, result=result)
-            self.life_event(life.Event.RELOADED)
-            return
-        self.control.wait(rids, "start", restart, message, result)
-        for name in restart:
+        self.log.info("configuration reloaded", source=new.source, changed=todo.changed,
+                      restarting=todo.restart, starting=todo.started, stopping=todo.stopped)
+        for name in todo.stopped:
+            self.event(name, Event.STOP)
+        told = todo.restart + todo.started
+        self.control.wait(rids, "start", told, todo.message(), todo.result())
+        if not told:      # nothing to wait for: answered at once
+            self.control.resolve(self.procs)
+        for name in todo.restart:
             self.event(name, Event.RESTART)
-        self._reloading = tuple(restart)     # judged once every one of them was told
-        self._after()
+        for name in todo.started:
+            self.event(name, Event.START)
+        self._reloading = (*told, *todo.stopped)   # judged once every one of them was told
+        if self._reloading:
+            self._after()
+        else:
+            self.life_event(life.Event.RELOADED)
 
     def _begin_shutdown(self) -> None:
         self.log.info("shutting down", reason=self._why, exit_code=self.exit_code)
@@ -265,7 +266,7 @@ class Batchd:
     def begin(self) -> None:
         """Start recovery: the first phase's workers."""
         self.log.info("startup recovery begins", startup=self.startup.id,
-                      phases=[list(p) for p in PHASES])
+                      phases=[list(p) for p in phases_for(enabled_workers(self.cfg))])
         self._next_phase()
 
     def _next_phase(self) -> None:
@@ -378,6 +379,10 @@ class Batchd:
         if req.worker not in self.procs:
             self.control.reply(rid, False, f"unknown worker {req.worker!r} (expected one of "
                                            f"{', '.join(WORKER_NAMES)})")
+            return
+        if req.op != "stop" and not self.workers.enabled(req.worker):
+            self.control.reply(rid, False, f"worker {req.worker} is not configured "
+                                           "(api.listen is null); set it and reload")
             return
         assert req.worker is not None
         {"start": self.start_worker, "stop": self.stop_worker,

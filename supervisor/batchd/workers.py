@@ -23,7 +23,7 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor.batchd.procstate import Action, Cause, Event, Proc, State, Transition, step
 from supervisor.batchd.timers import Timers
-from supervisor.config import WORKER_NAMES, Config, WorkerConfig
+from supervisor.config import WORKER_NAMES, Config, WorkerConfig, enabled_workers
 from supervisor.runtime import EXIT_ORPHANED, EXIT_RECOVERY_FAILED
 from supervisor.state.clock import Clock
 from supervisor.state.layout import READY, Layout, read_record
@@ -115,8 +115,15 @@ class Workers:
         self.dirty = True                  # workers.json is behind
 
     def ordered(self) -> list[Proc]:
-        """The Procs in startup order."""
-        return [self.procs[n] for n in WORKER_NAMES]
+        """The Procs batchd shows (workers.json, STATUS=), in startup order: every worker the
+        configuration runs, and an optional one it no longer runs until that one is down."""
+        enabled = enabled_workers(self.cfg)
+        return [self.procs[n] for n in WORKER_NAMES
+                if n in enabled or self.procs[n].state not in DONE]
+
+    def enabled(self, name: str) -> bool:
+        """Whether the configuration runs worker `name` (the api only with api.listen)."""
+        return name in enabled_workers(self.cfg)
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: each Proc follows its new `workers.<name>` settings."""

@@ -1,47 +1,61 @@
 """The callbacks worker: the webhook outbox and its deliveries (at-least-once, any crash).
 
-Recovery reads the whole outbox (an in_flight record goes back to pending, due now);
-then the inbox and the due tries. docs/CALLBACKS.md has the files and the crash argument.
+Recovery reads the live outbox (an in_flight record goes back to pending, due now); then
+one loop on the main thread takes the inbox and hands due tries to sending threads (at
+most `callbacks.concurrency` at once, 4 per receiver), each of which owns its record
+until it is settled. A new event waits for its first try as the request the scheduler
+wrote (its record is made by that try's in_flight write). docs/CALLBACKS.md has the
+files, the threads and the crash argument.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
+import queue
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from watchdog.events import FileCreatedEvent, FileMovedEvent
 
 from supervisor import log as _log
-from supervisor.callbacks.transport import RequestsTransport, Transport, attempt
+from supervisor.callbacks.outbox import DirOutbox, GroupFS, Outbox
+from supervisor.callbacks.settle import BatchCheck, Verdict, wal_check
+from supervisor.callbacks.transport import HttpTransport, Transport, attempt
 from supervisor.config import CallbacksConfig, Config
 from supervisor.runtime import (
     EXIT_OK,
     EXIT_RECOVERY_FAILED,
     BadRequest,
     Log,
+    NotYet,
     Waiter,
     Watcher,
-    handle_inbox,
+    inbox_requests,
     report_ready,
     stop_requested,
 )
-from supervisor.state.atomic import CORRUPT_MARK, Corrupt, ensure_dir, is_tmp_name, quarantine
+from supervisor.state.atomic import discard, quarantine, remove
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
-from supervisor.state.fs import FS, REAL
-from supervisor.state.layout import DELIVERY, Layout, read_record, write_record
+from supervisor.state.layout import Layout
 from supervisor.state.webhook import (
-    DELIVERY_STATES,
+    SETTLED_STATES,
     InvalidTransition,
+    Result,
     begin,
-    delivery_problem,
     due_at,
-    earliest,
     finish,
+    held,
+    host_of,
     interrupted,
     new_delivery,
     operator_retry,
+    postponed,
     valid_event_id,
     valid_url,
 )
@@ -49,124 +63,303 @@ from supervisor.state.webhook import (
 __all__ = [
     "HANDLERS",
     "NAME",
+    "PER_HOST",
+    "RECHECK",
     "Callbacks",
     "DirOutbox",
+    "Done",
     "Outbox",
-    "deliver_next",
     "handle_deliver",
     "handle_retry",
     "main",
     "recover",
     "serve",
-    "sleep_for",
+    "take_inbox",
 ]
 
 NAME = "callbacks"
+#: At most this many tries in flight to one receiver (scheme://host:port) at once.
+PER_HOST = 4
+#: A held batch event whose batch is not terminal in the queue yet is checked again after
+#: this many seconds (at most `batch_settle`).
+RECHECK = 0.5
 
 
-class Outbox(Protocol):
-    """Where DELIVERY records live (the real one is a folder; tests may use a dict)."""
+@dataclass
+class Done:
+    """What a sending thread hands back: each record it owned as it is now on disk (None:
+    removed), the try's result (None for a settle check), or the error that stopped it."""
 
-    def scan(self) -> tuple[list[dict[str, Any]], list[str]]:
-        """Every usable record, and one note per unusable one (which is moved aside)."""
-        ...
-
-    def get(self, event_id: str) -> dict[str, Any] | None:
-        """The record of `event_id`, or None (none, or it was unusable and moved aside)."""
-        ...
-
-    def put(self, rec: dict[str, Any]) -> None:
-        """Replace the record `rec["id"]` atomically and durably."""
-        ...
+    records: list[tuple[str, dict[str, Any] | None]]
+    result: Result | None = None
+    cleared: list[str] = field(default_factory=list)     # held events the check released
+    error: BaseException | None = None
 
 
-class DirOutbox:
-    """`callbacks/outbox/`: one DELIVERY record per event, `<event id>.json`."""
-
-    def __init__(self, folder: Path, log: Log, *, fs: FS = REAL) -> None:
-        self.folder = folder
-        self.log = log
-        self.fs = fs
-
-    def _read(self, name: str) -> dict[str, Any] | str | None:
-        """The record, a note saying it was moved aside, or None (not there)."""
-        path = self.folder / name
-        rec = read_record(DELIVERY, path, owner=True, fs=self.fs)
-        if isinstance(rec, Corrupt):
-            moved, reason = rec.moved_to, rec.reason
-        elif isinstance(rec, dict):
-            problem = delivery_problem(rec)
-            if problem is None and rec["id"] == name.removesuffix(".json"):
-                return rec
-            reason = problem or f"id {rec['id']!r} does not match the file name"
-            moved = quarantine(path, fs=self.fs)
-        else:
-            return None
-        self.log.warning("corrupt delivery quarantined", path=str(path), moved_to=moved,
-                         reason=reason)
-        return f"callback delivery {name} was corrupt: moved to {moved}"
-
-    def scan(self) -> tuple[list[dict[str, Any]], list[str]]:
-        ensure_dir(self.folder, fs=self.fs)
-        records: list[dict[str, Any]] = []
-        notes: list[str] = []
-        for name in sorted(self.fs.listdir(str(self.folder))):
-            if is_tmp_name(name) or CORRUPT_MARK in name or not name.endswith(".json"):
-                continue
-            got = self._read(name)
-            if isinstance(got, dict):
-                records.append(got)
-            elif isinstance(got, str):
-                notes.append(got)
-        return records, notes
-
-    def get(self, event_id: str) -> dict[str, Any] | None:
-        got = self._read(f"{event_id}.json")
-        return got if isinstance(got, dict) else None
-
-    def put(self, rec: dict[str, Any]) -> None:
-        write_record(DELIVERY, self.folder / f"{rec['id']}.json", rec, fs=self.fs)
+def _no_check(recs: Sequence[dict[str, Any]]) -> dict[str, Verdict]:
+    return {}
 
 
 @dataclass
 class Callbacks:
-    """What the worker holds: the pending deliveries, rebuilt from the outbox at each start."""
+    """What the worker holds, all rebuilt from the outbox at each start (law 4).
+
+    `pending` is the schedule: the pending records no thread owns, ordered by `_heap`
+    (due, created_at, generation, id); a record handed to a thread (`busy`: id -> host,
+    "" for a settle check) is owned by it until its Done comes back through `_done`.
+    Only the main thread touches these fields; threads touch only the records they own.
+    """
 
     log: Log
     outbox: Outbox
     transport: Transport
     settings: CallbacksConfig
     clock: Clock = SYSTEM_CLOCK
+    check: BatchCheck = _no_check
+    #: Runs the tries; a ThreadPoolExecutor of concurrency + 1 threads is made at first use.
+    executor: Executor | None = None
+    #: Wakes the main loop when a thread is done (the Watcher's wake in production).
+    wake: Callable[[], None] = lambda: None
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    busy: dict[str, str] = field(default_factory=dict)
+    cleared: set[str] = field(default_factory=set)       # held events the check released
+    deferred: set[str] = field(default_factory=set)      # retries waiting for a busy record
+    retry_now: bool = False          # a record a deferred retry waits for was handed back
+    #: New events with no record yet: event id -> their request in the inbox, which stays
+    #: there (the durable form of the event) until the first try's in_flight write.
+    requests: dict[str, Path] = field(default_factory=dict)
+    tasks: int = 0                                       # tries and checks handed out
+    _heap: list[tuple[float, str, int, str]] = field(default_factory=list)
+    _gen: dict[str, int] = field(default_factory=dict)
+    #: Due tries whose receiver is at its limit, a heap per receiver: one goes back to
+    #: the schedule each time a try to that receiver ends.
+    _parked: dict[str, list[tuple[float, str, int, str]]] = field(default_factory=dict)
+    _hosts: Counter[str] = field(default_factory=Counter)
+    _host_of: dict[str, str] = field(default_factory=dict)      # event id -> receiver
+    _done: queue.SimpleQueue[Done] = field(default_factory=queue.SimpleQueue)
 
-    def store(self, rec: dict[str, Any]) -> None:
-        """Write `rec` durably, then mirror it (only pending ones are kept in memory)."""
-        self.outbox.put(rec)
-        if rec["state"] == "pending":
-            self.pending[rec["id"]] = rec
-        else:
-            self.pending.pop(rec["id"], None)
+    # -- the schedule (main thread) ---------------------------------------------------------
+    def schedule(self, rec: dict[str, Any]) -> None:
+        """Keep `rec` (as on disk): pending ones join the schedule, others leave it."""
+        event_id = rec["id"]
+        if rec["state"] != "pending":
+            self.pending.pop(event_id, None)
+            self._gen.pop(event_id, None)
+            self._host_of.pop(event_id, None)
+            self.cleared.discard(event_id)
+            return
+        self.pending[event_id] = rec
+        if event_id not in self._host_of:
+            self._host_of[event_id] = host_of(rec["url"])
+        gen = self._gen.get(event_id, 0) + 1
+        self._gen[event_id] = gen
+        heapq.heappush(self._heap, (due_at(rec), str(rec["created_at"]), gen, event_id))
+
+    def store(self, rec: dict[str, Any], *, moved: bool = False) -> None:
+        """Write `rec` durably (the main thread owns it), then keep it in the schedule."""
+        self.outbox.put(rec, moved=moved)
+        self.schedule(rec)
+
+    def known(self, event_id: str) -> bool:
+        """Whether the event has a record (in memory, in flight, or on disk)."""
+        return event_id in self.pending or event_id in self.busy or self.outbox.exists(
+            event_id)
+
+    def _valid(self, item: tuple[float, str, int, str]) -> bool:
+        return self._gen.get(item[3]) == item[2] and item[3] in self.pending
+
+    def _limit(self) -> int:
+        return max(1, self.settings.concurrency)
+
+    def sleep_for(self) -> float | None:
+        """Seconds until the next try may start (0: now); None: nothing until a hint or a
+        thread is done (nothing pends, or every slot is taken)."""
+        if self.tasks >= self._limit():
+            return None
+        heap = self._heap
+        while heap and not self._valid(heap[0]):
+            heapq.heappop(heap)
+        if not heap:
+            return None
+        return max(0.0, heap[0][0] - self.clock.time())
+
+    # -- handing out (main thread) ------------------------------------------------------------
+    def _pool(self) -> Executor:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=self._limit() + 1,
+                                               thread_name_prefix="deliver")
+        return self.executor
+
+    def dispatch(self) -> int:
+        """Hand every due try to a thread while slots are free (at most PER_HOST per
+        receiver; a try whose receiver is full waits for one of its tries to end); due held
+        batch events go, together, to one settle check. How many tries started."""
+        now = self.clock.time()
+        heap, started, checks = self._heap, 0, []
+        per_host = min(PER_HOST, self._limit())
+        while heap and heap[0][0] <= now and self.tasks < self._limit():
+            item = heapq.heappop(heap)
+            if not self._valid(item):
+                continue
+            event_id = item[3]
+            rec = self.pending[event_id]
+            if held(rec) and event_id not in self.cleared:
+                checks.append(rec)
+                continue
+            host = self._host_of[event_id]
+            if self._hosts[host] >= per_host:
+                heapq.heappush(self._parked.setdefault(host, []), item)
+                continue
+            del self.pending[event_id]
+            self.busy[event_id] = host
+            self._hosts[host] += 1
+            self.tasks += 1
+            self._pool().submit(self._send, rec, self.requests.get(event_id))
+            started += 1
+        if checks:
+            for rec in checks:
+                del self.pending[rec["id"]]
+                self.busy[rec["id"]] = ""
+            self.tasks += 1
+            self._pool().submit(self._settle, checks)
+        return started
+
+    def reap(self) -> None:
+        """Take back what threads are done with (`retry_now` is set when a deferred retry
+        can go now). A thread's error (its record could not be written) is raised here:
+        the worker exits and its restart recovers from the files."""
+        while True:
+            try:
+                done = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self.tasks -= 1
+            for event_id, rec in done.records:
+                host = self.busy.pop(event_id, "")
+                self.requests.pop(event_id, None)
+                if host:
+                    self._hosts[host] -= 1
+                    if not self._hosts[host]:
+                        del self._hosts[host]
+                    self._unpark(host)
+                self.retry_now = self.retry_now or event_id in self.deferred
+                if rec is not None:
+                    self.schedule(rec)
+            self.cleared.update(done.cleared)
+            if done.error is not None:
+                raise done.error
+            if done.result is not None and done.records:
+                _, rec = done.records[0]
+                if rec is not None:
+                    self.log.info("delivery try", event_id=rec["id"], url=rec["url"],
+                                  attempts=rec["attempts"], outcome=done.result.outcome,
+                                  error=done.result.error, state=rec["state"],
+                                  next_attempt_at=rec["next_attempt_at"])
+
+    def _unpark(self, host: str) -> None:
+        """A try to `host` ended: its earliest parked try (still valid) is due again."""
+        parked = self._parked.get(host)
+        while parked:
+            item = heapq.heappop(parked)
+            if self._valid(item):
+                heapq.heappush(self._heap, item)
+                break
+        if not parked:
+            self._parked.pop(host, None)
+
+    def drain(self, grace: float) -> None:
+        """At stop: wait up to `grace` seconds for the tries in flight to end (their
+        records settle; any still in flight after it are tried again at the next start)."""
+        deadline = time.monotonic() + grace
+        while self.tasks and time.monotonic() < deadline:
+            try:
+                done = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self._done.put(done)
+            try:
+                self.reap()
+            except Exception as exc:  # noqa: BLE001 - stopping anyway; the files are the truth
+                self.log.error("a delivery could not be recorded", error=str(exc))
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- on a sending thread (each owns the records it was handed) -------------------------
+    def _hand_back(self, done: Done) -> None:
+        self._done.put(done)
+        self.wake()
+
+    def _send(self, rec: dict[str, Any], request: Path | None) -> None:
+        """One try: in_flight BEFORE the POST, the outcome durable after it. A retry's
+        in_flight write is durable; a new event's first try writes its record in_flight
+        without fsync, because its request, durable in the inbox, stands for it until the
+        outcome is durable, and only then is dropped (a request that comes back at a power
+        cut finds the record: a no-op). So a first try costs two fsyncs, not four."""
+        event_id = rec["id"]
+        try:
+            rec = begin(rec, self.clock.time())
+            self.outbox.put(rec, durable=request is None)
+            result = attempt(self.transport, rec, secret=self.settings.secret,
+                             timeout=self.settings.timeout, now=self.clock.time)
+            rec = finish(rec, result, self.clock.time(), self.settings.retry_schedule)
+            self.outbox.put(rec, moved=rec["state"] in SETTLED_STATES)
+            if request is not None:
+                discard(request)
+            self._hand_back(Done([(event_id, rec)], result))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            self._hand_back(Done([(event_id, None)], error=exc))
+
+    def _settle(self, recs: list[dict[str, Any]]) -> None:
+        """The settle check of due held batch events, and what it decides, made durable."""
+        out: list[tuple[str, dict[str, Any] | None]] = []
+        cleared: list[str] = []
+        try:
+            verdicts = self.check(recs)
+            now = self.clock.time()
+            for rec in recs:
+                verdict = verdicts.get(rec["id"], Verdict.WAIT)
+                if verdict is Verdict.SEND:
+                    cleared.append(rec["id"])
+                    out.append((rec["id"], rec))
+                elif verdict is Verdict.SUPERSEDED:
+                    self.outbox.delete(rec["id"])
+                    out.append((rec["id"], None))
+                    self.log.info("batch event superseded: its batch gained jobs",
+                                  event_id=rec["id"], batch=rec["batch"], url=rec["url"])
+                else:
+                    wait = max(0.05, min(RECHECK, self.settings.batch_settle))
+                    later = postponed(rec, now + wait, now)
+                    self.outbox.put(later)
+                    out.append((rec["id"], later))
+            self._hand_back(Done(out, cleared=cleared))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            done = {event_id for event_id, _ in out}
+            out += [(rec["id"], rec) for rec in recs if rec["id"] not in done]
+            self._hand_back(Done(out, cleared=cleared, error=exc))
 
 
 def recover(state: Callbacks) -> tuple[dict[str, int], dict[str, int], list[str]]:
-    """Load the outbox into `state`; in_flight -> pending. (found, did, degraded); OSError."""
-    records, degraded = state.outbox.scan()
-    found = dict.fromkeys(DELIVERY_STATES, 0)
+    """Load the live outbox into `state`; in_flight -> pending. (found, did, degraded);
+    OSError if the outbox cannot be used."""
+    scan = state.outbox.scan()
+    found = {"pending": 0, "in_flight": 0, "held": 0, "corrupt": len(scan.notes)}
     requeued = 0
-    for rec in records:
+    for rec in scan.records:
         found[rec["state"]] += 1
         if rec["state"] == "in_flight":
             state.store(interrupted(rec, state.clock.time()))     # durable before ready
             state.log.warning("delivery interrupted by a crash: it will be sent again",
                               event_id=rec["id"], url=rec["url"], attempts=rec["attempts"])
             requeued += 1
-        elif rec["state"] == "pending":
-            state.pending[rec["id"]] = rec
-    found["corrupt"] = len(degraded)
-    return found, {"requeued": requeued, "quarantined": len(degraded)}, degraded
+        else:
+            found["held"] += held(rec)
+            state.schedule(rec)
+    return found, {"requeued": requeued, "quarantined": len(scan.notes),
+                   "settled_moved": scan.moved, "duplicates_removed": scan.duplicates}, \
+        scan.notes
 
 
-# -- handlers -------------------------------------------------------------------------------
+# -- handlers (main thread) --------------------------------------------------------------------
 
 def _event_id(req: dict[str, Any]) -> str:
     event_id = req.get("event_id")
@@ -175,8 +368,24 @@ def _event_id(req: dict[str, Any]) -> str:
     return event_id
 
 
-def handle_deliver(state: Callbacks, req: dict[str, Any]) -> None:
-    """A new event to deliver: write its pending record, unless it exists (a replay)."""
+def _check_batch(req: dict[str, Any]) -> None:
+    batch = req.get("batch")
+    if batch is None:
+        return
+    jobs = (req["payload"].get("batch") or {}).get("jobs") \
+        if isinstance(req["payload"].get("batch"), dict) else None
+    if not isinstance(batch, str) or not batch:
+        raise BadRequest("'batch' must be a batch name")
+    if not (isinstance(jobs, list) and jobs and all(isinstance(j, str) for j in jobs)):
+        raise BadRequest("a batch event's payload must list its jobs (batch.jobs)")
+
+
+def handle_deliver(state: Callbacks, req: dict[str, Any], path: Path) -> bool:
+    """A new event to deliver (True: its request stays in the inbox until the first try).
+
+    A replay (the event has a record) changes nothing. A batch event is held for
+    `batch_settle`: its record is written now, due when the window ends. Any other event
+    joins the schedule, due now, as its request: the first try writes its record."""
     event_id = _event_id(req)
     if not valid_url(req.get("url")):
         raise BadRequest(f"'url' {req.get('url')!r} is not an http(s) URL")
@@ -184,72 +393,117 @@ def handle_deliver(state: Callbacks, req: dict[str, Any]) -> None:
         raise BadRequest("'payload' must be a JSON object")
     if not isinstance(req.get("job"), (str, type(None))):
         raise BadRequest("'job' must be a job id or null")
-    if event_id in state.pending or state.outbox.get(event_id) is not None:
+    _check_batch(req)
+    if state.known(event_id):
         state.log.info("delivery request replayed: already in the outbox", event_id=event_id)
-        return
-    state.store(new_delivery(req, state.clock.time()))
+        return False
+    rec = new_delivery(req, state.clock.time(), settle=state.settings.batch_settle)
+    if held(rec):
+        state.store(rec)
+        state.log.info("batch event held for the settle window", event_id=event_id,
+                       batch=rec["batch"], url=rec["url"], until=rec["next_attempt_at"])
+        return False
+    state.requests[event_id] = path
+    state.schedule(rec)
     state.log.info("delivery queued", event_id=event_id, job=req.get("job"), url=req["url"])
+    state.reap()
+    state.dispatch()        # a long inbox does not hold back the first tries
+    return True
 
 
-def handle_retry(state: Callbacks, req: dict[str, Any]) -> None:
-    """The operator's retry: a failed or pending delivery is due now, on a fresh schedule."""
+def handle_retry(state: Callbacks, req: dict[str, Any], path: Path) -> bool:
+    """The operator's retry: a failed or pending delivery is due now, on a fresh schedule.
+    One a thread holds (a try in flight) is retried once that try is over (NotYet)."""
     event_id = _event_id(req)
+    if event_id in state.busy:
+        state.deferred.add(event_id)
+        raise NotYet(f"delivery {event_id} has a try in flight")
+    state.deferred.discard(event_id)
+    if event_id in state.requests:
+        state.log.info("retry of a delivery not tried yet: it is due now", event_id=event_id)
+        return False
     rec = state.pending.get(event_id) or state.outbox.get(event_id)
     if rec is None:
         state.log.warning("retry of an unknown delivery ignored", event_id=event_id)
-        return
+        return False
     try:
-        rec = operator_retry(rec, state.clock.time())
+        new = operator_retry(rec, state.clock.time())
     except InvalidTransition as exc:
         state.log.warning("retry ignored", event_id=event_id, reason=str(exc))
-        return
-    state.store(rec)
-    state.log.info("delivery retry requested", event_id=event_id, attempts=rec["attempts"])
+        return False
+    state.store(new, moved=rec["state"] in SETTLED_STATES)
+    state.log.info("delivery retry requested", event_id=event_id, attempts=new["attempts"])
+    return False
 
 
-#: request kind -> handler.
-HANDLERS: dict[str, Callable[[Callbacks, dict[str, Any]], None]] = {
+#: request kind -> handler (in this order: a retry never overtakes the event it names);
+#: True from a handler: the request stays in the inbox, taken (not read again).
+HANDLERS: dict[str, Callable[[Callbacks, dict[str, Any], Path], bool]] = {
     "deliver": handle_deliver,
     "retry": handle_retry,
 }
 
 
-# -- delivering -----------------------------------------------------------------------------
-
-def deliver_next(state: Callbacks) -> bool:
-    """Make one try of the earliest due delivery; False if none is due."""
-    first = earliest(state.pending.values())
-    if first is None or due_at(first) > state.clock.time():
-        return False
-    rec = begin(first, state.clock.time())
-    state.store(rec)                     # durable "in_flight" before the POST
-    result = attempt(state.transport, rec, secret=state.settings.secret,
-                     timeout=state.settings.timeout)
-    rec = finish(rec, result, state.clock.time(), state.settings.retry_schedule)
-    state.store(rec)
-    state.log.info("delivery try", event_id=rec["id"], url=rec["url"], attempts=rec["attempts"],
-                   outcome=result.outcome, error=result.error, state=rec["state"],
-                   next_attempt_at=rec["next_attempt_at"])
-    return True
+def _reject(path: Path, why: str, log: Log) -> None:
+    log.warning("malformed request quarantined", path=str(path), moved_to=quarantine(path),
+                reason=why)
 
 
-def sleep_for(state: Callbacks) -> float | None:
-    """Seconds until the earliest pending try (0 if one is due), None if nothing pends."""
-    first = earliest(state.pending.values())
-    if first is None:
-        return None
-    return max(0.0, due_at(first) - state.clock.time())
+def take_inbox(state: Callbacks, inbox: Path) -> int:
+    """Handle the requests in the inbox not taken yet; how many were handled.
 
+    Kind by kind in HANDLERS order, oldest first within a kind (the runtime's one inbox
+    reader lists them, skipping the taken ones). A request is removed (durably) once its
+    effect is durable, except a new event's, which stays until its first try; a malformed
+    one is quarantined; one a handler cannot take yet (NotYet) stays for a later pass."""
+    taken = {path.name for path in state.requests.values()}
+    rank = {kind: i for i, kind in enumerate(HANDLERS)}
+    todo = inbox_requests(inbox, state.log, skip=taken.__contains__)
+    todo.sort(key=lambda item: rank.get(item[1]["kind"], len(rank)))
+    done = 0
+    for path, req in todo:
+        if stop_requested():
+            break
+        handler = HANDLERS.get(req["kind"])
+        if handler is None:
+            _reject(path, f"unknown request kind {req['kind']!r}", state.log)
+            continue
+        try:
+            keep = handler(state, req, path)
+        except BadRequest as exc:
+            _reject(path, str(exc), state.log)
+            continue
+        except NotYet:
+            continue
+        if not keep:
+            remove(path)
+        done += 1
+    return done
+
+
+# -- the loop (main thread) --------------------------------------------------------------------
 
 def serve(state: Callbacks, waiter: Waiter, inbox: Path, *,
-          stop: Callable[[], bool] = stop_requested) -> None:
-    """Until `stop()`: take the inbox on a hint or rescan, then make at most one due try,
-    sleeping until the earliest next try or the next hint."""
-    while not stop():
-        if waiter.wait(sleep_for(state)) and not stop():
-            handle_inbox(inbox, HANDLERS, state, state.log)
-        if not stop():
-            deliver_next(state)
+          stop: Callable[[], bool] = stop_requested, grace: float | None = None) -> None:
+    """Until `stop()`: sleep until the next due try, a hint, or a thread handing a record
+    back; take the inbox on a hint (or rescan); hand out what is due. At stop, wait up to
+    `grace` (default: the POST timeout) for the tries in flight."""
+    try:
+        while not stop():
+            state.reap()
+            before = getattr(waiter, "looks", None)
+            woken = waiter.wait(state.sleep_for())
+            # a Watcher counts hints and rescans: a wake by a sending thread alone is no
+            # reason to list the inbox (the other waiters: every wake is)
+            looked = woken if before is None else getattr(waiter, "looks", None) != before
+            state.reap()
+            if (looked or state.retry_now) and not stop():
+                state.retry_now = False
+                take_inbox(state, inbox)
+            if not stop():
+                state.dispatch()
+    finally:
+        state.drain(state.settings.timeout if grace is None else grace)
 
 
 def main(cfg: Config) -> int:
@@ -257,18 +511,23 @@ def main(cfg: Config) -> int:
     started, started_at = time.monotonic(), iso_now()
     layout = Layout(cfg.state_dir)
     log = _log.get(NAME)
-    state = Callbacks(log=log, outbox=DirOutbox(layout.callbacks_outbox, log),
-                      transport=RequestsTransport(), settings=cfg.callbacks)
+    # the sending threads share their folder fsyncs (GroupFS): fewer when tries come together
+    state = Callbacks(log=log, outbox=DirOutbox(layout.callbacks_outbox, log,
+                                                done=layout.callbacks_done,
+                                                requests=layout.inbox(NAME), fs=GroupFS()),
+                      transport=HttpTransport(), settings=cfg.callbacks,
+                      check=wal_check(layout.wal_dir, log))
     try:
         found, did, degraded = recover(state)
     except OSError as exc:
         log.error("recovery failed", error=str(exc))
         return EXIT_RECOVERY_FAILED
     inbox = layout.inbox(NAME)
-    with Watcher([inbox], log=log) as watcher:
+    # a request arrives by rename (or creation); the worker's own removals are no hint
+    with Watcher([inbox], log=log, events=[FileCreatedEvent, FileMovedEvent]) as watcher:
+        state.wake = watcher.wake
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)
         log.info("ready", pid=os.getpid(), **found)
         serve(state, watcher, inbox)
     return EXIT_OK
-

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from supervisor import __version__
 from supervisor.config import WORKER_NAMES, ConfigError, load
+from supervisor.ctl.agents import cmd_agents
 from supervisor.ctl.callbacks import run_callbacks, setup_callbacks
 from supervisor.ctl.completion import KINDS, SHELLS, cmd_complete, cmd_completion
 from supervisor.ctl.control import (
@@ -39,13 +39,13 @@ from supervisor.ctl.jobs import (
     cmd_stats,
     cmd_status_job,
     cmd_wait,
-    duration_arg,
 )
 from supervisor.ctl.locks import run_locks, setup_locks
 from supervisor.ctl.out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor.ctl.repos import run_repo, setup_repo
 from supervisor.ctl.submit import cmd_submit
-from supervisor.state.clock import parse_iso
+from supervisor.ctl.tokens import run_token, setup_token
+from supervisor.state.joblist import parse_label, parse_since
 from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
 from supervisor.state.view import JOB_STATES, TERMINAL, JobFilter, Unreadable
@@ -82,6 +82,10 @@ def _submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", metavar="B", help="batch name")
     p.add_argument("--id", metavar="ID", help="job id (default: a fresh one)")
     p.add_argument("--exclusive", action="store_true", help="hold repository locks all run")
+    p.add_argument("--resume", metavar="JOB",
+                   help="continue JOB's agent session, in JOB's workspace (same agent)")
+    p.add_argument("--idle-timeout", dest="idle_timeout", metavar="D",
+                   help="stop the job (timed_out, reason idle) after D without output")
     p.add_argument("--after", metavar="IDS", action="append", default=[],
                    help="start only when every one of these jobs has completed")
     p.add_argument("--after-any", metavar="IDS", action="append", default=[],
@@ -117,17 +121,11 @@ def _jobs(p: argparse.ArgumentParser) -> None:
 
 def _jobs_filter(a: Any) -> JobFilter:
     """The `jobs` filters from the command line (exit 2 on a bad one)."""
-    labels: dict[str, str] = {}
-    for value in a.label:
-        key, sep, val = value.partition("=")
-        if not sep or not key:
-            raise CtlError(f"--label: expected K=V, got {value!r}", EXIT_USAGE)
-        labels[key] = val
-    since = None
-    if a.since is not None:
-        since = parse_iso(a.since)
-        if since is None:
-            since = time.time() - duration_arg(a.since, "--since")
+    try:
+        labels = dict(parse_label(value) for value in a.label)
+        since = None if a.since is None else parse_since(a.since)
+    except ValueError as exc:
+        raise CtlError(f"jobs: {exc}", EXIT_USAGE) from None
     if a.limit is not None and a.limit < 1:
         raise CtlError(f"--limit: expected a positive number, got {a.limit}", EXIT_USAGE)
     return JobFilter(agent=a.agent, labels=labels, since=since, limit=a.limit)
@@ -218,6 +216,10 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "reload": ("reload the configuration (as SIGHUP)", _none, _control("reload")),
     "startup-log": ("the last startups, phase by phase", _none,
                     lambda c, a: cmd_startup_log(c)),
+    "agents": ("each agent: adaptor, binary, version, found, user", _none,
+               lambda c, a: cmd_agents(c)),
+    "token": ("API tokens: `token add NAME --scope read|submit|admin` (printed once), "
+              "`token list`, `token revoke NAME`", setup_token, run_token),
     "completion": ("a shell completion script: completion bash|zsh|fish", _shell,
                    lambda c, a: cmd_completion(c, a.shell, build_parser())),
 }

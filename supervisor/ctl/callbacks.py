@@ -21,91 +21,27 @@ inbox and is handled when the worker starts.
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
-from typing import Any
 
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx, table
-from supervisor.state.atomic import CORRUPT_MARK, Corrupt, is_tmp_name
-from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record
+from supervisor.state.documents import deliveries
 from supervisor.state.webhook import (
     DELIVERY_STATES,
-    delivery_problem,
     drop_request,
     retry_request,
     valid_event_id,
 )
 
 __all__ = [
-    "LIST_FIELDS",
     "cmd_callbacks",
     "cmd_callbacks_retry",
-    "read_deliveries",
     "run_callbacks",
     "setup_callbacks",
 ]
 
-#: The keys of each record `callbacks --json` prints (CONTRACT.md), in order.
-LIST_FIELDS: tuple[str, ...] = (
-    "id", "job", "url", "state", "attempts", "next_attempt_at", "last_error", "created_at")
-
-
-def _json_names(folder: Path) -> list[str]:
-    """The record file names in `folder` ([] if it does not exist); exit 1 if unlistable."""
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise CtlError(f"cannot read {folder}: {exc.strerror or exc}") from None
-    return sorted(n for n in names
-                  if n.endswith(".json") and not is_tmp_name(n) and CORRUPT_MARK not in n)
-
-
-def _row(rec: dict[str, Any]) -> dict[str, Any]:
-    return {k: rec.get(k) for k in LIST_FIELDS}
-
-
-def _handed_over(layout: Layout) -> dict[str, dict[str, Any]]:
-    """Events waiting in the worker's inbox as "deliver" requests: pending, no try yet."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in _json_names(layout.inbox("callbacks")):
-        req = read_record(REQUEST, layout.inbox("callbacks") / name, owner=False)
-        if (isinstance(req, dict) and req.get("kind") == "deliver"
-                and valid_event_id(req.get("event_id"))):
-            out[req["event_id"]] = {
-                "id": req["event_id"], "job": req.get("job"), "url": req.get("url"),
-                "state": "pending", "attempts": 0, "next_attempt_at": req.get("created_at"),
-                "last_error": None, "created_at": req.get("created_at")}
-    return out
-
-
-def read_deliveries(ctx: Ctx) -> list[dict[str, Any]]:
-    """Every delivery (the LIST_FIELDS of each), oldest first; unreadable ones noted."""
-    pending = _handed_over(ctx.layout)
-    folder = ctx.layout.callbacks_outbox
-    found: dict[str, dict[str, Any]] = {}
-    for name in _json_names(folder):
-        rec = read_record(DELIVERY, folder / name, owner=False)
-        if isinstance(rec, dict):
-            problem = delivery_problem(rec)
-            if problem is None:
-                found[rec["id"]] = _row(rec)
-                continue
-            reason = problem
-        elif isinstance(rec, Corrupt):
-            reason = rec.reason
-        else:
-            continue    # taken away meanwhile
-        ctx.error(f"skipping unreadable delivery record {folder / name}: {reason}")
-    for event_id, row in pending.items():
-        found.setdefault(event_id, row)
-    return sorted(found.values(), key=lambda r: (str(r["created_at"]), r["id"]))
-
 
 def cmd_callbacks(ctx: Ctx, state: str | None) -> int:
     """`callbacks [--state S]`: the deliveries (all, or those in state S)."""
-    records = [r for r in read_deliveries(ctx) if state is None or r["state"] == state]
+    records = [r for r in deliveries(ctx.layout, ctx.error) if state is None or r["state"] == state]
     if ctx.json:
         ctx.emit(records)
         return EXIT_OK
@@ -125,7 +61,7 @@ def cmd_callbacks_retry(ctx: Ctx, event_id: str) -> int:
     if not valid_event_id(event_id):
         raise CtlError(f"invalid event id {event_id!r} (expected an id as `callbacks` "
                        "lists them)", EXIT_USAGE)
-    known = {r["id"]: r for r in read_deliveries(ctx)}
+    known = {r["id"]: r for r in deliveries(ctx.layout, ctx.error)}
     rec = known.get(event_id)
     if rec is None:
         raise CtlError(f"no such delivery: {event_id}")

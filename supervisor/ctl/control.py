@@ -12,26 +12,19 @@ request or a reply: the parent owns both folders' cleanup.
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx, age, cell, table
-from supervisor.state import disk
-from supervisor.state.atomic import ensure_dir
-from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
-from supervisor.state.layout import CONTROL, REPLY, Layout, read_record, write_record
-from supervisor.state.repos import read_registry
-from supervisor.state.view import (
-    Unreadable,
-    batchd_pid,
-    open_view,
-    read_startups,
-    read_workers,
-)
+from supervisor.state.clock import SYSTEM_CLOCK, Clock
+from supervisor.state.control import NoReply, NotRunning, reply_timeout
+from supervisor.state.control import send_control as _send_control
+from supervisor.state.control import wait_reply as _wait_reply
+from supervisor.state.documents import status_doc, workers_doc
+from supervisor.state.layout import Layout
+from supervisor.state.view import batchd_pid, read_startups
 
 __all__ = [
-    "WORKER_KEYS",
     "cmd_control",
     "cmd_startup_log",
     "cmd_status_summary",
@@ -39,17 +32,10 @@ __all__ = [
     "not_running",
     "reply_timeout",
     "send_control",
-    "summary",
     "wait_reply",
 ]
 
-#: The keys every worker entry of `workers --json` has (CONTRACT.md), in order.
-WORKER_KEYS: tuple[str, ...] = ("name", "state", "pid", "since", "restarts")
-
-#: Worker states that make batchd degraded.
-_DEGRADED_STATES = ("FATAL", "BACKOFF")
-
-#: Poll interval while waiting for a reply (docs/SUPERVISOR.md).
+#: Poll interval while waiting for batchd to let go of its lock after a shutdown.
 _POLL_S = 0.02
 
 
@@ -58,50 +44,24 @@ def not_running(layout: Layout) -> CtlError:
     return CtlError(f"batchd is not running (state dir {layout.root})", EXIT_FAILED)
 
 
-def reply_timeout(ctx: Ctx, op: str, worker: str | None) -> float:
-    """How long to wait for a reply: stopwaitsecs + 10 s for stop/restart, else 10 s."""
-    if op in ("stop", "restart") and worker is not None:
-        wcfg = ctx.cfg.workers.get(worker)
-        return (wcfg.stopwaitsecs if wcfg is not None else 10.0) + 10.0
-    return 10.0
-
-
 def wait_reply(layout: Layout, request_id: str, timeout: float, *,
                clock: Clock = SYSTEM_CLOCK, path: Path | None = None,
                inbox: Path | None = None) -> dict[str, Any]:
-    """The reply to `request_id` (batchd's, or at `path` a worker's to a request in
-    `inbox`); CtlError if batchd stops or `timeout` passes."""
-    path = layout.reply_file(request_id) if path is None else path
-    inbox = layout.control_inbox if inbox is None else inbox
-    deadline = clock.monotonic() + timeout
-    while True:
-        reply = read_record(REPLY, path, owner=False)
-        if isinstance(reply, dict):
-            return reply
-        if batchd_pid(layout) is None:
-            reply = read_record(REPLY, path, owner=False)
-            if isinstance(reply, dict):
-                return reply
-            raise CtlError(f"batchd stopped before answering request {request_id}")
-        if clock.monotonic() >= deadline:
-            raise CtlError(f"no reply from batchd within {timeout:g}s "
-                           f"(request {request_id} is still in {inbox})")
-        clock.sleep(_POLL_S)
+    """state.control.wait_reply for a command: CtlError (exit 1) if no reply comes."""
+    try:
+        return _wait_reply(layout, request_id, timeout, clock=clock, path=path, inbox=inbox)
+    except NoReply as exc:
+        raise CtlError(str(exc)) from None
 
 
 def send_control(ctx: Ctx, op: str, worker: str | None) -> dict[str, Any]:
     """Write one CONTROL request (batchd must run) and return the parent's reply."""
-    layout = ctx.layout
-    if batchd_pid(layout) is None:
-        raise not_running(layout)
-    request_id = uuid.uuid4().hex
-    now = time.time()
-    ensure_dir(layout.control_inbox)
-    write_record(CONTROL, layout.control_inbox / f"{request_id}.json", {
-        "id": request_id, "op": op, "worker": worker,
-        "created_at": iso_now(now),
-    })
-    return wait_reply(layout, request_id, reply_timeout(ctx, op, worker))
+    try:
+        return _send_control(ctx.cfg, ctx.layout, op, worker)
+    except NotRunning:
+        raise not_running(ctx.layout) from None
+    except NoReply as exc:
+        raise CtlError(str(exc)) from None
 
 
 def _wait_stopped(ctx: Ctx, timeout: float) -> bool:
@@ -137,14 +97,6 @@ def cmd_control(ctx: Ctx, op: str, worker: str | None) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _worker_entry(raw: dict[str, Any]) -> dict[str, Any]:
-    """A workers.json entry with every key of WORKER_KEYS present (others kept)."""
-    entry = {k: raw.get(k) for k in WORKER_KEYS}
-    entry["restarts"] = int(raw.get("restarts") or 0)
-    entry.update({k: v for k, v in raw.items() if k not in entry})
-    return entry
-
-
 def _describe(w: dict[str, Any]) -> str:
     """supervisorctl's description column: pid and uptime, or why it is not running."""
     parts: list[str] = []
@@ -170,9 +122,7 @@ def cmd_workers(ctx: Ctx) -> int:
     """`workers`: name, state, pid, since, restarts of each worker; exit 1 if batchd is down."""
     if batchd_pid(ctx.layout) is None:
         raise not_running(ctx.layout)
-    workers = [_worker_entry(w) for w in read_workers(ctx.layout)]
-    with open_view(ctx.cfg, ctx.layout) as view:
-        _mark_paused(workers, view.paused())
+    workers = workers_doc(ctx.cfg, ctx.layout)
     if ctx.json:
         ctx.emit(workers)
         return EXIT_OK
@@ -183,69 +133,9 @@ def cmd_workers(ctx: Ctx) -> int:
     return EXIT_OK
 
 
-def _degraded(workers: list[dict[str, Any]], startups: list[dict[str, Any]]) -> list[str]:
-    """Workers in FATAL/BACKOFF, then the degraded notes of the latest startup."""
-    notes = []
-    for w in workers:
-        if w.get("state") in _DEGRADED_STATES:
-            msg = f" ({w['message']})" if w.get("message") else ""
-            notes.append(f"{w.get('name')}: {w.get('state')}{msg}")
-    if startups:
-        for phase in startups[-1].get("phases") or []:
-            if not isinstance(phase, dict):
-                continue
-            name = phase.get("worker")
-            if phase.get("ok") is False:
-                notes.append(f"{name}: recovery failed: {phase.get('error') or 'unknown error'}")
-            for note in phase.get("degraded") or []:
-                notes.append(f"{name}: {note}")
-    return notes
-
-
-def summary(ctx: Ctx) -> dict[str, Any]:
-    """The `status` document: daemon, workers (if running), job counts, degraded notes.
-
-    What cannot be read (the job queue, a corrupt startup log) is one more degraded note,
-    never an error: `status` always answers.
-    """
-    pid = batchd_pid(ctx.layout)
-    running = pid is not None
-    workers = [_worker_entry(w) for w in read_workers(ctx.layout)] if running else []
-    unreadable: list[str] = []
-    startups: list[dict[str, Any]] = []
-    if running:
-        try:
-            startups = read_startups(ctx.layout)
-        except Unreadable as exc:
-            unreadable.append(str(exc))
-    jobs: dict[str, int] = {}
-    paused = False
-    try:
-        with open_view(ctx.cfg, ctx.layout) as view:
-            jobs = view.counts()
-            paused = view.paused()
-    except Unreadable as exc:
-        unreadable.append(str(exc))
-    _mark_paused(workers, paused)
-    # A corrupt registry reads as empty: its repositories are unavailable until `repo
-    # add/remove` moves it aside, so say so rather than let their jobs fail unexplained.
-    unreadable += [f"repositories: {p}" for p in read_registry(ctx.layout).problems]
-    low = disk.low(ctx.cfg)
-    degraded = _degraded(workers, startups) + unreadable + ([low] if low else [])
-    return {"batchd": {"running": running, "pid": pid}, "workers": workers,
-            "jobs": jobs, "degraded": degraded, "paused": paused}
-
-
-def _mark_paused(workers: list[dict[str, Any]], paused: bool) -> None:
-    """The scheduler's entry says whether it starts new jobs (`batchctl pause`)."""
-    for w in workers:
-        if w.get("name") == "scheduler":
-            w["paused"] = paused
-
-
 def cmd_status_summary(ctx: Ctx) -> int:
     """`status` without JOB: exit 0 whether or not batchd runs."""
-    doc = summary(ctx)
+    doc = status_doc(ctx.cfg, ctx.layout)
     if ctx.json:
         ctx.emit(doc)
         return EXIT_OK

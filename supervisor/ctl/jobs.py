@@ -1,20 +1,18 @@
-"""batchctl's job commands: status JOB, jobs, cancel, wait, batches, batch, stats.
+"""batchctl's job commands: status JOB, jobs, cancel, retry, pause, resume, wait, batches, stats.
 
-All but `cancel` only read (the queue read-only, the scheduler's inbox, workers.json).
-`cancel` writes one REQUEST file `scheduler/inbox/<request id>.json` (kind "cancel")
-through write_record: temp file, fsync, rename, fsync folder. A crash before the rename
-leaves a `.tmp.` file that is never read as a request; after it, the scheduler handles the
-request once its turn comes (idempotent by job id: cancelling a terminal job does nothing).
+All but the control commands only read (the queue read-only, the scheduler's inbox,
+workers.json). `cancel`, `retry`, `pause` and `resume` hand the scheduler one durable
+request each through state.jobcontrol, the code the api shares (its docstring has the
+crash argument).
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from supervisor.config import WORKER_NAMES, parse_duration
+from supervisor.config import parse_duration
 from supervisor.ctl.out import (
     EXIT_FAILED,
     EXIT_OK,
@@ -25,32 +23,26 @@ from supervisor.ctl.out import (
     cell,
     table,
 )
-from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
-from supervisor.state.jobs import batch_record, cancel_request, retry_spec, valid_job_id
-from supervisor.state.layout import send_request
-from supervisor.state.submission import Checker, DiskLow, JobError, accept, known
-from supervisor.state.view import (
-    TERMINAL,
-    JobFilter,
-    JobView,
-    open_view,
-    read_reaped,
-    read_workers,
-)
+from supervisor.state import jobcontrol
+from supervisor.state.clock import SYSTEM_CLOCK, Clock
+from supervisor.state.documents import batch_records, stats_doc
+from supervisor.state.jobs import valid_job_id
+from supervisor.state.submission import DiskLow, JobError
+from supervisor.state.view import TERMINAL, JobFilter, JobView, open_view
 
 __all__ = [
-    "batch_records",
     "check_id",
     "cmd_batch",
     "cmd_batches",
     "cmd_cancel",
     "cmd_jobs",
+    "cmd_pause",
+    "cmd_retry",
     "cmd_stats",
     "cmd_status_job",
     "cmd_wait",
     "duration_arg",
     "lookup",
-    "stats_doc",
     "wait_for",
 ]
 
@@ -120,21 +112,17 @@ def cmd_jobs(ctx: Ctx, state: str | None, batch: str | None,
 
 def cmd_cancel(ctx: Ctx, job_id: str) -> int:
     """`cancel JOB`: ask the scheduler to cancel it. An already-terminal job: say so, exit 0."""
-    with open_view(ctx.cfg, ctx.layout) as view:
-        record = lookup(view, job_id)
-    state = record["state"]
-    if state in TERMINAL:
-        doc = {"job": job_id, "state": state, "requested": False, "request": None}
-        message = f"job {job_id} is already {state}: nothing to cancel"
-    else:
-        request = cancel_request(job_id)
-        send_request(ctx.layout, "scheduler", request)
-        doc = {"job": job_id, "state": state, "requested": True, "request": request["id"]}
-        message = f"cancel requested for job {job_id} (state {state})"
+    try:
+        doc = jobcontrol.cancel(ctx.cfg, ctx.layout, check_id(job_id))
+    except jobcontrol.NoSuchJob:
+        raise CtlError(f"no such job: {job_id}") from None
+    state = doc["state"]
     if ctx.json:
         ctx.emit(doc)
+    elif doc["requested"]:
+        ctx.say(f"cancel requested for job {job_id} (state {state})")
     else:
-        ctx.say(message)
+        ctx.say(f"job {job_id} is already {state}: nothing to cancel")
     return EXIT_OK
 
 
@@ -186,16 +174,6 @@ def cmd_wait(ctx: Ctx, job_ids: list[str], timeout: str | None) -> int:
     return EXIT_OK if all(r["state"] == "completed" for r in records) else EXIT_FAILED
 
 
-def batch_records(view: JobView) -> list[dict[str, Any]]:
-    """One record per batch, in order of its first job: {batch, counts, done, jobs}."""
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for entry in view.entries():
-        name = entry.get("batch")
-        if isinstance(name, str):
-            groups.setdefault(name, []).append((str(entry["id"]), str(entry.get("state"))))
-    return [batch_record(name, jobs) for name, jobs in groups.items()]
-
-
 def _batch_line(rec: dict[str, Any]) -> tuple[str, str, str, str]:
     counts = ", ".join(f"{n} {s}" for s, n in rec["counts"].items())
     return (rec["batch"], "done" if rec["done"] else "active", f"{len(rec['jobs'])} jobs", counts)
@@ -231,29 +209,20 @@ def cmd_batch(ctx: Ctx, name: str) -> int:
     return EXIT_OK
 
 
-def stats_doc(ctx: Ctx) -> dict[str, Any]:
-    """The queue's counters, restarts per worker, what the reaper removed (zeros when
-    unknown)."""
-    with open_view(ctx.cfg, ctx.layout) as view:
-        doc: dict[str, Any] = dict(view.stats())
-    restarts = dict.fromkeys(WORKER_NAMES, 0)
-    for w in read_workers(ctx.layout):
-        if isinstance(w.get("name"), str) and isinstance(w.get("restarts"), int):
-            restarts[w["name"]] = w["restarts"]
-    doc["restarts"] = restarts
-    doc["reaped"] = read_reaped(ctx.layout)
-    return doc
-
-
 def cmd_stats(ctx: Ctx) -> int:
     """`stats`: one object of counters."""
-    doc = stats_doc(ctx)
+    doc = stats_doc(ctx.cfg, ctx.layout)
     if ctx.json:
         ctx.emit(doc)
         return EXIT_OK
-    rows = [(f"{k}:", v) for k, v in doc.items() if k not in ("restarts", "reaped")]
+    rows = [(f"{k}:", v) for k, v in doc.items()
+            if k not in ("restarts", "reaped", "usage", "usage_by_agent")]
     rows += [(f"restarts {w}:", n) for w, n in doc["restarts"].items()]
     rows += [(f"reaped {k}:", n) for k, n in doc["reaped"].items()]
+    for who, sums in [("all agents", doc["usage"]), *doc["usage_by_agent"].items()]:
+        rows.append((f"usage {who}:", f"{sums['input_tokens']} tokens in, "
+                     f"{sums['output_tokens']} out, ${sums['cost_usd']:.4f}, "
+                     f"{sums['turns']} turns, {sums['jobs']} jobs"))
     for line in table(rows):
         ctx.say(line)
     return EXIT_OK
@@ -262,13 +231,11 @@ def cmd_stats(ctx: Ctx) -> int:
 def cmd_pause(ctx: Ctx, paused: bool) -> int:
     """`pause` / `resume`: ask the scheduler to stop (start again) starting new jobs.
 
-    Like `cancel`, a request into its inbox: it works while batchd is down (taken at its
-    next start), and it survives restarts until `resume` (scheduler/paused.json)."""
-    kind = "pause" if paused else "resume"
-    send_request(ctx.layout, "scheduler", {"id": f"{kind}-{uuid.uuid4().hex}", "kind": kind,
-                                           "created_at": iso_now()})
+    Like `cancel`, a request into its inbox (state.jobcontrol): it works while batchd is
+    down (taken at its next start), and it survives restarts until `resume`."""
+    doc = jobcontrol.set_paused(ctx.layout, paused)
     if ctx.json:
-        ctx.emit({"paused": paused})
+        ctx.emit(doc)
     else:
         ctx.say("paused: running jobs go on, no new job starts until `batchctl resume`"
                 if paused else "resumed: jobs start again")
@@ -278,17 +245,12 @@ def cmd_pause(ctx: Ctx, paused: bool) -> int:
 def cmd_retry(ctx: Ctx, job_id: str) -> int:
     """`retry JOB`: a new job with JOB's spec (retry_of = JOB), through the job door;
     JOB must be terminal. Prints the new id."""
-    with open_view(ctx.cfg, ctx.layout) as view:
-        entry = view.get(check_id(job_id))
-    if entry is None:
-        raise CtlError(f"no such job: {job_id}")
-    if entry.get("state") not in TERMINAL:
-        raise CtlError(f"job {job_id} is {entry.get('state')}: only a finished job can be "
-                       "retried (cancel it first)")
     try:
-        job = Checker(known(ctx.cfg, ctx.layout)).check(retry_spec(entry))
-        job["retry_of"] = job_id
-        (new_id,) = accept(ctx.cfg, ctx.layout, [job])
+        new_id = jobcontrol.retry(ctx.cfg, ctx.layout, check_id(job_id))
+    except jobcontrol.NoSuchJob:
+        raise CtlError(f"no such job: {job_id}") from None
+    except jobcontrol.NotTerminal as exc:
+        raise CtlError(str(exc)) from None
     except (JobError, DiskLow) as exc:
         raise CtlError(f"cannot retry {job_id}: {exc}") from None
     if ctx.json:

@@ -15,40 +15,11 @@ the reason (the worker, its owner, moves it aside and rebuilds it when it next s
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from supervisor.ctl.out import EXIT_OK, CtlError, Ctx, table
-from supervisor.state.atomic import Corrupt
-from supervisor.state.layout import WORKER_STATE, read_record
-from supervisor.state.locktable import Table, from_record, unavailable
-from supervisor.state.repos import all_repositories
+from supervisor.ctl.out import EXIT_OK, Ctx, table
+from supervisor.state.documents import locks_doc
 
-__all__ = ["locks_doc", "run_locks", "setup_locks"]
-
-
-def _read_table(ctx: Ctx) -> Table:
-    path = ctx.layout.worker_state("locks")
-    rec = read_record(WORKER_STATE, path, owner=False)
-    if isinstance(rec, Corrupt):
-        raise CtlError(f"cannot read the lock table {path}: {rec.reason}")
-    if not isinstance(rec, dict):
-        return Table()
-    got = from_record(rec)
-    if isinstance(got, str):
-        raise CtlError(f"cannot read the lock table {path}: {got}")
-    return got
-
-
-def locks_doc(ctx: Ctx) -> dict[str, Any]:
-    """The `locks --json` document (CONTRACT.md)."""
-    t = _read_table(ctx)
-    known = all_repositories(ctx.cfg, ctx.layout)
-    return {
-        "held": [{"repo": repo, "job": lock.job, "since": lock.since}
-                 for repo, lock in t.held.items()],
-        "waiting": {repo: list(queue) for repo, queue in t.waiting.items()},
-        "unavailable": unavailable(t, known),
-    }
+__all__ = ["run_locks", "setup_locks"]
 
 
 def setup_locks(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +28,7 @@ def setup_locks(parser: argparse.ArgumentParser) -> None:
 
 def run_locks(ctx: Ctx, args: argparse.Namespace) -> int:
     """`locks`: who holds which repository, who waits for it, which are gone."""
-    doc = locks_doc(ctx)
+    doc = locks_doc(ctx.cfg, ctx.layout)
     if ctx.json:
         ctx.emit(doc)
         return EXIT_OK

@@ -32,8 +32,8 @@ def _read_input(path: str, what: str) -> bytes:
 
 
 _SINGLE_FLAGS = ("agent", "repo", "prompt", "prompt_file", "callback", "timeout", "batch",
-                 "id", "exclusive", "after", "after_any", "priority", "not_before", "delay",
-                 "label", "retries")
+                 "id", "exclusive", "resume", "idle_timeout", "after", "after_any", "priority",
+                 "not_before", "delay", "label", "retries")
 
 
 def _job_ids(flag: str, values: list[str]) -> list[str]:
@@ -80,9 +80,11 @@ def _control_flags(args: Any, job: dict[str, Any], now: float) -> None:
 
 
 def _single_job(args: Any) -> dict[str, Any]:
-    """The job dict described by the flags of a single `submit`."""
-    if args.agent is None:
-        raise CtlError("submit needs --agent (or --from FILE.jsonl)", EXIT_USAGE)
+    """The job dict described by the flags of a single `submit` (`--resume JOB` takes
+    JOB's agent, so it needs no --agent)."""
+    if args.agent is None and args.resume is None:
+        raise CtlError("submit needs --agent (or --resume JOB, or --from FILE.jsonl)",
+                       EXIT_USAGE)
     prompt = args.prompt
     if args.prompt_file is not None:
         raw = _read_input(args.prompt_file, "prompt file")
@@ -93,9 +95,9 @@ def _single_job(args: Any) -> dict[str, Any]:
                            EXIT_USAGE) from None
     if prompt is None:
         raise CtlError("submit needs --prompt TEXT or --prompt-file FILE", EXIT_USAGE)
-    job: dict[str, Any] = {"agent": args.agent, "prompt": prompt, "repos": list(args.repo),
+    job: dict[str, Any] = {"prompt": prompt, "repos": list(args.repo),
                            "exclusive": bool(args.exclusive)}
-    for key in ("callback", "timeout", "batch", "id"):
+    for key in ("agent", "callback", "timeout", "batch", "id", "resume", "idle_timeout"):
         value = getattr(args, key)
         if value is not None:
             job[key] = value

@@ -19,7 +19,6 @@ this worker only; a corrupt one is quarantined and the totals restart from 0.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from supervisor import log as _log
 from supervisor.config import Config
 from supervisor.reaper import forget, sweep, trash
 from supervisor.reaper.orphans import Orphans
+from supervisor.reaper.textfile import Textfile
 from supervisor.runtime import (
     EXIT_OK,
     EXIT_RECOVERY_FAILED,
@@ -39,7 +39,6 @@ from supervisor.runtime import (
     Watcher,
     handle_inbox,
     report_ready,
-    run_standalone,
     stop_requested,
 )
 from supervisor.state.atomic import Corrupt, ensure_dir, quarantine
@@ -113,6 +112,17 @@ def _listdir(folder: Path) -> list[str]:
         return []
 
 
+def _age_of(path: str, now: float) -> Callable[[], float | None]:
+    """The age of `path` (its lstat), asked only if a verdict needs it: a pass over
+    10,000 finished jobs then stats none of their folders."""
+    def age() -> float | None:
+        try:
+            return now - os.lstat(path).st_mtime
+        except FileNotFoundError:
+            return None
+    return age
+
+
 def _own_workspace_dir(r: Reaper) -> Path | None:
     """The workspace folder, unless it holds the state dir (a configuration the reaper
     refuses to sweep: it would see batchd's own files as orphans)."""
@@ -125,30 +135,44 @@ def reap_workspaces(r: Reaper, known: Known, now: float, did: Counter[str]) -> N
     folder = _own_workspace_dir(r)
     if folder is None:
         return
+    base = os.path.join(folder, "")
+    due: dict[Path, str] = {}
     for name in _listdir(folder):
-        path = folder / name
-        age = _mtime_age(path, now)
-        if age is None:
-            continue
         if name.startswith(TRASH):
             continue                                     # trash.finish, below
-        why = workspace_verdict(name, str(path), age, known, now, grace=r.cfg.reaper.grace,
-                                keep=r.cfg.retention.workspaces)
-        if why is not None and trash.discard(path):
-            r.removed(did, "workspaces", str(path), why)
+        path = base + name
+        why = workspace_verdict(name, path, _age_of(path, now), known, now,
+                                grace=r.cfg.reaper.grace, keep=r.cfg.retention.workspaces)
+        if why is not None:
+            due[Path(path)] = why
+        if len(due) >= forget.BATCH:
+            _discard(r, due, "workspaces", did)
+    _discard(r, due, "workspaces", did)
     for leftover in trash.finish(folder):
         r.removed(did, "workspaces", leftover, "a removal a crash cut short")
 
 
+def _discard(r: Reaper, due: dict[Path, str], kind: str, did: Counter[str]) -> None:
+    """Remove the folders of `due` (path -> why) in one go (trash.discard_many), each
+    counted and logged; `due` is emptied."""
+    for path in trash.discard_many(due):
+        r.removed(did, kind, str(path), due[path])
+    due.clear()
+
+
 def reap_job_folders(r: Reaper, known: Known, now: float, did: Counter[str]) -> None:
     folder = r.layout.jobs_dir
+    base = os.path.join(folder, "")
+    due: dict[Path, str] = {}
     for name in _listdir(folder):
         if name.startswith(TRASH):
             continue
-        age = _mtime_age(folder / name, now)
-        why = None if age is None else folder_verdict(name, age, known, grace=r.cfg.reaper.grace)
-        if why is not None and trash.discard(folder / name):
-            r.removed(did, "job_folders", str(folder / name), why)
+        why = folder_verdict(name, _age_of(base + name, now), known, grace=r.cfg.reaper.grace)
+        if why is not None:
+            due[folder / name] = why
+        if len(due) >= forget.BATCH:
+            _discard(r, due, "job_folders", did)
+    _discard(r, due, "job_folders", did)
     for leftover in trash.finish(folder):
         r.removed(did, "job_folders", leftover, "a removal a crash cut short")
 
@@ -199,7 +223,7 @@ def forget_expired(r: Reaper, view: JobView, known: Known, now: float, did: Coun
         if not batch:
             break
         records = _records(view, [e.id for e in batch])
-        forget.begin(r.layout, records, _workspaces(r, known, records), now)
+        forget.begin(r.layout, records, _workspaces(r, known, records, now), now)
         for e in batch:
             done.add(e.id)
             r.removed(did, "jobs", e.id, f"{e.why} ({e.state} {e.finished_at})")
@@ -216,16 +240,22 @@ def _records(view: JobView, ids: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _workspaces(r: Reaper, known: Known, records: list[dict[str, Any]]) -> list[str]:
-    """The workspaces of these jobs that may go with them: in the workspace folder, and
-    not one a live job works in."""
+def _workspaces(r: Reaper, known: Known, records: list[dict[str, Any]],
+                now: float) -> list[str]:
+    """The workspaces of these jobs that may go with them: in the workspace folder, not
+    one a live job works in, nor one a later job resumed in within retention.workspaces."""
     folder = _own_workspace_dir(r)
+    keep = r.cfg.retention.workspaces
     out = []
     for rec in records:
         ws = rec.get("workspace")
-        if (folder is not None and isinstance(ws, str) and Path(ws).parent == folder
-                and ws.rstrip("/") not in known.live_workspaces):
-            out.append(ws)
+        if folder is None or not isinstance(ws, str) or Path(ws).parent != folder:
+            continue
+        later = known.resumed_ends.get(ws.rstrip("/"))
+        if ws.rstrip("/") in known.live_workspaces or (
+                later is not None and (keep is None or now - later < keep)):
+            continue
+        out.append(ws)
     return out
 
 
@@ -245,16 +275,15 @@ def one_pass(r: Reaper) -> Counter[str]:
     did: Counter[str] = Counter()
     ws = _own_workspace_dir(r) or r.cfg.workspace_dir
 
-    def tmp() -> None:
-        for path in sweep.sweep_tmp(r.layout, ws, r.cfg.reaper.grace, now=now)[1]:
+    def sweeps() -> None:
+        tmp, corrupted = sweep.sweep(r.layout, ws, r.cfg.reaper.grace,
+                                     r.cfg.retention.corrupted, now)
+        for path in tmp:
             r.removed(did, "tmp", path, "temp file of an unfinished write")
-
-    def corrupted() -> None:
-        for path in sweep.sweep_corrupted(r.layout, ws, r.cfg.retention.corrupted, now):
+        for path in corrupted:
             r.removed(did, "corrupted", path, "quarantined past retention.corrupted")
 
-    _guarded(r, "tmp", tmp)
-    _guarded(r, "corrupted", corrupted)
+    _guarded(r, "tmp and corrupted", sweeps)
     _guarded(r, "retention", lambda: _resume_step(r, now, did))
     try:
         view = open_view(r.cfg, r.layout)
@@ -363,9 +392,9 @@ def recover(cfg: Config, layout: Layout, log: Log, *, clock: Clock = SYSTEM_CLOC
     return r, {"totals": dict(r.totals)}, {k: did[k] for k in REAPED_KINDS if did[k]}, degraded
 
 
-def serve(r: Reaper, watcher: Watcher) -> None:
+def serve(r: Reaper, watcher: Watcher, textfile: Textfile | None = None) -> None:
     """Requests as they come; a pass every reaper.interval, and when an orphan's SIGKILL
-    is due."""
+    is due; the metrics textfile when it is due (reaper.textfile)."""
     inbox = r.layout.inbox(NAME)
     next_pass = r.clock.monotonic() + r.cfg.reaper.interval
     while not stop_requested():
@@ -374,6 +403,8 @@ def serve(r: Reaper, watcher: Watcher) -> None:
         due = r.orphans.next_due()
         if due is not None:
             wait = min(wait, due - r.clock.time())
+        if textfile is not None and textfile.wait() is not None:
+            wait = min(wait, textfile.wait() or 0.0)
         if watcher.wait(max(0.0, wait)) and not stop_requested():
             _guarded(r, "inbox", lambda: handle_inbox(inbox, HANDLERS, r, r.log))
         kill_due = due is not None and r.clock.time() >= due
@@ -381,6 +412,8 @@ def serve(r: Reaper, watcher: Watcher) -> None:
             one_pass(r)
             if r.clock.monotonic() >= next_pass:
                 next_pass = r.clock.monotonic() + r.cfg.reaper.interval
+        if textfile is not None and not stop_requested():
+            textfile.tick()
 
 
 def main(cfg: Config) -> int:
@@ -397,9 +430,7 @@ def main(cfg: Config) -> int:
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)
         log.info("ready", **found, **did)
-        serve(r, watcher)
+        textfile = Textfile(cfg, layout, log, clock=r.clock)
+        textfile.tick()
+        serve(r, watcher, textfile)
     return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(run_standalone(NAME, main))

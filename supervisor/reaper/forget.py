@@ -73,10 +73,7 @@ def _archive(layout: Layout, step: Step, records: Sequence[Mapping[str, Any]], n
 
 
 def _finish(layout: Layout, step: Step, *, fs: FS) -> None:
-    for job_id in step["ids"]:
-        trash.discard(layout.job_dir(job_id))
-    for path in step["workspaces"]:
-        trash.discard(Path(path))
+    trash.discard_many([*map(layout.job_dir, step["ids"]), *map(Path, step["workspaces"])])
     send_request(layout, "scheduler", {"id": step["request"], "kind": "forget",
                                        "jobs": step["ids"]}, fs=fs)
     remove(layout.forgetting_file, fs=fs)

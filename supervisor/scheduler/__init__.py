@@ -86,7 +86,8 @@ def submit(s: Scheduler, req: dict[str, Any]) -> None:
     entries = []
     for job in jobs:       # the request's own dicts become the entries: no copy
         job_id = job["id"]
-        job["workspace"] = workspace(job_id)
+        if "resume_of" not in job:   # a resumed job runs in its predecessor's workspace
+            job["workspace"] = workspace(job_id)
         entries.append((job_id, job))
     added = s.queue.enqueue_many(entries, count="submitted")
     new = sum(added)
@@ -246,6 +247,8 @@ def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> Sch
     (see _reopen); the scheduler in use at the end is returned (its queue is open)."""
     interval = _dispatch.tick_interval(s.cfg)
     next_tick = clock.monotonic() + interval
+    # a workspace clone that ends wakes the loop (a waiter without wake: the next tick)
+    s.jobs.wake = getattr(watcher, "wake", s.jobs.wake)
     delay = WRITE_RETRY_FIRST
     reopened = False
     while not stop_requested():
@@ -264,6 +267,7 @@ def serve(s: Scheduler, watcher: Watcher, *, clock: Clock = SYSTEM_CLOCK) -> Sch
             if fresh is None:
                 break
             s, reopened = fresh, True
+            s.jobs.wake = getattr(watcher, "wake", s.jobs.wake)
         if clock.monotonic() >= next_tick or not s.jobs.active:
             next_tick = clock.monotonic() + interval
     return s

@@ -27,18 +27,15 @@ from supervisor.scheduler.events import BatchIndex, emit_job_end
 from supervisor.scheduler.launch import Launched, LaunchError, launch
 from supervisor.scheduler.runnable import Runnable
 from supervisor.state import disk
+from supervisor.state.atomic import Missing
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
-from supervisor.state.layout import (
-    WORKER_STATE,
-    Layout,
-    read_record,
-    send_request,
-)
+from supervisor.state.jobs import usage_counters
+from supervisor.state.layout import Layout, send_request
+from supervisor.state.lockfiles import read_held, read_table
 from supervisor.state.locktable import (
     Table,
     acquire_request,
     exclusive_for,
-    from_record,
     release_request,
 )
 from supervisor.state.proc import alive, kill_job
@@ -105,6 +102,9 @@ class Jobs:
     batches: BatchIndex = field(default_factory=BatchIndex)  # cache for batch events
     #: Workspaces being cloned off the loop: job id -> the clone's future (see _do_launch).
     preparing: dict[str, Future[None]] = field(default_factory=dict)
+    #: Wakes the scheduler's loop (its Watcher's wake, set by serve): a finished clone is
+    #: launched at once, not at the next tick.
+    wake: Callable[[], None] = lambda: None
     _pool: ThreadPoolExecutor | None = None
 
     def pool(self) -> ThreadPoolExecutor:
@@ -222,11 +222,9 @@ def _release_if_shared(j: Jobs, entry: dict[str, Any], why: str) -> None:
 
 
 def _lock_table(j: Jobs) -> Table | None:
-    """locks/state.json as the locks worker last wrote it; None if absent or unreadable."""
-    rec = read_record(WORKER_STATE, j.layout.worker_state("locks"), owner=False)
-    if not isinstance(rec, dict):
-        return None
-    table = from_record(rec)
+    """What is held, as the locks worker last wrote it, with `waiting` = the jobs waiting
+    for a repository it no longer knows (its `blocked`); None if absent or unreadable."""
+    table = read_held(j.layout)       # small: the waiting jobs are on the pages
     if isinstance(table, str):
         j.log.warning("locks state unreadable; waiting jobs wait", reason=table)
         return None
@@ -271,11 +269,18 @@ def resume_waiting(j: Jobs) -> int:
     waiting = j.queue.ids(lc.State.WAITING.value)
     if not waiting:
         return 0
-    table = _lock_table(j)
+    whole = read_table(j.layout)           # held and every waiting job's page, once
+    if isinstance(whole, Missing):
+        # No lock table yet: the locks worker, which starts after the scheduler, builds
+        # it from this WAL (every waiting job in its place): nothing to ask again.
+        return 0
+    table = whole if isinstance(whole, Table) else None
     sent = 0
     for job_id in waiting:
+        if table is not None and table.knows(job_id):
+            continue                    # (asked before reading the entry: 100,000 wait)
         entry = j.queue.get(job_id)
-        if entry is None or (table is not None and table.knows(job_id)):
+        if entry is None:
             continue
         _acquire(j, entry)
         sent += 1
@@ -322,7 +327,9 @@ def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
         return
     if job.id not in j.preparing:
         j.log.info("cloning the workspace", job=job.id, repos=names)
-        j.preparing[job.id] = j.pool().submit(_clone, j, dict(job.entry), known)
+        future = j.pool().submit(_clone, j, dict(job.entry), known)
+        future.add_done_callback(lambda _done: j.wake())    # launch it without waiting a tick
+        j.preparing[job.id] = future
 
 
 def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
@@ -401,7 +408,7 @@ def _no_process_left(j: Jobs, job: _Job) -> None:
     if obs is not None and obs.result is not None:
         deadline = time.monotonic() + ADAPTOR_EXIT_WAIT
         while alive(pid, obs.start) and time.monotonic() < deadline:
-            time.sleep(0.005)
+            time.sleep(0.001)      # the job's end (and its webhook) waits on this: look often
         if not alive(pid, obs.start):
             return
     killed, _ = kill_job(pid, str(j.layout.job_dir(job.id)), job_id=job.id,
@@ -428,6 +435,7 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     job.entry.update(fields)
     batch.updates.append((job.id, fields))
     batch.counters[state] += 1
+    batch.counters.update(usage_counters(str(job.entry.get("agent")), fields.get("usage")))
     j.active.discard(job.id)
     j.warned.pop(job.id, None)
     if before in (lc.State.WAITING.value, lc.State.STARTING.value, lc.State.RUNNING.value):

@@ -1,7 +1,9 @@
 """The webhook events the scheduler emits when a job ends: its job event, and batch events.
 
 A job's events are durable in the callbacks inbox BEFORE its terminal WAL record;
-batch events when every job of a batch is terminal. docs/CALLBACKS.md tells why.
+batch events when every job of a batch is terminal, marked as such so that the callbacks
+worker holds them for `callbacks.batch_settle` and sends each batch's event once.
+docs/CALLBACKS.md tells why.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ def emit_job_end(layout: Layout, queue: JobQueue, index: BatchIndex,
             urls.append(cb)
     for cb in urls:
         eid = batch_event_id(batch, cb, members)
-        drop_request(layout, delivery_request(eid, cb, batch_payload(eid, record)))
+        # `batch=`: the callbacks worker holds it for the settle window and sends it only
+        # if no job joined the batch meanwhile (a later event then covers them).
+        drop_request(layout, delivery_request(eid, cb, batch_payload(eid, record),
+                                              batch=batch))
         written += 1
     return written

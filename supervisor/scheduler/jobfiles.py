@@ -21,7 +21,7 @@ from supervisor.state.clock import parse_iso
 from supervisor.state.flock import LockProbe, probe_lock
 from supervisor.state.fs import REAL
 from supervisor.state.git import GitError, run_git
-from supervisor.state.jobs import job_timeout
+from supervisor.state.jobs import job_idle_timeout, job_timeout
 from supervisor.state.layout import (
     JOB_SPEC,
     RESULT,
@@ -34,6 +34,7 @@ from supervisor.state.layout import (
 from supervisor.state.proc import alive, start_time
 
 __all__ = [
+    "CHECKOUT_WORKERS",
     "CLONE_TIMEOUT",
     "PREP_PREFIX",
     "PrepareError",
@@ -49,6 +50,9 @@ __all__ = [
 PREP_PREFIX = ".prep."
 #: Seconds one `git clone` may take before it is killed and the job fails.
 CLONE_TIMEOUT = 1800.0
+#: Processes git checks a workspace out with (git's parallel checkout): the files of a
+#: big repository are written several at once, which is most of a clone from the mirror.
+CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 _STDERR_TAIL = 2000
 
@@ -129,6 +133,7 @@ def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> dict[st
         raise PrepareError(f"unknown agent {name!r} (not in the configuration "
                            f"{cfg.source}; known: {', '.join(sorted(cfg.agents))})")
     resume = entry.get("resume_session")
+    resume_of = entry.get("resume_of")
     return {
         "id": job_id,
         "agent": name,
@@ -146,6 +151,9 @@ def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> dict[st
         "kill_grace": cfg.scheduler.kill_grace,
         "user": agent.user,
         "resume_session": resume if isinstance(resume, str) else None,
+        "resume_of": resume_of if isinstance(resume_of, str) else None,
+        "idle_timeout": job_idle_timeout(cfg, entry),
+        "output_max_bytes": cfg.jobs.output_max_bytes,
     }
 
 
@@ -172,8 +180,9 @@ def _run_git(args: list[str], timeout: float, what: str) -> None:
 
 def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
            mirror: Path | None = None) -> None:
-    """Clone `repo` (from its mirror when given, then origin = the real URL) into dest."""
-    cmd = ["clone", "--quiet"]
+    """Clone `repo` (from its mirror when given, then origin = the real URL) into dest,
+    its files checked out by CHECKOUT_WORKERS processes (the job holds the lock meanwhile)."""
+    cmd = ["-c", f"checkout.workers={CHECKOUT_WORKERS}", "clone", "--quiet"]
     if repo.branch:
         cmd += ["--branch", repo.branch]
     cmd += ["--", str(mirror) if mirror is not None else repo.url, str(dest)]
@@ -204,6 +213,8 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
                       fetch_timeout: float = FETCH_TIMEOUT) -> Path:
     """Make the job's workspace and return it: an empty folder, or fresh clones of its repos.
 
+    A job that resumes another's session (`resume_of`) runs in that job's workspace: it
+    is used as it is, and PrepareError says so when it is gone (never made anew).
     One repository: the workspace is the clone. Several: one subfolder each, named after
     the repository. `git clone --branch B` when the repository names a branch, else the
     remote's default branch. `repositories` (e.g. the config's plus those registered with
@@ -217,6 +228,9 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
     ws = workspace_path(cfg, entry)
     if ws.is_dir():
         return ws
+    if entry.get("resume_of"):
+        raise PrepareError(f"the workspace {ws} of job {entry['resume_of']}, whose session "
+                           "this job resumes, no longer exists")
     if ws.exists() or ws.is_symlink():
         raise PrepareError(f"workspace {ws} exists and is not a folder")
     known = cfg.repositories if repositories is None else repositories

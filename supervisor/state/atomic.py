@@ -33,6 +33,7 @@ __all__ = [
     "Corrupt",
     "Missing",
     "clean_tmp",
+    "discard",
     "dump_json",
     "ensure_dir",
     "is_tmp_name",
@@ -83,14 +84,21 @@ def _tmp_path(path: str) -> str:
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, *, fs: FS = REAL,
-                mode: int = 0o644) -> None:
-    """Replace `path` with `data` atomically and durably (temp, fsync, rename, fsync dir)."""
+                mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `data` atomically and durably (temp, fsync, rename, fsync dir).
+
+    `durable=False` leaves out both fsyncs: still all or nothing for every process (a
+    reader, a crash of the writer), but a power cut may undo it or leave the file empty
+    or torn. Only for a record whose loss at a power cut another durable file makes good
+    and whose owner recognises the leftover (see docs/CALLBACKS.md: a webhook's first
+    try, whose request stays in the inbox until the outcome is durable)."""
     target = os.fspath(path)
     tmp = _tmp_path(target)
     fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         fs.write(fd, data)
-        fs.fsync(fd)
+        if durable:
+            fs.fsync(fd)
     except BaseException:
         fs.close(fd)
         try:
@@ -114,7 +122,8 @@ def write_bytes(path: str | os.PathLike[str], data: bytes, *, fs: FS = REAL,
         except OSError:
             pass
         raise
-    fs.fsync_dir(os.path.dirname(target) or ".")
+    if durable:
+        fs.fsync_dir(os.path.dirname(target) or ".")
 
 
 def dump_json(obj: Any) -> bytes:
@@ -123,9 +132,11 @@ def dump_json(obj: Any) -> bytes:
             + "\n").encode()
 
 
-def write_json(path: str | os.PathLike[str], obj: Any, *, fs: FS = REAL) -> None:
-    """Atomically and durably replace `path` with `obj` as JSON."""
-    write_bytes(path, dump_json(obj), fs=fs)
+def write_json(path: str | os.PathLike[str], obj: Any, *, fs: FS = REAL,
+               mode: int = 0o644, durable: bool = True) -> None:
+    """Atomically and durably replace `path` with `obj` as JSON (file mode `mode`; see
+    write_bytes for `durable`)."""
+    write_bytes(path, dump_json(obj), fs=fs, mode=mode, durable=durable)
 
 
 def quarantine(path: str | os.PathLike[str], *, fs: FS = REAL,
@@ -236,6 +247,20 @@ def remove(path: str | os.PathLike[str], *, fs: FS = REAL) -> bool:
     if removed or fs.exists(folder):
         fs.fsync_dir(folder)
     return removed
+
+
+def discard(path: str | os.PathLike[str], *, fs: FS = REAL) -> bool:
+    """Unlink `path` WITHOUT making the removal durable; False if it was already gone.
+
+    Only for a file whose return after a power cut is harmless by construction: its
+    owner, finding it again, recognises it as already handled (a request whose record
+    exists, a copy superseded by a newer one elsewhere) and removes it then. Saves the
+    folder fsync on hot paths; everything else uses `remove`."""
+    try:
+        fs.unlink(os.fspath(path))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def clean_tmp(folder: str | os.PathLike[str], grace_s: float, *, fs: FS = REAL,

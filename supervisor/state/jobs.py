@@ -18,15 +18,18 @@ from typing import Any
 from supervisor.config import Config
 from supervisor.state.clock import iso_now
 from supervisor.state.layout import Layout
-from supervisor.state.queue import TERMINAL_STATES
+from supervisor.state.queue import TERMINAL_STATES, USAGE_KINDS, usage_counter, usage_counter_parts
 
 __all__ = [
+    "IDLE_REASON",
     "JOB_ID_RE",
     "RECORD_FIELDS",
     "RETRY_KEYS",
     "SUBMIT_KEYS",
+    "USAGE_KEYS",
     "batch_record",
     "cancel_request",
+    "job_idle_timeout",
     "job_record",
     "job_timeout",
     "new_job_id",
@@ -35,6 +38,9 @@ __all__ = [
     "retry_spec",
     "settled_fields",
     "submit_request",
+    "usage_counters",
+    "usage_of",
+    "usage_stats",
     "valid_job_id",
 ]
 
@@ -44,14 +50,17 @@ JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RECORD_FIELDS: tuple[str, ...] = (
     "id", "state", "agent", "repos", "batch", "created_at", "started_at", "finished_at",
     "exit_code", "reason", "attempts", "pid", "workspace", "output_path",
-    "callback", "timeout", "exclusive", "after", "after_any", "priority", "not_before",
-    "labels", "retry_of", "retries",
+    "callback", "timeout", "exclusive", "idle_timeout", "session_id", "usage", "resume_of",
+    "after", "after_any", "priority", "not_before", "labels", "retry_of", "retries",
 )
 
 #: Keys a submission (a `--from` JSONL line, or the flags of `submit`) may carry.
 SUBMIT_KEYS: frozenset[str] = frozenset(
-    {"agent", "prompt", "repos", "callback", "timeout", "batch", "id", "exclusive",
-     "after", "after_any", "priority", "not_before", "labels", "retries"})
+    {"agent", "prompt", "repos", "callback", "timeout", "batch", "id", "exclusive", "resume",
+     "idle_timeout", "after", "after_any", "priority", "not_before", "labels", "retries"})
+
+#: The keys of a job's `usage` (CONTRACT.md), each null when the agent does not report it.
+USAGE_KEYS: tuple[str, ...] = ("input_tokens", "output_tokens", "cost_usd", "turns")
 
 
 def batch_record(batch: str, states: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -109,6 +118,7 @@ def job_record(entry: dict[str, Any], layout: Layout) -> dict[str, Any]:
     rec["repos"] = list(entry.get("repos") or [])
     rec["attempts"] = int(entry.get("attempts") or 0)
     rec["exclusive"] = bool(entry.get("exclusive") or False)
+    rec["usage"] = usage_of(entry.get("usage"))
     rec["after"] = list(entry.get("after") or [])
     rec["after_any"] = list(entry.get("after_any") or [])
     rec["priority"] = int(entry.get("priority") or 0)
@@ -119,9 +129,78 @@ def job_record(entry: dict[str, Any], layout: Layout) -> dict[str, Any]:
     return rec
 
 
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if value >= 0 else None
+
+
+def usage_of(value: object) -> dict[str, Any] | None:
+    """A usage object as records show it: the four keys (an int, a float for cost_usd, or
+    null each), or None when there is none (not a JSON object, or nothing reported)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, Any] = {k: _count(value.get(k)) for k in ("input_tokens", "output_tokens",
+                                                              "turns")}
+    cost = value.get("cost_usd")
+    out["cost_usd"] = (float(cost) if isinstance(cost, int | float)
+                       and not isinstance(cost, bool) and cost >= 0 else None)
+    if all(v is None for v in out.values()):
+        return None
+    return {k: out[k] for k in USAGE_KEYS}
+
+
+def usage_counters(agent: str, usage: object) -> dict[str, int]:
+    """The counter increments (state.queue usage counters, per agent) a finished job's
+    usage adds to `stats`: tokens and turns as they are, cost in micro-dollars (counters
+    are integers), and `jobs`: 1 (jobs that reported usage). Empty without usage."""
+    got = usage_of(usage)
+    if got is None:
+        return {}
+    amounts = {"input_tokens": got["input_tokens"], "output_tokens": got["output_tokens"],
+               "turns": got["turns"], "jobs": 1,
+               "cost_micro_usd": None if got["cost_usd"] is None
+               else round(got["cost_usd"] * 1_000_000)}
+    return {usage_counter(agent, kind): n for kind, n in amounts.items()
+            if n is not None and n > 0}
+
+
+def usage_stats(counters: Mapping[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the usage totals, the usage per agent) of `stats`, from the queue's counters:
+    {input_tokens, output_tokens, cost_usd, turns, jobs}, cost back in dollars."""
+    per: dict[str, dict[str, int]] = {}
+    for name, n in counters.items():
+        parts = usage_counter_parts(name)
+        if parts is not None:
+            per.setdefault(parts[0], dict.fromkeys(USAGE_KINDS, 0))[parts[1]] += int(n)
+
+    def shown(sums: Mapping[str, int]) -> dict[str, Any]:
+        return {"input_tokens": sums["input_tokens"], "output_tokens": sums["output_tokens"],
+                "cost_usd": round(sums["cost_micro_usd"] / 1_000_000, 6),
+                "turns": sums["turns"], "jobs": sums["jobs"]}
+
+    total = dict.fromkeys(USAGE_KINDS, 0)
+    for sums in per.values():
+        for kind in USAGE_KINDS:
+            total[kind] += sums[kind]
+    return shown(total), {agent: shown(per[agent]) for agent in sorted(per)}
+
+
+def job_idle_timeout(cfg: Config, entry: Mapping[str, Any]) -> float | None:
+    """The job's idle timeout: its own (`submit --idle-timeout`), else its agent's
+    `idle_timeout`, else None (no limit)."""
+    own = entry.get("idle_timeout")
+    if isinstance(own, int | float) and not isinstance(own, bool) and own > 0:
+        return float(own)
+    agent = cfg.agents.get(str(entry.get("agent")))
+    if agent is not None and agent.idle_timeout is not None:
+        return float(agent.idle_timeout)
+    return None
+
+
 #: What a retry takes over from the job it retries (the rest is the queue's, or new).
 RETRY_KEYS: tuple[str, ...] = ("agent", "prompt", "repos", "callback", "timeout", "batch",
-                               "exclusive", "priority", "labels", "retries")
+                               "exclusive", "idle_timeout", "priority", "labels", "retries")
 
 
 def retry_spec(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,13 +226,19 @@ def job_timeout(cfg: Config, entry: Mapping[str, Any]) -> float:
 # used by the scheduler's job table (when it records the end) and by batchctl (which shows
 # a finished job as it will be recorded while the scheduler has not done it yet).
 
+#: result.json's reason when the adaptor stopped an agent that wrote nothing for its
+#: idle_timeout; the job's reason is then exactly this (CONTRACT.md).
+IDLE_REASON = "idle"
+
+
 def result_state(entry: Mapping[str, Any], result: Mapping[str, Any]) -> str:
     """The terminal state a result record means for its job: completed (exit 0 and no
-    reason), timed_out (the adaptor's timer), cancelled (a cancel was asked), else failed."""
+    reason: an agent that reported an error has one), timed_out (the adaptor's timer, or
+    its idle timer), cancelled (a cancel was asked), else failed."""
     reason = result.get("reason")
     if result.get("exit_code") == 0 and not reason and not result.get("signal"):
         return "completed"
-    if reason == "timed_out" or result.get("timed_out") is True:
+    if reason in ("timed_out", IDLE_REASON) or result.get("timed_out") is True:
         return "timed_out"
     if entry.get("cancel_requested"):
         return "cancelled"
@@ -179,8 +264,12 @@ def _secs(value: float | None) -> str:
 def settled_fields(entry: Mapping[str, Any], result: Mapping[str, Any],
                    timeout: float | None, now: str) -> dict[str, Any]:
     """The terminal fields recorded for a job whose adaptor wrote `result`: state,
-    finished_at, exit_code, reason, signal, session_id (and started_at if unknown).
-    `now` (ISO) is the finish time when the result does not say."""
+    finished_at, exit_code, reason, signal, session_id, usage (and started_at if unknown).
+    `now` (ISO) is the finish time when the result does not say.
+
+    The agent's own verdict is in the result: an agent that reported an error (even with
+    exit 0) has the reason `agent error: <its message>`, so the job is failed and says why;
+    one stopped for writing nothing for its idle_timeout is timed_out with reason `idle`."""
     state = result_state(entry, result)
     code = result.get("exit_code")
     fields: dict[str, Any] = {
@@ -194,7 +283,10 @@ def settled_fields(entry: Mapping[str, Any], result: Mapping[str, Any],
                    "failed": None}[state],
         "signal": result.get("signal"),
         "session_id": result.get("session_id"),
+        "usage": usage_of(result.get("usage")),
     }
+    if state == "timed_out" and result.get("reason") == IDLE_REASON:
+        fields["reason"] = IDLE_REASON
     if state == "failed":
         fields["reason"] = result_reason(result)
     if not entry.get("started_at") and isinstance(result.get("started_at"), str):

@@ -11,6 +11,8 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       startup-log.json            parent   record "startup_log": the last 10 startups
       repos.json                  batchctl record "repos": repositories added by `repo add`
       repos.lock                  batchctl empty, never written: flock serializes `repo add/remove`
+      agent-versions.json         batchctl record "agent_versions": each agent binary's
+                                           `--version`, keyed by path, mtime and size (a cache)
       mirrors/<name>.git          scheduler bare `git clone --mirror` of each repository, fetched
                                            under the repository's lock (supervisor.state.repos)
       control/inbox/<req>.json    batchctl request "control" (start/stop/restart/shutdown/reload)
@@ -19,14 +21,15 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       scheduler/inbox/            batchctl requests to the scheduler (submit, cancel)
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
       scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
-      locks/inbox/, locks/state.json          locks worker
-      callbacks/inbox/, callbacks/outbox/     callbacks worker
+      api/tokens, api/tokens.lock batchctl record "tokens" (hashes only); flock serializes writers
+      locks/inbox/, locks/state.json, locks/wants/<page>.json   locks worker
+      callbacks/inbox/, callbacks/outbox/, callbacks/done/   callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
       reaper/forgetting.json      reaper   record "forgetting": a retention step in progress
       reaper/replies/<req>.json   reaper   record "reply" to a `clean` request
       history/YYYY-MM.jsonl.gz    reaper   the archive: forgotten jobs' records, appended as
                                            gzip members (supervisor.state.archive)
-      jobs/<id>/                  adaptor  output, events.jsonl, sentinel.json, result.json,
+      jobs/<id>/                  adaptor  prompt, output, events.jsonl, sentinel.json, result.json,
                                            adaptor.log (launcher-opened, adaptor-written),
                                            adaptor.lock (flock held by the live adaptor)
       workspaces/<id>/            scheduler (created), the job (contents)
@@ -41,15 +44,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.config import WORKER_NAMES
+from supervisor.config import OPTIONAL_WORKERS, WORKER_NAMES
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, read_json, write_json
 from supervisor.state.fs import FS, REAL
 
 __all__ = [
+    "AGENT_VERSIONS",
     "CONTROL",
     "DELIVERY",
     "FORGETTING",
     "JOB_SPEC",
+    "LOCK_WANTS",
     "PAUSED",
     "PID",
     "READY",
@@ -60,6 +65,7 @@ __all__ = [
     "RESULT",
     "SENTINEL",
     "STARTUP_LOG",
+    "TOKENS",
     "WORKERS",
     "WORKER_STATE",
     "JobPaths",
@@ -101,8 +107,10 @@ CONTROL = RecordKind("batchd.control", 1, ("id", "op"))
 REPLY = RecordKind("batchd.reply", 1, ("id", "ok"))
 #: A request dropped into a worker's inbox (`<worker>/inbox/<id>.json`) by batchctl or a peer.
 REQUEST = RecordKind("batchd.request", 1, ("id", "kind"))
-#: A worker's own small state file (`<worker>/state.json`), e.g. the locks table.
+#: A worker's own small state file (`<worker>/state.json`), e.g. the locks held.
 WORKER_STATE = RecordKind("batchd.worker_state", 1, ("worker",))
+#: One page of the lock table's waiting jobs (`locks/wants/<page>.json`), owned by locks.
+LOCK_WANTS = RecordKind("batchd.lock_wants", 1, ("wants",))
 #: What the scheduler hands an adaptor (`jobs/<id>/spec.json`), written before launch.
 JOB_SPEC = RecordKind("batchd.job_spec", 1, ("id", "adaptor", "prompt", "workspace"))
 #: The adaptor's heartbeat (`jobs/<id>/sentinel.json`), refreshed every heartbeat_interval.
@@ -123,17 +131,25 @@ FORGETTING = RecordKind("batchd.forgetting", 1, ("ids", "sizes", "archived"))
 #: pass, `totals` since the record began; `batchctl stats` shows the totals as `reaped`).
 REAPED_KINDS = ("tmp", "corrupted", "processes", "workspaces", "job_folders", "jobs",
                 "mirrors")
-#: One pending webhook delivery (`callbacks/outbox/<event id>.json`), owned by callbacks.
+#: One webhook delivery (`callbacks/outbox/<event id>.json` while pending or in flight,
+#: `callbacks/done/<event id>.json` once delivered or failed), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
+#: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
+#: {tokens: {name: {sha256, scope, created_at}}} (state.tokens).
+TOKENS = RecordKind("batchd.tokens", 1, ("tokens",))
+#: The `--version` of agent binaries (`agent-versions.json`), a cache owned by batchctl:
+#: {binaries: {path: {mtime_ns, size, version}}}.
+AGENT_VERSIONS = RecordKind("batchd.agent_versions", 1, ("binaries",))
 
 
 def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str, Any],
-                 *, fs: FS = REAL) -> None:
-    """Atomically and durably write `data` as a record of `kind` (adds schema and v)."""
+                 *, fs: FS = REAL, mode: int = 0o644, durable: bool = True) -> None:
+    """Atomically and durably write `data` as a record of `kind` (adds schema and v);
+    `durable=False`: see atomic.write_bytes."""
     body = dict(data)
     body["schema"] = kind.schema
     body["v"] = kind.version
-    write_json(path, body, fs=fs)
+    write_json(path, body, fs=fs, mode=mode, durable=durable)
 
 
 def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
@@ -170,6 +186,12 @@ class JobPaths:
         return self.dir / "spec.json"
 
     @property
+    def prompt(self) -> Path:
+        """The prompt's exact bytes, written by the adaptor before the agent starts: the
+        agent reads it as its stdin (or as a file, for aider)."""
+        return self.dir / "prompt"
+
+    @property
     def output(self) -> Path:
         return self.dir / "output"
 
@@ -184,6 +206,11 @@ class JobPaths:
     @property
     def result(self) -> Path:
         return self.dir / "result.json"
+
+    @property
+    def patch(self) -> Path:
+        """The job's changes as one binary-safe patch (`diff JOB`), when results exist."""
+        return self.dir / "changes.patch"
 
     @property
     def lock(self) -> Path:
@@ -228,6 +255,11 @@ class Layout:
         """flock'ed (exclusive) by `batchctl repo add/remove` around its read and write of
         repos.json. Created empty with O_CREAT; never written, replaced or removed."""
         return self.root / "repos.lock"
+
+    @property
+    def agent_versions(self) -> Path:
+        """The `--version` cache of agent binaries (`batchctl agents`)."""
+        return self.root / "agent-versions.json"
 
     @property
     def mirrors_dir(self) -> Path:
@@ -279,8 +311,21 @@ class Layout:
         """
         return self.root / "scheduler" / "submit.lock"
 
+    @property
+    def tokens_file(self) -> Path:
+        """Where API tokens live unless `api.tokens_file` says otherwise."""
+        return self.root / "api" / "tokens"
+
     def worker_state(self, worker: str) -> Path:
         return self.root / worker / "state.json"
+
+    @property
+    def lock_pages(self) -> Path:
+        """The lock table's waiting jobs, a few hundred per page file (locks worker)."""
+        return self.root / "locks" / "wants"
+
+    def lock_page(self, number: int) -> Path:
+        return self.lock_pages / f"{number:08d}.json"
 
     @property
     def forgetting_file(self) -> Path:
@@ -302,7 +347,13 @@ class Layout:
 
     @property
     def callbacks_outbox(self) -> Path:
+        """Webhook deliveries still to be made: pending and in flight (read at every start)."""
         return self.root / "callbacks" / "outbox"
+
+    @property
+    def callbacks_done(self) -> Path:
+        """Webhook deliveries that are settled: delivered and failed (never read at start)."""
+        return self.root / "callbacks" / "done"
 
     # -- jobs ------------------------------------------------------------------
     @property
@@ -339,6 +390,9 @@ class Layout:
     def job_lock(self, job_id: str) -> Path:
         return self.job(job_id).lock
 
+    def job_patch(self, job_id: str) -> Path:
+        return self.job(job_id).patch
+
     def job_adaptor_log(self, job_id: str) -> Path:
         return self.job(job_id).adaptor_log
 
@@ -346,7 +400,7 @@ class Layout:
         """The folders batchd creates at start (each owner creates its own again if missing)."""
         dirs = [self.root, self.control_inbox, self.control_replies, self.ready_dir,
                 self.jobs_dir, self.wal_dir]
-        dirs += [self.inbox(w) for w in WORKER_NAMES]
+        dirs += [self.inbox(w) for w in WORKER_NAMES if w not in OPTIONAL_WORKERS]
         return dirs
 
 

@@ -1,7 +1,8 @@
 """The repository lock table: FIFO queues and all-or-nothing grants, as functions over plain data.
 
 Pure: no file, no clock, no process. The rules (FIFO per repository, all-or-nothing
-grants, idempotent acquire/release) and the record are in docs/LOCKS.md.
+grants, idempotent acquire/release) and the records (the held locks; the waiting jobs'
+wants, kept in pages) are in docs/LOCKS.md; state.lockfiles reads and writes them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.state.jobs import valid_job_id
+from supervisor.state.jobs import JOB_ID_RE, valid_job_id
 
 __all__ = [
     "ACQUIRE",
@@ -22,15 +23,20 @@ __all__ = [
     "Want",
     "acquire",
     "acquire_request",
+    "blocked",
     "drop",
     "exclusive_for",
+    "from_parts",
     "from_record",
     "grant",
     "granted_hint",
+    "held_record",
+    "page_record",
     "release",
     "release_request",
     "to_record",
     "unavailable",
+    "wants_from_record",
 ]
 
 #: Request kinds: into locks/inbox (acquire, release) and scheduler/inbox (the grant hint).
@@ -178,19 +184,35 @@ def unavailable(table: Table, known: Container[str]) -> list[str]:
     return sorted({repo for repo in [*table.held, *table.waiting] if repo not in known})
 
 
-# -- the record (locks/state.json) ------------------------------------------------------------
+# -- the records (locks/state.json, locks/wants/<page>.json) -------------------------------------
 
-def to_record(table: Table) -> dict[str, Any]:
-    """The table as the WORKER_STATE record's body: what is held and what each waiting job
-    wants (the FIFO queues follow from the wants' seq; what is unavailable from the
-    repositories known now, which every reader knows better than this file)."""
+def blocked(table: Table, known: Container[str]) -> dict[str, list[str]]:
+    """The waiting jobs of each repository that is not in `known`, in their order."""
+    return {repo: list(queue) for repo, queue in table.waiting.items() if repo not in known}
+
+
+def held_record(table: Table, stuck: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+    """locks/state.json's body: what is held, and (`blocked`) the jobs waiting for a
+    repository that is no longer known, which the scheduler fails. Small whatever the
+    number of waiting jobs: those are in the pages."""
     return {
         "worker": "locks",
         "held": [{"repo": repo, "job": lock.job, "since": lock.since,
                   "exclusive": lock.exclusive} for repo, lock in table.held.items()],
-        "wants": {job: {"repos": list(w.repos), "exclusive": w.exclusive, "seq": w.seq,
-                        "created_at": w.created_at} for job, w in table.wants.items()},
+        "blocked": {repo: list(jobs) for repo, jobs in (stuck or {}).items()},
     }
+
+
+def page_record(wants: Mapping[str, Want]) -> dict[str, Any]:
+    """One page's body (a LOCK_WANTS record): what each of its waiting jobs wants."""
+    return {"wants": {job: {"repos": list(w.repos), "exclusive": w.exclusive, "seq": w.seq,
+                            "created_at": w.created_at} for job, w in wants.items()}}
+
+
+def to_record(table: Table) -> dict[str, Any]:
+    """The whole table as ONE record (held and every want): what an earlier version kept in
+    locks/state.json, still read by from_record; tests and tools use it for a snapshot."""
+    return {**held_record(table), **page_record(table.wants)}
 
 
 def _queues(wants: Mapping[str, Want]) -> dict[str, list[str]]:
@@ -238,46 +260,78 @@ def _want(job: str, raw: object) -> Want | str:
 
 
 def _consistent(table: Table) -> str | None:
-    """None if queues and wants describe the same waiting jobs, else the first mismatch."""
-    for repo, queue in table.waiting.items():
-        if not queue:
-            return f"waiting[{repo!r}] is empty"
-        if len(set(queue)) != len(queue):
-            return f"waiting[{repo!r}] lists a job twice"
-        for job in queue:
-            want = table.wants.get(job)
-            if want is None or repo not in want.repos:
-                return f"waiting[{repo!r}]: job {job!r} has no matching entry in 'wants'"
-    for job, want in table.wants.items():
-        if any(job not in table.waiting.get(repo, []) for repo in want.repos):
-            return f"wants[{job!r}]: the job is missing from a queue it asks for"
-        if any(lock.job == job for lock in table.held.values()):
+    """None if no job both holds locks and waits, else the first such job.
+
+    (The queues are derived from the wants, so they cannot disagree with them; this is
+    one pass over the wants, whatever their number.)"""
+    holders = {lock.job for lock in table.held.values()}
+    for job in table.wants:
+        if job in holders:
             return f"job {job!r} both holds locks and waits"
     return None
 
 
-def from_record(rec: Mapping[str, Any]) -> Table | str:
-    """The table a state record holds, or a sentence saying what is wrong with it.
-
-    The queues are rebuilt from `wants` (keys of an earlier version, `waiting` and
-    `unavailable`, are ignored: both follow from the rest)."""
-    held = _held(rec.get("held"))
-    if isinstance(held, str):
-        return held
+def wants_from_record(rec: Mapping[str, Any]) -> dict[str, Want] | str:
+    """The wants a page (or a whole-table record) holds, or what is wrong with them."""
     raw_wants = rec.get("wants", {})
     if not isinstance(raw_wants, dict):
         return "'wants' must be an object"
     wants: dict[str, Want] = {}
+    job_id = JOB_ID_RE.fullmatch
     for job, raw in raw_wants.items():
+        # the usual, well-formed entry in one test (a start reads every page); anything
+        # else goes the long way, which says what is wrong
+        if type(raw) is dict:
+            repos, exclusive, seq = raw.get("repos"), raw.get("exclusive"), raw.get("seq")
+            created = raw.get("created_at")
+            if (type(repos) is list and repos and type(exclusive) is bool
+                    and type(seq) is int and (created is None or type(created) is str)
+                    and all(type(r) is str for r in repos) and len(set(repos)) == len(repos)
+                    and job_id(job)):
+                wants[job] = Want(tuple(repos), exclusive, seq, created)
+                continue
         if not valid_job_id(job):
             return f"wants: {job!r} is not a job id"
         want = _want(job, raw)
         if isinstance(want, str):
             return want
         wants[job] = want
+    return wants
+
+
+def from_record(rec: Mapping[str, Any]) -> Table | str:
+    """The table a record holds (held, and the wants of a whole-table record; a
+    state.json of this version has none: they are in pages), or what is wrong with it.
+    The queues are rebuilt from the wants; `blocked` (and an earlier version's `waiting`
+    and `unavailable`) follow from the rest and are not read back."""
+    held = _held(rec.get("held"))
+    if isinstance(held, str):
+        return held
+    wants = wants_from_record(rec)
+    if isinstance(wants, str):
+        return wants
     table = Table(held, _queues(wants), wants)
     problem = _consistent(table)
     return table if problem is None else problem
+
+
+def from_parts(state: Mapping[str, Any], pages: Iterable[Mapping[str, Want]]) -> Table | str:
+    """The table of a state record and its pages: what is held, and every want. A job
+    found holding and waiting holds (its grant was written before its page was: a crash
+    came between), a job on two pages is taken once."""
+    held = _held(state.get("held"))
+    if isinstance(held, str):
+        return held
+    own = wants_from_record(state)          # a whole-table record of an earlier version
+    if isinstance(own, str):
+        return own
+    holders = {lock.job for lock in held.values()}
+    wants: dict[str, Want] = {}
+    for page in [own, *pages]:
+        for job, want in page.items():
+            if job not in holders and job not in wants:
+                wants[job] = want
+    return Table(held, _queues(wants), wants)
 
 
 # -- the requests --------------------------------------------------------------------------------

@@ -28,11 +28,14 @@ __all__ = [
     "JOB_STATES",
     "STATE_CODES",
     "TERMINAL_STATES",
+    "USAGE_KINDS",
     "JobQueue",
     "MemoryStorage",
     "QueueError",
     "ReadOnly",
     "Storage",
+    "usage_counter",
+    "usage_counter_parts",
 ]
 
 def _logger() -> Any:
@@ -48,6 +51,12 @@ TERMINAL_STATES: frozenset[str] = frozenset(("completed", "failed", "cancelled",
                                              "lost"))
 COUNTERS: tuple[str, ...] = ("submitted", "completed", "failed", "cancelled", "timed_out",
                              "lost", "recovered")
+#: What the per-agent usage counters count (cost in micro-dollars: counters are integers;
+#: `jobs`: finished jobs that reported usage).
+USAGE_KINDS: tuple[str, ...] = ("input_tokens", "output_tokens", "cost_micro_usd", "turns",
+                                "jobs")
+_USAGE_COUNTER = re.compile(r"usage/([A-Za-z0-9][A-Za-z0-9._-]{0,63})/("
+                            + "|".join(USAGE_KINDS) + ")")
 STATE_CODES: dict[str, int] = {"queued": ord("q"), "waiting": ord("w"), "starting": ord("s"),
                                "running": ord("r"), "completed": ord("c"), "failed": ord("f"),
                                "cancelled": ord("x"), "timed_out": ord("t"), "lost": ord("l")}
@@ -193,13 +202,28 @@ def _encode_update(job_id: str, fields: dict[str, Any]) -> bytes:
     return b"".join((b"U", bytes((code,)), name, b"\n", raw))
 
 
+def usage_counter(agent: str, kind: str) -> str:
+    """The name of agent `agent`'s usage counter `kind` (one of USAGE_KINDS)."""
+    name = f"usage/{agent}/{kind}"
+    if _USAGE_COUNTER.fullmatch(name) is None:
+        raise ValueError(f"no usage counter {kind!r} for agent {agent!r}")
+    return name
+
+
+def usage_counter_parts(name: str) -> tuple[str, str] | None:
+    """(agent, kind) of a usage counter's name; None for any other counter."""
+    m = _USAGE_COUNTER.fullmatch(name)
+    return None if m is None else (m.group(1), m.group(2))
+
+
 def _encode_forget(job_id: str) -> bytes:
     return b"F" + _check_id(job_id)
 
 
 def _encode_incr(counter: str, n: int) -> bytes:
-    if counter not in COUNTERS:
-        raise ValueError(f"counter {counter!r} is not one of {', '.join(COUNTERS)}")
+    if counter not in COUNTERS and _USAGE_COUNTER.fullmatch(counter) is None:
+        raise ValueError(f"counter {counter!r} is not one of {', '.join(COUNTERS)} "
+                         "nor a usage counter usage/<agent>/<kind>")
     if type(n) is not int or n < 0:
         raise ValueError(f"counter increment must be a non-negative int, not {n!r}")
     return b"C" + counter.encode("ascii") + b"\n" + str(n).encode("ascii")
@@ -840,6 +864,46 @@ class JobQueue:
                     out.append((jobs.ids.name(i), bytes(body)))
             return out
 
+    def field_values(self, key: str, states: Iterable[str] | None = None) -> dict[str, Any]:
+        """{job id: the current value of field `key`} of every job (of `states`, or all)
+        whose fields hold it. Fields only (what enqueue and updates set apart from the
+        body: attempts, timestamps, exit codes...), never the bodies, decoded in one go:
+        the reaper reads every finished job's `finished_at` each pass this way."""
+        wanted = (None if states is None else
+                  bytes(sorted({_state_code(s) for s in states})))
+        with self._lock:
+            jobs = self._jobs
+            codes = jobs.codes
+            if wanted is None:
+                chosen = [i for i, c in enumerate(codes) if c != _VOID]
+            else:
+                chosen = [i for i, c in enumerate(codes) if c in wanted]
+            column, pending = jobs.fields, jobs.pending
+            raw = [column[i] for i in chosen]
+            # deltas of the log's tail not merged into the column yet, in log order
+            late = [(k, d) for k, i in enumerate(chosen) if i in pending for d in pending[i]]
+            names = [jobs.ids.name(i) for i in chosen]
+        decoded: list[dict[str, Any]] = json.loads(b"[" + b",".join(raw) + b"]")
+        if late:
+            deltas = json.loads(b"[" + b",".join(d for _, d in late) + b"]")
+            for (k, _), delta in zip(late, deltas, strict=True):
+                decoded[k].update(delta)
+        out: dict[str, Any] = {}
+        seen: set[str] = set()          # a damaged log's duplicate id: the first copy wins
+        for name, fields in zip(names, decoded, strict=True):
+            if name not in seen:
+                seen.add(name)
+                if key in fields:
+                    out[name] = fields[key]
+        return out
+
+    def ids_in(self, states: Iterable[str]) -> list[str]:
+        """Job ids in any of `states`, submission order, in one pass over the states."""
+        wanted = {_state_code(s) for s in states}
+        with self._lock:
+            names = self._jobs.ids.all()
+            return list(compress(names, map(wanted.__contains__, self._jobs.codes)))
+
     def first_queued(self) -> str | None:
         """The oldest queued job's id (FIFO), or None."""
         with self._lock:
@@ -857,13 +921,25 @@ class JobQueue:
             return STATE_CODES[state] in self._jobs.codes
 
     def stats(self) -> dict[str, int]:
-        """The persistent counters (every name in COUNTERS, 0 if never incremented)."""
+        """The persistent counters: every name in COUNTERS (0 if never incremented), then
+        the usage counters that exist."""
         with self._lock:
-            return {name: int(self._jobs.stats.get(name, 0)) for name in COUNTERS}
+            out = {name: int(self._jobs.stats.get(name, 0)) for name in COUNTERS}
+            for name, n in self._jobs.stats.items():
+                out.setdefault(name, int(n))
+            return out
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs) - self._jobs.codes.count(_VOID)
+
+    def follow(self, payloads: Sequence[bytes]) -> None:
+        """A read-only queue that follows the log (state.queuefollow): apply records the
+        owner appended since this queue was opened, as recovery would have."""
+        if not self.readonly:
+            raise QueueError("only a read-only queue follows the log")
+        with self._lock:
+            self._jobs.replay(list(payloads))
 
     def close(self) -> None:
         """Release the log (further writes raise). Idempotent."""

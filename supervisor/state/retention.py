@@ -12,8 +12,9 @@ while a live job works in it.
 from __future__ import annotations
 
 import functools
+import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,26 +24,40 @@ from supervisor.state.clock import parse_iso
 from supervisor.state.queue import TERMINAL_STATES
 from supervisor.state.view import JobView
 
-__all__ = ["PREP", "TRASH", "Expired", "Known", "corrupted_at", "expired", "folder_verdict",
-           "process_verdict", "workspace_verdict"]
+__all__ = ["PREP", "TRASH", "Age", "Expired", "Known", "corrupted_at", "expired",
+           "folder_verdict", "process_verdict", "workspace_verdict"]
 
 #: A folder being removed (renamed first, so a crash halfway is finished by the next pass).
 TRASH = ".reap."
 #: A workspace being made (scheduler: `.prep.<id>`, renamed into place when whole).
 PREP = ".prep."
-_RESUME_REFS = ("resume_of", "resume")
+#: The key naming the job whose session (and workspace) a job continues: the door turns a
+#: submission's `resume` into it (state.submission.resolve_resumes), in the inbox already.
+_RESUME_REFS = ("resume_of",)
 _REFS = ("after", "after_any", *_RESUME_REFS)
 _STAMP = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)(?:\.\d+)?$")
+
+#: Seconds since a file last changed, or how to learn it (a stat the verdict makes only
+#: when the answer depends on it; None: the file is gone).
+Age = float | Callable[[], float | None]
+
+
+def _older(age: Age, grace: float) -> bool:
+    """Whether the file is at least `grace` old (False when it is gone)."""
+    seconds = age() if callable(age) else age
+    return seconds is not None and seconds >= grace
 
 
 @dataclass
 class Known:
     """The jobs at one instant: each queued entry's state, pending submissions, and the
-    entries (decoded on demand)."""
+    entries (decoded on demand; the finished jobs' `finished_at` in one go)."""
 
     states: dict[str, str]
     pending: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     get: Any = None                                  # job id -> entry (or None)
+    values: Any = None                               # QueueReader.field_values, or None
+    raw: Any = None                                  # QueueReader.raw, or None
     _cache: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     @classmethod
@@ -59,7 +74,9 @@ class Known:
             if states.get(job_id) in TERMINAL_STATES:
                 del states[job_id]
         pending = {i: j for i, j in view.pending.jobs.items() if i not in states}
-        return cls(states, pending, None if queue is None else queue.get)
+        if queue is None:
+            return cls(states, pending)
+        return cls(states, pending, queue.get, queue.field_values, queue.raw)
 
     @classmethod
     def of(cls, entries: Iterable[Mapping[str, Any]],
@@ -75,6 +92,46 @@ class Known:
         if job_id not in self._cache:
             self._cache[job_id] = None if self.get is None else self.get(job_id)
         return self._cache[job_id]
+
+    @functools.cached_property
+    def _finished_at(self) -> dict[str, float]:
+        """The finished jobs' finished_at (epoch seconds) where their fields hold one,
+        decoded in bulk (a pass reads it for every finished job: no body decoded)."""
+        if self.values is None:
+            return {}
+        out = {}
+        for job_id, text in self.values("finished_at", TERMINAL_STATES).items():
+            at = parse_iso(text)
+            if at is not None:
+                out[job_id] = at
+        return out
+
+    @functools.cached_property
+    def resumed_ends(self) -> dict[str, float]:
+        """Workspace path -> when the last finished job that resumed a session in it
+        ended: a workspace shared along a resume chain is kept for the last of them."""
+        if self.raw is not None:
+            found = [(i, json.loads(body)) for state in TERMINAL_STATES
+                     for i, body in self.raw(state, [b'"resume_of":"'])]
+        else:
+            found = [(i, self.entry(i) or {}) for i, s in self.states.items()
+                     if s in TERMINAL_STATES and (self.entry(i) or {}).get("resume_of")]
+        out: dict[str, float] = {}
+        for job_id, body in found:
+            ws, ended = body.get("workspace"), self.finished(job_id)
+            if isinstance(ws, str) and ended is not None:
+                out[ws.rstrip("/")] = max(ended, out.get(ws.rstrip("/"), ended))
+        return out
+
+    def finished(self, job_id: str) -> float | None:
+        """When the job ended: its finished_at, else its created_at (epoch seconds);
+        None: neither is known."""
+        if job_id not in self.pending:
+            at = self._finished_at.get(job_id)
+            if at is not None:
+                return at
+        entry = self.entry(job_id)
+        return None if entry is None else _finished(entry)
 
     def state(self, job_id: str) -> str | None:
         """The job's state; `queued` for a pending submission; None: unknown."""
@@ -101,7 +158,7 @@ class Known:
 
     @functools.cached_property
     def named_by_live(self) -> frozenset[str]:
-        """Jobs a live job names (after, after_any, resume_of, resume)."""
+        """Jobs a live job names (after, after_any, resume_of)."""
         return self._named(_REFS)
 
     @functools.cached_property
@@ -152,45 +209,52 @@ def expired(known: Known, now: float, older_than: float | None, *,
     for job_id, state in known.states.items():
         if state not in wanted or job_id in known.named_by_live:
             continue
-        entry = known.entry(job_id)
-        ended = None if entry is None else _finished(entry)
-        if entry is None or ended is None or now - ended < older_than:
+        ended = known.finished(job_id)
+        if ended is None or now - ended < older_than:
             continue
+        entry = known.entry(job_id) or {}
         out.append(Expired(job_id, state, entry.get("finished_at"), why))
         if limit is not None and len(out) >= limit:
             break
     return out
 
 
-def workspace_verdict(name: str, path: str, age: float, known: Known, now: float, *,
+def workspace_verdict(name: str, path: str, age: Age, known: Known, now: float, *,
                       grace: float, keep: float | None) -> str | None:
     """Why `workspace_dir/<name>` may go (None: it stays). `age`: seconds since it last
-    changed; `keep`: retention.workspaces."""
+    changed (or how to learn it: asked only when the job's own state lets it go);
+    `keep`: retention.workspaces."""
     if name.startswith(TRASH):
         return "a removal a crash cut short"
     if path.rstrip("/") in known.live_workspaces:
         return None
     job_id = name[len(PREP):] if name.startswith(PREP) else name
-    if known.live(job_id) or job_id in known.resumed_by_live or age < grace:
+    if known.live(job_id) or job_id in known.resumed_by_live:
+        return None
+    later = known.resumed_ends.get(path.rstrip("/"))
+    if later is not None and (keep is None or now - later < keep):
+        return None                  # a later job resumed in it (its first owner may be gone)
+    state = known.state(job_id)
+    if state is not None and not name.startswith(PREP):
+        ended = known.finished(job_id)
+        if keep is None or ended is None or now - ended < keep:
+            return None
+    if not _older(age, grace):
         return None
     if name.startswith(PREP):
         return "left over from a workspace that was never finished"
-    state = known.state(job_id)
     if state is None:
         return "no such job"
-    entry = known.entry(job_id)
-    ended = None if entry is None else _finished(entry)
-    if keep is not None and ended is not None and now - ended >= keep:
-        return f"job {state} past retention.workspaces"
-    return None
+    return f"job {state} past retention.workspaces"
 
 
-def folder_verdict(name: str, age: float, known: Known, *, grace: float) -> str | None:
+def folder_verdict(name: str, age: Age, known: Known, *, grace: float) -> str | None:
     """Why `jobs/<name>` may go outside retention (which forgets the job first): a removal
-    a crash cut short, or the folder of a job the queue does not know."""
+    a crash cut short, or the folder of a job the queue does not know. `age` as for
+    workspace_verdict."""
     if name.startswith(TRASH):
         return "a removal a crash cut short"
-    if known.state(name) is not None or age < grace:
+    if known.state(name) is not None or not _older(age, grace):
         return None
     return "no such job"
 

@@ -6,8 +6,18 @@ Everything is checked before anything is written: agent known, repositories know
 (config plus the `repo add` registry), callback an http(s) URL with a host, a valid port
 and no whitespace or control character, non-empty prompt, timeout a positive duration,
 id well formed and not in use (in the file, the queue, or a submission still pending in
-the inbox), no unknown or duplicate keys, right types. A bad `--from` line names the
+the inbox), no unknown or duplicate keys, right types, an agent that may run (aider
+without a model is refused: state.agentbin.refusal). A bad `--from` line names the
 file and line ("jobs.jsonl:7: unknown agent 'cluade'") and queues nothing.
+
+Resuming (`submit --resume JOB`, the JSONL key `resume`): the new job continues JOB's agent
+session. Resolved under the submit lock, with the same view of the jobs the id check reads
+(`resolve_resumes`): JOB must exist and be finished, its agent must still be configured
+(and is the new job's agent: another `agent` is refused), it must have a session id unless
+its adaptor keeps sessions per folder (config.DIRECTORY_SESSIONS: aider, q), and its
+workspace must still exist. The job then carries `resume_of` (JOB), `resume_session`
+(JOB's session id or null), `workspace` (JOB's: the scheduler runs it there, it clones
+nothing) and JOB's `repos`. A submission cannot name repositories of its own for it.
 
 Duplicate ids across concurrent submitters: the check ("read the ids in use: inbox first,
 then queue") and the write of the request happen under an exclusive flock on
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import re
 import secrets
 import time
@@ -40,29 +51,37 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from supervisor.config import Config, parse_duration
+from supervisor.config import DIRECTORY_SESSIONS, Config, parse_duration
 from supervisor.state import disk
+from supervisor.state.agentbin import refusal
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
+from supervisor.state.queue import TERMINAL_STATES
+from supervisor.state.queuefollow import QueueIds
 from supervisor.state.repos import all_repositories
-from supervisor.state.view import open_view
+from supervisor.state.view import JobView, Unreadable, open_view, read_pending
 
 __all__ = [
     "Checker",
     "DiskLow",
     "JobError",
     "Known",
+    "Refused",
     "accept",
+    "accept_many",
     "assign_ids",
     "check_request",
+    "decode_json",
     "known",
     "known_repos",
     "parse_jsonl",
     "refuse_ids_in_use",
     "refuse_unknown_dependencies",
+    "resolve_resumes",
+    "same_job",
     "submit_lock",
     "write_submission",
 ]
@@ -70,11 +89,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Known:
-    """What a submission is checked against: agents, repositories, ids already in use."""
+    """What a submission is checked against: agents, repositories, ids already in use, and
+    why a job of an agent is refused (agent name -> reason, e.g. aider without a model)."""
 
     agents: frozenset[str]
     repos: frozenset[str]
     ids: frozenset[str]
+    refused: tuple[tuple[str, str], ...] = ()
 
 
 class JobError(Exception):
@@ -147,18 +168,27 @@ class Checker:
         if problem is not None:
             raise JobError(problem)
 
-    def _duration(self, value: str | int | float) -> float:
+    def _duration(self, value: str | int | float, key: str = "timeout") -> float:
         if value not in self._durations:
             try:
                 secs = parse_duration(value)
                 self._durations[value] = (secs if secs > 0
-                                          else f"timeout {value!r} must be positive")
+                                          else f"{{key}} {value!r} must be positive")
             except ValueError as exc:
-                self._durations[value] = f"timeout: {exc}"
+                self._durations[value] = f"{{key}}: {exc}"
         verdict = self._durations[value]
         if isinstance(verdict, str):
-            raise JobError(verdict)
+            raise JobError(verdict.replace("{key}", key))
         return verdict
+
+    def _agent(self, agent: str) -> None:
+        if self.known is None:
+            return
+        if agent not in self.known.agents:
+            raise JobError(f"unknown agent {agent!r}")
+        for name, why in self.known.refused:
+            if name == agent:
+                raise JobError(f"agent {agent!r} {why}")
 
     def check(self, obj: object, *, stored: bool = False) -> dict[str, Any]:
         """The normalized job (id None when not given), or JobError naming the first problem.
@@ -170,12 +200,17 @@ class Checker:
         if extra:
             names = ", ".join(repr(k) for k in sorted(extra))
             raise JobError(f"unknown key{'s' if len(extra) > 1 else ''} {names}")
+        resume = None if stored else obj.get("resume")
+        if resume is not None:
+            _expect("resume", resume, (str,), "a job id")
+            if not valid_job_id(resume):
+                raise JobError(f"resume: invalid job id {resume!r}")
         agent = obj.get("agent")
-        if agent is None:
+        if agent is None and resume is None:
             raise JobError("missing key 'agent'")
-        _expect("agent", agent, (str,), "a string")
-        if self.known is not None and agent not in self.known.agents:
-            raise JobError(f"unknown agent {agent!r}")
+        if agent is not None:
+            _expect("agent", agent, (str,), "a string")
+            self._agent(agent)
         prompt = obj.get("prompt")
         if prompt is None:
             raise JobError("missing key 'prompt'")
@@ -192,6 +227,9 @@ class Checker:
                 raise JobError(f"unknown repository {repo!r}")
         if len(set(repos)) != len(repos):
             raise JobError("repos lists a repository twice")
+        if repos and resume is not None:
+            raise JobError("repos cannot be given with resume: the resumed job's repositories "
+                           "and workspace are used")
         callback = obj.get("callback")
         if callback is not None:
             _expect("callback", callback, (str,), "a URL string")
@@ -200,6 +238,10 @@ class Checker:
         if timeout is not None:
             _expect("timeout", timeout, (str, int, float), "a duration (seconds or '30s')")
             timeout = self._duration(timeout)
+        idle = obj.get("idle_timeout")
+        if idle is not None:
+            _expect("idle_timeout", idle, (str, int, float), "a duration (seconds or '30s')")
+            idle = self._duration(idle, "idle_timeout")
         batch = obj.get("batch")
         if batch is not None:
             _expect("batch", batch, (str,), "a string")
@@ -219,7 +261,9 @@ class Checker:
         _expect("exclusive", exclusive, (bool,), "true or false")
         job = {"id": job_id, "agent": agent, "prompt": prompt, "repos": repos,
                "callback": callback, "timeout": timeout, "batch": batch,
-               "exclusive": exclusive}
+               "exclusive": exclusive, "idle_timeout": idle}
+        if resume is not None:
+            job["resume"] = resume
         job.update(_job_control(obj, job_id))
         if stored:
             created = obj.get("created_at")
@@ -231,12 +275,35 @@ class Checker:
                 if not valid_job_id(retry_of):
                     raise JobError(f"retry_of {retry_of!r} is not a job id")
                 job["retry_of"] = retry_of
+            job.update(_stored_resume(obj))
         return job
 
 
+def _stored_resume(obj: dict[str, Any]) -> dict[str, Any]:
+    """The resume keys of a job as a request carries it (resolved at the door): all of
+    resume_of and workspace (an absolute path), or none; resume_session a string or null."""
+    resume_of, workspace = obj.get("resume_of"), obj.get("workspace")
+    session = obj.get("resume_session")
+    if resume_of is None and workspace is None and session is None:
+        return {}
+    if resume_of is None or workspace is None:
+        raise JobError("resume_of and workspace go together (a resumed job runs in the "
+                       "workspace of the job it resumes)")
+    _expect("resume_of", resume_of, (str,), "a job id")
+    if not valid_job_id(resume_of):
+        raise JobError(f"resume_of: invalid job id {resume_of!r}")
+    _expect("workspace", workspace, (str,), "an absolute path")
+    if not os.path.isabs(workspace):
+        raise JobError(f"workspace must be an absolute path, found {workspace!r}")
+    if session is not None:
+        _expect("resume_session", session, (str,), "a string")
+    return {"resume_of": resume_of, "resume_session": session, "workspace": workspace}
+
+
 #: What a job carries in a submit request (the scheduler's check): a submission cannot set
-#: a job's state, attempts or pid.
-_STORED_KEYS = SUBMIT_KEYS | {"created_at", "retry_of"}
+#: a job's state, attempts or pid. `resume` is resolved at the door into the other three.
+_STORED_KEYS = (SUBMIT_KEYS - {"resume"}) | {"created_at", "retry_of", "resume_of",
+                                             "resume_session", "workspace"}
 
 PRIORITY_RANGE = (-1000, 1000)
 MAX_RETRIES = 10
@@ -352,6 +419,12 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode
 
 
+def decode_json(text: str) -> Any:
+    """One JSON document as a submission reads it: a key given twice in an object is a
+    JobError (JSON would silently keep the last one); bad JSON is json.JSONDecodeError."""
+    return _decode_line(text)
+
+
 def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]]:
     """Every job of a JSONL file, in order; JobError naming `name:line` otherwise.
 
@@ -407,11 +480,23 @@ def submit_lock(layout: Layout) -> Iterator[None]:
     """Hold the exclusive flock on `scheduler/submit.lock` (created empty if missing).
 
     Blocks while another submitter holds it; released when the block ends (or the
-    process dies).
+    process dies). Its folder is made durable once per process (a long-lived submitter,
+    the api, does not pay an fsync of it on every submission).
     """
-    ensure_dir(layout.submit_lock.parent)
-    with exclusive(layout.submit_lock):
-        yield
+    folder = str(layout.submit_lock.parent)
+    if folder not in _LOCK_DIRS:
+        ensure_dir(layout.submit_lock.parent)
+        _LOCK_DIRS.add(folder)
+    try:
+        with exclusive(layout.submit_lock):
+            yield
+    except FileNotFoundError:           # the folder went away since: make it again next time
+        _LOCK_DIRS.discard(folder)
+        raise
+
+
+#: submit.lock folders this process has made durable.
+_LOCK_DIRS: set[str] = set()
 
 
 def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
@@ -431,8 +516,10 @@ def known_repos(cfg: Config, layout: Layout) -> frozenset[str]:
 
 def known(cfg: Config, layout: Layout) -> Known:
     """What a submission to this state dir is checked against (ids in use: see accept)."""
+    refused = tuple((name, why) for name, agent in sorted(cfg.agents.items())
+                    if (why := refusal(agent)) is not None)
     return Known(agents=frozenset(cfg.agents), repos=known_repos(cfg, layout),
-                 ids=frozenset())
+                 ids=frozenset(), refused=refused)
 
 
 def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
@@ -447,11 +534,128 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
     with submit_lock(layout):
         with open_view(cfg, layout) as view:
             in_use = frozenset(view.known_ids())
-        refuse_ids_in_use(jobs, in_use, source)
+            refuse_ids_in_use(jobs, in_use, source)
+            resolve_resumes(cfg, view, jobs, source)
         refuse_unknown_dependencies(jobs, in_use, source)
         assign_ids(jobs, in_use)
         write_submission(layout, jobs)
     return [str(j["id"]) for j in jobs]
+
+
+class Refused(JobError):
+    """A submission of accept_many that was not taken: an id in use by another job."""
+
+
+def same_job(entry: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Whether a known job (a view entry) is what the checked `job` describes: a client's
+    replay of a submission it could not see answered."""
+    return all(entry.get(k) == v for k, v in job.items() if k not in ("id", "created_at"))
+
+
+def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]], *,
+                queue_ids: QueueIds | None = None) -> list[list[str] | JobError]:
+    """accept() for many submissions at once (the api's concurrent POSTs): ONE lock, ONE
+    read of the ids in use, ONE durable request holding every accepted job; per
+    submission, its ids or why it was refused.
+
+    Each submission stays all or nothing. A job whose given id is in use by the very same
+    job (same_job) is a replay: it counts as accepted and is not written again; an id in
+    use by another job refuses its whole submission (Refused); so does a dependency that
+    does not exist (JobError, as accept()), and a `resume` that cannot be (as accept()).
+    The ids in use are the inbox's (read first, as
+    open_view does) and the queue's: from `queue_ids` when given (a long-lived reader that
+    follows the log), else from a read-only open of the queue. Unreadable and DiskLow as
+    accept()."""
+    why = disk.low(cfg)
+    if why is not None:
+        raise DiskLow(f"submission refused: {why}")
+    out: list[list[str] | JobError] = []
+    with submit_lock(layout):
+        given = {j["id"] for g in groups for j in g if j["id"] is not None}
+        if queue_ids is None:
+            with open_view(cfg, layout) as view:
+                in_use = set(view.known_ids())
+                existing = {i: view.get(i) for i in given & in_use}
+        else:
+            in_use = set(read_pending(layout).jobs)
+            try:
+                in_use |= queue_ids.refresh()
+            except OSError as exc:
+                raise Unreadable(f"cannot read the job queue at {layout.wal_dir}: "
+                                 f"{exc.strerror or exc}") from None
+            existing = {}
+            if given & in_use:              # a replay to compare: the full view, rarely
+                with open_view(cfg, layout) as view:
+                    existing = {i: view.get(i) for i in given & in_use}
+        fresh: list[dict[str, Any]] = []
+        for jobs in groups:
+            try:
+                if any("resume" in j for j in jobs):      # rare: a full view to resolve
+                    with open_view(cfg, layout) as view:
+                        resolve_resumes(cfg, view, jobs)
+                for job in jobs:
+                    known = existing.get(job["id"]) if job["id"] is not None else None
+                    if job["id"] in in_use and (known is None or not same_job(known, job)):
+                        raise Refused(f"job id {job['id']!r} is already in use by another job")
+                new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
+                refuse_unknown_dependencies(new, frozenset(in_use))
+            except JobError as exc:
+                out.append(exc)
+                continue
+            assign_ids(new, frozenset(in_use))
+            in_use.update(str(j["id"]) for j in new)
+            fresh += new
+            out.append([str(j["id"]) for j in jobs])
+        if fresh:
+            write_submission(layout, fresh)
+    return out
+
+
+def resolve_resumes(cfg: Config, view: JobView, jobs: list[dict[str, Any]],
+                    source: tuple[str, bytes] | None = None) -> None:
+    """Turn each job's `resume` (a job id) into what the scheduler needs to continue that
+    job's session (see the module docstring); JobError for the first that cannot be, its
+    line named when `source` (the --from file's name and bytes) is given."""
+    for index, job in enumerate(jobs):
+        target = job.pop("resume", None)
+        if target is None:
+            continue
+        try:
+            job.update(_resume_of(cfg, view, str(target), job.get("agent")))
+        except JobError as exc:
+            where = "" if source is None else f"{source[0]}:{_line_of(source[1], index)}: "
+            raise JobError(f"{where}{exc}") from None
+
+
+def _resume_of(cfg: Config, view: JobView, target: str, given: object) -> dict[str, Any]:
+    entry = view.get(target)
+    if entry is None:
+        raise JobError(f"resume: no such job {target!r}")
+    state = str(entry.get("state"))
+    if state not in TERMINAL_STATES:
+        raise JobError(f"resume: job {target!r} is {state}: only a finished job's session "
+                       "can be resumed")
+    name = str(entry.get("agent"))
+    if given is not None and given != name:
+        raise JobError(f"resume: job {target!r} ran agent {name!r}, not {given!r} (a resumed "
+                       "session keeps its agent)")
+    agent = cfg.agents.get(name)
+    if agent is None:
+        raise JobError(f"resume: job {target!r} ran agent {name!r}, which is no longer "
+                       "configured")
+    why = refusal(agent)
+    if why is not None:
+        raise JobError(f"agent {name!r} {why}")
+    session = entry.get("session_id")
+    session = session if isinstance(session, str) and session else None
+    if session is None and agent.adaptor not in DIRECTORY_SESSIONS:
+        raise JobError(f"resume: job {target!r} has no session id (its agent reported none)")
+    workspace = entry.get("workspace")
+    if not isinstance(workspace, str) or not os.path.isdir(workspace):
+        raise JobError(f"resume: the workspace of job {target!r} ({workspace}) no longer "
+                       "exists")
+    return {"agent": name, "repos": [str(r) for r in entry.get("repos") or []],
+            "resume_of": target, "resume_session": session, "workspace": workspace}
 
 
 def refuse_unknown_dependencies(jobs: list[dict[str, Any]], in_use: frozenset[str],

@@ -21,7 +21,7 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ from supervisor.state.layout import (
     read_record,
 )
 from supervisor.state.queue import COUNTERS, JOB_STATES, TERMINAL_STATES, JobQueue, QueueError
+from supervisor.state.queuefollow import LiveQueue
 from supervisor.state.wal import WalError
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "QueueReader",
     "Unreadable",
     "batchd_pid",
+    "follow_queue",
     "open_queue",
     "open_view",
     "read_pending",
@@ -127,8 +129,11 @@ class QueueReader(Protocol):
     def get(self, job_id: str) -> dict[str, Any] | None: ...
     def state(self, job_id: str) -> str | None: ...
     def ids(self, state: str | None = None) -> list[str]: ...
+    def ids_in(self, states: Iterable[str]) -> list[str]: ...
     def raw(self, state: str | None = None,
             needles: Sequence[bytes] = ()) -> list[tuple[str, bytes]]: ...
+    def field_values(self, key: str,
+                     states: Iterable[str] | None = None) -> dict[str, Any]: ...
     def counts(self) -> dict[str, int]: ...
     def stats(self) -> dict[str, int]: ...
     def close(self) -> None: ...
@@ -240,7 +245,7 @@ class JobView:
             **job,
             "state": "queued",
             "attempts": 0,
-            "workspace": str(self.cfg.workspace_dir / job_id),
+            "workspace": job.get("workspace") or str(self.cfg.workspace_dir / job_id),
         }
 
     def _settled(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -271,26 +276,39 @@ class JobView:
                 out.append(entry)
         return out
 
-    def select(self, flt: JobFilter) -> list[dict[str, Any]]:
-        """The entries matching `flt`, in listing order (the `limit` most recent)."""
+    def candidates(self, flt: JobFilter) -> list[str]:
+        """Ids that may match `flt`, in listing order, before any body is decoded: from the
+        queue's state column alone when only a state is asked, else by a byte search of
+        the raw bodies (needles, since). The caller decodes and checks each (matches)."""
         needles = flt.needles()
         since = None if flt.since is None else iso_now(flt.since).encode()
+        states: list[str | None] = [flt.state]
+        if flt.state in TERMINAL_STATES:
+            states += ["starting", "running"]     # those whose result settles them
         ids: list[str] = []
         if self.queue is not None:
-            states = [flt.state]
-            if flt.state in TERMINAL_STATES:
-                states += ["starting", "running"]     # those whose result settles them
-            for state in states:
-                for job_id, body in self.queue.raw(state, needles):
-                    if since is None or _created(body) >= since:
-                        ids.append(job_id)
-            if len(states) > 1:
-                order = {j: i for i, j in enumerate(self.queue_ids())}
-                ids.sort(key=order.__getitem__)
+            if not needles and since is None:
+                if flt.state is None:
+                    ids = list(self.queue_ids())
+                else:
+                    keep = {i for state in states for i in self.queue.ids(state)}
+                    ids = [i for i in self.queue_ids() if i in keep]
+            else:
+                for state in states:
+                    for job_id, body in self.queue.raw(state, needles):
+                        if since is None or _created(body) >= since:
+                            ids.append(job_id)
+                if len(states) > 1:
+                    order = {j: i for i, j in enumerate(self.queue_ids())}
+                    ids.sort(key=order.__getitem__)
         if flt.state in (None, "queued"):
             ids += self.pending_ids()
+        return ids
+
+    def select(self, flt: JobFilter) -> list[dict[str, Any]]:
+        """The entries matching `flt`, in listing order (the `limit` most recent)."""
         out = []
-        for job_id in ids:
+        for job_id in self.candidates(flt):
             entry = self.get(job_id)
             if entry is not None and flt.matches(entry):
                 out.append(entry)
@@ -372,12 +390,12 @@ class JobView:
             per_agent: Counter[str] = Counter()
             running = 0
             if self.queue is not None:
-                for state in ("waiting", "starting", "running"):
-                    for job_id in self.queue.ids(state):
-                        entry = self.queue.get(job_id)
-                        if entry is not None:
-                            per_agent[str(entry.get("agent"))] += 1
-                            running += state != "waiting"
+                counts = self.queue.counts()
+                running = counts.get("starting", 0) + counts.get("running", 0)
+                for job_id in self.queue.ids_in(("waiting", "starting", "running")):
+                    entry = self.queue.get(job_id)
+                    if entry is not None:
+                        per_agent[str(entry.get("agent"))] += 1
             self._load = (running, per_agent)
         return self._load
 
@@ -496,12 +514,39 @@ def open_queue(path: Path) -> QueueReader | None:
         raise unreadable(str(exc)) from None
 
 
+#: wal_dir -> the LiveQueue this process follows it with (follow_queue).
+_LIVE: dict[str, LiveQueue] = {}
+
+
+def follow_queue(layout: Layout) -> LiveQueue:
+    """From now on this process's views of `layout` share ONE read-only queue that follows
+    the log (state.queuefollow.LiveQueue) instead of opening the queue each time: for a
+    long-lived reader serving many requests (the api). batchctl never calls it."""
+    key = str(layout.wal_dir)
+    if key not in _LIVE:
+        _LIVE[key] = LiveQueue(layout.wal_dir)
+    return _LIVE[key]
+
+
+def _live_queue(live: LiveQueue) -> QueueReader | None:
+    try:
+        got: QueueReader | None = live.current()
+        return got
+    except OSError as exc:
+        raise Unreadable(f"cannot read the job queue at {live.wal_dir}: {_why(exc)}") from None
+    except (QueueError, WalError) as exc:
+        raise Unreadable(f"cannot read the job queue at {live.wal_dir}: {exc}") from None
+
+
 def open_view(cfg: Config, layout: Layout) -> JobView:
-    """Read the pending submissions, then open the job queue read-only (none yet: empty).
+    """Read the pending submissions, then open the job queue read-only (none yet: empty),
+    or bring this process's followed queue up to date (follow_queue).
 
     The inbox is read FIRST: the scheduler enqueues a job before it removes its request,
     so a job cannot slip between the two reads and look unknown. Unreadable if either
     cannot be read.
     """
     pending = read_pending(layout)
-    return JobView(cfg, layout, open_queue(layout.wal_dir), pending)
+    live = _LIVE.get(str(layout.wal_dir))
+    queue = open_queue(layout.wal_dir) if live is None else _live_queue(live)
+    return JobView(cfg, layout, queue, pending)

@@ -37,6 +37,7 @@ __all__ = [
     "WalError",
     "WalFailed",
     "frame",
+    "scan_groups",
     "segment_name",
 ]
 
@@ -172,6 +173,13 @@ def _scan_records(data: bytes, pos: int) -> tuple[list[bytes], int]:
             kept, kept_end = len(out), pos
     del out[kept:]
     return out, kept_end
+
+
+def scan_groups(data: bytes, pos: int) -> tuple[list[bytes], int]:
+    """The payloads of the whole valid groups in `data` from `pos`, and where they end: what
+    a reader following a segment as it grows may take (a group still being written, or a
+    torn one, is left for later)."""
+    return _scan_records(data, pos)
 
 
 def _frame_end(data: bytes, pos: int) -> int:

@@ -6,6 +6,9 @@ the retry schedule are in docs/CALLBACKS.md.
 
 from __future__ import annotations
 
+import email.utils
+import math
+import os
 import re
 import secrets
 import uuid
@@ -14,10 +17,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeGuard
+from urllib.parse import urlsplit
 
+from supervisor.state.atomic import CORRUPT_MARK, Corrupt, is_tmp_name
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.fs import FS, REAL
-from supervisor.state.layout import Layout, send_request
+from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, send_request
 from supervisor.state.machine import Row, Table
 
 __all__ = [
@@ -25,7 +30,11 @@ __all__ = [
     "DELIVERY_STATES",
     "EVENT_NAMESPACE",
     "FAILED",
+    "LIVE_STATES",
     "RETRY",
+    "RETRY_AFTER_CAP",
+    "RETRY_AFTER_STATUSES",
+    "SETTLED_STATES",
     "STATUS_CLASS_OUTCOME",
     "STATUS_OUTCOME",
     "TABLE",
@@ -43,12 +52,17 @@ __all__ = [
     "due_at",
     "earliest",
     "finish",
+    "held",
+    "host_of",
     "interrupted",
     "job_event_id",
     "job_payload",
+    "list_deliveries",
     "new_delivery",
     "next_delay",
     "operator_retry",
+    "postponed",
+    "retry_after_delay",
     "retry_request",
     "transition",
     "valid_event_id",
@@ -66,6 +80,15 @@ FAILED = "failed"
 
 #: Delivery record states (CONTRACT.md: pending, in_flight, delivered, failed).
 DELIVERY_STATES: tuple[str, ...] = ("pending", "in_flight", "delivered", "failed")
+#: States of a record in `callbacks/outbox/` (read at every start) ...
+LIVE_STATES: frozenset[str] = frozenset({"pending", "in_flight"})
+#: ... and of one in `callbacks/done/` (never read at start; see docs/CALLBACKS.md).
+SETTLED_STATES: frozenset[str] = frozenset({"delivered", "failed"})
+
+#: Answers whose Retry-After header replaces the next delay of the schedule.
+RETRY_AFTER_STATUSES: frozenset[int] = frozenset({429, 503})
+#: A Retry-After is capped at the schedule's last step times this.
+RETRY_AFTER_CAP = 10.0
 
 
 #: Statuses whose outcome is not their class's.
@@ -92,6 +115,7 @@ class Happening(StrEnum):
     FAILED = "failed"                    # not retriable
     INTERRUPTED = "interrupted"          # recovery found it in flight
     OPERATOR_RETRY = "operator_retry"    # `batchctl callbacks retry`
+    SETTLE_WAIT = "settle_wait"          # a held batch event's check says: not yet
 
 
 D, H = Delivery, Happening
@@ -105,6 +129,7 @@ TABLE: Table[Delivery, Happening, None] = Table({
     (D.IN_FLIGHT, H.INTERRUPTED): Row(D.PENDING),
     (D.PENDING, H.OPERATOR_RETRY): Row(D.PENDING),
     (D.FAILED, H.OPERATOR_RETRY): Row(D.PENDING),
+    (D.PENDING, H.SETTLE_WAIT): Row(D.PENDING),
 })
 del D, H
 
@@ -168,13 +193,19 @@ def batch_payload(event_id: str, batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def delivery_request(event_id: str, url: str, payload: Mapping[str, Any],
-                     job: str | None = None, *, now: float | None = None) -> dict[str, Any]:
+                     job: str | None = None, *, batch: str | None = None,
+                     now: float | None = None) -> dict[str, Any]:
     """The REQUEST (kind "deliver") that hands one event to the callbacks worker.
 
     Its id is the event id, so the file `callbacks/inbox/<event id>.json` dedupes replays.
+    A batch event names its `batch`: the worker holds it for `callbacks.batch_settle`
+    after `created_at` and checks the batch is still done before the first try.
     """
-    return {"id": event_id, "kind": "deliver", "event_id": event_id, "url": url,
-            "job": job, "payload": dict(payload), "created_at": iso_now(now)}
+    req = {"id": event_id, "kind": "deliver", "event_id": event_id, "url": url,
+           "job": job, "payload": dict(payload), "created_at": iso_now(now)}
+    if batch is not None:
+        req["batch"] = batch
+    return req
 
 
 def retry_request(event_id: str, *, now: float | None = None) -> dict[str, Any]:
@@ -203,12 +234,32 @@ def next_delay(attempts: int, schedule: Sequence[float]) -> float | None:
     return None
 
 
+def retry_after_delay(value: str | None, now: float) -> float | None:
+    """Seconds a Retry-After header value asks for: delay-seconds ("120") or an HTTP date
+    (a date in the past: 0); None when absent or unreadable (the schedule then applies)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:     # RFC 9110 dates are GMT; a zone-less one is taken as such
+        return None
+    seconds = when.timestamp() - now
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
 @dataclass(frozen=True)
 class Result:
-    """What one try came to: DELIVERED, RETRY or FAILED, and the error ("HTTP 503")."""
+    """What one try came to: DELIVERED, RETRY or FAILED, the error ("HTTP 503"), and the
+    delay a 429 or 503 asked for with Retry-After (seconds; None: the schedule's)."""
 
     outcome: str
     error: str | None
+    retry_after: float | None = None
 
 
 # -- the delivery record -------------------------------------------------------------------
@@ -225,12 +276,32 @@ def _moved(rec: Mapping[str, Any], event: str, now: float, **fields: Any) -> dic
     return out
 
 
-def new_delivery(request: Mapping[str, Any], now: float) -> dict[str, Any]:
-    """The DELIVERY record for a "deliver" request: pending, due now, no try yet."""
+def new_delivery(request: Mapping[str, Any], now: float, *, settle: float = 0.0
+                 ) -> dict[str, Any]:
+    """The DELIVERY record for a "deliver" request: pending, no try yet, due now; a batch
+    event (the request names its `batch`) with `settle` > 0 is held until `settle`
+    seconds after the request was made (the batch's last job ended). `created_at` is
+    when the request was made (the event's birth), `updated_at` now."""
+    batch = request.get("batch") if settle > 0 else None
+    made = parse_iso(request.get("created_at"))
+    born = now if made is None else made        # when the event was made (handed over)
+    due = born + settle if isinstance(batch, str) else now
     return {"id": request["event_id"], "job": request.get("job"), "url": request["url"],
             "payload": dict(request["payload"]), "state": "pending", "attempts": 0,
-            "retry_base": 0, "next_attempt_at": iso_now(now),
-            "last_error": None, "created_at": iso_now(now), "updated_at": iso_now(now)}
+            "retry_base": 0, "next_attempt_at": iso_now(due), "batch": batch,
+            "last_error": None, "created_at": iso_now(born), "updated_at": iso_now(now)}
+
+
+def held(rec: Mapping[str, Any]) -> bool:
+    """A batch event still in its settle window: pending, never tried, naming its batch."""
+    return (rec.get("state") == "pending" and rec.get("attempts") == 0
+            and isinstance(rec.get("batch"), str))
+
+
+def postponed(rec: Mapping[str, Any], due: float, now: float) -> dict[str, Any]:
+    """A held batch event checked too early (a job of its batch not yet terminal in the
+    scheduler's queue): still pending, checked again at `due`."""
+    return _moved(rec, "settle_wait", now, next_attempt_at=iso_now(due))
 
 
 def begin(rec: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -246,6 +317,9 @@ def finish(rec: Mapping[str, Any], result: Result, now: float,
     if event == RETRY:
         delay = next_delay(int(rec["attempts"]) - int(rec.get("retry_base") or 0), schedule)
         event = "exhausted" if delay is None else RETRY
+        if delay is not None and result.retry_after is not None:
+            # the receiver's Retry-After replaces the schedule's delay, within reason
+            delay = min(result.retry_after, float(schedule[-1]) * RETRY_AFTER_CAP)
     ts = None if delay is None else now + delay
     error = result.error if result.error is not None else rec.get("last_error")
     return _moved(rec, event, now, next_attempt_at=_at(ts), last_error=error)
@@ -284,6 +358,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "next_attempt_at": (str, type(None)),
     "last_error": (str, type(None)), "created_at": (str,),
 }
+#: Keys a record of an earlier version may lack (the default is None).
+_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {"batch": (str, type(None))}
 
 
 def delivery_problem(rec: Mapping[str, Any]) -> str | None:
@@ -298,7 +374,107 @@ def delivery_problem(rec: Mapping[str, Any]) -> str | None:
         value = rec.get(key)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             return f"{key} is {value!r}"
+    for key, types in _OPTIONAL_TYPES.items():
+        if not isinstance(rec.get(key), types):
+            return f"{key} is {rec.get(key)!r}"
+    if isinstance(rec.get("batch"), str) and not _batch_members(rec["payload"]):
+        return "a batch event whose payload lists no jobs"
     if rec["state"] == "pending" and parse_iso(rec["next_attempt_at"]) is None:
         return "a pending delivery without a valid next_attempt_at"
     return None
 
+
+
+def _batch_members(payload: Mapping[str, Any]) -> list[str] | None:
+    """The job ids a batch event's payload lists, or None when it lists none."""
+    batch = payload.get("batch")
+    jobs = batch.get("jobs") if isinstance(batch, dict) else None
+    if isinstance(jobs, list) and jobs and all(isinstance(j, str) for j in jobs):
+        return jobs
+    return None
+
+
+def host_of(url: str) -> str:
+    """The receiver a URL names, for the per-host limit: scheme://host:port (the port
+    filled in, the host lowercased), as an HTTP client pools its connections."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = (parts.hostname or "").lower()
+    return f"{scheme}://{host}:{port or (443 if scheme == 'https' else 80)}"
+
+
+# -- reading every delivery (batchctl, the API) -------------------------------------------
+
+def _record_names(folder: Path) -> list[str]:
+    """The record file names in `folder` ([] if it does not exist); OSError if unlistable."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names
+                  if n.endswith(".json") and not is_tmp_name(n) and CORRUPT_MARK not in n)
+
+
+def _handed_over(layout: Layout) -> dict[str, dict[str, Any]]:
+    """Events waiting in the worker's inbox as "deliver" requests: pending, no try yet."""
+    out: dict[str, dict[str, Any]] = {}
+    inbox = layout.inbox("callbacks")
+    for name in _record_names(inbox):
+        req = read_record(REQUEST, inbox / name, owner=False)
+        if (isinstance(req, dict) and req.get("kind") == "deliver"
+                and valid_event_id(req.get("event_id"))):
+            out[req["event_id"]] = {
+                "id": req["event_id"], "job": req.get("job"), "url": req.get("url"),
+                "state": "pending", "attempts": 0, "next_attempt_at": req.get("created_at"),
+                "last_error": None, "created_at": req.get("created_at"),
+                "batch": req.get("batch"), "updated_at": req.get("created_at")}
+    return out
+
+
+def list_deliveries(layout: Layout) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every delivery, read-only: (records oldest first, one note per unreadable record).
+
+    Reads the worker's inbox first (events handed over, not yet taken: pending, no try),
+    then `callbacks/outbox/` (pending and in flight), then `callbacks/done/` (delivered
+    and failed), then the outbox again for the names it lacked. The worker writes a
+    record's new place before it removes the old one (outbox -> done when a delivery
+    settles, done -> outbox on an operator retry), so no event slips between the reads;
+    an event seen in two places is shown as the most recently updated copy (a tie: done).
+    OSError when a folder exists but cannot be listed.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    rank: dict[str, tuple[str, bool]] = {}      # id -> (updated_at, read from done/)
+    notes: list[str] = []
+    pending = _handed_over(layout)
+
+    def take(folder: Path, done: bool, skip: Iterable[str] = ()) -> None:
+        skipped = set(skip)
+        for name in _record_names(folder):
+            if name in skipped:
+                continue
+            rec = read_record(DELIVERY, folder / name, owner=False)
+            if isinstance(rec, dict):
+                problem = delivery_problem(rec)
+                if problem is None:
+                    mine = (str(rec.get("updated_at")), done)
+                    if rec["id"] not in rank or mine >= rank[rec["id"]]:
+                        found[rec["id"]], rank[rec["id"]] = rec, mine
+                    continue
+                reason = problem
+            elif isinstance(rec, Corrupt):
+                reason = rec.reason
+            else:
+                continue    # taken away meanwhile
+            notes.append(f"skipping unreadable delivery record {folder / name}: {reason}")
+
+    live = _record_names(layout.callbacks_outbox)
+    take(layout.callbacks_outbox, False)
+    take(layout.callbacks_done, True)
+    take(layout.callbacks_outbox, False, skip=live)
+    for event_id, row in pending.items():
+        found.setdefault(event_id, row)
+    return sorted(found.values(), key=lambda r: (str(r["created_at"]), r["id"])), notes

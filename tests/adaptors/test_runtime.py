@@ -48,6 +48,8 @@ def start() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
      (Phase.STOPPING, (Action.NOTE_TERMINATED, Action.TERM_GROUP))),
     (Phase.RUNNING, Event.DEADLINE,
      (Phase.STOPPING, (Action.NOTE_TIMED_OUT, Action.TERM_GROUP))),
+    (Phase.RUNNING, Event.IDLE, (Phase.STOPPING, (Action.NOTE_IDLE, Action.TERM_GROUP))),
+    (Phase.STOPPING, Event.IDLE, (Phase.STOPPING, ())),
     (Phase.STOPPING, Event.GRACE_OVER, (Phase.KILLING, (Action.KILL_GROUP,))),
     (Phase.STOPPING, Event.TERM, (Phase.STOPPING, ())),
     (Phase.STOPPING, Event.DEADLINE, (Phase.STOPPING, ())),
@@ -55,8 +57,8 @@ def start() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
 ])
 def test_stop_table(phase: Phase, event: Event,
                     expected: tuple[Phase, tuple[Action, ...]]) -> None:
-    """SIGTERM/timeout start a graceful stop once (naming why); grace over escalates to
-    SIGKILL; later signals change nothing."""
+    """SIGTERM/timeout/idleness start a graceful stop once (naming why); grace over
+    escalates to SIGKILL; later signals change nothing."""
     assert expected == step(phase, event)
 
 
@@ -417,16 +419,132 @@ def test_structured_timeout_keeps_output_and_events(tmp_path: Path) -> None:
     cli = fakekit.install_cli(tmp_path / "bin", "claude")
     job = fakekit.make_job(tmp_path / "state", "to", adaptor="claude", prompt="x",
                            command=str(cli), timeout=1.0, kill_grace=0.5,
-                           env={"FAKE_HANG": "30"})
+                           env={"FAKE_HANG": "30", "ANTHROPIC_API_KEY": "k"})
     done = fakekit.run_adaptor(job)
     result = fakekit.result(job)
     assert ("timed_out", True, signal.SIGTERM) \
         == (result["reason"], result["timed_out"], result["signal"])
     assert 128 + signal.SIGTERM == done.returncode
-    assert "3f9f74a6-6b7c-4a3e-9e1d-2f1f0a9b8c7d" == result["session_id"]
-    assert fakekit.output(job).startswith(b"[session] 3f9f74a6")
+    assert fakekit.output(job).startswith(f"[session] {result['session_id']} ".encode())
     assert 1 == len(fakekit.events(job))
-    assert result["duration_s"] >= 1.0
+    assert (result["duration_s"] >= 1.0, None) == (True, result["usage"])
+
+
+def test_idle_agent_is_stopped_as_idle(tmp_path: Path) -> None:
+    """A script that writes once and then nothing for longer than idle_timeout: SIGTERM,
+    reason idle, timed_out true (its overall timeout was far away)."""
+    job = fakekit.make_job(tmp_path / "state", "idle", adaptor="command", idle_timeout=0.5,
+                           timeout=60.0, kill_grace=0.5, prompt="echo started; sleep 30")
+    fakekit.run_adaptor(job)
+    result = fakekit.result(job)
+    assert ("idle", True, signal.SIGTERM) \
+        == (result["reason"], result["timed_out"], result["signal"])
+    assert b"started\n" == fakekit.output(job)
+    assert result["duration_s"] < 20
+
+
+def test_steady_output_is_not_idle(tmp_path: Path) -> None:
+    """Output every 0.1 s for 1.5 s with idle_timeout 0.6 s: the job runs to its end."""
+    job = fakekit.make_job(tmp_path / "state", "busy", adaptor="command", idle_timeout=0.6,
+                           prompt="for i in $(seq 15); do echo $i; sleep 0.1; done")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    assert (None, False) == (fakekit.result(job)["reason"], fakekit.result(job)["timed_out"])
+
+
+def test_idle_structured_agent_stopped_output_kept(tmp_path: Path) -> None:
+    """A structured CLI (the claude fake) silent after its first event: stopped as idle;
+    what it wrote is in the output and events."""
+    cli = fakekit.install_cli(tmp_path / "bin", "claude")
+    job = fakekit.make_job(tmp_path / "state", "sidle", adaptor="claude", prompt="x",
+                           command=str(cli), idle_timeout=0.5, kill_grace=0.5,
+                           env={"FAKE_HANG": "30", "ANTHROPIC_API_KEY": "k"})
+    fakekit.run_adaptor(job)
+    assert "idle" == fakekit.result(job)["reason"]
+    assert 1 == len(fakekit.events(job))
+
+
+@pytest.mark.parametrize("adaptor", ["claude", "gemini", "codex", "opencode", "aider", "q"])
+def test_a_100kb_prompt_reaches_every_agent_byte_for_byte(tmp_path: Path, adaptor: str) -> None:
+    """The prompt file (stdin, or aider's --message-file) carries 100 KB of quotes, dashes,
+    $ and non-ASCII to each strict fake exactly (q trims its input, as the real one)."""
+    prompt = fakekit.TRICKY_PROMPT + fakekit.big_prompt()
+    cli = fakekit.install_cli(tmp_path / "bin", adaptor)
+    record = tmp_path / "rec.json"
+    job = fakekit.make_job(tmp_path / "state", "big", adaptor=adaptor, prompt=prompt,
+                           command=str(cli), model="openai/gpt-4o" if adaptor == "aider" else None,
+                           env={"FAKE_RECORD": str(record), "ANTHROPIC_API_KEY": "k",
+                                "GEMINI_API_KEY": "k", "OPENAI_API_KEY": "k"})
+    assert 0 == fakekit.run_adaptor(job).returncode
+    expected = prompt.encode().strip() if adaptor == "q" else prompt.encode()
+    assert expected == fakekit.recorded_prompt(record)
+    assert prompt.encode() == (job / "prompt").read_bytes()
+    assert 0o600 == (job / "prompt").stat().st_mode & 0o777
+
+
+def test_the_command_adaptor_writes_no_prompt_file(tmp_path: Path) -> None:
+    """The shell's prompt is its script, in argv (CONTRACT): no prompt file, stdin null."""
+    job = fakekit.make_job(tmp_path / "state", "sh", adaptor="command",
+                           prompt="test -t 0 || read -r x || echo eof")
+    assert 0 == fakekit.run_adaptor(job).returncode
+    assert (b"eof\n", False) == (fakekit.output(job), (job / "prompt").exists())
+
+
+def test_prompt_file_belongs_to_the_agents_user(tmp_path: Path) -> None:
+    """user: nobody -> the prompt file is nobody's (aider reads it by path)."""
+    cli = fakekit.install_cli(tmp_path / "bin", "opencode")
+    job = fakekit.make_job(tmp_path / "state", "pu", adaptor="opencode", prompt="hi",
+                           command=str(cli), user="nobody",
+                           env={"FAKE_HOME": str(tmp_path / "home")})
+    (tmp_path / "home").mkdir(mode=0o777)
+    fakekit.run_adaptor(job)
+    assert 65534 == (job / "prompt").stat().st_uid
+
+
+def test_adaptor_defaults_fill_only_unset_variables(tmp_path: Path) -> None:
+    """A variable already in the adaptor's environment, or in the agent's env, is kept;
+    the adaptor's defaults fill the others."""
+    cli = fakekit.install_cli(tmp_path / "bin", "claude")
+    record = tmp_path / "rec.json"
+    job = fakekit.make_job(tmp_path / "state", "envd", adaptor="claude", prompt="p",
+                           command=str(cli), env={"FAKE_RECORD": str(record),
+                                                  "ANTHROPIC_API_KEY": "k",
+                                                  "DISABLE_TELEMETRY": "0"})
+    assert 0 == fakekit.run_adaptor(job, env={**os.environ,
+                                               "CLAUDE_CODE_MAX_RETRIES": "7"}).returncode
+    env = fakekit.recorded(record)["env"]
+    assert ("7", "0", "1") == (env["CLAUDE_CODE_MAX_RETRIES"], env["DISABLE_TELEMETRY"],
+                               env["DISABLE_AUTOUPDATER"])
+
+
+def _script(folder: Path, body: str) -> Path:
+    """An executable /bin/sh script standing in for a plain agent CLI (any argv)."""
+    path = folder / "agent.sh"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_stop_reason_wins_over_the_agents_error(tmp_path: Path) -> None:
+    """An agent cancelled (SIGTERM) while it reports an error is `terminated`."""
+    job = fakekit.make_job(tmp_path / "state", "prec", adaptor="q", prompt="x",
+                           command=str(_script(tmp_path, "echo 'error: boom'; sleep 30")))
+    proc = fakekit.start_adaptor(job)
+    try:
+        fakekit.wait_for(lambda: b"boom" in fakekit.output(job), what="the error line")
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        fakekit.kill_group(proc.pid)
+    assert "terminated" == fakekit.result(job)["reason"]
+
+
+def test_plain_agent_error_found_after_exit(tmp_path: Path) -> None:
+    """A plain CLI's error line (q's `error:`) and non-zero exit: the reason names it."""
+    job = fakekit.make_job(tmp_path / "state", "perr", adaptor="q", prompt="x",
+                           command=str(_script(tmp_path, "echo 'error: boom' >&2; exit 1")))
+    assert 1 == fakekit.run_adaptor(job).returncode
+    assert ("agent error: boom", "boom") == (fakekit.result(job)["reason"],
+                                             fakekit.result(job)["agent_error"])
 
 
 def test_output_is_duplexed_to_a_terminal_stdout(tmp_path: Path) -> None:
@@ -453,3 +571,44 @@ def test_output_is_duplexed_to_a_terminal_stdout(tmp_path: Path) -> None:
         os.close(master)
     assert b"to-the-file-and-the-tty" in seen
     assert b"to-the-file-and-the-tty\n" == fakekit.output(job)
+
+
+# -- the output: its cap, a full disk ---------------------------------------------------------
+
+def test_output_past_the_cap_keeps_the_head_marks_the_cut_once_and_the_job_goes_on(
+        tmp_path: Path) -> None:
+    """output_max_bytes 2048 and 10,000 bytes written: the first 2,048 are kept, one mark
+    says where it was cut, the job runs to its end (exit 0, its last command ran)."""
+    done = tmp_path / "done"
+    job = fakekit.make_job(tmp_path / "state", "cap", adaptor="command",
+                           prompt=f"head -c 10000 /dev/zero | tr '\\0' x; echo; "
+                                  f"echo tail-line; touch {done}", output_max_bytes=2048)
+    assert 0 == fakekit.run_adaptor(job).returncode
+    out = (job / "output").read_bytes()
+    mark = b"\n[batchd: output cut at 2048 bytes (jobs.output_max_bytes); the job goes on]\n"
+    assert (b"x" * 2048 + mark, 0, True) == (out, fakekit.result(job)["exit_code"],
+                                             done.exists())
+
+
+def test_a_failed_output_write_is_counted_and_marked_with_the_next_one() -> None:
+    """A write that fails (here EPIPE, as ENOSPC would) never raises: its bytes are counted,
+    and the next write that succeeds starts with a mark saying how many were lost and why."""
+    from adaptors._runtime import _Output
+
+    r, w = os.pipe()
+    old = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        out = _Output(w, 1 << 20)
+        os.close(r)                          # every write to the pipe now fails
+        out.write(b"lost bytes")
+        why = out.lost_why
+        assert (10, "Broken pipe") == (out.lost, why)
+        with tempfile.TemporaryFile() as f:
+            out.fd = f.fileno()
+            out.write(b"back\n")
+            f.seek(0)
+            assert (b"\n[batchd: 10 bytes of output lost: Broken pipe]\nback\n", 0) == (
+                f.read(), out.lost)
+    finally:
+        signal.signal(signal.SIGPIPE, old)
+        os.close(w)

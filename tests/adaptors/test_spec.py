@@ -13,11 +13,13 @@ JOB = Path("/state/jobs/j1")
 
 
 def test_minimal_spec_gets_documented_defaults() -> None:
-    """Only id/adaptor/prompt/workspace given: heartbeat 5s, grace 10s, no timeout, no user."""
+    """Only id/adaptor/prompt/workspace given: heartbeat 5s, grace 10s, no timeout, no user,
+    no idle timeout, not a resume."""
     spec = parse_spec(MINIMAL, JOB)
-    assert ("command", None, (), {}, None, 5.0, 10.0, None, None, str(JOB)) == (
+    assert ("command", None, (), {}, None, 5.0, 10.0, None, None, str(JOB), None, None) == (
         spec.agent, spec.command, spec.args, spec.env, spec.timeout, spec.heartbeat_interval,
-        spec.kill_grace, spec.user, spec.resume_session, spec.job_dir)
+        spec.kill_grace, spec.user, spec.resume_session, spec.job_dir, spec.idle_timeout,
+        spec.resume_of)
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
@@ -29,6 +31,8 @@ def test_minimal_spec_gets_documented_defaults() -> None:
     ("timeout", "1h", "timeout: expected a number of seconds, found '1h'"),
     ("prompt", None, "prompt: expected a string, found NoneType"),
     ("command", "", "command: empty string (use null for the adaptor's default binary)"),
+    ("idle_timeout", 0, "idle_timeout: must be > 0, found 0"),
+    ("resume_of", "../x", "resume_of: not a job id: '../x'"),
 ])
 def test_bad_spec_fields_are_named(field: str, value: object, message: str) -> None:
     """Each malformed field is refused with a message naming the key and the problem."""

@@ -121,7 +121,7 @@ class Harness:
         return rec if isinstance(rec, dict) else None
 
     def states(self) -> dict[str, str]:
-        return {n: p.state.value for n, p in self.d.procs.items()}
+        return {p.name: p.state.value for p in self.d.workers.ordered()}
 
 
 KILLED = signal.SIGKILL          # a waitpid status for "killed by SIGKILL"
@@ -364,10 +364,11 @@ def test_reload_refuses_a_changed_state_dir(tmp_path: Path) -> None:
 
 
 def test_changed_workers_follows_the_sections_each_reads(tmp_path: Path) -> None:
-    """repositories -> scheduler and locks; callbacks -> callbacks; log -> all four."""
+    """repositories -> scheduler, locks and reaper; callbacks -> callbacks; log -> all four
+    (the api only when configured)."""
     base = Config(state_dir=tmp_path, workspace_dir=tmp_path / "ws")
     from supervisor.config import CallbacksConfig, LogConfig, RepoConfig
-    assert ["scheduler", "locks"] == changed_workers(
+    assert ["scheduler", "locks", "reaper"] == changed_workers(
         base, dataclasses.replace(base, repositories={"a": RepoConfig(url="/x")}))
     assert ["callbacks"] == changed_workers(
         base, dataclasses.replace(base, callbacks=CallbacksConfig(timeout=5.0)))
@@ -423,6 +424,35 @@ def test_check_exit_codes_and_no_state_written(tmp_path: Path,
     assert "bad.yaml:2" in err and "startsecs" in err
     assert 2 == main(["-c", str(bad)])
     assert 2 == main(["--frobnicate"])
+    assert not (tmp_path / "state").exists()
+
+
+def test_check_warns_about_configured_agents_it_cannot_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--check: exit 0 (the file is valid) with a warning on stderr for each agent the file
+    names whose binary is missing, and for an aider agent without a model; the built-in
+    agents the file does not name, and agents whose binary is there, are not warned about."""
+    here = tmp_path / "bin"
+    here.mkdir()
+    (here / "claude").write_text("#!/bin/sh\n")
+    (here / "claude").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{here}:/usr/bin:/bin")
+    config = tmp_path / "batchd.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nagents:\n  claude: {{}}\n"
+                      "  review: {adaptor: gemini, command: /opt/none/gemini}\n"
+                      "  cheap: {adaptor: aider, model: openai/gpt-4o-mini, "
+                      "env: {PATH: /nowhere}}\n"
+                      "  lazy: {adaptor: aider, command: /bin/true}\n")
+    assert 0 == main(["-c", str(config), "--check"])
+    err = capsys.readouterr().err.splitlines()
+    assert ["batchd: warning: agent 'cheap': its binary 'aider' was not found on PATH "
+            "(/nowhere); its jobs will fail (agent_not_found)",
+            "batchd: warning: agent 'lazy' has no model: aider without one starts an "
+            "interactive OpenRouter login; set `model` (e.g. openai/gpt-4o) for this agent in "
+            "the configuration; its jobs are refused",
+            "batchd: warning: agent 'review': its binary '/opt/none/gemini' was not found; its "
+            "jobs will fail (agent_not_found)"] == err
     assert not (tmp_path / "state").exists()
 
 
@@ -489,3 +519,44 @@ def test_a_restart_during_shutdown_does_not_bring_the_worker_back(tmp_path: Path
     for name in ("callbacks", "reaper", "locks", "scheduler"):
         h.exit(name, 0)
     assert (["STOPPED"] * 4, True) == (list(h.states().values()), h.d.done)
+
+
+# -- the optional api worker ----------------------------------------------------------------------
+
+def test_phases_keep_only_the_enabled_workers() -> None:
+    """The api joins the last phase when configured; without it the phases are the four."""
+    from supervisor.batchd.startup import phases_for
+
+    assert (("scheduler",), ("locks",), ("reaper", "callbacks")) == phases_for(
+        ("scheduler", "locks", "reaper", "callbacks"))
+    assert ("reaper", "callbacks", "api") == phases_for(
+        ("scheduler", "locks", "reaper", "callbacks", "api"))[-1]
+
+
+def test_the_api_starts_last_and_is_listed_only_when_configured(tmp_path: Path) -> None:
+    """Configured: forked in the last phase and listed; its failure leaves batchd running,
+    degraded. Not configured: never forked, never listed, `start api` refused."""
+    h = Harness(tmp_path, "api: {listen: '127.0.0.1:0'}\n")
+    h.d.begin()
+    h.up("scheduler")
+    h.up("locks")
+    assert ["scheduler", "locks", "reaper", "callbacks", "api"] == [n for n, _ in h.spawned]
+    h.up("reaper", "callbacks")
+    for _ in range(10):               # each start fails until startretries are used up
+        if h.states()["api"] == "FATAL":
+            break
+        if h.states()["api"] == "STARTING":
+            h.exit("api", EXIT3)
+        h.tick(5.0)
+    assert "FATAL" == h.states()["api"]
+    assert not h.d.starting_up and not h.d.stopping
+    log = read_record(STARTUP_LOG, h.layout.startup_log, owner=False)
+    assert isinstance(log, dict) and "degraded" == log["startups"][-1]["outcome"]
+
+    (tmp_path / "off").mkdir()
+    off = Harness(tmp_path / "off")
+    off.startup()
+    assert "api" not in off.states()
+    assert "api" not in [n for n, _ in off.spawned]
+    rep = off.reply(off.control("start", "api"))
+    assert rep is not None and not rep["ok"] and "not configured" in rep["message"]

@@ -8,15 +8,18 @@ import http.server
 import json
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from supervisor.callbacks.transport import (
+    HttpTransport,
     MockTransport,
-    RequestsTransport,
+    Reply,
     Sent,
     TransportError,
+    _proxy_for,
     attempt,
     body_of,
     request_headers,
@@ -57,6 +60,13 @@ def answers(*statuses: int) -> Callable[[Sent], int]:
 def test_attempt_reports_the_outcome_and_the_status(status: int, result: Result) -> None:
     """One try's result: the outcome and, unless delivered, "HTTP <status>"."""
     assert result == attempt(MockTransport(answers(status)), record(), secret=None, timeout=1)
+
+
+def test_mock_transport_answers_with_headers() -> None:
+    """A MockTransport handler may answer a Reply to send headers such as Retry-After."""
+    transport = MockTransport(lambda sent: Reply.of(429, {"Retry-After": "7"}))
+    assert Result(RETRY, "HTTP 429", 7.0) == attempt(transport, record(), secret=None,
+                                                     timeout=1, now=lambda: T0)
 
 
 def test_attempt_transport_errors() -> None:
@@ -101,24 +111,44 @@ def test_headers_without_a_secret_carry_no_signature() -> None:
 
 # -- the real transport -------------------------------------------------------------------
 
+@dataclass
+class Seen:
+    """What the test server saw: (path, client port) per request, and the request lines."""
+
+    hits: list[tuple[str, int]]
+    lines: list[str]
+    release: threading.Event
+
+
 @pytest.fixture
-def server() -> Iterator[tuple[str, list[str], threading.Event]]:
-    """A real HTTP server on 127.0.0.1:0; the path picks the answer: /200, /302, /slow."""
-    seen: list[str] = []
-    release = threading.Event()
+def server() -> Iterator[tuple[str, Seen]]:
+    """A real HTTP/1.1 server on 127.0.0.1:0 (keep-alive); the path picks the answer:
+    /200, /302, /slow (held until released), /503 (Retry-After: 120), /429 (Retry-After:
+    an HTTP date, T0 + 60 s), /drop (answers, then closes without saying so)."""
+    seen = Seen([], [], threading.Event())
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_POST(self) -> None:
-            seen.append(self.path)
+            seen.hits.append((self.path, self.client_address[1]))
+            seen.lines.append(self.requestline)
             self.rfile.read(int(self.headers["Content-Length"]))
             if self.path == "/slow":
-                release.wait(5)
-            status = 302 if self.path == "/302" else 200
+                seen.release.wait(5)
+            status = {"/302": 302, "/503": 503, "/429": 429}.get(self.path, 200)
             self.send_response(status)
             if status == 302:
                 self.send_header("Location", "/elsewhere")
-            self.send_header("Content-Length", "0")
+            if status == 503:
+                self.send_header("Retry-After", "120")
+            if status == 429:
+                self.send_header("Retry-After", "Fri, 15 Jan 2027 08:01:00 GMT")
+            self.send_header("Content-Length", "2")
             self.end_headers()
+            self.wfile.write(b"ok")
+            if self.path == "/drop":
+                self.close_connection = True
 
         def log_message(self, *args: Any) -> None:
             return
@@ -127,30 +157,91 @@ def server() -> Iterator[tuple[str, list[str], threading.Event]]:
     srv.daemon_threads = True
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", seen, release
-    release.set()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    seen.release.set()
     srv.shutdown()
     srv.server_close()
 
 
-def test_requests_transport_posts_and_never_follows_redirects(
-        server: tuple[str, list[str], threading.Event]) -> None:
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests talk to 127.0.0.1 directly unless one sets a proxy itself."""
+    _proxy_for.cache_clear()
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
+                 "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_http_transport_posts_and_never_follows_redirects(server: tuple[str, Seen]) -> None:
     """Real HTTP: 200 comes back; a 302 comes back as 302 and its Location is not fetched."""
-    base, seen, _ = server
-    transport = RequestsTransport()
-    assert (200, 302) == (transport.post(f"{base}/200", b"{}", {}, 5.0),
-                          transport.post(f"{base}/302", b"{}", {}, 5.0))
-    assert ["/200", "/302"] == seen
+    base, seen = server
+    transport = HttpTransport()
+    assert (200, 302) == (transport.post(f"{base}/200", b"{}", {}, 5.0).status,
+                          transport.post(f"{base}/302", b"{}", {}, 5.0).status)
+    assert ["/200", "/302"] == [path for path, _ in seen.hits]
 
 
-def test_requests_transport_errors(server: tuple[str, list[str], threading.Event]) -> None:
-    """A timeout and a refused connection are retriable TransportErrors with their text."""
-    base, _, release = server
-    transport = RequestsTransport()
+def test_http_transport_returns_retry_after_in_both_forms(server: tuple[str, Seen]) -> None:
+    """Real HTTP: a 503's `Retry-After: 120` and a 429's HTTP-date Retry-After reach the
+    result as the delay they ask for (the date taken against the clock given)."""
+    base, _ = server
+    transport = HttpTransport()
+    got = [attempt(transport, {**record(), "url": f"{base}{path}"}, secret=None, timeout=5.0,
+                   now=lambda: T0)
+           for path in ("/503", "/429")]
+    assert [Result(RETRY, "HTTP 503", 120.0), Result(RETRY, "HTTP 429", 60.0)] == got
+
+
+def test_a_thread_keeps_its_connection_alive(server: tuple[str, Seen]) -> None:
+    """Three POSTs from one thread share one connection; another thread has its own."""
+    base, seen = server
+    transport = HttpTransport()
+    for _ in range(3):
+        transport.post(f"{base}/200", b"{}", {}, 5.0)
+    other = threading.Thread(target=lambda: transport.post(f"{base}/200", b"{}", {}, 5.0))
+    other.start()
+    other.join()
+    ports = [port for _, port in seen.hits]
+    assert (1, 2) == (len(set(ports[:3])), len(set(ports)))
+
+
+def test_a_connection_the_receiver_dropped_is_replaced(server: tuple[str, Seen]) -> None:
+    """The receiver closed a kept connection without saying so: the next POST goes once,
+    on a new connection."""
+    base, seen = server
+    transport = HttpTransport()
+    assert 200 == transport.post(f"{base}/drop", b"{}", {}, 5.0).status
+    assert 200 == transport.post(f"{base}/200", b"{}", {}, 5.0).status
+    assert ["/drop", "/200"] == [path for path, _ in seen.hits]
+
+
+def test_http_transport_errors(server: tuple[str, Seen]) -> None:
+    """A timeout and a refused connection are retriable TransportErrors with their text; a
+    URL that cannot be used at all is a permanent one."""
+    base, seen = server
+    transport = HttpTransport()
     with pytest.raises(TransportError) as slow:
         transport.post(f"{base}/slow", b"{}", {}, 0.3)
-    release.set()
+    seen.release.set()
     with pytest.raises(TransportError) as refused:
         transport.post("http://127.0.0.1:9/", b"{}", {}, 2.0)
+    with pytest.raises(TransportError) as bad:
+        transport.post("http://127.0.0.1:99999/", b"{}", {}, 2.0)
     assert ("timed out after 0.3s", False) == (str(slow.value), slow.value.permanent)
     assert "Connection refused" in str(refused.value) and not refused.value.permanent
+    assert (True, True) == (str(bad.value).startswith("unusable URL"), bad.value.permanent)
+
+
+def test_a_proxy_from_the_environment(server: tuple[str, Seen],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY: the POST goes to the proxy with the whole URL in its request line (here
+    the test server stands in for the proxy); NO_PROXY naming the host: straight there."""
+    base, seen = server
+    monkeypatch.setenv("HTTP_PROXY", base)
+    assert 200 == HttpTransport().post("http://receiver.invalid:8080/hook", b"{}", {},
+                                       5.0).status
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    _proxy_for.cache_clear()                  # the environment is read once per receiver
+    assert 200 == HttpTransport().post(f"{base}/200", b"{}", {}, 5.0).status
+    assert ["POST http://receiver.invalid:8080/hook HTTP/1.1", "POST /200 HTTP/1.1"] == \
+        seen.lines

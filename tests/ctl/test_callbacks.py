@@ -20,18 +20,18 @@ from supervisor import log as _log
 from supervisor.callbacks.transport import MockTransport
 from supervisor.config import CallbacksConfig, Config
 from supervisor.ctl.callbacks import (
-    LIST_FIELDS,
     cmd_callbacks,
     cmd_callbacks_retry,
-    read_deliveries,
     run_callbacks,
     setup_callbacks,
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CtlError, Ctx
-from supervisor.runtime import handle_inbox
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import MockClock
+from supervisor.state.documents import DELIVERY_FIELDS as LIST_FIELDS
+from supervisor.state.documents import deliveries
 from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, write_record
+from supervisor.state.view import Unreadable
 from supervisor.state.webhook import (
     Result,
     begin,
@@ -66,11 +66,13 @@ def err(ctx: Ctx) -> str:
 def store(ctx: Ctx, event_id: str, *, at: float, result: Result | None = None) -> None:
     """A record as the worker leaves it: pending, or after one try with `result`."""
     rec = new_delivery(delivery_request(event_id, URL, {"event_id": event_id},
-                                        job=f"job-{event_id}"), at)
+                                        job=f"job-{event_id}", now=at), at)
     if result is not None:
         rec = finish(begin(rec, at), result, at, (30.0,))
-    ensure_dir(ctx.layout.callbacks_outbox)
-    write_record(DELIVERY, ctx.layout.callbacks_outbox / f"{event_id}.json", rec)
+    folder = (ctx.layout.callbacks_done if rec["state"] in ("delivered", "failed")
+              else ctx.layout.callbacks_outbox)
+    ensure_dir(folder)
+    write_record(DELIVERY, folder / f"{event_id}.json", rec)
 
 
 def sample(ctx: Ctx) -> None:
@@ -131,7 +133,7 @@ def test_a_handed_over_event_shows_as_pending(ctx: Ctx) -> None:
     assert [{"id": "e9", "job": "j9", "url": URL, "state": "pending", "attempts": 0,
              "last_error": None}] == [{k: v for k, v in r.items()
                                        if k not in ("next_attempt_at", "created_at")}
-                                      for r in read_deliveries(ctx)]
+                                      for r in deliveries(ctx.layout, ctx.error)]
 
 
 def test_listing_is_read_only_and_skips_a_corrupt_record(ctx: Ctx) -> None:
@@ -150,9 +152,9 @@ def test_an_outbox_that_is_not_a_folder_is_exit_1(ctx: Ctx) -> None:
     """What cannot be listed is never shown as empty."""
     ctx.layout.callbacks_outbox.parent.mkdir(parents=True)
     ctx.layout.callbacks_outbox.write_bytes(b"")
-    with pytest.raises(CtlError) as exc:
+    with pytest.raises(Unreadable) as exc:
         cmd_callbacks(ctx, None)
-    assert (EXIT_FAILED, True) == (exc.value.code, "callbacks/outbox" in str(exc.value))
+    assert "callbacks/outbox" in str(exc.value)
 
 
 # -- callbacks retry ID ---------------------------------------------------------------------------
@@ -193,12 +195,13 @@ def test_the_worker_takes_the_retry_request(ctx: Ctx) -> None:
     cmd_callbacks_retry(ctx, "f1")
     log = _log.get("test")
     state = callbacks.Callbacks(
-        log=log, outbox=callbacks.DirOutbox(ctx.layout.callbacks_outbox, log),
+        log=log, outbox=callbacks.DirOutbox(ctx.layout.callbacks_outbox, log,
+                                            done=ctx.layout.callbacks_done),
         transport=MockTransport(lambda sent: 200), settings=CallbacksConfig(),
         clock=MockClock(T0 + 50))
     callbacks.recover(state)
-    assert 1 == handle_inbox(ctx.layout.inbox("callbacks"), callbacks.HANDLERS, state, log)
-    (rec,) = [r for r in read_deliveries(ctx) if r["id"] == "f1"]
+    assert 1 == callbacks.take_inbox(state, ctx.layout.inbox("callbacks"))
+    (rec,) = [r for r in deliveries(ctx.layout, ctx.error) if r["id"] == "f1"]
     assert ("pending", 1, []) == (rec["state"], rec["attempts"], callbacks_inbox(ctx))
 
 

@@ -59,7 +59,8 @@ def test_bash_completes_commands_options_and_choices(setup: tuple[Path, Path]) -
     """Commands, a command's options and fixed choices come from the parser itself."""
     assert ["start", "startup-log", "stats", "status", "stop"] == complete(setup, "batchctl st")
     assert ["--after", "--after-any", "--agent"] == complete(setup, "batchctl submit --a")
-    assert ["callbacks", "locks", "reaper", "scheduler"] == complete(setup, "batchctl restart ")
+    assert ["api", "callbacks", "locks", "reaper", "scheduler"] == complete(setup,
+                                                                  "batchctl restart ")
     assert ["running"] == complete(setup, "batchctl jobs --state ru")
 
 
@@ -71,6 +72,15 @@ def test_bash_completes_values_from_the_state_dir(setup: tuple[Path, Path]) -> N
     assert ["app"] == complete(setup, "batchctl submit --repo ")
     assert ["nightly"] == complete(setup, "batchctl batch ")
     assert ["job-one", "job-two"] == complete(setup, "batchctl submit --after ")
+
+
+def test_bash_completes_the_agent_commands_and_flags(setup: tuple[Path, Path]) -> None:
+    """`agents`, `submit --resume JOB` (a job id) and `--idle-timeout` come from the parser
+    like every other command and flag."""
+    assert ["agents"] == complete(setup, "batchctl ag")
+    assert ["--id", "--idle-timeout"] == complete(setup, "batchctl submit --i")
+    assert ["--repo", "--resume", "--retries"] == complete(setup, "batchctl submit --re")
+    assert ["job-one", "job-two"] == complete(setup, "batchctl submit --resume job")
 
 
 def test_every_command_is_in_every_script() -> None:

@@ -23,19 +23,18 @@ import pytest
 
 from supervisor.config import Config, DiskConfig, FreeSpace, WorkerConfig
 from supervisor.ctl.control import (
-    WORKER_KEYS,
     cmd_control,
     cmd_startup_log,
     cmd_status_summary,
     cmd_workers,
     reply_timeout,
     send_control,
-    summary,
-    wait_reply,
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx
 from supervisor.state.atomic import ensure_dir, remove
 from supervisor.state.clock import MockClock, parse_iso
+from supervisor.state.control import NoReply, wait_reply
+from supervisor.state.documents import WORKER_KEYS, status_doc
 from supervisor.state.layout import (
     CONTROL,
     REPLY,
@@ -204,14 +203,14 @@ def test_shutdown_waits_until_the_lock_is_released(ctx: Ctx, holder: Holder) -> 
 
 def test_wait_reply_times_out(ctx: Ctx, holder: Holder) -> None:
     """No reply within the timeout: exit 1 naming the request."""
-    with pytest.raises(CtlError) as info:
+    with pytest.raises(NoReply) as info:
         wait_reply(ctx.layout, "abc", 5.0, clock=MockClock())
     assert str(info.value).startswith("no reply from batchd within 5s (request abc")
 
 
 def test_wait_reply_gives_up_when_batchd_is_gone(ctx: Ctx) -> None:
     """batchd not holding its lock any more and no reply: exit 1 at once."""
-    with pytest.raises(CtlError) as info:
+    with pytest.raises(NoReply) as info:
         wait_reply(ctx.layout, "abc", 5.0, clock=MockClock())
     assert "batchd stopped before answering request abc" == str(info.value)
 
@@ -229,9 +228,9 @@ def test_reply_timeout_follows_stopwaitsecs(ctx: Ctx) -> None:
                  workers={"locks": WorkerConfig(stopwaitsecs=3.0)})
     ctx = Ctx(cfg=cfg, layout=ctx.layout)
     assert [13.0, 13.0, 10.0, 10.0, 10.0] == [
-        reply_timeout(ctx, "stop", "locks"), reply_timeout(ctx, "restart", "locks"),
-        reply_timeout(ctx, "start", "locks"), reply_timeout(ctx, "shutdown", None),
-        reply_timeout(ctx, "reload", None)]
+        reply_timeout(ctx.cfg, "stop", "locks"), reply_timeout(ctx.cfg, "restart", "locks"),
+        reply_timeout(ctx.cfg, "start", "locks"), reply_timeout(ctx.cfg, "shutdown", None),
+        reply_timeout(ctx.cfg, "reload", None)]
 
 
 def test_status_summary_while_down(ctx: Ctx) -> None:
@@ -246,7 +245,7 @@ def test_status_summary_while_down(ctx: Ctx) -> None:
 def test_status_summary_names_a_disk_below_min_free_as_degraded(ctx: Ctx) -> None:
     """Below disk.min_free, `degraded` has one `disk: ...` note naming the free space."""
     ctx.cfg = replace(ctx.cfg, disk=DiskConfig(min_free=FreeSpace(100.0, percent=True)))
-    [note] = summary(ctx)["degraded"]
+    [note] = status_doc(ctx.cfg, ctx.layout)["degraded"]
     assert (True, True) == (note.startswith("disk: "), note.endswith("below min_free 100%"))
 
 
@@ -256,7 +255,7 @@ def test_status_summary_names_a_corrupt_repository_registry_as_degraded(ctx: Ctx
     jobs failed. Now `degraded` names it (and no reader moves it)."""
     ctx.layout.root.mkdir(parents=True, exist_ok=True)
     ctx.layout.repos_file.write_text('{"schema": "repos", "v"')
-    [note] = summary(ctx)["degraded"]
+    [note] = status_doc(ctx.cfg, ctx.layout)["degraded"]
     assert (True, True) == (note.startswith(f"repositories: {ctx.layout.repos_file} is "
                                             "corrupt (not valid JSON"),
                             ctx.layout.repos_file.exists())
@@ -265,7 +264,7 @@ def test_status_summary_names_a_corrupt_repository_registry_as_degraded(ctx: Ctx
 def test_status_summary_counts_pending_submissions_as_queued(ctx: Ctx) -> None:
     """Jobs waiting in the scheduler's inbox are counted as queued."""
     write_submission(ctx.layout, [{"id": "a"}, {"id": "b"}])
-    assert {"queued": 2} == summary(ctx)["jobs"]
+    assert {"queued": 2} == status_doc(ctx.cfg, ctx.layout)["jobs"]
 
 
 def test_status_summary_while_running_lists_workers_and_degraded(ctx: Ctx,
@@ -278,7 +277,7 @@ def test_status_summary_while_running_lists_workers_and_degraded(ctx: Ctx,
         {"id": "s1", "outcome": "degraded", "phases": [
             {"worker": "scheduler", "ok": True, "degraded": ["wal: 1 torn record dropped"]},
             {"worker": "reaper", "ok": False, "error": "exit 3", "degraded": []}]}]})
-    doc = summary(ctx)
+    doc = status_doc(ctx.cfg, ctx.layout)
     assert ({"running": True, "pid": holder.proc.pid},
             ["scheduler", "locks", "reaper", "callbacks"]) == (
         doc["batchd"], [w["name"] for w in doc["workers"]])
@@ -359,6 +358,6 @@ def test_status_summary_reports_a_corrupt_startup_log_as_degraded(ctx: Ctx,
                                                                   holder: Holder) -> None:
     """status still answers while batchd runs; the corrupt startup log is a degraded note."""
     ctx.layout.startup_log.write_text("{garbage")
-    [note] = summary(ctx)["degraded"]
+    [note] = status_doc(ctx.cfg, ctx.layout)["degraded"]
     assert (True, True) == (note.startswith("startup-log.json is corrupt ("),
                             ctx.layout.startup_log.exists())

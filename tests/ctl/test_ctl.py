@@ -86,7 +86,7 @@ def test_bad_config_exits_2_naming_the_file(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_status_while_down_exits_0_with_exact_shape(cli: Cli) -> None:
-    """status --json: exactly the four keys of CONTRACT.md; running false, pid null."""
+    """status --json: exactly the keys of CONTRACT.md; running false, pid null."""
     assert {"batchd": {"running": False, "pid": None}, "workers": [], "jobs": {},
             "degraded": [], "paused": False} == cli.json("status")
     assert 0 == cli("status")
@@ -165,10 +165,13 @@ def test_batch_and_batches_shapes(cli: Cli) -> None:
 
 
 def test_stats_shape_with_no_queue(cli: Cli) -> None:
-    """stats --json: every counter, restarts per worker and what the reaper removed, zeros
-    when unknown."""
+    """stats --json: every counter, restarts per worker, what the reaper removed and the
+    agents' usage, zeros when unknown."""
     assert {"submitted": 0, "completed": 0, "failed": 0, "cancelled": 0, "timed_out": 0,
             "lost": 0, "recovered": 0,
+            "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "turns": 0,
+                      "jobs": 0},
+            "usage_by_agent": {},
             "restarts": {"scheduler": 0, "locks": 0, "reaper": 0, "callbacks": 0},
             "reaped": {"tmp": 0, "corrupted": 0, "processes": 0, "workspaces": 0,
                        "job_folders": 0, "jobs": 0, "mirrors": 0}} == cli.json("stats")

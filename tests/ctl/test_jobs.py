@@ -17,7 +17,6 @@ import pytest
 
 from supervisor.config import Config, DiskConfig, FreeSpace
 from supervisor.ctl.jobs import (
-    batch_records,
     check_id,
     cmd_batch,
     cmd_cancel,
@@ -28,12 +27,12 @@ from supervisor.ctl.jobs import (
     cmd_status_job,
     cmd_wait,
     duration_arg,
-    stats_doc,
     wait_for,
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CtlError, Ctx
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import MockClock, parse_iso
+from supervisor.state.documents import batch_records, stats_doc
 from supervisor.state.jobs import RECORD_FIELDS
 from supervisor.state.layout import REQUEST, WORKERS, Layout, read_record, write_record
 from supervisor.state.queue import JobQueue
@@ -229,7 +228,7 @@ def test_stats_reads_queue_counters_and_restarts(ctx: Ctx) -> None:
     _queue(ctx.layout, (_job("a"), DONE))
     write_record(WORKERS, ctx.layout.workers_file, {"workers": [
         {"name": "locks", "restarts": 2}, {"name": "scheduler", "restarts": 0}]})
-    doc = stats_doc(ctx)
+    doc = stats_doc(ctx.cfg, ctx.layout)
     assert ({"scheduler": 0, "locks": 2, "reaper": 0, "callbacks": 0}, 1, 0) == (
         doc["restarts"], doc["submitted"], doc["lost"])
     ctx.json = True

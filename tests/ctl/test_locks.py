@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from supervisor.config import Config, RepoConfig
-from supervisor.ctl.locks import locks_doc, run_locks, setup_locks
-from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, CtlError, Ctx
+from supervisor.ctl.locks import run_locks, setup_locks
+from supervisor.ctl.out import EXIT_OK, Ctx
 from supervisor.state.atomic import ensure_dir
+from supervisor.state.documents import locks_doc
 from supervisor.state.layout import REPOS, WORKER_STATE, Layout, write_record
+from supervisor.state.view import Unreadable
 
 T0 = "2026-01-01T00:00:00.000Z"
 
@@ -102,8 +104,7 @@ def test_an_unreadable_table_is_exit_1_and_left_in_place(tmp_path: Path, raw: by
     ctx = make_ctx(tmp_path, as_json=True)
     ensure_dir(ctx.layout.worker_dir("locks"))
     ctx.layout.worker_state("locks").write_bytes(raw)
-    with pytest.raises(CtlError) as err:
-        locks_doc(ctx)
-    assert EXIT_FAILED == err.value.code
+    with pytest.raises(Unreadable) as err:
+        locks_doc(ctx.cfg, ctx.layout)
     assert str(ctx.layout.worker_state("locks")) in str(err.value)
     assert ["state.json"] == os.listdir(ctx.layout.worker_dir("locks"))

@@ -75,7 +75,7 @@ def test_cmd_submit_single_prints_id_and_records_every_field(tmp_path: Path) -> 
     job.pop("created_at")
     assert {"id": "j1", "agent": "shell", "prompt": "echo hi", "repos": ["app"],
             "callback": "https://h.example/cb", "timeout": 90.0, "batch": "b",
-            "exclusive": True} == job
+            "exclusive": True, "idle_timeout": None} == job
 
 
 def test_cmd_submit_prompt_file_dash_reads_stdin(tmp_path: Path,
@@ -98,6 +98,10 @@ def test_cmd_submit_prompt_file_dash_reads_stdin(tmp_path: Path,
     ("--agent", "shell", "--prompt", "x", "--id", "../etc"),
     ("--agent", "shell", "--prompt-file", "/nonexistent/prompt"),
     ("--from", "/nonexistent/jobs.jsonl"),
+    ("--prompt", "x", "--resume", "ghost"),
+    ("--agent", "shell", "--prompt", "x", "--idle-timeout", "0"),
+    ("--agent", "aider", "--prompt", "x"),
+    ("--from", "/dev/null", "--resume", "first"),
 ])
 def test_cmd_submit_refuses_without_writing(tmp_path: Path, argv: tuple[str, ...]) -> None:
     """A refused submit exits 2 and leaves the inbox exactly as it was."""
@@ -107,6 +111,24 @@ def test_cmd_submit_refuses_without_writing(tmp_path: Path, argv: tuple[str, ...
     with pytest.raises(CtlError) as info:
         _submit(ctx, *argv)
     assert (EXIT_USAGE, before) == (info.value.code, _inbox(ctx))
+
+
+def test_cmd_submit_resume_takes_the_jobs_agent_session_and_workspace(tmp_path: Path) -> None:
+    """--resume J (no --agent): the new job continues J's session in J's workspace;
+    --idle-timeout is kept in seconds."""
+    ctx = _ctx(tmp_path)
+    ws = tmp_path / "ws-j"
+    ws.mkdir()
+    ensure_dir(ctx.layout.wal_dir)
+    with JobQueue.open(ctx.layout.wal_dir) as q:
+        q.enqueue("j", {"agent": "claude", "prompt": "p", "repos": [], "workspace": str(ws)})
+        q.update("j", state="failed", session_id="s-7")
+    assert EXIT_OK == _submit(ctx, "--resume", "j", "--prompt", "go on", "--id", "k",
+                              "--idle-timeout", "90s")
+    [job] = _requests(ctx)[0]["jobs"]
+    assert ("k", "claude", "j", "s-7", str(ws), 90.0) == (
+        job["id"], job["agent"], job["resume_of"], job["resume_session"], job["workspace"],
+        job["idle_timeout"])
 
 
 def test_cmd_submit_refuses_id_pending_in_the_inbox(tmp_path: Path) -> None:

@@ -2,11 +2,13 @@
 
 Fake CLIs are Python scripts without a shebang; `install_cli` puts a small /bin/sh wrapper
 named after the real tool in a bin folder, which execs them with this interpreter's absolute
-path (so nothing depends on `python3` being on PATH).
+path (so nothing depends on `python3` being on PATH). They are strict: see _fakecommon.py.
+`make_job` gives every job FAKE_HOME=<state>/fakehome, where the fakes keep their sessions.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -28,11 +30,12 @@ T = TypeVar("T")
 
 
 def install_cli(bin_dir: Path, name: str, fake: str | None = None) -> Path:
-    """A wrapper `bin_dir/name` running tests/fakes/<fake or fake_<name>>.py."""
+    """A wrapper `bin_dir/name` running tests/fakes/<fake or fake_<name>>.py (FAKE_PROG
+    tells the fake the name it was called by)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     script = FAKES / (fake or f"fake_{name.replace('-', '_')}.py")
     wrapper = bin_dir / name
-    wrapper.write_text(f"#!/bin/sh\nexec '{PYTHON}' '{script}' \"$@\"\n")
+    wrapper.write_text(f"#!/bin/sh\nFAKE_PROG='{name}' exec '{PYTHON}' '{script}' \"$@\"\n")
     wrapper.chmod(0o755)
     return wrapper
 
@@ -47,12 +50,15 @@ def make_job(state_dir: Path, job_id: str, *, adaptor: str, prompt: str,
     ws.mkdir(parents=True, exist_ok=True)
     spec: dict[str, Any] = {
         "id": job_id, "agent": adaptor, "adaptor": adaptor, "command": None, "args": [],
-        "env": {}, "prompt": prompt, "model": None, "workspace": str(ws),
+        "env": {"FAKE_HOME": str(state_dir / "fakehome")}, "prompt": prompt, "model": None,
+        "workspace": str(ws),
         "job_dir": str(job_dir), "timeout": None, "heartbeat_interval": 0.2,
         "kill_grace": 1.0, "user": None, "resume_session": None,
         "state_dir": str(state_dir),
     }
-    spec.update(fields)
+    env = dict(spec["env"])
+    env.update(fields.pop("env", None) or {})
+    spec.update(fields, env=env)
     write_record(JOB_SPEC, layout.job_spec(job_id), spec)
     return job_dir
 
@@ -145,17 +151,61 @@ def recorded(path: Path) -> dict[str, Any]:
     return data
 
 
+def recorded_prompt(path: Path) -> bytes:
+    """The prompt a fake CLI took (as its model would get it), from its FAKE_RECORD."""
+    data = recorded(path)
+    assert isinstance(data.get("prompt_b64"), str), data
+    return base64.b64decode(data["prompt_b64"])
+
+
 def recorded_list(path: Path) -> list[str]:
     data = json.loads(path.read_text())
     assert isinstance(data, list)
     return [str(item) for item in data]
 
 
-def fake_lines(fake: str, tmp: Path, env: dict[str, str] | None = None) -> list[bytes]:
-    """The stdout lines a fake CLI prints when run directly (the expected events.jsonl)."""
-    done = subprocess.run([PYTHON, str(FAKES / fake)], capture_output=True, check=True,
-                          env={**os.environ, **(env or {})}, cwd=tmp)
-    return done.stdout.splitlines()
+#: A prompt no shell quoting, argv joining or trimming survives unchanged: a leading dash,
+#: quotes of both kinds, $ and backticks, a backslash, a tab, newlines, non-ASCII.
+TRICKY_PROMPT = ('-say hi there "quoted" \'single\' $HOME `date` \\ back\n'
+                 '\tline two é✓ 日本語\n\n-- last line\n')
+
+
+def big_prompt(size: int = 100 * 1024) -> str:
+    """A prompt of about `size` bytes of varied lines (the 100 KB case)."""
+    lines = []
+    n = 0
+    while sum(len(line.encode()) + 1 for line in lines) < size:
+        lines.append(f'{n:05d} "q" \'s\' $VAR `x` é✓ -{"abcdefghij" * 6}')
+        n += 1
+    return "\n".join(lines) + "\n"
+
+
+def feed(adaptor: Any, stdout: bytes, stderr: bytes = b"") -> Any:
+    """The ParseState after `adaptor` read a captured run: each stdout line through
+    parse_line (structured CLIs) or note_line (plain ones), each stderr line through
+    note_line."""
+    from adaptors._render import ParseState
+
+    state = ParseState()
+    for line in stdout.splitlines():
+        if adaptor.parse_line is not None:
+            adaptor.parse_line(line, state)
+        elif adaptor.note_line is not None:
+            adaptor.note_line(line, state)
+    for line in stderr.splitlines():
+        if adaptor.note_line is not None:
+            adaptor.note_line(line, state)
+    return state
+
+
+def fixture_bytes(cli: str, name: str) -> bytes:
+    """A captured output the fakes replay (fixtures/<cli>/<name>), as bytes."""
+    return (FAKES / "fixtures" / cli / name).read_bytes()
+
+
+def fixture_lines(cli: str, name: str) -> list[bytes]:
+    """The lines of a captured output the fakes replay (fixtures/<cli>/<name>)."""
+    return (FAKES / "fixtures" / cli / name).read_bytes().splitlines()
 
 
 def process_group(pgid: int) -> list[int]:

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +36,29 @@ SECRET = "s3cret"
 
 @dataclass
 class Hit:
-    """One request the receiver got."""
+    """One request the receiver got, and when (time.monotonic())."""
 
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0
+
+
+#: One scripted answer: (delay s, status) or (delay s, status, headers to send).
+Answer = tuple[float, int] | tuple[float, int, Callable[[], dict[str, str]]]
 
 
 @dataclass
 class Receiver:
-    """A real HTTP server in a thread. `script[path]` is a list of (delay s, status)
-    answers, the last repeated forever; `arrived` is set at each request's arrival."""
+    """A real HTTP server in a thread. `script[path]` is a list of Answers, the last
+    repeated forever; `arrived` is set at each request's arrival."""
 
-    script: dict[str, list[tuple[float, int]]]
+    script: dict[str, list[Answer]]
     hits: list[Hit] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
     url: str = ""
 
-    def answer(self, path: str) -> tuple[float, int]:
+    def answer(self, path: str) -> Answer:
         steps = self.script[path]
         return steps.pop(0) if len(steps) > 1 else steps[0]
 
@@ -60,18 +67,21 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def serving(script: dict[str, list[tuple[float, int]]]) -> Iterator[Receiver]:
+def serving(script: dict[str, list[Answer]]) -> Iterator[Receiver]:
     """A Receiver answering per `script` on 127.0.0.1 (port 0) for the `with` block."""
     rcv = Receiver(script)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            rcv.hits.append(Hit(self.path, dict(self.headers.items()), body))
+            rcv.hits.append(Hit(self.path, dict(self.headers.items()), body,
+                                time.monotonic()))
             rcv.arrived.set()
-            delay, status = rcv.answer(self.path)
-            time.sleep(delay)
-            self.send_response(status)
+            answer = rcv.answer(self.path)
+            time.sleep(answer[0])
+            self.send_response(answer[1])
+            for name, value in (answer[2]() if len(answer) > 2 else {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -128,8 +138,12 @@ class Worker:
         return eid, payload
 
     def record(self, eid: str) -> dict[str, Any] | None:
-        rec = read_record(DELIVERY, self.layout.callbacks_outbox / f"{eid}.json", owner=False)
-        return rec if isinstance(rec, dict) else None
+        """The event's record, live (outbox/) or settled (done/)."""
+        for folder in (self.layout.callbacks_outbox, self.layout.callbacks_done):
+            rec = read_record(DELIVERY, folder / f"{eid}.json", owner=False)
+            if isinstance(rec, dict):
+                return rec
+        return None
 
     def state(self, eid: str) -> str | None:
         rec = self.record(eid)
@@ -168,8 +182,9 @@ class Outcomes:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcomes]:
     """One worker delivering three events: to a 200, a 503-503-200 and a 400 receiver."""
-    script = {"/ok": [(0.0, 200)], "/flaky": [(0.0, 503), (0.0, 503), (0.0, 200)],
-              "/bad": [(0.0, 400)]}
+    script: dict[str, list[Answer]] = {
+        "/ok": [(0.0, 200)], "/flaky": [(0.0, 503), (0.0, 503), (0.0, 200)],
+        "/bad": [(0.0, 400)]}
     w = Worker(tmp_path_factory.mktemp("delivery"))
     try:
         with serving(script) as rcv:
@@ -246,3 +261,57 @@ def _kill_in_flight_then_restart(worker: Worker, rcv: Receiver) -> None:
                                rec["attempts"])
     again.send_signal(signal.SIGTERM)
     assert 0 == again.wait(DEADLINE)
+
+
+def test_a_hanging_receiver_does_not_delay_a_fast_one(worker: Worker) -> None:
+    """Six events to a receiver that holds every POST for 3 s, then three to another
+    receiver: those three are delivered while the slow ones still hang (the slow receiver
+    never has more than 4 POSTs at once), and the slow ones are delivered after."""
+    with serving({"/hang": [(3.0, 200)]}) as slow, serving({"/fast": [(0.0, 200)]}) as fast:
+        p = worker.start()
+        hung = [worker.hand_over(slow, "/hang", f"slow-{i}")[0] for i in range(6)]
+        wait_until(lambda: len(slow.hits) == 4, "4 POSTs held by the slow receiver", p)
+        t0 = time.monotonic()
+        quick = [worker.hand_over(fast, "/fast", f"fast-{i}")[0] for i in range(3)]
+        wait_until(lambda: all(worker.state(e) == "delivered" for e in quick),
+                   "the fast receiver's events delivered", p)
+        took = time.monotonic() - t0
+        assert (4, True) == (len(slow.hits), took < 1.5), took
+        # 4 in flight; 2 waiting for their first try as their requests (no record yet)
+        assert [None, None] + ["in_flight"] * 4 == sorted(
+            (worker.state(e) for e in hung), key=str)
+        wait_until(lambda: all(worker.state(e) == "delivered" for e in hung),
+                   "the slow receiver's events delivered", p)
+        assert 6 == len(slow.hits)
+        p.send_signal(signal.SIGTERM)
+        assert 0 == p.wait(DEADLINE)
+
+
+def _http_date(seconds_from_now: float) -> dict[str, str]:
+    return {"Retry-After": format_datetime(
+        datetime.fromtimestamp(time.time() + seconds_from_now, tz=UTC), usegmt=True)}
+
+
+def test_retry_after_in_seconds_and_as_a_date(worker: Worker) -> None:
+    """A 503 with `Retry-After: 1` and a 429 with an HTTP date ~2 s ahead: each next try
+    waits what the receiver asked (not the 200 ms schedule; the cap is 10 x 200 ms = 2 s),
+    with the same Idempotency-Key."""
+    script: dict[str, list[Answer]] = {
+        "/secs": [(0.0, 503, lambda: {"Retry-After": "1"}), (0.0, 200)],
+        "/date": [(0.0, 429, lambda: _http_date(3.0)), (0.0, 200)]}
+    with serving(script) as rcv:
+        p = worker.start()
+        events = {path: worker.hand_over(rcv, path, f"job{path.replace('/', '-')}")[0]
+                  for path in script}
+        wait_until(lambda: all(worker.state(e) == "delivered" for e in events.values()),
+                   "both delivered after their Retry-After", p)
+        gaps = {}
+        for path, eid in events.items():
+            first, second = rcv.of(path)
+            gaps[path] = second.at - first.at
+            assert [eid, eid] == [first.headers["Idempotency-Key"],
+                                  second.headers["Idempotency-Key"]]
+        assert 0.9 <= gaps["/secs"] < 1.8, gaps
+        assert 1.0 <= gaps["/date"] < 2.8, gaps       # a date ~2-3 s ahead, capped at 2 s
+        p.send_signal(signal.SIGTERM)
+        assert 0 == p.wait(DEADLINE)

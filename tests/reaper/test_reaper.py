@@ -268,3 +268,21 @@ def test_never_touches_the_live_and_leaves_nothing_reapable_after_two_passes(
         for name in os.listdir(layout.jobs_dir) if layout.jobs_dir.exists() else []:
             age = now - (layout.jobs_dir / name).lstat().st_mtime
             assert None is folder_verdict(name, age, known, grace=GRACE), name
+
+
+def test_a_workspace_a_finished_resume_shared_is_kept_for_its_end(tmp_path: Path) -> None:
+    """Through the real queue (its byte search for resumed jobs): a workspace a resumed
+    job used stays until retention.workspaces after that job's end, not its first owner's
+    — even once the first owner is forgotten."""
+    now = time.time()
+    cfg = make_cfg(tmp_path)
+    ws = cfg.workspace_dir / "ses"
+    layout = build(cfg, [
+        {"id": "ses", "state": "completed", "ended": 30},
+        {"id": "r", "state": "completed", "ended": 1, "resume_of": "ses",
+         "workspace": str(ws), "workspace_made": False}], now)
+    r = reaper.Reaper(cfg, layout, _log.get("test"), MockClock(now))
+    did = reaper.one_pass(r)                       # ses is forgotten (30 d), not its workspace
+    assert ((1, 0, True), [["ses"]]) == ((did["jobs"], did["workspaces"], ws.exists()),
+                                         forget_requests(layout))
+    assert (0, True) == (reaper.one_pass(r)["workspaces"], ws.exists())

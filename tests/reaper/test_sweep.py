@@ -68,3 +68,26 @@ def test_a_quarantined_folder_is_removed_whole(tmp_path: Path) -> None:
     assert [str(folder)] == sweep.sweep_corrupted(Layout(cfg.state_dir), cfg.workspace_dir,
                                                   1.0, time.time())
     assert not folder.exists()
+
+
+def test_one_walk_does_both_sweeps(tmp_path: Path) -> None:
+    """sweep(): the old temp files and the quarantined files past retention, anywhere
+    the two sweeps look (a job folder among many included), from one listing of each
+    folder; keep=None keeps every quarantined file."""
+    cfg = make_cfg(tmp_path)
+    s = cfg.state_dir
+    now = time.time()
+    for i in range(50):
+        touch(s / "jobs" / f"j{i:02d}" / "output", GRACE * 10)
+    tmp = [touch(s / "jobs" / "j17" / ".tmp.sentinel.json.1.aa", GRACE + 60),
+           touch(s / "scheduler" / "inbox" / ".tmp.r.json.2.bb", GRACE * 10)]
+    corrupt = [touch(s / "jobs" / "j33" / f"result.json{CORRUPT_MARK}{utc_stamp(now - 40 * 86400)}",
+                     0),
+               touch(s / "locks" / f"state.json{CORRUPT_MARK}{utc_stamp(now - 31 * 86400)}", 0)]
+    young = touch(s / "jobs" / "j18" / ".tmp.result.json.3.cc", GRACE - 60)
+    layout = Layout(s)
+    assert ([], []) == sweep.sweep(layout, cfg.workspace_dir, GRACE * 100, None, now)
+    assert (sorted(map(str, tmp)), sorted(map(str, corrupt))) == tuple(
+        sorted(found) for found in sweep.sweep(layout, cfg.workspace_dir, GRACE, 30 * 86400.0,
+                                               now))
+    assert [False, False, False, False, True] == [p.exists() for p in [*tmp, *corrupt, young]]

@@ -51,3 +51,16 @@ def test_a_removal_sigkilled_halfway_leaves_only_trash_that_finish_removes(
     assert (False, True) == (ws.exists(), 0 < left < 8000)
     assert [str(junk)] == trash.finish(tmp_path / "ws")
     assert [] == os.listdir(tmp_path / "ws")
+
+
+def test_discard_many_renames_all_before_deleting_any(tmp_path: Path) -> None:
+    """discard_many: every path that was there is gone (the list says which), a missing
+    one is skipped, a leftover trash of the same name is cleared first; across two
+    parent folders."""
+    ws = [_tree(tmp_path / "ws" / f"j{i}", 5) for i in range(3)]
+    jobs = [_tree(tmp_path / "jobs" / f"j{i}", 3) for i in range(2)]
+    _tree(tmp_path / "ws" / ".reap.j1", 2)
+    missing = tmp_path / "ws" / "nope"
+    assert [*ws, *jobs] == trash.discard_many([*ws, missing, *jobs])
+    assert ([], []) == (os.listdir(tmp_path / "ws"), os.listdir(tmp_path / "jobs"))
+    assert [] == trash.discard_many([missing])

@@ -28,6 +28,7 @@ from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.launch import Launched, LaunchError
 from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.layout import (
+    LOCK_WANTS,
     REQUEST,
     RESULT,
     SENTINEL,
@@ -36,7 +37,7 @@ from supervisor.state.layout import (
     read_record,
     write_record,
 )
-from supervisor.state.locktable import Lock, Table, Want, acquire, to_record
+from supervisor.state.locktable import Lock, Table, Want, acquire, held_record, page_record
 from supervisor.state.proc import alive, start_time
 from supervisor.state.queue import JobQueue, MemoryStorage
 
@@ -214,12 +215,12 @@ def sentinel(j: _dispatch.Jobs, job_id: str, pid: int, *, age: float = 0.0) -> N
 
 
 def result(j: _dispatch.Jobs, job_id: str, *, exit_code: int | None = 0,
-           sig: int | None = None, reason: str | None = None) -> None:
+           sig: int | None = None, reason: str | None = None, **more: Any) -> None:
     j.layout.job_dir(job_id).mkdir(parents=True, exist_ok=True)
     write_record(RESULT, j.layout.job_result(job_id), {
         "id": job_id, "exit_code": exit_code, "signal": sig, "duration_s": 1.0,
         "started_at": iso_now(), "finished_at": iso_now(), "session_id": None,
-        "reason": reason, "timed_out": reason == "timed_out"})
+        "reason": reason, "timed_out": reason in ("timed_out", "idle"), **more})
 
 
 def wait_dead(p: subprocess.Popen[bytes]) -> int:
@@ -305,6 +306,9 @@ def test_systemd_launch_stays_starting_until_the_sentinel(jobs: _dispatch.Jobs,
     ({"exit_code": 3}, "failed", "exit 3"),
     ({"exit_code": None, "sig": 9}, "failed", "killed by signal 9"),
     ({"exit_code": None, "sig": 15, "reason": "timed_out"}, "timed_out", "timed out after 60s"),
+    ({"exit_code": None, "sig": 15, "reason": "idle"}, "timed_out", "idle"),
+    ({"exit_code": 0, "reason": "agent error: Invalid API key"}, "failed",
+     "agent error: Invalid API key"),
 ])
 def test_a_result_finalizes_the_job(jobs: _dispatch.Jobs, procs: Procs, res: dict[str, Any],
                                     state: str, reason: str | None) -> None:
@@ -318,6 +322,26 @@ def test_a_result_finalizes_the_job(jobs: _dispatch.Jobs, procs: Procs, res: dic
     a = get(jobs, "a")
     assert (state, reason, None, 1, set()) \
         == (a["state"], a["reason"], a["pid"], jobs.queue.stats()[state], jobs.active)
+
+
+def test_usage_and_session_are_recorded_and_counted_with_the_end(jobs: _dispatch.Jobs,
+                                                                  procs: Procs) -> None:
+    """A result's usage and session land in the job's record, and its agent's usage
+    counters move in the same WAL write as the terminal state (cost in micro-dollars)."""
+    enqueue(jobs, "a")
+    _dispatch.dispatch(jobs)
+    procs.exit("a")
+    result(jobs, "a", session_id="s-1", usage={"input_tokens": 11, "output_tokens": 7,
+                                               "cost_usd": 0.000184, "turns": 1})
+    _dispatch.tick_job(jobs, "a")
+    a = get(jobs, "a")
+    assert ("completed", "s-1", {"input_tokens": 11, "output_tokens": 7, "cost_usd": 0.000184,
+                                 "turns": 1}) == (a["state"], a["session_id"], a["usage"])
+    stats = jobs.queue.stats()
+    assert (1, 11, 7, 184, 1, 1) == (
+        stats["completed"], stats["usage/shell/input_tokens"],
+        stats["usage/shell/output_tokens"], stats["usage/shell/cost_micro_usd"],
+        stats["usage/shell/turns"], stats["usage/shell/jobs"])
 
 
 def test_an_adaptor_lingering_after_its_result_is_killed(
@@ -584,16 +608,20 @@ def lock_requests(j: _dispatch.Jobs) -> dict[str, dict[str, Any]]:
 
 
 def grant_table(j: _dispatch.Jobs, *holders: tuple[str, str],
-                waiting: dict[str, list[str]] | None = None) -> None:
-    """Write locks/state.json as the locks worker would: (repo, job) held, queues."""
+                waiting: dict[str, list[str]] | None = None, gone: tuple[str, ...] = ()
+                ) -> None:
+    """Write the lock table's files as the locks worker would: (repo, job) held and the
+    jobs blocked on the `gone` repositories in locks/state.json, the queues on a page."""
     t = Table(held={repo: Lock(job, iso_now()) for repo, job in holders})
     seq = 0
     for repo, queue in (waiting or {}).items():
         for job in queue:
             seq += 1
             acquire(t, job, Want((repo,), False, seq, None))
-    j.layout.worker_dir("locks").mkdir(parents=True, exist_ok=True)
-    write_record(WORKER_STATE, j.layout.worker_state("locks"), to_record(t))
+    j.layout.lock_pages.mkdir(parents=True, exist_ok=True)
+    write_record(LOCK_WANTS, j.layout.lock_page(1), page_record(t.wants))
+    write_record(WORKER_STATE, j.layout.worker_state("locks"),
+                 held_record(t, {repo: q for repo, q in t.waiting.items() if repo in gone}))
 
 
 def test_a_job_with_repos_waits_and_asks_without_taking_a_slot(rjobs: _dispatch.Jobs,
@@ -679,7 +707,7 @@ def test_a_waiting_job_on_a_repo_no_longer_known_fails(rjobs: _dispatch.Jobs,
     """Its repository was removed while it waited: failed with the reason, released."""
     enqueue(rjobs, "r", repos=["lib"])
     _dispatch.dispatch(rjobs)
-    grant_table(rjobs, waiting={"lib": ["r"]})
+    grant_table(rjobs, waiting={"lib": ["r"]}, gone=("lib",))
     rjobs.cfg = replace(rjobs.cfg, repositories={})
     _dispatch.dispatch(rjobs)
     r = get(rjobs, "r")
@@ -700,6 +728,27 @@ def test_resume_waiting_asks_again_for_jobs_the_table_lacks(rjobs: _dispatch.Job
     reqs = lock_requests(rjobs)
     assert (["acquire-lost"], 5, True) == (list(reqs), reqs["acquire-lost"]["seq"],
                                            reqs["acquire-lost"]["exclusive"])
+
+
+def test_resume_waiting_without_a_lock_table_asks_nothing(rjobs: _dispatch.Jobs) -> None:
+    """No lock table at all: the locks worker (started after the scheduler) builds it from
+    the WAL, waiting jobs included, so nothing is asked again; an unreadable table: every
+    waiting job is asked for again."""
+    enqueue(rjobs, "w", repos=["app"])
+    rjobs.queue.update("w", state="waiting", lock_seq=5, lock_exclusive=True)
+    assert (0, {}) == (_dispatch.resume_waiting(rjobs), dict(lock_requests(rjobs)))
+    rjobs.layout.worker_dir("locks").mkdir(parents=True, exist_ok=True)
+    rjobs.layout.worker_state("locks").write_bytes(b"{")
+    assert (1, ["acquire-w"]) == (_dispatch.resume_waiting(rjobs), list(lock_requests(rjobs)))
+
+
+def test_a_pass_reads_what_is_held_not_who_waits(rjobs: _dispatch.Jobs) -> None:
+    """While jobs wait, every pass asks for what is held: locks/state.json only (the
+    waiting jobs' pages are not read), with the jobs blocked on a gone repository."""
+    grant_table(rjobs, ("app", "a"), waiting={"app": ["w"], "gone": ["x"]}, gone=("gone",))
+    got = _dispatch._lock_table(rjobs)
+    assert got is not None
+    assert ("a", {"gone": ["x"]}, {}) == (got.holder("app"), got.waiting, got.wants)
 
 
 def test_reattach_of_a_running_shared_job_releases_again(rjobs: _dispatch.Jobs,

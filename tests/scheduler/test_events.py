@@ -71,7 +71,8 @@ def test_a_job_without_a_callback_emits_nothing(env: tuple[Layout, JobQueue]) ->
 def test_a_batch_event_per_distinct_url_once_every_job_is_terminal(
         env: tuple[Layout, JobQueue]) -> None:
     """Three jobs of batch B, two URLs among them: nothing until the last one ends; then
-    one batch event per distinct URL with the batch record."""
+    one batch event per distinct URL with the batch record, naming its batch (so that the
+    callbacks worker holds it for the settle window); a job event names no batch."""
     layout, q = env
     u1, u2 = "http://127.0.0.1:9/one", "http://127.0.0.1:9/two"
     q.enqueue("a", _job("a", batch="B", callback=u1))
@@ -85,8 +86,9 @@ def test_a_batch_event_per_distinct_url_once_every_job_is_terminal(
     reqs = _requests(layout)
     batch_ids = {batch_event_id("B", u, ["a", "b", "c"]): u for u in (u1, u2)}
     assert set(batch_ids) <= set(reqs)
+    assert "batch" not in reqs[job_event_id("a", "2026-01-01T00:00:00Z")]
     for eid, url in batch_ids.items():
-        assert url == reqs[eid]["url"]
+        assert (url, "B") == (reqs[eid]["url"], reqs[eid]["batch"])
         assert {"batch": "B", "counts": {"completed": 2, "failed": 1}, "done": True,
                 "jobs": ["a", "b", "c"]} == reqs[eid]["payload"]["batch"]
 

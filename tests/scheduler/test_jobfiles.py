@@ -202,7 +202,8 @@ def test_write_spec_builds_the_job_spec(tmp_path: Path) -> None:
             "workspace": str(tmp_path / "ws" / "j1"), "job_dir": str(layout.job_dir("j1")),
             "state_dir": str(layout.root),
             "timeout": 3600.0, "heartbeat_interval": 2.0, "kill_grace": 3.0, "user": "bot",
-            "resume_session": "s-9"} == spec
+            "resume_session": "s-9", "resume_of": None, "idle_timeout": None,
+            "output_max_bytes": 1 << 30} == spec
 
 
 def test_timeout_chain(tmp_path: Path) -> None:
@@ -228,6 +229,24 @@ def test_workspace_from_the_entry_wins(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     ws = prepare_workspace(cfg, entry(workspace=str(tmp_path / "elsewhere")))
     assert (tmp_path / "elsewhere", []) == (ws, os.listdir(ws))
+
+
+def test_a_resumed_job_runs_in_its_predecessors_workspace_never_a_new_one(
+        tmp_path: Path) -> None:
+    """resume_of: the given workspace is used as it is (its files kept); gone, the job
+    cannot be prepared and nothing is made in its place."""
+    cfg = make_cfg(tmp_path)
+    old = tmp_path / "ws-a"
+    old.mkdir()
+    (old / ".aider.chat.history.md").write_text("the session")
+    resumed = entry(workspace=str(old), resume_of="a", resume_session="s", repos=["app"])
+    assert old == prepare_workspace(cfg, resumed)
+    assert ["the session"] == [p.read_text() for p in old.iterdir()]
+    gone = entry(workspace=str(tmp_path / "ws-gone"), resume_of="a")
+    with pytest.raises(PrepareError, match=r"the workspace .*ws-gone of job a, whose session "
+                                           r"this job resumes, no longer exists"):
+        prepare_workspace(cfg, gone)
+    assert not (tmp_path / "ws-gone").exists()
 
 
 # --------------------------------------------------------------------------- workspace

@@ -109,6 +109,19 @@ def test_submit_request_is_ingested_and_removed(sched: scheduler.Scheduler, cfg:
     assert 2 == sched.queue.stats()["submitted"]
 
 
+def test_a_resumed_job_keeps_the_workspace_it_was_given(sched: scheduler.Scheduler,
+                                                         cfg: Config) -> None:
+    """A job that resumes another's session runs in that job's workspace (the door put it
+    in the request); the others get <workspace_dir>/<id>."""
+    resumed = job("r", resume_of="a", resume_session="s-1", workspace="/srv/ws/a")
+    drop(sched, submit_request([job("a"), resumed], request_id="s1"))
+    scheduler.take_inbox(sched)
+    r = sched.queue.get("r")
+    assert r is not None
+    assert ("/srv/ws/a", "a", "s-1") == (r["workspace"], r["resume_of"], r["resume_session"])
+    assert str(cfg.workspace_dir / "a") == (sched.queue.get("a") or {})["workspace"]
+
+
 def test_jobs_survive_a_restart(cfg: Config, sched: scheduler.Scheduler) -> None:
     """What was ingested is found again by the next start's recovery."""
     drop(sched, submit_request([job("a"), job("b")], request_id="s1"))

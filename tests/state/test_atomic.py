@@ -16,6 +16,7 @@ from supervisor.state.atomic import (
     Corrupt,
     Missing,
     clean_tmp,
+    discard,
     dump_json,
     ensure_dir,
     is_tmp_name,
@@ -383,3 +384,36 @@ def test_a_write_blocked_by_a_folder_moves_it_aside(tmp_path: Path) -> None:
     assert ({"a": 1}, True) == (read_json(tmp_path / "ready.json"),
                                 (tmp_path / moved).is_dir())
     assert sorted(["ready.json", moved]) == sorted(os.listdir(tmp_path))
+
+
+class _Counting(OsFS):
+    """The real FS, counting fsyncs."""
+
+    def __init__(self) -> None:
+        self.syncs: list[str] = []
+
+    def fsync(self, fd: int) -> None:
+        self.syncs.append("file")
+        super().fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        self.syncs.append("dir")
+        super().fsync_dir(path)
+
+
+def test_a_write_that_need_not_be_durable_skips_both_fsyncs(tmp_path: Path) -> None:
+    """durable=False: the same atomic temp + rename, no fsync of the file or the folder;
+    the default makes both."""
+    fs = _Counting()
+    write_bytes(tmp_path / "a", b"one", fs=fs, durable=False)
+    write_bytes(tmp_path / "b", b"two", fs=fs)
+    assert ((tmp_path / "a").read_bytes(), ["file", "dir"]) == (b"one", fs.syncs)
+
+
+def test_discard_unlinks_without_a_folder_fsync(tmp_path: Path) -> None:
+    """discard: the file goes, no fsync; False when it was not there."""
+    fs = _Counting()
+    (tmp_path / "a").write_bytes(b"x")
+    assert (True, False, False, []) == (discard(tmp_path / "a", fs=fs),
+                                        discard(tmp_path / "a", fs=fs),
+                                        (tmp_path / "a").exists(), fs.syncs)

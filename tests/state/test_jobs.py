@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from supervisor.config import AgentConfig, Config
 from supervisor.state.jobs import (
     RECORD_FIELDS,
     batch_record,
     cancel_request,
+    job_idle_timeout,
     job_record,
     new_job_id,
+    retry_spec,
     settled_fields,
     submit_request,
+    usage_counters,
+    usage_of,
+    usage_stats,
     valid_job_id,
 )
 from supervisor.state.layout import Layout
@@ -52,6 +60,69 @@ def test_settled_fields_read_a_result_as_the_scheduler_records_it() -> None:
             settled_fields({}, {"exit_code": None, "signal": 9}, None, "N"),
             settled_fields({}, {"exit_code": 3}, None, "N"))]
 
+def test_the_agents_verdict_fails_a_job_that_exited_0() -> None:
+    """An agent error in the result (reason `agent error: ...`, exit 0): failed, the reason
+    naming the agent's message; its usage and session are kept."""
+    got = settled_fields({"id": "a", "state": "running"},
+                         {"exit_code": 0, "reason": "agent error: Invalid API key",
+                          "session_id": "s", "usage": {"input_tokens": 0, "output_tokens": 0,
+                                                       "cost_usd": 0, "turns": 1}}, 60.0, "N")
+    assert ("failed", "agent error: Invalid API key", 0, "s") \
+        == (got["state"], got["reason"], got["exit_code"], got["session_id"])
+    assert {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "turns": 1} \
+        == got["usage"]
+
+
+def test_an_idle_stop_is_timed_out_with_reason_idle() -> None:
+    """result reason `idle`: the job is timed_out and its reason is exactly `idle`."""
+    got = settled_fields({"id": "a"}, {"exit_code": None, "signal": 15, "reason": "idle",
+                                       "timed_out": True}, 90.0, "N")
+    assert ("timed_out", "idle", None) == (got["state"], got["reason"], got["usage"])
+
+
+def test_usage_of_normalizes_and_drops_what_is_not_usage() -> None:
+    """The four keys, counts as ints and cost as a float; junk is null; nothing: None."""
+    assert {"input_tokens": 3, "output_tokens": None, "cost_usd": 0.5, "turns": 2} \
+        == usage_of({"input_tokens": 3.0, "output_tokens": "x", "cost_usd": 0.5, "turns": 2,
+                     "other": 1})
+    assert (None, None, None) == (usage_of(None), usage_of([1]), usage_of({"turns": True}))
+
+
+def test_usage_counters_per_agent_cost_in_micro_dollars() -> None:
+    """A finished job's usage as counter increments: zeros and unknowns are left out."""
+    assert {"usage/claude/input_tokens": 1200, "usage/claude/output_tokens": 34,
+            "usage/claude/cost_micro_usd": 12346, "usage/claude/turns": 2,
+            "usage/claude/jobs": 1} == usage_counters(
+        "claude", {"input_tokens": 1200, "output_tokens": 34, "cost_usd": 0.0123456,
+                   "turns": 2})
+    assert {"usage/g.x/input_tokens": 5, "usage/g.x/jobs": 1} == usage_counters(
+        "g.x", {"input_tokens": 5, "output_tokens": 0, "cost_usd": None, "turns": None})
+    assert {} == usage_counters("claude", None)
+
+
+def test_usage_stats_sum_counters_per_agent_and_in_all() -> None:
+    """stats' usage: totals and per agent, cost back in dollars; other counters ignored."""
+    total, per = usage_stats({"completed": 3, "usage/a/input_tokens": 10,
+                              "usage/a/cost_micro_usd": 1_500_000, "usage/a/jobs": 2,
+                              "usage/b/input_tokens": 5, "usage/b/turns": 1,
+                              "usage/b/jobs": 1})
+    assert {"input_tokens": 15, "output_tokens": 0, "cost_usd": 1.5, "turns": 1,
+            "jobs": 3} == total
+    assert ["a", "b"] == list(per)
+    assert {"input_tokens": 5, "output_tokens": 0, "cost_usd": 0.0, "turns": 1,
+            "jobs": 1} == per["b"]
+
+
+def test_idle_timeout_is_the_jobs_else_the_agents_else_none() -> None:
+    """--idle-timeout, else agents.NAME.idle_timeout, else no limit."""
+    cfg = Config(state_dir=Path("/s"), workspace_dir=Path("/w"),
+                 agents={"a": AgentConfig(adaptor="claude", idle_timeout=300.0),
+                         "b": AgentConfig(adaptor="claude")})
+    assert (5.0, 300.0, None) == (job_idle_timeout(cfg, {"agent": "a", "idle_timeout": 5}),
+                                  job_idle_timeout(cfg, {"agent": "a"}),
+                                  job_idle_timeout(cfg, {"agent": "b"}))
+
+
 def test_new_job_ids_are_valid_time_sortable_and_distinct() -> None:
     """A fresh id is a valid id starting with the UTC second; two are never equal."""
     a, b = new_job_id(T), new_job_id(T)
@@ -59,14 +130,32 @@ def test_new_job_ids_are_valid_time_sortable_and_distinct() -> None:
 
 
 def test_job_record_has_every_field_and_shows_pid_only_while_active() -> None:
-    """Every contract field is present; pid is null unless starting or running; the
-    output path is the layout's (derived, not stored in the entry)."""
+    """Every contract field is present (session_id, usage, resume_of among them); pid is
+    null unless starting or running; the output path is the layout's (derived, not stored
+    in the entry)."""
     layout = Layout("/var/lib/batchd")
     running = job_record({"id": "j", "state": "running", "pid": 42, "repos": None}, layout)
-    done = job_record({"id": "j", "state": "completed", "pid": 42}, layout)
+    done = job_record({"id": "j", "state": "completed", "pid": 42, "resume_of": "i",
+                       "usage": {"turns": 1}}, layout)
     assert (RECORD_FIELDS, 42, [], 0, None, "/var/lib/batchd/jobs/j/output") == (
         tuple(running), running["pid"], running["repos"], running["attempts"], done["pid"],
         done["output_path"])
+    assert (None, None, None) == (running["usage"], running["session_id"],
+                                  running["resume_of"])
+    assert ("i", {"input_tokens": None, "output_tokens": None, "cost_usd": None,
+                  "turns": 1}) == (done["resume_of"], done["usage"])
+
+
+def test_retry_spec_keeps_the_stall_limit_but_not_the_resumed_session() -> None:
+    """A retry takes over the job's spec, idle_timeout included; a job that resumed another
+    job's session is retried as a fresh session: no resume_of, resume_session or
+    workspace (the scheduler gives the retry a workspace of its own)."""
+    entry = {"id": "j2", "state": "failed", "agent": "claude", "prompt": "go on",
+             "repos": ["app"], "timeout": 600.0, "idle_timeout": 120.0, "priority": 5,
+             "retries": 1, "resume_of": "j1", "resume_session": "s-1", "workspace": "/ws/j1",
+             "session_id": "s-1", "usage": {"turns": 1}, "attempts": 1, "callback": None}
+    assert {"agent": "claude", "prompt": "go on", "repos": ["app"], "timeout": 600.0,
+            "idle_timeout": 120.0, "priority": 5, "retries": 1} == retry_spec(entry)
 
 
 def test_request_bodies() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.config import WORKER_NAMES
+from supervisor.config import OPTIONAL_WORKERS, WORKER_NAMES
 from supervisor.state import layout as _layout
 from supervisor.state.atomic import Corrupt, Missing, dump_json
 from supervisor.state.layout import (
@@ -156,8 +156,10 @@ def test_write_record_over_an_existing_record_survives_every_crash(tmp_path: Pat
 
 # -- names ------------------------------------------------------------------------------------
 def test_worker_names_are_in_startup_order() -> None:
-    """The scheduler starts first, then locks, then reaper and callbacks (DESIGN.md)."""
-    assert WORKER_NAMES == ("scheduler", "locks", "reaper", "callbacks")
+    """The scheduler starts first, then locks, then reaper and callbacks, then the api
+    (DESIGN.md); the api alone is optional."""
+    assert WORKER_NAMES == ("scheduler", "locks", "reaper", "callbacks", "api")
+    assert frozenset({"api"}) == OPTIONAL_WORKERS
 
 
 def test_layout_names_are_distinct_and_under_the_root(tmp_path: Path) -> None:
@@ -186,11 +188,13 @@ def test_layout_spells_the_documented_names(tmp_path: Path) -> None:
 
 
 def test_all_dirs_covers_every_inbox_and_the_wal(tmp_path: Path) -> None:
-    """all_dirs lists the root, the control folders, ready, jobs, the WAL and each inbox."""
+    """all_dirs lists the root, the control folders, ready, jobs, the WAL and each inbox (the
+    api has none: it only writes into the others')."""
     lay = Layout(tmp_path)
     want = {lay.root, lay.control_inbox, lay.control_replies, lay.ready_dir, lay.jobs_dir,
-            lay.wal_dir, *(lay.inbox(w) for w in WORKER_NAMES)}
+            lay.wal_dir, *(lay.inbox(w) for w in WORKER_NAMES if w != "api")}
     assert want <= set(lay.all_dirs())
+    assert lay.inbox("api") not in lay.all_dirs()
 
 
 def test_send_request_drops_a_whole_request_named_by_its_id(tmp_path: Path) -> None:

@@ -14,15 +14,20 @@ from supervisor.state.locktable import (
     Want,
     acquire,
     acquire_request,
+    blocked,
     drop,
     exclusive_for,
+    from_parts,
     from_record,
     grant,
     granted_hint,
+    held_record,
+    page_record,
     release,
     release_request,
     to_record,
     unavailable,
+    wants_from_record,
 )
 
 T0, T1 = "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:01.000Z"
@@ -149,11 +154,37 @@ def test_record_round_trip() -> None:
     t = table_with(("a", ("app",)), ("j", ("app", "lib")), ("b", ("lib",)))
     grant(t, T0)
     rec = to_record(t)
-    assert (["a"], ["held", "wants", "worker"]) == ([h["job"] for h in rec["held"]],
-                                                    sorted(rec))
+    assert (["a"], ["blocked", "held", "wants", "worker"]) == (
+        [h["job"] for h in rec["held"]], sorted(rec))
     back = from_record(rec)
     assert isinstance(back, Table)
     assert (t.held, t.waiting, t.wants) == (back.held, back.waiting, back.wants)
+
+
+def test_held_record_and_pages_make_the_table() -> None:
+    """state.json's body (held, blocked) carries no wants; the pages carry them; from_parts
+    puts them together: queues by seq whatever the page, a job both holding and waiting
+    holds, a job on two pages counts once."""
+    t = table_with(("a", ("app",)), ("j", ("app", "lib")), ("b", ("lib",)))
+    grant(t, T0)
+    rec = held_record(t, blocked(t, {"app"}))
+    assert (["blocked", "held", "worker"], {"lib": ["j", "b"]}) == (sorted(rec), rec["blocked"])
+    first = wants_from_record(page_record({"j": t.wants["j"]}))
+    second = wants_from_record(page_record({"b": t.wants["b"], "j": t.wants["j"]}))
+    stale = wants_from_record(page_record({"a": want("app", seq=0)}))
+    assert isinstance(first, dict) and isinstance(second, dict) and isinstance(stale, dict)
+    back = from_parts(rec, [second, first, stale])
+    assert isinstance(back, Table)
+    assert (t.held, t.waiting, t.wants) == (back.held, back.waiting, back.wants)
+
+
+def test_a_record_of_this_version_has_no_wants() -> None:
+    """from_record of a state.json of this version: what is held, nothing waiting."""
+    t = table_with(("a", ("app",)), ("b", ("app",)))
+    grant(t, T0)
+    back = from_record(held_record(t))
+    assert isinstance(back, Table)
+    assert (t.held, {}, {}) == (back.held, back.waiting, back.wants)
 
 
 @pytest.mark.parametrize(("patch", "problem"), [

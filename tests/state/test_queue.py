@@ -17,6 +17,8 @@ from supervisor.state.queue import (
     JobQueue,
     MemoryStorage,
     ReadOnly,
+    usage_counter,
+    usage_counter_parts,
 )
 from supervisor.state.wal import FRAME, MORE, REC_MAGIC, SEG_HEADER, Wal, segment_name
 
@@ -192,6 +194,32 @@ def test_counters_incr_and_persist() -> None:
     expect.update(submitted=3, completed=1)
     assert expect == q.stats()
     assert expect == reopen(storage).stats()
+
+
+def test_usage_counters_go_with_the_terminal_state_and_survive_snapshots() -> None:
+    """Per-agent usage counters are counters like the others: written in the same atomic
+    group as an update, listed after the fixed ones, kept by snapshots and reopens; a name
+    that is neither is refused."""
+    q, storage = mem(compact_records=3)
+    q.enqueue("a", {})
+    q.update_many([("a", {"state": "completed"})],
+                  counters={"completed": 1, usage_counter("claude", "input_tokens"): 11,
+                            usage_counter("claude", "cost_micro_usd"): 184})
+    for i in range(5):
+        q.enqueue(f"x{i}", {})
+    assert storage.snapshots >= 1
+    expect = dict.fromkeys(COUNTERS, 0)
+    expect.update({"completed": 1, "usage/claude/input_tokens": 11,
+                   "usage/claude/cost_micro_usd": 184})
+    assert expect == q.stats() == reopen(storage).stats()
+    assert list(COUNTERS) == list(q.stats())[:len(COUNTERS)]
+    assert ("claude", "input_tokens") == usage_counter_parts("usage/claude/input_tokens")
+    assert None is usage_counter_parts("completed")
+    for bad in ("usage/claude/bogus", "usage/../x/turns", "usage/claude"):
+        with pytest.raises(ValueError):
+            q.incr(bad)
+    with pytest.raises(ValueError):
+        usage_counter("claude", "dollars")
 
 
 def test_memory_reopen_replays_snapshot_and_tail() -> None:
@@ -543,4 +571,28 @@ def test_forget_a_job_of_the_snapshot_then_reuse_its_id(tmp_path: Path, indexed:
     assert ({"n": 2, "state": "queued", "attempts": 0, "id": "s1"}, []) == (
         q.get("s1"), q.recovery.errors)
     assert ["s0", "s2", "s3", "s4", "s5", "s1"] == q.ids()
+    q.close()
+
+
+def test_field_values_reads_one_field_of_many_jobs_as_get_would(tmp_path: Path) -> None:
+    """field_values(key, states): {id: the field's current value} of the jobs in `states`
+    that have it — from the snapshot, from deltas replayed from the log's tail and not
+    merged yet, and from jobs added since — exactly what get() says; never a body key,
+    never a forgotten job."""
+    q = JobQueue.over(Wal.open(tmp_path, compact_records=40))
+    q.enqueue_many([(f"j{i:02d}", {"finished_at": "in the body"}) for i in range(30)])
+    q.update_many([(f"j{i:02d}", {"state": "completed", "finished_at": f"t{i}"})
+                   for i in range(20)])                     # compaction: all in the snapshot
+    q.update_many([(f"j{i:02d}", {"finished_at": f"u{i}"}) for i in range(5)])
+    q.update("j25", state="failed", exit_code=1)            # no finished_at field
+    q.forget(["j19"])
+    q.close()
+    q = JobQueue.open(tmp_path, readonly=True)              # the tail's deltas: unmerged
+    want = {f"j{i:02d}": (f"u{i}" if i < 5 else f"t{i}") for i in range(19)}
+    got = q.field_values("finished_at", ["completed", "failed"])
+    assert want == got
+    assert {j: (q.get(j) or {})["finished_at"] for j in want} == got
+    assert {"j25": 1} == q.field_values("exit_code", ["failed"])
+    assert 29 == len(q.field_values("attempts"))
+    assert {} == q.field_values("finished_at", ["queued"])
     q.close()

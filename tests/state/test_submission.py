@@ -11,16 +11,19 @@ from typing import Any
 
 import pytest
 
-from supervisor.config import Config, RepoConfig
+from supervisor.config import AgentConfig, Config, RepoConfig
 from supervisor.ctl.out import Ctx
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.layout import REPOS, REQUEST, Layout, read_record, write_record
+from supervisor.state.queue import JobQueue
 from supervisor.state.submission import (
     Checker,
     JobError,
     Known,
+    accept,
     assign_ids,
     check_request,
+    known,
     known_repos,
     parse_jsonl,
     refuse_unknown_dependencies,
@@ -28,8 +31,8 @@ from supervisor.state.submission import (
     write_submission,
 )
 
-KNOWN = Known(agents=frozenset({"shell", "claude"}), repos=frozenset({"app", "lib"}),
-              ids=frozenset({"taken"}))
+KNOWN = Known(agents=frozenset({"shell", "claude", "lazy"}), repos=frozenset({"app", "lib"}),
+              ids=frozenset({"taken"}), refused=(("lazy", "has no model"),))
 
 
 def _ctx(tmp_path: Path) -> Ctx:
@@ -60,9 +63,10 @@ def _bad(obj: object) -> str:
 
 
 def test_check_normalizes_a_minimal_job() -> None:
-    """Defaults: no repos, no callback/timeout/batch/id, not exclusive."""
+    """Defaults: no repos, no callback/timeout/batch/id/idle_timeout, not exclusive."""
     assert {"id": None, "agent": "shell", "prompt": "echo", "repos": [], "callback": None,
-            "timeout": None, "batch": None, "exclusive": False} == Checker(KNOWN).check(
+            "timeout": None, "batch": None, "exclusive": False,
+            "idle_timeout": None} == Checker(KNOWN).check(
         {"agent": "shell", "prompt": "echo"})
 
 
@@ -115,10 +119,113 @@ def test_check_converts_timeout_to_seconds() -> None:
     ({"agent": 3, "prompt": "x"}, "agent must be a string, found number"),
     ({"agent": "shell", "prompt": "x", "colour": 1, "size": 2}, "unknown keys 'colour', 'size'"),
     (["agent"], "expected a JSON object, found array"),
+    ({"agent": "shell", "prompt": "x", "idle_timeout": "soon"},
+     "idle_timeout: expected a duration"),
+    ({"agent": "shell", "prompt": "x", "idle_timeout": 0}, "idle_timeout 0 must be positive"),
+    ({"prompt": "x", "resume": "../j"}, "resume: invalid job id '../j'"),
+    ({"prompt": "x", "resume": 3}, "resume must be a job id, found number"),
+    ({"prompt": "x", "resume": "j1", "repos": ["app"]},
+     "repos cannot be given with resume"),
+    ({"agent": "lazy", "prompt": "x"}, "agent 'lazy' has no model"),
+    ({"agent": "shell", "prompt": "x", "workspace": "/w"}, "unknown key 'workspace'"),
 ])
 def test_check_refuses_each_error_class(obj: object, message: str) -> None:
     """Every class of bad submission is refused with a message naming the problem."""
     assert _bad(obj).startswith(message)
+
+
+def test_check_resume_needs_no_agent_and_keeps_the_target() -> None:
+    """A job with `resume`: the agent may be left out (the resumed job's is taken later)."""
+    job = Checker(KNOWN).check({"prompt": "go on", "resume": "j1", "idle_timeout": "2m"})
+    assert (None, "j1", 120.0) == (job["agent"], job["resume"], job["idle_timeout"])
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"resume_of": "j1"}, "resume_of and workspace go together"),
+    ({"workspace": "/w"}, "resume_of and workspace go together"),
+    ({"resume_of": "j1", "workspace": "rel"}, "workspace must be an absolute path"),
+    ({"resume_of": "../x", "workspace": "/w"}, "resume_of: invalid job id '../x'"),
+    ({"resume_of": "j1", "workspace": "/w", "resume_session": 5},
+     "resume_session must be a string, found number"),
+    ({"resume": "j1"}, "unknown key 'resume'"),
+])
+def test_stored_resume_keys_are_checked_by_shape(extra: dict[str, Any], message: str) -> None:
+    """The scheduler's check of a request: resume_of + workspace (+ resume_session), well
+    formed; the door's `resume` never reaches it."""
+    job = {"id": "j2", "agent": "shell", "prompt": "x", **extra}
+    with pytest.raises(JobError) as info:
+        Checker(None).check(job, stored=True)
+    assert str(info.value).startswith(message)
+
+
+def _finished(layout: Layout, job_id: str, **fields: Any) -> None:
+    """A job in the real queue, finished as the scheduler records it."""
+    with JobQueue.open(layout.wal_dir) as q:
+        q.enqueue(job_id, {"agent": fields.pop("agent", "claude"), "prompt": "p",
+                           "repos": fields.pop("repos", []),
+                           "workspace": fields.pop("workspace", None)})
+        q.update(job_id, **{"state": "completed", **fields})
+
+
+def test_accept_resolves_a_resume_to_the_jobs_session_and_workspace(tmp_path: Path) -> None:
+    """resume j1: the request carries j1's agent, session, workspace and repos, and
+    resume_of; no `resume` key."""
+    ctx = _ctx(tmp_path)
+    ws = tmp_path / "ws1"
+    ws.mkdir()
+    ensure_dir(ctx.layout.wal_dir)
+    _finished(ctx.layout, "j1", session_id="s-1", workspace=str(ws), repos=["app"])
+    jobs = [Checker(known(ctx.cfg, ctx.layout)).check({"prompt": "more", "resume": "j1"})]
+    [new_id] = accept(ctx.cfg, ctx.layout, jobs)
+    [req] = _requests(ctx)
+    [job] = req["jobs"]
+    assert (new_id, "claude", "j1", "s-1", str(ws), ["app"], False) == (
+        job["id"], job["agent"], job["resume_of"], job["resume_session"], job["workspace"],
+        job["repos"], "resume" in job)
+    assert [job] == check_request(req)
+
+
+@pytest.mark.parametrize(("setup", "job", "message"), [
+    ({}, {"resume": "ghost"}, "resume: no such job 'ghost'"),
+    ({"state": "running"}, {"resume": "j1"},
+     "resume: job 'j1' is running: only a finished job's session can be resumed"),
+    ({"session_id": None}, {"resume": "j1"},
+     "resume: job 'j1' has no session id (its agent reported none)"),
+    ({"workspace": "/nonexistent/ws"}, {"resume": "j1"},
+     "resume: the workspace of job 'j1' (/nonexistent/ws) no longer exists"),
+    ({}, {"resume": "j1", "agent": "shell"},
+     "resume: job 'j1' ran agent 'claude', not 'shell' (a resumed session keeps its agent)"),
+    ({"agent": "retired"}, {"resume": "j1"},
+     "resume: job 'j1' ran agent 'retired', which is no longer configured"),
+])
+def test_accept_refuses_a_resume_that_cannot_be(tmp_path: Path, setup: dict[str, Any],
+                                                job: dict[str, Any], message: str) -> None:
+    """Each reason a session cannot be continued is named; nothing is written."""
+    ctx = _ctx(tmp_path)
+    ws = tmp_path / "ws1"
+    ws.mkdir()
+    ensure_dir(ctx.layout.wal_dir)
+    fields = {"session_id": "s-1", "workspace": str(ws), **setup}
+    _finished(ctx.layout, "j1", **fields)
+    checked = [Checker(None).check({"prompt": "more", **job})]
+    with pytest.raises(JobError) as info:
+        accept(ctx.cfg, ctx.layout, checked, source=("jobs.jsonl", b'{"x": 1}\n'))
+    assert f"jobs.jsonl:1: {message}" == str(info.value)
+    assert [] == _inbox(ctx)
+
+
+def test_a_directory_session_resumes_without_a_session_id(tmp_path: Path) -> None:
+    """aider keeps its session in the workspace: a job of it with no session id resumes."""
+    ctx = _ctx(tmp_path)
+    cfg = Config(state_dir=ctx.cfg.state_dir, workspace_dir=ctx.cfg.workspace_dir,
+                 agents={"aider": AgentConfig(adaptor="aider", model="openai/gpt-4o")})
+    ws = tmp_path / "ws1"
+    ws.mkdir()
+    ensure_dir(ctx.layout.wal_dir)
+    _finished(ctx.layout, "a1", agent="aider", workspace=str(ws))
+    accept(cfg, ctx.layout, [Checker(None).check({"prompt": "more", "resume": "a1"})])
+    [job] = _requests(ctx)[0]["jobs"]
+    assert ("aider", None, "a1") == (job["agent"], job["resume_session"], job["resume_of"])
 
 
 def test_parse_jsonl_names_file_and_line() -> None:
@@ -297,3 +404,61 @@ def test_check_request_keeps_the_job_control_keys_and_retry_of() -> None:
     assert ("r1", ["x"], 3) == (job["retry_of"], job["after"], job["priority"])
     assert _bad({"agent": "shell", "prompt": "p", "retry_of": "r1"}).startswith(
         "unknown key 'retry_of'")
+
+
+# -- accept_many (the api's writer) -----------------------------------------------------------
+
+def _cfg(tmp_path: Path) -> tuple[Config, Layout]:
+    cfg = Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws")
+    return cfg, Layout(cfg.state_dir)
+
+
+def _job2(prompt: str, job_id: str | None = None) -> dict[str, Any]:
+    job = Checker(None).check({"agent": "shell", "prompt": prompt})
+    job["id"] = job_id
+    return job
+
+
+def _requests_in(layout: Layout) -> list[dict[str, Any]]:
+    """The requests in the scheduler's inbox, oldest first."""
+    folder = layout.inbox("scheduler")
+    names = sorted(os.listdir(folder), key=lambda n: os.stat(folder / n).st_mtime_ns)
+    return [read_record(REQUEST, folder / n, owner=False) for n in names]
+
+
+def test_accept_many_writes_one_request_for_every_submission(tmp_path: Path) -> None:
+    """Three submissions: three answers, ONE request file holding all their jobs."""
+    from supervisor.state.submission import accept_many
+
+    cfg, layout = _cfg(tmp_path)
+    got = accept_many(cfg, layout, [[_job2("a")], [_job2("b"), _job2("c", "given")],
+                                    [_job2("d")]])
+    assert [1, 2, 1] == [len(g) for g in got if isinstance(g, list)]
+    assert "given" == got[1][1]  # type: ignore[index]
+    [req] = _requests_in(layout)
+    assert ["a", "b", "c", "d"] == [j["prompt"] for j in req["jobs"]]
+
+
+def test_accept_many_replays_the_same_job_and_refuses_another(tmp_path: Path) -> None:
+    """An id in use by the very same job: accepted, not written again; by another job:
+    Refused, and only that submission."""
+    from supervisor.state.submission import Refused, accept_many
+
+    cfg, layout = _cfg(tmp_path)
+    accept_many(cfg, layout, [[_job2("a", "x")]])
+    got = accept_many(cfg, layout, [[_job2("a", "x")], [_job2("other", "x")], [_job2("z")]])
+    assert ["x"] == got[0]
+    assert isinstance(got[1], Refused) and "'x'" in str(got[1])
+    assert isinstance(got[2], list)
+    written = sorted([(j["prompt"], j["id"] == "x") for j in r["jobs"]]
+                     for r in _requests_in(layout))
+    assert [[("a", True)], [("z", False)]] == written
+
+
+def test_same_job_compares_the_checked_keys() -> None:
+    """What the client sent, normalized, against what is known; id and created_at aside."""
+    from supervisor.state.submission import same_job
+
+    job = _job2("a", "x")
+    assert same_job({**job, "created_at": "t", "state": "running"}, job)
+    assert not same_job({**job, "prompt": "b"}, job)

@@ -127,6 +127,16 @@ def test_job_view_merges_queue_then_pending(tmp_path: Path) -> None:
     assert queue.closed
 
 
+def test_a_pending_resumed_job_shows_the_workspace_it_will_run_in(tmp_path: Path) -> None:
+    """A submission that resumes another job's session shows that job's workspace, not a
+    fresh <workspace_dir>/<id>."""
+    layout = _layout(tmp_path)
+    pending = Pending(jobs={"r1": {"id": "r1", "resume_of": "q1", "workspace": "/ws/q1"}})
+    view = JobView(_cfg(layout), layout, None, pending)
+    assert ("queued", "/ws/q1") == tuple((view.get("r1") or {})[k]
+                                         for k in ("state", "workspace"))
+
+
 def test_job_view_stats_has_every_counter(tmp_path: Path) -> None:
     """Every stats key present, zero when the queue has none (or no queue at all)."""
     layout = _layout(tmp_path)

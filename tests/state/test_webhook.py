@@ -14,8 +14,8 @@ from supervisor.callbacks.transport import (
     Sent,
     attempt,
 )
-from supervisor.state.clock import MockClock
-from supervisor.state.layout import REQUEST, Layout, read_record
+from supervisor.state.clock import MockClock, iso_now
+from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, write_record
 from supervisor.state.webhook import (
     DELIVERED,
     FAILED,
@@ -24,6 +24,7 @@ from supervisor.state.webhook import (
     Delivery,
     Happening,
     InvalidTransition,
+    Result,
     batch_event_id,
     batch_payload,
     begin,
@@ -34,12 +35,17 @@ from supervisor.state.webhook import (
     due_at,
     earliest,
     finish,
+    held,
+    host_of,
     interrupted,
     job_event_id,
     job_payload,
+    list_deliveries,
     new_delivery,
     next_delay,
     operator_retry,
+    postponed,
+    retry_after_delay,
     retry_request,
     transition,
     valid_event_id,
@@ -245,3 +251,90 @@ def test_delivery_problem(change: dict[str, Any], problem: str | None) -> None:
     assert (problem is None, True) == (found is None, problem is None or problem in str(found))
 
 
+
+
+# -- Retry-After ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "delay"), [
+    ("120", 120.0), (" 7 ", 7.0), ("0", 0.0), ("Fri, 15 Jan 2027 08:01:00 GMT", 60.0),
+    ("Fri, 15 Jan 2027 07:00:00 GMT", 0.0), ("soon", None), ("-5", None), ("1.5", None),
+    ("Fri, 15 Jan 2027 08:01:00", None), (None, None), ("", None)])
+def test_retry_after_delay(value: str | None, delay: float | None) -> None:
+    """delay-seconds or an HTTP date (past: 0); anything else (negative, fractional, a
+    date without its zone, nothing) is not a Retry-After."""
+    assert delay == retry_after_delay(value, T0)
+
+
+def test_retry_after_replaces_the_delay_up_to_ten_times_the_last_step() -> None:
+    """finish() uses a Result's retry_after for the next delay, capped at last step x 10."""
+    rec = begin(record(), T0)
+    assert ([T0 + 45, T0 + 200, T0 + 10], ) == ([
+        due_at(finish(rec, Result(RETRY, "HTTP 503", wait), T0, (10.0, 20.0)))
+        for wait in (45.0, 9999.0, None)], )
+
+
+# -- held batch events --------------------------------------------------------------------
+
+def batch_req(now: float = T0 - 1) -> dict[str, Any]:
+    rec = {"batch": "B", "counts": {"completed": 1}, "done": True, "jobs": ["a"]}
+    return delivery_request("b1", "http://127.0.0.1:9/b", batch_payload("b1", rec),
+                            batch="B", now=now)
+
+
+def test_a_batch_event_is_held_until_the_window_ends() -> None:
+    """With a settle window the record is due `settle` after the request was made and is
+    held (pending, no try, naming its batch); without one it is an ordinary delivery."""
+    rec = new_delivery(batch_req(), T0, settle=2.0)
+    plain = new_delivery(batch_req(), T0)
+    assert (T0 + 1, "B", True, T0, None, False) == (
+        due_at(rec), rec["batch"], held(rec), due_at(plain), plain["batch"], held(plain))
+    assert (False, False) == (held(begin(rec, T0)), held(record()))
+
+
+def test_postponed_keeps_a_held_event_pending() -> None:
+    """A check that came too early: still pending and held, due again later."""
+    rec = postponed(new_delivery(batch_req(), T0, settle=2.0), T0 + 5, T0 + 1)
+    assert ("pending", T0 + 5, True) == (rec["state"], due_at(rec), held(rec))
+
+
+def test_a_batch_event_without_its_job_list_is_unusable() -> None:
+    """A held batch event must list its batch's jobs (the check compares them)."""
+    rec = new_delivery(batch_req(), T0, settle=2.0)
+    rec["payload"] = {"event_id": "b1", "batch": {"batch": "B"}}
+    assert "lists no jobs" in str(delivery_problem(rec))
+    assert "batch is 3" == delivery_problem({**record(), "batch": 3})
+
+
+@pytest.mark.parametrize(("url", "host"), [
+    ("http://127.0.0.1:9/a", "http://127.0.0.1:9"), ("http://Hooks.Example.com/x",
+                                                     "http://hooks.example.com:80"),
+    ("https://h.example/x", "https://h.example:443"), ("HTTPS://h:8443", "https://h:8443"),
+    ("http://[::1]:80/x", "http://::1:80"), ("http://h:bad/x", "http://h:80")])
+def test_host_of(url: str, host: str) -> None:
+    """The per-host limit's key: scheme, lowercased host, port (the default filled in)."""
+    assert host == host_of(url)
+
+
+# -- reading every delivery --------------------------------------------------------------
+
+def test_list_deliveries_reads_inbox_outbox_and_done(tmp_path: Path) -> None:
+    """Handed-over (inbox), live (outbox/) and settled (done/) deliveries, oldest first; an
+    event in both folders shows its most recent copy; an unreadable record is noted."""
+    layout = Layout(tmp_path)
+    for folder in (layout.callbacks_outbox, layout.callbacks_done):
+        folder.mkdir(parents=True)
+    drop_request(layout, delivery_request("in", "http://127.0.0.1:9/h", {}, now=T0 + 3))
+    live = record("live", T0 + 1)
+    write_record(DELIVERY, layout.callbacks_outbox / "live.json", live)
+    done = {**begin(record("done", T0), T0), "state": "delivered", "next_attempt_at": None}
+    write_record(DELIVERY, layout.callbacks_done / "done.json", done)
+    moving = begin(record("mid", T0 + 2), T0 + 2)
+    write_record(DELIVERY, layout.callbacks_outbox / "mid.json", moving)
+    write_record(DELIVERY, layout.callbacks_done / "mid.json",
+                 {**moving, "state": "failed", "updated_at": iso_now(T0 + 3),
+                  "next_attempt_at": None})
+    (layout.callbacks_done / "bad.json").write_bytes(b"{")
+    records, notes = list_deliveries(layout)
+    assert [("done", "delivered"), ("live", "pending"), ("mid", "failed"),
+            ("in", "pending")] == [(r["id"], r["state"]) for r in records]
+    assert 1 == len(notes) and "bad.json" in notes[0]

@@ -1,0 +1,56 @@
+"""The benchmarks' core functions at a tiny size, so their code cannot rot (the figures
+themselves come from `make bench`; a benchmark is not a test). tests/bench/ would shadow
+the bench package (tests/ is on sys.path), hence one module here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import callbacks as bench_callbacks
+from bench import locks as bench_locks
+from bench import reaper as bench_reaper
+from bench import retention as bench_retention
+
+
+def test_reaper_scan_removes_nothing_and_a_removal_pass_removes_everything(
+        tmp_path: Path) -> None:
+    """bench.reaper: passes over finished jobs that are not due remove nothing (checked
+    inside), timed; one pass over due jobs removes each job folder and workspace,
+    archives each record and asks the scheduler to forget each job."""
+    scan = bench_reaper.bench_scan(tmp_path / "scan", 30, passes=2)
+    assert ["scan_ms_30", "scan_ms_30_min_max"] == sorted(scan)
+    assert scan["scan_ms_30"] > 0
+    removed = bench_reaper.bench_remove(tmp_path / "remove", 20)
+    assert (20, {"jobs": 20, "workspaces": 20}) == (removed["remove_jobs"],
+                                                    removed["remove_did"])
+    assert removed["remove_per_s"] > 0
+
+
+def test_retention_keeps_only_the_live_and_recent_jobs(tmp_path: Path) -> None:
+    """bench.retention: 3,000 jobs submitted, finished and (but the 400 most recent)
+    archived and forgotten with 500 live throughout (counts and counters checked
+    inside); the queue reopened before each of the last 3 batches and at the end."""
+    got = bench_retention.run(tmp_path, 3000, live=500, recent=400, batch=250, restarts=3)
+    assert (2600, 4) == (got["archived"], got["opens"])
+    assert 0 < got["archive_bytes_per_job"] < 200
+    assert 0 < got["state_bytes"]
+    assert got["recover_ms"] <= got["recover_ms_max"]
+
+
+def test_callbacks_figures_at_a_tiny_size(tmp_path: Path) -> None:
+    """bench.callbacks: 3 jobs' events reach the receiver (job end to arrival, timed), and
+    20 events waiting in a stopped worker's inbox are all delivered on disk."""
+    latency = bench_callbacks.bench_complete_to_delivered(tmp_path / "latency", 3)
+    assert (3, True) == (latency["complete_to_delivered_jobs"],
+                         0 < latency["complete_to_delivered_ms_p50"])
+    rate = bench_callbacks.bench_throughput(tmp_path / "rate", 20)
+    assert (20, True) == (rate["deliveries"], rate["deliveries_per_s"] > 0)
+
+
+def test_locks_workspace_against_a_plain_clone_at_a_tiny_size(tmp_path: Path) -> None:
+    """bench.locks: a workspace made as the scheduler makes it and a plain git clone of a
+    20-file file:// remote, each timed once."""
+    remote = bench_locks.make_remote(tmp_path / "remote", 20)
+    got = bench_locks.bench_workspace(tmp_path / "ws", remote.as_uri(), 1)
+    assert (1, True, True) == (got["workspace_rounds"], got["workspace_ms"] > 0,
+                               got["git_clone_ms"] > 0)
