@@ -302,13 +302,19 @@ class Run:
             self.cancels[job].append((time.time(), done.returncode))
 
     def _pause_a_while(self, gen: Gen) -> None:
-        if self.rig.ctl("pause", timeout=60).returncode != 0:
-            return
+        # A pause that failed (batchd down, a full disk) may still have reached the
+        # scheduler (its request written, the reply not awaited): resume all the same.
+        paused = self.rig.ctl("pause", timeout=60).returncode == 0
         start = time.time()
-        self.faults["pause"] += 1
+        if paused:
+            self.faults["pause"] += 1
 
         def resume() -> None:
-            self.rig.ctl("resume", timeout=60)
+            # As an operator would: a resume refused (batchd down, a full disk) is asked
+            # again until it is done (the settle resumes anyway).
+            if self.rig.ctl("resume", timeout=60).returncode != 0 and not self.stop.is_set():
+                self.later(1.0, resume)
+                return
             self.pauses.append((start, time.time()))
 
         self.later(gen.rng.uniform(0.5, 3.0), resume)
