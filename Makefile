@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.api --json
 	$(BIN)/python -m bench.locks --json
 	$(BIN)/python -m bench.callbacks --json
+	$(BIN)/python -m bench.results --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from adaptors._changes import Collected, collect, write_changes
 from adaptors._render import ParseState
 from adaptors._report import Report
 from adaptors._spec import JobSpec, SpecError, parse_spec
@@ -30,6 +31,7 @@ from supervisor.config import ADAPTOR_COMMANDS
 from supervisor.state.agentbin import resolve_binary
 from supervisor.state.atomic import Corrupt, Missing, write_bytes
 from supervisor.state.clock import iso_now
+from supervisor.state.git import Account
 from supervisor.state.layout import (
     JOB_SPEC,
     RESULT,
@@ -939,6 +941,48 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
     return outcome, _report(adaptor, state, spec, outcome.exit_code)
 
 
+def _git_account(spec: JobSpec) -> tuple[Account | None, str | None]:
+    """Who runs git in the workspace, and their HOME: the agent's account when it ran as
+    another user (its filters and config then run with its rights, never ours); else we."""
+    if spec.user is None:
+        return None, None
+    run_as = resolve_user(spec.user, euid=os.geteuid())
+    if isinstance(run_as, str) or not run_as.switch:
+        return None, None
+    return Account(run_as.uid, run_as.gid, run_as.groups), run_as.home
+
+
+def _collect_changes(spec: JobSpec, files: JobPaths,
+                     outcome: _Outcome) -> dict[str, dict[str, Any]]:
+    """What the job changed (adaptors._changes), written to changes.patch and changes.json
+    before the result; its summary for result.json. A job that ends completed and asked
+    for it (`push`) has its changes pushed. A failure of git or of the push, or of writing
+    the files, becomes the job's reason when it has none yet (it then fails)."""
+    if not spec.repos:
+        return {}
+    completed = outcome.exit_code == 0 and outcome.signal is None and outcome.reason is None
+    account, home = _git_account(spec)
+    got = collect(spec, files, push=completed and spec.push is not None, account=account,
+                  home=home)
+    try:
+        write_changes(files, got)
+    except OSError as exc:
+        got.error = got.error or f"changes not saved: {exc}"
+    if got.error is not None:
+        _say(spec.id, got.error)
+        if outcome.reason is None:
+            outcome.reason = got.error
+    _say(spec.id, _changes_line(got))
+    return got.summary()
+
+
+def _changes_line(got: Collected) -> str:
+    parts = [f"{r.name}: {r.files} files" + (f", pushed to {r.branch}" if r.branch else "")
+             for r in got.repos]
+    cut = f" (patch cut: {len(got.patch)} of {got.patch_bytes} bytes)" if got.cut else ""
+    return "changes: " + "; ".join(parts) + cut
+
+
 def _write_result(files: JobPaths, record: dict[str, Any]) -> None:
     """result.json, tried again until it is written: a finished job whose result cannot be
     written yet (a full disk) waits for space with its lock held, instead of leaving no
@@ -997,6 +1041,7 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
                                      beat=beat, signals=signals, started_mono=started_mono)
     if outcome.reason is None and report.error is not None:
         outcome.reason = f"agent error: {report.error}"
+    changes = None if spec is None else _collect_changes(spec, files, outcome)
     beat.stop()
     if terminal is not None:
         terminal.close()
@@ -1018,6 +1063,7 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
         "agent_error": report.error,
         "usage": report.usage,
         "usage_totals": report.totals,
+        "changes": changes,
     })
     if spec is not None:
         _hint_exited(spec)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JobSpec", "SpecError", "parse_spec"]
+__all__ = ["JobSpec", "RepoSpec", "SpecError", "parse_spec"]
 
 
 #: A job id (CONTRACT.md; state.jobs.JOB_ID_RE, not imported: the adaptor starts light).
@@ -18,6 +18,17 @@ _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 class SpecError(ValueError):
     """spec.json is missing, corrupt, or a field has the wrong type (the message says which)."""
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    """One repository of the job: its name, its clone in the workspace, the URL a push goes
+    to, and `base`, the commit the clone was made at (None: an empty repository)."""
+
+    name: str
+    path: str
+    url: str | None
+    base: str | None
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,11 @@ class JobSpec:
     idle_timeout: float | None = None  # no output for this long: stopped, reason "idle"
     resume_of: str | None = None      # the job whose session this one continues
     output_max_bytes: int = 1 << 30   # the output file is cut here (head kept, marked once)
+    repos: tuple[RepoSpec, ...] = ()  # whose changes are collected when the agent exits
+    push: str | None = None           # the branch a completed job's changes are pushed to
+    author: tuple[str, str] = ("batchd", "batchd@localhost")   # of the commit --push makes
+    created_at: str | None = None     # the job's submission (the date of that commit)
+    retry_of: str | None = None       # the job this one retries (its push may be replaced)
 
 
 def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
@@ -71,6 +87,35 @@ def _number(obj: Mapping[str, Any], key: str, default: float | None, *,
     return float(value)
 
 
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def _repos(obj: Mapping[str, Any]) -> tuple[RepoSpec, ...]:
+    value = obj.get("repos") or []
+    if not isinstance(value, list):
+        raise SpecError("repos: expected a list")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise SpecError(f"repos[{i}]: expected an object")
+        name, path = _req_str(item, "name"), _req_str(item, "path")
+        if not os.path.isabs(path):
+            raise SpecError(f"repos[{i}].path: expected an absolute path, found {path!r}")
+        base = _opt_str(item, "base")
+        if base is not None and _SHA.fullmatch(base) is None:
+            raise SpecError(f"repos[{i}].base: not a commit id: {base!r}")
+        out.append(RepoSpec(name, path, _opt_str(item, "url"), base))
+    return tuple(out)
+
+
+def _author(obj: Mapping[str, Any]) -> tuple[str, str]:
+    git = obj.get("git") or {}
+    if not isinstance(git, dict):
+        raise SpecError("git: expected an object")
+    return (_opt_str(git, "author_name") or "batchd",
+            _opt_str(git, "author_email") or "batchd@localhost")
+
+
 def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
     """Validate a JOB_SPEC record for the job folder `job_dir`; SpecError names the bad key."""
     job_id = _req_str(obj, "id")
@@ -93,6 +138,9 @@ def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
     resume_of = _opt_str(obj, "resume_of")
     if resume_of is not None and _JOB_ID.fullmatch(resume_of) is None:
         raise SpecError(f"resume_of: not a job id: {resume_of!r}")
+    retry_of = _opt_str(obj, "retry_of")
+    if retry_of is not None and _JOB_ID.fullmatch(retry_of) is None:
+        raise SpecError(f"retry_of: not a job id: {retry_of!r}")
     return JobSpec(
         id=job_id,
         agent=_opt_str(obj, "agent") or adaptor,
@@ -114,4 +162,9 @@ def parse_spec(obj: Mapping[str, Any], job_dir: Path) -> JobSpec:
         resume_of=resume_of,
         output_max_bytes=int(_number(obj, "output_max_bytes", 1 << 30, positive=True)
                              or (1 << 30)),
+        repos=_repos(obj),
+        push=_opt_str(obj, "push") or None,
+        author=_author(obj),
+        created_at=_opt_str(obj, "created_at"),
+        retry_of=retry_of,
     )

@@ -54,6 +54,7 @@ __all__ = [
     "ConfigError",
     "DiskConfig",
     "FreeSpace",
+    "GitConfig",
     "JobsConfig",
     "LogConfig",
     "MetricsConfig",
@@ -209,6 +210,14 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class GitConfig:
+    """The identity of the commits `submit --push` makes (CONTRACT.md, "Results")."""
+
+    author_name: str = "batchd"
+    author_email: str = "batchd@localhost"
+
+
+@dataclass(frozen=True)
 class RetentionConfig:
     """How long after a job's end the reaper keeps each thing (None: forever)."""
 
@@ -263,6 +272,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    git: GitConfig = field(default_factory=GitConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     disk: DiskConfig = field(default_factory=DiskConfig)
     launcher: str = "auto"               # auto | direct | systemd
@@ -456,7 +466,7 @@ def size_text(n: int) -> str:
 #: adds it here.
 WORKER_SECTIONS: dict[str, tuple[str, ...]] = {
     "scheduler": ("state_dir", "workspace_dir", "log", "scheduler", "agents", "repositories",
-                  "launcher", "jobs", "disk"),
+                  "launcher", "jobs", "git", "disk"),
     "locks": ("state_dir", "log", "repositories"),
     "reaper": ("state_dir", "workspace_dir", "log", "reaper", "retention", "scheduler",
                "repositories", "metrics"),
@@ -737,7 +747,10 @@ def _repo_url_text(ctx: _Ctx, text: str) -> str:
     return str(_expand(ctx, text))
 
 
-_BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|^[-/.]|[/.]$|\.lock$|//")
+#: What git refuses in a branch name (`git check-ref-format --branch`): control characters,
+#: space, ~ ^ : ? * [ \\, "..", "@{", a leading "-", an empty component (leading, trailing or
+#: double "/"), a component that starts with "." or ends with ".lock", a final ".".
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|^-|^/|/$|//|(?:^|/)\.|\.lock(?:/|$)|\.$")
 
 
 def _branch(ctx: _Ctx, node: Node, key: str) -> str:
@@ -748,9 +761,11 @@ def _branch(ctx: _Ctx, node: Node, key: str) -> str:
 
 
 def check_branch(text: str) -> str:
-    """`text` if it is a valid git branch name (the config's rule), else ValueError."""
-    if not text or _BAD_REF.search(text):
-        raise ValueError(f"not a valid git branch name: {text!r}")
+    """`text` if git takes it as a branch name (`git check-ref-format --branch`, whose rules
+    _BAD_REF spells out; "HEAD" is refused too), else ValueError saying so."""
+    if not text or text == "HEAD" or _BAD_REF.search(text):
+        raise ValueError(f"not a valid git branch name: {text!r} (git check-ref-format "
+                         "refuses it)")
     return text
 
 
@@ -989,6 +1004,22 @@ _JOBS: dict[str, _Conv] = {
     "output_max_bytes": _size(1024),
 }
 
+def _identity(what: str) -> _Conv:
+    """A commit author's name or email: a non-empty string git can write in a commit header
+    (no newline, no '<' or '>', not only spaces)."""
+    def conv(ctx: _Ctx, node: Node, key: str) -> str:
+        text = _string(ctx, node, key)
+        if not text.strip() or any(c in text for c in "<>\n\r\0"):
+            raise _Invalid(f"expected {what} without '<', '>' or a line break, got {_got(node)}")
+        return text
+    return conv
+
+
+_GIT: dict[str, _Conv] = {
+    "author_name": _identity("a name"),
+    "author_email": _identity("an email address"),
+}
+
 _RETENTION: dict[str, _Conv] = {
     "jobs": _duration(nullable=True),
     "workspaces": _duration(nullable=True),
@@ -1013,6 +1044,7 @@ _TOP: dict[str, _Conv] = {
     "api": _dataclass(ApiConfig, _API),
     "metrics": _dataclass(MetricsConfig, _METRICS),
     "jobs": _dataclass(JobsConfig, _JOBS),
+    "git": _dataclass(GitConfig, _GIT),
     "retention": _dataclass(RetentionConfig, _RETENTION),
     "disk": _dataclass(DiskConfig, _DISK),
     "launcher": _choice(LAUNCHERS),

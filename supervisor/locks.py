@@ -42,6 +42,7 @@ from supervisor.state.layout import (
 from supervisor.state.lockfiles import Pages, page_numbers, read_pages
 from supervisor.state.locktable import (
     ACQUIRE,
+    REAP,
     RELEASE,
     Lock,
     Table,
@@ -67,6 +68,7 @@ __all__ = [
     "acquire_handler",
     "main",
     "one_pass",
+    "reap_handler",
     "rebuild",
     "reconcile",
     "recover",
@@ -132,10 +134,44 @@ def release_handler(lk: Locks, req: dict[str, Any]) -> None:
         lk.log.info("locks released", job=job, repos=held, request=req["id"])
 
 
+def reap_handler(lk: Locks, req: dict[str, Any]) -> None:
+    """reap {jobs}: the reaper saw these jobs finished or unknown while they hold or wait
+    for a lock. The worker decides (law 1): it frees each one the job queue, read now, says
+    is finished or does not know; a job it says is live keeps its place (and is logged)."""
+    jobs = req.get("jobs")
+    if not isinstance(jobs, list) or not all(isinstance(j, str) and j for j in jobs):
+        raise BadRequest("'jobs' must be a list of job ids")
+    mentioned = [job for job in jobs if lk.table.knows(job)]
+    if not mentioned:
+        return
+    try:
+        queue = _open_queue(lk.layout)
+    except (OSError, WalError, QueueError) as exc:
+        lk.log.warning("cannot read the job queue: the reaper's request is dropped (it "
+                       "asks again next pass)", error=str(exc), request=req["id"])
+        return
+    try:
+        states = {job: None if queue is None else queue.state(job) for job in mentioned}
+    finally:
+        if queue is not None:
+            queue.close()
+    for job, state in states.items():
+        if state is not None and state not in TERMINAL_STATES:
+            lk.log.warning("the reaper asked to free the locks of a live job: kept", job=job,
+                           state=state, request=req["id"])
+            continue
+        held = lk.table.holds(job)
+        if release(lk.table, job):
+            lk.touched.add(job)
+            lk.log.info("locks of a finished or unknown job released (reaper)", job=job,
+                        state=state, repos=held, request=req["id"])
+
+
 #: request kind -> handler.
 HANDLERS: dict[str, Callable[[Locks, dict[str, Any]], None]] = {
     ACQUIRE: acquire_handler,
     RELEASE: release_handler,
+    REAP: reap_handler,
 }
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import callbacks as bench_callbacks
+from bench import jobcontrol as bench_jobcontrol
 from bench import locks as bench_locks
 from bench import reaper as bench_reaper
+from bench import results as bench_results
 from bench import retention as bench_retention
 
 
@@ -54,3 +56,19 @@ def test_locks_workspace_against_a_plain_clone_at_a_tiny_size(tmp_path: Path) ->
     got = bench_locks.bench_workspace(tmp_path / "ws", remote.as_uri(), 1)
     assert (1, True, True) == (got["workspace_rounds"], got["workspace_ms"] > 0,
                                got["git_clone_ms"] > 0)
+
+
+def test_results_bench_collects_a_small_tree(tmp_path: Path) -> None:
+    """bench.results: a tree of 200 files with 20 changed is collected whole (the bench
+    checks every changed file is listed) and timed beside plain git."""
+    got = bench_results.bench_collect(tmp_path, 200, 20, runs=1)
+    assert (200, 20) == (got["files"], got["changed"])
+    assert got["collect_ms"] > 0 and got["git_baseline_ms"] > 0
+
+
+def test_jobcontrol_passes_over_a_chain_and_a_fan_in(tmp_path: Path) -> None:
+    """bench.jobcontrol's passes run the real dispatch over a chain and a fan-in (each
+    asserts the waiting jobs stay queued) and give a time."""
+    figures = (bench_jobcontrol.bench_pass(tmp_path, 50, passes=3),
+               bench_jobcontrol.bench_fanin(tmp_path, 50, passes=3))
+    assert [True, True] == [isinstance(f, float) and f >= 0 for f in figures]

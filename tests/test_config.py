@@ -18,6 +18,7 @@ from supervisor.config import (
     Config,
     ConfigError,
     FreeSpace,
+    GitConfig,
     LogConfig,
     MetricsConfig,
     ReaperConfig,
@@ -301,15 +302,16 @@ DUR = "expected a duration (seconds, or a string like 500ms, 30s, 2m, 1h, 1m30s)
      f"{SRC}:2: repositories.r.url: unsupported URL scheme 'ftp' in 'ftp://h/x' (a local path "
      "or an http, https, ssh, git or file URL)"),
     ("repositories:\n  r: {url: /x, branch: 'a..b'}\n",
-     f"{SRC}:2: repositories.r.branch: not a valid git branch name: 'a..b'"),
+     f"{SRC}:2: repositories.r.branch: not a valid git branch name: 'a..b' (git "
+     "check-ref-format refuses it)"),
     # unknown keys, at every level
     ("scheduler:\n  max_jobs: 3\n",
      f"{SRC}:2: scheduler.max_jobs: unknown key 'max_jobs' (did you mean 'max_concurrent_jobs'? "
      f"known: {KNOWN_SCHED})"),
     ("stat_dir: /x",
      f"{SRC}:1: stat_dir: unknown key 'stat_dir' (did you mean 'state_dir'? known: agents, "
-     "api, callbacks, disk, jobs, launcher, log, metrics, reaper, repositories, retention, "
-     "scheduler, state_dir, workers, workspace_dir)"),
+     "api, callbacks, disk, git, jobs, launcher, log, metrics, reaper, repositories, "
+     "retention, scheduler, state_dir, workers, workspace_dir)"),
     ("workers:\n  web: {}\n",
      f"{SRC}:2: workers.web: unknown key 'web' (known: api, callbacks, locks, reaper, scheduler)"),
     ("workers:\n  locks: {retries: 1}\n",
@@ -609,3 +611,27 @@ def test_unknown_api_and_metrics_keys_are_refused() -> None:
         parse("api:\n  lisen: x\nmetrics:\n  text_file: /x\n", SRC, env=ENV)
     assert f"{SRC}:2: api.lisen: unknown key 'lisen'" in str(err.value)
     assert f"{SRC}:4: metrics.text_file: unknown key" in str(err.value)
+
+
+def test_git_section_sets_the_push_author() -> None:
+    """git: {author_name, author_email}: the commits --push makes; defaults batchd,
+    batchd@localhost."""
+    assert ("batchd", "batchd@localhost") == (GitConfig().author_name,
+                                              GitConfig().author_email)
+    cfg = parse("git: {author_name: Bot, author_email: bot@example.com}\n", SRC, env=ENV)
+    assert ("Bot", "bot@example.com") == (cfg.git.author_name, cfg.git.author_email)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("git: {author_name: ''}", f"{SRC}:1: git.author_name: expected a non-empty string, "
+                               "got ''"),
+    ('git: {author_name: "a\\nb"}', f"{SRC}:1: git.author_name: expected a name without "
+                                  "'<', '>' or a line break, got 'a\\nb'"),
+    ("git: {author_email: '<x>'}", f"{SRC}:1: git.author_email: expected an email address "
+                                   "without '<', '>' or a line break, got '<x>'"),
+    ("git: {committer: x}", f"{SRC}:1: git.committer: unknown key 'committer' (known: "
+                            "author_email, author_name)"),
+])
+def test_git_section_errors_name_the_key(text: str, message: str) -> None:
+    """A bad author names the key and its line."""
+    assert message == errors_of(text)

@@ -23,6 +23,7 @@ from supervisor.state.lockfiles import read_table
 from supervisor.state.locktable import (
     Table,
     acquire_request,
+    reap_request,
     release_request,
     unavailable,
 )
@@ -322,6 +323,43 @@ def test_release_hands_the_lock_to_the_next_in_line(cfg: Config, layout: Layout)
     locks.one_pass(lk)
     assert ([("app", "b")], {}, []) == (held(layout), state(layout)["waiting"], inbox(layout))
     assert ["granted-a.json", "granted-b.json"] == hints(layout)
+
+
+def test_the_reapers_request_frees_finished_and_unknown_jobs_only(cfg: Config,
+                                                                  layout: Layout) -> None:
+    """While the worker runs, a `reap` request (the reaper's) frees the locks and places of
+    the jobs the WAL says are finished or does not know — the next in line is granted and
+    hinted — and leaves those of a job the WAL says is live, whatever the reaper thought."""
+    lk, _, _, _ = recover(cfg)
+    ask(layout, "done", "app", seq=1, exclusive=True)
+    ask(layout, "ghost", "app", seq=2)
+    ask(layout, "next", "app", seq=3)
+    ask(layout, "live", "lib", seq=4)
+    locks.one_pass(lk)
+    assert [("app", "done"), ("lib", "live")] == held(layout)
+    # the job "done" died while the locks worker was down: the WAL has its end, and its
+    # release was never seen (what the reaper's pass is the net for)
+    jobs_in_wal(layout, ("done", "lost", ["app"], {}), ("live", "running", ["lib"], {}),
+                ("next", "waiting", ["app"], {}))
+    drop(layout, reap_request(["done", "ghost", "live"], created_at=iso_now()))
+    locks.one_pass(lk)
+    assert ([("app", "next"), ("lib", "live")], {}, []) == (
+        sorted(held(layout)), state(layout)["waiting"], inbox(layout))
+    assert "granted-next.json" in hints(layout)
+
+
+def test_a_reap_request_of_jobs_not_in_the_table_writes_nothing(cfg: Config,
+                                                                layout: Layout) -> None:
+    """A replayed or late `reap` naming jobs no longer in the table changes nothing and
+    is removed; a malformed one is quarantined."""
+    lk, _, _, _ = recover(cfg)
+    before = layout.worker_state("locks").stat().st_mtime_ns
+    drop(layout, reap_request(["gone"], created_at=iso_now()))
+    drop(layout, {"id": "reap-bad", "kind": "reap", "jobs": "x"})
+    locks.one_pass(lk)
+    assert (before, [n for n in inbox(layout) if CORRUPT_MARK not in n]) == (
+        layout.worker_state("locks").stat().st_mtime_ns, [])
+    assert 1 == sum(CORRUPT_MARK in n for n in inbox(layout))
 
 
 def test_acquire_and_release_of_one_job_in_one_pass_leave_nothing(cfg: Config,

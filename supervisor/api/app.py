@@ -57,7 +57,14 @@ from supervisor.state.submission import (
     known,
 )
 from supervisor.state.tokens import TokenTable, allows, tokens_path
-from supervisor.state.view import JobFilter, Unreadable, batchd_pid, follow_queue, open_view
+from supervisor.state.view import (
+    JobFilter,
+    Unreadable,
+    batchd_pid,
+    collected_patch,
+    follow_queue,
+    open_view,
+)
 
 __all__ = ["MAX_BODY", "STATIC", "Api", "ApiError", "build_app", "make_api", "routes"]
 
@@ -342,8 +349,9 @@ async def job_diff(request: Request) -> Response:
     _params(request, ())
     api, job_id = _api(request), _job_id(request)
     await _read(_record, api, job_id)              # 404 for an unknown job
-    patch = api.layout.job_patch(job_id)
-    data = await run_in_threadpool(read_range, patch, 0, size_of(patch))
+    patch = collected_patch(api.layout, job_id)
+    data = b"" if patch is None else await run_in_threadpool(read_range, patch, 0,
+                                                             size_of(patch))
     return Response(data, media_type="text/x-diff")
 
 

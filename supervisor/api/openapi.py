@@ -36,6 +36,18 @@ _CONTROL: dict[str, Any] = {
     "retries": {"type": "integer"},
 }
 
+#: One repository's entry in a job's `changes` (CONTRACT.md, "Results").
+_REPO_CHANGES: dict[str, Any] = {
+    "type": "object",
+    "required": ["base", "head", "files", "insertions", "deletions", "branch"],
+    "properties": {
+        "base": _nullable("string"), "head": _nullable("string"),
+        "files": _nullable("integer"), "insertions": _nullable("integer"),
+        "deletions": _nullable("integer"), "branch": _nullable("string"),
+        "commits": _nullable("integer"),
+    },
+}
+
 _JOB_PROPS: dict[str, Any] = {
     "id": {"type": "string"},
     "state": _STATE,
@@ -56,6 +68,8 @@ _JOB_PROPS: dict[str, Any] = {
     "exclusive": {"type": "boolean"},
     **_CONTROL,
     "retry_of": _nullable("string"),
+    "push": _nullable("string"),
+    "changes": {"type": ["object", "null"], "additionalProperties": _REPO_CHANGES},
 }
 
 _SUBMIT_JOB: dict[str, Any] = {
@@ -73,6 +87,9 @@ _SUBMIT_JOB: dict[str, Any] = {
         "id": _nullable("string"),
         "exclusive": {"type": "boolean"},
         **_CONTROL,
+        "push": {"type": ["boolean", "string", "null"],
+                 "description": "true: push a completed job's changes to batchd/<id>; "
+                                "a string: to that branch"},
     },
 }
 

@@ -70,6 +70,7 @@ __all__ = [
     "Done",
     "Outbox",
     "handle_deliver",
+    "handle_prune",
     "handle_retry",
     "main",
     "recover",
@@ -342,6 +343,7 @@ def recover(state: Callbacks) -> tuple[dict[str, int], dict[str, int], list[str]
     """Load the live outbox into `state`; in_flight -> pending. (found, did, degraded);
     OSError if the outbox cannot be used."""
     scan = state.outbox.scan()
+    finished = state.outbox.finish_prune()       # a removal past retention a crash cut
     found = {"pending": 0, "in_flight": 0, "held": 0, "corrupt": len(scan.notes)}
     requeued = 0
     for rec in scan.records:
@@ -355,7 +357,8 @@ def recover(state: Callbacks) -> tuple[dict[str, int], dict[str, int], list[str]
             found["held"] += held(rec)
             state.schedule(rec)
     return found, {"requeued": requeued, "quarantined": len(scan.notes),
-                   "settled_moved": scan.moved, "duplicates_removed": scan.duplicates}, \
+                   "settled_moved": scan.moved, "duplicates_removed": scan.duplicates,
+                   "pruned_finished": finished}, \
         scan.notes
 
 
@@ -436,11 +439,29 @@ def handle_retry(state: Callbacks, req: dict[str, Any], path: Path) -> bool:
     return False
 
 
+def handle_prune(state: Callbacks, req: dict[str, Any], path: Path) -> bool:
+    """The reaper's ask (retention.callbacks): remove the settled records it names that
+    are still settled and `older_than` past their last change (checked here, by their
+    owner: a record an operator retried meanwhile stays), counted in callbacks/pruned.json."""
+    ids, older = req.get("event_ids"), req.get("older_than")
+    if not isinstance(ids, list) or not all(valid_event_id(i) for i in ids):
+        raise BadRequest("'event_ids' must be a list of event ids")
+    if not isinstance(older, int | float) or isinstance(older, bool) or older < 0:
+        raise BadRequest("'older_than' must be seconds >= 0")
+    live = [i for i in ids if i not in state.pending and i not in state.busy
+            and i not in state.requests]
+    for event_id, outcome in state.outbox.prune(live, float(older), state.clock.time()):
+        state.log.info("delivery record removed past retention.callbacks",
+                       event_id=event_id, state=outcome, request=req["id"])
+    return False
+
+
 #: request kind -> handler (in this order: a retry never overtakes the event it names);
 #: True from a handler: the request stays in the inbox, taken (not read again).
 HANDLERS: dict[str, Callable[[Callbacks, dict[str, Any], Path], bool]] = {
     "deliver": handle_deliver,
     "retry": handle_retry,
+    "prune": handle_prune,
 }
 
 
@@ -514,7 +535,8 @@ def main(cfg: Config) -> int:
     # the sending threads share their folder fsyncs (GroupFS): fewer when tries come together
     state = Callbacks(log=log, outbox=DirOutbox(layout.callbacks_outbox, log,
                                                 done=layout.callbacks_done,
-                                                requests=layout.inbox(NAME), fs=GroupFS()),
+                                                requests=layout.inbox(NAME),
+                                                pruned=layout.callbacks_pruned, fs=GroupFS()),
                       transport=HttpTransport(), settings=cfg.callbacks,
                       check=wal_check(layout.wal_dir, log))
     try:

@@ -9,6 +9,7 @@ the history. docs/CALLBACKS.md has the moves between the two and their crash win
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,9 +24,10 @@ from supervisor.state.atomic import (
     quarantine,
     remove,
 )
+from supervisor.state.clock import parse_iso
 from supervisor.state.fs import FS, REAL
-from supervisor.state.layout import DELIVERY, read_record, write_record
-from supervisor.state.webhook import SETTLED_STATES, delivery_problem
+from supervisor.state.layout import DELIVERY, PRUNED, read_record, write_record
+from supervisor.state.webhook import SETTLED_STATES, delivery_problem, read_pruned
 
 __all__ = ["DirOutbox", "GroupFS", "Outbox", "Scan"]
 
@@ -173,15 +175,27 @@ class Outbox(Protocol):
         """Remove a live record (a held batch event superseded before any try)."""
         ...
 
+    def prune(self, event_ids: Sequence[str], older_than: float, now: float
+              ) -> list[tuple[str, str]]:
+        """Remove the settled records of `event_ids` whose last change is `older_than`
+        seconds before `now`, counted in the pruned record; (id, outcome) of each."""
+        ...
+
+    def finish_prune(self) -> int:
+        """Finish a removal a crash cut short (the pruned record's step); how many went."""
+        ...
+
 
 class DirOutbox:
     """`callbacks/outbox/` (live) and `callbacks/done/` (settled), one record per event."""
 
     def __init__(self, folder: Path, log: Log, *, done: Path | None = None,
-                 requests: Path | None = None, fs: FS = REAL) -> None:
+                 requests: Path | None = None, pruned: Path | None = None,
+                 fs: FS = REAL) -> None:
         self.folder = folder
         self.done = done if done is not None else folder.parent / "done"
         self.requests = requests if requests is not None else folder.parent / "inbox"
+        self.pruned = pruned if pruned is not None else folder.parent / "pruned.json"
         self.log = log
         self.fs = fs
 
@@ -279,3 +293,41 @@ class DirOutbox:
 
     def delete(self, event_id: str) -> None:
         remove(self._path(event_id, False), fs=self.fs)
+
+    # -- retention.callbacks (the reaper asks, this worker removes) ---------------------------
+    def finish_prune(self) -> int:
+        """Remove what the pruned record's step still names (a crash cut that removal
+        short: its files are counted already), then fsync the folder, so a step is durable
+        before the next one replaces it. How many files went."""
+        counts, bad = read_pruned(self.pruned, owner=True, fs=self.fs)
+        if bad is not None:
+            self.log.warning("pruned-deliveries record corrupt: its counts restart from 0",
+                             path=bad.path, moved_to=bad.moved_to, reason=bad.reason)
+        gone = sum(discard(self._path(i, True), fs=self.fs) for i in counts["step"])
+        if counts["step"]:
+            self.fs.fsync_dir(str(self.done))
+        return gone
+
+    def prune(self, event_ids: Sequence[str], older_than: float, now: float
+              ) -> list[tuple[str, str]]:
+        self.finish_prune()
+        due: list[tuple[str, str]] = []
+        for event_id in dict.fromkeys(event_ids):
+            rec = self._read(self._path(event_id, True))
+            if not isinstance(rec, dict) or rec["state"] not in SETTLED_STATES:
+                continue
+            changed = parse_iso(rec.get("updated_at"))
+            if changed is None or now - changed < older_than:
+                continue
+            due.append((event_id, str(rec["state"])))
+        if not due:
+            return []
+        counts, _ = read_pruned(self.pruned, owner=True, fs=self.fs)
+        for _, outcome in due:
+            counts[outcome] += 1
+        counts["step"] = [event_id for event_id, _ in due]
+        write_record(PRUNED, self.pruned, counts, fs=self.fs)
+        for event_id, _ in due:
+            discard(self._path(event_id, True), fs=self.fs)
+        self.fs.fsync_dir(str(self.done))
+        return due

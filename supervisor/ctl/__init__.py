@@ -27,7 +27,7 @@ from supervisor.ctl.control import (
     cmd_status_summary,
     cmd_workers,
 )
-from supervisor.ctl.follow import cmd_output, cmd_tail
+from supervisor.ctl.follow import cmd_diff, cmd_output, cmd_tail
 from supervisor.ctl.history import cmd_clean, cmd_history
 from supervisor.ctl.jobs import (
     cmd_batch,
@@ -99,6 +99,9 @@ def _submit(p: argparse.ArgumentParser) -> None:
                    help="a label (repeatable); `jobs --label K=V` filters by it")
     p.add_argument("--retries", metavar="N", type=int,
                    help="resubmit a lost or failed job up to N times (0..10)")
+    p.add_argument("--push", metavar="BRANCH", nargs="?", const=True,
+                   help="when the job completes, commit its changes and push them to BRANCH "
+                        "(default batchd/<job id>) of each repository's remote")
     p.add_argument("--from", dest="from_file", metavar="FILE.jsonl",
                    help="submit every job of a JSONL file (all or nothing; - = stdin)")
 
@@ -186,6 +189,8 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "output": ("a job's whole output so far", _job, lambda c, a: cmd_output(c, a.job)),
     "tail": ("the last lines of a job's output; -f follows", _tail,
              lambda c, a: cmd_tail(c, a.job, a.lines, a.follow)),
+    "diff": ("a job's changes as one patch (empty when none)", _job,
+             lambda c, a: cmd_diff(c, a.job)),
     "wait": ("wait until jobs are terminal (0 all completed, 1 other, 124 timeout)", _wait,
              lambda c, a: cmd_wait(c, a.jobs, a.timeout)),
     "cancel": ("cancel a job", _job, lambda c, a: cmd_cancel(c, a.job)),

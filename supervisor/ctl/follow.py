@@ -1,4 +1,4 @@
-"""batchctl's output readers: `output JOB` and `tail JOB [-n N] [-f]`. Read-only.
+"""batchctl's output readers: `output JOB`, `tail JOB [-n N] [-f]` and `diff JOB`. Read-only.
 
 A job's output file is append-only (the adaptor writes it as the agent speaks), so a
 reader keeps one byte offset: everything before it has been printed, nothing after it
@@ -11,6 +11,12 @@ Without --json the bytes go out as they are. With --json each command prints ONE
 document, built from the same bytes decoded as UTF-8 (invalid bytes become U+FFFD):
 `output` {"job", "output", "bytes"} (bytes = the raw byte count), `tail` {"job", "lines"}
 (lines without their newline); `tail -f --json` collects until the job ends, then prints.
+
+`diff JOB` prints the job's changes.patch (written by its adaptor when the agent exited,
+before the result: docs/JOBFILES.md) as its bytes; nothing when there is none (a job still
+running, one without repositories or changes), exit 0 either way. `--json`: {"job",
+"patch", "bytes", "cut", "changes"} (the patch decoded as UTF-8, `cut` whether it was cut
+at its 50 MiB limit, `changes` the record's). A cut patch is also said on stderr.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from pathlib import Path
 
 from supervisor.ctl.jobs import lookup
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
-from supervisor.state.view import TERMINAL, open_view
+from supervisor.state.layout import CHANGES, read_record
+from supervisor.state.view import TERMINAL, collected_patch, open_view
 
 __all__ = [
+    "cmd_diff",
     "cmd_output",
     "cmd_tail",
     "follow",
@@ -136,6 +144,29 @@ def cmd_output(ctx: Ctx, job_id: str) -> int:
     chunks: list[bytes] = []
     size = read_from(path, 0, chunks.append)
     ctx.emit({"job": job_id, "output": _decode(b"".join(chunks)), "bytes": size})
+    return EXIT_OK
+
+
+def cmd_diff(ctx: Ctx, job_id: str) -> int:
+    """`diff JOB`: the job's changes as one patch, bytes as they are (none: nothing, exit 0;
+    no such job: exit 1)."""
+    with open_view(ctx.cfg, ctx.layout) as view:
+        record = lookup(view, job_id)
+    paths = ctx.layout.job(job_id)
+    chunks: list[bytes] = []
+    patch_path = collected_patch(ctx.layout, job_id)
+    size = 0 if patch_path is None else read_from(
+        patch_path, 0, chunks.append if ctx.json else ctx.write_bytes)
+    info = read_record(CHANGES, paths.changes, owner=False)
+    patch = info.get("patch") if isinstance(info, dict) else None
+    cut = bool(patch.get("cut")) if isinstance(patch, dict) else False
+    if cut and isinstance(patch, dict):
+        ctx.error(f"the patch of job {job_id} was cut at {size} of {patch.get('total_bytes')} "
+                  f"bytes (its limit is {patch.get('max_bytes')}); {paths.changes} lists "
+                  "every file")
+    if ctx.json:
+        ctx.emit({"job": job_id, "patch": _decode(b"".join(chunks)), "bytes": size, "cut": cut,
+                  "changes": record["changes"]})
     return EXIT_OK
 
 

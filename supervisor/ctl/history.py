@@ -35,7 +35,8 @@ def cmd_clean(ctx: Ctx, older_than: str | None, states: list[str], dry_run: bool
     if dry_run:
         with open_view(ctx.cfg, ctx.layout) as view:
             chosen = expired(Known.read(view), time.time(), older, states=states, why="clean")
-        gone = [{"id": e.id, "state": e.state, "finished_at": e.finished_at} for e in chosen]
+        gone = [{"id": e.id, "state": e.state, "finished_at": e.finished_at, "why": e.why}
+                for e in chosen]
         return _show(ctx, gone, "would be forgotten")
     if batchd_pid(ctx.layout) is None:
         raise not_running(ctx.layout)
@@ -56,8 +57,8 @@ def _show(ctx: Ctx, gone: list[dict[str, Any]], verb: str) -> int:
     if ctx.json:
         ctx.emit(gone)
         return EXIT_OK
-    for line in table([(g.get("id"), g.get("state"), cell(g.get("finished_at")))
-                       for g in gone]):
+    for line in table([(g.get("id"), g.get("state"), cell(g.get("finished_at")),
+                        cell(g.get("why"))) for g in gone]):
         ctx.say(line)
     ctx.note(f"{len(gone)} job(s) {verb}")
     return EXIT_OK

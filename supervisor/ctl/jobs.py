@@ -42,6 +42,7 @@ __all__ = [
     "cmd_status_job",
     "cmd_wait",
     "duration_arg",
+    "files_changed",
     "lookup",
     "wait_for",
 ]
@@ -71,13 +72,26 @@ def lookup(view: JobView, job_id: str) -> dict[str, Any]:
     return view.record(entry)
 
 
+def files_changed(record: dict[str, Any]) -> str:
+    """The `jobs` column FILES: how many files the job changed in all its repositories
+    ("3", "3+" when one repository's could not be counted); "-" before it has results, and
+    for a job without repositories."""
+    changes = record.get("changes")
+    if not isinstance(changes, dict) or not changes:
+        return "-"
+    counts = [c.get("files") for c in changes.values() if isinstance(c, dict)]
+    known = [n for n in counts if isinstance(n, int)]
+    return f"{sum(known)}{'+' if len(known) < len(counts) else ''}"
+
+
 def _job_rows(records: Iterable[dict[str, Any]]) -> list[str]:
     rows = []
     for r in records:
         info = r["reason"] or (f"exit {r['exit_code']}" if r["exit_code"] is not None else "")
         rows.append((r["id"], r["state"], r["agent"], r["repos"], r["batch"], r["created_at"],
-                     info))
-    return table(rows, header=("ID", "STATE", "AGENT", "REPOS", "BATCH", "CREATED", "INFO"))
+                     files_changed(r), info))
+    return table(rows, header=("ID", "STATE", "AGENT", "REPOS", "BATCH", "CREATED", "FILES",
+                               "INFO"))
 
 
 def cmd_status_job(ctx: Ctx, job_id: str) -> int:

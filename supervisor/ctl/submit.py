@@ -33,7 +33,7 @@ def _read_input(path: str, what: str) -> bytes:
 
 _SINGLE_FLAGS = ("agent", "repo", "prompt", "prompt_file", "callback", "timeout", "batch",
                  "id", "exclusive", "resume", "idle_timeout", "after", "after_any", "priority",
-                 "not_before", "delay", "label", "retries")
+                 "not_before", "delay", "label", "retries", "push")
 
 
 def _job_ids(flag: str, values: list[str]) -> list[str]:
@@ -77,6 +77,8 @@ def _control_flags(args: Any, job: dict[str, Any], now: float) -> None:
         job["labels"] = _labels(args.label)
     if args.retries is not None:
         job["retries"] = args.retries
+    if args.push is not None:
+        job["push"] = args.push
 
 
 def _single_job(args: Any) -> dict[str, Any]:

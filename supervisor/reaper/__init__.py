@@ -5,7 +5,9 @@ orphan's SIGKILL is due) removes, each with a logged reason and a count:
 stale temp files and old quarantined files (reaper.sweep); processes of finished or
 unknown jobs (reaper.orphans); workspaces with no job, half-made ones, and finished jobs'
 past `retention.workspaces`; job folders of unknown jobs; mirrors of removed repositories
-(reaper.trash removes folders so a crash halfway is finished); and finished jobs past
+(reaper.trash removes folders so a crash halfway is finished); locks of finished or
+unknown jobs and settled webhook records past `retention.callbacks`, asked of their
+owners (reaper.asks); and finished jobs past
 `retention.jobs`: archived, their folders removed, then dropped from the queue by the
 scheduler (reaper.forget). What it may remove is decided by state.retention, which never
 touches anything of a live job. Nothing job-related is reaped when the queue cannot be read.
@@ -28,7 +30,7 @@ from typing import Any
 
 from supervisor import log as _log
 from supervisor.config import Config
-from supervisor.reaper import forget, sweep, trash
+from supervisor.reaper import asks, forget, sweep, trash
 from supervisor.reaper.orphans import Orphans
 from supervisor.reaper.textfile import Textfile
 from supervisor.runtime import (
@@ -226,7 +228,7 @@ def forget_expired(r: Reaper, view: JobView, known: Known, now: float, did: Coun
         forget.begin(r.layout, records, _workspaces(r, known, records, now), now)
         for e in batch:
             done.add(e.id)
-            r.removed(did, "jobs", e.id, f"{e.why} ({e.state} {e.finished_at})")
+            r.removed(did, "jobs", e.id, f"{e.why} (finished {e.finished_at})")
         gone += batch
     return gone
 
@@ -297,8 +299,13 @@ def one_pass(r: Reaper) -> Counter[str]:
         _guarded(r, "workspaces", lambda: reap_workspaces(r, known, now, did))
         _guarded(r, "job folders", lambda: reap_job_folders(r, known, now, did))
         _guarded(r, "mirrors", lambda: reap_mirrors(r, known, now, did))
+        _guarded(r, "locks", lambda: asks.ask_locks(
+            r.layout, known, now, r.cfg.reaper.grace, asks.count(did, r.removed)))
         _guarded(r, "retention", lambda: forget_expired(
             r, view, known, now, did, older_than=r.cfg.retention.jobs))
+    _guarded(r, "callbacks", lambda: asks.ask_callbacks(
+        r.layout, now, r.cfg.retention.callbacks, r.cfg.reaper.grace,
+        asks.count(did, r.removed)))
     _guarded(r, "replies", lambda: _prune_replies(r, now))
     _guarded(r, "state", lambda: _record(r, did))
     return did
@@ -356,7 +363,7 @@ def clean(r: Reaper, req: dict[str, Any]) -> None:
     ensure_dir(r.layout.reaper_replies)
     write_record(REPLY, reply, {
         "id": req["id"], "ok": True, "message": f"{len(gone)} job(s) forgotten",
-        "result": [{"id": e.id, "state": e.state, "finished_at": e.finished_at}
+        "result": [{"id": e.id, "state": e.state, "finished_at": e.finished_at, "why": e.why}
                    for e in gone]})
 
 

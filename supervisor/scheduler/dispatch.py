@@ -100,8 +100,9 @@ class Jobs:
     active: set[str] = field(default_factory=set)       # starting/running job ids
     warned: dict[str, float] = field(default_factory=dict)   # id -> last stale warning
     batches: BatchIndex = field(default_factory=BatchIndex)  # cache for batch events
-    #: Workspaces being cloned off the loop: job id -> the clone's future (see _do_launch).
-    preparing: dict[str, Future[None]] = field(default_factory=dict)
+    #: Workspaces being cloned off the loop: job id -> the clone's future, which gives the
+    #: job's repositories with their bases for the spec (see _do_launch).
+    preparing: dict[str, Future[list[dict[str, Any]]]] = field(default_factory=dict)
     #: Wakes the scheduler's loop (its Watcher's wake, set by serve): a finished clone is
     #: launched at once, not at the next tick.
     wake: Callable[[], None] = lambda: None
@@ -296,11 +297,13 @@ def _do_update(j: Jobs, job: _Job, action: lc.Update, batch: _Batch) -> None:
     batch.updates.append((job.id, dict(action.fields)))
 
 
-def _clone(j: Jobs, entry: dict[str, Any], known: dict[str, Any]) -> None:
-    """Fetch the mirrors and clone the workspace (the job holds its repositories' locks).
+def _clone(j: Jobs, entry: dict[str, Any], known: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fetch the mirrors and clone the workspace (the job holds its repositories' locks);
+    the job's repositories with the commit each clone is at (`base`, for the spec).
     Runs on a `prepare` thread: it touches only the job's workspace and the mirrors."""
-    _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
-                                mirrors_dir=j.layout.mirrors_dir)
+    ws = _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
+                                     mirrors_dir=j.layout.mirrors_dir)
+    return _jobfiles.workspace_repos(j.layout, entry, ws, known)
 
 
 def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
@@ -349,7 +352,7 @@ def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:
     known = _repositories(j)
     if not exclusive_for(job.entry, known):
         _release(j, job.id, "workspace cloned")
-    _launch_now(j, job, bool(job.entry.get("attempts", 1) > 1), batch)
+    _launch_now(j, job, bool(job.entry.get("attempts", 1) > 1), batch, future.result())
 
 
 def _launch_failed(j: Jobs, job: _Job, exc: BaseException, batch: _Batch) -> None:
@@ -359,9 +362,10 @@ def _launch_failed(j: Jobs, job: _Job, exc: BaseException, batch: _Batch) -> Non
     _execute(j, job, d, batch)
 
 
-def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch) -> None:
+def _launch_now(j: Jobs, job: _Job, relaunch: bool, batch: _Batch,
+                repos: list[dict[str, Any]] | None = None) -> None:
     try:
-        _jobfiles.write_spec(j.layout, j.cfg, job.entry)
+        _jobfiles.write_spec(j.layout, j.cfg, job.entry, repos)
         launched = j.launcher(j.layout.job_dir(job.id), j.cfg.launcher)
     except (_jobfiles.PrepareError, LaunchError, OSError) as exc:
         _launch_failed(j, job, exc, batch)

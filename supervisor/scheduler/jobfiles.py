@@ -1,8 +1,10 @@
 """The scheduler's side of the job files: observe a job, write its spec and workspace, kill it.
 
 observe() reads a job's sentinel, result and lock as a reader; write_spec() and
-prepare_workspace() write the spec and the workspace before a launch. Their crash
-behaviour and the lock probe are in docs/JOBS.md and docs/JOBFILES.md.
+prepare_workspace() write the spec and the workspace before a launch; workspace_repos()
+records each repository's `base` (the commit its clone is at) for the spec, so it is
+durable before the agent starts. Their crash behaviour and the lock probe are in
+docs/JOBS.md and docs/JOBFILES.md.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from supervisor.state.clock import parse_iso
 from supervisor.state.flock import LockProbe, probe_lock
 from supervisor.state.fs import REAL
 from supervisor.state.git import GitError, run_git
-from supervisor.state.jobs import job_idle_timeout, job_timeout
+from supervisor.state.jobs import job_idle_timeout, job_timeout, push_branch
 from supervisor.state.layout import (
     JOB_SPEC,
     RESULT,
@@ -43,6 +45,7 @@ __all__ = [
     "observe",
     "prepare_workspace",
     "workspace_path",
+    "workspace_repos",
     "write_spec",
 ]
 
@@ -124,8 +127,11 @@ def workspace_path(cfg: Config, entry: Mapping[str, Any]) -> Path:
     return Path(given) if isinstance(given, str) and given else cfg.workspace_dir / str(entry["id"])
 
 
-def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The JOB_SPEC body for a queue entry (docs/JOBFILES.md); PrepareError for an unknown agent."""
+def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any],
+               repos: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JOB_SPEC body for a queue entry (docs/JOBFILES.md); PrepareError for an unknown
+    agent. `repos`: the job's repositories as workspace_repos() found them (name, path,
+    url, base), whose changes the adaptor collects when the agent exits."""
     job_id = str(entry["id"])
     name = str(entry.get("agent"))
     agent = cfg.agents.get(name)
@@ -154,12 +160,19 @@ def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> dict[st
         "resume_of": resume_of if isinstance(resume_of, str) else None,
         "idle_timeout": job_idle_timeout(cfg, entry),
         "output_max_bytes": cfg.jobs.output_max_bytes,
+        "created_at": entry.get("created_at") if isinstance(entry.get("created_at"), str)
+        else None,
+        "repos": list(repos or []),
+        "push": push_branch(entry),
+        "retry_of": entry.get("retry_of") if isinstance(entry.get("retry_of"), str) else None,
+        "git": {"author_name": cfg.git.author_name, "author_email": cfg.git.author_email},
     }
 
 
-def write_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any]) -> Path:
+def write_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any],
+               repos: list[dict[str, Any]] | None = None) -> Path:
     """Write jobs/<id>/spec.json (atomically, durably) for the adaptor; return its path."""
-    spec = build_spec(layout, cfg, entry)
+    spec = build_spec(layout, cfg, entry, repos)
     ensure_dir(layout.job_dir(spec["id"]))
     path = layout.job_spec(spec["id"])
     write_record(JOB_SPEC, path, spec)
@@ -265,6 +278,57 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
         raise
     REAL.fsync_dir(str(ws.parent))
     return ws
+
+
+#: Seconds `git rev-parse HEAD` of a fresh clone may take.
+_REV_PARSE_TIMEOUT = 60.0
+
+
+def _head(path: Path) -> str | None:
+    """The commit checked out at `path` (`git rev-parse HEAD`), None when it has none (an
+    empty repository) or cannot be read. GIT_DIR is given, so git neither looks above the
+    folder nor refuses a workspace another account (an agent's `user`) owns."""
+    try:
+        out = run_git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+                      timeout=_REV_PARSE_TIMEOUT, what=f"git rev-parse HEAD in {path}",
+                      env={"GIT_DIR": str(path / ".git"), "GIT_WORK_TREE": str(path)})
+    except GitError:
+        return None
+    return out.strip() or None
+
+
+def _recorded_bases(layout: Layout, job_id: str) -> dict[str, str | None] | None:
+    """The bases job `job_id`'s spec recorded, by repository; None without a usable spec."""
+    got = read_record(JOB_SPEC, layout.job_spec(job_id), owner=False)
+    if not isinstance(got, dict) or not isinstance(got.get("repos"), list):
+        return None
+    return {str(r.get("name")): r.get("base") if isinstance(r.get("base"), str) else None
+            for r in got["repos"] if isinstance(r, dict)}
+
+
+def workspace_repos(layout: Layout, entry: Mapping[str, Any], ws: Path,
+                    known: Mapping[str, RepoConfig]) -> list[dict[str, Any]]:
+    """The job's repositories as its spec names them: {name, path (the clone in the
+    workspace), url (where a push goes), base}. `base` is the commit the clone is at, read
+    right after the clone (before any agent ran: the spec that carries it is written,
+    durably, before the launch); a relaunch keeps the bases its first spec recorded. A job
+    resuming another's session (`resume_of`) runs in that job's workspace, so its base is
+    that job's recorded base (its changes then count from the clone, the whole session's);
+    the workspace's HEAD if that spec is gone.
+    Runs git: called on a `prepare` thread, off the scheduler's loop."""
+    names = [str(r) for r in entry.get("repos") or []]
+    resumed = entry.get("resume_of")
+    inherited = _recorded_bases(layout, str(entry["id"]))    # a relaunch: the first clone's
+    if inherited is None and isinstance(resumed, str):
+        inherited = _recorded_bases(layout, resumed)
+    out = []
+    for name in names:
+        path = ws if len(names) == 1 else ws / name
+        repo = known.get(name)
+        base = inherited[name] if inherited is not None and name in inherited else _head(path)
+        out.append({"name": name, "path": str(path),
+                    "url": repo.url if repo is not None else None, "base": base})
+    return out
 
 
 # --------------------------------------------------------------------------- kill

@@ -21,6 +21,7 @@ from supervisor.state.layout import Layout
 from supervisor.state.queue import TERMINAL_STATES, USAGE_KINDS, usage_counter, usage_counter_parts
 
 __all__ = [
+    "CHANGES_KEYS",
     "IDLE_REASON",
     "JOB_ID_RE",
     "RECORD_FIELDS",
@@ -29,10 +30,12 @@ __all__ = [
     "USAGE_KEYS",
     "batch_record",
     "cancel_request",
+    "changes_of",
     "job_idle_timeout",
     "job_record",
     "job_timeout",
     "new_job_id",
+    "push_branch",
     "result_reason",
     "result_state",
     "retry_spec",
@@ -52,15 +55,22 @@ RECORD_FIELDS: tuple[str, ...] = (
     "exit_code", "reason", "attempts", "pid", "workspace", "output_path",
     "callback", "timeout", "exclusive", "idle_timeout", "session_id", "usage", "resume_of",
     "after", "after_any", "priority", "not_before", "labels", "retry_of", "retries",
+    "push", "changes",
 )
 
 #: Keys a submission (a `--from` JSONL line, or the flags of `submit`) may carry.
 SUBMIT_KEYS: frozenset[str] = frozenset(
     {"agent", "prompt", "repos", "callback", "timeout", "batch", "id", "exclusive", "resume",
-     "idle_timeout", "after", "after_any", "priority", "not_before", "labels", "retries"})
+     "idle_timeout", "after", "after_any", "priority", "not_before", "labels", "retries",
+     "push"})
 
 #: The keys of a job's `usage` (CONTRACT.md), each null when the agent does not report it.
 USAGE_KEYS: tuple[str, ...] = ("input_tokens", "output_tokens", "cost_usd", "turns")
+
+#: The keys of one repository's entry in a job's `changes` (CONTRACT.md, "Results"), and
+#: `commits` (how many commits the job added on top of `base`).
+CHANGES_KEYS: tuple[str, ...] = ("base", "head", "files", "insertions", "deletions", "branch",
+                                 "commits")
 
 
 def batch_record(batch: str, states: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -124,9 +134,44 @@ def job_record(entry: dict[str, Any], layout: Layout) -> dict[str, Any]:
     rec["priority"] = int(entry.get("priority") or 0)
     rec["labels"] = dict(entry.get("labels") or {})
     rec["retries"] = int(entry.get("retries") or 0)
+    rec["push"] = push_branch(entry)
+    rec["changes"] = changes_of(entry.get("changes"))
     if rec["state"] not in ("starting", "running"):
         rec["pid"] = None
     return rec
+
+
+def push_branch(entry: Mapping[str, Any]) -> str | None:
+    """The branch a job pushes its changes to: its own (`--push BRANCH`), `batchd/<id>` for
+    a bare `--push` (stored as true), None when it does not push."""
+    push = entry.get("push")
+    if isinstance(push, str) and push:
+        return push
+    if push is True:
+        return f"batchd/{entry['id']}"
+    return None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def changes_of(value: object) -> dict[str, dict[str, Any]] | None:
+    """A job's `changes` as records show it: per repository name, the CHANGES_KEYS (each
+    null when not known); {} for a finished job without repositories; None when nothing
+    was collected (the job has not ended, or ended without its adaptor's result)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for name, repo in value.items():
+        if not isinstance(name, str) or not isinstance(repo, dict):
+            continue
+        out[name] = {"base": _text(repo.get("base")), "head": _text(repo.get("head")),
+                     "files": _count(repo.get("files")),
+                     "insertions": _count(repo.get("insertions")),
+                     "deletions": _count(repo.get("deletions")),
+                     "branch": _text(repo.get("branch")), "commits": _count(repo.get("commits"))}
+    return out
 
 
 def _count(value: object) -> int | None:
@@ -200,7 +245,8 @@ def job_idle_timeout(cfg: Config, entry: Mapping[str, Any]) -> float | None:
 
 #: What a retry takes over from the job it retries (the rest is the queue's, or new).
 RETRY_KEYS: tuple[str, ...] = ("agent", "prompt", "repos", "callback", "timeout", "batch",
-                               "exclusive", "idle_timeout", "priority", "labels", "retries")
+                               "exclusive", "idle_timeout", "priority", "labels", "retries",
+                               "push")
 
 
 def retry_spec(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -264,7 +310,8 @@ def _secs(value: float | None) -> str:
 def settled_fields(entry: Mapping[str, Any], result: Mapping[str, Any],
                    timeout: float | None, now: str) -> dict[str, Any]:
     """The terminal fields recorded for a job whose adaptor wrote `result`: state,
-    finished_at, exit_code, reason, signal, session_id, usage (and started_at if unknown).
+    finished_at, exit_code, reason, signal, session_id, usage, changes (and started_at if
+    unknown).
     `now` (ISO) is the finish time when the result does not say.
 
     The agent's own verdict is in the result: an agent that reported an error (even with
@@ -284,6 +331,7 @@ def settled_fields(entry: Mapping[str, Any], result: Mapping[str, Any],
         "signal": result.get("signal"),
         "session_id": result.get("session_id"),
         "usage": usage_of(result.get("usage")),
+        "changes": changes_of(result.get("changes")),
     }
     if state == "timed_out" and result.get("reason") == IDLE_REASON:
         fields["reason"] = IDLE_REASON

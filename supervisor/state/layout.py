@@ -30,8 +30,10 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       history/YYYY-MM.jsonl.gz    reaper   the archive: forgotten jobs' records, appended as
                                            gzip members (supervisor.state.archive)
       jobs/<id>/                  adaptor  prompt, output, events.jsonl, sentinel.json, result.json,
-                                           adaptor.log (launcher-opened, adaptor-written),
-                                           adaptor.lock (flock held by the live adaptor)
+                                           changes.patch and changes.json (what the job changed,
+                                           written before result.json), adaptor.log
+                                           (launcher-opened, adaptor-written), adaptor.lock
+                                           (flock held by the live adaptor); spec.json: scheduler
       workspaces/<id>/            scheduler (created), the job (contents)
 """
 
@@ -50,6 +52,7 @@ from supervisor.state.fs import FS, REAL
 
 __all__ = [
     "AGENT_VERSIONS",
+    "CHANGES",
     "CONTROL",
     "DELIVERY",
     "FORGETTING",
@@ -57,6 +60,7 @@ __all__ = [
     "LOCK_WANTS",
     "PAUSED",
     "PID",
+    "PRUNED",
     "READY",
     "REAPED_KINDS",
     "REPLY",
@@ -117,6 +121,10 @@ JOB_SPEC = RecordKind("batchd.job_spec", 1, ("id", "adaptor", "prompt", "workspa
 SENTINEL = RecordKind("batchd.sentinel", 1, ("id", "pid", "start", "heartbeat_at"))
 #: The adaptor's last word (`jobs/<id>/result.json`), written once, atomically, on exit.
 RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
+#: What a job changed (`jobs/<id>/changes.json`), written once by the adaptor after the agent
+#: exited, after changes.patch and before result.json: per repository its base, head,
+#: commits, files (each path's status, modes, line counts) and the push (adaptors._changes).
+CHANGES = RecordKind("batchd.changes", 1, ("id", "repos", "patch"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.
 REPOS = RecordKind("batchd.repos", 1, ("repos",))
@@ -129,11 +137,19 @@ PAUSED = RecordKind("batchd.paused", 1, ("paused",))
 FORGETTING = RecordKind("batchd.forgetting", 1, ("ids", "sizes", "archived"))
 #: What the reaper removes and counts, by kind (`reaper/state.json`: `removed` in the last
 #: pass, `totals` since the record began; `batchctl stats` shows the totals as `reaped`).
+#: `locks` and `callbacks` are removals the reaper asked of their owners (the locks worker,
+#: the callbacks worker), which check again before they remove.
 REAPED_KINDS = ("tmp", "corrupted", "processes", "workspaces", "job_folders", "jobs",
-                "mirrors")
+                "mirrors", "locks", "callbacks")
 #: One webhook delivery (`callbacks/outbox/<event id>.json` while pending or in flight,
 #: `callbacks/done/<event id>.json` once delivered or failed), owned by callbacks.
 DELIVERY = RecordKind("batchd.delivery", 1, ("id", "url"))
+#: Settled deliveries the callbacks worker removed past retention.callbacks
+#: (`callbacks/pruned.json`, owned by callbacks): how many of each outcome, so the
+#: counters outlive the records, and `step`, the ids of the last removal (written before
+#: their files go: a reader does not count those files twice; a crash in it is finished
+#: by the next removal or the next start).
+PRUNED = RecordKind("batchd.callbacks_pruned", 1, ("delivered", "failed", "step"))
 #: API tokens (`api.tokens_file`, default `api/tokens`), written only by batchctl:
 #: {tokens: {name: {sha256, scope, created_at}}} (state.tokens).
 TOKENS = RecordKind("batchd.tokens", 1, ("tokens",))
@@ -211,6 +227,11 @@ class JobPaths:
     def patch(self) -> Path:
         """The job's changes as one binary-safe patch (`diff JOB`), when results exist."""
         return self.dir / "changes.patch"
+
+    @property
+    def changes(self) -> Path:
+        """What the job changed, per repository (CHANGES), written with the patch."""
+        return self.dir / "changes.json"
 
     @property
     def lock(self) -> Path:
@@ -355,6 +376,11 @@ class Layout:
         """Webhook deliveries that are settled: delivered and failed (never read at start)."""
         return self.root / "callbacks" / "done"
 
+    @property
+    def callbacks_pruned(self) -> Path:
+        """How many settled deliveries were removed past retention.callbacks (PRUNED)."""
+        return self.root / "callbacks" / "pruned.json"
+
     # -- jobs ------------------------------------------------------------------
     @property
     def jobs_dir(self) -> Path:
@@ -392,6 +418,9 @@ class Layout:
 
     def job_patch(self, job_id: str) -> Path:
         return self.job(job_id).patch
+
+    def job_changes(self, job_id: str) -> Path:
+        return self.job(job_id).changes
 
     def job_adaptor_log(self, job_id: str) -> Path:
         return self.job(job_id).adaptor_log

@@ -8,6 +8,7 @@ wants, kept in pages) are in docs/LOCKS.md; state.lockfiles reads and writes the
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from supervisor.state.jobs import JOB_ID_RE, valid_job_id
 __all__ = [
     "ACQUIRE",
     "GRANTED",
+    "REAP",
     "RELEASE",
     "Lock",
     "Table",
@@ -32,6 +34,7 @@ __all__ = [
     "granted_hint",
     "held_record",
     "page_record",
+    "reap_request",
     "release",
     "release_request",
     "to_record",
@@ -42,6 +45,7 @@ __all__ = [
 #: Request kinds: into locks/inbox (acquire, release) and scheduler/inbox (the grant hint).
 ACQUIRE = "acquire"
 RELEASE = "release"
+REAP = "reap"
 GRANTED = "lock_granted"
 
 
@@ -347,6 +351,15 @@ def acquire_request(job: str, repos: Iterable[str], *, exclusive: bool, seq: int
 def release_request(job: str, *, created_at: str) -> dict[str, Any]:
     """The REQUEST body freeing everything `job` holds or waits for (id release-<job>)."""
     return {"id": f"release-{job}", "kind": RELEASE, "job": job, "created_at": created_at}
+
+
+def reap_request(jobs: Iterable[str], *, created_at: str) -> dict[str, Any]:
+    """The REQUEST body by which the reaper asks the locks worker to free what `jobs`
+    hold or wait for, each only if the job queue says it is finished or unknown (id from
+    the jobs: asking again before the worker took it rewrites the same file)."""
+    names = sorted(jobs)
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    return {"id": f"reap-{digest}", "kind": REAP, "jobs": names, "created_at": created_at}
 
 
 def granted_hint(job: str, *, created_at: str) -> dict[str, Any]:

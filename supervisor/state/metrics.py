@@ -47,6 +47,7 @@ from supervisor.state.documents import deliveries
 from supervisor.state.layout import Layout
 from supervisor.state.queue import COUNTERS, JOB_STATES, TERMINAL_STATES
 from supervisor.state.view import Unreadable, batchd_pid, open_view, read_workers
+from supervisor.state.webhook import read_pruned
 
 __all__ = ["BUCKETS", "CONTENT_TYPE", "Metrics", "write_textfile"]
 
@@ -227,9 +228,14 @@ class Metrics:
             rows = deliveries(self.layout)
         except Unreadable:
             rows = []
-        by: dict[str, int] = {}
+        # records removed past retention.callbacks are counted in callbacks/pruned.json;
+        # those its last step names may still be on disk: counted there, not twice
+        pruned, _ = read_pruned(self.layout.callbacks_pruned, owner=False)
+        step = set(pruned["step"])
+        by: dict[str, int] = {k: pruned[k] for k in ("delivered", "failed")}
         for r in rows:
-            by[str(r["state"])] = by.get(str(r["state"]), 0) + 1
+            if r["id"] not in step:
+                by[str(r["state"])] = by.get(str(r["state"]), 0) + 1
         total = CounterMetricFamily("batchd_callbacks", "webhook deliveries that ended",
                                     labels=["outcome"])
         for outcome in ("delivered", "failed"):

@@ -54,6 +54,7 @@ __all__ = [
     "all_repositories",
     "default_branch",
     "head_branch",
+    "push_refusal",
     "read_registry",
     "registered",
     "registry_lock",
@@ -112,6 +113,23 @@ def default_branch(url: str, *, timeout: float = LS_REMOTE_TIMEOUT) -> str:
 
 
 # --------------------------------------------------------------------------- registry
+
+
+def push_refusal(url: str) -> str | None:
+    """Why `submit --push` cannot push to a repository at `url`, when the URL alone tells
+    (None: it may; the push itself then says): the git protocol (`git://`, which git daemon
+    serves read-only: it has no authentication, so receive-pack is off unless enabled by
+    hand), or a local repository (a path or file:// URL) this process may not write."""
+    if url.lower().startswith("git://"):
+        return f"its URL {url} uses the read-only git protocol (git:// accepts no push)"
+    path = url[len("file://"):] if url.lower().startswith("file://") else url
+    if os.path.isabs(path) and os.path.isdir(path):
+        objects = os.path.join(path, "objects")
+        target = objects if os.path.isdir(objects) else os.path.join(path, ".git")
+        if not os.access(path, os.W_OK) or (os.path.isdir(target)
+                                             and not os.access(target, os.W_OK)):
+            return f"its repository {path} is read-only (not writable)"
+    return None
 
 
 def _validate(obj: Any) -> str | None:

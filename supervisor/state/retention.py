@@ -24,7 +24,7 @@ from supervisor.state.clock import parse_iso
 from supervisor.state.queue import TERMINAL_STATES
 from supervisor.state.view import JobView
 
-__all__ = ["PREP", "TRASH", "Age", "Expired", "Known", "corrupted_at", "expired",
+__all__ = ["PREP", "TRASH", "Age", "Expired", "Known", "ago", "corrupted_at", "expired",
            "folder_verdict", "process_verdict", "workspace_verdict"]
 
 #: A folder being removed (renamed first, so a crash halfway is finished by the next pass).
@@ -193,6 +193,17 @@ class Expired:
     why: str
 
 
+def ago(seconds: float) -> str:
+    """A span as an operator reads it: `45s`, `12m 5s`, `3h 20m`, `31d 4h`."""
+    s = max(0, int(seconds))
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
+                                     ("m", 60, "s", 1)):
+        if s >= size:
+            rest = (s % size) // subsize
+            return f"{s // size}{unit}" + (f" {rest}{sub}" if rest else "")
+    return f"{s}s"
+
+
 def _finished(entry: Mapping[str, Any]) -> float | None:
     return parse_iso(entry.get("finished_at")) or parse_iso(entry.get("created_at"))
 
@@ -213,7 +224,8 @@ def expired(known: Known, now: float, older_than: float | None, *,
         if ended is None or now - ended < older_than:
             continue
         entry = known.entry(job_id) or {}
-        out.append(Expired(job_id, state, entry.get("finished_at"), why))
+        out.append(Expired(job_id, state, entry.get("finished_at"),
+                           f"{why}: {state} {ago(now - ended)} ago"))
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -229,8 +241,8 @@ def workspace_verdict(name: str, path: str, age: Age, known: Known, now: float, 
     if path.rstrip("/") in known.live_workspaces:
         return None
     job_id = name[len(PREP):] if name.startswith(PREP) else name
-    if known.live(job_id) or job_id in known.resumed_by_live:
-        return None
+    if known.live(job_id) or (job_id in known.resumed_by_live and not name.startswith(PREP)):
+        return None                  # a finished job's half-made `.prep.` is no one's
     later = known.resumed_ends.get(path.rstrip("/"))
     if later is not None and (keep is None or now - later < keep):
         return None                  # a later job resumed in it (its first owner may be gone)

@@ -51,17 +51,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from supervisor.config import DIRECTORY_SESSIONS, Config, parse_duration
+from supervisor.config import DIRECTORY_SESSIONS, Config, check_branch, parse_duration
 from supervisor.state import disk
 from supervisor.state.agentbin import refusal
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import exclusive
+from supervisor.state.git import branch_refusal
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
 from supervisor.state.queue import TERMINAL_STATES
 from supervisor.state.queuefollow import QueueIds
-from supervisor.state.repos import all_repositories
+from supervisor.state.repos import all_repositories, push_refusal
 from supervisor.state.view import JobView, Unreadable, open_view, read_pending
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "accept",
     "accept_many",
     "assign_ids",
+    "check_push",
     "check_request",
     "decode_json",
     "known",
@@ -96,6 +98,8 @@ class Known:
     repos: frozenset[str]
     ids: frozenset[str]
     refused: tuple[tuple[str, str], ...] = ()
+    #: Repositories `push` cannot push to, and why (state.repos.push_refusal).
+    unpushable: tuple[tuple[str, str], ...] = ()
 
 
 class JobError(Exception):
@@ -190,6 +194,32 @@ class Checker:
             if name == agent:
                 raise JobError(f"agent {agent!r} {why}")
 
+    def _push(self, push: object, job_id: str | None, repos: list[str], *,
+              resumed: bool, stored: bool) -> bool | str | None:
+        """The `push` key: true (to `batchd/<id>`), a branch name, or false/null (no push);
+        JobError for a branch git refuses, a job without repositories, or a repository
+        whose URL takes no push (check_push)."""
+        if push is None or push is False:
+            return None
+        _expect("push", push, (bool, str), "true, false or a branch name")
+        if isinstance(push, str):
+            try:
+                check_branch(push)
+            except ValueError as exc:
+                raise JobError(f"push: {exc}") from None
+            if not stored and (why := branch_refusal(push)) is not None:
+                raise JobError(f"push: {why}")
+        elif job_id is not None:
+            try:
+                check_branch(f"batchd/{job_id}")
+            except ValueError:
+                raise JobError(f"push: the default branch batchd/{job_id} is not a valid git "
+                               "branch name (git check-ref-format refuses it); name one "
+                               "(--push BRANCH)") from None
+        if not resumed:
+            check_push(repos, self.known.unpushable if self.known is not None else ())
+        return push if isinstance(push, str) else True
+
     def check(self, obj: object, *, stored: bool = False) -> dict[str, Any]:
         """The normalized job (id None when not given), or JobError naming the first problem.
 
@@ -264,6 +294,11 @@ class Checker:
                "exclusive": exclusive, "idle_timeout": idle}
         if resume is not None:
             job["resume"] = resume
+        push = self._push(obj.get("push"), job_id, repos, stored=stored,
+                          resumed=resume is not None or
+                          (stored and obj.get("resume_of") is not None))
+        if push is not None:
+            job["push"] = push
         job.update(_job_control(obj, job_id))
         if stored:
             created = obj.get("created_at")
@@ -277,6 +312,22 @@ class Checker:
                 job["retry_of"] = retry_of
             job.update(_stored_resume(obj))
         return job
+
+
+def check_push(repos: list[str], unpushable: tuple[tuple[str, str], ...]) -> None:
+    """JobError when a job that pushes (`push`) has no repository, or names one whose URL
+    takes no push (Known.unpushable)."""
+    if not repos:
+        raise JobError("push needs a repository to push to (give repos, --repo R)")
+    for name, why in unpushable:
+        if name in repos:
+            raise JobError(f"push: repository {name!r} cannot be pushed to: {why}")
+
+
+def _unpushable(repos: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(name, why) for each repository whose URL takes no push (state.repos.push_refusal)."""
+    return tuple((name, why) for name, repo in sorted(repos.items())
+                 if (why := push_refusal(repo.url)) is not None)
 
 
 def _stored_resume(obj: dict[str, Any]) -> dict[str, Any]:
@@ -518,8 +569,9 @@ def known(cfg: Config, layout: Layout) -> Known:
     """What a submission to this state dir is checked against (ids in use: see accept)."""
     refused = tuple((name, why) for name, agent in sorted(cfg.agents.items())
                     if (why := refusal(agent)) is not None)
-    return Known(agents=frozenset(cfg.agents), repos=known_repos(cfg, layout),
-                 ids=frozenset(), refused=refused)
+    repos = all_repositories(cfg, layout)
+    return Known(agents=frozenset(cfg.agents), repos=frozenset(repos), ids=frozenset(),
+                 refused=refused, unpushable=_unpushable(repos))
 
 
 def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
@@ -622,6 +674,8 @@ def resolve_resumes(cfg: Config, view: JobView, jobs: list[dict[str, Any]],
             continue
         try:
             job.update(_resume_of(cfg, view, str(target), job.get("agent")))
+            if job.get("push") is not None:
+                check_push(job["repos"], _unpushable(all_repositories(cfg, view.layout)))
         except JobError as exc:
             where = "" if source is None else f"{source[0]}:{_line_of(source[1], index)}: "
             raise JobError(f"{where}{exc}") from None

@@ -57,6 +57,7 @@ __all__ = [
     "QueueReader",
     "Unreadable",
     "batchd_pid",
+    "collected_patch",
     "follow_queue",
     "open_queue",
     "open_view",
@@ -85,6 +86,14 @@ def _why(exc: OSError) -> str:
 def batchd_pid(layout: Layout) -> int | None:
     """The pid of the running batchd (it holds the lock), or None; never takes the lock."""
     return probe(layout)
+
+
+def collected_patch(layout: Layout, job_id: str) -> Path | None:
+    """The job's changes.patch when its collection finished (changes.json, written after
+    the patch, exists); None otherwise: not collected yet, no repositories, or an adaptor
+    killed between the two files (docs/STATE.md), whose lone patch is never shown."""
+    paths = layout.job(job_id)
+    return paths.patch if paths.changes.exists() and paths.patch.exists() else None
 
 
 def read_workers(layout: Layout) -> list[dict[str, Any]]:

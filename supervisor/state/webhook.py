@@ -7,6 +7,7 @@ the retry schedule are in docs/CALLBACKS.md.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import math
 import os
 import re
@@ -19,10 +20,17 @@ from pathlib import Path
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
-from supervisor.state.atomic import CORRUPT_MARK, Corrupt, is_tmp_name
+from supervisor.state.atomic import CORRUPT_MARK, Corrupt, Missing, is_tmp_name, quarantine
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.fs import FS, REAL
-from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, send_request
+from supervisor.state.layout import (
+    DELIVERY,
+    PRUNED,
+    REQUEST,
+    Layout,
+    read_record,
+    send_request,
+)
 from supervisor.state.machine import Row, Table
 
 __all__ = [
@@ -62,6 +70,8 @@ __all__ = [
     "next_delay",
     "operator_retry",
     "postponed",
+    "prune_request",
+    "read_pruned",
     "retry_after_delay",
     "retry_request",
     "transition",
@@ -212,6 +222,39 @@ def retry_request(event_id: str, *, now: float | None = None) -> dict[str, Any]:
     """The REQUEST (kind "retry") asking the worker to try `event_id` again, now."""
     return {"id": f"retry-{event_id}-{secrets.token_hex(4)}", "kind": "retry",
             "event_id": event_id, "created_at": iso_now(now)}
+
+
+def prune_request(event_ids: Sequence[str], older_than: float, *,
+                  now: float | None = None) -> dict[str, Any]:
+    """The REQUEST (kind "prune") by which the reaper asks the worker to remove these
+    settled deliveries, each only if it is still settled and `older_than` seconds past its
+    last change. Its id follows from the ids, so asking again before the worker took the
+    first request rewrites the same file."""
+    digest = hashlib.sha256("\n".join(event_ids).encode()).hexdigest()[:16]
+    return {"id": f"prune-{digest}", "kind": "prune", "event_ids": list(event_ids),
+            "older_than": older_than, "created_at": iso_now(now)}
+
+
+def read_pruned(path: Path, *, owner: bool, fs: FS = REAL
+                ) -> tuple[dict[str, Any], Corrupt | None]:
+    """`callbacks/pruned.json` (Layout.callbacks_pruned): ({delivered, failed, step},
+    None); zeros and an empty step when it was never written; zeros and the Corrupt when
+    it cannot be read (moved aside when `owner`: the counts of removed records then
+    restart from 0)."""
+    zero: dict[str, Any] = {"delivered": 0, "failed": 0, "step": []}
+    rec = read_record(PRUNED, path, owner=owner, fs=fs)
+    if isinstance(rec, Missing):
+        return zero, None
+    if isinstance(rec, Corrupt):
+        return zero, rec
+    counts = [rec.get(k) for k in ("delivered", "failed")]
+    step = rec.get("step")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) \
+            or not isinstance(step, list) or not all(valid_event_id(i) for i in step):
+        bad = Corrupt(str(path), quarantine(path, fs=fs) if owner else None,
+                      "counts must be integers >= 0 and step a list of event ids")
+        return zero, bad
+    return {"delivered": counts[0], "failed": counts[1], "step": list(step)}, None
 
 
 def drop_request(layout: Layout, request: Mapping[str, Any], *, fs: FS = REAL) -> Path:

@@ -39,3 +39,30 @@ def test_bad_spec_fields_are_named(field: str, value: object, message: str) -> N
     with pytest.raises(SpecError) as caught:
         parse_spec({**MINIMAL, field: value}, JOB)
     assert message == str(caught.value)
+
+
+def test_results_fields_are_read_with_their_defaults() -> None:
+    """repos (name, path, url, base), push, the git author and created_at; without them:
+    no repositories, no push, batchd <batchd@localhost>."""
+    spec = parse_spec(MINIMAL, JOB)
+    assert ((), None, ("batchd", "batchd@localhost"), None) == (
+        spec.repos, spec.push, spec.author, spec.created_at)
+    spec = parse_spec({**MINIMAL, "push": "batchd/j1", "created_at": "2027-01-01T00:00:00Z",
+                       "git": {"author_name": "Bot", "author_email": "b@x"},
+                       "repos": [{"name": "app", "path": "/ws", "url": "/srv/app.git",
+                                  "base": "a" * 40}]}, JOB)
+    assert ("batchd/j1", ("Bot", "b@x"), "app", "a" * 40) == (
+        spec.push, spec.author, spec.repos[0].name, spec.repos[0].base)
+
+
+@pytest.mark.parametrize(("repos", "message"), [
+    ("app", "repos: expected a list"),
+    (["app"], "repos[0]: expected an object"),
+    ([{"name": "app", "path": "ws"}], "repos[0].path: expected an absolute path, found 'ws'"),
+    ([{"name": "app", "path": "/ws", "base": "HEAD"}], "repos[0].base: not a commit id: 'HEAD'"),
+])
+def test_bad_repos_are_named(repos: object, message: str) -> None:
+    """A malformed repository entry of the spec names its index and key."""
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**MINIMAL, "repos": repos}, JOB)
+    assert message == str(caught.value)

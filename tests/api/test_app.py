@@ -180,6 +180,8 @@ def test_post_many_jobs_is_all_or_nothing(env: Env) -> None:
     (b'{"agent": "shell", "prompt": "x", "timeout": "soon"}', 422, "invalid", "timeout"),
     (b'{"agent": "shell", "prompt": "x", "repos": ["nowhere"]}', 422, "invalid",
      "unknown repository"),
+    (b'{"agent": "shell", "prompt": "x", "push": true}', 422, "invalid",
+     "push needs a repository"),
     (b'{"jobs": []}', 422, "invalid", "non-empty"),
     (b'{"jobs": [{"agent": "shell", "prompt": "a", "id": "d"}, '
      b'{"agent": "shell", "prompt": "b", "id": "d"}]}', 422, "invalid", "duplicate job id"),
@@ -323,7 +325,8 @@ def test_output_reads_bytes_from_an_offset(env: Env) -> None:
 
 
 def test_diff_is_the_patch_or_empty(env: Env) -> None:
-    """GET diff: the job's patch file as it is, empty when the job changed nothing."""
+    """GET diff: the job's patch file as it is, empty when the job changed nothing; a patch
+    whose changes.json is not there (an adaptor killed between the two) is not shown."""
     _, body = env.client("submit").json("POST", "/v1/jobs", {"agent": "shell", "prompt": "x"})
     [job_id] = body["ids"]
     c = env.client("read")
@@ -331,6 +334,8 @@ def test_diff_is_the_patch_or_empty(env: Env) -> None:
     patch = env.layout.job_patch(job_id)
     patch.parent.mkdir(parents=True, exist_ok=True)
     patch.write_bytes(b"diff --git a/x b/x\n")
+    assert (200, b"") == c.request("GET", f"/v1/jobs/{job_id}/diff")[::2]
+    env.layout.job_changes(job_id).write_text("{}")
     status, headers, data = c.request("GET", f"/v1/jobs/{job_id}/diff")
     assert (200, b"diff --git a/x b/x\n", "text/x-diff") == (
         status, data, headers["content-type"].split(";")[0])

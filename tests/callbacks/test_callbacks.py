@@ -32,6 +32,8 @@ from supervisor.state.webhook import (
     due_at,
     job_event_id,
     new_delivery,
+    prune_request,
+    read_pruned,
     retry_request,
 )
 from tests.crashfs import CrashFS, explore
@@ -73,7 +75,8 @@ def make(tmp_path: Path, *answers: int | str | Reply,
     log = _log.get("test")
     return callbacks.Callbacks(
         log=log, outbox=callbacks.DirOutbox(layout.callbacks_outbox, log,
-                                            done=layout.callbacks_done),
+                                            done=layout.callbacks_done,
+                                            pruned=layout.callbacks_pruned),
         transport=MockTransport(Receiver(*answers or (200,))),
         settings=CallbacksConfig(retry_schedule=schedule, timeout=3.0, secret=secret,
                                  concurrency=concurrency, batch_settle=settle),
@@ -153,7 +156,8 @@ def test_empty_outbox(tmp_path: Path) -> None:
     state = make(tmp_path)
     found, did, degraded = callbacks.recover(state)
     assert ({"pending": 0, "in_flight": 0, "held": 0, "corrupt": 0},
-            {"requeued": 0, "quarantined": 0, "settled_moved": 0, "duplicates_removed": 0},
+            {"requeued": 0, "quarantined": 0, "settled_moved": 0, "duplicates_removed": 0,
+             "pruned_finished": 0},
             [], {}) == (found, did, degraded, state.pending)
     assert (True, True) == (Layout(tmp_path).callbacks_outbox.is_dir(),
                             Layout(tmp_path).callbacks_done.is_dir())
@@ -794,3 +798,27 @@ def test_a_power_cut_during_a_first_try_loses_nothing_and_reports_nothing(
                                ("delivered", 0)],
                      ignore=lambda rel: rel.startswith("callbacks/inbox/.tmp"))
     assert {1, 2, 3} <= set(report.recovered_to)     # (pictures 0 and 1 are the same)
+
+
+# -- retention.callbacks: the reaper's prune request ---------------------------------------------
+
+def test_a_prune_request_removes_the_named_settled_records(tmp_path: Path) -> None:
+    """`prune` (the reaper's ask) removes the named records that are settled and old
+    enough, counted in callbacks/pruned.json; a pending one it names stays and is still
+    delivered; a malformed prune request is quarantined."""
+    state = make(tmp_path)
+    callbacks.recover(state)
+    stored(tmp_path, settled("old"), "done")
+    stored(tmp_path, settled("bad", "failed"), "done")
+    hand_over(tmp_path, "new")
+    drop_request(Layout(tmp_path), prune_request(["old", "bad", "new"], 60.0))
+    drop_request(Layout(tmp_path), {"id": "prune-x", "kind": "prune", "event_ids": [1],
+                                    "older_than": 60})
+    clock(state).advance(120)
+    take_inbox(tmp_path, state)
+    step(state)
+    assert ([], [], ["done"]) == (where(tmp_path, "old"), where(tmp_path, "bad"),
+                                  where(tmp_path, "new"))
+    pruned, _ = read_pruned(Layout(tmp_path).callbacks_pruned, owner=False)
+    assert (1, 1) == (pruned["delivered"], pruned["failed"])
+    assert ["prune-x.json"] == [n.split(".corrupted.")[0] for n in inbox_names(tmp_path)]

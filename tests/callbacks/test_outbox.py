@@ -15,8 +15,15 @@ import pytest
 
 from supervisor import log as _log
 from supervisor.callbacks.outbox import DirOutbox, GroupFS
+from supervisor.state.clock import iso_now
 from supervisor.state.layout import DELIVERY, Layout, write_record
-from supervisor.state.webhook import begin, delivery_request, new_delivery, operator_retry
+from supervisor.state.webhook import (
+    begin,
+    delivery_request,
+    new_delivery,
+    operator_retry,
+    read_pruned,
+)
 from tests.crashfs import CrashFS, explore
 
 T0 = 1_800_000_000.0
@@ -26,9 +33,10 @@ URL = "http://127.0.0.1:9/hook"
 def outbox(root: Path, fs: Any = None) -> DirOutbox:
     layout = Layout(root)
     if fs is None:
-        return DirOutbox(layout.callbacks_outbox, _log.get("test"), done=layout.callbacks_done)
+        return DirOutbox(layout.callbacks_outbox, _log.get("test"), done=layout.callbacks_done,
+                         pruned=layout.callbacks_pruned)
     return DirOutbox(layout.callbacks_outbox, _log.get("test"), done=layout.callbacks_done,
-                     fs=fs)
+                     pruned=layout.callbacks_pruned, fs=fs)
 
 
 def fresh(event_id: str) -> dict[str, Any]:
@@ -178,3 +186,81 @@ def test_group_fs_passes_an_fsync_error_on() -> None:
 
     with pytest.raises(OSError, match="Input/output"):
         GroupFS(Broken()).fsync_dir("/outbox")  # type: ignore[arg-type]
+
+
+# -- retention.callbacks: removing settled records the reaper named ---------------------------
+
+def delivered(event_id: str, at: float = T0) -> dict[str, Any]:
+    rec = {**begin(fresh(event_id), at), "state": "delivered", "next_attempt_at": None}
+    return {**rec, "updated_at": iso_now(at)}
+
+
+def _counted(root: Path) -> tuple[int, int, list[str]]:
+    """What a reader counts (the metrics' way): pruned counts plus the settled records on
+    disk that the last step does not name; and the settled files left."""
+    layout = Layout(root)
+    pruned, _ = read_pruned(layout.callbacks_pruned, owner=False)
+    left = sorted(os.listdir(layout.callbacks_done))
+    by = {"delivered": pruned["delivered"], "failed": pruned["failed"]}
+    for name in left:
+        rec = outbox(root).get(name.removesuffix(".json"))
+        if rec is not None and rec["id"] not in pruned["step"]:
+            by[rec["state"]] += 1
+    return by["delivered"], by["failed"], left
+
+
+def test_prune_removes_only_settled_records_past_the_age(tmp_path: Path) -> None:
+    """prune removes the named settled records last changed `older_than` ago, counts them
+    by outcome in callbacks/pruned.json, and leaves a recent one, a live one and an id
+    it does not have."""
+    box = outbox(tmp_path)
+    box.scan()
+    box.put(delivered("old"))
+    box.put(failed("bad"))
+    box.put(delivered("new", T0 + 3000))
+    box.put(fresh("live"))
+    gone = box.prune(["old", "bad", "new", "live", "nosuch"], 1000.0, T0 + 3500)
+    assert [("old", "delivered"), ("bad", "failed")] == gone
+    assert (["live.json"], ["new.json"]) == names(tmp_path)
+    assert (2, 1, ["new.json"]) == _counted(tmp_path)
+    pruned, bad = read_pruned(Layout(tmp_path).callbacks_pruned, owner=True)
+    assert ({"delivered": 1, "failed": 1, "step": ["old", "bad"]}, None) == (pruned, bad)
+
+
+def test_a_power_cut_during_a_prune(tmp_path: Path) -> None:
+    """A cut anywhere in a prune leaves, after the next start's finish_prune, either
+    nothing removed or the two old records gone and counted — never counted twice, never
+    lost from the counts."""
+    def setup(root: str) -> None:
+        box = outbox(Path(root))
+        box.scan()
+        box.put(delivered("d1"))
+        box.put(failed("f1"))
+        box.put(delivered("n1", T0 + 3000))
+
+    def workload(root: str, fs: CrashFS) -> Iterator[None]:
+        outbox(Path(root), fs).prune(["d1", "f1", "n1"], 1000.0, T0 + 3500)
+        yield
+
+    def picture(root: str) -> Any:
+        outbox(Path(root)).finish_prune()
+        return _counted(Path(root))
+
+    report = explore(tmp_path, setup=setup, workload=workload, recover=picture,
+                     expected=[(2, 1, ["d1.json", "f1.json", "n1.json"]),
+                               (2, 1, ["n1.json"])])
+    assert {0, 1} == set(report.recovered_to)
+
+
+def test_a_corrupt_pruned_record_is_moved_aside(tmp_path: Path) -> None:
+    """An unreadable callbacks/pruned.json is quarantined by its owner and its counts
+    restart from 0; a reader sees zeros and moves nothing."""
+    layout = Layout(tmp_path)
+    box = outbox(tmp_path)
+    box.scan()
+    layout.callbacks_pruned.write_text("{not json")
+    assert ({"delivered": 0, "failed": 0, "step": []}, True) == (
+        read_pruned(layout.callbacks_pruned, owner=False)[0], layout.callbacks_pruned.exists())
+    assert 0 == box.finish_prune()
+    assert [False, True] == [layout.callbacks_pruned.exists(), any(
+        ".corrupted." in n for n in os.listdir(layout.callbacks_pruned.parent))]

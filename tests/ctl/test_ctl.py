@@ -174,7 +174,8 @@ def test_stats_shape_with_no_queue(cli: Cli) -> None:
             "usage_by_agent": {},
             "restarts": {"scheduler": 0, "locks": 0, "reaper": 0, "callbacks": 0},
             "reaped": {"tmp": 0, "corrupted": 0, "processes": 0, "workspaces": 0,
-                       "job_folders": 0, "jobs": 0, "mirrors": 0}} == cli.json("stats")
+                       "job_folders": 0, "jobs": 0, "mirrors": 0,
+                       "locks": 0, "callbacks": 0}} == cli.json("stats")
 
 
 def test_job_commands_on_unknown_job_exit_1(cli: Cli) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from supervisor.config import Config
 from supervisor.ctl.follow import (
+    cmd_diff,
     cmd_output,
     cmd_tail,
     follow,
@@ -21,7 +22,7 @@ from supervisor.ctl.follow import (
 )
 from supervisor.ctl.out import EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor.state.atomic import ensure_dir
-from supervisor.state.layout import RESULT, Layout, write_record
+from supervisor.state.layout import CHANGES, RESULT, Layout, write_record
 from supervisor.state.submission import write_submission
 
 
@@ -216,3 +217,34 @@ def test_cmd_tail_follow_json_prints_one_document_when_the_job_ends(tmp_path: Pa
     finally:
         timer.cancel()
     assert {"job": "j1", "lines": ["line 4", "line 5", "more \u20ac", "end"]} == _doc(ctx, raw)
+
+
+def test_cmd_diff_prints_the_patch_once_collected(tmp_path: Path) -> None:
+    """`diff JOB`: nothing (exit 0) until changes.json exists beside the patch, then the
+    patch's bytes as they are; --json adds the cut flag and says a cut on stderr."""
+    ctx, raw = _ctx(tmp_path)
+    _pending_job(ctx, "d1")
+    patch = b"diff --git a/x b/x\n\xff\n"
+    ctx.layout.job_patch("d1").write_bytes(patch)
+    assert EXIT_OK == cmd_diff(ctx, "d1")
+    ctx.out.flush()
+    assert b"" == raw.getvalue()
+    write_record(CHANGES, ctx.layout.job_changes("d1"), {
+        "id": "d1", "repos": {}, "patch": {"cut": True, "total_bytes": 99, "max_bytes": 20}})
+    assert EXIT_OK == cmd_diff(ctx, "d1")
+    ctx.out.flush()
+    assert patch == raw.getvalue()
+    ctx, raw = _ctx(tmp_path)
+    ctx.json = True
+    assert EXIT_OK == cmd_diff(ctx, "d1")
+    doc = _doc(ctx, raw)
+    assert ("d1", len(patch), True) == (doc["job"], doc["bytes"], doc["cut"])
+    assert isinstance(ctx.err, io.StringIO) and "was cut" in ctx.err.getvalue()
+
+
+def test_cmd_diff_unknown_job_exits_1(tmp_path: Path) -> None:
+    """No such job: CtlError with exit 1, like `output`."""
+    ctx, _ = _ctx(tmp_path)
+    with pytest.raises(CtlError) as info:
+        cmd_diff(ctx, "ghost")
+    assert 1 == info.value.code

@@ -45,12 +45,13 @@ def _queue(ctx: Ctx, *jobs: tuple[str, str, float | None]) -> None:
 
 def test_clean_dry_run_lists_what_would_go_and_changes_nothing(ctx: Ctx) -> None:
     """--dry-run works with batchd down: the finished jobs past --older-than, of --state,
-    listed; the queue and the reaper's inbox untouched."""
-    _queue(ctx, ("a", "completed", 3 * 86400), ("b", "failed", 3600), ("c", "lost", 5 * 86400),
-           ("d", "running", None))
+    listed with why; the queue and the reaper's inbox untouched."""
+    _queue(ctx, ("a", "completed", 3 * 86400 + 60), ("b", "failed", 3600),
+           ("c", "lost", 5 * 86400 + 7300), ("d", "running", None))
     ctx.json = True
     assert EXIT_OK == cmd_clean(ctx, "1d", [], True)
-    assert ["a", "c"] == [g["id"] for g in _out(ctx)]
+    assert [("a", "clean: completed 3d ago"), ("c", "clean: lost 5d 2h ago")] == [
+        (g["id"], g["why"]) for g in _out(ctx)]
     ctx.out = io.StringIO()
     assert EXIT_OK == cmd_clean(ctx, None, ["failed"], True)
     assert (["b"], False) == ([g["id"] for g in _out(ctx)], ctx.layout.inbox("reaper").exists())

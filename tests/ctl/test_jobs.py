@@ -27,6 +27,7 @@ from supervisor.ctl.jobs import (
     cmd_status_job,
     cmd_wait,
     duration_arg,
+    files_changed,
     wait_for,
 )
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CtlError, Ctx
@@ -354,3 +355,21 @@ def test_a_queued_jobs_reason_follows_a_retried_dependency(ctx: Ctx) -> None:
            (_job("dep.r2", retry_of="dep.r1"), RUNNING), (_job("w", after=["dep"]), {}))
     with open_view(ctx.cfg, ctx.layout) as view:
         assert "after dep.r2" == view.record(view.get("w") or {})["reason"]
+
+
+def test_files_changed_column_sums_the_repositories() -> None:
+    """FILES: the files changed in all repositories; '+' when one could not be counted;
+    '-' before results and for a job without repositories."""
+    assert ["3", "3+", "-", "-"] == [files_changed({"changes": c}) for c in (
+        {"app": {"files": 1}, "lib": {"files": 2}},
+        {"app": {"files": 3}, "lib": {"files": None}}, None, {})]
+
+
+def test_jobs_table_shows_the_files_column(ctx: Ctx) -> None:
+    """`jobs` has a FILES column with each job's count."""
+    _queue(ctx.layout, (_job("c1"), {"state": "completed", "exit_code": 0,
+                                     "changes": {"app": {"files": 7}}}))
+    cmd_jobs(ctx, None, None)
+    assert isinstance(ctx.out, io.StringIO)
+    header, row = ctx.out.getvalue().splitlines()
+    assert "7" == row[header.index("FILES"):].split()[0]

@@ -17,7 +17,7 @@ import pytest
 from supervisor.state import archive
 from supervisor.state.layout import READY, WORKER_STATE, read_record
 from supervisor.state.proc import alive
-from tests.helpers import until
+from tests.helpers import make_remote, until
 from tests.proc.harness import Env
 
 #: The reaper passes twice a second with a grace of 1 s (temp files of writes in progress
@@ -173,5 +173,40 @@ def test_a_reaper_sigkilled_mid_removal_is_finished_by_the_next_pass(tmp_path: P
               and not junk.exists(), TWO_PASSES * 3)
         until("a new reaper", lambda: _reaper_pid(env) != pid)
         assert [] == [n for n in os.listdir(env.state / "workspaces") if n.startswith(".")]
+    finally:
+        env.close()
+
+
+def test_a_lock_whose_release_was_lost_is_freed_through_the_locks_worker(
+        tmp_path: Path) -> None:
+    """A job holding an exclusive repository dies while the locks worker is frozen
+    (SIGSTOP) and its release request is lost (removed here: what the reaper is the net
+    for); the locks worker goes on without a restart, so no recovery reconciles it. The
+    reaper sees the lock of a `lost` job, asks the locks worker, which frees it: the job
+    waiting behind runs, within two passes, and the reaper logged why."""
+    bare, _ = make_remote(tmp_path, "app")
+    env = Env(tmp_path, extra=FAST + f"repositories:\n  app: {{url: {bare}, exclusive: true}}\n")
+    try:
+        env.start()
+        env.submit("holder", "sleep 300", "--repo", "app")
+        env.wait_state("holder", "running")
+        env.submit("next", "echo ok", "--repo", "app")
+        env.wait_state("next", "waiting")
+        rec = read_record(READY, env.layout.ready_file("locks"), owner=False)
+        assert isinstance(rec, dict)
+        locks_pid = int(rec["pid"])
+        os.kill(locks_pid, signal.SIGSTOP)
+        try:
+            for pid in env.job_pids("holder"):
+                os.kill(pid, signal.SIGKILL)
+            env.wait_state("holder", "lost")
+            release = env.layout.inbox("locks") / "release-holder.json"
+            until("the scheduler's release", release.exists)
+            release.unlink()
+        finally:
+            os.kill(locks_pid, signal.SIGCONT)
+        env.wait_state("next", "completed", deadline=TWO_PASSES + 5)
+        assert ("holder", "job lost holds app") in _reasons(env, "locks")
+        until("the count", lambda: _reaped(env).get("locks") == 1, TWO_PASSES)
     finally:
         env.close()

@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from supervisor import locks, reaper
 from supervisor import log as _log
-from supervisor import reaper
 from supervisor import runtime as _runtime
 from supervisor.config import Config, RepoConfig, RetentionConfig
 from supervisor.state import archive
@@ -29,10 +29,9 @@ from supervisor.state.layout import (
     read_record,
     send_request,
 )
+from supervisor.state.locktable import acquire_request
 from supervisor.state.queue import JOB_STATES, TERMINAL_STATES, JobQueue
-from supervisor.state.retention import Known, expired, folder_verdict, workspace_verdict
 from supervisor.state.submission import write_submission
-from supervisor.state.view import open_view
 from tests.helpers import until
 from tests.reaper.conftest import GRACE, aged, make_cfg, touch
 
@@ -213,61 +212,103 @@ def test_main_serves_clean_requests_and_passes_every_interval(tmp_path: Path) ->
 
 # -- the property: random mixes, two passes ---------------------------------------------------
 
-JOBS = st.lists(st.tuples(st.sampled_from(JOB_STATES), st.integers(0, 60),
+#: (state, days since its end — never exactly a retention boundary —, has a folder, has a
+#: workspace, index of a job it names, how it names it, heartbeat age if running, wants
+#: the lock).
+JOBS = st.lists(st.tuples(st.sampled_from(JOB_STATES),
+                          st.integers(0, 60).filter(lambda d: d not in (7, 30)),
                           st.booleans(), st.booleans(), st.integers(-1, 9),
-                          st.sampled_from(["", "after", "resume_of"])),
+                          st.sampled_from(["", "after", "resume_of"]),
+                          st.sampled_from([1.0, 60.0, DAY]), st.booleans()),
                 min_size=1, max_size=10)
 
 
-@settings(max_examples=25, deadline=None,
+def _lock_table(cfg: Config, wanting: list[str], now: float) -> None:
+    """The locks worker's table, made by the worker itself before the WAL exists (so
+    nothing reconciles it): the first of `wanting` holds `app`, the others wait, all
+    granted or asked 2 x the grace ago."""
+    lcfg = Config(state_dir=cfg.state_dir, workspace_dir=cfg.workspace_dir,
+                  repositories={"app": RepoConfig(url="/nowhere.git", exclusive=True)})
+    layout = Layout(cfg.state_dir)
+    lk, _, _, _ = locks.recover(lcfg, layout, _log.get("test"),
+                                clock=MockClock(now - 2 * GRACE))
+    for seq, job in enumerate(wanting, 1):
+        send_request(layout, "locks", acquire_request(
+            job, ["app"], exclusive=True, seq=seq, created_at=iso_now(now - 2 * GRACE)))
+    locks.one_pass(lk)
+
+
+def _reap_requests(layout: Layout) -> set[str]:
+    inbox = layout.inbox("locks")
+    out: set[str] = set()
+    for name in os.listdir(inbox) if inbox.exists() else []:
+        rec = read_record(REQUEST, inbox / name, owner=False)
+        if isinstance(rec, dict) and rec["kind"] == "reap":
+            out.update(rec["jobs"])
+    return out
+
+
+@settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(jobs=JOBS, strays=st.lists(st.sampled_from(["ghost", ".prep.j0", ".prep.zz", ".reap.q"]),
-                                  max_size=3, unique=True))
+                                  max_size=3, unique=True),
+       lock_ghost=st.booleans())
 def test_never_touches_the_live_and_leaves_nothing_reapable_after_two_passes(
-        tmp_path_factory: Any, jobs: list[tuple[str, int, bool, bool, int, str]],
-        strays: list[str]) -> None:
-    """Any mix of live and finished jobs (of any age, some naming others), with or without
-    folders and workspaces, plus strays: after two passes every live job has its record,
-    folder and workspace, every job a live one names is still in the queue, and nothing
-    left is reapable."""
+        tmp_path_factory: Any, jobs: list[tuple[str, int, bool, bool, int, str, float, bool]],
+        strays: list[str], lock_ghost: bool) -> None:
+    """Any mix of live jobs (running ones with fresh, stale or dead heartbeats: only the
+    scheduler decides a job is lost), finished jobs of any age, some naming others, with
+    or without folders, workspaces and locks, plus strays and a lock of an unknown job:
+    after two passes the state is what retention says, judged here from the rules
+    themselves (not the reaper's verdict functions): every live job keeps its record,
+    folder, workspace and lock; a finished job past retention.jobs that no live job names
+    is forgotten with its folder and workspace; a finished job's workspace past
+    retention.workspaces goes unless a live job resumes it; strays go unless they are a
+    live job's half-made workspace; the locks of finished and unknown jobs are asked of
+    the locks worker, those of live jobs never."""
     tmp_path = tmp_path_factory.mktemp("mix")
+    now = time.time()
+    cfg = make_cfg(tmp_path, retention=RetentionConfig(jobs=30 * DAY, workspaces=7 * DAY))
     specs = []
-    for i, (state, ended, folder, ws, ref, how) in enumerate(jobs):
+    for i, (state, ended, folder, ws, ref, how, _, _) in enumerate(jobs):
         spec: dict[str, Any] = {"id": f"j{i}", "state": state, "folder": folder,
                                 "workspace_made": ws,
                                 "ended": ended if state in TERMINAL_STATES else None}
         if how and 0 <= ref < len(jobs) and ref != i:
             spec[how] = [f"j{ref}"] if how == "after" else f"j{ref}"
         specs.append(spec)
-    r, layout = make(tmp_path, specs, retention=RetentionConfig(jobs=30 * DAY,
-                                                                 workspaces=7 * DAY))
+    wanting = [f"j{i}" for i, job in enumerate(jobs) if job[7]] + (["lg"] if lock_ghost else [])
+    _lock_table(cfg, wanting, now)
+    layout = build(cfg, specs, now)
+    for i, job in enumerate(jobs):
+        if job[0] == "running" and specs[i]["folder"]:
+            aged(touch(layout.job_dir(f"j{i}") / "sentinel.json", job[6]), job[6])
     for name in strays:
-        aged(touch(r.cfg.workspace_dir / name / "f", GRACE * 2).parent, GRACE * 2)
+        aged(touch(cfg.workspace_dir / name / "f", GRACE * 2).parent, GRACE * 2)
     write_submission(layout, [{"id": "pend", "agent": "shell", "prompt": "x", "repos": [],
                                "after": ["j0"]}])
+    r = reaper.Reaper(cfg, layout, _log.get("test"), MockClock(now))
     reaper.one_pass(r)
     reaper.one_pass(r)
-    forgotten = {j for ids in forget_requests(layout) for j in ids}
+
     live = {s["id"] for s in specs if s["state"] in LIVE}
     named = {"j0"} | {str(v if isinstance(v, str) else v[0]) for s in specs
                       if s["state"] in LIVE for k, v in s.items() if k in ("after", "resume_of")}
+    resumed = {str(s["resume_of"]) for s in specs if s["state"] in LIVE and "resume_of" in s}
+    forgotten = {j for ids in forget_requests(layout) for j in ids}
+    expect_forgotten = {s["id"] for s in specs if s["state"] in TERMINAL_STATES
+                        and s["ended"] > 30 and s["id"] not in named}
+    assert expect_forgotten == forgotten
     for s in specs:
-        if s["id"] in live:
-            assert s["folder"] == layout.job_dir(s["id"]).exists(), s
-            assert s["workspace_made"] == (r.cfg.workspace_dir / s["id"]).exists(), s
-    assert not forgotten & (live | named)
-    now = r.clock.time()
-    with open_view(r.cfg, layout) as view:
-        known = Known.read(view)
-        assert [] == expired(known, now, r.cfg.retention.jobs)
-        for name in os.listdir(r.cfg.workspace_dir) if r.cfg.workspace_dir.exists() else []:
-            path = r.cfg.workspace_dir / name
-            age = now - path.lstat().st_mtime
-            assert None is workspace_verdict(name, str(path), age, known, now, grace=GRACE,
-                                             keep=r.cfg.retention.workspaces), name
-        for name in os.listdir(layout.jobs_dir) if layout.jobs_dir.exists() else []:
-            age = now - (layout.jobs_dir / name).lstat().st_mtime
-            assert None is folder_verdict(name, age, known, grace=GRACE), name
+        j, gone = s["id"], s["id"] in expect_forgotten
+        ws_goes = gone or (s["state"] in TERMINAL_STATES and s["ended"] > 7 and j not in resumed)
+        assert (s["folder"] and not gone, s["workspace_made"] and not ws_goes) == (
+            layout.job_dir(j).exists(), (cfg.workspace_dir / j).exists()), s
+    for name in strays:
+        kept = name == ".prep.j0" and "j0" in live
+        assert kept == (cfg.workspace_dir / name).exists(), name
+    states = {s["id"]: s["state"] for s in specs}
+    assert {j for j in wanting if states.get(j) not in LIVE} == _reap_requests(layout)
 
 
 def test_a_workspace_a_finished_resume_shared_is_kept_for_its_end(tmp_path: Path) -> None:

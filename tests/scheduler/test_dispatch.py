@@ -477,9 +477,13 @@ def test_cancel_of_a_running_job(jobs: _dispatch.Jobs, procs: Procs) -> None:
 
 def test_cancel_overdue_is_killed(jobs: _dispatch.Jobs, procs: Procs, clock: MockClock) -> None:
     """An adaptor that ignores SIGTERM past kill_grace + margin is SIGKILLed; cancelled."""
-    procs.argv = ["sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"]
+    trapped = procs.tmp / "trapped"
+    procs.argv = ["sh", "-c", f"trap '' TERM; touch {trapped}; sleep 60 & wait; sleep 60"]
     adaptor = run_one(jobs, procs)
     sentinel(jobs, "a", adaptor.pid)
+    deadline = time.monotonic() + 30      # SIGTERM before the trap would end it: a flake
+    while not trapped.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     _dispatch.cancel(jobs, "a")
     time.sleep(0.1)
     assert None is adaptor.poll()

@@ -21,6 +21,7 @@ from supervisor.scheduler.jobfiles import (
     kill_group,
     observe,
     prepare_workspace,
+    workspace_repos,
     write_spec,
 )
 from supervisor.scheduler.lifecycle import Event, Timing, classify
@@ -203,7 +204,9 @@ def test_write_spec_builds_the_job_spec(tmp_path: Path) -> None:
             "state_dir": str(layout.root),
             "timeout": 3600.0, "heartbeat_interval": 2.0, "kill_grace": 3.0, "user": "bot",
             "resume_session": "s-9", "resume_of": None, "idle_timeout": None,
-            "output_max_bytes": 1 << 30} == spec
+            "output_max_bytes": 1 << 30, "created_at": None, "repos": [], "push": None,
+            "retry_of": None,
+            "git": {"author_name": "batchd", "author_email": "batchd@localhost"}} == spec
 
 
 def test_timeout_chain(tmp_path: Path) -> None:
@@ -314,6 +317,43 @@ def test_several_repos_one_subfolder_each(tmp_path: Path,
     assert (["app", "lib"], "app trunk\n", "lib trunk\n") == (
         sorted(os.listdir(ws)), (ws / "app" / "which").read_text(),
         (ws / "lib" / "which").read_text())
+
+
+def test_the_base_of_each_clone_is_recorded_in_the_spec(
+        tmp_path: Path, repos: dict[str, RepoConfig]) -> None:
+    """workspace_repos names each repository's clone, its URL and `base`, the commit the
+    clone is at; the spec carries them (with push and the git author) before any agent
+    runs. A relaunch keeps the first spec's bases even if the clone moved since."""
+    cfg = make_cfg(tmp_path, repositories=repos)
+    layout = Layout(cfg.state_dir)
+    job = entry(repos=["app", "lib"], push=True, created_at="2027-01-01T00:00:00.000Z")
+    ws = prepare_workspace(cfg, job)
+    got = workspace_repos(layout, job, ws, repos)
+    assert [{"name": name, "path": str(ws / name), "url": repos[name].url,
+             "base": git("rev-parse", "HEAD", cwd=ws / name)} for name in ("app", "lib")] == got
+    spec = read_record(JOB_SPEC, write_spec(layout, cfg, job, got), owner=False)
+    assert isinstance(spec, dict)
+    assert (got, "batchd/j1", "2027-01-01T00:00:00.000Z") == (
+        spec["repos"], spec["push"], spec["created_at"])
+    first = got[0]["base"]
+    (ws / "app" / "which").write_text("moved\n")
+    git("commit", "-qam", "the agent moved HEAD", cwd=ws / "app")
+    assert first == workspace_repos(layout, job, ws, repos)[0]["base"]
+
+
+def test_a_resumed_job_counts_from_its_sessions_first_base(
+        tmp_path: Path, repos: dict[str, RepoConfig]) -> None:
+    """A job resuming another's session takes that job's recorded base (its changes are
+    the whole session's), not the workspace's HEAD now."""
+    cfg = make_cfg(tmp_path, repositories=repos)
+    layout = Layout(cfg.state_dir)
+    first = entry(repos=["app"])
+    ws = prepare_workspace(cfg, first)
+    write_spec(layout, cfg, first, workspace_repos(layout, first, ws, repos))
+    base = git("rev-parse", "HEAD", cwd=ws)
+    git("commit", "-q", "--allow-empty", "-m", "the first session's commit", cwd=ws)
+    later = entry(id="j2", repos=["app"], resume_of="j1", workspace=str(ws))
+    assert base == workspace_repos(layout, later, ws, repos)[0]["base"]
 
 
 def test_registered_repositories_can_be_passed_in(tmp_path: Path,

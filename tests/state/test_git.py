@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.state.git import GitError, git_env, run_git
+from supervisor.state.git import (
+    GitError,
+    branch_refusal,
+    git_env,
+    run_git,
+    run_git_bytes,
+    run_git_capped,
+)
 from supervisor.state.proc import alive
 
 
@@ -62,3 +69,46 @@ def test_run_git_names_what_failed_with_gits_own_words(tmp_path: Path) -> None:
         run_git(["-C", str(tmp_path), "rev-parse", "HEAD"], timeout=30, what="reading HEAD")
     assert str(info.value).startswith("reading HEAD failed: fatal: not a git repository")
     assert run_git(["--version"], timeout=30, what="version").startswith("git version")
+
+
+def test_capped_keeps_the_head_whole_and_counts_the_body(tmp_path: Path) -> None:
+    """run_git_capped: the head (up to the separator) whole, at most `limit` bytes of the
+    body, and the body's whole size; a separator split across reads is found."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    run_git(["init", "-q"], timeout=30, what="init", cwd=str(repo))
+    (repo / "f").write_text("x" * 300_000)      # the output spans several reads
+    out = run_git_bytes(["hash-object", "-w", "f"], timeout=30, what="hash", cwd=str(repo))
+    sha = out.decode().strip()
+    head, kept, total = run_git_capped(["cat-file", "-p", sha], limit=10, timeout=30,
+                                       what="cat", cwd=str(repo), head_until=b"x" * 5)
+    assert (b"xxxxx", b"x" * 10, 300_000 - 5) == (head, kept, total)
+    head, kept, total = run_git_capped(["cat-file", "-p", sha], limit=10**6, timeout=30,
+                                       what="cat", cwd=str(repo))
+    assert (b"", 300_000, 300_000) == (head, len(kept), total)
+
+
+def test_capped_names_the_failure(tmp_path: Path) -> None:
+    """A failing git under run_git_capped raises GitError with `what` and git's words."""
+    with pytest.raises(GitError) as info:
+        run_git_capped(["cat-file", "-p", "nope"], limit=10, timeout=30, what="reading",
+                       cwd=str(tmp_path))
+    assert str(info.value).startswith("reading failed: ")
+
+
+def test_stdin_is_given_to_git(tmp_path: Path) -> None:
+    """run_git_bytes(stdin=) feeds git; the blob's id is the one git computes."""
+    got = run_git_bytes(["hash-object", "--stdin"], timeout=30, what="hash",
+                        cwd=str(tmp_path), stdin=b"hello\n")
+    assert b"ce013625030ba8dba906f756967f9e9ca394464a\n" == got
+
+
+@pytest.mark.parametrize(("name", "refused"), [
+    ("feature/x", False), ("batchd/j-1", False), ("a..b", True), ("-x", True),
+    ("x.lock", True), ("a b", True), ("HEAD", True)])
+def test_branch_refusal_is_gits_check_ref_format(name: str, refused: bool) -> None:
+    """branch_refusal says why exactly when `git check-ref-format --branch` refuses."""
+    why = branch_refusal(name)
+    assert refused == (why is not None)
+    if why is not None:
+        assert "check-ref-format" in why

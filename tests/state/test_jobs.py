@@ -11,9 +11,11 @@ from supervisor.state.jobs import (
     RECORD_FIELDS,
     batch_record,
     cancel_request,
+    changes_of,
     job_idle_timeout,
     job_record,
     new_job_id,
+    push_branch,
     retry_spec,
     settled_fields,
     submit_request,
@@ -171,3 +173,39 @@ def test_batch_record_counts_states_and_is_done_only_when_all_are_terminal() -> 
     assert {"batch": "B", "counts": {"running": 1, "completed": 1}, "done": False,
             "jobs": ["a", "b"]} == batch_record("B", [("a", "running"), ("b", "completed")])
     assert batch_record("B", [("a", "lost"), ("b", "cancelled")])["done"]
+
+
+def test_changes_of_keeps_the_contract_keys_and_nulls_what_is_unknown() -> None:
+    """Per repository the CHANGES_KEYS, null when missing or of the wrong type; {} for a
+    job without repositories; None when nothing was collected."""
+    got = changes_of({"app": {"base": "b" * 40, "head": "h" * 40, "files": 3,
+                              "insertions": 5, "deletions": 1, "branch": "batchd/j",
+                              "commits": 1, "extra": "dropped"},
+                      "lib": {"files": "3", "base": ""}, 7: {}, "bad": []})
+    assert {"app": {"base": "b" * 40, "head": "h" * 40, "files": 3, "insertions": 5,
+                    "deletions": 1, "branch": "batchd/j", "commits": 1},
+            "lib": {"base": None, "head": None, "files": None, "insertions": None,
+                    "deletions": None, "branch": None, "commits": None}} == got
+    assert ({}, None) == (changes_of({}), changes_of(None))
+
+
+def test_a_results_changes_reach_the_record() -> None:
+    """settled_fields carries the result's changes; a result without them: null."""
+    result = {"exit_code": 0, "changes": {"app": {"files": 2}}}
+    assert 2 == settled_fields({"id": "a"}, result, None, "N")["changes"]["app"]["files"]
+    assert None is settled_fields({"id": "a"}, {"exit_code": 0}, None, "N")["changes"]
+
+
+def test_push_branch_is_the_named_one_or_batchd_slash_id() -> None:
+    """`push: true` means batchd/<id>; a string is the branch; nothing: no push."""
+    assert ["batchd/j1", "feat", None, None] == [
+        push_branch({"id": "j1", **extra}) for extra in (
+            {"push": True}, {"push": "feat"}, {"push": False}, {})]
+    record = job_record({"id": "j1", "state": "queued", "push": True}, Layout("/s"))
+    assert ("batchd/j1", None) == (record["push"], record["changes"])
+
+
+def test_a_retry_keeps_the_push() -> None:
+    """A retried job pushes as the job it retries asked (its own default branch)."""
+    assert "feat" == retry_spec({"id": "j", "agent": "shell", "prompt": "p",
+                                 "push": "feat"})["push"]

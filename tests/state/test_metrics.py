@@ -8,9 +8,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor.config import Config
-from supervisor.state.layout import WORKERS, Layout, write_record
+from supervisor.state.layout import DELIVERY, PRUNED, WORKERS, Layout, write_record
 from supervisor.state.metrics import BUCKETS, Metrics, write_textfile
 from supervisor.state.queue import JobQueue
+from supervisor.state.webhook import begin, delivery_request, new_delivery
 
 
 def _samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -94,3 +95,22 @@ def test_the_textfile_is_replaced_atomically(tmp_path: Path) -> None:
     write_textfile(path, b"# two\n")
     assert (b"# two\n", ["batchd.prom"]) == (path.read_bytes(), sorted(p.name for p in
                                                                       path.parent.iterdir()))
+
+
+def test_callbacks_total_keeps_the_records_retention_removed(tmp_path: Path) -> None:
+    """batchd_callbacks_total counts the settled records on disk plus those removed past
+    retention.callbacks (callbacks/pruned.json), a record the last removal names but that
+    is still on disk (a crash in it) once."""
+    cfg = Config(state_dir=tmp_path, workspace_dir=tmp_path / "ws")
+    layout = Layout(tmp_path)
+    layout.callbacks_done.mkdir(parents=True)
+    for event_id in ("e1", "e2"):
+        rec = begin(new_delivery(delivery_request(event_id, "http://127.0.0.1:9/", {},
+                                                  job="j"), 1.8e9), 1.8e9)
+        write_record(DELIVERY, layout.callbacks_done / f"{event_id}.json",
+                     {**rec, "state": "delivered", "next_attempt_at": None})
+    write_record(PRUNED, layout.callbacks_pruned, {"delivered": 5, "failed": 2,
+                                                   "step": ["e2"]})
+    s = _samples(Metrics(cfg, layout))
+    assert (6.0, 2.0) == (s[("batchd_callbacks_total", (("outcome", "delivered"),))],
+                          s[("batchd_callbacks_total", (("outcome", "failed"),))])

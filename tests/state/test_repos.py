@@ -18,6 +18,7 @@ from supervisor.state.repos import (
     add,
     all_repositories,
     default_branch,
+    push_refusal,
     read_registry,
     registered,
     registry_lock,
@@ -252,3 +253,12 @@ def test_concurrent_adds_both_land(tmp_path: Path) -> None:
         assert (2, False) == (_flock_waiters(layout.repos_lock), layout.repos_file.exists())
     assert [0, 0] == [p.wait(timeout=60) for p in procs]
     assert ["one", "two"] == sorted(registered(layout))
+
+
+def test_push_refusal_knows_only_what_the_url_tells(tmp_path: Path) -> None:
+    """git:// is read-only (no push); a writable local repository, file:// or a path, and
+    remote URLs are left to the push itself (None)."""
+    assert "read-only git protocol" in (push_refusal("git://example.com/x.git") or "")
+    bare, _ = make_remote(tmp_path, "app")
+    assert [None, None, None, None] == [push_refusal(u) for u in (
+        str(bare), bare.as_uri(), "https://example.com/x.git", "ssh://h/x.git")]

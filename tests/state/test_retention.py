@@ -14,6 +14,7 @@ from supervisor.state.layout import Layout
 from supervisor.state.queue import TERMINAL_STATES, JobQueue
 from supervisor.state.retention import (
     Known,
+    ago,
     corrupted_at,
     expired,
     folder_verdict,
@@ -202,3 +203,9 @@ def test_a_workspace_shared_along_a_resume_chain_is_kept_for_the_last_of_them() 
                                      keep=7 * DAY)
     assert "job completed past retention.workspaces" == workspace_verdict(
         "ses", "/ws/ses", GRACE + 1, known, NOW + 7 * DAY, grace=GRACE, keep=7 * DAY)
+
+
+def test_ago_reads_as_an_operator_writes_durations() -> None:
+    """ago: the two largest units, the smaller left out when zero."""
+    assert ["0s", "45s", "12m 5s", "1h", "3h 20m", "31d 4h"] == [
+        ago(s) for s in (-3, 45, 725, 3600, 12000, 31 * 86400 + 4 * 3600 + 59)]

@@ -462,3 +462,47 @@ def test_same_job_compares_the_checked_keys() -> None:
     job = _job2("a", "x")
     assert same_job({**job, "created_at": "t", "state": "running"}, job)
     assert not same_job({**job, "prompt": "b"}, job)
+
+
+# -- push (CONTRACT.md "Results") -------------------------------------------------------------
+
+PUSHY = Known(agents=frozenset({"shell"}), repos=frozenset({"app", "ro"}), ids=frozenset(),
+              unpushable=(("ro", "its URL git://h/ro.git uses the read-only git protocol"),))
+
+
+def test_push_key_is_true_or_a_branch_and_false_means_none() -> None:
+    """`push: true` is kept as true (batchd/<id> once the id is known), a string as the
+    branch; false and null store nothing."""
+    check = Checker(PUSHY).check
+    assert True is check({"agent": "shell", "prompt": "p", "repos": ["app"], "push": True})["push"]
+    assert "feat/x" == check({"agent": "shell", "prompt": "p", "repos": ["app"],
+                              "push": "feat/x"})["push"]
+    for off in (False, None):
+        assert "push" not in check({"agent": "shell", "prompt": "p", "repos": ["app"],
+                                    "push": off})
+
+
+@pytest.mark.parametrize(("obj", "message"), [
+    ({"push": True}, "push needs a repository"),
+    ({"repos": ["app"], "push": "a..b"}, "not a valid git branch name: 'a..b'"),
+    ({"repos": ["app"], "push": "-x"}, "check-ref-format"),
+    ({"repos": ["app"], "push": "x.lock"}, "check-ref-format"),
+    ({"repos": ["app"], "push": 3}, "push must be true, false or a branch name, found number"),
+    ({"repos": ["ro"], "push": True}, "repository 'ro' cannot be pushed to: its URL git://"),
+    ({"repos": ["app"], "id": "a..b", "push": True}, "default branch batchd/a..b"),
+])
+def test_push_refusals_name_why(obj: dict[str, Any], message: str) -> None:
+    """Each push refusal at the door names the problem."""
+    with pytest.raises(JobError) as info:
+        Checker(PUSHY).check({"agent": "shell", "prompt": "p", **obj})
+    assert message in str(info.value)
+
+
+def test_known_lists_the_repositories_a_push_cannot_reach(tmp_path: Path) -> None:
+    """known() marks git:// URLs (read-only protocol) as unpushable; a path is not judged
+    when this process may write it."""
+    cfg = Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws",
+                 repositories={"app": RepoConfig(url=str(tmp_path)),
+                               "daemon": RepoConfig(url="git://example.com/x.git")})
+    got = known(cfg, Layout(cfg.state_dir))
+    assert ["daemon"] == [name for name, _ in got.unpushable]
