@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.chaos.faults import KILL_TARGETS
 from bench.chaos.rig import GRACE_S, REPOS, WS_RETENTION_S
-from bench.chaos.workload import JobPlan, expected
+from bench.chaos.workload import PUSHED_FILE, JobPlan, expected
 from supervisor.state.clock import parse_iso
 
 if TYPE_CHECKING:
@@ -300,6 +301,36 @@ def check_output(f: Facts) -> Check:
     return c
 
 
+# -- 4b. --push: what a completed job pushed is on its remote ------------------------------------
+
+def _git_out(git_dir: Path, *args: str) -> str | None:
+    done = subprocess.run(["git", "--git-dir", str(git_dir), *args], capture_output=True,
+                          text=True, check=False, timeout=60)
+    return done.stdout if done.returncode == 0 else None
+
+
+def check_push(f: Facts) -> Check:
+    c = Check("every completed --push job's change is on its remote branch")
+    pushed = 0
+    for job, rec in sorted(f.by_id.items()):
+        plan = f.plan(job)
+        if plan is None or not plan.push or rec.get("state") != "completed":
+            continue
+        repo = plan.repos[0]
+        branch = f"batchd/{job}"
+        got = ((rec.get("changes") or {}).get(repo) or {}).get("branch")
+        if got != branch:
+            c.violations.append(f"{job}: changes.{repo}.branch is {got!r}, not {branch!r}")
+        name = f"{PUSHED_FILE}{job}.txt"
+        text = _git_out(f.run.rig.remotes[repo], "show", f"refs/heads/{branch}:{name}")
+        if text != f"{job}\n":
+            c.violations.append(f"{job}: {repo}'s {branch} has {name} = {text!r}")
+            continue
+        pushed += 1
+    c.counts = f"{pushed} pushed and found on their remotes"
+    return c
+
+
 # -- 5. callbacks ---------------------------------------------------------------------------------
 
 def check_callbacks(f: Facts) -> Check:
@@ -481,6 +512,7 @@ def report(run: Run, docs: dict[str, Any], settle_ms: float, *, duration: float
         check_ran_once(f),
         check_exclusive(f),
         check_output(f),
+        *([check_push(f)] if "push" in run.features else []),
         check_callbacks(f),
         check_batches(f, docs),
         check_locks(docs),

@@ -22,9 +22,12 @@ from bench.chaos.jobprog import line_bytes
 from bench.chaos.rig import PY, REPOS
 from supervisor.state.clock import iso_now
 
-__all__ = ["AGENT_ADAPTORS", "PARTS", "Gen", "JobPlan", "Part", "Submission", "expected"]
+__all__ = ["AGENT_ADAPTORS", "PARTS", "PUSHED_FILE", "Gen", "JobPlan", "Part", "Submission",
+           "expected"]
 
 JOBPROG = str(jobprog.__file__)
+#: What a --push job adds to its workspace: `<PUSHED_FILE><job id>.txt`, holding its id.
+PUSHED_FILE = "chaos-pushed-"
 
 #: The agent CLIs with an adaptor and a strict fake (tests/fakes/fake_<name>.py).
 AGENT_ADAPTORS = ("claude", "gemini", "codex", "aider", "opencode", "q")
@@ -66,8 +69,12 @@ class JobPlan:
         if not self.shell:
             return self.text
         big = ",".join(str(n) for n in self.big) or "-"
-        return (f"'{PY}' -S '{JOBPROG}' '{markers}' {self.lines} {self.sleep:g} {big} "
-                f"{self.exit_code}")
+        # A --push job changes its workspace (one file named by its id, holding it), so
+        # there is a commit to push and a check of what reached the remote.
+        change = (f'echo "$BATCHD_JOB_ID" > "{PUSHED_FILE}$BATCHD_JOB_ID.txt" && '
+                  if self.push else "")
+        return (f"{change}'{PY}' -S '{JOBPROG}' '{markers}' {self.lines} {self.sleep:g} "
+                f"{big} {self.exit_code}")
 
     def whole_run(self, repo: str) -> bool:
         """Whether this job holds `repo`'s lock for its whole run."""
@@ -346,5 +353,5 @@ PARTS: tuple[Part, ...] = (
     Part("priority_delay", 3, _priority_delay),
     Part("retries", 3, _retries),
     Part("agents", 6, _agents, needs="agents"),      # fake-agent jobs: branch `agents`
-    Part("push", 3, _push, needs="push"),            # --push: results, not built yet
+    Part("push", 3, _push, needs="push"),            # --push: results
 )
