@@ -55,7 +55,7 @@ def test_a_minute_of_chaos_breaks_no_invariant(capsys: pytest.CaptureFixture[str
     report = _chaos(seed, 60, capsys)
     assert (seed, 0, []) == (report["seed"], report["violations"],
                              report["violation_examples"]), "\n".join(report["checks"])
-    assert report["kills"] >= 60, report["kills_by"]
+    assert report["kills"] >= 30, report["kills_by"]     # 67 on a machine at load 10
     assert all(n > 0 for n in report["kills_by"].values()), report["kills_by"]
 
 
