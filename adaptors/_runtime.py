@@ -1045,7 +1045,10 @@ def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
     beat.stop()
     if terminal is not None:
         terminal.close()
-    beat.beat()
+    try:
+        beat.beat()             # the output synced; a full disk: result.json is the truth
+    except OSError as exc:
+        _say(files.id, f"last heartbeat not written: {exc}")
     finished = time.time()
     _write_result(files, {
         "id": files.id,

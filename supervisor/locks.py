@@ -22,13 +22,15 @@ from supervisor.runtime import (
     EXIT_RECOVERY_FAILED,
     BadRequest,
     Log,
+    Waiter,
     Watcher,
+    WriteRetry,
     inbox_requests,
     job_of,
     report_ready,
-    run_loop,
     run_standalone,
     stop_requested,
+    until_written,
 )
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, quarantine, remove
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
@@ -74,6 +76,7 @@ __all__ = [
     "recover",
     "release_handler",
     "save",
+    "serve",
     "settle",
 ]
 
@@ -410,23 +413,68 @@ def recover(cfg: Config, layout: Layout, log: Log, *, clock: Clock = SYSTEM_CLOC
     return lk, found, did, degraded
 
 
+# -- the loop ----------------------------------------------------------------------------------
+
+def serve(lk: Locks, waiter: Waiter, *, stop: Callable[[], bool] = stop_requested,
+          retry: WriteRetry | None = None) -> Locks:
+    """A pass on every hint (or rescan) until `stop()`. A pass that fails to write
+    (ENOSPC, EIO: state.json, a page, a hint, a request's removal) rebuilds the worker
+    from its files after a backoff and passes again (see _pass), never an exit. The
+    Locks in use at the end."""
+    retry = retry if retry is not None else WriteRetry(lk.clock)
+    while not stop():
+        if waiter.wait(None) and not stop():
+            lk = _pass(lk, retry, stop)
+    return lk
+
+
+def _pass(lk: Locks, retry: WriteRetry, stop: Callable[[], bool]) -> Locks:
+    """One pass; after a failed write, wait (1, 2, 4 .. 30 s), rebuild from the files as
+    a restart would (law 4: what the failed pass held in memory is dropped, its requests
+    are still in the inbox, since they go only once state.json is durable) and pass
+    again, until one pass succeeds or a stop. A grant is hinted only once state.json
+    says it holds, and the rebuild hints a holder still waiting: none is lost, and a
+    holder is never granted twice (its acquire, taken again, finds it holding)."""
+    broken = False
+    while not stop():
+        try:
+            if broken:
+                lk, _, did, _ = recover(lk.cfg, lk.layout, lk.log, clock=lk.clock)
+                lk.log.info("lock table read again after a failed write", held=did["held"],
+                            waiting=did["waiting"], granted=len(did["granted"]))
+                broken = False
+            one_pass(lk)
+            retry.ok()
+            return lk
+        except OSError as exc:
+            broken = True
+            lk.log.error("a write failed: the lock table is read again from its files",
+                         error=str(exc), errno=exc.errno, retry_in_s=retry.delay)
+            if not retry.wait(stop):
+                break
+    return lk
+
+
 def main(cfg: Config) -> int:
     """Recover the lock table, report ready, then serve the inbox until SIGTERM."""
     started, started_at = time.monotonic(), iso_now()
     layout = Layout(cfg.state_dir)
     log = _log.get(NAME)
     try:
-        lk, found, did, degraded = recover(cfg, layout, log)
+        got = until_written("recovery", lambda: recover(cfg, layout, log), log)
     except OSError as exc:
         log.error("recovery failed", error=str(exc))
         return EXIT_RECOVERY_FAILED
+    if got is None:
+        return EXIT_OK                        # stopped while the disk was full
+    lk, found, did, degraded = got
     inbox = layout.inbox(NAME)
     with Watcher([inbox], log=log) as watcher:
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)
         log.info("ready", held=did["held"], waiting=did["waiting"], dropped=len(did["dropped"]),
                  granted=len(did["granted"]))
-        run_loop(watcher, lambda: one_pass(lk))
+        serve(lk, watcher)
     return EXIT_OK
 
 

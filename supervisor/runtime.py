@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import gc
 import importlib
 import os
@@ -59,17 +60,22 @@ from supervisor.state.layout import (
 from supervisor.state.proc import start_time
 
 __all__ = [
+    "DISK_ERRNOS",
     "EXIT_CRASHED",
     "EXIT_OK",
     "EXIT_ORPHANED",
     "EXIT_RECOVERY_FAILED",
     "NOT_YET_KEEP",
+    "WRITE_RETRY_FIRST",
+    "WRITE_RETRY_MAX",
     "BadRequest",
     "Log",
     "NotYet",
     "Waiter",
     "Watcher",
+    "WriteRetry",
     "die_with_parent",
+    "disk_error",
     "handle_inbox",
     "inbox_requests",
     "job_of",
@@ -78,6 +84,7 @@ __all__ = [
     "run_loop",
     "run_standalone",
     "stop_requested",
+    "until_written",
     "worker_entry",
 ]
 
@@ -91,6 +98,7 @@ _PR_SET_PDEATHSIG = 1
 #: The logger type workers pass around (what supervisor.log.get returns).
 Log = FilteringBoundLogger
 Ctx = TypeVar("Ctx")
+T = TypeVar("T")
 
 
 class BadRequest(Exception):
@@ -142,6 +150,73 @@ os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 def stop_requested() -> bool:
     """True once SIGTERM (or request_stop) asked this worker to finish its pass and exit."""
     return _state.stop
+
+
+#: After a failed write (a full or failing disk) a worker rebuilds itself from its files
+#: after this many seconds, doubling up to WRITE_RETRY_MAX while writes keep failing.
+WRITE_RETRY_FIRST = 1.0
+WRITE_RETRY_MAX = 30.0
+
+
+class WriteRetry:
+    """The wait before a worker tries again after a failed write: 1, 2, 4 .. 30 s while
+    writes keep failing, from 1 s again once one succeeded (docs/STATE.md, "A full or
+    failing disk")."""
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, *, first: float = WRITE_RETRY_FIRST,
+                 most: float = WRITE_RETRY_MAX) -> None:
+        self.clock = clock
+        self.first = first
+        self.most = most
+        self.delay = first
+        self.failures = 0
+
+    def wait(self, stop: Callable[[], bool] = stop_requested) -> bool:
+        """Sleep the current delay (in slices, so a stop is heard within 0.5 s) and double
+        it for next time; False if `stop()` came first."""
+        deadline = self.clock.monotonic() + self.delay
+        self.failures += 1
+        self.delay = min(self.delay * 2, self.most)
+        while not stop():
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return True
+            self.clock.sleep(min(0.5, left))
+        return False
+
+    def ok(self) -> None:
+        """A write succeeded: the next failure waits `first` again."""
+        self.delay = self.first
+        self.failures = 0
+
+
+#: errno values of a full or failing disk: a worker's start that fails with one is tried
+#: again after a backoff (until_written) instead of exiting into a crash loop.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def disk_error(exc: BaseException) -> bool:
+    """Whether `exc` is a full or failing disk (ENOSPC, EDQUOT, EIO)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
+def until_written(what: str, fn: Callable[[], T], log: FilteringBoundLogger, *,
+                  stop: Callable[[], bool] = stop_requested,
+                  retry: WriteRetry | None = None) -> T | None:
+    """`fn()`, called again after 1, 2, 4 .. 30 s while it fails for a full or failing
+    disk (each failure logged, naming `what`); None if `stop()` came first. Any other
+    error is raised."""
+    retry = retry if retry is not None else WriteRetry()
+    while True:
+        try:
+            return fn()
+        except OSError as exc:
+            if not disk_error(exc):
+                raise
+            log.error(f"{what} failed: the disk is full or failing; tried again",
+                      error=str(exc), errno=exc.errno, retry_in_s=retry.delay)
+        if not retry.wait(stop):
+            return None
 
 
 def request_stop() -> None:
@@ -335,8 +410,12 @@ def report_ready(layout: Layout, worker: str, *, found: Mapping[str, Any],
     `started_monotonic` is time.monotonic() and `started_at` the ISO time at recovery start.
     """
     pid = os.getpid()
-    ensure_dir(layout.ready_dir)
-    write_record(READY, layout.ready_file(worker), {
+
+    def write() -> None:
+        ensure_dir(layout.ready_dir)
+        write_record(READY, layout.ready_file(worker), body)
+
+    body = {
         "worker": worker,
         "pid": pid,
         "start": start_time(pid),
@@ -346,7 +425,9 @@ def report_ready(layout: Layout, worker: str, *, found: Mapping[str, Any],
         "found": dict(found),
         "did": dict(did),
         "degraded": list(degraded),
-    })
+    }
+    # a full disk keeps the worker STARTING (batchd waits for this file), never a crash
+    until_written("writing the ready record", write, _log.get(worker))
 
 
 # -- watching -------------------------------------------------------------------------------------

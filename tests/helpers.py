@@ -1,8 +1,9 @@
-"""Helpers the tests share: polling until a condition holds, real git repositories, and a real
-batchd with the real batchctl (`Rig`)."""
+"""Helpers the tests share: polling until a condition holds, real git repositories, a real
+batchd with the real batchctl (`Rig`), and a disk that fails writes (`BadDisk`)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["DEADLINE", "Rig", "git", "make_remote", "push_commit", "until"]
+__all__ = ["DEADLINE", "BadDisk", "Rig", "fill", "git", "make_remote", "push_commit",
+           "until"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +37,49 @@ def until(what: str, check: Callable[[], T], deadline: float = DEADLINE,
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {deadline:g}s waiting for {what}")
         time.sleep(interval)
+
+
+class BadDisk:
+    """Makes the state layer's real FS (state.fs.REAL, which every write goes through
+    unless given another) fail its data writes and fsyncs with `error` (ENOSPC: full;
+    EIO: failing) while `broken` is True, and the next `failures` calls; `refused`
+    counts the failed calls. Installed with pytest's monkeypatch, so the patch ends with
+    the test."""
+
+    def __init__(self, monkeypatch: Any, error: int) -> None:
+        from supervisor.state.fs import REAL, OsFS
+        self.error = error
+        self.broken = False
+        self.failures = 0
+        self.refused = 0
+        real = OsFS()
+        for name in ("write", "pwrite", "fsync", "fdatasync"):
+            monkeypatch.setattr(REAL, name, self._guard(getattr(real, name)))
+
+    def _guard(self, call: Callable[..., None]) -> Callable[..., None]:
+        def guarded(*args: Any) -> None:
+            if self.broken or self.failures > 0:
+                self.failures = max(0, self.failures - 1)
+                self.refused += 1
+                raise OSError(self.error, os.strerror(self.error))
+            call(*args)
+        return guarded
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until its file system is full (ENOSPC), to the last byte."""
+    with open(path, "wb", buffering=0) as f:
+        chunk = b"\0" * (1 << 20)
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    break
+                chunk = chunk[: len(chunk) // 2]
+    os.sync()
 
 
 def git(*args: str, cwd: Path | None = None) -> str:

@@ -3,6 +3,7 @@ reconciled with a real (read-only) JobQueue, a corrupt state.json rebuilt from t
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -28,7 +29,7 @@ from supervisor.state.locktable import (
     unavailable,
 )
 from supervisor.state.queue import JobQueue
-from tests.helpers import until
+from tests.helpers import BadDisk, until
 
 DEADLINE = 30.0
 T0 = "2026-01-01T00:00:00.000Z"
@@ -437,6 +438,72 @@ def test_a_repository_no_longer_known_is_unavailable_and_never_granted(
     assert ([], {"gone": ["a"], "app": ["a"]}, ["gone"], {"gone": ["a"]}) == (
         held(layout), state(layout)["waiting"], unavailable(table, lk.known()),
         state(layout)["blocked"])
+
+
+# -- a full or failing disk ------------------------------------------------------------------------
+
+class OneHint:
+    """A waiter for serve: one hint, then the loop stops at the next wait."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return self.waits == 1
+
+    def stop(self) -> bool:
+        return self.waits > 1
+
+
+def holder_released_while_b_waits(cfg: Config, layout: Layout) -> locks.Locks:
+    """a (running) holds app, b waits for it; a completed and its release is in the inbox."""
+    jobs_in_wal(layout, ("a", "running", ["app"], {"lock_exclusive": True}),
+                ("b", "waiting", ["app"], {}))
+    lk, _, _, _ = recover(cfg)
+    ask(layout, "b", "app", seq=1, exclusive=True)
+    locks.one_pass(lk)
+    assert ([("app", "a")], {"app": ["b"]}) == (held(layout), state(layout)["waiting"])
+    queue = JobQueue.open(layout.wal_dir)
+    try:
+        queue.update("a", state="completed")
+    finally:
+        queue.close()
+    drop(layout, release_request("a", created_at=iso_now()))
+    return lk
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_a_pass_that_cannot_save_leaves_its_requests_and_the_saved_table(
+        cfg: Config, layout: Layout, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """state.json cannot be written (full or failing disk): the pass fails before any
+    hint and any request's removal; state.json and the pages are as before."""
+    lk = holder_released_while_b_waits(cfg, layout)
+    before = state(layout)
+    BadDisk(monkeypatch, error).broken = True
+    with pytest.raises(OSError):
+        locks.one_pass(lk)
+    assert (before, ["release-a.json"], []) == (state(layout), inbox(layout), hints(layout))
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_a_failed_save_is_retried_with_a_backoff_and_grants_once(
+        cfg: Config, layout: Layout, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """The pass, then the rebuild after 1 s, cannot write; after 2 s more the worker
+    rebuilds from its files and passes: b holds, hinted once, the release is gone; the
+    worker never exits."""
+    lk = holder_released_while_b_waits(cfg, layout)
+    disk = BadDisk(monkeypatch, error)
+    disk.failures = 2
+    clock = lk.clock
+    assert isinstance(clock, MockClock)
+    t0 = clock.monotonic()
+    waiter = OneHint()
+    lk = locks.serve(lk, waiter, stop=waiter.stop)
+    assert (2, [("app", "b")], {}, [], ["granted-b.json"], 3.0) == (
+        disk.refused, held(layout), state(layout)["waiting"], inbox(layout), hints(layout),
+        clock.monotonic() - t0)
+    assert [("app", "b")] == [(repo, lock.job) for repo, lock in lk.table.held.items()]
 
 
 # -- the running worker ------------------------------------------------------------------------

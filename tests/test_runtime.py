@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from supervisor import log as _log
 from supervisor import runtime as _runtime
 from supervisor.runtime import BadRequest, Watcher, handle_inbox, inbox_requests, run_loop
 from supervisor.state.atomic import CORRUPT_MARK, write_bytes
 from supervisor.state.clock import MockClock, iso_now
 from supervisor.state.layout import READY, REQUEST, Layout, read_record, write_record
 from supervisor.state.proc import start_time
+from tests.helpers import BadDisk
 
 WAKE = 30.0  # generous: a hint must arrive long before this under any load
 
@@ -436,3 +439,75 @@ def test_without_inotify_the_watcher_still_rescans(tmp_path: Path,
         assert w.wait(0) is True
         clock.advance(5.0)
         assert w.wait(0) is True
+
+
+# -- a full or failing disk ------------------------------------------------------------------------
+
+def test_write_retry_waits_1_2_4_up_to_30_s_and_starts_again_after_a_success() -> None:
+    """Each wait sleeps the current delay on the clock and doubles it up to 30 s; ok()
+    makes the next one 1 s again."""
+    clock = MockClock()
+    retry = _runtime.WriteRetry(clock)
+    t0, waited = clock.monotonic(), []
+    for _ in range(7):
+        before = clock.monotonic()
+        assert retry.wait(lambda: False)
+        waited.append(clock.monotonic() - before)
+    retry.ok()
+    assert ([1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0], 91.0, 1.0) == (
+        waited, clock.monotonic() - t0, retry.delay)
+
+
+def test_write_retry_hears_a_stop_while_it_waits() -> None:
+    """A stop during the wait ends it (False) within one 0.5 s slice."""
+    clock = MockClock()
+    retry = _runtime.WriteRetry(clock, first=30.0)
+    t0 = clock.monotonic()
+    assert (False, 1.0) == (retry.wait(lambda: clock.monotonic() - t0 >= 1.0),
+                            clock.monotonic() - t0)
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO, errno.EDQUOT])
+def test_until_written_calls_again_while_the_disk_is_full_or_failing(error: int) -> None:
+    """A call failing for a full or failing disk is made again after 1 s, 2 s...; its
+    result is returned once it works."""
+    clock = MockClock()
+    calls: list[float] = []
+
+    def fn() -> str:
+        calls.append(clock.monotonic())
+        if len(calls) < 3:
+            raise OSError(error, os.strerror(error))
+        return "done"
+
+    got = _runtime.until_written("a test", fn, _log.get("test"),
+                                 retry=_runtime.WriteRetry(clock))
+    assert ("done", [0.0, 1.0, 3.0]) == (got, [t - calls[0] for t in calls])
+
+
+def test_until_written_raises_other_errors_and_gives_none_at_a_stop() -> None:
+    """Not a disk error (a permission): raised at once. A stop while waiting: None."""
+    def denied() -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    def full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(PermissionError):
+        _runtime.until_written("a test", denied, _log.get("test"),
+                               retry=_runtime.WriteRetry(MockClock()))
+    assert _runtime.until_written("a test", full, _log.get("test"), stop=lambda: True,
+                                  retry=_runtime.WriteRetry(MockClock())) is None
+
+
+def test_a_ready_record_that_cannot_be_written_is_written_once_the_disk_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """report_ready on a full disk does not raise (the worker would crash-loop): it writes
+    again after 1 s, and the record is there."""
+    disk = BadDisk(monkeypatch, errno.ENOSPC)
+    disk.failures = 1
+    layout = Layout(tmp_path)
+    _runtime.report_ready(layout, "locks", found={}, did={}, degraded=[],
+                          started_monotonic=0.0, started_at=iso_now())
+    rec = read_record(READY, layout.ready_file("locks"), owner=False)
+    assert (1, True) == (disk.refused, isinstance(rec, dict) and rec["pid"] == os.getpid())

@@ -9,7 +9,9 @@ Errors are `{"error": {"code", "message"}}` with 400 (malformed JSON, a bad para
 cursor or offset), 401 (no valid token), 403 (scope too short), 404, 405, 409 (an id in
 use by another job, a retry of a job still running), 413 (body over MAX_BODY), 422 (a job
 the validator refuses: the message names the key), 503 (batchd not running where it must,
-state that cannot be read). An unexpected failure is 500 with no traceback (it is logged).
+state that cannot be read, a write the disk refused: ENOSPC, EIO — code "storage", nothing
+half-written, try again once the disk works). An unexpected failure is 500 with no
+traceback (it is logged).
 """
 
 from __future__ import annotations
@@ -548,6 +550,17 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error (logged by the api worker)")
 
 
+async def _storage(request: Request, exc: Exception) -> Response:
+    """The state dir refused a read or a write (a full or failing disk, a file gone): 503,
+    the error named; every write is atomic, so nothing was half-done."""
+    assert isinstance(exc, OSError)
+    _api(request).log.error("request failed: the state dir refused it", path=request.url.path,
+                            method=request.method, error=str(exc), errno=exc.errno)
+    what = exc.strerror or str(exc)
+    return error_response(503, "storage", f"the state dir cannot be used now ({what}); "
+                                          "nothing was changed: try again later")
+
+
 def _warm(api: Api) -> None:
     try:
         api.metrics.exposition()
@@ -570,7 +583,8 @@ def build_app(api: Api) -> Starlette:
             api.folders.close()
 
     app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers={
-        ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected})
+        ApiError: _api_error, HTTPException: _http_error, OSError: _storage,
+        Exception: _unexpected})
     app.state.api = api
     return app
 

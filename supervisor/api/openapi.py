@@ -202,7 +202,8 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 _COMMON = {"400": _error("bad parameter"), "401": _error("no valid token"),
            "403": _error("the token's scope is too short"),
-           "503": _error("state that cannot be read, or batchd not running")}
+           "503": _error("state that cannot be read or written (a full or failing disk), "
+                         "or batchd not running")}
 _JOB_ID = {"name": "id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}}
 

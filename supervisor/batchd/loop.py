@@ -84,6 +84,7 @@ def _run_locked(d: Batchd) -> int:
         d.begin()
         d.publish()
         _loop(d, sel, sig_r, watcher)
+        d.timers.cancel("publish")               # the last word: not left to a retry
         d.publish()
     finally:
         sel.close()

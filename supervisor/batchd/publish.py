@@ -3,6 +3,8 @@
 workers.json (kind WORKERS) is written only by batchd, atomically, after every change
 (`Publisher.publish` is called once per loop turn and writes only when something
 changed): a crash loses at most the last change, and the next batchd writes its own.
+A write that fails (a full or failing disk) is tried again on batchd's "publish" timer,
+1, 2, 4 .. 30 s apart, until it succeeds (Batchd.publish).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from structlog.typing import FilteringBoundLogger
 
 from supervisor.batchd.procstate import Proc, State
 from supervisor.batchd.sdnotify import Notifier
+from supervisor.runtime import WRITE_RETRY_FIRST, WRITE_RETRY_MAX
 from supervisor.state.atomic import Corrupt
 from supervisor.state.clock import iso_now
 from supervisor.state.layout import WORKERS, Layout, read_record, write_record
@@ -93,14 +96,21 @@ class Publisher:
         self.pid = pid
         self.restarts_before = dict(restarts_before or {})
         self.last_status = ""
+        self.retry_in = WRITE_RETRY_FIRST    # the wait after the next failed write
 
-    def workers(self, procs: Sequence[Proc], now: float) -> None:
-        """Rewrite workers.json (a failure is logged; the next change tries again)."""
+    def workers(self, procs: Sequence[Proc], now: float) -> float | None:
+        """Rewrite workers.json: None when written; when the write failed (logged), in
+        how many seconds to try again (1, 2, 4 .. 30 while writes keep failing)."""
         try:
             write_record(WORKERS, self.layout.workers_file,
                          workers_record(self.pid, procs, now, self.restarts_before))
         except OSError as exc:
-            self.log.error("cannot write workers.json", error=str(exc))
+            retry, self.retry_in = self.retry_in, min(self.retry_in * 2, WRITE_RETRY_MAX)
+            self.log.error("cannot write workers.json: tried again", error=str(exc),
+                           errno=exc.errno, retry_in_s=retry)
+            return retry
+        self.retry_in = WRITE_RETRY_FIRST
+        return None
 
     def status(self, text: str) -> None:
         """Send STATUS= to systemd when it changed."""

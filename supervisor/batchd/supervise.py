@@ -428,11 +428,13 @@ class Batchd:
     # -- publishing ------------------------------------------------------------------------
 
     def publish(self) -> None:
-        """Rewrite workers.json (if anything changed) and refresh systemd's STATUS=."""
-        if not self.workers.dirty:
+        """workers.json if anything changed (failed: the "publish" timer), then STATUS=."""
+        if not self.workers.dirty or self.timers.pending("publish"):
             return
-        self.workers.dirty = False
-        self.publisher.workers(self.workers.ordered(), self.clock.time())
+        retry = self.publisher.workers(self.workers.ordered(), self.clock.time())
+        if retry is not None:                       # ENOSPC, EIO: the change stays
+            self.timers.set("publish", self.clock.monotonic() + retry)
+        self.workers.dirty = retry is not None
         if self.life in (Life.RUNNING, Life.RELOADING):
             self.publisher.status(self.status_text())
 

@@ -36,9 +36,11 @@ from supervisor.runtime import (
     NotYet,
     Waiter,
     Watcher,
+    WriteRetry,
     inbox_requests,
     report_ready,
     stop_requested,
+    until_written,
 )
 from supervisor.state.atomic import discard, quarantine, remove
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
@@ -126,6 +128,7 @@ class Callbacks:
     cleared: set[str] = field(default_factory=set)       # held events the check released
     deferred: set[str] = field(default_factory=set)      # retries waiting for a busy record
     retry_now: bool = False          # a record a deferred retry waits for was handed back
+    progress: bool = False           # a write succeeded (the write backoff starts again)
     #: New events with no record yet: event id -> their request in the inbox, which stays
     #: there (the durable form of the event) until the first try's in_flight write.
     requests: dict[str, Path] = field(default_factory=dict)
@@ -228,7 +231,7 @@ class Callbacks:
     def reap(self) -> None:
         """Take back what threads are done with (`retry_now` is set when a deferred retry
         can go now). A thread's error (its record could not be written) is raised here:
-        the worker exits and its restart recovers from the files."""
+        an OSError makes `serve` rebuild the worker from the files (_reopen)."""
         while True:
             try:
                 done = self._done.get_nowait()
@@ -249,6 +252,7 @@ class Callbacks:
             self.cleared.update(done.cleared)
             if done.error is not None:
                 raise done.error
+            self.progress = self.progress or bool(done.records)
             if done.result is not None and done.records:
                 _, rec = done.records[0]
                 if rec is not None:
@@ -505,26 +509,92 @@ def take_inbox(state: Callbacks, inbox: Path) -> int:
 # -- the loop (main thread) --------------------------------------------------------------------
 
 def serve(state: Callbacks, waiter: Waiter, inbox: Path, *,
-          stop: Callable[[], bool] = stop_requested, grace: float | None = None) -> None:
+          stop: Callable[[], bool] = stop_requested, grace: float | None = None,
+          retry: WriteRetry | None = None) -> Callbacks:
     """Until `stop()`: sleep until the next due try, a hint, or a thread handing a record
-    back; take the inbox on a hint (or rescan); hand out what is due. At stop, wait up to
-    `grace` (default: the POST timeout) for the tries in flight."""
+    back; take the inbox on a hint (or rescan); hand out what is due. A write that fails
+    (ENOSPC, EIO) rebuilds the worker from its files after a backoff (see _reopen), never
+    an exit. At stop, wait up to `grace` (default: the POST timeout) for the tries in
+    flight. The state in use at the end is returned."""
+    retry = retry if retry is not None else WriteRetry(state.clock)
     try:
         while not stop():
-            state.reap()
-            before = getattr(waiter, "looks", None)
-            woken = waiter.wait(state.sleep_for())
-            # a Watcher counts hints and rescans: a wake by a sending thread alone is no
-            # reason to list the inbox (the other waiters: every wake is)
-            looked = woken if before is None else getattr(waiter, "looks", None) != before
-            state.reap()
-            if (looked or state.retry_now) and not stop():
-                state.retry_now = False
-                take_inbox(state, inbox)
-            if not stop():
-                state.dispatch()
+            try:
+                _serve_once(state, waiter, inbox, stop)
+            except OSError as exc:
+                fresh = _reopen(state, exc, retry, stop)
+                if fresh is None:
+                    break
+                state = fresh
+                continue
+            if state.progress:
+                state.progress = False
+                retry.ok()
     finally:
         state.drain(state.settings.timeout if grace is None else grace)
+    return state
+
+
+def _serve_once(state: Callbacks, waiter: Waiter, inbox: Path,
+                stop: Callable[[], bool]) -> None:
+    state.reap()
+    before = getattr(waiter, "looks", None)
+    woken = waiter.wait(0.0 if state.retry_now else state.sleep_for())
+    # a Watcher counts hints and rescans: a wake by a sending thread alone is no reason
+    # to list the inbox (the other waiters: every wake is)
+    looked = woken if before is None else getattr(waiter, "looks", None) != before
+    state.reap()
+    if (looked or state.retry_now) and not stop():
+        state.retry_now = False
+        if take_inbox(state, inbox):
+            state.progress = True
+    if not stop():
+        state.dispatch()
+
+
+def _quiesce(state: Callbacks, stop: Callable[[], bool]) -> None:
+    """Wait for every try in flight to hand its records back (each thread owns its
+    records until then: a rebuilt worker must not hand them out twice); their errors
+    are logged, the files are the truth. The threads (idle now) serve the rebuilt one."""
+    while state.tasks and not stop():
+        try:
+            done = state._done.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        state._done.put(done)
+        try:
+            state.reap()
+        except OSError as exc:
+            state.log.error("a delivery could not be recorded", error=str(exc))
+
+
+def _reopen(state: Callbacks, exc: OSError, retry: WriteRetry, stop: Callable[[], bool]
+            ) -> Callbacks | None:
+    """After a write failed (a full or failing disk): what is in memory may be ahead of
+    the outbox, so once the tries in flight are back, wait (1, 2, 4 .. 30 s) and rebuild
+    everything from the files as a restart would (law 4) — without exiting, so a full
+    disk never makes a crash loop. A record whose write failed is as its file says (a
+    try whose outcome was not recorded is sent again: at-least-once); a request whose
+    effect was not durable is still in the inbox and is taken again. None at a stop."""
+    state.log.error("a write failed: the outbox is read again from disk",
+                    error=str(exc), errno=exc.errno, retry_in_s=retry.delay)
+    _quiesce(state, stop)
+    if state.tasks:
+        return None                       # stopping with tries in flight: drain them
+    while retry.wait(stop):
+        fresh = Callbacks(log=state.log, outbox=state.outbox, transport=state.transport,
+                          settings=state.settings, clock=state.clock, check=state.check,
+                          executor=state.executor, wake=state.wake,
+                          retry_now=True)     # the inbox: taken at once
+        try:
+            recover(fresh)
+        except OSError as again:
+            state.log.error("reading the outbox again failed; tried again",
+                            error=str(again), errno=again.errno, retry_in_s=retry.delay)
+            continue
+        state.log.info("outbox read again after a failed write", pending=len(fresh.pending))
+        return fresh
+    return None
 
 
 def main(cfg: Config) -> int:
@@ -540,10 +610,13 @@ def main(cfg: Config) -> int:
                       transport=HttpTransport(), settings=cfg.callbacks,
                       check=wal_check(layout.wal_dir, log))
     try:
-        found, did, degraded = recover(state)
+        got = until_written("recovery", lambda: recover(state), log)
     except OSError as exc:
         log.error("recovery failed", error=str(exc))
         return EXIT_RECOVERY_FAILED
+    if got is None:
+        return EXIT_OK                        # stopped while the disk was full
+    found, did, degraded = got
     inbox = layout.inbox(NAME)
     # a request arrives by rename (or creation); the worker's own removals are no hint
     with Watcher([inbox], log=log, events=[FileCreatedEvent, FileMovedEvent]) as watcher:

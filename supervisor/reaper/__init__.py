@@ -42,6 +42,7 @@ from supervisor.runtime import (
     handle_inbox,
     report_ready,
     stop_requested,
+    until_written,
 )
 from supervisor.state.atomic import Corrupt, ensure_dir, quarantine
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
@@ -429,10 +430,13 @@ def main(cfg: Config) -> int:
     layout = Layout(cfg.state_dir)
     log = _log.get(NAME)
     try:
-        r, found, did, degraded = recover(cfg, layout, log)
+        got = until_written("recovery", lambda: recover(cfg, layout, log), log)
     except OSError as exc:
         log.error("recovery failed", error=str(exc))
         return EXIT_RECOVERY_FAILED
+    if got is None:
+        return EXIT_OK                        # stopped while the disk was full
+    r, found, did, degraded = got
     with Watcher([layout.inbox(NAME)], log=log) as watcher:
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)

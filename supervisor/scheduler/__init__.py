@@ -26,6 +26,7 @@ from supervisor.runtime import (
     job_of,
     report_ready,
     stop_requested,
+    until_written,
 )
 from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler import queued as _queued
@@ -322,11 +323,14 @@ def main(cfg: Config) -> int:
     layout = Layout(cfg.state_dir)
     log = _log.get(NAME)
     try:
-        s, found, did, degraded = recover(cfg, layout, log)
+        got = until_written("opening the job queue", lambda: recover(cfg, layout, log), log)
     except (OSError, WalError, QueueError) as exc:
         log.error("recovery failed: cannot open the job queue", wal=str(layout.wal_dir),
                   error=str(exc))
         return EXIT_RECOVERY_FAILED
+    if got is None:
+        return EXIT_OK                        # stopped while the disk was full
+    s, found, did, degraded = got
     try:
         with Watcher([layout.inbox(NAME)], log=log) as watcher:
             report_ready(layout, NAME, found=found, did=did, degraded=degraded,

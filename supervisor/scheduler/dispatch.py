@@ -427,18 +427,19 @@ def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None
     before = str(job.entry.get("state"))
     if fields["state"] in ("failed", "lost") and int(job.entry.get("retries") or 0) > 0:
         fields["retried_as"] = _retry(j, job.entry, fields)
-    # The webhook events and the lock release are durable before the terminal state even
-    # joins the pass's batch (see supervisor.scheduler.events): if one of those writes fails
-    # (a full disk), the pass's flush must not record the end without them, nor without its
-    # counter; the job stays active and the reopened queue finalizes it again.
-    state = str(fields["state"])
-    emit_job_end(j.layout, j.queue, j.batches, {**job.entry, **fields, "id": job.id},
-                 lambda other: state if other == job.id else batch.state_of(other, j.queue))
-    if _repos_of(job.entry):
-        _release(j, job.id, f"job {state}")
     job.entry.update(fields)
+    # The webhook events and the release are durable before the terminal state joins the
+    # pass's WAL batch (see supervisor.scheduler.events): a pass whose write of either
+    # fails (a full disk) still flushes what it did before (the callers flush in
+    # `finally`), but never this terminal state, so the reopened scheduler finalizes the
+    # job again and sends them then. state_of sees this pass's unflushed states.
+    end = str(fields["state"])
+    emit_job_end(j.layout, j.queue, j.batches, {**job.entry, "id": job.id},
+                 lambda other: end if other == job.id else batch.state_of(other, j.queue))
+    if _repos_of(job.entry):
+        _release(j, job.id, f"job {end}")
     batch.updates.append((job.id, fields))
-    batch.counters[state] += 1
+    batch.counters[str(fields["state"])] += 1
     batch.counters.update(usage_counters(str(job.entry.get("agent")), fields.get("usage")))
     j.active.discard(job.id)
     j.warned.pop(job.id, None)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fakes"))
 import fakekit
 
 from supervisor.state.layout import REQUEST, Layout, read_record
-from tests.helpers import until
+from tests.helpers import fill, until
 
 
 @pytest.fixture
@@ -661,3 +661,20 @@ def test_a_failed_output_write_is_counted_and_marked_with_the_next_one() -> None
     finally:
         signal.signal(signal.SIGPIPE, old)
         os.close(w)
+
+
+def test_an_agent_that_ends_while_the_disk_is_full_gets_its_result_once_space_returns(
+        small_fs: Path, start: Callable[[Path], subprocess.Popen[bytes]]) -> None:
+    """The agent exits while the job's file system is full (a real tmpfs): the adaptor
+    neither crashes (its last heartbeat fails ENOSPC) nor gives up; it keeps trying its
+    result, which is written once space returns, with the agent's exit code."""
+    job = fakekit.make_job(small_fs / "state", "full", adaptor="command",
+                           prompt="sleep 1.5; exit 3")
+    proc = start(job)
+    fakekit.wait_for(lambda: fakekit.sentinel(job), what="the first heartbeat")
+    fill(small_fs / "filler")
+    time.sleep(3)                                # the agent ended meanwhile
+    assert (None, False) == (proc.poll(), (job / "result.json").exists())
+    (small_fs / "filler").unlink()
+    result = fakekit.wait_result(job)
+    assert (3, 3) == (result["exit_code"], proc.wait(30))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 import time
@@ -38,6 +39,7 @@ from supervisor.state.layout import (
     read_record,
     write_record,
 )
+from tests.helpers import BadDisk
 
 _YAML = """\
 state_dir: {state}
@@ -213,6 +215,41 @@ def test_crash_in_running_restarts_and_is_counted_in_workers_json(tmp_path: Path
     reaper = next(w for w in rec["workers"] if w["name"] == "reaper")
     assert ("STARTING", 1, -9, "killed by SIGKILL") == (
         reaper["state"], reaper["restarts"], reaper["exitstatus"], reaper["message"])
+
+
+def published(h: Harness) -> list[tuple[str, str, int | None]]:
+    """(name, state, pid) of each worker as workers.json says."""
+    rec = read_record(WORKERS, h.layout.workers_file, owner=False)
+    assert isinstance(rec, dict)
+    return [(w["name"], w["state"], w["pid"]) for w in rec["workers"]]
+
+
+def actual(h: Harness) -> list[tuple[str, str, int | None]]:
+    return [(p.name, p.state.value, p.pid) for p in h.d.workers.ordered()]
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_a_workers_json_that_cannot_be_written_is_written_once_the_disk_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """A worker restarts while workers.json cannot be written (full or failing disk): the
+    file keeps the old pid; batchd tries again 1 s, then 2 s later (no other change
+    needed), and once a write works the file is true again."""
+    h = Harness(tmp_path)
+    h.startup()
+    before = published(h)
+    disk = BadDisk(monkeypatch, error)
+    disk.broken = True
+    h.exit("callbacks", KILLED)
+    assert (before, 1) == (published(h), disk.refused)
+    h.tick(0.9)
+    assert 1 == disk.refused                   # not before 1 s
+    h.tick(0.1)
+    assert 2 == disk.refused                   # then 2 s later
+    h.tick(1.9)
+    assert 2 == disk.refused
+    disk.broken = False
+    h.tick(0.1)
+    assert (2, actual(h), True) == (disk.refused, published(h), before != published(h))
 
 
 def test_critical_restart_intensity_exceeded_takes_batchd_down(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ power cuts during a try (tests.crashfs)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from supervisor import log as _log
 from supervisor.callbacks.settle import Verdict
 from supervisor.callbacks.transport import MockTransport, Reply, Sent, TransportError
 from supervisor.config import CallbacksConfig
+from supervisor.runtime import WriteRetry
 from supervisor.state.atomic import CORRUPT_MARK, discard
 from supervisor.state.clock import MockClock, iso_now
 from supervisor.state.layout import DELIVERY, REQUEST, Layout, read_record, write_record
@@ -37,7 +39,7 @@ from supervisor.state.webhook import (
     retry_request,
 )
 from tests.crashfs import CrashFS, explore
-from tests.helpers import until
+from tests.helpers import BadDisk, until
 
 T0 = 1_800_000_000.0
 URL = "http://127.0.0.1:9/hook"
@@ -529,20 +531,120 @@ def test_a_retry_of_a_try_in_flight_waits_for_it(tmp_path: Path,
     assert ("pending", ["outbox"], 1) == (rec["state"], where(tmp_path, "e1"), rec["retry_base"])
 
 
-def test_an_error_writing_a_record_stops_the_worker(tmp_path: Path) -> None:
-    """A sending thread that cannot write its record hands the error back; the main loop
-    raises it (the worker exits and recovers from the files at its restart)."""
+class UntilDelivered:
+    """A waiter for serve: every wait returns a hint (the inbox is looked at), advancing
+    the clock by its timeout; the loop stops one turn after `event_id` is settled on disk
+    (or after `turns` waits)."""
+
+    def __init__(self, tmp_path: Path, now: MockClock, event_id: str, turns: int = 50) -> None:
+        self.tmp_path, self.now, self.event_id, self.turns = tmp_path, now, event_id, turns
+        self.asked: list[float | None] = []
+        self.settled_at: int | None = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.asked.append(timeout)
+        self.turns -= 1
+        if timeout is not None:
+            self.now.advance(timeout)
+        return True
+
+    def stop(self) -> bool:
+        if self.settled_at is None and isinstance(read_record(
+                DELIVERY, Layout(self.tmp_path).callbacks_done / f"{self.event_id}.json",
+                owner=False), dict):
+            self.settled_at = len(self.asked)
+        return self.turns <= 0 or (self.settled_at is not None
+                                   and len(self.asked) > self.settled_at)
+
+
+def serve_until_delivered(tmp_path: Path, state: callbacks.Callbacks, event_id: str
+                          ) -> tuple[callbacks.Callbacks, UntilDelivered]:
+    waiter = UntilDelivered(tmp_path, clock(state), event_id)
+    state = callbacks.serve(state, waiter, Layout(tmp_path).inbox("callbacks"),
+                            stop=waiter.stop, grace=0)
+    return state, waiter
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_a_record_that_cannot_be_written_is_retried_with_a_backoff(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """A try whose in_flight write fails (full or failing disk) sends nothing; the worker
+    does not exit: it reads the outbox again after 1 s, 2 s, 4 s while writes keep
+    failing, and once they work the delivery is sent once and recorded delivered."""
     state = make(tmp_path)
     stored(tmp_path, fresh("e1"))
     callbacks.recover(state)
+    disk = BadDisk(monkeypatch, error)
+    disk.failures = 3
+    t0 = clock(state).time()
+    state, _ = serve_until_delivered(tmp_path, state, "e1")
+    assert (3, 1, "delivered", 1, 7.0) == (
+        disk.refused, len(sent(state)), on_disk(tmp_path, "e1")["state"],
+        on_disk(tmp_path, "e1")["attempts"], clock(state).time() - t0)
 
-    def broken(rec: dict[str, Any], **how: bool) -> None:
-        raise OSError(28, "No space left on device")
 
-    state.outbox.put = broken     # type: ignore[method-assign]
-    state.dispatch()
-    with pytest.raises(OSError, match="No space"):
-        state.reap()
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_an_outcome_that_cannot_be_written_is_sent_again_never_taken_as_delivered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """The receiver answers 200 but the delivered record cannot be written, nor (the disk
+    still failing) the in_flight record reset at the rebuild: the delivery is not taken
+    as delivered; once writes work it is sent again (at-least-once) and recorded."""
+    disk = BadDisk(monkeypatch, error)
+
+    def receive(sent: Sent) -> int:
+        if not state.transport.sent[:-1]:        # the first POST: then writes fail twice
+            disk.failures = 2
+        return 200
+
+    state = make(tmp_path)
+    state.transport = MockTransport(receive)
+    stored(tmp_path, fresh("e1"))
+    callbacks.recover(state)
+    state, _ = serve_until_delivered(tmp_path, state, "e1")
+    assert (2, 2, "delivered", ["done"]) == (
+        disk.refused, len(sent(state)), on_disk(tmp_path, "e1")["state"],
+        where(tmp_path, "e1"))
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_a_new_event_whose_first_record_fails_stays_in_the_inbox_until_delivered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """A new event's first try cannot write its record: its request stays in the inbox
+    (the durable form of the event), is taken again after the backoff, and the event is
+    delivered once; the inbox is empty at the end."""
+    state = make(tmp_path)
+    callbacks.recover(state)
+    hand_over(tmp_path, "e2")
+    disk = BadDisk(monkeypatch, error)
+    disk.failures = 1
+    state, _ = serve_until_delivered(tmp_path, state, "e2")
+    assert (1, 1, "delivered", []) == (
+        disk.refused, len(sent(state)), on_disk(tmp_path, "e2")["state"],
+        inbox_names(tmp_path))
+
+
+def test_the_write_backoff_doubles_to_30_s_and_starts_again_after_a_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While writes keep failing the waits are 1, 2, 4, 8, 16, 30, 30 s; a delivery that
+    is recorded makes the next failure wait 1 s again."""
+    state = make(tmp_path)
+    stored(tmp_path, fresh("e1"))
+    callbacks.recover(state)
+    disk = BadDisk(monkeypatch, errno.ENOSPC)
+    disk.failures = 7
+    retry = WriteRetry(clock(state))
+    waits: list[float] = []
+    real_wait = retry.wait
+
+    def wait(stop: Callable[[], bool] = lambda: False) -> bool:
+        waits.append(retry.delay)
+        return real_wait(stop)
+
+    retry.wait = wait                          # type: ignore[method-assign]
+    waiter = UntilDelivered(tmp_path, clock(state), "e1")
+    callbacks.serve(state, waiter, Layout(tmp_path).inbox("callbacks"), stop=waiter.stop,
+                    grace=0, retry=retry)
+    assert ([1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0], 1.0) == (waits, retry.delay)
 
 
 # -- the retry request ----------------------------------------------------------------------------

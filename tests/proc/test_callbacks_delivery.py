@@ -264,10 +264,10 @@ def _kill_in_flight_then_restart(worker: Worker, rcv: Receiver) -> None:
 
 
 def test_a_hanging_receiver_does_not_delay_a_fast_one(worker: Worker) -> None:
-    """Six events to a receiver that holds every POST for 3 s, then three to another
+    """Six events to a receiver that holds every POST for 6 s, then three to another
     receiver: those three are delivered while the slow ones still hang (the slow receiver
     never has more than 4 POSTs at once), and the slow ones are delivered after."""
-    with serving({"/hang": [(3.0, 200)]}) as slow, serving({"/fast": [(0.0, 200)]}) as fast:
+    with serving({"/hang": [(6.0, 200)]}) as slow, serving({"/fast": [(0.0, 200)]}) as fast:
         p = worker.start()
         hung = [worker.hand_over(slow, "/hang", f"slow-{i}")[0] for i in range(6)]
         wait_until(lambda: len(slow.hits) == 4, "4 POSTs held by the slow receiver", p)
@@ -276,7 +276,9 @@ def test_a_hanging_receiver_does_not_delay_a_fast_one(worker: Worker) -> None:
         wait_until(lambda: all(worker.state(e) == "delivered" for e in quick),
                    "the fast receiver's events delivered", p)
         took = time.monotonic() - t0
-        assert (4, True) == (len(slow.hits), took < 1.5), took
+        # well inside the hang (a loaded machine's fsyncs take their time), so no slot of
+        # the slow receiver's was needed
+        assert (4, True) == (len(slow.hits), took < 3.0), took
         # 4 in flight; 2 waiting for their first try as their requests (no record yet)
         assert [None, None] + ["in_flight"] * 4 == sorted(
             (worker.state(e) for e in hung), key=str)

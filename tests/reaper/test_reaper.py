@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +34,7 @@ from supervisor.state.layout import (
 from supervisor.state.locktable import acquire_request
 from supervisor.state.queue import JOB_STATES, TERMINAL_STATES, JobQueue
 from supervisor.state.submission import write_submission
-from tests.helpers import until
+from tests.helpers import BadDisk, until
 from tests.reaper.conftest import GRACE, aged, make_cfg, touch
 
 DAY = 86400.0
@@ -158,6 +160,29 @@ def test_nothing_job_related_is_reaped_when_the_queue_cannot_be_read(tmp_path: P
                                         layout.job_dir("old").exists(),
                                         (r.cfg.workspace_dir / "old").exists())
     assert not tmp.exists()
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_a_pass_on_a_disk_that_fails_writes_removes_nothing_half_and_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """Every write fails (full or failing disk): the pass raises nothing (each part is
+    logged and tried again next pass), no job is forgotten that is not archived; once
+    writes work the next pass archives and forgets it, once."""
+    r, layout = make(tmp_path, [{"id": "old", "state": "completed", "ended": 31},
+                                {"id": "run", "state": "running"}])
+    disk = BadDisk(monkeypatch, error)
+    disk.broken = True
+    reaper.one_pass(r)
+    records, _ = archive.read(layout)
+    assert (True, [], []) == (disk.refused > 0, records, forget_requests(layout))
+    assert (True, True) == (layout.job_dir("run").exists(),
+                            (r.cfg.workspace_dir / "run").exists())
+    disk.broken = False
+    reaper.one_pass(r)
+    records, notes = archive.read(layout)
+    assert ([("old", "completed")], [], [["old"]], False) == (
+        [(x["id"], x["state"]) for x in records], notes, forget_requests(layout),
+        layout.job_dir("old").exists())
 
 
 def test_clean_forgets_now_and_replies_with_what_went(tmp_path: Path) -> None:

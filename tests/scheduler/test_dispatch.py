@@ -40,6 +40,7 @@ from supervisor.state.layout import (
 from supervisor.state.locktable import Lock, Table, Want, acquire, held_record, page_record
 from supervisor.state.proc import alive, start_time
 from supervisor.state.queue import JobQueue, MemoryStorage
+from tests.helpers import BadDisk
 
 DEADLINE = 30.0
 
@@ -682,6 +683,42 @@ def test_an_exclusive_job_keeps_its_lock_until_it_ends(rjobs: _dispatch.Jobs,
     _dispatch.tick_all(rjobs)
     assert ("completed", ["acquire-x", "release-x"]) == (get(rjobs, "x")["state"],
                                                          list(lock_requests(rjobs)))
+
+
+@pytest.mark.parametrize("fails", [1, 2])
+def test_an_end_whose_webhook_or_release_cannot_be_written_is_not_recorded(
+        rjobs: _dispatch.Jobs, procs: Procs, monkeypatch: pytest.MonkeyPatch,
+        fails: int) -> None:
+    """The job's webhook event (fails=1) or its lock release (fails=2) cannot be written
+    (ENOSPC): the pass raises, and the WAL does not say the job ended (so it is finalized
+    again, never left ended without its release or its webhook); the next pass, the disk
+    working, records the end with both sent."""
+    enqueue(rjobs, "x", repos=["app"], callback="http://127.0.0.1:9/hook")
+    _dispatch.dispatch(rjobs)
+    grant_table(rjobs, ("app", "x"))
+    _dispatch.dispatch(rjobs)
+    finish_clones(rjobs)
+    procs.exit("x")
+    result(rjobs, "x")
+    disk = BadDisk(monkeypatch, errno.ENOSPC)
+    disk.failures = 1
+    if fails == 2:                       # the event goes through, the release does not
+        real, calls = _dispatch._release, []
+
+        def release(j: _dispatch.Jobs, job_id: str, why: str) -> None:
+            calls.append(job_id)
+            disk.failures = 1 if len(calls) == 1 else 0
+            real(j, job_id, why)
+
+        monkeypatch.setattr(_dispatch, "_release", release)
+        disk.failures = 0
+    with pytest.raises(OSError):
+        _dispatch.tick_all(rjobs)
+    assert ("running", ["acquire-x"]) == (get(rjobs, "x")["state"], list(lock_requests(rjobs)))
+    _dispatch.tick_all(rjobs)
+    events = os.listdir(rjobs.layout.inbox("callbacks"))
+    assert ("completed", ["acquire-x", "release-x"], 1) == (
+        get(rjobs, "x")["state"], list(lock_requests(rjobs)), len(events))
 
 
 def test_a_job_not_holding_all_its_repos_keeps_waiting(rjobs: _dispatch.Jobs,
