@@ -113,6 +113,7 @@ class Systemd:
         self.run = run
         self.rng = random.Random(f"{run.opts.seed}:systemd")
         self.expecting: str | None = None
+        self.sent: set[str] = set()     # every signal sent to this batchd ("kill", "term")
         self.restarting = False
         self.stopping = False
         self.exits: list[dict[str, Any]] = []
@@ -121,6 +122,7 @@ class Systemd:
 
     def expect(self, kind: str) -> None:
         self.expecting = kind
+        self.sent.add(kind)
         self.signalled_at = time.monotonic()
 
     def _loop(self) -> None:
@@ -138,13 +140,14 @@ class Systemd:
                 continue
             self.restarting = True
             kind, self.expecting = self.expecting, None
+            sent, self.sent = self.sent, set()
             took = time.monotonic() - self.signalled_at
             self.exits.append({"kind": kind, "rc": rc, "stop_s": round(took, 3)})
-            if kind == "kill" and rc == -signal.SIGKILL:
-                pass
-            elif kind == "term" and rc == 0:
+            if rc == -signal.SIGKILL and "kill" in sent:
+                pass        # (a SIGTERM then a SIGKILL before the exit was seen: the kill won)
+            elif rc == 0 and "term" in sent:
                 self.run.fault_ms["sigterm_stop_ms"].append(took * 1000)
-            elif kind == "term" and rc == -signal.SIGTERM:
+            elif rc == -signal.SIGTERM and "term" in sent:
                 # SIGTERM before batchd set its handler (it was starting): the default action,
                 # a clean stop for systemd (SuccessExitStatus); its workers die with it.
                 self.run.note("a SIGTERM reached batchd before its handler (exit by the "
