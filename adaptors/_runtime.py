@@ -962,18 +962,39 @@ def _collect_changes(spec: JobSpec, files: JobPaths,
         return {}
     completed = outcome.exit_code == 0 and outcome.signal is None and outcome.reason is None
     account, home = _git_account(spec)
-    got = collect(spec, files, push=completed and spec.push is not None, account=account,
-                  home=home)
-    try:
-        write_changes(files, got)
-    except OSError as exc:
-        got.error = got.error or f"changes not saved: {exc}"
+    said = -math.inf
+    while True:       # a full disk is waited out, as for result.json: never a failed job
+        try:
+            got = collect(spec, files, push=completed and spec.push is not None,
+                          account=account, home=home)
+            if got.error is None or not _no_space(got.error):
+                write_changes(files, got)
+                break
+            why = got.error
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                got = Collected([], error=f"changes not saved: {exc}")
+                break
+            why = str(exc)
+        if time.monotonic() - said >= 60.0:
+            said = time.monotonic()
+            _say(spec.id, f"changes not collected for lack of space, trying again: {why}")
+        time.sleep(_RESULT_RETRY_S)
     if got.error is not None:
         _say(spec.id, got.error)
         if outcome.reason is None:
             outcome.reason = got.error
     _say(spec.id, _changes_line(got))
     return got.summary()
+
+
+#: Errors of a disk that has no room: waited out, never the job's failure.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _no_space(text: str) -> bool:
+    """Whether git's words (kept in a collection error) say the disk was full."""
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def _changes_line(got: Collected) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "LAUNCHERS",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_DURATION",
     "NAME_PATTERN",
     "OPTIONAL_WORKERS",
     "SIZE_HELP",
@@ -291,7 +292,7 @@ def enabled_workers(cfg: Config) -> tuple[str, ...]:
 
 def default_config(env: Mapping[str, str] | None = None) -> Config:
     """The built-in configuration: every default, state under default_state_dir(env)."""
-    state_dir = default_state_dir(env)
+    state_dir = _default_state_dir(os.environ if env is None else env, "<built-in>")
     return Config(state_dir=state_dir, workspace_dir=state_dir / "workspaces")
 
 
@@ -307,16 +308,22 @@ def resolve_path(path: str | None = None, env: Mapping[str, str] | None = None) 
     return None
 
 
-def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load(path: str | None = None, env: Mapping[str, str] | None = None, *,
+         files: bool = False) -> Config:
     """Read and check the configuration found by resolve_path(); ConfigError if it is bad.
 
     An explicitly named file (path or $BATCHD_CONFIG) that cannot be read is an error naming
-    it; with no file at all the built-in default is returned.
+    it; with no file at all the built-in default is returned. `files`: also refuse a file
+    batchd writes (log.file, metrics.textfile) whose folder does not exist (batchd's own
+    start, reload and --check; batchctl writes neither, so it does not ask).
     """
     e = os.environ if env is None else env
     chosen = resolve_path(path, e)
     if chosen is None:
         return default_config(e)
+    if not _is_utf8(chosen):
+        raise ConfigError(f"{chosen!r}: the configuration's path is not UTF-8 text, which "
+                          "batchd's records naming it must be (rename the file)")
     via = " (named by $BATCHD_CONFIG)" if path is None and chosen == e.get("BATCHD_CONFIG") else ""
     try:
         with open(chosen, "rb") as f:
@@ -328,10 +335,11 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError(f"{chosen}:{line}: not UTF-8 text (byte {exc.start})") from None
-    return parse(text, chosen, env=e)
+    return parse(text, chosen, env=e, files=files)
 
 
-def parse(text: str, source: str, *, env: Mapping[str, str] | None = None) -> Config:
+def parse(text: str, source: str, *, env: Mapping[str, str] | None = None,
+          files: bool = False) -> Config:
     """Check YAML text (from file `source`) and build its Config; ConfigError if it is bad.
 
     An empty document means all defaults. Relative paths are taken from source's folder.
@@ -357,7 +365,7 @@ def parse(text: str, source: str, *, env: Mapping[str, str] | None = None) -> Co
     except RecursionError:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     base = Path(os.path.abspath(os.path.dirname(source) or "."))
-    ctx = _Ctx(source=source, base=base, home=e.get("HOME"))
+    ctx = _Ctx(source=source, base=base, home=e.get("HOME"), files=files)
     values: dict[str, Any] = {}
     if root is not None:
         if _kind(root) in ("mapping", "null"):
@@ -367,12 +375,28 @@ def parse(text: str, source: str, *, env: Mapping[str, str] | None = None) -> Co
     _check_order(ctx, values.get("scheduler", SchedulerConfig()))
     if ctx.errors:
         raise ConfigError(ctx.message())
-    state_dir = values.pop("state_dir", None) or default_state_dir(e)
+    state_dir = values.pop("state_dir", None) or _default_state_dir(e, source)
     workspace_dir = values.pop("workspace_dir", None) or state_dir / "workspaces"
     return Config(state_dir=state_dir, workspace_dir=workspace_dir, source=source, **values)
 
 
+def _default_state_dir(env: Mapping[str, str], source: str) -> Path:
+    """default_state_dir, or ConfigError when it is not UTF-8 ($BATCHD_STATE_DIR or $HOME
+    from bytes that are not): every job record names paths under it."""
+    state_dir = default_state_dir(env)
+    if not _is_utf8(str(state_dir)):
+        raise ConfigError(f"{source}: state_dir: the default {str(state_dir)!r} (from "
+                          "$BATCHD_STATE_DIR or $HOME) is not UTF-8 text, which every record "
+                          "naming it must be; set state_dir")
+    return state_dir
+
+
 # --------------------------------------------------------------------------- durations
+
+#: The longest duration anything takes (100 years): beyond it, an instant computed from
+#: now cannot be written (ISO-8601 stops at year 9999) nor slept on (time_t, 2^63 ns).
+MAX_DURATION = 36500 * 86400.0
+MAX_DURATION_TEXT = "36500d (100 years)"
 
 _UNITS: dict[str, float] = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _UNIT_ORDER = tuple(_UNITS)
@@ -406,6 +430,8 @@ def _seconds(value: object) -> float:
         raise ValueError(expected)
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("expected a duration >= 0")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"expected a duration of at most {MAX_DURATION_TEXT}")
     return seconds
 
 
@@ -514,6 +540,7 @@ class _Ctx:
     source: str
     base: Path                  # relative paths are taken from here
     home: str | None            # for ~ expansion
+    files: bool = False         # check that the folders of files batchd writes exist
     errors: list[tuple[int, str]] = field(default_factory=list)
     nodes: dict[str, Node] = field(default_factory=dict)    # dotted key -> its value node
     bad: set[str] = field(default_factory=set)               # dotted keys that had errors
@@ -658,16 +685,45 @@ def _duration(*, positive: bool = False, nullable: bool = False) -> _Conv:
     return conv
 
 
+def _clean_text(text: str) -> str:
+    """`text` if every process can carry it (argv, environment, a path, a JSON record):
+    no NUL (a YAML "\\0" escape) and no lone surrogate (a YAML "\\ud800" escape)."""
+    if "\0" in text:
+        raise _Invalid(f"contains a NUL character (\\0) at character {text.index(chr(0))}")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise _Invalid(f"not valid UTF-8 text: {text[exc.start]!r} at character "
+                           f"{exc.start} is a lone surrogate") from None
+    return text
+
+
 def _string(ctx: _Ctx, node: Node, key: str) -> str:
     """A non-empty string; numbers are taken as written (args: [--max-turns, 5])."""
     kind = _kind(node)
     if kind in ("str", "int", "float", "timestamp") and node.value != "":
-        return str(node.value)
+        return _clean_text(str(node.value))
     if kind == "bool":
         raise _Invalid(f"expected a string, got {_got(node)}; quote it to mean the text")
     if kind == "str":
         raise _Invalid("expected a non-empty string, got ''")
     raise _Invalid(f"expected a string, got {_got(node)}")
+
+
+def _text(what: str) -> _Conv:
+    """A non-empty string written as one: a path, command, account or address given as a
+    number, boolean or date (`textfile: 5`, `user: 1000`) is refused, not read as the
+    text "5": quoting it says the text is meant."""
+    def conv(ctx: _Ctx, node: Node, key: str) -> str:
+        kind = _kind(node)
+        if kind in ("int", "float", "bool", "timestamp"):
+            kinds = {"int": "a number", "float": "a number", "bool": "a boolean",
+                     "timestamp": "a date"}
+            raise _Invalid(f"expected {what}, got {node.value} ({kinds[kind]}); quote it "
+                           "if you mean the text")
+        return _string(ctx, node, key)
+    return conv
 
 
 def _optional(conv: _Conv) -> _Conv:
@@ -703,11 +759,36 @@ def _expand(ctx: _Ctx, text: str) -> Path:
             raise _Invalid(f"unknown user in path {text!r}")
         text = expanded
     path = Path(text)
-    return path if path.is_absolute() else ctx.base / path
+    path = path if path.is_absolute() else ctx.base / path
+    if not _is_utf8(str(path)):
+        raise _Invalid(f"the path {str(path)!r} is not UTF-8 text, which every record naming "
+                       "it must be (a relative path is taken from the configuration's folder)")
+    return path
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8: a path from bytes that are not UTF-8 (a file name,
+    $HOME) holds lone surrogates, and no JSON record can name it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _path(ctx: _Ctx, node: Node, key: str) -> Path:
-    return _expand(ctx, _string(ctx, node, key))
+    return _expand(ctx, _text("a path (a string)")(ctx, node, key))
+
+
+def _file(ctx: _Ctx, node: Node, key: str) -> Path:
+    """A path to a file batchd writes: with ctx.files its folder must exist (batchd does
+    not make it, and finding out at the first write, in a worker's log, is too late)."""
+    path = _path(ctx, node, key)
+    if ctx.files and not path.parent.is_dir():
+        raise _Invalid(f"the folder {path.parent} of {path} does not exist (or is not a folder)")
+    return path
 
 
 _SCP_LIKE = re.compile(r"(?:[^@/:]+@)?[^@/:]+:.*")
@@ -716,7 +797,7 @@ _URL_SCHEMES = ("http", "https", "ssh", "git", "file")
 
 def _repo_url(ctx: _Ctx, node: Node, key: str) -> str:
     """A git URL (http/https/ssh/git/file, or scp-like [user@]host:path) or a local path."""
-    return _repo_url_text(ctx, _string(ctx, node, key))
+    return _repo_url_text(ctx, _text("a local path or a git URL")(ctx, node, key))
 
 
 def check_repo_url(text: str, base: Path, home: str | None = None) -> str:
@@ -727,6 +808,10 @@ def check_repo_url(text: str, base: Path, home: str | None = None) -> str:
     """
     if not text.strip():
         raise ValueError("expected a non-empty URL or path")
+    try:
+        _clean_text(text)
+    except _Invalid as exc:
+        raise ValueError(f"URL {exc}") from None
     try:
         return _repo_url_text(_Ctx(source="", base=base, home=home), text)
     except _Invalid as exc:
@@ -762,8 +847,9 @@ def _branch(ctx: _Ctx, node: Node, key: str) -> str:
 
 def check_branch(text: str) -> str:
     """`text` if git takes it as a branch name (`git check-ref-format --branch`, whose rules
-    _BAD_REF spells out; "HEAD" is refused too), else ValueError saying so."""
-    if not text or text == "HEAD" or _BAD_REF.search(text):
+    _BAD_REF spells out; "HEAD" is refused too) and it is printable text (no control
+    character, no lone surrogate from a non-UTF-8 argument), else ValueError saying so."""
+    if not text or text == "HEAD" or _BAD_REF.search(text) or not text.isprintable():
         raise ValueError(f"not a valid git branch name: {text!r} (git check-ref-format "
                          "refuses it)")
     return text
@@ -807,7 +893,8 @@ def _env(ctx: _Ctx, node: Node, key: str) -> tuple[tuple[str, str], ...]:
             ctx.error(knode, path, f"not an environment variable name: {name!r}")
             continue
         try:   # an empty string is a fine value for a variable
-            out.append((name, vnode.value if _kind(vnode) == "str" else _string(ctx, vnode, path)))
+            out.append((name, _clean_text(vnode.value) if _kind(vnode) == "str"
+                        else _string(ctx, vnode, path)))
         except _Invalid as exc:
             ctx.error(vnode, path, str(exc))
     return tuple(out)
@@ -823,11 +910,11 @@ def _valid_name(ctx: _Ctx, knode: Node, path: str, what: str, name: str) -> bool
 
 _AGENT: dict[str, _Conv] = {
     "adaptor": _choice(ADAPTORS),
-    "command": _optional(_string),
+    "command": _optional(_text("a command name or path (a string)")),
     "args": _strings,
     "env": _env,
     "timeout": _duration(positive=True, nullable=True),
-    "user": _optional(_string),
+    "user": _optional(_text("an account name (a string)")),
     "model": _optional(_string),
     "idle_timeout": _duration(positive=True, nullable=True),
     "max_concurrent": _optional(_int(1, "a positive integer or null")),
@@ -909,7 +996,7 @@ def parse_listen(text: str) -> tuple[str, str | int]:
 
 
 def _listen(ctx: _Ctx, node: Node, key: str) -> str:
-    text = _string(ctx, node, key)
+    text: str = _text('"HOST:PORT", "[IPV6]:PORT" or "unix:/path"')(ctx, node, key)
     try:
         parse_listen(text)
     except ValueError as exc:
@@ -937,7 +1024,7 @@ def _workers(ctx: _Ctx, node: Node, key: str) -> dict[str, WorkerConfig]:
 _LOG: dict[str, _Conv] = {
     "level": _choice(LOG_LEVELS),
     "format": _choice(LOG_FORMATS),
-    "file": _optional(_path),
+    "file": _optional(_file),
 }
 
 _SCHEDULER: dict[str, _Conv] = {
@@ -968,7 +1055,7 @@ _API: dict[str, _Conv] = {
 }
 
 _METRICS: dict[str, _Conv] = {
-    "textfile": _optional(_path),
+    "textfile": _optional(_file),
 }
 
 

@@ -217,6 +217,12 @@ def test_parse_duration_accepts(value: object, seconds: float) -> None:
     pytest.param(-(10**400), f"expected a duration >= 0, got {-(10**400)}", id="huge-negative"),
     (float("inf"), "expected a duration >= 0, got inf"),
     (float("nan"), "expected a duration >= 0, got nan"),
+    pytest.param("99999999999d", "expected a duration of at most 36500d (100 years), got "
+                 "'99999999999d'", id="beyond-year-9999"),
+    pytest.param(36500 * 86400 + 1, "expected a duration of at most 36500d (100 years), got "
+                 f"{36500 * 86400 + 1}", id="just-over-the-cap"),
+    pytest.param(1e299, "expected a duration of at most 36500d (100 years), got 1e+299",
+                 id="huge-float"),
 ])
 def test_parse_duration_refuses(value: object, message: str) -> None:
     """Anything else is a ValueError saying what a duration looks like and what was given."""
@@ -611,6 +617,108 @@ def test_unknown_api_and_metrics_keys_are_refused() -> None:
         parse("api:\n  lisen: x\nmetrics:\n  text_file: /x\n", SRC, env=ENV)
     assert f"{SRC}:2: api.lisen: unknown key 'lisen'" in str(err.value)
     assert f"{SRC}:4: metrics.text_file: unknown key" in str(err.value)
+
+
+def test_the_longest_duration_is_100_years_and_usable_from_now() -> None:
+    """The cap itself is accepted, and now plus it is still an instant that can be written
+    and slept on (a longer one raised "year out of range" in every door)."""
+    import time
+    from datetime import UTC, datetime
+
+    assert _config.MAX_DURATION == parse_duration("36500d")
+    assert datetime.fromtimestamp(time.time() + _config.MAX_DURATION, tz=UTC).year > 2100
+    assert datetime.fromtimestamp(time.time() - _config.MAX_DURATION, tz=UTC).year < 1950
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("scheduler: {job_timeout: 99999999999999d}\n",
+     f"{SRC}:1: scheduler.job_timeout: expected a duration of at most 36500d (100 years), "
+     "got '99999999999999d'"),
+    ("metrics: {textfile: 5}\n", f"{SRC}:1: metrics.textfile: expected a path (a string), "
+     "got 5 (a number); quote it if you mean the text"),
+    ("state_dir: 1.5\n", f"{SRC}:1: state_dir: expected a path (a string), got 1.5 "
+     "(a number); quote it if you mean the text"),
+    ("workspace_dir: true\n", f"{SRC}:1: workspace_dir: expected a path (a string), got "
+     "true (a boolean); quote it if you mean the text"),
+    ("log: {file: 7}\n", f"{SRC}:1: log.file: expected a path (a string), got 7 (a number); "
+     "quote it if you mean the text"),
+    ("api: {tokens_file: 2025-01-01}\n", f"{SRC}:1: api.tokens_file: expected a path "
+     "(a string), got 2025-01-01 (a date); quote it if you mean the text"),
+    ("api: {listen: 8765}\n", f"{SRC}:1: api.listen: expected \"HOST:PORT\", "
+     "\"[IPV6]:PORT\" or \"unix:/path\", got 8765 (a number); quote it if you mean the text"),
+    ("agents:\n  x: {adaptor: command, command: 5}\n", f"{SRC}:2: agents.x.command: expected "
+     "a command name or path (a string), got 5 (a number); quote it if you mean the text"),
+    ("agents:\n  x: {adaptor: command, user: 1000}\n", f"{SRC}:2: agents.x.user: expected "
+     "an account name (a string), got 1000 (a number); quote it if you mean the text"),
+    ("repositories:\n  r: {url: 7}\n", f"{SRC}:2: repositories.r.url: expected a local path "
+     "or a git URL, got 7 (a number); quote it if you mean the text"),
+    ('agents:\n  x: {adaptor: command, args: ["a\\0b"]}\n',
+     f"{SRC}:2: agents.x.args[0]: contains a NUL character (\\0) at character 1"),
+    ('agents:\n  x: {adaptor: command, env: {A: "\\ud800"}}\n',
+     f"{SRC}:2: agents.x.env.A: not valid UTF-8 text: '\\ud800' at character 0 is a lone "
+     "surrogate"),
+    ('repositories:\n  r: {url: /x, branch: "a\\udcffb"}\n',
+     f"{SRC}:2: repositories.r.branch: not valid UTF-8 text: '\\udcff' at character 1 is a "
+     "lone surrogate"),
+])
+def test_a_number_where_a_path_or_name_is_wanted_is_refused(text: str, message: str) -> None:
+    """A YAML number, boolean or date is never silently read as a path, command, account or
+    address (`textfile: 5` was the file ./5), and no config string may hold a NUL or a
+    lone surrogate: each is one error naming the file, line and key."""
+    assert message == errors_of(text)
+
+
+def test_numbers_stay_text_where_text_is_meant() -> None:
+    """args, env values and branches keep a number as written (`--max-turns 5`, `DEBUG: 1`,
+    a branch named 1.10): no precision is lost, nothing is coerced."""
+    cfg = parse("agents:\n  x: {adaptor: command, args: [--n, 5], env: {DEBUG: 1}}\n"
+                "repositories:\n  r: {url: /x, branch: 1.10}\n", SRC, env=ENV)
+    assert ("--n", "5") == cfg.agents["x"].args
+    assert (("DEBUG", "1"),) == cfg.agents["x"].env
+    assert "1.10" == cfg.repositories["r"].branch
+
+
+def test_files_batchd_writes_need_an_existing_folder_when_batchd_asks(tmp_path: Path) -> None:
+    """With files=True (batchd's start, reload and --check) a metrics.textfile or log.file in
+    a folder that does not exist is refused naming key and line; batchctl (files=False)
+    still reads the config, since it writes neither file."""
+    text = (f"metrics: {{textfile: {tmp_path}/nowhere/batchd.prom}}\n"
+            f"log: {{file: {tmp_path}/gone/batchd.log}}\n")
+    with pytest.raises(ConfigError) as info:
+        parse(text, SRC, env=ENV, files=True)
+    assert (f"{SRC}:1: metrics.textfile: the folder {tmp_path}/nowhere of "
+            f"{tmp_path}/nowhere/batchd.prom does not exist (or is not a folder)\n"
+            f"{SRC}:2: log.file: the folder {tmp_path}/gone of {tmp_path}/gone/batchd.log "
+            "does not exist (or is not a folder)") == str(info.value)
+    assert tmp_path / "nowhere" / "batchd.prom" == parse(text, SRC, env=ENV).metrics.textfile
+    (tmp_path / "nowhere").mkdir()
+    (tmp_path / "gone").mkdir()
+    assert tmp_path / "gone" / "batchd.log" == parse(text, SRC, env=ENV, files=True).log.file
+
+
+def test_paths_that_are_not_utf8_are_refused_naming_where_they_come_from(
+        tmp_path: Path) -> None:
+    """A config file whose path, folder or $BATCHD_STATE_DIR holds bytes that are not UTF-8
+    (Python's lone surrogates) made paths no record can name: batchd crashed writing its
+    pid file (UnicodeEncodeError). Each is a ConfigError naming the key or the file."""
+    odd = tmp_path / "d\udcff"
+    odd.mkdir()
+    (odd / "c.yaml").write_text("state_dir: st\n")
+    with pytest.raises(ConfigError) as info:
+        load(str(odd / "c.yaml"), env={})
+    assert (f"{str(odd / 'c.yaml')!r}: the configuration's path is not UTF-8 text, which batchd's "
+            "records naming it must be (rename the file)") == str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse("state_dir: st\n", str(odd / "c.yaml"), env=ENV)
+    assert str(info.value).startswith(f"{odd / 'c.yaml'}:1: state_dir: the path "
+                                      f"{str(odd / 'st')!r} is not UTF-8 text")
+    with pytest.raises(ConfigError) as info:
+        parse("log: {level: info}\n", SRC, env={"BATCHD_STATE_DIR": "/srv/\udcff"})
+    assert (f"{SRC}: state_dir: the default '/srv/\\udcff' (from $BATCHD_STATE_DIR or $HOME) "
+            "is not UTF-8 text, which every record naming it must be; set state_dir"
+            ) == str(info.value)
+    with pytest.raises(ConfigError):
+        load(None, env={"BATCHD_STATE_DIR": "/srv/\udcff"})
 
 
 def test_git_section_sets_the_push_author() -> None:

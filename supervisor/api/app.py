@@ -45,7 +45,14 @@ from supervisor.api.submit import Batcher
 from supervisor.config import WORKER_NAMES, Config, enabled_workers
 from supervisor.runtime import Log
 from supervisor.state import agentbin, control, documents, jobcontrol
-from supervisor.state.joblist import MAX_LIMIT, CursorError, page, parse_label, parse_since
+from supervisor.state.joblist import (
+    MAX_LIMIT,
+    CursorError,
+    filter_text,
+    page,
+    parse_label,
+    parse_since,
+)
 from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
 from supervisor.state.metrics import CONTENT_TYPE, Metrics
@@ -259,7 +266,7 @@ async def post_jobs(request: Request) -> Response:
     except Unreadable as exc:
         raise ApiError(503, "unreadable", f"{exc}; ids in use cannot be checked, nothing "
                                           "was queued") from None
-    return JSONResponse({"ids": ids}, status_code=201)
+    return JSONResponse({"ids": ids}, status_code=201)     # an OSError: 503 storage (_storage)
 
 
 _LIST_PARAMS = ("state", "batch", "agent", "label", "since", "limit", "cursor", "order")
@@ -274,6 +281,9 @@ def _filter(params: dict[str, str]) -> JobFilter:
         labels = dict(parse_label(t) for t in params["label"].split("\n")) \
             if "label" in params else {}
         since = parse_since(params["since"]) if "since" in params else None
+        for name in ("batch", "agent"):
+            if name in params:
+                filter_text(name, params[name])
     except ValueError as exc:
         raise ApiError(400, "bad_parameter", str(exc).replace("--", "", 1)) from None
     return JobFilter(state=state, batch=params.get("batch"), agent=params.get("agent"),

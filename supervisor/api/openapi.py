@@ -246,7 +246,10 @@ _PATHS: dict[str, Any] = {
                                                "ids and jobs answers the same)"),
                      "409": _error("an id is in use by another job"),
                      "413": _error("body over the limit"),
-                     "422": _error("a job the validator refuses (the message names it)")},
+                     "422": _error("a job the validator refuses (the message names it)"),
+                     "503": _error("nothing was queued: the job queue cannot be read, free "
+                                   "space is below disk.min_free, or the request could not "
+                                   "be written (code storage)")},
                     body=_ref("Submission")),
     },
     "/v1/jobs/{id}": {"get": _op("One job's record", "read", {

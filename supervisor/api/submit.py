@@ -7,7 +7,10 @@ state.submission.accept_many: one submit lock, one read of the ids in use (the i
 the queue's ids followed in the log by a state.queueids.QueueIds this writer keeps, so a
 write does not replay the whole log), ONE request file written and fsynced for all of
 them. Each POST is answered only after that write
-returned (durable: it survives a crash from then on), and each stays all or nothing. A
+returned (durable: it survives a crash from then on), and each stays all or nothing. One
+submission's failure is its own (state.submission.accept_many): only what fails the whole
+write — the disk (OSError, answered 503 storage), free space, an unreadable queue — fails every
+waiter of it. A
 crash of the api before the rename loses only unanswered POSTs (their clients retry; a
 retry with the same ids is then a replay, answered as accepted and written once).
 """
@@ -23,7 +26,7 @@ from typing import Any
 from supervisor.config import Config
 from supervisor.state.layout import Layout
 from supervisor.state.queuefollow import QueueIds
-from supervisor.state.submission import JobError, accept_many
+from supervisor.state.submission import accept_many
 
 __all__ = ["MAX_GROUP_JOBS", "Batcher"]
 
@@ -38,7 +41,7 @@ class Batcher:
 
     def __init__(self, cfg: Config, layout: Layout, *,
                  accept: Callable[[Config, Layout, list[list[dict[str, Any]]]],
-                                  list[list[str] | JobError]] | None = None) -> None:
+                                  list[list[str] | Exception]] | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
         ids = QueueIds(layout.wal_dir)
@@ -51,7 +54,8 @@ class Batcher:
     def submit(self, jobs: list[dict[str, Any]]) -> Future[list[str]]:
         """Queue checked jobs (one submission); the Future gives their ids, or raises
         Refused (an id in use by another job), JobError (a dependency that does not
-        exist), Unreadable or OSError."""
+        exist), Unreadable, DiskLow or OSError (every submission of that write's), or
+        whatever went wrong with this submission alone (never another's)."""
         fut: Future[list[str]] = Future()
         self._queue.put((jobs, fut))
         return fut
@@ -87,7 +91,7 @@ class Batcher:
                     fut.set_exception(exc)
             else:
                 for (_, fut), result in zip(items, results, strict=True):
-                    if isinstance(result, JobError):
+                    if isinstance(result, Exception):
                         fut.set_exception(result)
                     else:
                         fut.set_result(result)

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:          # argparse printed the usage error (or --help)
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     try:
-        cfg = load(args.config)
+        cfg = load(args.config, files=True)
     except ConfigError as exc:
         print(f"batchd: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,7 +24,7 @@ def read_new_config(running: Config, config_path: str | None) -> Config | str:
     """The configuration a reload would switch to, or why it is refused (the running one
     is kept whatever the file holds: a reload never stops batchd)."""
     try:
-        new = load(config_path)
+        new = load(config_path, files=True)
     except (ConfigError, OSError, ValueError, RecursionError) as exc:
         return str(exc)
     if new.state_dir != running.state_dir:

@@ -280,6 +280,10 @@ class HttpTransport:
                 conn.close()
             what = "connection failed" if isinstance(exc, OSError) else "request failed"
             raise TransportError(f"{what}: {_root_cause(exc)}") from None
+        except UnicodeError as exc:     # a host idna refuses, a path that is not ASCII:
+            if conn is not None:        # the door refuses both; a record from before may not
+                conn.close()
+            raise TransportError(f"unusable URL: {exc}", permanent=True) from None
         reply = Reply.of(resp.status, dict(resp.getheaders()))
         if _drained(resp, time.monotonic() + timeout) and not resp.will_close:
             conns[t.key] = conn                      # kept for the next POST to it

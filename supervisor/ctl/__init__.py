@@ -45,7 +45,7 @@ from supervisor.ctl.out import EXIT_FAILED, EXIT_USAGE, PROG, CtlError, Ctx
 from supervisor.ctl.repos import run_repo, setup_repo
 from supervisor.ctl.submit import cmd_submit
 from supervisor.ctl.tokens import run_token, setup_token
-from supervisor.state.joblist import parse_label, parse_since
+from supervisor.state.joblist import filter_text, parse_label, parse_since
 from supervisor.state.layout import Layout
 from supervisor.state.queue import QueueError
 from supervisor.state.view import JOB_STATES, TERMINAL, JobFilter, Unreadable
@@ -127,6 +127,9 @@ def _jobs_filter(a: Any) -> JobFilter:
     try:
         labels = dict(parse_label(value) for value in a.label)
         since = None if a.since is None else parse_since(a.since)
+        for flag, value in (("--batch", a.batch), ("--agent", a.agent)):
+            if value is not None:
+                filter_text(flag, value)
     except ValueError as exc:
         raise CtlError(f"jobs: {exc}", EXIT_USAGE) from None
     if a.limit is not None and a.limit < 1:

@@ -19,19 +19,27 @@ __all__ = ["SYSTEM_CLOCK", "Clock", "MockClock", "iso_now", "parse_iso"]
 def iso_now(now: float | None = None) -> str:
     """ISO-8601 UTC with milliseconds and a Z: 2026-11-28T11:45:02.123Z."""
     t = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+            f"{t.second:02d}.{t.microsecond // 1000:03d}Z")   # %Y: no zero padding before 1000
 
 
 def parse_iso(text: object) -> float | None:
     """The epoch seconds of an ISO-8601 timestamp (a naive one is taken as UTC); None if
-    `text` is not one."""
+    `text` is not one, or names an instant before year 1 or after 9999 in UTC."""
     if not isinstance(text, str):
         return None
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
+    at = (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
+    return at if _FIRST <= at <= _LAST else None
+
+
+#: The instants iso_now can write (years 1..9999 in UTC): an offset can carry a valid
+#: local time (0001-01-01T00:00+01:00, 9999-12-31T23:59-01:00) outside them.
+_FIRST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_LAST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
 
 
 class Clock:

@@ -32,6 +32,7 @@ __all__ = [
     "Page",
     "decode_cursor",
     "encode_cursor",
+    "filter_text",
     "page",
     "parse_label",
     "parse_since",
@@ -45,11 +46,25 @@ class CursorError(ValueError):
     """A cursor that is not one this module made; str() says why."""
 
 
+def filter_text(flag: str, text: str) -> str:
+    """`text` as a filter value; ValueError when no job can hold it (a command-line byte
+    that is not UTF-8, which Python decodes to a lone surrogate, or a NUL)."""
+    if "\0" in text:
+        raise ValueError(f"{flag}: {text!r} contains a NUL character")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{flag}: {text!r} is not valid UTF-8 text") from None
+    return text
+
+
 def parse_label(text: str) -> tuple[str, str]:
-    """`K=V` as (K, V); ValueError when there is no `=` or K is empty."""
+    """`K=V` as (K, V); ValueError when there is no `=`, K is empty, or it is not text."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"--label: expected K=V, got {text!r}")
+    filter_text("--label", text)
     return key, value
 
 
@@ -64,7 +79,7 @@ def parse_since(text: str, now: float | None = None) -> float:
         ago = parse_duration(text)
     except ValueError:
         raise ValueError(f"--since: {text!r} is neither an ISO-8601 time nor a duration "
-                         "(30s, 2m, 1h, 7d)") from None
+                         "(30s, 2m, 1h, 7d; at most 36500d)") from None
     return (time.time() if now is None else now) - ago
 
 

@@ -7,8 +7,11 @@ Everything is checked before anything is written: agent known, repositories know
 and no whitespace or control character, non-empty prompt, timeout a positive duration,
 id well formed and not in use (in the file, the queue, or a submission still pending in
 the inbox), no unknown or duplicate keys, right types, an agent that may run (aider
-without a model is refused: state.agentbin.refusal). A bad `--from` line names the
-file and line ("jobs.jsonl:7: unknown agent 'cluade'") and queues nothing.
+without a model is refused: state.agentbin.refusal), and text every record can hold: no
+lone surrogate (a JSON "\\ud800" escape, or a command-line byte that is not UTF-8) and
+no NUL in any string (`_text`), durations at most 100 years, instants in years 1..9999.
+A bad `--from` line names the file and line ("jobs.jsonl:7: unknown agent 'cluade'") and
+queues nothing.
 
 Resuming (`submit --resume JOB`, the JSONL key `resume`): the new job continues JOB's agent
 session. Resolved under the submit lock, with the same view of the jobs the id check reads
@@ -81,6 +84,7 @@ __all__ = [
     "known_repos",
     "parse_jsonl",
     "refuse_ids_in_use",
+    "refuse_left_folders",
     "refuse_unknown_dependencies",
     "resolve_resumes",
     "same_job",
@@ -124,6 +128,27 @@ def _expect(key: str, value: object, kinds: tuple[type, ...], what: str) -> None
         raise JobError(f"{key} must be {what}, found {_tname(value)}")
 
 
+def _text(key: str, value: str) -> None:
+    """JobError unless `value` is text every record, argv and log can carry: no lone
+    surrogate (a JSON "\\ud800" escape, or a command-line argument that was not UTF-8,
+    which Python decodes to one) and no NUL (no program argument or C string holds it)."""
+    if value.isascii():
+        bad = value.find("\0")
+        if bad < 0:
+            return
+    else:
+        try:
+            value.encode()
+            bad = value.find("\0")
+            if bad < 0:
+                return
+        except UnicodeEncodeError as exc:
+            raise JobError(f"{key} is not valid UTF-8 text: {value[exc.start]!r} at character "
+                           f"{exc.start} is a lone surrogate (a \\ud800-style JSON escape, or a "
+                           "command-line argument that is not UTF-8)") from None
+    raise JobError(f"{key} contains a NUL character (\\u0000) at character {bad}")
+
+
 #: Whitespace (Unicode too) and C0/C1 control characters: never part of a callback URL.
 _URL_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
@@ -132,7 +157,9 @@ def _url_problem(url: str) -> str | None:
     """Why `url` cannot be a callback, or None.
 
     A callback is http:// or https:// with a non-empty host, a port in 1..65535 if one
-    is given, and no whitespace or control character anywhere.
+    is given, and no whitespace or control character anywhere; ASCII only (an IRI's
+    non-ASCII path or host is what http.client cannot send: the callbacks worker died on
+    it), and a host name whose labels are 1-63 characters (what idna can encode).
     """
     if _URL_BAD_CHAR.search(url):
         return f"callback URL {url!r} contains whitespace or a control character"
@@ -148,6 +175,15 @@ def _url_problem(url: str) -> str | None:
         return f"callback URL {url!r} has an invalid port: {exc}"
     if port == 0:
         return f"callback URL {url!r} has an invalid port: 0"
+    if not url.isascii():
+        return (f"callback URL {url!r} is not ASCII: percent-encode its path and query "
+                "(RFC 3986) and write its host in punycode (xn--...)")
+    if "[" not in parts.netloc:
+        try:
+            parts.hostname.encode("idna")
+        except UnicodeError:
+            return (f"callback URL {url!r} has an invalid host name {parts.hostname!r} "
+                    "(each dot-separated label 1-63 characters)")
     return None
 
 
@@ -240,11 +276,13 @@ class Checker:
             raise JobError("missing key 'agent'")
         if agent is not None:
             _expect("agent", agent, (str,), "a string")
+            _text("agent", agent)
             self._agent(agent)
         prompt = obj.get("prompt")
         if prompt is None:
             raise JobError("missing key 'prompt'")
         _expect("prompt", prompt, (str,), "a string")
+        _text("prompt", prompt)
         if not prompt.strip():
             raise JobError("empty prompt")
         repos = obj.get("repos")
@@ -253,6 +291,7 @@ class Checker:
         _expect("repos", repos, (list,), "a list of repository names")
         for repo in repos:
             _expect("repos", repo, (str,), "a list of repository names")
+            _text("repos", repo)
             if self.known is not None and repo not in self.known.repos:
                 raise JobError(f"unknown repository {repo!r}")
         if len(set(repos)) != len(repos):
@@ -263,6 +302,7 @@ class Checker:
         callback = obj.get("callback")
         if callback is not None:
             _expect("callback", callback, (str,), "a URL string")
+            _text("callback", callback)
             self._url(callback)
         timeout = obj.get("timeout")
         if timeout is not None:
@@ -275,6 +315,7 @@ class Checker:
         batch = obj.get("batch")
         if batch is not None:
             _expect("batch", batch, (str,), "a string")
+            _text("batch", batch)
             if not batch.strip():
                 raise JobError("batch must not be empty")
         job_id = obj.get("id")
@@ -304,6 +345,7 @@ class Checker:
             created = obj.get("created_at")
             if created is not None:
                 _expect("created_at", created, (str,), "an ISO-8601 time")
+                _text("created_at", created)
                 job["created_at"] = created
             retry_of = obj.get("retry_of")
             if retry_of is not None:
@@ -344,10 +386,12 @@ def _stored_resume(obj: dict[str, Any]) -> dict[str, Any]:
     if not valid_job_id(resume_of):
         raise JobError(f"resume_of: invalid job id {resume_of!r}")
     _expect("workspace", workspace, (str,), "an absolute path")
+    _text("workspace", workspace)
     if not os.path.isabs(workspace):
         raise JobError(f"workspace must be an absolute path, found {workspace!r}")
     if session is not None:
         _expect("resume_session", session, (str,), "a string")
+        _text("resume_session", session)
     return {"resume_of": resume_of, "resume_session": session, "workspace": workspace}
 
 
@@ -386,6 +430,7 @@ def _labels(value: object) -> dict[str, str]:
                 val.replace(" ", "")):
             raise JobError(f"label {key!r}: the value must be a string of at most "
                            f"{_MAX_LABEL_VALUE} characters without control characters")
+        _text(f"label {key!r}", val)
     return dict(value)
 
 
@@ -467,13 +512,34 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-_decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode
+def _no_constant(name: str) -> Any:
+    """parse_constant: NaN, Infinity and -Infinity are Python's, not JSON's."""
+    raise JobError(f"invalid JSON: {name} is not a JSON value")
+
+
+_decode_line = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys,
+                                parse_constant=_no_constant).decode
 
 
 def decode_json(text: str) -> Any:
-    """One JSON document as a submission reads it: a key given twice in an object is a
-    JobError (JSON would silently keep the last one); bad JSON is json.JSONDecodeError."""
-    return _decode_line(text)
+    """One JSON document as a submission reads it: a key given twice in an object, NaN or
+    Infinity, nesting too deep for the parser, or a number too long to convert (Python's
+    4300-digit cap) is a JobError naming it; bad JSON is json.JSONDecodeError."""
+    try:
+        return _decode_line(text)
+    except json.JSONDecodeError:
+        raise
+    except (RecursionError, ValueError) as exc:
+        raise _undecodable(exc) from None
+
+
+def _undecodable(exc: RecursionError | ValueError) -> JobError:
+    """What JSON too deep for the parser, or a number past Python's 4300-digit cap
+    (int("9" * 5000): ValueError), is to a submission."""
+    if isinstance(exc, RecursionError):
+        return JobError("invalid JSON: nested too deeply")
+    return JobError(f"invalid JSON: a number too long to read "
+                    f"({str(exc).split(':')[0].lower()})")
 
 
 def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]]:
@@ -487,7 +553,7 @@ def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]
     jobs: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     check = checker.check
-    decode = _decode_line
+    decode = _decode_line                # decode_json's errors, without its frame per line
     for lineno, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
@@ -498,6 +564,8 @@ def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]
                 raise JobError(f"not UTF-8: {exc}") from None
             except json.JSONDecodeError as exc:
                 raise JobError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+            except (RecursionError, ValueError) as exc:
+                raise _undecodable(exc) from None
             job = check(obj)
             job_id = job["id"]
             if job_id is not None:
@@ -587,6 +655,7 @@ def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
         with open_view(cfg, layout) as view:
             in_use = frozenset(view.known_ids())
             refuse_ids_in_use(jobs, in_use, source)
+            refuse_left_folders(layout, jobs, source)
             resolve_resumes(cfg, view, jobs, source)
         refuse_unknown_dependencies(jobs, in_use, source)
         assign_ids(jobs, in_use)
@@ -605,7 +674,7 @@ def same_job(entry: dict[str, Any], job: dict[str, Any]) -> bool:
 
 
 def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]], *,
-                queue_ids: QueueIds | None = None) -> list[list[str] | JobError]:
+                queue_ids: QueueIds | None = None) -> list[list[str] | Exception]:
     """accept() for many submissions at once (the api's concurrent POSTs): ONE lock, ONE
     read of the ids in use, ONE durable request holding every accepted job; per
     submission, its ids or why it was refused.
@@ -614,6 +683,11 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
     job (same_job) is a replay: it counts as accepted and is not written again; an id in
     use by another job refuses its whole submission (Refused); so does a dependency that
     does not exist (JobError, as accept()), and a `resume` that cannot be (as accept()).
+    One submission's failure is never another's: an unexpected error while taking one
+    (a bug, a job the validator should have refused) is that submission's result, and
+    should the shared write fail for anything but the disk (OSError, which is every
+    submission's: raised), each submission is written on its own request, so only the one
+    that cannot be written fails (JobError saying why), the others are accepted.
     The ids in use are the inbox's (read first, as
     open_view does) and the queue's: from `queue_ids` when given (a long-lived reader that
     follows the log), else from a read-only open of the queue. Unreadable and DiskLow as
@@ -621,7 +695,8 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
     why = disk.low(cfg)
     if why is not None:
         raise DiskLow(f"submission refused: {why}")
-    out: list[list[str] | JobError] = []
+    out: list[list[str] | Exception] = []
+    taken: list[tuple[int, list[dict[str, Any]]]] = []   # (index in out, its new jobs)
     with submit_lock(layout):
         given = {j["id"] for g in groups for j in g if j["id"] is not None}
         if queue_ids is None:
@@ -649,17 +724,33 @@ def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
                     known = existing.get(job["id"]) if job["id"] is not None else None
                     if job["id"] in in_use and (known is None or not same_job(known, job)):
                         raise Refused(f"job id {job['id']!r} is already in use by another job")
+                    if job["id"] is not None and job["id"] not in in_use:
+                        refuse_left_folders(layout, [job], refused=Refused)
                 new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
                 refuse_unknown_dependencies(new, frozenset(in_use))
-            except JobError as exc:
+            except Exception as exc:   # noqa: BLE001 - this submission's failure, only its
                 out.append(exc)
                 continue
             assign_ids(new, frozenset(in_use))
             in_use.update(str(j["id"]) for j in new)
             fresh += new
+            taken.append((len(out), new))
             out.append([str(j["id"]) for j in jobs])
         if fresh:
-            write_submission(layout, fresh)
+            try:
+                write_submission(layout, fresh)
+            except OSError:
+                raise                   # the disk: every submission's failure
+            except Exception:          # noqa: BLE001 - one submission's content: find it
+                for index, new in taken:
+                    if not new:
+                        continue
+                    try:
+                        write_submission(layout, new)
+                    except OSError as exc:
+                        out[index] = exc
+                    except Exception as exc:   # noqa: BLE001 - what it holds: its own
+                        out[index] = JobError(f"the submission cannot be recorded: {exc}")
     return out
 
 
@@ -741,6 +832,22 @@ def refuse_ids_in_use(jobs: list[dict[str, Any]], in_use: frozenset[str],
         if job["id"] in in_use:
             where = "" if source is None else f"{source[0]}:{_line_of(source[1], index)}: "
             raise JobError(f"{where}job id {job['id']!r} is already in use")
+
+
+def refuse_left_folders(layout: Layout, jobs: list[dict[str, Any]],
+                        source: tuple[str, bytes] | None = None, *,
+                        refused: type[JobError] = JobError) -> None:
+    """`refused` for the first job whose given id (not in use: checked before) still has a
+    folder under jobs/: left by a job the queue no longer knows (its log quarantined as
+    corrupt). A new job under that id would run among the old one's files and read its
+    result. One stat per given id; generated ids never collide."""
+    for index, job in enumerate(jobs):
+        job_id = job["id"]
+        if job_id is not None and os.path.lexists(layout.job_dir(str(job_id))):
+            where = "" if source is None else f"{source[0]}:{_line_of(source[1], index)}: "
+            raise refused(f"{where}job id {job_id!r} is already in use: its folder "
+                          f"{layout.job_dir(str(job_id))} exists (left by a job the queue no "
+                          "longer knows: remove the folder to reuse the id)")
 
 
 def _line_of(data: bytes, index: int) -> int:

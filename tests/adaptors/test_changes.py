@@ -6,6 +6,7 @@ files are written so that a power cut leaves none, or both before the result."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import shutil
@@ -380,3 +381,37 @@ def test_git_runs_as_the_agents_account(remote: tuple[Path, Path, str]) -> None:
         assert "as nobody" == git("--git-dir", str(bare), "show", "batchd/j1:which")
     finally:
         shutil.rmtree(root)
+
+
+def test_a_full_disk_during_collection_is_waited_out(
+        remote: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adaptor's collection on a full disk (ENOSPC raised, or git's words saying so)
+    is tried again until it works, as result.json is: the job is not failed for it; any
+    other error is the job's reason."""
+    from adaptors import _runtime
+    from adaptors._changes import Collected
+    _bare, ws, base = remote
+    spec, files = _spec(tmp_path / "jobs", "j1", ws, None, base)
+    (ws / "new.txt").write_text("hello\n")
+    tries: list[object] = [OSError(errno.ENOSPC, "No space left on device"),
+                           Collected([], error="git: fatal: No space left on device")]
+    real = _runtime.collect
+
+    def flaky(*args: Any, **kw: Any) -> Collected:
+        if tries:
+            step = tries.pop(0)
+            if isinstance(step, OSError):
+                raise step
+            assert isinstance(step, Collected)
+            return step
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_runtime, "collect", flaky)
+    monkeypatch.setattr(_runtime, "_RESULT_RETRY_S", 0.0)
+    outcome = _runtime._Outcome(exit_code=0)
+    summary = _runtime._collect_changes(spec, files, outcome)
+    assert ([], None, 1) == (tries, outcome.reason, summary["app"]["files"])
+    tries[:] = [OSError(errno.EACCES, "Permission denied")]
+    outcome = _runtime._Outcome(exit_code=0)
+    _runtime._collect_changes(spec, files, outcome)
+    assert "changes not saved: [Errno 13] Permission denied" == outcome.reason

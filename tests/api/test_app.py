@@ -185,6 +185,23 @@ def test_post_many_jobs_is_all_or_nothing(env: Env) -> None:
     (b'{"jobs": []}', 422, "invalid", "non-empty"),
     (b'{"jobs": [{"agent": "shell", "prompt": "a", "id": "d"}, '
      b'{"agent": "shell", "prompt": "b", "id": "d"}]}', 422, "invalid", "duplicate job id"),
+    (b'{"agent": "shell", "prompt": "x\\ud800"}', 422, "invalid",
+     "prompt is not valid UTF-8 text"),
+    (b'{"agent": "shell", "prompt": "x", "batch": "\\udfff"}', 422, "invalid",
+     "batch is not valid UTF-8 text"),
+    (b'{"agent": "shell", "prompt": "x", "callback": "http://h/\\ud800"}', 422, "invalid",
+     "callback is not valid UTF-8 text"),
+    (b'{"agent": "shell", "prompt": "x", "labels": {"k": "\\ud800"}}', 422, "invalid",
+     "label 'k' is not valid UTF-8 text"),
+    (b'{"agent": "shell", "prompt": "a\\u0000b"}', 422, "invalid", "prompt contains a NUL"),
+    (b'{"agent": "shell", "prompt": "x", "timeout": "99999999999d"}', 422, "invalid",
+     "timeout: expected a duration of at most 36500d"),
+    (b'{"agent": "shell", "prompt": "x", "not_before": "9999-12-31T23:59:59-01:00"}', 422,
+     "invalid", "not_before"),
+    (b'{"agent": "shell", "prompt": "x", "timeout": NaN}', 400, "bad_json",
+     "NaN is not a JSON value"),
+    (b'{"agent": "shell", "prompt": "x", "priority": ' + b"9" * 5000 + b"}", 400, "bad_json",
+     "a number too long to read"),
 ])
 def test_bad_submissions_are_4xx_naming_the_field_and_queue_nothing(
         env: Env, body: bytes, status: int, code: str, names: str) -> None:
@@ -197,6 +214,48 @@ def test_bad_submissions_are_4xx_naming_the_field_and_queue_nothing(
     assert names in doc["error"]["message"]
     assert "Traceback" not in data.decode()
     assert before == len(env.pending_jobs())
+
+
+def test_a_bad_submission_among_concurrent_good_ones_fails_alone(env: Env) -> None:
+    """Concurrent POSTs are gathered into one write: a bad body among them (a lone
+    surrogate, which used to pass the validator and fail the shared write) is 422 on its
+    own, and every good one is 201 and queued (it was a 500 for all of them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(i: int) -> tuple[int, Any]:
+        prompt = "bad \\ud800" if i % 4 == 0 else f"good {i}"
+        body = '{"agent": "shell", "prompt": "' + prompt + f'", "id": "grp-{i}"}}'
+        c = env.client("submit")
+        try:
+            status, _, data = c.request("POST", "/v1/jobs", body)
+        finally:
+            c.close()
+        return status, json.loads(data)
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(post, range(48)))
+    bad = [(s, b["error"]["code"]) for i, (s, b) in enumerate(got) if i % 4 == 0]
+    good = [(s, b) for i, (s, b) in enumerate(got) if i % 4]
+    assert [(422, "invalid")] * 12 == bad
+    assert [(201, {"ids": [f"grp-{i}"]}) for i in range(48) if i % 4] == good
+    pending = {j["id"] for j in env.pending_jobs()}
+    assert ({f"grp-{i}" for i in range(48) if i % 4}, set()) == (
+        pending & {f"grp-{i}" for i in range(48)} - {f"grp-{i}" for i in range(0, 48, 4)},
+        pending & {f"grp-{i}" for i in range(0, 48, 4)})
+
+
+@pytest.mark.parametrize(("query", "names"), [
+    ("since=99999999999d", "since: '99999999999d' is neither"),
+    ("since=9999-12-31T23:59:59-01:00", "since: '9999-12-31T23:59:59-01:00' is neither"),
+    ("limit=-1", "limit"),
+    ("limit=99999999999999999999999", "limit"),
+])
+def test_bad_list_parameters_are_400_naming_them(env: Env, query: str, names: str) -> None:
+    """GET /v1/jobs with a since past year 9999 was a 500 ("year out of range"): 400 naming
+    the parameter, as every other bad parameter."""
+    status, body = env.client("read").json("GET", f"/v1/jobs?{query}")
+    assert (400, "bad_parameter") == _error(status, body)
+    assert names in body["error"]["message"]
 
 
 def test_a_body_over_the_limit_is_413(env: Env) -> None:
@@ -455,3 +514,55 @@ def _refused(address: tuple[str, int]) -> bool:
     except OSError:
         return True
     return False
+
+
+
+def test_a_submission_the_disk_cannot_take_is_503_not_500(tmp_path: Path) -> None:
+    """When the one request write fails on the disk (OSError: ENOSPC, EIO) the POST is 503
+    `storage` saying so, nothing queued (the failure reaches it through the submit writer's
+    Future, not a 500). Driven in-process through the ASGI app, the failure injected into
+    its submit writer."""
+    import asyncio
+
+    from supervisor import log as _log
+    from supervisor.api.app import build_app, make_api
+    from supervisor.api.submit import Batcher
+    from supervisor.config import load
+    from supervisor.state.tokens import add, tokens_path
+
+    cfg_path = tmp_path / "batchd.yaml"
+    cfg_path.write_text(config_text(tmp_path / "state"))
+    cfg = load(str(cfg_path))
+    layout = Layout(cfg.state_dir)
+    token = add(tokens_path(cfg, layout), "w", "submit")
+    api = make_api(cfg, layout, _log.get("api"))
+
+    def full(*_: Any) -> list[Any]:
+        raise OSError(28, "No space left on device", str(layout.inbox("scheduler")))
+
+    api.batcher = Batcher(cfg, layout, accept=full)
+    app = build_app(api)
+    body = b'{"agent": "shell", "prompt": "x"}'
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/jobs", "raw_path": b"/v1/jobs",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80),
+             "headers": [(b"authorization", f"Bearer {token}".encode()),
+                         (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}
+    try:
+        asyncio.run(app(scope, receive, send))
+    finally:
+        api.batcher.close()
+    doc = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert (503, "storage") == _error(sent[0]["status"], doc)
+    assert ("the state dir cannot be used now (No space left on device); nothing was "
+            "changed: try again later") == doc["error"]["message"]

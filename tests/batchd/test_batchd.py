@@ -464,6 +464,23 @@ def test_check_exit_codes_and_no_state_written(tmp_path: Path,
     assert not (tmp_path / "state").exists()
 
 
+def test_check_refuses_a_metrics_textfile_in_a_missing_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--check (and a start) refuses `metrics.textfile` whose folder does not exist, naming
+    the key and line, exit 2, nothing written: the reaper could never write it."""
+    config = tmp_path / "batchd.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n"
+                      f"metrics: {{textfile: {tmp_path / 'no' / 'batchd.prom'}}}\n")
+    assert 2 == main(["-c", str(config), "--check"])
+    assert (f"batchd: {config}:2: metrics.textfile: the folder {tmp_path / 'no'} of "
+            f"{tmp_path / 'no' / 'batchd.prom'} does not exist (or is not a folder)\n"
+            ) == capsys.readouterr().err
+    assert 2 == main(["-c", str(config)])
+    assert not (tmp_path / "state").exists()
+    (tmp_path / "no").mkdir()
+    assert 0 == main(["-c", str(config), "--check"])
+
+
 def test_check_warns_about_configured_agents_it_cannot_run(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

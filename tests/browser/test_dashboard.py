@@ -30,12 +30,20 @@ DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 DEADLINE = 60.0
 
 
-def _driver(profile: Path) -> Any:
+def _require_browser() -> Any:
+    """selenium.webdriver, or skip saying what is missing (Chromium, its driver, or the
+    selenium package: `pytest -m browser` run directly, without `make test-browser`,
+    which installs them). Checked before anything is started."""
     if not (os.access(CHROMIUM, os.X_OK) and os.access(DRIVER, os.X_OK)):
         pytest.skip(f"no Chromium here ({CHROMIUM}, {DRIVER}): `make test-browser` installs "
                     "Debian's chromium and chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver",
-                                    reason="selenium is not installed (pip install .[browser])")
+    return pytest.importorskip("selenium.webdriver",
+                               reason="selenium is not installed: `make test-browser` "
+                                      "installs it (pip install -e '.[browser]')")
+
+
+def _driver(profile: Path) -> Any:
+    webdriver = _require_browser()
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
@@ -84,6 +92,7 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
+    _require_browser()
     s = Site(tmp_path)
     try:
         yield s

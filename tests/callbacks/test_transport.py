@@ -232,6 +232,19 @@ def test_http_transport_errors(server: tuple[str, Seen]) -> None:
     assert (True, True) == (str(bad.value).startswith("unusable URL"), bad.value.permanent)
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/\u00fc", "http://127.0.0.1:9/?q=\u00fc",
+                                 "http://a..b/", "http://" + "a" * 64 + ".invalid/"])
+def test_a_url_http_client_cannot_send_is_a_permanent_error(url: str) -> None:
+    """A non-ASCII path or query (UnicodeEncodeError in http.client) or a host idna refuses
+    (UnicodeError) raised out of the sending thread and killed the callbacks worker, again
+    at each restart: now a permanent TransportError (the delivery fails, once). The door
+    refuses such URLs; a record written before it did may still hold one."""
+    with pytest.raises(TransportError) as info:
+        HttpTransport().post(url, b"{}", {}, 2.0)
+    assert (True, True) == (str(info.value).startswith("unusable URL: "),
+                            info.value.permanent)
+
+
 def test_a_proxy_from_the_environment(server: tuple[str, Seen],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """HTTP_PROXY: the POST goes to the proxy with the whole URL in its request line (here

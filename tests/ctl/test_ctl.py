@@ -316,3 +316,63 @@ def test_callback_url_refusals_name_the_url_and_line(cli: Cli, tmp_path: Path) -
     assert 2 == cli("submit", "--from", str(jobs))
     assert (f"batchctl: {jobs}:2: callback URL 'https://exa mple.com/' contains whitespace "
             "or a control character\n", []) == (cli.err, cli.inbox())
+
+
+def _tree(root: Path) -> list[tuple[str, bytes]]:
+    """Every file under root with its bytes (what a refusal must leave as it was)."""
+    return sorted((str(p.relative_to(root)), p.read_bytes())
+                  for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+#: A command-line byte that is not UTF-8 reaches Python as a lone surrogate ('\udcff').
+X = "\udcff"
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (("submit", "--agent", "shell", "--prompt", X), "prompt is not valid UTF-8 text"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--batch", X),
+     "batch is not valid UTF-8 text"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--label", f"k={X}"),
+     "label 'k' is not valid UTF-8 text"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--callback", f"http://h/{X}"),
+     "callback is not valid UTF-8 text"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--repo", X),
+     "repos is not valid UTF-8 text"),
+    (("submit", "--agent", X, "--prompt", "x"), "agent is not valid UTF-8 text"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--id", X), "invalid job id '\\udcff'"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--after", X),
+     "after: '\\udcff' is not a job id"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--delay", "99999999999d"),
+     "--delay: expected a duration of at most 36500d (100 years)"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--timeout", "99999999999999d"),
+     "timeout: expected a duration of at most 36500d (100 years)"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--idle-timeout", "99999999999d"),
+     "idle_timeout: expected a duration of at most 36500d (100 years)"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--not-before",
+      "9999-12-31T23:59:59-01:00"), "--not-before: '9999-12-31T23:59:59-01:00' is not"),
+    (("submit", "--agent", "shell", "--prompt", "x", "--not-before",
+      "0001-01-01T00:00:00+01:00"), "--not-before: '0001-01-01T00:00:00+01:00' is not"),
+    (("jobs", "--since", "99999999999d"), "at most 36500d"),
+    (("jobs", "--batch", X), "--batch: '\\udcff' is not valid UTF-8 text"),
+    (("jobs", "--agent", X), "--agent: '\\udcff' is not valid UTF-8 text"),
+    (("jobs", "--label", f"k={X}"), "--label: 'k=\\udcff' is not valid UTF-8 text"),
+    (("jobs", "--label", f"{X}=v"), "--label: '\\udcff=v' is not valid UTF-8 text"),
+    (("status", X), "invalid job id '\\udcff'"),
+    (("wait", "a", X), "invalid job id '\\udcff'"),
+    (("wait", "a", "--timeout", "99999999999d"), "at most 36500d"),
+    (("clean", "--older-than", "99999999999d"), "at most 36500d"),
+    (("repo", "add", "r", "/srv/x.git", "--branch", X), "not a valid git branch name"),
+    (("repo", "add", "r", f"/srv/{X}.git", "--branch", "main"), "URL not valid UTF-8 text"),
+    (("repo", "add", X, "/srv/x.git"), "invalid repository name '\\udcff'"),
+    (("callbacks", "retry", X), "invalid event id '\\udcff'"),
+    (("token", "add", X, "--scope", "read"), "invalid token name '\\udcff'"),
+])
+def test_odd_arguments_exit_2_naming_what_and_change_nothing(
+        cli: Cli, argv: tuple[str, ...], needle: str) -> None:
+    """Non-UTF-8 bytes in any argument, durations past 100 years and instants past year 9999
+    were tracebacks (UnicodeEncodeError, "year out of range"): each is exit 2 with a message
+    naming the argument, and the state directory is left exactly as it was."""
+    assert 0 == cli("submit", "--agent", "shell", "--prompt", "x", "--id", "a")
+    before = _tree(cli.state)
+    assert (2, True, "", before) == (cli(*argv), needle in cli.err, cli.out, _tree(cli.state))
+    assert cli.err.startswith("batchctl: ") and "Traceback" not in cli.err

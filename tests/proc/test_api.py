@@ -314,8 +314,10 @@ def test_a_unix_socket_listens_with_mode_0660(tmp_path: Path) -> None:
 
 
 def test_the_metrics_textfile_is_written_without_the_api(tmp_path: Path) -> None:
-    """metrics.textfile with no api.listen: the reaper writes the same text format."""
+    """metrics.textfile with no api.listen: the reaper writes the same text format (into
+    a folder that exists: batchd refuses to start with one that does not)."""
     prom = tmp_path / "textfile" / "batchd.prom"
+    prom.parent.mkdir()
     b = Batchd(tmp_path, extra=f"metrics: {{textfile: {prom}}}\n")
     b.cfg.write_text(b.cfg.read_text().replace("api: {listen: '127.0.0.1:0'}", ""))
     try:

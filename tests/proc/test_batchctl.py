@@ -191,3 +191,20 @@ def test_concurrent_submits_of_one_id_admit_exactly_one(env: Env, tmp_path: Path
             sorted(f"batchctl: {f}:{lines}: job id 'same' is already in use\n"
                    for f in refused_files),
             1, lines) == (codes, refusals, ids.count("same"), len(ids))
+
+
+def test_non_utf8_argument_bytes_exit_2_naming_the_field(env: Env) -> None:
+    """Real argv bytes that are not UTF-8 (`--prompt $'\\xff'`) were a UnicodeEncodeError
+    traceback, exit 1: now exit 2 naming the field, and nothing is written."""
+    cases = [([b"submit", b"--agent", b"shell", b"--prompt", b"\xff"],
+              "prompt is not valid UTF-8 text"),
+             ([b"jobs", b"--batch", b"\xff"], "--batch: '\\udcff' is not valid UTF-8 text"),
+             ([b"submit", b"--agent", b"shell", b"--prompt", b"x", b"--label", b"k=\xff"],
+              "label 'k' is not valid UTF-8 text")]
+    for argv, needle in cases:
+        done = subprocess.run([sys.executable.encode(), b"-m", b"supervisor.ctl", b"-c",
+                               bytes(env.config), *argv], env=_env(), capture_output=True,
+                              timeout=DEADLINE, check=False)
+        err = done.stderr.decode(errors="replace")
+        assert (2, True, False) == (done.returncode, needle in err, "Traceback" in err), err
+    assert not env.state.exists()

@@ -32,3 +32,16 @@ def test_mock_clock_stands_still_until_advanced_and_sleep_advances_it() -> None:
     assert (T + 3.0, 8.0, [2.5]) == (c.time(), c.monotonic(), c.slept)
     c.jump(-60.0)
     assert (T - 57.0, 8.0, iso_now(T - 57.0)) == (c.time(), c.monotonic(), c.iso_now())
+
+
+def test_parse_iso_refuses_instants_iso_now_cannot_write() -> None:
+    """A valid local time whose UTC instant falls before year 1 or after 9999 is not an
+    instant batchd can store (iso_now raised "year 0 is out of range"): None, as garbage.
+    The years at the edges are written so that they read back (zero-padded)."""
+    assert [None, None] == [parse_iso("0001-01-01T00:00:00+01:00"),
+                            parse_iso("9999-12-31T23:59:59-01:00")]
+    first, last = parse_iso("0001-01-01T00:00:00Z"), parse_iso("9999-12-31T23:59:59Z")
+    early = parse_iso("0999-06-01T00:00:00Z")
+    assert first is not None and last is not None and early is not None
+    assert ["0001-01-01T00:00:00.000Z", "0999-06-01T00:00:00.000Z",
+            "9999-12-31T23:59:59.000Z"] == [iso_now(first), iso_now(early), iso_now(last)]

@@ -11,6 +11,7 @@ from supervisor.state.joblist import (
     CursorError,
     decode_cursor,
     encode_cursor,
+    filter_text,
     page,
     parse_label,
     parse_since,
@@ -101,3 +102,18 @@ def test_labels_and_since_parse_or_say_why() -> None:
     assert 1_800_000_000.0 == parse_since("2027-01-15T08:00:00Z")
     with pytest.raises(ValueError, match="neither"):
         parse_since("yesterday")
+
+
+def test_filter_text_no_job_can_hold_is_refused() -> None:
+    """A filter value with a lone surrogate (a non-UTF-8 argv byte) or a NUL is a ValueError
+    naming the flag, not a UnicodeEncodeError from the byte search of the bodies."""
+    assert "bätch" == filter_text("--batch", "bätch")
+    with pytest.raises(ValueError) as info:
+        filter_text("--batch", "b\udcff")
+    assert "--batch: 'b\\udcff' is not valid UTF-8 text" == str(info.value)
+    with pytest.raises(ValueError) as info:
+        filter_text("--agent", "a\x00")
+    assert "--agent: 'a\\x00' contains a NUL character" == str(info.value)
+    with pytest.raises(ValueError) as info:
+        parse_label("k=\udcff")
+    assert "--label: 'k=\\udcff' is not valid UTF-8 text" == str(info.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -126,6 +127,10 @@ def test_all_repositories_merges_and_the_config_wins(tmp_path: Path) -> None:
     ("ok", "  ", "main", "expected a non-empty URL"),
     ("ok", "/srv/x.git", "a..b", "not a valid git branch name: 'a..b'"),
     ("ok", "/srv/x.git", "", "not a valid git branch name: ''"),
+    ("ok", "/srv/x.git", "ma\udcffin", "not a valid git branch name: 'ma\\udcffin'"),
+    ("ok", "/srv/x.git", "ma\tin", "not a valid git branch name: 'ma\\tin'"),
+    ("ok", "/srv/\udcff.git", "main", "URL not valid UTF-8 text: '\\udcff' at character 5"),
+    ("ok", "https://h/x\x00", "main", "URL contains a NUL character"),
     ("app", "/srv/x.git", "main", "'app' is already defined in the configuration "
                                   "(/etc/batchd/batchd.yaml)"),
     ("lib", "/srv/x.git", "main", "'lib' is already registered (/srv/lib.git)"),
@@ -137,7 +142,7 @@ def test_add_refuses_bad_input_and_writes_nothing(tmp_path: Path, name: str, url
     layout = Layout(cfg.state_dir)
     add(cfg, layout, "lib", "/srv/lib.git", branch="main")
     before = snapshot(layout.repos_file)
-    with pytest.raises(RepoError, match=needle.replace("(", r"\(").replace(")", r"\)")) as info:
+    with pytest.raises(RepoError, match=re.escape(needle)) as info:
         add(cfg, layout, name, url, branch=branch, resolve=no_network)
     assert (True, before) == (info.value.usage, snapshot(layout.repos_file))
 

@@ -107,6 +107,14 @@ def test_check_converts_timeout_to_seconds() -> None:
      "callback URL 'http://x:0/' has an invalid port: 0"),
     ({"agent": "shell", "prompt": "x", "callback": "http://[::1/"},
      "callback URL 'http://[::1/' is not a valid URL: Invalid IPv6 URL"),
+    ({"agent": "shell", "prompt": "x", "callback": "http://h.example/\u00fc"},
+     "callback URL 'http://h.example/\u00fc' is not ASCII: percent-encode its path"),
+    ({"agent": "shell", "prompt": "x", "callback": "http://m\u00fcnchen.example/"},
+     "callback URL 'http://m\u00fcnchen.example/' is not ASCII"),
+    ({"agent": "shell", "prompt": "x", "callback": "http://a..b/"},
+     "callback URL 'http://a..b/' has an invalid host name 'a..b'"),
+    ({"agent": "shell", "prompt": "x", "callback": "http://" + "a" * 64 + ".example/"},
+     "callback URL 'http://" + "a" * 64 + ".example/' has an invalid host name"),
     ({"agent": "shell", "prompt": "x", "timeout": "5 parsecs"}, "timeout: expected a duration"),
     ({"agent": "shell", "prompt": "x", "timeout": 0}, "timeout 0 must be positive"),
     ({"agent": "shell", "prompt": "x", "timeout": True},
@@ -373,6 +381,15 @@ def test_job_control_keys_are_normalized_and_defaults_not_stored() -> None:
     ({"labels": {"a b": "x"}}, "label key 'a b' must be"),
     ({"labels": {"k": 1}}, "label 'k': the value must be a string"),
     ({"labels": {"k": "x\ny"}}, "label 'k': the value must be a string"),
+    ({"labels": {"k": "\udcff"}}, "label 'k' is not valid UTF-8 text: '\\udcff' at character 0"),
+    ({"not_before": "9999-12-31T23:59:59-01:00"},
+     "not_before '9999-12-31T23:59:59-01:00' is not an ISO-8601 time"),
+    ({"not_before": "0001-01-01T00:00:00+01:00"},
+     "not_before '0001-01-01T00:00:00+01:00' is not an ISO-8601 time"),
+    ({"timeout": "99999999999d"},
+     "timeout: expected a duration of at most 36500d (100 years), got '99999999999d'"),
+    ({"idle_timeout": 1e12},
+     "idle_timeout: expected a duration of at most 36500d (100 years), got 1000000000000.0"),
 ])
 def test_job_control_bad_input_names_the_key(obj: dict[str, Any], message: str) -> None:
     """Each bad job-control value is refused with a message naming the key."""
@@ -462,6 +479,102 @@ def test_same_job_compares_the_checked_keys() -> None:
     job = _job2("a", "x")
     assert same_job({**job, "created_at": "t", "state": "running"}, job)
     assert not same_job({**job, "prompt": "b"}, job)
+
+
+_SURROGATE = "a lone surrogate (a \\ud800-style JSON escape, or a command-line argument that " \
+    "is not UTF-8)"
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("prompt", "hi \ud800", f"prompt is not valid UTF-8 text: '\\ud800' at character 3 is "
+     f"{_SURROGATE}"),
+    ("prompt", "echo \x00", "prompt contains a NUL character (\\u0000) at character 5"),
+    ("batch", "\udcff", f"batch is not valid UTF-8 text: '\\udcff' at character 0 is "
+     f"{_SURROGATE}"),
+    ("batch", "b\x00", "batch contains a NUL character (\\u0000) at character 1"),
+    ("callback", "http://h.example/\ud800", "callback is not valid UTF-8 text: '\\ud800' at "
+     f"character 17 is {_SURROGATE}"),
+    ("agent", "sh\udcffell", f"agent is not valid UTF-8 text: '\\udcff' at character 2 is "
+     f"{_SURROGATE}"),
+    ("repos", ["\udcff"], f"repos is not valid UTF-8 text: '\\udcff' at character 0 is "
+     f"{_SURROGATE}"),
+    ("id", "\udcff", "invalid job id '\\udcff'"),
+    ("after", ["\udcff"], "after: '\\udcff' is not a job id"),
+    ("resume", "\udcff", "resume: invalid job id '\\udcff'"),
+])
+def test_text_no_record_can_carry_is_refused_naming_the_field(key: str, value: object,
+                                                              message: str) -> None:
+    """A lone surrogate (JSON "\\ud800", or a non-UTF-8 argv byte as Python decodes it) or a
+    NUL in any text field is refused by the one validator, naming the field: it used to
+    pass and fail later as a UnicodeEncodeError traceback (batchctl) or a 500 (the api)."""
+    obj: dict[str, Any] = {"agent": "shell", "prompt": "p", key: value}
+    if key == "resume":
+        del obj["agent"]
+    assert message == _bad(obj).split(" (expected")[0]
+
+
+def test_a_jsonl_line_with_a_lone_surrogate_escape_names_the_line_and_field() -> None:
+    """`submit --from`: a line holding the JSON escape \\ud800 is refused naming file, line
+    and field (valid JSON, but text no record can be written with)."""
+    data = b'{"agent":"shell","prompt":"ok"}\n{"agent":"shell","prompt":"x\\ud800"}\n'
+    with pytest.raises(JobError) as info:
+        parse_jsonl(data, "j.jsonl", Checker(KNOWN))
+    assert (f"j.jsonl:2: prompt is not valid UTF-8 text: '\\ud800' at character 1 is "
+            f"{_SURROGATE}") == str(info.value)
+
+
+def test_a_stored_request_with_a_lone_surrogate_is_refused() -> None:
+    """The scheduler's check of a request refuses such text too (the same validator)."""
+    with pytest.raises(JobError) as info:
+        check_request({"jobs": [{"id": "j1", "agent": "shell", "prompt": "p",
+                                 "created_at": "2026-01-01T00:00:00.000Z",
+                                 "resume_of": "j0", "workspace": "/w",
+                                 "resume_session": "\ud800"}]})
+    assert str(info.value).startswith("jobs[0] (j1): resume_session is not valid UTF-8 text")
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    (b'{"agent":"shell","prompt":"x","timeout":NaN}', "invalid JSON: NaN is not a JSON value"),
+    (b'{"agent":"shell","prompt":"x","timeout":-Infinity}',
+     "invalid JSON: -Infinity is not a JSON value"),
+    (b'{"agent":"shell","prompt":"x","priority":' + b"9" * 5000 + b"}",
+     "invalid JSON: a number too long to read (exceeds the limit (4300 digits) for integer "
+     "string conversion)"),
+    (b'{"agent":"shell","prompt":"x","labels":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     "invalid JSON: nested too deeply"),
+])
+def test_json_python_reads_but_a_job_cannot_hold_is_named_with_its_line(
+        line: bytes, message: str) -> None:
+    """NaN/Infinity (not JSON), a number past Python's 4300-digit cap (ValueError) and
+    nesting past the recursion limit (RecursionError) were tracebacks: each is a JobError
+    naming the file and line, as any bad JSON."""
+    with pytest.raises(JobError) as info:
+        parse_jsonl(b'{"agent":"shell","prompt":"ok"}\n' + line + b"\n", "j.jsonl",
+                    Checker(KNOWN))
+    assert f"j.jsonl:2: {message}" == str(info.value)
+
+
+def test_an_id_whose_folder_is_left_over_is_refused_at_every_door(tmp_path: Path) -> None:
+    """A job folder the queue no longer knows (its log quarantined as corrupt) keeps its id
+    in use: a new job under it would run among the old files and read the old result (it
+    ended failed, "result.json unreadable"). accept() refuses it naming the folder and the
+    --from line, writing nothing; accept_many refuses that submission only."""
+    from supervisor.state.submission import Refused, accept_many
+
+    cfg, layout = _cfg(tmp_path)
+    (layout.job_dir("old")).mkdir(parents=True)
+    data = b'{"agent":"shell","prompt":"a"}\n{"agent":"shell","prompt":"b","id":"old"}\n'
+    jobs = parse_jsonl(data, "j.jsonl", Checker(None))
+    with pytest.raises(JobError) as info:
+        accept(cfg, layout, jobs, source=("j.jsonl", data))
+    assert (f"j.jsonl:2: job id 'old' is already in use: its folder {layout.job_dir('old')} "
+            "exists (left by a job the queue no longer knows: remove the folder to reuse "
+            "the id)") == str(info.value)
+    assert not layout.inbox("scheduler").exists() or [] == _requests_in(layout)
+    got = accept_many(cfg, layout, [[_job2("a", "old")], [_job2("b", "new")]])
+    assert isinstance(got[0], Refused) and ["new"] == got[1]
+    [req] = _requests_in(layout)
+    assert ["new"] == [j["id"] for j in req["jobs"]]
 
 
 # -- push (CONTRACT.md "Results") -------------------------------------------------------------
