@@ -74,6 +74,9 @@ _READ_CHUNK = 65536
 _MAX_LINE = 64 * 1024 * 1024   # a "line" longer than this is cut and handled as one
 _DRAIN_TIMEOUT_S = 5.0          # pipe readers after the group is gone (an escaped writer)
 _CLEANUP_TIMEOUT_S = 10.0       # SIGKILL + reap loop over the group
+_RESULT_RETRY_S = 0.05          # first wait before writing result.json again (then doubled)
+_SPACE_RETRY_S = 0.05           # first wait before writing output again on a full disk
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _PR_SET_CHILD_SUBREAPER = 36
 _IDLE_CHECKS = 10               # output activity is looked at this often per idle_timeout
 _SCAN_LINE = 64 * 1024          # raw output scanned after the exit: longer lines are cut
@@ -319,12 +322,17 @@ def _append(fd: int, data: bytes) -> None:
 class _Output:
     """The job's output file as the pumps write it: never more than `cap` bytes of the
     agent's (the head is kept and the cut marked once; the job goes on, what follows is
-    counted), and a write that fails (ENOSPC, EIO) never stops the job: the bytes are
-    counted as lost and a mark saying how many goes in with the next write that succeeds.
+    counted). A full disk (ENOSPC, EDQUOT) is waited out: the write is tried again (50 ms,
+    doubling to 1 s) while the pumps stop reading, so the agent blocks on its full pipe and
+    no byte is lost (`waiting` says so; the job's timeout still applies). Any other failed
+    write (EIO, a closed pipe) never stops the job: the bytes not written are counted as
+    lost and a mark saying how many goes in with the next write that succeeds.
     Thread-safe: stdout's and stderr's pumps share it."""
 
-    def __init__(self, fd: int, cap: int) -> None:
+    def __init__(self, fd: int, cap: int, job_id: str = "") -> None:
         self.fd = fd
+        self.job_id = job_id
+        self.waiting = False        # a write is waiting for disk space
         self.cap = cap
         self.size = os.fstat(fd).st_size
         self.cut = self.size >= cap
@@ -347,14 +355,28 @@ class _Output:
             if self.lost:
                 data = (f"\n[batchd: {self.lost} bytes of output lost: {self.lost_why}]\n"
                         .encode() + data)
-            try:
-                _append(self.fd, data)
-            except OSError as exc:
-                self.lost += len(data)
-                self.lost_why = exc.strerror or str(exc)
-                self.size = os.fstat(self.fd).st_size
-                return
-            self.size += len(data)
+            view = memoryview(data)
+            delay, said = _SPACE_RETRY_S, -math.inf
+            while view:
+                try:
+                    n = os.write(self.fd, view)
+                except OSError as exc:
+                    if exc.errno not in _NO_SPACE:
+                        self.waiting = False
+                        self.lost += len(view)
+                        self.lost_why = exc.strerror or str(exc)
+                        self.size = os.fstat(self.fd).st_size
+                        return
+                    self.waiting = True
+                    if time.monotonic() - said >= 60.0:
+                        said = time.monotonic()
+                        _say(self.job_id, f"output not written, waiting for space: {exc}")
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                self.size += n
+                view = view[n:]
+            self.waiting = False
             self.lost = 0
 
 
@@ -393,22 +415,27 @@ class _Heartbeat:
     def output_bytes(self) -> int:
         return os.fstat(self._sync_fds[0]).st_size
 
-    def beat(self) -> None:
-        with self._lock:
-            for fd in self._sync_fds:
-                os.fdatasync(fd)
-            now = time.time()
-            record = dict(self._base, heartbeat_at=iso_now(now),
-                          output_bytes=os.fstat(self._sync_fds[0]).st_size)
-            write_record(SENTINEL, self._files.sentinel, record)
+    def beat(self) -> bool:
+        """Sync the output, write the sentinel. A write that fails (a full disk) is said in
+        adaptor.log and skipped (False): the job goes on and the next beat tries again;
+        while the adaptor lives it holds adaptor.lock, so its job is never taken for lost."""
+        try:
+            with self._lock:
+                for fd in self._sync_fds:
+                    os.fdatasync(fd)
+                now = time.time()
+                record = dict(self._base, heartbeat_at=iso_now(now),
+                              output_bytes=os.fstat(self._sync_fds[0]).st_size)
+                write_record(SENTINEL, self._files.sentinel, record)
+        except OSError as exc:
+            _say(self._files.id, f"heartbeat not written: {exc}")
+            return False
+        return True
 
     def start(self, interval: float) -> None:
         def loop() -> None:
             while not self._stop.wait(interval):
-                try:
-                    self.beat()
-                except OSError as exc:
-                    _say(self._files.id, f"heartbeat not written: {exc}")
+                self.beat()
         self._thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
         self._thread.start()
 
@@ -870,7 +897,7 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
     proc = _spawn(spec, adaptor, binary, run_as, files)
     if isinstance(proc, _Outcome):
         return proc, Report()
-    output = _Output(output_fd, spec.output_max_bytes)
+    output = _Output(output_fd, spec.output_max_bytes, spec.id)
     beat.set_agent(proc.pid, start_time(proc.pid))
     _say(spec.id, f"agent pid {proc.pid}: {binary}")
     state = ParseState()
@@ -903,6 +930,8 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
     drain_end = time.monotonic() + _DRAIN_TIMEOUT_S
     for pump in pumps:
         pump.join(max(0.0, drain_end - time.monotonic()))
+        while pump.is_alive() and output.waiting:   # a full disk, not an escaped writer
+            pump.join(0.1)
         if pump.is_alive():
             _say(spec.id, f"{pump.name} still open after the group died (an escaped writer)")
     if adaptor.parse_line is None:
@@ -979,25 +1008,22 @@ def _changes_line(got: Collected) -> str:
     return "changes: " + "; ".join(parts) + cut
 
 
-#: A result that cannot be written (a full disk) is tried again this often.
-_RESULT_RETRY_S = 1.0
-
-
-def _write_result(files: JobPaths, result: dict[str, Any]) -> None:
-    """Write result.json, trying again until it is written: the job's outcome is never
-    given up for a full or failing disk (the adaptor lives on meanwhile, so the scheduler
-    keeps the job running rather than lost; the heartbeat thread has stopped, its age
-    says how long). Said once a minute while it fails."""
-    said = -math.inf
+def _write_result(files: JobPaths, record: dict[str, Any]) -> None:
+    """result.json, tried again until it is written: a finished job whose result cannot be
+    written yet (a full disk) waits for space with its lock held, instead of leaving no
+    result behind (which would make it `lost`); the scheduler keeps it running meanwhile.
+    Tried again after 50 ms, doubling to 1 s; said once a minute while it fails."""
+    delay, said = _RESULT_RETRY_S, -math.inf
     while True:
         try:
-            write_record(RESULT, files.result, result)
+            write_record(RESULT, files.result, record)
             return
         except OSError as exc:
             if time.monotonic() - said >= 60.0:
                 said = time.monotonic()
                 _say(files.id, f"result not written, trying again: {exc}")
-            time.sleep(_RESULT_RETRY_S)
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:

@@ -11,6 +11,7 @@ batchctl asks through the inbox), so a restart stays paused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -109,13 +110,18 @@ class Paused:
 
     @classmethod
     def read(cls, layout: Layout, *, owner: bool) -> Paused:
-        """The flag (a corrupt file is quarantined by its owner and reads as paused:
-        starting jobs nobody meant to start is the worse mistake)."""
+        """The flag (a corrupt file reads as paused: starting jobs nobody meant to start is
+        the worse mistake). Its owner quarantines it and writes the pause in its place, so
+        every reader (`status`) sees the pause the scheduler keeps and `resume` ends it."""
         rec = read_record(PAUSED, layout.paused_file, owner=owner)
         if isinstance(rec, Missing):
             return cls()
         if isinstance(rec, Corrupt):
-            return cls(True, None)
+            paused = cls(True, iso_now())
+            if owner:
+                with contextlib.suppress(OSError):      # still paused in memory
+                    paused.write(layout)
+            return paused
         return cls(bool(rec.get("paused")), rec.get("since"))
 
     def write(self, layout: Layout) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from supervisor.state.atomic import ensure_dir
+from supervisor.state.atomic import ensure_dir, quarantine
 from supervisor.state.clock import parse_iso
 from supervisor.state.fs import FS, REAL
 from supervisor.state.layout import Layout
@@ -58,8 +58,27 @@ def sizes(layout: Layout, records: Iterable[Mapping[str, Any]], *,
     out = {}
     for month in _by_month(records):
         path = os.fspath(layout.history_file(month))
-        out[month] = fs.size(path) if fs.exists(path) else 0
+        out[month] = fs.size(path) if fs.exists(path) and not _folder(path, fs) else 0
     return out
+
+
+def _folder(path: str, fs: FS) -> bool:
+    """Whether a folder stands where a month file belongs (damage: `append` moves it aside)."""
+    try:
+        fs.listdir(path)
+    except OSError:
+        return False
+    return True
+
+
+def _open_month(path: str, flags: int, fs: FS) -> int:
+    """Open a month file; a folder in its place is moved aside first (NAME.corrupted.<ts>):
+    left there, it would fail every append of the reaper, its one writer, for ever."""
+    try:
+        return fs.open(path, flags, 0o644)
+    except IsADirectoryError:
+        quarantine(path, fs=fs)
+        return fs.open(path, flags | os.O_CREAT, 0o644)
 
 
 def append(layout: Layout, records: Iterable[Mapping[str, Any]], *, fs: FS = REAL) -> int:
@@ -70,11 +89,11 @@ def append(layout: Layout, records: Iterable[Mapping[str, Any]], *, fs: FS = REA
         ensure_dir(layout.history_dir, fs=fs)
     for month, recs in groups.items():
         path = os.fspath(layout.history_file(month))
-        created = not fs.exists(path)
+        created = not fs.exists(path) or _folder(path, fs)
         lines = b"".join(json.dumps(r, ensure_ascii=False, separators=(",", ":"),
                                     sort_keys=True).encode() + b"\n" for r in recs)
         member = _gzip_member(lines)
-        fd = fs.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = _open_month(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, fs)
         try:
             fs.write(fd, member)
             fs.fsync(fd)
@@ -97,7 +116,7 @@ def truncate(layout: Layout, before: Mapping[str, int], *, fs: FS = REAL) -> Non
     short or may be about to be done again (an idempotent undo)."""
     for month, size in before.items():
         path = os.fspath(layout.history_file(month))
-        if not fs.exists(path) or fs.size(path) <= size:
+        if not fs.exists(path) or _folder(path, fs) or fs.size(path) <= size:
             continue
         fd = fs.open(path, os.O_WRONLY)
         try:
@@ -128,6 +147,10 @@ def read(layout: Layout, month: str | None = None) -> tuple[list[dict[str, Any]]
         try:
             data = path.read_bytes()
         except FileNotFoundError:
+            continue
+        except IsADirectoryError:
+            notes.append(f"{path.name}: a folder, not an archive file; skipped (the reaper "
+                         "moves it aside at its next archiving)")
             continue
         for pos, member, problem in _members(data):
             if problem is not None:

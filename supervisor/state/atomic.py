@@ -5,8 +5,9 @@ rename over the target, fsync the folder. A crash at any step leaves the target 
 old or new; the temp file left behind is recognisable by name and removed by
 `clean_tmp` once older than a grace period.
 
-Read: a file that cannot be used (empty, unparseable, wrong schema or version) is
-moved aside as `NAME.corrupted.<UTC timestamp>` and reported as `Corrupt`; a file
+Read: a file that cannot be used (empty, unparseable, wrong schema or version, a folder in
+its place) is moved aside as `NAME.corrupted.<UTC timestamp>` and reported as `Corrupt`
+(a writer finding a folder in its target's place moves it aside too); a file
 that is not there is `Missing`. Evidence is never deleted and nothing raises a bare
 traceback at the caller.
 """
@@ -106,7 +107,21 @@ def write_bytes(path: str | os.PathLike[str], data: bytes, *, fs: FS = REAL,
             pass
         raise
     fs.close(fd)
-    fs.rename(tmp, target)
+    try:
+        try:
+            fs.rename(tmp, target)
+        except IsADirectoryError:
+            # A folder where the record belongs (damage, a mistake) would fail every write
+            # of its one writer, for ever: the writer moves it aside, as its owning reader
+            # would (NAME.corrupted.<UTC ts>), and the record goes in.
+            quarantine(target, fs=fs)
+            fs.rename(tmp, target)
+    except BaseException:
+        try:
+            fs.unlink(tmp)
+        except OSError:
+            pass
+        raise
     if durable:
         fs.fsync_dir(os.path.dirname(target) or ".")
 
@@ -171,9 +186,10 @@ def read_json(
     try:
         raw = read_bytes(p, fs=fs)
     except IsADirectoryError:
-        # Not a damaged record but something else in its place: say so, move nothing
-        # (quarantining would rename a whole folder, maybe somebody else's).
-        return Corrupt(p, None, "a folder, not a file")
+        # Something else in the record's place: its owner moves it aside like any corrupt
+        # record (else its own writes would fail there for ever); other readers only say so.
+        return Corrupt(p, quarantine(p, fs=fs) if move_corrupt else None,
+                       "a folder, not a file")
     if isinstance(raw, Missing):
         return raw
     reason: str | None

@@ -19,7 +19,7 @@ from supervisor.state.jobs import batch_record, usage_stats
 from supervisor.state.layout import Layout
 from supervisor.state.lockfiles import read_table
 from supervisor.state.locktable import Table, unavailable
-from supervisor.state.repos import all_repositories
+from supervisor.state.repos import all_repositories, read_registry
 from supervisor.state.view import (
     JobView,
     Unreadable,
@@ -122,6 +122,9 @@ def status_doc(cfg: Config, layout: Layout) -> dict[str, Any]:
     except Unreadable as exc:
         unreadable.append(str(exc))
     _mark_paused(workers, paused)
+    # A corrupt registry reads as empty: its repositories are unavailable until `repo
+    # add/remove` moves it aside, so say so rather than let their jobs fail unexplained.
+    unreadable += [f"repositories: {p}" for p in read_registry(layout).problems]
     low = disk.low(cfg)
     degraded = _degraded(workers, startups) + unreadable + ([low] if low else [])
     return {"batchd": {"running": running, "pid": pid}, "workers": workers,

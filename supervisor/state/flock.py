@@ -14,7 +14,9 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
-__all__ = ["LockProbe", "exclusive", "fcntl_holder", "probe_lock"]
+from supervisor.state.atomic import quarantine
+
+__all__ = ["LockProbe", "exclusive", "fcntl_holder", "open_lock_file", "probe_lock"]
 
 # struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start, off_t l_len,
 # pid_t l_pid (native alignment, padded to sizeof(struct flock) == 32).
@@ -29,11 +31,23 @@ class LockProbe(NamedTuple):
     pid: int | None
 
 
+def open_lock_file(path: str | os.PathLike[str], flags: int = os.O_RDONLY) -> int:
+    """Open (create empty if missing) a lock file. A folder in its place is moved aside
+    (NAME.corrupted.<UTC ts>) first: no lock can be held on it here (every taker opens
+    with O_CREAT, which a folder refuses), and left there it would refuse every taker."""
+    flags |= os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except IsADirectoryError:
+        quarantine(path)
+        return os.open(path, flags, 0o644)
+
+
 @contextlib.contextmanager
 def exclusive(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created empty if missing; its folder must exist)
     for the block; blocks while another process holds it."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from supervisor.state.atomic import ensure_dir, remove
 from supervisor.state.clock import iso_now
-from supervisor.state.flock import fcntl_holder
+from supervisor.state.flock import fcntl_holder, open_lock_file
 from supervisor.state.layout import PID, Layout, write_record
 from supervisor.state.proc import start_time
 
@@ -74,7 +74,7 @@ def acquire(layout: Layout, *, config: str | None = None) -> Instance | int:
     its holder keeps vanishing before it can be named (a race repeated 50 times).
     """
     ensure_dir(layout.root)
-    fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_lock_file(layout.lock_file, os.O_RDWR)
     holder: int | None = None
     for _ in range(50):
         try:

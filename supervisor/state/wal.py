@@ -441,6 +441,8 @@ def _read_log(directory: str, fs: FS, *, racing: bool) -> _LogImage:
         parsed = _parse_snapshot(_map_file(snap_path, fs))
     except FileNotFoundError:
         parsed = None
+    except OSError as exc:          # a folder in its place (mmap: ENODEV), unreadable
+        parsed = f"snapshot unreadable: {exc.strerror or exc}"
     if isinstance(parsed, str):
         problem = parsed
     else:
@@ -453,6 +455,10 @@ def _read_log(directory: str, fs: FS, *, racing: bool) -> _LogImage:
         except FileNotFoundError:
             if racing:
                 raise _Vanished(path) from None
+            continue
+        except IsADirectoryError:   # a folder in its place: rejected (quarantined)
+            segments.append(_Segment(epoch, path, 0, [], 0, "badheader",
+                                     "a folder, not a segment file"))
             continue
         segments.append(_scan_segment(path, epoch, data))
     if racing and snapshot is not None:

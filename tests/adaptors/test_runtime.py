@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import pty
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fakes"))
 import fakekit
 
 from supervisor.state.layout import JOB_ENDED, REQUEST, Layout, read_record, write_record
-from tests.helpers import fill
+from tests.helpers import fill, until
 
 
 @pytest.fixture
@@ -329,6 +331,80 @@ def test_heartbeat_refreshes_sentinel_while_running(
         proc.wait()
 
 
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (skipped where mounting is not allowed)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(path: Path) -> None:
+    """Write zeros to `path` until its file system is full."""
+    with open(path, "wb", buffering=0) as f:
+        chunk = b"\0" * (1 << 16)
+        while chunk:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                chunk = chunk[: len(chunk) // 2]
+
+
+def test_a_job_ending_on_a_full_disk_waits_for_space_to_write_its_result(
+        small_fs: Path, tmp_path: Path, start: Callable[[Path], subprocess.Popen[bytes]]) -> None:
+    """Found by the chaos suite: an adaptor whose disk was full when its agent ended died
+    on its last heartbeat's write, leaving no result, so its finished job was taken for
+    lost. Now a failed heartbeat is skipped, and the result is written again and again
+    (the adaptor alive, its lock held) until space returns."""
+    go = tmp_path / "go"
+    job = fakekit.make_job(small_fs / "state", "full", adaptor="command",
+                           prompt=f"echo started; while [ ! -e {go} ]; do sleep 0.05; done")
+    proc = start(job)
+    beat = fakekit.wait_for(lambda: (s := fakekit.sentinel(job)) and s["agent_pid"] and s,
+                            what="a sentinel with the agent")
+    _fill(small_fs / "filler")
+    go.touch()
+    fakekit.wait_for(lambda: not fakekit.pid_alive(beat["agent_pid"]), what="the agent's end")
+    time.sleep(1.0)
+    assert (None, False) == (proc.poll(), (job / "result.json").exists())
+    (small_fs / "filler").unlink()
+    assert 0 == proc.wait(30)
+    res = fakekit.result(job)
+    assert (0, None, b"started\n") == (res["exit_code"], res["reason"], fakekit.output(job))
+
+
+def test_output_written_on_a_full_disk_is_kept_whole_past_the_agents_end(
+        small_fs: Path, tmp_path: Path, start: Callable[[Path], subprocess.Popen[bytes]]) -> None:
+    """Found by the chaos suite: a line the agent printed while the disk was full was lost
+    (marked at best), and the job still ended `completed`. Now the output waits for space,
+    the adaptor waits for its output past the drain timeout, and the result follows it."""
+    from adaptors._runtime import _DRAIN_TIMEOUT_S
+
+    go = tmp_path / "go"
+    job = fakekit.make_job(small_fs / "state", "fullout", adaptor="command",
+                           prompt=f"echo started; while [ ! -e {go} ]; do sleep 0.05; done; "
+                                  "head -c 20000 /dev/zero | tr '\\0' x; echo")
+    proc = start(job)
+    fakekit.wait_for(lambda: fakekit.output(job) == b"started\n", what="the first line")
+    _fill(small_fs / "filler")
+    go.touch()
+    time.sleep(_DRAIN_TIMEOUT_S + 1.0)       # the agent is gone; its 20 kB line still waits
+    assert (None, False) == (proc.poll(), (job / "result.json").exists())
+    (small_fs / "filler").unlink()
+    assert 0 == proc.wait(30)
+    assert (0, b"started\n" + b"x" * 20000 + b"\n") == (fakekit.result(job)["exit_code"],
+                                                       fakekit.output(job))
+
+
 def test_leftover_background_processes_are_killed_before_the_result(tmp_path: Path) -> None:
     """The agent exits leaving `sleep 60 &` in its group: killed and reaped before result."""
     pidfile = tmp_path / "bg.pid"
@@ -555,9 +631,33 @@ def test_output_past_the_cap_keeps_the_head_marks_the_cut_once_and_the_job_goes_
                                              done.exists())
 
 
+def test_a_full_disk_no_longer_cuts_a_completed_jobs_output() -> None:
+    """Found by the chaos suite: output written while the disk was full was dropped (and
+    marked), so a job could end `completed` with its output cut. Now the write waits for
+    space (`waiting` meanwhile, the pumps reading no more, the agent blocked on its pipe)
+    and every byte goes in, in order, once space is back."""
+    from adaptors._runtime import _Output
+
+    full = os.open("/dev/full", os.O_WRONLY)          # every write: ENOSPC
+    try:
+        out = _Output(full, 1 << 20, "j")
+        writer = threading.Thread(target=out.write, args=(b"every byte\n",))
+        writer.start()
+        until("the write waiting for space", lambda: out.waiting)
+        with tempfile.TemporaryFile() as f:
+            out.fd = f.fileno()                         # space is back
+            writer.join(10)
+            f.seek(0)
+            assert (b"every byte\n", False, 0, False) == (f.read(), out.waiting, out.lost,
+                                                          writer.is_alive())
+    finally:
+        os.close(full)
+
+
 def test_a_failed_output_write_is_counted_and_marked_with_the_next_one() -> None:
-    """A write that fails (here EPIPE, as ENOSPC would) never raises: its bytes are counted,
-    and the next write that succeeds starts with a mark saying how many were lost and why."""
+    """A write that fails for good (here EPIPE, as EIO would) never raises: its bytes are
+    counted, and the next write that succeeds starts with a mark saying how many were lost
+    and why."""
     from adaptors._runtime import _Output
 
     r, w = os.pipe()

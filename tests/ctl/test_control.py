@@ -249,6 +249,18 @@ def test_status_summary_names_a_disk_below_min_free_as_degraded(ctx: Ctx) -> Non
     assert (True, True) == (note.startswith("disk: "), note.endswith("below min_free 100%"))
 
 
+def test_status_summary_names_a_corrupt_repository_registry_as_degraded(ctx: Ctx) -> None:
+    """Found by the chaos suite: a corrupt repos.json read as an empty registry everywhere
+    but the next `repo add`, and `status` said nothing while the registered repositories'
+    jobs failed. Now `degraded` names it (and no reader moves it)."""
+    ctx.layout.root.mkdir(parents=True, exist_ok=True)
+    ctx.layout.repos_file.write_text('{"schema": "repos", "v"')
+    [note] = status_doc(ctx.cfg, ctx.layout)["degraded"]
+    assert (True, True) == (note.startswith(f"repositories: {ctx.layout.repos_file} is "
+                                            "corrupt (not valid JSON"),
+                            ctx.layout.repos_file.exists())
+
+
 def test_status_summary_counts_pending_submissions_as_queued(ctx: Ctx) -> None:
     """Jobs waiting in the scheduler's inbox are counted as queued."""
     write_submission(ctx.layout, [{"id": "a"}, {"id": "b"}])

@@ -371,6 +371,38 @@ def test_a_finished_job_is_ticked_no_more(jobs: _dispatch.Jobs, procs: Procs) ->
 
 # -- liveness ------------------------------------------------------------------------------------
 
+def test_an_end_whose_webhook_cannot_be_written_is_not_recorded_without_it(
+        jobs: _dispatch.Jobs, procs: Procs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the chaos suite (a full disk): the webhook request of a job's end failed to
+    be written, and the pass's flush still recorded the end, without its webhook and without
+    its counter (`stats` drifted from the jobs). Now the failed write leaves the job running
+    in the WAL, counted nowhere; the next tick finalizes it with its webhook and its count."""
+    from supervisor.scheduler import events
+
+    real = events.drop_request
+    calls: list[str] = []
+
+    def full(layout: Layout, body: dict[str, Any]) -> None:
+        calls.append(str(body.get("id")))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    enqueue(jobs, "a", callback="http://127.0.0.1:9/hook", batch="b")
+    _dispatch.dispatch(jobs)
+    procs.exit("a")
+    result(jobs, "a")
+    monkeypatch.setattr(events, "drop_request", full)
+    with pytest.raises(OSError):
+        _dispatch.tick_all(jobs)
+    assert (1, "running", 0) == (len(calls), get(jobs, "a")["state"],
+                                 jobs.queue.stats()["completed"])
+    monkeypatch.setattr(events, "drop_request", real)
+    _dispatch.tick_all(jobs)
+    inbox = sorted(n for n in os.listdir(jobs.layout.inbox("callbacks"))
+                   if n.endswith(".json"))
+    assert ("completed", 1, 2) == (get(jobs, "a")["state"], jobs.queue.stats()["completed"],
+                                   len(inbox))
+
+
 def test_dead_adaptor_is_lost_and_its_group_killed(jobs: _dispatch.Jobs, procs: Procs,
                                                    clock: MockClock) -> None:
     """Adaptor SIGKILLed, heartbeat older than dead_after, no result: lost; the job's

@@ -85,13 +85,27 @@ def test_a_retry_job_has_the_spec_one_retry_less_and_the_schedules_delay() -> No
 
 def test_the_pause_flag_survives_in_its_file_and_a_corrupt_one_reads_paused(
         tmp_path: Path) -> None:
-    """Missing: not paused. Written: read back. Corrupt: quarantined by the owner and read
-    as paused (starting jobs nobody meant to start is the worse mistake)."""
+    """Missing: not paused. Written: read back. Corrupt: read as paused (starting jobs
+    nobody meant to start is the worse mistake), by any reader."""
     layout = Layout(tmp_path)
     layout.paused_file.parent.mkdir(parents=True)
     assert Paused(False, None) == Paused.read(layout, owner=True)
     Paused(True, "2027-01-15T08:00:00.000Z").write(layout)
     assert Paused(True, "2027-01-15T08:00:00.000Z") == Paused.read(layout, owner=False)
     layout.paused_file.write_text("{broken")
-    assert Paused(True, None) == Paused.read(layout, owner=True)
-    assert [] == [p for p in layout.paused_file.parent.iterdir() if p.name == "paused.json"]
+    assert True is Paused.read(layout, owner=False).paused
+    assert b"{broken" == layout.paused_file.read_bytes()
+
+
+def test_a_corrupt_pause_file_is_replaced_by_a_visible_pause(tmp_path: Path) -> None:
+    """Found by the chaos suite: the scheduler quarantined a corrupt paused.json and kept
+    its queue paused in memory, while every reader, the file now missing, said it ran: jobs
+    stayed queued with no word why. Now its owner writes the pause in the file's place, so
+    `status` shows it and `resume` ends it."""
+    layout = Layout(tmp_path)
+    layout.paused_file.parent.mkdir(parents=True)
+    layout.paused_file.write_text("{broken")
+    got = Paused.read(layout, owner=True)
+    assert (True, got) == (got.paused, Paused.read(layout, owner=False))
+    assert 1 == len([p for p in layout.paused_file.parent.iterdir()
+                     if p.name.startswith("paused.json.corrupted.")])

@@ -73,3 +73,25 @@ def test_nothing_archived_reads_as_empty(tmp_path: Path) -> None:
     assert (0, [], ([], [])) == (archive.append(layout, []), archive.months(layout),
                                  archive.read(layout))
     assert not layout.history_dir.exists()
+
+
+def test_a_folder_in_place_of_a_month_file_is_moved_aside_by_the_next_append(
+        tmp_path: Path) -> None:
+    """Found by the chaos suite: a folder where history/YYYY-MM.jsonl.gz belongs failed
+    every archiving (Is a directory), so retention never went on and `batchctl clean`
+    waited for a reply that never came. history names it and reads the rest; sizes()
+    counts it as no file; the next append moves it aside and starts the file afresh."""
+    layout = Layout(tmp_path)
+    archive.append(layout, [_rec("a", "2026-10-01T00:00:00.000Z")])
+    path = layout.history_file("2026-11")
+    path.mkdir()
+    records, notes = archive.read(layout)
+    assert (["a"], ["2026-11.jsonl.gz: a folder, not an archive file; skipped (the reaper "
+                    "moves it aside at its next archiving)"]) == ([r["id"] for r in records],
+                                                                 notes)
+    assert {"2026-11": 0} == archive.sizes(layout, [_rec("b", "2026-11-02T00:00:00.000Z")])
+    archive.truncate(layout, {"2026-11": 0})
+    archive.append(layout, [_rec("b", "2026-11-02T00:00:00.000Z")])
+    assert (["b", "a"], []) == ([r["id"] for r in archive.read(layout)[0]],
+                                archive.read(layout)[1])
+    assert 1 == len(list(layout.history_dir.glob("2026-11.jsonl.gz.corrupted.*")))

@@ -359,12 +359,31 @@ def test_clean_tmp_survives_every_crash(tmp_path: Path) -> None:
     assert report.points == 3  # unlink, unlink, fsync_dir
 
 
-def test_a_folder_where_a_record_belongs_is_corrupt_and_not_moved(tmp_path: Path) -> None:
-    """read_json of a folder: Corrupt ("a folder, not a file"), nothing renamed."""
+def test_a_folder_where_a_record_belongs_is_moved_aside_by_its_owner(tmp_path: Path) -> None:
+    """read_json of a folder by its owner: Corrupt ("a folder, not a file"), the folder
+    quarantined like a corrupt record (the chaos suite's "a folder in its place": left
+    there, it failed every write of the record's writer, a crash loop for some workers);
+    a reader that does not own it moves nothing."""
     (tmp_path / "state.json").mkdir()
-    got = read_json(tmp_path / "state.json")
+    (tmp_path / "state.json" / "inside").write_text("x")
+    got = read_json(tmp_path / "state.json", move_corrupt=False)
     assert Corrupt(str(tmp_path / "state.json"), None, "a folder, not a file") == got
-    assert ["state.json"] == sorted(os.listdir(tmp_path))
+    got = read_json(tmp_path / "state.json")
+    assert isinstance(got, Corrupt) and got.moved_to is not None
+    assert ([os.path.basename(got.moved_to)], "x") == (
+        sorted(os.listdir(tmp_path)), (Path(got.moved_to) / "inside").read_text())
+
+
+def test_a_write_blocked_by_a_folder_moves_it_aside(tmp_path: Path) -> None:
+    """Found by the chaos suite: a folder in place of workers.json, ready/<w>.json,
+    locks/state.json... failed each write of its one writer (the locks worker FATAL after
+    four failed starts). The writer moves the folder aside and writes its record."""
+    (tmp_path / "ready.json").mkdir()
+    write_json(tmp_path / "ready.json", {"a": 1})
+    [moved] = [n for n in os.listdir(tmp_path) if CORRUPT_MARK in n]
+    assert ({"a": 1}, True) == (read_json(tmp_path / "ready.json"),
+                                (tmp_path / moved).is_dir())
+    assert sorted(["ready.json", moved]) == sorted(os.listdir(tmp_path))
 
 
 class _Counting(OsFS):

@@ -74,3 +74,16 @@ def test_exclusive_holds_an_flock_for_the_block_and_creates_the_file_empty(
     with exclusive(path):
         assert (True, os.getpid()) == probe_lock(path)
     assert ((False, None), 0) == (probe_lock(path), path.stat().st_size)
+
+
+def test_a_folder_in_place_of_a_lock_file_is_moved_aside(tmp_path: Path) -> None:
+    """Found by the chaos suite: a folder where scheduler/submit.lock belongs refused every
+    submission ("Is a directory"). Nobody can hold a lock on it (every taker opens with
+    O_CREAT), so the taker moves it aside and locks a fresh empty file."""
+    path = tmp_path / "submit.lock"
+    path.mkdir()
+    with exclusive(path):
+        assert (True, os.getpid()) == probe_lock(path)
+    assert (0, ["submit.lock"]) == (path.stat().st_size, sorted(
+        n for n in os.listdir(tmp_path) if ".corrupted." not in n))
+    assert 1 == len([n for n in os.listdir(tmp_path) if n.startswith("submit.lock.corrupted.")])

@@ -95,3 +95,19 @@ def test_a_killed_holder_frees_the_lock(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_folder_in_place_of_the_lock_file_does_not_stop_batchd(tmp_path: Path) -> None:
+    """Found by the chaos suite: a folder where batchd.lock belongs made every start exit 1
+    (a crash loop under systemd). It cannot be locked, so no batchd holds it: moved aside
+    as batchd.lock.corrupted.<ts>, and the lock taken on a fresh file."""
+    layout = Layout(tmp_path / "state")
+    layout.lock_file.mkdir(parents=True)
+    inst = acquire(layout)
+    assert isinstance(inst, Instance)
+    try:
+        assert True is layout.lock_file.is_file()
+        assert 1 == len([p for p in layout.root.iterdir()
+                         if p.name.startswith("batchd.lock.corrupted.")])
+    finally:
+        inst.release()

@@ -629,6 +629,35 @@ def test_corrupt_snapshot_quarantined_segments_replayed(tmp_path: Path) -> None:
     assert [] == third.report.errors
 
 
+def test_a_folder_in_place_of_a_segment_or_the_snapshot_is_moved_aside(tmp_path: Path) -> None:
+    """Found by the chaos suite: a folder where a segment or the snapshot belongs made the
+    log unreadable (IsADirectoryError; mmap's ENODEV for the snapshot), so the scheduler
+    never started again and batchctl refused everything. Now each is a rejected file:
+    moved aside loudly, the rest replayed, the next open clean."""
+    log = ListLog(tmp_path, compact_records=1000)
+    log.append("a")
+    epoch = log.wal.rotate()
+    log.wal.install_snapshot(json.dumps(log.items).encode(), epoch)
+    log.append("b")
+    epoch = log.wal.rotate()
+    log.append("c")
+    log.close()
+    for path in (tmp_path / SNAPSHOT_NAME, seg(tmp_path, epoch - 1)):
+        path.unlink()
+        path.mkdir()
+    readonly = ListLog(tmp_path, readonly=True)
+    assert (["c"], 2, []) == (readonly.items, len(readonly.report.errors),
+                              readonly.report.quarantined)
+    readonly.close()
+    again = ListLog(tmp_path)
+    assert ["c"] == again.items           # the snapshot's and the segment's records are lost
+    assert 2 == len(again.report.quarantined)
+    again.close()
+    third = ListLog(tmp_path)
+    assert (["c"], []) == (third.items, third.report.errors)
+    third.close()
+
+
 def test_cut_segment_creation_removed_quietly(tmp_path: Path) -> None:
     """A last segment holding only a short or unsynced header is a cut creation."""
     make_log(tmp_path, ["a"])
