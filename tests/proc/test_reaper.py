@@ -109,7 +109,11 @@ def test_an_unknown_jobs_process_of_another_user_is_reaped(tmp_path: Path) -> No
         env.start()
         code = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
         proc = subprocess.Popen(                           # the system's python: any user runs it
-            ["/usr/bin/python3", "-c", code], start_new_session=True, user=nobody.pw_uid,
+            # sh ignores SIGTERM before it execs Python (the disposition is kept across the
+            # exec): a slow start of Python on a loaded machine cannot let the reaper's
+            # SIGTERM in first
+            ["/bin/sh", "-c", "trap '' TERM; exec /usr/bin/python3 -c \"$0\"", code],
+            start_new_session=True, user=nobody.pw_uid,
             env={"BATCHD_JOB_ID": "ghost", "BATCHD_JOB_DIR": str(env.layout.job_dir("ghost")),
                  "PATH": os.environ["PATH"]})
         assert -9 == proc.wait(TWO_PASSES + 5)
