@@ -679,13 +679,22 @@ def _child_env(spec: JobSpec, run_as: RunAs | None,
 def _write_prompt(spec: JobSpec, files: JobPaths, run_as: RunAs | None) -> str | None:
     """Write the prompt file (atomically, 0600, owned by the agent's account); None when
     done, else why the agent cannot start."""
-    try:
-        write_bytes(files.prompt, spec.prompt.encode("utf-8"), mode=0o600)
-        if run_as is not None and run_as.switch:
-            os.chown(files.prompt, run_as.uid, run_as.gid)
-    except (OSError, UnicodeEncodeError) as exc:
-        return f"spawn_failed: cannot write the prompt file {files.prompt}: {exc}"
-    return None
+    said = -math.inf
+    while True:       # a full disk is waited out (as for the result): never a failed job
+        try:
+            write_bytes(files.prompt, spec.prompt.encode("utf-8"), mode=0o600)
+            if run_as is not None and run_as.switch:
+                os.chown(files.prompt, run_as.uid, run_as.gid)
+            return None
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                return f"spawn_failed: cannot write the prompt file {files.prompt}: {exc}"
+            if time.monotonic() - said >= 60.0:
+                said = time.monotonic()
+                _say(spec.id, f"prompt file not written, trying again: {exc}")
+        except UnicodeEncodeError as exc:
+            return f"spawn_failed: cannot write the prompt file {files.prompt}: {exc}"
+        time.sleep(_RESULT_RETRY_S)
 
 
 class _Stop:

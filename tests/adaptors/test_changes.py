@@ -415,3 +415,27 @@ def test_a_full_disk_during_collection_is_waited_out(
     outcome = _runtime._Outcome(exit_code=0)
     _runtime._collect_changes(spec, files, outcome)
     assert "changes not saved: [Errno 13] Permission denied" == outcome.reason
+
+
+def test_a_full_disk_while_writing_the_prompt_is_waited_out(
+        remote: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prompt file on a full disk (ENOSPC) is tried again until written — the job is
+    not failed `spawn_failed` for it (found by a chaos run); another error still is."""
+    from adaptors import _runtime
+    _bare, ws, base = remote
+    spec, files = _spec(tmp_path / "jobs", "j1", ws, None, base)
+    real = _runtime.write_bytes
+    errors = [OSError(errno.ENOSPC, "No space left on device")] * 2
+
+    def flaky(*args: Any, **kw: Any) -> None:
+        if errors:
+            raise errors.pop()
+        real(*args, **kw)
+
+    monkeypatch.setattr(_runtime, "write_bytes", flaky)
+    monkeypatch.setattr(_runtime, "_RESULT_RETRY_S", 0.0)
+    assert (None, b"edit things") == (_runtime._write_prompt(spec, files, None),
+                                      files.prompt.read_bytes())
+    errors[:] = [OSError(errno.EACCES, "Permission denied")]
+    why = _runtime._write_prompt(spec, files, None)
+    assert why is not None and why.startswith("spawn_failed: cannot write the prompt file")

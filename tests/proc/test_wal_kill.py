@@ -62,6 +62,7 @@ def test_sigkilled_writer_loses_no_acknowledged_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(1200)        # each cycle waits for the writer's start: minutes
 def test_sigkilled_writer_many_seeds(tmp_path: Path) -> None:
     """The same with 1000 kills and another seed (long: chaos only)."""
     acked, stored = kill_cycles(tmp_path / "wal", 1000, seed=7)
