@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = ["percentile", "stop", "until"]
@@ -42,3 +44,19 @@ def stop(proc: subprocess.Popen[Any], grace: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def fdatasync_rate(folder: Path, seconds: float = 1.0) -> float:
+    """Raw `write 64 bytes + fdatasync` per second on this disk."""
+    path = folder / "sync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    n, t0 = 0, time.perf_counter()
+    try:
+        while time.perf_counter() - t0 < seconds:
+            os.write(fd, b"x" * 64)
+            os.fdatasync(fd)
+            n += 1
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(n / (time.perf_counter() - t0), 1)

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import percentile, stop, until
+from bench._common import fdatasync_rate, percentile, stop, until
 from supervisor.state.jobcontrol import set_paused
 from supervisor.state.layout import Layout
 from supervisor.state.queue import JobQueue
@@ -88,22 +88,6 @@ class Daemon:
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc, DEADLINE)
-
-
-def fdatasync_rate(folder: Path, seconds: float = 1.0) -> float:
-    """Raw `write 64 bytes + fdatasync` per second on this disk."""
-    path = folder / "sync.probe"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    n, t0 = 0, time.perf_counter()
-    try:
-        while time.perf_counter() - t0 < seconds:
-            os.write(fd, b"x" * 64)
-            os.fdatasync(fd)
-            n += 1
-    finally:
-        os.close(fd)
-        path.unlink()
-    return round(n / (time.perf_counter() - t0), 1)
 
 
 def _submit_client(address: tuple[str, int], token: str, end: float) -> int:

@@ -52,7 +52,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench._common import percentile, stop, until
+from bench._common import fdatasync_rate, percentile, stop, until
 from supervisor import log as _log
 from supervisor.config import LogConfig
 from supervisor.state.atomic import dump_json
@@ -251,19 +251,8 @@ def bench_complete_to_delivered(root: Path, n: int) -> dict[str, Any]:
 
 
 def fdatasync_per_s(folder: Path, seconds: float = 1.0) -> int:
-    """The disk's raw rate, here and now: 64 bytes appended and fdatasync'ed in a loop."""
-    path = folder / "fdatasync.probe"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    n, t0 = 0, time.monotonic()
-    try:
-        while time.monotonic() - t0 < seconds:
-            os.write(fd, b"x" * 64)
-            os.fdatasync(fd)
-            n += 1
-    finally:
-        os.close(fd)
-        path.unlink()
-    return round(n / (time.monotonic() - t0))
+    """The disk's raw rate, here and now (bench._common.fdatasync_rate), as a whole number."""
+    return round(fdatasync_rate(folder, seconds))
 
 
 def bench_throughput(root: Path, n: int) -> dict[str, Any]:
