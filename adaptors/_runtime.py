@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from adaptors._changes import Collected, collect, write_changes
 from adaptors._render import ParseState
@@ -679,22 +679,19 @@ def _child_env(spec: JobSpec, run_as: RunAs | None,
 def _write_prompt(spec: JobSpec, files: JobPaths, run_as: RunAs | None) -> str | None:
     """Write the prompt file (atomically, 0600, owned by the agent's account); None when
     done, else why the agent cannot start."""
-    said = -math.inf
-    while True:       # a full disk is waited out (as for the result): never a failed job
+    def attempt() -> str | None:
         try:
             write_bytes(files.prompt, spec.prompt.encode("utf-8"), mode=0o600)
             if run_as is not None and run_as.switch:
                 os.chown(files.prompt, run_as.uid, run_as.gid)
             return None
         except OSError as exc:
-            if exc.errno not in _DISK_FULL:
-                return f"spawn_failed: cannot write the prompt file {files.prompt}: {exc}"
-            if time.monotonic() - said >= 60.0:
-                said = time.monotonic()
-                _say(spec.id, f"prompt file not written, trying again: {exc}")
+            if exc.errno in _DISK_FULL:
+                raise _NoRoom(str(exc)) from None
+            return f"spawn_failed: cannot write the prompt file {files.prompt}: {exc}"
         except UnicodeEncodeError as exc:
             return f"spawn_failed: cannot write the prompt file {files.prompt}: {exc}"
-        time.sleep(_RESULT_RETRY_S)
+    return _until_room(spec.id, "prompt file not written", attempt)
 
 
 class _Stop:
@@ -975,24 +972,20 @@ def _collect_changes(spec: JobSpec, files: JobPaths,
         return {}
     completed = outcome.exit_code == 0 and outcome.signal is None and outcome.reason is None
     account, home = _git_account(spec)
-    said = -math.inf
-    while True:       # a full disk is waited out, as for result.json: never a failed job
+
+    def attempt() -> Collected:
         try:
             got = collect(spec, files, push=completed and spec.push is not None,
                           account=account, home=home)
-            if got.error is None or not _no_space(got.error):
-                write_changes(files, got)
-                break
-            why = got.error
+            if got.error is not None and _no_space(got.error):
+                raise _NoRoom(got.error)
+            write_changes(files, got)
+            return got
         except OSError as exc:
-            if exc.errno not in _DISK_FULL:
-                got = Collected([], error=f"changes not saved: {exc}")
-                break
-            why = str(exc)
-        if time.monotonic() - said >= 60.0:
-            said = time.monotonic()
-            _say(spec.id, f"changes not collected for lack of space, trying again: {why}")
-        time.sleep(_RESULT_RETRY_S)
+            if exc.errno in _DISK_FULL:
+                raise _NoRoom(str(exc)) from None
+            return Collected([], error=f"changes not saved: {exc}")
+    got = _until_room(spec.id, "changes not collected for lack of space", attempt)
     if got.error is not None:
         _say(spec.id, got.error)
         if outcome.reason is None:
@@ -1003,6 +996,29 @@ def _collect_changes(spec: JobSpec, files: JobPaths,
 
 #: Errors of a disk that has no room: waited out, never the job's failure.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+_T = TypeVar("_T")
+
+
+class _NoRoom(Exception):
+    """An attempt of _until_room that the disk refused; str() is why."""
+
+
+def _until_room(job_id: str, what: str, attempt: Callable[[], _T]) -> _T:
+    """`attempt()` until it does not raise _NoRoom: the ONE way the adaptor waits out a
+    full disk (prompt file, changes, result). Tried again after _RESULT_RETRY_S, doubling
+    to 1 s (a collection is not re-run every 50 ms); said once a minute while it fails."""
+    delay, said = _RESULT_RETRY_S, -math.inf
+    while True:
+        try:
+            return attempt()
+        except _NoRoom as exc:
+            if time.monotonic() - said >= 60.0:
+                said = time.monotonic()
+                _say(job_id, f"{what}, trying again: {exc}")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def _no_space(text: str) -> bool:
@@ -1022,17 +1038,12 @@ def _write_result(files: JobPaths, record: dict[str, Any]) -> None:
     written yet (a full disk) waits for space with its lock held, instead of leaving no
     result behind (which would make it `lost`); the scheduler keeps it running meanwhile.
     Tried again after 50 ms, doubling to 1 s; said once a minute while it fails."""
-    delay, said = _RESULT_RETRY_S, -math.inf
-    while True:
+    def attempt() -> None:
         try:
             write_record(RESULT, files.result, record)
-            return
-        except OSError as exc:
-            if time.monotonic() - said >= 60.0:
-                said = time.monotonic()
-                _say(files.id, f"result not written, trying again: {exc}")
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        except OSError as exc:               # any write error: the outcome is never dropped
+            raise _NoRoom(str(exc)) from None
+    _until_room(files.id, "result not written", attempt)
 
 
 def run_job(job_dir: Path, adaptors: Mapping[str, Adaptor]) -> int:
