@@ -1,4 +1,4 @@
-"""scheduler.launch: a detached adaptor (double fork + setsid) or a transient systemd unit."""
+"""scheduler.launch: a detached adaptor (fork + posix_spawn, setsid) or a systemd unit."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_launch_refuses_missing_python(tmp_path: Path) -> None:
 
 
 def test_exec_failure_is_reported_through_the_pipe(tmp_path: Path) -> None:
-    """An executable that cannot be exec'd (no format): the grandchild's error comes back."""
+    """An executable that cannot be exec'd (no format): posix_spawn's error comes back."""
     bogus = tmp_path / "python"
     bogus.write_bytes(b"\x00\x01not a program")
     bogus.chmod(0o755)
