@@ -449,6 +449,31 @@ def test_from_a_mirror_the_workspace_is_an_ordinary_clone(
     assert [] == [n for n in os.listdir(tmp_path / "ws") if n.startswith(PREP_PREFIX)]
 
 
+def test_from_a_mirror_one_git_process_and_the_base_from_files(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Once the mirror exists and the remote has not moved: the workspace costs one git
+    (read-tree: no fetch, no clone, no set-url) and workspace_repos none (its base read
+    from the clone's files), the base being the commit checked out."""
+    import supervisor.state.git as state_git
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "mirrors"
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=remotes,
+                      mirrors_dir=mirrors)
+    calls: list[list[str]] = []
+    real = state_git.run_git_bytes
+
+    def counted(args: list[str], **kw: Any) -> bytes:
+        calls.append(args)
+        return real(args, **kw)
+    monkeypatch.setattr(state_git, "run_git_bytes", counted)
+    e = entry(id="j2", repos=["app"])
+    ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors)
+    repos = workspace_repos(Layout(tmp_path / "state"), e, ws, remotes)
+    assert ([["read-tree"]], git("rev-parse", "HEAD", cwd=ws)) == (
+        [[a for a in args if a == "read-tree"] for args in calls], repos[0]["base"])
+
+
 def test_from_mirrors_several_repos_and_a_named_branch(
         tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
     """Several repos via mirrors: one subfolder each; a named branch is checked out."""
