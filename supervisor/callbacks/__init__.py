@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileCreatedEvent, FileMovedEvent
-
 from supervisor import log as _log
 from supervisor.callbacks.outbox import DirOutbox, GroupFS, Outbox
 from supervisor.callbacks.settle import BatchCheck, Verdict, wal_check
@@ -618,8 +616,9 @@ def main(cfg: Config) -> int:
         return EXIT_OK                        # stopped while the disk was full
     found, did, degraded = got
     inbox = layout.inbox(NAME)
-    # a request arrives by rename (or creation); the worker's own removals are no hint
-    with Watcher([inbox], log=log, events=[FileCreatedEvent, FileMovedEvent]) as watcher:
+    # a request arrives by rename (or creation); the worker's own removals are no hint,
+    # and the inotify descriptor is read by this thread's wait itself (no watchdog threads)
+    with Watcher([inbox], log=log, direct=True) as watcher:
         state.wake = watcher.wake
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)
