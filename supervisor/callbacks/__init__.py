@@ -117,7 +117,8 @@ class Callbacks:
 
     `pending` is the schedule: the pending records no thread owns, ordered by `_heap`
     (due, created_at, generation, id); a record handed to a thread (`busy`: id -> host
-    while its POST is in flight, "" once it is over (Posted) or for a settle check) is owned by it until its Done comes back through `_done`.
+    while its POST is in flight, "" once it is over (Posted) or for a settle check) is
+    owned by it until its Done comes back through `_done`.
     Only the main thread touches these fields; threads touch only the records they own.
     """
 
