@@ -1,68 +1,122 @@
-"""The api's submissions: concurrent POSTs gathered into one durable request per write.
+"""The api's submissions: concurrent POSTs gathered into durable requests, several in flight.
 
 Every POST /v1/jobs is checked by the one validator (state.submission.Checker, as
-`batchctl submit`) in the request's own thread; the checked jobs then wait for the one
-writer thread here, which takes every submission waiting at that moment and hands them to
-state.submission.accept_many: one submit lock, one read of the ids in use (the inbox, and
-the queue's ids followed in the log by a state.queueids.QueueIds this writer keeps, so a
-write does not replay the whole log), ONE request file written and fsynced for all of
-them. Each POST is answered only after that write
-returned (durable: it survives a crash from then on), and each stays all or nothing. One
-submission's failure is its own (state.submission.accept_many): only what fails the whole
-write — the disk (OSError, answered 503 storage), free space, an unreadable queue — fails every
-waiter of it. A
-crash of the api before the rename loses only unanswered POSTs (their clients retry; a
-retry with the same ids is then a replay, answered as accepted and written once).
+`batchctl submit`) before it gets here. One thread, `submit`, then takes every submission
+waiting at that moment and decides them together as state.submission.accept_many does
+(the submit lock held, the ids in use read once: ids_in_use, take_many), and hands the
+jobs it took to a pool of WRITERS threads, each writing ONE durable request file
+(write_taken: temp file, fsync, rename, fsync folder). It does not wait for that write:
+it goes on deciding the next submissions while earlier writes are in flight, so the
+fsyncs of several requests overlap (the file system commits concurrent fsyncs together:
+this is where the rate comes from; one write at a time left the disk idle between them).
+Each POST is answered only after ITS request is durable, and each stays all or nothing.
+
+What keeps the ids right with writes in flight (docs/API.md "Submissions"):
+- The submit lock (the flock every submitter takes) is held from the decision of a group
+  until its request is renamed into the inbox: the api takes it when it has work and gives
+  it back when no write is in flight, and at least every SESSION seconds (it then lets
+  its writes finish, gives the lock back and waits a moment), so `batchctl submit`
+  always gets its turn.
+- Within the api, the ids of the writes in flight (not yet in the inbox) count as in use:
+  read, under a mutex, BEFORE the inbox is listed, so an id is seen in one of the two.
+- A submission naming an id of a write in flight (a client's retry racing its own first
+  try) waits until no write is in flight, then is decided as usual: a replay of a durable
+  job is accepted without a second write, anything else refused.
+
+One submission's failure is its own (state.submission.take_many, write_taken): only what
+fails a whole write (the disk: OSError, answered 503 storage) fails every waiter of it,
+and a failed free-space check or unreadable ids every submission of that decision. A
+crash of the api at any moment loses only unanswered POSTs (a request is renamed in whole
+or not at all; its clients retry, and a retry with the same ids is then a replay,
+answered as accepted and written once); the kernel drops the flock with the process.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from supervisor.config import Config
+from supervisor.state import disk
 from supervisor.state.layout import Layout
 from supervisor.state.queuefollow import QueueIds
-from supervisor.state.submission import accept_many
+from supervisor.state.submission import (
+    DiskLow,
+    SubmitLock,
+    Taken,
+    ids_in_use,
+    take_many,
+    write_taken,
+)
+from supervisor.state.view import PendingIds
 
-__all__ = ["MAX_GROUP_JOBS", "Batcher"]
+__all__ = ["MAX_GROUP_JOBS", "SESSION", "WRITERS", "Batcher"]
 
-#: A write takes whole submissions until it holds at least this many jobs.
+#: A decision takes whole submissions until it holds at least this many jobs.
 MAX_GROUP_JOBS = 10_000
+#: Request writes in flight at once (threads of the writer pool).
+WRITERS = 2
+#: Seconds the api may hold the submit lock before it lets other submitters in.
+SESSION = 0.1
+#: Seconds it then waits, lock given back, before it takes it again.
+YIELD = 0.002
 
 _Item = tuple[list[dict[str, Any]], "Future[list[str]]"]
 
 
-class Batcher:
-    """The one writer thread of submissions; `submit(jobs)` is a Future of their ids."""
+class _Wake:
+    """Put in the queue when the last write in flight ended: the decider looks again."""
 
-    def __init__(self, cfg: Config, layout: Layout, *,
-                 accept: Callable[[Config, Layout, list[list[dict[str, Any]]]],
-                                  list[list[str] | Exception]] | None = None) -> None:
+
+_WAKE = _Wake()
+
+
+class Batcher:
+    """The api's submit writer; `submit(jobs)` is a Future of their ids."""
+
+    def __init__(self, cfg: Config, layout: Layout, *, writers: int = WRITERS,
+                 write: Callable[[Layout, Taken], list[list[str] | Exception]] = write_taken,
+                 ) -> None:
         self.cfg = cfg
         self.layout = layout
-        ids = QueueIds(layout.wal_dir)
-        self._accept = accept or (lambda c, lay, groups: accept_many(c, lay, groups,
-                                                                      queue_ids=ids))
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._write_taken = write
+        self._queue_ids = QueueIds(layout.wal_dir)
+        self._pending_ids = PendingIds(layout)
+        self._lock = SubmitLock(layout)
+        self._since = 0.0                       # when the lock was taken
+        self._cond = threading.Condition()      # guards _flight and _writing
+        self._flight: set[str] = set()          # ids of the writes in flight
+        self._writing = 0                       # writes in flight
+        self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="submit-w")
+        self._queue: queue.SimpleQueue[_Item | _Wake | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="submit", daemon=True)
         self._thread.start()
 
     def submit(self, jobs: list[dict[str, Any]]) -> Future[list[str]]:
-        """Queue checked jobs (one submission); the Future gives their ids, or raises
-        Refused (an id in use by another job), JobError (a dependency that does not
-        exist), Unreadable, DiskLow or OSError (every submission of that write's), or
-        whatever went wrong with this submission alone (never another's)."""
+        """Queue checked jobs (one submission); the Future gives their ids once they are
+        durable, or raises Refused (an id in use by another job), JobError (a dependency
+        that does not exist), Unreadable, DiskLow or OSError (every submission of that
+        decision or write), or whatever went wrong with this submission alone."""
         fut: Future[list[str]] = Future()
         self._queue.put((jobs, fut))
         return fut
 
     def close(self) -> None:
+        """Decide what is queued, let every write finish, give the lock back."""
         self._queue.put(None)
         self._thread.join(timeout=5.0)
+
+    @property
+    def in_flight(self) -> int:
+        """Request writes in flight now."""
+        with self._cond:
+            return self._writing
+
+    # -- the decider ------------------------------------------------------------------------
 
     def _take(self, first: _Item) -> tuple[list[_Item], bool]:
         items, count, closing = [first], len(first[0]), False
@@ -74,26 +128,112 @@ class Batcher:
             if item is None:
                 closing = True
                 break
+            if isinstance(item, _Wake):
+                continue
             items.append(item)
             count += len(item[0])
         return items, closing
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            items, closing = self._take(first)
-            try:
-                results = self._accept(self.cfg, self.layout, [jobs for jobs, _ in items])
-            except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
-                for _, fut in items:
-                    fut.set_exception(exc)
+        deferred: list[_Item] = []
+        try:
+            while True:
+                got = self._queue.get()
+                items: list[_Item]
+                if got is None:
+                    items, closing = [], True
+                elif isinstance(got, _Wake):
+                    items, closing = [], False
+                else:
+                    items, closing = self._take(got)
+                if closing:
+                    self._decide(items)
+                    self._drain()
+                    self._decide(deferred)
+                    self._drain()
+                    return
+                if deferred and self.in_flight == 0:    # what waited goes first
+                    items, deferred = deferred + items, []
+                if items:
+                    deferred += self._decide(items)
+                elif self._lock.held and self.in_flight == 0:
+                    self._lock.release()                # idle: other submitters' turn
+        finally:
+            self._lock.release()
+            self._pool.shutdown(wait=True)
+
+    def _drain(self) -> None:
+        """Wait until no write is in flight."""
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+
+    def _decide(self, items: list[_Item]) -> list[_Item]:
+        """Decide `items` (as accept_many) and send what was taken to a writer; the items
+        that must wait for the writes in flight (an id of theirs is being written)."""
+        if not items:
+            return []
+        if self._lock.held and time.monotonic() - self._since > SESSION:
+            self._drain()                       # other submitters' turn
+            self._lock.release()
+            time.sleep(YIELD)
+        with self._cond:
+            flight = set(self._flight)          # before the inbox is listed (ids_in_use)
+        now: list[_Item] = []
+        later: list[_Item] = []
+        for item in items:
+            clash = any(j["id"] is not None and j["id"] in flight for j in item[0])
+            (later if clash else now).append(item)
+        if not now:
+            return later
+        groups = [jobs for jobs, _ in now]
+        try:
+            why = disk.low(self.cfg)
+            if why is not None:
+                raise DiskLow(f"submission refused: {why}")
+            if not self._lock.held:
+                self._lock.acquire()
+                self._since = time.monotonic()
+            given = {j["id"] for g in groups for j in g if j["id"] is not None}
+            in_use, existing = ids_in_use(self.cfg, self.layout, given,
+                                          queue_ids=self._queue_ids,
+                                          pending_ids=self._pending_ids, also=flight)
+            taken = take_many(self.cfg, self.layout, groups, in_use, existing)
+        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
+            for _, fut in now:
+                fut.set_exception(exc)
+            return later
+        ids = {str(j["id"]) for j in taken.jobs}
+        with self._cond:
+            self._flight |= ids
+            self._writing += 1
+        try:
+            self._pool.submit(self._write, now, taken, ids)
+        except RuntimeError:            # the pool is shut down: write it here
+            self._write(now, taken, ids)
+        return later
+
+    # -- a writer ---------------------------------------------------------------------------
+
+    def _write(self, items: list[_Item], taken: Taken, ids: set[str]) -> None:
+        """Write one decision's request; then answer each of its submissions."""
+        results: list[list[str] | Exception] | BaseException
+        try:
+            results = self._write_taken(self.layout, taken)
+        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
+            results = exc
+        with self._cond:
+            self._flight -= ids
+            self._writing -= 1
+            idle = self._writing == 0
+            if idle:
+                self._cond.notify_all()
+        if idle:
+            self._queue.put(_WAKE)
+        for index, (_, fut) in enumerate(items):
+            if isinstance(results, BaseException):
+                fut.set_exception(results)
+            elif isinstance(results[index], Exception):
+                fut.set_exception(results[index])  # type: ignore[arg-type]
             else:
-                for (_, fut), result in zip(items, results, strict=True):
-                    if isinstance(result, Exception):
-                        fut.set_exception(result)
-                    else:
-                        fut.set_result(result)
-            if closing:
-                return
+                fut.set_result(results[index])  # type: ignore[arg-type]
