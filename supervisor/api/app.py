@@ -61,9 +61,9 @@ from supervisor.state.submission import (
     Checker,
     DiskLow,
     JobError,
+    KnownCache,
     Refused,
     decode_json,
-    known,
 )
 from supervisor.state.tokens import TokenTable, allows, tokens_path
 from supervisor.state.view import (
@@ -104,13 +104,15 @@ def error_response(status: int, code: str, message: str,
 @dataclass
 class Api:
     """What the routes share: the configuration, the state dir, tokens, and the helpers
-    that outlive one request (the submit writer, the inotify folders, the metrics cache)."""
+    that outlive one request (the submit writer, the inotify folders, the metrics cache,
+    what submissions are checked against)."""
 
     cfg: Config
     layout: Layout
     log: Log
     tokens: TokenTable
     metrics: Metrics
+    known: KnownCache
     folders: Folders = field(default_factory=Folders)
     batcher: Batcher | None = None
     states: States | None = None
@@ -226,7 +228,7 @@ def _check_jobs(api: Api, body: Any) -> list[dict[str, Any]]:
         many = True
     else:
         items, many = [body], False
-    checker = Checker(known(api.cfg, api.layout))
+    checker = Checker(api.known.get())
     jobs: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -604,6 +606,6 @@ def make_api(cfg: Config, layout: Layout, log: Log) -> Api:
     read-only queue that follows the log: state.view.follow_queue)."""
     follow_queue(layout)
     return Api(cfg=cfg, layout=layout, log=log, tokens=TokenTable(tokens_path(cfg, layout)),
-               metrics=Metrics(cfg, layout))
+               metrics=Metrics(cfg, layout), known=KnownCache(cfg, layout))
 
 

@@ -76,6 +76,7 @@ __all__ = [
     "InUse",
     "JobError",
     "Known",
+    "KnownCache",
     "Refused",
     "SubmitLock",
     "Taken",
@@ -683,6 +684,31 @@ def known(cfg: Config, layout: Layout) -> Known:
                  refused=refused, unpushable=_unpushable(repos))
 
 
+class KnownCache:
+    """known() for a long-lived door (the api): made again only when the repository
+    registry changed (its file is replaced whole by a rename: a new inode, size or mtime),
+    since the configuration of the process does not change."""
+
+    def __init__(self, cfg: Config, layout: Layout) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._known: Known | None = None
+
+    def get(self) -> Known:
+        """What a submission is checked against now."""
+        try:
+            st = os.stat(self.layout.repos_file)
+            stamp: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size,
+                                                       st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        if self._known is None or stamp != self._stamp:
+            self._known = known(self.cfg, self.layout)   # read after the stat: never stale
+            self._stamp = stamp
+        return self._known
+
+
 def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
            source: tuple[str, bytes] | None = None) -> list[str]:
     """The door's last step for checked jobs: under submit_lock, refuse ids in use
@@ -737,7 +763,7 @@ class InUse:
     writes in flight) plus those given out since: membership is asked of each layer, so a
     decision never copies the queue's ids (100,000 of them, for a one-job POST)."""
 
-    def __init__(self, *layers: AbstractSet[str]) -> None:
+    def __init__(self, *layers: Container[str]) -> None:
         self._layers = layers
         self.added: set[str] = set()
 
@@ -765,7 +791,7 @@ def ids_in_use(cfg: Config, layout: Layout, given: set[str], *,
         with open_view(cfg, layout) as view:
             in_use = InUse(set(view.known_ids()), also)
             return in_use, {i: view.get(i) for i in given if i in in_use}
-    pending = pending_ids.refresh() if pending_ids is not None else \
+    pending: Container[str] = pending_ids.refresh() if pending_ids is not None else \
         set(read_pending(layout).jobs)
     try:
         queued = queue_ids.refresh()
