@@ -62,6 +62,7 @@ from supervisor.state.agentbin import refusal
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import open_lock_file
+from supervisor.state.fs import FS, REAL
 from supervisor.state.git import branch_refusal
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
@@ -661,13 +662,13 @@ _LOCK_DIRS: set[str] = set()
 
 
 def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
-                     now: float | None = None) -> Path:
+                     now: float | None = None, fs: FS = REAL) -> Path:
     """The ONE durable request file carrying `jobs` (each gets created_at); its path."""
     t = time.time() if now is None else now
     created = iso_now(t)
     for job in jobs:
         job["created_at"] = created
-    return send_request(layout, "scheduler", submit_request(jobs, now=t))
+    return send_request(layout, "scheduler", submit_request(jobs, now=t), fs=fs)
 
 
 def known_repos(cfg: Config, layout: Layout) -> frozenset[str]:
@@ -857,7 +858,8 @@ def take_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
     return Taken(out, taken)
 
 
-def write_taken(layout: Layout, taken: Taken) -> list[list[str] | Exception]:
+def write_taken(layout: Layout, taken: Taken, *,
+                fs: FS = REAL) -> list[list[str] | Exception]:
     """Write what take_many took as ONE durable request; per submission its ids or why it
     failed. Should the shared write fail for anything but the disk (OSError, which is
     every submission's: raised), each submission is written on its own request, so only
@@ -868,7 +870,7 @@ def write_taken(layout: Layout, taken: Taken) -> list[list[str] | Exception]:
     if not fresh:
         return out
     try:
-        write_submission(layout, fresh)
+        write_submission(layout, fresh, fs=fs)
     except OSError:
         raise                   # the disk: every submission's failure
     except Exception:          # noqa: BLE001 - one submission's content: find it
@@ -876,7 +878,7 @@ def write_taken(layout: Layout, taken: Taken) -> list[list[str] | Exception]:
             if not new:
                 continue
             try:
-                write_submission(layout, new)
+                write_submission(layout, new, fs=fs)
             except OSError as exc:
                 out[index] = exc
             except Exception as exc:   # noqa: BLE001 - what it holds: its own

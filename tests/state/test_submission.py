@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -648,3 +649,34 @@ def test_accept_many_sees_an_id_only_the_inbox_holds(tmp_path: Path) -> None:
     got = accept_many(cfg, layout, [[_job2("a", "x")], [_job2("b", "x")]], **readers)
     assert ["x"] == got[0] and isinstance(got[1], Refused)
     assert 1 == len(_requests_in(layout))
+
+
+def test_a_written_request_survives_every_power_cut_whole_or_not_at_all(
+        tmp_path: Path) -> None:
+    """write_taken, as the api's writers run it (one request per decision, two in a row):
+    a power cut at any point leaves each request whole or absent, never torn, and every
+    request whose write returned (its POSTs answered) is in the inbox."""
+    from supervisor.state.submission import Taken, write_taken
+    from supervisor.state.view import PendingIds, read_pending
+    from tests.crashfs import CrashFS, explore
+
+    def setup(root: str) -> None:
+        ensure_dir(Layout(Path(root)).inbox("scheduler"))
+
+    def workload(root: str, fs: CrashFS) -> Iterator[None]:
+        layout = Layout(Path(root))
+        for ids in (["a1", "a2"], ["b1"]):
+            taken = Taken([ids], [(0, [_job2("p", i) for i in ids])])
+            assert [ids] == write_taken(layout, taken, fs=fs)
+            yield
+
+    def recover(root: str) -> Any:
+        layout = Layout(Path(root))
+        pending = sorted(read_pending(layout).jobs)
+        assert sorted(PendingIds(layout).refresh()) == pending
+        assert not [n for n in os.listdir(layout.inbox("scheduler")) if ".corrupted." in n]
+        return pending
+
+    report = explore(tmp_path, setup=setup, workload=workload, recover=recover,
+                     expected=[[], ["a1", "a2"], ["a1", "a2", "b1"]])
+    assert {0, 1, 2} == set(report.recovered_to)
