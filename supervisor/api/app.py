@@ -148,6 +148,8 @@ def require(request: Request, scope: str) -> tuple[str, str]:
 
 def _params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
     """The query parameters, each given at most once, none unknown (400 otherwise)."""
+    if not request.scope.get("query_string"):
+        return {}
     out: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
         if key not in allowed:

@@ -37,7 +37,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from supervisor.config import Config
@@ -91,7 +91,12 @@ class Batcher:
         self._cond = threading.Condition()      # guards _flight and _writing
         self._flight: set[str] = set()          # ids of the writes in flight
         self._writing = 0                       # writes in flight
-        self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="submit-w")
+        self._writes: queue.SimpleQueue[tuple[list[_Item], Taken, set[str]] | None] = \
+            queue.SimpleQueue()
+        self._writers = [threading.Thread(target=self._writer, name=f"submit-w{n}",
+                                          daemon=True) for n in range(writers)]
+        for writer in self._writers:
+            writer.start()
         self._queue: queue.SimpleQueue[_Item | _Wake | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="submit", daemon=True)
         self._thread.start()
@@ -160,7 +165,10 @@ class Batcher:
                     self._lock.release()                # idle: other submitters' turn
         finally:
             self._lock.release()
-            self._pool.shutdown(wait=True)
+            for _ in self._writers:
+                self._writes.put(None)
+            for writer in self._writers:
+                writer.join(timeout=5.0)
 
     def _drain(self) -> None:
         """Wait until no write is in flight."""
@@ -207,13 +215,14 @@ class Batcher:
         with self._cond:
             self._flight |= ids
             self._writing += 1
-        try:
-            self._pool.submit(self._write, now, taken, ids)
-        except RuntimeError:            # the pool is shut down: write it here
-            self._write(now, taken, ids)
+        self._writes.put((now, taken, ids))
         return later
 
     # -- a writer ---------------------------------------------------------------------------
+
+    def _writer(self) -> None:
+        while (work := self._writes.get()) is not None:
+            self._write(*work)
 
     def _write(self, items: list[_Item], taken: Taken, ids: set[str]) -> None:
         """Write one decision's request; then answer each of its submissions."""

@@ -693,13 +693,14 @@ class KnownCache:
     def __init__(self, cfg: Config, layout: Layout) -> None:
         self.cfg = cfg
         self.layout = layout
+        self._path = os.fspath(layout.repos_file)
         self._stamp: tuple[int, int, int, int] | None = None
         self._known: Known | None = None
 
     def get(self) -> Known:
         """What a submission is checked against now."""
         try:
-            st = os.stat(self.layout.repos_file)
+            st = os.stat(self._path)
             stamp: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size,
                                                        st.st_mtime_ns)
         except OSError:
