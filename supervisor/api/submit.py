@@ -9,6 +9,8 @@ jobs it took to a pool of WRITERS threads, each writing ONE durable request file
 it goes on deciding the next submissions while earlier writes are in flight, so the
 fsyncs of several requests overlap (the file system commits concurrent fsyncs together:
 this is where the rate comes from; one write at a time left the disk idle between them).
+It decides only when a writer is free, and beside a write in flight only once OVERLAP_MIN
+submissions wait (what comes meanwhile joins the next request: fewer, fuller files).
 Each POST is answered only after ITS request is durable, and each stays all or nothing.
 
 What keeps the ids right with writes in flight (docs/API.md "Submissions"):
@@ -54,12 +56,15 @@ from supervisor.state.submission import (
 )
 from supervisor.state.view import PendingIds
 
-__all__ = ["MAX_GROUP_JOBS", "SESSION", "WRITERS", "Batcher"]
+__all__ = ["MAX_GROUP_JOBS", "OVERLAP_MIN", "SESSION", "WRITERS", "Batcher"]
 
 #: A decision takes whole submissions until it holds at least this many jobs.
 MAX_GROUP_JOBS = 10_000
 #: Request writes in flight at once (threads of the writer pool).
 WRITERS = 2
+#: Submissions waiting that start a write while another is in flight (fewer wait for it:
+#: a request file per POST would cost the scheduler and the disk more than it saves).
+OVERLAP_MIN = 2
 #: Seconds the api may hold the submit lock before it lets other submitters in.
 SESSION = 0.1
 #: Seconds it then waits, lock given back, before it takes it again.
@@ -69,7 +74,7 @@ _Item = tuple[list[dict[str, Any]], "Future[list[str]]"]
 
 
 class _Wake:
-    """Put in the queue when the last write in flight ended: the decider looks again."""
+    """Put in the queue when a write ended: the decider looks again."""
 
 
 _WAKE = _Wake()
@@ -93,6 +98,7 @@ class Batcher:
         self._writing = 0                       # writes in flight
         self._writes: queue.SimpleQueue[tuple[list[_Item], Taken, set[str]] | None] = \
             queue.SimpleQueue()
+        self._writer_count = writers
         self._writers = [threading.Thread(target=self._writer, name=f"submit-w{n}",
                                           daemon=True) for n in range(writers)]
         for writer in self._writers:
@@ -140,29 +146,30 @@ class Batcher:
         return items, closing
 
     def _run(self) -> None:
-        deferred: list[_Item] = []
+        deferred: list[_Item] = []              # an id of theirs is being written
+        held: list[_Item] = []                  # waiting for a writer
         try:
             while True:
                 got = self._queue.get()
-                items: list[_Item]
-                if got is None:
-                    items, closing = [], True
-                elif isinstance(got, _Wake):
-                    items, closing = [], False
-                else:
+                closing = got is None
+                if isinstance(got, tuple):
                     items, closing = self._take(got)
+                    held += items
                 if closing:
-                    self._decide(items)
+                    self._decide(held)
                     self._drain()
                     self._decide(deferred)
                     self._drain()
                     return
-                if deferred and self.in_flight == 0:    # what waited goes first
-                    items, deferred = deferred + items, []
-                if items:
-                    deferred += self._decide(items)
-                elif self._lock.held and self.in_flight == 0:
-                    self._lock.release()                # idle: other submitters' turn
+                flying = self.in_flight
+                if deferred and flying == 0:    # what waited goes first
+                    held, deferred = deferred + held, []
+                if held and (flying == 0 or (flying < self._writer_count and
+                                             len(held) >= OVERLAP_MIN)):
+                    deferred += self._decide(held)
+                    held = []
+                elif not held and self._lock.held and flying == 0:
+                    self._lock.release()        # idle: other submitters' turn
         finally:
             self._lock.release()
             for _ in self._writers:
@@ -234,11 +241,9 @@ class Batcher:
         with self._cond:
             self._flight -= ids
             self._writing -= 1
-            idle = self._writing == 0
-            if idle:
+            if self._writing == 0:
                 self._cond.notify_all()
-        if idle:
-            self._queue.put(_WAKE)
+        self._queue.put(_WAKE)                  # a writer is free: the decider looks again
         for index, (_, fut) in enumerate(items):
             if isinstance(results, BaseException):
                 fut.set_exception(results)

@@ -87,19 +87,32 @@ def test_waiting_submissions_are_decided_together_and_answered_each(tmp_path: Pa
 
 
 def test_writes_overlap_and_none_is_answered_before_its_own_is_durable(
-        tmp_path: Path) -> None:
-    """With two writers, a second decision goes to the disk while the first is still in
-    flight (their fsyncs overlap); no submission is answered before its write returned."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two writers, a second request goes to the disk while the first is still in
+    flight (their fsyncs overlap) once OVERLAP_MIN submissions wait (one alone waits for a
+    writer: a file per POST costs more than it saves); with both writers busy, what comes
+    waits and goes out as one request when a writer is free. No submission is answered
+    before its own write returned."""
+    assert 2 == submit_mod.OVERLAP_MIN
+    monkeypatch.setattr(submit_mod, "SESSION", 60.0)    # no turn for others meanwhile
     cfg, layout = _setup(tmp_path)
     gate = Gate()
     b = Batcher(cfg, layout, writers=2, write=gate.write)
     first = b.submit([_job("p0", "b0")])
     until("the first write begun", lambda: len(gate.calls) == 1)
-    second = b.submit([_job("p1", "b1")])
-    until("the second write in flight with the first", lambda: len(gate.calls) == 2)
-    assert (2, False, False) == (b.in_flight, first.done(), second.done())
+    second = [b.submit([_job("p1", "b1")])]
+    time.sleep(0.2)
+    assert [1] == gate.calls                        # one alone waits for the writer
+    second.append(b.submit([_job("p2", "b2")]))
+    until("the second write in flight with the first", lambda: gate.calls == [1, 2])
+    third = [b.submit([_job(f"p{i}", f"b{i}")]) for i in (3, 4, 5)]
+    time.sleep(0.2)
+    assert (2, [1, 2]) == (b.in_flight, gate.calls)     # both writers busy: they wait
+    assert not any(f.done() for f in [first, *second, *third])
     gate.event.set()
-    assert (["b0"], ["b1"]) == (first.result(5), second.result(5))
+    assert [["b0"], ["b1"], ["b2"], ["b3"], ["b4"], ["b5"]] == [
+        f.result(5) for f in [first, *second, *third]]
+    assert [1, 2, 3] == gate.calls
     until("no write in flight", lambda: b.in_flight == 0)
     b.close()
 
