@@ -260,7 +260,7 @@ async def post_jobs(request: Request) -> Response:
         await run_in_threadpool(_check_jobs, api, body)
     assert api.batcher is not None
     try:
-        ids = await asyncio.wrap_future(api.batcher.submit(jobs))
+        ids = await api.batcher.submit_async(jobs)
     except Refused as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     except JobError as exc:
@@ -586,7 +586,7 @@ def build_app(api: Api) -> Starlette:
     """The ASGI application over `api` (its submit writer and states start with it)."""
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        api.batcher = Batcher(api.cfg, api.layout)
+        api.batcher = Batcher(api.cfg, api.layout, loop=asyncio.get_running_loop())
         api.states = States(api.job_states)
         # the first exposition decodes every finished job once: do it now, off the loop
         threading.Thread(target=_warm, args=(api,), name="metrics-warm", daemon=True).start()

@@ -35,12 +35,13 @@ answered as accepted and written once); the kernel drops the flock with the proc
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Union
 
 from supervisor.config import Config
 from supervisor.state import disk
@@ -70,7 +71,22 @@ SESSION = 0.1
 #: Seconds it then waits, lock given back, before it takes it again.
 YIELD = 0.002
 
-_Item = tuple[list[dict[str, Any]], "Future[list[str]]"]
+_Fut = Union["Future[list[str]]", "asyncio.Future[list[str]]"]
+_Item = tuple[list[dict[str, Any]], _Fut]
+
+
+def _settle(fut: _Fut, got: list[str] | BaseException) -> None:
+    if fut.done():                      # an answer nobody waits for (the client is gone)
+        return
+    if isinstance(got, BaseException):
+        fut.set_exception(got)
+    else:
+        fut.set_result(got)
+
+
+def _settle_all(answers: list[tuple[_Fut, list[str] | BaseException]]) -> None:
+    for fut, got in answers:
+        _settle(fut, got)
 
 
 class _Wake:
@@ -85,9 +101,10 @@ class Batcher:
 
     def __init__(self, cfg: Config, layout: Layout, *, writers: int = WRITERS,
                  write: Callable[[Layout, Taken], list[list[str] | Exception]] = write_taken,
-                 ) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
+        self._loop = loop
         self._write_taken = write
         self._queue_ids = QueueIds(layout.wal_dir)
         self._pending_ids = PendingIds(layout)
@@ -113,6 +130,16 @@ class Batcher:
         that does not exist), Unreadable, DiskLow or OSError (every submission of that
         decision or write), or whatever went wrong with this submission alone."""
         fut: Future[list[str]] = Future()
+        self._queue.put((jobs, fut))
+        return fut
+
+    def submit_async(self, jobs: list[dict[str, Any]]) -> Awaitable[list[str]]:
+        """submit() for a coroutine on the event loop: an asyncio Future settled on the
+        loop when the Batcher was given it (`loop`), else the concurrent one wrapped."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            return asyncio.wrap_future(self.submit(jobs))
+        fut: asyncio.Future[list[str]] = loop.create_future()
         self._queue.put((jobs, fut))
         return fut
 
@@ -215,8 +242,7 @@ class Batcher:
                                           pending_ids=self._pending_ids, also=flight)
             taken = take_many(self.cfg, self.layout, groups, in_use, existing)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
-            for _, fut in now:
-                fut.set_exception(exc)
+            self._answer([(fut, exc) for _, fut in now])
             return later
         ids = {str(j["id"]) for j in taken.jobs}
         with self._cond:
@@ -244,10 +270,23 @@ class Batcher:
             if self._writing == 0:
                 self._cond.notify_all()
         self._queue.put(_WAKE)                  # a writer is free: the decider looks again
-        for index, (_, fut) in enumerate(items):
-            if isinstance(results, BaseException):
-                fut.set_exception(results)
-            elif isinstance(results[index], Exception):
-                fut.set_exception(results[index])  # type: ignore[arg-type]
-            else:
-                fut.set_result(results[index])  # type: ignore[arg-type]
+        if isinstance(results, BaseException):
+            self._answer([(fut, results) for _, fut in items])
+        else:
+            self._answer([(fut, result) for (_, fut), result in zip(items, results,
+                                                                    strict=True)])
+
+    def _answer(self, answers: list[tuple[_Fut, list[str] | BaseException]]) -> None:
+        """Settle each Future with its ids or its exception: a concurrent one here, the
+        event loop's all in ONE callback on the loop (one wake-up of it per request
+        written, not one per POST)."""
+        on_loop: list[tuple[_Fut, list[str] | BaseException]] = [
+            (fut, got) for fut, got in answers if isinstance(fut, asyncio.Future)]
+        for fut, got in answers:
+            if not isinstance(fut, asyncio.Future):
+                _settle(fut, got)
+        if on_loop and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(_settle_all, on_loop)
+            except RuntimeError:            # the loop is closed: nobody waits any more
+                pass

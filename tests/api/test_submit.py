@@ -263,3 +263,40 @@ def test_an_unexpected_error_of_one_submission_is_its_own(tmp_path: Path,
     got = accept_many(cfg, layout, [[good], [odd]])
     assert ["ok1"] == got[0]
     assert isinstance(got[1], ValueError) and "boom" == str(got[1])
+
+
+def test_the_event_loop_is_answered_on_the_loop_one_callback_per_request(
+        tmp_path: Path) -> None:
+    """Given the event loop, submit_async gives asyncio Futures settled on the loop, all of
+    one request's in one callback (one wake-up of the loop per request written, not per
+    POST); a refusal is raised there too. Without the loop, the concurrent Future wrapped."""
+    import asyncio
+
+    cfg, layout = _setup(tmp_path)
+    wakes: list[int] = []
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counting(cb: Any, *args: Any, **kw: Any) -> Any:
+            if cb is submit_mod._settle_all:
+                wakes.append(len(args[0]))
+            return real(cb, *args, **kw)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        b = Batcher(cfg, layout, loop=loop)
+        futs = [b.submit_async([_job("p", f"m{i}")]) for i in range(3)]
+        futs.append(b.submit_async([_job("other", "m0")]))
+        got = await asyncio.gather(*futs, return_exceptions=True)
+        wrapped = Batcher(cfg, Layout(tmp_path / "other"))
+        plain = await asyncio.gather(wrapped.submit_async([_job("p", "w0")]))
+        b.close()
+        wrapped.close()
+        return got, plain
+
+    got, plain = asyncio.run(main())
+    assert [["m0"], ["m1"], ["m2"]] == got[:3]
+    assert isinstance(got[3], Refused)
+    assert [["w0"]] == plain
+    assert (4, True) == (sum(wakes), len(wakes) < 4)
