@@ -9,19 +9,27 @@ what a crash at each step leaves.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from adaptors._spec import JobSpec, RepoSpec
 from supervisor.state.atomic import remove_tree, write_bytes
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.fs import FS, REAL
-from supervisor.state.git import Account, GitError, run_git, run_git_bytes, run_git_capped
+from supervisor.state.git import (
+    Account,
+    GitError,
+    GitKilled,
+    run_git,
+    run_git_bytes,
+    run_git_capped,
+)
 from supervisor.state.jobs import CHANGES_KEYS
 from supervisor.state.layout import CHANGES, JOB_SPEC, JobPaths, read_record, write_record
 
@@ -50,6 +58,9 @@ COLLECT_TIMEOUT = 1800.0
 PUSH_TIMEOUT = 1800.0
 #: changes.json lists at most this many of a repository's new commits (all are counted).
 LOG_MAX = 1000
+#: How often one repository's collection (or push) is tried when a signal kills its git
+#: (the OOM killer, a stray kill): the work is read-only or idempotent, so it is run again.
+KILLED_TRIES = 5
 
 #: Options of every git the collection runs in a workspace: hooks and fsmonitor never run
 #: (a workspace's config is the agent's), and nothing is fsynced (the temporary index and
@@ -483,11 +494,14 @@ def collect(spec: JobSpec, files: JobPaths, *, push: bool, account: Account | No
     try:
         for n, repo in enumerate(spec.repos):
             git = _Git(repo, scratch / f"index.{n}", account, home)
+
+            def examine(git: _Git = git, repo: RepoSpec = repo,
+                        room: int = room) -> tuple[RepoChanges, bytes, int]:
+                _seed_index(git.gitdir, git.index, account)
+                return _examine(repo, git, repo.name if several else None,
+                                room + len(_DIFF_START), tree=push and spec.push is not None)
             try:
-                _seed_index(git.gitdir, scratch / f"index.{n}", account)
-                changes, patch, total = _examine(
-                    repo, git, repo.name if several else None, room + len(_DIFF_START),
-                    tree=push and spec.push is not None)
+                changes, patch, total = _unless_killed(examine)
             except (GitError, ValueError, OSError) as exc:
                 why = f"changes of repository {repo.name!r} not collected: {exc}"
                 got.repos.append(RepoChanges(repo.name, repo.base, error=why))
@@ -526,10 +540,25 @@ def _push_all(spec: JobSpec, got: Collected, scratch: Path) -> None:
                          "(the repository is no longer configured)")
             return
         try:
-            pusher.push(changes, _gitdir(Path(repo.path)), repo.url, spec.push)
+            _unless_killed(functools.partial(pusher.push, changes, _gitdir(Path(repo.path)),
+                                             repo.url, spec.push))
         except GitError as exc:
             got.error = str(exc)
             return
+
+
+_R = TypeVar("_R")
+
+
+def _unless_killed(attempt: Callable[[], _R]) -> _R:
+    """`attempt()`, run again (up to KILLED_TRIES times in all) while a signal kills its
+    git; the last GitKilled, or any other error, is raised."""
+    for _ in range(KILLED_TRIES - 1):
+        try:
+            return attempt()
+        except GitKilled:
+            continue
+    return attempt()
 
 
 def write_changes(files: JobPaths, got: Collected, *, fs: FS = REAL) -> None:

@@ -10,25 +10,43 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from supervisor.ctl.jobs import duration_arg
 from supervisor.ctl.out import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CtlError, Ctx
 from supervisor.state.clock import iso_now, parse_iso
-from supervisor.state.submission import Checker, DiskLow, JobError, accept, known, parse_jsonl
+from supervisor.state.submission import (
+    PROMPT_MAX_BYTES,
+    Checker,
+    DiskLow,
+    JobError,
+    accept,
+    known,
+    parse_jsonl,
+)
 
 __all__ = ["cmd_submit"]
 
 
-def _read_input(path: str, what: str) -> bytes:
-    """The bytes of `path` ('-' = stdin); CtlError(exit 2) if it cannot be read."""
+def _read_input(path: str, what: str, limit: int) -> bytes:
+    """The bytes of `path` ('-' = stdin), at most `limit` of them: CtlError(exit 2) if it
+    cannot be read or holds more (read no further: `/dev/zero` is refused, not swallowed)."""
     try:
         if path == "-":
-            return sys.stdin.buffer.read()
-        return Path(path).read_bytes()
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
     except OSError as exc:
         raise CtlError(f"cannot read {what} {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if len(data) > limit:
+        raise CtlError(f"{what} {path} is over the limit of {limit} bytes "
+                       f"({limit >> 20} MiB)", EXIT_USAGE)
+    return data
+
+
+#: The largest `--from` file read (a WAL record's limit; the API takes at most 16 MiB).
+JOBS_FILE_MAX_BYTES = 256 * 1024 * 1024
 
 
 _SINGLE_FLAGS = ("agent", "repo", "prompt", "prompt_file", "callback", "timeout", "batch",
@@ -89,7 +107,7 @@ def _single_job(args: Any) -> dict[str, Any]:
                        EXIT_USAGE)
     prompt = args.prompt
     if args.prompt_file is not None:
-        raw = _read_input(args.prompt_file, "prompt file")
+        raw = _read_input(args.prompt_file, "prompt file", PROMPT_MAX_BYTES)
         try:
             prompt = raw.decode()
         except UnicodeDecodeError as exc:
@@ -120,7 +138,7 @@ def cmd_submit(ctx: Ctx, args: Any) -> int:
         if given:
             flags = ", ".join("--" + f.replace("_", "-") for f in given)
             raise CtlError(f"submit --from cannot be combined with {flags}", EXIT_USAGE)
-        data = _read_input(args.from_file, "jobs file")
+        data = _read_input(args.from_file, "jobs file", JOBS_FILE_MAX_BYTES)
     else:
         single = _single_job(args)
     name = "<stdin>" if args.from_file == "-" else str(args.from_file)

@@ -3,7 +3,8 @@
 batchctl is the one writer of the tokens file (state.tokens has the format, the lock and
 the crash argument). `add` prints the token once (only its hash is stored; it is never
 logged); `list` shows names, scopes and creation times, never a hash. Exit codes: 0 done;
-1 `revoke` of an unknown name; 2 a bad name or scope, or `add` of a name in use.
+1 `revoke` of an unknown name, `list` of a tokens file that is unusable (corrupt); 2 a bad
+name or scope, or `add` of a name in use.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def cmd_token_add(ctx: Ctx, name: str, scope: str) -> int:
 
 def cmd_token_list(ctx: Ctx) -> int:
     """`token list`: names, scopes and creation times (never the hashes)."""
-    records, problem = list_tokens(tokens_path(ctx.cfg, ctx.layout))
+    try:
+        records, problem = list_tokens(tokens_path(ctx.cfg, ctx.layout))
+    except TokenError as exc:
+        raise _fail(exc) from None
     if problem is not None:
         ctx.error(problem)
     if ctx.json:

@@ -30,7 +30,7 @@ from supervisor.state.layout import Layout
 __all__ = ["MONTH", "append", "month_of", "months", "read", "sizes", "truncate"]
 
 #: A month as the archive names it.
-MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+MONTH = re.compile(r"(?!0000)\d{4}-(0[1-9]|1[0-2])")      # years 1..9999, as every instant
 _SUFFIX = ".jsonl.gz"
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "STDERR_TAIL",
     "Account",
     "GitError",
+    "GitKilled",
     "branch_refusal",
     "git_command",
     "git_env",
@@ -40,6 +41,11 @@ STDERR_TAIL = 2000
 
 class GitError(Exception):
     """git failed; str() says what was being done and what git said."""
+
+
+class GitKilled(GitError):
+    """git was killed by a signal it did not ask for (the OOM killer, an operator's kill):
+    not git's verdict on the work, so a read-only or idempotent command may be run again."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,9 @@ def run_git(args: list[str], *, timeout: float, what: str, cwd: str | None = Non
 
 def _failed(what: str, returncode: int, stderr: bytes) -> GitError:
     err = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
+    if returncode < 0:
+        return GitKilled(f"{what} failed: killed by signal {-returncode}"
+                         + (f" ({err})" if err else ""))
     return GitError(f"{what} failed: {err or f'exit status {returncode}'}")
 
 

@@ -4,14 +4,14 @@ One validator (`Checker`) for every door: batchctl submit, the api, and the sche
 which checks every request's jobs again before it enqueues them (`check_request`).
 Everything is checked before anything is written: agent known, repositories known
 (config plus the `repo add` registry), callback an http(s) URL with a host, a valid port
-and no whitespace or control character, non-empty prompt, timeout a positive duration,
-id well formed and not in use (in the file, the queue, or a submission still pending in
-the inbox), no unknown or duplicate keys, right types, an agent that may run (aider
-without a model is refused: state.agentbin.refusal), and text every record can hold: no
-lone surrogate (a JSON "\\ud800" escape, or a command-line byte that is not UTF-8) and
-no NUL in any string (`_text`), durations at most 100 years, instants in years 1..9999.
-A bad `--from` line names the file and line ("jobs.jsonl:7: unknown agent 'cluade'") and
-queues nothing.
+and no whitespace or control character, non-empty prompt of at most PROMPT_MAX_BYTES (16
+MiB), timeout a positive duration, id well formed and not in use (in the file, the
+queue, or a submission still pending in the inbox), no unknown or duplicate keys, right
+types, an agent that may run (aider without a model is refused: state.agentbin.refusal),
+and text every record can hold: no lone surrogate (a JSON "\\ud800" escape, or a
+command-line byte that is not UTF-8) and no NUL in any string (`_text`), durations at
+most 100 years, instants in years 1..9999. A bad `--from` line names the file and line
+("jobs.jsonl:7: unknown agent 'cluade'") and queues nothing.
 
 Resuming (`submit --resume JOB`, the JSONL key `resume`): the new job continues JOB's agent
 session. Resolved under the submit lock, with the same view of the jobs the id check reads
@@ -72,6 +72,7 @@ from supervisor.state.repos import all_repositories, push_refusal
 from supervisor.state.view import JobView, PendingIds, Unreadable, open_view, read_pending
 
 __all__ = [
+    "PROMPT_MAX_BYTES",
     "Checker",
     "DiskLow",
     "InUse",
@@ -101,6 +102,10 @@ __all__ = [
     "write_submission",
     "write_taken",
 ]
+
+#: The largest prompt a job may have, UTF-8 encoded (the API's body limit; a prompt file
+#: past it is refused before it is read whole).
+PROMPT_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -295,6 +300,9 @@ class Checker:
         _text("prompt", prompt)
         if not prompt.strip():
             raise JobError("empty prompt")
+        if len(prompt) > PROMPT_MAX_BYTES // 4 and len(prompt.encode()) > PROMPT_MAX_BYTES:
+            raise JobError(f"prompt: {len(prompt.encode())} bytes, over the limit of "
+                           f"{PROMPT_MAX_BYTES} (16 MiB)")
         repos = obj.get("repos")
         if repos is None:
             repos = []

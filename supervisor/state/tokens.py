@@ -58,7 +58,7 @@ _NAME_HELP = "1-64 letters, digits, '.', '_', '-', starting with a letter or dig
 
 
 class TokenError(Exception):
-    """A refused `token add/revoke`; `usage` is True for bad input (exit 2), else exit 1."""
+    """A refused `token add/revoke/list`; `usage` is True for bad input (exit 2), else exit 1."""
 
     def __init__(self, message: str, *, usage: bool) -> None:
         super().__init__(message)
@@ -163,8 +163,14 @@ def revoke(path: Path, name: str) -> dict[str, Any]:
 
 
 def list_tokens(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """[{name, scope, created_at}] by name (never the hashes), and what was wrong if anything."""
+    """[{name, scope, created_at}] by name (never the hashes), and which malformed entries
+    were skipped if any. TokenError (not usage) when the whole file is unusable: listing
+    nothing as if there were no tokens would hide that every token stopped working."""
     entries, problem = read_tokens(path)
+    if problem is not None and isinstance(
+            read_json(path, validate=_validate, move_corrupt=False), Corrupt):
+        raise TokenError(f"{problem}; the api accepts no token until `batchctl token add` "
+                         "moves it aside and writes a new one", usage=False)
     return ([{"name": e.name, "scope": e.scope, "created_at": e.created_at}
              for _, e in sorted(entries.items())], problem)
 

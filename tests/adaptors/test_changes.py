@@ -439,3 +439,62 @@ def test_a_full_disk_while_writing_the_prompt_is_waited_out(
     errors[:] = [OSError(errno.EACCES, "Permission denied")]
     why = _runtime._write_prompt(spec, files, None)
     assert why is not None and why.startswith("spawn_failed: cannot write the prompt file")
+
+
+def _git_killed_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, word: str,
+                   times: int) -> Path:
+    """A `git` first on PATH that SIGKILLs itself the first `times` times it is asked for
+    `word` (counted in the returned file), and is the real git otherwise."""
+    real = shutil.which("git")
+    assert real is not None
+    bin_dir, count = tmp_path / "killbin", tmp_path / "kills"
+    bin_dir.mkdir()
+    count.write_text("")
+    (bin_dir / "git").write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" {word} "*)\n'
+        f'  if [ "$(wc -c < {count})" -lt {times} ]; then printf x >> {count}; '
+        "kill -KILL $$; fi;;\nesac\n"
+        f'exec {real} "$@"\n')
+    (bin_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return count
+
+
+def test_a_collection_whose_git_is_killed_is_run_again(
+        tmp_path: Path, remote: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal that kills the collection's git (the OOM killer; a chaos run's stray
+    SIGKILL, 10-minute run seed 408534317) is not the job's failure: the read-only
+    examination is run again and the changes are whole."""
+    _bare, ws, base = remote
+    (ws / "which").write_text("edited\n")
+    kills = _git_killed_on(tmp_path, monkeypatch, "rev-parse", 2)
+    spec, files = _spec(tmp_path / "jobs", "j1", ws, None, base)
+    got = collect(spec, files, push=False)
+    assert (None, 2) == (got.error, len(kills.read_text()))
+    assert 1 == got.summary()["app"]["files"]
+
+
+def test_a_push_whose_git_is_killed_is_pushed_again(
+        tmp_path: Path, remote: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push killed by a signal is made again (the commit is deterministic, the push
+    idempotent): the branch holds the job's commit and the job does not fail."""
+    bare, ws, base = remote
+    (ws / "which").write_text("pushed\n")
+    kills = _git_killed_on(tmp_path, monkeypatch, "push", 1)
+    spec, files = _spec(tmp_path / "jobs", "j1", ws, bare, base, push="batchd/j1")
+    got = collect(spec, files, push=True)
+    assert (None, 1) == (got.error, len(kills.read_text()))
+    assert "pushed" == git("show", "batchd/j1:which", cwd=bare)
+
+
+def test_a_git_killed_every_time_fails_the_collection_naming_the_signal(
+        tmp_path: Path, remote: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A git that is killed on every try: the tries end (5 of them) and the repository's
+    error says git was killed by signal 9."""
+    _bare, ws, base = remote
+    kills = _git_killed_on(tmp_path, monkeypatch, "rev-parse", 100)
+    spec, files = _spec(tmp_path / "jobs", "j1", ws, None, base)
+    got = collect(spec, files, push=False)
+    assert got.error is not None and "killed by signal 9" in got.error
+    assert 5 == len(kills.read_text())

@@ -71,7 +71,7 @@ def test_clean_needs_batchd_and_a_duration(ctx: Ctx) -> None:
 
 def test_history_reads_the_archive_newest_first_and_says_what_it_cannot_read(ctx: Ctx) -> None:
     """history: every month newest first, or one month; a torn append is named on stderr;
-    a month not of the form YYYY-MM is exit 2."""
+    a month not of the form YYYY-MM (year 0001..9999) is exit 2."""
     archive.append(ctx.layout, [
         {"id": "o", "state": "failed", "finished_at": "2026-10-05T00:00:00Z"},
         {"id": "n", "state": "completed", "finished_at": "2026-11-05T00:00:00Z"}])
@@ -85,6 +85,8 @@ def test_history_reads_the_archive_newest_first_and_says_what_it_cannot_read(ctx
     ctx.out = io.StringIO()
     assert EXIT_OK == cmd_history(ctx, "2026-10")
     assert ["o"] == [r["id"] for r in _out(ctx)]
-    with pytest.raises(CtlError) as info:
-        cmd_history(ctx, "2026-13")
-    assert EXIT_USAGE == info.value.code
+    for bad in ("2026-13", "0000-01", "2026-1", "26-01"):
+        with pytest.raises(CtlError) as info:
+            cmd_history(ctx, bad)
+        assert (EXIT_USAGE, f"--month: expected YYYY-MM, got {bad!r}") == (
+            info.value.code, str(info.value))

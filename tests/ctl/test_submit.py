@@ -311,3 +311,37 @@ def test_submit_below_min_free_is_refused_with_exit_1_and_nothing_written(
     assert (EXIT_FAILED, True, True, []) == (
         info.value.code, str(info.value).startswith("submission refused: disk: "),
         str(info.value).endswith("below min_free 100%"), _inbox(ctx))
+
+
+def test_an_endless_prompt_file_is_refused_not_swallowed(tmp_path: Path) -> None:
+    """`--prompt-file /dev/zero` (endless) and a prompt file over 16 MiB: exit 2 naming the
+    file and the limit, read no further than the limit, nothing written."""
+    ctx = _ctx(tmp_path)
+    big = tmp_path / "big.md"
+    big.write_bytes(b"x" * (16 * 1024 * 1024 + 1))
+    for path in ("/dev/zero", str(big)):
+        with pytest.raises(CtlError) as info:
+            _submit(ctx, "--agent", "shell", "--prompt-file", path)
+        assert EXIT_USAGE == info.value.code
+        assert f"prompt file {path} is over the limit of 16777216 bytes (16 MiB)" == str(
+            info.value)
+    assert [] == _inbox(ctx)
+    with pytest.raises(CtlError) as info:
+        _submit(ctx, "--from", "/dev/zero")
+    assert (EXIT_USAGE, []) == (info.value.code, _inbox(ctx))
+
+
+def test_a_prompt_of_exactly_16_mib_is_taken(tmp_path: Path) -> None:
+    """The limit is inclusive: a 16 MiB prompt file is submitted whole."""
+    ctx = _ctx(tmp_path)
+    edge = tmp_path / "edge.md"
+    edge.write_bytes(b"y" * (16 * 1024 * 1024))
+    assert EXIT_OK == _submit(ctx, "--agent", "shell", "--prompt-file", str(edge), "--id", "e")
+    assert 16 * 1024 * 1024 == len(_requests(ctx)[0]["jobs"][0]["prompt"])
+
+
+def test_the_validator_refuses_a_prompt_over_16_mib() -> None:
+    """Every door (a --from line, an API body) meets the same limit, counted in UTF-8 bytes:
+    4,194,305 four-byte characters are over it."""
+    assert _bad({"agent": "shell", "prompt": "\U0001F600" * (4 * 1024 * 1024 + 1)}).startswith(
+        "prompt: 16777220 bytes, over the limit of 16777216 (16 MiB)")

@@ -11,6 +11,7 @@ import pytest
 
 from supervisor.state.git import (
     GitError,
+    GitKilled,
     branch_refusal,
     git_env,
     run_git,
@@ -69,6 +70,20 @@ def test_run_git_names_what_failed_with_gits_own_words(tmp_path: Path) -> None:
         run_git(["-C", str(tmp_path), "rev-parse", "HEAD"], timeout=30, what="reading HEAD")
     assert str(info.value).startswith("reading HEAD failed: fatal: not a git repository")
     assert run_git(["--version"], timeout=30, what="version").startswith("git version")
+
+
+def test_a_git_killed_by_a_signal_is_told_from_a_git_that_failed(tmp_path: Path) -> None:
+    """A git that a signal kills raises GitKilled naming the signal (its caller may run it
+    again); a git that fails on its own raises a plain GitError; both runners agree."""
+    kill = ["-c", "alias.die=!exec >/dev/null 2>&1; kill -KILL $PPID", "die"]
+    with pytest.raises(GitKilled) as info:
+        run_git(kill, timeout=30, what="dying", cwd=str(tmp_path))
+    assert "dying failed: killed by signal 9" == str(info.value)
+    with pytest.raises(GitKilled):
+        run_git_capped(kill, limit=10, timeout=30, what="dying", cwd=str(tmp_path))
+    with pytest.raises(GitError) as failed:
+        run_git(["-C", str(tmp_path), "rev-parse", "HEAD"], timeout=30, what="reading HEAD")
+    assert not isinstance(failed.value, GitKilled)
 
 
 def test_capped_keeps_the_head_whole_and_counts_the_body(tmp_path: Path) -> None:

@@ -126,3 +126,16 @@ def test_concurrent_adds_all_land(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert 20 == len(read_tokens(path)[0])
+
+
+def test_list_of_an_unusable_tokens_file_fails_and_moves_nothing(tmp_path: Path) -> None:
+    """A tokens file that is not JSON: `list` fails (exit 1, not usage) naming the file,
+    instead of listing nothing as if no token existed; the file stays where it is (only
+    its writer, `token add`, moves it aside)."""
+    path = tmp_path / "tokens"
+    path.write_text("{not json")
+    with pytest.raises(TokenError) as err:
+        list_tokens(path)
+    assert not err.value.usage
+    assert str(err.value).startswith(f"{path} is unusable (")
+    assert ["tokens"] == sorted(p.name for p in tmp_path.iterdir())
