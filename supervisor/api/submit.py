@@ -22,8 +22,9 @@ What keeps the ids right with writes in flight (docs/API.md "Submissions"):
 - Within the api, the ids of the writes in flight (not yet in the inbox) count as in use:
   read, under a mutex, BEFORE the inbox is listed, so an id is seen in one of the two.
 - A submission naming an id of a write in flight (a client's retry racing its own first
-  try) waits until no write is in flight, then is decided as usual: a replay of a durable
-  job is accepted without a second write, anything else refused.
+  try) waits until no write is in flight (nothing new is decided meanwhile, so it never
+  waits long), then is decided as usual: a replay of a durable job is accepted without a
+  second write, anything else refused.
 
 One submission's failure is its own (state.submission.take_many, write_taken): only what
 fails a whole write (the disk: OSError, answered 503 storage) fails every waiter of it,
@@ -183,17 +184,20 @@ class Batcher:
                     items, closing = self._take(got)
                     held += items
                 if closing:
-                    self._decide(held)
                     self._drain()
-                    self._decide(deferred)
+                    left = self._decide(deferred + held)
+                    self._drain()
+                    self._decide(left)          # nothing in flight now: none is left
                     self._drain()
                     return
                 flying = self.in_flight
-                if deferred and flying == 0:    # what waited goes first
-                    held, deferred = deferred + held, []
-                if held and (flying == 0 or (flying < self._writer_count and
-                                             len(held) >= OVERLAP_MIN)):
-                    deferred += self._decide(held)
+                if deferred:                    # nothing new until the writes are done,
+                    if flying == 0:             # then what waited goes first
+                        deferred = self._decide(deferred + held)
+                        held = []
+                elif held and (flying == 0 or (flying < self._writer_count and
+                                               len(held) >= OVERLAP_MIN)):
+                    deferred = self._decide(held)
                     held = []
                 elif not held and self._lock.held and flying == 0:
                     self._lock.release()        # idle: other submitters' turn
@@ -243,6 +247,7 @@ class Batcher:
             taken = take_many(self.cfg, self.layout, groups, in_use, existing)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
             self._answer([(fut, exc) for _, fut in now])
+            self._queue.put(_WAKE)              # no write to wake the decider: look again
             return later
         ids = {str(j["id"]) for j in taken.jobs}
         with self._cond:
