@@ -9,6 +9,7 @@ metrics textfile without the api.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -375,7 +376,7 @@ def test_sigkill_of_the_api_under_submissions_loses_no_acknowledged_job(
             for _ in range(200):
                 try:
                     status, got = c.json("POST", "/v1/jobs", body)
-                except OSError:                 # the api died under us: retry, same id
+                except (OSError, http.client.HTTPException):   # the api died: retry, same id
                     c.close()
                     time.sleep(0.05)
                     c = Client(b.api_address(), b.tokens["submit"])
