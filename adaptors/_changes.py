@@ -9,6 +9,7 @@ what a crash at each step leaves.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -187,10 +188,15 @@ def _gitdir(path: Path) -> Path:
 def _seed_index(gitdir: Path, index: Path, account: Account | None) -> None:
     """Start the temporary index as a copy of the clone's own (its stat data spares git
     hashing every unchanged file), modification time kept so git's racy-file checks see
-    what they would in the real one. No index (or an unreadable one): start empty."""
+    what they would in the real one. No index (or an unreadable one): start empty. A full
+    disk raises OSError, leaving no partial copy (git would refuse it: "index file smaller
+    than expected", chaos seed 494710626)."""
     try:
         shutil.copy2(gitdir / "index", index)
-    except OSError:
+    except OSError as exc:
+        index.unlink(missing_ok=True)       # a copy cut short (a full disk) is no index
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise                           # waited out by the caller, as git's own writes
         return
     if account is not None:
         os.chown(index, account.uid, account.gid)

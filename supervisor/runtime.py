@@ -48,6 +48,7 @@ from supervisor.state.atomic import (
     is_tmp_name,
     quarantine,
     remove,
+    remove_many,
 )
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now, parse_iso
 from supervisor.state.jobs import valid_job_id
@@ -763,7 +764,10 @@ NOT_YET_KEEP = 3600.0
 
 def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, Any]], None]],
                  ctx: Ctx, log: Log, *, clock: Clock = SYSTEM_CLOCK,
-                 keep_for: float = NOT_YET_KEEP) -> int:
+                 keep_for: float = NOT_YET_KEEP,
+                 together: Mapping[str, Callable[[Ctx, list[dict[str, Any]]],
+                                                 list[Exception | None]]] | None = None,
+                 ) -> int:
     """Run each request in `folder` through `handlers[kind]`, then remove it; return how many.
 
     Requests are taken kind by kind in the order of `handlers` (so a submit in the inbox
@@ -771,29 +775,65 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
     say), oldest first within a kind. A handler that raises BadRequest gets its request
     quarantined; one that raises NotYet leaves it for a later pass (up to `keep_for`
     seconds after its `created_at`). Stops between requests once a stop is requested.
+
+    A kind in `together` is handled all at once: `together[kind](ctx, requests)` gets every
+    request of that kind waiting (oldest first) and answers each with None (done), or the
+    BadRequest or NotYet it would have raised alone; the done ones are then removed with
+    one fsync of the folder (state.atomic.remove_many). It must be all or nothing per
+    request and idempotent, as a handler is (a crash before the removal hands it the same
+    requests again).
     """
     rank = {kind: i for i, kind in enumerate(handlers)}
     todo = inbox_requests(folder, log)
     todo.sort(key=lambda item: rank.get(item[1]["kind"], len(rank)))    # stable: keeps age
     done = 0
-    for path, req in todo:
+    index = 0
+    while index < len(todo):
         if stop_requested():
             break
-        handler = handlers.get(req["kind"])
+        path, req = todo[index]
+        kind = req["kind"]
+        group = (together or {}).get(kind)
+        if group is not None:
+            end = index
+            while end < len(todo) and todo[end][1]["kind"] == kind:
+                end += 1
+            batch, index = todo[index:end], end
+            outcomes = group(ctx, [r for _, r in batch])
+            gone: list[str | os.PathLike[str]] = []
+            for (one_path, one_req), outcome in zip(batch, outcomes, strict=True):
+                if outcome is None:
+                    gone.append(one_path)
+                else:
+                    _refused(one_path, one_req, outcome, log, clock=clock, keep_for=keep_for)
+            remove_many(gone)
+            done += len(gone)
+            continue
+        index += 1
+        handler = handlers.get(kind)
         if handler is None:
-            _quarantine_request(path, f"unknown request kind {req['kind']!r}", log)
+            _quarantine_request(path, f"unknown request kind {kind!r}", log)
             continue
         try:
             handler(ctx, req)
-        except BadRequest as exc:
-            _quarantine_request(path, str(exc), log)
-            continue
-        except NotYet as exc:
-            created = parse_iso(req.get("created_at"))
-            if created is not None and clock.time() - created < keep_for:
-                continue
-            _quarantine_request(path, f"gave up after {keep_for:g}s: {exc}", log)
+        except (BadRequest, NotYet) as exc:
+            _refused(path, req, exc, log, clock=clock, keep_for=keep_for)
             continue
         remove(path)
         done += 1
     return done
+
+
+def _refused(path: Path, req: dict[str, Any], exc: Exception, log: Log, *, clock: Clock,
+             keep_for: float) -> None:
+    """A request its handler refused: a BadRequest is quarantined; a NotYet stays for a
+    later pass until it is `keep_for` old, then is quarantined too."""
+    if isinstance(exc, NotYet):
+        created = parse_iso(req.get("created_at"))
+        if created is not None and clock.time() - created < keep_for:
+            return
+        _quarantine_request(path, f"gave up after {keep_for:g}s: {exc}", log)
+        return
+    if not isinstance(exc, BadRequest):
+        raise exc
+    _quarantine_request(path, str(exc), log)

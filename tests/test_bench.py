@@ -99,3 +99,33 @@ def test_slurm_figures_at_a_tiny_size(tmp_path: Path) -> None:
         latency["submit_to_running_ms_p50"] > latency["direct_submit_to_running_ms_p50"] > 0)
     assert (5, True, True) == (rate["sbatch_jobs"], rate["sbatch_per_s"] > 0,
                                rate["sbatch_raw_per_s"] > 0)
+
+
+def test_chaos_rig_counts_an_adaptors_child_before_its_exec_as_the_agent(
+        tmp_path: Path) -> None:
+    """bench.chaos: a child the adaptor forked, before it execs the agent, shows the
+    adaptor's command line; killing it fails the job as an agent's kill does, so the rig
+    counts it as the agent (seed 494710626 counted two such kills as the adaptor's and
+    found the jobs' `failed` unexplained)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bench.chaos.rig import Rig
+    rig = Rig(tmp_path / "work", slots=1, tmpfs_mb=None)
+    env = {**os.environ, "BATCHD_JOB_DIR": str(rig.state / "jobs" / "j1")}
+    code = "import os, time\nif os.fork() == 0:\n    time.sleep(30)\ntime.sleep(30)\n"
+    proc = subprocess.Popen([sys.executable, "-c", code, "adaptors.run"], env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(found := rig.job_procs()) < 2:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.02)
+        assert ([proc.pid], [proc.pid]) == ([p.pid for p in found if p.adaptor],
+                                            [p.ppid for p in found if not p.adaptor])
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

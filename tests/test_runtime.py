@@ -559,3 +559,34 @@ def test_a_ready_record_that_cannot_be_written_is_written_once_the_disk_works(
                           started_monotonic=0.0, started_at=iso_now())
     rec = read_record(READY, layout.ready_file("locks"), owner=False)
     assert (1, True) == (disk.refused, isinstance(rec, dict) and rec["pid"] == os.getpid())
+
+
+def test_handle_inbox_hands_a_together_kind_all_at_once(tmp_path: Path) -> None:
+    """A kind in `together` gets every waiting request of it in one call, oldest first:
+    those it answers None are removed, a BadRequest is quarantined alone, a NotYet stays
+    for a later pass; the other kinds go one by one after it, in handler order."""
+    log = _runtime._log.get("test")
+    calls: list[list[str]] = []
+
+    def many(ctx: list[int], reqs: list[dict[str, Any]]) -> list[Exception | None]:
+        calls.append([r["id"] for r in reqs])
+        out: list[Exception | None] = []
+        for r in reqs:
+            if r["id"] == "bad":
+                out.append(BadRequest("not this one"))
+            elif r["id"] == "wait":
+                out.append(_runtime.NotYet("its job is not here yet"))
+            else:
+                ctx.append(r["n"])
+                out.append(None)
+        return out
+
+    for name, ns, n in (("s2", 2, 2), ("bad", 3, 0), ("s1", 1, 1), ("wait", 4, 0)):
+        set_mtime_ns(request(tmp_path, name, "double", n=n), ns * 10**9)
+    set_mtime_ns(request(tmp_path, "d", "later", n=5), 10**8)
+    out: list[int] = []
+    handlers = {"double": _double, "later": _double}
+    assert 3 == handle_inbox(tmp_path, handlers, out, log, together={"double": many})
+    assert ([["s1", "s2", "bad", "wait"]], [1, 2, 10]) == (calls, out)
+    assert ["bad.json"] == quarantined(tmp_path)
+    assert ["wait.json"] == sorted(n for n in os.listdir(tmp_path) if CORRUPT_MARK not in n)

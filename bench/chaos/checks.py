@@ -160,6 +160,11 @@ def explain(f: Facts, rec: dict[str, Any]) -> str | None:
         return "designed to fail"
     if reason == "killed by signal 9" and "agent" in kills:
         return "its agent SIGKILLed"
+    started = _t(rec.get("started_at"))
+    if (plan.shell and plan.push and reason == "exit 1" and started is not None
+            and f.run.in_enospc(started, slack=5.0)):
+        # its first command writes a file into the workspace, on the full file system
+        return "its own write failed in an ENOSPC window"
     if reason.startswith("not launched:") and any(
             born <= t <= ended for t in f.run.scheduler_deaths):
         return "launch interrupted by scheduler deaths"

@@ -303,7 +303,12 @@ class Rig:
                     found.append(JobProc(pid, var[len(prefix):].decode(errors="replace"),
                                          b"adaptors.run" in cmd, ppid))
                     break
-        return found
+        # An adaptor's child between fork and exec still shows the adaptor's command line:
+        # it is the agent starting (killing it fails the job "killed by signal 9", as an
+        # agent's kill does; chaos seed 494710626 counted two such kills as the adaptor's).
+        adaptors = {(p.pid, p.job) for p in found if p.adaptor}
+        return [JobProc(p.pid, p.job, False, p.ppid)
+                if p.adaptor and (p.ppid, p.job) in adaptors else p for p in found]
 
     # -- the disk --------------------------------------------------------------------------------
     def fill(self) -> int:

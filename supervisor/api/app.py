@@ -61,9 +61,9 @@ from supervisor.state.submission import (
     Checker,
     DiskLow,
     JobError,
+    KnownCache,
     Refused,
     decode_json,
-    known,
 )
 from supervisor.state.tokens import TokenTable, allows, tokens_path
 from supervisor.state.view import (
@@ -104,13 +104,15 @@ def error_response(status: int, code: str, message: str,
 @dataclass
 class Api:
     """What the routes share: the configuration, the state dir, tokens, and the helpers
-    that outlive one request (the submit writer, the inotify folders, the metrics cache)."""
+    that outlive one request (the submit writer, the inotify folders, the metrics cache,
+    what submissions are checked against)."""
 
     cfg: Config
     layout: Layout
     log: Log
     tokens: TokenTable
     metrics: Metrics
+    known: KnownCache
     folders: Folders = field(default_factory=Folders)
     batcher: Batcher | None = None
     states: States | None = None
@@ -146,6 +148,8 @@ def require(request: Request, scope: str) -> tuple[str, str]:
 
 def _params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
     """The query parameters, each given at most once, none unknown (400 otherwise)."""
+    if not request.scope.get("query_string"):
+        return {}
     out: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
         if key not in allowed:
@@ -226,7 +230,7 @@ def _check_jobs(api: Api, body: Any) -> list[dict[str, Any]]:
         many = True
     else:
         items, many = [body], False
-    checker = Checker(known(api.cfg, api.layout))
+    checker = Checker(api.known.get())
     jobs: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -256,7 +260,7 @@ async def post_jobs(request: Request) -> Response:
         await run_in_threadpool(_check_jobs, api, body)
     assert api.batcher is not None
     try:
-        ids = await asyncio.wrap_future(api.batcher.submit(jobs))
+        ids = await api.batcher.submit_async(jobs)
     except Refused as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     except JobError as exc:
@@ -582,7 +586,7 @@ def build_app(api: Api) -> Starlette:
     """The ASGI application over `api` (its submit writer and states start with it)."""
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        api.batcher = Batcher(api.cfg, api.layout)
+        api.batcher = Batcher(api.cfg, api.layout, loop=asyncio.get_running_loop())
         api.states = States(api.job_states)
         # the first exposition decodes every finished job once: do it now, off the loop
         threading.Thread(target=_warm, args=(api,), name="metrics-warm", daemon=True).start()
@@ -604,6 +608,6 @@ def make_api(cfg: Config, layout: Layout, log: Log) -> Api:
     read-only queue that follows the log: state.view.follow_queue)."""
     follow_queue(layout)
     return Api(cfg=cfg, layout=layout, log=log, tokens=TokenTable(tokens_path(cfg, layout)),
-               metrics=Metrics(cfg, layout))
+               metrics=Metrics(cfg, layout), known=KnownCache(cfg, layout))
 
 

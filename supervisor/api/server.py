@@ -102,7 +102,7 @@ def serve(cfg: Config) -> int:
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                             loop="uvloop", http="httptools", ws="none",
                             timeout_graceful_shutdown=int(GRACE), timeout_keep_alive=75,
-                            server_header=False, date_header=True)
+                            server_header=False, date_header=True, proxy_headers=False)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from watchdog.events import FileMovedEvent
+
 from supervisor import log as _log
 from supervisor.config import Config
 from supervisor.runtime import (
@@ -42,7 +44,7 @@ from supervisor.state.wal import WalError
 
 __all__ = ["CANCEL_REASON", "HANDLERS", "NAME", "Scheduler", "cancel",
            "job_exited", "lock_granted", "main", "one_pass", "pause", "recover", "resume",
-           "serve", "submit", "take_inbox"]
+           "serve", "submit", "submit_many", "take_inbox"]
 
 NAME = "scheduler"
 CANCEL_REASON = "cancelled by operator"
@@ -79,30 +81,52 @@ def _former(path_of: Callable[[str], os.PathLike[str]]) -> Callable[[str], str]:
 
 def submit(s: Scheduler, req: dict[str, Any]) -> None:
     """Enqueue the request's jobs not known yet (idempotent by job id)."""
-    try:
-        jobs = check_request(req)
-    except JobError as exc:
-        raise BadRequest(str(exc)) from None
+    outcome = submit_many(s, [req])[0]
+    if outcome is not None:
+        raise outcome
+
+
+def submit_many(s: Scheduler, reqs: list[dict[str, Any]]) -> list[Exception | None]:
+    """Enqueue the jobs not known yet of every submit request waiting, in ONE atomic,
+    durable WAL group (one fsync for them all, however many requests the api wrote);
+    per request None, or BadRequest when its jobs fail the check (that one alone is
+    quarantined, the others are enqueued). Idempotent by job id, as `submit`."""
     workspace = _former(lambda job_id: s.cfg.workspace_dir / job_id)
-    entries = []
-    for job in jobs:       # the request's own dicts become the entries: no copy
-        job_id = job["id"]
-        if "resume_of" not in job:   # a resumed job runs in its predecessor's workspace
-            job["workspace"] = workspace(job_id)
-        entries.append((job_id, job))
+    outcomes: list[Exception | None] = []
+    entries: list[tuple[str, dict[str, Any]]] = []
+    spans: list[tuple[dict[str, Any], int, int]] = []    # (request, first entry, end)
+    for req in reqs:
+        try:
+            jobs = check_request(req)
+        except JobError as exc:
+            outcomes.append(BadRequest(str(exc)))
+            continue
+        outcomes.append(None)
+        first = len(entries)
+        for job in jobs:       # the request's own dicts become the entries: no copy
+            job_id = job["id"]
+            if "resume_of" not in job:   # a resumed job runs in its predecessor's workspace
+                job["workspace"] = workspace(job_id)
+            entries.append((job_id, job))
+        spans.append((req, first, len(entries)))
+    if not entries:
+        return outcomes
     added = s.queue.enqueue_many(entries, count="submitted")
-    new = sum(added)
     now = s.jobs.clock.time()
     for (job_id, body), fresh in zip(entries, added, strict=True):
         if fresh:
             doomed = _queued.add(s.jobs.runnable, s.queue, {**body, "state": "queued"}, now)
             if doomed is not None:
                 s.jobs.doomed.append((job_id, doomed))
-    if new < len(entries):
-        known = [job_id for (job_id, _), ok in zip(entries, added, strict=True) if not ok]
-        s.log.info("submit: jobs already known skipped (replay)", request=req["id"],
-                   skipped=len(known), first=known[:5])
-    s.log.info("jobs submitted", request=req["id"], queued=new)
+    for req, first, end in spans:
+        new = sum(added[first:end])
+        if new < end - first:
+            known = [job_id for (job_id, _), ok in zip(entries[first:end], added[first:end],
+                                                       strict=True) if not ok]
+            s.log.info("submit: jobs already known skipped (replay)", request=req["id"],
+                       skipped=len(known), first=known[:5])
+        s.log.info("jobs submitted", request=req["id"], queued=new)
+    return outcomes
 
 
 # -- cancel, job_exited ---------------------------------------------------------------------
@@ -181,8 +205,10 @@ HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
 # -- the worker -------------------------------------------------------------------------------
 
 def take_inbox(s: Scheduler) -> int:
-    """Handle every request waiting in the inbox; how many were handled."""
-    return handle_inbox(s.layout.inbox(NAME), HANDLERS, s, s.log)
+    """Handle every request waiting in the inbox (the submits all at once: submit_many);
+    how many were handled."""
+    return handle_inbox(s.layout.inbox(NAME), HANDLERS, s, s.log,
+                        together={"submit": submit_many})
 
 
 def one_pass(s: Scheduler, *, inbox: bool = True) -> None:
@@ -332,7 +358,10 @@ def main(cfg: Config) -> int:
         return EXIT_OK                        # stopped while the disk was full
     s, found, did, degraded = got
     try:
-        with Watcher([layout.inbox(NAME)], log=log) as watcher:
+        # a request arrives by a rename (layout.send_request): a moved event is the hint;
+        # the temp file's create and writes, and the removals, are not (the periodic
+        # rescan still finds a file dropped some other way)
+        with Watcher([layout.inbox(NAME)], log=log, events=[FileMovedEvent]) as watcher:
             report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                          started_monotonic=started, started_at=started_at)
             log.info("ready", jobs=found["jobs"], replayed=found["records_replayed"],

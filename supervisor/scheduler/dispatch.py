@@ -32,7 +32,7 @@ from supervisor.state import disk
 from supervisor.state.atomic import Missing
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.jobs import job_timeout, usage_counters
-from supervisor.state.layout import JOB_ENDED, Layout, send_request, write_record
+from supervisor.state.layout import JOB_ENDED, Layout, read_record, send_request, write_record
 from supervisor.state.lockfiles import read_held, read_table
 from supervisor.state.locktable import (
     Table,
@@ -41,7 +41,7 @@ from supervisor.state.locktable import (
     release_request,
 )
 from supervisor.state.proc import alive, kill_job
-from supervisor.state.queue import JobQueue
+from supervisor.state.queue import TERMINAL_STATES, JobQueue
 from supervisor.state.repos import all_repositories
 
 __all__ = [
@@ -506,24 +506,45 @@ def _no_slurm_job_left(j: Jobs, job: _Job) -> None:
                       slurm_job_id=seen.slurm_job_id if seen else job.entry.get("slurm_job_id"))
 
 
-def _mark_ended(j: Jobs, job: _Job, state: str) -> None:
-    """jobs/<id>/ended.json, durable before the job's terminal state: Slurm may still start
-    a copy of a job batchd ends without a result (slurmctld, SIGKILLed after a scancel of a
-    pending job, brings it back pending: it does not save that cancel by itself), and that
-    copy's adaptor refuses to run it. A write that fails stops the finalize before anything
-    is recorded (the job stays active and is finalized again); a job folder that was never
-    made has nothing Slurm could run."""
-    with contextlib.suppress(FileNotFoundError):
-        write_record(JOB_ENDED, j.layout.job(job.id).ended,
-                     {"id": job.id, "state": state,
-                      "ended_at": iso_now(j.clock.time()),
-                      "slurm_job_id": job.entry.get("slurm_job_id")})
+def _settle_end(j: Jobs, job: _Job, fields: dict[str, Any]) -> dict[str, Any]:
+    """The job's terminal fields, as decided the FIRST time it was finalized.
+
+    What a finalize does outside the WAL (its webhook events, its batch's event, the job
+    that retries it; and for a Slurm job without a result, a copy Slurm may still start)
+    happens before its terminal WAL record. A scheduler that dies in between finalizes the
+    job again from the files, and a second look may decide otherwise (a launch failed in a
+    full-disk window whose adaptor ran after all: chaos seed 494710626 saw a webhook say
+    `failed` of a job that ended `completed`). So such a decision is first made durable in
+    `jobs/<id>/ended.json` (its `fields`), and a later finalize of the job takes those.
+    A job with none of those effects is not written: nothing outside could contradict it.
+    A write that fails stops the finalize before anything is done (the job stays active
+    and is finalized again); a job folder that was never made has nothing to keep."""
+    path = j.layout.job(job.id).ended
+    prior = read_record(JOB_ENDED, path, owner=True)
+    if isinstance(prior, dict):
+        kept = prior.get("fields")
+        if isinstance(kept, dict) and kept.get("state") == prior.get("state") \
+                and kept.get("state") in TERMINAL_STATES:
+            if kept.get("state") != fields.get("state"):
+                j.log.warning("job finalized as first decided", job=job.id,
+                              state=kept["state"], now_seen=fields.get("state"))
+            return {**kept, "pid": None}
+    entry = job.entry
+    slurm_gone = entry.get("launcher") == "slurm" and (job.obs is None or job.obs.result is None)
+    effects = (bool(entry.get("callback")) or bool(entry.get("batch"))
+               or (fields.get("state") in ("failed", "lost")
+                   and int(entry.get("retries") or 0) > 0))
+    if slurm_gone or effects:
+        with contextlib.suppress(FileNotFoundError):
+            write_record(JOB_ENDED, path,
+                         {"id": job.id, "state": fields["state"],
+                          "ended_at": iso_now(j.clock.time()),
+                          "slurm_job_id": entry.get("slurm_job_id"), "fields": fields})
+    return fields
 
 
 def _do_finalize(j: Jobs, job: _Job, action: lc.Finalize, batch: _Batch) -> None:
-    fields = {**action.fields, "pid": None}
-    if job.entry.get("launcher") == "slurm" and (job.obs is None or job.obs.result is None):
-        _mark_ended(j, job, str(fields["state"]))
+    fields = _settle_end(j, job, {**action.fields, "pid": None})
     _no_process_left(j, job)
     before = str(job.entry.get("state"))
     if fields["state"] in ("failed", "lost") and int(job.entry.get("retries") or 0) > 0:

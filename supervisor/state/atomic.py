@@ -41,6 +41,7 @@ __all__ = [
     "read_bytes",
     "read_json",
     "remove",
+    "remove_many",
     "remove_tree",
     "utc_stamp",
     "write_bytes",
@@ -247,6 +248,23 @@ def remove(path: str | os.PathLike[str], *, fs: FS = REAL) -> bool:
     if removed or fs.exists(folder):
         fs.fsync_dir(folder)
     return removed
+
+
+def remove_many(paths: list[str | os.PathLike[str]], *, fs: FS = REAL) -> None:
+    """Unlink every path durably, as `remove` does each, with one fsync per folder (after
+    all its unlinks) instead of one per file."""
+    folders: dict[str, None] = {}
+    for path in paths:
+        p = os.fspath(path)
+        folder = os.path.dirname(p) or "."
+        try:
+            fs.unlink(p)
+        except FileNotFoundError:
+            if not fs.exists(folder):
+                continue
+        folders[folder] = None
+    for folder in folders:
+        fs.fsync_dir(folder)
 
 
 def discard(path: str | os.PathLike[str], *, fs: FS = REAL) -> bool:

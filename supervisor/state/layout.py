@@ -126,9 +126,11 @@ RESULT = RecordKind("batchd.result", 1, ("id", "exit_code", "finished_at"))
 #: exited, after changes.patch and before result.json: per repository its base, head,
 #: commits, files (each path's status, modes, line counts) and the push (adaptors._changes).
 CHANGES = RecordKind("batchd.changes", 1, ("id", "repos", "patch"))
-#: The scheduler's word that a Slurm job is over without a result (`jobs/<id>/ended.json`),
-#: written before its terminal state: a copy Slurm runs after all (a slurmctld crash can
-#: bring a cancelled job back) finds it and refuses to run (docs/SCALE.md).
+#: The scheduler's first decision of a job's end (`jobs/<id>/ended.json`: state and the
+#: terminal `fields`), written before anything outside the WAL acts on it (webhook and batch
+#: events, a retry, a Slurm job ended without a result) and before the terminal state: a
+#: finalize after a crash takes it instead of deciding again; a copy Slurm runs after all
+#: (a slurmctld crash can bring a cancelled job back) finds it and refuses to run.
 JOB_ENDED = RecordKind("batchd.job_ended", 1, ("id", "state", "ended_at"))
 #: Repositories registered with `batchctl repo add` (`repos.json`): {repos: {name: {url,
 #: branch, exclusive}}}, added to the config's. Read by batchctl submit to validate --repo.

@@ -41,12 +41,14 @@ are checked with cached URL and duration checks, and there is a single fsync per
 from __future__ import annotations
 
 import codecs
+import fcntl
 import json
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -59,28 +61,34 @@ from supervisor.state import disk
 from supervisor.state.agentbin import refusal
 from supervisor.state.atomic import ensure_dir
 from supervisor.state.clock import iso_now, parse_iso
-from supervisor.state.flock import exclusive
+from supervisor.state.flock import open_lock_file
+from supervisor.state.fs import FS, REAL
 from supervisor.state.git import branch_refusal
 from supervisor.state.jobs import SUBMIT_KEYS, new_job_id, submit_request, valid_job_id
 from supervisor.state.layout import Layout, send_request
 from supervisor.state.queue import TERMINAL_STATES
 from supervisor.state.queuefollow import QueueIds
 from supervisor.state.repos import all_repositories, push_refusal
-from supervisor.state.view import JobView, Unreadable, open_view, read_pending
+from supervisor.state.view import JobView, PendingIds, Unreadable, open_view, read_pending
 
 __all__ = [
     "PROMPT_MAX_BYTES",
     "Checker",
     "DiskLow",
+    "InUse",
     "JobError",
     "Known",
+    "KnownCache",
     "Refused",
+    "SubmitLock",
+    "Taken",
     "accept",
     "accept_many",
     "assign_ids",
     "check_push",
     "check_request",
     "decode_json",
+    "ids_in_use",
     "known",
     "known_repos",
     "parse_jsonl",
@@ -90,7 +98,9 @@ __all__ = [
     "resolve_resumes",
     "same_job",
     "submit_lock",
+    "take_many",
     "write_submission",
+    "write_taken",
 ]
 
 #: The largest prompt a job may have, UTF-8 encoded (the API's body limit; a prompt file
@@ -586,7 +596,7 @@ def parse_jsonl(data: bytes, name: str, checker: Checker) -> list[dict[str, Any]
     return jobs
 
 
-def assign_ids(jobs: list[dict[str, Any]], in_use: frozenset[str], *,
+def assign_ids(jobs: list[dict[str, Any]], in_use: Container[str], *,
                now: float | None = None,
                token: Callable[[], str] = lambda: secrets.token_hex(4)) -> None:
     """Give every job without an id a fresh one not in use and not given in `jobs`."""
@@ -602,24 +612,57 @@ def assign_ids(jobs: list[dict[str, Any]], in_use: frozenset[str], *,
         job["id"] = job_id
 
 
+class SubmitLock:
+    """The exclusive flock on `scheduler/submit.lock` (created empty if missing), taken and
+    given back by hand: a long-lived submitter (the api) holds it over several writes in
+    flight. Its folder is made durable once per process (not on every submission)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock; blocks while another submitter holds it."""
+        assert self._fd is None, "the submit lock is held already"
+        path = self.layout.submit_lock
+        folder = str(path.parent)
+        if folder not in _LOCK_DIRS:
+            ensure_dir(path.parent)
+            _LOCK_DIRS.add(folder)
+        try:
+            fd = open_lock_file(path)
+        except FileNotFoundError:       # the folder went away since: make it again next time
+            _LOCK_DIRS.discard(folder)
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock back (closing the file drops the flock); nothing when not held."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 @contextmanager
 def submit_lock(layout: Layout) -> Iterator[None]:
-    """Hold the exclusive flock on `scheduler/submit.lock` (created empty if missing).
-
-    Blocks while another submitter holds it; released when the block ends (or the
-    process dies). Its folder is made durable once per process (a long-lived submitter,
-    the api, does not pay an fsync of it on every submission).
-    """
-    folder = str(layout.submit_lock.parent)
-    if folder not in _LOCK_DIRS:
-        ensure_dir(layout.submit_lock.parent)
-        _LOCK_DIRS.add(folder)
+    """Hold the exclusive flock on `scheduler/submit.lock` (SubmitLock) for the block;
+    blocks while another submitter holds it; released when the block ends (or the
+    process dies)."""
+    lock = SubmitLock(layout)
+    lock.acquire()
     try:
-        with exclusive(layout.submit_lock):
-            yield
-    except FileNotFoundError:           # the folder went away since: make it again next time
-        _LOCK_DIRS.discard(folder)
-        raise
+        yield
+    finally:
+        lock.release()
 
 
 #: submit.lock folders this process has made durable.
@@ -627,13 +670,13 @@ _LOCK_DIRS: set[str] = set()
 
 
 def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
-                     now: float | None = None) -> Path:
+                     now: float | None = None, fs: FS = REAL) -> Path:
     """The ONE durable request file carrying `jobs` (each gets created_at); its path."""
     t = time.time() if now is None else now
     created = iso_now(t)
     for job in jobs:
         job["created_at"] = created
-    return send_request(layout, "scheduler", submit_request(jobs, now=t))
+    return send_request(layout, "scheduler", submit_request(jobs, now=t), fs=fs)
 
 
 def known_repos(cfg: Config, layout: Layout) -> frozenset[str]:
@@ -648,6 +691,32 @@ def known(cfg: Config, layout: Layout) -> Known:
     repos = all_repositories(cfg, layout)
     return Known(agents=frozenset(cfg.agents), repos=frozenset(repos), ids=frozenset(),
                  refused=refused, unpushable=_unpushable(repos))
+
+
+class KnownCache:
+    """known() for a long-lived door (the api): made again only when the repository
+    registry changed (its file is replaced whole by a rename: a new inode, size or mtime),
+    since the configuration of the process does not change."""
+
+    def __init__(self, cfg: Config, layout: Layout) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self._path = os.fspath(layout.repos_file)
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._known: Known | None = None
+
+    def get(self) -> Known:
+        """What a submission is checked against now."""
+        try:
+            st = os.stat(self._path)
+            stamp: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size,
+                                                       st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        if self._known is None or stamp != self._stamp:
+            self._known = known(self.cfg, self.layout)   # read after the stat: never stale
+            self._stamp = stamp
+        return self._known
 
 
 def accept(cfg: Config, layout: Layout, jobs: list[dict[str, Any]], *,
@@ -682,83 +751,147 @@ def same_job(entry: dict[str, Any], job: dict[str, Any]) -> bool:
 
 
 def accept_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]], *,
-                queue_ids: QueueIds | None = None) -> list[list[str] | Exception]:
+                queue_ids: QueueIds | None = None,
+                pending_ids: PendingIds | None = None) -> list[list[str] | Exception]:
     """accept() for many submissions at once (the api's concurrent POSTs): ONE lock, ONE
-    read of the ids in use, ONE durable request holding every accepted job; per
-    submission, its ids or why it was refused.
-
-    Each submission stays all or nothing. A job whose given id is in use by the very same
-    job (same_job) is a replay: it counts as accepted and is not written again; an id in
-    use by another job refuses its whole submission (Refused); so does a dependency that
-    does not exist (JobError, as accept()), and a `resume` that cannot be (as accept()).
-    One submission's failure is never another's: an unexpected error while taking one
-    (a bug, a job the validator should have refused) is that submission's result, and
-    should the shared write fail for anything but the disk (OSError, which is every
-    submission's: raised), each submission is written on its own request, so only the one
-    that cannot be written fails (JobError saying why), the others are accepted.
-    The ids in use are the inbox's (read first, as
-    open_view does) and the queue's: from `queue_ids` when given (a long-lived reader that
-    follows the log), else from a read-only open of the queue. Unreadable and DiskLow as
-    accept()."""
+    read of the ids in use (ids_in_use), ONE durable request holding every accepted job
+    (take_many decides, write_taken writes); per submission, its ids or why it was
+    refused. DiskLow as accept()."""
     why = disk.low(cfg)
     if why is not None:
         raise DiskLow(f"submission refused: {why}")
-    out: list[list[str] | Exception] = []
-    taken: list[tuple[int, list[dict[str, Any]]]] = []   # (index in out, its new jobs)
     with submit_lock(layout):
         given = {j["id"] for g in groups for j in g if j["id"] is not None}
-        if queue_ids is None:
-            with open_view(cfg, layout) as view:
-                in_use = set(view.known_ids())
-                existing = {i: view.get(i) for i in given & in_use}
-        else:
-            in_use = set(read_pending(layout).jobs)
-            try:
-                in_use |= queue_ids.refresh()
-            except OSError as exc:
-                raise Unreadable(f"cannot read the job queue at {layout.wal_dir}: "
-                                 f"{exc.strerror or exc}") from None
-            existing = {}
-            if given & in_use:              # a replay to compare: the full view, rarely
+        in_use, existing = ids_in_use(cfg, layout, given, queue_ids=queue_ids,
+                                      pending_ids=pending_ids)
+        taken = take_many(cfg, layout, groups, in_use, existing)
+        return write_taken(layout, taken)
+
+
+class InUse:
+    """The ids in use, as the layers they were read from (the inbox's, the queue's, the
+    writes in flight) plus those given out since: membership is asked of each layer, so a
+    decision never copies the queue's ids (100,000 of them, for a one-job POST)."""
+
+    def __init__(self, *layers: Container[str]) -> None:
+        self._layers = layers
+        self.added: set[str] = set()
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self.added or any(job_id in layer for layer in self._layers)
+
+    def update(self, ids: Iterable[str]) -> None:
+        """Count `ids` as in use from now on."""
+        self.added.update(ids)
+
+
+def ids_in_use(cfg: Config, layout: Layout, given: set[str], *,
+               queue_ids: QueueIds | None = None, pending_ids: PendingIds | None = None,
+               also: AbstractSet[str] = frozenset(),
+               ) -> tuple[InUse, dict[str, dict[str, Any] | None]]:
+    """(every id in use, the known job of each `given` id in use) for take_many, read
+    under the submit lock: the inbox's ids (read first, as open_view does: the scheduler
+    enqueues a request's jobs before it removes the request), then the queue's, plus
+    `also` (ids the caller is writing: the api's writes in flight). From `queue_ids` and
+    `pending_ids` when given (long-lived readers: the queue's ids are their live set, not
+    a copy), else from a read-only open of the queue. The full view is opened for the
+    known jobs only when a given id is in use (a replay to compare). Unreadable when the
+    ids cannot be read."""
+    if queue_ids is None:
+        with open_view(cfg, layout) as view:
+            in_use = InUse(set(view.known_ids()), also)
+            return in_use, {i: view.get(i) for i in given if i in in_use}
+    pending: Container[str] = pending_ids.refresh() if pending_ids is not None else \
+        set(read_pending(layout).jobs)
+    try:
+        queued = queue_ids.refresh()
+    except OSError as exc:
+        raise Unreadable(f"cannot read the job queue at {layout.wal_dir}: "
+                         f"{exc.strerror or exc}") from None
+    in_use = InUse(pending, queued, also)
+    existing: dict[str, dict[str, Any] | None] = {}
+    replays = [i for i in given if i in in_use]
+    if replays:                         # a replay to compare: the full view, rarely
+        with open_view(cfg, layout) as view:
+            existing = {i: view.get(i) for i in replays}
+    return in_use, existing
+
+
+@dataclass
+class Taken:
+    """What take_many decided: per submission its ids or why it was refused (`results`),
+    and the jobs to write for each one taken (`new`: index in results, its new jobs; a
+    replay's are not written again)."""
+
+    results: list[list[str] | Exception]
+    new: list[tuple[int, list[dict[str, Any]]]]
+
+    @property
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job to write, in order."""
+        return [job for _, jobs in self.new for job in jobs]
+
+
+def take_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
+              in_use: InUse, existing: dict[str, dict[str, Any] | None]) -> Taken:
+    """Decide each submission against the ids in use (ids_in_use; `in_use` gains the ids
+    given out), under the submit lock. Each stays all or nothing. A job whose given id is
+    in use by the very same job (same_job) is a replay: it counts as accepted and is not
+    written again; an id in use by another job refuses its whole submission (Refused); so
+    does a dependency that does not exist (JobError, as accept()), and a `resume` that
+    cannot be (as accept()). One submission's failure is never another's: an unexpected
+    error while taking one (a bug, a job the validator should have refused) is that
+    submission's result."""
+    out: list[list[str] | Exception] = []
+    taken: list[tuple[int, list[dict[str, Any]]]] = []
+    for jobs in groups:
+        try:
+            if any("resume" in j for j in jobs):      # rare: a full view to resolve
                 with open_view(cfg, layout) as view:
-                    existing = {i: view.get(i) for i in given & in_use}
-        fresh: list[dict[str, Any]] = []
-        for jobs in groups:
-            try:
-                if any("resume" in j for j in jobs):      # rare: a full view to resolve
-                    with open_view(cfg, layout) as view:
-                        resolve_resumes(cfg, view, jobs)
-                for job in jobs:
-                    known = existing.get(job["id"]) if job["id"] is not None else None
-                    if job["id"] in in_use and (known is None or not same_job(known, job)):
-                        raise Refused(f"job id {job['id']!r} is already in use by another job")
-                    if job["id"] is not None and job["id"] not in in_use:
-                        refuse_left_folders(layout, [job], refused=Refused)
-                new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
-                refuse_unknown_dependencies(new, frozenset(in_use))
-            except Exception as exc:   # noqa: BLE001 - this submission's failure, only its
-                out.append(exc)
+                    resolve_resumes(cfg, view, jobs)
+            for job in jobs:
+                known = existing.get(job["id"]) if job["id"] is not None else None
+                if job["id"] in in_use and (known is None or not same_job(known, job)):
+                    raise Refused(f"job id {job['id']!r} is already in use by another job")
+                if job["id"] is not None and job["id"] not in in_use:
+                    refuse_left_folders(layout, [job], refused=Refused)
+            new = [j for j in jobs if j["id"] is None or j["id"] not in existing]
+            refuse_unknown_dependencies(new, in_use)
+        except Exception as exc:   # noqa: BLE001 - this submission's failure, only its
+            out.append(exc)
+            continue
+        assign_ids(new, in_use)
+        in_use.update(str(j["id"]) for j in new)
+        taken.append((len(out), new))
+        out.append([str(j["id"]) for j in jobs])
+    return Taken(out, taken)
+
+
+def write_taken(layout: Layout, taken: Taken, *,
+                fs: FS = REAL) -> list[list[str] | Exception]:
+    """Write what take_many took as ONE durable request; per submission its ids or why it
+    failed. Should the shared write fail for anything but the disk (OSError, which is
+    every submission's: raised), each submission is written on its own request, so only
+    the one that cannot be written fails (JobError saying why), the others are
+    accepted."""
+    out = list(taken.results)
+    fresh = taken.jobs
+    if not fresh:
+        return out
+    try:
+        write_submission(layout, fresh, fs=fs)
+    except OSError:
+        raise                   # the disk: every submission's failure
+    except Exception:          # noqa: BLE001 - one submission's content: find it
+        for index, new in taken.new:
+            if not new:
                 continue
-            assign_ids(new, frozenset(in_use))
-            in_use.update(str(j["id"]) for j in new)
-            fresh += new
-            taken.append((len(out), new))
-            out.append([str(j["id"]) for j in jobs])
-        if fresh:
             try:
-                write_submission(layout, fresh)
-            except OSError:
-                raise                   # the disk: every submission's failure
-            except Exception:          # noqa: BLE001 - one submission's content: find it
-                for index, new in taken:
-                    if not new:
-                        continue
-                    try:
-                        write_submission(layout, new)
-                    except OSError as exc:
-                        out[index] = exc
-                    except Exception as exc:   # noqa: BLE001 - what it holds: its own
-                        out[index] = JobError(f"the submission cannot be recorded: {exc}")
+                write_submission(layout, new, fs=fs)
+            except OSError as exc:
+                out[index] = exc
+            except Exception as exc:   # noqa: BLE001 - what it holds: its own
+                out[index] = JobError(f"the submission cannot be recorded: {exc}")
     return out
 
 
@@ -811,7 +944,7 @@ def _resume_of(cfg: Config, view: JobView, target: str, given: object) -> dict[s
             "resume_of": target, "resume_session": session, "workspace": workspace}
 
 
-def refuse_unknown_dependencies(jobs: list[dict[str, Any]], in_use: frozenset[str],
+def refuse_unknown_dependencies(jobs: list[dict[str, Any]], in_use: Container[str],
                                 source: tuple[str, bytes] | None = None) -> None:
     """JobError for the first job whose `after`/`after_any` names a job that neither
     exists nor comes earlier in the same submission: so no cycle can ever be made."""

@@ -21,7 +21,7 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +54,7 @@ __all__ = [
     "JobFilter",
     "JobView",
     "Pending",
+    "PendingIds",
     "QueueReader",
     "Unreadable",
     "batchd_pid",
@@ -196,6 +197,73 @@ def read_pending(layout: Layout) -> Pending:
         elif rec.get("kind") in ("pause", "resume"):
             pending.pause = rec["kind"] == "pause"
     return pending
+
+
+class PendingIds:
+    """The ids of the jobs submitted in `scheduler/inbox/` (read_pending's `jobs`), for a
+    long-lived submitter (the api): each request file is parsed once, then remembered by
+    its name and inode (a request file is never changed in place: a rewrite is a rename
+    of a new file, a new inode), and the ids are kept up to date file by file, so a
+    refresh costs one listing of the inbox, however many requests wait in it."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.folder = layout.inbox("scheduler")
+        self._files: dict[str, tuple[int, tuple[str, ...]]] = {}
+        self._ids: dict[str, int] = {}          # id -> how many files hold it
+
+    def refresh(self) -> Container[str]:
+        """The ids now (a live view: valid until the next refresh); Unreadable when the
+        inbox cannot be listed."""
+        files = self._files
+        seen: dict[str, tuple[int, tuple[str, ...]]] = {}
+        try:
+            with os.scandir(self.folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if not name.endswith(".json") or is_tmp_name(name):
+                        continue
+                    known = files.get(name)
+                    inode = entry.inode()
+                    if known is None or known[0] != inode:
+                        ids = _submitted_ids(self.folder / name)
+                        if ids is None:         # taken meanwhile, or not a request
+                            continue
+                        known = (inode, ids)
+                    seen[name] = known
+        except FileNotFoundError:
+            seen = {}
+        except OSError as exc:
+            raise Unreadable(f"cannot read the scheduler's inbox at {self.folder}: "
+                             f"{_why(exc)}") from None
+        counts = self._ids
+        for name, (inode, ids) in files.items():
+            now = seen.get(name)
+            if now is None or now[0] != inode:
+                for job_id in ids:
+                    left = counts[job_id] - 1
+                    if left:
+                        counts[job_id] = left
+                    else:
+                        del counts[job_id]
+        for name, (inode, ids) in seen.items():
+            was = files.get(name)
+            if was is None or was[0] != inode:
+                for job_id in ids:
+                    counts[job_id] = counts.get(job_id, 0) + 1
+        self._files = seen
+        return counts.keys()
+
+
+def _submitted_ids(path: Path) -> tuple[str, ...] | None:
+    """The job ids of the submit request at `path` (() for another kind of request);
+    None when it is gone or not a well-formed request (not remembered: read again)."""
+    rec = read_record(REQUEST, path, owner=False)
+    if not isinstance(rec, dict):
+        return None
+    if rec.get("kind") != "submit" or not isinstance(rec.get("jobs"), list):
+        return ()
+    return tuple(job["id"] for job in rec["jobs"]
+                 if isinstance(job, dict) and isinstance(job.get("id"), str))
 
 
 class JobView:

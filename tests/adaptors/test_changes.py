@@ -498,3 +498,32 @@ def test_a_git_killed_every_time_fails_the_collection_naming_the_signal(
     got = collect(spec, files, push=False)
     assert got.error is not None and "killed by signal 9" in got.error
     assert 5 == len(kills.read_text())
+
+
+def test_an_index_copy_cut_short_by_a_full_disk_is_waited_out_not_read(
+        remote: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary index copied from the clone's on a full disk (half written, then
+    ENOSPC; chaos seed 494710626): the half copy is removed, never handed to git ("index
+    file smaller than expected" failed the job), and the collection waits for room, then
+    lists the change."""
+    from adaptors import _changes, _runtime
+    _bare, ws, base = remote
+    spec, files = _spec(tmp_path / "jobs", "j1", ws, None, base)
+    (ws / "which").write_text("edited\n")
+    left: list[bool] = []
+    real_copy = shutil.copy2
+    fails = [True]
+
+    def half_copy(src: Path, dst: Path) -> None:
+        if fails:
+            fails.pop()
+            Path(dst).write_bytes(Path(src).read_bytes()[:20])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        left.append(Path(dst).exists())
+        real_copy(src, dst)
+
+    monkeypatch.setattr(_changes.shutil, "copy2", half_copy)
+    monkeypatch.setattr(_runtime, "_RESULT_RETRY_S", 0.0)
+    outcome = _runtime._Outcome(exit_code=0)
+    summary = _runtime._collect_changes(spec, files, outcome)
+    assert ([False], None, 1) == (left, outcome.reason, summary["app"]["files"])

@@ -540,7 +540,7 @@ def test_a_submission_the_disk_cannot_take_is_503_not_500(tmp_path: Path) -> Non
     def full(*_: Any) -> list[Any]:
         raise OSError(28, "No space left on device", str(layout.inbox("scheduler")))
 
-    api.batcher = Batcher(cfg, layout, accept=full)
+    api.batcher = Batcher(cfg, layout, write=full)
     app = build_app(api)
     body = b'{"agent": "shell", "prompt": "x"}'
     sent: list[dict[str, Any]] = []

@@ -9,6 +9,7 @@ metrics textfile without the api.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -348,3 +349,66 @@ def test_pause_over_http_holds_new_jobs_until_resume(batchd: Batchd) -> None:
     assert "queued" == _state(c, job_id)
     assert 202 == c.json("POST", "/v1/resume")[0]
     until("completed", lambda: _state(c, job_id) == "completed")
+
+
+def test_sigkill_of_the_api_under_submissions_loses_no_acknowledged_job(
+        batchd: Batchd) -> None:
+    """8 clients POST jobs with ids of their own as fast as they can while the api worker
+    is SIGKILLed twice (with request writes in flight); a POST whose connection breaks is
+    retried with the same id against the restarted api. Every id answered 201 (first try
+    or retry) is queued exactly once (`batchctl jobs`), a retry is never a conflict, and
+    no request was left torn in the inbox."""
+    from supervisor.state.jobcontrol import set_paused
+
+    b = batchd
+    set_paused(b.layout, True)               # the jobs stay queued: the api gets the cores
+    b.start()
+    per_client, acked = 40, [0]
+    answered: dict[str, int] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        c = Client(b.api_address(), b.tokens["submit"])
+        for i in range(per_client):
+            job_id = f"k{n}-{i}"
+            body = {"agent": "shell", "prompt": f"echo {job_id}", "id": job_id}
+            for _ in range(200):
+                try:
+                    status, got = c.json("POST", "/v1/jobs", body)
+                except (OSError, http.client.HTTPException):   # the api died: retry, same id
+                    c.close()
+                    time.sleep(0.05)
+                    c = Client(b.api_address(), b.tokens["submit"])
+                    continue
+                if status == 503:               # a write cut by the kill? retry
+                    time.sleep(0.05)
+                    continue
+                with lock:
+                    if status != 201:
+                        errors.append(f"{job_id}: {status} {got}")
+                    else:
+                        answered[job_id] = answered.get(job_id, 0) + 1
+                        acked[0] += 1
+                break
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for kill_at in (60, 160):
+        until(f"{kill_at} submissions answered", lambda k=kill_at: acked[0] >= k, DEADLINE)
+        pid = b.api_pid()
+        os.kill(pid, signal.SIGKILL)
+        until("the api replaced", lambda p=pid: b.api_pid() != p, DEADLINE)
+    for t in threads:
+        t.join(DEADLINE * 2)
+    assert [] == errors
+    assert 8 * per_client == len(answered)
+    inbox = b.layout.inbox("scheduler")
+    until("the scheduler took every request",
+          lambda: not any(p.suffix == ".json" for p in inbox.iterdir()), DEADLINE)
+    listing = b.ctl("jobs", "--json")
+    assert 0 == listing.returncode, listing.stderr
+    queued = sorted(j["id"] for j in json.loads(listing.stdout))
+    assert sorted(answered) == queued
+    assert [] == [p.name for p in inbox.iterdir() if ".corrupted." in p.name]

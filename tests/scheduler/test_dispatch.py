@@ -1186,3 +1186,50 @@ def test_a_lost_slurm_job_has_its_slurm_job_cancelled(
     j.clock.advance(5.0)  # type: ignore[attr-defined]
     ask(j)
     assert ("lost", "CANCELLED") == (get(j, "a")["state"], fake.jobs[1][1])
+
+
+def test_a_job_finalized_again_after_a_crash_ends_as_first_decided(
+        jobs: _dispatch.Jobs, procs: Procs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The webhook event of a job's end is durable before its terminal WAL record; when
+    that record is lost (the scheduler died, or the WAL write failed) and a second look
+    at the files decides otherwise, the job still ends as its webhook said (chaos seed
+    494710626: a webhook said `failed`, the job ended `completed`): the first decision is
+    kept in jobs/<id>/ended.json and taken by the next finalize."""
+    from supervisor.scheduler import events
+    real, said = events.drop_request, []
+
+    def drop(layout: Layout, body: dict[str, Any]) -> None:
+        said.append(body["payload"]["job"]["state"])
+        real(layout, body)
+    monkeypatch.setattr(events, "drop_request", drop)
+    enqueue(jobs, "a", callback="http://127.0.0.1:9/hook")
+    _dispatch.dispatch(jobs)
+    procs.exit("a")
+    result(jobs, "a", exit_code=3)
+
+    def lost(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(jobs.queue, "update_many", lost)
+    with pytest.raises(OSError):
+        _dispatch.tick_all(jobs)
+    monkeypatch.setattr(jobs.queue, "update_many", JobQueue.update_many.__get__(jobs.queue))
+    assert "running" == get(jobs, "a")["state"]
+    result(jobs, "a", exit_code=0)                 # the second look sees another end
+    again = _dispatch.Jobs.over(jobs.cfg, jobs.layout, jobs.queue, RecLog(),
+                                launcher=procs, clock=jobs.clock)  # type: ignore[arg-type]
+    _dispatch.tick_all(again)
+    a = get(again, "a")
+    assert ("failed", "exit 3", 1, ["failed", "failed"]) == (
+        a["state"], a["reason"], jobs.queue.stats()["failed"], said)
+
+
+def test_a_job_without_effects_outside_the_wal_writes_no_ended_record(
+        jobs: _dispatch.Jobs, procs: Procs) -> None:
+    """No callback, no batch, no retry: nothing outside the WAL could contradict a second
+    decision, so the common end costs no extra durable write."""
+    enqueue(jobs, "a")
+    _dispatch.dispatch(jobs)
+    procs.exit("a")
+    result(jobs, "a", exit_code=3)
+    _dispatch.tick_all(jobs)
+    assert ("failed", False) == (get(jobs, "a")["state"], jobs.layout.job("a").ended.exists())

@@ -490,3 +490,55 @@ def test_a_full_disk_never_exits_the_scheduler_and_loses_no_submission(cfg: Conf
         s.queue.close()
     with JobQueue.open(cfg.state_dir / "scheduler" / "wal", readonly=True) as q:
         assert (["a"], 1) == (q.ids(), q.stats()["submitted"])
+
+
+def test_waiting_submits_go_into_one_wal_group_and_a_bad_one_fails_alone(
+        mem: scheduler.Scheduler, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every submit request waiting is enqueued with ONE enqueue_many (one WAL group, one
+    fsync), in the requests' order; a bad request among them is quarantined alone, a job
+    already known (a replay) is skipped, and each request is logged and removed."""
+    calls: list[int] = []
+    real = mem.queue.enqueue_many
+
+    def counting(entries: Any, **kw: Any) -> list[bool]:
+        entries = list(entries)
+        calls.append(len(entries))
+        return real(entries, **kw)
+
+    monkeypatch.setattr(mem.queue, "enqueue_many", counting)
+    for n, body in enumerate((submit_request([job("a")], request_id="s1"),
+                              {"id": "s2", "kind": "submit", "created_at": iso_now(),
+                               "jobs": [job("x"), job("x")]},
+                              submit_request([job("b"), job("a"), job("c")],
+                                             request_id="s3"))):
+        os.utime(drop(mem, body), ns=((n + 1) * 10**9, (n + 1) * 10**9))
+    assert 2 == scheduler.take_inbox(mem)
+    assert ([4], ["a", "b", "c"], 3) == (calls, mem.queue.ids(),
+                                         mem.queue.stats()["submitted"])
+    assert [True] == [n.startswith("s2.json" + CORRUPT_MARK) for n in inbox_names(mem)]
+
+
+def test_a_power_cut_during_many_submits_keeps_all_or_none(cfg: Config,
+                                                           tmp_path: Path) -> None:
+    """submit_many of two requests: a power cut at any instant leaves both requests' jobs
+    and their count in the queue, or none of them."""
+    from tests.crashfs import CrashFS, explore
+
+    def workload(root: str, fs: CrashFS) -> Iterator[None]:
+        queue = JobQueue.open(os.path.join(root, "wal"), fs=fs)
+        s = scheduler.Scheduler(cfg, Layout(cfg.state_dir), queue, _log.get("test"),
+                                None)  # type: ignore[arg-type]
+        s.jobs = Jobs.over(cfg, s.layout, s.queue, s.log, launcher=no_launch)
+        assert [None, None] == scheduler.submit_many(s, [
+            {"id": "s1", "kind": "submit", "jobs": [job("a"), job("b")]},
+            {"id": "s2", "kind": "submit", "jobs": [job("c")]}])
+        yield
+        queue.close()
+
+    def picture(root: str) -> tuple[int, list[str]]:
+        with JobQueue.open(os.path.join(root, "wal"), readonly=True) as q:
+            return q.stats()["submitted"], q.ids()
+
+    report = explore(tmp_path / "crash", setup=lambda root: None, workload=workload,
+                     recover=picture, expected=[(0, []), (3, ["a", "b", "c"])])
+    assert {0, 1} == set(report.recovered_to)

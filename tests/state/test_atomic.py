@@ -417,3 +417,28 @@ def test_discard_unlinks_without_a_folder_fsync(tmp_path: Path) -> None:
     assert (True, False, False, []) == (discard(tmp_path / "a", fs=fs),
                                         discard(tmp_path / "a", fs=fs),
                                         (tmp_path / "a").exists(), fs.syncs)
+
+
+def test_remove_many_is_durable_when_it_returns_with_one_fsync_of_the_folder(
+        tmp_path: Path) -> None:
+    """remove_many: every file gone for good once it returned, and a power cut before
+    leaves a prefix of the removals undone (never a file half there); one folder fsync
+    for all, after the unlinks."""
+    from supervisor.state.atomic import remove_many
+
+    def setup(root: str) -> None:
+        for name in ("a", "b", "keep"):
+            write_bytes(os.path.join(root, name), name.encode())
+
+    def workload(root: str, fs: CrashFS) -> Iterator[None]:
+        remove_many([os.path.join(root, "a"), os.path.join(root, "b"),
+                     os.path.join(root, "gone")], fs=fs)
+        yield
+
+    def recover(root: str) -> Any:
+        return sorted(os.listdir(root))
+
+    report = explore(tmp_path, setup=setup, workload=workload, recover=recover,
+                     expected=[["a", "b", "keep"], ["keep"]], partial={1: [["b", "keep"]]})
+    assert ["fsync_dir"] == [op.split()[0] for op in report.ops if "unlink" not in op]
+    assert "fsync_dir" in report.ops[-1]

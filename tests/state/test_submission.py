@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -619,3 +620,63 @@ def test_known_lists_the_repositories_a_push_cannot_reach(tmp_path: Path) -> Non
                                "daemon": RepoConfig(url="git://example.com/x.git")})
     got = known(cfg, Layout(cfg.state_dir))
     assert ["daemon"] == [name for name, _ in got.unpushable]
+
+
+def test_in_use_asks_each_layer_and_counts_what_it_gave_out() -> None:
+    """InUse: an id is in use when any layer it was read from holds it (the inbox's, the
+    queue's live set, the writes in flight) or it was given out since; the layers are
+    not copied, so an id the queue gains later is seen too."""
+    from supervisor.state.submission import InUse
+
+    queued = {"q1"}
+    in_use = InUse({"p1"}, queued, frozenset({"f1"}))
+    assert [True, True, True, False] == [i in in_use for i in ("p1", "q1", "f1", "n1")]
+    in_use.update(["n1"])
+    queued.add("q2")
+    assert (True, True, {"n1"}) == ("n1" in in_use, "q2" in in_use, in_use.added)
+
+
+def test_accept_many_sees_an_id_only_the_inbox_holds(tmp_path: Path) -> None:
+    """With long-lived readers (the api's QueueIds and PendingIds), an id pending in the
+    inbox is in use: the same job is a replay (not written again), another is refused."""
+    from supervisor.state.queuefollow import QueueIds
+    from supervisor.state.submission import Refused, accept_many
+    from supervisor.state.view import PendingIds
+
+    cfg, layout = _cfg(tmp_path)
+    readers = {"queue_ids": QueueIds(layout.wal_dir), "pending_ids": PendingIds(layout)}
+    assert [["x"]] == accept_many(cfg, layout, [[_job2("a", "x")]], **readers)
+    got = accept_many(cfg, layout, [[_job2("a", "x")], [_job2("b", "x")]], **readers)
+    assert ["x"] == got[0] and isinstance(got[1], Refused)
+    assert 1 == len(_requests_in(layout))
+
+
+def test_a_written_request_survives_every_power_cut_whole_or_not_at_all(
+        tmp_path: Path) -> None:
+    """write_taken, as the api's writers run it (one request per decision, two in a row):
+    a power cut at any point leaves each request whole or absent, never torn, and every
+    request whose write returned (its POSTs answered) is in the inbox."""
+    from supervisor.state.submission import Taken, write_taken
+    from supervisor.state.view import PendingIds, read_pending
+    from tests.crashfs import CrashFS, explore
+
+    def setup(root: str) -> None:
+        ensure_dir(Layout(Path(root)).inbox("scheduler"))
+
+    def workload(root: str, fs: CrashFS) -> Iterator[None]:
+        layout = Layout(Path(root))
+        for ids in (["a1", "a2"], ["b1"]):
+            taken = Taken([ids], [(0, [_job2("p", i) for i in ids])])
+            assert [ids] == write_taken(layout, taken, fs=fs)
+            yield
+
+    def recover(root: str) -> Any:
+        layout = Layout(Path(root))
+        pending = sorted(read_pending(layout).jobs)
+        assert sorted(PendingIds(layout).refresh()) == pending
+        assert not [n for n in os.listdir(layout.inbox("scheduler")) if ".corrupted." in n]
+        return pending
+
+    report = explore(tmp_path, setup=setup, workload=workload, recover=recover,
+                     expected=[[], ["a1", "a2"], ["a1", "a2", "b1"]])
+    assert {0, 1, 2} == set(report.recovered_to)

@@ -210,3 +210,34 @@ def test_a_running_job_with_a_result_shows_as_it_will_be_recorded(tmp_path: Path
                                 [e["id"] for e in view.entries("running")])
     assert {"failed": 1, "running": 1} == view.counts()
     assert "running" == queue.entries["r1"]["state"]
+
+
+def test_pending_ids_follow_the_inbox_and_parse_each_request_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PendingIds gives the ids read_pending gives (submits only, temp files and junk
+    skipped), reads each request file once however often it refreshes, forgets a request
+    the scheduler took, and reads again a request rewritten under its name (a new inode)."""
+    from supervisor.state import view
+    from supervisor.state.layout import send_request
+    from supervisor.state.view import PendingIds
+
+    layout = Layout(tmp_path)
+    parsed: list[str] = []
+    real = view._submitted_ids
+    monkeypatch.setattr(view, "_submitted_ids",
+                        lambda path: parsed.append(path.name) or real(path))
+    pending = PendingIds(layout)
+    assert set() == set(pending.refresh())
+    first = send_request(layout, "scheduler", submit_request([{"id": "a1"}, {"id": "a2"}],
+                                                             request_id="r1"))
+    send_request(layout, "scheduler", submit_request([{"id": "b1"}], request_id="r2"))
+    send_request(layout, "scheduler", cancel_request("a1"))
+    (layout.inbox("scheduler") / ".tmp.r9.json.1.ab").write_text("{")
+    assert {"a1", "a2", "b1"} == set(pending.refresh())
+    assert set(read_pending(layout).jobs) == set(pending.refresh())
+    assert 3 == len(parsed)                  # r1, r2, the cancel: once each
+    first.unlink()                           # the scheduler took r1
+    assert {"b1"} == set(pending.refresh())
+    send_request(layout, "scheduler", submit_request([{"id": "c1"}], request_id="r2"))
+    assert {"c1"} == set(pending.refresh())  # r2 rewritten: read again
+    assert 4 == len(parsed)
