@@ -22,9 +22,10 @@ time holds it for its whole run).
   starts), clone start -> running.
 - workspace_ms and git_clone_ms: a repository of 5,000 files behind a `file://` URL (the
   git transport a remote uses); the workspace as the scheduler makes it
-  (scheduler.jobfiles.prepare_workspace: fetch the mirror, clone from it, point origin at
-  the URL) against a plain `git clone URL`, alternated 5 times (--quick: 3) in the same
-  run, medians; the workspace must not be slower.
+  (scheduler.jobfiles.prepare_workspace: the mirror fetched unless the remote's refs are
+  already its own, the workspace hard-linked from it, origin = the URL, checked out by one
+  git read-tree) against a plain `git clone URL`, alternated 5 times (--quick: 3) in the
+  same run, medians; the workspace must not be slower.
   grant_handoff_ms is the lock's own part: release -> the next job's clone starting.
 - waiting_per_s: 2,000 jobs (--quick: 500) submitted behind a holder, from their
   `batchctl submit --from` until all wait in the lock table.

@@ -176,6 +176,54 @@ def test_events_choose_what_is_a_hint(tmp_path: Path) -> None:
         assert w.wait(WAKE) is True
 
 
+def test_a_direct_watcher_hints_new_files_only(tmp_path: Path) -> None:
+    """direct=True (its own inotify descriptor, read by wait): a file renamed in or created
+    is a hint (counted in `looks`); a temp file alone, a removal or a rewrite in place is
+    not, and wait() keeps waiting through them until its timeout."""
+    (tmp_path / "old.json").write_text("{}")
+    with Watcher([tmp_path], rescan_interval=3600, direct=True) as w:
+        w.wait(0)
+        looks = w.looks
+        (tmp_path / "old.json").unlink()
+        (tmp_path / ".tmp.new.json.1.ab").write_text("{}")
+        quiet = (w.wait(0.3), w.looks - looks)
+        (tmp_path / ".tmp.new.json.1.ab").rename(tmp_path / "new.json")
+        renamed = (w.wait(WAKE), w.looks - looks)
+        (tmp_path / "made.json").write_text("{}")
+        created = (w.wait(WAKE), w.looks - looks)
+        w.wake()
+        woken = (w.wait(WAKE), w.looks - looks)
+    assert ((False, 0), (True, 1), (True, 2), (True, 2)) == (quiet, renamed, created, woken)
+
+
+def test_a_direct_watcher_takes_a_burst_as_one_pass(tmp_path: Path) -> None:
+    """A thousand renames in a row: the next wait() returns at once, and everything the
+    burst hinted is counted by then (no thread between the kernel and the count)."""
+    with Watcher([tmp_path], rescan_interval=3600, direct=True) as w:
+        w.wait(0)
+        looks = w.looks
+        for i in range(1000):
+            (tmp_path / f".tmp.r{i}.json.1.ab").write_text("{}")
+            (tmp_path / f".tmp.r{i}.json.1.ab").rename(tmp_path / f"r{i}.json")
+        assert (True, 1000) == (w.wait(WAKE), w.looks - looks)
+        assert w.wait(0.05) is False
+
+
+def test_a_direct_watcher_without_inotify_still_rescans(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """inotify_init1 failing (its limit reached): start() logs and carries on; wait()
+    reports the rescans."""
+    def no_inotify(folders: object) -> None:
+        raise OSError(24, "inotify instance limit reached")
+
+    monkeypatch.setattr(_runtime, "_Inotify", no_inotify)
+    clock = MockClock(monotonic_start=1000.0)
+    with Watcher([tmp_path / "inbox"], rescan_interval=5.0, clock=clock, direct=True) as w:
+        assert (True, False) == (w.wait(0), w.wait(0))
+        clock.advance(5.0)
+        assert w.wait(0) is True
+
+
 def test_request_stop_wakes_every_watcher(tmp_path: Path) -> None:
     """request_stop() (what SIGTERM calls) sets the flag and wakes a waiting watcher."""
     with Watcher([tmp_path], rescan_interval=3600) as w:

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileCreatedEvent, FileMovedEvent
-
 from supervisor import log as _log
 from supervisor.callbacks.outbox import DirOutbox, GroupFS, Outbox
 from supervisor.callbacks.settle import BatchCheck, Verdict, wal_check
@@ -71,6 +69,7 @@ __all__ = [
     "DirOutbox",
     "Done",
     "Outbox",
+    "Posted",
     "handle_deliver",
     "handle_prune",
     "handle_retry",
@@ -99,6 +98,15 @@ class Done:
     error: BaseException | None = None
 
 
+@dataclass(frozen=True)
+class Posted:
+    """What a sending thread says once its POST is over (answered, failed or timed out):
+    the receiver's slot is free for the next try to it, while the record (the outcome's
+    durable write still to come) stays the thread's until its Done."""
+
+    event_id: str
+
+
 def _no_check(recs: Sequence[dict[str, Any]]) -> dict[str, Verdict]:
     return {}
 
@@ -108,8 +116,9 @@ class Callbacks:
     """What the worker holds, all rebuilt from the outbox at each start (law 4).
 
     `pending` is the schedule: the pending records no thread owns, ordered by `_heap`
-    (due, created_at, generation, id); a record handed to a thread (`busy`: id -> host,
-    "" for a settle check) is owned by it until its Done comes back through `_done`.
+    (due, created_at, generation, id); a record handed to a thread (`busy`: id -> host
+    while its POST is in flight, "" once it is over (Posted) or for a settle check) is
+    owned by it until its Done comes back through `_done`.
     Only the main thread touches these fields; threads touch only the records they own.
     """
 
@@ -140,7 +149,7 @@ class Callbacks:
     _parked: dict[str, list[tuple[float, str, int, str]]] = field(default_factory=dict)
     _hosts: Counter[str] = field(default_factory=Counter)
     _host_of: dict[str, str] = field(default_factory=dict)      # event id -> receiver
-    _done: queue.SimpleQueue[Done] = field(default_factory=queue.SimpleQueue)
+    _done: queue.SimpleQueue[Done | Posted] = field(default_factory=queue.SimpleQueue)
 
     # -- the schedule (main thread) ---------------------------------------------------------
     def schedule(self, rec: dict[str, Any]) -> None:
@@ -237,15 +246,18 @@ class Callbacks:
                 done = self._done.get_nowait()
             except queue.Empty:
                 return
+            if isinstance(done, Posted):
+                host = self.busy.get(done.event_id, "")
+                if host:
+                    self.busy[done.event_id] = ""     # the slot is free, the record not
+                    self._free(host)
+                continue
             self.tasks -= 1
             for event_id, rec in done.records:
                 host = self.busy.pop(event_id, "")
                 self.requests.pop(event_id, None)
                 if host:
-                    self._hosts[host] -= 1
-                    if not self._hosts[host]:
-                        del self._hosts[host]
-                    self._unpark(host)
+                    self._free(host)
                 self.retry_now = self.retry_now or event_id in self.deferred
                 if rec is not None:
                     self.schedule(rec)
@@ -260,6 +272,13 @@ class Callbacks:
                                   attempts=rec["attempts"], outcome=done.result.outcome,
                                   error=done.result.error, state=rec["state"],
                                   next_attempt_at=rec["next_attempt_at"])
+
+    def _free(self, host: str) -> None:
+        """A try to `host` is no longer in flight: one slot less, a parked try due."""
+        self._hosts[host] -= 1
+        if not self._hosts[host]:
+            del self._hosts[host]
+        self._unpark(host)
 
     def _unpark(self, host: str) -> None:
         """A try to `host` ended: its earliest parked try (still valid) is due again."""
@@ -290,12 +309,15 @@ class Callbacks:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- on a sending thread (each owns the records it was handed) -------------------------
-    def _hand_back(self, done: Done) -> None:
+    def _hand_back(self, done: Done | Posted) -> None:
         self._done.put(done)
         self.wake()
 
     def _send(self, rec: dict[str, Any], request: Path | None) -> None:
-        """One try: in_flight BEFORE the POST, the outcome durable after it. A retry's
+        """One try: in_flight BEFORE the POST, the outcome durable after it; the
+        receiver's slot is given back as soon as the POST is over (Posted), so the next
+        try to it does not wait for this one's fsyncs (4 POSTs in flight to a receiver,
+        not 4 tries with their records). A retry's
         in_flight write is durable; a new event's first try writes its record in_flight
         without fsync, because its request, durable in the inbox, stands for it until the
         outcome is durable, and only then is dropped (a request that comes back at a power
@@ -306,6 +328,7 @@ class Callbacks:
             self.outbox.put(rec, durable=request is None)
             result = attempt(self.transport, rec, secret=self.settings.secret,
                              timeout=self.settings.timeout, now=self.clock.time)
+            self._hand_back(Posted(event_id))   # the next try to this receiver may go
             rec = finish(rec, result, self.clock.time(), self.settings.retry_schedule)
             self.outbox.put(rec, moved=rec["state"] in SETTLED_STATES)
             if request is not None:
@@ -618,8 +641,9 @@ def main(cfg: Config) -> int:
         return EXIT_OK                        # stopped while the disk was full
     found, did, degraded = got
     inbox = layout.inbox(NAME)
-    # a request arrives by rename (or creation); the worker's own removals are no hint
-    with Watcher([inbox], log=log, events=[FileCreatedEvent, FileMovedEvent]) as watcher:
+    # a request arrives by rename (or creation); the worker's own removals are no hint,
+    # and the inotify descriptor is read by this thread's wait itself (no watchdog threads)
+    with Watcher([inbox], log=log, direct=True) as watcher:
         state.wake = watcher.wake
         report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                      started_monotonic=started, started_at=started_at)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import Config, RepoConfig
+from supervisor.scheduler import linkclone
 from supervisor.scheduler.lifecycle import Observation, SlurmSeen
 from supervisor.scheduler.mirrors import FETCH_TIMEOUT, MirrorError, ensure_mirror
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, remove_tree
@@ -23,6 +24,7 @@ from supervisor.state.clock import parse_iso
 from supervisor.state.flock import LockProbe, probe_lock
 from supervisor.state.fs import REAL
 from supervisor.state.git import GitError, run_git
+from supervisor.state.gitrefs import read_refs
 from supervisor.state.jobs import job_idle_timeout, job_timeout, push_branch
 from supervisor.state.layout import (
     JOB_SPEC,
@@ -58,6 +60,9 @@ CLONE_TIMEOUT = 1800.0
 CHECKOUT_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 _STDERR_TAIL = 2000
+#: Folders this process made sure of (state.atomic.ensure_dir: made, their parent
+#: fsynced): the workspaces' and the job folders' parents, once per process, not per job.
+_ENSURED: set[str] = set()
 
 
 class PrepareError(Exception):
@@ -124,6 +129,25 @@ def observe(layout: Layout, entry: Mapping[str, Any], now: float, cfg: Config,
 # --------------------------------------------------------------------------- spec
 
 
+def _ensure_once(folder: Path) -> None:
+    """ensure_dir(folder) the first time this process needs it (again if it vanished)."""
+    key = os.path.abspath(folder)
+    if key not in _ENSURED or not os.path.isdir(key):
+        ensure_dir(key)
+        _ENSURED.add(key)
+
+
+def _ensure_in(folder: Path) -> None:
+    """ensure_dir(folder), its parent made sure of once per process: folder made if
+    missing, and its entry made durable (its parent fsynced) either way."""
+    _ensure_once(folder.parent)
+    try:
+        os.mkdir(folder, 0o755)
+    except FileExistsError:
+        pass
+    REAL.fsync_dir(str(folder.parent))
+
+
 def workspace_path(cfg: Config, entry: Mapping[str, Any]) -> Path:
     """The job's workspace: entry["workspace"] if set (the submit handler sets it), else
     <workspace_dir>/<id>."""
@@ -177,7 +201,7 @@ def write_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any],
                repos: list[dict[str, Any]] | None = None) -> Path:
     """Write jobs/<id>/spec.json (atomically, durably) for the adaptor; return its path."""
     spec = build_spec(layout, cfg, entry, repos)
-    ensure_dir(layout.job_dir(spec["id"]))
+    _ensure_in(layout.job_dir(spec["id"]))
     path = layout.job_spec(spec["id"])
     write_record(JOB_SPEC, path, spec)
     return path
@@ -198,12 +222,24 @@ def _run_git(args: list[str], timeout: float, what: str) -> None:
 def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
            mirror: Path | None = None) -> None:
     """Clone `repo` (from its mirror when given, then origin = the real URL) into dest,
-    its files checked out by CHECKOUT_WORKERS processes (the job holds the lock meanwhile)."""
+    its files checked out by CHECKOUT_WORKERS processes (the job holds the lock meanwhile).
+    From a mirror, by hard links and one git read-tree (scheduler.linkclone) when it can,
+    else with git clone."""
+    branch = f" branch {repo.branch!r}" if repo.branch else ""
+    if mirror is not None:
+        try:
+            made = linkclone.clone(mirror, repo.branch, repo.url, dest,
+                                   checkout_workers=CHECKOUT_WORKERS, timeout=timeout,
+                                   what=f"git read-tree of repository {name!r} "
+                                        f"({repo.url}{branch}) from its mirror")
+        except GitError as exc:
+            raise PrepareError(str(exc)) from None
+        if made is not None:
+            return
     cmd = ["-c", f"checkout.workers={CHECKOUT_WORKERS}", "clone", "--quiet"]
     if repo.branch:
         cmd += ["--branch", repo.branch]
     cmd += ["--", str(mirror) if mirror is not None else repo.url, str(dest)]
-    branch = f" branch {repo.branch!r}" if repo.branch else ""
     _run_git(cmd, timeout, f"git clone of repository {name!r} ({repo.url}{branch})")
     if mirror is not None:
         _run_git(["-C", str(dest), "remote", "set-url", "origin", repo.url], timeout,
@@ -258,7 +294,7 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
                            "nor registered with `batchctl repo add`)")
     if len(set(names)) != len(names):
         raise PrepareError(f"repository listed twice: {', '.join(names)}")
-    ensure_dir(ws.parent)
+    _ensure_once(ws.parent)
     if not names:
         try:
             os.mkdir(ws)
@@ -291,7 +327,11 @@ _REV_PARSE_TIMEOUT = 60.0
 def _head(path: Path) -> str | None:
     """The commit checked out at `path` (`git rev-parse HEAD`), None when it has none (an
     empty repository) or cannot be read. GIT_DIR is given, so git neither looks above the
-    folder nor refuses a workspace another account (an agent's `user`) owns."""
+    folder nor refuses a workspace another account (an agent's `user`) owns. Read from the
+    clone's files when they are of the plain kind (state.gitrefs): no git process."""
+    refs = read_refs(path / ".git") if (path / ".git").is_dir() else None
+    if refs is not None and refs.head_oid is not None:
+        return refs.head_oid
     try:
         out = run_git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
                       timeout=_REV_PARSE_TIMEOUT, what=f"git rev-parse HEAD in {path}",

@@ -1,7 +1,8 @@
-"""Starting a job's adaptor so that it outlives batchd: double fork + setsid, or a systemd unit.
+"""Starting a job's adaptor so that it outlives batchd: fork + posix_spawn, or a systemd unit.
 
-A double fork + setsid (direct), or a systemd transient unit of its own (systemd):
-no pipe, socket or fd links a job to batchd afterwards. docs/JOBS.md has the details.
+A fork whose child posix_spawns the adaptor in a session of its own and exits (direct),
+or a systemd transient unit of its own (systemd): no pipe, socket or fd links a job to
+batchd afterwards. docs/JOBS.md has the details.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.state.layout import JOB_SPEC, Layout, read_record
+from supervisor.state.proc import start_time
 
 __all__ = [
     "SYSTEMD_ENV_VARS",
@@ -135,41 +137,42 @@ def _launch_systemd(job_dir: Path, log_path: Path, env: Mapping[str, str],
     return Launched(pid=None, start=None, unit=unit_name(job_dir.name))
 
 
-def _start_time_of_self() -> int:
-    """Our start time from /proc/self/stat, read with plain syscalls (safe after fork)."""
-    fd = os.open("/proc/self/stat", os.O_RDONLY)
-    try:
-        raw = os.read(fd, 4096)
-    finally:
-        os.close(fd)
-    return int(raw[raw.rfind(b")") + 2:].split()[19])
+#: Every signal a spawned adaptor starts with at its default disposition (SIGKILL and
+#: SIGSTOP cannot be changed), whatever the scheduler set; its signal mask is empty.
+_DEFAULT_SIGNALS = tuple(sorted(set(signal.valid_signals())
+                                - {signal.SIGKILL, signal.SIGSTOP}))
 
 
-def _grandchild(argv: list[str], env: dict[str, str], log_fd: int, null_fd: int,
-                report_fd: int) -> None:
-    """In the adaptor-to-be: new session, clean fds and signals, report pid, exec. Never returns."""
+def _child(argv: list[str], env: dict[str, str], log_fd: int, null_fd: int,
+           report_fd: int) -> None:
+    """In the short-lived child: clean fds and cwd, spawn the adaptor in a session of its
+    own (posix_spawn: no second copy of the scheduler's memory), report its pid and start
+    time, exit (the adaptor is then nobody's child here). Never returns.
+
+    The start time is read here, while the adaptor is still this process's child: its pid
+    cannot be reused before that."""
     try:
-        os.setsid()
-        os.write(report_fd, f"{os.getpid()} {_start_time_of_self()}\n".encode())
-        for sig in range(1, signal.NSIG):
-            if sig not in (signal.SIGKILL, signal.SIGSTOP):
-                try:
-                    signal.signal(sig, signal.SIG_DFL)
-                except (OSError, ValueError):
-                    continue
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 1 << 20)
+        os.set_inheritable(0, True)
+        os.set_inheritable(1, True)
+        os.set_inheritable(2, True)
         os.chdir("/")
-        os.execve(argv[0], argv, env)
+        pid = os.posix_spawn(argv[0], argv, env, setsid=True, setsigmask=(),
+                             setsigdef=_DEFAULT_SIGNALS)
+        start = start_time(pid)
+        if start is None:
+            raise LaunchError(f"the adaptor process {pid} vanished as it started")
+        os.write(report_fd, f"{pid} {start}\n".encode())
     except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then _exit
         try:
             os.write(report_fd, f"ERR {type(exc).__name__}: {exc}\n".encode())
         finally:
             os._exit(127)
+    os._exit(0)
 
 
 def _launch_direct(job_dir: Path, log_path: Path, env: dict[str, str], python: str) -> Launched:
@@ -188,10 +191,9 @@ def _launch_direct(job_dir: Path, log_path: Path, env: dict[str, str], python: s
         if child == 0:
             try:
                 os.close(report_r)
-                if os.fork() == 0:
-                    _grandchild(argv, env, log_fd, null_fd, report_w)
+                _child(argv, env, log_fd, null_fd, report_w)
             finally:
-                os._exit(0)
+                os._exit(127)
         os.close(report_w)
         report_w = -1
         _reap(child)

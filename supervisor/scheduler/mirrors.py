@@ -11,6 +11,11 @@ ensure_mirror():
   disk before the rename.
 - present: `git fetch --prune` (with a timeout). A failure raises MirrorError carrying
   git's stderr; the mirror is left as it was (fetch updates refs atomically).
+- present and already up to date: nothing is run. For a remote on this machine (a path or
+  a file:/// URL) its refs and HEAD are read from its files and compared with the
+  mirror's (state.gitrefs, no git process): equal, the fetch would bring nothing. For any
+  other remote without a branch, the `ls-remote --symref` that follows its HEAD is run
+  first and compared the same way. Anything that cannot be read simply means "fetch".
 - present but not a mirror of the repository's URL (a repository removed and registered
   again elsewhere, or not a git folder at all): renamed to the `.prep.` name (atomic),
   removed, and cloned afresh.
@@ -28,6 +33,7 @@ from supervisor.config import RepoConfig
 from supervisor.state.atomic import ensure_dir, remove_tree
 from supervisor.state.fs import REAL
 from supervisor.state.git import GitError, run_git
+from supervisor.state.gitrefs import Refs, config_value, local_gitdir, read_refs
 from supervisor.state.layout import mirror_path
 from supervisor.state.repos import head_branch
 
@@ -54,6 +60,9 @@ def _mirror_url(path: Path) -> str | None:
     """The origin URL of the mirror at `path`, or None if it is not a usable git folder."""
     if not path.is_dir() or path.is_symlink():
         return None
+    quick = config_value(path, "remote.origin", "url")
+    if quick is not None and (path / "HEAD").is_file():
+        return quick                     # read from its config file: no git process
     try:
         out = _git([f"--git-dir={path}", "config", "--get", "remote.origin.url"],
                    timeout=60.0, what="git config")
@@ -62,11 +71,45 @@ def _mirror_url(path: Path) -> str | None:
     return out.strip() or None
 
 
-def _follow_head(name: str, repo: RepoConfig, path: Path, timeout: float) -> None:
-    """Point the mirror's HEAD at the remote's default branch (if it has one)."""
+def _ls_remote(name: str, repo: RepoConfig, path: Path, timeout: float) -> str:
+    """`git ls-remote --symref origin` of the mirror: every ref of the remote, and HEAD."""
+    return _git([f"--git-dir={path}", "ls-remote", "--symref", "origin"], timeout=timeout,
+                what=f"git ls-remote of repository {name!r} ({repo.url})")
+
+
+def _advertised(out: str) -> Refs | None:
+    """The refs an `ls-remote --symref` printed (peeled tags left out), None if unreadable."""
+    refs: dict[str, str] = {}
+    head_ref = None
+    for line in out.splitlines():
+        value, _, ref = line.partition("\t")
+        if ref == "HEAD":
+            if value.startswith("ref: "):
+                head_ref = value[len("ref: "):]
+            continue
+        if ref.endswith("^{}"):
+            continue
+        if not ref.startswith("refs/") or len(value) not in (40, 64):
+            return None
+        refs[ref] = value
+    return Refs(refs, head_ref, None)
+
+
+def _same(remote: Refs | None, mirror: Refs | None, repo: RepoConfig) -> bool:
+    """Whether a fetch (and a following of the remote's HEAD) would change nothing."""
+    if remote is None or mirror is None or remote.refs != mirror.refs:
+        return False
+    return bool(repo.branch) or remote.head_ref is None or remote.head_ref == mirror.head_ref
+
+
+def _follow_head(name: str, repo: RepoConfig, path: Path, timeout: float,
+                 out: str | None = None) -> None:
+    """Point the mirror's HEAD at the remote's default branch (if it has one); `out`: an
+    `ls-remote --symref` of the remote already run."""
     gitdir = f"--git-dir={path}"
-    out = _git([gitdir, "ls-remote", "--symref", "origin", "HEAD"], timeout=timeout,
-               what=f"git ls-remote of repository {name!r} ({repo.url})")
+    if out is None:
+        out = _git([gitdir, "ls-remote", "--symref", "origin", "HEAD"], timeout=timeout,
+                   what=f"git ls-remote of repository {name!r} ({repo.url})")
     branch = head_branch(out)
     if branch is None:
         return
@@ -105,10 +148,20 @@ def ensure_mirror(name: str, repo: RepoConfig, mirrors_dir: str | os.PathLike[st
             raise
         REAL.fsync_dir(str(folder))
         return path
+    advertised = None
+    local = local_gitdir(repo.url)
+    if local is not None:
+        if _same(read_refs(local), read_refs(path), repo):
+            return path                  # the remote's refs are the mirror's: nothing to fetch
+    elif repo.branch is None and not repo.url.startswith(("/", "file:")):
+        # a remote elsewhere whose HEAD is asked anyway: ask for every ref at once
+        advertised = _ls_remote(name, repo, path, timeout)
+        if _same(_advertised(advertised), read_refs(path), repo):
+            return path
     _git(["-c", "core.fsync=committed", f"--git-dir={path}", "fetch", "--prune", "--quiet",
           "origin"], timeout=timeout,
          what=f"git fetch of repository {name!r} ({repo.url}) into its mirror")
     if repo.branch is None:
-        _follow_head(name, repo, path, timeout)
+        _follow_head(name, repo, path, timeout, advertised)
     return path
 

@@ -84,7 +84,7 @@ def job_processes(job_dir: str, *, exclude: frozenset[int] = frozenset()) -> lis
     """Live (non-zombie) pids whose environment carries BATCHD_JOB_DIR=`job_dir`.
 
     Every process of a job inherits that variable from its adaptor, including those that
-    left the job's process group (setsid, double fork), so this finds what killpg misses.
+    left the job's process group (setsid, re-parented), so this finds what killpg misses.
     The job folder is an absolute path under one state dir, so two batchd instances with
     a job of the same id never match each other's processes (BATCHD_JOB_ID would).
     Processes whose environment cannot be read (another user's, when not root) are skipped:

@@ -509,6 +509,51 @@ def test_concurrency_bounds_the_tries_in_flight(tmp_path: Path,
     assert 2 == gate.most
 
 
+class SlowSettle(callbacks.DirOutbox):
+    """A DirOutbox whose outcome writes (settled records) wait until released."""
+
+    release = threading.Event()
+    waiting = 0
+
+    def put(self, rec: dict[str, Any], *, moved: bool = False, durable: bool = True) -> None:
+        if rec["state"] in ("delivered", "failed"):
+            type(self).waiting += 1
+            self.release.wait(30)
+        super().put(rec, moved=moved, durable=durable)
+
+
+def test_a_receiver_slot_frees_when_the_post_is_over(tmp_path: Path,
+                                                     pool: ThreadPoolExecutor) -> None:
+    """Six events to one receiver whose outcome writes are slow: the slot of each try is
+    given back once its POST is answered (Posted), so all six POSTs go while the first
+    outcomes are still being written; never more than 4 POSTs in flight to the receiver,
+    and each record stays its thread's (busy) until its outcome is on disk."""
+    gate = Gate("http://127.0.0.1:9/")
+    gate.release.set()                           # POSTs answer at once, counted
+    state = make(tmp_path, executor=pool)
+    layout = Layout(tmp_path)
+    SlowSettle.release = threading.Event()
+    SlowSettle.waiting = 0
+    state.outbox = SlowSettle(layout.callbacks_outbox, state.log, done=layout.callbacks_done,
+                              pruned=layout.callbacks_pruned)
+    state.transport = MockTransport(gate)
+    for i in range(6):
+        stored(tmp_path, fresh(f"e{i}", T0 - 10 + i))
+    callbacks.recover(state)
+    try:
+        state.dispatch()
+        until("six POSTs", lambda: (state.reap(), state.dispatch(),
+                                    len(sent(state)) == 6)[-1])
+        assert (6, 0, True) == (len(state.busy), sum(state._hosts.values()),
+                                SlowSettle.waiting >= 4)
+    finally:
+        SlowSettle.release.set()
+    until("every delivery", lambda: (state.reap(), state.dispatch(),
+                                     all(where(tmp_path, f"e{i}") == ["done"]
+                                         for i in range(6)))[-1])
+    assert ({}, {}, True) == (state.busy, dict(state._hosts), gate.most <= 4)
+
+
 def test_a_retry_of_a_try_in_flight_waits_for_it(tmp_path: Path,
                                                  pool: ThreadPoolExecutor) -> None:
     """An operator retry arriving while a try is in flight stays in the inbox (NotYet);

@@ -81,6 +81,8 @@ def test_a_job_cancelled_while_the_scheduler_was_down_leaves_no_process(tmp_path
         env.ctl("stop", "scheduler")
         pid = env.entry("esc")["pid"]                      # type: ignore[index]
         os.kill(pid, signal.SIGKILL)
+        # a SIGKILL is delivered asynchronously: the adaptor may still be exiting here
+        until("the adaptor gone", lambda: not alive(pid, None))
         before = set(env.job_pids("esc"))
         assert before
         reaper = _reaper_pid(env)

@@ -449,6 +449,77 @@ def test_from_a_mirror_the_workspace_is_an_ordinary_clone(
     assert [] == [n for n in os.listdir(tmp_path / "ws") if n.startswith(PREP_PREFIX)]
 
 
+def test_from_a_mirror_one_git_process_and_the_base_from_files(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Once the mirror exists and the remote has not moved: the workspace costs one git
+    (read-tree: no fetch, no clone, no set-url) and workspace_repos none (its base read
+    from the clone's files), the base being the commit checked out."""
+    import supervisor.state.git as state_git
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "mirrors"
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=remotes,
+                      mirrors_dir=mirrors)
+    calls: list[list[str]] = []
+    real = state_git.run_git_bytes
+
+    def counted(args: list[str], **kw: Any) -> bytes:
+        calls.append(args)
+        return real(args, **kw)
+    monkeypatch.setattr(state_git, "run_git_bytes", counted)
+    e = entry(id="j2", repos=["app"])
+    ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors)
+    repos = workspace_repos(Layout(tmp_path / "state"), e, ws, remotes)
+    assert ([["read-tree"]], git("rev-parse", "HEAD", cwd=ws)) == (
+        [[a for a in args if a == "read-tree"] for args in calls], repos[0]["base"])
+
+
+_KILLED_LINKING = """
+import os, signal, sys
+from pathlib import Path
+from supervisor.config import Config, RepoConfig
+from supervisor.scheduler import jobfiles, linkclone
+where = sys.argv[3]
+real_link, real_git = os.link, linkclone.run_git
+def link(src, dst):
+    real_link(src, dst)
+    if where == "link":
+        os.kill(os.getpid(), signal.SIGKILL)
+def git(args, **kw):
+    if where == "read-tree":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_git(args, **kw)
+os.link, linkclone.run_git = link, git
+root = Path(sys.argv[1])
+cfg = Config(state_dir=root / "state", workspace_dir=root / "ws")
+jobfiles.prepare_workspace(cfg, {"id": "j2", "repos": ["app"]},
+                           repositories={"app": RepoConfig(url=sys.argv[2])},
+                           mirrors_dir=root / "mirrors")
+"""
+
+
+@pytest.mark.parametrize("where", ["link", "read-tree"])
+def test_a_scheduler_killed_while_linking_a_workspace_leaves_only_prep(
+        tmp_path: Path, where: str) -> None:
+    """A real SIGKILL while the workspace is being linked from the mirror (after its first
+    hard link, or just before read-tree): only `.prep.<id>` is left, never the real name;
+    the relaunch's prepare_workspace removes it and makes the whole workspace."""
+    bare, _ = bare_remote(tmp_path, "app")
+    cfg = make_cfg(tmp_path)
+    known = {"app": RepoConfig(url=str(bare))}
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=known,
+                      mirrors_dir=tmp_path / "mirrors")
+    done = subprocess.run([sys.executable, "-c", _KILLED_LINKING, str(tmp_path), str(bare),
+                           where], check=False, capture_output=True)
+    left = sorted(os.listdir(tmp_path / "ws"))
+    ws = prepare_workspace(cfg, entry(id="j2", repos=["app"]), repositories=known,
+                           mirrors_dir=tmp_path / "mirrors")
+    assert (-9, [f"{PREP_PREFIX}j2", "j1"], "app trunk\n", "") == (
+        done.returncode, left, (ws / "which").read_text(),
+        git("status", "--porcelain", cwd=ws))
+    assert ["j1", "j2"] == sorted(os.listdir(tmp_path / "ws"))
+
+
 def test_from_mirrors_several_repos_and_a_named_branch(
         tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
     """Several repos via mirrors: one subfolder each; a named branch is checked out."""

@@ -1,4 +1,4 @@
-"""scheduler.launch: a detached adaptor (double fork + setsid) or a transient systemd unit."""
+"""scheduler.launch: a detached adaptor (fork + posix_spawn, setsid) or a systemd unit."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_launch_refuses_missing_python(tmp_path: Path) -> None:
 
 
 def test_exec_failure_is_reported_through_the_pipe(tmp_path: Path) -> None:
-    """An executable that cannot be exec'd (no format): the grandchild's error comes back."""
+    """An executable that cannot be exec'd (no format): posix_spawn's error comes back."""
     bogus = tmp_path / "python"
     bogus.write_bytes(b"\x00\x01not a program")
     bogus.chmod(0o755)
@@ -181,3 +181,31 @@ def test_job_environ_strips_service_variables(tmp_path: Path) -> None:
                                                  "HOME": "/root"})
     assert {"HOME": "/root", "BATCHD_JOB_ID": "e",
             "BATCHD_JOB_DIR": str(tmp_path / "jobs" / "e")} == env
+
+
+def test_direct_launch_resets_signals_and_mask(tmp_path: Path) -> None:
+    """A launcher ignoring SIGUSR1 and blocking SIGUSR2 starts an adaptor with neither
+    (posix_spawn's setsigdef and setsigmask), in / as its working folder."""
+    import signal
+    import time
+
+    job = fakekit.make_job(tmp_path / "state", "sig", adaptor="command", prompt="true")
+    out = tmp_path / "seen"
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\n{{ grep -E '^Sig(Blk|Ign):' /proc/self/status; pwd; }}"
+                      f" > {out}.tmp && mv {out}.tmp {out}\n")
+    script.chmod(0o755)
+    old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    try:
+        launch(job, mode="direct", python=str(script))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
+        signal.signal(signal.SIGUSR1, old)
+    deadline = time.monotonic() + 10
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lines = out.read_text().split()
+    masks = {lines[i]: int(lines[i + 1], 16) for i in (0, 2)}
+    usr = (1 << (signal.SIGUSR1 - 1)) | (1 << (signal.SIGUSR2 - 1))
+    assert (0, 0, "/") == (masks["SigBlk:"], masks["SigIgn:"] & usr, lines[4])

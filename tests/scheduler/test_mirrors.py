@@ -105,3 +105,39 @@ def test_the_mirror_head_follows_the_remote_default(tmp_path: Path) -> None:
     git("--git-dir", str(bare), "symbolic-ref", "HEAD", "refs/heads/trunk")
     ensure_mirror("app", RepoConfig(str(bare), branch="trunk"), mirrors)
     assert "refs/heads/main" == git("--git-dir", str(path), "symbolic-ref", "HEAD")
+
+
+def _count_git(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    from supervisor.scheduler import mirrors
+    calls: list[list[str]] = []
+    real = mirrors.run_git
+
+    def counted(args: list[str], **kw: object) -> str:
+        calls.append(args)
+        return real(args, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(mirrors, "run_git", counted)
+    return calls
+
+
+def test_an_unchanged_local_remote_is_not_fetched(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote on this machine whose refs and HEAD are the mirror's: no git runs at all
+    (file:// URL and path alike); a push, a new branch or a moved HEAD: fetched again."""
+    bare, work = make_remote(tmp_path, "app")
+    mirrors = tmp_path / "mirrors"
+    for repo in (RepoConfig(bare.as_uri()), RepoConfig(str(bare), "main")):
+        ensure_mirror("app", repo, mirrors / repo.url.replace("/", "_"))
+    calls = _count_git(monkeypatch)
+    for repo in (RepoConfig(bare.as_uri()), RepoConfig(str(bare), "main")):
+        ensure_mirror("app", repo, mirrors / repo.url.replace("/", "_"))
+    quiet = len(calls)
+    repo = RepoConfig(bare.as_uri())
+    path = mirrors / repo.url.replace("/", "_")
+    sha = push_commit(work, "app trunk 2\n")
+    ensure_mirror("app", repo, path)
+    pushed = git("--git-dir", str(path / "app.git"), "rev-parse", "refs/heads/trunk")
+    git("--git-dir", str(bare), "symbolic-ref", "HEAD", "refs/heads/main")
+    ensure_mirror("app", repo, path)
+    assert (0, sha, "refs/heads/main") == (
+        quiet, pushed, git("--git-dir", str(path / "app.git"), "symbolic-ref", "HEAD"))
+    assert any("fetch" in args for args in calls)
