@@ -36,6 +36,7 @@ __all__ = [
     "discard",
     "dump_json",
     "ensure_dir",
+    "file_stamp",
     "is_tmp_name",
     "quarantine",
     "read_bytes",
@@ -321,3 +322,18 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
         shutil.rmtree(p)
     elif os.path.lexists(p):
         os.unlink(p)
+
+
+#: A file's identity and version, as file_stamp gives it.
+Stamp = tuple[int, int, int, int]
+
+
+def file_stamp(path: str | os.PathLike[str]) -> Stamp | None:
+    """(device, inode, size, mtime_ns) of `path`, None when it cannot be stat'ed: a reader
+    that caches what it parsed re-reads when this changes (every atomic write renames a new
+    inode over the file, so a rewrite is always seen)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 from supervisor.config import DIRECTORY_SESSIONS, Config, check_branch, parse_duration
 from supervisor.state import disk
 from supervisor.state.agentbin import refusal
-from supervisor.state.atomic import ensure_dir
+from supervisor.state.atomic import ensure_dir, file_stamp
 from supervisor.state.clock import iso_now, parse_iso
 from supervisor.state.flock import open_lock_file
 from supervisor.state.fs import FS, REAL
@@ -707,12 +707,7 @@ class KnownCache:
 
     def get(self) -> Known:
         """What a submission is checked against now."""
-        try:
-            st = os.stat(self._path)
-            stamp: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size,
-                                                       st.st_mtime_ns)
-        except OSError:
-            stamp = None
+        stamp = file_stamp(self._path)
         if self._known is None or stamp != self._stamp:
             self._known = known(self.cfg, self.layout)   # read after the stat: never stale
             self._stamp = stamp

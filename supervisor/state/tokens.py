@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import NAME_PATTERN, Config
-from supervisor.state.atomic import Corrupt, Missing, ensure_dir, read_json
+from supervisor.state.atomic import Corrupt, Missing, ensure_dir, file_stamp, read_json
 from supervisor.state.clock import iso_now
 from supervisor.state.flock import exclusive
 from supervisor.state.layout import TOKENS, Layout, write_record
@@ -185,12 +184,7 @@ class TokenTable:
         self.problem: str | None = None
 
     def _current(self) -> None:
-        try:
-            st = os.stat(self.path)
-            stamp: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size,
-                                                       st.st_mtime_ns)
-        except OSError:
-            stamp = None
+        stamp = file_stamp(self.path)
         if stamp == self._stamp and stamp is not None:
             return
         entries, self.problem = read_tokens(self.path)

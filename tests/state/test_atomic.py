@@ -442,3 +442,15 @@ def test_remove_many_is_durable_when_it_returns_with_one_fsync_of_the_folder(
                      expected=[["a", "b", "keep"], ["keep"]], partial={1: [["b", "keep"]]})
     assert ["fsync_dir"] == [op.split()[0] for op in report.ops if "unlink" not in op]
     assert "fsync_dir" in report.ops[-1]
+
+
+def test_file_stamp_changes_with_every_atomic_rewrite(tmp_path: Path) -> None:
+    """file_stamp: None for a missing file; a rewrite of the same bytes and size still
+    changes it (a new inode is renamed over the file), so a cache keyed on it re-reads."""
+    from supervisor.state.atomic import file_stamp, write_json
+    path = tmp_path / "f.json"
+    assert None is file_stamp(path)
+    write_json(path, {"a": 1})
+    first = file_stamp(path)
+    write_json(path, {"a": 1})
+    assert first is not None and first != file_stamp(path)
