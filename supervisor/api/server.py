@@ -26,6 +26,7 @@ import time
 
 from supervisor import log as _log
 from supervisor.api.app import build_app, make_api
+from supervisor.api.protocol import OneWriteProtocol
 from supervisor.config import Config, parse_listen
 from supervisor.runtime import EXIT_OK, EXIT_RECOVERY_FAILED, report_ready
 from supervisor.state.atomic import ensure_dir
@@ -100,7 +101,7 @@ def serve(cfg: Config) -> int:
     api = make_api(cfg, layout, log)
     app = build_app(api)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            loop="uvloop", http="httptools", ws="none",
+                            loop="uvloop", http=OneWriteProtocol, ws="none",
                             timeout_graceful_shutdown=int(GRACE), timeout_keep_alive=75,
                             server_header=False, date_header=True, proxy_headers=False)
 
