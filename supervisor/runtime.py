@@ -20,7 +20,7 @@ import struct
 import sys
 import time
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -44,6 +44,7 @@ from supervisor.state.atomic import (
     CORRUPT_MARK,
     Corrupt,
     Missing,
+    discard,
     ensure_dir,
     is_tmp_name,
     quarantine,
@@ -698,13 +699,16 @@ def inbox_requests(folder: Path, log: Log | None = None, *, kind: RecordKind = R
                    problem: Callable[[dict[str, Any]], str | None] = _request_problem,
                    on_bad: Callable[[str, str], None] | None = None,
                    skip: Callable[[str], bool] = lambda _name: False,
+                   hint: Callable[[str], bool] = lambda _name: False,
                    ) -> list[tuple[Path, dict[str, Any]]]:
     """The well-formed records of `kind` in `folder`, oldest first (by mtime_ns, then name).
 
     The one reader of every inbox (workers' REQUESTs, batchd's CONTROL requests). Temp
     files (a write in progress), quarantined files and names `skip` says are taken care
     of are left alone; anything else that is not a well-formed record is quarantined,
-    logged and reported to `on_bad(name, why)`.
+    logged and reported to `on_bad(name, why)`. A name `hint` says is a hint's (a request
+    written without fsyncs, whose truth is in another, durable file) is dropped, not
+    quarantined, when it is unreadable: a power cut tore it, and it held nothing else.
     """
     logger = log if log is not None else _log.get("runtime")
     stamped: list[tuple[int, str, bool]] = []
@@ -729,8 +733,12 @@ def inbox_requests(folder: Path, log: Log | None = None, *, kind: RecordKind = R
             why = "not a regular file"
             _quarantine_request(path, why, logger)
         else:
-            rec = read_record(kind, path, owner=True)
+            rec = read_record(kind, path, owner=not hint(name))
             if isinstance(rec, Missing):
+                continue
+            if isinstance(rec, Corrupt) and hint(name):
+                discard(path)
+                logger.info("torn hint dropped", path=str(path), reason=rec.reason)
                 continue
             if isinstance(rec, Corrupt):
                 why = rec.reason
@@ -767,6 +775,7 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
                  keep_for: float = NOT_YET_KEEP,
                  together: Mapping[str, Callable[[Ctx, list[dict[str, Any]]],
                                                  list[Exception | None]]] | None = None,
+                 hints: Collection[str] = (), hint: Callable[[str], bool] = lambda _n: False,
                  ) -> int:
     """Run each request in `folder` through `handlers[kind]`, then remove it; return how many.
 
@@ -782,9 +791,14 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
     one fsync of the folder (state.atomic.remove_many). It must be all or nothing per
     request and idempotent, as a handler is (a crash before the removal hands it the same
     requests again).
+
+    A kind in `hints` is a hint (written without fsyncs; its truth is in a durable file
+    its handler reads): it is removed without the folder's fsync, since its return after
+    a power cut only hands the handler the same hint again. `hint` names such files (see
+    inbox_requests: a torn one is dropped).
     """
     rank = {kind: i for i, kind in enumerate(handlers)}
-    todo = inbox_requests(folder, log)
+    todo = inbox_requests(folder, log, hint=hint)
     todo.sort(key=lambda item: rank.get(item[1]["kind"], len(rank)))    # stable: keeps age
     done = 0
     index = 0
@@ -819,7 +833,10 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
         except (BadRequest, NotYet) as exc:
             _refused(path, req, exc, log, clock=clock, keep_for=keep_for)
             continue
-        remove(path)
+        if kind in hints:
+            discard(path)
+        else:
+            remove(path)
         done += 1
     return done
 

@@ -304,6 +304,25 @@ def test_acquire_grants_saves_hints_and_removes_the_request(cfg: Config, layout:
     assert ("lock_granted", "a") == (hint["kind"], hint["job"])
 
 
+def test_a_grant_hint_is_written_after_state_json_without_fsyncs(
+        cfg: Config, layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint goes out only once state.json says the job holds, and without fsyncs: the
+    scheduler dispatches from state.json, so a hint a power cut takes changes nothing."""
+    lk, _, _, _ = recover(cfg)
+    sent: list[tuple[str, bool, list[Any]]] = []
+    real = locks.send_request
+
+    def spy(lay: Layout, worker: str, req: dict[str, Any], **kw: Any) -> Any:
+        held = state(layout)["held"]
+        sent.append((req["id"], kw.get("durable", True), [h["job"] for h in held]))
+        return real(lay, worker, req, **kw)
+
+    monkeypatch.setattr(locks, "send_request", spy)
+    ask(layout, "a", "app", seq=1, exclusive=True)
+    assert 1 == locks.one_pass(lk)
+    assert [("granted-a", False, ["a"])] == sent
+
+
 def test_acquires_queue_by_seq_whatever_the_file_order(cfg: Config, layout: Layout) -> None:
     """Requests seen in one pass queue by their seq (files within one mtime tick come back
     in name order, not the scheduler's)."""

@@ -354,6 +354,44 @@ def test_malformed_requests_are_quarantined(tmp_path: Path, raw: bytes, why: str
     assert ["good"] == [req["id"] for _, req in inbox_requests(tmp_path)]
 
 
+def test_a_torn_hint_is_dropped_not_quarantined(tmp_path: Path) -> None:
+    """A hint (written without fsyncs) that a power cut left empty or torn is removed, not
+    moved aside: its truth is in another file; a torn request of any other name still is
+    quarantined."""
+    (tmp_path / "granted-j.json").write_bytes(b"")
+    (tmp_path / "torn.json").write_bytes(b'{"schema": "batchd.req')
+    request(tmp_path, "good")
+
+    def hint(name: str) -> bool:
+        return name.startswith("granted-")
+
+    ids = [req["id"] for _, req in inbox_requests(tmp_path, hint=hint)]
+    assert (["good"], False, ["torn.json"]) == (
+        ids, (tmp_path / "granted-j.json").exists(), quarantined(tmp_path))
+
+
+def test_handle_inbox_removes_a_hint_without_an_fsync(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kind named in `hints` is removed with no fsync of the folder (its return after a
+    power cut only hands the handler the same hint again); any other kind's removal is
+    made durable."""
+    from supervisor.state import atomic
+    synced: list[str] = []
+    real = atomic.REAL.fsync_dir
+    monkeypatch.setattr(atomic.REAL, "fsync_dir",
+                        lambda path: (synced.append(path), real(path))[1])
+    log = _runtime._log.get("test")
+    set_mtime_ns(request(tmp_path, "h", "double", n=1), 10**9)
+    synced.clear()
+    out: list[int] = []
+    assert 1 == handle_inbox(tmp_path, HANDLERS, out, log, hints=("double",))
+    assert ([2], [], []) == (out, os.listdir(tmp_path), synced)
+    request(tmp_path, "d", "double", n=2)
+    synced.clear()
+    assert 1 == handle_inbox(tmp_path, HANDLERS, out, log)
+    assert ([2, 4], [str(tmp_path)]) == (out, synced)
+
+
 def test_a_folder_in_the_inbox_is_quarantined(tmp_path: Path) -> None:
     """Something that is not a regular file is no request: moved aside, not crashed on."""
     (tmp_path / "odd.json").mkdir()

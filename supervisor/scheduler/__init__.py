@@ -37,7 +37,7 @@ from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.fs import FS, REAL
 from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
-from supervisor.state.locktable import GRANTED
+from supervisor.state.locktable import GRANTED, is_granted_hint
 from supervisor.state.queue import JobQueue, QueueError
 from supervisor.state.submission import JobError, check_request
 from supervisor.state.wal import WalError
@@ -208,7 +208,8 @@ def take_inbox(s: Scheduler) -> int:
     """Handle every request waiting in the inbox (the submits all at once: submit_many);
     how many were handled."""
     return handle_inbox(s.layout.inbox(NAME), HANDLERS, s, s.log,
-                        together={"submit": submit_many})
+                        together={"submit": submit_many}, hints=(GRANTED,),
+                        hint=is_granted_hint)
 
 
 def one_pass(s: Scheduler, *, inbox: bool = True) -> None:

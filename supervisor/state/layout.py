@@ -450,7 +450,7 @@ _ENSURED: set[str] = set()
 
 
 def send_request(layout: Layout, worker: str, request: Mapping[str, Any], *,
-                 fs: FS = REAL) -> Path:
+                 fs: FS = REAL, durable: bool = True) -> Path:
     """Drop `request` (a REQUEST body with an "id") into `worker`'s inbox as
     `<inbox>/<id>.json`, atomically and durably; its path. The one way any process hands
     a worker a request (law 1: the inbox is the owner's door).
@@ -460,6 +460,9 @@ def send_request(layout: Layout, worker: str, request: Mapping[str, Any], *,
     every request. A crash before the rename leaves a temp file that is never read as a
     request; after it the request is whole, and its id names it, so a replay rewrites the
     same file and the owner handles it once.
+
+    `durable=False` (a hint, whose truth is in another durable file: atomic.write_bytes)
+    leaves out the fsyncs; the owner drops it torn and removes it without an fsync.
     """
     inbox = layout.inbox(worker)
     key = os.fspath(inbox)
@@ -468,10 +471,10 @@ def send_request(layout: Layout, worker: str, request: Mapping[str, Any], *,
         ensure_dir(inbox, fs=fs)
         _ENSURED.add(key)
     try:
-        write_record(REQUEST, path, dict(request), fs=fs)
+        write_record(REQUEST, path, dict(request), fs=fs, durable=durable)
     except FileNotFoundError:            # the folder went away since: make it again
         _ENSURED.discard(key)
         ensure_dir(inbox, fs=fs)
         _ENSURED.add(key)
-        write_record(REQUEST, path, dict(request), fs=fs)
+        write_record(REQUEST, path, dict(request), fs=fs, durable=durable)
     return path

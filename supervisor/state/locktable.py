@@ -18,6 +18,7 @@ from supervisor.state.jobs import JOB_ID_RE, valid_job_id
 __all__ = [
     "ACQUIRE",
     "GRANTED",
+    "GRANTED_HINT_PREFIX",
     "REAP",
     "RELEASE",
     "Lock",
@@ -33,6 +34,7 @@ __all__ = [
     "grant",
     "granted_hint",
     "held_record",
+    "is_granted_hint",
     "page_record",
     "reap_request",
     "release",
@@ -362,6 +364,18 @@ def reap_request(jobs: Iterable[str], *, created_at: str) -> dict[str, Any]:
     return {"id": f"reap-{digest}", "kind": REAP, "jobs": names, "created_at": created_at}
 
 
+#: The name of every grant hint in the scheduler's inbox starts so.
+GRANTED_HINT_PREFIX = "granted-"
+
+
 def granted_hint(job: str, *, created_at: str) -> dict[str, Any]:
-    """The hint into scheduler/inbox that `job` now holds its locks (id granted-<job>)."""
-    return {"id": f"granted-{job}", "kind": GRANTED, "job": job, "created_at": created_at}
+    """The hint into scheduler/inbox that `job` now holds its locks (id granted-<job>).
+    Written without fsyncs (send_request(durable=False)): the locks worker's state.json,
+    durable before it, is what the scheduler dispatches from; the hint only wakes it."""
+    return {"id": f"{GRANTED_HINT_PREFIX}{job}", "kind": GRANTED, "job": job,
+            "created_at": created_at}
+
+
+def is_granted_hint(name: str) -> bool:
+    """Whether an inbox file name is a grant hint's (granted-<job>.json)."""
+    return name.startswith(GRANTED_HINT_PREFIX)

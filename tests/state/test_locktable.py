@@ -21,6 +21,7 @@ from supervisor.state.locktable import (
     from_record,
     grant,
     granted_hint,
+    is_granted_hint,
     held_record,
     page_record,
     release,
@@ -270,3 +271,11 @@ def test_invariants_under_any_sequence(ops: list[tuple[str, int, set[str]]]) -> 
             oldest = min(t.wants, key=lambda j: t.wants[j].seq)
             assert all(t.waiting[r][0] == oldest for r in t.wants[oldest].repos)
             assert any(r in t.held for r in t.wants[oldest].repos)
+
+
+def test_a_grant_hint_is_known_by_its_name() -> None:
+    """Grant hints are named granted-<job>.json, and nothing else in the scheduler's inbox
+    is taken for one (the scheduler drops a torn hint instead of quarantining it)."""
+    name = f"{granted_hint('j', created_at=T0)['id']}.json"
+    assert (True, False, False) == (is_granted_hint(name), is_granted_hint("submit-1.json"),
+                                    is_granted_hint("cancel-granted-j.json"))
