@@ -4,7 +4,9 @@ uvicorn (an ASGI server on uvloop with the httptools parser) and Starlette were 
 streaming and concurrency: one event loop holds hundreds of keep-alive connections and
 server-sent event streams at the cost of a coroutine each, while blocking reads of the
 state directory run in a thread pool; a thread per connection (http.server) would not
-scale to long-lived streams, and nothing here needs a heavier framework.
+scale to long-lived streams, and nothing here needs a heavier framework. uvicorn runs
+api.protocol.OneWriteProtocol (its httptools protocol, each response of known length in
+one write) and app.App (POST /v1/jobs without Starlette's layers; docs/API.md "The worker").
 
 The socket is bound before the loop starts, so a bad or busy address fails the worker's
 start (exit 3, logged with the reason: batchd retries it, then leaves it FATAL and runs
@@ -26,6 +28,7 @@ import time
 
 from supervisor import log as _log
 from supervisor.api.app import build_app, make_api
+from supervisor.api.protocol import OneWriteProtocol
 from supervisor.config import Config, parse_listen
 from supervisor.runtime import EXIT_OK, EXIT_RECOVERY_FAILED, report_ready
 from supervisor.state.atomic import ensure_dir
@@ -100,7 +103,7 @@ def serve(cfg: Config) -> int:
     api = make_api(cfg, layout, log)
     app = build_app(api)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            loop="uvloop", http="httptools", ws="none",
+                            loop="uvloop", http=OneWriteProtocol, ws="none",
                             timeout_graceful_shutdown=int(GRACE), timeout_keep_alive=75,
                             server_header=False, date_header=True, proxy_headers=False)
 

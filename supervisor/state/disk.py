@@ -24,10 +24,13 @@ Usage = tuple[int, int]
 
 def usage(path: Path) -> Usage:
     """(bytes available to unprivileged users, filesystem size) where `path` is, or would be."""
-    probe = Path(path)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    st = os.statvfs(probe)
+    try:
+        st = os.statvfs(path)               # the common case: one call, no Path made
+    except (FileNotFoundError, NotADirectoryError):    # not made yet: its nearest parent
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        st = os.statvfs(probe)
     return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 

@@ -672,11 +672,11 @@ _LOCK_DIRS: set[str] = set()
 def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
                      now: float | None = None, fs: FS = REAL) -> Path:
     """The ONE durable request file carrying `jobs` (each gets created_at); its path."""
-    t = time.time() if now is None else now
-    created = iso_now(t)
+    request = submit_request(jobs, now=time.time() if now is None else now)
+    created = request["created_at"]                     # the request's instant, once
     for job in jobs:
         job["created_at"] = created
-    return send_request(layout, "scheduler", submit_request(jobs, now=t), fs=fs)
+    return send_request(layout, "scheduler", request, fs=fs)
 
 
 def known_repos(cfg: Config, layout: Layout) -> frozenset[str]:

@@ -566,3 +566,85 @@ def test_a_submission_the_disk_cannot_take_is_503_not_500(tmp_path: Path) -> Non
     assert (503, "storage") == _error(sent[0]["status"], doc)
     assert ("the state dir cannot be used now (No space left on device); nothing was "
             "changed: try again later") == doc["error"]["message"]
+
+
+def test_the_lean_post_path_answers_as_starlette_does(tmp_path: Path) -> None:
+    """POST /v1/jobs skips Starlette's middleware and router (App.post_jobs); for every
+    kind of answer (201, a replay's 201, 400, 401, 403, 409, 413, 422, 500) its messages
+    are those of the same request through Starlette; an unexpected error is 500 and is
+    raised on to the server, as Starlette's ServerErrorMiddleware does."""
+    import asyncio
+
+    from supervisor import log as _log
+    from supervisor.api.app import App, build_app, make_api
+    from supervisor.api.submit import Batcher
+    from supervisor.config import load
+    from supervisor.state.tokens import add, tokens_path
+
+    cfg_path = tmp_path / "batchd.yaml"
+    cfg_path.write_text(config_text(tmp_path / "state"))
+    cfg = load(str(cfg_path))
+    layout = Layout(cfg.state_dir)
+    submit = add(tokens_path(cfg, layout), "w", "submit")
+    read = add(tokens_path(cfg, layout), "r", "read")
+    api = make_api(cfg, layout, _log.get("api"))
+    api.batcher = Batcher(cfg, layout)
+    app = build_app(api)
+    assert isinstance(app, App)
+
+    def run(asgi: Any, body: bytes, token: str | None = submit, query: bytes = b"",
+            length: int | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body) if length is None else length).encode())]
+        if token is not None:
+            headers.append((b"authorization", f"Bearer {token}".encode()))
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/jobs",
+                 "raw_path": b"/v1/jobs", "query_string": query, "root_path": "",
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "headers": headers}
+        try:
+            asyncio.run(asgi(scope, receive, send))
+        except RuntimeError as exc:
+            return sent, str(exc)
+        return sent, None
+
+    job = b'{"agent": "shell", "prompt": "x", "id": "lean-1"}'
+    cases = {
+        "201": (job, {}),                      # lean first: written; Starlette: a replay
+        "409": (b'{"agent": "shell", "prompt": "y", "id": "lean-1"}', {}),
+        "400 json": (b'{"agent": ', {}),
+        "400 query": (job, {"query": b"x=1"}),
+        "401": (job, {"token": None}),
+        "403": (job, {"token": read}),
+        "413": (job, {"length": 17 * 1024 * 1024}),
+        "422": (b'{"agent": "cluade", "prompt": "x"}', {}),
+    }
+    try:
+        for name, (body, kw) in cases.items():
+            lean = run(app, body, **kw)
+            full = run(app.starlette, body, **kw)
+            assert (name, full) == (name, lean)
+            assert (name, None) == (name, lean[1])
+        assert [201, 409, 400, 400, 401, 403, 413, 422] == [
+            run(app, body, **kw)[0][0]["status"] for body, kw in cases.values()]
+
+        def boom(jobs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        api.batcher.submit_async = boom     # type: ignore[method-assign]
+        other = b'{"agent": "shell", "prompt": "x"}'
+        lean, full = run(app, other), run(app.starlette, other)
+        assert full == lean
+        assert (500, "a bug") == (lean[0][0]["status"], lean[1])
+        assert {"error": {"code": "internal", "message": "internal error (logged by the "
+                          "api worker)"}} == json.loads(lean[0][1]["body"])
+    finally:
+        api.batcher.close()
