@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import os
 import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -69,6 +70,7 @@ __all__ = [
     "DirOutbox",
     "Done",
     "Outbox",
+    "Outcomes",
     "Posted",
     "handle_deliver",
     "handle_prune",
@@ -89,22 +91,58 @@ RECHECK = 0.5
 
 @dataclass
 class Done:
-    """What a sending thread hands back: each record it owned as it is now on disk (None:
-    removed), the try's result (None for a settle check), or the error that stopped it."""
+    """What a thread hands back: each record it owned as it is now on disk (None:
+    removed), the tries' results (none for a settle check), or the error that stopped
+    it. `task`: it ends a task (a settle check, a try that never POSTed); the outcomes
+    of tries written together (`Outcomes`) end none: their threads ended at Posted."""
 
     records: list[tuple[str, dict[str, Any] | None]]
-    result: Result | None = None
+    results: list[Result] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)     # held events the check released
     error: BaseException | None = None
+    task: bool = True
 
 
 @dataclass(frozen=True)
 class Posted:
     """What a sending thread says once its POST is over (answered, failed or timed out):
-    the receiver's slot is free for the next try to it, while the record (the outcome's
-    durable write still to come) stays the thread's until its Done."""
+    the receiver's slot and the thread are free for the next try, while the record (the
+    outcome's durable write still to come) stays owned, by `Outcomes`, until its Done."""
 
     event_id: str
+
+
+class Outcomes:
+    """The outcomes of tries whose POSTs are over, written together (group commit).
+
+    A thread whose POST is over adds its record's outcome; if no thread is writing, it
+    becomes the writer: it takes every outcome added so far, writes them all durably
+    with one folder fsync (Outbox.put_many), drops the requests of new events, hands them
+    back in one Done, and goes on while outcomes came meanwhile. So outcomes that finish
+    together share their fsyncs and one wake-up of the main loop, and at most one thread
+    at a time writes them (fewer threads taking turns at the interpreter)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._todo: list[tuple[dict[str, Any], Path | None, Result]] = []
+        self._writing = False
+
+    def add(self, rec: dict[str, Any], request: Path | None, result: Result,
+            write: Callable[[list[tuple[dict[str, Any], Path | None, Result]]], None]
+            ) -> None:
+        """Queue one outcome; write it (and all others queued) unless a writer runs."""
+        with self._lock:
+            self._todo.append((rec, request, result))
+            if self._writing:
+                return
+            self._writing = True
+        while True:
+            with self._lock:
+                group, self._todo = self._todo, []
+                if not group:
+                    self._writing = False
+                    return
+            write(group)
 
 
 def _no_check(recs: Sequence[dict[str, Any]]) -> dict[str, Verdict]:
@@ -141,7 +179,10 @@ class Callbacks:
     #: New events with no record yet: event id -> their request in the inbox, which stays
     #: there (the durable form of the event) until the first try's in_flight write.
     requests: dict[str, Path] = field(default_factory=dict)
-    tasks: int = 0                                       # tries and checks handed out
+    tasks: int = 0                  # tries (until their POST is over) and checks out
+    writing: int = 0                # tries whose POST is over, their outcome not back yet
+    #: The outcomes of tries written together (shared by a rebuilt worker, as the pool).
+    outcomes: Outcomes = field(default_factory=Outcomes)
     _heap: list[tuple[float, str, int, str]] = field(default_factory=list)
     _gen: dict[str, int] = field(default_factory=dict)
     #: Due tries whose receiver is at its limit, a heap per receiver: one goes back to
@@ -199,7 +240,8 @@ class Callbacks:
     # -- handing out (main thread) ------------------------------------------------------------
     def _pool(self) -> Executor:
         if self.executor is None:
-            self.executor = ThreadPoolExecutor(max_workers=self._limit() + 1,
+            # + 1: a settle check; + 1: a thread writing outcomes after its Posted
+            self.executor = ThreadPoolExecutor(max_workers=self._limit() + 2,
                                                thread_name_prefix="deliver")
         return self.executor
 
@@ -251,8 +293,13 @@ class Callbacks:
                 if host:
                     self.busy[done.event_id] = ""     # the slot is free, the record not
                     self._free(host)
+                self.tasks -= 1                       # and the thread
+                self.writing += 1
                 continue
-            self.tasks -= 1
+            if done.task:
+                self.tasks -= 1
+            else:
+                self.writing -= len(done.records)
             for event_id, rec in done.records:
                 host = self.busy.pop(event_id, "")
                 self.requests.pop(event_id, None)
@@ -265,12 +312,11 @@ class Callbacks:
             if done.error is not None:
                 raise done.error
             self.progress = self.progress or bool(done.records)
-            if done.result is not None and done.records:
-                _, rec = done.records[0]
+            for (_, rec), result in zip(done.records, done.results, strict=False):
                 if rec is not None:
                     self.log.info("delivery try", event_id=rec["id"], url=rec["url"],
-                                  attempts=rec["attempts"], outcome=done.result.outcome,
-                                  error=done.result.error, state=rec["state"],
+                                  attempts=rec["attempts"], outcome=result.outcome,
+                                  error=result.error, state=rec["state"],
                                   next_attempt_at=rec["next_attempt_at"])
 
     def _free(self, host: str) -> None:
@@ -295,7 +341,7 @@ class Callbacks:
         """At stop: wait up to `grace` seconds for the tries in flight to end (their
         records settle; any still in flight after it are tried again at the next start)."""
         deadline = time.monotonic() + grace
-        while self.tasks and time.monotonic() < deadline:
+        while (self.tasks or self.writing) and time.monotonic() < deadline:
             try:
                 done = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -315,27 +361,47 @@ class Callbacks:
 
     def _send(self, rec: dict[str, Any], request: Path | None) -> None:
         """One try: in_flight BEFORE the POST, the outcome durable after it; the
-        receiver's slot is given back as soon as the POST is over (Posted), so the next
-        try to it does not wait for this one's fsyncs (4 POSTs in flight to a receiver,
-        not 4 tries with their records). A retry's
-        in_flight write is durable; a new event's first try writes its record in_flight
-        without fsync, because its request, durable in the inbox, stands for it until the
-        outcome is durable, and only then is dropped (a request that comes back at a power
-        cut finds the record: a no-op). So a first try costs two fsyncs, not four."""
+        receiver's slot and this thread are given back as soon as the POST is over
+        (Posted), so the next try to it does not wait for this one's fsyncs (4 POSTs in
+        flight to a receiver, not 4 tries with their records); the outcome is then
+        written together with the others over by then (`Outcomes`). A retry's in_flight
+        write is durable; a new event's first try writes its record in_flight without
+        fsync, because its request, durable in the inbox, stands for it until the
+        outcome is durable, and only then is dropped (a request that comes back at a
+        power cut finds the record: a no-op). So a first try costs two fsyncs, not four,
+        and the folder's fsync is shared by the outcomes written together."""
         event_id = rec["id"]
         try:
             rec = begin(rec, self.clock.time())
             self.outbox.put(rec, durable=request is None)
             result = attempt(self.transport, rec, secret=self.settings.secret,
                              timeout=self.settings.timeout, now=self.clock.time)
-            self._hand_back(Posted(event_id))   # the next try to this receiver may go
-            rec = finish(rec, result, self.clock.time(), self.settings.retry_schedule)
-            self.outbox.put(rec, moved=rec["state"] in SETTLED_STATES)
-            if request is not None:
-                discard(request)
-            self._hand_back(Done([(event_id, rec)], result))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
             self._hand_back(Done([(event_id, None)], error=exc))
+            return
+        self._hand_back(Posted(event_id))   # the next try to this receiver may go
+        try:
+            rec = finish(rec, result, self.clock.time(), self.settings.retry_schedule)
+            self.outcomes.add(rec, request, result, self._write_outcomes)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            self._hand_back(Done([(event_id, None)], error=exc, task=False))
+
+    def _write_outcomes(self, group: list[tuple[dict[str, Any], Path | None, Result]]
+                        ) -> None:
+        """Write the outcomes of `group` durably (one fsync per folder), then drop the
+        requests of new events; one Done for all. On a failed write none is handed back
+        as written: the files are the truth (_reopen)."""
+        try:
+            self.outbox.put_many([rec for rec, _, _ in group])
+            for _, request, _ in group:
+                if request is not None:
+                    discard(request)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            self._hand_back(Done([(rec["id"], None) for rec, _, _ in group], error=exc,
+                                 task=False))
+            return
+        self._hand_back(Done([(rec["id"], rec) for rec, _, _ in group],
+                             [result for _, _, result in group], task=False))
 
     def _settle(self, recs: list[dict[str, Any]]) -> None:
         """The settle check of due held batch events, and what it decides, made durable."""
@@ -579,7 +645,7 @@ def _quiesce(state: Callbacks, stop: Callable[[], bool]) -> None:
     """Wait for every try in flight to hand its records back (each thread owns its
     records until then: a rebuilt worker must not hand them out twice); their errors
     are logged, the files are the truth. The threads (idle now) serve the rebuilt one."""
-    while state.tasks and not stop():
+    while (state.tasks or state.writing) and not stop():
         try:
             done = state._done.get(timeout=0.5)
         except queue.Empty:
@@ -602,12 +668,13 @@ def _reopen(state: Callbacks, exc: OSError, retry: WriteRetry, stop: Callable[[]
     state.log.error("a write failed: the outbox is read again from disk",
                     error=str(exc), errno=exc.errno, retry_in_s=retry.delay)
     _quiesce(state, stop)
-    if state.tasks:
+    if state.tasks or state.writing:
         return None                       # stopping with tries in flight: drain them
     while retry.wait(stop):
         fresh = Callbacks(log=state.log, outbox=state.outbox, transport=state.transport,
                           settings=state.settings, clock=state.clock, check=state.check,
                           executor=state.executor, wake=state.wake,
+                          outcomes=state.outcomes,
                           retry_now=True)     # the inbox: taken at once
         try:
             recover(fresh)
