@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,6 +66,7 @@ __all__ = [
     "NAME",
     "PER_HOST",
     "RECHECK",
+    "WRITERS",
     "Callbacks",
     "DirOutbox",
     "Done",
@@ -84,6 +85,10 @@ __all__ = [
 NAME = "callbacks"
 #: At most this many tries in flight to one receiver (scheme://host:port) at once.
 PER_HOST = 4
+#: At most this many threads write outcomes at once (each a group, one folder fsync per
+#: group): a new file's fsync waits for the disk, so one writer alone would hold
+#: deliveries to the disk's latency, not its rate.
+WRITERS = 2
 #: A held batch event whose batch is not terminal in the queue yet is checked again after
 #: this many seconds (at most `batch_settle`).
 RECHECK = 0.5
@@ -106,43 +111,52 @@ class Done:
 @dataclass(frozen=True)
 class Posted:
     """What a sending thread says once its POST is over (answered, failed or timed out):
-    the receiver's slot and the thread are free for the next try, while the record (the
-    outcome's durable write still to come) stays owned, by `Outcomes`, until its Done."""
+    the record (the outcome's durable write still to come) stays owned, by `Outcomes`,
+    until its Done. `next`: the try the thread took from its receiver's lane, which
+    inherits the receiver's slot and the thread; None: the slot and the thread are free."""
 
     event_id: str
+    next: str | None = None
+
+
+#: One try's outcome waiting to be written: the record, the request of a new event, the result.
+Outcome = tuple[dict[str, Any], Path | None, Result]
 
 
 class Outcomes:
     """The outcomes of tries whose POSTs are over, written together (group commit).
 
-    A thread whose POST is over adds its record's outcome; if no thread is writing, it
-    becomes the writer: it takes every outcome added so far, writes them all durably
-    with one folder fsync (Outbox.put_many), drops the requests of new events, hands them
-    back in one Done, and goes on while outcomes came meanwhile. So outcomes that finish
-    together share their fsyncs and one wake-up of the main loop, and at most one thread
-    at a time writes them (fewer threads taking turns at the interpreter)."""
+    A thread whose POST is over adds its record's outcome; if no thread is writing, one
+    becomes the writer (the adding thread itself when it has no next try, else a pool
+    thread): it takes every outcome added so far, writes them all durably with one folder
+    fsync (Outbox.put_many), drops the requests of new events, hands them back in one
+    Done, and goes on while outcomes came meanwhile. So outcomes that finish together
+    share their fsyncs and one wake-up of the main loop, and at most one thread at a time
+    writes them (fewer threads taking turns at the interpreter)."""
 
-    def __init__(self) -> None:
+    def __init__(self, writers: int = 1) -> None:
         self._lock = threading.Lock()
-        self._todo: list[tuple[dict[str, Any], Path | None, Result]] = []
-        self._writing = False
+        self._todo: list[Outcome] = []
+        self.most = writers
+        self._writers = 0
 
-    def add(self, rec: dict[str, Any], request: Path | None, result: Result,
-            write: Callable[[list[tuple[dict[str, Any], Path | None, Result]]], None]
-            ) -> None:
-        """Queue one outcome; write it (and all others queued) unless a writer runs."""
+    def add(self, item: Outcome) -> bool:
+        """Queue one outcome; True: fewer than `most` writers run, the caller must start
+        one (`take` until it gives nothing)."""
         with self._lock:
-            self._todo.append((rec, request, result))
-            if self._writing:
-                return
-            self._writing = True
-        while True:
-            with self._lock:
-                group, self._todo = self._todo, []
-                if not group:
-                    self._writing = False
-                    return
-            write(group)
+            self._todo.append(item)
+            if self._writers >= self.most:
+                return False
+            self._writers += 1
+            return True
+
+    def take(self) -> list[Outcome]:
+        """A writer's next group: every outcome queued; [] (the writer ends) if none."""
+        with self._lock:
+            group, self._todo = self._todo, []
+            if not group:
+                self._writers -= 1
+            return group
 
 
 def _no_check(recs: Sequence[dict[str, Any]]) -> dict[str, Verdict]:
@@ -182,7 +196,7 @@ class Callbacks:
     tasks: int = 0                  # tries (until their POST is over) and checks out
     writing: int = 0                # tries whose POST is over, their outcome not back yet
     #: The outcomes of tries written together (shared by a rebuilt worker, as the pool).
-    outcomes: Outcomes = field(default_factory=Outcomes)
+    outcomes: Outcomes = field(default_factory=lambda: Outcomes(WRITERS))
     _heap: list[tuple[float, str, int, str]] = field(default_factory=list)
     _gen: dict[str, int] = field(default_factory=dict)
     #: Due tries whose receiver is at its limit, a heap per receiver: one goes back to
@@ -191,6 +205,15 @@ class Callbacks:
     _hosts: Counter[str] = field(default_factory=Counter)
     _host_of: dict[str, str] = field(default_factory=dict)      # event id -> receiver
     _done: queue.SimpleQueue[Done | Posted] = field(default_factory=queue.SimpleQueue)
+    #: Tries handed to a receiver whose PER_HOST slots are taken, at most PER_HOST per
+    #: receiver (more are parked): the next thread whose POST to it is over takes one at
+    #: once, with its slot, without a trip through the main loop. The threads take from
+    #: them under _lane_lock; `_queued` and `_lane_n` are the main thread's account.
+    _lanes: dict[str, deque[tuple[dict[str, Any], Path | None]]] = field(
+        default_factory=dict)
+    _lane_lock: threading.Lock = field(default_factory=threading.Lock)
+    _queued: dict[str, str] = field(default_factory=dict)        # event id -> receiver
+    _lane_n: Counter[str] = field(default_factory=Counter)
 
     # -- the schedule (main thread) ---------------------------------------------------------
     def schedule(self, rec: dict[str, Any]) -> None:
@@ -240,15 +263,17 @@ class Callbacks:
     # -- handing out (main thread) ------------------------------------------------------------
     def _pool(self) -> Executor:
         if self.executor is None:
-            # + 1: a settle check; + 1: a thread writing outcomes after its Posted
-            self.executor = ThreadPoolExecutor(max_workers=self._limit() + 2,
+            # + 1: a settle check; + WRITERS: threads writing outcomes after their Posted
+            self.executor = ThreadPoolExecutor(max_workers=self._limit() + 1 + WRITERS,
                                                thread_name_prefix="deliver")
         return self.executor
 
     def dispatch(self) -> int:
         """Hand every due try to a thread while slots are free (at most PER_HOST per
-        receiver; a try whose receiver is full waits for one of its tries to end); due held
-        batch events go, together, to one settle check. How many tries started."""
+        receiver; a try whose receiver is full goes to its lane, taken by the next thread
+        whose POST to it is over, or, the lane full too, waits for one of its tries to
+        end); due held batch events go, together, to one settle check. How many tries
+        started."""
         now = self.clock.time()
         heap, started, checks = self._heap, 0, []
         per_host = min(PER_HOST, self._limit())
@@ -263,13 +288,22 @@ class Callbacks:
                 continue
             host = self._host_of[event_id]
             if self._hosts[host] >= per_host:
-                heapq.heappush(self._parked.setdefault(host, []), item)
+                if self._lane_n[host] < per_host:
+                    del self.pending[event_id]
+                    self.busy[event_id] = host
+                    self._queued[event_id] = host
+                    self._lane_n[host] += 1
+                    with self._lane_lock:
+                        self._lanes.setdefault(host, deque()).append(
+                            (rec, self.requests.get(event_id)))
+                else:
+                    heapq.heappush(self._parked.setdefault(host, []), item)
                 continue
             del self.pending[event_id]
             self.busy[event_id] = host
             self._hosts[host] += 1
             self.tasks += 1
-            self._pool().submit(self._send, rec, self.requests.get(event_id))
+            self._pool().submit(self._send, rec, self.requests.get(event_id), host)
             started += 1
         if checks:
             for rec in checks:
@@ -291,10 +325,15 @@ class Callbacks:
             if isinstance(done, Posted):
                 host = self.busy.get(done.event_id, "")
                 if host:
-                    self.busy[done.event_id] = ""     # the slot is free, the record not
-                    self._free(host)
-                self.tasks -= 1                       # and the thread
+                    self.busy[done.event_id] = ""     # the record is not free yet
                 self.writing += 1
+                if done.next is not None:             # the slot and the thread go on
+                    if self._queued.pop(done.next, None) is not None:
+                        self._lane_n[host] -= 1
+                    continue
+                if host:
+                    self._free(host)                  # the slot is free
+                self.tasks -= 1                       # and the thread
                 continue
             if done.task:
                 self.tasks -= 1
@@ -320,11 +359,38 @@ class Callbacks:
                                   next_attempt_at=rec["next_attempt_at"])
 
     def _free(self, host: str) -> None:
-        """A try to `host` is no longer in flight: one slot less, a parked try due."""
+        """A try to `host` is no longer in flight: one slot less; the tries in its lane
+        (a thread found it empty just before main added them) go back to the schedule,
+        due now, and a parked try is due."""
         self._hosts[host] -= 1
         if not self._hosts[host]:
             del self._hosts[host]
+        for rec, _ in self._unqueue(host):
+            self.schedule(rec)
         self._unpark(host)
+
+    def _unqueue(self, host: str | None = None) -> list[tuple[dict[str, Any], Path | None]]:
+        """Take back the tries no thread took from `host`'s lane (every lane: None); they
+        are the main thread's again (not busy, not scheduled)."""
+        with self._lane_lock:
+            lanes = [self._lanes.pop(host, deque())] if host is not None else \
+                list(self._lanes.values())
+            if host is None:
+                self._lanes.clear()
+            items = [item for lane in lanes for item in lane]
+        for rec, _ in items:
+            event_id = rec["id"]
+            self.busy.pop(event_id, None)
+            got = self._queued.pop(event_id, None)
+            if got is not None:
+                self._lane_n[got] -= 1
+        return items
+
+    def _take_next(self, host: str) -> tuple[dict[str, Any], Path | None] | None:
+        """On a sending thread: the next try in `host`'s lane, or None."""
+        with self._lane_lock:
+            lane = self._lanes.get(host)
+            return lane.popleft() if lane else None
 
     def _unpark(self, host: str) -> None:
         """A try to `host` ended: its earliest parked try (still valid) is due again."""
@@ -341,6 +407,7 @@ class Callbacks:
         """At stop: wait up to `grace` seconds for the tries in flight to end (their
         records settle; any still in flight after it are tried again at the next start)."""
         deadline = time.monotonic() + grace
+        self._unqueue()                 # not tried now: their files say what they are
         while (self.tasks or self.writing) and time.monotonic() < deadline:
             try:
                 done = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -355,39 +422,64 @@ class Callbacks:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- on a sending thread (each owns the records it was handed) -------------------------
-    def _hand_back(self, done: Done | Posted) -> None:
+    def _hand_back(self, done: Done | Posted, *, wake: bool = True) -> None:
         self._done.put(done)
-        self.wake()
+        if wake:
+            self.wake()
 
-    def _send(self, rec: dict[str, Any], request: Path | None) -> None:
-        """One try: in_flight BEFORE the POST, the outcome durable after it; the
-        receiver's slot and this thread are given back as soon as the POST is over
-        (Posted), so the next try to it does not wait for this one's fsyncs (4 POSTs in
-        flight to a receiver, not 4 tries with their records); the outcome is then
-        written together with the others over by then (`Outcomes`). A retry's in_flight
-        write is durable; a new event's first try writes its record in_flight without
-        fsync, because its request, durable in the inbox, stands for it until the
-        outcome is durable, and only then is dropped (a request that comes back at a
-        power cut finds the record: a no-op). So a first try costs two fsyncs, not four,
-        and the folder's fsync is shared by the outcomes written together."""
-        event_id = rec["id"]
-        try:
-            rec = begin(rec, self.clock.time())
-            self.outbox.put(rec, durable=request is None)
-            result = attempt(self.transport, rec, secret=self.settings.secret,
-                             timeout=self.settings.timeout, now=self.clock.time)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
-            self._hand_back(Done([(event_id, None)], error=exc))
-            return
-        self._hand_back(Posted(event_id))   # the next try to this receiver may go
-        try:
-            rec = finish(rec, result, self.clock.time(), self.settings.retry_schedule)
-            self.outcomes.add(rec, request, result, self._write_outcomes)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
-            self._hand_back(Done([(event_id, None)], error=exc, task=False))
+    def _send(self, rec: dict[str, Any], request: Path | None, host: str) -> None:
+        """Tries to `host`, one after another: in_flight BEFORE the POST, the outcome
+        durable after it. Once a POST is over (Posted) the thread takes the next try from
+        the receiver's lane, if any, with the slot (so a busy receiver's next POST does not
+        wait for a trip through the main loop), or gives the slot and itself back; the
+        outcome is written together with the others over by then (`Outcomes`), never
+        holding up the next POST. A retry's in_flight write is durable; a new event's
+        first try writes its record in_flight without fsync, because its request, durable
+        in the inbox, stands for it until the outcome is durable, and only then is
+        dropped (a request that comes back at a power cut finds the record: a no-op). So
+        a first try costs two fsyncs, not four, and the folder's fsync is shared by the
+        outcomes written together."""
+        while True:
+            event_id = rec["id"]
+            try:
+                rec = begin(rec, self.clock.time())
+                self.outbox.put(rec, durable=request is None)
+                result = attempt(self.transport, rec, secret=self.settings.secret,
+                                 timeout=self.settings.timeout, now=self.clock.time)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+                self._hand_back(Done([(event_id, None)], error=exc))
+                return
+            nxt = self._take_next(host)
+            # the main loop need not wake for a slot handed on: the outcome's Done wakes it
+            self._hand_back(Posted(event_id, None if nxt is None else nxt[0]["id"]),
+                            wake=nxt is None)
+            try:
+                rec = finish(rec, result, self.clock.time(), self.settings.retry_schedule)
+                if self.outcomes.add((rec, request, result)):
+                    if nxt is None:
+                        self._write_loop()              # this thread's task is over
+                    else:
+                        self._write_elsewhere()
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+                self._hand_back(Done([(event_id, None)], error=exc, task=False))
+            if nxt is None:
+                return
+            rec, request = nxt
 
-    def _write_outcomes(self, group: list[tuple[dict[str, Any], Path | None, Result]]
-                        ) -> None:
+    def _write_elsewhere(self) -> None:
+        """Start the writer on a pool thread (this one has a next try); on this one if
+        the pool is shut down (stopping)."""
+        try:
+            self._pool().submit(self._write_loop)
+        except RuntimeError:
+            self._write_loop()
+
+    def _write_loop(self) -> None:
+        """The writer of `Outcomes`: groups until none is left."""
+        while group := self.outcomes.take():
+            self._write_outcomes(group)
+
+    def _write_outcomes(self, group: list[Outcome]) -> None:
         """Write the outcomes of `group` durably (one fsync per folder), then drop the
         requests of new events; one Done for all. On a failed write none is handed back
         as written: the files are the truth (_reopen)."""
@@ -667,6 +759,7 @@ def _reopen(state: Callbacks, exc: OSError, retry: WriteRetry, stop: Callable[[]
     effect was not durable is still in the inbox and is taken again. None at a stop."""
     state.log.error("a write failed: the outbox is read again from disk",
                     error=str(exc), errno=exc.errno, retry_in_s=retry.delay)
+    state._unqueue()                  # the rebuilt worker hands them out again
     _quiesce(state, stop)
     if state.tasks or state.writing:
         return None                       # stopping with tries in flight: drain them
