@@ -41,7 +41,7 @@ from supervisor.runtime import (
     stop_requested,
     until_written,
 )
-from supervisor.state.atomic import discard, quarantine, remove
+from supervisor.state.atomic import quarantine, remove
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import Layout
 from supervisor.state.webhook import (
@@ -484,10 +484,8 @@ class Callbacks:
         requests of new events; one Done for all. On a failed write none is handed back
         as written: the files are the truth (_reopen)."""
         try:
-            self.outbox.put_many([rec for rec, _, _ in group])
-            for _, request, _ in group:
-                if request is not None:
-                    discard(request)
+            self.outbox.put_many([rec for rec, _, _ in group],
+                                 [request for _, request, _ in group if request is not None])
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
             self._hand_back(Done([(rec["id"], None) for rec, _, _ in group], error=exc,
                                  task=False))

@@ -177,10 +177,12 @@ class Outbox(Protocol):
         start removes it)."""
         ...
 
-    def put_many(self, recs: Sequence[dict[str, Any]]) -> None:
+    def put_many(self, recs: Sequence[dict[str, Any]], drop: Sequence[Path] = ()) -> None:
         """Write the outcomes of several tries at once (each record as `put(rec,
         moved=<settled now>)` would from in_flight): every record durable, with one fsync
-        per folder for all of them, before any live copy of a settled one is removed."""
+        per folder for all of them, before any live copy of a settled one is removed and
+        before the requests `drop` (of the new events among them) are removed (neither
+        removal fsynced: a copy or a request that comes back finds the record)."""
         ...
 
     def delete(self, event_id: str) -> None:
@@ -303,7 +305,7 @@ class DirOutbox:
         elif moved:
             remove(self._path(rec["id"], True), fs=self.fs)
 
-    def put_many(self, recs: Sequence[dict[str, Any]]) -> None:
+    def put_many(self, recs: Sequence[dict[str, Any]], drop: Sequence[Path] = ()) -> None:
         items = [(self._path(rec["id"], rec["state"] in SETTLED_STATES), rec) for rec in recs]
         try:
             write_records(DELIVERY, items, fs=self.fs)
@@ -314,6 +316,8 @@ class DirOutbox:
         for rec in recs:
             if rec["state"] in SETTLED_STATES:
                 discard(self._path(rec["id"], False), fs=self.fs)   # the settled copy wins
+        for request in drop:
+            discard(request, fs=self.fs)
 
     def delete(self, event_id: str) -> None:
         remove(self._path(event_id, False), fs=self.fs)

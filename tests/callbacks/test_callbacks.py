@@ -948,6 +948,63 @@ def test_a_power_cut_during_a_first_try_loses_nothing_and_reports_nothing(
     assert {1, 2, 3} <= set(report.recovered_to)     # (pictures 0 and 1 are the same)
 
 
+def _fates(root: str) -> Any:
+    """Restart on `root`: the fate of e1, e2 and e3 (as _fate) and the corrupt count."""
+    state = make(Path(root))
+    state.dispatch = lambda: 0          # type: ignore[method-assign]  # look, do not send
+    _, _, degraded = callbacks.recover(state)
+    take_inbox(Path(root), state)
+    fates = []
+    for event_id in ("e1", "e2", "e3"):
+        rec = state.outbox.get(event_id)
+        fates.append("to send" if event_id in state.requests or event_id in state.pending
+                     else "lost" if rec is None else str(rec["state"]))
+    return (*fates, len(degraded))
+
+
+def test_a_power_cut_during_outcomes_written_together_loses_nothing(
+        tmp_path: Path) -> None:
+    """Three first tries (in_flight records without fsync) whose outcomes are written as
+    one group (Outbox.put_many: every record, then one fsync per folder, then the live
+    copies and the requests removed): e1 and e2 delivered, e3 to be retried (back in
+    outbox/). A cut anywhere leaves each event to be sent (again) or delivered — any
+    mix of them while the group is being written — never lost, never corrupt, and no
+    event is taken as delivered whose record is not."""
+    def setup(root: str) -> None:
+        for event_id in ("e1", "e2", "e3"):
+            hand_over(Path(root), event_id)
+
+    def workload(root: str, fs: CrashFS) -> Iterator[None]:
+        layout = Layout(root)
+        outbox = callbacks.DirOutbox(layout.callbacks_outbox, _log.get("test"),
+                                     done=layout.callbacks_done, fs=fs)
+        outbox.scan()
+        recs = []
+        for event_id in ("e1", "e2", "e3"):
+            req = read_record(REQUEST, layout.inbox("callbacks") / f"{event_id}.json",
+                              owner=False, fs=fs)
+            assert isinstance(req, dict)
+            recs.append(begin(new_delivery(req, T0), T0))
+            outbox.put(recs[-1], durable=False)
+            yield
+        outcomes = [{**recs[0], "state": "delivered", "next_attempt_at": None},
+                    {**recs[1], "state": "delivered", "next_attempt_at": None},
+                    {**recs[2], "state": "pending", "next_attempt_at": iso_now(T0 + 10),
+                     "last_error": "HTTP 503"}]
+        outbox.put_many(outcomes, [layout.inbox("callbacks") / f"{event_id}.json"
+                                   for event_id in ("e1", "e2", "e3")])
+        yield
+
+    sent = ("to send", "to send", "to send", 0)
+    report = explore(tmp_path, setup=setup, workload=workload, recover=_fates,
+                     expected=[sent, sent, sent, sent,
+                               ("delivered", "delivered", "to send", 0)],
+                     partial={4: [("delivered", "to send", "to send", 0),
+                                  ("to send", "delivered", "to send", 0)]},
+                     ignore=lambda rel: rel.startswith("callbacks/inbox/.tmp"))
+    assert 4 in set(report.recovered_to)
+
+
 # -- retention.callbacks: the reaper's prune request ---------------------------------------------
 
 def test_a_prune_request_removes_the_named_settled_records(tmp_path: Path) -> None:
