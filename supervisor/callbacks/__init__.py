@@ -2,10 +2,12 @@
 
 Recovery reads the live outbox (an in_flight record goes back to pending, due now); then
 one loop on the main thread takes the inbox and hands due tries to sending threads (at
-most `callbacks.concurrency` at once, 4 per receiver), each of which owns its record
-until it is settled. A new event waits for its first try as the request the scheduler
-wrote (its record is made by that try's in_flight write). docs/CALLBACKS.md has the
-files, the threads and the crash argument.
+most `callbacks.concurrency` at once, 4 per receiver; a full receiver's next tries wait
+in its lane for the next thread whose POST to it is over), each of which owns its record
+until its POST is over; the outcomes of tries over together are then written as one
+group (`Outcomes`) and handed back. A new event waits for its first try as the request
+the scheduler wrote (its record is made by that try's in_flight write).
+docs/CALLBACKS.md has the files, the threads and the crash argument.
 """
 
 from __future__ import annotations

@@ -510,6 +510,42 @@ def test_concurrency_bounds_the_tries_in_flight(tmp_path: Path,
     assert 2 == gate.most
 
 
+class Held(Executor):
+    """Keeps each submitted call without running it: what was handed out, and in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.calls.append(args)
+        return Future()
+
+
+def test_a_full_receiver_lane_goes_back_to_the_schedule_when_a_slot_frees(
+        tmp_path: Path) -> None:
+    """Six due events to one receiver: 4 tries go to threads, the other 2 wait in the
+    receiver's lane (owned: busy). A thread whose POST is over finds the lane empty (it
+    looked just before they were added) and frees its slot: the lane's tries go back to
+    the schedule, and the next hand-out starts one on the free slot and queues the other
+    again, so no try is left in a lane with no POST to that receiver in flight."""
+    held = Held()
+    state = make(tmp_path, executor=held)
+    for i in range(6):
+        stored(tmp_path, fresh(f"e{i}", T0 - 10 + i))
+    callbacks.recover(state)
+    state.dispatch()
+    assert (["e0", "e1", "e2", "e3"], ["e4", "e5"], 6) == (
+        [args[0]["id"] for args in held.calls], list(state._queued), len(state.busy))
+    state._done.put(callbacks.Posted("e0"))
+    state.reap()
+    assert ([], ["e4", "e5"], 3) == (list(state._queued), sorted(state.pending),
+                                     sum(state._hosts.values()))
+    state.dispatch()
+    assert (["e0", "e1", "e2", "e3", "e4"], ["e5"], 4, 1) == (
+        [args[0]["id"] for args in held.calls], list(state._queued),
+        sum(state._hosts.values()), state.writing)
+
+
 class SlowSettle(callbacks.DirOutbox):
     """A DirOutbox whose outcome writes (settled records) wait until released."""
 
