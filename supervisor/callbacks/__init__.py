@@ -128,13 +128,13 @@ Outcome = tuple[dict[str, Any], Path | None, Result]
 class Outcomes:
     """The outcomes of tries whose POSTs are over, written together (group commit).
 
-    A thread whose POST is over adds its record's outcome; if no thread is writing, one
-    becomes the writer (the adding thread itself when it has no next try, else a pool
+    A thread whose POST is over adds its record's outcome; if fewer than `writers` threads
+    are writing, one becomes a writer (the adding thread itself when it has no next try, else a pool
     thread): it takes every outcome added so far, writes them all durably with one folder
     fsync (Outbox.put_many), drops the requests of new events, hands them back in one
     Done, and goes on while outcomes came meanwhile. So outcomes that finish together
-    share their fsyncs and one wake-up of the main loop, and at most one thread at a time
-    writes them (fewer threads taking turns at the interpreter)."""
+    share their fsyncs and one wake-up of the main loop, and at most `writers` threads at
+    a time write them (fewer threads taking turns at the interpreter than one each)."""
 
     def __init__(self, writers: int = 1) -> None:
         self._lock = threading.Lock()
@@ -383,6 +383,7 @@ class Callbacks:
         for rec, _ in items:
             event_id = rec["id"]
             self.busy.pop(event_id, None)
+            self.retry_now = self.retry_now or event_id in self.deferred
             got = self._queued.pop(event_id, None)
             if got is not None:
                 self._lane_n[got] -= 1

@@ -527,7 +527,8 @@ def test_a_full_receiver_lane_goes_back_to_the_schedule_when_a_slot_frees(
     receiver's lane (owned: busy). A thread whose POST is over finds the lane empty (it
     looked just before they were added) and frees its slot: the lane's tries go back to
     the schedule, and the next hand-out starts one on the free slot and queues the other
-    again, so no try is left in a lane with no POST to that receiver in flight."""
+    again, so no try is left in a lane with no POST to that receiver in flight; a retry
+    that waited for one of them may go now."""
     held = Held()
     state = make(tmp_path, executor=held)
     for i in range(6):
@@ -536,10 +537,11 @@ def test_a_full_receiver_lane_goes_back_to_the_schedule_when_a_slot_frees(
     state.dispatch()
     assert (["e0", "e1", "e2", "e3"], ["e4", "e5"], 6) == (
         [args[0]["id"] for args in held.calls], list(state._queued), len(state.busy))
+    state.deferred.add("e4")            # an operator retry of e4 waited (NotYet)
     state._done.put(callbacks.Posted("e0"))
     state.reap()
-    assert ([], ["e4", "e5"], 3) == (list(state._queued), sorted(state.pending),
-                                     sum(state._hosts.values()))
+    assert ([], ["e4", "e5"], 3, True) == (list(state._queued), sorted(state.pending),
+                                           sum(state._hosts.values()), state.retry_now)
     state.dispatch()
     assert (["e0", "e1", "e2", "e3", "e4"], ["e5"], 4, 1) == (
         [args[0]["id"] for args in held.calls], list(state._queued),
