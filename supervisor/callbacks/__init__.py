@@ -2,10 +2,12 @@
 
 Recovery reads the live outbox (an in_flight record goes back to pending, due now); then
 one loop on the main thread takes the inbox and hands due tries to sending threads (at
-most `callbacks.concurrency` at once, 4 per receiver), each of which owns its record
-until it is settled. A new event waits for its first try as the request the scheduler
-wrote (its record is made by that try's in_flight write). docs/CALLBACKS.md has the
-files, the threads and the crash argument.
+most `callbacks.concurrency` at once, 4 per receiver; a full receiver's next tries wait
+in its lane for the next thread whose POST to it is over), each of which owns its record
+until its POST is over; the outcomes of tries over together are then written as one
+group (`Outcomes`) and handed back. A new event waits for its first try as the request
+the scheduler wrote (its record is made by that try's in_flight write).
+docs/CALLBACKS.md has the files, the threads and the crash argument.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import heapq
 import os
 import queue
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +43,7 @@ from supervisor.runtime import (
     stop_requested,
     until_written,
 )
-from supervisor.state.atomic import discard, quarantine, remove
+from supervisor.state.atomic import quarantine, remove
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.layout import Layout
 from supervisor.state.webhook import (
@@ -65,10 +68,12 @@ __all__ = [
     "NAME",
     "PER_HOST",
     "RECHECK",
+    "WRITERS",
     "Callbacks",
     "DirOutbox",
     "Done",
     "Outbox",
+    "Outcomes",
     "Posted",
     "handle_deliver",
     "handle_prune",
@@ -82,6 +87,10 @@ __all__ = [
 NAME = "callbacks"
 #: At most this many tries in flight to one receiver (scheme://host:port) at once.
 PER_HOST = 4
+#: At most this many threads write outcomes at once (each a group, one folder fsync per
+#: group): a new file's fsync waits for the disk, so one writer alone would hold
+#: deliveries to the disk's latency, not its rate.
+WRITERS = 2
 #: A held batch event whose batch is not terminal in the queue yet is checked again after
 #: this many seconds (at most `batch_settle`).
 RECHECK = 0.5
@@ -89,22 +98,67 @@ RECHECK = 0.5
 
 @dataclass
 class Done:
-    """What a sending thread hands back: each record it owned as it is now on disk (None:
-    removed), the try's result (None for a settle check), or the error that stopped it."""
+    """What a thread hands back: each record it owned as it is now on disk (None:
+    removed), the tries' results (none for a settle check), or the error that stopped
+    it. `task`: it ends a task (a settle check, a try that never POSTed); the outcomes
+    of tries written together (`Outcomes`) end none: their threads ended at Posted."""
 
     records: list[tuple[str, dict[str, Any] | None]]
-    result: Result | None = None
+    results: list[Result] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)     # held events the check released
     error: BaseException | None = None
+    task: bool = True
 
 
 @dataclass(frozen=True)
 class Posted:
     """What a sending thread says once its POST is over (answered, failed or timed out):
-    the receiver's slot is free for the next try to it, while the record (the outcome's
-    durable write still to come) stays the thread's until its Done."""
+    the record (the outcome's durable write still to come) stays owned, by `Outcomes`,
+    until its Done. `next`: the try the thread took from its receiver's lane, which
+    inherits the receiver's slot and the thread; None: the slot and the thread are free."""
 
     event_id: str
+    next: str | None = None
+
+
+#: One try's outcome waiting to be written: the record, the request of a new event, the result.
+Outcome = tuple[dict[str, Any], Path | None, Result]
+
+
+class Outcomes:
+    """The outcomes of tries whose POSTs are over, written together (group commit).
+
+    A thread whose POST is over adds its record's outcome; if fewer than `writers` threads
+    are writing, one becomes a writer (the adding thread itself when it has no next try, else a pool
+    thread): it takes every outcome added so far, writes them all durably with one folder
+    fsync (Outbox.put_many), drops the requests of new events, hands them back in one
+    Done, and goes on while outcomes came meanwhile. So outcomes that finish together
+    share their fsyncs and one wake-up of the main loop, and at most `writers` threads at
+    a time write them (fewer threads taking turns at the interpreter than one each)."""
+
+    def __init__(self, writers: int = 1) -> None:
+        self._lock = threading.Lock()
+        self._todo: list[Outcome] = []
+        self.most = writers
+        self._writers = 0
+
+    def add(self, item: Outcome) -> bool:
+        """Queue one outcome; True: fewer than `most` writers run, the caller must start
+        one (`take` until it gives nothing)."""
+        with self._lock:
+            self._todo.append(item)
+            if self._writers >= self.most:
+                return False
+            self._writers += 1
+            return True
+
+    def take(self) -> list[Outcome]:
+        """A writer's next group: every outcome queued; [] (the writer ends) if none."""
+        with self._lock:
+            group, self._todo = self._todo, []
+            if not group:
+                self._writers -= 1
+            return group
 
 
 def _no_check(recs: Sequence[dict[str, Any]]) -> dict[str, Verdict]:
@@ -141,7 +195,10 @@ class Callbacks:
     #: New events with no record yet: event id -> their request in the inbox, which stays
     #: there (the durable form of the event) until the first try's in_flight write.
     requests: dict[str, Path] = field(default_factory=dict)
-    tasks: int = 0                                       # tries and checks handed out
+    tasks: int = 0                  # tries (until their POST is over) and checks out
+    writing: int = 0                # tries whose POST is over, their outcome not back yet
+    #: The outcomes of tries written together (shared by a rebuilt worker, as the pool).
+    outcomes: Outcomes = field(default_factory=lambda: Outcomes(WRITERS))
     _heap: list[tuple[float, str, int, str]] = field(default_factory=list)
     _gen: dict[str, int] = field(default_factory=dict)
     #: Due tries whose receiver is at its limit, a heap per receiver: one goes back to
@@ -150,6 +207,15 @@ class Callbacks:
     _hosts: Counter[str] = field(default_factory=Counter)
     _host_of: dict[str, str] = field(default_factory=dict)      # event id -> receiver
     _done: queue.SimpleQueue[Done | Posted] = field(default_factory=queue.SimpleQueue)
+    #: Tries handed to a receiver whose PER_HOST slots are taken, at most PER_HOST per
+    #: receiver (more are parked): the next thread whose POST to it is over takes one at
+    #: once, with its slot, without a trip through the main loop. The threads take from
+    #: them under _lane_lock; `_queued` and `_lane_n` are the main thread's account.
+    _lanes: dict[str, deque[tuple[dict[str, Any], Path | None]]] = field(
+        default_factory=dict)
+    _lane_lock: threading.Lock = field(default_factory=threading.Lock)
+    _queued: dict[str, str] = field(default_factory=dict)        # event id -> receiver
+    _lane_n: Counter[str] = field(default_factory=Counter)
 
     # -- the schedule (main thread) ---------------------------------------------------------
     def schedule(self, rec: dict[str, Any]) -> None:
@@ -199,14 +265,17 @@ class Callbacks:
     # -- handing out (main thread) ------------------------------------------------------------
     def _pool(self) -> Executor:
         if self.executor is None:
-            self.executor = ThreadPoolExecutor(max_workers=self._limit() + 1,
+            # + 1: a settle check; + WRITERS: threads writing outcomes after their Posted
+            self.executor = ThreadPoolExecutor(max_workers=self._limit() + 1 + WRITERS,
                                                thread_name_prefix="deliver")
         return self.executor
 
     def dispatch(self) -> int:
         """Hand every due try to a thread while slots are free (at most PER_HOST per
-        receiver; a try whose receiver is full waits for one of its tries to end); due held
-        batch events go, together, to one settle check. How many tries started."""
+        receiver; a try whose receiver is full goes to its lane, taken by the next thread
+        whose POST to it is over, or, the lane full too, waits for one of its tries to
+        end); due held batch events go, together, to one settle check. How many tries
+        started."""
         now = self.clock.time()
         heap, started, checks = self._heap, 0, []
         per_host = min(PER_HOST, self._limit())
@@ -221,13 +290,22 @@ class Callbacks:
                 continue
             host = self._host_of[event_id]
             if self._hosts[host] >= per_host:
-                heapq.heappush(self._parked.setdefault(host, []), item)
+                if self._lane_n[host] < per_host:
+                    del self.pending[event_id]
+                    self.busy[event_id] = host
+                    self._queued[event_id] = host
+                    self._lane_n[host] += 1
+                    with self._lane_lock:
+                        self._lanes.setdefault(host, deque()).append(
+                            (rec, self.requests.get(event_id)))
+                else:
+                    heapq.heappush(self._parked.setdefault(host, []), item)
                 continue
             del self.pending[event_id]
             self.busy[event_id] = host
             self._hosts[host] += 1
             self.tasks += 1
-            self._pool().submit(self._send, rec, self.requests.get(event_id))
+            self._pool().submit(self._send, rec, self.requests.get(event_id), host)
             started += 1
         if checks:
             for rec in checks:
@@ -249,10 +327,20 @@ class Callbacks:
             if isinstance(done, Posted):
                 host = self.busy.get(done.event_id, "")
                 if host:
-                    self.busy[done.event_id] = ""     # the slot is free, the record not
-                    self._free(host)
+                    self.busy[done.event_id] = ""     # the record is not free yet
+                self.writing += 1
+                if done.next is not None:             # the slot and the thread go on
+                    if self._queued.pop(done.next, None) is not None:
+                        self._lane_n[host] -= 1
+                    continue
+                if host:
+                    self._free(host)                  # the slot is free
+                self.tasks -= 1                       # and the thread
                 continue
-            self.tasks -= 1
+            if done.task:
+                self.tasks -= 1
+            else:
+                self.writing -= len(done.records)
             for event_id, rec in done.records:
                 host = self.busy.pop(event_id, "")
                 self.requests.pop(event_id, None)
@@ -265,20 +353,47 @@ class Callbacks:
             if done.error is not None:
                 raise done.error
             self.progress = self.progress or bool(done.records)
-            if done.result is not None and done.records:
-                _, rec = done.records[0]
+            for (_, rec), result in zip(done.records, done.results, strict=False):
                 if rec is not None:
                     self.log.info("delivery try", event_id=rec["id"], url=rec["url"],
-                                  attempts=rec["attempts"], outcome=done.result.outcome,
-                                  error=done.result.error, state=rec["state"],
+                                  attempts=rec["attempts"], outcome=result.outcome,
+                                  error=result.error, state=rec["state"],
                                   next_attempt_at=rec["next_attempt_at"])
 
     def _free(self, host: str) -> None:
-        """A try to `host` is no longer in flight: one slot less, a parked try due."""
+        """A try to `host` is no longer in flight: one slot less; the tries in its lane
+        (a thread found it empty just before main added them) go back to the schedule,
+        due now, and a parked try is due."""
         self._hosts[host] -= 1
         if not self._hosts[host]:
             del self._hosts[host]
+        for rec, _ in self._unqueue(host):
+            self.schedule(rec)
         self._unpark(host)
+
+    def _unqueue(self, host: str | None = None) -> list[tuple[dict[str, Any], Path | None]]:
+        """Take back the tries no thread took from `host`'s lane (every lane: None); they
+        are the main thread's again (not busy, not scheduled)."""
+        with self._lane_lock:
+            lanes = [self._lanes.pop(host, deque())] if host is not None else \
+                list(self._lanes.values())
+            if host is None:
+                self._lanes.clear()
+            items = [item for lane in lanes for item in lane]
+        for rec, _ in items:
+            event_id = rec["id"]
+            self.busy.pop(event_id, None)
+            self.retry_now = self.retry_now or event_id in self.deferred
+            got = self._queued.pop(event_id, None)
+            if got is not None:
+                self._lane_n[got] -= 1
+        return items
+
+    def _take_next(self, host: str) -> tuple[dict[str, Any], Path | None] | None:
+        """On a sending thread: the next try in `host`'s lane, or None."""
+        with self._lane_lock:
+            lane = self._lanes.get(host)
+            return lane.popleft() if lane else None
 
     def _unpark(self, host: str) -> None:
         """A try to `host` ended: its earliest parked try (still valid) is due again."""
@@ -295,7 +410,8 @@ class Callbacks:
         """At stop: wait up to `grace` seconds for the tries in flight to end (their
         records settle; any still in flight after it are tried again at the next start)."""
         deadline = time.monotonic() + grace
-        while self.tasks and time.monotonic() < deadline:
+        self._unqueue()                 # not tried now: their files say what they are
+        while (self.tasks or self.writing) and time.monotonic() < deadline:
             try:
                 done = self._done.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -309,33 +425,76 @@ class Callbacks:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- on a sending thread (each owns the records it was handed) -------------------------
-    def _hand_back(self, done: Done | Posted) -> None:
+    def _hand_back(self, done: Done | Posted, *, wake: bool = True) -> None:
         self._done.put(done)
-        self.wake()
+        if wake:
+            self.wake()
 
-    def _send(self, rec: dict[str, Any], request: Path | None) -> None:
-        """One try: in_flight BEFORE the POST, the outcome durable after it; the
-        receiver's slot is given back as soon as the POST is over (Posted), so the next
-        try to it does not wait for this one's fsyncs (4 POSTs in flight to a receiver,
-        not 4 tries with their records). A retry's
-        in_flight write is durable; a new event's first try writes its record in_flight
-        without fsync, because its request, durable in the inbox, stands for it until the
-        outcome is durable, and only then is dropped (a request that comes back at a power
-        cut finds the record: a no-op). So a first try costs two fsyncs, not four."""
-        event_id = rec["id"]
+    def _send(self, rec: dict[str, Any], request: Path | None, host: str) -> None:
+        """Tries to `host`, one after another: in_flight BEFORE the POST, the outcome
+        durable after it. Once a POST is over (Posted) the thread takes the next try from
+        the receiver's lane, if any, with the slot (so a busy receiver's next POST does not
+        wait for a trip through the main loop), or gives the slot and itself back; the
+        outcome is written together with the others over by then (`Outcomes`), never
+        holding up the next POST. A retry's in_flight write is durable; a new event's
+        first try writes its record in_flight without fsync, because its request, durable
+        in the inbox, stands for it until the outcome is durable, and only then is
+        dropped (a request that comes back at a power cut finds the record: a no-op). So
+        a first try costs two fsyncs, not four, and the folder's fsync is shared by the
+        outcomes written together."""
+        while True:
+            event_id = rec["id"]
+            try:
+                rec = begin(rec, self.clock.time())
+                self.outbox.put(rec, durable=request is None)
+                result = attempt(self.transport, rec, secret=self.settings.secret,
+                                 timeout=self.settings.timeout, now=self.clock.time)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+                self._hand_back(Done([(event_id, None)], error=exc))
+                return
+            nxt = self._take_next(host)
+            # the main loop need not wake for a slot handed on: the outcome's Done wakes it
+            self._hand_back(Posted(event_id, None if nxt is None else nxt[0]["id"]),
+                            wake=nxt is None)
+            try:
+                rec = finish(rec, result, self.clock.time(), self.settings.retry_schedule)
+                if self.outcomes.add((rec, request, result)):
+                    if nxt is None:
+                        self._write_loop()              # this thread's task is over
+                    else:
+                        self._write_elsewhere()
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+                self._hand_back(Done([(event_id, None)], error=exc, task=False))
+            if nxt is None:
+                return
+            rec, request = nxt
+
+    def _write_elsewhere(self) -> None:
+        """Start the writer on a pool thread (this one has a next try); on this one if
+        the pool is shut down (stopping)."""
         try:
-            rec = begin(rec, self.clock.time())
-            self.outbox.put(rec, durable=request is None)
-            result = attempt(self.transport, rec, secret=self.settings.secret,
-                             timeout=self.settings.timeout, now=self.clock.time)
-            self._hand_back(Posted(event_id))   # the next try to this receiver may go
-            rec = finish(rec, result, self.clock.time(), self.settings.retry_schedule)
-            self.outbox.put(rec, moved=rec["state"] in SETTLED_STATES)
-            if request is not None:
-                discard(request)
-            self._hand_back(Done([(event_id, rec)], result))
+            self._pool().submit(self._write_loop)
+        except RuntimeError:
+            self._write_loop()
+
+    def _write_loop(self) -> None:
+        """The writer of `Outcomes`: groups until none is left."""
+        while group := self.outcomes.take():
+            self._write_outcomes(group)
+
+    def _write_outcomes(self, group: list[Outcome]) -> None:
+        """Write the outcomes of `group` durably (one fsync per folder), then drop the
+        requests of new events; one Done for all. On a failed write none is handed back
+        as written: the files are the truth (_reopen)."""
+        try:
+            self.outbox.put_many([rec for rec, _, _ in group],
+                                 [request for _, request, _ in group if request is not None])
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
-            self._hand_back(Done([(event_id, None)], error=exc))
+            self._hand_back(Done([(rec["id"], None) for rec, _, _ in group], error=exc,
+                                 task=False))
+            return
+        self._hand_back(Done([(rec["id"], rec) for rec, _, _ in group],
+                             [result for _, _, result in group], task=False))
 
     def _settle(self, recs: list[dict[str, Any]]) -> None:
         """The settle check of due held batch events, and what it decides, made durable."""
@@ -579,7 +738,7 @@ def _quiesce(state: Callbacks, stop: Callable[[], bool]) -> None:
     """Wait for every try in flight to hand its records back (each thread owns its
     records until then: a rebuilt worker must not hand them out twice); their errors
     are logged, the files are the truth. The threads (idle now) serve the rebuilt one."""
-    while state.tasks and not stop():
+    while (state.tasks or state.writing) and not stop():
         try:
             done = state._done.get(timeout=0.5)
         except queue.Empty:
@@ -601,13 +760,15 @@ def _reopen(state: Callbacks, exc: OSError, retry: WriteRetry, stop: Callable[[]
     effect was not durable is still in the inbox and is taken again. None at a stop."""
     state.log.error("a write failed: the outbox is read again from disk",
                     error=str(exc), errno=exc.errno, retry_in_s=retry.delay)
+    state._unqueue()                  # the rebuilt worker hands them out again
     _quiesce(state, stop)
-    if state.tasks:
+    if state.tasks or state.writing:
         return None                       # stopping with tries in flight: drain them
     while retry.wait(stop):
         fresh = Callbacks(log=state.log, outbox=state.outbox, transport=state.transport,
                           settings=state.settings, clock=state.clock, check=state.check,
                           executor=state.executor, wake=state.wake,
+                          outcomes=state.outcomes,
                           retry_now=True)     # the inbox: taken at once
         try:
             recover(fresh)

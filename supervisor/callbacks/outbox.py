@@ -26,7 +26,13 @@ from supervisor.state.atomic import (
 )
 from supervisor.state.clock import parse_iso
 from supervisor.state.fs import FS, REAL
-from supervisor.state.layout import DELIVERY, PRUNED, read_record, write_record
+from supervisor.state.layout import (
+    DELIVERY,
+    PRUNED,
+    read_record,
+    write_record,
+    write_records,
+)
 from supervisor.state.webhook import SETTLED_STATES, delivery_problem, read_pruned
 
 __all__ = ["DirOutbox", "GroupFS", "Outbox", "Scan"]
@@ -171,6 +177,14 @@ class Outbox(Protocol):
         start removes it)."""
         ...
 
+    def put_many(self, recs: Sequence[dict[str, Any]], drop: Sequence[Path] = ()) -> None:
+        """Write the outcomes of several tries at once (each record as `put(rec,
+        moved=<settled now>)` would from in_flight): every record durable, with one fsync
+        per folder for all of them, before any live copy of a settled one is removed and
+        before the requests `drop` (of the new events among them) are removed (neither
+        removal fsynced: a copy or a request that comes back finds the record)."""
+        ...
+
     def delete(self, event_id: str) -> None:
         """Remove a live record (a held batch event superseded before any try)."""
         ...
@@ -290,6 +304,20 @@ class DirOutbox:
             discard(self._path(rec["id"], False), fs=self.fs)    # the settled copy wins
         elif moved:
             remove(self._path(rec["id"], True), fs=self.fs)
+
+    def put_many(self, recs: Sequence[dict[str, Any]], drop: Sequence[Path] = ()) -> None:
+        items = [(self._path(rec["id"], rec["state"] in SETTLED_STATES), rec) for rec in recs]
+        try:
+            write_records(DELIVERY, items, fs=self.fs)
+        except FileNotFoundError:          # the folder is made at start; made again if gone
+            ensure_dir(self.folder, fs=self.fs)
+            ensure_dir(self.done, fs=self.fs)
+            write_records(DELIVERY, items, fs=self.fs)
+        for rec in recs:
+            if rec["state"] in SETTLED_STATES:
+                discard(self._path(rec["id"], False), fs=self.fs)   # the settled copy wins
+        for request in drop:
+            discard(request, fs=self.fs)
 
     def delete(self, event_id: str) -> None:
         remove(self._path(event_id, False), fs=self.fs)

@@ -138,6 +138,37 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
+def _send_head_and_body(conn: http.client.HTTPConnection, message_body: Any,
+                        encode_chunked: bool) -> bool:
+    """The request's head and a bytes body in ONE send (http.client sends them apart:
+    two system calls, each a turn at the interpreter lock, and a small second segment
+    Nagle may hold back); False: not a bytes body, http.client's own way applies."""
+    if not isinstance(message_body, bytes) or encode_chunked:
+        return False
+    buffer: list[bytes] = conn._buffer  # type: ignore[attr-defined]
+    buffer.extend((b"", b""))
+    msg = b"\r\n".join(buffer) + message_body
+    del buffer[:]
+    conn.send(msg)
+    return True
+
+
+class _Http(http.client.HTTPConnection):
+    """http.client's connection, sending a request's head and body at once."""
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        if not _send_head_and_body(self, message_body, encode_chunked):
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+
+
+class _Https(http.client.HTTPSConnection):
+    """http.client's TLS connection, sending a request's head and body at once."""
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        if not _send_head_and_body(self, message_body, encode_chunked):
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+
+
 @dataclass(frozen=True)
 class _Target:
     """Where one URL's request goes: the receiver, the path, and the proxy if any."""
@@ -222,17 +253,15 @@ class HttpTransport:
             if self._tls is None:
                 self._tls = _tls_context()
             if t.proxy is not None:
-                conn = http.client.HTTPSConnection(t.proxy[0], t.proxy[1], timeout=timeout,
-                                                   context=self._tls)
+                conn = _Https(t.proxy[0], t.proxy[1], timeout=timeout, context=self._tls)
                 auth = {"Proxy-Authorization": t.proxy[2]} if t.proxy[2] else None
                 conn.set_tunnel(t.host, t.port, headers=auth)
             else:
-                conn = http.client.HTTPSConnection(t.host, t.port, timeout=timeout,
-                                                   context=self._tls)
+                conn = _Https(t.host, t.port, timeout=timeout, context=self._tls)
         elif t.proxy is not None:
-            conn = http.client.HTTPConnection(t.proxy[0], t.proxy[1], timeout=timeout)
+            conn = _Http(t.proxy[0], t.proxy[1], timeout=timeout)
         else:
-            conn = http.client.HTTPConnection(t.host, t.port, timeout=timeout)
+            conn = _Http(t.host, t.port, timeout=timeout)
         return conn
 
     def _send(self, conn: http.client.HTTPConnection, t: _Target, body: bytes,

@@ -47,6 +47,7 @@ __all__ = [
     "utc_stamp",
     "write_bytes",
     "write_json",
+    "write_many",
 ]
 
 TMP_PREFIX = ".tmp."
@@ -85,16 +86,8 @@ def _tmp_path(path: str) -> str:
     return os.path.join(folder, f"{TMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes, *, fs: FS = REAL,
-                mode: int = 0o644, durable: bool = True) -> None:
-    """Replace `path` with `data` atomically and durably (temp, fsync, rename, fsync dir).
-
-    `durable=False` leaves out both fsyncs: still all or nothing for every process (a
-    reader, a crash of the writer), but a power cut may undo it or leave the file empty
-    or torn. Only for a record whose loss at a power cut another durable file makes good
-    and whose owner recognises the leftover (see docs/CALLBACKS.md: a webhook's first
-    try, whose request stays in the inbox until the outcome is durable)."""
-    target = os.fspath(path)
+def _write_file(target: str, data: bytes, *, fs: FS, mode: int, durable: bool) -> None:
+    """Temp file, fsync (if `durable`), rename over `target`; the folder is not fsynced."""
     tmp = _tmp_path(target)
     fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -124,8 +117,36 @@ def write_bytes(path: str | os.PathLike[str], data: bytes, *, fs: FS = REAL,
         except OSError:
             pass
         raise
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes, *, fs: FS = REAL,
+                mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `data` atomically and durably (temp, fsync, rename, fsync dir).
+
+    `durable=False` leaves out both fsyncs: still all or nothing for every process (a
+    reader, a crash of the writer), but a power cut may undo it or leave the file empty
+    or torn. Only for a record whose loss at a power cut another durable file makes good
+    and whose owner recognises the leftover (see docs/CALLBACKS.md: a webhook's first
+    try, whose request stays in the inbox until the outcome is durable)."""
+    target = os.fspath(path)
+    _write_file(target, data, fs=fs, mode=mode, durable=durable)
     if durable:
         fs.fsync_dir(os.path.dirname(target) or ".")
+
+
+def write_many(items: list[tuple[str | os.PathLike[str], bytes]], *, fs: FS = REAL,
+               mode: int = 0o644) -> None:
+    """Replace each path with its data atomically and durably, as `write_bytes` does each
+    (temp, fsync, rename), with one fsync per folder after all its renames instead of one
+    per file: every file is durable when this returns. A crash (power cut) before the
+    folder fsync may undo any of the renames, each file whole: its old content or none."""
+    folders: dict[str, None] = {}
+    for path, data in items:
+        target = os.fspath(path)
+        _write_file(target, data, fs=fs, mode=mode, durable=True)
+        folders[os.path.dirname(target) or "."] = None
+    for folder in folders:
+        fs.fsync_dir(folder)
 
 
 def dump_json(obj: Any) -> bytes:

@@ -47,7 +47,15 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import OPTIONAL_WORKERS, WORKER_NAMES
-from supervisor.state.atomic import Corrupt, Missing, ensure_dir, read_json, write_json
+from supervisor.state.atomic import (
+    Corrupt,
+    Missing,
+    dump_json,
+    ensure_dir,
+    read_json,
+    write_json,
+    write_many,
+)
 from supervisor.state.fs import FS, REAL
 
 __all__ = [
@@ -80,6 +88,7 @@ __all__ = [
     "read_record",
     "send_request",
     "write_record",
+    "write_records",
 ]
 
 @dataclass(frozen=True)
@@ -173,6 +182,19 @@ def write_record(kind: RecordKind, path: str | os.PathLike[str], data: dict[str,
     body["schema"] = kind.schema
     body["v"] = kind.version
     write_json(path, body, fs=fs, mode=mode, durable=durable)
+
+
+def write_records(kind: RecordKind, items: list[tuple[Path, dict[str, Any]]], *,
+                  fs: FS = REAL) -> None:
+    """Write several records of `kind` atomically and durably, one folder fsync per
+    folder for all of them (atomic.write_many): each is durable when this returns."""
+    out: list[tuple[str | os.PathLike[str], bytes]] = []
+    for path, data in items:
+        body = dict(data)
+        body["schema"] = kind.schema
+        body["v"] = kind.version
+        out.append((path, dump_json(body)))
+    write_many(out, fs=fs)
 
 
 def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -467,7 +467,8 @@ def test_a_hanging_receiver_does_not_hold_back_another(tmp_path: Path,
                                                        pool: ThreadPoolExecutor) -> None:
     """Real threads: five events to a receiver that hangs, then one to a fast receiver;
     the fast one is delivered while the slow ones are still held, and only 4 tries to the
-    slow receiver are in flight at once (the per-host limit)."""
+    slow receiver are in flight at once (the per-host limit): the fifth waits in the
+    receiver's lane and goes when one of the four is over."""
     gate = Gate("http://127.0.0.1:9/")
     state = make(tmp_path, executor=pool)
     state.transport = MockTransport(gate)
@@ -479,9 +480,9 @@ def test_a_hanging_receiver_does_not_hold_back_another(tmp_path: Path,
         assert 5 == state.dispatch()
         until("the fast delivery", lambda: where(tmp_path, "fast") == ["done"])
         until("4 slow tries held", lambda: gate.holding == 4)
-        assert ("in_flight", ["slow4"], 4) == (
-            on_disk(tmp_path, "slow0")["state"], list(state.pending),
-            sum(1 for host in state.busy.values() if host.endswith(":9")))
+        assert ("in_flight", [], ["slow4"], 4) == (
+            on_disk(tmp_path, "slow0")["state"], list(state.pending), list(state._queued),
+            sum(n for host, n in state._hosts.items() if host.endswith(":9")))
     finally:
         gate.release.set()
     until("every delivery", lambda: (state.reap(), state.dispatch(),
@@ -509,25 +510,63 @@ def test_concurrency_bounds_the_tries_in_flight(tmp_path: Path,
     assert 2 == gate.most
 
 
+class Held(Executor):
+    """Keeps each submitted call without running it: what was handed out, and in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.calls.append(args)
+        return Future()
+
+
+def test_a_full_receiver_lane_goes_back_to_the_schedule_when_a_slot_frees(
+        tmp_path: Path) -> None:
+    """Six due events to one receiver: 4 tries go to threads, the other 2 wait in the
+    receiver's lane (owned: busy). A thread whose POST is over finds the lane empty (it
+    looked just before they were added) and frees its slot: the lane's tries go back to
+    the schedule, and the next hand-out starts one on the free slot and queues the other
+    again, so no try is left in a lane with no POST to that receiver in flight; a retry
+    that waited for one of them may go now."""
+    held = Held()
+    state = make(tmp_path, executor=held)
+    for i in range(6):
+        stored(tmp_path, fresh(f"e{i}", T0 - 10 + i))
+    callbacks.recover(state)
+    state.dispatch()
+    assert (["e0", "e1", "e2", "e3"], ["e4", "e5"], 6) == (
+        [args[0]["id"] for args in held.calls], list(state._queued), len(state.busy))
+    state.deferred.add("e4")            # an operator retry of e4 waited (NotYet)
+    state._done.put(callbacks.Posted("e0"))
+    state.reap()
+    assert ([], ["e4", "e5"], 3, True) == (list(state._queued), sorted(state.pending),
+                                           sum(state._hosts.values()), state.retry_now)
+    state.dispatch()
+    assert (["e0", "e1", "e2", "e3", "e4"], ["e5"], 4, 1) == (
+        [args[0]["id"] for args in held.calls], list(state._queued),
+        sum(state._hosts.values()), state.writing)
+
+
 class SlowSettle(callbacks.DirOutbox):
     """A DirOutbox whose outcome writes (settled records) wait until released."""
 
     release = threading.Event()
     waiting = 0
 
-    def put(self, rec: dict[str, Any], *, moved: bool = False, durable: bool = True) -> None:
-        if rec["state"] in ("delivered", "failed"):
-            type(self).waiting += 1
-            self.release.wait(30)
-        super().put(rec, moved=moved, durable=durable)
+    def put_many(self, recs: Sequence[dict[str, Any]], drop: Sequence[Path] = ()) -> None:
+        type(self).waiting += sum(rec["state"] in ("delivered", "failed") for rec in recs)
+        self.release.wait(30)
+        super().put_many(recs, drop)
 
 
 def test_a_receiver_slot_frees_when_the_post_is_over(tmp_path: Path,
                                                      pool: ThreadPoolExecutor) -> None:
     """Six events to one receiver whose outcome writes are slow: the slot of each try is
     given back once its POST is answered (Posted), so all six POSTs go while the first
-    outcomes are still being written; never more than 4 POSTs in flight to the receiver,
-    and each record stays its thread's (busy) until its outcome is on disk."""
+    outcome is still being written (the others wait to be written with it, by that one
+    writer: no thread is held for them); never more than 4 POSTs in flight to the
+    receiver, and each record stays owned (busy) until its outcome is on disk."""
     gate = Gate("http://127.0.0.1:9/")
     gate.release.set()                           # POSTs answer at once, counted
     state = make(tmp_path, executor=pool)
@@ -543,14 +582,15 @@ def test_a_receiver_slot_frees_when_the_post_is_over(tmp_path: Path,
     try:
         state.dispatch()
         until("six POSTs", lambda: (state.reap(), state.dispatch(),
-                                    len(sent(state)) == 6)[-1])
-        assert (6, 0, True) == (len(state.busy), sum(state._hosts.values()),
-                                SlowSettle.waiting >= 4)
+                                    len(sent(state)) == 6 and state.writing == 6
+                                    and SlowSettle.waiting >= 1)[-1])
+        assert (6, 0, 0) == (len(state.busy), sum(state._hosts.values()), state.tasks)
     finally:
         SlowSettle.release.set()
-    until("every delivery", lambda: (state.reap(), state.dispatch(),
-                                     all(where(tmp_path, f"e{i}") == ["done"]
-                                         for i in range(6)))[-1])
+    until("every delivery handed back", lambda: (state.reap(), state.dispatch(),
+                                                 not state.busy and all(
+                                                     where(tmp_path, f"e{i}") == ["done"]
+                                                     for i in range(6)))[-1])
     assert ({}, {}, True) == (state.busy, dict(state._hosts), gate.most <= 4)
 
 
@@ -945,6 +985,63 @@ def test_a_power_cut_during_a_first_try_loses_nothing_and_reports_nothing(
                                ("delivered", 0)],
                      ignore=lambda rel: rel.startswith("callbacks/inbox/.tmp"))
     assert {1, 2, 3} <= set(report.recovered_to)     # (pictures 0 and 1 are the same)
+
+
+def _fates(root: str) -> Any:
+    """Restart on `root`: the fate of e1, e2 and e3 (as _fate) and the corrupt count."""
+    state = make(Path(root))
+    state.dispatch = lambda: 0          # type: ignore[method-assign]  # look, do not send
+    _, _, degraded = callbacks.recover(state)
+    take_inbox(Path(root), state)
+    fates = []
+    for event_id in ("e1", "e2", "e3"):
+        rec = state.outbox.get(event_id)
+        fates.append("to send" if event_id in state.requests or event_id in state.pending
+                     else "lost" if rec is None else str(rec["state"]))
+    return (*fates, len(degraded))
+
+
+def test_a_power_cut_during_outcomes_written_together_loses_nothing(
+        tmp_path: Path) -> None:
+    """Three first tries (in_flight records without fsync) whose outcomes are written as
+    one group (Outbox.put_many: every record, then one fsync per folder, then the live
+    copies and the requests removed): e1 and e2 delivered, e3 to be retried (back in
+    outbox/). A cut anywhere leaves each event to be sent (again) or delivered — any
+    mix of them while the group is being written — never lost, never corrupt, and no
+    event is taken as delivered whose record is not."""
+    def setup(root: str) -> None:
+        for event_id in ("e1", "e2", "e3"):
+            hand_over(Path(root), event_id)
+
+    def workload(root: str, fs: CrashFS) -> Iterator[None]:
+        layout = Layout(root)
+        outbox = callbacks.DirOutbox(layout.callbacks_outbox, _log.get("test"),
+                                     done=layout.callbacks_done, fs=fs)
+        outbox.scan()
+        recs = []
+        for event_id in ("e1", "e2", "e3"):
+            req = read_record(REQUEST, layout.inbox("callbacks") / f"{event_id}.json",
+                              owner=False, fs=fs)
+            assert isinstance(req, dict)
+            recs.append(begin(new_delivery(req, T0), T0))
+            outbox.put(recs[-1], durable=False)
+            yield
+        outcomes = [{**recs[0], "state": "delivered", "next_attempt_at": None},
+                    {**recs[1], "state": "delivered", "next_attempt_at": None},
+                    {**recs[2], "state": "pending", "next_attempt_at": iso_now(T0 + 10),
+                     "last_error": "HTTP 503"}]
+        outbox.put_many(outcomes, [layout.inbox("callbacks") / f"{event_id}.json"
+                                   for event_id in ("e1", "e2", "e3")])
+        yield
+
+    sent = ("to send", "to send", "to send", 0)
+    report = explore(tmp_path, setup=setup, workload=workload, recover=_fates,
+                     expected=[sent, sent, sent, sent,
+                               ("delivered", "delivered", "to send", 0)],
+                     partial={4: [("delivered", "to send", "to send", 0),
+                                  ("to send", "delivered", "to send", 0)]},
+                     ignore=lambda rel: rel.startswith("callbacks/inbox/.tmp"))
+    assert 4 in set(report.recovered_to)
 
 
 # -- retention.callbacks: the reaper's prune request ---------------------------------------------

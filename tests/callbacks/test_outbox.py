@@ -16,6 +16,7 @@ import pytest
 from supervisor import log as _log
 from supervisor.callbacks.outbox import DirOutbox, GroupFS
 from supervisor.state.clock import iso_now
+from supervisor.state.fs import OsFS
 from supervisor.state.layout import DELIVERY, Layout, write_record
 from supervisor.state.webhook import (
     begin,
@@ -70,6 +71,42 @@ def test_live_and_settled_records_live_apart(tmp_path: Path) -> None:
     assert (True, True, False, "failed", None) == (
         box.exists("a"), box.exists("b"), box.exists("z"), (box.get("b") or {})["state"],
         box.get("z"))
+
+
+class _CountingFS(OsFS):
+    """The real file system, noting each fsync: "file", or the folder's name."""
+
+    def __init__(self) -> None:
+        self.syncs: list[str] = []
+
+    def fsync(self, fd: int) -> None:
+        self.syncs.append("file")
+        super().fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        self.syncs.append(os.path.basename(path))
+        super().fsync_dir(path)
+
+
+def test_outcomes_written_together_land_where_their_states_belong(tmp_path: Path) -> None:
+    """put_many (a group of outcomes): a settled record goes to done/ and its live
+    in_flight copy goes, a retry stays in outbox/ rewritten, the requests named are
+    dropped; one fsync per folder for the whole group (after every record's own)."""
+    inbox = Layout(tmp_path).inbox("callbacks")
+    inbox.mkdir(parents=True)
+    box = outbox(tmp_path)
+    box.scan()
+    for event_id in ("a", "b", "c"):
+        box.put(begin(fresh(event_id), T0), durable=False)
+        (inbox / f"{event_id}.json").write_bytes(b"{}")
+    box.fs = fs = _CountingFS()
+    retry = {**begin(fresh("c"), T0), "state": "pending", "next_attempt_at": iso_now(T0 + 9)}
+    box.put_many([{**begin(fresh("a"), T0), "state": "delivered", "next_attempt_at": None},
+                  failed("b"), retry], [inbox / "a.json", inbox / "b.json"])
+    assert ((["c.json"], ["a.json", "b.json"]), ["c.json"], "pending",
+            ["file", "file", "file", "done", "outbox"]) == (
+        names(tmp_path), sorted(os.listdir(inbox)), (box.get("c") or {}).get("state"),
+        fs.syncs)
 
 
 def test_a_start_reads_only_the_live_folder(tmp_path: Path) -> None:
