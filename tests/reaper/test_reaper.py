@@ -344,11 +344,11 @@ def test_a_workspace_a_finished_resume_shared_is_kept_for_its_end(tmp_path: Path
     cfg = make_cfg(tmp_path)
     ws = cfg.workspace_dir / "ses"
     layout = build(cfg, [
-        {"id": "ses", "state": "completed", "ended": 30},
+        {"id": "ses", "state": "completed", "ended": 31},
         {"id": "r", "state": "completed", "ended": 1, "resume_of": "ses",
          "workspace": str(ws), "workspace_made": False}], now)
     r = reaper.Reaper(cfg, layout, _log.get("test"), MockClock(now))
-    did = reaper.one_pass(r)                       # ses is forgotten (30 d), not its workspace
+    did = reaper.one_pass(r)                       # ses is forgotten (31 d), not its workspace
     assert ((1, 0, True), [["ses"]]) == ((did["jobs"], did["workspaces"], ws.exists()),
                                          forget_requests(layout))
     assert (0, True) == (reaper.one_pass(r)["workspaces"], ws.exists())
