@@ -466,9 +466,12 @@ def check_leftovers(f: Facts, now: float) -> Check:
                 c.violations.append(f"workspace {name} ({'no job' if rec is None else 'half'})"
                                     f" left, {age:.0f} s old")
             continue
+        # The reaper takes a finished job's workspace once retention.workspaces has passed
+        # since the job's end AND reaper.grace since the folder last changed (at the latest
+        # the job's end: a job that writes at its top level up to its end keeps it GRACE_S)
         ended = _t(rec.get("finished_at"))
         if rec.get("state") in TERMINAL and ended is not None \
-                and now - ended > WS_RETENTION_S + REAP_SLACK_S:
+                and now - ended > max(WS_RETENTION_S, GRACE_S) + REAP_SLACK_S:
             c.violations.append(f"workspace of {name} ({rec['state']} {now - ended:.0f} s ago) "
                                 "not reaped")
     c.counts = f"{len(procs)} job processes, {tmps} temp files, {spaces} workspaces left"
