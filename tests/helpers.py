@@ -1,5 +1,6 @@
 """Helpers the tests share: polling until a condition holds, real git repositories, a real
-batchd with the real batchctl (`Rig`), and a disk that fails writes (`BadDisk`)."""
+batchd with the real batchctl (`Rig`), a disk that fails writes (`BadDisk`) and a file
+system that notes its fsyncs (`CountingFS`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["DEADLINE", "BadDisk", "Rig", "fill", "git", "make_remote", "push_commit",
+from supervisor.state.fs import OsFS
+
+__all__ = ["DEADLINE", "BadDisk", "CountingFS", "Rig", "fill", "git", "make_remote", "push_commit",
            "until"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +26,21 @@ T = TypeVar("T")
 
 #: How long a test waits for a real process to do something before it fails.
 DEADLINE = 30.0
+
+
+class CountingFS(OsFS):
+    """The real file system, noting each fsync in order: "file", or the folder's name."""
+
+    def __init__(self) -> None:
+        self.syncs: list[str] = []
+
+    def fsync(self, fd: int) -> None:
+        self.syncs.append("file")
+        super().fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        self.syncs.append(os.path.basename(path))
+        super().fsync_dir(path)
 
 
 def until(what: str, check: Callable[[], T], deadline: float = DEADLINE,

@@ -16,7 +16,6 @@ import pytest
 from supervisor import log as _log
 from supervisor.callbacks.outbox import DirOutbox, GroupFS
 from supervisor.state.clock import iso_now
-from supervisor.state.fs import OsFS
 from supervisor.state.layout import DELIVERY, Layout, write_record
 from supervisor.state.webhook import (
     begin,
@@ -26,6 +25,7 @@ from supervisor.state.webhook import (
     read_pruned,
 )
 from tests.crashfs import CrashFS, explore
+from tests.helpers import CountingFS
 
 T0 = 1_800_000_000.0
 URL = "http://127.0.0.1:9/hook"
@@ -73,21 +73,6 @@ def test_live_and_settled_records_live_apart(tmp_path: Path) -> None:
         box.get("z"))
 
 
-class _CountingFS(OsFS):
-    """The real file system, noting each fsync: "file", or the folder's name."""
-
-    def __init__(self) -> None:
-        self.syncs: list[str] = []
-
-    def fsync(self, fd: int) -> None:
-        self.syncs.append("file")
-        super().fsync(fd)
-
-    def fsync_dir(self, path: str) -> None:
-        self.syncs.append(os.path.basename(path))
-        super().fsync_dir(path)
-
-
 def test_outcomes_written_together_land_where_their_states_belong(tmp_path: Path) -> None:
     """put_many (a group of outcomes): a settled record goes to done/ and its live
     in_flight copy goes, a retry stays in outbox/ rewritten, the requests named are
@@ -99,7 +84,7 @@ def test_outcomes_written_together_land_where_their_states_belong(tmp_path: Path
     for event_id in ("a", "b", "c"):
         box.put(begin(fresh(event_id), T0), durable=False)
         (inbox / f"{event_id}.json").write_bytes(b"{}")
-    box.fs = fs = _CountingFS()
+    box.fs = fs = CountingFS()
     retry = {**begin(fresh("c"), T0), "state": "pending", "next_attempt_at": iso_now(T0 + 9)}
     box.put_many([{**begin(fresh("a"), T0), "state": "delivered", "next_attempt_at": None},
                   failed("b"), retry], [inbox / "a.json", inbox / "b.json"])

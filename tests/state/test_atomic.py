@@ -30,6 +30,7 @@ from supervisor.state.atomic import (
 )
 from supervisor.state.fs import OsFS
 from tests.crashfs import CrashFS, explore, snapshot_tree
+from tests.helpers import CountingFS
 
 STAMP = r"\d{8}T\d{6}\.\d{6}Z"
 
@@ -386,33 +387,18 @@ def test_a_write_blocked_by_a_folder_moves_it_aside(tmp_path: Path) -> None:
     assert sorted(["ready.json", moved]) == sorted(os.listdir(tmp_path))
 
 
-class _Counting(OsFS):
-    """The real FS, counting fsyncs."""
-
-    def __init__(self) -> None:
-        self.syncs: list[str] = []
-
-    def fsync(self, fd: int) -> None:
-        self.syncs.append("file")
-        super().fsync(fd)
-
-    def fsync_dir(self, path: str) -> None:
-        self.syncs.append("dir")
-        super().fsync_dir(path)
-
-
 def test_a_write_that_need_not_be_durable_skips_both_fsyncs(tmp_path: Path) -> None:
     """durable=False: the same atomic temp + rename, no fsync of the file or the folder;
     the default makes both."""
-    fs = _Counting()
+    fs = CountingFS()
     write_bytes(tmp_path / "a", b"one", fs=fs, durable=False)
     write_bytes(tmp_path / "b", b"two", fs=fs)
-    assert ((tmp_path / "a").read_bytes(), ["file", "dir"]) == (b"one", fs.syncs)
+    assert ((tmp_path / "a").read_bytes(), ["file", tmp_path.name]) == (b"one", fs.syncs)
 
 
 def test_discard_unlinks_without_a_folder_fsync(tmp_path: Path) -> None:
     """discard: the file goes, no fsync; False when it was not there."""
-    fs = _Counting()
+    fs = CountingFS()
     (tmp_path / "a").write_bytes(b"x")
     assert (True, False, False, []) == (discard(tmp_path / "a", fs=fs),
                                         discard(tmp_path / "a", fs=fs),

@@ -26,6 +26,7 @@ from supervisor.state.layout import (
     write_record,
 )
 from tests.crashfs import CrashFS, explore
+from tests.helpers import CountingFS
 
 KINDS = sorted((v for v in vars(_layout).values() if isinstance(v, RecordKind)),
                key=lambda k: k.schema)
@@ -200,16 +201,15 @@ def test_all_dirs_covers_every_inbox_and_the_wal(tmp_path: Path) -> None:
 def test_send_request_of_a_hint_skips_both_fsyncs(tmp_path: Path) -> None:
     """durable=False (a hint): the same whole request by rename, no fsync of the file or
     the inbox; the default makes it durable (file and folder)."""
-    from tests.state.test_atomic import _Counting
     layout = Layout(tmp_path / "state")
-    fs = _Counting()
+    fs = CountingFS()
     send_request(layout, "scheduler", {"id": "warm", "kind": "cancel"}, fs=fs)
     fs.syncs.clear()
     path = send_request(layout, "scheduler", {"id": "h", "kind": "lock_granted"}, fs=fs,
                         durable=False)
     assert ([], "lock_granted") == (fs.syncs, read_record(REQUEST, path, owner=False)["kind"])
     send_request(layout, "scheduler", {"id": "r", "kind": "cancel"}, fs=fs)
-    assert ["file", "dir"] == fs.syncs
+    assert ["file", "inbox"] == fs.syncs
 
 
 def test_send_request_drops_a_whole_request_named_by_its_id(tmp_path: Path) -> None:
