@@ -20,7 +20,7 @@ import struct
 import sys
 import time
 import types
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -775,7 +775,7 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
                  keep_for: float = NOT_YET_KEEP,
                  together: Mapping[str, Callable[[Ctx, list[dict[str, Any]]],
                                                  list[Exception | None]]] | None = None,
-                 hints: Collection[str] = (), hint: Callable[[str], bool] = lambda _n: False,
+                 hint: Callable[[str], bool] = lambda _n: False,
                  ) -> int:
     """Run each request in `folder` through `handlers[kind]`, then remove it; return how many.
 
@@ -792,10 +792,10 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
     request and idempotent, as a handler is (a crash before the removal hands it the same
     requests again).
 
-    A kind in `hints` is a hint (written without fsyncs; its truth is in a durable file
-    its handler reads): it is removed without the folder's fsync, since its return after
-    a power cut only hands the handler the same hint again. `hint` names such files (see
-    inbox_requests: a torn one is dropped).
+    A file `hint` names is a hint's (written without fsyncs; its truth is in a durable
+    file its handler reads): it is removed without the folder's fsync, since its return
+    after a power cut only hands the handler the same hint again (and a torn one is
+    dropped: inbox_requests).
     """
     rank = {kind: i for i, kind in enumerate(handlers)}
     todo = inbox_requests(folder, log, hint=hint)
@@ -833,7 +833,7 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
         except (BadRequest, NotYet) as exc:
             _refused(path, req, exc, log, clock=clock, keep_for=keep_for)
             continue
-        if kind in hints:
+        if hint(path.name):
             discard(path)
         else:
             remove(path)

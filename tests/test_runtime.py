@@ -372,9 +372,9 @@ def test_a_torn_hint_is_dropped_not_quarantined(tmp_path: Path) -> None:
 
 def test_handle_inbox_removes_a_hint_without_an_fsync(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A kind named in `hints` is removed with no fsync of the folder (its return after a
-    power cut only hands the handler the same hint again); any other kind's removal is
-    made durable."""
+    """A file `hint` names is removed with no fsync of the folder (its return after a
+    power cut only hands the handler the same hint again); any other request's removal
+    is made durable."""
     from supervisor.state import atomic
     synced: list[str] = []
     real = atomic.REAL.fsync_dir
@@ -384,7 +384,7 @@ def test_handle_inbox_removes_a_hint_without_an_fsync(tmp_path: Path,
     set_mtime_ns(request(tmp_path, "h", "double", n=1), 10**9)
     synced.clear()
     out: list[int] = []
-    assert 1 == handle_inbox(tmp_path, HANDLERS, out, log, hints=("double",))
+    assert 1 == handle_inbox(tmp_path, HANDLERS, out, log, hint=lambda n: n == "h.json")
     assert ([2], [], []) == (out, os.listdir(tmp_path), synced)
     request(tmp_path, "d", "double", n=2)
     synced.clear()

@@ -208,8 +208,7 @@ def take_inbox(s: Scheduler) -> int:
     """Handle every request waiting in the inbox (the submits all at once: submit_many);
     how many were handled."""
     return handle_inbox(s.layout.inbox(NAME), HANDLERS, s, s.log,
-                        together={"submit": submit_many}, hints=(GRANTED,),
-                        hint=is_granted_hint)
+                        together={"submit": submit_many}, hint=is_granted_hint)
 
 
 def one_pass(s: Scheduler, *, inbox: bool = True) -> None:
