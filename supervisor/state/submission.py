@@ -69,6 +69,7 @@ from supervisor.state.layout import Layout, send_request
 from supervisor.state.queue import TERMINAL_STATES
 from supervisor.state.queuefollow import QueueIds
 from supervisor.state.repos import all_repositories, push_refusal
+from supervisor.state.sublog import SubmissionLog
 from supervisor.state.view import JobView, PendingIds, Unreadable, open_view, read_pending
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "ids_in_use",
     "known",
     "known_repos",
+    "log_submission",
     "parse_jsonl",
     "refuse_ids_in_use",
     "refuse_left_folders",
@@ -679,6 +681,17 @@ def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
     return send_request(layout, "scheduler", request, fs=fs)
 
 
+def log_submission(log: SubmissionLog, jobs: list[dict[str, Any]], *,
+                   now: float | None = None) -> int:
+    """The ONE durable record of the api's submission log carrying `jobs` (each gets
+    created_at, as write_submission); its seq."""
+    request = submit_request(jobs, now=time.time() if now is None else now)
+    created = request["created_at"]
+    for job in jobs:
+        job["created_at"] = created
+    return log.append(request)
+
+
 def known_repos(cfg: Config, layout: Layout) -> frozenset[str]:
     """Repository names a job may use: the config's plus those registered with `repo add`."""
     return frozenset(all_repositories(cfg, layout))
@@ -862,19 +875,26 @@ def take_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
     return Taken(out, taken)
 
 
-def write_taken(layout: Layout, taken: Taken, *,
-                fs: FS = REAL) -> list[list[str] | Exception]:
-    """Write what take_many took as ONE durable request; per submission its ids or why it
-    failed. Should the shared write fail for anything but the disk (OSError, which is
-    every submission's: raised), each submission is written on its own request, so only
-    the one that cannot be written fails (JobError saying why), the others are
-    accepted."""
+def write_taken(layout: Layout, taken: Taken, *, fs: FS = REAL,
+                log: SubmissionLog | None = None) -> list[list[str] | Exception]:
+    """Write what take_many took as ONE durable request (a request file in the
+    scheduler's inbox, or with `log` one record of the api's submission log); per
+    submission its ids or why it failed. Should the shared write fail for anything but
+    the disk (OSError, which is every submission's: raised), each submission is written
+    on its own request, so only the one that cannot be written fails (JobError saying
+    why), the others are accepted."""
+    def write(jobs: list[dict[str, Any]]) -> None:
+        if log is None:
+            write_submission(layout, jobs, fs=fs)
+        else:
+            log_submission(log, jobs)
+
     out = list(taken.results)
     fresh = taken.jobs
     if not fresh:
         return out
     try:
-        write_submission(layout, fresh, fs=fs)
+        write(fresh)
     except OSError:
         raise                   # the disk: every submission's failure
     except Exception:          # noqa: BLE001 - one submission's content: find it
@@ -882,7 +902,7 @@ def write_taken(layout: Layout, taken: Taken, *,
             if not new:
                 continue
             try:
-                write_submission(layout, new, fs=fs)
+                write(new)
             except OSError as exc:
                 out[index] = exc
             except Exception as exc:   # noqa: BLE001 - what it holds: its own

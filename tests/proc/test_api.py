@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from supervisor.state.layout import STARTUP_LOG, WORKERS, Layout, read_record
+from supervisor.state.queue import JobQueue
 from tests.helpers import until
 from tests.httpkit import Client, api_address, config_text, make_tokens, read_events
 
@@ -356,8 +357,8 @@ def test_sigkill_of_the_api_under_submissions_loses_no_acknowledged_job(
     """8 clients POST jobs with ids of their own as fast as they can while the api worker
     is SIGKILLed twice (with request writes in flight); a POST whose connection breaks is
     retried with the same id against the restarted api. Every id answered 201 (first try
-    or retry) is queued exactly once (`batchctl jobs`), a retry is never a conflict, and
-    no request was left torn in the inbox."""
+    or retry) reaches the queue from the api's submission log and is there exactly once
+    (`batchctl jobs`), a retry is never a conflict, and nothing was quarantined."""
     from supervisor.state.jobcontrol import set_paused
 
     b = batchd
@@ -405,8 +406,13 @@ def test_sigkill_of_the_api_under_submissions_loses_no_acknowledged_job(
     assert [] == errors
     assert 8 * per_client == len(answered)
     inbox = b.layout.inbox("scheduler")
-    until("the scheduler took every request",
-          lambda: not any(p.suffix == ".json" for p in inbox.iterdir()), DEADLINE)
+
+    def enqueued() -> set[str]:
+        with JobQueue.open(b.layout.wal_dir, readonly=True) as queue:
+            return set(queue.ids())
+
+    until("the scheduler enqueued every answered job (log and inbox)",
+          lambda: set(answered) <= enqueued(), DEADLINE)
     listing = b.ctl("jobs", "--json")
     assert 0 == listing.returncode, listing.stderr
     queued = sorted(j["id"] for j in json.loads(listing.stdout))
