@@ -247,11 +247,10 @@ class Batcher:
                 self._lock.acquire()
                 self._since = time.monotonic()
             given = {j["id"] for g in groups for j in g if j["id"] is not None}
-            logged = self.sublog.pending_ids()  # in the log, not yet enqueued: as the inbox
             in_use, existing = ids_in_use(self.cfg, self.layout, given,
                                           queue_ids=self._queue_ids,
-                                          pending_ids=self._pending_ids,
-                                          also=flight | logged)
+                                          pending_ids=self._pending_ids, also=flight,
+                                          logged=self.sublog.pending_ids())
             taken = take_many(self.cfg, self.layout, groups, in_use, existing)
             self.sublog.prune(self._queue_ids.consumed)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it

@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,8 @@ class SubmissionLog:
         self._last = 0
         self._consumed = consumed
         self._pending: dict[int, dict[str, Any]] = {}
-        self._ids: dict[int, list[str]] = {}
+        self._ids: dict[int, list[str]] = {}        # seq -> its job ids
+        self._live: dict[str, int] = {}             # job id -> pending records holding it
         self._open()
 
     def _open(self) -> None:
@@ -136,17 +137,26 @@ class SubmissionLog:
         self._wal = wal
         self._last = max([last, self._consumed, self._last, *records])
         self._pending = {seq: rec for seq, rec in records.items() if seq > self._consumed}
-        self._ids = {seq: _job_ids(rec) for seq, rec in self._pending.items()}
+        self._ids = {}
+        self._live = {}
+        for seq, rec in self._pending.items():
+            self._add_ids(seq, rec)
 
     @property
     def last_seq(self) -> int:
         """The seq of the last record written."""
         return self._last
 
-    def pending_ids(self) -> set[str]:
-        """The job ids of the records written and not yet consumed (as far as prune knows)."""
-        with self._lock:
-            return {i for ids in self._ids.values() for i in ids}
+    def pending_ids(self) -> Container[str]:
+        """The job ids of the records written and not yet consumed (as far as prune
+        knows): a live container (membership only), kept up to date by append and prune,
+        so a decision never copies it. An id is in it before its append returns."""
+        return self._live
+
+    def _add_ids(self, seq: int, rec: dict[str, Any]) -> None:
+        ids = self._ids[seq] = _job_ids(rec)
+        for job_id in ids:
+            self._live[job_id] = self._live.get(job_id, 0) + 1
 
     def prune(self, consumed: int) -> None:
         """The scheduler has enqueued every record up to `consumed` (the queue's counter)."""
@@ -156,7 +166,12 @@ class SubmissionLog:
             self._consumed = consumed
             for seq in [s for s in self._pending if s <= consumed]:
                 del self._pending[seq]
-                del self._ids[seq]
+                for job_id in self._ids.pop(seq):
+                    left = self._live[job_id] - 1
+                    if left:
+                        self._live[job_id] = left
+                    else:
+                        del self._live[job_id]
 
     def append(self, request: dict[str, Any]) -> int:
         """Write one record durably; its seq. OSError when it may not be durable (the
@@ -172,7 +187,7 @@ class SubmissionLog:
                 raise
             self._last = seq
             self._pending[seq] = {**request, "seq": seq}
-            self._ids[seq] = _job_ids(request)
+            self._add_ids(seq, request)
         try:
             wal.sync(ticket)
         except (OSError, WalError) as exc:

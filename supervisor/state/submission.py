@@ -795,12 +795,13 @@ class InUse:
 
 def ids_in_use(cfg: Config, layout: Layout, given: set[str], *,
                queue_ids: QueueIds | None = None, pending_ids: PendingIds | None = None,
-               also: AbstractSet[str] = frozenset(),
+               also: AbstractSet[str] = frozenset(), logged: Container[str] = frozenset(),
                ) -> tuple[InUse, dict[str, dict[str, Any] | None]]:
     """(every id in use, the known job of each `given` id in use) for take_many, read
     under the submit lock: the inbox's ids (read first, as open_view does: the scheduler
     enqueues a request's jobs before it removes the request), then the queue's, plus
-    `also` (ids the caller is writing: the api's writes in flight). From `queue_ids` and
+    `also` (ids the caller is writing: the api's writes in flight) and `logged` (the ids
+    of the api's submission log not enqueued yet: asked, never copied). From `queue_ids` and
     `pending_ids` when given (long-lived readers: the queue's ids are their live set, not
     a copy), else from a read-only open of the queue. The full view is opened for the
     known jobs only when a given id is in use (a replay to compare). Unreadable when the
@@ -816,7 +817,7 @@ def ids_in_use(cfg: Config, layout: Layout, given: set[str], *,
     except OSError as exc:
         raise Unreadable(f"cannot read the job queue at {layout.wal_dir}: "
                          f"{exc.strerror or exc}") from None
-    in_use = InUse(pending, queued, also)
+    in_use = InUse(pending, queued, also, logged)
     existing: dict[str, dict[str, Any] | None] = {}
     replays = [i for i in given if i in in_use]
     if replays:                         # a replay to compare: the full view, rarely
