@@ -49,7 +49,9 @@ __all__ = [
 ]
 
 #: The writer compacts past this many records or bytes since its last snapshot (small:
-#: every reader that shows pending jobs reads the log whole once).
+#: every reader that shows pending jobs reads the log whole once), once at most half of
+#: COMPACT_RECORDS records wait to be taken: while the scheduler is down the log grows
+#: instead (a snapshot rewritten whole every 1,024 appends would grow with the backlog).
 COMPACT_RECORDS = 1024
 COMPACT_BYTES = 1 << 20
 
@@ -196,8 +198,8 @@ class SubmissionLog:
                     self._drop()
             raise OSError(errno.EIO, f"the submission log could not be synced: {exc}",
                           str(self.folder)) from None
-        if wal.compaction_due():
-            self._compact_now(wal)
+        if wal.compaction_due() and len(self._pending) <= self._compact[0] // 2:
+            self._compact_now(wal)      # most of the log is taken: the snapshot is small
         return seq
 
     def _usable(self) -> Wal:

@@ -96,21 +96,35 @@ def test_compaction_keeps_what_is_pending_and_readers_lose_nothing(tmp_path: Pat
     old segments: a reader that followed all along and a fresh one both see every record
     above the bookmark exactly once."""
     folder = tmp_path / "log"
-    log = SubmissionLog(folder, consumed=0, compact_records=3)
+    log = SubmissionLog(folder, consumed=0, compact_records=4)
     follower = LogReader(folder)
-    for n in range(10):
+    for n in range(1, 7):                   # the 4th append compacts: 3 and 4 pending
         log.append(_req(f"j{n}"))
-        if n == 4:
-            log.prune(3)
+        if n == 3:
+            log.prune(2)
         follower.refresh()
     log.close()
-    segments = sorted(n for n in os.listdir(folder) if n.endswith(".wal"))
-    assert len(segments) < 4, segments          # compacted: the old segments are gone
+    assert ["000000000002.wal", "snapshot"] == sorted(os.listdir(folder))
+    want = [(n, [f"j{n}"]) for n in (3, 4, 5, 6)]
+    assert want == _ids(follower.pending(2))
+    assert want == _ids(read_log(folder).pending(2))
+    assert 7 == SubmissionLog(folder, consumed=2).append(_req("k"))
+
+
+def test_no_compaction_while_the_backlog_is_large(tmp_path: Path) -> None:
+    """With more than half of COMPACT_RECORDS waiting (the scheduler down), the writer
+    does not rewrite them into a snapshot at every threshold: the log grows instead, and
+    compacts once the scheduler has taken them."""
+    folder = tmp_path / "log"
+    log = SubmissionLog(folder, consumed=0, compact_records=4)
+    for n in range(8):
+        log.append(_req(f"j{n}"))
+    assert "snapshot" not in os.listdir(folder)
+    log.prune(8)
+    log.append(_req("k"))
     assert "snapshot" in os.listdir(folder)
-    want = [(n, [f"j{n - 1}"]) for n in range(4, 11)]
-    assert want == _ids(follower.pending(3))
-    assert want == _ids(read_log(folder).pending(3))
-    assert 11 == SubmissionLog(folder, consumed=3).append(_req("k"))
+    log.close()
+    assert [(9, ["k"])] == _ids(read_log(folder).pending(8))
 
 
 def test_a_torn_tail_is_not_a_record_and_the_writer_truncates_it(tmp_path: Path) -> None:
