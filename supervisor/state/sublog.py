@@ -249,12 +249,14 @@ class LogReader:
     """A reader that follows the log: `refresh()` reads what was appended since (all of
     it after a compaction), `pending(consumed)` the records above the queue's counter,
     oldest first. Read the log, then the queue, then ask (see the module's docstring).
-    Nothing here writes. A log that cannot be read raises OSError from refresh."""
+    Nothing here writes. A log that cannot be read raises OSError from refresh.
+    Thread-safe: one refresh or pending at a time."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._tail = Tail(folder)
         self._records: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()   # the api's views refresh it from several threads
         self.unreadable = 0             # records that are not submissions (logged by owners)
 
     def _reload(self) -> ReadTo:
@@ -284,16 +286,18 @@ class LogReader:
 
     def refresh(self) -> None:
         """Read what the log gained since the last refresh."""
-        if not self.folder.is_dir():
-            self._records = {}
-            return
-        follow_or_reload(self._tail, self._reload, self._take)
+        with self._lock:
+            if not self.folder.is_dir():
+                self._records = {}
+                return
+            follow_or_reload(self._tail, self._reload, self._take)
 
     def pending(self, consumed: int) -> list[dict[str, Any]]:
         """The records whose seq is above `consumed`, by seq (forgets the others)."""
-        for seq in [s for s in self._records if s <= consumed]:
-            del self._records[seq]
-        return [self._records[s] for s in sorted(self._records)]
+        with self._lock:
+            for seq in [s for s in self._records if s <= consumed]:
+                del self._records[seq]
+            return [self._records[s] for s in sorted(self._records)]
 
 
 def read_log(folder: Path) -> LogReader:
