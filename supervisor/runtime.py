@@ -528,13 +528,16 @@ class Watcher:
     moved, deleted). `direct`: the hints are new files only (created, or renamed into a
     folder), read from an inotify descriptor by wait() itself instead of watchdog's
     threads (what the callbacks worker's inbox needs, at the lowest latency).
+    `folder_events` gives some folders kinds of their own (watchdog only).
     """
 
     def __init__(self, folders: Sequence[Path], rescan_interval: float = 5.0, *,
                  clock: Clock = SYSTEM_CLOCK, log: Log | None = None,
                  events: Sequence[type[FileSystemEvent]] | None = None,
+                 folder_events: Mapping[Path, Sequence[type[FileSystemEvent]]] | None = None,
                  direct: bool = False) -> None:
         self.folders = [Path(f) for f in folders]
+        self._folder_events = {Path(f): list(e) for f, e in (folder_events or {}).items()}
         self.rescan_interval = rescan_interval
         self._clock = clock
         self._log = log if log is not None else _log.get("watcher")
@@ -581,7 +584,8 @@ class Watcher:
         try:
             observer = Observer()
             for folder in self.folders:
-                observer.schedule(handler, str(folder), event_filter=self._events)
+                observer.schedule(handler, str(folder),
+                                  event_filter=self._folder_events.get(folder, self._events))
             observer.start()
         except OSError as exc:
             self._log.warning("inotify unavailable: watching by rescan only", error=str(exc),
@@ -776,6 +780,7 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
                  together: Mapping[str, Callable[[Ctx, list[dict[str, Any]]],
                                                  list[Exception | None]]] | None = None,
                  hint: Callable[[str], bool] = lambda _n: False,
+                 always: Sequence[str] = (),
                  ) -> int:
     """Run each request in `folder` through `handlers[kind]`, then remove it; return how many.
 
@@ -792,6 +797,10 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
     request and idempotent, as a handler is (a crash before the removal hands it the same
     requests again).
 
+    A kind in `always` (one of `together`'s) is handled even when no request of it waits:
+    `together[kind](ctx, [])` before the other kinds (the scheduler's submits, which also
+    take the api's submission log).
+
     A file `hint` names is a hint's (written without fsyncs; its truth is in a durable
     file its handler reads): it is removed without the folder's fsync, since its return
     after a power cut only hands the handler the same hint again (and a torn one is
@@ -800,6 +809,10 @@ def handle_inbox(folder: Path, handlers: Mapping[str, Callable[[Ctx, dict[str, A
     rank = {kind: i for i, kind in enumerate(handlers)}
     todo = inbox_requests(folder, log, hint=hint)
     todo.sort(key=lambda item: rank.get(item[1]["kind"], len(rank)))    # stable: keeps age
+    waiting = {req["kind"] for _, req in todo}
+    for kind in always:
+        if kind not in waiting:
+            (together or {})[kind](ctx, [])
     done = 0
     index = 0
     while index < len(todo):

@@ -219,3 +219,22 @@ class Rig:
             except subprocess.TimeoutExpired:
                 self.batchd.kill()
                 self.batchd.wait(30)
+
+
+def submitted_jobs(layout: Any) -> list[dict[str, Any]]:
+    """Every job waiting for the scheduler, whichever door it came by: the submit
+    requests in its inbox (batchctl), then the records of the api's submission log."""
+    from supervisor.state.layout import REQUEST, read_record
+    from supervisor.state.sublog import read_log
+
+    inbox = layout.inbox("scheduler")
+    jobs: list[dict[str, Any]] = []
+    for name in sorted(os.listdir(inbox)) if inbox.exists() else []:
+        if not name.endswith(".json"):
+            continue
+        rec = read_record(REQUEST, inbox / name, owner=False)
+        if isinstance(rec, dict) and rec.get("kind") == "submit":
+            jobs += rec["jobs"]
+    for rec in read_log(layout.sublog_dir).pending(0):
+        jobs += rec["jobs"]
+    return jobs

@@ -176,6 +176,28 @@ def test_events_choose_what_is_a_hint(tmp_path: Path) -> None:
         assert w.wait(WAKE) is True
 
 
+def test_folder_events_give_one_folder_kinds_of_its_own(tmp_path: Path) -> None:
+    """folder_events: an append in the log folder is a hint (modified), while the same
+    in the inbox folder, watched for renames only, is not (the scheduler's inbox and the
+    api's submission log)."""
+    from watchdog.events import FileModifiedEvent, FileMovedEvent
+
+    inbox, log = tmp_path / "inbox", tmp_path / "log"
+    inbox.mkdir()
+    log.mkdir()
+    (inbox / "a.json").write_text("{}")
+    (log / "000000000001.wal").write_bytes(b"x")
+    with Watcher([inbox, log], rescan_interval=3600, events=[FileMovedEvent],
+                 folder_events={log: [FileModifiedEvent]}) as w:
+        w.wait(0)
+        with open(inbox / "a.json", "a") as f:
+            f.write(" ")
+        assert w.wait(0.3) is False
+        with open(log / "000000000001.wal", "ab") as f:
+            f.write(b"y")
+        assert w.wait(WAKE) is True
+
+
 def test_a_direct_watcher_hints_new_files_only(tmp_path: Path) -> None:
     """direct=True (its own inotify descriptor, read by wait): a file renamed in or created
     is a hint (counted in `looks`); a temp file alone, a removal or a rewrite in place is
@@ -628,3 +650,28 @@ def test_handle_inbox_hands_a_together_kind_all_at_once(tmp_path: Path) -> None:
     assert ([["s1", "s2", "bad", "wait"]], [1, 2, 10]) == (calls, out)
     assert ["bad.json"] == quarantined(tmp_path)
     assert ["wait.json"] == sorted(n for n in os.listdir(tmp_path) if CORRUPT_MARK not in n)
+
+
+def test_handle_inbox_runs_an_always_kind_first_even_with_none_waiting(tmp_path: Path) -> None:
+    """A kind in `always` has its together-call even when none of it waits (with no
+    requests), before the other kinds: the scheduler's submits take the api's log there,
+    so a cancel of the same pass finds the job. With one waiting it is called once."""
+    log = _runtime._log.get("test")
+    order: list[str] = []
+
+    def many(ctx: list[int], reqs: list[dict[str, Any]]) -> list[Exception | None]:
+        order.append(f"many{len(reqs)}")
+        return [None] * len(reqs)
+
+    def later(ctx: list[int], req: dict[str, Any]) -> None:
+        order.append("later")
+
+    request(tmp_path, "d", "later", n=5)
+    handlers = {"double": _double, "later": later}
+    assert 1 == handle_inbox(tmp_path, handlers, [], log, together={"double": many},
+                             always=("double",))
+    request(tmp_path, "s1", "double", n=1)
+    request(tmp_path, "d2", "later", n=5)
+    assert 2 == handle_inbox(tmp_path, handlers, [], log, together={"double": many},
+                             always=("double",))
+    assert ["many0", "later", "many1", "later"] == order

@@ -1,26 +1,27 @@
-"""The api's submissions: concurrent POSTs gathered into durable requests, several in flight.
+"""The api's submissions: concurrent POSTs gathered into records of the submission log.
 
 Every POST /v1/jobs is checked by the one validator (state.submission.Checker, as
 `batchctl submit`) before it gets here. One thread, `submit`, then takes every submission
 waiting at that moment and decides them together as state.submission.accept_many does
 (the submit lock held, the ids in use read once: ids_in_use, take_many), and hands the
-jobs it took to a pool of WRITERS threads, each writing ONE durable request file
-(write_taken: temp file, fsync, rename, fsync folder). It does not wait for that write:
-it goes on deciding the next submissions while earlier writes are in flight, so the
-fsyncs of several requests overlap (the file system commits concurrent fsyncs together:
-this is where the rate comes from; one write at a time left the disk idle between them).
-It decides only when a writer is free, and beside a write in flight only once OVERLAP_MIN
-submissions wait (what comes meanwhile joins the next request: fewer, fuller files).
-Each POST is answered only after ITS request is durable, and each stays all or nothing.
+jobs it took to a pool of WRITERS threads, each appending ONE record to the api's
+submission log (state.sublog.SubmissionLog, a WAL: write_taken(log=)). It does not wait
+for that write: it goes on deciding the next submissions while earlier writes are in
+flight, and the appends in flight share one fdatasync (the WAL's group commit). It
+decides only when a writer is free, and beside a write in flight only once OVERLAP_MIN
+submissions wait (what comes meanwhile joins the next record). Each POST is answered
+only after ITS record is durable, and each stays all or nothing. The scheduler enqueues
+the log's records (docs/API.md "Submissions").
 
 What keeps the ids right with writes in flight (docs/API.md "Submissions"):
 - The submit lock (the flock every submitter takes) is held from the decision of a group
-  until its request is renamed into the inbox: the api takes it when it has work and gives
-  it back when no write is in flight, and at least every SESSION seconds (it then lets
-  its writes finish, gives the lock back and waits a moment), so `batchctl submit`
-  always gets its turn.
-- Within the api, the ids of the writes in flight (not yet in the inbox) count as in use:
-  read, under a mutex, BEFORE the inbox is listed, so an id is seen in one of the two.
+  until its record is durable: the api takes it when it has work and gives it back when
+  no write is in flight, and at least every SESSION seconds (it then lets its writes
+  finish, gives the lock back and waits a moment), so `batchctl submit` always gets its
+  turn.
+- Within the api, the ids of the writes in flight count as in use, and so do those of the
+  log's records the scheduler has not enqueued yet (SubmissionLog.pending_ids): the
+  first read, under a mutex, BEFORE the second and the inbox, so an id is seen in one.
 - A submission naming an id of a write in flight (a client's retry racing its own first
   try) waits until no write is in flight (nothing new is decided meanwhile, so it never
   waits long), then is decided as usual: a replay of a durable job is accepted without a
@@ -29,14 +30,15 @@ What keeps the ids right with writes in flight (docs/API.md "Submissions"):
 One submission's failure is its own (state.submission.take_many, write_taken): only what
 fails a whole write (the disk: OSError, answered 503 storage) fails every waiter of it,
 and a failed free-space check or unreadable ids every submission of that decision. A
-crash of the api at any moment loses only unanswered POSTs (a request is renamed in whole
-or not at all; its clients retry, and a retry with the same ids is then a replay,
-answered as accepted and written once); the kernel drops the flock with the process.
+crash of the api at any moment loses only unanswered POSTs (a record is whole or absent;
+its clients retry, and a retry with the same ids is then a replay, answered as accepted
+and written once); the kernel drops the flock with the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 import time
@@ -48,6 +50,7 @@ from supervisor.config import Config
 from supervisor.state import disk
 from supervisor.state.layout import Layout
 from supervisor.state.queuefollow import QueueIds
+from supervisor.state.sublog import SubmissionLog
 from supervisor.state.submission import (
     DiskLow,
     SubmitLock,
@@ -101,14 +104,16 @@ class Batcher:
     """The api's submit writer; `submit(jobs)` is a Future of their ids."""
 
     def __init__(self, cfg: Config, layout: Layout, *, writers: int = WRITERS,
-                 write: Callable[[Layout, Taken], list[list[str] | Exception]] = write_taken,
+                 write: Callable[[Layout, Taken], list[list[str] | Exception]] | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
         self._loop = loop
-        self._write_taken = write
         self._queue_ids = QueueIds(layout.wal_dir)
         self._pending_ids = PendingIds(layout)
+        self._queue_ids.refresh()               # where the scheduler is in the log
+        self.sublog = SubmissionLog(layout.sublog_dir, consumed=self._queue_ids.consumed)
+        self._write_taken = write or functools.partial(write_taken, log=self.sublog)
         self._lock = SubmitLock(layout)
         self._since = 0.0                       # when the lock was taken
         self._cond = threading.Condition()      # guards _flight and _writing
@@ -207,6 +212,7 @@ class Batcher:
                 self._writes.put(None)
             for writer in self._writers:
                 writer.join(timeout=5.0)
+            self.sublog.close()
 
     def _drain(self) -> None:
         """Wait until no write is in flight."""
@@ -243,8 +249,10 @@ class Batcher:
             given = {j["id"] for g in groups for j in g if j["id"] is not None}
             in_use, existing = ids_in_use(self.cfg, self.layout, given,
                                           queue_ids=self._queue_ids,
-                                          pending_ids=self._pending_ids, also=flight)
+                                          pending_ids=self._pending_ids, also=flight,
+                                          logged=self.sublog.pending_ids())
             taken = take_many(self.cfg, self.layout, groups, in_use, existing)
+            self.sublog.prune(self._queue_ids.consumed)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
             self._answer([(fut, exc) for _, fut in now])
             self._queue.put(_WAKE)              # no write to wake the decider: look again

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from watchdog.events import FileMovedEvent
+from watchdog.events import FileModifiedEvent, FileMovedEvent
 
 from supervisor import log as _log
 from supervisor.config import Config
@@ -39,7 +39,8 @@ from supervisor.state.fs import FS, REAL
 from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
 from supervisor.state.locktable import GRANTED, is_granted_hint
-from supervisor.state.queue import JobQueue, QueueError
+from supervisor.state.queue import SUBLOG_COUNTER, JobQueue, QueueError
+from supervisor.state.sublog import LogReader
 from supervisor.state.submission import JobError, check_request
 from supervisor.state.wal import WalError
 
@@ -62,6 +63,7 @@ class Scheduler:
     log: Log
     jobs: Jobs
     fs: FS = REAL                    # the queue's file system seam (tests inject faults)
+    sublog: LogReader | None = None  # follows the api's submission log (made on first use)
 
 
 # -- submit ---------------------------------------------------------------------------------
@@ -87,15 +89,23 @@ def submit(s: Scheduler, req: dict[str, Any]) -> None:
         raise outcome
 
 
-def submit_many(s: Scheduler, reqs: list[dict[str, Any]]) -> list[Exception | None]:
-    """Enqueue the jobs not known yet of every submit request waiting, in ONE atomic,
-    durable WAL group (one fsync for them all, however many requests the api wrote);
-    per request None, or BadRequest when its jobs fail the check (that one alone is
-    quarantined, the others are enqueued). Idempotent by job id, as `submit`."""
+def submit_many(s: Scheduler, reqs: list[dict[str, Any]],
+                logged: Sequence[dict[str, Any]] = ()) -> list[Exception | None]:
+    """Enqueue the jobs not known yet of every submit request waiting, and of the api's
+    submission log records not enqueued yet (`logged`: state.sublog, each with its seq),
+    in ONE atomic, durable WAL group (one fsync for them all) that also advances the
+    queue's SUBLOG_COUNTER to the last record's seq: a crash keeps the jobs and the
+    bookmark together, or neither. One group, so a job may name a dependency from the
+    other door (`--after` an id the api took, or the other way round). Per request None,
+    or BadRequest when its jobs fail the check (that one alone is quarantined, the others
+    are enqueued; a record of the log that fails it is logged and passed over: the api
+    wrote it after the same check, so only a bug makes one). Idempotent by job id, as
+    `submit`; the jobs go in request order (created_at), whichever door."""
     workspace = _former(lambda job_id: s.cfg.workspace_dir / job_id)
     outcomes: list[Exception | None] = []
     entries: list[tuple[str, dict[str, Any]]] = []
     spans: list[tuple[dict[str, Any], int, int]] = []    # (request, first entry, end)
+    taken: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     for req in reqs:
         try:
             jobs = check_request(req)
@@ -103,6 +113,22 @@ def submit_many(s: Scheduler, reqs: list[dict[str, Any]]) -> list[Exception | No
             outcomes.append(BadRequest(str(exc)))
             continue
         outcomes.append(None)
+        taken.append((req, jobs))
+    consumed = s.queue.counter(SUBLOG_COUNTER)
+    advance = 0
+    for rec in logged:
+        seq = rec["seq"]
+        if seq <= consumed:                 # enqueued already (a stale reader)
+            continue
+        advance = max(advance, seq - consumed)
+        try:
+            taken.append((rec, check_request(rec)))
+        except JobError as exc:
+            s.log.error("a record of the api's submission log refused: passed over",
+                        seq=seq, request=rec.get("id"), error=str(exc))
+    if len(taken) > 1:
+        taken.sort(key=lambda t: str(t[0].get("created_at") or ""))
+    for req, jobs in taken:
         first = len(entries)
         for job in jobs:       # the request's own dicts become the entries: no copy
             job_id = job["id"]
@@ -110,9 +136,10 @@ def submit_many(s: Scheduler, reqs: list[dict[str, Any]]) -> list[Exception | No
                 job["workspace"] = workspace(job_id)
             entries.append((job_id, job))
         spans.append((req, first, len(entries)))
-    if not entries:
+    if not entries and not advance:
         return outcomes
-    added = s.queue.enqueue_many(entries, count="submitted")
+    added = s.queue.enqueue_many(entries, count="submitted",
+                                 counters={SUBLOG_COUNTER: advance})
     now = s.jobs.clock.time()
     for (job_id, body), fresh in zip(entries, added, strict=True):
         if fresh:
@@ -126,7 +153,8 @@ def submit_many(s: Scheduler, reqs: list[dict[str, Any]]) -> list[Exception | No
                                                        strict=True) if not ok]
             s.log.info("submit: jobs already known skipped (replay)", request=req["id"],
                        skipped=len(known), first=known[:5])
-        s.log.info("jobs submitted", request=req["id"], queued=new)
+        s.log.info("jobs submitted", request=req["id"], queued=new,
+                   **({"seq": req["seq"]} if "seq" in req else {}))
     return outcomes
 
 
@@ -206,10 +234,32 @@ HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
 # -- the worker -------------------------------------------------------------------------------
 
 def take_inbox(s: Scheduler) -> int:
-    """Handle every request waiting in the inbox (the submits all at once: submit_many);
-    how many were handled."""
-    return handle_inbox(s.layout.inbox(NAME), HANDLERS, s, s.log,
-                        together={"submit": submit_many}, hint=is_granted_hint)
+    """Handle every request waiting in the inbox and every record of the api's submission
+    log not enqueued yet (the submits of both all at once: submit_many); how many were
+    handled. The log is read before the inbox is listed: a request that names a job the
+    api took earlier then finds that job's record in the same group."""
+    logged = _logged(s)
+
+    def submit_all(ctx: Scheduler, reqs: list[dict[str, Any]]) -> list[Exception | None]:
+        return submit_many(ctx, reqs, logged)
+
+    return len(logged) + handle_inbox(
+        s.layout.inbox(NAME), HANDLERS, s, s.log, together={"submit": submit_all},
+        always=("submit",) if logged else (), hint=is_granted_hint)
+
+
+def _logged(s: Scheduler) -> list[dict[str, Any]]:
+    """The api's submission log records above the queue's bookmark (none when the log
+    cannot be read: said in the log, and read again at the next pass)."""
+    if s.sublog is None:
+        s.sublog = LogReader(s.layout.sublog_dir)
+    try:
+        s.sublog.refresh()
+    except OSError as exc:
+        s.log.error("cannot read the api's submission log", path=str(s.sublog.folder),
+                    error=str(exc))
+        return []
+    return s.sublog.pending(s.queue.counter(SUBLOG_COUNTER))
 
 
 def one_pass(s: Scheduler, *, inbox: bool = True) -> None:
@@ -365,7 +415,10 @@ def main(cfg: Config) -> int:
         # a request arrives by a rename (layout.send_request): a moved event is the hint;
         # the temp file's create and writes, and the removals, are not (the periodic
         # rescan still finds a file dropped some other way)
-        with Watcher([layout.inbox(NAME)], log=log, events=[FileMovedEvent]) as watcher:
+        # the api's submission log grows by appends: a modification there is the hint
+        with Watcher([layout.inbox(NAME), layout.sublog_dir], log=log,
+                     events=[FileMovedEvent],
+                     folder_events={layout.sublog_dir: [FileModifiedEvent]}) as watcher:
             report_ready(layout, NAME, found=found, did=did, degraded=degraded,
                          started_monotonic=started, started_at=started_at)
             log.info("ready", jobs=found["jobs"], replayed=found["records_replayed"],

@@ -22,6 +22,8 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
       scheduler/wal/              scheduler the job-queue write-ahead log (segments, snapshot)
       scheduler/submit.lock       batchctl  empty, never written: flock serializes submitters
       api/tokens, api/tokens.lock batchctl record "tokens" (hashes only); flock serializes writers
+      api/submissions/            api      the submission log: a WAL of the POSTed jobs, read
+                                           and enqueued by the scheduler (state.sublog)
       locks/inbox/, locks/state.json, locks/wants/<page>.json   locks worker
       callbacks/inbox/, callbacks/outbox/, callbacks/done/   callbacks worker
       reaper/inbox/, reaper/state.json        reaper worker
@@ -391,6 +393,11 @@ class Layout:
         Created empty with O_CREAT by the first submit; never written, replaced or removed.
         """
         return self.root / "scheduler" / "submit.lock"
+
+    @property
+    def sublog_dir(self) -> Path:
+        """The api's submission log (state.sublog): a WAL only the api appends to."""
+        return self.root / "api" / "submissions"
 
     @property
     def tokens_file(self) -> Path:

@@ -27,6 +27,7 @@ __all__ = [
     "COUNTERS",
     "JOB_STATES",
     "STATE_CODES",
+    "SUBLOG_COUNTER",
     "TERMINAL_STATES",
     "USAGE_KINDS",
     "JobQueue",
@@ -51,6 +52,10 @@ TERMINAL_STATES: frozenset[str] = frozenset(("completed", "failed", "cancelled",
                                              "lost"))
 COUNTERS: tuple[str, ...] = ("submitted", "completed", "failed", "cancelled", "timed_out",
                              "lost", "recovered")
+#: The seq of the last record of the api's submission log (state.sublog) the scheduler
+#: enqueued: advanced in the same WAL group as those jobs, so a crash keeps both or
+#: neither (a bookmark, not a count: stats() leaves it out).
+SUBLOG_COUNTER = "sublog_seq"
 #: What the per-agent usage counters count (cost in micro-dollars: counters are integers;
 #: `jobs`: finished jobs that reported usage).
 USAGE_KINDS: tuple[str, ...] = ("input_tokens", "output_tokens", "cost_micro_usd", "turns",
@@ -221,7 +226,8 @@ def _encode_forget(job_id: str) -> bytes:
 
 
 def _encode_incr(counter: str, n: int) -> bytes:
-    if counter not in COUNTERS and _USAGE_COUNTER.fullmatch(counter) is None:
+    if counter not in COUNTERS and counter != SUBLOG_COUNTER \
+            and _USAGE_COUNTER.fullmatch(counter) is None:
         raise ValueError(f"counter {counter!r} is not one of {', '.join(COUNTERS)} "
                          "nor a usage counter usage/<agent>/<kind>")
     if type(n) is not int or n < 0:
@@ -720,11 +726,13 @@ class JobQueue:
         return fresh
 
     def enqueue_many(self, jobs: Iterable[tuple[str, dict[str, Any]]], *,
-                     count: str | None = None) -> list[bool]:
+                     count: str | None = None,
+                     counters: Mapping[str, int] | None = None) -> list[bool]:
         """Add many jobs with one fsync; one bool per job (False: duplicate id).
 
-        `count` names a counter incremented by the number of jobs added, in the same
-        atomic write: a crash keeps both or neither, so the counter never drifts."""
+        `count` names a counter incremented by the number of jobs added, and `counters`
+        others incremented as given, in the same atomic write: a crash keeps all or
+        none, so a counter never drifts from what it counts."""
         self._writable()
         encoded = [(job_id, _encode_enqueue(job_id, body)) for job_id, body in jobs]
         fresh: list[bool] = []
@@ -739,6 +747,8 @@ class JobQueue:
                     payloads.append(payload)
             if count is not None and payloads:
                 payloads.append(_encode_incr(count, len(payloads)))
+            payloads += [_encode_incr(name, n) for name, n in sorted((counters or {}).items())
+                         if n]
             ticket = self._commit(payloads)
         self._durable(ticket)
         return fresh
@@ -926,12 +936,27 @@ class JobQueue:
         with self._lock:
             out = {name: int(self._jobs.stats.get(name, 0)) for name in COUNTERS}
             for name, n in self._jobs.stats.items():
-                out.setdefault(name, int(n))
+                if name != SUBLOG_COUNTER:
+                    out.setdefault(name, int(n))
             return out
+
+    def counter(self, name: str) -> int:
+        """One persistent counter's value (0 if never incremented), SUBLOG_COUNTER too."""
+        with self._lock:
+            return int(self._jobs.stats.get(name, 0))
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs) - self._jobs.codes.count(_VOID)
+
+    def replayed_to(self) -> tuple[int, dict[str, int]] | None:
+        """Where this open's recovery read the log to: (the snapshot's next epoch, each
+        replayed segment's end); a follower goes on from there (state.queuefollow). None
+        for storage that is not a log."""
+        report = getattr(self._storage, "report", None)
+        if not isinstance(report, RecoveryReport):
+            return None
+        return report.snapshot_next_epoch, dict(report.segment_ends)
 
     def follow(self, payloads: Sequence[bytes]) -> None:
         """A read-only queue that follows the log (state.queuefollow): apply records the

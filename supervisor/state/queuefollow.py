@@ -26,16 +26,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supervisor.state.queue import JobQueue
+from supervisor.state.queue import SUBLOG_COUNTER, JobQueue
 from supervisor.state.wal import SEG_HEADER, SNAPSHOT_NAME, scan_groups
 
-__all__ = ["LiveQueue", "QueueIds", "Tail"]
+__all__ = ["LiveQueue", "QueueIds", "ReadTo", "Tail", "follow_or_reload"]
 
 _SEGMENT = re.compile(r"^\d{12}\.wal$")
-_ENQUEUE, _FORGET = ord("E"), ord("F")
+_ENQUEUE, _FORGET, _COUNT = ord("E"), ord("F"), ord("C")
+_SUBLOG = b"C" + SUBLOG_COUNTER.encode() + b"\n"      # state.queue's counter record
 _TRIES = 5
 
 _Snap = tuple[int, int, int] | None
+#: Where a full read of the log stopped: (snapshot's next epoch, {segment: end}).
+ReadTo = tuple[int, dict[str, int]] | None
+_SKIP = 1 << 62                 # an offset past any segment's end: nothing more to read
 
 
 class Tail:
@@ -59,10 +63,21 @@ class Tail:
         except FileNotFoundError:
             return []
 
-    def restart(self, names: list[str], snapshot: _Snap) -> None:
-        """After a full read: follow `names` from their start (records read twice are
-        idempotent for every reader here)."""
-        self._at = {n: (-1, SEG_HEADER.size) for n in names}
+    def restart(self, names: list[str], snapshot: _Snap, at: ReadTo = None) -> None:
+        """After a full read: follow `names` from where that read stopped. `at` is the
+        read's (snapshot's next epoch, end of each segment it replayed): a segment below
+        that epoch is in the snapshot (skipped), a replayed one goes on from its end, a
+        newer one from its start. Without `at`, every segment from its start (only for a
+        reader whose records are idempotent: a counter's increment is not)."""
+        if at is None:
+            self._at = {n: (-1, SEG_HEADER.size) for n in names}
+        else:
+            floor, ends = at
+            self._at = {n: (-1, ends[n] if n in ends else
+                            _SKIP if int(n[:12]) < floor else SEG_HEADER.size)
+                        for n in names}
+            for name, end in ends.items():
+                self._at.setdefault(name, (-1, end))
         self.snapshot = snapshot
 
     def read(self) -> list[bytes] | None:
@@ -104,14 +119,15 @@ class Tail:
             os.close(fd)
 
 
-def _follow_or_reload(tail: Tail, reload: Callable[[], None],
+def follow_or_reload(tail: Tail, reload: Callable[[], ReadTo],
                       take: Callable[[list[bytes]], None]) -> None:
-    """One refresh: the appended records to `take`, or a full `reload` after a compaction."""
+    """One refresh: the appended records to `take`, or a full `reload` after a compaction
+    (which says where it read the log to, so no record is taken twice)."""
     for _ in range(_TRIES):
         if tail.snapshot is False or tail.snapshot_id() != tail.snapshot:
             snap, names = tail.snapshot_id(), tail.segments()
-            reload()
-            tail.restart(names, snap)
+            at = reload()
+            tail.restart(names, snap, at)
         payloads = tail.read()
         if payloads is not None:
             take(payloads)
@@ -122,21 +138,29 @@ def _follow_or_reload(tail: Tail, reload: Callable[[], None],
 
 class QueueIds:
     """Every id the queue at `wal_dir` holds: an enqueue adds one, a forget (retention)
-    frees it again, a reload takes the queue's own list."""
+    frees it again, a reload takes the queue's own list. `consumed` follows the queue's
+    SUBLOG_COUNTER (the last record of the api's submission log enqueued)."""
 
     def __init__(self, wal_dir: Path) -> None:
         self.wal_dir = wal_dir
         self.ids: set[str] = set()
+        self.consumed = 0
         self.reloads = 0
         self._tail = Tail(wal_dir)
 
-    def _reload(self) -> None:
+    def _reload(self) -> ReadTo:
         ids: set[str] = set()
+        consumed = 0
+        at: ReadTo = None
         if self.wal_dir.exists():
             with JobQueue.open(self.wal_dir, readonly=True) as q:
                 ids = set(q.ids())
+                consumed = q.counter(SUBLOG_COUNTER)
+                at = q.replayed_to()
         self.ids = ids
+        self.consumed = consumed
         self.reloads += 1
+        return at
 
     def _take(self, payloads: list[bytes]) -> None:
         for p in payloads:
@@ -144,10 +168,12 @@ class QueueIds:
                 self.ids.add(p[2:p.index(b"\n")].decode("ascii"))
             elif p[0] == _FORGET:
                 self.ids.discard(p[1:].decode("ascii", "replace"))
+            elif p[0] == _COUNT and p.startswith(_SUBLOG):
+                self.consumed += int(p[len(_SUBLOG):])
 
     def refresh(self) -> set[str]:
         """The ids now."""
-        _follow_or_reload(self._tail, self._reload, self._take)
+        follow_or_reload(self._tail, self._reload, self._take)
         return self.ids
 
 
@@ -176,13 +202,15 @@ class LiveQueue:
         self._tail = Tail(wal_dir)
         self._lock = threading.Lock()
 
-    def _reload(self) -> None:
+    def _reload(self) -> ReadTo:
         old, self.queue = self.queue, None
         if old is not None:
             old.close()
-        if self.wal_dir.exists():
-            self.queue = JobQueue.open(self.wal_dir, readonly=True)
         self.reloads += 1
+        if not self.wal_dir.exists():
+            return None
+        self.queue = JobQueue.open(self.wal_dir, readonly=True)
+        return self.queue.replayed_to()
 
     def _take(self, payloads: list[bytes]) -> None:
         if payloads and self.queue is not None:
@@ -193,7 +221,7 @@ class LiveQueue:
         with self._lock:
             if self.queue is None and self.wal_dir.exists():
                 self._tail.snapshot = False            # it appeared: read it whole
-            _follow_or_reload(self._tail, self._reload, self._take)
+            follow_or_reload(self._tail, self._reload, self._take)
             return None if self.queue is None else _Shared(self.queue)
 
     def close(self) -> None:

@@ -69,6 +69,7 @@ from supervisor.state.layout import Layout, send_request
 from supervisor.state.queue import TERMINAL_STATES
 from supervisor.state.queuefollow import QueueIds
 from supervisor.state.repos import all_repositories, push_refusal
+from supervisor.state.sublog import SubmissionLog
 from supervisor.state.view import JobView, PendingIds, Unreadable, open_view, read_pending
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "ids_in_use",
     "known",
     "known_repos",
+    "log_submission",
     "parse_jsonl",
     "refuse_ids_in_use",
     "refuse_left_folders",
@@ -679,6 +681,17 @@ def write_submission(layout: Layout, jobs: list[dict[str, Any]], *,
     return send_request(layout, "scheduler", request, fs=fs)
 
 
+def log_submission(log: SubmissionLog, jobs: list[dict[str, Any]], *,
+                   now: float | None = None) -> int:
+    """The ONE durable record of the api's submission log carrying `jobs` (each gets
+    created_at, as write_submission); its seq."""
+    request = submit_request(jobs, now=time.time() if now is None else now)
+    created = request["created_at"]
+    for job in jobs:
+        job["created_at"] = created
+    return log.append(request)
+
+
 def known_repos(cfg: Config, layout: Layout) -> frozenset[str]:
     """Repository names a job may use: the config's plus those registered with `repo add`."""
     return frozenset(all_repositories(cfg, layout))
@@ -782,12 +795,13 @@ class InUse:
 
 def ids_in_use(cfg: Config, layout: Layout, given: set[str], *,
                queue_ids: QueueIds | None = None, pending_ids: PendingIds | None = None,
-               also: AbstractSet[str] = frozenset(),
+               also: AbstractSet[str] = frozenset(), logged: Container[str] = frozenset(),
                ) -> tuple[InUse, dict[str, dict[str, Any] | None]]:
     """(every id in use, the known job of each `given` id in use) for take_many, read
     under the submit lock: the inbox's ids (read first, as open_view does: the scheduler
     enqueues a request's jobs before it removes the request), then the queue's, plus
-    `also` (ids the caller is writing: the api's writes in flight). From `queue_ids` and
+    `also` (ids the caller is writing: the api's writes in flight) and `logged` (the ids
+    of the api's submission log not enqueued yet: asked, never copied). From `queue_ids` and
     `pending_ids` when given (long-lived readers: the queue's ids are their live set, not
     a copy), else from a read-only open of the queue. The full view is opened for the
     known jobs only when a given id is in use (a replay to compare). Unreadable when the
@@ -803,7 +817,7 @@ def ids_in_use(cfg: Config, layout: Layout, given: set[str], *,
     except OSError as exc:
         raise Unreadable(f"cannot read the job queue at {layout.wal_dir}: "
                          f"{exc.strerror or exc}") from None
-    in_use = InUse(pending, queued, also)
+    in_use = InUse(pending, queued, also, logged)
     existing: dict[str, dict[str, Any] | None] = {}
     replays = [i for i in given if i in in_use]
     if replays:                         # a replay to compare: the full view, rarely
@@ -862,19 +876,26 @@ def take_many(cfg: Config, layout: Layout, groups: list[list[dict[str, Any]]],
     return Taken(out, taken)
 
 
-def write_taken(layout: Layout, taken: Taken, *,
-                fs: FS = REAL) -> list[list[str] | Exception]:
-    """Write what take_many took as ONE durable request; per submission its ids or why it
-    failed. Should the shared write fail for anything but the disk (OSError, which is
-    every submission's: raised), each submission is written on its own request, so only
-    the one that cannot be written fails (JobError saying why), the others are
-    accepted."""
+def write_taken(layout: Layout, taken: Taken, *, fs: FS = REAL,
+                log: SubmissionLog | None = None) -> list[list[str] | Exception]:
+    """Write what take_many took as ONE durable request (a request file in the
+    scheduler's inbox, or with `log` one record of the api's submission log); per
+    submission its ids or why it failed. Should the shared write fail for anything but
+    the disk (OSError, which is every submission's: raised), each submission is written
+    on its own request, so only the one that cannot be written fails (JobError saying
+    why), the others are accepted."""
+    def write(jobs: list[dict[str, Any]]) -> None:
+        if log is None:
+            write_submission(layout, jobs, fs=fs)
+        else:
+            log_submission(log, jobs)
+
     out = list(taken.results)
     fresh = taken.jobs
     if not fresh:
         return out
     try:
-        write_submission(layout, fresh, fs=fs)
+        write(fresh)
     except OSError:
         raise                   # the disk: every submission's failure
     except Exception:          # noqa: BLE001 - one submission's content: find it
@@ -882,7 +903,7 @@ def write_taken(layout: Layout, taken: Taken, *,
             if not new:
                 continue
             try:
-                write_submission(layout, new, fs=fs)
+                write(new)
             except OSError as exc:
                 out[index] = exc
             except Exception as exc:   # noqa: BLE001 - what it holds: its own

@@ -43,8 +43,16 @@ from supervisor.state.layout import (
     Layout,
     read_record,
 )
-from supervisor.state.queue import COUNTERS, JOB_STATES, TERMINAL_STATES, JobQueue, QueueError
+from supervisor.state.queue import (
+    COUNTERS,
+    JOB_STATES,
+    SUBLOG_COUNTER,
+    TERMINAL_STATES,
+    JobQueue,
+    QueueError,
+)
 from supervisor.state.queuefollow import LiveQueue
+from supervisor.state.sublog import LogReader
 from supervisor.state.wal import WalError
 
 __all__ = [
@@ -146,6 +154,7 @@ class QueueReader(Protocol):
                      states: Iterable[str] | None = None) -> dict[str, Any]: ...
     def counts(self) -> dict[str, int]: ...
     def stats(self) -> dict[str, int]: ...
+    def counter(self, name: str) -> int: ...
     def close(self) -> None: ...
 
 
@@ -593,6 +602,8 @@ def open_queue(path: Path) -> QueueReader | None:
 
 #: wal_dir -> the LiveQueue this process follows it with (follow_queue).
 _LIVE: dict[str, LiveQueue] = {}
+#: wal_dir -> the LogReader following the api's submission log beside it (follow_queue).
+_LIVE_LOG: dict[str, LogReader] = {}
 
 
 def follow_queue(layout: Layout) -> LiveQueue:
@@ -602,6 +613,7 @@ def follow_queue(layout: Layout) -> LiveQueue:
     key = str(layout.wal_dir)
     if key not in _LIVE:
         _LIVE[key] = LiveQueue(layout.wal_dir)
+        _LIVE_LOG[key] = LogReader(layout.sublog_dir)
     return _LIVE[key]
 
 
@@ -619,11 +631,24 @@ def open_view(cfg: Config, layout: Layout) -> JobView:
     """Read the pending submissions, then open the job queue read-only (none yet: empty),
     or bring this process's followed queue up to date (follow_queue).
 
-    The inbox is read FIRST: the scheduler enqueues a job before it removes its request,
-    so a job cannot slip between the two reads and look unknown. Unreadable if either
-    cannot be read.
+    The inbox and the api's submission log (state.sublog) are read FIRST: the scheduler
+    enqueues a job before it removes its request (or, in the same WAL group, advances
+    the queue's SUBLOG_COUNTER past its record), so a job cannot slip between the reads
+    and look unknown; the log's records at or below the counter are in the queue (or
+    were forgotten since) and are not pending. Unreadable if any cannot be read.
     """
     pending = read_pending(layout)
     live = _LIVE.get(str(layout.wal_dir))
+    log = _LIVE_LOG.get(str(layout.wal_dir)) or LogReader(layout.sublog_dir)
+    try:
+        log.refresh()
+    except OSError as exc:
+        raise Unreadable(f"cannot read the api's submission log at {log.folder}: "
+                         f"{_why(exc)}") from None
     queue = open_queue(layout.wal_dir) if live is None else _live_queue(live)
+    consumed = 0 if queue is None else queue.counter(SUBLOG_COUNTER)
+    for rec in log.pending(consumed):
+        for job in rec.get("jobs") or ():
+            if isinstance(job, dict) and isinstance(job.get("id"), str):
+                pending.jobs.setdefault(job["id"], job)
     return JobView(cfg, layout, queue, pending)

@@ -84,6 +84,9 @@ class RecoveryReport:
     snapshot_loaded: bool = False
     snapshot_next_epoch: int = 0
     segments_replayed: list[str] = field(default_factory=list)
+    # Where each replayed segment's whole groups end (a follower of the log goes on from
+    # there: state.queuefollow).
+    segment_ends: dict[str, int] = field(default_factory=dict)
     records_replayed: int = 0
     torn_bytes_truncated: int = 0
     # Damage (see "Damage"): byte ranges not replayed, as (segment, start, end); groups
@@ -595,6 +598,7 @@ class Wal:
             wal._repair(plan)
             wal._start_writer(plan, image)
         wal.report.segments_replayed = [os.path.basename(s.path) for s in plan.replay]
+        wal.report.segment_ends = {os.path.basename(s.path): s.valid_end for s in plan.replay}
         wal.report.records_replayed = len(records)
         wal._tail_records = len(records)
         wal._tail_bytes = sum(s.valid_end for s in plan.replay)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from supervisor.state.layout import REQUEST, Layout, read_record
+from supervisor.state.layout import Layout
 from supervisor.state.queue import JobQueue
-from tests.helpers import until
+from tests.helpers import submitted_jobs, until
 from tests.httpkit import ApiProc, Client, config_text, make_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,13 +44,7 @@ class Env:
         return json.loads(done.stdout)
 
     def pending_jobs(self) -> list[dict[str, Any]]:
-        inbox = self.layout.inbox("scheduler")
-        jobs: list[dict[str, Any]] = []
-        for name in sorted(os.listdir(inbox)) if inbox.exists() else []:
-            rec = read_record(REQUEST, inbox / name, owner=False)
-            if isinstance(rec, dict) and rec.get("kind") == "submit":
-                jobs += rec["jobs"]
-        return jobs
+        return submitted_jobs(self.layout)
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +91,13 @@ def test_every_read_route_needs_a_valid_token(env: Env, path: str) -> None:
 def test_a_short_scope_is_403_and_writes_nothing(env: Env, method: str, path: str,
                                                  need: str) -> None:
     """read < submit < admin: a token below what the route needs gets 403, nothing queued."""
-    before = sorted(os.listdir(env.layout.inbox("scheduler"))) \
-        if env.layout.inbox("scheduler").exists() else []
+    before = env.pending_jobs()
     weaker = {"submit": ["read"], "admin": ["read", "submit"]}[need]
     for scope in weaker:
         status, body = env.client(scope).json(method, path, {"agent": "shell", "prompt": "x"})
         assert (403, "forbidden") == _error(status, body)
         assert need in body["error"]["message"]
-    after = sorted(os.listdir(env.layout.inbox("scheduler"))) \
-        if env.layout.inbox("scheduler").exists() else []
-    assert before == after
+    assert before == env.pending_jobs()
 
 
 def test_the_token_route_names_the_token_and_its_scope(env: Env) -> None:

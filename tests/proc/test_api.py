@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from supervisor.state.layout import STARTUP_LOG, WORKERS, Layout, read_record
+from supervisor.state.queue import JobQueue
 from tests.helpers import until
 from tests.httpkit import Client, api_address, config_text, make_tokens, read_events
 
@@ -59,10 +60,13 @@ class Batchd:
         return {w["name"]: w for w in rec["workers"]}
 
     def api_pid(self) -> int:
+        return self.worker_pid("api")
+
+    def worker_pid(self, name: str) -> int:
         def running() -> int | None:
-            w = self.workers().get("api")
+            w = self.workers().get(name)
             return w["pid"] if w and w["state"] == "RUNNING" else None
-        pid: int = until("the api RUNNING", running, DEADLINE)
+        pid: int = until(f"the {name} RUNNING", running, DEADLINE)
         return pid
 
     def api_address(self) -> tuple[str, int]:
@@ -354,10 +358,11 @@ def test_pause_over_http_holds_new_jobs_until_resume(batchd: Batchd) -> None:
 def test_sigkill_of_the_api_under_submissions_loses_no_acknowledged_job(
         batchd: Batchd) -> None:
     """8 clients POST jobs with ids of their own as fast as they can while the api worker
-    is SIGKILLed twice (with request writes in flight); a POST whose connection breaks is
+    is SIGKILLed twice (with log appends in flight) and the scheduler once between (while
+    it enqueues the log's records); a POST whose connection breaks is
     retried with the same id against the restarted api. Every id answered 201 (first try
-    or retry) is queued exactly once (`batchctl jobs`), a retry is never a conflict, and
-    no request was left torn in the inbox."""
+    or retry) reaches the queue from the api's submission log and is there exactly once
+    (`batchctl jobs`), a retry is never a conflict, and nothing was quarantined."""
     from supervisor.state.jobcontrol import set_paused
 
     b = batchd
@@ -395,18 +400,24 @@ def test_sigkill_of_the_api_under_submissions_loses_no_acknowledged_job(
     threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
-    for kill_at in (60, 160):
+    for kill_at, worker in ((60, "api"), (110, "scheduler"), (160, "api")):
         until(f"{kill_at} submissions answered", lambda k=kill_at: acked[0] >= k, DEADLINE)
-        pid = b.api_pid()
+        pid = b.worker_pid(worker)
         os.kill(pid, signal.SIGKILL)
-        until("the api replaced", lambda p=pid: b.api_pid() != p, DEADLINE)
+        until(f"the {worker} replaced", lambda p=pid, w=worker: b.worker_pid(w) != p,
+              DEADLINE)
     for t in threads:
         t.join(DEADLINE * 2)
     assert [] == errors
     assert 8 * per_client == len(answered)
     inbox = b.layout.inbox("scheduler")
-    until("the scheduler took every request",
-          lambda: not any(p.suffix == ".json" for p in inbox.iterdir()), DEADLINE)
+
+    def enqueued() -> set[str]:
+        with JobQueue.open(b.layout.wal_dir, readonly=True) as queue:
+            return set(queue.ids())
+
+    until("the scheduler enqueued every answered job (log and inbox)",
+          lambda: set(answered) <= enqueued(), DEADLINE)
     listing = b.ctl("jobs", "--json")
     assert 0 == listing.returncode, listing.stderr
     queued = sorted(j["id"] for j in json.loads(listing.stdout))

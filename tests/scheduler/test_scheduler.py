@@ -19,12 +19,13 @@ from supervisor.config import Config
 from supervisor.scheduler.dispatch import Jobs
 from supervisor.scheduler.launch import Launched
 from supervisor.state.atomic import CORRUPT_MARK
-from supervisor.state.clock import MockClock, iso_now
+from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.fs import OsFS
 from supervisor.state.jobs import cancel_request, submit_request
 from supervisor.state.layout import REQUEST, RESULT, Layout, write_record
 from supervisor.state.proc import start_time
-from supervisor.state.queue import JobQueue, MemoryStorage
+from supervisor.state.queue import SUBLOG_COUNTER, JobQueue, MemoryStorage
+from supervisor.state.sublog import SubmissionLog
 
 
 @pytest.fixture(autouse=True)
@@ -542,3 +543,65 @@ def test_a_power_cut_during_many_submits_keeps_all_or_none(cfg: Config,
     report = explore(tmp_path / "crash", setup=lambda root: None, workload=workload,
                      recover=picture, expected=[(0, []), (3, ["a", "b", "c"])])
     assert {0, 1} == set(report.recovered_to)
+
+
+def _log_request(log: SubmissionLog, *jobs: dict[str, Any], at: str | None = None) -> int:
+    """Append one submit request to the api's log, as the api does."""
+    return log.append(submit_request(list(jobs), now=parse_iso(at) if at else None))
+
+
+def test_the_api_log_is_enqueued_with_its_bookmark_and_never_twice(
+        cfg: Config, sched: scheduler.Scheduler) -> None:
+    """Records of the api's submission log are enqueued in one WAL group with the queue's
+    SUBLOG_COUNTER advanced to the last seq; a pass finds nothing new after that, and a
+    restarted scheduler (a fresh reader of the same log) does not bring back a job that
+    was forgotten meanwhile."""
+    log = SubmissionLog(sched.layout.sublog_dir, consumed=0)
+    _log_request(log, job("a"), job("b"))
+    _log_request(log, job("c"))
+    assert 2 == scheduler.take_inbox(sched)
+    assert (["a", "b", "c"], 2, 3) == (sched.queue.ids(), sched.queue.counter(SUBLOG_COUNTER),
+                                       sched.queue.stats()["submitted"])
+    assert SUBLOG_COUNTER not in sched.queue.stats()
+    assert 0 == scheduler.take_inbox(sched)
+    sched.queue.update("a", state="completed")
+    sched.queue.forget(["a"])
+    sched.queue.close()
+    s2, _, _, _ = scheduler.recover(cfg, Layout(cfg.state_dir), _log.get("test"),
+                                    launcher=no_launch)
+    try:
+        _log_request(log, job("d"))
+        assert 1 == scheduler.take_inbox(s2)
+        assert (["b", "c", "d"], 3) == (s2.queue.ids(), s2.queue.counter(SUBLOG_COUNTER))
+    finally:
+        s2.queue.close()
+        log.close()
+
+
+def test_jobs_of_both_doors_are_one_group_so_either_may_wait_for_the_other(
+        sched: scheduler.Scheduler) -> None:
+    """A batchctl request `--after` a job the api logged, and a logged job `--after` a
+    job of that request: both are enqueued in the same pass, in request order, and
+    neither is doomed as naming an unknown dependency."""
+    log = SubmissionLog(sched.layout.sublog_dir, consumed=0)
+    _log_request(log, job("api1"), at="2026-12-03T23:00:00Z")
+    drop(sched, submit_request([job("ctl1", after=["api1"])], request_id="s1",
+                               now=parse_iso("2026-12-03T23:00:01Z")))
+    _log_request(log, job("api2", after=["ctl1"]), at="2026-12-03T23:00:02Z")
+    scheduler.take_inbox(sched)
+    log.close()
+    assert ["api1", "ctl1", "api2"] == sched.queue.ids()
+    assert [] == sched.jobs.doomed
+    assert {"queued"} == {sched.queue.state(i) for i in ("api1", "ctl1", "api2")}
+
+
+def test_a_cancel_in_the_pass_that_takes_the_api_log_finds_its_job(
+        sched: scheduler.Scheduler) -> None:
+    """A job the api logged and its cancel (batchctl saw it pending) in the same pass:
+    the log is enqueued before the cancels, so the cancel does not wait for a later pass."""
+    log = SubmissionLog(sched.layout.sublog_dir, consumed=0)
+    _log_request(log, job("c1"))
+    drop(sched, cancel_request("c1"))
+    scheduler.take_inbox(sched)
+    log.close()
+    assert ("cancelled", []) == (sched.queue.state("c1"), inbox_names(sched))

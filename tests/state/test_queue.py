@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from supervisor.state.queue import (
     COUNTERS,
     JOB_STATES,
+    SUBLOG_COUNTER,
     TERMINAL_STATES,
     JobQueue,
     MemoryStorage,
@@ -81,6 +82,19 @@ def test_enqueue_many_one_write_one_sync_duplicates_flagged() -> None:
     assert (w + 1, s + 1) == (storage.writes, storage.syncs)
     assert ["a", "b", "c"] == q.ids()
     assert "x" not in (q.get("b") or {})
+
+
+def test_enqueue_many_advances_other_counters_in_the_same_write() -> None:
+    """counters= go in the enqueue's one write (the api log's bookmark beside its jobs),
+    even when no job is new; the bookmark is read with counter() and stays out of stats."""
+    q, storage = mem()
+    w = storage.writes
+    q.enqueue_many([("a", {}), ("b", {})], count="submitted", counters={SUBLOG_COUNTER: 3})
+    assert (w + 1, 2, 3) == (storage.writes, q.stats()["submitted"], q.counter(SUBLOG_COUNTER))
+    q.enqueue_many([("a", {})], count="submitted", counters={SUBLOG_COUNTER: 2})
+    assert (w + 2, 2, 5) == (storage.writes, q.stats()["submitted"], q.counter(SUBLOG_COUNTER))
+    assert SUBLOG_COUNTER not in q.stats()
+    assert 0 == q.counter("completed")
 
 
 @pytest.mark.parametrize("bad", ["", "-x", "a b", "a/b", "é", "x" * 65, 7, None])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.state.queue import JobQueue
-from supervisor.state.queuefollow import QueueIds
+from supervisor.state.queue import SUBLOG_COUNTER, JobQueue
+from supervisor.state.queuefollow import LiveQueue, QueueIds
 from supervisor.state.wal import Wal
 
 
@@ -111,3 +111,50 @@ def test_views_of_a_following_process_share_the_live_queue(tmp_path: Path) -> No
     finally:
         live.close()
         _LIVE.pop(str(layout.wal_dir), None)
+
+
+def test_ids_follow_the_api_log_bookmark_across_compactions(tmp_path: Path) -> None:
+    """`consumed` is the queue's SUBLOG_COUNTER: advanced as the records are followed,
+    and read from the queue again after a compaction."""
+    wal = tmp_path / "wal"
+    ids = QueueIds(wal)
+    ids.refresh()
+    q = JobQueue.over(Wal.open(wal, compact_records=10))
+    try:
+        q.enqueue_many([("a", {"agent": "shell", "prompt": "p"})], counters={SUBLOG_COUNTER: 2})
+        ids.refresh()
+        assert 2 == ids.consumed
+        for i in range(30):
+            q.enqueue_many([(f"b{i}", {"agent": "shell", "prompt": "p"})],
+                           counters={SUBLOG_COUNTER: 1})
+        ids.refresh()
+    finally:
+        q.close()
+    assert (32, 31) == (ids.consumed, len(ids.ids))
+    assert 32 == _fresh(wal)
+
+
+def _fresh(wal: Path) -> int:
+    fresh = QueueIds(wal)
+    fresh.refresh()
+    return fresh.consumed
+
+
+def test_a_live_queue_counts_each_record_once_across_compactions(tmp_path: Path) -> None:
+    """After a compaction the queue is read again and followed from where that read
+    stopped, not from each segment's start: a counter (not idempotent, unlike an
+    enqueue) is never counted twice (it was, until the reload said where it read to)."""
+    wal = tmp_path / "wal"
+    q = JobQueue.over(Wal.open(wal, compact_records=10))
+    live = LiveQueue(wal)
+    live.current()
+    seen = []
+    try:
+        for i in range(25):
+            q.enqueue_many([(f"j{i}", {"agent": "shell"})], count="submitted")
+            seen.append(live.current().stats()["submitted"])
+    finally:
+        q.close()
+        live.close()
+    assert list(range(1, 26)) == seen
+    assert live.reloads >= 2

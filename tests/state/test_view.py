@@ -19,6 +19,8 @@ from supervisor.state.layout import (
     Layout,
     write_record,
 )
+from supervisor.state.queue import SUBLOG_COUNTER, JobQueue
+from supervisor.state.sublog import SubmissionLog
 from supervisor.state.view import (
     STAT_KEYS,
     JobView,
@@ -151,6 +153,25 @@ def test_open_view_without_a_queue_shows_pending_jobs(tmp_path: Path) -> None:
     _drop(layout, submit_request([{"id": "x1", "agent": "shell"}]))
     with open_view(_cfg(layout), layout) as view:
         assert (None, ["x1"], {"queued": 1}) == (view.queue, view.ids(), view.counts())
+
+
+def test_open_view_shows_the_api_log_above_the_bookmark_only(tmp_path: Path) -> None:
+    """A job the api logged is pending (queued) until the scheduler's bookmark passes its
+    record; after that only the queue speaks for it, so a job enqueued and then forgotten
+    does not come back from the log."""
+    layout = _layout(tmp_path)
+    log = SubmissionLog(layout.sublog_dir, consumed=0)
+    log.append(submit_request([{"id": "l1", "agent": "shell"}]))
+    log.append(submit_request([{"id": "l2", "agent": "shell"}]))
+    with open_view(_cfg(layout), layout) as view:
+        assert (["l1", "l2"], {"queued": 2}) == (view.ids(), view.counts())
+    with JobQueue.open(layout.wal_dir) as queue:
+        queue.enqueue_many([("l1", {"agent": "shell", "state": "completed"})],
+                           counters={SUBLOG_COUNTER: 1})
+        queue.forget(["l1"])
+    with open_view(_cfg(layout), layout) as view:
+        assert (["l2"], None) == (view.ids(), view.get("l1"))
+    log.close()
 
 
 def test_open_queue_missing_is_none_and_a_plain_file_is_unreadable(tmp_path: Path) -> None:
