@@ -112,7 +112,8 @@ class Batcher:
         self._queue_ids = QueueIds(layout.wal_dir)
         self._pending_ids = PendingIds(layout)
         self._queue_ids.refresh()               # where the scheduler is in the log
-        self.sublog = SubmissionLog(layout.sublog_dir, consumed=self._queue_ids.consumed)
+        self.sublog = SubmissionLog(layout.sublog_dir, consumed=self._queue_ids.consumed,
+                                    queue_dir=layout.wal_dir)
         self._write_taken = write or functools.partial(write_taken, log=self.sublog)
         self._lock = SubmitLock(layout)
         self._since = 0.0                       # when the lock was taken

@@ -29,14 +29,24 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import re
 import threading
 from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
+from supervisor.state.atomic import quarantine
 from supervisor.state.fs import FS, REAL
 from supervisor.state.queuefollow import ReadTo, Tail, follow_or_reload
-from supervisor.state.wal import Recovered, Wal, WalError
+from supervisor.state.wal import SNAPSHOT_NAME, Recovered, Wal, WalError
+
+
+def _logger() -> Any:
+    """This module's logger, made on first use (the state layer stays light to import)."""
+    from supervisor import log
+
+    return log.component("sublog")
 
 __all__ = [
     "COMPACT_BYTES",
@@ -56,6 +66,7 @@ COMPACT_RECORDS = 1024
 COMPACT_BYTES = 1 << 20
 
 _TAG = b"S"
+_SEGMENT = re.compile(r"^\d{12}\.wal$")           # state.wal's segment names
 
 
 def encode(seq: int, request: dict[str, Any]) -> bytes:
@@ -113,10 +124,11 @@ class SubmissionLog:
     the seqs follow the records' order in the log. A failed write or fdatasync leaves the
     log unusable until reopened: the next append reopens it (recovery, as at start)."""
 
-    def __init__(self, folder: Path, *, consumed: int, fs: FS = REAL,
-                 compact_records: int = COMPACT_RECORDS,
+    def __init__(self, folder: Path, *, consumed: int, queue_dir: Path | None = None,
+                 fs: FS = REAL, compact_records: int = COMPACT_RECORDS,
                  compact_bytes: int = COMPACT_BYTES) -> None:
         self.folder = folder
+        self.queue_dir = queue_dir
         self._fs = fs
         self._compact = (compact_records, compact_bytes)
         self._lock = threading.Lock()
@@ -132,10 +144,23 @@ class SubmissionLog:
         wal = Wal.open(self.folder, fs=self._fs, compact_records=self._compact[0],
                        compact_bytes=self._compact[1])
         try:
-            last, records, _bad = _recovered(wal.take_recovered())
+            last, records, bad = _recovered(wal.take_recovered())
+        except WalError as exc:         # a snapshot whose CRC holds but not its JSON
+            wal.close()
+            moved = quarantine(self.folder / SNAPSHOT_NAME, fs=self._fs)
+            _logger().error("the api's submission log: its snapshot moved aside, the "
+                            "records it alone held are lost", error=str(exc), moved=moved)
+            wal = Wal.open(self.folder, fs=self._fs, compact_records=self._compact[0],
+                           compact_bytes=self._compact[1])
+            last, records, bad = _recovered(wal.take_recovered())
         except BaseException:
             wal.close()
             raise
+        for finding in wal.report.errors:
+            _logger().error("the api's submission log was damaged", finding=finding)
+        if bad:
+            _logger().error("the api's submission log holds records that are not "
+                            "submissions: passed over", records=bad)
         self._wal = wal
         self._last = max([last, self._consumed, self._last, *records])
         self._pending = {seq: rec for seq, rec in records.items() if seq > self._consumed}
@@ -222,15 +247,39 @@ class SubmissionLog:
 
     def _compact_now(self, wal: Wal) -> None:
         """Snapshot what is still pending and drop the segments before it (the records
-        appended meanwhile go to the new segment)."""
+        appended meanwhile go to the new segment). The bookmarks prune was given were read
+        from the page cache, perhaps before the scheduler's fdatasync of them returned: the
+        queue's segments are made durable first (sync_queue), so a power cut cannot take
+        a bookmark whose records this snapshot leaves out."""
         with self._lock:
             if self._wal is not wal or not wal.compaction_due():
                 return
             try:
+                self._sync_queue()
                 epoch = wal.rotate()
                 wal.install_snapshot(_image(self._last, self._pending.values()), epoch)
             except (OSError, WalError):
                 self._drop()            # reopened (and compacted later) at the next append
+
+    def _sync_queue(self) -> None:
+        """fdatasync every segment of the job queue's WAL (read-only descriptors: this
+        writes nothing, it only flushes what the scheduler wrote). A segment compacted
+        away meanwhile is in the scheduler's snapshot, durable before the segment goes."""
+        if self.queue_dir is None:
+            return
+        try:
+            names = sorted(n for n in os.listdir(self.queue_dir) if _SEGMENT.match(n))
+        except FileNotFoundError:
+            return
+        for name in names:
+            try:
+                fd = self._fs.open(str(self.queue_dir / name), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                self._fs.fdatasync(fd)
+            finally:
+                self._fs.close(fd)
 
     def close(self) -> None:
         """Release the log."""
@@ -256,7 +305,10 @@ class LogReader:
         self.folder = folder
         self._tail = Tail(folder)
         self._records: dict[int, dict[str, Any]] = {}
-        self._lock = threading.Lock()   # the api's views refresh it from several threads
+        #: The api's views share one reader from several threads: state.view.open_view
+        #: holds this lock from the log's refresh through the queue's to pending(), so a
+        #: view never asks with a bookmark older than one another view forgot records by.
+        self.lock = threading.RLock()
         self.unreadable = 0             # records that are not submissions (logged by owners)
 
     def _reload(self) -> ReadTo:
@@ -286,7 +338,7 @@ class LogReader:
 
     def refresh(self) -> None:
         """Read what the log gained since the last refresh."""
-        with self._lock:
+        with self.lock:
             if not self.folder.is_dir():
                 self._records = {}
                 return
@@ -294,7 +346,7 @@ class LogReader:
 
     def pending(self, consumed: int) -> list[dict[str, Any]]:
         """The records whose seq is above `consumed`, by seq (forgets the others)."""
-        with self._lock:
+        with self.lock:
             for seq in [s for s in self._records if s <= consumed]:
                 del self._records[seq]
             return [self._records[s] for s in sorted(self._records)]

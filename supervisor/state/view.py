@@ -640,14 +640,16 @@ def open_view(cfg: Config, layout: Layout) -> JobView:
     pending = read_pending(layout)
     live = _LIVE.get(str(layout.wal_dir))
     log = _LIVE_LOG.get(str(layout.wal_dir)) or LogReader(layout.sublog_dir)
-    try:
-        log.refresh()
-    except OSError as exc:
-        raise Unreadable(f"cannot read the api's submission log at {log.folder}: "
-                         f"{_why(exc)}") from None
-    queue = open_queue(layout.wal_dir) if live is None else _live_queue(live)
-    consumed = 0 if queue is None else queue.counter(SUBLOG_COUNTER)
-    for rec in log.pending(consumed):
+    with log.lock:                      # one bookmark at a time for a shared reader
+        try:
+            log.refresh()
+        except OSError as exc:
+            raise Unreadable(f"cannot read the api's submission log at {log.folder}: "
+                             f"{_why(exc)}") from None
+        queue = open_queue(layout.wal_dir) if live is None else _live_queue(live)
+        consumed = 0 if queue is None else queue.counter(SUBLOG_COUNTER)
+        logged = log.pending(consumed)
+    for rec in logged:
         for job in rec.get("jobs") or ():
             if isinstance(job, dict) and isinstance(job.get("id"), str):
                 pending.jobs.setdefault(job["id"], job)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import time
@@ -605,3 +606,19 @@ def test_a_cancel_in_the_pass_that_takes_the_api_log_finds_its_job(
     scheduler.take_inbox(sched)
     log.close()
     assert ("cancelled", []) == (sched.queue.state("c1"), inbox_names(sched))
+
+
+def test_a_log_record_that_fails_the_check_is_kept_aside_and_passed_over(
+        sched: scheduler.Scheduler) -> None:
+    """A record of the api's log the check refuses (only a bug makes one) does not stop
+    the records after it: the bookmark moves past it, and its content is kept as the
+    scheduler's `sublog-<seq>.json.corrupted.<ts>`, as a bad request file is quarantined."""
+    log = SubmissionLog(sched.layout.sublog_dir, consumed=0)
+    _log_request(log, job("bad id"))
+    _log_request(log, job("good"))
+    scheduler.take_inbox(sched)
+    log.close()
+    assert (["good"], 2) == (sched.queue.ids(), sched.queue.counter(SUBLOG_COUNTER))
+    [kept] = [p for p in sched.layout.worker_dir("scheduler").iterdir()
+              if p.name.startswith("sublog-1.json.corrupted.")]
+    assert ["bad id"] == [j["id"] for j in json.loads(kept.read_text())["jobs"]]

@@ -4,6 +4,7 @@ torn tails and power cuts."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,10 @@ from typing import Any
 import pytest
 
 from supervisor.state.fs import OsFS
+from supervisor.state.queue import SUBLOG_COUNTER, JobQueue
+from supervisor.state.queuefollow import QueueIds
 from supervisor.state.sublog import LogReader, SubmissionLog, decode, encode, read_log
+from supervisor.state.wal import Wal
 from tests.crashfs import CrashFS, explore
 
 
@@ -206,3 +210,93 @@ def test_an_acknowledged_append_survives_every_power_cut(tmp_path: Path) -> None
     report = explore(tmp_path, setup=setup, workload=workload, recover=_recover,
                      expected=[[], [["a"]], [["a"], ["b", "c"]]])
     assert {0, 1, 2} == set(report.recovered_to)
+
+
+class _Durable(OsFS):
+    """Notes, at each fdatasync, the bytes of the file synced: what a power cut keeps
+    (the test's stand-in for the disk, shared by the scheduler's and the api's FS)."""
+
+    disk: dict[str, bytes] = {}
+
+    def __init__(self) -> None:
+        self.paths: dict[int, str] = {}
+        self.block: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        fd = super().open(path, flags, mode)
+        self.paths[fd] = str(path)
+        return fd
+
+    def fdatasync(self, fd: int) -> None:
+        if self.block is not None:
+            self.entered.set()
+            assert self.block.wait(10)
+        super().fdatasync(fd)
+        path = self.paths.get(fd)
+        if path is not None:
+            with open(path, "rb") as f:
+                _Durable.disk[path] = f.read()
+
+
+def test_a_compaction_never_drops_records_on_a_bookmark_a_power_cut_can_take(
+        tmp_path: Path) -> None:
+    """The api prunes by the bookmark it reads from the scheduler's page cache, perhaps
+    while the scheduler's fdatasync of it is still running. Its compaction then drops
+    those records from the log; so it first makes the queue's segments durable. A power
+    cut right after (the queue's segment back to its last synced bytes) keeps the jobs
+    and the bookmark in the queue: nothing answered 201 is lost."""
+    qdir, ldir = tmp_path / "wal", tmp_path / "log"
+    _Durable.disk = {}
+    sched_fs, api_fs = _Durable(), _Durable()
+    queue = JobQueue.over(Wal.open(qdir, fs=sched_fs))
+    [segment] = [str(p) for p in qdir.iterdir() if p.suffix == ".wal"]
+    log = SubmissionLog(ldir, consumed=0, queue_dir=qdir, fs=api_fs, compact_records=4)
+    for n in range(1, 5):
+        log.append(_req(f"job{n}"))
+    taken = read_log(ldir).pending(0)
+    sched_fs.block = threading.Event()
+    enqueue = threading.Thread(target=lambda: queue.enqueue_many(
+        [(j["id"], j) for r in taken for j in r["jobs"]], count="submitted",
+        counters={SUBLOG_COUNTER: taken[-1]["seq"]}))
+    enqueue.start()
+    assert sched_fs.entered.wait(10)           # the scheduler's fdatasync is running
+    ids = QueueIds(qdir)
+    ids.refresh()
+    assert 4 == ids.consumed                   # seen in the page cache
+    log.prune(ids.consumed)
+    log.append(_req("job5"))                   # the threshold: the log compacts
+    assert "snapshot" in os.listdir(ldir)
+    with open(segment, "wb") as f:             # the power cut: the last synced bytes
+        f.write(_Durable.disk.get(segment, b""))
+    sched_fs.block.set()
+    enqueue.join(10)
+    queue.close()
+    log.close()
+    with JobQueue.open(qdir, readonly=True) as after:
+        consumed = after.counter(SUBLOG_COUNTER)
+        assert (4, [f"job{n}" for n in range(1, 5)]) == (consumed, after.ids())
+    assert [(5, ["job5"])] == _ids(read_log(ldir).pending(consumed))
+
+
+def test_a_snapshot_that_cannot_be_read_is_moved_aside_and_the_log_goes_on(
+        tmp_path: Path) -> None:
+    """A snapshot whose CRC holds but whose content is not the log's (only a bug makes
+    one) is quarantined (`snapshot.corrupted.<ts>`), not a reason for the api never to
+    start: the writer reopens without it and appends after the records it still has."""
+    from supervisor.state.wal import _snapshot_bytes
+
+    folder = tmp_path / "log"
+    log = SubmissionLog(folder, consumed=0, compact_records=2)
+    for n in range(3):
+        log.append(_req(f"j{n}"))
+        log.prune(n + 1)
+    log.close()
+    assert "snapshot" in os.listdir(folder)
+    (folder / "snapshot").write_bytes(_snapshot_bytes(b"not json", 99))
+    again = SubmissionLog(folder, consumed=3)
+    assert 4 == again.append(_req("k"))
+    again.close()
+    assert ["snapshot.corrupted."] == [n[:19] for n in os.listdir(folder)
+                                       if n.startswith("snapshot")]
+    assert [(4, ["k"])] == _ids(read_log(folder).pending(3))
