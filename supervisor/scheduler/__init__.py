@@ -33,6 +33,7 @@ from supervisor.runtime import (
 from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler import queued as _queued
 from supervisor.scheduler.dispatch import Jobs, Launcher
+from supervisor.scheduler.launch import start_spawner
 from supervisor.state.atomic import CORRUPT_MARK, utc_stamp, write_json
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.fs import FS, REAL
@@ -418,6 +419,9 @@ def main(cfg: Config) -> int:
     started, started_at = time.monotonic(), iso_now()
     layout = Layout(cfg.state_dir)
     log = _log.get(NAME)
+    spawner = start_spawner(cfg.launcher)     # it boots while the queue is recovered
+    if spawner is not None:
+        log.info("fork server started", pid=spawner)
     try:
         got = until_written("opening the job queue", lambda: recover(cfg, layout, log), log)
     except (OSError, WalError, QueueError) as exc:

@@ -326,9 +326,10 @@ def _clone(j: Jobs, entry: dict[str, Any], known: dict[str, Any]) -> list[dict[s
     """Fetch the mirrors and clone the workspace (the job holds its repositories' locks);
     the job's repositories with the commit each clone is at (`base`, for the spec).
     Runs on a `prepare` thread: it touches only the job's workspace and the mirrors."""
+    heads: dict[str, str] = {}
     ws = _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
-                                     mirrors_dir=j.layout.mirrors_dir)
-    return _jobfiles.workspace_repos(j.layout, entry, ws, known)
+                                     mirrors_dir=j.layout.mirrors_dir, heads=heads)
+    return _jobfiles.workspace_repos(j.layout, entry, ws, known, heads)
 
 
 def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
@@ -358,6 +359,10 @@ def _do_launch(j: Jobs, job: _Job, action: lc.Launch, batch: _Batch) -> None:
         future = j.pool().submit(_clone, j, dict(job.entry), known)
         future.add_done_callback(lambda _done: j.wake())    # launch it without waiting a tick
         j.preparing[job.id] = future
+        try:
+            _jobfiles.make_job_dir(j.layout, job.id)    # while it clones: not on the path
+        except OSError as exc:                          # write_spec tries again
+            j.log.warning("cannot make the job folder yet", job=job.id, error=str(exc))
 
 
 def _finish_prepared(j: Jobs, job: _Job, batch: _Batch) -> None:

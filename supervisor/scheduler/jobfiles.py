@@ -9,7 +9,9 @@ docs/JOBS.md and docs/JOBFILES.md.
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,21 +20,24 @@ from typing import Any
 from supervisor.config import Config, RepoConfig
 from supervisor.scheduler import linkclone
 from supervisor.scheduler.lifecycle import Observation, SlurmSeen
-from supervisor.scheduler.mirrors import FETCH_TIMEOUT, MirrorError, ensure_mirror
+from supervisor.scheduler.mirrors import FETCH_TIMEOUT, MirrorError, ensure_mirror_refs
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, remove_tree
 from supervisor.state.clock import parse_iso
 from supervisor.state.flock import LockProbe, probe_lock
 from supervisor.state.fs import REAL
 from supervisor.state.git import GitError, run_git
-from supervisor.state.gitrefs import read_refs
+from supervisor.state.gitrefs import Refs, read_refs
 from supervisor.state.jobs import job_idle_timeout, job_timeout, push_branch
 from supervisor.state.layout import (
     JOB_SPEC,
     RESULT,
     SENTINEL,
+    WORKSPACE_PREP,
     Layout,
     RecordKind,
     read_record,
+    staging_owner,
+    workspace_staging,
     write_record,
 )
 from supervisor.state.proc import alive, start_time
@@ -44,6 +49,7 @@ __all__ = [
     "PrepareError",
     "build_spec",
     "kill_group",
+    "make_job_dir",
     "observe",
     "prepare_workspace",
     "workspace_path",
@@ -51,8 +57,9 @@ __all__ = [
     "write_spec",
 ]
 
-#: A workspace under construction is `<workspace_dir>/<PREP_PREFIX><id>`.
-PREP_PREFIX = ".prep."
+#: A workspace under construction is `<workspace_dir>/<PREP_PREFIX><id>+<token>`
+#: (state.layout.workspace_staging).
+PREP_PREFIX = WORKSPACE_PREP
 #: Seconds one `git clone` may take before it is killed and the job fails.
 CLONE_TIMEOUT = 1800.0
 #: Processes git checks a workspace out with (git's parallel checkout): the files of a
@@ -63,6 +70,8 @@ _STDERR_TAIL = 2000
 #: Folders this process made sure of (state.atomic.ensure_dir: made, their parent
 #: fsynced): the workspaces' and the job folders' parents, once per process, not per job.
 _ENSURED: set[str] = set()
+#: Job folders make_job_dir made for a write_spec to come (taken out by that write_spec).
+_JOB_DIRS: set[str] = set()
 
 
 class PrepareError(Exception):
@@ -197,11 +206,23 @@ def build_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any],
     }
 
 
+def make_job_dir(layout: Layout, job_id: str) -> None:
+    """Make jobs/<id>/ (its entry durable) ahead of write_spec, which then does not (the
+    scheduler does it while the job's workspace is cloned, off the launch's path)."""
+    folder = layout.job_dir(job_id)
+    _ensure_in(folder)
+    _JOB_DIRS.add(str(folder))
+
+
 def write_spec(layout: Layout, cfg: Config, entry: Mapping[str, Any],
                repos: list[dict[str, Any]] | None = None) -> Path:
     """Write jobs/<id>/spec.json (atomically, durably) for the adaptor; return its path."""
     spec = build_spec(layout, cfg, entry, repos)
-    _ensure_in(layout.job_dir(spec["id"]))
+    folder = layout.job_dir(spec["id"])
+    if str(folder) in _JOB_DIRS and folder.is_dir():
+        _JOB_DIRS.discard(str(folder))       # made (durably) by make_job_dir just before
+    else:
+        _ensure_in(folder)
     path = layout.job_spec(spec["id"])
     write_record(JOB_SPEC, path, spec)
     return path
@@ -219,23 +240,24 @@ def _run_git(args: list[str], timeout: float, what: str) -> None:
         raise PrepareError(str(exc)) from None
 
 
-def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
-           mirror: Path | None = None) -> None:
+def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float, *,
+           mirror: Path | None = None, refs: Refs | None = None) -> str | None:
     """Clone `repo` (from its mirror when given, then origin = the real URL) into dest,
-    its files checked out by CHECKOUT_WORKERS processes (the job holds the lock meanwhile).
-    From a mirror, by hard links and one git read-tree (scheduler.linkclone) when it can,
-    else with git clone."""
+    its files checked out by CHECKOUT_WORKERS processes (the job holds the lock meanwhile);
+    the commit checked out when known without asking git (None: read it from the clone).
+    From a mirror (whose refs, when given, were just read), by hard links and one git
+    read-tree (scheduler.linkclone) when it can, else with git clone."""
     branch = f" branch {repo.branch!r}" if repo.branch else ""
     if mirror is not None:
         try:
             made = linkclone.clone(mirror, repo.branch, repo.url, dest,
                                    checkout_workers=CHECKOUT_WORKERS, timeout=timeout,
                                    what=f"git read-tree of repository {name!r} "
-                                        f"({repo.url}{branch}) from its mirror")
+                                        f"({repo.url}{branch}) from its mirror", refs=refs)
         except GitError as exc:
             raise PrepareError(str(exc)) from None
         if made is not None:
-            return
+            return made
     cmd = ["-c", f"checkout.workers={CHECKOUT_WORKERS}", "clone", "--quiet"]
     if repo.branch:
         cmd += ["--branch", repo.branch]
@@ -244,26 +266,61 @@ def _clone(name: str, repo: RepoConfig, dest: Path, timeout: float,
     if mirror is not None:
         _run_git(["-C", str(dest), "remote", "set-url", "origin", repo.url], timeout,
                  f"setting origin of repository {name!r} to {repo.url}")
+    return None
 
 
 def _mirrors(names: list[str], known: Mapping[str, RepoConfig],
              mirrors_dir: str | os.PathLike[str] | None,
-             timeout: float) -> dict[str, Path | None]:
-    """Each repository's freshly fetched mirror (None each when there are no mirrors)."""
+             timeout: float) -> dict[str, tuple[Path | None, Refs | None]]:
+    """Each repository's freshly fetched mirror, with its refs when they were read on the
+    way ((None, None) each when there are no mirrors)."""
     if mirrors_dir is None:
-        return dict.fromkeys(names)
+        return dict.fromkeys(names, (None, None))
     try:
-        return {name: ensure_mirror(name, known[name], mirrors_dir, timeout=timeout)
+        return {name: ensure_mirror_refs(name, known[name], mirrors_dir, timeout=timeout)
                 for name in names}
     except MirrorError as exc:
         raise PrepareError(str(exc)) from None
+
+
+def _remove_leftovers(ws: Path) -> None:
+    """Remove the staging folders earlier attempts at `ws` left (a scheduler killed while
+    cloning), as far as can be: a git such a scheduler left running may still write in
+    one, and what cannot be removed now the reaper takes once the job is over."""
+    try:
+        names = [e.name for e in os.scandir(ws.parent)
+                 if staging_owner(e.name) == ws.name]
+    except OSError:
+        return
+    for name in names:
+        try:
+            remove_tree(ws.parent / name)
+        except OSError:
+            continue
+
+
+def _into_place(staging: Path, ws: Path) -> bool:
+    """Rename the finished `staging` to `ws`, its parent fsynced; True. When another
+    attempt put a workspace there first (a scheduler reopened while this clone ran), that
+    one is kept and this one removed: False."""
+    placed = True
+    try:
+        os.rename(staging, ws)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not ws.is_dir():
+            raise
+        remove_tree(staging)
+        placed = False
+    REAL.fsync_dir(str(ws.parent))
+    return placed
 
 
 def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
                       repositories: Mapping[str, RepoConfig] | None = None,
                       mirrors_dir: str | os.PathLike[str] | None = None,
                       clone_timeout: float = CLONE_TIMEOUT,
-                      fetch_timeout: float = FETCH_TIMEOUT) -> Path:
+                      fetch_timeout: float = FETCH_TIMEOUT,
+                      heads: dict[str, str] | None = None) -> Path:
     """Make the job's workspace and return it: an empty folder, or fresh clones of its repos.
 
     A job that resumes another's session (`resume_of`) runs in that job's workspace: it
@@ -276,7 +333,9 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
     the real URL (the caller holds the repositories' locks); None clones from the URLs.
     Idempotent: a complete workspace is returned as is (nothing is fetched), a half-made
     one (a crash mid-clone) is removed and redone. PrepareError on failure, carrying git's
-    stderr; nothing half-made is left behind by a failure.
+    stderr; nothing half-made is left behind by a failure. `heads`, when given, receives
+    the commit each repository cloned here was checked out at, where that is known
+    without reading the clone (workspace_repos takes it as the base).
     """
     ws = workspace_path(cfg, entry)
     if ws.is_dir():
@@ -303,20 +362,27 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
         REAL.fsync_dir(str(ws.parent))
         return ws
     mirrors = _mirrors(names, known, mirrors_dir, fetch_timeout)
-    staging = ws.parent / f"{PREP_PREFIX}{ws.name}"
-    remove_tree(staging)
+    if _int(entry.get("attempts")) not in (None, 0, 1):
+        _remove_leftovers(ws)          # an interrupted attempt's (a relaunch's only)
+    staging = workspace_staging(ws, secrets.token_hex(6))
     try:
         if len(names) == 1:
-            _clone(names[0], known[names[0]], staging, clone_timeout, mirrors[names[0]])
+            mirror, refs = mirrors[names[0]]
+            tips = {names[0]: _clone(names[0], known[names[0]], staging, clone_timeout,
+                                     mirror=mirror, refs=refs)}
         else:
             os.mkdir(staging)
+            tips = {}
             for name in names:
-                _clone(name, known[name], staging / name, clone_timeout, mirrors[name])
-        os.rename(staging, ws)
+                mirror, refs = mirrors[name]
+                tips[name] = _clone(name, known[name], staging / name, clone_timeout,
+                                    mirror=mirror, refs=refs)
+        placed = _into_place(staging, ws)
     except BaseException:
         remove_tree(staging)
         raise
-    REAL.fsync_dir(str(ws.parent))
+    if heads is not None and placed:
+        heads.update({name: tip for name, tip in tips.items() if tip is not None})
     return ws
 
 
@@ -351,14 +417,16 @@ def _recorded_bases(layout: Layout, job_id: str) -> dict[str, str | None] | None
 
 
 def workspace_repos(layout: Layout, entry: Mapping[str, Any], ws: Path,
-                    known: Mapping[str, RepoConfig]) -> list[dict[str, Any]]:
+                    known: Mapping[str, RepoConfig],
+                    heads: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The job's repositories as its spec names them: {name, path (the clone in the
     workspace), url (where a push goes), base}. `base` is the commit the clone is at, read
     right after the clone (before any agent ran: the spec that carries it is written,
     durably, before the launch); a relaunch keeps the bases its first spec recorded. A job
     resuming another's session (`resume_of`) runs in that job's workspace, so its base is
     that job's recorded base (its changes then count from the clone, the whole session's);
-    the workspace's HEAD if that spec is gone.
+    the workspace's HEAD if that spec is gone. `heads`: the commits prepare_workspace
+    just checked out (read from the clone for a repository not in it).
     Runs git: called on a `prepare` thread, off the scheduler's loop."""
     names = [str(r) for r in entry.get("repos") or []]
     resumed = entry.get("resume_of")
@@ -369,7 +437,12 @@ def workspace_repos(layout: Layout, entry: Mapping[str, Any], ws: Path,
     for name in names:
         path = ws if len(names) == 1 else ws / name
         repo = known.get(name)
-        base = inherited[name] if inherited is not None and name in inherited else _head(path)
+        if inherited is not None and name in inherited:
+            base = inherited[name]
+        elif heads is not None and name in heads:
+            base = heads[name]
+        else:
+            base = _head(path)
         out.append({"name": name, "path": str(path),
                     "url": repo.url if repo is not None else None, "base": base})
     return out

@@ -1,21 +1,27 @@
 """Starting a job's adaptor so that it outlives batchd: fork + posix_spawn, or a systemd unit.
 
-A fork whose child posix_spawns the adaptor in a session of its own and exits (direct),
-or a systemd transient unit of its own (systemd): no pipe, socket or fd links a job to
-batchd afterwards. docs/JOBS.md has the details.
+A fork whose child posix_spawns the adaptor in a session of its own and exits (direct):
+done by the scheduler's small fork server (scheduler.spawner) when it runs, else by the
+scheduler itself; or a systemd transient unit of its own (systemd). No pipe, socket or fd
+links a job to batchd afterwards. docs/JOBS.md has the details.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.scheduler import spawner as _spawner
 from supervisor.state.layout import JOB_SPEC, Layout, read_record
 from supervisor.state.proc import start_time
 
@@ -26,6 +32,9 @@ __all__ = [
     "adaptor_argv",
     "job_environ",
     "launch",
+    "spawner_pid",
+    "start_spawner",
+    "stop_spawner",
     "systemd_run_argv",
     "unit_name",
     "use_systemd",
@@ -175,12 +184,123 @@ def _child(argv: list[str], env: dict[str, str], log_fd: int, null_fd: int,
     os._exit(0)
 
 
+#: Seconds a launch waits for the fork server's answer (it takes about a millisecond);
+#: past them the server is killed and the launch is left to the adaptor's sentinel.
+SPAWNER_TIMEOUT = 10.0
+#: A fork server that died is started again at most this often (seconds).
+SPAWNER_RESTART_EVERY = 5.0
+
+
+class _Spawner:
+    """The scheduler's end of its fork server (scheduler.spawner): a child process, and a
+    SOCK_SEQPACKET socket to it. One launch at a time (a lock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.started = -SPAWNER_RESTART_EVERY
+
+    def start(self) -> None:
+        """Start a fork server unless one runs (caller holds the lock). A failure to
+        start leaves none: launches then fork here."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.stop()
+        self.started = time.monotonic()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _spawner.__file__, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, cwd="/")
+        except OSError:
+            ours.close()
+            return
+        finally:
+            theirs.close()
+        self.sock = ours
+
+    def stop(self) -> None:
+        """Kill and reap the fork server, if any (caller holds the lock)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def launch(self, argv: list[str], env: dict[str, str], log_fd: int) -> bytes | None:
+        """The server's answer on starting `argv`: b"R" + the report (as _child's), b""
+        when it died (or stalled) with the request, so the adaptor may or may not run;
+        None when no request reached a server (there is none, or it is gone): the caller
+        forks itself then."""
+        payload = json.dumps({"argv": argv, "env": env}).encode()
+        with self.lock:
+            if self.sock is None or self.proc is None or self.proc.poll() is not None:
+                if time.monotonic() - self.started >= SPAWNER_RESTART_EVERY \
+                        and self.proc is not None:
+                    self.start()                # for the next launch; this one forks here
+                return None
+            try:
+                socket.send_fds(self.sock, [payload], [log_fd])
+            except OSError:
+                self.stop()                     # gone before it took the request
+                return None
+            try:
+                self.sock.settimeout(SPAWNER_TIMEOUT)
+                report = self.sock.recv(4096)
+            except OSError:                     # a timeout included
+                report = b""
+            if not report:
+                self.stop()
+            return report
+
+
+_SPAWNER = _Spawner()
+
+
+def start_spawner(mode: str, environ: Mapping[str, str] | None = None) -> int | None:
+    """Start the fork server when `mode` launches directly here (not systemd, not Slurm);
+    its pid, or None. The scheduler calls it at its start; launch() uses it from then on."""
+    base = os.environ if environ is None else environ
+    if mode not in ("auto", "direct") or use_systemd(mode, base):
+        return None
+    with _SPAWNER.lock:
+        _SPAWNER.start()
+        return _SPAWNER.proc.pid if _SPAWNER.proc is not None else None
+
+
+def stop_spawner() -> None:
+    """Kill the fork server (launches fork here again until start_spawner)."""
+    with _SPAWNER.lock:
+        _SPAWNER.stop()
+
+
+def spawner_pid() -> int | None:
+    """The fork server's pid while it runs, else None."""
+    proc = _SPAWNER.proc
+    return proc.pid if proc is not None and proc.poll() is None else None
+
+
 def _launch_direct(job_dir: Path, log_path: Path, env: dict[str, str], python: str) -> Launched:
     argv = adaptor_argv(job_dir, python)
     try:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise LaunchError(f"cannot open {log_path}: {exc}") from exc
+    try:
+        served = _SPAWNER.launch(argv, env, log_fd)
+    except BaseException:
+        os.close(log_fd)
+        raise
+    if served is not None:
+        os.close(log_fd)
+        if not served:          # the server died with the request: the sentinel will say
+            return Launched(pid=None, start=None, unit=None)
+        return _parse_report(served[1:], argv)
     null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:

@@ -16,6 +16,10 @@ clone() returns None — nothing made, DEST absent — whenever the mirror is no
 plain kind read here (state.gitrefs), the branch is not in it, its objects live
 elsewhere (alternates), or a hard link cannot be made (another filesystem): the caller
 then runs `git clone` as before. A git failure after that raises GitError.
+
+The read-tree runs without `setpriv --pdeathsig` (one exec less): DEST is a staging
+folder of this attempt alone (state.layout.workspace_staging), so a read-tree that
+outlives a killed scheduler writes only into a folder nobody uses again.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from supervisor.state.atomic import remove_tree
 from supervisor.state.git import run_git
-from supervisor.state.gitrefs import plain_config, read_refs
+from supervisor.state.gitrefs import Refs, plain_config, read_refs
 
 __all__ = ["clone", "config_text"]
 
@@ -78,29 +82,42 @@ def config_text(url: str, branch: str, core: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _link_objects(src: Path, dst: Path) -> bool:
-    """Hard-link every file of the mirror's objects/ into dst; False if one cannot be."""
-    for root, _dirs, files in os.walk(src):
-        here = dst / os.path.relpath(root, src)
-        here.mkdir(exist_ok=True)
-        for name in files:
-            try:
-                os.link(os.path.join(root, name), here / name)
-            except OSError as exc:
-                if exc.errno in _NO_LINK:
+def _link_objects(src: str, dst: str) -> bool:
+    """Hard-link every file of the mirror's objects/ into dst (made if missing); False if
+    one cannot be. A symlink is linked as itself, one to a folder left out (os.walk's
+    view, as before)."""
+    try:
+        os.mkdir(dst)
+    except FileExistsError:
+        pass
+    with os.scandir(src) as entries:
+        for entry in entries:
+            there = os.path.join(dst, entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                if not _link_objects(entry.path, there):
                     return False
-                raise
+            elif not (entry.is_symlink() and entry.is_dir()):
+                try:
+                    os.link(entry.path, there)
+                except OSError as exc:
+                    if exc.errno in _NO_LINK:
+                        return False
+                    raise
     return True
 
 
 def clone(mirror: Path, branch: str | None, url: str, dest: Path, *,
-          checkout_workers: int, timeout: float, what: str) -> str | None:
+          checkout_workers: int, timeout: float, what: str,
+          refs: Refs | None = None) -> str | None:
     """Make DEST a clone of `mirror` at `branch` (None: the mirror's HEAD), origin `url`;
-    the commit checked out, or None (nothing made) when `git clone` must do it.
-    GitError (naming `what`) when git read-tree fails; DEST is then removed."""
-    if (mirror / "objects" / "info" / "alternates").exists() or plain_config(mirror) is None:
+    the commit checked out, or None (nothing made) when `git clone` must do it. `refs`:
+    the mirror's refs as read_refs gave them just before (under the repository's lock),
+    else they are read here. GitError (naming `what`) when git read-tree fails; DEST is
+    then removed."""
+    if (mirror / "objects" / "info" / "alternates").exists():
         return None
-    refs = read_refs(mirror)
+    if refs is None:                    # (read_refs reads only a plain config's mirror)
+        refs = read_refs(mirror) if plain_config(mirror) is not None else None
     if refs is None:
         return None
     if branch is None:
@@ -112,9 +129,9 @@ def clone(mirror: Path, branch: str | None, url: str, dest: Path, *,
         return None
     git = dest / ".git"
     try:
-        for sub in ("refs/heads", "refs/tags", "refs/remotes/origin", "objects"):
+        for sub in ("refs/heads", "refs/tags", "refs/remotes/origin"):
             (git / sub).mkdir(parents=True)
-        if not _link_objects(mirror / "objects", git / "objects"):
+        if not _link_objects(str(mirror / "objects"), str(git / "objects")):
             remove_tree(dest)
             return None
         (git / "config").write_text(config_text(url, branch, {}))
@@ -134,7 +151,7 @@ def clone(mirror: Path, branch: str | None, url: str, dest: Path, *,
         (git / "HEAD").write_text(f"ref: {_HEADS}{branch}\n")
         run_git(["-c", f"checkout.workers={checkout_workers}", "read-tree", "-u", "--reset",
                  "HEAD"], timeout=timeout, what=what, cwd=str(dest),
-                env={"GIT_DIR": str(git), "GIT_WORK_TREE": str(dest)})
+                env={"GIT_DIR": str(git), "GIT_WORK_TREE": str(dest)}, pdeathsig=False)
     except BaseException:
         remove_tree(dest)
         raise

@@ -37,7 +37,8 @@ from supervisor.state.gitrefs import Refs, config_value, local_gitdir, read_refs
 from supervisor.state.layout import mirror_path
 from supervisor.state.repos import head_branch
 
-__all__ = ["FETCH_TIMEOUT", "MIRROR_PREP_PREFIX", "MirrorError", "ensure_mirror"]
+__all__ = ["FETCH_TIMEOUT", "MIRROR_PREP_PREFIX", "MirrorError", "ensure_mirror",
+           "ensure_mirror_refs"]
 
 #: Seconds a `git fetch` (or a `git clone --mirror`) of one repository may take.
 FETCH_TIMEOUT = 1800.0
@@ -128,6 +129,15 @@ def ensure_mirror(name: str, repo: RepoConfig, mirrors_dir: str | os.PathLike[st
     The caller (the scheduler) holds the repository's lock. MirrorError with git's stderr
     if the remote cannot be cloned or fetched; an existing mirror is then left as it was.
     """
+    return ensure_mirror_refs(name, repo, mirrors_dir, timeout=timeout)[0]
+
+
+def ensure_mirror_refs(name: str, repo: RepoConfig, mirrors_dir: str | os.PathLike[str], *,
+                       timeout: float = FETCH_TIMEOUT) -> tuple[Path, Refs | None]:
+    """ensure_mirror, and the mirror's refs when they were read on the way (it was up to
+    date: nothing ran that could change them, and the caller's lock keeps them so), else
+    None: the clone from the mirror (scheduler.linkclone) then needs not read them again.
+    """
     folder = Path(mirrors_dir)
     path = mirror_path(folder, name)
     staging = folder / f"{MIRROR_PREP_PREFIX}{path.name}"
@@ -147,21 +157,23 @@ def ensure_mirror(name: str, repo: RepoConfig, mirrors_dir: str | os.PathLike[st
             remove_tree(staging)
             raise
         REAL.fsync_dir(str(folder))
-        return path
+        return path, None
     advertised = None
     local = local_gitdir(repo.url)
     if local is not None:
-        if _same(read_refs(local), read_refs(path), repo):
-            return path                  # the remote's refs are the mirror's: nothing to fetch
+        mine = read_refs(path)
+        if _same(read_refs(local), mine, repo):
+            return path, mine            # the remote's refs are the mirror's: nothing to fetch
     elif repo.branch is None and not repo.url.startswith(("/", "file:")):
         # a remote elsewhere whose HEAD is asked anyway: ask for every ref at once
         advertised = _ls_remote(name, repo, path, timeout)
-        if _same(_advertised(advertised), read_refs(path), repo):
-            return path
+        mine = read_refs(path)
+        if _same(_advertised(advertised), mine, repo):
+            return path, mine
     _git(["-c", "core.fsync=committed", f"--git-dir={path}", "fetch", "--prune", "--quiet",
           "origin"], timeout=timeout,
          what=f"git fetch of repository {name!r} ({repo.url}) into its mirror")
     if repo.branch is None:
         _follow_head(name, repo, path, timeout, advertised)
-    return path
+    return path, None
 

@@ -7,7 +7,9 @@ bytes of a long stdout (a patch) and counts the rest, never holding it all in me
 `account` runs git as another user (an agent's `user`: what git runs in a workspace,
 its filters and hooks, runs with the agent's rights, never batchd's). Every git batchd
 starts runs under `setpriv --pdeathsig KILL` when util-linux has it: a worker (thread)
-killed mid-clone leaves no git writing into a folder its successor is about to redo.
+killed mid-clone leaves no git writing into a folder its successor is about to redo;
+except where the caller says `pdeathsig=False` because git writes only into a folder no
+successor reuses (the workspace's read-tree: one exec less on every job's launch).
 """
 
 from __future__ import annotations
@@ -80,21 +82,23 @@ def _setpriv() -> str | None:
     return shutil.which("setpriv")
 
 
-def git_command(args: list[str]) -> list[str]:
+def git_command(args: list[str], *, pdeathsig: bool = True) -> list[str]:
     """The argv that runs `git ARGS` so that it dies with the process (thread) that started
     it: util-linux's `setpriv --pdeathsig KILL` (preexec_fn is not safe beside threads).
-    Without setpriv, plain git."""
-    setpriv = _setpriv()
+    Without setpriv, or with pdeathsig False, plain git."""
+    setpriv = _setpriv() if pdeathsig else None
     if setpriv is None:
         return ["git", *args]
     return [setpriv, "--pdeathsig", "KILL", "--", "git", *args]
 
 
 def run_git(args: list[str], *, timeout: float, what: str, cwd: str | None = None,
-            env: Mapping[str, str] | None = None, account: Account | None = None) -> str:
-    """Run `git ARGS` (stdin closed); its stdout as text. GitError naming `what` if it fails."""
+            env: Mapping[str, str] | None = None, account: Account | None = None,
+            pdeathsig: bool = True) -> str:
+    """Run `git ARGS` (stdin closed); its stdout as text. GitError naming `what` if it fails.
+    `pdeathsig` False: git may outlive us (see the module's docstring)."""
     return run_git_bytes(args, timeout=timeout, what=what, cwd=cwd, env=env,
-                         account=account).decode(errors="replace")
+                         account=account, pdeathsig=pdeathsig).decode(errors="replace")
 
 
 def _failed(what: str, returncode: int, stderr: bytes) -> GitError:
@@ -107,7 +111,7 @@ def _failed(what: str, returncode: int, stderr: bytes) -> GitError:
 
 def run_git_bytes(args: list[str], *, timeout: float, what: str, cwd: str | None = None,
                   env: Mapping[str, str] | None = None, account: Account | None = None,
-                  stdin: bytes | None = None) -> bytes:
+                  stdin: bytes | None = None, pdeathsig: bool = True) -> bytes:
     """run_git, stdout as the bytes git wrote (patches are binary-safe only as bytes);
     `stdin`: what git reads (else its stdin is closed)."""
     kw: dict[str, Any] = account.popen_kw() if account is not None else {}
@@ -116,7 +120,7 @@ def run_git_bytes(args: list[str], *, timeout: float, what: str, cwd: str | None
     else:
         kw["input"] = stdin
     try:
-        proc = subprocess.run(git_command(args), capture_output=True,
+        proc = subprocess.run(git_command(args, pdeathsig=pdeathsig), capture_output=True,
                               cwd=cwd, env=git_env(env), timeout=timeout, check=False, **kw)
     except FileNotFoundError:
         raise GitError(f"{what}: git is not installed (not found on PATH)") from None

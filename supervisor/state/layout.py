@@ -37,6 +37,7 @@ quarantines the corrupt one (only the owner may: readers pass `owner=False`).
                                            (launcher-opened, adaptor-written), adaptor.lock
                                            (flock held by the live adaptor); spec.json: scheduler
       workspaces/<id>/            scheduler (created), the job (contents)
+      workspaces/.prep.<id>+<t>/  scheduler a workspace being cloned (renamed to <id> when whole)
 """
 
 from __future__ import annotations
@@ -83,12 +84,16 @@ __all__ = [
     "TOKENS",
     "WORKERS",
     "WORKER_STATE",
+    "WORKSPACE_PREP",
+    "WORKSPACE_PREP_SEP",
     "JobPaths",
     "Layout",
     "RecordKind",
     "mirror_path",
     "read_record",
     "send_request",
+    "staging_owner",
+    "workspace_staging",
     "write_record",
     "write_records",
 ]
@@ -210,6 +215,27 @@ def read_record(kind: RecordKind, path: str | os.PathLike[str], *, owner: bool,
         return result
     assert isinstance(result, dict)
     return result
+
+
+#: A workspace being made: `<workspace_dir>/.prep.<id>+<token>`, renamed to `<id>` when
+#: whole. The token is fresh for every attempt (a `+` is never in a job id), so a git left
+#: running by a killed scheduler writes only into its own abandoned folder.
+WORKSPACE_PREP = ".prep."
+WORKSPACE_PREP_SEP = "+"
+
+
+def workspace_staging(ws: str | os.PathLike[str], token: str) -> Path:
+    """The folder workspace `ws` is built in by the attempt `token` (then renamed to ws)."""
+    path = Path(ws)
+    return path.parent / f"{WORKSPACE_PREP}{path.name}{WORKSPACE_PREP_SEP}{token}"
+
+
+def staging_owner(name: str) -> str | None:
+    """The job id a workspace staging folder's name (`.prep.<id>+<token>`, or the older
+    `.prep.<id>`) belongs to; None when `name` is not one."""
+    if not name.startswith(WORKSPACE_PREP):
+        return None
+    return name[len(WORKSPACE_PREP):].partition(WORKSPACE_PREP_SEP)[0]
 
 
 def mirror_path(mirrors_dir: str | os.PathLike[str], name: str) -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 
 from supervisor.state.atomic import CORRUPT_MARK
 from supervisor.state.clock import parse_iso
+from supervisor.state.layout import WORKSPACE_PREP, staging_owner
 from supervisor.state.queue import TERMINAL_STATES
 from supervisor.state.view import JobView
 
@@ -29,8 +30,9 @@ __all__ = ["PREP", "TRASH", "Age", "Expired", "Known", "ago", "corrupted_at", "e
 
 #: A folder being removed (renamed first, so a crash halfway is finished by the next pass).
 TRASH = ".reap."
-#: A workspace being made (scheduler: `.prep.<id>`, renamed into place when whole).
-PREP = ".prep."
+#: A workspace being made (scheduler: `.prep.<id>+<token>`, state.layout.workspace_staging;
+#: renamed into place when whole).
+PREP = WORKSPACE_PREP
 #: The key naming the job whose session (and workspace) a job continues: the door turns a
 #: submission's `resume` into it (state.submission.resolve_resumes), in the inbox already.
 _RESUME_REFS = ("resume_of",)
@@ -240,7 +242,7 @@ def workspace_verdict(name: str, path: str, age: Age, known: Known, now: float, 
         return "a removal a crash cut short"
     if path.rstrip("/") in known.live_workspaces:
         return None
-    job_id = name[len(PREP):] if name.startswith(PREP) else name
+    job_id = staging_owner(name) or name
     if known.live(job_id) or (job_id in known.resumed_by_live and not name.startswith(PREP)):
         return None                  # a finished job's half-made `.prep.` is no one's
     later = known.resumed_ends.get(path.rstrip("/"))

@@ -365,13 +365,45 @@ def test_registered_repositories_can_be_passed_in(tmp_path: Path,
 
 
 def test_a_half_made_workspace_is_redone(tmp_path: Path, repos: dict[str, RepoConfig]) -> None:
-    """A crash mid-clone leaves .prep.<id>; the next prepare removes it and clones afresh."""
+    """A crash mid-clone leaves `.prep.<id>+<token>` (or, from an older batchd,
+    `.prep.<id>`); the relaunch (attempts > 1) removes both and clones afresh in a
+    staging folder of its own, leaving other jobs' (`j10`, `j1.x`) alone. A first attempt
+    does not look: no listing of the workspaces' folder on every launch."""
     cfg = make_cfg(tmp_path, repositories=repos)
-    staging = tmp_path / "ws" / f"{PREP_PREFIX}j1"
-    (staging / "app" / "half").mkdir(parents=True)
-    ws = prepare_workspace(cfg, entry(repos=["app", "lib"]))
-    assert (False, ["app", "lib"], False) == (staging.exists(), sorted(os.listdir(ws)),
-                                              (ws / "app" / "half").exists())
+    ws_dir = tmp_path / "ws"
+    for name in ("j1", "j1+0a0b", "j10+0a0b", "j1.x+0a0b", "j1.x"):
+        (ws_dir / f"{PREP_PREFIX}{name}" / "app" / "half").mkdir(parents=True)
+    first = prepare_workspace(cfg, entry(id="j2", repos=["app"]))
+    ws = prepare_workspace(cfg, entry(repos=["app", "lib"], attempts=2))
+    assert (["app", "lib"], False, "app trunk\n") == (
+        sorted(os.listdir(ws)), (ws / "app" / "half").exists(), (first / "which").read_text())
+    assert [f"{PREP_PREFIX}j1.x", f"{PREP_PREFIX}j1.x+0a0b", f"{PREP_PREFIX}j10+0a0b",
+            "j1", "j2"] == sorted(os.listdir(ws_dir))
+
+
+def test_a_workspace_another_attempt_put_in_place_first_is_kept(
+        tmp_path: Path, repos: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two attempts cloning one workspace at once (a scheduler that reopened its queue
+    while its first clone ran): the one that renames second keeps the first's workspace
+    and removes its own staging folder, and reports no head of its own."""
+    from supervisor.scheduler import jobfiles
+    cfg = make_cfg(tmp_path, repositories=repos)
+    mirrors = tmp_path / "mirrors"
+    real = jobfiles._clone
+
+    def racing(name: str, repo: RepoConfig, dest: Path, timeout: float,
+               **kw: Any) -> str | None:
+        got = real(name, repo, dest, timeout, **kw)
+        other = tmp_path / "ws" / "j1"
+        if not other.exists():
+            real(name, repo, other, timeout, **kw)
+            (other / "first").write_text("the other attempt's")
+        return got
+    monkeypatch.setattr(jobfiles, "_clone", racing)
+    heads: dict[str, str] = {}
+    ws = prepare_workspace(cfg, entry(repos=["app"]), mirrors_dir=mirrors, heads=heads)
+    assert ("the other attempt's", ["j1"], {}) == (
+        (ws / "first").read_text(), os.listdir(tmp_path / "ws"), heads)
 
 
 def test_a_complete_workspace_is_reused_untouched(tmp_path: Path,
@@ -512,12 +544,118 @@ def test_a_scheduler_killed_while_linking_a_workspace_leaves_only_prep(
     done = subprocess.run([sys.executable, "-c", _KILLED_LINKING, str(tmp_path), str(bare),
                            where], check=False, capture_output=True)
     left = sorted(os.listdir(tmp_path / "ws"))
-    ws = prepare_workspace(cfg, entry(id="j2", repos=["app"]), repositories=known,
-                           mirrors_dir=tmp_path / "mirrors")
-    assert (-9, [f"{PREP_PREFIX}j2", "j1"], "app trunk\n", "") == (
-        done.returncode, left, (ws / "which").read_text(),
-        git("status", "--porcelain", cwd=ws))
+    ws = prepare_workspace(cfg, entry(id="j2", repos=["app"], attempts=2),
+                           repositories=known, mirrors_dir=tmp_path / "mirrors")
+    assert (-9, 2, True, "app trunk\n", "") == (
+        done.returncode, len(left), left[0].startswith(f"{PREP_PREFIX}j2+"),
+        (ws / "which").read_text(), git("status", "--porcelain", cwd=ws))
     assert ["j1", "j2"] == sorted(os.listdir(tmp_path / "ws"))
+
+
+_ORPHANED_READ_TREE = """
+import os, sys
+from pathlib import Path
+from supervisor.config import Config, RepoConfig
+from supervisor.scheduler import jobfiles
+root = Path(sys.argv[1])
+cfg = Config(state_dir=root / "state", workspace_dir=root / "ws")
+jobfiles.prepare_workspace(cfg, {"id": "j2", "repos": ["app"]},
+                           repositories={"app": RepoConfig(url=sys.argv[2])},
+                           mirrors_dir=root / "mirrors")
+"""
+
+
+def test_a_read_tree_outliving_a_killed_scheduler_writes_only_into_its_own_folder(
+        tmp_path: Path) -> None:
+    """The read-tree runs without setpriv --pdeathsig, so a SIGKILLed scheduler's git
+    goes on: the relaunch, meanwhile, clones into a staging folder of its own (removing
+    the abandoned one), and the orphan, running afterwards, cannot touch the workspace:
+    it is whole and clean, and nothing else is left beside it."""
+    bare, _ = bare_remote(tmp_path, "app")
+    cfg = make_cfg(tmp_path)
+    known = {"app": RepoConfig(url=str(bare))}
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=known,
+                      mirrors_dir=tmp_path / "mirrors")        # the mirror, made once
+    real_git = subprocess.run(["sh", "-c", "command -v git"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "git").write_text(
+        "#!/bin/sh\n"
+        f"case \"$*\" in *read-tree*) echo $$ > {tmp_path}/orphan.pid; sleep 1;; esac\n"
+        f"exec {real_git} \"$@\"\n")
+    (shim / "git").chmod(0o755)
+    scheduler = subprocess.Popen([sys.executable, "-c", _ORPHANED_READ_TREE, str(tmp_path),
+                                  str(bare)],
+                                 env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"})
+    try:
+        assert wait_for(lambda: (tmp_path / "orphan.pid").exists()
+                        and (tmp_path / "orphan.pid").read_text().strip() != "")
+    finally:
+        scheduler.kill()
+        scheduler.wait()
+    orphan = int((tmp_path / "orphan.pid").read_text())
+    assert alive(orphan, None)                                 # not killed with it
+    ws = prepare_workspace(cfg, entry(id="j2", repos=["app"], attempts=2),
+                           repositories=known, mirrors_dir=tmp_path / "mirrors")
+    assert wait_for(lambda: not alive(orphan, None))
+    assert ("app trunk\n", "", ["j1", "j2"]) == (
+        (ws / "which").read_text(), git("status", "--porcelain", cwd=ws),
+        sorted(os.listdir(tmp_path / "ws")))
+
+
+def test_the_heads_checked_out_are_reported_and_the_mirrors_refs_read_once(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """With the mirror up to date its refs, read to compare with the remote's, serve the
+    clone too (not read again), and `heads` gets the commit checked out: the base
+    workspace_repos records without reading the clone."""
+    from supervisor.scheduler import jobfiles, linkclone
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "mirrors"
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=remotes,
+                      mirrors_dir=mirrors)
+
+    def unread(*_a: Any) -> None:
+        raise AssertionError("read again")
+    monkeypatch.setattr(linkclone, "read_refs", unread)
+    heads: dict[str, str] = {}
+    e = entry(id="j2", repos=["app"])
+    ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors, heads=heads)
+    monkeypatch.setattr(jobfiles, "_head", unread)
+    repos = workspace_repos(Layout(tmp_path / "state"), e, ws, remotes, heads)
+    head = git("rev-parse", "HEAD", cwd=ws)
+    assert ({"app": head}, head) == (heads, repos[0]["base"])
+
+
+def test_write_spec_after_make_job_dir_syncs_the_job_folder_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_job_dir (while the workspace is cloned) makes jobs/<id>/ durable, so the
+    write_spec that follows fsyncs the spec and its folder, not jobs/ again; without it
+    (or when the folder vanished since) write_spec makes the folder itself."""
+    from supervisor.scheduler.jobfiles import make_job_dir
+    from supervisor.state.fs import REAL
+    cfg = make_cfg(tmp_path)
+    layout = Layout(cfg.state_dir)
+    write_spec(layout, cfg, entry(id="j0"))          # jobs/ itself made sure of, once
+    synced: list[str] = []
+    real = REAL.fsync_dir
+
+    def noting(path: str) -> None:
+        synced.append(os.path.basename(path))
+        real(path)
+    monkeypatch.setattr(REAL, "fsync_dir", noting)
+    make_job_dir(layout, "j1")
+    made = list(synced)
+    synced.clear()
+    write_spec(layout, cfg, entry(id="j1"))
+    ahead = list(synced)
+    synced.clear()
+    make_job_dir(layout, "j2")
+    (layout.job_dir("j2")).rmdir()
+    write_spec(layout, cfg, entry(id="j2"))
+    assert (["jobs"], ["j1"], ["jobs", "jobs", "j2"]) == (made, ahead, synced)
+    assert "j2" == read_record(JOB_SPEC, layout.job_spec("j2"), owner=False)["id"]
 
 
 def test_from_mirrors_several_repos_and_a_named_branch(

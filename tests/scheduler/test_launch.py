@@ -1,10 +1,14 @@
-"""scheduler.launch: a detached adaptor (fork + posix_spawn, setsid) or a systemd unit."""
+"""scheduler.launch: a detached adaptor (fork + posix_spawn, setsid) or a systemd unit.
+
+Every direct launch is tried both ways: through the fork server (scheduler.spawner) and,
+with none running, by a fork of the launcher itself (the fallback)."""
 
 from __future__ import annotations
 
 import os
 import select
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,9 @@ from supervisor.scheduler.launch import (
     LaunchError,
     job_environ,
     launch,
+    spawner_pid,
+    start_spawner,
+    stop_spawner,
     systemd_run_argv,
     unit_name,
     use_systemd,
@@ -35,8 +42,20 @@ def _children() -> set[int]:
     return found
 
 
-def test_direct_launch_detaches_into_its_own_session(tmp_path: Path) -> None:
-    """pid == pgid == sid, not our child, pid+start reported, env carries BATCHD_JOB_ID."""
+@pytest.fixture(params=["fork server", "fork here"])
+def via(request: pytest.FixtureRequest) -> Iterator[int | None]:
+    """The way direct launches go in a test: the fork server's pid, or None (no server:
+    the launcher forks itself)."""
+    stop_spawner()
+    pid = start_spawner("direct") if request.param == "fork server" else None
+    assert (request.param == "fork server") == (pid is not None)
+    yield pid
+    stop_spawner()
+
+
+def test_direct_launch_detaches_into_its_own_session(tmp_path: Path, via: int | None) -> None:
+    """pid == pgid == sid, neither our child nor the fork server's, pid+start reported,
+    env carries BATCHD_JOB_ID; the fork server (if any) stays."""
     job = fakekit.make_job(tmp_path / "state", "d1", adaptor="command", prompt="sleep 30")
     children_before = _children()
     launched = launch(job, mode="direct",
@@ -48,7 +67,8 @@ def test_direct_launch_detaches_into_its_own_session(tmp_path: Path) -> None:
         fields = _stat(launched.pid)
         assert int(fields[19]) == launched.start
         assert (launched.pid, launched.pid) == (int(fields[2]), int(fields[3]))
-        assert int(fields[1]) != os.getpid()
+        assert int(fields[1]) not in (os.getpid(), via)
+        assert via == spawner_pid()
         environ = dict(item.split("=", 1) for item in
                        Path(f"/proc/{launched.pid}/environ").read_text().split("\0") if item)
         assert ("d1", str(job)) == (environ["BATCHD_JOB_ID"], environ["BATCHD_JOB_DIR"])
@@ -59,7 +79,7 @@ def test_direct_launch_detaches_into_its_own_session(tmp_path: Path) -> None:
             os.killpg(launched.pid, 9)
 
 
-def test_direct_launch_inherits_no_fd_of_ours(tmp_path: Path) -> None:
+def test_direct_launch_inherits_no_fd_of_ours(tmp_path: Path, via: int | None) -> None:
     """An inheritable pipe of the launcher is not held by the job: closing ours gives EOF."""
     job = fakekit.make_job(tmp_path / "state", "fd", adaptor="command", prompt="sleep 30")
     read_end, write_end = os.pipe()
@@ -75,7 +95,7 @@ def test_direct_launch_inherits_no_fd_of_ours(tmp_path: Path) -> None:
         os.killpg(launched.pid, 9)
 
 
-def test_direct_launch_runs_the_job_to_its_result(tmp_path: Path) -> None:
+def test_direct_launch_runs_the_job_to_its_result(tmp_path: Path, via: int | None) -> None:
     """The launched adaptor runs the job; its diagnostics go to jobs/<id>/adaptor.log."""
     job = fakekit.make_job(tmp_path / "state", "d2", adaptor="command", prompt="echo hi")
     launch(job, mode="direct", environ={**os.environ, "INVOCATION_ID": ""})
@@ -100,7 +120,7 @@ def test_launch_refuses_missing_python(tmp_path: Path) -> None:
         launch(job, mode="direct", python="/no/python")
 
 
-def test_exec_failure_is_reported_through_the_pipe(tmp_path: Path) -> None:
+def test_exec_failure_is_reported_through_the_pipe(tmp_path: Path, via: int | None) -> None:
     """An executable that cannot be exec'd (no format): posix_spawn's error comes back."""
     bogus = tmp_path / "python"
     bogus.write_bytes(b"\x00\x01not a program")
@@ -183,7 +203,7 @@ def test_job_environ_strips_service_variables(tmp_path: Path) -> None:
             "BATCHD_JOB_DIR": str(tmp_path / "jobs" / "e")} == env
 
 
-def test_direct_launch_resets_signals_and_mask(tmp_path: Path) -> None:
+def test_direct_launch_resets_signals_and_mask(tmp_path: Path, via: int | None) -> None:
     """A launcher ignoring SIGUSR1 and blocking SIGUSR2 starts an adaptor with neither
     (posix_spawn's setsigdef and setsigmask), in / as its working folder."""
     import signal

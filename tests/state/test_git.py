@@ -13,6 +13,7 @@ from supervisor.state.git import (
     GitError,
     GitKilled,
     branch_refusal,
+    git_command,
     git_env,
     run_git,
     run_git_bytes,
@@ -62,6 +63,13 @@ def test_git_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     while alive(git_pid, None):
         assert time.monotonic() < deadline, "git outlived the process that started it"
         time.sleep(0.01)
+
+
+def test_git_command_without_pdeathsig_is_plain_git() -> None:
+    """pdeathsig=False (a git that writes only into a folder nobody reuses): no setpriv,
+    one exec less; by default setpriv leads when util-linux has it."""
+    assert ["git", "status"] == git_command(["status"], pdeathsig=False)
+    assert ["git", "status"] == git_command(["status"])[-2:]
 
 
 def test_run_git_names_what_failed_with_gits_own_words(tmp_path: Path) -> None:

@@ -226,3 +226,12 @@ def test_send_request_drops_a_whole_request_named_by_its_id(tmp_path: Path) -> N
     shutil.rmtree(layout.inbox("scheduler"))
     send_request(layout, "scheduler", {**body, "id": "r2"})
     assert ["r2.json"] == sorted(os.listdir(layout.inbox("scheduler")))
+
+
+def test_workspace_staging_names_and_their_owner(tmp_path: Path) -> None:
+    """A workspace's staging folder is `.prep.<id>+<token>` beside it; staging_owner reads
+    the job id back from it (and from the older `.prep.<id>`), None from anything else."""
+    staging = _layout.workspace_staging(tmp_path / "ws" / "j1.a", "00ff")
+    assert (tmp_path / "ws" / ".prep.j1.a+00ff") == staging
+    assert ["j1.a", "j1.a", None, None] == [
+        _layout.staging_owner(n) for n in (staging.name, ".prep.j1.a", "j1.a", ".reap.j1")]

@@ -78,6 +78,23 @@ def test_workspace_verdicts() -> None:
                                      keep=None)
 
 
+def test_staging_folders_with_a_token_belong_to_their_job() -> None:
+    """`.prep.<id>+<token>` (a staging folder of one attempt) is its job's: kept while the
+    job is live (a git a killed scheduler left may still write in it), taken once the job
+    is over and the grace has passed; a `+` never being in an id, `.prep.live.x+t` is job
+    `live.x`'s (unknown here), not `live`'s."""
+    known = Known.of([_job("live", "running"), _job("done", "completed", 8)])
+
+    def verdict(name: str, age: float = GRACE + 1) -> str | None:
+        return workspace_verdict(name, f"/ws/{name}", age, known, NOW, grace=GRACE,
+                                 keep=7 * DAY)
+    assert {".prep.live+a1b2": None,
+            ".prep.done+a1b2": "left over from a workspace that was never finished",
+            ".prep.live.x+a1b2": "left over from a workspace that was never finished"} == {
+        n: verdict(n) for n in (".prep.live+a1b2", ".prep.done+a1b2", ".prep.live.x+a1b2")}
+    assert None is verdict(".prep.done+a1b2", age=GRACE - 1)
+
+
 def test_pending_resumes_protect_their_workspace() -> None:
     """A submission still in the inbox that resumes a job (as the door writes it: `resume`
     resolved into resume_of, resume_session and that job's workspace) keeps that job and
