@@ -23,7 +23,6 @@ from pathlib import Path
 
 from supervisor.scheduler import spawner as _spawner
 from supervisor.state.layout import JOB_SPEC, Layout, read_record
-from supervisor.state.proc import start_time
 
 __all__ = [
     "SYSTEMD_ENV_VARS",
@@ -150,38 +149,6 @@ def _launch_systemd(job_dir: Path, log_path: Path, env: Mapping[str, str],
 #: SIGSTOP cannot be changed), whatever the scheduler set; its signal mask is empty.
 _DEFAULT_SIGNALS = tuple(sorted(set(signal.valid_signals())
                                 - {signal.SIGKILL, signal.SIGSTOP}))
-
-
-def _child(argv: list[str], env: dict[str, str], log_fd: int, null_fd: int,
-           report_fd: int) -> None:
-    """In the short-lived child: clean fds and cwd, spawn the adaptor in a session of its
-    own (posix_spawn: no second copy of the scheduler's memory), report its pid and start
-    time, exit (the adaptor is then nobody's child here). Never returns.
-
-    The start time is read here, while the adaptor is still this process's child: its pid
-    cannot be reused before that."""
-    try:
-        os.dup2(null_fd, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        os.closerange(3, report_fd)
-        os.closerange(report_fd + 1, 1 << 20)
-        os.set_inheritable(0, True)
-        os.set_inheritable(1, True)
-        os.set_inheritable(2, True)
-        os.chdir("/")
-        pid = os.posix_spawn(argv[0], argv, env, setsid=True, setsigmask=(),
-                             setsigdef=_DEFAULT_SIGNALS)
-        start = start_time(pid)
-        if start is None:
-            raise LaunchError(f"the adaptor process {pid} vanished as it started")
-        os.write(report_fd, f"{pid} {start}\n".encode())
-    except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then _exit
-        try:
-            os.write(report_fd, f"ERR {type(exc).__name__}: {exc}\n".encode())
-        finally:
-            os._exit(127)
-    os._exit(0)
 
 
 #: Seconds a launch waits for the fork server's answer (it takes about a millisecond);
@@ -311,29 +278,21 @@ def _launch_direct(job_dir: Path, log_path: Path, env: dict[str, str], python: s
         if child == 0:
             try:
                 os.close(report_r)
-                _child(argv, env, log_fd, null_fd, report_w)
+                # the same child as the fork server's (one copy of it): cleans fds and
+                # cwd, posix_spawns the adaptor in its own session, reports, exits
+                _spawner.spawn_child(argv, env, (log_fd, null_fd, report_w),
+                                     _DEFAULT_SIGNALS)
             finally:
                 os._exit(127)
         os.close(report_w)
         report_w = -1
-        _reap(child)
+        _spawner.reap(child)
         report = _read_all(report_r)
     finally:
         for fd in (log_fd, null_fd, report_r, report_w):
             if fd >= 0:
                 os.close(fd)
     return _parse_report(report, argv)
-
-
-def _reap(pid: int) -> None:
-    while True:
-        try:
-            os.waitpid(pid, 0)
-            return
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
 
 
 def _read_all(fd: int) -> bytes:

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 
-__all__ = ["MAX_REQUEST", "main", "read_start", "serve_one", "spawn_child"]
+__all__ = ["MAX_REQUEST", "main", "read_start", "reap", "serve_one", "spawn_child"]
 
 #: The largest request (argv and environment, JSON) the server takes, in bytes.
 MAX_REQUEST = 1 << 20
@@ -65,7 +65,8 @@ def spawn_child(argv: list[str], env: dict[str, str], fds: tuple[int, int, int],
     os._exit(0)
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
+    """Wait for child `pid` to end (gone already: nothing to wait for)."""
     while True:
         try:
             os.waitpid(pid, 0)
@@ -126,7 +127,7 @@ def serve_one(sock: socket.socket, null_fd: int, sigdef: tuple[int, ...]) -> boo
         return False
     finally:
         if child:
-            _reap(child)
+            reap(child)
     return True
 
 

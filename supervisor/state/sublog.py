@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import threading
 from collections.abc import Container, Iterable
 from pathlib import Path
@@ -66,7 +65,6 @@ COMPACT_RECORDS = 1024
 COMPACT_BYTES = 1 << 20
 
 _TAG = b"S"
-_SEGMENT = re.compile(r"^\d{12}\.wal$")           # state.wal's segment names
 
 
 def encode(seq: int, request: dict[str, Any]) -> bytes:
@@ -267,11 +265,7 @@ class SubmissionLog:
         away meanwhile is in the scheduler's snapshot, durable before the segment goes."""
         if self.queue_dir is None:
             return
-        try:
-            names = sorted(n for n in os.listdir(self.queue_dir) if _SEGMENT.match(n))
-        except FileNotFoundError:
-            return
-        for name in names:
+        for name in Tail(self.queue_dir).segments():
             try:
                 fd = self._fs.open(str(self.queue_dir / name), os.O_RDONLY)
             except FileNotFoundError:
