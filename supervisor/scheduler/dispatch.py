@@ -24,6 +24,7 @@ from supervisor.runtime import Log, stop_requested
 from supervisor.scheduler import jobfiles as _jobfiles
 from supervisor.scheduler import lifecycle as lc
 from supervisor.scheduler import queued as _queued
+from supervisor.scheduler.ahead import Ahead, mirrors_held
 from supervisor.scheduler.events import BatchIndex, emit_job_end
 from supervisor.scheduler.launch import Launched, LaunchError, job_environ, launch
 from supervisor.scheduler.runnable import Runnable
@@ -109,6 +110,22 @@ class Jobs:
     #: launched at once, not at the next tick.
     wake: Callable[[], None] = lambda: None
     _pool: ThreadPoolExecutor | None = None
+    _ahead: Ahead | None = None
+
+    @property
+    def ahead(self) -> Ahead:
+        """The workspaces made ahead for jobs next in line (scheduler.ahead); made on first
+        use."""
+        if self._ahead is None:
+            self._ahead = Ahead(self.cfg, self.layout.mirrors_dir, self.layout.ahead_dir,
+                                self.log)
+        return self._ahead
+
+    def close_ahead(self) -> None:
+        """Stop making workspaces ahead (the scheduler stops, or reopens its queue)."""
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
     def pool(self) -> ThreadPoolExecutor:
         """The threads that clone workspaces (git waits off the scheduler's loop)."""
@@ -327,8 +344,15 @@ def _clone(j: Jobs, entry: dict[str, Any], known: dict[str, Any]) -> list[dict[s
     the job's repositories with the commit each clone is at (`base`, for the spec).
     Runs on a `prepare` thread: it touches only the job's workspace and the mirrors."""
     heads: dict[str, str] = {}
-    ws = _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
-                                     mirrors_dir=j.layout.mirrors_dir, heads=heads)
+    with mirrors_held(_repos_of(entry)):       # no making ahead reads them meanwhile
+        made = j.ahead.claim(str(entry["id"]))
+        try:
+            ws = _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
+                                             mirrors_dir=j.layout.mirrors_dir, heads=heads,
+                                             made=made)
+        finally:
+            if made is not None and os.path.lexists(made.staging):
+                j.ahead.discard(made)           # not used: the mirrors moved on
     return _jobfiles.workspace_repos(j.layout, entry, ws, known, heads)
 
 
@@ -872,6 +896,26 @@ def dispatch(j: Jobs) -> int:
         return _dispatch_waiting(j, batch) + _dispatch_queued(j, batch)
     finally:
         batch.flush(j.queue)
+
+
+def make_ahead(j: Jobs) -> int:
+    """Start making the workspaces of the jobs next in line (scheduler.ahead), once the
+    ones that ended while they waited are dropped; none while paused or short of disk
+    space, none on a repository a clone uses now. How many were started."""
+    ahead = j._ahead
+    if ahead is None:
+        return 0
+    jobs = ahead.jobs()
+    if not jobs:
+        return 0
+    for job_id in jobs:
+        state = j.queue.state(job_id)
+        if state is None or state in TERMINAL_STATES:
+            ahead.forget(job_id)
+    if j.paused or j.disk_low is not None:
+        return 0
+    busy = {repo for job_id in j.preparing for repo in _repos_of(j.queue.get(job_id) or {})}
+    return ahead.start(busy, lambda: _repositories(j))
 
 
 def cancel(j: Jobs, job_id: str) -> str | None:

@@ -38,7 +38,7 @@ from supervisor.state.layout import mirror_path
 from supervisor.state.repos import head_branch
 
 __all__ = ["FETCH_TIMEOUT", "MIRROR_PREP_PREFIX", "MirrorError", "ensure_mirror",
-           "ensure_mirror_refs"]
+           "ensure_mirror_refs", "mirror_url"]
 
 #: Seconds a `git fetch` (or a `git clone --mirror`) of one repository may take.
 FETCH_TIMEOUT = 1800.0
@@ -57,7 +57,7 @@ def _git(args: list[str], *, timeout: float, what: str) -> str:
         raise MirrorError(str(exc)) from None
 
 
-def _mirror_url(path: Path) -> str | None:
+def mirror_url(path: Path) -> str | None:
     """The origin URL of the mirror at `path`, or None if it is not a usable git folder."""
     if not path.is_dir() or path.is_symlink():
         return None
@@ -142,7 +142,7 @@ def ensure_mirror_refs(name: str, repo: RepoConfig, mirrors_dir: str | os.PathLi
     path = mirror_path(folder, name)
     staging = folder / f"{MIRROR_PREP_PREFIX}{path.name}"
     remove_tree(staging)                    # a crash mid-clone or mid-replacement
-    if (path.exists() or path.is_symlink()) and _mirror_url(path) != repo.url:
+    if (path.exists() or path.is_symlink()) and mirror_url(path) != repo.url:
         os.rename(path, staging)             # not ours (any more): out of the way, atomically
         REAL.fsync_dir(str(folder))
         remove_tree(staging)

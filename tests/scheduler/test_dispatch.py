@@ -25,6 +25,7 @@ import pytest
 from supervisor.config import AgentConfig, Config, RepoConfig, SchedulerConfig, SlurmConfig
 from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler import queued as _queued
+from supervisor.scheduler.ahead import Ahead
 from supervisor.scheduler.launch import Launched, LaunchError
 from supervisor.scheduler.slurm import Client as SlurmClient
 from supervisor.scheduler.slurm import SlurmJobs
@@ -1233,3 +1234,27 @@ def test_a_job_without_effects_outside_the_wal_writes_no_ended_record(
     result(jobs, "a", exit_code=3)
     _dispatch.tick_all(jobs)
     assert ("failed", False) == (get(jobs, "a")["state"], jobs.layout.job("a").ended.exists())
+
+
+def test_make_ahead_forgets_the_ended_and_holds_back_for_busy_repos_and_pause(
+        jobs: _dispatch.Jobs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_ahead (each pass): a job told next in line that ended while waiting is
+    forgotten; the making is started with the repositories a clone uses now as busy;
+    nothing starts while paused."""
+    busy: list[set[str]] = []
+    monkeypatch.setattr(Ahead, "start",
+                        lambda self, b, known: busy.append(set(b)) or 0)
+    enqueue(jobs, "w1", "gone", repos=["app"])
+    enqueue(jobs, "p", repos=["lib"])
+    jobs.queue.update("w1", state="waiting")
+    jobs.queue.update("gone", state="cancelled")
+    jobs.queue.update("p", state="starting")
+    for job_id in ("w1", "gone"):
+        jobs.ahead.want(get(jobs, job_id))
+    jobs.preparing["p"] = futures.Future()
+    _dispatch.make_ahead(jobs)
+    assert ([{"lib"}], ["w1"]) == (busy, jobs.ahead.jobs())
+    jobs.paused = True
+    _dispatch.make_ahead(jobs)
+    assert [{"lib"}] == busy
+    jobs.close_ahead()

@@ -16,9 +16,11 @@ import pytest
 from supervisor.config import AgentConfig, Config, RepoConfig, SchedulerConfig
 from supervisor.scheduler.jobfiles import (
     PREP_PREFIX,
+    Made,
     PrepareError,
     job_timeout,
     kill_group,
+    make_ahead,
     observe,
     prepare_workspace,
     workspace_repos,
@@ -780,3 +782,144 @@ def test_kill_group_of_a_non_leader_signals_only_it() -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# -- workspaces made ahead (make_ahead, prepare_workspace(made=)) ---------------------------
+
+def _ahead_dir(cfg: Config) -> Path:
+    return cfg.state_dir / "scheduler" / "ahead"
+
+
+def _make(cfg: Config, e: dict[str, Any], known: dict[str, RepoConfig], mirrors: Path
+          ) -> Made | None:
+    return make_ahead(cfg, e, repositories=known, mirrors_dir=mirrors,
+                      ahead_dir=_ahead_dir(cfg), token="t1")
+
+
+def _ahead_setup(tmp_path: Path, remotes: dict[str, RepoConfig], *names: str
+                 ) -> tuple[Config, Path]:
+    """A config and mirrors of `names`, made by an earlier job's workspace (j0)."""
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "state" / "mirrors"
+    prepare_workspace(cfg, entry(id="j0", repos=list(names)), repositories=remotes,
+                      mirrors_dir=mirrors)
+    return cfg, mirrors
+
+
+def _git_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    import supervisor.state.git as state_git
+    calls: list[list[str]] = []
+    real = state_git.run_git_bytes
+
+    def counted(args: list[str], **kw: Any) -> bytes:
+        calls.append(args)
+        return real(args, **kw)
+    monkeypatch.setattr(state_git, "run_git_bytes", counted)
+    return calls
+
+
+def test_a_workspace_made_ahead_is_renamed_into_place_at_the_grant(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """make_ahead builds the waiting job's workspace in `.prep.<id>+ahead` from the mirror
+    as it is; at the grant, the remote not having moved, prepare_workspace runs no git at
+    all, renames it into place and reports the commit it checked out."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
+    e = entry(id="j1", state="waiting", repos=["app"])
+    made = _make(cfg, e, remotes, mirrors)
+    assert made is not None
+    assert (_ahead_dir(cfg) / "j1+t1", False) == (made.staging, (tmp_path / "ws" / "j1").exists())
+    calls = _git_calls(monkeypatch)
+    heads: dict[str, str] = {}
+    ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors, heads=heads,
+                           made=made)
+    assert ([], "app trunk\n", False) == (calls, (ws / "which").read_text(),
+                                          made.staging.exists())
+    assert ({"app": git("rev-parse", "HEAD", cwd=ws)}, remotes["app"].url, "") == (
+        heads, git("remote", "get-url", "origin", cwd=ws),
+        git("status", "--porcelain", cwd=ws))
+
+
+def test_a_remote_that_moved_makes_the_grant_clone_afresh(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """A commit pushed while the job waited: the grant fetches it and clones anew (the
+    workspace is at the new commit); the one made ahead is left for the caller to remove."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
+    e = entry(id="j1", state="waiting", repos=["app"])
+    made = _make(cfg, e, remotes, mirrors)
+    assert made is not None
+    work = tmp_path / "remotes" / "app-work"
+    (work / "which").write_text("app moved\n")
+    git("commit", "-q", "-am", "moved", cwd=work)
+    git("push", "-q", "origin", "trunk", cwd=work)
+    heads: dict[str, str] = {}
+    ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors, heads=heads,
+                           made=made)
+    assert ("app moved\n", git("rev-parse", "HEAD", cwd=work), True) == (
+        (ws / "which").read_text(), git("rev-parse", "HEAD", cwd=ws), made.staging.is_dir())
+
+
+def test_a_branch_changed_while_the_job_waited_is_not_taken_ahead(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """The repository now names another branch (or URL): what was made ahead is not what
+    the grant must make, so it is passed over."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
+    e = entry(id="j1", state="waiting", repos=["app"])
+    made = _make(cfg, e, remotes, mirrors)
+    assert made is not None
+    now = {**remotes, "app": RepoConfig(url=remotes["app"].url, branch="main")}
+    ws = prepare_workspace(cfg, e, repositories=now, mirrors_dir=mirrors, made=made)
+    assert ("app main\n", True) == ((ws / "which").read_text(), made.staging.is_dir())
+
+
+def test_several_repositories_are_made_ahead_one_folder_each(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """A job on two repositories: one subfolder each, both renamed in with no git run."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app", "lib")
+    e = entry(id="j1", state="waiting", repos=["app", "lib"])
+    made = _make(cfg, e, remotes, mirrors)
+    assert made is not None and ["app", "lib"] == sorted(os.listdir(made.staging))
+    calls = _git_calls(monkeypatch)
+    ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors, made=made)
+    assert ([], "app trunk\n", "lib trunk\n") == (
+        calls, (ws / "app" / "which").read_text(), (ws / "lib" / "which").read_text())
+
+
+@pytest.mark.parametrize("case", ["resume", "no mirror", "other url", "workspace exists",
+                                  "unknown repository", "no repository"])
+def test_make_ahead_declines_what_it_cannot_make_and_leaves_nothing(
+        tmp_path: Path, remotes: dict[str, RepoConfig], case: str) -> None:
+    """None, and no staging left, for: a job resuming another's workspace, a repository
+    never mirrored yet (only a grant may make the mirror), a mirror of another URL (the
+    grant replaces it), a workspace already there, an unknown repository, none at all."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
+    known = dict(remotes)
+    e = entry(id="j1", state="waiting", repos=["app"])
+    if case == "resume":
+        e["resume_of"] = "j0"
+    elif case == "no mirror":
+        e["repos"] = ["lib"]
+    elif case == "other url":
+        known["app"] = RepoConfig(url=remotes["lib"].url)
+    elif case == "workspace exists":
+        (tmp_path / "ws" / "j1").mkdir(parents=True)
+    elif case == "unknown repository":
+        e["repos"] = ["nowhere"]
+    else:
+        e["repos"] = []
+    assert None is _make(cfg, e, known, mirrors)
+    assert [] == [n for n in os.listdir(tmp_path / "ws") if n.startswith(PREP_PREFIX)]
+    assert [] == (os.listdir(_ahead_dir(cfg)) if _ahead_dir(cfg).is_dir() else [])
+
+
+def test_make_ahead_replaces_one_made_before(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """What this scheduler made for the job before (told again, or half made) goes first."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
+    left = _ahead_dir(cfg) / "j1+t1"
+    (left / ".git").mkdir(parents=True)
+    (left / "half").write_text("x")
+    made = _make(cfg, entry(id="j1", state="waiting", repos=["app"]), remotes, mirrors)
+    assert made is not None and left == made.staging
+    assert ["which"] == sorted(n for n in os.listdir(left) if n != ".git")

@@ -1,0 +1,221 @@
+"""Workspaces made ahead: the next job in line for a repository held for a whole run gets
+its workspace made while the holder runs, so its grant only renames it into place.
+
+The locks worker names the job first in line behind an exclusive holder (a `next-<job>`
+hint, state.locktable.next_in_line). The scheduler's loop records it as wanted and, once no
+clone of this scheduler uses its repositories, one background thread makes its workspace
+from the mirrors as they are (jobfiles.make_ahead), in `.prep.<id>+ahead`. At the grant the
+clone thread claims it, fetches the mirrors as always, and uses it only when they still
+have the refs it was made from (jobfiles.prepare_workspace(made=)); otherwise it is removed.
+
+Safety: the mirrors are read, never written, here; each mirror has an in-process lock that
+the clone of a granted job (which may fetch into it) and a making ahead both hold, so no
+making ahead reads a mirror while this scheduler fetches into it, and a claim never sees a
+half-made workspace. Nothing here is state: a scheduler that restarts forgets it (law 4);
+its `.prep.<id>+ahead` is replaced by the next making ahead of that job, or removed with the
+job's other leftovers by the relaunch or the reaper. docs/LOCKS.md has the argument.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from supervisor.config import Config, RepoConfig
+from supervisor.runtime import Log
+from supervisor.scheduler.jobfiles import Made, make_ahead
+from supervisor.state.atomic import remove_tree
+from supervisor.state.git import GitError
+from supervisor.state.layout import WORKSPACE_PREP_SEP
+
+__all__ = ["MAX_AHEAD", "Ahead", "mirrors_held"]
+
+#: At most this many workspaces are made ahead (made or being made) at once.
+MAX_AHEAD = 8
+
+#: The mirrors' in-process locks, one per repository name, for the whole process (a
+#: scheduler that reopens its queue after a failed write makes a new Ahead, not new locks).
+_MIRROR_LOCKS: dict[str, threading.Lock] = {}
+_MIRROR_LOCKS_LOCK = threading.Lock()
+
+
+@contextmanager
+def mirrors_held(names: Collection[str]) -> Iterator[None]:
+    """Hold the in-process locks of these repositories' mirrors (in name order: two
+    holders never wait for each other). The clone of a granted job holds them while it
+    fetches and clones; a making ahead while it reads the mirrors."""
+    with _MIRROR_LOCKS_LOCK:
+        locks = [_MIRROR_LOCKS.setdefault(n, threading.Lock()) for n in sorted(set(names))]
+    for i, lock in enumerate(locks):
+        try:
+            lock.acquire()
+        except BaseException:
+            for held in locks[:i]:
+                held.release()
+            raise
+    try:
+        yield
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+class Ahead:
+    """The workspaces made ahead of this scheduler, and the mirrors' in-process locks.
+
+    The loop thread calls want(), forget(), start() and close(); a clone thread calls
+    claim() inside mirrors_held(); the one making thread runs _make(). `_lock` guards the
+    three maps.
+    """
+
+    def __init__(self, cfg: Config, mirrors_dir: Path, ahead_dir: Path, log: Log) -> None:
+        self.cfg = cfg
+        self.mirrors_dir = mirrors_dir
+        self.ahead_dir = ahead_dir
+        #: This scheduler's mark on what it makes (`<id>+<token>`): a former one's, whose
+        #: making thread may still run after a reopen, is never taken for its own.
+        self.token = secrets.token_hex(4)
+        self.log = log
+        self._lock = threading.Lock()
+        self._wanted: dict[str, dict[str, Any]] = {}    # job -> its entry when told
+        self._making: dict[str, Future[None]] = {}
+        self._made: dict[str, Made] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- the loop's side --------------------------------------------------------------------
+
+    def want(self, entry: Mapping[str, Any]) -> bool:
+        """Record a waiting job the locks worker says is next in line; False (nothing to
+        do) for one whose workspace cannot be made ahead (a resume: it reuses another)."""
+        job = str(entry["id"])
+        if entry.get("resume_of") or not entry.get("repos"):
+            return False
+        with self._lock:
+            if job in self._wanted:
+                return False
+            self._wanted[job] = dict(entry)
+        return True
+
+    def jobs(self) -> list[str]:
+        """The jobs wanted, being made or made."""
+        with self._lock:
+            return list(self._wanted.keys() | self._making.keys() | self._made.keys())
+
+    def forget(self, job: str) -> None:
+        """The job will not be granted (it ended while it waited): drop it, and its
+        workspace made ahead (removed on the making thread: a big tree takes a while)."""
+        with self._lock:
+            self._wanted.pop(job, None)
+            made = self._made.pop(job, None)
+        if made is not None:
+            self.discard(made)
+
+    def start(self, busy: Collection[str],
+              known: Callable[[], Mapping[str, RepoConfig]]) -> int:
+        """Start making the workspaces wanted and not begun, none of whose repositories a
+        clone of this scheduler uses now (`busy`: it holds the mirror; a making ahead
+        would only delay it), at most MAX_AHEAD at once; how many were started."""
+        started = 0
+        repositories: dict[str, RepoConfig] | None = None
+        with self._lock:
+            for job, entry in list(self._wanted.items()):
+                if len(self._making) + len(self._made) >= MAX_AHEAD:
+                    break
+                if job in self._making or job in self._made:
+                    continue
+                repos = [str(r) for r in entry.get("repos") or []]
+                if any(r in busy for r in repos):
+                    continue
+                repositories = dict(known()) if repositories is None else repositories
+                self._making[job] = self.pool().submit(self._make, job, entry, repositories)
+                started += 1
+        return started
+
+    def pool(self) -> ThreadPoolExecutor:
+        """The one thread that makes workspaces ahead and removes stale ones."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead")
+        return self._pool
+
+    def discard(self, made: Made) -> None:
+        """Remove a workspace made ahead that will not be used (on the making thread)."""
+        self.pool().submit(_remove, made.staging, self.log)
+
+    # -- the clone thread's side -------------------------------------------------------------
+
+    def claim(self, job: str) -> Made | None:
+        """The job was granted: its workspace made ahead, if any (the caller holds its
+        mirrors' locks, so none is being made); the job is not wanted any more."""
+        with self._lock:
+            self._wanted.pop(job, None)
+            return self._made.pop(job, None)
+
+    # -- the making thread ----------------------------------------------------------------------
+
+    def _make(self, job: str, entry: dict[str, Any], known: dict[str, RepoConfig]) -> None:
+        repos = [str(r) for r in entry.get("repos") or []]
+        made: Made | None = None
+        try:
+            with mirrors_held(repos):
+                with self._lock:
+                    if job not in self._wanted:      # granted (claimed) or forgotten
+                        return
+                try:
+                    made = make_ahead(self.cfg, entry, repositories=known,
+                                      mirrors_dir=self.mirrors_dir, ahead_dir=self.ahead_dir,
+                                      token=self.token)
+                except (GitError, OSError) as exc:
+                    self.log.warning("workspace not made ahead", job=job, error=str(exc))
+                    made = None
+                with self._lock:
+                    keep = made is not None and job in self._wanted
+                    if keep:
+                        assert made is not None
+                        self._made[job] = made
+            if made is not None and not keep:
+                _remove(made.staging, self.log)
+            elif made is not None:
+                self.log.info("workspace made ahead", job=job, repos=repos)
+        finally:
+            with self._lock:
+                self._making.pop(job, None)
+
+    def clear(self) -> None:
+        """Remove what a former scheduler (stopped, killed, or this one before it reopened
+        its queue) left in the folder: this one knows none of it (on the making thread,
+        before anything it makes)."""
+        self.pool().submit(_clear, self.ahead_dir, self.token, self.log)
+
+    def close(self) -> None:
+        """Forget everything and stop the making thread: what it does now finishes, nothing
+        queued starts. What was made stays on disk, for the next scheduler to clear."""
+        with self._lock:
+            self._wanted.clear()
+            self._made.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _clear(folder: Path, token: str, log: Log) -> None:
+    try:
+        names = [n for n in os.listdir(folder) if not n.endswith(f"{WORKSPACE_PREP_SEP}{token}")]
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("cannot list the workspaces made ahead", path=str(folder), error=str(exc))
+        return
+    for name in names:
+        _remove(folder / name, log)
+
+
+def _remove(path: Path, log: Log) -> None:
+    try:
+        remove_tree(path)
+    except OSError as exc:       # the reaper takes it once the job is over
+        log.warning("cannot remove a workspace made ahead", path=str(path), error=str(exc))

@@ -1,0 +1,204 @@
+"""Tests for scheduler.ahead: which waiting jobs get a workspace made ahead, by whom, and
+how a grant, a job that ends while it waits and a restart meet it (real git mirrors)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog.testing
+
+from supervisor import log as _log
+from supervisor.config import Config, RepoConfig
+from supervisor.scheduler import ahead as ahead_mod
+from supervisor.scheduler.ahead import MAX_AHEAD, Ahead, mirrors_held
+from supervisor.scheduler.jobfiles import Made, prepare_workspace
+from tests.helpers import git, until
+
+
+@pytest.fixture
+def remotes(tmp_path: Path) -> dict[str, RepoConfig]:
+    out = {}
+    for name in ("app", "lib"):
+        work = tmp_path / "remotes" / f"{name}-work"
+        work.mkdir(parents=True)
+        git("init", "-q", "-b", "main", cwd=work)
+        (work / "which").write_text(f"{name}\n")
+        git("add", "which", cwd=work)
+        git("commit", "-q", "-m", "first", cwd=work)
+        bare = tmp_path / "remotes" / f"{name}.git"
+        git("clone", "-q", "--bare", str(work), str(bare))
+        out[name] = RepoConfig(url=str(bare))
+    return out
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, remotes: dict[str, RepoConfig]) -> Config:
+    """A config whose mirrors of app and lib exist (made by a first job's workspace)."""
+    c = Config(state_dir=tmp_path / "state", workspace_dir=tmp_path / "ws",
+               repositories=remotes)
+    prepare_workspace(c, {"id": "first", "repos": ["app", "lib"]},
+                      mirrors_dir=tmp_path / "state" / "mirrors")
+    return c
+
+
+@pytest.fixture
+def ahead(cfg: Config) -> Any:
+    a = Ahead(cfg, cfg.state_dir / "mirrors", cfg.state_dir / "scheduler" / "ahead",
+              _log.get("test"))
+    yield a
+    a.close()
+
+
+def waiting(job: str, *repos: str, **extra: Any) -> dict[str, Any]:
+    return {"id": job, "state": "waiting", "agent": "shell", "repos": list(repos), **extra}
+
+
+def staging(ahead: Ahead, job: str) -> Path:
+    return ahead.ahead_dir / f"{job}+{ahead.token}"
+
+
+def made_soon(ahead: Ahead, job: str) -> None:
+    until(f"{job}'s workspace made ahead",
+          lambda: staging(ahead, job).is_dir() and job not in ahead._making, deadline=30)
+
+
+def test_a_wanted_job_gets_its_workspace_and_the_grant_claims_it_once(
+        cfg: Config, ahead: Ahead) -> None:
+    """want + start: the one making thread makes it; claim gives it once (then None), and
+    the job is no longer wanted."""
+    assert ahead.want(waiting("w1", "app"))
+    assert 1 == ahead.start(set(), lambda: cfg.repositories)
+    made_soon(ahead, "w1")
+    with mirrors_held(["app"]):
+        got = ahead.claim("w1")
+    assert isinstance(got, Made)
+    assert (staging(ahead, "w1"), None, []) == (got.staging, ahead.claim("w1"), ahead.jobs())
+
+
+def test_a_resume_or_a_job_without_repositories_is_not_wanted(ahead: Ahead) -> None:
+    """A job resuming another's workspace never has one made; nor one without repos; a
+    job told twice is wanted once."""
+    assert (False, False, True, False) == (
+        ahead.want(waiting("r", "app", resume_of="x")), ahead.want(waiting("n")),
+        ahead.want(waiting("w", "app")), ahead.want(waiting("w", "app")))
+
+
+def test_nothing_starts_on_a_repository_a_clone_uses(cfg: Config, ahead: Ahead) -> None:
+    """A job whose repository a granted job's clone uses now waits for the next pass."""
+    ahead.want(waiting("w1", "app"))
+    ahead.want(waiting("w2", "lib"))
+    assert 1 == ahead.start({"app"}, lambda: cfg.repositories)
+    made_soon(ahead, "w2")
+    assert (False, 1) == (staging(ahead, "w1").exists(),
+                          ahead.start(set(), lambda: cfg.repositories))
+    made_soon(ahead, "w1")
+
+
+def test_at_most_max_ahead_are_made(cfg: Config, ahead: Ahead,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many are told, no more than MAX_AHEAD are made or being made at once."""
+    monkeypatch.setattr(ahead_mod, "make_ahead", lambda *a, **k: None)
+    for i in range(MAX_AHEAD + 3):
+        ahead.want(waiting(f"w{i}", "app"))
+    gate = threading.Event()
+    monkeypatch.setattr(ahead_mod, "make_ahead", lambda *a, **k: gate.wait(30) and None)
+    try:
+        assert MAX_AHEAD == ahead.start(set(), lambda: cfg.repositories)
+        assert 0 == ahead.start(set(), lambda: cfg.repositories)
+    finally:
+        gate.set()
+
+
+def test_a_job_that_ended_while_waiting_loses_its_workspace(cfg: Config,
+                                                           ahead: Ahead) -> None:
+    """forget: the job is not wanted any more and what was made for it is removed."""
+    ahead.want(waiting("w1", "app"))
+    ahead.start(set(), lambda: cfg.repositories)
+    made_soon(ahead, "w1")
+    ahead.forget("w1")
+    until("its staging removed", lambda: not staging(ahead, "w1").exists())
+    with mirrors_held(["app"]):
+        assert None is ahead.claim("w1")
+
+
+def test_a_grant_during_the_making_waits_for_it_and_takes_it(
+        cfg: Config, ahead: Ahead, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clone of a granted job takes the mirror's lock, which the making holds: it
+    waits, then claims the finished workspace (never a half-made one)."""
+    real = ahead_mod.make_ahead
+    inside, go = threading.Event(), threading.Event()
+
+    def slow(*a: Any, **k: Any) -> Made | None:
+        inside.set()
+        go.wait(30)
+        return real(*a, **k)
+    monkeypatch.setattr(ahead_mod, "make_ahead", slow)
+    ahead.want(waiting("w1", "app"))
+    ahead.start(set(), lambda: cfg.repositories)
+    assert inside.wait(30)
+    got: list[Made | None] = []
+
+    def grant() -> None:
+        with mirrors_held(["app"]):
+            got.append(ahead.claim("w1"))
+    t = threading.Thread(target=grant)
+    t.start()
+    time.sleep(0.2)
+    assert [] == got                        # held off by the making
+    go.set()
+    t.join(30)
+    assert 1 == len(got) and got[0] is not None and got[0].staging.is_dir()
+
+
+def test_a_making_that_starts_after_the_claim_makes_nothing(
+        cfg: Config, ahead: Ahead) -> None:
+    """The job was granted (claimed) before the making thread got the mirror's lock: it
+    makes nothing (the grant clones the workspace itself)."""
+    ahead.want(waiting("w1", "app"))
+    with mirrors_held(["app"]):
+        ahead.start(set(), lambda: cfg.repositories)
+        assert None is ahead.claim("w1")
+    until("the making done", lambda: not ahead._making)
+    assert not staging(ahead, "w1").exists()
+
+
+def test_a_failed_making_is_logged_and_leaves_nothing(
+        cfg: Config, ahead: Ahead) -> None:
+    """A read-tree that fails (a mirror object gone): nothing made, the job still wanted
+    only by the grant, which clones as always."""
+    objects = cfg.state_dir / "mirrors" / "app.git" / "objects"
+    for folder, _, files in os.walk(objects):
+        for name in files:
+            if len(name) == 38:
+                os.chmod(os.path.join(folder, name), 0o644)
+                os.unlink(os.path.join(folder, name))
+    for pack in (objects / "pack").glob("*"):
+        pack.unlink()
+    ahead.want(waiting("w1", "app"))
+    with structlog.testing.capture_logs() as logs:
+        ahead.start(set(), lambda: cfg.repositories)
+        until("the making done", lambda: not ahead._making)
+    with mirrors_held(["app"]):
+        assert None is ahead.claim("w1")
+    assert not staging(ahead, "w1").exists()
+    assert ["workspace not made ahead"] == [e["event"] for e in logs
+                                            if e["log_level"] == "warning"]
+
+
+def test_clear_removes_what_an_earlier_scheduler_made_and_keeps_its_own(
+        cfg: Config, ahead: Ahead) -> None:
+    """clear (at a scheduler's start, or after it reopened its queue): what another
+    scheduler left (another token) is removed in the background; this one's is kept."""
+    ahead.want(waiting("w1", "app"))
+    ahead.start(set(), lambda: cfg.repositories)
+    made_soon(ahead, "w1")
+    left = ahead.ahead_dir / "w2+0ld0ne5"
+    (left / ".git").mkdir(parents=True)
+    ahead.clear()
+    until("the leftover removed", lambda: not left.exists())
+    assert [f"w1+{ahead.token}"] == os.listdir(ahead.ahead_dir)
