@@ -250,9 +250,10 @@ def settle(lk: Locks, *, hint: bool = True, pages_first: bool = False) -> list[s
             lk.log.info("locks granted", job=job, repos=lk.table.holds(job))
         if hint:
             _hint(lk, granted)
-            _hint_next(lk)
 
     save(lk, known, pages_first=pages_first, between=hints)
+    if hint:
+        _hint_next(lk)    # after the pages: off the hand-off, which the grant hint began
     return granted
 
 

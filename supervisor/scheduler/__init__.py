@@ -346,8 +346,6 @@ def _reopen(s: Scheduler, exc: Exception, delay: float, clock: Clock) -> Schedul
         s.log.error("reopening the job queue failed; tried again", error=str(again))
         return None
     fresh.jobs.measure = s.jobs.measure
-    if s.layout.ahead_dir.is_dir():
-        fresh.jobs.ahead.clear()              # what the scheduler before the reopen made
     s.log.info("job queue reopened after a failed write", **{
         k: did[k] for k in ("reattached", "finalized", "lost") if k in did})
     return fresh
@@ -446,8 +444,6 @@ def main(cfg: Config) -> int:
     if got is None:
         return EXIT_OK                        # stopped while the disk was full
     s, found, did, degraded = got
-    if layout.ahead_dir.is_dir():
-        s.jobs.ahead.clear()                  # a former scheduler's workspaces made ahead
     try:
         # a request arrives by a rename (layout.send_request): a moved event is the hint;
         # the temp file's create and writes, and the removals, are not (the periodic

@@ -2,27 +2,29 @@
 its workspace made while the holder runs, so its grant only renames it into place.
 
 The locks worker names the job first in line behind an exclusive holder (a `next-<job>`
-hint, state.locktable.next_in_line). The scheduler's loop records it as wanted and, once no
-clone of this scheduler uses its repositories, one background thread makes its workspace
-from the mirrors as they are (jobfiles.make_ahead), in `.prep.<id>+ahead`. At the grant the
-clone thread claims it, fetches the mirrors as always, and uses it only when they still
-have the refs it was made from (jobfiles.prepare_workspace(made=)); otherwise it is removed.
+hint, state.locktable.next_in_line; at its start the scheduler reads the same from the lock
+table). The scheduler's loop records it as wanted and, once no clone of this scheduler
+uses its repositories, one background thread makes its workspace from the mirrors as they
+are (jobfiles.make_ahead), in a staging folder of its own, `.prep.<id>+<token>`, beside
+the workspace. At the grant the clone thread claims it, fetches the mirrors as always, and
+uses it only when they still have the refs it was made from (prepare_workspace(made=));
+otherwise it is removed here.
 
 Safety: the mirrors are read, never written, here; each mirror has an in-process lock that
-the clone of a granted job (which may fetch into it) and a making ahead both hold, so no
-making ahead reads a mirror while this scheduler fetches into it, and a claim never sees a
-half-made workspace. Nothing here is state: a scheduler that restarts forgets it (law 4);
-its `.prep.<id>+ahead` is replaced by the next making ahead of that job, or removed with the
-job's other leftovers by the relaunch or the reaper. docs/LOCKS.md has the argument.
+the clone of a granted job (which may fetch into it) holds, and a making holds while it
+reads refs and links objects (not during its read-tree, which reads only its own folder),
+so no making reads a mirror while this scheduler fetches into it. A workspace is recorded
+as made only once whole, so a claim never gets a half-made one. Nothing here is state: a
+scheduler that stops, dies or reopens its queue forgets it (law 4); its `.prep.` folders
+are the job's leftovers like any attempt's, removed by the relaunch or, once the job is
+over, by the reaper. docs/LOCKS.md has the argument.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,12 +34,12 @@ from supervisor.runtime import Log
 from supervisor.scheduler.jobfiles import Made, make_ahead
 from supervisor.state.atomic import remove_tree
 from supervisor.state.git import GitError
-from supervisor.state.layout import WORKSPACE_PREP_SEP
 
 __all__ = ["MAX_AHEAD", "Ahead", "mirrors_held"]
 
-#: At most this many workspaces are made ahead (made or being made) at once.
-MAX_AHEAD = 8
+#: At most this many workspaces are made ahead (made or being made) at once: each is a
+#: whole checkout on the workspaces' filesystem.
+MAX_AHEAD = 4
 
 #: The mirrors' in-process locks, one per repository name, for the whole process (a
 #: scheduler that reopens its queue after a failed write makes a new Ahead, not new locks).
@@ -49,7 +51,7 @@ _MIRROR_LOCKS_LOCK = threading.Lock()
 def mirrors_held(names: Collection[str]) -> Iterator[None]:
     """Hold the in-process locks of these repositories' mirrors (in name order: two
     holders never wait for each other). The clone of a granted job holds them while it
-    fetches and clones; a making ahead while it reads the mirrors."""
+    fetches and clones; a making ahead while it reads refs and links objects."""
     with _MIRROR_LOCKS_LOCK:
         locks = [_MIRROR_LOCKS.setdefault(n, threading.Lock()) for n in sorted(set(names))]
     for i, lock in enumerate(locks):
@@ -67,20 +69,16 @@ def mirrors_held(names: Collection[str]) -> Iterator[None]:
 
 
 class Ahead:
-    """The workspaces made ahead of this scheduler, and the mirrors' in-process locks.
+    """The workspaces made ahead of this scheduler.
 
     The loop thread calls want(), forget(), start() and close(); a clone thread calls
-    claim() inside mirrors_held(); the one making thread runs _make(). `_lock` guards the
-    three maps.
+    claim() (before it takes mirrors_held()); the one making thread runs _make(). `_lock`
+    guards the three maps.
     """
 
-    def __init__(self, cfg: Config, mirrors_dir: Path, ahead_dir: Path, log: Log) -> None:
+    def __init__(self, cfg: Config, mirrors_dir: Path, log: Log) -> None:
         self.cfg = cfg
         self.mirrors_dir = mirrors_dir
-        self.ahead_dir = ahead_dir
-        #: This scheduler's mark on what it makes (`<id>+<token>`): a former one's, whose
-        #: making thread may still run after a reopen, is never taken for its own.
-        self.token = secrets.token_hex(4)
         self.log = log
         self._lock = threading.Lock()
         self._wanted: dict[str, dict[str, Any]] = {}    # job -> its entry when told
@@ -145,13 +143,29 @@ class Ahead:
 
     def discard(self, made: Made) -> None:
         """Remove a workspace made ahead that will not be used (on the making thread)."""
-        self.pool().submit(_remove, made.staging, self.log)
+        self.remove_later([made.staging])
+
+    def remove_later(self, folders: list[Path]) -> None:
+        """Remove these folders, made ahead and never to be used, on the making thread
+        (in order with the makings: a big tree takes a while)."""
+        for folder in folders:
+            self.pool().submit(_remove, folder, self.log)
 
     # -- the clone thread's side -------------------------------------------------------------
 
     def claim(self, job: str) -> Made | None:
-        """The job was granted: its workspace made ahead, if any (the caller holds its
-        mirrors' locks, so none is being made); the job is not wanted any more."""
+        """The job was granted: its workspace made ahead, if any; the job is not wanted
+        any more. Its own making, when it runs, is waited for (a checkout begun is less to
+        do than one to begin; the caller holds no mirror lock, which that making may
+        need); one not begun yet is cancelled (the making thread may be busy with another
+        job's, which this grant must not wait for)."""
+        with self._lock:
+            making = self._making.get(job)
+            if making is not None and making.cancel():
+                del self._making[job]
+                making = None
+        if making is not None:
+            wait([making])
         with self._lock:
             self._wanted.pop(job, None)
             return self._made.pop(job, None)
@@ -160,58 +174,40 @@ class Ahead:
 
     def _make(self, job: str, entry: dict[str, Any], known: dict[str, RepoConfig]) -> None:
         repos = [str(r) for r in entry.get("repos") or []]
-        made: Made | None = None
         try:
-            with mirrors_held(repos):
-                with self._lock:
-                    if job not in self._wanted:      # granted (claimed) or forgotten
-                        return
-                try:
-                    made = make_ahead(self.cfg, entry, repositories=known,
-                                      mirrors_dir=self.mirrors_dir, ahead_dir=self.ahead_dir,
-                                      token=self.token)
-                except (GitError, OSError) as exc:
-                    self.log.warning("workspace not made ahead", job=job, error=str(exc))
-                    made = None
-                with self._lock:
-                    keep = made is not None and job in self._wanted
-                    if keep:
-                        assert made is not None
-                        self._made[job] = made
-            if made is not None and not keep:
-                _remove(made.staging, self.log)
-            elif made is not None:
+            with self._lock:
+                if job not in self._wanted:          # granted (claimed) or forgotten
+                    return
+            try:
+                made = make_ahead(self.cfg, entry, repositories=known,
+                                  mirrors_dir=self.mirrors_dir,
+                                  locked=lambda: mirrors_held(repos))
+            except (GitError, OSError) as exc:
+                self.log.warning("workspace not made ahead", job=job, error=str(exc))
+                return
+            if made is None:
+                return
+            with self._lock:
+                keep = job in self._wanted           # not claimed nor forgotten meanwhile
+                if keep:
+                    self._made[job] = made
+            if keep:
                 self.log.info("workspace made ahead", job=job, repos=repos)
+            else:
+                _remove(made.staging, self.log)
         finally:
             with self._lock:
                 self._making.pop(job, None)
 
-    def clear(self) -> None:
-        """Remove what a former scheduler (stopped, killed, or this one before it reopened
-        its queue) left in the folder: this one knows none of it (on the making thread,
-        before anything it makes)."""
-        self.pool().submit(_clear, self.ahead_dir, self.token, self.log)
-
     def close(self) -> None:
-        """Forget everything and stop the making thread: what it does now finishes, nothing
-        queued starts. What was made stays on disk, for the next scheduler to clear."""
+        """Forget everything and stop the making thread: what it does now finishes (and,
+        wanted no more, is removed), nothing queued starts. What was made stays on disk:
+        the `.prep.` folder of a job that is over goes with the reaper (state.retention)."""
         with self._lock:
             self._wanted.clear()
             self._made.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _clear(folder: Path, token: str, log: Log) -> None:
-    try:
-        names = [n for n in os.listdir(folder) if not n.endswith(f"{WORKSPACE_PREP_SEP}{token}")]
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        log.warning("cannot list the workspaces made ahead", path=str(folder), error=str(exc))
-        return
-    for name in names:
-        _remove(folder / name, log)
 
 
 def _remove(path: Path, log: Log) -> None:

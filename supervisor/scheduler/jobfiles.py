@@ -13,7 +13,8 @@ import errno
 import os
 import secrets
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,6 @@ from supervisor.state.layout import (
     RESULT,
     SENTINEL,
     WORKSPACE_PREP,
-    WORKSPACE_PREP_SEP,
     Layout,
     RecordKind,
     mirror_path,
@@ -401,8 +401,8 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
     if made is not None and _fits(made, ws, names, known, mirrors):
         try:
             placed = _into_place(made.staging, ws)
-        except FileNotFoundError:            # removed meanwhile: cloned as always
-            pass
+        except FileNotFoundError:            # removed meanwhile (never by this scheduler):
+            pass                             # cloned as always
         else:
             if heads is not None and placed:
                 heads.update(made.tips)
@@ -453,19 +453,20 @@ def _fits(made: Made, ws: Path, names: list[str], known: Mapping[str, RepoConfig
 
 def make_ahead(cfg: Config, entry: Mapping[str, Any], *,
                repositories: Mapping[str, RepoConfig], mirrors_dir: str | os.PathLike[str],
-               ahead_dir: Path, token: str,
+               locked: Callable[[], AbstractContextManager[object]] = nullcontext,
                clone_timeout: float = CLONE_TIMEOUT) -> Made | None:
     """Make the workspace of a job still waiting for its locks from its repositories'
-    mirrors as they are now (never fetched here: their lock is another job's; the caller
-    holds the mirrors' in-process lock, scheduler.ahead, so no fetch of this scheduler
-    runs meanwhile), in `<ahead_dir>/<id>+<token>` (the token: the making scheduler's),
-    by hard links and one read-tree each
-    (scheduler.linkclone). None, nothing left, when it cannot be made so: a job that
-    resumes another's workspace, a workspace already there or on another filesystem
-    (renaming it in must be atomic), a mirror missing, of another URL or not of the plain
-    kind, a branch it lacks. GitError if a read-tree fails (nothing left either). At the
-    grant, prepare_workspace(made=) uses it when the fetched mirrors still have the refs
-    it was made from."""
+    mirrors as they are now, never fetched here (their lock is another job's), in a
+    staging folder of its own beside the workspace (`.prep.<id>+<token>`, a fresh token),
+    as the grant would (scheduler.linkclone): inside `locked()` (the mirrors' in-process
+    locks, scheduler.ahead: no fetch of this scheduler runs meanwhile) each mirror's refs
+    are read and its objects hard-linked, the refs, config and HEAD written; then, the
+    mirrors free again, one read-tree each, which reads only the staging folder.
+    None, nothing left, when it cannot be made so: a job that resumes another's workspace,
+    a workspace already there, a mirror missing, of another URL or not of the plain kind, a
+    branch it lacks. GitError if a read-tree fails (nothing left either). At the grant,
+    prepare_workspace(made=) uses it when the fetched mirrors still have the refs it was
+    made from."""
     if entry.get("resume_of"):
         return None
     ws = workspace_path(cfg, entry)
@@ -474,41 +475,38 @@ def make_ahead(cfg: Config, entry: Mapping[str, Any], *,
             or ws.exists() or ws.is_symlink()):
         return None
     _ensure_once(ws.parent)
-    _ensure_once(ahead_dir)
-    if os.stat(ws.parent).st_dev != os.stat(ahead_dir).st_dev:
-        return None
-    sources: dict[str, tuple[Path, Refs]] = {}
-    for name in names:
-        mirror = mirror_path(mirrors_dir, name)
-        if mirror_url(mirror) != repositories[name].url or plain_config(mirror) is None:
-            return None
-        refs = read_refs(mirror)
-        if refs is None:
-            return None
-        sources[name] = (mirror, refs)
-    staging = ahead_dir / f"{entry['id']}{WORKSPACE_PREP_SEP}{token}"
-    remove_tree(staging)                     # one made before and not used
+    staging = workspace_staging(ws, secrets.token_hex(6))
+    dest = {n: staging if len(names) == 1 else staging / n for n in names}
+    bases: dict[str, Basis] = {}
     tips: dict[str, str] = {}
     try:
-        if len(names) > 1:
-            os.mkdir(staging)
+        with locked():
+            if len(names) > 1:
+                os.mkdir(staging)
+            for name in names:
+                repo, mirror = repositories[name], mirror_path(mirrors_dir, name)
+                if mirror_url(mirror) != repo.url or plain_config(mirror) is None:
+                    break
+                refs = read_refs(mirror)
+                tip = None if refs is None else linkclone.link(mirror, repo.branch, repo.url,
+                                                               dest[name], refs=refs)
+                if refs is None or tip is None:
+                    break
+                bases[name], tips[name] = Basis(repo.url, repo.branch, refs), tip
+        if len(tips) < len(names):
+            remove_tree(staging)
+            return None
         for name in names:
             repo = repositories[name]
-            mirror, refs = sources[name]
             branch = f" branch {repo.branch!r}" if repo.branch else ""
-            tip = linkclone.clone(
-                mirror, repo.branch, repo.url, staging if len(names) == 1 else staging / name,
-                checkout_workers=CHECKOUT_WORKERS, timeout=clone_timeout, refs=refs,
-                what=f"git read-tree of repository {name!r} ({repo.url}{branch}) ahead")
-            if tip is None:
-                remove_tree(staging)
-                return None
-            tips[name] = tip
+            linkclone.checkout(dest[name], checkout_workers=CHECKOUT_WORKERS,
+                               timeout=clone_timeout,
+                               what=f"git read-tree of repository {name!r} ({repo.url}"
+                                    f"{branch}) ahead")
     except BaseException:
         remove_tree(staging)
         raise
-    return Made(staging, ws, {n: Basis(repositories[n].url, repositories[n].branch,
-                                       sources[n][1]) for n in names}, tips)
+    return Made(staging, ws, bases, tips)
 
 
 #: Seconds `git rev-parse HEAD` of a fresh clone may take.

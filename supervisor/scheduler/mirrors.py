@@ -9,7 +9,10 @@ ensure_mirror():
   before anything else (only that name's: another repository's `.prep.` folder may be in
   use under its own lock). git runs with core.fsync=committed, so objects and refs are on
   disk before the rename.
-- present: `git fetch --prune` (with a timeout). A failure raises MirrorError carrying
+- present: `git fetch --prune` (with a timeout). Any gc the fetch sets off runs in it
+  (gc.autoDetach=false), not in the background: nothing changes the mirror's files
+  once the fetch (and the repository's lock) is over, so reading it is safe for whoever
+  then holds its in-process lock (scheduler.ahead). A failure raises MirrorError carrying
   git's stderr; the mirror is left as it was (fetch updates refs atomically).
 - present and already up to date: nothing is run. For a remote on this machine (a path or
   a file:/// URL) its refs and HEAD are read from its files and compared with the
@@ -170,8 +173,9 @@ def ensure_mirror_refs(name: str, repo: RepoConfig, mirrors_dir: str | os.PathLi
         mine = read_refs(path)
         if _same(_advertised(advertised), mine, repo):
             return path, mine
-    _git(["-c", "core.fsync=committed", f"--git-dir={path}", "fetch", "--prune", "--quiet",
-          "origin"], timeout=timeout,
+    _git(["-c", "core.fsync=committed", "-c", "gc.autoDetach=false",
+          "-c", "maintenance.autoDetach=false", f"--git-dir={path}", "fetch", "--prune",
+          "--quiet", "origin"], timeout=timeout,
          what=f"git fetch of repository {name!r} ({repo.url}) into its mirror")
     if repo.branch is None:
         _follow_head(name, repo, path, timeout, advertised)

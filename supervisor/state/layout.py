@@ -382,13 +382,6 @@ class Layout:
         return self.root / "scheduler" / "wal"
 
     @property
-    def ahead_dir(self) -> Path:
-        """Workspaces the scheduler made ahead for jobs next in line (scheduler.ahead), one
-        folder per job, renamed into the workspace at its grant; whatever is here when a
-        scheduler starts is a former one's and is removed."""
-        return self.root / "scheduler" / "ahead"
-
-    @property
     def paused_file(self) -> Path:
         """The scheduler's pause flag (PAUSED); missing: not paused."""
         return self.root / "scheduler" / "paused.json"

@@ -263,18 +263,18 @@ def test_an_exclusive_lock_outlives_batchd_sigkilled(env: Env) -> None:
 
 
 def _made_ahead(env: Env, job_id: str) -> Path | None:
-    """The workspace the scheduler made ahead for `job_id` (README in it), or None."""
-    folder = env.state / "scheduler" / "ahead"
-    names = [n for n in os.listdir(folder) if n.startswith(f"{job_id}+")] \
-        if folder.is_dir() else []
-    return folder / names[0] if names and (folder / names[0] / "README").is_file() else None
+    """The workspace made ahead for `job_id` (its staging folder, README checked out), or
+    None."""
+    ws = env.state / "workspaces"
+    names = [n for n in os.listdir(ws) if n.startswith(f".prep.{job_id}+")] \
+        if ws.is_dir() else []
+    return ws / names[0] if names and (ws / names[0] / "README").is_file() else None
 
 
 def _prep_left(env: Env) -> list[str]:
-    """Workspaces half made or made ahead and not used: in staging, or made ahead."""
-    ws, ahead = env.state / "workspaces", env.state / "scheduler" / "ahead"
-    staging = [n for n in os.listdir(ws) if n.startswith(".prep.")] if ws.is_dir() else []
-    return sorted(staging + (os.listdir(ahead) if ahead.is_dir() else []))
+    """Staging folders left in the workspaces' folder (half made or made ahead)."""
+    ws = env.state / "workspaces"
+    return sorted(n for n in os.listdir(ws) if n.startswith(".prep.")) if ws.is_dir() else []
 
 
 def _head(path: Path) -> str:
@@ -288,9 +288,9 @@ def _base(env: Env, job_id: str) -> str:
 
 
 def test_the_next_job_s_workspace_is_made_while_the_holder_runs(env: Env) -> None:
-    """a2 waits behind a1 (exclusive, gated): its workspace is made meanwhile, in
-    scheduler/ahead/ (not in the workspaces' folder); at the grant it is renamed into
-    place, and a2 runs in a clone of the remote's commit, with nothing left behind."""
+    """a2 waits behind a1 (exclusive, gated): its workspace is made meanwhile, in a
+    staging folder of its own; at the grant it is renamed into place, and a2 runs in a
+    clone of the remote's commit, with nothing left behind."""
     env.start()
     env.submit("a1", "app", gated=True)
     env.submit("a2", "app")
@@ -325,10 +325,11 @@ def test_a_commit_pushed_while_the_next_job_waits_is_in_its_workspace(env: Env,
 
 
 def test_a_workspace_made_ahead_by_a_killed_batchd_is_swept(env: Env) -> None:
-    """SIGKILL batchd once k2's workspace is made ahead: the new scheduler does not know
-    it (memory only); the restarted locks worker tells k2 again and the new scheduler
-    makes it anew in place, or k2's grant clones afresh and removes the old one. Either
-    way k2 runs in a good clone of the remote and nothing is left in staging."""
+    """SIGKILL batchd once k2's workspace is made ahead: the new scheduler knows none of
+    it (memory only), removes the killed one's folder at its start (k2 still waits, so
+    only a making can have left it), and makes k2's again (told by the lock table at its
+    start and by the restarted locks worker); k2 runs in a good clone of the remote and
+    nothing is left in staging."""
     env.start()
     env.submit("k1", "app", gated=True)
     env.submit("k2", "app")

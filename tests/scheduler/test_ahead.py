@@ -48,8 +48,7 @@ def cfg(tmp_path: Path, remotes: dict[str, RepoConfig]) -> Config:
 
 @pytest.fixture
 def ahead(cfg: Config) -> Any:
-    a = Ahead(cfg, cfg.state_dir / "mirrors", cfg.state_dir / "scheduler" / "ahead",
-              _log.get("test"))
+    a = Ahead(cfg, cfg.state_dir / "mirrors", _log.get("test"))
     yield a
     a.close()
 
@@ -59,12 +58,31 @@ def waiting(job: str, *repos: str, **extra: Any) -> dict[str, Any]:
 
 
 def staging(ahead: Ahead, job: str) -> Path:
-    return ahead.ahead_dir / f"{job}+{ahead.token}"
+    """The job's staging folder in the workspaces' folder (a made path if none exists)."""
+    ws = ahead.cfg.workspace_dir
+    names = [n for n in os.listdir(ws) if n.startswith(f".prep.{job}+")] if ws.is_dir() else []
+    return ws / (names[0] if names else f".prep.{job}+none")
 
 
 def made_soon(ahead: Ahead, job: str) -> None:
     until(f"{job}'s workspace made ahead",
           lambda: staging(ahead, job).is_dir() and job not in ahead._making, deadline=30)
+
+
+class Gate:
+    """Holds every making's read-tree (linkclone.checkout) until `go` is set; `inside`
+    says one has reached it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from supervisor.scheduler import linkclone
+        self.inside, self.go = threading.Event(), threading.Event()
+        real = linkclone.checkout
+
+        def held(*a: Any, **k: Any) -> None:
+            self.inside.set()
+            self.go.wait(30)
+            real(*a, **k)
+        monkeypatch.setattr(linkclone, "checkout", held)
 
 
 def test_a_wanted_job_gets_its_workspace_and_the_grant_claims_it_once(
@@ -74,8 +92,7 @@ def test_a_wanted_job_gets_its_workspace_and_the_grant_claims_it_once(
     assert ahead.want(waiting("w1", "app"))
     assert 1 == ahead.start(set(), lambda: cfg.repositories)
     made_soon(ahead, "w1")
-    with mirrors_held(["app"]):
-        got = ahead.claim("w1")
+    got = ahead.claim("w1")
     assert isinstance(got, Made)
     assert (staging(ahead, "w1"), None, []) == (got.staging, ahead.claim("w1"), ahead.jobs())
 
@@ -122,50 +139,56 @@ def test_a_job_that_ended_while_waiting_loses_its_workspace(cfg: Config,
     made_soon(ahead, "w1")
     ahead.forget("w1")
     until("its staging removed", lambda: not staging(ahead, "w1").exists())
-    with mirrors_held(["app"]):
-        assert None is ahead.claim("w1")
+    assert None is ahead.claim("w1")
 
 
-def test_a_grant_during_the_making_waits_for_it_and_takes_it(
+def test_a_grant_during_its_making_waits_for_it_and_takes_it(
         cfg: Config, ahead: Ahead, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The clone of a granted job takes the mirror's lock, which the making holds: it
-    waits, then claims the finished workspace (never a half-made one)."""
-    real = ahead_mod.make_ahead
-    inside, go = threading.Event(), threading.Event()
-
-    def slow(*a: Any, **k: Any) -> Made | None:
-        inside.set()
-        go.wait(30)
-        return real(*a, **k)
-    monkeypatch.setattr(ahead_mod, "make_ahead", slow)
+    """The job is granted while its own workspace is being checked out: the claim waits
+    for it and takes the finished workspace (never a half-made one)."""
+    gate = Gate(monkeypatch)
     ahead.want(waiting("w1", "app"))
     ahead.start(set(), lambda: cfg.repositories)
-    assert inside.wait(30)
+    assert gate.inside.wait(30)
     got: list[Made | None] = []
-
-    def grant() -> None:
-        with mirrors_held(["app"]):
-            got.append(ahead.claim("w1"))
-    t = threading.Thread(target=grant)
+    t = threading.Thread(target=lambda: got.append(ahead.claim("w1")))
     t.start()
     time.sleep(0.2)
-    assert [] == got                        # held off by the making
-    go.set()
+    assert [] == got                        # waiting for the checkout
+    gate.go.set()
     t.join(30)
-    assert 1 == len(got) and got[0] is not None and got[0].staging.is_dir()
+    assert 1 == len(got) and got[0] is not None and (got[0].staging / "which").is_file()
 
 
-def test_a_making_that_starts_after_the_claim_makes_nothing(
-        cfg: Config, ahead: Ahead) -> None:
-    """The job was granted (claimed) before the making thread got the mirror's lock: it
-    makes nothing (the grant clones the workspace itself)."""
+def test_a_grant_cancels_its_making_not_begun(cfg: Config, ahead: Ahead,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The making thread is busy with another job's workspace: a granted job whose making
+    has not begun cancels it and clones its own at once (it never waits for another's)."""
+    gate = Gate(monkeypatch)
     ahead.want(waiting("w1", "app"))
-    with mirrors_held(["app"]):
-        ahead.start(set(), lambda: cfg.repositories)
-        assert None is ahead.claim("w1")
-    until("the making done", lambda: not ahead._making)
-    assert not staging(ahead, "w1").exists()
+    ahead.want(waiting("w2", "lib"))
+    ahead.start(set(), lambda: cfg.repositories)
+    try:
+        assert gate.inside.wait(30)
+        assert (None, ["w1"]) == (ahead.claim("w2"), ahead.jobs())
+    finally:
+        gate.go.set()
+    made_soon(ahead, "w1")
+    assert not staging(ahead, "w2").exists()
 
+
+def test_a_job_forgotten_while_its_making_runs_keeps_nothing(
+        cfg: Config, ahead: Ahead, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job ended (forgotten) while its workspace was being made: what is made is not
+    kept, and removed."""
+    gate = Gate(monkeypatch)
+    ahead.want(waiting("w1", "app"))
+    ahead.start(set(), lambda: cfg.repositories)
+    assert gate.inside.wait(30)
+    ahead.forget("w1")
+    gate.go.set()
+    until("the making done", lambda: not ahead._making)
+    assert (None, False) == (ahead.claim("w1"), staging(ahead, "w1").exists())
 
 def test_a_failed_making_is_logged_and_leaves_nothing(
         cfg: Config, ahead: Ahead) -> None:
@@ -183,22 +206,30 @@ def test_a_failed_making_is_logged_and_leaves_nothing(
     with structlog.testing.capture_logs() as logs:
         ahead.start(set(), lambda: cfg.repositories)
         until("the making done", lambda: not ahead._making)
-    with mirrors_held(["app"]):
-        assert None is ahead.claim("w1")
+    assert None is ahead.claim("w1")
     assert not staging(ahead, "w1").exists()
     assert ["workspace not made ahead"] == [e["event"] for e in logs
                                             if e["log_level"] == "warning"]
 
 
-def test_clear_removes_what_an_earlier_scheduler_made_and_keeps_its_own(
-        cfg: Config, ahead: Ahead) -> None:
-    """clear (at a scheduler's start, or after it reopened its queue): what another
-    scheduler left (another token) is removed in the background; this one's is kept."""
+def test_a_grant_waits_for_the_links_not_for_the_checkout(
+        cfg: Config, ahead: Ahead, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a making runs its read-tree, the mirror's lock is free: a granted job's
+    clone (which may fetch) does not wait for a checkout it does not use."""
+    gate = Gate(monkeypatch)
     ahead.want(waiting("w1", "app"))
     ahead.start(set(), lambda: cfg.repositories)
+    try:
+        assert gate.inside.wait(30)
+        got: list[bool] = []
+
+        def grant() -> None:
+            with mirrors_held(["app"]):
+                got.append(True)
+        t = threading.Thread(target=grant)
+        t.start()
+        t.join(10)
+        assert [True] == got
+    finally:
+        gate.go.set()
     made_soon(ahead, "w1")
-    left = ahead.ahead_dir / "w2+0ld0ne5"
-    (left / ".git").mkdir(parents=True)
-    ahead.clear()
-    until("the leftover removed", lambda: not left.exists())
-    assert [f"w1+{ahead.token}"] == os.listdir(ahead.ahead_dir)

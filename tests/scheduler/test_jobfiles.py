@@ -786,14 +786,9 @@ def test_kill_group_of_a_non_leader_signals_only_it() -> None:
 
 # -- workspaces made ahead (make_ahead, prepare_workspace(made=)) ---------------------------
 
-def _ahead_dir(cfg: Config) -> Path:
-    return cfg.state_dir / "scheduler" / "ahead"
-
-
 def _make(cfg: Config, e: dict[str, Any], known: dict[str, RepoConfig], mirrors: Path
           ) -> Made | None:
-    return make_ahead(cfg, e, repositories=known, mirrors_dir=mirrors,
-                      ahead_dir=_ahead_dir(cfg), token="t1")
+    return make_ahead(cfg, e, repositories=known, mirrors_dir=mirrors)
 
 
 def _ahead_setup(tmp_path: Path, remotes: dict[str, RepoConfig], *names: str
@@ -821,14 +816,17 @@ def _git_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 def test_a_workspace_made_ahead_is_renamed_into_place_at_the_grant(
         tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
         ) -> None:
-    """make_ahead builds the waiting job's workspace in `.prep.<id>+ahead` from the mirror
-    as it is; at the grant, the remote not having moved, prepare_workspace runs no git at
-    all, renames it into place and reports the commit it checked out."""
+    """make_ahead builds the waiting job's workspace in a staging folder of its own beside
+    it (`.prep.<id>+<token>`) from the mirror as it is; at the grant, the remote not
+    having moved, prepare_workspace runs no git at all, renames it into place and
+    reports the commit it checked out."""
     cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
     e = entry(id="j1", state="waiting", repos=["app"])
     made = _make(cfg, e, remotes, mirrors)
     assert made is not None
-    assert (_ahead_dir(cfg) / "j1+t1", False) == (made.staging, (tmp_path / "ws" / "j1").exists())
+    assert (tmp_path / "ws", True, False) == (
+        made.staging.parent, made.staging.name.startswith(f"{PREP_PREFIX}j1+"),
+        (tmp_path / "ws" / "j1").exists())
     calls = _git_calls(monkeypatch)
     heads: dict[str, str] = {}
     ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors, heads=heads,
@@ -910,16 +908,37 @@ def test_make_ahead_declines_what_it_cannot_make_and_leaves_nothing(
         e["repos"] = []
     assert None is _make(cfg, e, known, mirrors)
     assert [] == [n for n in os.listdir(tmp_path / "ws") if n.startswith(PREP_PREFIX)]
-    assert [] == (os.listdir(_ahead_dir(cfg)) if _ahead_dir(cfg).is_dir() else [])
 
 
-def test_make_ahead_replaces_one_made_before(
-        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
-    """What this scheduler made for the job before (told again, or half made) goes first."""
-    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
-    left = _ahead_dir(cfg) / "j1+t1"
-    (left / ".git").mkdir(parents=True)
-    (left / "half").write_text("x")
-    made = _make(cfg, entry(id="j1", state="waiting", repos=["app"]), remotes, mirrors)
-    assert made is not None and left == made.staging
-    assert ["which"] == sorted(n for n in os.listdir(left) if n != ".git")
+def test_make_ahead_holds_the_mirrors_only_while_it_reads_them(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """`locked()` is held while the refs are read and the objects linked, and no longer
+    during the read-tree (which reads only the staging folder): a grant that wants the
+    mirror waits for the links, not for the checkout."""
+    from supervisor.scheduler import linkclone
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app", "lib")
+    held: list[bool] = [False]
+    seen: list[tuple[str, bool]] = []
+
+    class Locked:
+        def __enter__(self) -> None:
+            held[0] = True
+
+        def __exit__(self, *exc: object) -> None:
+            held[0] = False
+    real_link, real_checkout = linkclone.link, linkclone.checkout
+
+    def link(*a: Any, **k: Any) -> str | None:
+        seen.append(("link", held[0]))
+        return real_link(*a, **k)
+
+    def checkout(*a: Any, **k: Any) -> None:
+        seen.append(("checkout", held[0]))
+        real_checkout(*a, **k)
+    monkeypatch.setattr(linkclone, "link", link)
+    monkeypatch.setattr(linkclone, "checkout", checkout)
+    made = make_ahead(cfg, entry(id="j1", state="waiting", repos=["app", "lib"]),
+                      repositories=remotes, mirrors_dir=mirrors, locked=Locked)
+    assert made is not None
+    assert [("link", True), ("link", True), ("checkout", False), ("checkout", False)] == seen
