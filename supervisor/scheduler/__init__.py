@@ -334,7 +334,7 @@ def _reopen(s: Scheduler, exc: Exception, delay: float, clock: Clock) -> Schedul
     taken again. None if the reopen failed too (tried again later)."""
     s.log.error("a write failed: reopening the job queue from disk", error=str(exc),
                 retry_in_s=delay)
-    s.jobs.close_ahead()
+    s.jobs.close_ahead(remove=True)
     s.queue.close()
     clock.sleep(delay)
     if stop_requested():

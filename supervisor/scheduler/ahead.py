@@ -147,9 +147,13 @@ class Ahead:
 
     def remove_later(self, folders: list[Path]) -> None:
         """Remove these folders, made ahead and never to be used, on the making thread
-        (in order with the makings: a big tree takes a while)."""
+        (in order with the makings: a big tree takes a while); here and now once that
+        thread is stopped (close)."""
         for folder in folders:
-            self.pool().submit(_remove, folder, self.log)
+            try:
+                self.pool().submit(_remove, folder, self.log)
+            except RuntimeError:                     # shut down: no thread to hand it to
+                _remove(folder, self.log)
 
     # -- the clone thread's side -------------------------------------------------------------
 
@@ -184,8 +188,14 @@ class Ahead:
                                   locked=lambda: mirrors_held(repos))
             except (GitError, OSError) as exc:
                 self.log.warning("workspace not made ahead", job=job, error=str(exc))
-                return
-            if made is None:
+                made = None
+            except Exception as exc:  # noqa: BLE001 - a bug here must not pass unseen
+                self.log.error("workspace not made ahead: unexpected error", job=job,
+                               error=f"{type(exc).__name__}: {exc}")
+                made = None
+            if made is None:            # declined or failed: not tried again at every
+                with self._lock:        # pass (the grant clones it as always)
+                    self._wanted.pop(job, None)
                 return
             with self._lock:
                 keep = job in self._wanted           # not claimed nor forgotten meanwhile
@@ -199,15 +209,20 @@ class Ahead:
             with self._lock:
                 self._making.pop(job, None)
 
-    def close(self) -> None:
+    def close(self, *, remove: bool = False) -> None:
         """Forget everything and stop the making thread: what it does now finishes (and,
-        wanted no more, is removed), nothing queued starts. What was made stays on disk:
-        the `.prep.` folder of a job that is over goes with the reaper (state.retention)."""
+        wanted no more, is removed), nothing queued starts. What was made is removed
+        first when `remove` (a scheduler that reopens its queue and goes on), else left
+        (one that stops: the next scheduler removes those of jobs still waiting; the
+        reaper those of jobs that are over)."""
         with self._lock:
             self._wanted.clear()
+            made = list(self._made.values())
             self._made.clear()
+        if remove:
+            self.remove_later([m.staging for m in made])
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=not remove)
 
 
 def _remove(path: Path, log: Log) -> None:

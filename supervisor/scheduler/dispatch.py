@@ -128,10 +128,11 @@ class Jobs:
             self._ahead = Ahead(self.cfg, self.layout.mirrors_dir, self.log)
         return self._ahead
 
-    def close_ahead(self) -> None:
-        """Stop making workspaces ahead (the scheduler stops, or reopens its queue)."""
+    def close_ahead(self, *, remove: bool = False) -> None:
+        """Stop making workspaces ahead: the scheduler stops, or reopens its queue
+        (`remove`: what was made goes too; see Ahead.close)."""
         if self._ahead is not None:
-            self._ahead.close()
+            self._ahead.close(remove=remove)
             self._ahead = None
 
     def pool(self) -> ThreadPoolExecutor:

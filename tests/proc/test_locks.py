@@ -289,18 +289,19 @@ def _base(env: Env, job_id: str) -> str:
 
 def test_the_next_job_s_workspace_is_made_while_the_holder_runs(env: Env) -> None:
     """a2 waits behind a1 (exclusive, gated): its workspace is made meanwhile, in a
-    staging folder of its own; at the grant it is renamed into place, and a2 runs in a
-    clone of the remote's commit, with nothing left behind."""
+    staging folder of its own; at the grant that very folder is renamed into place (the
+    same file), and a2 runs in a clone of the remote's commit, nothing left behind."""
     env.start()
     env.submit("a1", "app", gated=True)
     env.submit("a2", "app")
-    until("a2's workspace made ahead", lambda: _made_ahead(env, "a2"))
+    made = until("a2's workspace made ahead", lambda: _made_ahead(env, "a2"))
+    inode = (made / "README").stat().st_ino
     assert ["running", "waiting"] == env.states("a1", "a2")
     env.open("a1")
     env.wait_done("a1", "a2")
-    tip = _head(env.repo)
-    assert (serial("a1", "a2"), tip, tip, []) == (
-        env.log(), _head(env.state / "workspaces" / "a2"), _base(env, "a2"), _prep_left(env))
+    tip, ws = _head(env.repo), env.state / "workspaces" / "a2"
+    assert (serial("a1", "a2"), tip, tip, [], inode) == (
+        env.log(), _head(ws), _base(env, "a2"), _prep_left(env), (ws / "README").stat().st_ino)
 
 
 def test_a_commit_pushed_while_the_next_job_waits_is_in_its_workspace(env: Env,

@@ -14,7 +14,6 @@ import structlog.testing
 
 from supervisor import log as _log
 from supervisor.config import Config, RepoConfig
-from supervisor.scheduler import ahead as ahead_mod
 from supervisor.scheduler.ahead import MAX_AHEAD, Ahead, mirrors_held
 from supervisor.scheduler.jobfiles import Made, prepare_workspace
 from tests.helpers import git, until
@@ -116,19 +115,24 @@ def test_nothing_starts_on_a_repository_a_clone_uses(cfg: Config, ahead: Ahead) 
     made_soon(ahead, "w1")
 
 
-def test_at_most_max_ahead_are_made(cfg: Config, ahead: Ahead,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """However many are told, no more than MAX_AHEAD are made or being made at once."""
-    monkeypatch.setattr(ahead_mod, "make_ahead", lambda *a, **k: None)
-    for i in range(MAX_AHEAD + 3):
+def test_at_most_max_ahead_are_made_or_being_made(cfg: Config, ahead: Ahead,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many are told, no more than MAX_AHEAD are made or being made at once: the
+    made ones count until claimed, those being made too."""
+    for i in range(MAX_AHEAD + 2):
         ahead.want(waiting(f"w{i}", "app"))
-    gate = threading.Event()
-    monkeypatch.setattr(ahead_mod, "make_ahead", lambda *a, **k: gate.wait(30) and None)
+    assert MAX_AHEAD == ahead.start(set(), lambda: cfg.repositories)
+    for i in range(MAX_AHEAD):
+        made_soon(ahead, f"w{i}")
+    assert 0 == ahead.start(set(), lambda: cfg.repositories)
+    assert ahead.claim("w0") is not None
+    gate = Gate(monkeypatch)
     try:
-        assert MAX_AHEAD == ahead.start(set(), lambda: cfg.repositories)
+        assert 1 == ahead.start(set(), lambda: cfg.repositories)
+        assert gate.inside.wait(30)
         assert 0 == ahead.start(set(), lambda: cfg.repositories)
     finally:
-        gate.set()
+        gate.go.set()
 
 
 def test_a_job_that_ended_while_waiting_loses_its_workspace(cfg: Config,
@@ -192,8 +196,8 @@ def test_a_job_forgotten_while_its_making_runs_keeps_nothing(
 
 def test_a_failed_making_is_logged_and_leaves_nothing(
         cfg: Config, ahead: Ahead) -> None:
-    """A read-tree that fails (a mirror object gone): nothing made, the job still wanted
-    only by the grant, which clones as always."""
+    """A read-tree that fails (a mirror object gone): nothing made, logged once, and not
+    tried again at the next pass (the grant clones the workspace as always)."""
     objects = cfg.state_dir / "mirrors" / "app.git" / "objects"
     for folder, _, files in os.walk(objects):
         for name in files:
@@ -210,6 +214,7 @@ def test_a_failed_making_is_logged_and_leaves_nothing(
     assert not staging(ahead, "w1").exists()
     assert ["workspace not made ahead"] == [e["event"] for e in logs
                                             if e["log_level"] == "warning"]
+    assert (0, []) == (ahead.start(set(), lambda: cfg.repositories), ahead.jobs())
 
 
 def test_a_grant_waits_for_the_links_not_for_the_checkout(
@@ -233,3 +238,34 @@ def test_a_grant_waits_for_the_links_not_for_the_checkout(
     finally:
         gate.go.set()
     made_soon(ahead, "w1")
+
+
+def test_a_declined_making_is_not_tried_again(cfg: Config, ahead: Ahead) -> None:
+    """A job whose workspace cannot be made ahead (here: its branch is not in the mirror)
+    is dropped after one try, not made again at every pass."""
+    ahead.want(waiting("w1", "app"))
+    known = {**cfg.repositories, "app": RepoConfig(url=cfg.repositories["app"].url,
+                                                   branch="nope")}
+    assert 1 == ahead.start(set(), lambda: known)
+    until("the making done", lambda: not ahead._making)
+    assert (0, [], False) == (ahead.start(set(), lambda: known), ahead.jobs(),
+                              staging(ahead, "w1").exists())
+
+
+def test_close_on_a_reopen_removes_what_was_made_and_later_discards_still_work(
+        cfg: Config) -> None:
+    """close(remove=True) (the scheduler reopens its queue): what was made and not
+    claimed is removed; a clone thread that claimed one before and discards it after
+    the close removes it itself (no thread left to hand it to)."""
+    a = Ahead(cfg, cfg.state_dir / "mirrors", _log.get("test"))
+    for job in ("w1", "w2"):
+        a.want(waiting(job, "app"))
+    a.start(set(), lambda: cfg.repositories)
+    made_soon(a, "w1")
+    made_soon(a, "w2")
+    claimed = a.claim("w1")
+    assert claimed is not None
+    a.close(remove=True)
+    until("the unclaimed one removed", lambda: not staging(a, "w2").exists())
+    a.discard(claimed)
+    assert (False, []) == (claimed.staging.exists(), a.jobs())

@@ -1274,9 +1274,11 @@ def test_make_ahead_forgets_the_ended_and_holds_back_for_busy_repos_and_pause(
     for job_id in ("w1", "gone"):
         jobs.ahead.want(get(jobs, job_id))
     jobs.preparing["p"] = futures.Future()
-    _dispatch.make_ahead(jobs)
-    assert ([{"lib"}], ["w1"]) == (busy, jobs.ahead.jobs())
-    jobs.paused = True
-    _dispatch.make_ahead(jobs)
-    assert [{"lib"}] == busy
-    jobs.close_ahead()
+    try:
+        _dispatch.make_ahead(jobs)
+        assert ([{"lib"}], ["w1"]) == (busy, jobs.ahead.jobs())
+        jobs.paused = True
+        _dispatch.make_ahead(jobs)
+        assert [{"lib"}] == busy
+    finally:
+        jobs.close_ahead()
