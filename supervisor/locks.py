@@ -57,6 +57,8 @@ from supervisor.state.locktable import (
     grant,
     granted_hint,
     held_record,
+    next_hint,
+    next_in_line,
     release,
 )
 from supervisor.state.queue import TERMINAL_STATES, JobQueue, QueueError
@@ -98,6 +100,9 @@ class Locks:
     clock: Clock = SYSTEM_CLOCK
     pages: Pages | None = None
     touched: set[str] = field(default_factory=set)
+    #: The jobs the scheduler was last told are next in line (scheduler.ahead): each is
+    #: told once while it stays so (a restarted worker tells them again: a hint is idempotent).
+    told: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.pages is None:
@@ -219,6 +224,19 @@ def _hint(lk: Locks, jobs: Iterable[str]) -> int:
     return n
 
 
+def _hint_next(lk: Locks) -> int:
+    """Drop `next-<job>` into the scheduler's inbox for each job newly first in line for a
+    repository held for a whole run (locktable.next_in_line), after the grant hints and
+    without fsyncs: the scheduler may make its workspace while the holder runs. How many."""
+    now = next_in_line(lk.table)
+    new = sorted(now - lk.told)
+    for job in new:
+        send_request(lk.layout, "scheduler", next_hint(job, created_at=lk.clock.iso_now()),
+                     durable=False)
+    lk.told = now
+    return len(new)
+
+
 def settle(lk: Locks, *, hint: bool = True, pages_first: bool = False) -> list[str]:
     """Grant what is free, save what changed, hinting the granted jobs as soon as
     state.json says they hold (before the pages are written: the hand-off waits for no
@@ -234,6 +252,8 @@ def settle(lk: Locks, *, hint: bool = True, pages_first: bool = False) -> list[s
             _hint(lk, granted)
 
     save(lk, known, pages_first=pages_first, between=hints)
+    if hint:
+        _hint_next(lk)    # after the pages: off the hand-off, which the grant hint began
     return granted
 
 
@@ -405,6 +425,7 @@ def recover(cfg: Config, layout: Layout, log: Log, *, clock: Clock = SYSTEM_CLOC
         lk.touched.update(dropped)
         granted = settle(lk, hint=False, pages_first=anew)
         hinted = _hint(lk, _waiting_holders(table, state_of if readable else None))
+        _hint_next(lk)
     finally:
         if queue is not None:
             queue.close()

@@ -90,9 +90,10 @@ def drop(layout: Layout, body: dict[str, Any]) -> Path:
     return path
 
 
-def hints(layout: Layout) -> list[str]:
+def hints(layout: Layout, prefix: str = "granted-") -> list[str]:
+    """The locks worker's hints of one kind in the scheduler's inbox (grants by default)."""
     inbox = layout.inbox("scheduler")
-    return sorted(os.listdir(inbox)) if inbox.is_dir() else []
+    return sorted(n for n in os.listdir(inbox) if n.startswith(prefix)) if inbox.is_dir() else []
 
 
 def inbox(layout: Layout) -> list[str]:
@@ -549,3 +550,40 @@ def test_main_reports_ready_and_serves_acquire_and_release(cfg: Config, layout: 
         _runtime.request_stop()
         worker.join(DEADLINE)
     assert [0] == result
+
+
+def test_the_job_first_in_line_behind_a_whole_run_holder_is_told_once(
+        cfg: Config, layout: Layout) -> None:
+    """b waits behind a (exclusive, its whole run): the scheduler gets one next-b hint,
+    not again on later passes; once a releases and b holds, c is told; a job behind a
+    holder that only clones (lib) never is."""
+    jobs_in_wal(layout, ("a", "starting", ["app"], {"lock_exclusive": True}),
+                ("b", "waiting", ["app"], {}), ("c", "waiting", ["app"], {}),
+                ("n", "starting", ["lib"], {}), ("m", "waiting", ["lib"], {}))
+    lk, _, _, _ = recover(cfg)
+    for job, repo, seq in (("a", "app", 1), ("b", "app", 2), ("c", "app", 3),
+                           ("n", "lib", 4), ("m", "lib", 5)):
+        ask(layout, job, repo, seq=seq, exclusive=repo == "app")
+    locks.one_pass(lk)
+    assert ["next-b.json"] == hints(layout, "next-")
+    os.unlink(layout.inbox("scheduler") / "next-b.json")
+    ask(layout, "d", "app", seq=6, exclusive=True)
+    locks.one_pass(lk)
+    assert [] == hints(layout, "next-")
+    drop(layout, release_request("a", created_at=iso_now()))
+    locks.one_pass(lk)
+    assert ([("lib", "n"), ("app", "b")], ["next-c.json"]) == (
+        held(layout), hints(layout, "next-"))
+
+
+def test_a_restarted_locks_worker_tells_the_next_in_line_again(
+        cfg: Config, layout: Layout) -> None:
+    """What the worker told is memory only: its recovery tells it again (a hint is
+    idempotent: the scheduler makes a workspace ahead at most once)."""
+    jobs_in_wal(layout, ("a", "running", ["app"], {"lock_exclusive": True}),
+                ("b", "waiting", ["app"], {"lock_seq": 1}))
+    recover(cfg)
+    assert ["next-b.json"] == hints(layout, "next-")
+    os.unlink(layout.inbox("scheduler") / "next-b.json")
+    recover(cfg)
+    assert ["next-b.json"] == hints(layout, "next-")

@@ -39,15 +39,15 @@ from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.fs import FS, REAL
 from supervisor.state.jobs import valid_job_id
 from supervisor.state.layout import Layout
-from supervisor.state.locktable import GRANTED, is_granted_hint
+from supervisor.state.locktable import GRANTED, NEXT, is_lock_hint
 from supervisor.state.queue import SUBLOG_COUNTER, JobQueue, QueueError
 from supervisor.state.sublog import LogReader
 from supervisor.state.submission import JobError, check_request
 from supervisor.state.wal import WalError
 
 __all__ = ["CANCEL_REASON", "HANDLERS", "NAME", "Scheduler", "cancel",
-           "job_exited", "lock_granted", "main", "one_pass", "pause", "recover", "resume",
-           "serve", "submit", "submit_many", "take_inbox"]
+           "job_exited", "lock_granted", "lock_next", "main", "one_pass", "pause", "recover",
+           "resume", "serve", "submit", "submit_many", "take_inbox"]
 
 NAME = "scheduler"
 CANCEL_REASON = "cancelled by operator"
@@ -219,6 +219,16 @@ def lock_granted(s: Scheduler, req: dict[str, Any]) -> None:
     s.log.info("lock granted", job=job_id, state=s.queue.state(job_id))
 
 
+def lock_next(s: Scheduler, req: dict[str, Any]) -> None:
+    """The locks worker says a waiting job is first in line behind a holder that keeps its
+    repository for its whole run: its workspace may be made meanwhile (scheduler.ahead;
+    started by the pass's make_ahead). A job no longer waiting is passed over."""
+    job_id = job_of(req)
+    entry = s.queue.get(job_id)
+    if entry is not None and entry.get("state") == "waiting" and s.jobs.ahead.want(entry):
+        s.log.debug("next in line: its workspace may be made ahead", job=job_id)
+
+
 #: request kind -> handler.
 HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
     "submit": submit,
@@ -228,6 +238,7 @@ HANDLERS: dict[str, Callable[[Scheduler, dict[str, Any]], None]] = {
     "job_exited": job_exited,
     "forget": forget,
     GRANTED: lock_granted,
+    NEXT: lock_next,
 }
 
 
@@ -260,7 +271,7 @@ def take_inbox(s: Scheduler) -> int:
 
     return len(logged) + handle_inbox(
         s.layout.inbox(NAME), HANDLERS, s, s.log, together={"submit": submit_all},
-        always=("submit",) if logged else (), hint=is_granted_hint)
+        always=("submit",) if logged else (), hint=is_lock_hint)
 
 
 def _logged(s: Scheduler) -> list[dict[str, Any]]:
@@ -290,6 +301,7 @@ def one_pass(s: Scheduler, *, inbox: bool = True) -> None:
     if s.jobs.active and not stop_requested():
         _dispatch.tick_all(s.jobs)
     _dispatch.dispatch(s.jobs)
+    _dispatch.make_ahead(s.jobs)
 
 
 def _sleep_for(s: Scheduler, next_tick: float, clock: Clock) -> float | None:
@@ -322,6 +334,7 @@ def _reopen(s: Scheduler, exc: Exception, delay: float, clock: Clock) -> Schedul
     taken again. None if the reopen failed too (tried again later)."""
     s.log.error("a write failed: reopening the job queue from disk", error=str(exc),
                 retry_in_s=delay)
+    s.jobs.close_ahead(remove=True)
     s.queue.close()
     clock.sleep(delay)
     if stop_requested():
@@ -448,6 +461,7 @@ def main(cfg: Config) -> int:
     finally:
         if s.jobs.slurm_side is not None:
             s.jobs.slurm_side.close()
+        s.jobs.close_ahead()
         s.queue.close()
     return EXIT_OK
 

@@ -24,6 +24,7 @@ from supervisor.runtime import Log, stop_requested
 from supervisor.scheduler import jobfiles as _jobfiles
 from supervisor.scheduler import lifecycle as lc
 from supervisor.scheduler import queued as _queued
+from supervisor.scheduler.ahead import Ahead, mirrors_held
 from supervisor.scheduler.events import BatchIndex, emit_job_end
 from supervisor.scheduler.launch import Launched, LaunchError, job_environ, launch
 from supervisor.scheduler.runnable import Runnable
@@ -32,12 +33,20 @@ from supervisor.state import disk
 from supervisor.state.atomic import Missing
 from supervisor.state.clock import SYSTEM_CLOCK, Clock, iso_now
 from supervisor.state.jobs import job_timeout, usage_counters
-from supervisor.state.layout import JOB_ENDED, Layout, read_record, send_request, write_record
+from supervisor.state.layout import (
+    JOB_ENDED,
+    Layout,
+    read_record,
+    send_request,
+    staging_owner,
+    write_record,
+)
 from supervisor.state.lockfiles import read_held, read_table
 from supervisor.state.locktable import (
     Table,
     acquire_request,
     exclusive_for,
+    next_in_line,
     release_request,
 )
 from supervisor.state.proc import alive, kill_job
@@ -109,6 +118,22 @@ class Jobs:
     #: launched at once, not at the next tick.
     wake: Callable[[], None] = lambda: None
     _pool: ThreadPoolExecutor | None = None
+    _ahead: Ahead | None = None
+
+    @property
+    def ahead(self) -> Ahead:
+        """The workspaces made ahead for jobs next in line (scheduler.ahead); made on first
+        use, by the loop thread only (a clone thread reads `_ahead`)."""
+        if self._ahead is None:
+            self._ahead = Ahead(self.cfg, self.layout.mirrors_dir, self.log)
+        return self._ahead
+
+    def close_ahead(self, *, remove: bool = False) -> None:
+        """Stop making workspaces ahead: the scheduler stops, or reopens its queue
+        (`remove`: what was made goes too; see Ahead.close)."""
+        if self._ahead is not None:
+            self._ahead.close(remove=remove)
+            self._ahead = None
 
     def pool(self) -> ThreadPoolExecutor:
         """The threads that clone workspaces (git waits off the scheduler's loop)."""
@@ -289,18 +314,42 @@ def _wait_for_locks(j: Jobs, entry: dict[str, Any], repositories: dict[str, Repo
                exclusive=extra["lock_exclusive"])
 
 
+def _made_ahead_before(j: Jobs, waiting: list[str]) -> None:
+    """At scheduler start: the staging folders of waiting jobs in the workspaces' folder
+    were made ahead by a former scheduler (a grant's are made only once a job is
+    dispatched, which no pass has done yet); this one knows none of them: removed, on
+    the making thread, before anything it makes."""
+    ids = set(waiting)
+    try:
+        with os.scandir(j.cfg.workspace_dir) as entries:
+            left = [Path(e.path) for e in entries if staging_owner(e.name) in ids]
+    except OSError:                    # no workspaces' folder yet: nothing made
+        return
+    if left:
+        j.ahead.remove_later(left)
+        j.log.info("workspaces a former scheduler made ahead removed", folders=len(left))
+
+
 def resume_waiting(j: Jobs) -> int:
     """At scheduler start: acquire again for every waiting job the lock table does not
-    know (none readable: all of them); how many requests were sent."""
+    know (none readable: all of them); how many requests were sent. The jobs first in line
+    behind a whole-run holder are wanted for a workspace made ahead (scheduler.ahead), as
+    if the locks worker told them again."""
     waiting = j.queue.ids(lc.State.WAITING.value)
     if not waiting:
         return 0
+    _made_ahead_before(j, waiting)
     whole = read_table(j.layout)           # held and every waiting job's page, once
     if isinstance(whole, Missing):
         # No lock table yet: the locks worker, which starts after the scheduler, builds
         # it from this WAL (every waiting job in its place): nothing to ask again.
         return 0
     table = whole if isinstance(whole, Table) else None
+    if table is not None:                  # what the locks worker told a former scheduler
+        for job_id in sorted(next_in_line(table)):
+            entry = j.queue.get(job_id)
+            if entry is not None and entry["state"] == lc.State.WAITING.value:
+                j.ahead.want(entry)
     sent = 0
     for job_id in waiting:
         if table is not None and table.knows(job_id):
@@ -327,8 +376,16 @@ def _clone(j: Jobs, entry: dict[str, Any], known: dict[str, Any]) -> list[dict[s
     the job's repositories with the commit each clone is at (`base`, for the spec).
     Runs on a `prepare` thread: it touches only the job's workspace and the mirrors."""
     heads: dict[str, str] = {}
-    ws = _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
-                                     mirrors_dir=j.layout.mirrors_dir, heads=heads)
+    ahead = j._ahead                            # (made by the loop thread only)
+    made = None if ahead is None else ahead.claim(str(entry["id"]))
+    with mirrors_held(_repos_of(entry)):       # no making ahead reads them meanwhile
+        try:
+            ws = _jobfiles.prepare_workspace(j.cfg, entry, repositories=known,
+                                             mirrors_dir=j.layout.mirrors_dir, heads=heads,
+                                             made=made)
+        finally:
+            if ahead is not None and made is not None and os.path.lexists(made.staging):
+                ahead.discard(made)             # not used: the mirrors moved on
     return _jobfiles.workspace_repos(j.layout, entry, ws, known, heads)
 
 
@@ -872,6 +929,26 @@ def dispatch(j: Jobs) -> int:
         return _dispatch_waiting(j, batch) + _dispatch_queued(j, batch)
     finally:
         batch.flush(j.queue)
+
+
+def make_ahead(j: Jobs) -> int:
+    """Start making the workspaces of the jobs next in line (scheduler.ahead), once the
+    ones that ended while they waited are dropped; none while paused or short of disk
+    space, none on a repository a clone uses now. How many were started."""
+    ahead = j._ahead
+    if ahead is None:
+        return 0
+    jobs = ahead.jobs()
+    if not jobs:
+        return 0
+    for job_id in jobs:
+        state = j.queue.state(job_id)
+        if state is None or state in TERMINAL_STATES:
+            ahead.forget(job_id)
+    if j.paused or j.disk_low is not None:
+        return 0
+    busy = {repo for job_id in j.preparing for repo in _repos_of(j.queue.get(job_id) or {})}
+    return ahead.start(busy, lambda: _repositories(j))
 
 
 def cancel(j: Jobs, job_id: str) -> str | None:

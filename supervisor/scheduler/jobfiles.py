@@ -13,20 +13,27 @@ import errno
 import os
 import secrets
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from supervisor.config import Config, RepoConfig
 from supervisor.scheduler import linkclone
 from supervisor.scheduler.lifecycle import Observation, SlurmSeen
-from supervisor.scheduler.mirrors import FETCH_TIMEOUT, MirrorError, ensure_mirror_refs
+from supervisor.scheduler.mirrors import (
+    FETCH_TIMEOUT,
+    MirrorError,
+    ensure_mirror_refs,
+    mirror_url,
+)
 from supervisor.state.atomic import Corrupt, Missing, ensure_dir, remove_tree
 from supervisor.state.clock import parse_iso
 from supervisor.state.flock import LockProbe, probe_lock
 from supervisor.state.fs import REAL
 from supervisor.state.git import GitError, run_git
-from supervisor.state.gitrefs import Refs, read_refs
+from supervisor.state.gitrefs import Refs, plain_config, read_refs
 from supervisor.state.jobs import job_idle_timeout, job_timeout, push_branch
 from supervisor.state.layout import (
     JOB_SPEC,
@@ -35,6 +42,7 @@ from supervisor.state.layout import (
     WORKSPACE_PREP,
     Layout,
     RecordKind,
+    mirror_path,
     read_record,
     staging_owner,
     workspace_staging,
@@ -46,9 +54,12 @@ __all__ = [
     "CHECKOUT_WORKERS",
     "CLONE_TIMEOUT",
     "PREP_PREFIX",
+    "Basis",
+    "Made",
     "PrepareError",
     "build_spec",
     "kill_group",
+    "make_ahead",
     "make_job_dir",
     "observe",
     "prepare_workspace",
@@ -76,6 +87,27 @@ _JOB_DIRS: set[str] = set()
 
 class PrepareError(Exception):
     """The job cannot be prepared; str() is the reason recorded on the failed job."""
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What one repository of a workspace made ahead was made from: the repository's URL
+    and branch then, and its mirror's refs (read under the mirror's in-process lock)."""
+
+    url: str
+    branch: str | None
+    refs: Refs
+
+
+@dataclass(frozen=True)
+class Made:
+    """A workspace made ahead (make_ahead): the staging folder it waits in, the workspace
+    it is for, what each repository was made from and the commit each checked out."""
+
+    staging: Path
+    ws: Path
+    bases: dict[str, Basis]
+    tips: dict[str, str]
 
 
 # --------------------------------------------------------------------------- observe
@@ -320,7 +352,8 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
                       mirrors_dir: str | os.PathLike[str] | None = None,
                       clone_timeout: float = CLONE_TIMEOUT,
                       fetch_timeout: float = FETCH_TIMEOUT,
-                      heads: dict[str, str] | None = None) -> Path:
+                      heads: dict[str, str] | None = None,
+                      made: Made | None = None) -> Path:
     """Make the job's workspace and return it: an empty folder, or fresh clones of its repos.
 
     A job that resumes another's session (`resume_of`) runs in that job's workspace: it
@@ -335,7 +368,10 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
     one (a crash mid-clone) is removed and redone. PrepareError on failure, carrying git's
     stderr; nothing half-made is left behind by a failure. `heads`, when given, receives
     the commit each repository cloned here was checked out at, where that is known
-    without reading the clone (workspace_repos takes it as the base).
+    without reading the clone (workspace_repos takes it as the base). `made`: the job's
+    workspace made ahead (make_ahead), renamed into place when the mirrors, once fetched,
+    are still exactly what it was made from; else it is left where it is (the caller
+    removes it: `made.staging` still exists).
     """
     ws = workspace_path(cfg, entry)
     if ws.is_dir():
@@ -362,6 +398,15 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
         REAL.fsync_dir(str(ws.parent))
         return ws
     mirrors = _mirrors(names, known, mirrors_dir, fetch_timeout)
+    if made is not None and _fits(made, ws, names, known, mirrors):
+        try:
+            placed = _into_place(made.staging, ws)
+        except FileNotFoundError:            # removed meanwhile (never by this scheduler):
+            pass                             # cloned as always
+        else:
+            if heads is not None and placed:
+                heads.update(made.tips)
+            return ws
     if _int(entry.get("attempts")) not in (None, 0, 1):
         _remove_leftovers(ws)          # an interrupted attempt's (a relaunch's only)
     staging = workspace_staging(ws, secrets.token_hex(6))
@@ -384,6 +429,84 @@ def prepare_workspace(cfg: Config, entry: Mapping[str, Any], *,
     if heads is not None and placed:
         heads.update({name: tip for name, tip in tips.items() if tip is not None})
     return ws
+
+
+def _fits(made: Made, ws: Path, names: list[str], known: Mapping[str, RepoConfig],
+          mirrors: Mapping[str, tuple[Path | None, Refs | None]]) -> bool:
+    """Whether a workspace made ahead is the one a clone now would make: the same folder,
+    repositories, URLs and branches, and every mirror, just fetched, at the refs it was
+    made from (then every object those refs reach was linked, and packed-refs, HEAD and
+    the checkout are what they would be now)."""
+    if made.ws != ws or sorted(made.bases) != sorted(names):
+        return False
+    for name in names:
+        basis, repo = made.bases[name], known[name]
+        mirror, refs = mirrors[name]
+        if mirror is None or basis.url != repo.url or basis.branch != repo.branch:
+            return False
+        if refs is None:                     # fetched: read what the fetch left
+            refs = read_refs(mirror) if plain_config(mirror) is not None else None
+        if refs != basis.refs:
+            return False
+    return True
+
+
+def make_ahead(cfg: Config, entry: Mapping[str, Any], *,
+               repositories: Mapping[str, RepoConfig], mirrors_dir: str | os.PathLike[str],
+               locked: Callable[[], AbstractContextManager[object]] = nullcontext,
+               clone_timeout: float = CLONE_TIMEOUT) -> Made | None:
+    """Make the workspace of a job still waiting for its locks from its repositories'
+    mirrors as they are now, never fetched here (their lock is another job's), in a
+    staging folder of its own beside the workspace (`.prep.<id>+<token>`, a fresh token),
+    as the grant would (scheduler.linkclone): inside `locked()` (the mirrors' in-process
+    locks, scheduler.ahead: no fetch of this scheduler runs meanwhile) each mirror's refs
+    are read and its objects hard-linked, the refs, config and HEAD written; then, the
+    mirrors free again, one read-tree each, which reads only the staging folder.
+    None, nothing left, when it cannot be made so: a job that resumes another's workspace,
+    a workspace already there, a mirror missing, of another URL or not of the plain kind, a
+    branch it lacks. GitError if a read-tree fails (nothing left either). At the grant,
+    prepare_workspace(made=) uses it when the fetched mirrors still have the refs it was
+    made from."""
+    if entry.get("resume_of"):
+        return None
+    ws = workspace_path(cfg, entry)
+    names = [str(r) for r in entry.get("repos") or []]
+    if (not names or len(set(names)) != len(names) or any(n not in repositories for n in names)
+            or ws.exists() or ws.is_symlink()):
+        return None
+    _ensure_once(ws.parent)
+    staging = workspace_staging(ws, secrets.token_hex(6))
+    dest = {n: staging if len(names) == 1 else staging / n for n in names}
+    bases: dict[str, Basis] = {}
+    tips: dict[str, str] = {}
+    try:
+        with locked():
+            if len(names) > 1:
+                os.mkdir(staging)
+            for name in names:
+                repo, mirror = repositories[name], mirror_path(mirrors_dir, name)
+                if mirror_url(mirror) != repo.url or plain_config(mirror) is None:
+                    break
+                refs = read_refs(mirror)
+                tip = None if refs is None else linkclone.link(mirror, repo.branch, repo.url,
+                                                               dest[name], refs=refs)
+                if refs is None or tip is None:
+                    break
+                bases[name], tips[name] = Basis(repo.url, repo.branch, refs), tip
+        if len(tips) < len(names):
+            remove_tree(staging)
+            return None
+        for name in names:
+            repo = repositories[name]
+            branch = f" branch {repo.branch!r}" if repo.branch else ""
+            linkclone.checkout(dest[name], checkout_workers=CHECKOUT_WORKERS,
+                               timeout=clone_timeout,
+                               what=f"git read-tree of repository {name!r} ({repo.url}"
+                                    f"{branch}) ahead")
+    except BaseException:
+        remove_tree(staging)
+        raise
+    return Made(staging, ws, bases, tips)
 
 
 #: Seconds `git rev-parse HEAD` of a fresh clone may take.

@@ -32,7 +32,7 @@ from supervisor.state.atomic import remove_tree
 from supervisor.state.git import run_git
 from supervisor.state.gitrefs import Refs, plain_config, read_refs
 
-__all__ = ["clone", "config_text"]
+__all__ = ["checkout", "clone", "config_text", "link"]
 
 _HEADS = "refs/heads/"
 _TAGS = "refs/tags/"
@@ -113,7 +113,19 @@ def clone(mirror: Path, branch: str | None, url: str, dest: Path, *,
     the commit checked out, or None (nothing made) when `git clone` must do it. `refs`:
     the mirror's refs as read_refs gave them just before (under the repository's lock),
     else they are read here. GitError (naming `what`) when git read-tree fails; DEST is
-    then removed."""
+    then removed. link() then checkout()."""
+    tip = link(mirror, branch, url, dest, refs=refs)
+    if tip is not None:
+        checkout(dest, checkout_workers=checkout_workers, timeout=timeout, what=what)
+    return tip
+
+
+def link(mirror: Path, branch: str | None, url: str, dest: Path, *,
+         refs: Refs | None = None) -> str | None:
+    """The part of clone() that reads the mirror: DEST/.git with the mirror's objects
+    hard-linked and the refs, config and HEAD written (no files checked out yet); the
+    commit HEAD names, or None (nothing made) when `git clone` must do it. What follows,
+    checkout(), reads only DEST: the mirror may be fetched into meanwhile."""
     if (mirror / "objects" / "info" / "alternates").exists():
         return None
     if refs is None:                    # (read_refs reads only a plain config's mirror)
@@ -149,10 +161,20 @@ def clone(mirror: Path, branch: str | None, url: str, dest: Path, *,
             (git / "refs/remotes/origin/HEAD").write_text(
                 f"ref: {_ORIGIN}{refs.head_ref[len(_HEADS):]}\n")
         (git / "HEAD").write_text(f"ref: {_HEADS}{branch}\n")
+    except BaseException:
+        remove_tree(dest)
+        raise
+    return tip
+
+
+def checkout(dest: Path, *, checkout_workers: int, timeout: float, what: str) -> None:
+    """`git read-tree -u --reset HEAD` in DEST made by link(): the index and the files
+    (parallel checkout). GitError (naming `what`) when it fails; DEST is then removed."""
+    git = dest / ".git"
+    try:
         run_git(["-c", f"checkout.workers={checkout_workers}", "read-tree", "-u", "--reset",
                  "HEAD"], timeout=timeout, what=what, cwd=str(dest),
                 env={"GIT_DIR": str(git), "GIT_WORK_TREE": str(dest)}, pdeathsig=False)
     except BaseException:
         remove_tree(dest)
         raise
-    return tip

@@ -9,7 +9,10 @@ ensure_mirror():
   before anything else (only that name's: another repository's `.prep.` folder may be in
   use under its own lock). git runs with core.fsync=committed, so objects and refs are on
   disk before the rename.
-- present: `git fetch --prune` (with a timeout). A failure raises MirrorError carrying
+- present: `git fetch --prune` (with a timeout). Any gc the fetch sets off runs in it
+  (gc.autoDetach=false), not in the background: nothing changes the mirror's files
+  once the fetch (and the repository's lock) is over, so reading it is safe for whoever
+  then holds its in-process lock (scheduler.ahead). A failure raises MirrorError carrying
   git's stderr; the mirror is left as it was (fetch updates refs atomically).
 - present and already up to date: nothing is run. For a remote on this machine (a path or
   a file:/// URL) its refs and HEAD are read from its files and compared with the
@@ -38,7 +41,7 @@ from supervisor.state.layout import mirror_path
 from supervisor.state.repos import head_branch
 
 __all__ = ["FETCH_TIMEOUT", "MIRROR_PREP_PREFIX", "MirrorError", "ensure_mirror",
-           "ensure_mirror_refs"]
+           "ensure_mirror_refs", "mirror_url"]
 
 #: Seconds a `git fetch` (or a `git clone --mirror`) of one repository may take.
 FETCH_TIMEOUT = 1800.0
@@ -57,7 +60,7 @@ def _git(args: list[str], *, timeout: float, what: str) -> str:
         raise MirrorError(str(exc)) from None
 
 
-def _mirror_url(path: Path) -> str | None:
+def mirror_url(path: Path) -> str | None:
     """The origin URL of the mirror at `path`, or None if it is not a usable git folder."""
     if not path.is_dir() or path.is_symlink():
         return None
@@ -142,7 +145,7 @@ def ensure_mirror_refs(name: str, repo: RepoConfig, mirrors_dir: str | os.PathLi
     path = mirror_path(folder, name)
     staging = folder / f"{MIRROR_PREP_PREFIX}{path.name}"
     remove_tree(staging)                    # a crash mid-clone or mid-replacement
-    if (path.exists() or path.is_symlink()) and _mirror_url(path) != repo.url:
+    if (path.exists() or path.is_symlink()) and mirror_url(path) != repo.url:
         os.rename(path, staging)             # not ours (any more): out of the way, atomically
         REAL.fsync_dir(str(folder))
         remove_tree(staging)
@@ -170,8 +173,9 @@ def ensure_mirror_refs(name: str, repo: RepoConfig, mirrors_dir: str | os.PathLi
         mine = read_refs(path)
         if _same(_advertised(advertised), mine, repo):
             return path, mine
-    _git(["-c", "core.fsync=committed", f"--git-dir={path}", "fetch", "--prune", "--quiet",
-          "origin"], timeout=timeout,
+    _git(["-c", "core.fsync=committed", "-c", "gc.autoDetach=false",
+          "-c", "maintenance.autoDetach=false", f"--git-dir={path}", "fetch", "--prune",
+          "--quiet", "origin"], timeout=timeout,
          what=f"git fetch of repository {name!r} ({repo.url}) into its mirror")
     if repo.branch is None:
         _follow_head(name, repo, path, timeout, advertised)

@@ -19,6 +19,8 @@ __all__ = [
     "ACQUIRE",
     "GRANTED",
     "GRANTED_HINT_PREFIX",
+    "NEXT",
+    "NEXT_HINT_PREFIX",
     "REAP",
     "RELEASE",
     "Lock",
@@ -35,6 +37,9 @@ __all__ = [
     "granted_hint",
     "held_record",
     "is_granted_hint",
+    "is_lock_hint",
+    "next_hint",
+    "next_in_line",
     "page_record",
     "reap_request",
     "release",
@@ -49,6 +54,7 @@ ACQUIRE = "acquire"
 RELEASE = "release"
 REAP = "reap"
 GRANTED = "lock_granted"
+NEXT = "lock_next"
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,18 @@ def release(table: Table, job: str) -> bool:
 def drop(table: Table, jobs: Iterable[str]) -> list[str]:
     """Release each of `jobs` (terminal or vanished ones); those that were in the table."""
     return [job for job in jobs if release(table, job)]
+
+
+def next_in_line(table: Table) -> set[str]:
+    """The jobs first in line for a repository that another job holds for its whole run
+    (an exclusive lock: its wait is the holder's run, long enough to make its workspace
+    ahead, scheduler.ahead). One look per repository that has a queue."""
+    out = set()
+    for repo, queue in table.waiting.items():
+        lock = table.held.get(repo)
+        if queue and lock is not None and lock.exclusive:
+            out.add(queue[0])
+    return out
 
 
 def _first(table: Table, repo: str) -> str | None:
@@ -379,3 +397,21 @@ def granted_hint(job: str, *, created_at: str) -> dict[str, Any]:
 def is_granted_hint(name: str) -> bool:
     """Whether an inbox file name is a grant hint's (granted-<job>.json)."""
     return name.startswith(GRANTED_HINT_PREFIX)
+
+
+#: The name of every next-in-line hint in the scheduler's inbox starts so.
+NEXT_HINT_PREFIX = "next-"
+
+
+def next_hint(job: str, *, created_at: str) -> dict[str, Any]:
+    """The hint into scheduler/inbox that `job` is now first in line for a repository held
+    for a whole run (id next-<job>): the scheduler may make its workspace ahead. Written
+    without fsyncs, like a grant hint: it asks for nothing that must survive a power cut
+    (a workspace made ahead is only a head start; the grant decides)."""
+    return {"id": f"{NEXT_HINT_PREFIX}{job}", "kind": NEXT, "job": job,
+            "created_at": created_at}
+
+
+def is_lock_hint(name: str) -> bool:
+    """Whether an inbox file name is one of the locks worker's hints (granted-, next-)."""
+    return name.startswith((GRANTED_HINT_PREFIX, NEXT_HINT_PREFIX))

@@ -260,3 +260,85 @@ def test_an_exclusive_lock_outlives_batchd_sigkilled(env: Env) -> None:
     env.open("b1")
     env.wait_done("b1", "b2")
     assert serial("b1", "b2") == env.log()
+
+
+def _made_ahead(env: Env, job_id: str) -> Path | None:
+    """The workspace made ahead for `job_id` (its staging folder, README checked out), or
+    None."""
+    ws = env.state / "workspaces"
+    names = [n for n in os.listdir(ws) if n.startswith(f".prep.{job_id}+")] \
+        if ws.is_dir() else []
+    return ws / names[0] if names and (ws / names[0] / "README").is_file() else None
+
+
+def _prep_left(env: Env) -> list[str]:
+    """Staging folders left in the workspaces' folder (half made or made ahead)."""
+    ws = env.state / "workspaces"
+    return sorted(n for n in os.listdir(ws) if n.startswith(".prep.")) if ws.is_dir() else []
+
+
+def _head(path: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def _base(env: Env, job_id: str) -> str:
+    doc = json.loads(env.ctl("status", job_id, "--json").stdout)
+    return str(doc["changes"]["app"]["base"])
+
+
+def test_the_next_job_s_workspace_is_made_while_the_holder_runs(env: Env) -> None:
+    """a2 waits behind a1 (exclusive, gated): its workspace is made meanwhile, in a
+    staging folder of its own; at the grant that very folder is renamed into place (the
+    same file), and a2 runs in a clone of the remote's commit, nothing left behind."""
+    env.start()
+    env.submit("a1", "app", gated=True)
+    env.submit("a2", "app")
+    made = until("a2's workspace made ahead", lambda: _made_ahead(env, "a2"))
+    inode = (made / "README").stat().st_ino
+    assert ["running", "waiting"] == env.states("a1", "a2")
+    env.open("a1")
+    env.wait_done("a1", "a2")
+    tip, ws = _head(env.repo), env.state / "workspaces" / "a2"
+    assert (serial("a1", "a2"), tip, tip, [], inode) == (
+        env.log(), _head(ws), _base(env, "a2"), _prep_left(env), (ws / "README").stat().st_ino)
+
+
+def test_a_commit_pushed_while_the_next_job_waits_is_in_its_workspace(env: Env,
+                                                                      tmp_path: Path) -> None:
+    """The remote moves after a2's workspace was made ahead: at the grant the mirror is
+    fetched, the one made ahead is not the clone it would make, so a2 gets a fresh clone
+    at the new commit (its base), and the stale one is removed."""
+    env.start()
+    env.submit("m1", "app", gated=True)
+    env.submit("m2", "app")
+    until("m2's workspace made ahead", lambda: _made_ahead(env, "m2"))
+    src = tmp_path / "src"
+    (src / "README").write_text("moved on\n")
+    _git("commit", "-q", "-am", "moved", cwd=src)
+    _git("push", "-q", str(env.repo), "main", cwd=src)
+    env.open("m1")
+    env.wait_done("m1", "m2")
+    ws = env.state / "workspaces" / "m2"
+    assert ("moved on\n", _head(env.repo), _head(env.repo)) == (
+        (ws / "README").read_text(), _head(ws), _base(env, "m2"))
+    until("the stale workspace made ahead removed", lambda: _prep_left(env) == [])
+
+
+def test_a_workspace_made_ahead_by_a_killed_batchd_is_swept(env: Env) -> None:
+    """SIGKILL batchd once k2's workspace is made ahead: the new scheduler knows none of
+    it (memory only), removes the killed one's folder at its start (k2 still waits, so
+    only a making can have left it), and makes k2's again (told by the lock table at its
+    start and by the restarted locks worker); k2 runs in a good clone of the remote and
+    nothing is left in staging."""
+    env.start()
+    env.submit("k1", "app", gated=True)
+    env.submit("k2", "app")
+    until("k2's workspace made ahead", lambda: _made_ahead(env, "k2"))
+    env.kill9()
+    env.start()
+    env.open("k1")
+    env.wait_done("k1", "k2")
+    ws = env.state / "workspaces" / "k2"
+    assert (serial("k1", "k2"), _head(env.repo)) == (env.log(), _head(ws))
+    until("nothing left in staging", lambda: _prep_left(env) == [])

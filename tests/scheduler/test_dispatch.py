@@ -25,6 +25,7 @@ import pytest
 from supervisor.config import AgentConfig, Config, RepoConfig, SchedulerConfig, SlurmConfig
 from supervisor.scheduler import dispatch as _dispatch
 from supervisor.scheduler import queued as _queued
+from supervisor.scheduler.ahead import Ahead
 from supervisor.scheduler.launch import Launched, LaunchError
 from supervisor.scheduler.slurm import Client as SlurmClient
 from supervisor.scheduler.slurm import SlurmJobs
@@ -43,7 +44,7 @@ from supervisor.state.layout import (
 from supervisor.state.locktable import Lock, Table, Want, acquire, held_record, page_record
 from supervisor.state.proc import alive, start_time
 from supervisor.state.queue import JobQueue, MemoryStorage
-from tests.helpers import BadDisk
+from tests.helpers import BadDisk, until
 
 DEADLINE = 30.0
 
@@ -616,11 +617,12 @@ def lock_requests(j: _dispatch.Jobs) -> dict[str, dict[str, Any]]:
 
 
 def grant_table(j: _dispatch.Jobs, *holders: tuple[str, str],
-                waiting: dict[str, list[str]] | None = None, gone: tuple[str, ...] = ()
-                ) -> None:
-    """Write the lock table's files as the locks worker would: (repo, job) held and the
-    jobs blocked on the `gone` repositories in locks/state.json, the queues on a page."""
-    t = Table(held={repo: Lock(job, iso_now()) for repo, job in holders})
+                waiting: dict[str, list[str]] | None = None, gone: tuple[str, ...] = (),
+                exclusive: bool = False) -> None:
+    """Write the lock table's files as the locks worker would: (repo, job) held (for the
+    whole run if `exclusive`) and the jobs blocked on the `gone` repositories in
+    locks/state.json, the queues on a page."""
+    t = Table(held={repo: Lock(job, iso_now(), exclusive) for repo, job in holders})
     seq = 0
     for repo, queue in (waiting or {}).items():
         for job in queue:
@@ -772,6 +774,27 @@ def test_resume_waiting_asks_again_for_jobs_the_table_lacks(rjobs: _dispatch.Job
     reqs = lock_requests(rjobs)
     assert (["acquire-lost"], 5, True) == (list(reqs), reqs["acquire-lost"]["seq"],
                                            reqs["acquire-lost"]["exclusive"])
+
+
+def test_resume_waiting_wants_the_next_in_line_and_drops_what_was_made_before(
+        rjobs: _dispatch.Jobs) -> None:
+    """At start: the job first in line behind a whole-run holder is wanted for a workspace
+    made ahead (as if the locks worker told it again); the staging folders of waiting
+    jobs, which only a former scheduler's makings left, are removed in the background; a
+    starting job's (a clone in progress) and workspaces are kept."""
+    for job_id, state in (("h", "running"), ("n", "waiting"), ("s", "starting")):
+        enqueue(rjobs, job_id, repos=["app"] if job_id != "s" else ["lib"])
+        rjobs.queue.update(job_id, state=state, lock_seq=5)
+    grant_table(rjobs, ("app", "h"), waiting={"app": ["n"]}, exclusive=True)
+    ws = rjobs.cfg.workspace_dir
+    for name in (".prep.n+0ld", ".prep.s+n0w", "h"):
+        (ws / name / ".git").mkdir(parents=True)
+    try:
+        _dispatch.resume_waiting(rjobs)
+        until("the former making removed", lambda: not (ws / ".prep.n+0ld").exists())
+        assert (["n"], [".prep.s+n0w", "h"]) == (rjobs.ahead.jobs(), sorted(os.listdir(ws)))
+    finally:
+        rjobs.close_ahead()
 
 
 def test_resume_waiting_without_a_lock_table_asks_nothing(rjobs: _dispatch.Jobs) -> None:
@@ -1233,3 +1256,29 @@ def test_a_job_without_effects_outside_the_wal_writes_no_ended_record(
     result(jobs, "a", exit_code=3)
     _dispatch.tick_all(jobs)
     assert ("failed", False) == (get(jobs, "a")["state"], jobs.layout.job("a").ended.exists())
+
+
+def test_make_ahead_forgets_the_ended_and_holds_back_for_busy_repos_and_pause(
+        jobs: _dispatch.Jobs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_ahead (each pass): a job told next in line that ended while waiting is
+    forgotten; the making is started with the repositories a clone uses now as busy;
+    nothing starts while paused."""
+    busy: list[set[str]] = []
+    monkeypatch.setattr(Ahead, "start",
+                        lambda self, b, known: busy.append(set(b)) or 0)
+    enqueue(jobs, "w1", "gone", repos=["app"])
+    enqueue(jobs, "p", repos=["lib"])
+    jobs.queue.update("w1", state="waiting")
+    jobs.queue.update("gone", state="cancelled")
+    jobs.queue.update("p", state="starting")
+    for job_id in ("w1", "gone"):
+        jobs.ahead.want(get(jobs, job_id))
+    jobs.preparing["p"] = futures.Future()
+    try:
+        _dispatch.make_ahead(jobs)
+        assert ([{"lib"}], ["w1"]) == (busy, jobs.ahead.jobs())
+        jobs.paused = True
+        _dispatch.make_ahead(jobs)
+        assert [{"lib"}] == busy
+    finally:
+        jobs.close_ahead()

@@ -16,9 +16,11 @@ import pytest
 from supervisor.config import AgentConfig, Config, RepoConfig, SchedulerConfig
 from supervisor.scheduler.jobfiles import (
     PREP_PREFIX,
+    Made,
     PrepareError,
     job_timeout,
     kill_group,
+    make_ahead,
     observe,
     prepare_workspace,
     workspace_repos,
@@ -780,3 +782,163 @@ def test_kill_group_of_a_non_leader_signals_only_it() -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# -- workspaces made ahead (make_ahead, prepare_workspace(made=)) ---------------------------
+
+def _make(cfg: Config, e: dict[str, Any], known: dict[str, RepoConfig], mirrors: Path
+          ) -> Made | None:
+    return make_ahead(cfg, e, repositories=known, mirrors_dir=mirrors)
+
+
+def _ahead_setup(tmp_path: Path, remotes: dict[str, RepoConfig], *names: str
+                 ) -> tuple[Config, Path]:
+    """A config and mirrors of `names`, made by an earlier job's workspace (j0)."""
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "state" / "mirrors"
+    prepare_workspace(cfg, entry(id="j0", repos=list(names)), repositories=remotes,
+                      mirrors_dir=mirrors)
+    return cfg, mirrors
+
+
+def _git_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    import supervisor.state.git as state_git
+    calls: list[list[str]] = []
+    real = state_git.run_git_bytes
+
+    def counted(args: list[str], **kw: Any) -> bytes:
+        calls.append(args)
+        return real(args, **kw)
+    monkeypatch.setattr(state_git, "run_git_bytes", counted)
+    return calls
+
+
+def test_a_workspace_made_ahead_is_renamed_into_place_at_the_grant(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """make_ahead builds the waiting job's workspace in a staging folder of its own beside
+    it (`.prep.<id>+<token>`) from the mirror as it is; at the grant, the remote not
+    having moved, prepare_workspace runs no git at all, renames it into place and
+    reports the commit it checked out."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
+    e = entry(id="j1", state="waiting", repos=["app"])
+    made = _make(cfg, e, remotes, mirrors)
+    assert made is not None
+    assert (tmp_path / "ws", True, False) == (
+        made.staging.parent, made.staging.name.startswith(f"{PREP_PREFIX}j1+"),
+        (tmp_path / "ws" / "j1").exists())
+    calls = _git_calls(monkeypatch)
+    heads: dict[str, str] = {}
+    ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors, heads=heads,
+                           made=made)
+    assert ([], "app trunk\n", False) == (calls, (ws / "which").read_text(),
+                                          made.staging.exists())
+    assert ({"app": git("rev-parse", "HEAD", cwd=ws)}, remotes["app"].url, "") == (
+        heads, git("remote", "get-url", "origin", cwd=ws),
+        git("status", "--porcelain", cwd=ws))
+
+
+def test_a_remote_that_moved_makes_the_grant_clone_afresh(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """A commit pushed while the job waited: the grant fetches it and clones anew (the
+    workspace is at the new commit); the one made ahead is left for the caller to remove."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
+    e = entry(id="j1", state="waiting", repos=["app"])
+    made = _make(cfg, e, remotes, mirrors)
+    assert made is not None
+    work = tmp_path / "remotes" / "app-work"
+    (work / "which").write_text("app moved\n")
+    git("commit", "-q", "-am", "moved", cwd=work)
+    git("push", "-q", "origin", "trunk", cwd=work)
+    heads: dict[str, str] = {}
+    ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors, heads=heads,
+                           made=made)
+    assert ("app moved\n", git("rev-parse", "HEAD", cwd=work), True) == (
+        (ws / "which").read_text(), git("rev-parse", "HEAD", cwd=ws), made.staging.is_dir())
+
+
+def test_a_branch_changed_while_the_job_waited_is_not_taken_ahead(
+        tmp_path: Path, remotes: dict[str, RepoConfig]) -> None:
+    """The repository now names another branch (or URL): what was made ahead is not what
+    the grant must make, so it is passed over."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
+    e = entry(id="j1", state="waiting", repos=["app"])
+    made = _make(cfg, e, remotes, mirrors)
+    assert made is not None
+    now = {**remotes, "app": RepoConfig(url=remotes["app"].url, branch="main")}
+    ws = prepare_workspace(cfg, e, repositories=now, mirrors_dir=mirrors, made=made)
+    assert ("app main\n", True) == ((ws / "which").read_text(), made.staging.is_dir())
+
+
+def test_several_repositories_are_made_ahead_one_folder_each(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """A job on two repositories: one subfolder each, both renamed in with no git run."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app", "lib")
+    e = entry(id="j1", state="waiting", repos=["app", "lib"])
+    made = _make(cfg, e, remotes, mirrors)
+    assert made is not None and ["app", "lib"] == sorted(os.listdir(made.staging))
+    calls = _git_calls(monkeypatch)
+    ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors, made=made)
+    assert ([], "app trunk\n", "lib trunk\n") == (
+        calls, (ws / "app" / "which").read_text(), (ws / "lib" / "which").read_text())
+
+
+@pytest.mark.parametrize("case", ["resume", "no mirror", "other url", "workspace exists",
+                                  "unknown repository", "no repository"])
+def test_make_ahead_declines_what_it_cannot_make_and_leaves_nothing(
+        tmp_path: Path, remotes: dict[str, RepoConfig], case: str) -> None:
+    """None, and no staging left, for: a job resuming another's workspace, a repository
+    never mirrored yet (only a grant may make the mirror), a mirror of another URL (the
+    grant replaces it), a workspace already there, an unknown repository, none at all."""
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app")
+    known = dict(remotes)
+    e = entry(id="j1", state="waiting", repos=["app"])
+    if case == "resume":
+        e["resume_of"] = "j0"
+    elif case == "no mirror":
+        e["repos"] = ["lib"]
+    elif case == "other url":
+        known["app"] = RepoConfig(url=remotes["lib"].url)
+    elif case == "workspace exists":
+        (tmp_path / "ws" / "j1").mkdir(parents=True)
+    elif case == "unknown repository":
+        e["repos"] = ["nowhere"]
+    else:
+        e["repos"] = []
+    assert None is _make(cfg, e, known, mirrors)
+    assert [] == [n for n in os.listdir(tmp_path / "ws") if n.startswith(PREP_PREFIX)]
+
+
+def test_make_ahead_holds_the_mirrors_only_while_it_reads_them(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """`locked()` is held while the refs are read and the objects linked, and no longer
+    during the read-tree (which reads only the staging folder): a grant that wants the
+    mirror waits for the links, not for the checkout."""
+    from supervisor.scheduler import linkclone
+    cfg, mirrors = _ahead_setup(tmp_path, remotes, "app", "lib")
+    held: list[bool] = [False]
+    seen: list[tuple[str, bool]] = []
+
+    class Locked:
+        def __enter__(self) -> None:
+            held[0] = True
+
+        def __exit__(self, *exc: object) -> None:
+            held[0] = False
+    real_link, real_checkout = linkclone.link, linkclone.checkout
+
+    def link(*a: Any, **k: Any) -> str | None:
+        seen.append(("link", held[0]))
+        return real_link(*a, **k)
+
+    def checkout(*a: Any, **k: Any) -> None:
+        seen.append(("checkout", held[0]))
+        real_checkout(*a, **k)
+    monkeypatch.setattr(linkclone, "link", link)
+    monkeypatch.setattr(linkclone, "checkout", checkout)
+    made = make_ahead(cfg, entry(id="j1", state="waiting", repos=["app", "lib"]),
+                      repositories=remotes, mirrors_dir=mirrors, locked=Locked)
+    assert made is not None
+    assert [("link", True), ("link", True), ("checkout", False), ("checkout", False)] == seen

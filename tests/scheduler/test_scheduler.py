@@ -24,6 +24,7 @@ from supervisor.state.clock import MockClock, iso_now, parse_iso
 from supervisor.state.fs import OsFS
 from supervisor.state.jobs import cancel_request, submit_request
 from supervisor.state.layout import REQUEST, RESULT, Layout, write_record
+from supervisor.state.locktable import next_hint
 from supervisor.state.proc import start_time
 from supervisor.state.queue import SUBLOG_COUNTER, JobQueue, MemoryStorage
 from supervisor.state.sublog import SubmissionLog
@@ -622,3 +623,28 @@ def test_a_log_record_that_fails_the_check_is_kept_aside_and_passed_over(
     [kept] = [p for p in sched.layout.worker_dir("scheduler").iterdir()
               if p.name.startswith("sublog-1.json.corrupted.")]
     assert ["bad id"] == [j["id"] for j in json.loads(kept.read_text())["jobs"]]
+
+
+def test_a_next_in_line_hint_records_a_waiting_job_only(mem: scheduler.Scheduler) -> None:
+    """lock_next: a job the WAL says is waiting is wanted for a workspace made ahead; a
+    job that is no longer waiting, or unknown, is passed over; the hint goes like a
+    grant hint."""
+    mem.queue.enqueue("w", {**job("w", repos=["app"]), "state": "waiting"})
+    mem.queue.enqueue("r", {**job("r", repos=["app"]), "state": "running"})
+    for name in ("w", "r", "ghost"):
+        drop(mem, next_hint(name, created_at=iso_now()))
+    scheduler.take_inbox(mem)
+    assert (["w"], []) == (mem.jobs.ahead.jobs(), inbox_names(mem))
+    mem.jobs.close_ahead()
+
+
+@pytest.mark.parametrize("name", ["granted-w.json", "next-w.json"])
+def test_a_torn_lock_hint_is_dropped_not_quarantined(mem: scheduler.Scheduler,
+                                                     name: str) -> None:
+    """The locks worker's hints are written without fsyncs: one a power cut tore is
+    removed, with nothing moved aside as corrupt."""
+    inbox = mem.layout.inbox("scheduler")
+    inbox.mkdir(parents=True)
+    (inbox / name).write_bytes(b'{"id": "')
+    scheduler.take_inbox(mem)
+    assert [] == inbox_names(mem)

@@ -23,6 +23,9 @@ from supervisor.state.locktable import (
     granted_hint,
     held_record,
     is_granted_hint,
+    is_lock_hint,
+    next_hint,
+    next_in_line,
     page_record,
     release,
     release_request,
@@ -279,3 +282,22 @@ def test_a_grant_hint_is_known_by_its_name() -> None:
     name = f"{granted_hint('j', created_at=T0)['id']}.json"
     assert (True, False, False) == (is_granted_hint(name), is_granted_hint("submit-1.json"),
                                     is_granted_hint("cancel-granted-j.json"))
+
+
+def test_next_in_line_is_the_head_of_a_queue_behind_a_whole_run_holder() -> None:
+    """Only a job first in line behind an exclusive holder is next in line (its wait is
+    a run); not one behind a holder that only clones, nor the second in a queue."""
+    t = Table()
+    for job, repo, seq in (("a", "app", 1), ("b", "app", 2), ("c", "app", 3),
+                           ("n", "lib", 4), ("m", "lib", 5)):
+        acquire(t, job, want(repo, seq=seq, exclusive=repo == "app"))
+    grant(t, T0)
+    assert ({"a", "n"}, {"b"}) == (set(t.held[r].job for r in t.held), next_in_line(t))
+
+
+def test_the_lock_hints_are_known_by_their_names() -> None:
+    """granted- and next- files are the locks worker's hints; nothing else is."""
+    names = [f"{granted_hint('j', created_at=T0)['id']}.json",
+             f"{next_hint('j', created_at=T0)['id']}.json", "submit-1.json",
+             "cancel-next-j.json"]
+    assert [True, True, False, False] == [is_lock_hint(n) for n in names]
