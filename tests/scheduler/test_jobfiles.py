@@ -483,17 +483,9 @@ def test_from_a_mirror_the_workspace_is_an_ordinary_clone(
     assert [] == [n for n in os.listdir(tmp_path / "ws") if n.startswith(PREP_PREFIX)]
 
 
-def test_from_a_mirror_one_git_process_and_the_base_from_files(
-        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
-        ) -> None:
-    """Once the mirror exists and the remote has not moved: the workspace costs one git
-    (read-tree: no fetch, no clone, no set-url) and workspace_repos none (its base read
-    from the clone's files), the base being the commit checked out."""
+def _git_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every git command run from now on (its arguments), as the test will see them."""
     import supervisor.state.git as state_git
-    cfg = make_cfg(tmp_path)
-    mirrors = tmp_path / "mirrors"
-    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=remotes,
-                      mirrors_dir=mirrors)
     calls: list[list[str]] = []
     real = state_git.run_git_bytes
 
@@ -501,6 +493,20 @@ def test_from_a_mirror_one_git_process_and_the_base_from_files(
         calls.append(args)
         return real(args, **kw)
     monkeypatch.setattr(state_git, "run_git_bytes", counted)
+    return calls
+
+
+def test_from_a_mirror_one_git_process_and_the_base_from_files(
+        tmp_path: Path, remotes: dict[str, RepoConfig], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Once the mirror exists and the remote has not moved: the workspace costs one git
+    (read-tree: no fetch, no clone, no set-url) and workspace_repos none (its base read
+    from the clone's files), the base being the commit checked out."""
+    cfg = make_cfg(tmp_path)
+    mirrors = tmp_path / "mirrors"
+    prepare_workspace(cfg, entry(id="j1", repos=["app"]), repositories=remotes,
+                      mirrors_dir=mirrors)
+    calls = _git_calls(monkeypatch)
     e = entry(id="j2", repos=["app"])
     ws = prepare_workspace(cfg, e, repositories=remotes, mirrors_dir=mirrors)
     repos = workspace_repos(Layout(tmp_path / "state"), e, ws, remotes)
@@ -799,18 +805,6 @@ def _ahead_setup(tmp_path: Path, remotes: dict[str, RepoConfig], *names: str
     prepare_workspace(cfg, entry(id="j0", repos=list(names)), repositories=remotes,
                       mirrors_dir=mirrors)
     return cfg, mirrors
-
-
-def _git_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    import supervisor.state.git as state_git
-    calls: list[list[str]] = []
-    real = state_git.run_git_bytes
-
-    def counted(args: list[str], **kw: Any) -> bytes:
-        calls.append(args)
-        return real(args, **kw)
-    monkeypatch.setattr(state_git, "run_git_bytes", counted)
-    return calls
 
 
 def test_a_workspace_made_ahead_is_renamed_into_place_at_the_grant(
