@@ -933,13 +933,7 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
     left = _kill_rest_of_job(os.getpgrp(), os.getpid(), spec.job_dir)
     if left:
         _say(spec.id, f"processes of the group would not die: {left}")
-    drain_end = time.monotonic() + _DRAIN_TIMEOUT_S
-    for pump in pumps:
-        pump.join(max(0.0, drain_end - time.monotonic()))
-        while pump.is_alive() and output.waiting:   # a full disk, not an escaped writer
-            pump.join(0.1)
-        if pump.is_alive():
-            _say(spec.id, f"{pump.name} still open after the group died (an escaped writer)")
+    _drain(pumps, output, spec.id)
     if adaptor.parse_line is None:
         _scan_output(files.output, start_offset, adaptor, state)
     if output.dropped:
@@ -949,6 +943,28 @@ def _run_agent(spec: JobSpec, adaptor: Adaptor, *, files: JobPaths, output_fd: i
     rc = proc.returncode
     outcome = _Outcome(rc if rc >= 0 else None, -rc if rc < 0 else None, reason, proc.pid)
     return outcome, _report(adaptor, state, spec, outcome.exit_code)
+
+
+def _drain(pumps: Sequence[threading.Thread], output: _Output, job_id: str,
+           timeout: float = _DRAIN_TIMEOUT_S) -> None:
+    """After the agent's group is gone: let the pumps write what its pipes still hold. A
+    full disk is waited out however long it lasts (`output.waiting`), and `timeout` runs
+    afresh from the end of each such wait: what the pipe holds behind a write that waited
+    (more of the agent's last words; chaos seed 648818462 lost the end of a line so) is
+    written before the result, even when the disk fills again. Only a pipe that stays
+    open that long with nothing to write (a writer that escaped the group) is left."""
+    deadline = time.monotonic() + timeout
+    for pump in pumps:
+        while pump.is_alive():
+            if output.waiting:
+                pump.join(0.1)
+                deadline = time.monotonic() + timeout
+            elif (left := deadline - time.monotonic()) > 0:
+                pump.join(min(0.1, left))
+            else:
+                break
+        if pump.is_alive():
+            _say(job_id, f"{pump.name} still open after the group died (an escaped writer)")
 
 
 def _git_account(spec: JobSpec) -> tuple[Account | None, str | None]:

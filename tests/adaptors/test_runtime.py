@@ -654,6 +654,52 @@ def test_a_full_disk_no_longer_cuts_a_completed_jobs_output() -> None:
         os.close(full)
 
 
+def test_the_drain_waits_for_what_follows_a_write_that_waited_for_space() -> None:
+    """Found by the chaos suite (seed 648818462: a failed job's last line cut after 34
+    bytes): after the agent's end, a pump whose write waited for space still had the rest
+    of the line in the pipe, and the adaptor went on to its result (and its exit) the
+    moment that write went through. Now the drain's timeout runs afresh after every wait
+    for space: the pump gets to write it all, even when the disk fills again."""
+    from adaptors._runtime import _drain, _Output
+
+    with tempfile.TemporaryFile() as f:
+        out = _Output(f.fileno(), 1 << 20, "j")
+        done: list[str] = []
+
+        def pump() -> None:
+            for chunk in (b"sh: 1: cannot create ", b"chaos-pushed-j.txt: ", b"No space\n"):
+                out.waiting = True             # the disk is full: this write waits
+                time.sleep(0.3)
+                out.waiting = False
+                out.write(chunk)
+                time.sleep(0.2)                # reading the next chunk from the pipe
+            done.append("all")
+        t = threading.Thread(target=pump, name="output", daemon=True)
+        t.start()
+        _drain([t], out, "j", timeout=0.5)
+        f.seek(0)
+        assert (["all"], b"sh: 1: cannot create chaos-pushed-j.txt: No space\n") == (
+            done, f.read())
+
+
+def test_the_drain_leaves_a_pipe_an_escaped_writer_keeps_open() -> None:
+    """A pipe that stays open with nothing to write after the group died (a writer that
+    left the group) is left after the drain's timeout: the result is not held up."""
+    from adaptors._runtime import _drain, _Output
+
+    with tempfile.TemporaryFile() as f:
+        out = _Output(f.fileno(), 1 << 20, "j")
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait, args=(30,), name="output", daemon=True)
+        t.start()
+        t0 = time.monotonic()
+        try:
+            _drain([t], out, "j", timeout=0.3)
+            assert (True, True) == (t.is_alive(), time.monotonic() - t0 < 5)
+        finally:
+            stop.set()
+
+
 def test_a_failed_output_write_is_counted_and_marked_with_the_next_one() -> None:
     """A write that fails for good (here EPIPE, as EIO would) never raises: its bytes are
     counted, and the next write that succeeds starts with a mark saying how many were lost
