@@ -21,6 +21,7 @@ Environment knobs (through the job spec's `env`):
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import re
@@ -230,15 +231,20 @@ def sessions(cli: str) -> dict[str, Any]:
 
 
 def save_session(cli: str, session: str, prompt: bytes) -> None:
-    """Remember a turn of `session` (made in the current folder)."""
-    data = sessions(cli)
-    entry = data.setdefault(session, {"cwd": os.getcwd(), "turns": []})
-    entry["turns"].append(prompt.decode("utf-8", errors="replace"))
+    """Remember a turn of `session` (made in the current folder). Several fakes of one CLI
+    may end at once (jobs run side by side): the read-modify-write holds a lock file and
+    writes through a temp file of its own, so none loses another's turn or finds its temp
+    file taken (chaos seed 648818462: a fake died so, and its job failed `exit 1`)."""
     path = _sessions_file(cli)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    with open(path.with_name(path.name + ".lock"), "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = sessions(cli)
+        entry = data.setdefault(session, {"cwd": os.getcwd(), "turns": []})
+        entry["turns"].append(prompt.decode("utf-8", errors="replace"))
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def new_session_id(style: str = "uuid") -> str:
