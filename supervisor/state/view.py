@@ -336,12 +336,18 @@ class JobView:
 
     def _settled(self, entry: dict[str, Any]) -> dict[str, Any]:
         """An active entry whose adaptor already wrote result.json, shown as it will be
-        recorded (the scheduler has not done it yet: batchd down, or a tick away)."""
+        recorded (the scheduler has not done it yet: batchd down, or a tick away), a
+        cancel waiting in the inbox counted as the scheduler will count it."""
         if entry.get("state") not in ("starting", "running"):
             return entry
         result = read_record(RESULT, self.layout.job_result(str(entry["id"])), owner=False)
         if not isinstance(result, dict):
             return entry
+        if entry["id"] in self.pending.cancels and not entry.get("cancel_requested"):
+            # the scheduler takes its inbox before it ticks a job: this cancel will be
+            # recorded first, so the result settles the job as cancelled (chaos seed
+            # 31711598 saw `failed`, then `cancelled`, shown for one job)
+            entry = {**entry, "cancel_requested": True}
         fields = settled_fields(entry, result, job_timeout(self.cfg, entry), iso_now())
         return {**entry, **fields, "pid": None}
 

@@ -233,6 +233,27 @@ def test_a_running_job_with_a_result_shows_as_it_will_be_recorded(tmp_path: Path
     assert "running" == queue.entries["r1"]["state"]
 
 
+def test_a_result_with_a_cancel_waiting_in_the_inbox_shows_cancelled(tmp_path: Path) -> None:
+    """A running job's adaptor wrote a failing result while a cancel of it waits in the
+    scheduler's inbox: the scheduler takes the cancel before it ticks the job, so the job
+    will be recorded cancelled; the view shows that, not `failed` first (chaos seed
+    31711598 saw one job shown failed, then cancelled)."""
+    layout = _layout(tmp_path)
+    queue = MemQueue({"r1": {"id": "r1", "state": "running", "pid": 4242, "started_at": "x"}},
+                     {})
+    ensure_dir(layout.job_dir("r1"))
+    write_record(RESULT, layout.job_result("r1"), {
+        "id": "r1", "exit_code": 143, "signal": None, "reason": None, "timed_out": False,
+        "finished_at": "2026-11-28T12:00:00.000Z"})
+    pending = Pending()
+    pending.cancels.add("r1")
+    r1 = JobView(_cfg(layout), layout, queue, pending).get("r1")
+    assert r1 is not None
+    assert ("cancelled", "cancelled by operator", "2026-11-28T12:00:00.000Z") == (
+        r1["state"], r1["reason"], r1["finished_at"])
+    assert "running" == queue.entries["r1"]["state"]
+
+
 def test_pending_ids_follow_the_inbox_and_parse_each_request_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PendingIds gives the ids read_pending gives (submits only, temp files and junk
