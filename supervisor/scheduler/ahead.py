@@ -114,13 +114,14 @@ class Ahead:
         if made is not None:
             self.discard(made)
 
-    def start(self, busy: Collection[str],
+    def start(self, busy: Callable[[], Collection[str]],
               known: Callable[[], Mapping[str, RepoConfig]]) -> int:
         """Start making the workspaces wanted and not begun, none of whose repositories a
         clone of this scheduler uses now (`busy`: it holds the mirror; a making ahead
         would only delay it), at most MAX_AHEAD at once; how many were started."""
         started = 0
         repositories: dict[str, RepoConfig] | None = None
+        used: Collection[str] | None = None      # asked only when a job is to start
         with self._lock:
             for job, entry in list(self._wanted.items()):
                 if len(self._making) + len(self._made) >= MAX_AHEAD:
@@ -128,7 +129,8 @@ class Ahead:
                 if job in self._making or job in self._made:
                     continue
                 repos = [str(r) for r in entry.get("repos") or []]
-                if any(r in busy for r in repos):
+                used = busy() if used is None else used
+                if any(r in used for r in repos):
                     continue
                 repositories = dict(known()) if repositories is None else repositories
                 self._making[job] = self.pool().submit(self._make, job, entry, repositories)

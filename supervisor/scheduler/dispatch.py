@@ -947,8 +947,9 @@ def make_ahead(j: Jobs) -> int:
             ahead.forget(job_id)
     if j.paused or j.disk_low is not None:
         return 0
-    busy = {repo for job_id in j.preparing for repo in _repos_of(j.queue.get(job_id) or {})}
-    return ahead.start(busy, lambda: _repositories(j))
+    return ahead.start(
+        lambda: {repo for job_id in j.preparing for repo in _repos_of(j.queue.get(job_id) or {})},
+        lambda: _repositories(j))
 
 
 def cancel(j: Jobs, job_id: str) -> str | None:

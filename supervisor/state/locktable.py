@@ -36,7 +36,6 @@ __all__ = [
     "grant",
     "granted_hint",
     "held_record",
-    "is_granted_hint",
     "is_lock_hint",
     "next_hint",
     "next_in_line",
@@ -392,11 +391,6 @@ def granted_hint(job: str, *, created_at: str) -> dict[str, Any]:
     durable before it, is what the scheduler dispatches from; the hint only wakes it."""
     return {"id": f"{GRANTED_HINT_PREFIX}{job}", "kind": GRANTED, "job": job,
             "created_at": created_at}
-
-
-def is_granted_hint(name: str) -> bool:
-    """Whether an inbox file name is a grant hint's (granted-<job>.json)."""
-    return name.startswith(GRANTED_HINT_PREFIX)
 
 
 #: The name of every next-in-line hint in the scheduler's inbox starts so.

@@ -89,7 +89,7 @@ def test_a_wanted_job_gets_its_workspace_and_the_grant_claims_it_once(
     """want + start: the one making thread makes it; claim gives it once (then None), and
     the job is no longer wanted."""
     assert ahead.want(waiting("w1", "app"))
-    assert 1 == ahead.start(set(), lambda: cfg.repositories)
+    assert 1 == ahead.start(set, lambda: cfg.repositories)
     made_soon(ahead, "w1")
     got = ahead.claim("w1")
     assert isinstance(got, Made)
@@ -108,10 +108,10 @@ def test_nothing_starts_on_a_repository_a_clone_uses(cfg: Config, ahead: Ahead) 
     """A job whose repository a granted job's clone uses now waits for the next pass."""
     ahead.want(waiting("w1", "app"))
     ahead.want(waiting("w2", "lib"))
-    assert 1 == ahead.start({"app"}, lambda: cfg.repositories)
+    assert 1 == ahead.start(lambda: {"app"}, lambda: cfg.repositories)
     made_soon(ahead, "w2")
     assert (False, 1) == (staging(ahead, "w1").exists(),
-                          ahead.start(set(), lambda: cfg.repositories))
+                          ahead.start(set, lambda: cfg.repositories))
     made_soon(ahead, "w1")
 
 
@@ -121,16 +121,16 @@ def test_at_most_max_ahead_are_made_or_being_made(cfg: Config, ahead: Ahead,
     made ones count until claimed, those being made too."""
     for i in range(MAX_AHEAD + 2):
         ahead.want(waiting(f"w{i}", "app"))
-    assert MAX_AHEAD == ahead.start(set(), lambda: cfg.repositories)
+    assert MAX_AHEAD == ahead.start(set, lambda: cfg.repositories)
     for i in range(MAX_AHEAD):
         made_soon(ahead, f"w{i}")
-    assert 0 == ahead.start(set(), lambda: cfg.repositories)
+    assert 0 == ahead.start(set, lambda: cfg.repositories)
     assert ahead.claim("w0") is not None
     gate = Gate(monkeypatch)
     try:
-        assert 1 == ahead.start(set(), lambda: cfg.repositories)
+        assert 1 == ahead.start(set, lambda: cfg.repositories)
         assert gate.inside.wait(30)
-        assert 0 == ahead.start(set(), lambda: cfg.repositories)
+        assert 0 == ahead.start(set, lambda: cfg.repositories)
     finally:
         gate.go.set()
 
@@ -139,7 +139,7 @@ def test_a_job_that_ended_while_waiting_loses_its_workspace(cfg: Config,
                                                            ahead: Ahead) -> None:
     """forget: the job is not wanted any more and what was made for it is removed."""
     ahead.want(waiting("w1", "app"))
-    ahead.start(set(), lambda: cfg.repositories)
+    ahead.start(set, lambda: cfg.repositories)
     made_soon(ahead, "w1")
     ahead.forget("w1")
     until("its staging removed", lambda: not staging(ahead, "w1").exists())
@@ -152,7 +152,7 @@ def test_a_grant_during_its_making_waits_for_it_and_takes_it(
     for it and takes the finished workspace (never a half-made one)."""
     gate = Gate(monkeypatch)
     ahead.want(waiting("w1", "app"))
-    ahead.start(set(), lambda: cfg.repositories)
+    ahead.start(set, lambda: cfg.repositories)
     assert gate.inside.wait(30)
     got: list[Made | None] = []
     t = threading.Thread(target=lambda: got.append(ahead.claim("w1")))
@@ -171,7 +171,7 @@ def test_a_grant_cancels_its_making_not_begun(cfg: Config, ahead: Ahead,
     gate = Gate(monkeypatch)
     ahead.want(waiting("w1", "app"))
     ahead.want(waiting("w2", "lib"))
-    ahead.start(set(), lambda: cfg.repositories)
+    ahead.start(set, lambda: cfg.repositories)
     try:
         assert gate.inside.wait(30)
         assert (None, ["w1"]) == (ahead.claim("w2"), ahead.jobs())
@@ -187,7 +187,7 @@ def test_a_job_forgotten_while_its_making_runs_keeps_nothing(
     kept, and removed."""
     gate = Gate(monkeypatch)
     ahead.want(waiting("w1", "app"))
-    ahead.start(set(), lambda: cfg.repositories)
+    ahead.start(set, lambda: cfg.repositories)
     assert gate.inside.wait(30)
     ahead.forget("w1")
     gate.go.set()
@@ -208,13 +208,13 @@ def test_a_failed_making_is_logged_and_leaves_nothing(
         pack.unlink()
     ahead.want(waiting("w1", "app"))
     with structlog.testing.capture_logs() as logs:
-        ahead.start(set(), lambda: cfg.repositories)
+        ahead.start(set, lambda: cfg.repositories)
         until("the making done", lambda: not ahead._making)
     assert None is ahead.claim("w1")
     assert not staging(ahead, "w1").exists()
     assert ["workspace not made ahead"] == [e["event"] for e in logs
                                             if e["log_level"] == "warning"]
-    assert (0, []) == (ahead.start(set(), lambda: cfg.repositories), ahead.jobs())
+    assert (0, []) == (ahead.start(set, lambda: cfg.repositories), ahead.jobs())
 
 
 def test_a_grant_waits_for_the_links_not_for_the_checkout(
@@ -223,7 +223,7 @@ def test_a_grant_waits_for_the_links_not_for_the_checkout(
     clone (which may fetch) does not wait for a checkout it does not use."""
     gate = Gate(monkeypatch)
     ahead.want(waiting("w1", "app"))
-    ahead.start(set(), lambda: cfg.repositories)
+    ahead.start(set, lambda: cfg.repositories)
     try:
         assert gate.inside.wait(30)
         got: list[bool] = []
@@ -246,9 +246,9 @@ def test_a_declined_making_is_not_tried_again(cfg: Config, ahead: Ahead) -> None
     ahead.want(waiting("w1", "app"))
     known = {**cfg.repositories, "app": RepoConfig(url=cfg.repositories["app"].url,
                                                    branch="nope")}
-    assert 1 == ahead.start(set(), lambda: known)
+    assert 1 == ahead.start(set, lambda: known)
     until("the making done", lambda: not ahead._making)
-    assert (0, [], False) == (ahead.start(set(), lambda: known), ahead.jobs(),
+    assert (0, [], False) == (ahead.start(set, lambda: known), ahead.jobs(),
                               staging(ahead, "w1").exists())
 
 
@@ -260,7 +260,7 @@ def test_close_on_a_reopen_removes_what_was_made_and_later_discards_still_work(
     a = Ahead(cfg, cfg.state_dir / "mirrors", _log.get("test"))
     for job in ("w1", "w2"):
         a.want(waiting(job, "app"))
-    a.start(set(), lambda: cfg.repositories)
+    a.start(set, lambda: cfg.repositories)
     made_soon(a, "w1")
     made_soon(a, "w2")
     claimed = a.claim("w1")

@@ -1265,7 +1265,7 @@ def test_make_ahead_forgets_the_ended_and_holds_back_for_busy_repos_and_pause(
     nothing starts while paused."""
     busy: list[set[str]] = []
     monkeypatch.setattr(Ahead, "start",
-                        lambda self, b, known: busy.append(set(b)) or 0)
+                        lambda self, b, known: busy.append(set(b())) or 0)
     enqueue(jobs, "w1", "gone", repos=["app"])
     enqueue(jobs, "p", repos=["lib"])
     jobs.queue.update("w1", state="waiting")

@@ -22,7 +22,6 @@ from supervisor.state.locktable import (
     grant,
     granted_hint,
     held_record,
-    is_granted_hint,
     is_lock_hint,
     next_hint,
     next_in_line,
@@ -276,14 +275,6 @@ def test_invariants_under_any_sequence(ops: list[tuple[str, int, set[str]]]) -> 
             assert any(r in t.held for r in t.wants[oldest].repos)
 
 
-def test_a_grant_hint_is_known_by_its_name() -> None:
-    """Grant hints are named granted-<job>.json, and nothing else in the scheduler's inbox
-    is taken for one (the scheduler drops a torn hint instead of quarantining it)."""
-    name = f"{granted_hint('j', created_at=T0)['id']}.json"
-    assert (True, False, False) == (is_granted_hint(name), is_granted_hint("submit-1.json"),
-                                    is_granted_hint("cancel-granted-j.json"))
-
-
 def test_next_in_line_is_the_head_of_a_queue_behind_a_whole_run_holder() -> None:
     """Only a job first in line behind an exclusive holder is next in line (its wait is
     a run); not one behind a holder that only clones, nor the second in a queue."""
@@ -296,8 +287,9 @@ def test_next_in_line_is_the_head_of_a_queue_behind_a_whole_run_holder() -> None
 
 
 def test_the_lock_hints_are_known_by_their_names() -> None:
-    """granted- and next- files are the locks worker's hints; nothing else is."""
+    """granted- and next- files are the locks worker's hints (the scheduler drops a torn
+    one instead of quarantining it); nothing else in its inbox is taken for one."""
     names = [f"{granted_hint('j', created_at=T0)['id']}.json",
              f"{next_hint('j', created_at=T0)['id']}.json", "submit-1.json",
-             "cancel-next-j.json"]
-    assert [True, True, False, False] == [is_lock_hint(n) for n in names]
+             "cancel-next-j.json", "cancel-granted-j.json"]
+    assert [True, True, False, False, False] == [is_lock_hint(n) for n in names]
